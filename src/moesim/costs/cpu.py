@@ -1,0 +1,32 @@
+"""Work executed on the host CPU: attention over a host-resident KV cache, or experts.
+
+Bounded by DRAM bandwidth and CPU FLOPs (see :func:`moesim.costs.roofline.cpu_time_s`):
+decode attention on the CPU reads each sequence's KV once from DRAM (MoE-Gen App. B,
+KTransformers' CPU experts likewise stream expert weights from DRAM).
+"""
+
+from __future__ import annotations
+
+from ..specs import AttentionSpec
+from ..specs.common import BYTES_PER_ELEMENT
+from .attention import attention_core
+from .ffn import routed_experts
+from .roofline import OpCost
+
+
+def cpu_attention(attn: AttentionSpec, batch: float, q_len: float, kv_len: float, kv_dtype: str = "bf16",
+                  windowed: bool = False) -> OpCost:
+    core = attention_core(attn, batch, q_len, kv_len, True, kv_dtype, windowed)
+    # bf16 data computed in fp32 on CPUs without bf16 arithmetic (MoE-Gen App. B)
+    return OpCost(family="cpu_attention", flop=core.flop, bytes=core.bytes, dtype="bf16", launches=0)
+
+
+def cpu_experts(hidden: int, ffn: int, num_active: float, routed_tokens: float, gated: bool = True,
+                weight_dtype: str = "bf16") -> OpCost:
+    gpu_like = routed_experts(hidden, ffn, num_active, routed_tokens, gated, weight_dtype)
+    dtype = "int8" if weight_dtype in ("int8", "int4") else "bf16"
+    return OpCost(family="cpu_expert", flop=gpu_like.flop, bytes=gpu_like.bytes, dtype=dtype, launches=0)
+
+
+def kv_bytes(attn: AttentionSpec, tokens: float, kv_dtype: str = "bf16") -> float:
+    return tokens * attn.kv_elements_per_token() * BYTES_PER_ELEMENT[kv_dtype]

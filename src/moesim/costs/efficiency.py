@@ -1,0 +1,79 @@
+"""The calibration seam: achievable fractions of peak for each operation.
+
+Today a constant per family from an :class:`~moesim.specs.EmpiricalProfile`
+(``hardware_db/efficiency/default.yaml`` unless a GPU carries a measured one), with one
+size effect: GEMMs with fewer rows than a tensor-core tile waste the rest of the tile, so
+
+    eta_compute(rows) = eta_family * min(1, rows / min_tokens_for_peak_gemm)
+
+(the first-order form of Calculon's efficiency-by-size curves). A calibrated model replaces
+this class with fitted curves; everything else only calls these methods.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from ..specs import EmpiricalProfile
+
+if TYPE_CHECKING:
+    from .roofline import OpCost
+
+
+class EfficiencyModel(Protocol):
+    kernel_launch_s: float
+    host_sync_s: float
+    cpu_compute_efficiency: float
+    cpu_memory_efficiency: float
+    vector_efficiency: float
+    dequant_flop_per_weight: float
+
+    def compute_efficiency(self, cost: "OpCost") -> float: ...
+
+    def memory_efficiency(self, cost: "OpCost") -> float: ...
+
+
+@dataclass(frozen=True)
+class ProfileEfficiency:
+    """Constant-per-family efficiency from an empirical profile."""
+
+    profile: EmpiricalProfile
+
+    @property
+    def kernel_launch_s(self) -> float:
+        return self.profile.kernel_launch_s
+
+    @property
+    def host_sync_s(self) -> float:
+        return self.profile.host_sync_s
+
+    @property
+    def cpu_compute_efficiency(self) -> float:
+        return self.profile.cpu_compute_efficiency
+
+    @property
+    def cpu_memory_efficiency(self) -> float:
+        return self.profile.cpu_memory_bandwidth_efficiency
+
+    @property
+    def vector_efficiency(self) -> float:
+        return self.profile.vector_compute_efficiency
+
+    @property
+    def dequant_flop_per_weight(self) -> float:
+        return self.profile.dequant_flop_per_weight
+
+    def compute_efficiency(self, cost: "OpCost") -> float:
+        p = self.profile
+        base = {
+            "gemm": p.gemm_compute_efficiency,
+            "expert": p.gemm_compute_efficiency,
+            "attention": p.attention_compute_efficiency,
+        }.get(cost.family, p.vector_compute_efficiency)
+        if cost.rows > 0:
+            base *= min(1.0, max(cost.rows, 1.0) / p.min_tokens_for_peak_gemm)
+        return base
+
+    def memory_efficiency(self, cost: "OpCost") -> float:
+        return self.profile.memory_bandwidth_efficiency

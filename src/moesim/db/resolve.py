@@ -1,0 +1,115 @@
+"""Turn names (and what-if overrides) into fully resolved specs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import MoesimError, UnknownNameError
+from ..specs import AcceleratorSpec, ModelSpec, Platform, PlatformSpec
+from . import cpus, default_profile, gpus, links, load_spec_file, models, normalize, platforms
+
+
+def get_model(model: str | Path | ModelSpec) -> ModelSpec:
+    """A model by database name or alias, a moesim YAML file, or a Hugging Face config.json."""
+    if isinstance(model, ModelSpec):
+        return model
+    text = str(model)
+    path = Path(text)
+    if text.endswith((".json", ".yaml", ".yml")) or (path.suffix and path.exists()):
+        if not path.exists():
+            raise MoesimError(f"model file {text!r} does not exist")
+        if path.suffix == ".json":
+            from .hf_config import model_from_hf_config
+
+            return model_from_hf_config(path)
+        return load_spec_file(ModelSpec, path)
+    return models().get(text)
+
+
+def get_gpu(name: str) -> AcceleratorSpec:
+    return gpus().get(name)
+
+
+def default_platform_for(gpu: AcceleratorSpec) -> PlatformSpec | None:
+    for spec in platforms().entries.values():
+        if spec.default_for_gpu and normalize(spec.default_for_gpu) == normalize(gpu.name):
+            return spec
+    return None
+
+
+def resolve_platform(
+    spec: PlatformSpec,
+    *,
+    num_gpus: int | None = None,
+    cpu: str | None = None,
+    host_memory_bytes: float | None = None,
+    pcie: str | None = None,
+    assumptions: tuple[str, ...] = (),
+) -> Platform:
+    """Resolve the names in a PlatformSpec, applying overrides, into a Platform."""
+    gpu = gpus().get(spec.gpu)
+    cpu_spec = cpus().get(cpu or spec.cpu)
+    host_link = links().get(pcie or spec.host_link)
+    gpu_link = links().get(spec.gpu_link) if spec.gpu_link else None
+    notes = list(assumptions)
+    if num_gpus is not None and num_gpus != spec.num_gpus and spec.gpu_link is None and num_gpus > 1:
+        notes.append(f"{num_gpus} GPUs talk to each other over {host_link.name} (no GPU-GPU link in {spec.name})")
+    empirical = gpu.empirical or default_profile()
+    if not empirical.calibrated:
+        notes.append(f"{gpu.name}: no calibration measurements; default efficiency profile '{empirical.name}' assumed")
+    bandwidth = spec.host_memory_bandwidth_bytes_per_s
+    if cpu is not None or bandwidth is None:
+        bandwidth = cpu_spec.memory_bandwidth_bytes_per_s * spec.num_cpus
+    return Platform(
+        name=spec.name,
+        gpu=gpu,
+        num_gpus=num_gpus or spec.num_gpus,
+        cpu=cpu_spec,
+        num_cpus=spec.num_cpus,
+        host_memory_bytes=host_memory_bytes or spec.host_memory_bytes,
+        host_memory_bandwidth_bytes_per_s=bandwidth,
+        host_link=host_link,
+        gpu_link=gpu_link,
+        disk=spec.disk,
+        empirical=empirical,
+        assumptions=tuple(notes),
+        price_usd_excluding_gpus=spec.price_usd_excluding_gpus,
+    )
+
+
+def get_hardware(
+    hardware: str | Path | Platform | PlatformSpec,
+    *,
+    num_gpus: int | None = None,
+    cpu: str | None = None,
+    host_memory_bytes: float | None = None,
+    pcie: str | None = None,
+) -> Platform:
+    """A platform by name, a GPU name (its documented default host, one GPU), or a YAML file.
+
+    Overrides compose a platform that no entry describes.
+    """
+    overrides = dict(num_gpus=num_gpus, cpu=cpu, host_memory_bytes=host_memory_bytes, pcie=pcie)
+    if isinstance(hardware, Platform):
+        if any(v is not None for v in overrides.values()):
+            raise MoesimError("overrides apply to hardware names, not to a resolved Platform; use model_copy")
+        return hardware
+    if isinstance(hardware, PlatformSpec):
+        return resolve_platform(hardware, **overrides)
+    text = str(hardware)
+    if text.endswith((".yaml", ".yml")):
+        return resolve_platform(load_spec_file(PlatformSpec, Path(text)), **overrides)
+    spec = platforms().find(text)
+    if spec is not None:
+        return resolve_platform(spec, **overrides)
+    gpu = gpus().find(text)
+    if gpu is None:
+        suggestions = platforms().suggest(text, 2) + gpus().suggest(text, 3)
+        raise UnknownNameError("hardware", text, suggestions[:4])
+    host = default_platform_for(gpu)
+    if host is None:
+        raise MoesimError(f"{gpu.name} has no default host platform in hardware_db/platforms")
+    note = f"{gpu.name} placed in its documented default host '{host.name}'"
+    return resolve_platform(
+        host, **{**overrides, "num_gpus": num_gpus or 1}, assumptions=(note,)
+    )

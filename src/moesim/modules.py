@@ -1,0 +1,151 @@
+"""The modules of one model's layer, priced with the operation families in :mod:`moesim.costs`.
+
+Serving systems compose these into engine tasks; metrics use the same byte and FLOP counts,
+so what is simulated and what is reported cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from . import costs
+from .costs import OpCost
+from .specs import ModelSpec, OfflineWorkload, Platform
+from .specs.common import BYTES_PER_ELEMENT
+
+
+@dataclass(frozen=True)
+class Options:
+    """Knobs shared by every serving system."""
+
+    weight_dtype: str | None = None  # None = the model's released dtype
+    kv_dtype: str = "bf16"
+    moe_impl: Literal["fused", "loop"] = "fused"
+    zipf_s: float = 0.0  # router skew; 0 = uniform
+    mla_absorbed: bool = True
+
+
+@dataclass(frozen=True)
+class Context:
+    """Everything a serving system needs to build and time a schedule."""
+
+    model: ModelSpec
+    platform: Platform
+    workload: OfflineWorkload
+    options: Options
+
+    # ---- devices ---------------------------------------------------------------------------
+    @property
+    def eff(self) -> costs.ProfileEfficiency:
+        return costs.ProfileEfficiency(self.platform.empirical)
+
+    def gpu_s(self, cost: OpCost) -> float:
+        return costs.gpu_time_s(cost, self.platform.gpu, self.eff)
+
+    def cpu_s(self, cost: OpCost) -> float:
+        p = self.platform
+        return costs.cpu_time_s(cost, p.cpu, p.num_cpus, p.host_memory_bandwidth_bytes_per_s, self.eff)
+
+    def h2d_s(self, nbytes: float) -> float:
+        return costs.copy_time_s(nbytes, "h2d_pinned", self.platform.host_link)
+
+    def d2h_s(self, nbytes: float) -> float:
+        return costs.copy_time_s(nbytes, "d2h_pinned", self.platform.host_link)
+
+    def disk_s(self, nbytes: float) -> float:
+        return nbytes / self.platform.disk.read_bytes_per_s
+
+    # ---- dtypes and sizes ------------------------------------------------------------------------
+    @property
+    def wdtype(self) -> str:
+        return self.model.weight_dtype(self.options.weight_dtype)
+
+    @property
+    def edtype(self) -> str:
+        return self.model.expert_weight_dtype(self.options.weight_dtype)
+
+    @property
+    def wbytes(self) -> float:
+        return BYTES_PER_ELEMENT[self.wdtype]
+
+    @property
+    def ebytes(self) -> float:
+        return BYTES_PER_ELEMENT[self.edtype]
+
+    @property
+    def weight_bytes(self) -> float:
+        return self.model.weight_bytes(self.options.weight_dtype)
+
+    def kv_bytes_per_token(self, context_tokens: int | None = None) -> float:
+        """KV bytes per token over all layers (windowed layers capped at their window)."""
+        return self.model.kv_bytes_per_token(self.options.kv_dtype, context_tokens)
+
+    def kv_bytes_per_token_layer(self) -> float:
+        return self.model.attention.kv_elements_per_token() * BYTES_PER_ELEMENT[self.options.kv_dtype]
+
+    # ---- modules of one layer ----------------------------------------------------------------------
+    @property
+    def attention_weight_bytes(self) -> float:
+        return self.model.attention_params * self.wbytes
+
+    @property
+    def expert_weight_bytes(self) -> float:
+        return self.model.expert_params * self.ebytes
+
+    @property
+    def shared_weight_bytes(self) -> float:
+        return self.model.shared_expert_params * self.wbytes
+
+    @property
+    def dense_ffn_weight_bytes(self) -> float:
+        return self.model.dense_ffn_params * self.wbytes
+
+    @property
+    def resident_weight_bytes(self) -> float:
+        """Embedding, LM head and routers: small weights every system keeps on the GPU."""
+        m = self.model
+        return (m.embedding_params + m.lm_head_params) * self.wbytes + m.num_moe_layers * m.router_params * 2.0
+
+    def attention_proj(self, tokens: float) -> OpCost:
+        m = self.model
+        return costs.attention_projections(m.attention_params, m.hidden_size, tokens, self.wdtype)
+
+    def attention_core(self, batch: float, q_len: float, kv_len: float, windowed: bool) -> OpCost:
+        return costs.attention_core(self.model.attention, batch, q_len, kv_len, True, self.options.kv_dtype,
+                                    windowed, self.options.mla_absorbed)
+
+    def cpu_attention(self, batch: float, kv_len: float, windowed: bool) -> OpCost:
+        return costs.cpu_attention(self.model.attention, batch, 1, kv_len, self.options.kv_dtype, windowed)
+
+    def router(self, tokens: float) -> OpCost:
+        m = self.model
+        return costs.router(m.hidden_size, m.moe.num_experts, tokens) + costs.dispatch_combine(
+            m.hidden_size, tokens * m.moe.top_k
+        )
+
+    def active_experts(self, tokens: float) -> float:
+        moe = self.model.moe
+        return costs.expected_active_experts(moe.num_experts, moe.top_k, tokens, self.options.zipf_s)
+
+    def experts(self, num_active: float, routed_tokens: float) -> OpCost:
+        m = self.model
+        return costs.routed_experts(m.hidden_size, m.moe.expert_intermediate_size, num_active, routed_tokens,
+                                    m.moe.gated, self.edtype, self.options.moe_impl)
+
+    def shared_experts(self, tokens: float) -> OpCost | None:
+        m = self.model
+        if not m.moe or not m.moe.num_shared_experts:
+            return None
+        one = costs.expert_ffn(m.hidden_size, m.moe.shared_ffn, tokens, m.moe.gated, self.wdtype)
+        return one.scaled(m.moe.num_shared_experts) if m.moe.num_shared_experts > 1 else one
+
+    def dense_ffn(self, tokens: float) -> OpCost:
+        m = self.model
+        return costs.expert_ffn(m.hidden_size, m.dense_ffn.intermediate_size, tokens, m.dense_ffn.gated, self.wdtype)
+
+    def head(self, tokens: float, rows: float) -> OpCost:
+        m = self.model
+        return costs.embedding_lookup(m.hidden_size, tokens, self.wdtype) + costs.lm_head(
+            m.hidden_size, m.vocab_size, rows, self.wdtype
+        )

@@ -1,0 +1,204 @@
+"""`moesim.predict`: specs in, a typed prediction out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from . import metrics
+from .db.resolve import get_hardware, get_model
+from .errors import InfeasibleError, MoesimError
+from .modules import Context, Options
+from .specs import ModelSpec, OfflineWorkload, Platform, PlatformSpec
+from .specs.common import BYTES_PER_ELEMENT
+from .systems import SYSTEMS, Plan, get_system
+from .systems.base import SIMULATED_LAYERS
+from .units import fmt_bytes
+
+
+class Prediction(BaseModel):
+    """What moesim predicts for one (model, hardware, system, workload)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str
+    hardware: str
+    gpu: str
+    num_gpus: int
+    system: str
+    workload: dict[str, Any]
+    dtype: str
+    kv_dtype: str
+    prefill_tok_s: float
+    decode_tok_s: float
+    throughput_tok_s: float
+    ttft_s: float
+    tpot_s: float
+    total_time_s: float
+    s_mbu: float
+    s_mfu: float
+    mbu: float
+    mfu: float
+    prefill_s_mfu: float
+    bottleneck: str
+    utilization: dict[str, float]
+    decode_step_breakdown_s: dict[str, float]
+    gpu_mem_bytes: float
+    host_mem_bytes: float
+    placement: dict[str, str]
+    config: dict[str, Any]
+    calibrated: bool
+    assumptions: list[str]
+    systems_compared: dict[str, str]
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return self.model_dump()
+
+
+def _workload(workload: OfflineWorkload | dict | None, **overrides: Any) -> OfflineWorkload:
+    data = workload.model_dump() if isinstance(workload, OfflineWorkload) else dict(workload or {})
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return OfflineWorkload.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise MoesimError(f"invalid workload: {problems}") from None
+
+
+def _check_context(model: ModelSpec, workload: OfflineWorkload) -> None:
+    need = workload.total_context_tokens
+    if need > model.max_context_tokens:
+        raise InfeasibleError(
+            f"prompt + generation = {need} tokens exceeds {model.name}'s context of {model.max_context_tokens} "
+            f"tokens by {need - model.max_context_tokens}"
+        )
+
+
+def _prediction(ctx: Context, plan: Plan, compared: dict[str, str], assumptions: list[str]) -> Prediction:
+    w = ctx.workload
+    batch = plan.batch_size
+    ctx_mid, mid = plan.mid_decode
+    tpot = plan.decode_time_per_batch_s / w.gen_tokens
+    util = metrics.decode_utilization(ctx, batch, ctx_mid, mid.time_s)
+    kinds = ctx.model.layer_kinds()
+    notes = list(assumptions) + list(ctx.platform.assumptions) + plan.notes
+    if any(c > SIMULATED_LAYERS for c in kinds.values()):
+        notes.append(
+            f"simulated {mid.simulated_layers} of {ctx.model.num_layers} layers per step "
+            f"({len(kinds)} layer kind(s)); the rest extrapolated at the steady-state per-layer time"
+        )
+    notes.append(
+        f"decode simulated at {len(plan.decode_points)} context lengths "
+        f"({', '.join(str(c) for c, _ in plan.decode_points)}) and integrated over {w.gen_tokens} steps"
+    )
+    if plan.num_batches > 1:
+        notes.append(f"{w.num_requests} requests in {plan.num_batches} equal batches of {batch}; one batch simulated")
+    return Prediction(
+        model=ctx.model.name,
+        hardware=ctx.platform.name,
+        gpu=ctx.platform.gpu.name,
+        num_gpus=ctx.platform.num_gpus,
+        system=plan.system,
+        workload=w.model_dump(),
+        dtype=ctx.wdtype if ctx.wdtype == ctx.edtype else f"{ctx.wdtype} (experts {ctx.edtype})",
+        kv_dtype=ctx.options.kv_dtype,
+        prefill_tok_s=batch * w.prompt_tokens / plan.prefill_time_per_batch_s,
+        decode_tok_s=batch * w.gen_tokens / plan.decode_time_per_batch_s,
+        throughput_tok_s=w.num_requests * w.gen_tokens / plan.total_time_s,
+        ttft_s=plan.prefill_time_per_batch_s,
+        tpot_s=tpot,
+        total_time_s=plan.total_time_s,
+        s_mbu=util["s_mbu"],
+        s_mfu=util["s_mfu"],
+        mbu=util["mbu"],
+        mfu=util["mfu"],
+        prefill_s_mfu=metrics.prefill_s_mfu(ctx, plan.prefill_tokens_per_pass, w.prompt_tokens, plan.prefill.time_s),
+        bottleneck=mid.bottleneck(),
+        utilization=mid.utilization(),
+        decode_step_breakdown_s=mid.category_s,
+        gpu_mem_bytes=plan.gpu_mem_bytes,
+        host_mem_bytes=plan.host_mem_bytes,
+        placement=plan.placement,
+        config=plan.config,
+        calibrated=ctx.platform.empirical.calibrated,
+        assumptions=notes,
+        systems_compared=compared,
+    )
+
+
+def plan_for(model: ModelSpec, platform: Platform, system: str, workload: OfflineWorkload,
+             options: Options) -> tuple[Context, Plan, dict[str, str]]:
+    """Plan with one system, or with every system for ``auto`` (best generation throughput wins)."""
+    ctx = Context(model, platform, workload, options)
+    if system != "auto":
+        cls = get_system(system)
+        plan = cls().plan(ctx)
+        return ctx, plan, {cls.name: "chosen"}
+    plans: dict[str, Plan] = {}
+    compared: dict[str, str] = {}
+    for name, cls in SYSTEMS.items():
+        try:
+            plans[name] = cls().plan(ctx)
+        except InfeasibleError as exc:
+            compared[name] = f"infeasible: {exc}"
+    if not plans:
+        reasons = "\n  ".join(f"{k}: {v.removeprefix('infeasible: ')}" for k, v in compared.items())
+        raise InfeasibleError(f"no serving system can run {model.name} on {platform.name}:\n  {reasons}")
+    best = max(plans, key=lambda n: workload.num_requests * workload.gen_tokens / plans[n].total_time_s)
+    for name, plan in plans.items():
+        rate = workload.num_requests * workload.gen_tokens / plan.total_time_s
+        compared[name] = f"{'chosen' if name == best else 'feasible'}: {rate:.4g} tok/s"
+    return ctx, plans[best], compared
+
+
+def predict(
+    model: str | Path | ModelSpec,
+    hardware: str | Path | Platform | PlatformSpec,
+    system: str = "auto",
+    workload: OfflineWorkload | dict | None = None,
+    *,
+    dtype: str | None = None,
+    kv_dtype: str = "bf16",
+    moe_impl: str = "fused",
+    zipf_s: float = 0.0,
+    num_gpus: int | None = None,
+    cpu: str | None = None,
+    host_memory_bytes: float | None = None,
+    pcie: str | None = None,
+    trace_path: str | Path | None = None,
+) -> Prediction:
+    """Predict throughput, latency and utilisation.
+
+    ``model`` and ``hardware`` are database names, spec objects or spec files; ``system`` is
+    a registered serving system or ``auto`` (every feasible system is simulated; the one with
+    the highest generation throughput is reported). ``workload`` defaults to 1000 requests of
+    512 prompt and 256 generated tokens, FlexGen/MoE-Gen style.
+    """
+    spec = get_model(model)
+    platform = get_hardware(hardware, num_gpus=num_gpus, cpu=cpu, host_memory_bytes=host_memory_bytes, pcie=pcie)
+    work = _workload(workload)
+    _check_context(spec, work)
+    for name, value in (("dtype", dtype), ("kv_dtype", kv_dtype)):
+        if value is not None and value not in BYTES_PER_ELEMENT:
+            raise MoesimError(f"unknown {name} {value!r}; one of {', '.join(BYTES_PER_ELEMENT)}")
+    if moe_impl not in ("fused", "loop"):
+        raise MoesimError(f"unknown MoE implementation {moe_impl!r}; fused or loop")
+    options = Options(weight_dtype=dtype, kv_dtype=kv_dtype, moe_impl=moe_impl, zipf_s=zipf_s)  # type: ignore[arg-type]
+    assumptions = []
+    if workload is None:
+        assumptions.append(
+            f"default offline workload: {work.num_requests} requests, prompt {work.prompt_tokens}, "
+            f"generation {work.gen_tokens} tokens (padded, fixed lengths)"
+        )
+    if dtype is None:
+        assumptions.append(f"weights in the released dtype ({spec.weight_dtype()})")
+    ctx, plan, compared = plan_for(spec, platform, system, work, options)
+    if trace_path:
+        plan.mid_decode[1].engine.write_chrome_trace(trace_path)
+    return _prediction(ctx, plan, compared, assumptions)
+
+
+def memory_summary(pred: Prediction) -> str:
+    return f"GPU {fmt_bytes(pred.gpu_mem_bytes)} per GPU, host {fmt_bytes(pred.host_mem_bytes)}"

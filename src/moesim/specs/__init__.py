@@ -1,0 +1,38 @@
+"""Typed, validated, immutable specs (pydantic v2). SI units, unit in every field name."""
+
+from .common import BYTES_PER_ELEMENT, Source, Spec, bytes_per_element
+from .hardware import (
+    AcceleratorSpec,
+    CPUSpec,
+    DiskSpec,
+    EmpiricalProfile,
+    LinkSpec,
+    Platform,
+    PlatformSpec,
+)
+from .model import AttentionSpec, DenseFFNSpec, LayerKind, ModelSpec, MoESpec, PublishedParams
+from .workload import LengthDistribution, OfflineWorkload, OnlineWorkload, Workload
+
+__all__ = [
+    "BYTES_PER_ELEMENT",
+    "AcceleratorSpec",
+    "AttentionSpec",
+    "CPUSpec",
+    "DenseFFNSpec",
+    "DiskSpec",
+    "EmpiricalProfile",
+    "LayerKind",
+    "LengthDistribution",
+    "LinkSpec",
+    "ModelSpec",
+    "MoESpec",
+    "OfflineWorkload",
+    "OnlineWorkload",
+    "Platform",
+    "PlatformSpec",
+    "PublishedParams",
+    "Source",
+    "Spec",
+    "Workload",
+    "bytes_per_element",
+]

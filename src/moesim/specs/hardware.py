@@ -1,0 +1,232 @@
+"""Hardware specs: accelerators, CPUs, links, disks and the platforms that compose them.
+
+Every quantity is SI with its unit in the field name. Peak FLOP/s figures are DENSE:
+datasheet figures quoted "with sparsity" (2:4 structured sparsity) are never stored;
+divide them by two before they enter a YAML file, and say so under ``derived``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from .common import Sourced, Spec
+
+DENSE_FLOPS_NOTE = (
+    "Dense peak FLOP/s per dtype. With-sparsity figures are never stored here: "
+    "halve a datasheet's sparse figure and note it under `derived`."
+)
+
+
+class EmpiricalProfile(Spec):
+    """Achievable fractions of the peaks and fixed overheads.
+
+    These are the calibration seam: a constant default profile lives in
+    ``hardware_db/efficiency/default.yaml``; a measured profile for one GPU replaces it.
+    ``calibrated`` says whether the numbers were fitted to measurements of this device.
+    """
+
+    name: str = "default"
+    calibrated: bool = False
+    gemm_compute_efficiency: float = Field(gt=0, le=1)
+    memory_bandwidth_efficiency: float = Field(gt=0, le=1)
+    attention_compute_efficiency: float = Field(gt=0, le=1)
+    vector_compute_efficiency: float = Field(gt=0, le=1)
+    kernel_launch_s: float = Field(ge=0)
+    host_sync_s: float = Field(ge=0, description="cost of a device->host synchronisation (e.g. .item())")
+    cpu_compute_efficiency: float = Field(gt=0, le=1)
+    cpu_memory_bandwidth_efficiency: float = Field(gt=0, le=1)
+    dequant_flop_per_weight: float = Field(ge=0, description="vector ops to dequantize one weight element")
+    gpu_memory_reserved_bytes: float = Field(ge=0, description="CUDA context, allocator slack, workspace")
+    host_memory_reserved_fraction: float = Field(ge=0, lt=1, description="host memory kept for the OS etc.")
+    min_tokens_for_peak_gemm: float = Field(
+        gt=0,
+        description="GEMM rows at which tensor cores reach the stated efficiency; "
+        "below it efficiency falls linearly (Calculon-style size curve, first order)",
+    )
+    sources: tuple[str, ...] = ()
+
+
+class AcceleratorSpec(Sourced):
+    """One GPU or accelerator."""
+
+    vendor: str
+    architecture: str = Field(description="family used to borrow calibration (e.g. hopper, ada, ampere)")
+    memory_bytes: float = Field(gt=0)
+    memory_bandwidth_bytes_per_s: float = Field(gt=0)
+    peak_flop_per_s: dict[str, float] = Field(description=DENSE_FLOPS_NOTE)
+    native_dtypes: tuple[str, ...] = Field(
+        description="dtypes the tensor cores compute in natively; others are dequantized to bf16/fp16 first"
+    )
+    l2_cache_bytes: float | None = None
+    tdp_w: float | None = None
+    launch_price_usd: float | None = None
+    cloud_usd_per_hour: float | None = None
+    host_interface: str = Field(description="name of the link entry of its host interface, e.g. pcie-gen4-x16")
+    nvlink_bytes_per_s: float | None = Field(default=None, description="per GPU, per direction")
+    empirical: EmpiricalProfile | None = Field(
+        default=None, description="measured profile; absent means the documented default profile is used"
+    )
+
+    @field_validator("peak_flop_per_s")
+    @classmethod
+    def _positive_peaks(cls, value: dict[str, float]) -> dict[str, float]:
+        for dtype, flops in value.items():
+            if flops <= 0:
+                raise ValueError(f"peak_flop_per_s[{dtype}] must be > 0 (omit dtypes the chip lacks)")
+        if "fp32" not in value:
+            raise ValueError("peak_flop_per_s needs an fp32 entry (used for vector work)")
+        return value
+
+    def peak_for(self, dtype: str) -> tuple[float, str]:
+        """Peak dense FLOP/s for computing in ``dtype`` and the dtype actually used.
+
+        Falls back bf16 <-> fp16 and then to fp32 when the chip has no such unit.
+        """
+        for candidate in (dtype, {"bf16": "fp16", "fp16": "bf16"}.get(dtype, dtype), "fp16", "fp32"):
+            if candidate in self.peak_flop_per_s:
+                return self.peak_flop_per_s[candidate], candidate
+        raise KeyError(dtype)  # unreachable: fp32 is required
+
+
+class CPUSpec(Sourced):
+    """One CPU socket."""
+
+    vendor: str
+    cores: int = Field(gt=0)
+    base_clock_hz: float = Field(gt=0)
+    boost_clock_hz: float | None = None
+    isa: tuple[str, ...] = Field(default=(), description="vector/matrix extensions: avx2, avx512, avx512_bf16, amx")
+    peak_flop_per_s: dict[str, float] = Field(description="per socket, dense, at base clock")
+    memory_channels: int = Field(gt=0)
+    memory_type: str
+    memory_bandwidth_bytes_per_s: float = Field(gt=0, description="per socket, theoretical peak")
+    tdp_w: float | None = None
+    launch_price_usd: float | None = None
+
+    @field_validator("peak_flop_per_s")
+    @classmethod
+    def _fp32_present(cls, value: dict[str, float]) -> dict[str, float]:
+        if "fp32" not in value or any(v <= 0 for v in value.values()):
+            raise ValueError("peak_flop_per_s needs a positive fp32 entry and only positive values")
+        return value
+
+    def peak_for(self, dtype: str) -> float:
+        return self.peak_flop_per_s.get(dtype, self.peak_flop_per_s["fp32"])
+
+
+class LinkSpec(Sourced):
+    """A data link: PCIe generation x lanes, NVLink, a network."""
+
+    kind: Literal["pcie", "nvlink", "network", "infinity-fabric"]
+    generation: str | None = None
+    lanes: int | None = None
+    theoretical_bytes_per_s: float = Field(gt=0, description="per direction")
+    h2d_pinned_bytes_per_s: float = Field(gt=0, description="typical achieved, pinned host memory")
+    d2h_pinned_bytes_per_s: float = Field(gt=0)
+    h2d_pageable_bytes_per_s: float = Field(gt=0)
+    d2h_pageable_bytes_per_s: float = Field(gt=0)
+    latency_s: float = Field(ge=0, default=0.0)
+
+    @model_validator(mode="after")
+    def _achieved_below_theory(self) -> "LinkSpec":
+        for field in ("h2d_pinned_bytes_per_s", "d2h_pinned_bytes_per_s"):
+            if getattr(self, field) > self.theoretical_bytes_per_s:
+                raise ValueError(f"{field} exceeds theoretical_bytes_per_s")
+        return self
+
+
+class DiskSpec(Spec):
+    """Storage tier for weights that do not fit in host memory."""
+
+    name: str
+    read_bytes_per_s: float = Field(gt=0)
+    capacity_bytes: float = Field(gt=0)
+    source: str | None = None
+
+
+class PlatformSpec(Sourced):
+    """A machine: n GPUs, CPU socket(s), host memory, links and disk.
+
+    ``gpu``, ``cpu``, ``host_link`` and ``gpu_link`` name entries of the hardware database;
+    :func:`moesim.db.resolve_platform` turns them into a :class:`Platform`.
+    """
+
+    gpu: str
+    num_gpus: int = Field(ge=1)
+    cpu: str
+    num_cpus: int = Field(ge=1, default=1)
+    host_memory_bytes: float = Field(gt=0)
+    host_memory_bandwidth_bytes_per_s: float | None = Field(
+        default=None, description="defaults to num_cpus x the CPU's memory bandwidth"
+    )
+    host_link: str = Field(description="link between host and each GPU, e.g. pcie-gen4-x16")
+    gpu_link: str | None = Field(default=None, description="GPU-GPU link; None = through PCIe")
+    disk: DiskSpec
+    default_for_gpu: str | None = Field(default=None, description="this platform is the default host of that GPU")
+    price_usd_excluding_gpus: float | None = None
+
+
+class Platform(Spec):
+    """A platform with every name resolved to its spec: what the simulator consumes."""
+
+    name: str
+    gpu: AcceleratorSpec
+    num_gpus: int = Field(ge=1)
+    cpu: CPUSpec
+    num_cpus: int = Field(ge=1)
+    host_memory_bytes: float = Field(gt=0)
+    host_memory_bandwidth_bytes_per_s: float = Field(gt=0)
+    host_link: LinkSpec
+    gpu_link: LinkSpec | None = None
+    disk: DiskSpec
+    empirical: EmpiricalProfile
+    assumptions: tuple[str, ...] = ()
+    price_usd_excluding_gpus: float | None = None
+
+    @property
+    def gpu_memory_bytes(self) -> float:
+        return self.gpu.memory_bytes * self.num_gpus
+
+    @property
+    def usable_gpu_memory_bytes_per_gpu(self) -> float:
+        return max(0.0, self.gpu.memory_bytes - self.empirical.gpu_memory_reserved_bytes)
+
+    @property
+    def usable_host_memory_bytes(self) -> float:
+        return self.host_memory_bytes * (1.0 - self.empirical.host_memory_reserved_fraction)
+
+    @property
+    def cpu_peak_flop_per_s(self) -> dict[str, float]:
+        return {k: v * self.num_cpus for k, v in self.cpu.peak_flop_per_s.items()}
+
+    def scaled(self, **factors: float) -> "Platform":
+        """A what-if copy with resources scaled, e.g. ``scaled(hbm=2, pcie=2, gpu_flops=2)``."""
+        gpu, link, plat = self.gpu, self.host_link, {}
+        if "hbm" in factors:
+            gpu = gpu.model_copy(update={"memory_bandwidth_bytes_per_s": gpu.memory_bandwidth_bytes_per_s * factors["hbm"]})
+        if "gpu_flops" in factors:
+            gpu = gpu.model_copy(
+                update={"peak_flop_per_s": {k: v * factors["gpu_flops"] for k, v in gpu.peak_flop_per_s.items()}}
+            )
+        if "pcie" in factors:
+            f = factors["pcie"]
+            link = link.model_copy(
+                update={
+                    k: getattr(link, k) * f
+                    for k in (
+                        "theoretical_bytes_per_s",
+                        "h2d_pinned_bytes_per_s",
+                        "d2h_pinned_bytes_per_s",
+                        "h2d_pageable_bytes_per_s",
+                        "d2h_pageable_bytes_per_s",
+                    )
+                }
+            )
+        if "host_bw" in factors:
+            plat["host_memory_bandwidth_bytes_per_s"] = self.host_memory_bandwidth_bytes_per_s * factors["host_bw"]
+        unknown = set(factors) - {"hbm", "gpu_flops", "pcie", "host_bw"}
+        if unknown:
+            raise ValueError(f"unknown resource(s) to scale: {sorted(unknown)}")
+        return self.model_copy(update={"gpu": gpu, "host_link": link, **plat})

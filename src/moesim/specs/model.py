@@ -1,0 +1,294 @@
+"""MoE model spec and the parameter arithmetic that follows from it.
+
+Parameter counts follow the module shapes of the reference implementations
+(Hugging Face transformers modeling files): a gated FFN has three matrices
+(gate, up: hidden x ffn; down: ffn x hidden); GQA attention has Q and O of
+hidden x (heads*head_dim) and K, V of hidden x (kv_heads*head_dim); MLA follows
+DeepSeek-V2 (arXiv 2405.04434, section 2.1).  Norms and biases are ignored (<0.01%).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from .common import BYTES_PER_ELEMENT, Sourced, Spec
+
+
+class AttentionSpec(Spec):
+    kind: Literal["mha", "gqa", "mla"]
+    num_heads: int = Field(gt=0)
+    num_kv_heads: int = Field(gt=0)
+    head_dim: int = Field(gt=0, description="q/k/v head dim for MHA/GQA; v_head_dim for MLA")
+    # MLA (DeepSeek-V2 section 2.1): latent ranks and the split of the query/key head dim.
+    q_lora_rank: int | None = None
+    kv_lora_rank: int | None = None
+    qk_nope_head_dim: int | None = None
+    qk_rope_head_dim: int | None = None
+    v_head_dim: int | None = None
+    # Windowed attention: which layers attend within a window, repeating pattern.
+    window_kind: Literal["sliding", "chunked"] | None = None
+    window_tokens: int | None = None
+    window_layer_pattern: tuple[bool, ...] = Field(
+        default=(), description="repeating per-layer pattern, True = windowed layer (e.g. gpt-oss: [true, false])"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "AttentionSpec":
+        if self.kind == "mla":
+            missing = [
+                f
+                for f in ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
+                if getattr(self, f) is None
+            ]
+            if missing:
+                raise ValueError(f"MLA attention needs {', '.join(missing)}")
+        elif self.num_heads % self.num_kv_heads:
+            raise ValueError("num_heads must be a multiple of num_kv_heads")
+        if (self.window_kind is None) != (self.window_tokens is None):
+            raise ValueError("window_kind and window_tokens go together")
+        if self.window_kind and not self.window_layer_pattern:
+            raise ValueError("window_layer_pattern is needed with a window")
+        return self
+
+    @property
+    def qk_head_dim(self) -> int:
+        if self.kind == "mla":
+            return self.qk_nope_head_dim + self.qk_rope_head_dim  # type: ignore[operator]
+        return self.head_dim
+
+    @property
+    def out_head_dim(self) -> int:
+        return self.v_head_dim if self.kind == "mla" else self.head_dim  # type: ignore[return-value]
+
+    def params(self, hidden: int) -> int:
+        """Weights of one attention block (projections only)."""
+        h = self.num_heads
+        if self.kind == "mla":
+            qk = self.qk_head_dim
+            q = hidden * self.q_lora_rank + self.q_lora_rank * h * qk if self.q_lora_rank else hidden * h * qk
+            kv_down = hidden * (self.kv_lora_rank + self.qk_rope_head_dim)
+            kv_up = self.kv_lora_rank * h * (self.qk_nope_head_dim + self.v_head_dim)
+            o = h * self.v_head_dim * hidden
+            return q + kv_down + kv_up + o
+        d = self.head_dim
+        return hidden * h * d * 2 + hidden * self.num_kv_heads * d * 2
+
+    def kv_elements_per_token(self) -> int:
+        """Cached elements per token per layer: K and V, or MLA's latent plus rope key."""
+        if self.kind == "mla":
+            return self.kv_lora_rank + self.qk_rope_head_dim  # type: ignore[operator]
+        return 2 * self.num_kv_heads * self.head_dim
+
+    def is_windowed(self, layer: int) -> bool:
+        if not self.window_kind:
+            return False
+        return self.window_layer_pattern[layer % len(self.window_layer_pattern)]
+
+
+class MoESpec(Spec):
+    num_experts: int = Field(gt=0)
+    top_k: int = Field(gt=0)
+    expert_intermediate_size: int = Field(gt=0)
+    num_shared_experts: int = Field(ge=0, default=0)
+    shared_expert_intermediate_size: int | None = Field(
+        default=None, description="per shared expert; defaults to expert_intermediate_size"
+    )
+    first_k_dense: int = Field(ge=0, default=0, description="the first k layers have a dense FFN")
+    layer_freq: int = Field(ge=1, default=1, description="after first_k_dense, every layer_freq-th layer is MoE")
+    gated: bool = True
+    router: Literal["softmax", "sigmoid"] = "softmax"
+    router_bias: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> "MoESpec":
+        if self.top_k > self.num_experts:
+            raise ValueError(f"top_k ({self.top_k}) exceeds num_experts ({self.num_experts})")
+        return self
+
+    @property
+    def shared_ffn(self) -> int:
+        return self.shared_expert_intermediate_size or self.expert_intermediate_size
+
+    def is_moe_layer(self, layer: int) -> bool:
+        if layer < self.first_k_dense:
+            return False
+        return (layer - self.first_k_dense) % self.layer_freq == self.layer_freq - 1
+
+
+class DenseFFNSpec(Spec):
+    intermediate_size: int = Field(gt=0)
+    gated: bool = True
+
+
+class PublishedParams(Spec):
+    total_params: float = Field(gt=0)
+    active_params: float = Field(gt=0)
+    active_includes_embeddings: bool = Field(
+        default=True, description="whether the published active count includes input embeddings"
+    )
+    source: str
+
+
+@dataclass(frozen=True)
+class LayerKind:
+    """What distinguishes layers for simulation: FFN type and attention span."""
+
+    moe: bool
+    windowed: bool
+
+
+class ModelSpec(Sourced):
+    """A (Mixture-of-Experts) transformer decoder."""
+
+    family: str
+    hf_id: str | None = None
+    num_layers: int = Field(gt=0)
+    hidden_size: int = Field(gt=0)
+    vocab_size: int = Field(gt=0)
+    tie_word_embeddings: bool = False
+    max_context_tokens: int = Field(gt=0)
+    default_dtype: str = "bf16"
+    expert_dtype: str | None = Field(default=None, description="routed-expert weight dtype if it differs (gpt-oss: mxfp4)")
+    attention: AttentionSpec
+    moe: MoESpec | None = None
+    dense_ffn: DenseFFNSpec | None = None
+    published: PublishedParams | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelSpec":
+        for field in ("default_dtype", "expert_dtype"):
+            value = getattr(self, field)
+            if value is not None and value not in BYTES_PER_ELEMENT:
+                raise ValueError(f"{field} {value!r} is not one of {sorted(BYTES_PER_ELEMENT)}")
+        needs_dense = self.moe is None or any(not self.moe.is_moe_layer(i) for i in range(self.num_layers))
+        if needs_dense and self.dense_ffn is None:
+            raise ValueError("some layers are dense, so dense_ffn is required")
+        return self
+
+    # ---- structure -------------------------------------------------------------------------
+    def is_moe_layer(self, layer: int) -> bool:
+        return self.moe is not None and self.moe.is_moe_layer(layer)
+
+    def layer_kinds(self) -> dict[LayerKind, int]:
+        """Distinct layer kinds and how many layers of each: the unit of representative simulation."""
+        return dict(
+            Counter(LayerKind(self.is_moe_layer(i), self.attention.is_windowed(i)) for i in range(self.num_layers))
+        )
+
+    @property
+    def num_moe_layers(self) -> int:
+        return sum(self.is_moe_layer(i) for i in range(self.num_layers))
+
+    @property
+    def num_dense_layers(self) -> int:
+        return self.num_layers - self.num_moe_layers
+
+    # ---- parameter counts (elements) -----------------------------------------------------------
+    def ffn_params(self, intermediate: int, gated: bool = True) -> int:
+        return (3 if gated else 2) * self.hidden_size * intermediate
+
+    @property
+    def expert_params(self) -> int:
+        assert self.moe is not None
+        return self.ffn_params(self.moe.expert_intermediate_size, self.moe.gated)
+
+    @property
+    def shared_expert_params(self) -> int:
+        """All shared experts of one MoE layer together."""
+        if self.moe is None:
+            return 0
+        return self.moe.num_shared_experts * self.ffn_params(self.moe.shared_ffn, self.moe.gated)
+
+    @property
+    def router_params(self) -> int:
+        if self.moe is None:
+            return 0
+        return self.hidden_size * self.moe.num_experts
+
+    @property
+    def dense_ffn_params(self) -> int:
+        if self.dense_ffn is None:
+            return 0
+        return self.ffn_params(self.dense_ffn.intermediate_size, self.dense_ffn.gated)
+
+    @property
+    def attention_params(self) -> int:
+        return self.attention.params(self.hidden_size)
+
+    @property
+    def embedding_params(self) -> int:
+        return self.vocab_size * self.hidden_size
+
+    @property
+    def lm_head_params(self) -> int:
+        return 0 if self.tie_word_embeddings else self.vocab_size * self.hidden_size
+
+    def _params(self, experts_per_moe_layer: float, include_embeddings: bool = True) -> float:
+        n_moe, n_dense = self.num_moe_layers, self.num_dense_layers
+        total = self.num_layers * self.attention_params + n_dense * self.dense_ffn_params
+        if self.moe is not None:
+            total += n_moe * (self.router_params + self.shared_expert_params + experts_per_moe_layer * self.expert_params)
+        total += self.lm_head_params + (self.embedding_params if include_embeddings else 0)
+        return total
+
+    @cached_property
+    def total_params(self) -> float:
+        return self._params(self.moe.num_experts if self.moe else 0)
+
+    def active_params(self, include_embeddings: bool = True) -> float:
+        """Parameters one token touches: all non-expert weights plus top-k routed experts per MoE layer."""
+        return self._params(self.moe.top_k if self.moe else 0, include_embeddings)
+
+    # ---- bytes ------------------------------------------------------------------------------
+    def weight_dtype(self, override: str | None = None) -> str:
+        return override or self.default_dtype
+
+    def expert_weight_dtype(self, override: str | None = None) -> str:
+        return override or self.expert_dtype or self.default_dtype
+
+    def weight_bytes(self, dtype: str | None = None) -> float:
+        """All weights in memory: routed experts in the expert dtype, the rest in the weight dtype."""
+        routed = self.num_moe_layers * (self.moe.num_experts * self.expert_params if self.moe else 0)
+        rest = self.total_params - routed
+        return rest * BYTES_PER_ELEMENT[self.weight_dtype(dtype)] + routed * BYTES_PER_ELEMENT[
+            self.expert_weight_dtype(dtype)
+        ]
+
+    def kv_bytes_per_token(self, kv_dtype: str = "bf16", context_tokens: int | None = None) -> float:
+        """KV-cache bytes per token summed over layers.
+
+        With ``context_tokens``, windowed layers hold at most ``window_tokens`` tokens, so the
+        average per-token cost over a sequence of that length is returned.
+        """
+        per_layer = self.attention.kv_elements_per_token() * BYTES_PER_ELEMENT[kv_dtype]
+        total = 0.0
+        for i in range(self.num_layers):
+            share = 1.0
+            if context_tokens and self.attention.is_windowed(i):
+                share = min(1.0, self.attention.window_tokens / context_tokens)  # type: ignore[operator]
+            total += per_layer * share
+        return total
+
+    # ---- synthetic variants for sweeps ----------------------------------------------------------
+    def with_experts(self, num_experts: int) -> "ModelSpec":
+        return self._with_moe(num_experts=num_experts, top_k=min(self.moe.top_k, num_experts))  # type: ignore[union-attr]
+
+    def with_top_k(self, top_k: int) -> "ModelSpec":
+        return self._with_moe(top_k=top_k)
+
+    def with_expert_ffn(self, intermediate: int) -> "ModelSpec":
+        return self._with_moe(expert_intermediate_size=intermediate)
+
+    def _with_moe(self, **update) -> "ModelSpec":
+        if self.moe is None:
+            raise ValueError(f"{self.name} has no MoE layers")
+        moe = MoESpec.model_validate({**self.moe.model_dump(), **update})
+        tag = ",".join(f"{k}={v}" for k, v in update.items())
+        return ModelSpec.model_validate(
+            {**self.model_dump(), "moe": moe.model_dump(), "name": f"{self.name}[{tag}]", "published": None}
+        )

@@ -1,0 +1,167 @@
+"""`gpu-resident`: every weight and the whole KV cache on the GPU(s); static batches.
+
+With n GPUs the model is tensor-parallel (Megatron-LM, Shoeybi et al. 2019, section 3):
+attention heads and each expert's FFN columns are split n ways, so every GPU does 1/n of
+the FLOPs and reads 1/n of the weights and KV, and two all-reduces per layer combine the
+partial outputs. A ring all-reduce of S bytes takes 2 (n-1)/n * S / link bandwidth.
+
+The batch is the largest that memory allows (weights/n + KV/n + activations within the
+usable GPU memory), split into equal waves; prefill runs the wave's prompts in chunks of at
+most ``prefill_chunk_tokens`` tokens.
+"""
+
+from __future__ import annotations
+
+import math
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..engine import Engine
+from ..errors import InfeasibleError
+from ..modules import Context
+from ..specs import LayerKind
+from ..units import fmt_bytes
+from .base import Plan, ServingSystem, StepSim, balanced_batches, simpson_decode_time, simulate_pass
+
+ACT_HIDDEN_COPIES = 8  # live hidden-sized activations per token (residual, norms, attn out, ...)
+
+
+class GpuResidentParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    batch_size: int | None = Field(default=None, ge=1, description="None = largest that fits")
+    prefill_chunk_tokens: int = Field(default=8192, ge=1)
+
+
+def activation_bytes(ctx: Context, tokens: float) -> float:
+    """Transient activations of a forward pass over ``tokens`` tokens (bf16), per GPU."""
+    m = ctx.model
+    ffn = max(m.moe.expert_intermediate_size * m.moe.top_k if m.moe else 0,
+              m.dense_ffn.intermediate_size if m.dense_ffn else 0)
+    return tokens * (ACT_HIDDEN_COPIES * m.hidden_size + 2 * ffn) * 2.0 / ctx.platform.num_gpus
+
+
+class GpuResident(ServingSystem):
+    name = "gpu-resident"
+    summary = ("static batches, all weights and the KV cache in GPU memory "
+               "(tensor-parallel over the platform's GPUs)")
+    Params = GpuResidentParams
+
+    # ---- memory --------------------------------------------------------------------------------
+    def _per_gpu_fixed_bytes(self, ctx: Context) -> float:
+        return ctx.weight_bytes / ctx.platform.num_gpus
+
+    def _kv_per_seq_bytes(self, ctx: Context) -> float:
+        ctx_len = ctx.workload.total_context_tokens
+        return ctx_len * ctx.kv_bytes_per_token(ctx_len) / ctx.platform.num_gpus
+
+    def _max_batch(self, ctx: Context) -> int:
+        p = ctx.platform
+        usable = p.usable_gpu_memory_bytes_per_gpu
+        weights = self._per_gpu_fixed_bytes(ctx)
+        if weights > usable:
+            raise InfeasibleError(
+                f"gpu-resident: {ctx.model.name} weights ({ctx.wdtype}) need {fmt_bytes(weights)} per GPU on "
+                f"{p.num_gpus} x {p.gpu.name}, but only {fmt_bytes(usable)} is usable per GPU "
+                f"({fmt_bytes(p.gpu.memory_bytes)} minus {fmt_bytes(p.empirical.gpu_memory_reserved_bytes)} reserved): "
+                f"short by {fmt_bytes(weights - usable)}. Use more GPUs (--gpus), a smaller dtype, "
+                f"or an offloading system."
+            )
+        prefill_tokens = max(self.params.prefill_chunk_tokens, ctx.workload.prompt_tokens)
+        free = usable - weights - activation_bytes(ctx, prefill_tokens)
+        per_seq = self._kv_per_seq_bytes(ctx) + activation_bytes(ctx, 1)
+        batch = int(free // per_seq)
+        if batch < 1:
+            raise InfeasibleError(
+                f"gpu-resident: weights fit but not even one sequence of {ctx.workload.total_context_tokens} tokens: "
+                f"needs {fmt_bytes(per_seq)} of KV and activations per GPU, {fmt_bytes(max(free, 0))} left"
+            )
+        return batch
+
+    # ---- schedule -----------------------------------------------------------------------------
+    def _allreduce_s(self, ctx: Context, tokens: float) -> float:
+        p = ctx.platform
+        n = p.num_gpus
+        if n == 1:
+            return 0.0
+        link = p.gpu_link or p.host_link
+        nbytes = tokens * ctx.model.hidden_size * 2.0
+        return link.latency_s + 2.0 * (n - 1) / n * nbytes / link.h2d_pinned_bytes_per_s
+
+    def _pass(self, ctx: Context, seqs: float, q_len: int, kv_len: int) -> StepSim:
+        n = ctx.platform.num_gpus
+        tokens = seqs * q_len
+        inv = 1.0 / n
+        engine = Engine(memory_capacity_bytes={"gpu": ctx.platform.usable_gpu_memory_bytes_per_gpu})
+        attn_proj = ctx.gpu_s(ctx.attention_proj(tokens).scaled(inv))
+        allreduce = self._allreduce_s(ctx, tokens)
+        core = {w: ctx.gpu_s(ctx.attention_core(seqs, q_len, kv_len, w).scaled(inv)) for w in (False, True)}
+        moe = ctx.model.moe
+        if moe:
+            router = ctx.gpu_s(ctx.router(tokens))
+            active = ctx.active_experts(tokens)
+            experts = ctx.gpu_s(ctx.experts(active, tokens * moe.top_k).scaled(inv))
+            shared_cost = ctx.shared_experts(tokens)
+            shared = ctx.gpu_s(shared_cost.scaled(inv)) if shared_cost else 0.0
+        dense = ctx.gpu_s(ctx.dense_ffn(tokens).scaled(inv)) if ctx.model.dense_ffn else 0.0
+
+        def layer(eng: Engine, i: int, kind: LayerKind) -> int:
+            last = eng.add(f"L{i} attn proj", "gpu", attn_proj, category="attention")
+            last = eng.add(f"L{i} attention", "gpu", core[kind.windowed], [last], category="attention")
+            if n > 1:
+                last = eng.add(f"L{i} all-reduce", "gpu-link", allreduce, [last], category="communication")
+            if kind.moe:
+                last = eng.add(f"L{i} router", "gpu", router, [last], category="router")
+                last = eng.add(f"L{i} experts", "gpu", experts, [last], category="experts")
+                if shared:
+                    last = eng.add(f"L{i} shared experts", "gpu", shared, [last], category="experts")
+            else:
+                last = eng.add(f"L{i} dense ffn", "gpu", dense, [last], category="dense_ffn")
+            if n > 1:
+                last = eng.add(f"L{i} all-reduce 2", "gpu-link", allreduce, [last], category="communication")
+            return last
+
+        head = ctx.gpu_s(ctx.head(tokens, seqs).scaled(inv))
+
+        def prologue(eng: Engine) -> None:
+            eng.hold("gpu", self._per_gpu_fixed_bytes(ctx), "weights")
+            eng.hold("gpu", seqs * kv_len * ctx.kv_bytes_per_token(kv_len) / n, "kv cache")
+            eng.hold("gpu", activation_bytes(ctx, tokens), "activations")
+
+        def epilogue(eng: Engine) -> None:
+            eng.add("lm head + embedding", "gpu", head, [len(eng.tasks) - 1], category="head")
+
+        return simulate_pass(ctx, engine, layer, prologue, epilogue)
+
+    def plan(self, ctx: Context) -> Plan:
+        w = ctx.workload
+        max_batch = self._max_batch(ctx)
+        wanted = w.batch_size or self.params.batch_size
+        notes = []
+        if wanted and wanted > max_batch:
+            raise InfeasibleError(
+                f"gpu-resident: batch {wanted} does not fit; at most {max_batch} sequences of "
+                f"{w.total_context_tokens} tokens fit in GPU memory next to the weights"
+            )
+        batch, num_batches = balanced_batches(w.num_requests, wanted or max_batch)
+        seqs_per_pass = max(1, min(batch, self.params.prefill_chunk_tokens // w.prompt_tokens))
+        passes = math.ceil(batch / seqs_per_pass)
+        prefill = self._pass(ctx, seqs_per_pass, w.prompt_tokens, w.prompt_tokens)
+        decode_s, points = simpson_decode_time(lambda c: self._pass(ctx, batch, 1, c), w.prompt_tokens, w.gen_tokens)
+        peak_gpu = max(prefill.peak_memory_bytes.get("gpu", 0.0),
+                       max(s.peak_memory_bytes.get("gpu", 0.0) for _, s in points))
+        return Plan(
+            system=self.name,
+            config={"batch_size": batch, "max_batch_that_fits": max_batch, "tensor_parallel": ctx.platform.num_gpus,
+                    "prefill_sequences_per_pass": seqs_per_pass},
+            batch_size=batch,
+            num_batches=num_batches,
+            prefill_passes_per_batch=passes,
+            prefill=prefill,
+            prefill_tokens_per_pass=seqs_per_pass * w.prompt_tokens,
+            decode_points=points,
+            decode_time_per_batch_s=decode_s,
+            gpu_mem_bytes=peak_gpu,
+            host_mem_bytes=0.0,
+            placement={"weights": "gpu", "kv_cache": "gpu"},
+            notes=notes,
+        )

@@ -1,0 +1,320 @@
+"""`moe-gen`: module-based batching with weights and KV in host memory (MoE-Gen, arXiv 2503.09716).
+
+Where data lives (section 4.2): all weights in pinned host memory (overflow on disk), the
+whole KV cache in host memory; the GPU keeps embeddings, LM head and routers resident plus
+three reserved buffers: a dense-module buffer (attention and shared experts of one layer,
+double-buffered), an expert buffer (S_Expert; whatever GPU memory is left), and a KV buffer
+for attention micro-batches.
+
+One decode step, per layer (Figure 6 DAG):
+  H2D  copy the layer's attention (+ shared expert) weights
+  GPU  pre-attention projections for the accumulated batch B
+  H2D  copy the KV of each GPU attention micro-batch (b_a sequences)  -> GPU attention
+  CPU  attention for the fraction omega of B, reading host KV directly (not with MLA, where
+       MoE-Gen keeps omega = 0: the latent would need a 71x up-projection, section 5.3)
+  D2H  write back the new tokens' KV
+  GPU  post-attention projection, router; shared experts
+  H2D  stream each activated expert's weights on the copy engine, overlapped with
+  GPU  the previous experts' compute on the whole accumulated batch (experts run one by one)
+The copy engine serves requests in submission order, and buffers are rings: a copy waits for
+the compute that frees its slot. Prefill is the same without KV copies (KV goes D2H).
+
+Batch sizes (section 4.3): decode B is the largest that host memory allows (KV of B
+sequences next to the weights), capped by the workload; b_a and omega are chosen by
+enumeration, each candidate timed by simulating the DAG; the prefill accumulation is the
+largest number of prompts whose hidden states fit on the GPU next to the buffers.
+Simplifications (documented): experts are grouped into at most ``max_tasks_per_module``
+copy/compute tasks per layer and micro-batches likewise; no S_Params caching of experts.
+"""
+
+from __future__ import annotations
+
+import math
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..engine import BufferRing, Engine
+from ..errors import InfeasibleError
+from ..modules import Context
+from ..specs import LayerKind
+from ..units import fmt_bytes
+from .base import Plan, ServingSystem, StepSim, balanced_batches, simpson_decode_time, simulate_pass
+
+HIDDEN_COPIES = 6  # hidden-sized bf16 tensors live per token of the accumulated batch
+
+
+class MoEGenParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    batch_size: int | None = Field(default=None, ge=1, description="accumulated decode batch B; None = host max")
+    attention_micro_batch: int | None = Field(default=None, ge=1, description="b_a; None = searched")
+    cpu_attention_fraction: float | None = Field(default=None, ge=0, le=1, description="omega; None = searched")
+    prefill_batch: int | None = Field(default=None, ge=1, description="prompts per prefill pass; None = searched")
+    attention_micro_batch_grid: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024)
+    cpu_attention_grid: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8)
+    kv_buffer_slots: int = Field(default=2, ge=1)
+    max_tasks_per_module: int = Field(default=16, ge=1)
+
+
+class MoEGen(ServingSystem):
+    name = "moe-gen"
+    summary = ("module-based batching: weights and KV in host memory, attention in GPU micro-batches "
+               "(optionally part on the CPU), experts on the accumulated batch with weights streamed over PCIe")
+    Params = MoEGenParams
+
+    # ---- memory ------------------------------------------------------------------------------
+    def _dense_module_bytes(self, ctx: Context) -> float:
+        per_layer = ctx.attention_weight_bytes + max(ctx.shared_weight_bytes, ctx.dense_ffn_weight_bytes)
+        return per_layer
+
+    def _host_layout(self, ctx: Context) -> tuple[float, float, float]:
+        """(weight bytes in host memory, weight bytes on disk, host bytes left for KV)."""
+        p = ctx.platform
+        usable = p.usable_host_memory_bytes
+        weights = ctx.weight_bytes
+        # keep room for at least one sequence's KV before spilling weights to disk
+        ctx_len = ctx.workload.total_context_tokens
+        one_seq = ctx_len * ctx.kv_bytes_per_token(ctx_len)
+        in_host = min(weights, max(0.0, usable - one_seq))
+        on_disk = weights - in_host
+        if on_disk > p.disk.capacity_bytes:
+            raise InfeasibleError(
+                f"moe-gen: {ctx.model.name} ({ctx.wdtype}) needs {fmt_bytes(weights)} of weights; host memory holds "
+                f"{fmt_bytes(in_host)} and the disk {fmt_bytes(p.disk.capacity_bytes)}: short by "
+                f"{fmt_bytes(on_disk - p.disk.capacity_bytes)}"
+            )
+        return in_host, on_disk, usable - in_host
+
+    def _gpu_fixed_bytes(self, ctx: Context) -> float:
+        return ctx.resident_weight_bytes + 2 * self._dense_module_bytes(ctx)
+
+    def _gpu_state_bytes(self, ctx: Context, tokens: float, attn_seqs: float, kv_len: int, q_len: int) -> float:
+        """Hidden states of the accumulated tokens + KV buffers + one attention micro-batch."""
+        m = ctx.model
+        hidden = tokens * HIDDEN_COPIES * m.hidden_size * 2.0
+        kv_buf = self.params.kv_buffer_slots * attn_seqs * kv_len * ctx.kv_bytes_per_token_layer() if q_len == 1 else 0
+        attn_tmp = attn_seqs * q_len * m.attention.num_heads * (m.attention.qk_head_dim + m.attention.out_head_dim) * 2.0
+        ffn_tmp = min(tokens * (m.moe.top_k if m.moe else 1), 16384) * 3 * max(
+            m.moe.expert_intermediate_size if m.moe else 0, m.dense_ffn.intermediate_size if m.dense_ffn else 0) * 2.0
+        logits = min(tokens, attn_seqs if q_len > 1 else tokens) * m.vocab_size * 4.0
+        return hidden + kv_buf + attn_tmp + ffn_tmp + logits
+
+    def _expert_slots(self, ctx: Context, state_bytes: float) -> int:
+        free = ctx.platform.usable_gpu_memory_bytes_per_gpu - self._gpu_fixed_bytes(ctx) - state_bytes
+        if not ctx.model.moe:
+            return 0
+        return int(min(2 * ctx.model.moe.num_experts, free // ctx.expert_weight_bytes))
+
+    # ---- one forward pass ----------------------------------------------------------------------
+    def _pass(self, ctx: Context, seqs: int, q_len: int, kv_len: int, b_a: int, omega: float,
+              disk_fraction: float) -> StepSim:
+        p = ctx.platform
+        m = ctx.model
+        tokens = seqs * q_len
+        decode = q_len == 1
+        gpu_seqs = seqs if not decode else seqs - int(round(omega * seqs))
+        cpu_seqs = seqs - gpu_seqs
+        state = self._gpu_state_bytes(ctx, tokens, min(b_a, max(gpu_seqs, 1)), kv_len, q_len)
+        slots = self._expert_slots(ctx, state)
+        if m.moe and slots < 2:
+            raise InfeasibleError(
+                f"moe-gen: no room for two experts' weights on the GPU: {p.gpu.name} has "
+                f"{fmt_bytes(p.usable_gpu_memory_bytes_per_gpu)} usable, resident weights and buffers take "
+                f"{fmt_bytes(self._gpu_fixed_bytes(ctx) + state)}, two experts need {fmt_bytes(2 * ctx.expert_weight_bytes)}"
+            )
+        engine = Engine(memory_capacity_bytes={"gpu": p.usable_gpu_memory_bytes_per_gpu})
+        cap = self.params.max_tasks_per_module
+
+        # module times (computed once, reused by every simulated layer)
+        dense_bytes = {k: ctx.attention_weight_bytes + (ctx.shared_weight_bytes if k else ctx.dense_ffn_weight_bytes)
+                       for k in (True, False)}
+        dense_copy = {k: ctx.h2d_s(v) for k, v in dense_bytes.items()}
+        pre_attn = ctx.gpu_s(ctx.attention_proj(tokens).scaled(0.75))
+        post_attn = ctx.gpu_s(ctx.attention_proj(tokens).scaled(0.25))
+        n_mb = math.ceil(gpu_seqs / b_a) if gpu_seqs else 0
+        mb_groups = min(n_mb, cap)
+        seqs_per_group = gpu_seqs / mb_groups if mb_groups else 0
+        kv_group_bytes = seqs_per_group * kv_len * ctx.kv_bytes_per_token_layer() if decode else 0.0
+        core = {w: ctx.gpu_s(ctx.attention_core(b_a if decode else seqs_per_group, q_len, kv_len, w))
+                * (math.ceil(seqs_per_group / b_a) if decode else 1) for w in (False, True)}
+        cpu_core = {w: ctx.cpu_s(ctx.cpu_attention(cpu_seqs, kv_len, w)) if cpu_seqs else 0.0 for w in (False, True)}
+        kv_write = ctx.d2h_s(tokens * ctx.kv_bytes_per_token_layer())
+        if m.moe:
+            active = ctx.active_experts(tokens)
+            routed = tokens * m.moe.top_k
+            n_chunks = max(1, min(cap, math.ceil(active)))
+            per_chunk = active / n_chunks
+            chunk_slots = max(1, int(slots // math.ceil(per_chunk)))
+            chunk_bytes = per_chunk * ctx.expert_weight_bytes
+            chunk_copy = ctx.h2d_s(chunk_bytes)
+            chunk_disk = ctx.disk_s(chunk_bytes) * disk_fraction
+            chunk_compute = ctx.gpu_s(ctx.experts(per_chunk, routed / n_chunks))
+            router = ctx.gpu_s(ctx.router(tokens))
+            shared_cost = ctx.shared_experts(tokens)
+            shared = ctx.gpu_s(shared_cost) if shared_cost else 0.0
+            expert_ring = BufferRing(chunk_slots)
+        dense_ffn = ctx.gpu_s(ctx.dense_ffn(tokens)) if m.dense_ffn else 0.0
+        dense_disk = {k: ctx.disk_s(v) * disk_fraction for k, v in dense_bytes.items()}
+        dense_ring = BufferRing(2)
+        kv_ring = BufferRing(self.params.kv_buffer_slots)
+
+        def layer(eng: Engine, i: int, kind: LayerKind) -> int:
+            disk_dep = None
+            if dense_disk[kind.moe]:
+                disk_dep = eng.add(f"L{i} dense weights from disk", "disk", dense_disk[kind.moe], category="transfer")
+            w_copy = eng.add(f"L{i} attention weights H2D", "h2d", dense_copy[kind.moe], [dense_ring.acquire(), disk_dep],
+                             category="transfer", nbytes=dense_bytes[kind.moe])
+            pre = eng.add(f"L{i} pre-attention", "gpu", pre_attn, [w_copy], category="attention")
+            attn_done = [pre]
+            if cpu_seqs:
+                attn_done.append(eng.add(f"L{i} CPU attention ({cpu_seqs} seq)", "cpu", cpu_core[kind.windowed], [pre],
+                                         category="cpu"))
+            for g in range(mb_groups):
+                deps = [pre]
+                if decode:
+                    kv = eng.add(f"L{i} KV H2D mb{g}", "h2d", ctx.h2d_s(kv_group_bytes), [kv_ring.acquire()],
+                                 category="transfer", nbytes=kv_group_bytes)
+                    deps.append(kv)
+                a = eng.add(f"L{i} attention mb{g}", "gpu", core[kind.windowed], deps, category="attention")
+                if decode:
+                    kv_ring.release(a)
+                attn_done.append(a)
+            eng.add(f"L{i} KV D2H", "d2h", kv_write, [attn_done[-1]], category="transfer",
+                    nbytes=tokens * ctx.kv_bytes_per_token_layer())
+            post = eng.add(f"L{i} post-attention", "gpu", post_attn, attn_done, category="attention")
+            if not kind.moe:
+                last = eng.add(f"L{i} dense FFN", "gpu", dense_ffn, [post], category="dense_ffn")
+                dense_ring.release(last)
+                return last
+            last = eng.add(f"L{i} router", "gpu", router, [post], category="router")
+            if shared:
+                last = eng.add(f"L{i} shared experts", "gpu", shared, [last], category="experts")
+            dense_ring.release(last)
+            routed_dep = last
+            for c in range(n_chunks):
+                disk = None
+                if chunk_disk:
+                    disk = eng.add(f"L{i} experts {c} from disk", "disk", chunk_disk, category="transfer")
+                copy = eng.add(f"L{i} experts {c} H2D", "h2d", chunk_copy, [expert_ring.acquire(), disk],
+                               category="transfer", nbytes=chunk_bytes)
+                last = eng.add(f"L{i} experts {c}", "gpu", chunk_compute, [copy, routed_dep, last], category="experts")
+                expert_ring.release(last)
+            return last
+
+        head = ctx.gpu_s(ctx.head(tokens, seqs))
+
+        def prologue(eng: Engine) -> None:
+            eng.hold("gpu", ctx.resident_weight_bytes, "resident weights (embeddings, LM head, routers)")
+            eng.hold("gpu", 2 * self._dense_module_bytes(ctx), "dense-module buffer (2 layers)")
+            eng.hold("gpu", state, "hidden states, KV buffers, attention and FFN temporaries")
+            if m.moe:
+                eng.hold("gpu", chunk_slots * math.ceil(per_chunk) * ctx.expert_weight_bytes, "expert buffer")
+
+        def epilogue(eng: Engine) -> None:
+            eng.add("lm head + embedding", "gpu", head, [len(eng.tasks) - 1], category="head")
+
+        return simulate_pass(ctx, engine, layer, prologue, epilogue)
+
+    # ---- search ------------------------------------------------------------------------------
+    def plan(self, ctx: Context) -> Plan:
+        w = ctx.workload
+        p = ctx.platform
+        if p.num_gpus > 1:
+            raise InfeasibleError("moe-gen is modelled on one GPU (data parallelism over GPUs is not modelled yet); "
+                                  "use --gpus 1")
+        in_host, on_disk, kv_room = self._host_layout(ctx)
+        disk_fraction = on_disk / ctx.weight_bytes
+        ctx_len = w.total_context_tokens
+        per_seq_host = ctx_len * ctx.kv_bytes_per_token(ctx_len) + ctx.model.hidden_size * 2.0 * HIDDEN_COPIES
+        host_max = int(kv_room // per_seq_host)
+        if host_max < 1:
+            raise InfeasibleError(
+                f"moe-gen: host memory cannot hold the KV of one sequence next to the weights "
+                f"({fmt_bytes(per_seq_host)} needed, {fmt_bytes(max(kv_room, 0))} left)"
+            )
+        wanted = w.batch_size or self.params.batch_size
+        if wanted and wanted > host_max:
+            raise InfeasibleError(
+                f"moe-gen: batch {wanted} needs {fmt_bytes(wanted * per_seq_host)} of host KV; "
+                f"{fmt_bytes(kv_room)} is left next to the weights (at most {host_max} sequences)"
+            )
+        batch, num_batches = balanced_batches(w.num_requests, wanted or host_max)
+        notes = [f"decode batch B = {batch} sequences (host memory allows {host_max})"]
+        if on_disk:
+            notes.append(f"{fmt_bytes(on_disk)} of weights do not fit in host memory and are read from "
+                         f"{p.disk.name} every forward pass")
+        mid = w.prompt_tokens + max(1, w.gen_tokens // 2)
+        is_mla = ctx.model.attention.kind == "mla"
+
+        def feasible(fn):
+            try:
+                return fn()
+            except InfeasibleError:
+                return None
+
+        # decode: b_a first (omega = 0), then omega at the best b_a (coordinate search)
+        grid_a = ([self.params.attention_micro_batch] if self.params.attention_micro_batch
+                  else [b for b in self.params.attention_micro_batch_grid if b < batch] + [batch])
+        trials: dict[tuple[int, float], StepSim] = {}
+        omega0 = self.params.cpu_attention_fraction if self.params.cpu_attention_fraction is not None else 0.0
+        if is_mla:
+            omega0 = 0.0
+        for b_a in sorted(set(grid_a)):
+            sim = feasible(lambda: self._pass(ctx, batch, 1, mid, b_a, omega0, disk_fraction))
+            if sim:
+                trials[(b_a, omega0)] = sim
+        if not trials:
+            # the accumulated batch itself does not fit on the GPU: report the smallest configuration's reason
+            self._pass(ctx, batch, 1, mid, min(grid_a), omega0, disk_fraction)
+        best_a = min(trials, key=lambda k: trials[k].time_s)[0]
+        if self.params.cpu_attention_fraction is None and not is_mla:
+            for omega in self.params.cpu_attention_grid:
+                if (best_a, omega) not in trials:
+                    sim = feasible(lambda: self._pass(ctx, batch, 1, mid, best_a, omega, disk_fraction))
+                    if sim:
+                        trials[(best_a, omega)] = sim
+        b_a, omega = min(trials, key=lambda k: trials[k].time_s)
+        if is_mla:
+            notes.append("MLA: all attention on the GPU (omega = 0), as MoE-Gen does for DeepSeek (section 5.3)")
+
+        # prefill: the most prompts per pass that fit, searched over powers of two up to B
+        if self.params.prefill_batch:
+            candidates = [min(self.params.prefill_batch, batch)]
+        else:
+            candidates = sorted({min(batch, 2 ** e) for e in range(0, 20) if 2 ** e <= 2 * batch})
+        best_prefill, best_rate, best_pb = None, 0.0, None
+        for pb in candidates:
+            sim = feasible(lambda: self._pass(ctx, pb, w.prompt_tokens, w.prompt_tokens, pb, 0.0, disk_fraction))
+            if sim is None:
+                break
+            rate = pb / sim.time_s
+            if rate > best_rate:
+                best_prefill, best_rate, best_pb = sim, rate, pb
+        if best_prefill is None:
+            raise InfeasibleError(
+                f"moe-gen: not even one prompt of {w.prompt_tokens} tokens fits on the GPU for prefill "
+                f"({p.gpu.name}, {fmt_bytes(p.usable_gpu_memory_bytes_per_gpu)} usable)"
+            )
+        passes = math.ceil(batch / best_pb)
+        decode_s, points = simpson_decode_time(
+            lambda c: self._pass(ctx, batch, 1, c, b_a, omega, disk_fraction), w.prompt_tokens, w.gen_tokens
+        )
+        peak_gpu = max([best_prefill.peak_memory_bytes.get("gpu", 0.0)]
+                       + [s.peak_memory_bytes.get("gpu", 0.0) for _, s in points])
+        host_bytes = in_host + batch * per_seq_host
+        return Plan(
+            system=self.name,
+            config={"batch_size": batch, "max_batch_host": host_max, "attention_micro_batch": b_a,
+                    "cpu_attention_fraction": omega, "prefill_batch": best_pb,
+                    "configurations_simulated": len(trials) + len(candidates)},
+            batch_size=batch,
+            num_batches=num_batches,
+            prefill_passes_per_batch=passes,
+            prefill=best_prefill,
+            prefill_tokens_per_pass=best_pb * w.prompt_tokens,
+            decode_points=points,
+            decode_time_per_batch_s=decode_s,
+            gpu_mem_bytes=peak_gpu,
+            host_mem_bytes=host_bytes,
+            placement={"weights": "host (pinned)" + (" + disk" if on_disk else ""), "kv_cache": "host (pinned)"},
+            notes=notes,
+        )
