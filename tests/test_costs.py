@@ -1,0 +1,89 @@
+"""Hand-computed FLOPs and bytes of each operation family, and routing against Monte Carlo."""
+
+import numpy as np
+import pytest
+
+from moesim import costs
+from moesim.db import models
+
+
+def test_gemm_flops_and_bytes():
+    c = costs.gemm(4, 8, 16, "bf16")
+    assert c.flop == 2 * 4 * 8 * 16
+    assert c.bytes == 16 * 8 * 2 + (4 * 16 + 4 * 8) * 2
+
+
+def test_gemm_int4_weights_halve_weight_bytes():
+    assert costs.gemm(1, 4096, 4096, "int4").bytes == 4096 * 4096 * 0.5 + (4096 + 4096) * 2
+
+
+def test_expert_ffn_flops():
+    h, f, t = 4096, 14336, 10
+    c = costs.expert_ffn(h, f, t)
+    assert c.flop == pytest.approx(2 * t * h * 2 * f + 2 * t * f * h + t * f * 4)
+    assert c.weight_elements == 3 * h * f
+
+
+def test_moe_layer_loop_has_more_launches_and_a_sync():
+    fused = costs.moe_layer(4096, 14336, 8, 2, 64, impl="fused")
+    loop = costs.moe_layer(4096, 14336, 8, 2, 64, impl="loop")
+    assert loop.flop == fused.flop and loop.bytes == fused.bytes
+    assert loop.launches > fused.launches and loop.syncs == 1 and fused.syncs == 0
+
+
+def test_decode_attention_reads_whole_kv_gqa():
+    m = models().get("mixtral-8x7b")
+    c = costs.attention_core(m.attention, batch=2, q_len=1, kv_len=1000)
+    kv = 2 * 1000 * 2 * 8 * 128 * 2  # batch * ctx * (K,V) * kv_heads * head_dim * bf16
+    assert c.bytes >= kv
+    assert c.flop == 2 * 2 * 32 * 1000 * (128 + 128)
+
+
+def test_mla_absorbed_decode_reads_only_latent():
+    m = models().get("deepseek-r1")
+    absorbed = costs.attention_core(m.attention, 1, 1, 4096, mla_absorbed=True)
+    expanded = costs.attention_core(m.attention, 1, 1, 4096, mla_absorbed=False)
+    assert absorbed.bytes < expanded.bytes
+    assert expanded.flop > 10 * absorbed.flop / 10  # the up-projection of the cache adds work
+    assert expanded.flop > absorbed.flop
+
+
+def test_causal_prefill_span_is_half():
+    assert costs.effective_span(1000, 1000, True) == pytest.approx(500.5)
+    assert costs.effective_span(1, 1000, True) == 1000
+    assert costs.effective_span(1, 1000, True, "sliding", 128) == 128
+
+
+@pytest.mark.parametrize("e,k,t", [(8, 2, 1), (8, 2, 4), (64, 6, 10), (256, 8, 32)])
+def test_expected_active_experts_matches_monte_carlo(e, k, t):
+    rng = np.random.default_rng(0)
+    trials = 4000
+    distinct = [len(np.unique(np.concatenate([rng.choice(e, k, replace=False) for _ in range(t)])))
+                for _ in range(trials)]
+    assert costs.expected_active_experts(e, k, t) == pytest.approx(np.mean(distinct), rel=0.02)
+
+
+def test_zipf_router_activates_fewer_experts_and_is_imbalanced():
+    uniform = costs.expected_active_experts(64, 4, 32)
+    skewed = costs.expected_active_experts(64, 4, 32, zipf_s=1.2)
+    assert skewed < uniform
+    assert costs.load_imbalance(64, 4, 32, 1.2) > costs.load_imbalance(64, 4, 32, 0.0)
+    q = costs.inclusion_probabilities(64, 4, 1.2)
+    assert q.sum() == pytest.approx(4) and q.max() <= 1.0
+
+
+def test_copy_time_uses_link_bandwidth():
+    from moesim.db import links
+
+    link = links().get("gen4")
+    assert costs.copy_time_s(25e9, "h2d_pinned", link) == pytest.approx(link.latency_s + 25e9 / link.h2d_pinned_bytes_per_s)
+    assert costs.copy_time_s(1e9, "h2d_pageable", link) > costs.copy_time_s(1e9, "h2d_pinned", link)
+
+
+def test_quantized_weights_dequantize_where_not_native():
+    from moesim.costs import compute_dtype, needs_dequant
+    from moesim.db import gpus
+
+    g = gpus().get("rtx4090")
+    assert compute_dtype("fp8", g) == "fp8" and not needs_dequant("fp8", g)
+    assert compute_dtype("int4", g) == "bf16" and needs_dequant("int4", g)
