@@ -1,0 +1,63 @@
+"""The CLI through a subprocess: the headline command, JSON output, and bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args, check=False):
+    proc = subprocess.run([sys.executable, "-m", "moesim.cli", *args], capture_output=True, text=True, timeout=120)
+    return proc
+
+
+def test_headline_command_prints_prediction_with_assumptions():
+    proc = run("predict", "--model", "deepseek-r1", "--hw", "rtx4090")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    for label in ("decode throughput", "TPOT", "S-MBU", "S-MFU", "bottleneck", "assumptions:", "placement"):
+        assert label in out
+
+
+def test_json_has_required_fields():
+    proc = run("predict", "--model", "mixtral-8x7b", "--hw", "rtx4090", "--requests", "32", "--gen", "16", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    required = {"model", "hardware", "system", "workload", "prefill_tok_s", "decode_tok_s", "throughput_tok_s",
+                "ttft_s", "tpot_s", "total_time_s", "s_mbu", "s_mfu", "mbu", "mfu", "bottleneck",
+                "gpu_mem_bytes", "host_mem_bytes", "assumptions"}
+    assert required <= set(data)
+    assert data["throughput_tok_s"] > 0
+
+
+@pytest.mark.parametrize("args,code,needle", [
+    (("predict", "--model", "deepsek-r1", "--hw", "rtx4090"), 2, "DeepSeek-R1"),
+    (("predict", "--model", "mixtral-8x7b", "--hw", "rtx4909"), 2, "RTX 4090"),
+    (("predict", "--model", "mixtral-8x7b", "--hw", "rtx4090", "--system", "moegen2"), 2, "moe-gen"),
+    (("predict", "--model", "mixtral-8x7b", "--hw", "rtx4090", "--batch", "0"), 1, "at least 1"),
+    (("predict", "--model", "mixtral-8x7b", "--hw", "rtx4090", "--prompt", "40000"), 3, "exceeds"),
+    (("predict", "--model", "mixtral-8x7b", "--hw", "rtx4090", "--system", "gpu-resident"), 3, "short by"),
+    (("predict", "--model", "mixtral-8x7b", "--hw", "rtx4090", "--host-mem", "lots"), 1, "cannot read"),
+])
+def test_bad_input_is_a_message_not_a_traceback(args, code, needle):
+    proc = run(*args)
+    assert proc.returncode == code, proc.stderr
+    assert needle in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_malformed_model_file_names_file_and_field(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nfamily: y\nnum_layers: -3\nhidden_size: 8\nvocab_size: 8\nmax_context_tokens: 8\n"
+                   "attention: {kind: gqa, num_heads: 4, num_kv_heads: 3, head_dim: 2}\n")
+    proc = run("predict", "--model", str(bad), "--hw", "rtx4090")
+    assert proc.returncode == 2
+    assert str(bad) in proc.stderr and "num_layers" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_list_and_show():
+    assert "moe-gen" in run("list", "systems").stdout
+    assert "DeepSeek-R1" in run("list", "models").stdout
+    shown = run("show", "model", "DeepSeek-R1")
+    assert shown.returncode == 0 and "kv_lora_rank: 512" in shown.stdout
