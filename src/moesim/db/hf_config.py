@@ -1,0 +1,135 @@
+"""Read a model straight from a Hugging Face ``config.json``.
+
+Every key of the config is either mapped to a ModelSpec field, or known to be irrelevant to
+performance (token ids, initialisation, RoPE scaling, dropout, ...). Any other key is named in
+an error rather than silently ignored, because it may change the architecture.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import SpecError
+from ..specs import ModelSpec
+from . import validate
+
+# keys that never change FLOPs, bytes or memory of inference
+IGNORED = {
+    "architectures", "model_type", "_name_or_path", "transformers_version", "torch_dtype", "dtype", "bos_token_id",
+    "eos_token_id", "pad_token_id", "initializer_range", "rms_norm_eps", "layer_norm_eps", "rope_theta",
+    "rope_scaling", "rope_parameters", "attention_dropout", "hidden_dropout", "use_cache", "hidden_act",
+    "router_aux_loss_coef", "aux_loss_alpha", "output_router_logits", "router_jitter_noise", "seq_aux",
+    "scoring_func", "topk_method", "n_group", "topk_group", "routed_scaling_factor", "norm_topk_prob",
+    "use_sliding_window", "max_window_layers", "sliding_window", "attention_bias", "mlp_bias", "bias",
+    "ep_size", "pretraining_tp", "tie_word_embeddings", "quantization_config", "auto_map", "qk_layernorm",
+    "use_qk_norm", "clip_qkv", "partial_rotary_factor", "num_nextn_predict_layers", "rope_interleave",
+    "attention_chunk_size", "layer_types", "no_rope_layers", "router_bias", "output_router_logits",
+    "moe_layer_freq", "first_k_dense_replace", "decoder_sparse_step", "mlp_only_layers", "head_dim",
+    "shared_expert_intermediate_size", "moe_intermediate_size", "n_routed_experts", "n_shared_experts",
+    "num_experts_per_tok", "num_local_experts", "num_experts", "kv_lora_rank", "q_lora_rank",
+    "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "intermediate_size", "vocab_size", "hidden_size",
+    "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "max_position_embeddings",
+    "swiglu_limit", "experts_per_token", "initial_context_length", "sliding_window_pattern", "attn_logit_softcapping",
+    "final_logit_softcapping", "embedding_multiplier", "residual_multiplier", "logits_scaling", "num_nextn_predict_layers",
+    "keys_to_ignore_at_inference", "id2label", "label2id", "tokenizer_class", "is_encoder_decoder",
+}
+
+SUPPORTED = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3", "kimi_k2", "glm4_moe",
+             "gpt_oss", "llama", "mistral", "qwen2", "qwen3")
+
+
+def _dtype(cfg: dict) -> str:
+    quant = cfg.get("quantization_config") or {}
+    method = str(quant.get("quant_method", "")).lower()
+    if method == "fp8":
+        return "fp8"
+    if method in ("mxfp4",):
+        return "bf16"
+    if method in ("awq", "gptq"):
+        return "int4" if quant.get("bits", 4) == 4 else "int8"
+    if method:
+        raise ValueError(f"quantization_config.quant_method {method!r} is not mapped")
+    return {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(
+        str(cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16"), "bf16")
+
+
+def _convert(cfg: dict, path: Path) -> dict:
+    mtype = cfg.get("model_type")
+    if mtype not in SUPPORTED:
+        raise ValueError(f"model_type {mtype!r} is not mapped (supported: {', '.join(SUPPORTED)})")
+    hidden = cfg["hidden_size"]
+    heads = cfg["num_attention_heads"]
+    kv_heads = cfg.get("num_key_value_heads") or heads
+    head_dim = cfg.get("head_dim") or hidden // heads
+    out: dict = {
+        "name": cfg.get("_name_or_path") or path.parent.name or path.stem,
+        "family": mtype,
+        "num_layers": cfg["num_hidden_layers"],
+        "hidden_size": hidden,
+        "vocab_size": cfg["vocab_size"],
+        "tie_word_embeddings": bool(cfg.get("tie_word_embeddings", False)),
+        "max_context_tokens": cfg.get("max_position_embeddings") or cfg.get("initial_context_length", 4096),
+        "default_dtype": _dtype(cfg),
+        "sources": [{"title": f"Hugging Face config.json read from {path}"}],
+    }
+    if cfg.get("kv_lora_rank"):
+        out["attention"] = {
+            "kind": "mla", "num_heads": heads, "num_kv_heads": heads, "head_dim": cfg["v_head_dim"],
+            "q_lora_rank": cfg.get("q_lora_rank"), "kv_lora_rank": cfg["kv_lora_rank"],
+            "qk_nope_head_dim": cfg["qk_nope_head_dim"], "qk_rope_head_dim": cfg["qk_rope_head_dim"],
+            "v_head_dim": cfg["v_head_dim"],
+        }
+    else:
+        out["attention"] = {"kind": "mha" if kv_heads == heads else "gqa", "num_heads": heads,
+                            "num_kv_heads": kv_heads, "head_dim": head_dim}
+        types = cfg.get("layer_types")
+        if types and "sliding_attention" in types and cfg.get("sliding_window"):
+            out["attention"].update(window_kind="sliding", window_tokens=cfg["sliding_window"],
+                                    window_layer_pattern=[t == "sliding_attention" for t in types])
+    experts = cfg.get("n_routed_experts") or cfg.get("num_local_experts") or cfg.get("num_experts")
+    if experts:
+        top_k = cfg.get("num_experts_per_tok") or cfg.get("experts_per_token")
+        ffn = cfg.get("moe_intermediate_size") or cfg["intermediate_size"]
+        moe = {"num_experts": experts, "top_k": top_k, "expert_intermediate_size": ffn,
+               "router": "sigmoid" if cfg.get("scoring_func") == "sigmoid" else "softmax"}
+        shared = cfg.get("n_shared_experts") or 0
+        if cfg.get("shared_expert_intermediate_size"):
+            shared = 1
+            moe["shared_expert_intermediate_size"] = cfg["shared_expert_intermediate_size"]
+        moe["num_shared_experts"] = shared
+        first_dense = cfg.get("first_k_dense_replace", 0)
+        if cfg.get("mlp_only_layers"):
+            raise ValueError("mlp_only_layers (dense layers at arbitrary positions) is not mapped")
+        moe["first_k_dense"] = first_dense
+        moe["layer_freq"] = cfg.get("decoder_sparse_step") or 1
+        out["moe"] = moe
+        if first_dense or moe["layer_freq"] > 1:
+            out["dense_ffn"] = {"intermediate_size": cfg["intermediate_size"]}
+    else:
+        out["dense_ffn"] = {"intermediate_size": cfg["intermediate_size"]}
+    if mtype == "gpt_oss":
+        out["expert_dtype"] = "mxfp4"
+    return out
+
+
+def model_from_hf_config(path: str | Path) -> ModelSpec:
+    path = Path(path)
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SpecError(str(path), [("(json)", str(exc))]) from None
+    if "text_config" in cfg:
+        raise SpecError(str(path), [("text_config", "multimodal configs (e.g. Llama 4) are not mapped; "
+                                     "write a moesim YAML (models_db/ has examples)")])
+    unknown = sorted(set(cfg) - IGNORED)
+    if unknown:
+        raise SpecError(str(path), [(k, "moesim cannot map this field (it may change the architecture)")
+                                    for k in unknown])
+    try:
+        data = _convert(cfg, path)
+    except KeyError as exc:
+        raise SpecError(str(path), [(str(exc.args[0]), "required field missing")]) from None
+    except ValueError as exc:
+        raise SpecError(str(path), [("(config)", str(exc))]) from None
+    return validate(ModelSpec, data, str(path))
