@@ -61,3 +61,29 @@ def test_list_and_show():
     assert "DeepSeek-R1" in run("list", "models").stdout
     shown = run("show", "model", "DeepSeek-R1")
     assert shown.returncode == 0 and "kv_lora_rank: 512" in shown.stdout
+
+
+def test_mixtral_on_two_h100_decode_is_under_the_hbm_bound_and_smbu_matches_tpot():
+    """Issue 2's acceptance check, recomputed by hand from the specs rather than from moesim internals."""
+    proc = run("predict", "--model", "mixtral-8x7b", "--hw", "h100-sxm", "--gpus", "2",
+               "--system", "gpu-resident", "--batch", "1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    # Batch 1 reads at least the top-2 experts of every layer plus all non-expert weights each step.
+    hidden, ffn, layers, vocab = 4096, 14336, 32, 32000
+    attn = hidden * 32 * 128 * 2 + hidden * 8 * 128 * 2
+    active = layers * (attn + 2 * 3 * hidden * ffn + hidden * 8) + vocab * hidden  # lm head; embedding is a gather
+    hbm = 2 * 3.35e12  # two H100 SXM, bf16 = 2 bytes per weight
+    bound_tok_s = hbm / (2 * active)
+    assert 0 < data["decode_tok_s"] < bound_tok_s
+    # S-MBU = bytes moved per step / (TPOT x peak bandwidth); batch 1 moves at least the active weights.
+    implied = 2 * active / (data["tpot_s"] * hbm)
+    assert implied <= data["s_mbu"] <= 1.0
+    assert data["s_mbu"] == pytest.approx(implied, rel=0.05)  # KV bytes of one 768-token sequence are < 1%
+
+
+def test_mixtral_bf16_on_one_h100_does_not_fit_and_says_by_how_much():
+    proc = run("predict", "--model", "mixtral-8x7b", "--hw", "h100-sxm", "--system", "gpu-resident",
+               "--dtype", "bf16")
+    assert proc.returncode == 3
+    assert "short by" in proc.stderr and "Traceback" not in proc.stderr
