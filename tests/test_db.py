@@ -29,7 +29,7 @@ def test_no_with_sparsity_figures_bf16_below_fp8():
     for name, gpu in db.gpus().entries.items():
         peaks = gpu.peak_flop_per_s
         if "fp8" in peaks and "bf16" in peaks:
-            assert peaks["fp8"] <= 2.01 * peaks["bf16"], name
+            assert peaks["fp8"] <= 2.05 * peaks["bf16"], name  # L40S datasheet: 733 vs 362.05
 
 
 @pytest.mark.parametrize("spelling", ["deepseek-r1", "DeepSeek-R1", "deepseek_r1", "DEEPSEEK R1", "r1"])
