@@ -13,7 +13,7 @@ if __name__ == "__main__":
         pub = m.published
         line = f"{name:24s} total {m.total_params / 1e9:8.2f}B active {m.active_params() / 1e9:7.2f}B"
         if pub:
-            act = m.active_params(pub.active_includes_embeddings)
+            act = m.published_convention_active_params()
             line += (
                 f"  published {pub.total_params / 1e9:.1f}B/{pub.active_params / 1e9:.1f}B"
                 f"  err {m.total_params / pub.total_params - 1:+.1%}/{act / pub.active_params - 1:+.1%}"

@@ -131,6 +131,13 @@ class PublishedParams(Spec):
     active_includes_embeddings: bool = Field(
         default=True, description="whether the published active count includes input embeddings"
     )
+    count_tolerance: float | None = Field(
+        default=None, gt=0, lt=0.1,
+        description="a wider tolerance for moesim's count against this figure; must be explained under derived",
+    )
+    active_includes_lm_head: bool = Field(
+        default=True, description="whether the published active count includes the output embedding (LM head)"
+    )
     source: str
 
 
@@ -243,6 +250,14 @@ class ModelSpec(Sourced):
     def active_params(self, include_embeddings: bool = True) -> float:
         """Parameters one token touches: all non-expert weights plus top-k routed experts per MoE layer."""
         return self._params(self.moe.top_k if self.moe else 0, include_embeddings)
+
+    def published_convention_active_params(self) -> float:
+        """Active parameters counted the way the publisher counted them (embeddings in or out)."""
+        pub = self.published
+        if pub is None:
+            return self.active_params()
+        active = self.active_params(pub.active_includes_embeddings)
+        return active if pub.active_includes_lm_head else active - self.lm_head_params
 
     # ---- bytes ------------------------------------------------------------------------------
     def weight_dtype(self, override: str | None = None) -> str:
