@@ -38,7 +38,7 @@ class Context:
     # ---- devices ---------------------------------------------------------------------------
     @property
     def eff(self) -> costs.ProfileEfficiency:
-        return costs.ProfileEfficiency(self.platform.empirical)
+        return costs.efficiency_for(self.platform.empirical, self.platform.calibration)
 
     def gpu_s(self, cost: OpCost) -> float:
         return costs.gpu_time_s(cost, self.platform.gpu, self.eff)

@@ -2,7 +2,7 @@
 
 from .attention import attention_core, attention_projections, effective_span
 from .cpu import cpu_attention, cpu_experts
-from .efficiency import EfficiencyModel, ProfileEfficiency
+from .efficiency import CalibratedEfficiency, EfficiencyModel, ProfileEfficiency, efficiency_for
 from .embedding import embedding_lookup, lm_head
 from .ffn import dispatch_combine, expert_ffn, moe_layer, routed_experts, router
 from .gemm import gemm, vector_op
@@ -12,7 +12,7 @@ from .routing import expected_active_experts, expected_tokens_per_expert, inclus
 from .transfer import copy_time_s, link_bandwidth_bytes_per_s
 
 __all__ = [
-    "EfficiencyModel", "OpCost", "ProfileEfficiency", "attention_core", "attention_projections", "bound_of",
+    "CalibratedEfficiency", "EfficiencyModel", "OpCost", "efficiency_for", "ProfileEfficiency", "attention_core", "attention_projections", "bound_of",
     "compute_dtype", "copy_time_s", "cpu_attention", "cpu_experts", "cpu_time_s", "dispatch_combine",
     "effective_span", "embedding_lookup", "expected_active_experts", "expected_tokens_per_expert",
     "expert_ffn", "gemm", "gpu_time_s", "inclusion_probabilities", "link_bandwidth_bytes_per_s", "lm_head",

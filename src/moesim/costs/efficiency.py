@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from ..specs import EmpiricalProfile
+from ..specs import CalibrationProfile, EmpiricalProfile, FamilyCurve
 
 if TYPE_CHECKING:
     from .roofline import OpCost
@@ -32,6 +32,8 @@ class EfficiencyModel(Protocol):
     def compute_efficiency(self, cost: "OpCost") -> float: ...
 
     def memory_efficiency(self, cost: "OpCost") -> float: ...
+
+    def launch_s(self, cost: "OpCost") -> float: ...
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class ProfileEfficiency:
         base = {
             "gemm": p.gemm_compute_efficiency,
             "expert": p.gemm_compute_efficiency,
+            "grouped_expert": p.gemm_compute_efficiency,
             "attention": p.attention_compute_efficiency,
         }.get(cost.family, p.vector_compute_efficiency)
         if cost.rows > 0:
@@ -77,3 +80,57 @@ class ProfileEfficiency:
 
     def memory_efficiency(self, cost: "OpCost") -> float:
         return self.profile.memory_bandwidth_efficiency
+
+    def launch_s(self, cost: "OpCost") -> float:
+        return self.profile.kernel_launch_s
+
+
+#: families without a curve of their own borrow one (expert GEMMs behave like GEMMs).
+_FALLBACK = {"grouped_expert": "expert", "expert": "gemm", "attention": "vector", "gemm": "vector", "copy": "vector",
+             "moe_loop": ""}
+
+
+@dataclass(frozen=True)
+class CalibratedEfficiency(ProfileEfficiency):
+    """Fitted per-family efficiency curves (see :mod:`moesim.specs.calibration`).
+
+    CPU factors, dequantization and memory reservations still come from the empirical profile.
+    """
+
+    calibration: CalibrationProfile = None  # type: ignore[assignment]
+
+    def _curve(self, cost: "OpCost") -> FamilyCurve | None:
+        family = cost.family
+        while family:
+            curve = self.calibration.curve(family, cost.dtype)
+            if curve is not None:
+                return curve
+            family = _FALLBACK.get(family, "")
+        return None
+
+    @property
+    def kernel_launch_s(self) -> float:
+        return self.calibration.kernel_launch_s
+
+    @property
+    def host_sync_s(self) -> float:
+        return self.calibration.host_sync_s
+
+    def compute_efficiency(self, cost: "OpCost") -> float:
+        curve = self._curve(cost)
+        return curve.compute_efficiency(cost.rows) if curve else super().compute_efficiency(cost)
+
+    def memory_efficiency(self, cost: "OpCost") -> float:
+        curve = self._curve(cost)
+        return curve.memory_efficiency(cost.bytes) if curve else super().memory_efficiency(cost)
+
+    def launch_s(self, cost: "OpCost") -> float:
+        curve = self._curve(cost)
+        return curve.overhead_s if curve else self.calibration.kernel_launch_s
+
+
+def efficiency_for(empirical: EmpiricalProfile, calibration: CalibrationProfile | None) -> ProfileEfficiency:
+    """The efficiency model of a platform: calibrated curves when there are any."""
+    if calibration is None:
+        return ProfileEfficiency(empirical)
+    return CalibratedEfficiency(empirical, calibration)

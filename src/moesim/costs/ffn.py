@@ -10,7 +10,8 @@ Routed MoE layer on T tokens with E experts, top-k (as in HF transformers / vLLM
     router GEMM (T x hidden x E), softmax + top-k, dispatch (gather T*k rows),
     experts on n_active = E[(distinct experts)] (see :mod:`routing`), combine (weighted scatter-add).
 Two implementations:
-  fused  grouped GEMM: a handful of launches for all experts, no host sync;
+  fused  grouped GEMM: a handful of launches for all experts, no host sync (family
+         ``grouped_expert``, which borrows the ``expert`` curve until calibrated on its own);
   loop   Python loop over the activated experts (HF transformers): ~7 launches per expert
          (index, gather, gate_up, act, down, scale, index_add) and one host sync to read which
          experts are hit.
@@ -44,14 +45,15 @@ def routed_experts(hidden: int, ffn: int, num_active: float, routed_tokens: floa
     weight_elements = num_active * mats * hidden * ffn
     acts = routed_tokens * (hidden + (mats - 1) * ffn * 2 + ffn + hidden) * ACT_BYTES
     rows = routed_tokens / num_active if num_active else 0.0
-    launches = FUSED_LAUNCHES if impl == "fused" else int(round(num_active)) * LOOP_LAUNCHES_PER_EXPERT
+    loop_launches = 0 if impl == "fused" else int(round(num_active)) * LOOP_LAUNCHES_PER_EXPERT
     return OpCost(
-        family="expert",
+        family="grouped_expert" if impl == "fused" else "expert",
         flop=2.0 * mats * hidden * ffn * routed_tokens + routed_tokens * ffn * 4.0,
         bytes=weight_elements * BYTES_PER_ELEMENT[weight_dtype] + acts,
         dtype=weight_dtype,
         weight_elements=weight_elements,
-        launches=launches,
+        launches=FUSED_LAUNCHES if impl == "fused" else 0,
+        loop_launches=loop_launches,
         syncs=0 if impl == "fused" else 1,
         rows=rows,
     )

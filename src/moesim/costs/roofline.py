@@ -17,7 +17,7 @@ from .efficiency import EfficiencyModel
 from .quant import compute_dtype, needs_dequant
 
 #: Operation families: the unit of calibration.
-FAMILIES = ("gemm", "expert", "attention", "vector", "cpu_attention", "cpu_expert")
+FAMILIES = ("gemm", "expert", "grouped_expert", "moe_loop", "attention", "vector", "copy", "cpu_attention", "cpu_expert")
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class OpCost:
     dtype: str = "bf16"  # storage dtype of the weights/operands; the math dtype follows from the GPU
     weight_elements: float = 0.0  # weights read (for dequantization cost of quantized dtypes)
     launches: int = 1
+    loop_launches: int = 0  # launches issued from a Python loop (HF per-expert loop): priced as family "moe_loop"
     syncs: int = 0
     rows: float = 0.0  # GEMM rows per kernel (tokens per expert for expert GEMMs); 0 = not a GEMM
     extra_s: float = 0.0  # time that is neither compute nor memory (e.g. dequantization done separately)
@@ -44,6 +45,7 @@ class OpCost:
             bytes=self.bytes + other.bytes,
             weight_elements=self.weight_elements + other.weight_elements,
             launches=self.launches + other.launches,
+            loop_launches=self.loop_launches + other.loop_launches,
             syncs=self.syncs + other.syncs,
             extra_s=self.extra_s + other.extra_s,
         )
@@ -63,7 +65,9 @@ def gpu_time_s(cost: OpCost, gpu: AcceleratorSpec, eff: EfficiencyModel) -> floa
     peak, _ = gpu.peak_for(compute_dtype(cost.dtype, gpu))
     compute_s = cost.flop / (peak * eff.compute_efficiency(cost)) if cost.flop else 0.0
     memory_s = cost.bytes / (gpu.memory_bandwidth_bytes_per_s * eff.memory_efficiency(cost)) if cost.bytes else 0.0
-    total = max(compute_s, memory_s) + cost.launches * eff.kernel_launch_s + cost.syncs * eff.host_sync_s + cost.extra_s
+    total = max(compute_s, memory_s) + cost.launches * eff.launch_s(cost) + cost.syncs * eff.host_sync_s + cost.extra_s
+    if cost.loop_launches:
+        total += cost.loop_launches * eff.launch_s(replace(cost, family="moe_loop"))
     if cost.weight_elements and needs_dequant(cost.dtype, gpu):
         vector_flop_per_s = gpu.peak_flop_per_s["fp32"] * eff.vector_efficiency
         total += cost.weight_elements * eff.dequant_flop_per_weight / vector_flop_per_s

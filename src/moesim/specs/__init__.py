@@ -1,5 +1,6 @@
 """Typed, validated, immutable specs (pydantic v2). SI units, unit in every field name."""
 
+from .calibration import CalibrationProfile, FamilyCurve, LinkCalibration
 from .common import BYTES_PER_ELEMENT, Source, Spec, bytes_per_element
 from .hardware import (
     AcceleratorSpec,
@@ -14,6 +15,9 @@ from .model import AttentionSpec, DenseFFNSpec, LayerKind, ModelSpec, MoESpec, P
 from .workload import LengthDistribution, OfflineWorkload, OnlineWorkload, Workload
 
 __all__ = [
+    "CalibrationProfile",
+    "FamilyCurve",
+    "LinkCalibration",
     "BYTES_PER_ELEMENT",
     "AcceleratorSpec",
     "AttentionSpec",

@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from .calibration import CalibrationProfile
 from .common import Sourced, Spec
 
 DENSE_FLOPS_NOTE = (
@@ -182,6 +183,9 @@ class Platform(Spec):
     gpu_link: LinkSpec | None = None
     disk: DiskSpec
     empirical: EmpiricalProfile
+    calibration: CalibrationProfile | None = Field(
+        default=None, description="fitted efficiency curves (this GPU's own, or borrowed from its architecture)"
+    )
     assumptions: tuple[str, ...] = ()
     price_usd_excluding_gpus: float | None = None
 
