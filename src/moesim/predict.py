@@ -49,7 +49,7 @@ class Prediction(BaseModel):
     host_mem_bytes: float
     placement: dict[str, str]
     config: dict[str, Any]
-    calibrated: bool
+    calibrated: bool  # fitted efficiency curves (own or borrowed from the architecture; see assumptions)
     assumptions: list[str]
     systems_compared: dict[str, str]
 
@@ -122,7 +122,7 @@ def _prediction(ctx: Context, plan: Plan, compared: dict[str, str], assumptions:
         host_mem_bytes=plan.host_mem_bytes,
         placement=plan.placement,
         config=plan.config,
-        calibrated=ctx.platform.empirical.calibrated,
+        calibrated=ctx.platform.calibration is not None or ctx.platform.empirical.calibrated,
         assumptions=notes,
         systems_compared=compared,
     )

@@ -55,7 +55,12 @@ def resolve_platform(
     if num_gpus is not None and num_gpus != spec.num_gpus and spec.gpu_link is None and num_gpus > 1:
         notes.append(f"{num_gpus} GPUs talk to each other over {host_link.name} (no GPU-GPU link in {spec.name})")
     empirical = gpu.empirical or default_profile()
-    if not empirical.calibrated:
+    from ..calibration.store import calibration_for
+
+    calibration, borrowed_note = calibration_for(gpu)
+    if borrowed_note:
+        notes.append(borrowed_note)
+    elif calibration is None and not empirical.calibrated:
         notes.append(f"{gpu.name}: no calibration measurements; default efficiency profile '{empirical.name}' assumed")
     bandwidth = spec.host_memory_bandwidth_bytes_per_s
     if cpu is not None or bandwidth is None:
@@ -72,6 +77,7 @@ def resolve_platform(
         gpu_link=gpu_link,
         disk=spec.disk,
         empirical=empirical,
+        calibration=calibration,
         assumptions=tuple(notes),
         price_usd_excluding_gpus=spec.price_usd_excluding_gpus,
     )

@@ -1,0 +1,124 @@
+"""Fit a GPU's efficiency curves to measured cases (scipy least squares on log time).
+
+Stages, each fitting one family with the families before it held fixed:
+
+1. overheads: ``launch`` -> kernel_launch_s, ``host_sync`` -> host_sync_s (medians as measured);
+2. links: ``copy`` cases -> latency + bytes / bandwidth per kind (linear least squares);
+3. ``vector``/``copy`` memory curve from ``hbm_copy`` (memory_max, bytes_half, overhead);
+4. ``gemm:<dtype>`` from ``gemm`` (all five curve parameters);
+5. ``expert`` from ``expert_ffn``; 6. ``grouped_expert`` from fused ``moe_layer``;
+7. ``moe_loop`` (per-launch overhead of the per-expert Python loop) from loop ``moe_layer``;
+8. ``attention`` from ``attention`` and ``mla_decode``.
+
+Residuals are log(predicted / measured), so every case weighs the same whatever its size.
+Only cases with ``held_out == False`` enter a fit (see :mod:`moesim.calibration.cases`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import ops
+from ..db.resolve import get_hardware
+from ..specs import CalibrationProfile, FamilyCurve, LinkCalibration, Platform
+from .cases import Case
+
+NEUTRAL = FamilyCurve(compute_max=1.0, rows_half=0.0, memory_max=1.0, bytes_half=0.0, overhead_s=0.0)
+# parameters: name -> (lower, upper, initial); halves and overheads are fitted as log10(1 + x)
+PARAMS = {
+    "compute_max": (0.05, 1.0, 0.7),
+    "rows_half": (0.0, 5.0, 1.5),
+    "memory_max": (0.05, 1.0, 0.8),
+    "bytes_half": (0.0, 10.0, 5.0),
+    "overhead_s": (0.0, 3.0, 0.7),  # log10(1 + microseconds)
+}
+LOG_PARAMS = {"rows_half": 1.0, "bytes_half": 1.0, "overhead_s": 1e-6}
+
+
+def _decode(names: list[str], x: np.ndarray, base: FamilyCurve) -> FamilyCurve:
+    values = base.model_dump()
+    for name, v in zip(names, x):
+        values[name] = (10.0 ** v - 1.0) * LOG_PARAMS[name] if name in LOG_PARAMS else float(v)
+    return FamilyCurve.model_validate(values)
+
+
+def _with(profile: CalibrationProfile, key: str, curve: FamilyCurve) -> CalibrationProfile:
+    return profile.model_copy(update={"families": {**profile.families, key: curve}})
+
+
+def _platform(hw: Platform, profile: CalibrationProfile) -> Platform:
+    return hw.model_copy(update={"calibration": profile})
+
+
+def log_errors(hw: Platform, cases: list[Case]) -> np.ndarray:
+    return np.array([np.log(ops.estimate(c.op(), hw) / c.median_s) for c in cases])
+
+
+def _fit_family(hw: Platform, profile: CalibrationProfile, key: str, cases: list[Case], names: list[str],
+                base: FamilyCurve = NEUTRAL) -> CalibrationProfile:
+    from scipy.optimize import least_squares
+
+    if not cases:
+        return profile
+    lo = np.array([PARAMS[n][0] for n in names])
+    hi = np.array([PARAMS[n][1] for n in names])
+    x0 = np.array([PARAMS[n][2] for n in names])
+
+    def residuals(x: np.ndarray) -> np.ndarray:
+        trial = _with(profile, key, _decode(names, x, base))
+        return log_errors(_platform(hw, trial), cases)
+
+    best = least_squares(residuals, x0, bounds=(lo, hi), method="trf", diff_step=1e-3, max_nfev=400)
+    return _with(profile, key, _decode(names, best.x, base))
+
+
+def _fit_link(cases: list[Case], link_name: str) -> LinkCalibration | None:
+    values: dict[str, float] = {}
+    latencies = []
+    for kind in ("h2d_pinned", "d2h_pinned", "h2d_pageable", "d2h_pageable"):
+        pts = [(c.params["nbytes"], c.median_s) for c in cases if c.params.get("kind") == kind]
+        if len(pts) < 2:
+            return None
+        n, t = np.array(pts).T
+        slope, intercept = np.polyfit(n, t, 1)  # t = latency + n / bandwidth
+        values[f"{kind}_bytes_per_s"] = 1.0 / slope
+        latencies.append(max(intercept, 0.0))
+    return LinkCalibration(link=link_name, latency_s=float(np.median(latencies)), **values)
+
+
+def fit_profile(env: dict[str, Any], cases: list[Case], gpu: str, measurements_path: str,
+                log: Callable[[str], None] = lambda s: None) -> CalibrationProfile:
+    """Fit a calibration profile for ``gpu`` from the training split of ``cases``."""
+    hw = get_hardware(gpu).model_copy(update={"calibration": None})
+    train = [c for c in cases if not c.held_out]
+    by = lambda fam, **kw: [c for c in train if c.family == fam and all(c.params.get(k) == v for k, v in kw.items())]
+    launch = [c.median_s for c in train if c.family == "launch"] or [5e-6]
+    sync = [c.median_s for c in train if c.family == "host_sync"] or [2e-5]
+    profile = CalibrationProfile(
+        gpu=hw.gpu.name, measurements=measurements_path,
+        environment={k: str(v) for k, v in env.items() if not isinstance(v, (dict, list))},
+        families={"moe_loop": NEUTRAL.model_copy(update={"overhead_s": float(np.median(launch))})},
+        kernel_launch_s=float(np.median(launch)), host_sync_s=float(np.median(sync)),
+        link=_fit_link(by("copy"), hw.host_link.name),
+    )
+    stages = [
+        ("vector", by("hbm_copy"), ["memory_max", "bytes_half", "overhead_s"]),
+        *[(f"gemm:{dt}", by("gemm", dtype=dt), list(PARAMS)) for dt in sorted({c.params.get("dtype", "bf16")
+                                                                                 for c in by("gemm")})],
+        ("expert", by("expert_ffn"), list(PARAMS)),
+        ("grouped_expert", by("moe_layer", impl="fused"), list(PARAMS)),
+        ("moe_loop", by("moe_layer", impl="loop"), ["overhead_s"]),
+        ("attention", by("attention") + by("mla_decode"), ["compute_max", "memory_max", "bytes_half", "overhead_s"]),
+    ]
+    for key, fam_cases, names in stages:
+        profile = _fit_family(hw, profile, key, fam_cases, names)
+        if fam_cases:
+            err = log_errors(_platform(hw, profile), fam_cases)
+            log(f"  {key:16s} {len(fam_cases):4d} cases  median |err| {np.median(np.abs(np.expm1(err))):6.1%}")
+    all_fitted = [c for c in train if c.op() is not None]
+    err = np.abs(np.expm1(log_errors(_platform(hw, profile), all_fitted))) if all_fitted else np.zeros(1)
+    return profile.model_copy(update={"fit_summary": {
+        "train_cases": float(len(all_fitted)), "train_median_abs_err": float(np.median(err)),
+        "train_p90_abs_err": float(np.percentile(err, 90))}})

@@ -1,0 +1,110 @@
+"""Predicted beside measured, per case, split into fitted and held-out cases.
+
+Error = (predicted - measured) / measured. Summaries give the median and 90th percentile of
+|error| per family and overall, for the fitted (training) cases and the held-out ones
+separately; end-to-end cases are always held out. ``mode`` selects which efficiency curves
+predict: ``own`` (the GPU's fitted profile), ``borrowed`` (another GPU's profile of the same
+architecture, no refit: the cross-GPU check), or ``default`` (the uncalibrated profile).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import ops
+from ..db import normalize
+from ..db.resolve import get_hardware
+from ..errors import MoesimError
+from ..specs import CalibrationProfile
+from .cases import Case, load_measurements
+
+
+@dataclass(frozen=True)
+class Row:
+    case: Case
+    predicted_s: float
+
+    @property
+    def error(self) -> float:
+        return (self.predicted_s - self.case.median_s) / self.case.median_s
+
+
+def measurements_dir(root: Path, gpu_name: str) -> Path:
+    return root / "measurements" / normalize(gpu_name)
+
+
+def latest_measurements(root: Path, gpu_name: str) -> Path:
+    files = sorted(measurements_dir(root, gpu_name).glob("*.json"))
+    if not files:
+        raise MoesimError(f"no measurements for {gpu_name} under {measurements_dir(root, gpu_name)}")
+    return files[-1]
+
+
+def summarize(rows: list[Row]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    groups: dict[str, list[float]] = {}
+    for r in rows:
+        split = "held_out" if r.case.held_out else "fitted"
+        for key in (f"{r.case.family}/{split}", f"all/{split}"):
+            groups.setdefault(key, []).append(abs(r.error))
+    for key, errs in sorted(groups.items()):
+        a = np.array(errs)
+        out[key] = {"n": float(len(a)), "median": float(np.median(a)), "p90": float(np.percentile(a, 90))}
+    return out
+
+
+def validation_report(gpu: str, root: Path, mode: str = "own",
+                      profile: CalibrationProfile | None = None) -> dict[str, Any]:
+    """Predict every measured case of ``gpu`` and compare."""
+    hw = get_hardware(gpu)
+    path = latest_measurements(root, hw.gpu.name)
+    env, cases = load_measurements(path)
+    if mode == "default":
+        hw = hw.model_copy(update={"calibration": None})
+    elif profile is not None:
+        hw = hw.model_copy(update={"calibration": profile})
+    elif mode == "own" and (hw.calibration is None or normalize(hw.calibration.gpu) != normalize(hw.gpu.name)):
+        raise MoesimError(f"{hw.gpu.name} has no calibration profile of its own; run `moesim calibrate --gpu {gpu}`")
+    rows = [Row(c, ops.estimate(c.op(), hw)) for c in cases if c.op() is not None]
+    return {"gpu": hw.gpu.name, "mode": mode, "measurements": str(path), "environment": env,
+            "profile_from": hw.calibration.gpu if hw.calibration else "default",
+            "rows": rows, "summary": summarize(rows)}
+
+
+def write_plots(report: dict[str, Any], out_dir: Path) -> list[Path]:
+    """Predicted vs measured (log-log) and |error| by family; matplotlib only here."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows: list[Row] = report["rows"]
+    tag = f"{normalize(report['gpu'])}-{report['mode']}"
+    fig, ax = plt.subplots(figsize=(6, 6))
+    for held, marker in ((False, "o"), (True, "x")):
+        sel = [r for r in rows if r.case.held_out == held]
+        ax.scatter([r.case.median_s for r in sel], [r.predicted_s for r in sel], marker=marker, s=14,
+                   label="held out" if held else "fitted")
+    lo = min(min(r.case.median_s, r.predicted_s) for r in rows)
+    hi = max(max(r.case.median_s, r.predicted_s) for r in rows)
+    ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+    ax.set(xscale="log", yscale="log", xlabel="measured time (s)", ylabel="predicted time (s)",
+           title=f"{report['gpu']}: predicted vs measured ({report['mode']} curves)")
+    ax.legend()
+    p1 = out_dir / f"{tag}-pred-vs-meas.png"
+    fig.savefig(p1, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    fams = sorted({r.case.family for r in rows})
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.boxplot([[abs(r.error) for r in rows if r.case.family == f] for f in fams], showfliers=True)
+    ax.set_xticks(range(1, len(fams) + 1), fams, rotation=30, ha="right")
+    ax.set(ylabel="|error|", title=f"{report['gpu']}: error by operation family ({report['mode']} curves)")
+    p2 = out_dir / f"{tag}-error-by-family.png"
+    fig.savefig(p2, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return [p1, p2]
