@@ -30,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--kv-dtype", default="bf16")
     pr.add_argument("--moe-impl", default="fused", choices=["fused", "loop"])
     pr.add_argument("--zipf", type=float, default=0.0, help="router skew (Zipf exponent; 0 = uniform)")
+    pr.add_argument("--no-mla-absorption", action="store_true",
+                    help="MLA decode up-projects the cached latent every step (as Hugging Face DeepSeek code does)")
     pr.add_argument("--trace", help="write a Chrome/Perfetto trace of a decode step to this file")
     pr.add_argument("--json", action="store_true", help="print one JSON object")
     ls = sub.add_parser("list", help="list models, hardware or systems")
@@ -52,6 +54,7 @@ def _predict(args: argparse.Namespace) -> int:
     pred = predict(
         args.model, args.hw or args.gpu, args.system, workload or None,
         dtype=args.dtype, kv_dtype=args.kv_dtype, moe_impl=args.moe_impl, zipf_s=args.zipf,
+        mla_absorbed=not args.no_mla_absorption,
         num_gpus=args.gpus, cpu=args.cpu, host_memory_bytes=parse_bytes(args.host_mem) if args.host_mem else None,
         pcie=args.pcie, trace_path=args.trace,
     )

@@ -163,6 +163,7 @@ def predict(
     kv_dtype: str = "bf16",
     moe_impl: str = "fused",
     zipf_s: float = 0.0,
+    mla_absorbed: bool = True,
     num_gpus: int | None = None,
     cpu: str | None = None,
     host_memory_bytes: float | None = None,
@@ -185,13 +186,16 @@ def predict(
             raise MoesimError(f"unknown {name} {value!r}; one of {', '.join(BYTES_PER_ELEMENT)}")
     if moe_impl not in ("fused", "loop"):
         raise MoesimError(f"unknown MoE implementation {moe_impl!r}; fused or loop")
-    options = Options(weight_dtype=dtype, kv_dtype=kv_dtype, moe_impl=moe_impl, zipf_s=zipf_s)  # type: ignore[arg-type]
+    options = Options(weight_dtype=dtype, kv_dtype=kv_dtype, moe_impl=moe_impl, zipf_s=zipf_s,  # type: ignore[arg-type]
+                      mla_absorbed=mla_absorbed)
     assumptions = []
     if workload is None:
         assumptions.append(
             f"default offline workload: {work.num_requests} requests, prompt {work.prompt_tokens}, "
             f"generation {work.gen_tokens} tokens (padded, fixed lengths)"
         )
+    if spec.attention.kind == "mla" and not mla_absorbed:
+        assumptions.append("MLA decode without weight absorption: the cached latent is up-projected every step")
     if dtype is None:
         assumptions.append(f"weights in the released dtype ({spec.weight_dtype()})")
     ctx, plan, compared = plan_for(spec, platform, system, work, options)

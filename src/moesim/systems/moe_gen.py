@@ -104,6 +104,12 @@ class MoEGen(ServingSystem):
             return 0
         return int(min(2 * ctx.model.moe.num_experts, free // ctx.expert_weight_bytes))
 
+    def _fits(self, ctx: Context, seqs: int, kv_len: int, b_a: int, omega: float) -> bool:
+        """Whether a decode configuration leaves room for two experts at context ``kv_len``."""
+        gpu_seqs = seqs - int(round(omega * seqs))
+        state = self._gpu_state_bytes(ctx, seqs, min(b_a, max(gpu_seqs, 1)), kv_len, 1)
+        return not ctx.model.moe or self._expert_slots(ctx, state) >= 2
+
     # ---- one forward pass ----------------------------------------------------------------------
     def _pass(self, ctx: Context, seqs: int, q_len: int, kv_len: int, b_a: int, omega: float,
               disk_fraction: float) -> StepSim:
@@ -258,17 +264,20 @@ class MoEGen(ServingSystem):
         omega0 = self.params.cpu_attention_fraction if self.params.cpu_attention_fraction is not None else 0.0
         if is_mla:
             omega0 = 0.0
+        last = w.prompt_tokens + w.gen_tokens  # the KV buffer must still fit at the last step
         for b_a in sorted(set(grid_a)):
+            if not self._fits(ctx, batch, last, b_a, omega0):
+                continue
             sim = feasible(lambda: self._pass(ctx, batch, 1, mid, b_a, omega0, disk_fraction))
             if sim:
                 trials[(b_a, omega0)] = sim
         if not trials:
             # the accumulated batch itself does not fit on the GPU: report the smallest configuration's reason
-            self._pass(ctx, batch, 1, mid, min(grid_a), omega0, disk_fraction)
+            self._pass(ctx, batch, 1, last, min(grid_a), omega0, disk_fraction)
         best_a = min(trials, key=lambda k: trials[k].time_s)[0]
         if self.params.cpu_attention_fraction is None and not is_mla:
             for omega in self.params.cpu_attention_grid:
-                if (best_a, omega) not in trials:
+                if (best_a, omega) not in trials and self._fits(ctx, batch, last, best_a, omega):
                     sim = feasible(lambda: self._pass(ctx, batch, 1, mid, best_a, omega, disk_fraction))
                     if sim:
                         trials[(best_a, omega)] = sim
