@@ -1,12 +1,14 @@
 """End-to-end predictions: physical bounds, monotonicity, memory, metric ranges."""
 
+import json
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import moesim
 from moesim import metrics
-from moesim.errors import InfeasibleError
+from moesim.errors import InfeasibleError, MoesimError
 from moesim.modules import Context, Options
 from moesim.predict import plan_for
 from moesim.specs import OfflineWorkload
@@ -102,3 +104,38 @@ def test_trace_written(tmp_path, workstation):
     path = tmp_path / "step.json"
     moesim.predict("mixtral-8x7b", workstation, "moe-gen", SMALL, trace_path=path)
     assert path.stat().st_size > 1000
+
+
+def test_speculative_decoding_pays_at_small_batch_and_is_bounded():
+    base = moesim.predict("mixtral-8x7b", "h100-sxm", "gpu-resident", {"num_requests": 8, "batch_size": 8},
+                          num_gpus=2)
+    spec = moesim.predict("mixtral-8x7b", "h100-sxm", "gpu-resident", {"num_requests": 8, "batch_size": 8},
+                          num_gpus=2, speculative={"draft_model": "olmoe-1b-7b", "num_tokens": 3,
+                                                   "acceptance_rate": 0.7})
+    tau = (1 - 0.7 ** 4) / (1 - 0.7)
+    assert base.decode_tok_s < spec.decode_tok_s < tau * base.decode_tok_s
+
+
+def test_speculative_decoding_on_a_system_without_it_is_a_clear_error():
+    with pytest.raises(MoesimError, match="not modelled for moe-gen"):
+        moesim.predict("mixtral-8x7b", "c2", "moe-gen", {"num_requests": 64},
+                       speculative={"draft_model": "olmoe-1b-7b"})
+
+
+def test_pruning_experts_and_top_k_never_slow_gpu_resident_decode():
+    full = moesim.predict("mixtral-8x7b", "h100-sxm", "gpu-resident", {"num_requests": 64}, num_gpus=2)
+    top1 = moesim.predict("mixtral-8x7b", "h100-sxm", "gpu-resident", {"num_requests": 64}, num_gpus=2, top_k=1)
+    fewer = moesim.predict("mixtral-8x7b", "h100-sxm", "gpu-resident", {"num_requests": 64}, num_gpus=2,
+                           num_experts=4)
+    assert top1.decode_tok_s > full.decode_tok_s and fewer.decode_tok_s >= full.decode_tok_s
+
+
+def test_measured_histogram_skew_activates_fewer_experts(tmp_path):
+    hist = tmp_path / "hist.json"
+    hist.write_text(json.dumps({"counts": [1000, 500, 50, 10, 5, 2, 1, 1]}))
+    uniform = moesim.predict("mixtral-8x7b", "c2", "moe-gen", {"num_requests": 4, "batch_size": 4})
+    skewed = moesim.predict("mixtral-8x7b", "c2", "moe-gen", {"num_requests": 4, "batch_size": 4},
+                            expert_popularity=str(hist))
+    assert skewed.decode_tok_s > uniform.decode_tok_s
+    with pytest.raises(MoesimError, match="8 non-negative counts"):
+        moesim.predict("mixtral-8x7b", "c2", "moe-gen", expert_popularity=[1, 2, 3])

@@ -30,6 +30,13 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--kv-dtype", default="bf16")
     pr.add_argument("--moe-impl", default="fused", choices=["fused", "loop"])
     pr.add_argument("--zipf", type=float, default=0.0, help="router skew (Zipf exponent; 0 = uniform)")
+    pr.add_argument("--expert-histogram", help="JSON file: measured per-expert activation counts (router skew)")
+    pr.add_argument("--experts", type=int, help="variant: number of routed experts (pruning / sweeps)")
+    pr.add_argument("--top-k", type=int, help="variant: experts per token")
+    pr.add_argument("--expert-ffn", type=int, help="variant: expert FFN size")
+    pr.add_argument("--draft", help="speculative decoding: draft model name")
+    pr.add_argument("--spec-tokens", type=int, default=4, help="speculative decoding: draft tokens per step")
+    pr.add_argument("--spec-accept", type=float, default=0.7, help="speculative decoding: per-token acceptance rate")
     pr.add_argument("--no-mla-absorption", action="store_true",
                     help="MLA decode up-projects the cached latent every step (as Hugging Face DeepSeek code does)")
     pr.add_argument("--trace", help="write a Chrome/Perfetto trace of a decode step to this file")
@@ -54,7 +61,10 @@ def _predict(args: argparse.Namespace) -> int:
     pred = predict(
         args.model, args.hw or args.gpu, args.system, workload or None,
         dtype=args.dtype, kv_dtype=args.kv_dtype, moe_impl=args.moe_impl, zipf_s=args.zipf,
-        mla_absorbed=not args.no_mla_absorption,
+        mla_absorbed=not args.no_mla_absorption, expert_popularity=args.expert_histogram,
+        speculative={"draft_model": args.draft, "num_tokens": args.spec_tokens, "acceptance_rate": args.spec_accept}
+        if args.draft else None,
+        num_experts=args.experts, top_k=args.top_k, expert_ffn=args.expert_ffn,
         num_gpus=args.gpus, cpu=args.cpu, host_memory_bytes=parse_bytes(args.host_mem) if args.host_mem else None,
         pcie=args.pcie, trace_path=args.trace,
     )

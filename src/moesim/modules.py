@@ -16,6 +16,22 @@ from .specs.common import BYTES_PER_ELEMENT
 
 
 @dataclass(frozen=True)
+class Speculative:
+    """Speculative decoding (Leviathan et al., ICML 2023): a draft model proposes ``num_tokens``
+    tokens, the target verifies them in one pass; with per-token acceptance rate a, a target
+    step yields on average (1 - a^(k+1)) / (1 - a) tokens (their Eq. 1)."""
+
+    draft_model: str
+    num_tokens: int = 4
+    acceptance_rate: float = 0.7
+
+    @property
+    def tokens_per_step(self) -> float:
+        a, k = self.acceptance_rate, self.num_tokens
+        return k + 1.0 if a >= 1.0 else (1.0 - a ** (k + 1)) / (1.0 - a)
+
+
+@dataclass(frozen=True)
 class Options:
     """Knobs shared by every serving system."""
 
@@ -23,7 +39,9 @@ class Options:
     kv_dtype: str = "bf16"
     moe_impl: Literal["fused", "loop"] = "fused"
     zipf_s: float = 0.0  # router skew; 0 = uniform
+    expert_popularity: tuple[float, ...] | None = None  # measured per-expert activation histogram
     mla_absorbed: bool = True
+    speculative: "Speculative | None" = None
 
 
 @dataclass(frozen=True)
@@ -126,7 +144,8 @@ class Context:
 
     def active_experts(self, tokens: float) -> float:
         moe = self.model.moe
-        return costs.expected_active_experts(moe.num_experts, moe.top_k, tokens, self.options.zipf_s)
+        return costs.expected_active_experts(moe.num_experts, moe.top_k, tokens, self.options.zipf_s,
+                                             self.options.expert_popularity)
 
     def experts(self, num_active: float, routed_tokens: float) -> OpCost:
         m = self.model

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from . import metrics
 from .db.resolve import get_hardware, get_model
 from .errors import InfeasibleError, MoesimError
-from .modules import Context, Options
+from .modules import Context, Options, Speculative
 from .specs import ModelSpec, OfflineWorkload, Platform, PlatformSpec
 from .specs.common import BYTES_PER_ELEMENT
 from .systems import SYSTEMS, Plan, get_system
@@ -65,6 +65,43 @@ def _workload(workload: OfflineWorkload | dict | None, **overrides: Any) -> Offl
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise MoesimError(f"invalid workload: {problems}") from None
+
+
+def _variant(model: ModelSpec, num_experts: int | None, top_k: int | None, expert_ffn: int | None) -> ModelSpec:
+    """Synthetic variants for sweeps and pruning what-ifs (fewer experts, lower top-k, other FFN size)."""
+    if (num_experts or top_k or expert_ffn) and model.moe is None:
+        raise MoesimError(f"{model.name} has no MoE layers to vary")
+    try:
+        if num_experts:
+            model = model.with_experts(num_experts)
+        if top_k:
+            model = model.with_top_k(top_k)
+        if expert_ffn:
+            model = model.with_expert_ffn(expert_ffn)
+    except (ValueError, ValidationError) as exc:
+        raise MoesimError(f"invalid model variant: {exc}") from None
+    return model
+
+
+def _popularity(source: str | Path | tuple[float, ...] | list[float] | None, model: ModelSpec) -> tuple[float, ...] | None:
+    """A per-expert activation histogram: a sequence, or a JSON file holding a list (or {"counts": [...]})."""
+    if source is None:
+        return None
+    if isinstance(source, (str, Path)):
+        import json
+
+        path = Path(source)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise MoesimError(f"cannot read expert histogram {path}: {exc}") from None
+        source = data.get("counts") if isinstance(data, dict) else data
+    counts = tuple(float(x) for x in source or ())
+    experts = model.moe.num_experts if model.moe else 0
+    if len(counts) != experts or any(c < 0 for c in counts) or not sum(counts):
+        raise MoesimError(f"expert histogram needs {experts} non-negative counts (one per expert of {model.name}), "
+                          f"got {len(counts)}")
+    return counts
 
 
 def _check_context(model: ModelSpec, workload: OfflineWorkload) -> None:
@@ -134,11 +171,17 @@ def plan_for(model: ModelSpec, platform: Platform, system: str, workload: Offlin
     ctx = Context(model, platform, workload, options)
     if system != "auto":
         cls = get_system(system)
+        if options.speculative and not cls.supports_speculative:
+            raise MoesimError(f"speculative decoding is not modelled for {cls.name}; systems that model it: "
+                              + ", ".join(n for n, c in SYSTEMS.items() if c.supports_speculative))
         plan = cls().plan(ctx)
         return ctx, plan, {cls.name: "chosen"}
     plans: dict[str, Plan] = {}
     compared: dict[str, str] = {}
     for name, cls in SYSTEMS.items():
+        if options.speculative and not cls.supports_speculative:
+            compared[name] = "skipped: speculative decoding not modelled for this system"
+            continue
         try:
             plans[name] = cls().plan(ctx)
         except InfeasibleError as exc:
@@ -164,6 +207,11 @@ def predict(
     moe_impl: str = "fused",
     zipf_s: float = 0.0,
     mla_absorbed: bool = True,
+    expert_popularity: str | Path | tuple[float, ...] | list[float] | None = None,
+    speculative: Speculative | dict | None = None,
+    num_experts: int | None = None,
+    top_k: int | None = None,
+    expert_ffn: int | None = None,
     num_gpus: int | None = None,
     cpu: str | None = None,
     host_memory_bytes: float | None = None,
@@ -177,7 +225,7 @@ def predict(
     the highest generation throughput is reported). ``workload`` defaults to 1000 requests of
     512 prompt and 256 generated tokens, FlexGen/MoE-Gen style.
     """
-    spec = get_model(model)
+    spec = _variant(get_model(model), num_experts, top_k, expert_ffn)
     platform = get_hardware(hardware, num_gpus=num_gpus, cpu=cpu, host_memory_bytes=host_memory_bytes, pcie=pcie)
     work = _workload(workload)
     _check_context(spec, work)
@@ -186,8 +234,14 @@ def predict(
             raise MoesimError(f"unknown {name} {value!r}; one of {', '.join(BYTES_PER_ELEMENT)}")
     if moe_impl not in ("fused", "loop"):
         raise MoesimError(f"unknown MoE implementation {moe_impl!r}; fused or loop")
+    popularity = _popularity(expert_popularity, spec)
+    spec_dec = Speculative(**speculative) if isinstance(speculative, dict) else speculative
+    if spec_dec is not None:
+        if spec_dec.num_tokens < 1 or not 0.0 <= spec_dec.acceptance_rate <= 1.0:
+            raise MoesimError("speculative decoding needs num_tokens >= 1 and an acceptance rate in [0, 1]")
+        get_model(spec_dec.draft_model)  # unknown draft names fail here, with suggestions
     options = Options(weight_dtype=dtype, kv_dtype=kv_dtype, moe_impl=moe_impl, zipf_s=zipf_s,  # type: ignore[arg-type]
-                      mla_absorbed=mla_absorbed)
+                      mla_absorbed=mla_absorbed, expert_popularity=popularity, speculative=spec_dec)
     assumptions = []
     if workload is None:
         assumptions.append(

@@ -22,8 +22,10 @@ import numpy as np
 
 
 @lru_cache(maxsize=4096)
-def _inclusion(num_experts: int, top_k: int, zipf_s: float) -> tuple[float, ...]:
-    return tuple(inclusion_probabilities(num_experts, top_k, zipf_s=zipf_s))
+def _inclusion(num_experts: int, top_k: int, zipf_s: float,
+               popularity: tuple[float, ...] | None = None) -> tuple[float, ...]:
+    pop = None if popularity is None else np.asarray(popularity, dtype=float)
+    return tuple(inclusion_probabilities(num_experts, top_k, zipf_s=zipf_s, popularity=pop))
 
 
 def inclusion_probabilities(num_experts: int, top_k: int, zipf_s: float = 0.0,
@@ -45,25 +47,28 @@ def inclusion_probabilities(num_experts: int, top_k: int, zipf_s: float = 0.0,
     return q
 
 
-def expected_active_experts(num_experts: int, top_k: int, tokens: float, zipf_s: float = 0.0) -> float:
+def expected_active_experts(num_experts: int, top_k: int, tokens: float, zipf_s: float = 0.0,
+                            popularity: tuple[float, ...] | None = None) -> float:
     """Expected number of distinct experts that ``tokens`` tokens activate."""
     if tokens <= 0:
         return 0.0
-    if zipf_s == 0.0:
+    if zipf_s == 0.0 and popularity is None:
         return num_experts * (1.0 - (1.0 - top_k / num_experts) ** tokens)
-    q = np.asarray(_inclusion(num_experts, top_k, zipf_s))
+    q = np.asarray(_inclusion(num_experts, top_k, zipf_s, popularity))
     return float(np.sum(1.0 - (1.0 - q) ** tokens))
 
 
-def expected_tokens_per_expert(num_experts: int, top_k: int, tokens: float, zipf_s: float = 0.0) -> np.ndarray:
-    """Expected tokens routed to each expert (most popular first)."""
-    return tokens * np.asarray(_inclusion(num_experts, top_k, zipf_s))
+def expected_tokens_per_expert(num_experts: int, top_k: int, tokens: float, zipf_s: float = 0.0,
+                               popularity: tuple[float, ...] | None = None) -> np.ndarray:
+    """Expected tokens routed to each expert (in the order of ``popularity``; most popular first for Zipf)."""
+    return tokens * np.asarray(_inclusion(num_experts, top_k, zipf_s, popularity))
 
 
-def load_imbalance(num_experts: int, top_k: int, tokens: float, zipf_s: float = 0.0) -> float:
+def load_imbalance(num_experts: int, top_k: int, tokens: float, zipf_s: float = 0.0,
+                   popularity: tuple[float, ...] | None = None) -> float:
     """max over experts of expected tokens / mean over active experts (1 = perfectly balanced)."""
-    counts = expected_tokens_per_expert(num_experts, top_k, tokens, zipf_s)
-    active = expected_active_experts(num_experts, top_k, tokens, zipf_s)
+    counts = expected_tokens_per_expert(num_experts, top_k, tokens, zipf_s, popularity)
+    active = expected_active_experts(num_experts, top_k, tokens, zipf_s, popularity)
     if active <= 0:
         return 1.0
     return float(counts.max() / (tokens * top_k / active))

@@ -143,6 +143,7 @@ class ServingSystem(ABC):
     name: ClassVar[str]
     summary: ClassVar[str]  # one line: how it batches, where weights and KV live
     Params: ClassVar[type[BaseModel]]
+    supports_speculative: ClassVar[bool] = False  # whether plan() models speculative decoding
 
     def __init__(self, params: BaseModel | dict | None = None):
         self.params = params if isinstance(params, BaseModel) else self.Params.model_validate(params or {})

@@ -13,12 +13,13 @@ most ``prefill_chunk_tokens`` tokens.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..engine import Engine
 from ..errors import InfeasibleError
-from ..modules import Context
+from ..modules import Context, Options
 from ..specs import LayerKind
 from ..units import fmt_bytes
 from .base import Plan, ServingSystem, StepSim, balanced_batches, simpson_decode_time, simulate_pass
@@ -46,13 +47,28 @@ class GpuResident(ServingSystem):
                "(tensor-parallel over the platform's GPUs)")
     Params = GpuResidentParams
 
+    supports_speculative = True
+
     # ---- memory --------------------------------------------------------------------------------
+    @staticmethod
+    def _draft(ctx: Context) -> Context | None:
+        """The draft model's context (same platform and workload, released dtype), if speculating."""
+        spec = ctx.options.speculative
+        if spec is None:
+            return None
+        from ..db.resolve import get_model
+
+        return Context(get_model(spec.draft_model), ctx.platform, ctx.workload, Options(kv_dtype=ctx.options.kv_dtype))
+
     def _per_gpu_fixed_bytes(self, ctx: Context) -> float:
-        return ctx.weight_bytes / ctx.platform.num_gpus
+        draft = self._draft(ctx)
+        return (ctx.weight_bytes + (draft.weight_bytes if draft else 0.0)) / ctx.platform.num_gpus
 
     def _kv_per_seq_bytes(self, ctx: Context) -> float:
         ctx_len = ctx.workload.total_context_tokens
-        return ctx_len * ctx.kv_bytes_per_token(ctx_len) / ctx.platform.num_gpus
+        draft = self._draft(ctx)
+        per_token = ctx.kv_bytes_per_token(ctx_len) + (draft.kv_bytes_per_token(ctx_len) if draft else 0.0)
+        return ctx_len * per_token / ctx.platform.num_gpus
 
     def _max_batch(self, ctx: Context) -> int:
         p = ctx.platform
@@ -146,7 +162,24 @@ class GpuResident(ServingSystem):
         seqs_per_pass = max(1, min(batch, self.params.prefill_chunk_tokens // w.prompt_tokens))
         passes = math.ceil(batch / seqs_per_pass)
         prefill = self._pass(ctx, seqs_per_pass, w.prompt_tokens, w.prompt_tokens)
-        decode_s, points = simpson_decode_time(lambda c: self._pass(ctx, batch, 1, c), w.prompt_tokens, w.gen_tokens)
+        spec, draft = ctx.options.speculative, self._draft(ctx)
+        if spec is not None and draft is not None:
+            # one target pass verifies k+1 tokens per sequence after k draft steps; it yields tau tokens
+            k, tau = spec.num_tokens, spec.tokens_per_step
+            draft_sim = {}
+
+            def step(c: int) -> StepSim:
+                target = self._pass(ctx, batch, k + 1, c)
+                draft_sim[c] = self._pass(draft, batch, 1, c)
+                return replace(target, time_s=target.time_s + k * draft_sim[c].time_s)
+
+            steps_s, points = simpson_decode_time(step, w.prompt_tokens, w.gen_tokens)
+            decode_s = steps_s / tau
+            notes.append(f"speculative decoding: {spec.draft_model} drafts {k} tokens, acceptance "
+                         f"{spec.acceptance_rate:.2f} -> {tau:.2f} tokens per target step (Leviathan et al. 2023)")
+        else:
+            decode_s, points = simpson_decode_time(lambda c: self._pass(ctx, batch, 1, c), w.prompt_tokens,
+                                                   w.gen_tokens)
         peak_gpu = max(prefill.peak_memory_bytes.get("gpu", 0.0),
                        max(s.peak_memory_bytes.get("gpu", 0.0) for _, s in points))
         return Plan(
