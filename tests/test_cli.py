@@ -87,3 +87,22 @@ def test_mixtral_bf16_on_one_h100_does_not_fit_and_says_by_how_much():
                "--dtype", "bf16")
     assert proc.returncode == 3
     assert "short by" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_moe_gen_trace_shows_expert_transfers_overlapping_expert_compute(tmp_path):
+    trace = tmp_path / "step.json"
+    proc = run("predict", "--model", "mixtral-8x7b", "--hw", "c2", "--system", "moe-gen", "--requests", "256",
+               "--trace", str(trace), "--breakdown")
+    assert proc.returncode == 0, proc.stderr
+    assert "hidden behind compute" in proc.stdout
+    events = json.loads(trace.read_text())["traceEvents"]
+    rows = {e["tid"]: e["args"]["name"] for e in events if e["ph"] == "M" and e["name"] == "thread_name"}
+    assert {"gpu", "h2d", "d2h"} <= set(rows.values())  # one row per resource
+    spans = [e for e in events if e["ph"] == "X"]
+    assert all(e["dur"] >= 0 and e["ts"] >= 0 and e["tid"] in rows for e in spans)
+    copies = [e for e in spans if rows[e["tid"]] == "h2d" and "experts" in e["name"]]
+    computes = [e for e in spans if rows[e["tid"]] == "gpu" and "experts" in e["name"]]
+    assert copies and computes
+    overlapping = [(c, g) for c in copies for g in computes
+                   if c["ts"] < g["ts"] + g["dur"] and g["ts"] < c["ts"] + c["dur"]]
+    assert overlapping, "no expert copy runs while an expert computes"

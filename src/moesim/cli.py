@@ -40,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--no-mla-absorption", action="store_true",
                     help="MLA decode up-projects the cached latent every step (as Hugging Face DeepSeek code does)")
     pr.add_argument("--trace", help="write a Chrome/Perfetto trace of a decode step to this file")
+    pr.add_argument("--breakdown", action="store_true",
+                    help="time per module in a decode step, and how much of each transfer compute hides")
     pr.add_argument("--json", action="store_true", help="print one JSON object")
     ls = sub.add_parser("list", help="list models, hardware or systems")
     ls.add_argument("what", choices=["models", "hardware", "systems"])
@@ -95,6 +97,13 @@ def _predict(args: argparse.Namespace) -> int:
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
+    if args.breakdown:
+        total = sum(pred.decode_step_breakdown_s.values()) or 1.0
+        print(f"\ndecode step (at the middle context), busy time per module ({fmt_seconds(pred.tpot_s)} per step):")
+        for cat, sec in sorted(pred.decode_step_breakdown_s.items(), key=lambda kv: -kv[1]):
+            print(f"  {cat:14s} {fmt_seconds(sec):>10s}  {sec / total:6.1%} of busy time")
+        for res, frac in pred.transfer_hidden_fraction.items():
+            print(f"  {res} transfers hidden behind compute: {frac:.0%}")
     if len(pred.systems_compared) > 1:
         print("\nsystems compared:")
         for name, verdict in pred.systems_compared.items():

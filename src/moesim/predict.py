@@ -45,6 +45,7 @@ class Prediction(BaseModel):
     bottleneck: str
     utilization: dict[str, float]
     decode_step_breakdown_s: dict[str, float]
+    transfer_hidden_fraction: dict[str, float]  # per copy resource: share of its busy time overlapped by compute
     gpu_mem_bytes: float
     host_mem_bytes: float
     placement: dict[str, str]
@@ -113,6 +114,15 @@ def _check_context(model: ModelSpec, workload: OfflineWorkload) -> None:
         )
 
 
+def _hidden(step) -> dict[str, float]:
+    out = {}
+    for resource in ("h2d", "d2h", "disk", "gpu-link"):
+        busy, hidden = step.engine.hidden_s(resource)
+        if busy > 0:
+            out[resource] = hidden / busy
+    return out
+
+
 def _prediction(ctx: Context, plan: Plan, compared: dict[str, str], assumptions: list[str]) -> Prediction:
     w = ctx.workload
     batch = plan.batch_size
@@ -155,6 +165,7 @@ def _prediction(ctx: Context, plan: Plan, compared: dict[str, str], assumptions:
         bottleneck=mid.bottleneck(),
         utilization=mid.utilization(),
         decode_step_breakdown_s=mid.category_s,
+        transfer_hidden_fraction=_hidden(mid),
         gpu_mem_bytes=plan.gpu_mem_bytes,
         host_mem_bytes=plan.host_mem_bytes,
         placement=plan.placement,

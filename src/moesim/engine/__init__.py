@@ -102,6 +102,33 @@ class Engine:
             busy[t.category] += t.duration_s
         return dict(busy)
 
+    def hidden_s(self, resource: str, behind: Iterable[str] = ("gpu", "cpu")) -> tuple[float, float]:
+        """(busy seconds of ``resource``, seconds of it that overlap work on the ``behind`` resources).
+
+        A transfer is hidden where some compute runs at the same time: intervals of the compute
+        resources are merged, then intersected with each task of ``resource``.
+        """
+        behind = set(behind)
+        spans = sorted((t.start_s, t.end_s) for t in self.tasks if t.resource in behind and t.end_s > t.start_s)
+        merged: list[list[float]] = []
+        for a, b in spans:
+            if merged and a <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], b)
+            else:
+                merged.append([a, b])
+        busy = hidden = 0.0
+        for t in self.tasks:
+            if t.resource != resource or t.end_s <= t.start_s:
+                continue
+            busy += t.end_s - t.start_s
+            for a, b in merged:
+                if b <= t.start_s:
+                    continue
+                if a >= t.end_s:
+                    break
+                hidden += min(b, t.end_s) - max(a, t.start_s)
+        return busy, hidden
+
     def peak_memory_bytes(self) -> dict[str, float]:
         """Peak bytes held in each pool over the schedule (sweep over buffer events)."""
         peaks: dict[str, float] = {}
