@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--breakdown", action="store_true",
                     help="time per module in a decode step, and how much of each transfer compute hides")
     pr.add_argument("--json", action="store_true", help="print one JSON object")
+    from .cli_validate import add_parsers as add_validation_parsers
+
+    add_validation_parsers(sub)
     ls = sub.add_parser("list", help="list models, hardware or systems")
     ls.add_argument("what", choices=["models", "hardware", "systems"])
     sh = sub.add_parser("show", help="show one entry")
@@ -147,7 +150,10 @@ def _show(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"predict": _predict, "list": _list, "show": _show}[args.command](args)
+        from .cli_validate import calibrate, validate
+
+        commands = {"predict": _predict, "list": _list, "show": _show, "calibrate": calibrate, "validate": validate}
+        return commands[args.command](args)
     except MoesimError as exc:
         print(f"moesim: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -66,10 +66,15 @@ class Context:
         return costs.cpu_time_s(cost, p.cpu, p.num_cpus, p.host_memory_bandwidth_bytes_per_s, self.eff)
 
     def h2d_s(self, nbytes: float) -> float:
-        return costs.copy_time_s(nbytes, "h2d_pinned", self.platform.host_link)
+        """Pinned host-to-device copy; measured link figures where the platform's GPU is calibrated on this link."""
+        from .ops import copy_time_s
+
+        return copy_time_s(nbytes, "h2d_pinned", self.platform) if nbytes > 0 else 0.0
 
     def d2h_s(self, nbytes: float) -> float:
-        return costs.copy_time_s(nbytes, "d2h_pinned", self.platform.host_link)
+        from .ops import copy_time_s
+
+        return copy_time_s(nbytes, "d2h_pinned", self.platform) if nbytes > 0 else 0.0
 
     def disk_s(self, nbytes: float) -> float:
         return nbytes / self.platform.disk.read_bytes_per_s

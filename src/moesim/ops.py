@@ -92,14 +92,20 @@ class Attention:
 
 @dataclass(frozen=True)
 class MLADecode:
+    """Absorbed MLA decode; ``fused=False`` (default) is the plain-torch version the harness runs,
+    ``fused=True`` a FlashMLA-style kernel (one pass over the latent, as serving systems model it)."""
+
     batch: int
     heads: int
     kv_len: int
     kv_lora_rank: int = 512
     rope_dim: int = 64
     dtype: str = "bf16"
+    fused: bool = False
 
     def cost(self) -> OpCost:
+        if not self.fused:
+            return costs.mla_decode_unfused(self.batch, self.heads, self.kv_len, self.kv_lora_rank, self.rope_dim)
         spec = AttentionSpec(kind="mla", num_heads=self.heads, num_kv_heads=self.heads, head_dim=128,
                              kv_lora_rank=self.kv_lora_rank, qk_nope_head_dim=128, qk_rope_head_dim=self.rope_dim,
                              v_head_dim=128)
@@ -110,6 +116,35 @@ class MLADecode:
 class Copy:
     nbytes: float
     kind: costs.transfer.CopyKind = "h2d_pinned"
+
+
+def _gpu(hw: Platform, cost: OpCost) -> float:
+    return costs.gpu_time_s(cost, hw.gpu, costs.efficiency_for(hw.empirical, hw.calibration))
+
+
+def _streamed_experts(engine: Engine, hw: Platform, hidden: int, ffn: int, experts: int, top_k: int, tokens: float,
+                      dtype: str, buffers: int, after: int | None) -> int:
+    """Router, a host sync for the per-expert counts, then every expert's weights streamed
+    through ``buffers`` device slots while the experts before it compute. Returns the last task."""
+    expert_bytes = 3 * hidden * ffn * BYTES_PER_ELEMENT[dtype]
+    routed = tokens * top_k
+    active = costs.expected_active_experts(experts, top_k, tokens)
+    eff = costs.efficiency_for(hw.empirical, hw.calibration)
+    route = engine.add("router + sort", "gpu", _gpu(hw, costs.router(hidden, experts, tokens)
+                                                    + costs.dispatch_combine(hidden, routed)), [after], category="router")
+    sync = engine.add("host reads expert counts", "host", eff.host_sync_s, [route], category="sync")
+    copy_s = copy_time_s(expert_bytes, "h2d_pinned", hw)
+    compute_s = _gpu(hw, costs.expert_ffn(hidden, ffn, routed / active, True, dtype)) if active else 0.0
+    ring = BufferRing(buffers)
+    last = sync
+    n_compute = math.ceil(active)
+    for e in range(experts):
+        copy = engine.add(f"expert {e} H2D", "h2d", copy_s, [ring.acquire(), sync], category="transfer",
+                          nbytes=expert_bytes)
+        if e < n_compute:  # experts no token chose are copied but not computed (as the harness does)
+            last = engine.add(f"expert {e}", "gpu", compute_s, [copy, last], category="experts")
+        ring.release(last if e < n_compute else copy)
+    return last
 
 
 @dataclass(frozen=True)
@@ -123,37 +158,100 @@ class OffloadedMoELayer:
     buffers: int = 2
 
     def schedule(self, hw: Platform) -> Engine:
-        """Copy engine streams expert e+1 (into a free buffer) while the GPU computes expert e."""
-        eff = costs.efficiency_for(hw.empirical, hw.calibration)
-        expert_bytes = 3 * self.hidden * self.ffn * BYTES_PER_ELEMENT[self.dtype]
-        routed = self.tokens * self.top_k
-        active = costs.expected_active_experts(self.experts, self.top_k, self.tokens)
-        per_expert_tokens = routed / active
-        copy_s = estimate(Copy(expert_bytes, "h2d_pinned"), hw)
-        compute_s = costs.gpu_time_s(
-            costs.routed_experts(self.hidden, self.ffn, 1, per_expert_tokens, True, self.dtype), hw.gpu, eff)
-        head_s = costs.gpu_time_s(costs.router(self.hidden, self.experts, self.tokens)
-                                  + costs.dispatch_combine(self.hidden, routed), hw.gpu, eff)
         engine = Engine()
-        ring = BufferRing(self.buffers)
-        last = engine.add("router + dispatch", "gpu", head_s, category="router")
-        for e in range(self.experts):
-            copy = engine.add(f"expert {e} H2D", "h2d", copy_s, [ring.acquire()], category="transfer",
-                              nbytes=expert_bytes)
-            if e < math.ceil(active):
-                last = engine.add(f"expert {e}", "gpu", compute_s, [copy, last], category="experts")
-            else:  # an expert no token chose is still copied (the harness copies every expert)
-                last = engine.add(f"expert {e} (no tokens)", "gpu", 0.0, [copy, last], category="experts")
-            ring.release(last)
+        _streamed_experts(engine, hw, self.hidden, self.ffn, self.experts, self.top_k, self.tokens, self.dtype,
+                          self.buffers, None)
         return engine
 
 
-Op = Union[GEMM, ExpertFFN, MoELayer, Attention, MLADecode, Copy, OffloadedMoELayer]
+#: the decode-step shapes of the harness (validation/torchbench/kernels.py SHAPES)
+DECODE_SHAPES = {
+    "mixtral-8x7b": dict(hidden=4096, heads=32, kv_heads=8, head_dim=128, experts=8, top_k=2, ffn=14336, shared_ffn=0),
+    "deepseek-v2-lite": dict(hidden=2048, heads=16, kv_heads=16, head_dim=128, experts=64, top_k=6, ffn=1408,
+                             shared_ffn=2816, mla=True, kv_lora=512, rope=64, nope=128),
+}
+
+
+@dataclass(frozen=True)
+class DecodeStep:
+    """A module-based-batching decode step over ``layers`` layers (MoE-Gen, arXiv 2503.09716, section 4),
+    exactly as the harness runs it: per layer, the attention weights are prefetched from pinned host
+    memory (two slots), QKV projection of all ``batch`` tokens, attention in micro-batches each
+    after its KV is copied in (two KV slots), output projection, then the MoE layer with every
+    expert streamed (:class:`OffloadedMoELayer`); shared experts are resident."""
+
+    model: str
+    layers: int
+    batch: int
+    kv_len: int
+    micro_batch: int
+    dtype: str = "bf16"
+
+    @classmethod
+    def from_params(cls, p: dict) -> "DecodeStep":
+        return cls(p["model"], p["layers"], p["batch"], p["kv_len"], p["micro_batch"], p.get("dtype", "bf16"))
+
+    def schedule(self, hw: Platform) -> Engine:
+        s = DECODE_SHAPES[self.model]
+        h, b, L = s["hidden"], self.batch, self.kv_len
+        mla = bool(s.get("mla"))
+        if mla:
+            heads, nope, rope, r, d = s["heads"], s["nope"], s["rope"], s["kv_lora"], s["head_dim"]
+            in_dim, o_dim = heads * (nope + rope) + r + rope, heads * d
+            absorb = heads * nope * r + heads * r * d
+            kv_token_bytes = (r + rope) * 2
+        else:
+            in_dim = (s["heads"] + 2 * s["kv_heads"]) * s["head_dim"]
+            o_dim = s["heads"] * s["head_dim"]
+            absorb = 0
+            kv_token_bytes = 2 * s["kv_heads"] * s["head_dim"] * 2
+        attn_bytes = (h * in_dim + o_dim * h + absorb) * 2
+        engine = Engine()
+        attn_ring, kv_ring = BufferRing(2), BufferRing(2)
+        proj_s = _gpu(hw, costs.gemm(b, in_dim, h))
+        out_s = _gpu(hw, costs.gemm(b, h, o_dim))
+        n_mb = math.ceil(b / self.micro_batch)
+
+        def attention_s(n: int) -> float:
+            if mla:
+                core = MLADecode(n, heads, L, r, rope).cost()
+                fold = costs.gemm(n * heads, r, nope) + costs.gemm(n * heads, d, r)  # q absorb, output absorb
+                return _gpu(hw, core) + _gpu(hw, fold)
+            return estimate(Attention(n, s["heads"], s["kv_heads"], s["head_dim"], 1, L), hw)
+
+        prefetch = engine.add("L0 attention weights H2D", "h2d", copy_time_s(attn_bytes, "h2d_pinned", hw),
+                              [attn_ring.acquire()], category="transfer", nbytes=attn_bytes)
+        last = None
+        for layer in range(self.layers):
+            current = prefetch
+            if layer + 1 < self.layers:
+                prefetch = engine.add(f"L{layer + 1} attention weights H2D", "h2d",
+                                      copy_time_s(attn_bytes, "h2d_pinned", hw), [attn_ring.acquire()],
+                                      category="transfer", nbytes=attn_bytes)
+            last = engine.add(f"L{layer} QKV projection", "gpu", proj_s, [current, last], category="attention")
+            for m in range(n_mb):
+                n = min(self.micro_batch, b - m * self.micro_batch)
+                kv_bytes = n * L * kv_token_bytes
+                kv = engine.add(f"L{layer} KV H2D mb{m}", "h2d", copy_time_s(kv_bytes, "h2d_pinned", hw),
+                                [kv_ring.acquire()], category="transfer", nbytes=kv_bytes)
+                last = engine.add(f"L{layer} attention mb{m}", "gpu", attention_s(n), [kv, last],
+                                  category="attention")
+                kv_ring.release(last)
+            last = engine.add(f"L{layer} output projection", "gpu", out_s, [last], category="attention")
+            attn_ring.release(last)
+            last = _streamed_experts(engine, hw, h, s["ffn"], s["experts"], s["top_k"], b, self.dtype, 2, last)
+            if s["shared_ffn"]:
+                last = engine.add(f"L{layer} shared experts", "gpu",
+                                  _gpu(hw, costs.expert_ffn(h, s["shared_ffn"], b)), [last], category="experts")
+        return engine
+
+
+Op = Union[GEMM, ExpertFFN, MoELayer, Attention, MLADecode, Copy, OffloadedMoELayer, DecodeStep]
 
 
 def _link(hw: Platform):
     cal = hw.calibration
-    if cal is not None and cal.link is not None and cal.link.link == hw.host_link.name and cal.gpu == hw.gpu.name:
+    if cal is not None and cal.link is not None and cal.link.link == hw.host_link.name:
         return cal.link
     return hw.host_link
 
@@ -171,10 +269,10 @@ def estimate(op: Op, hw: Platform) -> float:
     """Predicted time of ``op`` on one GPU of ``hw``, in seconds."""
     if isinstance(op, Copy):
         return copy_time_s(op.nbytes, op.kind, hw)
-    if isinstance(op, OffloadedMoELayer):
+    if isinstance(op, (OffloadedMoELayer, DecodeStep)):
         return op.schedule(hw).makespan_s
     return costs.gpu_time_s(op.cost(), hw.gpu, costs.efficiency_for(hw.empirical, hw.calibration))
 
 
-__all__ = ["GEMM", "Attention", "Copy", "ExpertFFN", "MLADecode", "MoELayer", "OffloadedMoELayer", "Op",
+__all__ = ["GEMM", "Attention", "Copy", "DecodeStep", "ExpertFFN", "MLADecode", "MoELayer", "OffloadedMoELayer", "Op",
            "copy_time_s", "estimate"]

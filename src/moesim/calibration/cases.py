@@ -7,16 +7,16 @@ on what it claims to have held out:
 * whole shapes the fit never sees: DeepSeek-V2-Lite expert shapes (hidden 2048, ffn 1408) in
   ``gemm``/``expert_ffn``, the OLMoE layer in ``moe_layer``, Qwen3's 32/4 heads in
   ``attention``, 128-head MLA in ``mla_decode``;
-* of the rest, one case in four, chosen by a hash of its parameters;
+* of the rest, within each series (same family and shape, sorted by size), every third case
+  starting with the second, so held-out sizes lie between fitted ones;
 * end-to-end cases (``offloaded_moe_layer``, ``decode_step``) and the copy-beside-GEMM check are
   never fitted: they test how the fitted parts compose.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,22 +26,44 @@ from .. import ops
 END_TO_END = ("offloaded_moe_layer", "decode_step")
 
 
+#: per family: (the parameters that vary in size along a series, ...)
+SIZE_PARAMS = {"hbm_copy": ("nbytes",), "copy": ("nbytes",), "gemm": ("m",), "expert_ffn": ("tokens",),
+               "moe_layer": ("tokens",), "attention": ("kv_len", "q_len", "batch"), "mla_decode": ("kv_len", "batch")}
+
+
 @dataclass(frozen=True)
 class Case:
     family: str
     params: dict[str, Any]
     median_s: float
     extra: dict[str, Any] = field(default_factory=dict)
+    in_series_held_out: bool = False  # set by :func:`assign_split`
 
     @property
     def key(self) -> str:
         return json.dumps({"family": self.family, **self.params}, sort_keys=True)
 
     @property
+    def series(self) -> str:
+        sizes = SIZE_PARAMS.get(self.family, ())
+        p = dict(self.params)
+        if self.family == "gemm" and p.get("m") == p.get("n") == p.get("k"):
+            p = {"dtype": p.get("dtype"), "square": True}
+        fixed = {k: v for k, v in p.items() if k not in sizes}
+        if self.family == "attention":
+            fixed["decode"] = self.params.get("q_len") == 1
+        return json.dumps({"family": self.family, **fixed}, sort_keys=True)
+
+    def size(self) -> tuple:
+        return tuple(self.params.get(k, 0) for k in SIZE_PARAMS.get(self.family, ()))
+
+    @property
     def held_out(self) -> bool:
         p = self.params
         if self.family in END_TO_END:
             return True
+        if self.family in ("launch", "host_sync", "copy_beside_gemm"):
+            return False
         if self.family in ("gemm",) and {p.get("n"), p.get("k")} & {2 * 1408, 1408} and p.get("k") in (2048, 1408):
             return True
         if self.family == "expert_ffn" and p.get("hidden") == 2048:
@@ -52,7 +74,7 @@ class Case:
             return True
         if self.family == "mla_decode" and p.get("heads") == 128:
             return True
-        return int(hashlib.sha256(self.key.encode()).hexdigest(), 16) % 4 == 0
+        return self.in_series_held_out
 
     def op(self) -> ops.Op | None:
         """The operation moesim predicts for this case (None: not an operation, e.g. launch overhead)."""
@@ -83,9 +105,22 @@ class Case:
         return None
 
 
+def assign_split(cases: list[Case]) -> list[Case]:
+    """Mark every third case of each size-sorted series (from the second) as held out."""
+    series: dict[str, list[int]] = {}
+    for i, c in enumerate(cases):
+        series.setdefault(c.series, []).append(i)
+    out = list(cases)
+    for idx in series.values():
+        for rank, i in enumerate(sorted(idx, key=lambda j: cases[j].size())):
+            if rank % 3 == 1:
+                out[i] = replace(cases[i], in_series_held_out=True)
+    return out
+
+
 def load_measurements(path: str | Path) -> tuple[dict[str, Any], list[Case]]:
     """(environment, cases with a time); cases that errored on the GPU are dropped."""
     data = json.loads(Path(path).read_text())
     cases = [Case(c["family"], c["params"], float(c["median_s"]), c.get("extra") or {})
              for c in data.get("cases", []) if "error" not in c and c.get("median_s")]
-    return data.get("env", {}), cases
+    return data.get("env", {}), assign_split(cases)

@@ -16,11 +16,12 @@ from typing import Any
 import numpy as np
 
 from .. import ops
-from ..db import normalize
+from ..db import gpus, normalize
 from ..db.resolve import get_hardware
 from ..errors import MoesimError
 from ..specs import CalibrationProfile
 from .cases import Case, load_measurements
+from .store import gpu_slug
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class Row:
 
 
 def measurements_dir(root: Path, gpu_name: str) -> Path:
-    return root / "measurements" / normalize(gpu_name)
+    return root / "measurements" / gpu_slug(gpu_name)
 
 
 def latest_measurements(root: Path, gpu_name: str) -> Path:
@@ -65,6 +66,14 @@ def validation_report(gpu: str, root: Path, mode: str = "own",
     env, cases = load_measurements(path)
     if mode == "default":
         hw = hw.model_copy(update={"calibration": None})
+    elif mode == "borrowed" and profile is None:
+        from .store import _profiles
+
+        donors = [p for p in _profiles().values() if normalize(p.gpu) != normalize(hw.gpu.name)
+                  and (g := gpus().find(p.gpu)) is not None and g.architecture == hw.gpu.architecture]
+        if not donors:
+            raise MoesimError(f"no other {hw.gpu.architecture} GPU has a calibration profile to lend")
+        hw = hw.model_copy(update={"calibration": donors[0]})
     elif profile is not None:
         hw = hw.model_copy(update={"calibration": profile})
     elif mode == "own" and (hw.calibration is None or normalize(hw.calibration.gpu) != normalize(hw.gpu.name)):
@@ -84,7 +93,7 @@ def write_plots(report: dict[str, Any], out_dir: Path) -> list[Path]:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[Row] = report["rows"]
-    tag = f"{normalize(report['gpu'])}-{report['mode']}"
+    tag = f"{gpu_slug(report['gpu'])}-{report['mode']}"
     fig, ax = plt.subplots(figsize=(6, 6))
     for held, marker in ((False, "o"), (True, "x")):
         sel = [r for r in rows if r.case.held_out == held]

@@ -3,12 +3,14 @@ entries) and which profile a platform uses.
 
 Rule for a GPU without measurements of its own (documented in the README): it borrows the
 profile of a measured GPU of the same architecture family. The curves are fractions of peak,
-so applying them to the unmeasured GPU's own peaks is scaling by the spec ratios; copy-link
-figures are not borrowed (they belong to the measured host). Otherwise the default profile.
+so applying them to the unmeasured GPU's own peaks is scaling by the spec ratios. Measured
+copy bandwidths belong to the measured host's link: they apply to a platform only when its
+host link is the same link entry (``ops`` checks that). Otherwise the default profile.
 """
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -18,9 +20,14 @@ from ..db import data_root, gpus, load_spec_file, normalize
 from ..specs import AcceleratorSpec, CalibrationProfile
 
 
+def gpu_slug(gpu_name: str) -> str:
+    """File and folder name of a GPU: 'H100 SXM' -> 'h100-sxm'."""
+    return re.sub(r"[^a-z0-9]+", "-", gpu_name.lower()).strip("-")
+
+
 def profile_path(gpu_name: str, root: Path | None = None) -> Path:
     base = root or data_root("hardware_db") / "calibration"
-    return base / f"{normalize(gpu_name)}.yaml"
+    return base / f"{gpu_slug(gpu_name)}.yaml"
 
 
 @lru_cache(maxsize=None)
@@ -43,8 +50,7 @@ def calibration_for(gpu: AcceleratorSpec) -> tuple[CalibrationProfile | None, st
     for key, prof in profiles.items():
         donor = gpus().find(prof.gpu)
         if donor is not None and donor.architecture == gpu.architecture:
-            borrowed = prof.model_copy(update={"link": None})
-            return borrowed, (f"{gpu.name}: no measurements of its own; efficiency curves borrowed from the "
+            return prof, (f"{gpu.name}: no measurements of its own; efficiency curves borrowed from the "
                               f"{donor.name} calibration (same {gpu.architecture} architecture), applied to its own peaks")
     return None, None
 

@@ -1,6 +1,6 @@
 """Cost of each operation family: FLOPs and bytes (pure functions of specs), and time on a device."""
 
-from .attention import attention_core, attention_projections, effective_span
+from .attention import attention_core, attention_projections, effective_span, mla_decode_unfused
 from .cpu import cpu_attention, cpu_experts
 from .efficiency import CalibratedEfficiency, EfficiencyModel, ProfileEfficiency, efficiency_for
 from .embedding import embedding_lookup, lm_head
@@ -16,5 +16,5 @@ __all__ = [
     "compute_dtype", "copy_time_s", "cpu_attention", "cpu_experts", "cpu_time_s", "dispatch_combine",
     "effective_span", "embedding_lookup", "expected_active_experts", "expected_tokens_per_expert",
     "expert_ffn", "gemm", "gpu_time_s", "inclusion_probabilities", "link_bandwidth_bytes_per_s", "lm_head",
-    "load_imbalance", "moe_layer", "needs_dequant", "routed_experts", "router", "vector_op",
+    "load_imbalance", "mla_decode_unfused", "moe_layer", "needs_dequant", "routed_experts", "router", "vector_op",
 ]

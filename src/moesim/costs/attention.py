@@ -80,3 +80,21 @@ def attention_projections(params: float, hidden: int, tokens: float, weight_dtyp
     base = gemm(tokens, params / hidden, hidden, weight_dtype)
     return OpCost(family="gemm", flop=base.flop, bytes=base.bytes + tokens * hidden * 2 * ACT_BYTES,
                   dtype=weight_dtype, weight_elements=params, launches=4, rows=tokens)
+
+
+def mla_decode_unfused(batch: float, heads: int, kv_len: float, kv_lora_rank: int, rope_dim: int) -> OpCost:
+    """Absorbed MLA decode written as plain tensor ops (the validation harness; Hugging Face style):
+
+        scores = q_lat @ latent^T + q_rope @ k_rope^T     two batched GEMMs, scores written in bf16
+        probs  = softmax(scores.float()).bf16              materialised: ~20 bytes per score
+        out    = probs @ latent                            the latent is read a second time
+
+    Unlike a fused (FlashMLA-style) kernel, the latent is read twice and the b*h*L score matrix
+    makes several round trips to memory; family ``mla`` (borrows the ``attention`` curve).
+    """
+    scores = batch * heads * kv_len
+    latent = batch * kv_len * (kv_lora_rank + rope_dim) * ACT_BYTES
+    flop = 2.0 * scores * (2 * kv_lora_rank + rope_dim) + 5.0 * scores
+    nbytes = (2 * latent + 2 * scores * ACT_BYTES + 20.0 * scores
+              + batch * heads * (2 * kv_lora_rank + rope_dim) * ACT_BYTES)
+    return OpCost(family="mla", flop=flop, bytes=nbytes, dtype="bf16", launches=8, rows=heads)

@@ -35,6 +35,8 @@ class EfficiencyModel(Protocol):
 
     def launch_s(self, cost: "OpCost") -> float: ...
 
+    def dispatch_s(self, cost: "OpCost") -> float: ...
+
 
 @dataclass(frozen=True)
 class ProfileEfficiency:
@@ -84,9 +86,12 @@ class ProfileEfficiency:
     def launch_s(self, cost: "OpCost") -> float:
         return self.profile.kernel_launch_s
 
+    def dispatch_s(self, cost: "OpCost") -> float:
+        return 0.0  # the default profile has no host launch roof (launch overhead is additive)
+
 
 #: families without a curve of their own borrow one (expert GEMMs behave like GEMMs).
-_FALLBACK = {"grouped_expert": "expert", "expert": "gemm", "attention": "vector", "gemm": "vector", "copy": "vector",
+_FALLBACK = {"mla": "attention", "grouped_expert": "expert", "expert": "gemm", "attention": "vector", "gemm": "vector", "copy": "vector",
              "moe_loop": ""}
 
 
@@ -127,6 +132,10 @@ class CalibratedEfficiency(ProfileEfficiency):
     def launch_s(self, cost: "OpCost") -> float:
         curve = self._curve(cost)
         return curve.overhead_s if curve else self.calibration.kernel_launch_s
+
+    def dispatch_s(self, cost: "OpCost") -> float:
+        curve = self._curve(cost)
+        return curve.dispatch_s if curve else 0.0
 
 
 def efficiency_for(empirical: EmpiricalProfile, calibration: CalibrationProfile | None) -> ProfileEfficiency:

@@ -1,7 +1,8 @@
 """The cost of one operation and its time on a device: a roofline with efficiency factors.
 
     t = max( flop / (peak_flop_per_s(dtype) * eta_compute),
-             bytes / (memory_bandwidth_bytes_per_s * eta_memory) )
+             bytes / (memory_bandwidth_bytes_per_s * eta_memory),
+             launches * dispatch_s )                      (host launch roof; 0 when uncalibrated)
         + launches * kernel_launch_s + syncs * host_sync_s
 
 (Williams, Waterman, Patterson, "Roofline", CACM 2009; the efficiency factors are the
@@ -17,7 +18,7 @@ from .efficiency import EfficiencyModel
 from .quant import compute_dtype, needs_dequant
 
 #: Operation families: the unit of calibration.
-FAMILIES = ("gemm", "expert", "grouped_expert", "moe_loop", "attention", "vector", "copy", "cpu_attention", "cpu_expert")
+FAMILIES = ("gemm", "expert", "grouped_expert", "moe_loop", "attention", "mla", "vector", "copy", "cpu_attention", "cpu_expert")
 
 
 @dataclass(frozen=True)
@@ -65,9 +66,12 @@ def gpu_time_s(cost: OpCost, gpu: AcceleratorSpec, eff: EfficiencyModel) -> floa
     peak, _ = gpu.peak_for(compute_dtype(cost.dtype, gpu))
     compute_s = cost.flop / (peak * eff.compute_efficiency(cost)) if cost.flop else 0.0
     memory_s = cost.bytes / (gpu.memory_bandwidth_bytes_per_s * eff.memory_efficiency(cost)) if cost.bytes else 0.0
-    total = max(compute_s, memory_s) + cost.launches * eff.launch_s(cost) + cost.syncs * eff.host_sync_s + cost.extra_s
-    if cost.loop_launches:
-        total += cost.loop_launches * eff.launch_s(replace(cost, family="moe_loop"))
+    loop = replace(cost, family="moe_loop") if cost.loop_launches else None
+    dispatch_s = cost.launches * eff.dispatch_s(cost) + (cost.loop_launches * eff.dispatch_s(loop) if loop else 0.0)
+    total = (max(compute_s, memory_s, dispatch_s) + cost.launches * eff.launch_s(cost)
+             + cost.syncs * eff.host_sync_s + cost.extra_s)
+    if loop is not None:
+        total += cost.loop_launches * eff.launch_s(loop)
     if cost.weight_elements and needs_dequant(cost.dtype, gpu):
         vector_flop_per_s = gpu.peak_flop_per_s["fp32"] * eff.vector_efficiency
         total += cost.weight_elements * eff.dequant_flop_per_weight / vector_flop_per_s

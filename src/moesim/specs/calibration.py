@@ -5,7 +5,12 @@ fraction of a roof grows with the size of the work, Calculon-style (Isaev et al.
 
     eta_compute_f(rows)  = compute_max_f * rows  / (rows  + rows_half_f)     (tile filling)
     eta_memory_f(bytes)  = memory_max_f  * bytes / (bytes + bytes_half_f)     (too few bytes in flight)
-    t = max(flop / (P_peak eta_compute), bytes / (B_peak eta_memory)) + launches * overhead_s_f
+    t = max(flop / (P_peak eta_compute), bytes / (B_peak eta_memory), launches * dispatch_s_f)
+        + launches * overhead_s_f
+
+The third roof is the host's: PyTorch issues kernels one by one, so a run of small kernels
+takes as long as issuing them (back-to-back small operations overlap issue and execution,
+so each costs the larger of the two).
 
 The parameters are fitted by :mod:`moesim.calibration.fit` (scipy least squares on log time)
 to a training split of the measurements in ``validation/measurements/<gpu>/``.
@@ -24,6 +29,8 @@ class FamilyCurve(Spec):
     memory_max: float = Field(gt=0, le=1.0)
     bytes_half: float = Field(ge=0, description="bytes moved at which half of memory_max is reached")
     overhead_s: float = Field(ge=0, description="fixed time per kernel launch of this family")
+    dispatch_s: float = Field(default=0.0, ge=0, description="host time to issue one kernel: an operation "
+                              "never runs faster than launches x dispatch_s (the host's launch roof)")
 
     def compute_efficiency(self, rows: float) -> float:
         if rows <= 0:

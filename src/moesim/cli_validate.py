@@ -1,0 +1,104 @@
+"""`moesim calibrate` (refit a GPU's profile from its measurements) and `moesim validate`
+(predicted beside measured, fitted and held-out, plus plots). Kept out of cli.py's predict path."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .errors import MoesimError
+
+
+def _validation_root(arg: str | None) -> Path:
+    root = Path(arg) if arg else Path.cwd() / "validation"
+    if not (root / "measurements").is_dir():
+        raise MoesimError(f"no measurements folder under {root}; run from the repository root or pass --root")
+    return root
+
+
+def add_parsers(sub) -> None:
+    cal = sub.add_parser("calibrate", help="fit a GPU's efficiency curves to its measurements")
+    cal.add_argument("--gpu", required=True)
+    cal.add_argument("--root", help="the validation folder (default ./validation)")
+    val = sub.add_parser("validate", help="predicted vs measured, fitted and held-out cases")
+    val.add_argument("--gpu", help="one GPU (default: every GPU with measurements)")
+    val.add_argument("--root", help="the validation folder (default ./validation)")
+    val.add_argument("--cases", action="store_true", help="print every case, not only the worst")
+    val.add_argument("--no-plots", action="store_true")
+
+
+def calibrate(args: argparse.Namespace) -> int:
+    from .calibration import fit_profile, load_measurements, profile_path, save_profile
+    from .calibration.report import latest_measurements
+    from .db import data_root
+    from .db.resolve import get_hardware
+
+    root = _validation_root(args.root)
+    gpu = get_hardware(args.gpu).gpu
+    path = latest_measurements(root, gpu.name)
+    env, cases = load_measurements(path)
+    print(f"fitting {gpu.name} from {path} ({len(cases)} cases)")
+    rel = path.resolve().relative_to(root.resolve().parent) if root.resolve().parent in path.resolve().parents else path
+    profile = fit_profile(env, cases, gpu.name, str(rel), log=print)
+    src_tree = data_root("hardware_db")
+    out = profile_path(gpu.name, src_tree / "calibration")
+    save_profile(profile, out)
+    s = profile.fit_summary
+    print(f"wrote {out}: {int(s['train_cases'])} fitted cases, median |error| {s['train_median_abs_err']:.1%}, "
+          f"p90 {s['train_p90_abs_err']:.1%}")
+    return 0
+
+
+def _print_report(rep: dict, show_all: bool) -> None:
+    print(f"\n== {rep['gpu']}: {rep['mode']} curves (from {rep['profile_from']}), measurements {rep['measurements']}")
+    print(f"{'family/split':34s} {'n':>4s} {'median |err|':>13s} {'p90 |err|':>10s}")
+    for key, v in rep["summary"].items():
+        print(f"{key:34s} {int(v['n']):4d} {v['median']:13.1%} {v['p90']:10.1%}")
+    rows = sorted(rep["rows"], key=lambda r: -abs(r.error))
+    shown = rows if show_all else rows[:8]
+    print("\n" + ("every case" if show_all else "largest errors") + ":")
+    for r in shown:
+        split = "held-out" if r.case.held_out else "fitted"
+        params = ", ".join(f"{k}={v}" for k, v in r.case.params.items())
+        print(f"  {r.case.family:20s} {split:8s} measured {r.case.median_s:.4g} s  predicted {r.predicted_s:.4g} s  "
+              f"{r.error:+.1%}  [{params}]")
+
+
+def validate(args: argparse.Namespace) -> int:
+    from .calibration.report import validation_report, write_plots
+    from .calibration.store import gpu_slug
+    from .db import gpus
+
+    root = _validation_root(args.root)
+    names = [args.gpu] if args.gpu else [p.name for p in sorted((root / "measurements").iterdir()) if p.is_dir()]
+    for name in names:
+        gpu = gpus().find(name) or next((g for g in gpus().entries.values() if gpu_slug(g.name) == name), None)
+        if gpu is None:
+            raise MoesimError(f"measurements folder {name!r} names no GPU in hardware_db")
+        reports = []
+        try:
+            reports.append(validation_report(gpu.name, root, "own"))
+        except MoesimError as exc:
+            print(f"\n{gpu.name}: {exc}")
+        borrowed = validation_report(gpu.name, root, "borrowed") if _has_donor(gpu) else None
+        if borrowed is not None:
+            reports.append(borrowed)
+        reports.append(validation_report(gpu.name, root, "default"))
+        for rep in reports:
+            _print_report(rep, args.cases)
+            if not args.no_plots:
+                for p in write_plots(rep, root / "report"):
+                    print(f"  plot: {p}")
+    return 0
+
+
+def _has_donor(gpu) -> bool:
+    """Whether another measured GPU of the same architecture can lend its curves (cross-GPU check)."""
+    from .calibration.store import _profiles
+    from .db import gpus, normalize
+
+    for key, prof in _profiles().items():
+        donor = gpus().find(prof.gpu)
+        if donor and donor.architecture == gpu.architecture and normalize(donor.name) != normalize(gpu.name):
+            return True
+    return False
