@@ -19,13 +19,14 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import NamedTuple, Iterable
 
 from ..errors import SimulationError
 
 
-@dataclass(frozen=True)
-class Task:
+class Task(NamedTuple):
+    """One scheduled task (a named tuple: built tens of thousands of times per prediction)."""
+
     id: int
     name: str
     resource: str

@@ -181,13 +181,17 @@ class ModelSpec(Sourced):
     def is_moe_layer(self, layer: int) -> bool:
         return self.moe is not None and self.moe.is_moe_layer(layer)
 
-    def layer_kinds(self) -> dict[LayerKind, int]:
-        """Distinct layer kinds and how many layers of each: the unit of representative simulation."""
+    @cached_property
+    def _layer_kinds(self) -> dict[LayerKind, int]:
         return dict(
             Counter(LayerKind(self.is_moe_layer(i), self.attention.is_windowed(i)) for i in range(self.num_layers))
         )
 
-    @property
+    def layer_kinds(self) -> dict[LayerKind, int]:
+        """Distinct layer kinds and how many layers of each: the unit of representative simulation."""
+        return dict(self._layer_kinds)
+
+    @cached_property
     def num_moe_layers(self) -> int:
         return sum(self.is_moe_layer(i) for i in range(self.num_layers))
 
