@@ -43,12 +43,13 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--breakdown", action="store_true",
                     help="time per module in a decode step, and how much of each transfer compute hides")
     pr.add_argument("--json", action="store_true", help="print one JSON object")
-    from . import cli_plot, cli_sweep
+    from . import cli_plot, cli_recommend, cli_sweep
     from .cli_validate import add_parsers as add_validation_parsers
 
     add_validation_parsers(sub)
     cli_sweep.add_parser(sub)
     cli_plot.add_parser(sub)
+    cli_recommend.add_parser(sub)
     ls = sub.add_parser("list", help="list models, hardware or systems")
     ls.add_argument("what", choices=["models", "hardware", "systems"])
     sh = sub.add_parser("show", help="show one entry")
@@ -155,9 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from .cli_validate import calibrate, validate
 
-        from . import cli_plot, cli_sweep
+        from . import cli_plot, cli_recommend, cli_sweep
 
-        commands = {"predict": _predict, "list": _list, "show": _show, "calibrate": calibrate, "validate": validate,
+        commands = {"recommend": cli_recommend.run, "predict": _predict, "list": _list, "show": _show, "calibrate": calibrate, "validate": validate,
                     "sweep": cli_sweep.run, "sensitivity": cli_sweep.run, "plot": cli_plot.run}
         return commands[args.command](args)
     except MoesimError as exc:

@@ -1,0 +1,54 @@
+"""`moesim recommend`: which hardware, serving system and quantization to buy for a target.
+
+Wire into cli.py with ``add_parser(sub)`` and dispatch ``"recommend": run``. Kept out of the
+predict path (it imports nothing heavy until run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from .errors import MoesimError
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    rec = subparsers.add_parser(
+        "recommend", help="cheapest hardware x serving system x quantization that reaches a target",
+        description="Search the hardware database (each platform, multi-GPU ones also with 1/2/4 GPUs), every "
+                    "serving system and the given weight dtypes; rank what reaches the target by capital cost, "
+                    "then $ per million tokens, and say why the others lost.")
+    rec.add_argument("--model", required=True, help="database name, moesim YAML, or HF config.json")
+    rec.add_argument("--target-tok-s", type=float, required=True,
+                     help="tokens/s to reach: generation throughput (offline) or one user's 1/TPOT (online)")
+    rec.add_argument("--max-tpot", type=float, help="latency limit: time per output token, seconds")
+    rec.add_argument("--budget", type=float, help="capital budget, US dollars")
+    rec.add_argument("--scenario", choices=["offline", "online"], default="offline")
+    rec.add_argument("--dtypes", default="bf16,fp8,int4", help="weight dtypes to consider, comma-separated")
+    rec.add_argument("--platforms", help="restrict to these platforms or GPUs, comma-separated")
+    rec.add_argument("--usd-per-kwh", type=float, default=0.15, help="electricity price (default 0.15 $/kWh)")
+    rec.add_argument("--years", type=float, default=3.0, help="amortisation period of owned hardware (default 3)")
+    rec.add_argument("--top", type=int, default=12, help="rows of the ranked table (default 12)")
+    rec.add_argument("--json", action="store_true", help="print the ranked list as JSON")
+    return rec
+
+
+def run(args: argparse.Namespace) -> int:
+    from .recommend import format_table, recommend
+
+    if args.target_tok_s <= 0:
+        raise MoesimError("--target-tok-s must be positive")
+    if args.max_tpot is not None and args.max_tpot <= 0:
+        raise MoesimError("--max-tpot must be positive")
+    if args.budget is not None and args.budget <= 0:
+        raise MoesimError("--budget must be positive")
+    dtypes = tuple(d.strip() for d in args.dtypes.split(",") if d.strip())
+    platforms = [p.strip() for p in args.platforms.split(",") if p.strip()] if args.platforms else None
+    recs = recommend(args.model, args.target_tok_s, max_tpot_s=args.max_tpot, budget_usd=args.budget,
+                     scenario=args.scenario, dtypes=dtypes, platforms=platforms, usd_per_kwh=args.usd_per_kwh,
+                     amortization_years=args.years)
+    if args.json:
+        print(json.dumps([r.model_dump() for r in recs], indent=2))
+    else:
+        print(format_table(recs, limit=args.top, amortization_years=args.years, usd_per_kwh=args.usd_per_kwh))
+    return 0 if any(r.rank is not None for r in recs) else 3
