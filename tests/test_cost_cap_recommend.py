@@ -243,3 +243,15 @@ def test_cli_recommend():
     with contextlib.redirect_stdout(out):
         assert cli_recommend.run(args) == 0
     assert "#1: recommended" in out.getvalue()
+
+
+def test_recommend_cli_draws_the_cap_radar(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "cap.png"
+    proc = subprocess.run([sys.executable, "-m", "moesim.cli", "recommend", "--model", "mixtral-8x7b",
+                           "--target-tok-s", "5", "--platforms", "c2,rtx4090", "--plot", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert out.stat().st_size > 10_000 and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -30,6 +30,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     rec.add_argument("--years", type=float, default=3.0, help="amortisation period of owned hardware (default 3)")
     rec.add_argument("--top", type=int, default=12, help="rows of the ranked table (default 12)")
     rec.add_argument("--json", action="store_true", help="print the ranked list as JSON")
+    rec.add_argument("--plot", help="draw the CAP radar of the top configurations to this PNG/SVG file")
     return rec
 
 
@@ -51,4 +52,19 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps([r.model_dump() for r in recs], indent=2))
     else:
         print(format_table(recs, limit=args.top, amortization_years=args.years, usd_per_kwh=args.usd_per_kwh))
+    if args.plot:
+        from .cap import CAPPoint, plot_cap_radar
+
+        from .db.resolve import get_model
+
+        released = get_model(args.model).default_dtype
+        ranked = [r for r in recs if r.rank is not None and r.tpot_s][:6]
+        if not ranked:
+            raise MoesimError("no configuration reaches the target: nothing to draw")
+        points = [CAPPoint(label=f"#{r.rank} {r.hardware} {r.system} {r.dtype}", tpot_s=r.tpot_s,
+                           cost=r.capital_usd, cost_unit="USD",
+                           accuracy=(r.accuracy or {}).get("value", None) and r.accuracy["value"] / 100.0,
+                           quantized=r.dtype != released, offloaded=r.system not in ("gpu-resident", "vllm"))
+                  for r in ranked]
+        print(f"CAP radar: {plot_cap_radar(points, args.plot, title=f'{args.model}: CAP of the top configurations')}")
     return 0 if any(r.rank is not None for r in recs) else 3
