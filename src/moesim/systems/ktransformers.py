@@ -1,0 +1,192 @@
+"""`ktransformers`: routed experts on the CPU, everything else on the GPU (KTransformers, kvcache-ai).
+
+Where data lives (KTransformers' optimize rules, e.g. ``DeepSeek-V3-Chat.yaml``, ``Mixtral.yaml``:
+``KTransformersExperts`` with ``generate_device: cpu``): every routed expert in host memory, run
+by the CPU kernels (AMX or AVX-512/AVX2 ``llamafile`` kernels, ``cpu_infer`` threads); attention,
+the routers, shared experts, dense FFN layers, embeddings, LM head and the whole KV cache on the GPU
+(one GPU; KTransformers' multi-GPU rules place layers on several GPUs, not modelled).
+If the GPU-resident part does not fit, the deployment is infeasible; so is it when the routed
+experts do not fit in host memory.
+
+One MoE layer, per micro-batch of tokens:
+  GPU  attention (projections + core over the GPU KV cache), router
+  D2H  hidden states and routing of the micro-batch (tokens x hidden x 2 B)
+  CPU  the routed experts: ctx.cpu_s of the expert cost, i.e. bounded by DRAM bandwidth reading
+       each activated expert's weights once (E[distinct experts of the micro-batch] x expert
+       bytes) and by the CPU's FLOPs
+  GPU  shared experts, concurrently with the CPU experts (KTransformers submits the CPU experts
+       asynchronously, runs the shared expert, then syncs: ``submit_for_one_decode`` /
+       ``sync_for_one_decode`` in ``KDeepseekV3MoE.forward``)
+  H2D  the experts' output, added on the GPU before the next layer's attention
+so, per layer, T = T_attn + T_d2h + max(T_cpu_experts, T_shared) + T_h2d with one micro-batch.
+With ``micro_batches`` m > 1 the batch is split and the GPU runs micro-batch j+1's attention
+while the CPU runs micro-batch j's experts (the overlap of KTransformers' expert deferral and of
+SGLang+kt-kernel's two-batch overlap); each micro-batch reads its own activated experts, so the
+DRAM traffic grows with m. The default (1) is KTransformers' classic schedule: no overlap.
+
+Batching: ``batch_size`` sequences decode together (balance_serve's ``max_batch_size`` default 4,
+"decode count + prefill count in one mini batch"); prompts are prefilled in chunks of
+``prefill_chunk_tokens`` (``local_chat``'s ``chunk_prefill_size`` default 8192), experts on the
+CPU as in decode.
+
+CPU expert cost: ``costs.cpu_experts`` (quantized int8/int4 weights computed with int8 dot
+products, AMX/VNNI where the CPU has them; bf16 otherwise), roofline of the CPU's peak for that
+dtype and the host memory bandwidth.
+
+Sanity check, not a fit (MoE-Gen does not report KTransformers): on C2 (A5000 + EPYC 7453, 512 GB),
+prompt 512, decode 256, defaults: Mixtral-8x7B decode 9.1 tok/s, prefill 44 tok/s (CPU FLOP-bound,
+AVX2 only); Mixtral-8x22B 3.1 / 14.5; DeepSeek-V2 in bf16 does not fit (attention 17.9 GB + shared
+experts 6 GB on a 24 GB GPU; KTransformers runs it quantized); DeepSeek-R1 in fp8 does not fit in host
+memory (654 GB of experts). KTransformers' own figure (doc/en/DeepseekR1_V3_tutorial.md, V0.2:
+DeepSeek-V3 Q4_K_M, one Xeon Gold 6454S socket, 32 cores, 8 x DDR5-4800, RTX 4090D, local_chat at
+batch 1, 500-token prompt): decode 8.73 tok/s, prefill 54.2 tok/s. Ours for V3 in int4 with
+batch_size=1 on an RTX 4090 and one Xeon 8480+ (56 cores, the same memory system): decode 12.0
+(DRAM-bound expert reads at 0.7 x 307 GB/s), prefill 291, which assumes int8 AMX at 0.4 of its
+peak: KTransformers' V0.3 AMX kernel reached 255 tok/s on two sockets, its V0.2 AVX-512 kernels 54.
+
+Not modelled: experts cached on the GPU (``--kt-num-gpu-experts``), CUDA graphs' launch savings,
+``cpu_infer`` thread counts below the core count, NUMA (dual-socket expert duplication).
+"""
+
+from __future__ import annotations
+
+import math
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .. import costs
+from ..engine import Engine
+from ..errors import InfeasibleError
+from ..modules import Context
+from ..specs import LayerKind
+from ..units import fmt_bytes
+from .base import Plan, ServingSystem, StepSim, balanced_batches, simpson_decode_time, simulate_pass
+from .gpu_resident import activation_bytes
+
+
+class KTransformersParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    batch_size: int = Field(default=4, ge=1, description="sequences decoded together (balance_serve max_batch_size)")
+    micro_batches: int = Field(default=1, ge=1, description="GPU/CPU overlap across micro-batches; 1 = no overlap")
+    prefill_chunk_tokens: int = Field(default=8192, ge=1, description="prompt tokens per prefill pass")
+
+
+class KTransformers(ServingSystem):
+    name = "ktransformers"
+    summary = ("small batches; routed experts in host memory run on the CPU, attention, shared experts, dense layers "
+               "and the KV cache on the GPU")
+    Params = KTransformersParams
+
+    # ---- memory ------------------------------------------------------------------------------
+    def _gpu_bytes(self, ctx: Context, seqs: int, tokens: int) -> dict[str, float]:
+        m = ctx.model
+        return {
+            "attention weights": m.num_layers * ctx.attention_weight_bytes,
+            "shared experts, dense FFNs, routers": (m.num_moe_layers * (ctx.shared_weight_bytes + m.router_params * 2.0)
+                                                    + m.num_dense_layers * ctx.dense_ffn_weight_bytes),
+            "embedding + LM head": (m.embedding_params + m.lm_head_params) * ctx.wbytes,
+            "KV cache": seqs * ctx.workload.total_context_tokens * ctx.kv_bytes_per_token(
+                ctx.workload.total_context_tokens),
+            "activations": activation_bytes(ctx, tokens),
+        }
+
+    def _check_memory(self, ctx: Context, seqs: int, tokens: int) -> tuple[float, float]:
+        p, m = ctx.platform, ctx.model
+        if p.num_gpus > 1:
+            raise InfeasibleError("ktransformers is modelled on one GPU (its multi-GPU layer placement is not "
+                                  "modelled); use --gpus 1")
+        parts = self._gpu_bytes(ctx, seqs, tokens)
+        gpu = sum(parts.values())
+        usable = p.usable_gpu_memory_bytes_per_gpu
+        if gpu > usable:
+            detail = ", ".join(f"{k} {fmt_bytes(v)}" for k, v in parts.items())
+            raise InfeasibleError(
+                f"ktransformers: the GPU-resident part of {m.name} needs {fmt_bytes(gpu)} ({detail}) for {seqs} "
+                f"sequences of {ctx.workload.total_context_tokens} tokens, {fmt_bytes(usable)} usable on "
+                f"{p.gpu.name}: short by {fmt_bytes(gpu - usable)}")
+        experts = m.num_moe_layers * m.moe.num_experts * ctx.expert_weight_bytes if m.moe else 0.0
+        if experts > p.usable_host_memory_bytes:
+            raise InfeasibleError(
+                f"ktransformers: the routed experts need {fmt_bytes(experts)} of host memory, "
+                f"{fmt_bytes(p.usable_host_memory_bytes)} usable: short by "
+                f"{fmt_bytes(experts - p.usable_host_memory_bytes)}")
+        return gpu, experts
+
+    # ---- one forward pass ----------------------------------------------------------------------
+    def _pass(self, ctx: Context, seqs: float, q_len: int, kv_len: int, gpu_bytes: float) -> StepSim:
+        m = ctx.model
+        mbs = max(1, min(self.params.micro_batches, math.ceil(seqs)))
+        s_mb = seqs / mbs
+        t_mb = s_mb * q_len
+        engine = Engine(memory_capacity_bytes={"gpu": ctx.platform.usable_gpu_memory_bytes_per_gpu})
+        attn = ctx.gpu_s(ctx.attention_proj(t_mb))
+        core = {w: ctx.gpu_s(ctx.attention_core(s_mb, q_len, kv_len, w)) for w in (False, True)}
+        hidden_bytes = t_mb * m.hidden_size * 2.0
+        d2h, h2d = ctx.d2h_s(hidden_bytes), ctx.h2d_s(hidden_bytes)
+        if m.moe:
+            router = ctx.gpu_s(ctx.router(t_mb))
+            cpu_experts = ctx.cpu_s(costs.cpu_experts(m.hidden_size, m.moe.expert_intermediate_size,
+                                                      ctx.active_experts(t_mb), t_mb * m.moe.top_k, m.moe.gated,
+                                                      ctx.edtype))
+            shared_cost = ctx.shared_experts(t_mb)
+            shared = ctx.gpu_s(shared_cost) if shared_cost else 0.0
+        dense = ctx.gpu_s(ctx.dense_ffn(t_mb)) if m.dense_ffn else 0.0
+        done: list[int | None] = [None] * mbs  # per micro-batch: the task that ends its previous layer
+
+        def layer(eng: Engine, i: int, kind: LayerKind) -> int:
+            for j in range(mbs):
+                last = eng.add(f"L{i} mb{j} attention proj", "gpu", attn, [done[j]], category="attention")
+                last = eng.add(f"L{i} mb{j} attention", "gpu", core[kind.windowed], [last], category="attention")
+                if not kind.moe:
+                    done[j] = eng.add(f"L{i} mb{j} dense ffn", "gpu", dense, [last], category="dense_ffn")
+                    continue
+                last = eng.add(f"L{i} mb{j} router", "gpu", router, [last], category="router")
+                out = eng.add(f"L{i} mb{j} hidden D2H", "d2h", d2h, [last], category="transfer", nbytes=hidden_bytes)
+                cpu = eng.add(f"L{i} mb{j} routed experts (CPU)", "cpu", cpu_experts, [out], category="experts")
+                ends = [eng.add(f"L{i} mb{j} experts out H2D", "h2d", h2d, [cpu], category="transfer",
+                                nbytes=hidden_bytes)]
+                if shared:
+                    ends.append(eng.add(f"L{i} mb{j} shared experts", "gpu", shared, [last], category="experts"))
+                done[j] = ends[0] if len(ends) == 1 else max(ends, key=eng.end_of)
+            return max((d for d in done if d is not None), key=eng.end_of)
+
+        head = ctx.gpu_s(ctx.head(seqs * q_len, seqs))
+
+        def prologue(eng: Engine) -> None:
+            eng.hold("gpu", gpu_bytes, "attention, shared/dense weights, embeddings, KV cache, activations")
+
+        def epilogue(eng: Engine) -> None:
+            eng.add("lm head + embedding", "gpu", head, [d for d in done if d is not None], category="head")
+
+        return simulate_pass(ctx, engine, layer, prologue, epilogue)
+
+    def plan(self, ctx: Context) -> Plan:
+        w, prm = ctx.workload, self.params
+        P, G = w.prompt_tokens, w.gen_tokens
+        batch, num_batches = balanced_batches(w.num_requests, w.batch_size or prm.batch_size)
+        chunk = min(prm.prefill_chunk_tokens, batch * P)
+        gpu_bytes, expert_bytes = self._check_memory(ctx, batch, max(chunk, batch))
+        prefill = self._pass(ctx, chunk / P, P, P, gpu_bytes)
+        passes = math.ceil(batch * P / chunk)
+        decode_s, points = simpson_decode_time(lambda c: self._pass(ctx, batch, 1, c, gpu_bytes), P, G)
+        peak_gpu = max([prefill.peak_memory_bytes.get("gpu", 0.0)]
+                       + [s.peak_memory_bytes.get("gpu", 0.0) for _, s in points])
+        mbs = max(1, min(prm.micro_batches, batch))
+        notes = [f"routed experts on the CPU ({ctx.platform.cpu.name}), {mbs} micro-batch(es) per step"
+                 + ("" if mbs > 1 else ": GPU and CPU work alternate, only the shared experts overlap the CPU")]
+        return Plan(
+            system=self.name,
+            config={"batch_size": batch, "micro_batches": mbs, "prefill_chunk_tokens": chunk},
+            batch_size=batch,
+            num_batches=num_batches,
+            prefill_passes_per_batch=passes,
+            prefill=prefill,
+            prefill_tokens_per_pass=chunk,
+            decode_points=points,
+            decode_time_per_batch_s=decode_s,
+            gpu_mem_bytes=peak_gpu,
+            host_mem_bytes=expert_bytes,
+            placement={"weights": "routed experts in host memory (CPU compute); the rest on the GPU",
+                       "kv_cache": "gpu"},
+            notes=notes,
+        )

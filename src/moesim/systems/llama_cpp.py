@@ -1,0 +1,313 @@
+"""`llama-cpp`: layers split between GPU and CPU, small batches (llama.cpp, ggml-org/llama.cpp).
+
+Where data lives (``-ngl N``, llama.cpp ``llama_model::load_tensors``): the last N repeating
+layers and their KV cache on the GPU(s) (``--split-mode layer``: whole layers spread over the GPUs,
+run one after the other), the other layers and their KV cache in host memory, the token embedding
+always on the CPU, the output layer (LM head) on the GPU only when every repeating layer is
+there. N is the most whole layers whose weights + KV (``n_ctx = n_parallel (P + G)`` tokens) fit
+next to the compute buffer (activations of one ubatch, fp32) and, when some layers stay on the CPU
+and op offload is on, a staging copy of one layer's weights (see prefill); ``n_gpu_layers`` forces N.
+
+With mmap (llama.cpp's default), CPU-side weights stay in the page cache of the model file
+(pageable memory: the loader drops the pinned host buffer, "avoid using a host buffer when using
+mmap"); a model larger than host memory still runs, the part that does not fit being read from
+disk when touched. Under uniform access the page-cache miss rate is the non-resident fraction
+f = max(0, W_cpu - (M_host - KV_cpu)) / W_cpu, so a CPU layer reading b weight bytes also reads
+f b from disk, before computing (a page fault blocks the thread).
+
+One forward pass runs layer by layer, nothing overlaps (ggml graph on one stream):
+  embedding (CPU) -> CPU layers -> hidden state H2D (fp32, tokens x hidden x 4 B) -> GPU layers
+  -> LM head (GPU, or CPU after a D2H when some layers are on the CPU)
+A CPU layer costs ``ctx.cpu_s`` of its modules (roofline: DRAM bandwidth and CPU FLOPs): the
+attention projections, attention over the host KV cache, router, the expected distinct activated
+experts of the batch, shared experts or the dense FFN; a GPU layer ``ctx.gpu_s`` of the same.
+
+Op offload (ggml-backend scheduler, ``GGML_OP_OFFLOAD_MIN_BATCH`` = 32; ``--no-op-offload``): a
+matrix product over at least 32 tokens whose weights are in host memory is computed on the GPU
+after copying the weights there, every ubatch (only the experts the ubatch uses, which for a
+512-token ubatch is all of them). So prefill of a CPU layer is: H2D of its weights (pageable
+bandwidth with mmap, pinned without), its KV for the ubatch's context, then the GPU computes it.
+Decode batches below 32 tokens run CPU layers on the CPU.
+
+Batching: ``n_parallel`` slots decode together (llama-server ``-np``; one unified batch per step);
+prompts are processed in ubatches of ``ubatch_tokens`` (``-ub``, default 512). The default is one
+slot: llama.cpp's long-standing default (``llama-cli``, ``llama-server --parallel 1``), and what
+MoE-Gen's llama.cpp numbers imply (Table 6, Mixtral-8x22B on C2 at 2 tok/s: about one token per
+pass over the CPU-resident active weights read at DRAM speed; Table 4 GSM8K, 374 h for 8.5K x 256
+tokens, is the same rate).
+
+Sanity check, not a fit (MoE-Gen arXiv 2503.09716, Tables 6/7, testbed C2: RTX A5000 24 GB, EPYC
+7453 (204.8 GB/s DDR4, AVX2), 512 GB, PCIe 4.0; prompt 512, decode 256), defaults, Mixtral-8x7B /
+Mixtral-8x22B / DeepSeek-V2 / DeepSeek-R1: n_gpu_layers 6 / 3 / 1 / 0; decode 6.5 / 1.9 / 3.4 / 0.6
+tok/s (published 4 / 2 / 1 / 0.9); prefill 66 / 19 / 11 / 5.3 tok/s (published 328 / 110 / 23 / 6).
+Decode is the CPU layers' active weights read at 0.7 x 204.8 GB/s (R1: 27 % of its weight reads
+miss the page cache and come from the NVMe disk). Prefill is the op-offload upload of the CPU
+layers' weights every 512-token ubatch at the link's pageable bandwidth (10 GB/s in hardware_db,
+itself an assumed 40 % of pinned); without mmap (pinned, 25 GB/s) it is 160 / 46 / 26 tok/s and R1
+no longer fits in host memory. The remaining 2x on Mixtral prefill needs about 50 GB/s of upload or
+half the bytes (an 8-bit GGUF); MoE-Gen states neither llama.cpp's model format nor its flags.
+DeepSeek-V2 decode is 3x the published rate; the bandwidth roof explains the other three models
+within 1.6x, so that gap is left as is (bf16 kernels on a CPU without bf16 arithmetic are one
+candidate the default CPU efficiency does not capture).
+
+Not modelled: quantized GGUF types other than the dtype given (DeepSeek's fp8 stands in for Q8_0,
+8.5 bits), llama.cpp's repacked CPU kernels, per-GPU bin packing of layers, prompt caching.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .. import costs
+from ..engine import Engine
+from ..errors import InfeasibleError
+from ..modules import Context
+from ..ops import copy_time_s
+from ..specs import LayerKind
+from ..units import fmt_bytes
+from .base import SIMULATED_LAYERS, Plan, ServingSystem, StepSim, balanced_batches, simpson_decode_time
+from .gpu_resident import activation_bytes
+
+FP32_ACTIVATIONS = 2.0  # ggml keeps activations in fp32: twice the bf16 estimate of gpu_resident
+
+
+class LlamaCppParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    n_gpu_layers: int | None = Field(default=None, ge=0,
+                                     description="repeating layers on the GPU (-ngl); None = the most that fit")
+    n_parallel: int = Field(default=1, ge=1, description="sequences decoded together (llama-server -np)")
+    ubatch_tokens: int = Field(default=512, ge=1, description="physical batch of prompt processing (-ub)")
+    op_offload: bool = Field(default=True, description="compute CPU-resident weights on the GPU for batches of "
+                                                       ">= op_offload_min_batch tokens, copying them every ubatch")
+    op_offload_min_batch: int = Field(default=32, ge=1, description="GGML_OP_OFFLOAD_MIN_BATCH")
+    use_mmap: bool = Field(default=True, description="CPU weights in the mmap'd file (pageable; may exceed host "
+                                                     "memory) rather than pinned buffers (--no-mmap)")
+
+
+class LlamaCpp(ServingSystem):
+    name = "llama-cpp"
+    summary = ("small batches of n_parallel sequences; whole layers split between GPU and CPU, each layer's KV "
+               "cache with its layer; CPU layers bounded by DRAM bandwidth")
+    Params = LlamaCppParams
+
+    # ---- placement ----------------------------------------------------------------------------
+    def _layer_bytes(self, ctx: Context, i: int) -> float:
+        m = ctx.model
+        if m.is_moe_layer(i):
+            return (ctx.attention_weight_bytes + m.moe.num_experts * ctx.expert_weight_bytes + ctx.shared_weight_bytes
+                    + m.router_params * ctx.wbytes)
+        return ctx.attention_weight_bytes + ctx.dense_ffn_weight_bytes
+
+    def _kv_layer_bytes(self, ctx: Context, i: int, seqs: int) -> float:
+        a = ctx.model.attention
+        span = ctx.workload.total_context_tokens
+        if a.is_windowed(i) and a.window_tokens:
+            span = min(span, a.window_tokens)
+        return seqs * span * ctx.kv_bytes_per_token_layer()
+
+    def _placement(self, ctx: Context, seqs: int) -> dict:
+        """Choose n_gpu_layers; return the layout (bytes on each side, miss rate of the page cache)."""
+        p, m, prm = ctx.platform, ctx.model, self.params
+        L = m.num_layers
+        cap = p.num_gpus * p.usable_gpu_memory_bytes_per_gpu
+        layer = [self._layer_bytes(ctx, i) for i in range(L)]
+        kv = [self._kv_layer_bytes(ctx, i, seqs) for i in range(L)]
+        head = m.lm_head_params * ctx.wbytes
+        logits = prm.ubatch_tokens * m.vocab_size * 4.0
+        compute = activation_bytes(ctx, prm.ubatch_tokens) * p.num_gpus * FP32_ACTIVATIONS * p.num_gpus + logits
+        staging = max(layer) if prm.op_offload else 0.0
+
+        def need(k: int, out_gpu: bool) -> float:
+            total = sum(layer[L - k:]) + sum(kv[L - k:]) + compute if k else compute
+            return total + (head if out_gpu else 0.0) + (staging if k < L else 0.0)
+
+        options = [(L, True), (L, False)] + [(k, False) for k in range(L - 1, -1, -1)]
+        if prm.n_gpu_layers is not None:
+            k = min(prm.n_gpu_layers, L)
+            forced = (k, prm.n_gpu_layers > L)
+            if need(*forced) > cap:
+                raise InfeasibleError(
+                    f"llama-cpp: n_gpu_layers={prm.n_gpu_layers} needs {fmt_bytes(need(*forced))} of GPU memory "
+                    f"(layer weights, their KV for {seqs} x {ctx.workload.total_context_tokens} tokens, compute "
+                    f"buffer), {fmt_bytes(cap)} usable on {p.num_gpus} x {p.gpu.name}: short by "
+                    f"{fmt_bytes(need(*forced) - cap)}")
+            ngl, out_gpu = forced
+        else:
+            fitting = [o for o in options if need(*o) <= cap]
+            if not fitting:
+                raise InfeasibleError(
+                    f"llama-cpp: not even the compute buffer fits on the GPU: {fmt_bytes(need(0, False))} needed, "
+                    f"{fmt_bytes(cap)} usable: short by {fmt_bytes(need(0, False) - cap)}")
+            ngl, out_gpu = fitting[0]
+        cpu_weights = sum(layer[: L - ngl]) + m.embedding_params * ctx.wbytes + (0.0 if out_gpu else head)
+        cpu_kv = sum(kv[: L - ngl])
+        usable = p.usable_host_memory_bytes
+        if cpu_kv > usable:
+            raise InfeasibleError(
+                f"llama-cpp: the KV cache of the {L - ngl} CPU layers needs {fmt_bytes(cpu_kv)} of host memory, "
+                f"{fmt_bytes(usable)} usable: short by {fmt_bytes(cpu_kv - usable)}")
+        resident = min(cpu_weights, usable - cpu_kv)
+        if cpu_weights > resident and not prm.use_mmap:
+            raise InfeasibleError(
+                f"llama-cpp (no mmap): the CPU layers' weights need {fmt_bytes(cpu_weights)} of host memory next to "
+                f"{fmt_bytes(cpu_kv)} of KV, {fmt_bytes(usable)} usable: short by "
+                f"{fmt_bytes(cpu_weights + cpu_kv - usable)}")
+        if cpu_weights - resident > p.disk.capacity_bytes:
+            raise InfeasibleError(f"llama-cpp: {fmt_bytes(cpu_weights - resident)} of weights exceed host memory "
+                                  f"and the disk ({fmt_bytes(p.disk.capacity_bytes)})")
+        return {
+            "ngl": ngl, "out_gpu": out_gpu, "gpu_bytes": need(ngl, out_gpu), "cpu_weights": cpu_weights,
+            "cpu_kv": cpu_kv, "host_resident": resident + cpu_kv,
+            "miss": (cpu_weights - resident) / cpu_weights if cpu_weights else 0.0,
+            "staging": staging if ngl < L else 0.0,
+        }
+
+    # ---- one forward pass ------------------------------------------------------------------------
+    def _pass(self, ctx: Context, lay: dict, seqs: float, q_len: int, kv_len: int, rows: float) -> StepSim:
+        p, m, prm = ctx.platform, ctx.model, self.params
+        L, ngl = m.num_layers, lay["ngl"]
+        tokens = seqs * q_len
+        offload = prm.op_offload and tokens >= prm.op_offload_min_batch
+        upload_kind = "h2d_pageable" if prm.use_mmap else "h2d_pinned"
+        cross = ctx.h2d_s(tokens * m.hidden_size * 4.0)
+        cross_back = ctx.d2h_s(tokens * m.hidden_size * 4.0)
+        engine = Engine(memory_capacity_bytes={"gpu": p.usable_gpu_memory_bytes_per_gpu})
+        attn = {w: ctx.attention_core(seqs, q_len, kv_len, w) for w in (False, True)}
+        cpu_attn = {w: ctx.cpu_attention(seqs, kv_len, w) if q_len == 1 else attn[w] for w in (False, True)}
+        active = ctx.active_experts(tokens) if m.moe else 0.0
+        modules = {"attn proj": (ctx.attention_proj(tokens), "attention")}
+        moe_mods = {}
+        if m.moe:
+            moe_mods["router"] = (ctx.router(tokens), "router")
+            moe_mods["experts"] = (ctx.experts(active, tokens * m.moe.top_k), "experts")
+            cpu_experts = costs.cpu_experts(m.hidden_size, m.moe.expert_intermediate_size, active,
+                                            tokens * m.moe.top_k, m.moe.gated, ctx.edtype)
+            shared = ctx.shared_experts(tokens)
+            if shared:
+                moe_mods["shared experts"] = (shared, "experts")
+        dense_mods = {"dense ffn": (ctx.dense_ffn(tokens), "dense_ffn")} if m.dense_ffn else {}
+        read = {True: ctx.attention_weight_bytes + active * ctx.expert_weight_bytes + ctx.shared_weight_bytes
+                + (m.router_params * ctx.wbytes if m.moe else 0.0),
+                False: ctx.attention_weight_bytes + ctx.dense_ffn_weight_bytes}
+        kv_layer = ctx.kv_bytes_per_token_layer()
+
+        def layer(eng: Engine, i: int, dev: str, kind: LayerKind) -> int:
+            last = len(eng.tasks) - 1
+            mods = {**modules, **(moe_mods if kind.moe else dense_mods)}
+            if dev == "cpu" and lay["miss"] > 0:
+                miss = read[kind.moe] * lay["miss"]
+                last = eng.add(f"L{i} page faults (weights from disk)", "disk", ctx.disk_s(miss), [last],
+                               category="transfer", nbytes=miss)
+            if dev == "cpu" and offload:  # op offload: upload the weights, compute on the GPU
+                last = eng.add(f"L{i} weights H2D (op offload)", "h2d", copy_time_s(read[kind.moe], upload_kind, p),
+                               [last], category="transfer", nbytes=read[kind.moe])
+                kv_bytes = seqs * kv_len * kv_layer
+                last = eng.add(f"L{i} KV H2D (op offload)", "h2d", ctx.h2d_s(kv_bytes), [last], category="transfer",
+                               nbytes=kv_bytes)
+                dev = "gpu"
+            timer = ctx.gpu_s if dev == "gpu" else ctx.cpu_s
+            last = eng.add(f"L{i} attn proj", dev, timer(modules["attn proj"][0]), [last], category="attention")
+            core = attn[kind.windowed] if dev == "gpu" else cpu_attn[kind.windowed]
+            last = eng.add(f"L{i} attention", dev, timer(core), [last], category="attention")
+            for name, (cost, cat) in mods.items():
+                if name == "experts" and dev == "cpu":
+                    cost = cpu_experts  # ggml's CPU kernels: int8 dot products for quantized weights
+                if name != "attn proj":
+                    last = eng.add(f"L{i} {name}", dev, timer(cost), [last], category=cat)
+            return last
+
+        runs: list[list] = []
+        for i in range(L):
+            dev = "gpu" if i >= L - ngl else "cpu"
+            kind = LayerKind(m.is_moe_layer(i), m.attention.is_windowed(i))
+            if runs and runs[-1][0] == dev and runs[-1][1] == kind:
+                runs[-1][2] += 1
+            else:
+                runs.append([dev, kind, 1])
+        gpu_hold = lay["gpu_bytes"] / p.num_gpus
+        engine.hold("gpu", min(gpu_hold, p.usable_gpu_memory_bytes_per_gpu), "GPU layers, their KV, compute buffer")
+        engine.add("token embedding (CPU)", "cpu", ctx.cpu_s(costs.embedding_lookup(m.hidden_size, tokens, ctx.wdtype)),
+                   category="head")
+        prev = "cpu"
+        extra = 0.0
+        extra_busy: dict[str, float] = defaultdict(float)
+        extra_cat: dict[str, float] = defaultdict(float)
+        simulated = 0
+        for dev, kind, count in runs:
+            if dev != prev:
+                engine.add("hidden state H2D", "h2d", cross, [len(engine.tasks) - 1], category="transfer",
+                           nbytes=tokens * m.hidden_size * 4.0)
+            prev = dev
+            ends = []
+            n = min(count, SIMULATED_LAYERS)
+            for _ in range(n):
+                first = len(engine.tasks)
+                ends.append(engine.end_of(layer(engine, simulated, dev, kind)))
+                simulated += 1
+            if count > n:
+                extra += (count - n) * max(ends[-1] - ends[-2], 0.0)
+                for t in engine.tasks[first:]:
+                    extra_busy[t.resource] += (count - n) * t.duration_s
+                    extra_cat[t.category] += (count - n) * t.duration_s
+        head = costs.lm_head(m.hidden_size, m.vocab_size, max(rows, 1.0), ctx.wdtype)
+        last = len(engine.tasks) - 1
+        if lay["out_gpu"]:
+            engine.add("lm head", "gpu", ctx.gpu_s(head), [last], category="head")
+        else:
+            if prev == "gpu":
+                last = engine.add("hidden state D2H", "d2h", cross_back, [last], category="transfer",
+                                  nbytes=tokens * m.hidden_size * 4.0)
+            engine.add("lm head (CPU)", "cpu", ctx.cpu_s(head), [last], category="head")
+        peaks = engine.check_memory()
+        busy = dict(engine.busy_s())
+        cats = dict(engine.busy_by_category_s())
+        for r, b in extra_busy.items():
+            busy[r] = busy.get(r, 0.0) + b
+        for c, b in extra_cat.items():
+            cats[c] = cats.get(c, 0.0) + b
+        return StepSim(time_s=engine.makespan_s + extra, engine=engine, simulated_layers=simulated, total_layers=L,
+                       busy_s=busy, category_s=cats, peak_memory_bytes=peaks)
+
+    # ---- plan -----------------------------------------------------------------------------------
+    def plan(self, ctx: Context) -> Plan:
+        w, prm = ctx.workload, self.params
+        P, G = w.prompt_tokens, w.gen_tokens
+        batch, num_batches = balanced_batches(w.num_requests, w.batch_size or prm.n_parallel)
+        lay = self._placement(ctx, batch)
+        ub = min(prm.ubatch_tokens, batch * P)
+        prefill = self._pass(ctx, lay, ub / P, P, P, ub / P)
+        passes = math.ceil(batch * P / ub)
+        decode_s, points = simpson_decode_time(lambda c: self._pass(ctx, lay, batch, 1, c, batch), P, G)
+        L = ctx.model.num_layers
+        notes = [f"n_gpu_layers = {lay['ngl']} of {L} (the last ones); output layer on the "
+                 f"{'GPU' if lay['out_gpu'] else 'CPU'}; {L - lay['ngl']} layers on the CPU"]
+        if prm.op_offload and ub >= prm.op_offload_min_batch and lay["ngl"] < L:
+            notes.append(f"prefill: CPU layers' weights copied to the GPU every ubatch of {ub} tokens (op offload, "
+                         f"{'pageable' if prm.use_mmap else 'pinned'} host memory)")
+        if lay["miss"] > 0:
+            notes.append(f"weights exceed host memory: {lay['miss']:.0%} of CPU-layer weight reads come from "
+                         f"{ctx.platform.disk.name} (mmap page cache)")
+        peak_gpu = max([prefill.peak_memory_bytes.get("gpu", 0.0)]
+                       + [s.peak_memory_bytes.get("gpu", 0.0) for _, s in points])
+        return Plan(
+            system=self.name,
+            config={"batch_size": batch, "n_parallel": prm.n_parallel, "n_gpu_layers": lay["ngl"],
+                    "output_on_gpu": lay["out_gpu"], "ubatch_tokens": ub, "op_offload": prm.op_offload,
+                    "page_cache_miss_fraction": lay["miss"]},
+            batch_size=batch,
+            num_batches=num_batches,
+            prefill_passes_per_batch=passes,
+            prefill=prefill,
+            prefill_tokens_per_pass=ub,
+            decode_points=points,
+            decode_time_per_batch_s=decode_s,
+            gpu_mem_bytes=peak_gpu,
+            host_mem_bytes=lay["host_resident"],
+            placement={"weights": f"gpu ({lay['ngl']} layers) + host ({L - lay['ngl']} layers, embedding"
+                                  f"{'' if lay['out_gpu'] else ', output'})" + (" + disk" if lay["miss"] else ""),
+                       "kv_cache": "with each layer (gpu / host)"},
+            notes=notes,
+        )

@@ -1,0 +1,517 @@
+"""`vllm`: continuous batching over a paged KV cache on the GPU(s) (vLLM, Kwon et al., SOSP 2023).
+
+Where data lives
+  weights   on the GPU(s), tensor parallel over the platform's n GPUs (Megatron-LM split, as in
+            ``gpu-resident``: each GPU holds 1/n of every matrix, two all-reduces per layer);
+            ``cpu_offload_gb`` GiB per GPU of them stay in pinned host memory instead.
+  KV cache  paged, on the GPU: blocks of ``block_size`` tokens (PagedAttention, section 4.2).
+
+Memory (vLLM's ``Worker.determine_num_available_blocks``): the instance may use
+``gpu_memory_utilization`` of each GPU's memory; the CUDA context and other non-torch memory
+(the platform's reserved bytes) come out of that, then the weights, then the peak activations
+of a profiling forward pass over ``max_num_batched_tokens`` tokens; the rest is the KV pool::
+
+    budget    = util * M_gpu - reserved
+    kv_pool   = budget - (W/n - offload) - act(max_num_batched_tokens)
+    blocks    = floor(kv_pool / (block_size * kv_bytes_per_token / n))
+
+vLLM refuses to start when the weights do not fit, or when the pool cannot hold one sequence of
+``max_model_len`` tokens; both are reported here as InfeasibleError with what is short.
+
+CPU weight offload (``--cpu-offload-gb``, vLLM ``model_executor/models/utils.py``
+``maybe_offload_to_cpu``): that many bytes of parameters per GPU live in pinned host memory and
+each offloaded module copies them to the GPU (``.to(device, non_blocking=True)`` on the compute
+stream) every time it runs, so the copy is serialized with compute, never overlapped::
+
+    T_step = sum_layers [ offload/L / B_h2d  +  compute(layer) ]
+
+Modules are offloaded in order until the budget is spent; the copy is spread evenly over the
+layers here, which gives the same step time since nothing overlaps.
+
+Continuous batching with chunked prefill (vLLM V1 scheduler; Agrawal et al., Sarathi-Serve, OSDI
+2024): each step schedules every running sequence's next token, then fills the token budget
+``max_num_batched_tokens`` with prefill chunks of waiting prompts. For the offline workload (R
+requests, prompt P, generation G) the steady state is simulated: sequences are staggered over
+their generation positions, so the mean context of a running sequence is P + (G+1)/2 and it
+holds on average mean_g ceil((P+g)/block_size) blocks. The running batch is
+
+    B = min(max_num_seqs, floor(blocks / mean blocks per sequence))
+
+and a step decodes B tokens and prefills the B P / G prompt tokens of the sequences that replace
+the B / G finishing each step (when B (P + G) / G exceeds the token budget, steps are
+budget-bound: S = B (P + G) / N steps per B requests). The workload then takes
+
+    T_total = ceil(R / B) * S * T_mixed,      S = max(G, B (P + G) / N)
+
+The first wave's ramp and the last wave's drain are not modelled (error below B / 2R of the total).
+The reported phase rates are those of pure phases: prefill = passes of one full token budget of
+prompt tokens (what a burst of prompts gets, and what MoE-Gen's Table 7 measures), decode = steps
+of B sequences alone; the total time is shorter than the sum of the phases, since mixing shares
+each step's weight reads (and offload copies) between decode and prefill tokens.
+
+Online serving (:func:`simulate_online`): an iteration-level scheduler over Poisson arrivals;
+each step's time comes from a table of simulated step costs (see there).
+
+Sanity check, not a fit (MoE-Gen arXiv 2503.09716, Tables 6/7: testbed C2 = RTX A5000 24 GB, EPYC
+7453, 512 GB, PCIe 4.0; prompt 512, decode 256; vLLM ran with CPU weight offload, amount not
+stated). Mixtral-8x7B / 8x22B / DeepSeek-V2 with the smallest cpu_offload_gb that starts (72 / 250 /
+429 GiB): decode 0.3 / 0.4 / 0.6 tok/s, prefill 157 / 160 / 260 tok/s; with every weight offloaded
+(87 / 262 / 440 GiB, the whole budget left to the KV pool): decode 46 / 7.5 / 12, prefill 1196 / 384
+/ 330. Published: decode 31 / 2 / 0.8, inside those ranges; prefill 1347 / 147 / 97: inside for
+8x7B, just under our range for 8x22B, 2.7x under it for DeepSeek-V2 (we amortize one copy of the
+~440 GB over a full 8192-token chunk; the published rate implies about 3x more copy time per prompt
+token, e.g. smaller chunks than the default budget). DeepSeek-R1 (671 GB fp8) fails, as
+published: its weights exceed the 486 GB of usable host memory, so no offload setting starts.
+With offload the step is copy-bound (25 GB/s pinned), and the KV pool, hence the batch, grows with
+the offload, which is why the setting moves decode by two orders of magnitude.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..engine import Engine
+from ..errors import InfeasibleError
+from ..modules import Context
+from ..specs import LayerKind
+from ..specs.workload import LengthDistribution, OnlineWorkload
+from ..units import fmt_bytes
+from .base import Plan, ServingSystem, StepSim, balanced_batches, simpson_decode_time, simulate_pass
+from .gpu_resident import activation_bytes
+
+GIB = 2.0**30
+
+
+class VLLMParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    gpu_memory_utilization: float = Field(
+        default=0.9, gt=0, le=1, description="fraction of each GPU's memory the instance may use (vLLM default 0.9)")
+    block_size: int = Field(default=16, ge=1, description="tokens per KV-cache page (vLLM default 16)")
+    max_num_seqs: int = Field(default=256, ge=1, description="most sequences running at once (vLLM default 256)")
+    max_num_batched_tokens: int = Field(
+        default=8192, ge=1, description="token budget of one step, decode tokens plus prefill chunks (chunked prefill)")
+    cpu_offload_gb: float = Field(
+        default=0.0, ge=0, description="GiB of weights per GPU kept in pinned host memory and copied to the GPU "
+                                       "every forward pass, not overlapped (vLLM --cpu-offload-gb)")
+
+
+@dataclass
+class ContinuousPlan(Plan):
+    """A plan whose phases run mixed in the same steps: the total is steps x mixed-step time.
+
+    ``prefill`` and ``decode_points`` describe pure phases (their rates are what a burst of prompts,
+    or decoding alone, would get); ``mixed_step`` is the steady-state step that actually repeats.
+    """
+
+    mixed_step: StepSim | None = None
+    steps_per_batch: float = 0.0
+
+    @property
+    def total_time_s(self) -> float:
+        if self.mixed_step is None:
+            return super().total_time_s
+        return self.num_batches * self.steps_per_batch * self.mixed_step.time_s
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Per-GPU memory layout."""
+
+    budget: float
+    weights_gpu: float  # per GPU, after offload
+    offload: float  # bytes per GPU in host memory
+    activations: float
+    block_bytes: float
+    blocks: int
+
+
+class VLLM(ServingSystem):
+    name = "vllm"
+    summary = ("continuous batching with chunked prefill; weights on the GPU(s), tensor parallel (optionally part in "
+               "host memory, copied every pass), paged KV cache on the GPU")
+    Params = VLLMParams
+
+    # ---- memory ------------------------------------------------------------------------------
+    def _layout(self, ctx: Context) -> _Layout:
+        p, prm = ctx.platform, self.params
+        n = p.num_gpus
+        ctx_len = ctx.workload.total_context_tokens  # max_model_len
+        budget = prm.gpu_memory_utilization * p.gpu.memory_bytes - p.empirical.gpu_memory_reserved_bytes
+        per_gpu = ctx.weight_bytes / n
+        offload = min(prm.cpu_offload_gb * GIB, per_gpu)
+        weights_gpu = per_gpu - offload
+        # profiled activations, plus the GPU copy of one layer's offloaded weights while it runs
+        layers = ctx.model.num_layers
+        act = activation_bytes(ctx, prm.max_num_batched_tokens) + offload / layers
+        block_bytes = prm.block_size * ctx.kv_bytes_per_token(ctx_len) / n
+        one_seq = math.ceil(ctx_len / prm.block_size) * block_bytes
+        available = budget - act - one_seq
+        if weights_gpu > available:
+            short = weights_gpu - available
+            # offload o fits when per_gpu - o <= budget - act0 - o / L - one_seq
+            room = available + offload / layers
+            need = (per_gpu - room) / (1.0 - 1.0 / layers) if layers > 1 else per_gpu
+            need_gib = min(math.ceil(need / GIB + 1e-9), math.ceil(per_gpu / GIB))
+            if room - per_gpu / layers <= 0:
+                hint = ("not even the activations and one sequence's KV fit: use more GPUs or a smaller "
+                        "max_num_batched_tokens")
+            elif need_gib * GIB * n > p.usable_host_memory_bytes:
+                hint = (f"offloading cannot help: cpu_offload_gb >= {need_gib} per GPU would need "
+                        f"{fmt_bytes(need_gib * GIB * n)} of pinned host memory, "
+                        f"{fmt_bytes(p.usable_host_memory_bytes)} usable")
+            else:
+                hint = f"set cpu_offload_gb >= {need_gib}"
+            raise InfeasibleError(
+                f"vLLM: model weights need {fmt_bytes(weights_gpu)} per GPU ({ctx.model.name}, {ctx.wdtype}, "
+                f"{n} x {p.gpu.name}, cpu_offload_gb={prm.cpu_offload_gb:g}), "
+                f"{fmt_bytes(max(available, 0.0))} available "
+                f"(gpu_memory_utilization={prm.gpu_memory_utilization:g} of {fmt_bytes(p.gpu.memory_bytes)} minus "
+                f"{fmt_bytes(p.empirical.gpu_memory_reserved_bytes)} reserved, {fmt_bytes(act)} of activations for "
+                f"{prm.max_num_batched_tokens} batched tokens, {fmt_bytes(one_seq)} of KV for one sequence of "
+                f"{ctx_len} tokens): short by {fmt_bytes(short)}; {hint}"
+            )
+        host_need = offload * n
+        if host_need > p.usable_host_memory_bytes:
+            raise InfeasibleError(
+                f"vLLM: cpu_offload_gb={prm.cpu_offload_gb:g} per GPU x {n} GPUs keeps {fmt_bytes(host_need)} of "
+                f"weights in pinned host memory, {fmt_bytes(p.usable_host_memory_bytes)} usable: short by "
+                f"{fmt_bytes(host_need - p.usable_host_memory_bytes)}"
+            )
+        blocks = int((budget - weights_gpu - act) // block_bytes)
+        return _Layout(budget, weights_gpu, offload, act, block_bytes, blocks)
+
+    # ---- one step ----------------------------------------------------------------------------
+    def _allreduce_s(self, ctx: Context, tokens: float) -> float:
+        p = ctx.platform
+        n = p.num_gpus
+        if n == 1:
+            return 0.0
+        link = p.gpu_link or p.host_link
+        nbytes = tokens * ctx.model.hidden_size * 2.0
+        return link.latency_s + 2.0 * (n - 1) / n * nbytes / link.h2d_pinned_bytes_per_s
+
+    def _pass(self, ctx: Context, lay: _Layout, tokens: float, rows: float,
+              attention: list[tuple[float, float, float]]) -> StepSim:
+        """One step over ``tokens`` batched tokens; ``attention`` lists (sequences, new tokens, context) groups;
+        ``rows`` = tokens whose logits are computed (one per decoding sequence and per completed prompt)."""
+        n = ctx.platform.num_gpus
+        inv = 1.0 / n
+        m = ctx.model
+        engine = Engine(memory_capacity_bytes={"gpu": ctx.platform.usable_gpu_memory_bytes_per_gpu})
+        attn_proj = ctx.gpu_s(ctx.attention_proj(tokens).scaled(inv))
+        core = {w: sum(ctx.gpu_s(ctx.attention_core(s, q, kv, w).scaled(inv)) for s, q, kv in attention if s > 0)
+                for w in (False, True)}
+        allreduce = self._allreduce_s(ctx, tokens)
+        if m.moe:
+            router = ctx.gpu_s(ctx.router(tokens))
+            experts = ctx.gpu_s(ctx.experts(ctx.active_experts(tokens), tokens * m.moe.top_k).scaled(inv))
+            shared_cost = ctx.shared_experts(tokens)
+            shared = ctx.gpu_s(shared_cost.scaled(inv)) if shared_cost else 0.0
+        dense = ctx.gpu_s(ctx.dense_ffn(tokens).scaled(inv)) if m.dense_ffn else 0.0
+        offload_layer = lay.offload / m.num_layers
+        copy = ctx.h2d_s(offload_layer)
+
+        def layer(eng: Engine, i: int, kind: LayerKind) -> int:
+            last = len(eng.tasks) - 1 if eng.tasks else None
+            if copy:  # on the compute stream: waits for the previous layer, blocks this one
+                last = eng.add(f"L{i} offloaded weights H2D", "h2d", copy, [last], category="transfer",
+                               nbytes=offload_layer)
+            last = eng.add(f"L{i} attn proj", "gpu", attn_proj, [last], category="attention")
+            last = eng.add(f"L{i} attention", "gpu", core[kind.windowed], [last], category="attention")
+            if n > 1:
+                last = eng.add(f"L{i} all-reduce", "gpu-link", allreduce, [last], category="communication")
+            if kind.moe:
+                last = eng.add(f"L{i} router", "gpu", router, [last], category="router")
+                last = eng.add(f"L{i} experts", "gpu", experts, [last], category="experts")
+                if shared:
+                    last = eng.add(f"L{i} shared experts", "gpu", shared, [last], category="experts")
+            else:
+                last = eng.add(f"L{i} dense ffn", "gpu", dense, [last], category="dense_ffn")
+            if n > 1:
+                last = eng.add(f"L{i} all-reduce 2", "gpu-link", allreduce, [last], category="communication")
+            return last
+
+        head = ctx.gpu_s(ctx.head(tokens, max(rows, 1.0)).scaled(inv))
+
+        def prologue(eng: Engine) -> None:
+            eng.hold("gpu", lay.weights_gpu, "weights")
+            eng.hold("gpu", lay.blocks * lay.block_bytes, "paged KV pool")
+            eng.hold("gpu", lay.activations, "activations (profiled peak) + one offloaded layer's GPU copy")
+
+        def epilogue(eng: Engine) -> None:
+            eng.add("lm head + embedding", "gpu", head, [len(eng.tasks) - 1], category="head")
+
+        return simulate_pass(ctx, engine, layer, prologue, epilogue)
+
+    def _mixed(self, ctx: Context, lay: _Layout, dec: float, dec_ctx: float, pre_tokens: float, pre_seqs: float,
+               prompt: int) -> StepSim:
+        attention = [(dec, 1, dec_ctx), (pre_seqs, prompt, prompt)]
+        return self._pass(ctx, lay, dec + pre_tokens, dec + pre_seqs, attention)
+
+    # ---- offline plan --------------------------------------------------------------------------
+    def plan(self, ctx: Context) -> Plan:
+        w, prm = ctx.workload, self.params
+        P, G, R = w.prompt_tokens, w.gen_tokens, w.num_requests
+        lay = self._layout(ctx)
+        bs, budget_tokens = prm.block_size, prm.max_num_batched_tokens
+        # mean blocks held by a running sequence, its generation position uniform over 1..G
+        blocks_per_seq = float(np.mean(np.ceil((P + np.arange(1, G + 1)) / bs)))
+        by_kv = int(lay.blocks // blocks_per_seq)
+        cap = w.batch_size or prm.max_num_seqs  # a fixed workload batch acts as max_num_seqs
+        notes = []
+        by_kv = max(by_kv, 1)  # one full sequence always fits (checked in _layout)
+        if w.batch_size and w.batch_size > by_kv:
+            notes.append(f"batch {w.batch_size} asked, but the KV pool holds {by_kv} running sequences; "
+                         f"vLLM runs {by_kv}")
+        batch, num_batches = balanced_batches(R, max(1, min(cap, by_kv, R)))
+        steps = max(float(G), batch * (P + G) / budget_tokens)
+        mixed = self._mixed(ctx, lay, batch * G / steps, P + (G + 1) / 2.0, batch * P / steps, batch / steps, P)
+        chunk = min(budget_tokens, batch * P)
+        prefill = self._mixed(ctx, lay, 0, 0, chunk, chunk / P, P)
+        passes = math.ceil(batch * P / chunk)
+        decode_s, points = simpson_decode_time(lambda c: self._mixed(ctx, lay, batch, c, 0, 0, P), P, G)
+        n = ctx.platform.num_gpus
+        notes.append(
+            f"continuous batching steady state: {batch} running sequences (KV pool of {lay.blocks} blocks of {bs} "
+            f"tokens holds {by_kv} at a mean of {blocks_per_seq:.1f} blocks; max_num_seqs {prm.max_num_seqs}); each "
+            f"step decodes {batch * G / steps:.4g} tokens and prefills {batch * P / steps:.4g} prompt tokens; "
+            f"ramp-up and drain of the run not modelled")
+        notes.append("prefill and decode rates are those of pure phases; the total time uses the mixed steps")
+        if lay.offload:
+            notes.append(f"cpu_offload_gb={prm.cpu_offload_gb:g}: {fmt_bytes(lay.offload)} of weights per GPU copied "
+                         f"from pinned host memory every pass, serialized with compute")
+        peak_gpu = max([prefill.peak_memory_bytes.get("gpu", 0.0), mixed.peak_memory_bytes.get("gpu", 0.0)]
+                       + [s.peak_memory_bytes.get("gpu", 0.0) for _, s in points])
+        return ContinuousPlan(
+            system=self.name,
+            config={"batch_size": batch, "max_running_by_kv": by_kv, "kv_blocks": lay.blocks, "block_size": bs,
+                    "tensor_parallel": n, "steps_per_batch": steps, "mixed_step_s": mixed.time_s,
+                    "prefill_tokens_per_pass": chunk, "kv_pool_bytes_per_gpu": lay.blocks * lay.block_bytes,
+                    "weights_on_gpu_bytes_per_gpu": lay.weights_gpu, "offloaded_bytes_per_gpu": lay.offload,
+                    "params": prm.model_dump()},
+            batch_size=batch,
+            num_batches=num_batches,
+            prefill_passes_per_batch=passes,
+            prefill=prefill,
+            prefill_tokens_per_pass=chunk,
+            decode_points=points,
+            decode_time_per_batch_s=decode_s,
+            gpu_mem_bytes=peak_gpu,
+            host_mem_bytes=lay.offload * n,
+            placement={"weights": "gpu" + (" + pinned host (copied every pass)" if lay.offload else ""),
+                       "kv_cache": "gpu (paged)"},
+            notes=notes,
+            mixed_step=mixed,
+            steps_per_batch=steps,
+        )
+
+
+# ---- online serving ------------------------------------------------------------------------------
+DEFAULT_LOGNORMAL_SIGMA = 1.0
+
+
+def sample_lengths(dist: LengthDistribution, n: int, rng: np.random.Generator, cap: int) -> np.ndarray:
+    """``n`` token lengths from ``dist``, clipped to [min_tokens or 1, max_tokens or ``cap``].
+
+    fixed: the mean; uniform: integers on [min, max] (max defaults to 2 mean - min, so the mean
+    holds); lognormal: exp(N(mu, sigma^2)) with mu = ln(mean) - sigma^2 / 2 so the mean holds
+    (sigma defaults to 1.0), rounded.
+    """
+    lo = dist.min_tokens or 1
+    hi = min(dist.max_tokens or cap, cap)
+    if dist.kind == "fixed":
+        x = np.full(n, round(dist.mean_tokens), dtype=float)
+    elif dist.kind == "uniform":
+        top = dist.max_tokens or max(lo, round(2 * dist.mean_tokens - lo))
+        x = rng.integers(lo, top + 1, size=n).astype(float)
+    else:
+        sigma = dist.sigma if dist.sigma is not None else DEFAULT_LOGNORMAL_SIGMA
+        x = np.round(rng.lognormal(math.log(dist.mean_tokens) - sigma**2 / 2, sigma, size=n))
+    return np.clip(x, lo, max(lo, hi)).astype(int)
+
+
+class StepTable:
+    """Step time of any batch from a few simulated steps (no engine run per iteration).
+
+        T(step) = T_lin(n) + h (rows - 1) + alpha * sum(decode contexts) + beta * sum(prefill q-k pairs)
+
+    T_lin(n): a step of n batched tokens with one logit row and no attention, simulated on a grid of
+    n (powers of two up to the token budget) and interpolated linearly in n; h: lm-head time per
+    extra row; alpha: decode attention time per (sequence x context token), from two decode steps at
+    a short and a long context; beta: prefill attention time per causal query-key pair, from a
+    one-prompt prefill step. Offload copies and launch overheads are inside T_lin.
+    """
+
+    def __init__(self, system: VLLM, ctx: Context, lay: _Layout, max_tokens: int, max_seqs: int, max_ctx: int):
+        p = system._pass
+        grid = sorted({1, *[2**e for e in range(0, 30) if 2**e < max_tokens], max_tokens})
+        self.grid = np.array(grid, dtype=float)
+        self.t_lin = np.array([p(ctx, lay, n, 1, []).time_s for n in grid])
+        n_ref = max(2, min(max_tokens, 256))
+        self.head_row_s = max(0.0, (p(ctx, lay, n_ref, n_ref, []).time_s - p(ctx, lay, n_ref, 1, []).time_s)
+                              / (n_ref - 1))
+        b = max(1, min(max_seqs, 64))
+        c_lo, c_hi = 16, max(32, max_ctx)
+        self.alpha = max(0.0, (p(ctx, lay, b, b, [(b, 1, c_hi)]).time_s - p(ctx, lay, b, b, [(b, 1, c_lo)]).time_s)
+                         / (b * (c_hi - c_lo)))
+        q = max(2, min(max_tokens, 2048))
+        self.beta = max(0.0, (p(ctx, lay, q, 1, [(1, q, q)]).time_s - p(ctx, lay, q, 1, []).time_s)
+                        / (q * (q + 1) / 2))
+
+    def time_s(self, tokens: int, rows: int, decode_ctx_sum: float, prefill_pairs: float) -> float:
+        return (float(np.interp(tokens, self.grid, self.t_lin)) + self.head_row_s * max(rows - 1, 0)
+                + self.alpha * decode_ctx_sum + self.beta * prefill_pairs)
+
+
+def simulate_online(ctx: Context, workload: OnlineWorkload, plan: Plan) -> dict:
+    """Serve ``workload`` (Poisson arrivals) with vLLM's iteration-level scheduler; latency percentiles.
+
+    ``plan`` is a vLLM plan for ``ctx`` (it fixes parameters and the KV pool). Each iteration:
+    running requests first, in admission order (one token each when decoding, the rest of the prompt
+    up to the remaining budget when prefilling), then waiting requests FCFS while fewer than
+    max_num_seqs run, token budget remains and their first chunk's blocks are free (vLLM V1). A
+    running request that needs a block when none is free preempts the newest running request
+    (recompute preemption: its KV is dropped, its prompt and generated tokens are prefilled again).
+    A step that completes a request's known tokens samples its next token (the first one: TTFT).
+
+    Returns P50/P90/P99 of TTFT, TPOT (per request, (finish - first token) / (generated - 1)) and
+    end-to-end latency, the generation throughput (generated tokens / (last finish - first arrival)),
+    and counters.
+    """
+    if plan.system != VLLM.name:
+        raise ValueError(f"simulate_online needs a vllm plan, got one of {plan.system!r}")
+    params = VLLMParams.model_validate(plan.config["params"])
+    system = VLLM(params)
+    rng = np.random.default_rng(workload.seed)
+    n = workload.num_requests
+    arrivals = np.cumsum(rng.exponential(1.0 / workload.arrival_rate_per_s, size=n))
+    cap = ctx.model.max_context_tokens
+    prompts = sample_lengths(workload.prompt, n, rng, cap)
+    gens = sample_lengths(workload.gen, n, rng, cap)
+    lay = system._layout(ctx)
+    blocks_total, bs = lay.blocks, params.block_size
+    need = np.ceil((prompts + gens) / bs)
+    if need.max() > blocks_total:
+        i = int(need.argmax())
+        raise InfeasibleError(
+            f"vLLM: a request of {prompts[i]} + {gens[i]} tokens needs {int(need[i])} KV blocks, the pool has "
+            f"{blocks_total}: short by {int(need[i] - blocks_total)} blocks of {bs} tokens")
+    budget, max_seqs = params.max_num_batched_tokens, params.max_num_seqs
+    table = StepTable(system, ctx, lay, budget, max_seqs, int((prompts + gens).max()))
+
+    computed = np.zeros(n, dtype=np.int64)  # tokens whose KV is cached
+    generated = np.zeros(n, dtype=np.int64)
+    held = np.zeros(n, dtype=np.int64)  # blocks held
+    first_tok = np.full(n, np.nan)
+    finish = np.full(n, np.nan)
+    waiting: deque[int] = deque()
+    running: list[int] = []
+    free = blocks_total
+    t, nxt, done, steps, preemptions, batch_sum = 0.0, 0, 0, 0, 0, 0
+
+    def release(i: int) -> None:
+        nonlocal free
+        free += int(held[i])
+        held[i] = 0
+
+    while done < n:
+        while nxt < n and arrivals[nxt] <= t:
+            waiting.append(nxt)
+            nxt += 1
+        if not running and not waiting:
+            t = float(arrivals[nxt])
+            continue
+        left = budget
+        sched: list[tuple[int, int]] = []
+        r = 0
+        while r < len(running) and left > 0:
+            i = running[r]
+            k = min(int(prompts[i] + generated[i] - computed[i]), left)
+            want = math.ceil((computed[i] + k) / bs) - held[i]
+            while want > free and running[-1] != i:  # preempt the newest running request
+                j = running.pop()
+                release(j)
+                computed[j] = 0
+                waiting.appendleft(j)
+                preemptions += 1
+            if want > free:  # i itself is the newest: preempt it
+                running.pop(r)
+                release(i)
+                computed[i] = 0
+                waiting.appendleft(i)
+                preemptions += 1
+                continue
+            free -= want
+            held[i] += want
+            sched.append((i, k))
+            left -= k
+            r += 1
+        while waiting and left > 0 and len(running) < max_seqs:
+            i = waiting[0]
+            k = min(int(prompts[i] + generated[i] - computed[i]), left)
+            want = math.ceil((computed[i] + k) / bs) - held[i]
+            if want > free:
+                break
+            waiting.popleft()
+            free -= want
+            held[i] += want
+            running.append(i)
+            sched.append((i, k))
+            left -= k
+        if not sched:  # nothing fits (cannot happen with one request's blocks <= pool); wait for arrivals
+            t = float(arrivals[nxt]) if nxt < n else t
+            continue
+        tokens = sum(k for _, k in sched)
+        rows = dec_ctx = pairs = 0.0
+        for i, k in sched:
+            if k == 1:
+                dec_ctx += computed[i] + 1
+            else:
+                pairs += k * (computed[i] + (k + 1) / 2.0)
+            if computed[i] + k == prompts[i] + generated[i]:
+                rows += 1
+        t += table.time_s(tokens, int(rows), dec_ctx, pairs)
+        steps += 1
+        batch_sum += len(sched)
+        for i, k in sched:
+            computed[i] += k
+            if computed[i] == prompts[i] + generated[i]:
+                generated[i] += 1
+                if generated[i] == 1:
+                    first_tok[i] = t
+                if generated[i] >= gens[i]:
+                    finish[i] = t
+                    running.remove(i)
+                    release(i)
+                    done += 1
+
+    ttft = first_tok - arrivals
+    e2e = finish - arrivals
+    multi = gens > 1
+    tpot = (finish[multi] - first_tok[multi]) / (gens[multi] - 1) if multi.any() else np.zeros(1)
+    pct = (50, 90, 99)
+
+    def q(x: np.ndarray) -> dict[str, float]:
+        v = np.percentile(x, pct)
+        return {f"p{p}": float(a) for p, a in zip(pct, v)}
+
+    span = float(np.nanmax(finish) - arrivals[0])
+    return {
+        "ttft_s": q(ttft),
+        "tpot_s": q(tpot),
+        "e2e_s": q(e2e),
+        "throughput_tok_s": float(gens.sum()) / span,
+        "request_throughput_per_s": n / span,
+        "arrival_rate_per_s": workload.arrival_rate_per_s,
+        "num_requests": n,
+        "steps": steps,
+        "mean_scheduled_per_step": batch_sum / steps if steps else 0.0,
+        "preemptions": preemptions,
+        "kv_blocks": blocks_total,
+        "makespan_s": span,
+    }
