@@ -106,3 +106,12 @@ def test_moe_gen_trace_shows_expert_transfers_overlapping_expert_compute(tmp_pat
     overlapping = [(c, g) for c in copies for g in computes
                    if c["ts"] < g["ts"] + g["dur"] and g["ts"] < c["ts"] + c["dur"]]
     assert overlapping, "no expert copy runs while an expert computes"
+
+
+def test_system_parameters_from_the_command_line():
+    ok = run("predict", "--model", "mixtral-8x7b", "--hw", "c2", "--system", "vllm", "--param", "cpu_offload_gb=87",
+             "--requests", "64", "--json")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["decode_tok_s"] > 0
+    bad = run("predict", "--model", "mixtral-8x7b", "--hw", "c2", "--system", "vllm", "--param", "cpu_offload=3")
+    assert bad.returncode == 1 and "cpu_offload_gb" in bad.stderr and "Traceback" not in bad.stderr

@@ -30,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--kv-dtype", default="bf16")
     pr.add_argument("--moe-impl", default="fused", choices=["fused", "loop"])
     pr.add_argument("--zipf", type=float, default=0.0, help="router skew (Zipf exponent; 0 = uniform)")
+    pr.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                    help="a parameter of the named --system, e.g. --param cpu_offload_gb=72 (repeatable)")
     pr.add_argument("--expert-histogram", help="JSON file: measured per-expert activation counts (router skew)")
     pr.add_argument("--experts", type=int, help="variant: number of routed experts (pruning / sweeps)")
     pr.add_argument("--top-k", type=int, help="variant: experts per token")
@@ -58,6 +60,21 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _params(items: list[str]) -> dict | None:
+    """KEY=VALUE pairs; values are read as YAML scalars (numbers, booleans, null, strings)."""
+    if not items:
+        return None
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise MoesimError(f"--param takes KEY=VALUE, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
 def _predict(args: argparse.Namespace) -> int:
     from .predict import predict
 
@@ -74,6 +91,7 @@ def _predict(args: argparse.Namespace) -> int:
         speculative={"draft_model": args.draft, "num_tokens": args.spec_tokens, "acceptance_rate": args.spec_accept}
         if args.draft else None,
         num_experts=args.experts, top_k=args.top_k, expert_ffn=args.expert_ffn,
+        system_params=_params(args.param),
         num_gpus=args.gpus, cpu=args.cpu, host_memory_bytes=parse_bytes(args.host_mem) if args.host_mem else None,
         pcie=args.pcie, trace_path=args.trace,
     )

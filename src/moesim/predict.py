@@ -176,8 +176,17 @@ def _prediction(ctx: Context, plan: Plan, compared: dict[str, str], assumptions:
     )
 
 
+def _system(cls, params: dict | None):
+    try:
+        return cls(params)
+    except ValidationError as exc:
+        known = ", ".join(cls.Params.model_fields)
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise MoesimError(f"bad parameter for {cls.name}: {problems} (its parameters: {known})") from None
+
+
 def plan_for(model: ModelSpec, platform: Platform, system: str, workload: OfflineWorkload,
-             options: Options) -> tuple[Context, Plan, dict[str, str]]:
+             options: Options, system_params: dict | None = None) -> tuple[Context, Plan, dict[str, str]]:
     """Plan with one system, or with every system for ``auto`` (best generation throughput wins)."""
     ctx = Context(model, platform, workload, options)
     if system != "auto":
@@ -185,8 +194,10 @@ def plan_for(model: ModelSpec, platform: Platform, system: str, workload: Offlin
         if options.speculative and not cls.supports_speculative:
             raise MoesimError(f"speculative decoding is not modelled for {cls.name}; systems that model it: "
                               + ", ".join(n for n, c in SYSTEMS.items() if c.supports_speculative))
-        plan = cls().plan(ctx)
+        plan = _system(cls, system_params).plan(ctx)
         return ctx, plan, {cls.name: "chosen"}
+    if system_params:
+        raise MoesimError("system parameters need a named --system (auto compares every system at its defaults)")
     plans: dict[str, Plan] = {}
     compared: dict[str, str] = {}
     for name, cls in SYSTEMS.items():
@@ -223,6 +234,7 @@ def predict(
     num_experts: int | None = None,
     top_k: int | None = None,
     expert_ffn: int | None = None,
+    system_params: dict | None = None,
     num_gpus: int | None = None,
     cpu: str | None = None,
     host_memory_bytes: float | None = None,
@@ -263,7 +275,7 @@ def predict(
         assumptions.append("MLA decode without weight absorption: the cached latent is up-projected every step")
     if dtype is None:
         assumptions.append(f"weights in the released dtype ({spec.weight_dtype()})")
-    ctx, plan, compared = plan_for(spec, platform, system, work, options)
+    ctx, plan, compared = plan_for(spec, platform, system, work, options, system_params)
     if trace_path:
         plan.mid_decode[1].engine.write_chrome_trace(trace_path)
     return _prediction(ctx, plan, compared, assumptions)
