@@ -7,7 +7,7 @@ So that anyone can check a single prediction against their own measurement::
     hw = moesim.get_hardware("h100-sxm")
     ops.estimate(ops.GEMM(4096, 4096, 4096), hw)          # seconds
 
-Semantics follow the measurement harness in ``validation/harness`` exactly:
+Semantics follow the measurement harness in ``validation/torchbench`` exactly:
 
 * ``ExpertFFN``: x @ W13 (hidden -> 2 ffn), SiLU(gate) * up, @ W2 (ffn -> hidden);
 * ``MoELayer``: router GEMM, softmax, top-k, dispatch, the experts, weighted combine, with

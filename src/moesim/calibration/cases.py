@@ -1,4 +1,4 @@
-"""Measured cases (``validation/measurements/<gpu>/*.json``, written by ``validation/harness``)
+"""Measured cases (``validation/measurements/<gpu>/*.json``, written by ``validation/torchbench``)
 and the moesim operation each one corresponds to.
 
 The split into fitted and held-out cases is fixed and documented, so a report can never fit

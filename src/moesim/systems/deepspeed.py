@@ -1,0 +1,245 @@
+"""`deepspeed`: ZeRO-Inference model-based batching (DeepSpeed-Inference with ZeRO-3 weight offload).
+
+Where data lives
+  weights   all in pinned host memory; every forward pass streams each layer's weights to the
+            GPU, the attention block and ALL experts of the layer (ZeRO partitions parameters,
+            it does not know which experts a batch routes to); the next layer is prefetched
+            while the current one computes, into two layer-sized GPU buffers.
+  KV cache  on the GPU (Hugging Face cache tensors), for the whole batch.
+
+Batching (model-based): one batch of B sequences goes through the whole model together, prefill
+and decode at the same B (Hugging Face ``generate``). B is the largest that GPU memory allows next
+to the resident weights (embeddings, LM head) and the two layer buffers, at the worse of
+
+  prefill  KV of the prompts + the transient peak of one layer: non-flash (eager) attention
+           materialises the B x heads x q_len x kv_len score matrix (its softmax in fp32 or
+           bf16, ``attention_score_dtype``) next to the layer's activations; or, at the end of
+           the pass, logits over every prompt position (transformers < 4.45, the version
+           MoE-Gen's comparison pins, computed them for all positions, in fp32)
+  decode   KV of B full contexts + the step's activations
+
+This is why MoE-Gen (arXiv 2503.09716, section 5) reports DeepSpeed's batch as "only 8" for
+DeepSeek-V2: with 160 experts a layer buffer is ~8 GB, and 128 heads of 512 x 512 fp32 scores
+take 134 MB per prompt.
+
+Per layer and pass (engine): H2D copy of the layer's weights (buffer ring of 2), then on the GPU:
+attention projections, attention core (eager: score-matrix traffic added to the flash-style cost),
+router, routed experts on the batch's tokens (only the activated experts compute; all were
+copied), shared experts or dense FFN.
+
+Left out: ZeRO's parameter-partitioning bookkeeping and all-gathers (one GPU), the transient copy
+when the Hugging Face cache grows by concatenation, and MLA caches stored decompressed by the
+Hugging Face DeepSeek code (moesim's KV for MLA is the latent).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..costs import OpCost
+from ..engine import BufferRing, Engine
+from ..errors import InfeasibleError
+from ..modules import Context
+from ..specs import LayerKind
+from ..units import fmt_bytes
+from .base import Plan, ServingSystem, StepSim, balanced_batches, simpson_decode_time, simulate_pass
+from .gpu_resident import activation_bytes
+
+# Eager attention: bytes per score element held at the peak (scores in bf16 + their softmax in
+# the score dtype) and moved in total (write scores, softmax read/write, cast, read for A @ V).
+EAGER_PEAK_BYTES = {"fp32": 6.0, "bf16": 4.0}
+EAGER_TRAFFIC_BYTES = {"fp32": 16.0, "bf16": 8.0}
+
+
+def layer_weight_bytes(ctx: Context, kind: LayerKind) -> float:
+    """Bytes of one layer streamed by a system that is not MoE-aware: attention + every expert."""
+    m = ctx.model
+    if kind.moe:
+        return ctx.attention_weight_bytes + m.moe.num_experts * ctx.expert_weight_bytes + ctx.shared_weight_bytes
+    return ctx.attention_weight_bytes + ctx.dense_ffn_weight_bytes
+
+
+def max_layer_weight_bytes(ctx: Context) -> float:
+    return max(layer_weight_bytes(ctx, k) for k in ctx.model.layer_kinds())
+
+
+def streamed_weight_bytes(ctx: Context) -> float:
+    """Weights outside the GPU-resident embeddings / LM head / routers."""
+    return max(0.0, ctx.weight_bytes - ctx.resident_weight_bytes)
+
+
+def eager_scores(ctx: Context, seqs: float, q_len: float, kv_len: float) -> float:
+    """Elements of the materialised attention score matrix of one layer."""
+    return seqs * ctx.model.attention.num_heads * q_len * kv_len
+
+
+def eager_attention_peak_bytes(ctx: Context, seqs: float, q_len: float, kv_len: float, score_dtype: str) -> float:
+    return eager_scores(ctx, seqs, q_len, kv_len) * EAGER_PEAK_BYTES[score_dtype]
+
+
+def eager_attention_cost(ctx: Context, seqs: float, q_len: float, kv_len: float, windowed: bool,
+                         score_dtype: str) -> OpCost:
+    """Attention core without flash fusion: the flash-style cost plus the score matrix's round trips."""
+    n = eager_scores(ctx, seqs, q_len, kv_len)
+    extra = OpCost(family="attention", flop=5.0 * n, bytes=n * EAGER_TRAFFIC_BYTES[score_dtype], launches=3)
+    return ctx.attention_core(seqs, q_len, kv_len, windowed) + extra
+
+
+def prefill_logits_bytes(ctx: Context, tokens: float) -> float:
+    """Logits over every prompt position, bf16 then upcast to fp32."""
+    return tokens * ctx.model.vocab_size * 6.0
+
+
+class DeepSpeedParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    batch_size: int | None = Field(default=None, ge=1,
+                                   description="sequences per batch (prefill and decode); None = largest that fits")
+    attention_score_dtype: Literal["fp32", "bf16"] = Field(
+        default="fp32", description="dtype of the materialised prefill softmax (HF eager attention upcasts to fp32)")
+    logits_all_positions: bool = Field(
+        default=True, description="prefill computes fp32 logits for every prompt position (transformers < 4.45)")
+    layer_buffers: int = Field(default=2, ge=1, description="GPU layer-weight buffers (current + prefetched)")
+
+
+class DeepSpeed(ServingSystem):
+    name = "deepspeed"
+    summary = ("ZeRO-Inference model-based batching: one batch for prefill and decode, all weights in pinned host "
+               "memory streamed layer by layer (every expert), KV cache on the GPU")
+    Params = DeepSpeedParams
+
+    # ---- memory --------------------------------------------------------------------------------
+    def _fixed_bytes(self, ctx: Context) -> float:
+        return ctx.resident_weight_bytes + self.params.layer_buffers * max_layer_weight_bytes(ctx)
+
+    def _per_seq_bytes(self, ctx: Context) -> tuple[float, float]:
+        """(prefill, decode) GPU bytes per sequence of the batch."""
+        w = ctx.workload
+        p, total = w.prompt_tokens, w.total_context_tokens
+        layer_peak = (eager_attention_peak_bytes(ctx, 1, p, p, self.params.attention_score_dtype)
+                      + activation_bytes(ctx, p))
+        logits = prefill_logits_bytes(ctx, p) if self.params.logits_all_positions else ctx.model.vocab_size * 6.0
+        prefill = p * ctx.kv_bytes_per_token(p) + max(layer_peak, logits)
+        decode = total * ctx.kv_bytes_per_token(total) + activation_bytes(ctx, 1)
+        return prefill, decode
+
+    def _max_batch(self, ctx: Context) -> int:
+        p = ctx.platform
+        usable = p.usable_gpu_memory_bytes_per_gpu
+        fixed = self._fixed_bytes(ctx)
+        if fixed > usable:
+            raise InfeasibleError(
+                f"deepspeed: resident weights and {self.params.layer_buffers} layer buffers of "
+                f"{fmt_bytes(max_layer_weight_bytes(ctx))} (attention + all {ctx.model.moe.num_experts if ctx.model.moe else 0} "
+                f"experts) need {fmt_bytes(fixed)} on {p.gpu.name}, {fmt_bytes(usable)} usable: "
+                f"short by {fmt_bytes(fixed - usable)}"
+            )
+        per_seq = max(self._per_seq_bytes(ctx))
+        batch = int((usable - fixed) // per_seq)
+        if batch < 1:
+            raise InfeasibleError(
+                f"deepspeed: not even one sequence fits on the GPU next to the layer buffers: it needs "
+                f"{fmt_bytes(per_seq)} (KV + attention peak), {fmt_bytes(usable - fixed)} is left: "
+                f"short by {fmt_bytes(per_seq - (usable - fixed))}"
+            )
+        return batch
+
+    # ---- one forward pass -------------------------------------------------------------------
+    def _pass(self, ctx: Context, seqs: int, q_len: int, kv_len: int) -> StepSim:
+        p = ctx.platform
+        m = ctx.model
+        tokens = seqs * q_len
+        dtype = self.params.attention_score_dtype
+        engine = Engine(memory_capacity_bytes={"gpu": p.usable_gpu_memory_bytes_per_gpu})
+        wbytes = {k: layer_weight_bytes(ctx, k) for k in m.layer_kinds()}
+        copy = {k: ctx.h2d_s(v) for k, v in wbytes.items()}
+        proj = ctx.gpu_s(ctx.attention_proj(tokens))
+        core = {w: ctx.gpu_s(eager_attention_cost(ctx, seqs, q_len, kv_len, w, dtype)) for w in (False, True)}
+        if m.moe:
+            router = ctx.gpu_s(ctx.router(tokens))
+            experts = ctx.gpu_s(ctx.experts(ctx.active_experts(tokens), tokens * m.moe.top_k))
+            shared_cost = ctx.shared_experts(tokens)
+            shared = ctx.gpu_s(shared_cost) if shared_cost else 0.0
+        dense = ctx.gpu_s(ctx.dense_ffn(tokens)) if m.dense_ffn else 0.0
+        ring = BufferRing(self.params.layer_buffers)
+
+        def layer(eng: Engine, i: int, kind: LayerKind) -> int:
+            w = eng.add(f"L{i} layer weights H2D", "h2d", copy[kind], [ring.acquire()], category="transfer",
+                        nbytes=wbytes[kind])
+            last = eng.add(f"L{i} attention projections", "gpu", proj, [w], category="attention")
+            last = eng.add(f"L{i} attention (eager)", "gpu", core[kind.windowed], [last], category="attention")
+            if kind.moe:
+                last = eng.add(f"L{i} router", "gpu", router, [last], category="router")
+                last = eng.add(f"L{i} experts", "gpu", experts, [last], category="experts")
+                if shared:
+                    last = eng.add(f"L{i} shared experts", "gpu", shared, [last], category="experts")
+            else:
+                last = eng.add(f"L{i} dense FFN", "gpu", dense, [last], category="dense_ffn")
+            ring.release(last)
+            return last
+
+        head = ctx.gpu_s(ctx.head(tokens, tokens if (q_len > 1 and self.params.logits_all_positions) else seqs))
+        kv = seqs * kv_len * ctx.kv_bytes_per_token(kv_len)
+        if q_len > 1:
+            per_seq_peak = max(eager_attention_peak_bytes(ctx, 1, q_len, kv_len, dtype) + activation_bytes(ctx, q_len),
+                               prefill_logits_bytes(ctx, q_len) if self.params.logits_all_positions else 0.0)
+            transient = seqs * per_seq_peak
+        else:
+            transient = activation_bytes(ctx, tokens)
+
+        def prologue(eng: Engine) -> None:
+            eng.hold("gpu", ctx.resident_weight_bytes, "resident weights (embeddings, LM head)")
+            eng.hold("gpu", self.params.layer_buffers * max(wbytes.values()), "layer weight buffers")
+            eng.hold("gpu", kv, "kv cache")
+            eng.hold("gpu", transient, "activations / attention scores / logits (peak)")
+
+        def epilogue(eng: Engine) -> None:
+            eng.add("lm head + embedding", "gpu", head, [len(eng.tasks) - 1], category="head")
+
+        return simulate_pass(ctx, engine, layer, prologue, epilogue)
+
+    def plan(self, ctx: Context) -> Plan:
+        w = ctx.workload
+        p = ctx.platform
+        if p.num_gpus > 1:
+            raise InfeasibleError("deepspeed is modelled on one GPU (ZeRO-Inference tensor parallelism is not "
+                                  "modelled); use --gpus 1")
+        host = ctx.weight_bytes
+        if host > p.usable_host_memory_bytes:
+            raise InfeasibleError(
+                f"deepspeed: {ctx.model.name} ({ctx.wdtype}) needs {fmt_bytes(host)} of pinned host memory for its "
+                f"weights, {fmt_bytes(p.usable_host_memory_bytes)} is usable: short by "
+                f"{fmt_bytes(host - p.usable_host_memory_bytes)}"
+            )
+        max_batch = self._max_batch(ctx)
+        wanted = w.batch_size or self.params.batch_size
+        if wanted and wanted > max_batch:
+            raise InfeasibleError(
+                f"deepspeed: batch {wanted} does not fit on the GPU; at most {max_batch} sequences "
+                f"(KV, attention peak and two layer buffers): short by "
+                f"{fmt_bytes((wanted - max_batch) * max(self._per_seq_bytes(ctx)))}"
+            )
+        batch, num_batches = balanced_batches(w.num_requests, wanted or max_batch)
+        prefill = self._pass(ctx, batch, w.prompt_tokens, w.prompt_tokens)
+        decode_s, points = simpson_decode_time(lambda c: self._pass(ctx, batch, 1, c), w.prompt_tokens, w.gen_tokens)
+        peak_gpu = max([prefill.peak_memory_bytes.get("gpu", 0.0)] + [s.peak_memory_bytes.get("gpu", 0.0)
+                                                                       for _, s in points])
+        limit = "prefill attention peak" if self._per_seq_bytes(ctx)[0] >= self._per_seq_bytes(ctx)[1] else "decode KV"
+        return Plan(
+            system=self.name,
+            config={"batch_size": batch, "max_batch_that_fits": max_batch, "batch_limited_by": limit,
+                    "layer_buffer_bytes": max_layer_weight_bytes(ctx),
+                    "attention_score_dtype": self.params.attention_score_dtype},
+            batch_size=batch,
+            num_batches=num_batches,
+            prefill_passes_per_batch=1,
+            prefill=prefill,
+            prefill_tokens_per_pass=batch * w.prompt_tokens,
+            decode_points=points,
+            decode_time_per_batch_s=decode_s,
+            gpu_mem_bytes=peak_gpu,
+            host_mem_bytes=host,
+            placement={"weights": "host (pinned), streamed layer by layer incl. all experts", "kv_cache": "gpu"},
+            notes=[f"batch {batch} for prefill and decode (GPU memory allows {max_batch}; limited by the {limit})"],
+        )

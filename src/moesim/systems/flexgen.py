@@ -1,0 +1,533 @@
+"""`flexgen`: FlexGen's zig-zag block schedule with its LP policy search (Sheng et al., arXiv 2303.06865).
+
+Schedule (section 4.2, Algorithm 1 / ``generation_loop_overlap_multi_batch``): a block of
+bls = gbs x n_b sequences is processed layer by layer; within a layer, the n_b GPU batches of
+gbs sequences run one after the other, so each layer's weights cross PCIe once per block and
+step. FlexGen splits a transformer block into an attention layer and an FFN layer (here: the
+attention block, and the router + ALL experts + shared experts, since FlexGen is not MoE-aware).
+Each (layer, GPU batch) step issues, on separate CUDA streams:
+
+  load weights of the next layer   (only at GPU batch 0 of the current layer)
+  load KV / activations of the next GPU batch
+  compute the current GPU batch    (attention delegated to the CPU for off-GPU KV, FlexGen(c))
+  store KV / activations of the previous GPU batch
+
+and ends with ``torch.cuda.synchronize()``: every step is a barrier, so the next layer's
+weight copy overlaps only the first GPU batch's compute. The engine simulates exactly this.
+
+Placement (section 4.3, App. A.3): fractions of weights (wg, wc, wd), KV cache (cg, cc, cd)
+and activations (hg, hc, hd; hd = 0, FlexGen's runtime has no disk activations) on
+GPU / CPU / disk. For each (gbs, n_b) of a grid, an LP (scipy ``linprog``, HiGHS) minimises the
+block time T = T_pre + (n - 1) T_gen (per token: T / bls, bls fixed per LP) with
+
+  T_pre >= ctog, gtoc, dtoc, ctod, comp   (prefill)      T_gen >= the same five (decode)
+
+  ctog  = [(wc+wd) W + (hc+hd) L H] / B_h2d  (+ (cc+cd) KV_avg / B_kv   decode, GPU attention)
+  gtoc  = [(cc+cd) KV_written] / B_kv + (hc+hd) L H / B_d2h
+  dtoc  = [wd W + cd KV_avg (decode)] / B_disk        ctod = cd KV_written / B_disk
+  comp  = GPU work of the block + cg A_gpu + (cc+cd) (A_cpu if delegated else A_gpu)
+
+subject to GPU / CPU / disk peak memory (home placements + one layer of non-resident weights
++ KV buffers of a GPU batch + the GPU batch's activations and prefill score matrix) and each
+group summing to 1. Every term uses moesim's byte counts (``Context``) and the platform's link,
+DRAM and disk bandwidths, and module times from moesim's cost model, instead of FlexGen's
+fitted constants. The policies with the lowest LP time per request (padding of the last block
+counted) are then simulated on the engine and the fastest is kept (FlexGen section 5.3: "a
+better policy can be obtained by tuning manually").
+
+FlexGen specifics kept: its CPU KV cache is not pinned ("disable pin_memory due to high memory
+overhead"), so KV copies run at the link's pageable bandwidth; its CPU attention (PyTorch, fp16
+upcast to fp32 after a permuted copy) moves ``cpu_attention_traffic`` bytes of DRAM per cached
+byte; attention is eager (the score matrix is materialised). Left out: compression, the
+diagonal schedule, and the prefill/decode difference of FlexGen's fitted bandwidths.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..engine import Engine
+from ..errors import InfeasibleError
+from ..modules import Context
+from ..ops import copy_time_s
+from ..specs import LayerKind
+from ..units import fmt_bytes
+from .base import Plan, ServingSystem, StepSim, simpson_decode_time, simulate_pass
+from .deepspeed import (eager_attention_cost, eager_attention_peak_bytes, layer_weight_bytes, max_layer_weight_bytes,
+                        streamed_weight_bytes)
+from .gpu_resident import activation_bytes
+
+VARS = ("wg", "wc", "wd", "cg", "cc", "cd", "hg", "hc", "hd")
+TIE_BREAK = 1e-4  # weight of total I/O time in the LP objective, next to the block time
+
+
+class FlexGenParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    gpu_batch_grid: tuple[int, ...] = Field(default=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+                                            description="GPU batch sizes gbs enumerated")
+    num_gpu_batches_grid: tuple[int, ...] = Field(default=(1, 2, 4, 8, 16),
+                                                  description="GPU batches per block n_b (FlexGen: bls / gbs < 20)")
+    cpu_attention: bool | None = Field(
+        default=None, description="FlexGen(c): attention for off-GPU KV on the CPU; None = LP picks the better")
+    kv_pinned: bool = Field(default=False, description="CPU KV cache in pinned memory (FlexGen: not pinned)")
+    cpu_attention_traffic: float = Field(
+        default=7.0, gt=0,
+        description="DRAM bytes FlexGen's CPU attention moves per cached byte: permuted copy (read+write 2+2 B), "
+                    "fp32 upcast (2+4 B), fp32 bmm read (4 B) per 2-byte element = 14/2")
+    attention_score_dtype: Literal["fp32", "bf16"] = Field(
+        default="bf16", description="FlexGen's eager attention softmax dtype (fp16 kernels in FlexGen)")
+    policies_simulated: int | None = Field(default=None, ge=1,
+                                           description="best LP policies timed on the engine; None = all of them")
+
+
+@dataclass(frozen=True)
+class FlexGenPolicy:
+    """One solved LP: batch sizes, placement fractions, and the LP's block time."""
+
+    gpu_batch: int
+    num_gpu_batches: int
+    cpu_attention: bool
+    fractions: dict[str, float]
+    lp_block_time_s: float  # T_pre + (n - 1) T_gen predicted by the LP
+
+    @property
+    def block(self) -> int:
+        return self.gpu_batch * self.num_gpu_batches
+
+    def __getattr__(self, item: str) -> float:
+        if item in VARS:
+            return self.fractions[item]
+        raise AttributeError(item)
+
+
+class FlexGen(ServingSystem):
+    name = "flexgen"
+    summary = ("zig-zag block schedule (bls = gbs x GPU batches per layer): weights (all experts), KV and activations "
+               "split over GPU / CPU / disk by FlexGen's LP, optional CPU attention")
+    Params = FlexGenParams
+
+    # ---- sizes and rates -------------------------------------------------------------------------
+    @staticmethod
+    def _spb(ctx: Context, kind: str) -> float:
+        """Seconds per byte of a host<->device copy kind (latency excluded)."""
+        return (copy_time_s(2e9, kind, ctx.platform) - copy_time_s(1e9, kind, ctx.platform)) / 1e9
+
+    def _kv_kinds(self) -> tuple[str, str]:
+        return ("h2d_pinned", "d2h_pinned") if self.params.kv_pinned else ("h2d_pageable", "d2h_pageable")
+
+    def _cpu_attention_s(self, ctx: Context, seqs: float, kv_len: float, windowed: bool) -> float:
+        if seqs <= 0:
+            return 0.0
+        cost = ctx.cpu_attention(seqs, kv_len, windowed)
+        return ctx.cpu_s(replace(cost, bytes=cost.bytes * self.params.cpu_attention_traffic))
+
+    def _ffn_s(self, ctx: Context, kind: LayerKind, tokens: float) -> float:
+        m = ctx.model
+        if not kind.moe:
+            return ctx.gpu_s(ctx.dense_ffn(tokens))
+        t = ctx.gpu_s(ctx.router(tokens)) + ctx.gpu_s(ctx.experts(ctx.active_experts(tokens), tokens * m.moe.top_k))
+        shared = ctx.shared_experts(tokens)
+        return t + (ctx.gpu_s(shared) if shared else 0.0)
+
+    def _gpu_work_bytes(self, ctx: Context, gbs: int) -> float:
+        """Transient GPU memory of one GPU batch: the worse of prefill (activations, scores, new KV) and decode."""
+        s = ctx.workload.prompt_tokens
+        prefill = (activation_bytes(ctx, gbs * s)
+                   + eager_attention_peak_bytes(ctx, gbs, s, s, self.params.attention_score_dtype)
+                   + gbs * s * ctx.kv_bytes_per_token_layer())
+        return max(prefill, activation_bytes(ctx, gbs))
+
+    # ---- the LP ------------------------------------------------------------------------------------
+    def _compute_constants(self, ctx: Context, gbs: int) -> dict[str, float]:
+        """Per-GPU-batch compute of one whole pass (summed over layers): prefill, decode dense, attention."""
+        w = ctx.workload
+        s, c = w.prompt_tokens, w.prompt_tokens + w.gen_tokens / 2.0
+        sd = self.params.attention_score_dtype
+        out = {"pre": 0.0, "dec": 0.0, "att_gpu": 0.0, "att_cpu": 0.0}
+        proj_p = ctx.gpu_s(ctx.attention_proj(gbs * s))
+        proj_d = ctx.gpu_s(ctx.attention_proj(gbs))
+        for kind, count in ctx.model.layer_kinds().items():
+            out["pre"] += count * (proj_p + ctx.gpu_s(eager_attention_cost(ctx, gbs, s, s, kind.windowed, sd))
+                                   + self._ffn_s(ctx, kind, gbs * s))
+            out["dec"] += count * (proj_d + self._ffn_s(ctx, kind, gbs))
+            out["att_gpu"] += count * ctx.gpu_s(eager_attention_cost(ctx, gbs, 1, c, kind.windowed, sd))
+            out["att_cpu"] += count * self._cpu_attention_s(ctx, gbs, c, kind.windowed)
+        return out
+
+    def solve_policy(self, ctx: Context, gbs: int, num_gpu_batches: int, cpu_attention: bool,
+                     consts: dict[str, float] | None = None) -> FlexGenPolicy | None:
+        """FlexGen's LP for one (gbs, n_b): placement fractions minimising the block time; None if infeasible."""
+        from scipy.optimize import linprog  # imported here: scipy.optimize takes half a second to import
+
+        p, m, w = ctx.platform, ctx.model, ctx.workload
+        nb = num_gpu_batches
+        bls = gbs * nb
+        s, n = w.prompt_tokens, w.gen_tokens
+        ctx_len = s + n
+        c_avg = s + n / 2.0
+        L = m.num_layers
+        consts = consts or self._compute_constants(ctx, gbs)
+        W = streamed_weight_bytes(ctx)
+        WL = max_layer_weight_bytes(ctx)
+        kv_tot = bls * ctx_len * ctx.kv_bytes_per_token(ctx_len)
+        kv_pre = bls * s * ctx.kv_bytes_per_token(s)
+        kv_avg = bls * c_avg * ctx.kv_bytes_per_token(int(c_avg))
+        kv_new = bls * ctx.kv_bytes_per_token(ctx_len)
+        h_pre = bls * s * m.hidden_size * 2.0
+        h_dec = bls * m.hidden_size * 2.0
+        a = m.attention
+        qo_bytes = bls * L * (a.num_heads * (a.qk_head_dim + a.out_head_dim)) * 2.0  # q to the CPU, output back
+        w_h2d = self._spb(ctx, "h2d_pinned")
+        w_d2h = self._spb(ctx, "d2h_pinned")
+        kv_h2d, kv_d2h = (self._spb(ctx, k) for k in self._kv_kinds())
+        disk = 1.0 / p.disk.read_bytes_per_s
+        deleg = 1.0 if cpu_attention else 0.0
+        head_p = ctx.gpu_s(ctx.head(bls * s, bls))
+        head_d = ctx.gpu_s(ctx.head(bls, bls))
+
+        iv = {v: i for i, v in enumerate(VARS)}
+        TP, TG = len(VARS), len(VARS) + 1
+        nvar = len(VARS) + 2
+
+        def row(**coef: float) -> np.ndarray:
+            r = np.zeros(nvar)
+            for k, v in coef.items():
+                r[TP if k == "Tp" else TG if k == "Tg" else iv[k]] += v
+            return r
+
+        A, b = [], []
+
+        def le(r: np.ndarray, rhs: float) -> None:
+            A.append(r)
+            b.append(rhs)
+
+        # prefill
+        le(row(wc=W * w_h2d, wd=W * w_h2d, hc=L * h_pre * w_h2d, hd=L * h_pre * w_h2d, Tp=-1), 0.0)
+        le(row(cc=kv_pre * kv_d2h, cd=kv_pre * kv_d2h, hc=L * h_pre * w_d2h, hd=L * h_pre * w_d2h, Tp=-1), 0.0)
+        le(row(wd=W * disk, Tp=-1), 0.0)
+        le(row(cd=kv_pre * disk, Tp=-1), 0.0)
+        le(row(Tp=-1), -(nb * consts["pre"] + head_p))
+        # decode (one step at the mean context)
+        off_kv = (1 - deleg) * kv_avg * kv_h2d + deleg * qo_bytes / 2 * w_h2d
+        le(row(wc=W * w_h2d, wd=W * w_h2d, hc=L * h_dec * w_h2d, hd=L * h_dec * w_h2d, cc=off_kv, cd=off_kv, Tg=-1), 0.0)
+        new_kv = kv_new * kv_d2h + deleg * qo_bytes / 2 * w_d2h
+        le(row(cc=new_kv, cd=new_kv, hc=L * h_dec * w_d2h, hd=L * h_dec * w_d2h, Tg=-1), 0.0)
+        le(row(wd=W * disk, cd=kv_avg * disk, Tg=-1), 0.0)
+        le(row(cd=kv_new * disk, Tg=-1), 0.0)
+        att_off = nb * (deleg * consts["att_cpu"] + (1 - deleg) * consts["att_gpu"])
+        le(row(cg=nb * consts["att_gpu"], cc=att_off, cd=att_off, Tg=-1), -(nb * consts["dec"] + head_d))
+        # memory: GPU, CPU, disk
+        kv_buf = (1 - deleg) * 2 * gbs * ctx_len * ctx.kv_bytes_per_token_layer()
+        gpu_cap = p.usable_gpu_memory_bytes_per_gpu * (1 - 1e-6)
+        gpu_fixed = ctx.resident_weight_bytes + WL + self._gpu_work_bytes(ctx, gbs)
+        le(row(wg=W - WL, cg=kv_tot, cc=kv_buf, cd=kv_buf, hg=h_pre), gpu_cap - gpu_fixed)
+        le(row(wc=W, wd=2 * WL, cc=kv_tot, hc=h_pre), p.usable_host_memory_bytes)
+        le(row(wd=W, cd=kv_tot), p.disk.capacity_bytes)
+        A_eq = [row(wg=1, wc=1, wd=1), row(cg=1, cc=1, cd=1), row(hg=1, hc=1, hd=1)]
+        bounds = [(0.0, 1.0)] * len(VARS) + [(0.0, None), (0.0, None)]
+        bounds[iv["hd"]] = (0.0, 0.0)
+        cost = np.zeros(nvar)
+        cost[TP], cost[TG] = 1.0, max(n - 1, 0)
+        # tie-break among placements of equal block time: least total I/O (a vertex that puts weights on
+        # disk while the block is compute-bound costs nothing in the LP, but real copies contend)
+        io = {"wc": W * w_h2d, "wd": W * (w_h2d + disk), "cc": kv_avg * kv_h2d, "cd": kv_avg * (kv_h2d + disk),
+              "hc": L * h_dec * (w_h2d + w_d2h), "hd": L * h_dec * (w_h2d + w_d2h)}
+        for k, v in io.items():
+            cost[iv[k]] = TIE_BREAK * max(n, 1) * v
+        # scale rows so the solver sees numbers of order one
+        A_ub, b_ub = np.array(A), np.array(b)
+        scale = np.maximum(np.abs(A_ub).max(axis=1), np.abs(b_ub))
+        scale[scale == 0] = 1.0
+        res = linprog(cost, A_ub=A_ub / scale[:, None], b_ub=b_ub / scale, A_eq=np.array(A_eq), b_eq=np.ones(3),
+                      bounds=bounds, method="highs")
+        if res.status != 0:
+            return None
+        x = np.clip(res.x[: len(VARS)], 0.0, 1.0)
+        frac = {}
+        for group in (("wg", "wc", "wd"), ("cg", "cc", "cd"), ("hg", "hc", "hd")):
+            vals = np.array([x[iv[v]] for v in group])
+            vals = vals / vals.sum()
+            frac.update(dict(zip(group, map(float, vals))))
+        frac = {k: v + 0.0 for k, v in frac.items()}  # no negative zeros
+        return FlexGenPolicy(gbs, nb, cpu_attention, frac, float(res.x[TP] + max(n - 1, 0) * res.x[TG]))
+
+    # ---- engine simulation of a policy ---------------------------------------------------------------
+    def _pass(self, ctx: Context, pol: FlexGenPolicy, q_len: int, kv_len: int) -> StepSim:
+        p, m, w = ctx.platform, ctx.model, ctx.workload
+        gbs, nb = pol.gpu_batch, pol.num_gpu_batches
+        decode = q_len == 1
+        deleg = pol.cpu_attention and decode
+        t = gbs * q_len
+        f_w, f_off = pol.wc + pol.wd, pol.cc + pol.cd
+        kv_layer = ctx.kv_bytes_per_token_layer()
+        a = m.attention
+        sd = self.params.attention_score_dtype
+        kv_h2d_kind, kv_d2h_kind = self._kv_kinds()
+
+        def kv_tokens(windowed: bool) -> float:
+            return min(kv_len, a.window_tokens) if windowed and a.window_tokens else kv_len
+
+        def h2d(nbytes, kind="h2d_pinned"):
+            return copy_time_s(nbytes, kind, p) if nbytes > 0 else 0.0
+
+        pre = ctx.gpu_s(ctx.attention_proj(t).scaled(0.75))
+        post = ctx.gpu_s(ctx.attention_proj(t).scaled(0.25))
+        if deleg:
+            gpu_att = {wd: ctx.gpu_s(eager_attention_cost(ctx, pol.cg * gbs, 1, kv_len, wd, sd)) if pol.cg > 0 else 0.0
+                       for wd in (False, True)}
+            cpu_att = {wd: self._cpu_attention_s(ctx, f_off * gbs, kv_len, wd) for wd in (False, True)}
+        else:
+            gpu_att = {wd: ctx.gpu_s(eager_attention_cost(ctx, gbs, q_len, kv_len, wd, sd)) for wd in (False, True)}
+            cpu_att = {False: 0.0, True: 0.0}
+        ffn = {k: self._ffn_s(ctx, k, t) for k in m.layer_kinds()}
+        w_attn = ctx.attention_weight_bytes
+        w_ffn = {k: layer_weight_bytes(ctx, k) - w_attn for k in m.layer_kinds()}
+        hidden = pol.hc * t * m.hidden_size * 2.0
+        qo = f_off * gbs * a.num_heads * (a.qk_head_dim + a.out_head_dim) * 2.0 / 2 if deleg else 0.0
+        state = {"barrier": [], "stores": []}
+
+        def load_weights(eng: Engine, label: str, nbytes: float, deps: list) -> list:
+            ids = []
+            disk = None
+            if pol.wd > 0 and nbytes:
+                disk = eng.add(f"{label} from disk", "disk", ctx.disk_s(pol.wd * nbytes), deps, category="transfer")
+                ids.append(disk)
+            if f_w > 0 and nbytes:
+                ids.append(eng.add(f"{label} H2D", "h2d", h2d(f_w * nbytes), deps + [disk], category="transfer",
+                                   nbytes=f_w * nbytes))
+            return ids
+
+        def load_kv(eng: Engine, label: str, windowed: bool, deps: list) -> list:
+            if not decode or deleg or f_off <= 0:
+                return []
+            nbytes = f_off * gbs * kv_tokens(windowed) * kv_layer
+            ids, disk = [], None
+            if pol.cd > 0:
+                disk = eng.add(f"{label} KV from disk", "disk", ctx.disk_s(pol.cd * nbytes / f_off), deps,
+                               category="transfer")
+                ids.append(disk)
+            ids.append(eng.add(f"{label} KV H2D", "h2d", h2d(nbytes, kv_h2d_kind), deps + [disk], category="transfer",
+                               nbytes=nbytes))
+            return ids
+
+        def step(eng: Engine, label: str, loads, compute) -> None:
+            deps = list(state["barrier"])
+            ids = []
+            for fn in loads:
+                ids += fn(eng, deps)
+            ids += compute(eng, deps)
+            for fn in state["stores"]:
+                ids += fn(eng, deps)
+            state["stores"] = []
+            state["barrier"] = ids
+
+        def kv_store(label: str):
+            nbytes = f_off * gbs * q_len * kv_layer if not deleg else 0.0
+
+            def fn(eng: Engine, deps: list) -> list:
+                ids = []
+                if nbytes > 0:
+                    d = eng.add(f"{label} KV D2H", "d2h", copy_time_s(nbytes, kv_d2h_kind, p), deps,
+                                category="transfer", nbytes=nbytes)
+                    ids.append(d)
+                    if pol.cd > 0:
+                        ids.append(eng.add(f"{label} KV to disk", "disk", ctx.disk_s(pol.cd * nbytes / f_off), [d],
+                                           category="transfer"))
+                return ids
+            return fn
+
+        def hidden_store(label: str):
+            def fn(eng: Engine, deps: list) -> list:
+                if hidden <= 0:
+                    return []
+                return [eng.add(f"{label} hidden D2H", "d2h", copy_time_s(hidden, "d2h_pinned", p), deps,
+                                category="transfer", nbytes=hidden)]
+            return fn
+
+        def hidden_load(label: str):
+            def fn(eng: Engine, deps: list) -> list:
+                if hidden <= 0:
+                    return []
+                return [eng.add(f"{label} hidden H2D", "h2d", h2d(hidden), deps, category="transfer", nbytes=hidden)]
+            return fn
+
+        def layer(eng: Engine, i: int, kind: LayerKind) -> int:
+            if i == 0:  # cold start: this layer's attention weights, first batch's KV and activations
+                step(eng, "L0 cold", [lambda e, d: load_weights(e, "L0 attention weights", w_attn, d),
+                                      lambda e, d: load_kv(e, "L0 b0", kind.windowed, d),
+                                      hidden_load("L0 b0")], lambda e, d: [])
+            last = None
+            for k in range(nb):
+                loads = [hidden_load(f"L{i} attn b{k + 1}")]
+                if k == 0:
+                    loads.insert(0, lambda e, d: load_weights(e, f"L{i} FFN weights", w_ffn[kind], d))
+                if k + 1 < nb:
+                    loads.append(lambda e, d, k=k: load_kv(e, f"L{i} b{k + 1}", kind.windowed, d))
+
+                def compute(e: Engine, d: list, k=k) -> list:
+                    x = e.add(f"L{i} attention b{k} (GPU)", "gpu", pre + gpu_att[kind.windowed], d,
+                              category="attention")
+                    if deleg:
+                        x = e.add(f"L{i} q/k/v D2H b{k}", "d2h", copy_time_s(qo, "d2h_pinned", p), [x],
+                                  category="transfer", nbytes=qo)
+                        x = e.add(f"L{i} CPU attention b{k}", "cpu", cpu_att[kind.windowed], [x], category="cpu")
+                        x = e.add(f"L{i} attention out H2D b{k}", "h2d", h2d(qo), [x], category="transfer", nbytes=qo)
+                    return [e.add(f"L{i} out projection b{k}", "gpu", post, [x], category="attention")]
+                step(eng, f"L{i} attn b{k}", loads, compute)
+                state["stores"] += [kv_store(f"L{i} b{k}"), hidden_store(f"L{i} attn b{k}")]
+            for k in range(nb):
+                loads = [hidden_load(f"L{i} ffn b{k + 1}")]
+                if k == 0:
+                    loads.insert(0, lambda e, d: load_weights(e, f"L{i + 1} attention weights", w_attn, d))
+                if k + 1 == nb:
+                    loads.append(lambda e, d: load_kv(e, f"L{i + 1} b0", kind.windowed, d))
+
+                def compute(e: Engine, d: list, k=k) -> list:
+                    nonlocal last
+                    last = e.add(f"L{i} FFN b{k}", "gpu", ffn[kind], d,
+                                 category="experts" if kind.moe else "dense_ffn")
+                    return [last]
+                step(eng, f"L{i} ffn b{k}", loads, compute)
+                state["stores"].append(hidden_store(f"L{i} ffn b{k}"))
+            return last
+
+        bls = pol.block
+        head = ctx.gpu_s(ctx.head(bls * q_len, bls))
+        holds = self._gpu_holds(ctx, pol)
+
+        def prologue(eng: Engine) -> None:
+            for label, nbytes in holds.items():
+                eng.hold("gpu", nbytes, label)
+
+        def epilogue(eng: Engine) -> None:
+            eng.add("lm head + embedding", "gpu", head, [len(eng.tasks) - 1], category="head")
+
+        return simulate_pass(ctx, Engine(memory_capacity_bytes={"gpu": p.usable_gpu_memory_bytes_per_gpu}),
+                             layer, prologue, epilogue)
+
+    def _gpu_holds(self, ctx: Context, pol: FlexGenPolicy) -> dict[str, float]:
+        w = ctx.workload
+        ctx_len = w.total_context_tokens
+        W, WL = streamed_weight_bytes(ctx), max_layer_weight_bytes(ctx)
+        bls = pol.block
+        deleg = 1.0 if pol.cpu_attention else 0.0
+        return {
+            "resident weights (embeddings, LM head, routers)": ctx.resident_weight_bytes,
+            "weights kept on the GPU (wg)": pol.wg * (W - WL),
+            "weight buffers (one layer, current + next sub-layer)": WL,
+            "KV cache on the GPU (cg)": pol.cg * bls * ctx_len * ctx.kv_bytes_per_token(ctx_len),
+            "KV buffers of a GPU batch": (1 - deleg) * (1 - pol.cg) * 2 * pol.gpu_batch * ctx_len
+            * ctx.kv_bytes_per_token_layer(),
+            "activations on the GPU (hg)": pol.hg * bls * w.prompt_tokens * ctx.model.hidden_size * 2.0,
+            "GPU batch working set (activations, scores)": self._gpu_work_bytes(ctx, pol.gpu_batch),
+        }
+
+    # ---- search ----------------------------------------------------------------------------------------
+    def candidate_policies(self, ctx: Context) -> list[FlexGenPolicy]:
+        w = ctx.workload
+        wanted = w.batch_size
+        delegs = [self.params.cpu_attention] if self.params.cpu_attention is not None else [False, True]
+        pairs = []
+        for gbs in sorted(set(self.params.gpu_batch_grid)):
+            for nb in sorted(set(self.params.num_gpu_batches_grid)):
+                bls = gbs * nb
+                if wanted is None and (bls <= w.num_requests or (gbs, nb) == (1, 1)):
+                    pairs.append((gbs, nb))
+        if wanted is not None:
+            pairs = sorted({(math.ceil(wanted / nb), nb) for nb in self.params.num_gpu_batches_grid if nb <= wanted})
+        out = []
+        for gbs in sorted({g for g, _ in pairs}):
+            consts = self._compute_constants(ctx, gbs)
+            for g, nb in pairs:
+                if g != gbs:
+                    continue
+                for deleg in delegs:
+                    pol = self.solve_policy(ctx, gbs, nb, deleg, consts)
+                    if pol is not None:
+                        out.append(pol)
+        return out
+
+    def _infeasible(self, ctx: Context) -> InfeasibleError:
+        p = ctx.platform
+        gpu_min = ctx.resident_weight_bytes + max_layer_weight_bytes(ctx) + self._gpu_work_bytes(ctx, 1)
+        usable = p.usable_gpu_memory_bytes_per_gpu
+        if gpu_min > usable:
+            return InfeasibleError(
+                f"flexgen: one layer's weights ({fmt_bytes(max_layer_weight_bytes(ctx))}, attention + all experts), the "
+                f"resident weights and one sequence's working set need {fmt_bytes(gpu_min)} on {p.gpu.name}, "
+                f"{fmt_bytes(usable)} usable: short by {fmt_bytes(gpu_min - usable)}")
+        ctx_len = ctx.workload.total_context_tokens
+        need = ctx.weight_bytes + ctx_len * ctx.kv_bytes_per_token(ctx_len)
+        have = p.usable_host_memory_bytes + p.disk.capacity_bytes + max(0.0, usable - gpu_min)
+        return InfeasibleError(
+            f"flexgen: weights and one sequence's KV need {fmt_bytes(need)}; GPU, host memory and disk hold "
+            f"{fmt_bytes(have)}: short by {fmt_bytes(max(need - have, 0.0))}")
+
+    def plan(self, ctx: Context) -> Plan:
+        w, p = ctx.workload, ctx.platform
+        if p.num_gpus > 1:
+            raise InfeasibleError("flexgen is modelled on one GPU (its pipeline parallelism is not modelled); "
+                                  "use --gpus 1")
+        pols = self.candidate_policies(ctx)
+        if not pols:
+            raise self._infeasible(ctx)
+
+        def per_request(lp_time: float, bls: int) -> float:
+            return math.ceil(w.num_requests / bls) * lp_time
+
+        pols.sort(key=lambda q: per_request(q.lp_block_time_s, q.block))
+        mid = w.prompt_tokens + max(1, w.gen_tokens // 2)
+        best = None
+        for pol in pols[: self.params.policies_simulated or len(pols)]:
+            pre = self._pass(ctx, pol, w.prompt_tokens, w.prompt_tokens)
+            dec = self._pass(ctx, pol, 1, mid)
+            total = per_request(pre.time_s + w.gen_tokens * dec.time_s, pol.block)
+            if best is None or total < best[0]:
+                best = (total, pol, pre)
+        _, pol, prefill = best
+        decode_s, points = simpson_decode_time(lambda c: self._pass(ctx, pol, 1, c), w.prompt_tokens, w.gen_tokens)
+        bls = pol.block
+        num_batches = math.ceil(w.num_requests / bls)
+        peak_gpu = max([prefill.peak_memory_bytes.get("gpu", 0.0)] + [s.peak_memory_bytes.get("gpu", 0.0)
+                                                                       for _, s in points])
+        W = streamed_weight_bytes(ctx)
+        ctx_len = w.total_context_tokens
+        kv_tot = bls * ctx_len * ctx.kv_bytes_per_token(ctx_len)
+        host = (pol.wc * W + pol.wd * 2 * max_layer_weight_bytes(ctx) + pol.cc * kv_tot
+                + pol.hc * bls * w.prompt_tokens * ctx.model.hidden_size * 2.0)
+
+        def where(prefix: str) -> str:
+            parts = [f"{name} {pol.fractions[prefix + k]:.0%}" for k, name in (("g", "gpu"), ("c", "cpu"), ("d", "disk"))
+                     if pol.fractions[prefix + k] > 5e-4]
+            return ", ".join(parts)
+
+        config = {"batch_size": bls, "gpu_batch_size": pol.gpu_batch, "num_gpu_batches": pol.num_gpu_batches,
+                  "cpu_attention": pol.cpu_attention,
+                  **{k: round(v, 4) for k, v in pol.fractions.items()},
+                  "lp_block_time_s": pol.lp_block_time_s, "policies_solved": len(pols),
+                  "policies_simulated": min(len(pols), self.params.policies_simulated or len(pols))}
+        notes = [f"FlexGen{'(c)' if pol.cpu_attention else ''} policy: block {bls} = {pol.gpu_batch} x "
+                 f"{pol.num_gpu_batches} GPU batches; weights {where('w')}; KV {where('c')}; activations {where('h')}"]
+        if bls * num_batches > w.num_requests:
+            notes.append(f"the last of {num_batches} blocks is padded ({bls * num_batches - w.num_requests} empty slots)")
+        return Plan(
+            system=self.name,
+            config=config,
+            batch_size=bls,
+            num_batches=num_batches,
+            prefill_passes_per_batch=1,
+            prefill=prefill,
+            prefill_tokens_per_pass=bls * w.prompt_tokens,
+            decode_points=points,
+            decode_time_per_batch_s=decode_s,
+            gpu_mem_bytes=peak_gpu,
+            host_mem_bytes=host,
+            placement={"weights": where("w") + " (streamed per layer, all experts)", "kv_cache": where("c"),
+                       "activations": where("h")},
+            notes=notes,
+        )

@@ -1,0 +1,381 @@
+"""`moe-lightning`: CGOPipe with an HRM-style policy search (MoE-Lightning, Cao et al., arXiv 2411.11217).
+
+Where data lives
+  weights   pinned host memory; a fraction r_w of every layer stays on the GPU, the rest is
+            streamed each forward pass in pages (as many pages as micro-batches) into a GPU
+            buffer of two layers' CPU-resident part (section 4.1). Not MoE-aware: every
+            expert's pages are streamed.
+  KV cache  host memory (r_c = 0): decode attention runs on the CPU (A_g = 0), reading it in
+            place; "for our major setting, we always get A_g = 0 and F_g = 1" (section 4.2).
+
+Decode (CGOPipe, Algorithm 1): the batch of N = n_ub x mu sequences goes layer by layer in
+n_ub micro-batches of mu. Per layer and micro-batch j:
+
+  GPU  pre-attention (norm + QKV) of j          D2H  Q/K/V of j (new K/V appended on the host)
+  CPU  attention of j over its host KV           H2D  one weight page of the next layer, then
+  GPU  post-attention of j (O proj + router +        the attention output of j
+       MoE FFN on mu tokens, F_g = 1)
+
+with the GPU issuing post-attention of j before pre-attention of j + 2, so the CPU works two
+micro-batches ahead; copies in one direction are sequential, opposite directions concurrent.
+
+Prefill: all on the GPU (flash attention), layer by layer over the prompts of a pass, the new
+KV copied D2H; weights streamed once per pass. A pass holds the hidden states of n_p prompts
+on the GPU (``prefill_pass_tokens`` of them, capped by GPU memory): enough that the pass is
+compute-bound, as MoE-Lightning assumes ("prefill is normally compute-bound").
+
+Policy (N, mu, r_w, r_c): enumerate mu on a grid and n_ub (powers of two and the most that host
+memory allows: N x KV(prompt + gen) next to the weights); r_w is the largest fraction of the
+weights that fits on the GPU next to the page buffers and the working set; r_c = 0. Each
+candidate is priced with the HRM per-layer estimate (their Eq. 12-14)
+
+    T_layer = max( comm_h2d, comm_d2h, T_cpu(attention of N), T_gpu(n_ub micro-batches) )
+
+using moesim's module costs (reported as the ranking), and every candidate is simulated on the
+engine; the fastest (prefill plus decode per request, padding of the last batch counted) is kept.
+The candidate set depends on memory only, so more bandwidth or FLOP/s never lowers throughput. Memory caps: the platform's
+usable GPU memory and usable host memory (MoE-Lightning's artifact uses 0.86 and 0.8 of them).
+Left out: request bucketing by length (all prompts padded, the "(p)" setting), tensor
+parallelism, and the weight-memory double counting of the artifact's pinned staging.
+"""
+
+from __future__ import annotations
+
+import math
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..engine import Engine
+from ..errors import InfeasibleError
+from ..modules import Context
+from ..specs import LayerKind
+from ..units import fmt_bytes
+from .base import Plan, ServingSystem, StepSim, simpson_decode_time, simulate_pass
+from .deepspeed import layer_weight_bytes, max_layer_weight_bytes, streamed_weight_bytes
+from .gpu_resident import activation_bytes
+
+HIDDEN_COPIES = 2  # residual stream + current hidden state, per token kept on the GPU
+
+
+class MoELightningParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    micro_batch_grid: tuple[int, ...] = Field(default=(8, 16, 32, 64, 128, 256, 512),
+                                              description="micro-batch sizes mu enumerated")
+    gpu_weight_fraction: float | None = Field(default=None, ge=0, le=1,
+                                              description="r_w; None = the largest that fits")
+    prefill_chunk_tokens: int = Field(default=8192, ge=1, description="prompt tokens per prefill kernel launch")
+    prefill_pass_tokens: int = Field(
+        default=32768, ge=1,
+        description="prompt tokens whose hidden states one prefill pass keeps on the GPU (weights streamed once per "
+                    "pass); enough for a pass's compute to cover its weight transfer over PCIe for the models here")
+    candidates_simulated: int | None = Field(default=None, ge=1,
+                                             description="best HRM candidates timed on the engine; None = all")
+    max_simulated_micro_batches: int = Field(default=16, ge=2,
+                                             description="engine groups micro-batches beyond this many per layer")
+
+
+class MoELightning(ServingSystem):
+    name = "moe-lightning"
+    summary = ("CGOPipe: batch of micro-batches layer by layer, weights in pinned host memory streamed in pages "
+               "(a GPU-resident fraction r_w), KV in host memory with decode attention on the CPU, MoE FFN on the GPU")
+    Params = MoELightningParams
+
+    # ---- sizes -----------------------------------------------------------------------------------------
+    @staticmethod
+    def _qkv_bytes(ctx: Context) -> tuple[float, float]:
+        """Bytes per token per layer of (Q + new K/V to the host, attention output back to the GPU)."""
+        a = ctx.model.attention
+        if a.kind == "mla":  # absorbed MLA on the latent
+            q = a.num_heads * (a.kv_lora_rank + a.qk_rope_head_dim)
+            out = a.num_heads * a.kv_lora_rank
+        else:
+            q = a.num_heads * a.head_dim
+            out = a.num_heads * a.head_dim
+        return (q + a.kv_elements_per_token()) * 2.0, out * 2.0
+
+    def _kv_per_seq(self, ctx: Context) -> float:
+        total = ctx.workload.total_context_tokens
+        return total * ctx.kv_bytes_per_token(total)
+
+    def _decode_work(self, ctx: Context, n: int, mu: int) -> float:
+        d1, d2 = self._qkv_bytes(ctx)
+        return n * ctx.model.hidden_size * 2.0 * HIDDEN_COPIES + 2 * (activation_bytes(ctx, mu) + mu * (d1 + d2))
+
+    def _chunk_prompts(self, ctx: Context) -> int:
+        return max(1, self.params.prefill_chunk_tokens // ctx.workload.prompt_tokens)
+
+    def _prefill_work(self, ctx: Context, n_p: int) -> float:
+        s = ctx.workload.prompt_tokens
+        chunk = min(n_p, self._chunk_prompts(ctx)) * s
+        return (n_p * s * ctx.model.hidden_size * 2.0 * HIDDEN_COPIES + activation_bytes(ctx, chunk)
+                + 2 * chunk * ctx.kv_bytes_per_token_layer())
+
+    def _layer_gpu_s(self, ctx: Context, kind: LayerKind, tokens: float, q_len: int, kv_len: float) -> tuple[float, float]:
+        """(pre-attention, post-attention incl. FFN) GPU seconds for ``tokens`` tokens; prefill core in pre."""
+        m = ctx.model
+        pre = ctx.gpu_s(ctx.attention_proj(tokens).scaled(0.75))
+        if q_len > 1:
+            pre += ctx.gpu_s(ctx.attention_core(tokens / q_len, q_len, kv_len, kind.windowed))
+        post = ctx.gpu_s(ctx.attention_proj(tokens).scaled(0.25))
+        if kind.moe:
+            post += ctx.gpu_s(ctx.router(tokens)) + ctx.gpu_s(ctx.experts(ctx.active_experts(tokens),
+                                                                           tokens * m.moe.top_k))
+            shared = ctx.shared_experts(tokens)
+            post += ctx.gpu_s(shared) if shared else 0.0
+        else:
+            post += ctx.gpu_s(ctx.dense_ffn(tokens))
+        return pre, post
+
+    # ---- policy -------------------------------------------------------------------------------------
+    def _prefill_prompts(self, ctx: Context, n: int) -> int:
+        """Prompts per prefill pass: ``prefill_pass_tokens`` worth, capped by GPU memory and N, balanced over passes."""
+        s = ctx.workload.prompt_tokens
+        chunk = min(n, self._chunk_prompts(ctx))
+        p = ctx.platform
+        room = (p.usable_gpu_memory_bytes_per_gpu - ctx.resident_weight_bytes - 2 * max_layer_weight_bytes(ctx)
+                - activation_bytes(ctx, chunk * s) - 2 * chunk * s * ctx.kv_bytes_per_token_layer())
+        cap = int(room // (s * ctx.model.hidden_size * 2.0 * HIDDEN_COPIES))
+        n_p = max(1, min(n, self.params.prefill_pass_tokens // s, cap))
+        passes = math.ceil(n / n_p)
+        return math.ceil(n / passes)
+
+    def _gpu_fraction(self, ctx: Context, work: float) -> float | None:
+        """Largest r_w that fits next to the page buffers and ``work``; None if even r_w = 0 does not fit."""
+        p = ctx.platform
+        W, WL = streamed_weight_bytes(ctx), max_layer_weight_bytes(ctx)
+        room = p.usable_gpu_memory_bytes_per_gpu - ctx.resident_weight_bytes - 2 * WL - work
+        if room < 0:
+            return None
+        r = 1.0 if W <= 2 * WL else min(1.0, room / (W - 2 * WL))
+        if self.params.gpu_weight_fraction is not None:
+            if self.params.gpu_weight_fraction > r + 1e-12:
+                return None
+            r = self.params.gpu_weight_fraction
+        return r
+
+    def _gpu_bytes(self, ctx: Context, r_w: float, work: float) -> dict[str, float]:
+        W, WL = streamed_weight_bytes(ctx), max_layer_weight_bytes(ctx)
+        return {"resident weights (embeddings, LM head, routers)": ctx.resident_weight_bytes,
+                "weights kept on the GPU (r_w)": r_w * W,
+                "weight page buffers (2 layers' streamed part)": 2 * (1 - r_w) * WL,
+                "hidden states, micro-batch and prefill working set": work}
+
+    def _hrm_time(self, ctx: Context, n: int, mu: int, n_ub: int, r_w: float, n_p: int) -> float:
+        """HRM estimate (Eq. 12-14) of one batch's prefill + decode time."""
+        w = ctx.workload
+        s, c = w.prompt_tokens, w.prompt_tokens + w.gen_tokens / 2.0
+        d1, d2 = self._qkv_bytes(ctx)
+        step = ctx.gpu_s(ctx.head(n, n))
+        passes = math.ceil(n / n_p)
+        prefill = passes * ctx.gpu_s(ctx.head(n_p * s, n_p))
+        chunk = min(n_p, self._chunk_prompts(ctx))
+        for kind, count in ctx.model.layer_kinds().items():
+            stream = ctx.h2d_s((1 - r_w) * layer_weight_bytes(ctx, kind))
+            pre, post = self._layer_gpu_s(ctx, kind, mu, 1, c)
+            t_cpu = ctx.cpu_s(ctx.cpu_attention(n, c, kind.windowed))
+            step += count * max(stream + ctx.h2d_s(n * d2), ctx.d2h_s(n * d1), t_cpu, n_ub * (pre + post))
+            pre_p, post_p = self._layer_gpu_s(ctx, kind, chunk * s, s, s)
+            prefill += passes * count * max(stream, n_p / chunk * (pre_p + post_p),
+                                            ctx.d2h_s(n_p * s * ctx.kv_bytes_per_token_layer()))
+        return prefill + w.gen_tokens * step
+
+    def _candidates(self, ctx: Context, n_cap: int, fixed_n: int | None) -> list[dict]:
+        """(mu, n_ub) pairs: mu on the grid, n_ub powers of two and the most that fit; r_w and n_p for each."""
+        if fixed_n is not None:
+            keys = {(math.ceil(fixed_n / u), u) for u in (2 ** e for e in range(20)) if u <= fixed_n}
+        else:
+            keys = set()
+            for mu0 in self.params.micro_batch_grid:
+                mu = min(mu0, n_cap)
+                keys |= {(mu, u) for u in (2 ** e for e in range(20)) if mu * u <= n_cap}
+                keys.add((mu, max(1, n_cap // mu)))
+        out = []
+        for mu, n_ub in sorted(keys):
+            n = fixed_n or mu * n_ub
+            n_p = self._prefill_prompts(ctx, n)
+            work = max(self._decode_work(ctx, n, mu), self._prefill_work(ctx, n_p))
+            r_w = self._gpu_fraction(ctx, work)
+            if r_w is not None:
+                out.append({"mu": mu, "n_ub": n_ub, "n": n, "n_p": n_p, "r_w": r_w, "work": work})
+        return out
+
+    # ---- engine ------------------------------------------------------------------------------------
+    def _decode(self, ctx: Context, cand: dict, kv_len: int) -> StepSim:
+        p, m = ctx.platform, ctx.model
+        mu, n_ub, n, r_w = cand["mu"], cand["n_ub"], cand["n"], cand["r_w"]
+        g = min(n_ub, self.params.max_simulated_micro_batches)
+        per = n_ub / g  # micro-batches per simulated group
+        d1, d2 = self._qkv_bytes(ctx)
+        kinds = m.layer_kinds()
+        gpu = {k: tuple(per * t for t in self._layer_gpu_s(ctx, k, mu, 1, kv_len)) for k in kinds}
+        cpu = {wd: ctx.cpu_s(ctx.cpu_attention(mu * per, kv_len, wd)) for wd in (False, True)}
+        d1_s, d2_s = ctx.d2h_s(mu * per * d1), ctx.h2d_s(mu * per * d2)
+        page_bytes = {k: (1 - r_w) * layer_weight_bytes(ctx, k) / g for k in kinds}
+        page_s = {k: ctx.h2d_s(v) for k, v in page_bytes.items()}
+        state: dict = {"posts": None, "pages": None, "prev_end": None}
+
+        def layer(eng: Engine, i: int, kind: LayerKind) -> int:
+            if state["pages"] is None:  # cold start: this layer's pages
+                state["pages"] = [eng.add(f"L{i} weight page {j}", "h2d", page_s[kind], category="transfer",
+                                          nbytes=page_bytes[kind]) for j in range(g)][-1]
+            ready = state["pages"]
+            prev_posts = state["posts"] or [None] * g
+            pre, back, posts = {}, {}, []
+            next_page = None
+
+            def submit_pre(j: int) -> None:
+                nonlocal next_page
+                pre[j] = eng.add(f"L{i} pre-attention mb{j}", "gpu", gpu[kind][0], [prev_posts[j], ready],
+                                 category="attention")
+                x = eng.add(f"L{i} QKV D2H mb{j}", "d2h", d1_s, [pre[j]], category="transfer", nbytes=mu * per * d1)
+                x = eng.add(f"L{i} CPU attention mb{j}", "cpu", cpu[kind.windowed], [x], category="cpu")
+                next_page = eng.add(f"L{i + 1} weight page {j}", "h2d", page_s[kind], [state["prev_end"]],
+                                    category="transfer", nbytes=page_bytes[kind])
+                back[j] = eng.add(f"L{i} attention out H2D mb{j}", "h2d", d2_s, [x], category="transfer",
+                                nbytes=mu * per * d2)
+
+            for j in range(min(2, g)):
+                submit_pre(j)
+            for j in range(g):
+                posts.append(eng.add(f"L{i} post-attention + FFN mb{j}", "gpu", gpu[kind][1], [back[j], ready],
+                                     category="experts" if kind.moe else "dense_ffn"))
+                if j + 2 < g:
+                    submit_pre(j + 2)
+            state.update(posts=posts, pages=next_page, prev_end=posts[-1])
+            return posts[-1]
+
+        head = ctx.gpu_s(ctx.head(n, n))
+        holds = self._gpu_bytes(ctx, r_w, cand["work"])
+
+        def prologue(eng: Engine) -> None:
+            for label, nbytes in holds.items():
+                eng.hold("gpu", nbytes, label)
+
+        def epilogue(eng: Engine) -> None:
+            eng.add("lm head + embedding", "gpu", head, [len(eng.tasks) - 1], category="head")
+
+        return simulate_pass(ctx, Engine(memory_capacity_bytes={"gpu": p.usable_gpu_memory_bytes_per_gpu}),
+                             layer, prologue, epilogue)
+
+    def _prefill(self, ctx: Context, cand: dict) -> StepSim:
+        p, m, w = ctx.platform, ctx.model, ctx.workload
+        s = w.prompt_tokens
+        n_p, r_w = cand["n_p"], cand["r_w"]
+        chunk = min(n_p, self._chunk_prompts(ctx))
+        n_chunks = math.ceil(n_p / chunk)
+        g = min(n_chunks, self.params.max_simulated_micro_batches)
+        per = n_p / chunk / g  # full chunks per simulated group
+        kinds = m.layer_kinds()
+        gpu = {k: per * sum(self._layer_gpu_s(ctx, k, chunk * s, s, s)) for k in kinds}
+        kv_bytes = per * chunk * s * ctx.kv_bytes_per_token_layer()
+        kv_s = ctx.d2h_s(kv_bytes)
+        page_bytes = {k: (1 - r_w) * layer_weight_bytes(ctx, k) / g for k in kinds}
+        page_s = {k: ctx.h2d_s(v) for k, v in page_bytes.items()}
+        state: dict = {"pages": None, "prev_end": None}
+
+        def layer(eng: Engine, i: int, kind: LayerKind) -> int:
+            if state["pages"] is None:
+                state["pages"] = [eng.add(f"L{i} weight page {j}", "h2d", page_s[kind], category="transfer",
+                                          nbytes=page_bytes[kind]) for j in range(g)][-1]
+            ready = state["pages"]
+            last = None
+            for j in range(g):
+                nxt = eng.add(f"L{i + 1} weight page {j}", "h2d", page_s[kind], [state["prev_end"]],
+                              category="transfer", nbytes=page_bytes[kind])
+                last = eng.add(f"L{i} layer chunk {j}", "gpu", gpu[kind], [ready, last],
+                               category="experts" if kind.moe else "dense_ffn")
+                eng.add(f"L{i} KV D2H chunk {j}", "d2h", kv_s, [last], category="transfer", nbytes=kv_bytes)
+            state.update(pages=nxt, prev_end=last)
+            return last
+
+        head = ctx.gpu_s(ctx.head(n_p * s, n_p))
+        holds = self._gpu_bytes(ctx, r_w, cand["work"])
+
+        def prologue(eng: Engine) -> None:
+            for label, nbytes in holds.items():
+                eng.hold("gpu", nbytes, label)
+
+        def epilogue(eng: Engine) -> None:
+            eng.add("lm head + embedding", "gpu", head, [len(eng.tasks) - 1], category="head")
+
+        return simulate_pass(ctx, Engine(memory_capacity_bytes={"gpu": p.usable_gpu_memory_bytes_per_gpu}),
+                             layer, prologue, epilogue)
+
+    # ---- plan ----------------------------------------------------------------------------------------
+    def plan(self, ctx: Context) -> Plan:
+        w, p = ctx.workload, ctx.platform
+        if p.num_gpus > 1:
+            raise InfeasibleError("moe-lightning is modelled on one GPU (its tensor parallelism is not modelled); "
+                                  "use --gpus 1")
+        host = p.usable_host_memory_bytes
+        weights = ctx.weight_bytes
+        if weights > host:
+            raise InfeasibleError(
+                f"moe-lightning: {ctx.model.name} ({ctx.wdtype}) needs {fmt_bytes(weights)} of pinned host memory for "
+                f"its weights, {fmt_bytes(host)} is usable: short by {fmt_bytes(weights - host)}")
+        per_seq = self._kv_per_seq(ctx)
+        host_max = int((host - weights) // per_seq)
+        if host_max < 1:
+            raise InfeasibleError(
+                f"moe-lightning: host memory cannot hold one sequence's KV ({fmt_bytes(per_seq)}) next to the weights "
+                f"({fmt_bytes(max(host - weights, 0.0))} left): short by {fmt_bytes(per_seq - (host - weights))}")
+        wanted = w.batch_size
+        if wanted and wanted > host_max:
+            raise InfeasibleError(
+                f"moe-lightning: batch {wanted} needs {fmt_bytes(wanted * per_seq)} of host KV, "
+                f"{fmt_bytes(host - weights)} is left next to the weights: short by "
+                f"{fmt_bytes(wanted * per_seq - (host - weights))}")
+        n_cap = min(host_max, w.num_requests) if not wanted else wanted
+        cands = self._candidates(ctx, n_cap, wanted)
+        if not cands:
+            WL = max_layer_weight_bytes(ctx)
+            need = ctx.resident_weight_bytes + 2 * WL + self._prefill_work(ctx, 1)
+            raise InfeasibleError(
+                f"moe-lightning: two layers' weight pages ({fmt_bytes(2 * WL)}, all experts), the resident weights and "
+                f"the working set need {fmt_bytes(need)} on {p.gpu.name}, {fmt_bytes(p.usable_gpu_memory_bytes_per_gpu)} "
+                f"usable: short by {fmt_bytes(need - p.usable_gpu_memory_bytes_per_gpu)}")
+
+        def per_request(t: float, n: int) -> float:
+            return math.ceil(w.num_requests / n) * t
+
+        cands.sort(key=lambda c: per_request(self._hrm_time(ctx, c["n"], c["mu"], c["n_ub"], c["r_w"], c["n_p"]), c["n"]))
+        mid = w.prompt_tokens + max(1, w.gen_tokens // 2)
+        best = None
+        for cand in cands[: self.params.candidates_simulated or len(cands)]:
+            pre = self._prefill(ctx, cand)
+            dec = self._decode(ctx, cand, mid)
+            passes = math.ceil(cand["n"] / cand["n_p"])
+            total = per_request(passes * pre.time_s + w.gen_tokens * dec.time_s, cand["n"])
+            if best is None or total < best[0]:
+                best = (total, cand, pre, passes)
+        _, cand, prefill, passes = best
+        decode_s, points = simpson_decode_time(lambda c: self._decode(ctx, cand, c), w.prompt_tokens, w.gen_tokens)
+        n = cand["n"]
+        num_batches = math.ceil(w.num_requests / n)
+        peak_gpu = max([prefill.peak_memory_bytes.get("gpu", 0.0)] + [s.peak_memory_bytes.get("gpu", 0.0)
+                                                                       for _, s in points])
+        notes = [f"CGOPipe policy: N = {n} = {cand['n_ub']} micro-batches x {cand['mu']}, r_w = {cand['r_w']:.3f}, "
+                 f"r_c = 0 (attention on the CPU); host memory allows {host_max} sequences",
+                 f"prefill in {passes} pass(es) of {cand['n_p']} prompts (prefill_pass_tokens, GPU memory cap)"]
+        if n * num_batches > w.num_requests:
+            notes.append(f"the last of {num_batches} batches is padded ({n * num_batches - w.num_requests} empty slots)")
+        return Plan(
+            system=self.name,
+            config={"batch_size": n, "micro_batch_size": cand["mu"], "num_micro_batches": cand["n_ub"],
+                    "gpu_weight_fraction": round(cand["r_w"], 4), "gpu_kv_fraction": 0.0,
+                    "attention_on_gpu": False, "ffn_on_gpu": True, "prefill_prompts_per_pass": cand["n_p"],
+                    "max_batch_host": host_max, "candidates_priced": len(cands),
+                    "candidates_simulated": min(len(cands), self.params.candidates_simulated or len(cands))},
+            batch_size=n,
+            num_batches=num_batches,
+            prefill_passes_per_batch=passes,
+            prefill=prefill,
+            prefill_tokens_per_pass=cand["n_p"] * w.prompt_tokens,
+            decode_points=points,
+            decode_time_per_batch_s=decode_s,
+            gpu_mem_bytes=peak_gpu,
+            host_mem_bytes=weights + n * per_seq,
+            placement={"weights": f"gpu {cand['r_w']:.0%}, host (pinned) rest, streamed in pages",
+                       "kv_cache": "host (pinned), CPU attention"},
+            notes=notes,
+        )
