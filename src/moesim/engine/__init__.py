@@ -60,20 +60,27 @@ class Engine:
     def add(self, name: str, resource: str, duration_s: float, deps: Iterable[int | None] = (),
             category: str = "other", nbytes: float = 0.0, flop: float = 0.0) -> int:
         """Submit a task; returns its id. ``None`` entries in ``deps`` are ignored."""
-        if duration_s < 0 or duration_s != duration_s:
+        if not duration_s >= 0:  # also rejects NaN
             raise SimulationError(f"task {name!r} has invalid duration {duration_s}")
-        dep_ids = tuple(d for d in deps if d is not None)
+        tasks = self.tasks
+        n = len(tasks)
         ready = 0.0
-        for d in dep_ids:
-            if not 0 <= d < len(self.tasks):
+        dep_ids = []
+        for d in deps:
+            if d is None:
+                continue
+            if not 0 <= d < n:
                 raise SimulationError(f"task {name!r} depends on unknown or later task {d}")
-            ready = max(ready, self.tasks[d].end_s)
-        start = max(ready, self._free_at[resource])
-        task = Task(len(self.tasks), name, resource, category, duration_s, dep_ids, start, start + duration_s,
-                    nbytes, flop)
-        self.tasks.append(task)
-        self._free_at[resource] = task.end_s
-        return task.id
+            end = tasks[d].end_s
+            if end > ready:
+                ready = end
+            dep_ids.append(d)
+        free = self._free_at[resource]
+        start = ready if ready > free else free
+        end = start + duration_s
+        tasks.append(Task(n, name, resource, category, duration_s, tuple(dep_ids), start, end, nbytes, flop))
+        self._free_at[resource] = end
+        return n
 
     def hold(self, pool: str, nbytes: float, label: str, from_task: int | None = None,
              until_task: int | None = None) -> None:

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -66,11 +66,40 @@ VARS = ("wg", "wc", "wd", "cg", "cc", "cd", "hg", "hc", "hd")
 TIE_BREAK = 1e-4  # weight of total I/O time in the LP objective, next to the block time
 
 
+def decode_mid(prompt: int, gen: int) -> int:
+    """The middle context at which :func:`simpson_decode_time` simulates a step."""
+    return (2 * prompt + 1 + gen) // 2
+
+
+def simpson_lower_bound(mid_step_s: float, gen: int) -> float:
+    """A lower bound on the Simpson decode time from the middle step alone (other steps >= 0)."""
+    return gen * 4.0 * mid_step_s / 6.0 if gen > 2 else mid_step_s
+
+
+def best_by_simulation(cands: list, quick: Callable, exact: Callable):
+    """The candidate with the least ``exact(c)[0]`` (ties: the earliest), evaluated lazily.
+
+    ``quick(c)`` returns (lower bound of exact(c)[0], ranking estimate); candidates are evaluated in
+    order of the estimate and skipped once their bound cannot beat the best found, so the result is
+    the exact minimum over all candidates: with a candidate set that depends on memory only, more
+    bandwidth or FLOP/s can never select a slower plan.
+    """
+    scored = sorted(((quick(c), i) for i, c in enumerate(cands)), key=lambda x: (x[0][1], x[1]))
+    best = None
+    for (bound, _), i in scored:
+        if best is not None and bound > best[0]:
+            continue
+        value = exact(cands[i])
+        if best is None or (value[0], i) < (best[0], best[1]):
+            best = (value[0], i, value)
+    return cands[best[1]], best[2]
+
+
 class FlexGenParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    gpu_batch_grid: tuple[int, ...] = Field(default=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+    gpu_batch_grid: tuple[int, ...] = Field(default=(4, 32, 256),
                                             description="GPU batch sizes gbs enumerated")
-    num_gpu_batches_grid: tuple[int, ...] = Field(default=(1, 2, 4, 8, 16),
+    num_gpu_batches_grid: tuple[int, ...] = Field(default=(1, 4, 16),
                                                   description="GPU batches per block n_b (FlexGen: bls / gbs < 20)")
     cpu_attention: bool | None = Field(
         default=None, description="FlexGen(c): attention for off-GPU KV on the CPU; None = LP picks the better")
@@ -81,8 +110,11 @@ class FlexGenParams(BaseModel):
                     "fp32 upcast (2+4 B), fp32 bmm read (4 B) per 2-byte element = 14/2")
     attention_score_dtype: Literal["fp32", "bf16"] = Field(
         default="bf16", description="FlexGen's eager attention softmax dtype (fp16 kernels in FlexGen)")
-    policies_simulated: int | None = Field(default=None, ge=1,
-                                           description="best LP policies timed on the engine; None = all of them")
+    max_simulated_gpu_batches: int = Field(default=6, ge=3,
+                                           description="engine merges a layer's middle GPU-batch steps beyond this")
+    policies_simulated: int | None = Field(default=2, ge=1,
+                                           description="best LP policies (by FlexGen's own cost model) timed on the "
+                                                       "engine; None = all of them (slower)")
 
 
 @dataclass(frozen=True)
@@ -244,7 +276,7 @@ class FlexGen(ServingSystem):
         scale = np.maximum(np.abs(A_ub).max(axis=1), np.abs(b_ub))
         scale[scale == 0] = 1.0
         res = linprog(cost, A_ub=A_ub / scale[:, None], b_ub=b_ub / scale, A_eq=np.array(A_eq), b_eq=np.ones(3),
-                      bounds=bounds, method="highs")
+                      bounds=bounds, method="highs", options={"presolve": False})
         if res.status != 0:
             return None
         x = np.clip(res.x[: len(VARS)], 0.0, 1.0)
@@ -258,7 +290,13 @@ class FlexGen(ServingSystem):
 
     # ---- engine simulation of a policy ---------------------------------------------------------------
     def _pass(self, ctx: Context, pol: FlexGenPolicy, q_len: int, kv_len: int) -> StepSim:
-        p, m, w = ctx.platform, ctx.model, ctx.workload
+        """One prefill pass (q_len = prompt) or decode step of the block, step by step with barriers.
+
+        Steps 1..n_b-2 of a layer are identical; beyond ``max_simulated_gpu_batches`` they are merged
+        into groups whose tasks carry the work of several GPU batches (lanes of a step are independent,
+        so a merged step lasts as long as the steps it replaces, up to the small copies of CPU attention).
+        """
+        p, m = ctx.platform, ctx.model
         gbs, nb = pol.gpu_batch, pol.num_gpu_batches
         decode = q_len == 1
         deleg = pol.cpu_attention and decode
@@ -269,17 +307,18 @@ class FlexGen(ServingSystem):
         sd = self.params.attention_score_dtype
         kv_h2d_kind, kv_d2h_kind = self._kv_kinds()
 
-        def kv_tokens(windowed: bool) -> float:
-            return min(kv_len, a.window_tokens) if windowed and a.window_tokens else kv_len
-
-        def h2d(nbytes, kind="h2d_pinned"):
+        def copy(nbytes: float, kind: str) -> float:
             return copy_time_s(nbytes, kind, p) if nbytes > 0 else 0.0
 
+        kv_read = {wd: f_off * gbs * (min(kv_len, a.window_tokens) if wd and a.window_tokens else kv_len) * kv_layer
+                   for wd in (False, True)} if decode and not deleg else {False: 0.0, True: 0.0}
+        kv_write = f_off * gbs * q_len * kv_layer if not deleg else 0.0
+        hidden = pol.hc * t * m.hidden_size * 2.0
+        qo = f_off * gbs * a.num_heads * (a.qk_head_dim + a.out_head_dim) * 2.0 / 2 if deleg else 0.0
         pre = ctx.gpu_s(ctx.attention_proj(t).scaled(0.75))
         post = ctx.gpu_s(ctx.attention_proj(t).scaled(0.25))
         if deleg:
-            gpu_att = {wd: ctx.gpu_s(eager_attention_cost(ctx, pol.cg * gbs, 1, kv_len, wd, sd)) if pol.cg > 0 else 0.0
-                       for wd in (False, True)}
+            gpu_att = {wd: pol.cg * ctx.gpu_s(eager_attention_cost(ctx, gbs, 1, kv_len, wd, sd)) for wd in (False, True)}
             cpu_att = {wd: self._cpu_attention_s(ctx, f_off * gbs, kv_len, wd) for wd in (False, True)}
         else:
             gpu_att = {wd: ctx.gpu_s(eager_attention_cost(ctx, gbs, q_len, kv_len, wd, sd)) for wd in (False, True)}
@@ -287,113 +326,95 @@ class FlexGen(ServingSystem):
         ffn = {k: self._ffn_s(ctx, k, t) for k in m.layer_kinds()}
         w_attn = ctx.attention_weight_bytes
         w_ffn = {k: layer_weight_bytes(ctx, k) - w_attn for k in m.layer_kinds()}
-        hidden = pol.hc * t * m.hidden_size * 2.0
-        qo = f_off * gbs * a.num_heads * (a.qk_head_dim + a.out_head_dim) * 2.0 / 2 if deleg else 0.0
+        # step groups of a sub-layer: (label, batches computed in the step)
+        cap = self.params.max_simulated_gpu_batches
+        middle = nb - 2 if nb > 2 else 0
+        parts = min(middle, max(cap - 2, 1))
+        groups = ([1] if nb >= 1 else []) + [middle // parts + (1 if j < middle % parts else 0) for j in range(parts)] \
+            + ([1] if nb >= 2 else [])
         state = {"barrier": [], "stores": []}
 
-        def load_weights(eng: Engine, label: str, nbytes: float, deps: list) -> list:
-            ids = []
-            disk = None
-            if pol.wd > 0 and nbytes:
-                disk = eng.add(f"{label} from disk", "disk", ctx.disk_s(pol.wd * nbytes), deps, category="transfer")
-                ids.append(disk)
-            if f_w > 0 and nbytes:
-                ids.append(eng.add(f"{label} H2D", "h2d", h2d(f_w * nbytes), deps + [disk], category="transfer",
-                                   nbytes=f_w * nbytes))
-            return ids
-
-        def load_kv(eng: Engine, label: str, windowed: bool, deps: list) -> list:
-            if not decode or deleg or f_off <= 0:
+        def load(eng: Engine, label: str, nbytes: float, disk_fraction: float, kind: str, deps: list) -> list:
+            """disk -> host (the disk share) then host -> GPU."""
+            if nbytes <= 0:
                 return []
-            nbytes = f_off * gbs * kv_tokens(windowed) * kv_layer
             ids, disk = [], None
-            if pol.cd > 0:
-                disk = eng.add(f"{label} KV from disk", "disk", ctx.disk_s(pol.cd * nbytes / f_off), deps,
-                               category="transfer")
+            if disk_fraction > 0:
+                disk = eng.add(f"{label} from disk", "disk", ctx.disk_s(disk_fraction * nbytes), deps, category="transfer")
                 ids.append(disk)
-            ids.append(eng.add(f"{label} KV H2D", "h2d", h2d(nbytes, kv_h2d_kind), deps + [disk], category="transfer",
+            ids.append(eng.add(f"{label} H2D", "h2d", copy(nbytes, kind), deps + [disk], category="transfer",
                                nbytes=nbytes))
             return ids
 
-        def step(eng: Engine, label: str, loads, compute) -> None:
+        def store(eng: Engine, label: str, nbytes: float, disk_fraction: float, kind: str, deps: list) -> list:
+            if nbytes <= 0:
+                return []
+            d = eng.add(f"{label} D2H", "d2h", copy(nbytes, kind), deps, category="transfer", nbytes=nbytes)
+            if disk_fraction <= 0:
+                return [d]
+            return [d, eng.add(f"{label} to disk", "disk", ctx.disk_s(disk_fraction * nbytes), [d], category="transfer")]
+
+        def step(eng: Engine, loads: list, compute, stores: list) -> None:
+            """Loads, compute, and the previous step's stores; all wait for the previous step (a barrier)."""
             deps = list(state["barrier"])
             ids = []
-            for fn in loads:
-                ids += fn(eng, deps)
+            for label, nbytes, disk_fraction, kind in loads:
+                ids += load(eng, label, nbytes, disk_fraction, kind, deps)
             ids += compute(eng, deps)
-            for fn in state["stores"]:
-                ids += fn(eng, deps)
-            state["stores"] = []
+            for label, nbytes, disk_fraction, kind in state["stores"]:
+                ids += store(eng, label, nbytes, disk_fraction, kind, deps)
+            state["stores"] = stores
             state["barrier"] = ids
 
-        def kv_store(label: str):
-            nbytes = f_off * gbs * q_len * kv_layer if not deleg else 0.0
-
-            def fn(eng: Engine, deps: list) -> list:
-                ids = []
-                if nbytes > 0:
-                    d = eng.add(f"{label} KV D2H", "d2h", copy_time_s(nbytes, kv_d2h_kind, p), deps,
-                                category="transfer", nbytes=nbytes)
-                    ids.append(d)
-                    if pol.cd > 0:
-                        ids.append(eng.add(f"{label} KV to disk", "disk", ctx.disk_s(pol.cd * nbytes / f_off), [d],
-                                           category="transfer"))
-                return ids
-            return fn
-
-        def hidden_store(label: str):
-            def fn(eng: Engine, deps: list) -> list:
-                if hidden <= 0:
-                    return []
-                return [eng.add(f"{label} hidden D2H", "d2h", copy_time_s(hidden, "d2h_pinned", p), deps,
-                                category="transfer", nbytes=hidden)]
-            return fn
-
-        def hidden_load(label: str):
-            def fn(eng: Engine, deps: list) -> list:
-                if hidden <= 0:
-                    return []
-                return [eng.add(f"{label} hidden H2D", "h2d", h2d(hidden), deps, category="transfer", nbytes=hidden)]
-            return fn
+        def kv_disk(nbytes: float) -> float:
+            return pol.cd / f_off if f_off > 0 else 0.0
 
         def layer(eng: Engine, i: int, kind: LayerKind) -> int:
+            wd = kind.windowed
             if i == 0:  # cold start: this layer's attention weights, first batch's KV and activations
-                step(eng, "L0 cold", [lambda e, d: load_weights(e, "L0 attention weights", w_attn, d),
-                                      lambda e, d: load_kv(e, "L0 b0", kind.windowed, d),
-                                      hidden_load("L0 b0")], lambda e, d: [])
+                step(eng, [(f"L{i} attention weights", f_w * w_attn, pol.wd / f_w if f_w else 0, "h2d_pinned"),
+                           (f"L{i} b0 KV", kv_read[wd], kv_disk(1), kv_h2d_kind),
+                           (f"L{i} b0 hidden", hidden, 0.0, "h2d_pinned")], lambda e, d: [], [])
             last = None
-            for k in range(nb):
-                loads = [hidden_load(f"L{i} attn b{k + 1}")]
-                if k == 0:
-                    loads.insert(0, lambda e, d: load_weights(e, f"L{i} FFN weights", w_ffn[kind], d))
-                if k + 1 < nb:
-                    loads.append(lambda e, d, k=k: load_kv(e, f"L{i} b{k + 1}", kind.windowed, d))
+            done = 0
+            for sub in ("attn", "ffn"):
+                done = 0
+                for g, mult in enumerate(groups):
+                    first, final = g == 0, g == len(groups) - 1
+                    nxt = mult if not final else 1  # batches whose inputs this step loads
+                    loads = []
+                    if first and sub == "attn":
+                        loads.append((f"L{i} FFN weights", f_w * w_ffn[kind], pol.wd / f_w if f_w else 0, "h2d_pinned"))
+                    if first and sub == "ffn":
+                        loads.append((f"L{i + 1} attention weights", f_w * w_attn, pol.wd / f_w if f_w else 0,
+                                      "h2d_pinned"))
+                    if sub == "attn" and not final:
+                        loads.append((f"L{i} b{done + 1} KV", nxt * kv_read[wd], kv_disk(1), kv_h2d_kind))
+                    if sub == "ffn" and final:
+                        loads.append((f"L{i + 1} b0 KV", kv_read[wd], kv_disk(1), kv_h2d_kind))
+                    loads.append((f"L{i} {sub} b{done + 1} hidden", nxt * hidden, 0.0, "h2d_pinned"))
+                    label = f"L{i} {sub} b{done}" + (f"-{done + mult - 1}" if mult > 1 else "")
 
-                def compute(e: Engine, d: list, k=k) -> list:
-                    x = e.add(f"L{i} attention b{k} (GPU)", "gpu", pre + gpu_att[kind.windowed], d,
-                              category="attention")
-                    if deleg:
-                        x = e.add(f"L{i} q/k/v D2H b{k}", "d2h", copy_time_s(qo, "d2h_pinned", p), [x],
-                                  category="transfer", nbytes=qo)
-                        x = e.add(f"L{i} CPU attention b{k}", "cpu", cpu_att[kind.windowed], [x], category="cpu")
-                        x = e.add(f"L{i} attention out H2D b{k}", "h2d", h2d(qo), [x], category="transfer", nbytes=qo)
-                    return [e.add(f"L{i} out projection b{k}", "gpu", post, [x], category="attention")]
-                step(eng, f"L{i} attn b{k}", loads, compute)
-                state["stores"] += [kv_store(f"L{i} b{k}"), hidden_store(f"L{i} attn b{k}")]
-            for k in range(nb):
-                loads = [hidden_load(f"L{i} ffn b{k + 1}")]
-                if k == 0:
-                    loads.insert(0, lambda e, d: load_weights(e, f"L{i + 1} attention weights", w_attn, d))
-                if k + 1 == nb:
-                    loads.append(lambda e, d: load_kv(e, f"L{i + 1} b0", kind.windowed, d))
+                    def compute(e: Engine, d: list, mult=mult, label=label, sub=sub) -> list:
+                        nonlocal last
+                        if sub == "ffn":
+                            last = e.add(f"{label} FFN", "gpu", mult * ffn[kind], d,
+                                         category="experts" if kind.moe else "dense_ffn")
+                            return [last]
+                        x = e.add(f"{label} attention (GPU)", "gpu", mult * (pre + gpu_att[wd]), d, category="attention")
+                        if deleg:
+                            x = e.add(f"{label} q/k/v D2H", "d2h", copy(mult * qo, "d2h_pinned"), [x],
+                                      category="transfer", nbytes=mult * qo)
+                            x = e.add(f"{label} CPU attention", "cpu", mult * cpu_att[wd], [x], category="cpu")
+                            x = e.add(f"{label} attention out H2D", "h2d", copy(mult * qo, "h2d_pinned"), [x],
+                                      category="transfer", nbytes=mult * qo)
+                        return [e.add(f"{label} out projection", "gpu", mult * post, [x], category="attention")]
 
-                def compute(e: Engine, d: list, k=k) -> list:
-                    nonlocal last
-                    last = e.add(f"L{i} FFN b{k}", "gpu", ffn[kind], d,
-                                 category="experts" if kind.moe else "dense_ffn")
-                    return [last]
-                step(eng, f"L{i} ffn b{k}", loads, compute)
-                state["stores"].append(hidden_store(f"L{i} ffn b{k}"))
+                    stores = [(f"{label} hidden", mult * hidden, 0.0, "d2h_pinned")]
+                    if sub == "attn":
+                        stores.insert(0, (f"{label} KV", mult * kv_write, kv_disk(1), kv_d2h_kind))
+                    step(eng, loads, compute, stores)
+                    done += mult
             return last
 
         bls = pol.block
@@ -431,7 +452,10 @@ class FlexGen(ServingSystem):
     def candidate_policies(self, ctx: Context) -> list[FlexGenPolicy]:
         w = ctx.workload
         wanted = w.batch_size
-        delegs = [self.params.cpu_attention] if self.params.cpu_attention is not None else [False, True]
+        if self.params.cpu_attention is not None:
+            delegs = [self.params.cpu_attention]
+        else:  # FlexGen's rule (section 4.3): delegate attention to the CPU when the context is >= 512 tokens
+            delegs = [w.prompt_tokens + w.gen_tokens // 2 >= 512]
         pairs = []
         for gbs in sorted(set(self.params.gpu_batch_grid)):
             for nb in sorted(set(self.params.num_gpu_batches_grid)):
@@ -477,20 +501,30 @@ class FlexGen(ServingSystem):
         if not pols:
             raise self._infeasible(ctx)
 
-        def per_request(lp_time: float, bls: int) -> float:
-            return math.ceil(w.num_requests / bls) * lp_time
+        mid = decode_mid(w.prompt_tokens, w.gen_tokens)
+        cache: dict = {}
 
-        pols.sort(key=lambda q: per_request(q.lp_block_time_s, q.block))
-        mid = w.prompt_tokens + max(1, w.gen_tokens // 2)
-        best = None
-        for pol in pols[: self.params.policies_simulated or len(pols)]:
-            pre = self._pass(ctx, pol, w.prompt_tokens, w.prompt_tokens)
-            dec = self._pass(ctx, pol, 1, mid)
-            total = per_request(pre.time_s + w.gen_tokens * dec.time_s, pol.block)
-            if best is None or total < best[0]:
-                best = (total, pol, pre)
-        _, pol, prefill = best
-        decode_s, points = simpson_decode_time(lambda c: self._pass(ctx, pol, 1, c), w.prompt_tokens, w.gen_tokens)
+        def sim(pol: FlexGenPolicy, q_len: int, kv_len: int) -> StepSim:
+            key = (id(pol), q_len, kv_len)
+            if key not in cache:
+                cache[key] = self._pass(ctx, pol, q_len, kv_len)
+            return cache[key]
+
+        def batches(pol: FlexGenPolicy) -> int:
+            return math.ceil(w.num_requests / pol.block)
+
+        def quick(pol: FlexGenPolicy) -> tuple[float, float]:
+            tm = sim(pol, 1, mid).time_s
+            return batches(pol) * simpson_lower_bound(tm, w.gen_tokens), batches(pol) * w.gen_tokens * tm
+
+        def exact(pol: FlexGenPolicy):
+            decode_s, points = simpson_decode_time(lambda c: sim(pol, 1, c), w.prompt_tokens, w.gen_tokens)
+            prefill = sim(pol, w.prompt_tokens, w.prompt_tokens)
+            return batches(pol) * (prefill.time_s + decode_s), prefill, decode_s, points
+
+        pols.sort(key=lambda q: math.ceil(w.num_requests / q.block) * q.lp_block_time_s)
+        pol, (_, prefill, decode_s, points) = best_by_simulation(
+            pols[: self.params.policies_simulated or len(pols)], quick, exact)
         bls = pol.block
         num_batches = math.ceil(w.num_requests / bls)
         peak_gpu = max([prefill.peak_memory_bytes.get("gpu", 0.0)] + [s.peak_memory_bytes.get("gpu", 0.0)

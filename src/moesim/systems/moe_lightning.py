@@ -52,6 +52,7 @@ from ..specs import LayerKind
 from ..units import fmt_bytes
 from .base import Plan, ServingSystem, StepSim, simpson_decode_time, simulate_pass
 from .deepspeed import layer_weight_bytes, max_layer_weight_bytes, streamed_weight_bytes
+from .flexgen import best_by_simulation, decode_mid, simpson_lower_bound
 from .gpu_resident import activation_bytes
 
 HIDDEN_COPIES = 2  # residual stream + current hidden state, per token kept on the GPU
@@ -59,7 +60,7 @@ HIDDEN_COPIES = 2  # residual stream + current hidden state, per token kept on t
 
 class MoELightningParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    micro_batch_grid: tuple[int, ...] = Field(default=(8, 16, 32, 64, 128, 256, 512),
+    micro_batch_grid: tuple[int, ...] = Field(default=(16, 64, 256),
                                               description="micro-batch sizes mu enumerated")
     gpu_weight_fraction: float | None = Field(default=None, ge=0, le=1,
                                               description="r_w; None = the largest that fits")
@@ -68,9 +69,9 @@ class MoELightningParams(BaseModel):
         default=32768, ge=1,
         description="prompt tokens whose hidden states one prefill pass keeps on the GPU (weights streamed once per "
                     "pass); enough for a pass's compute to cover its weight transfer over PCIe for the models here")
-    candidates_simulated: int | None = Field(default=None, ge=1,
+    candidates_simulated: int | None = Field(default=3, ge=1,
                                              description="best HRM candidates timed on the engine; None = all")
-    max_simulated_micro_batches: int = Field(default=16, ge=2,
+    max_simulated_micro_batches: int = Field(default=8, ge=2,
                                              description="engine groups micro-batches beyond this many per layer")
 
 
@@ -335,21 +336,41 @@ class MoELightning(ServingSystem):
                 f"the working set need {fmt_bytes(need)} on {p.gpu.name}, {fmt_bytes(p.usable_gpu_memory_bytes_per_gpu)} "
                 f"usable: short by {fmt_bytes(need - p.usable_gpu_memory_bytes_per_gpu)}")
 
-        def per_request(t: float, n: int) -> float:
-            return math.ceil(w.num_requests / n) * t
+        mid = decode_mid(w.prompt_tokens, w.gen_tokens)
+        cache: dict = {}
 
-        cands.sort(key=lambda c: per_request(self._hrm_time(ctx, c["n"], c["mu"], c["n_ub"], c["r_w"], c["n_p"]), c["n"]))
-        mid = w.prompt_tokens + max(1, w.gen_tokens // 2)
-        best = None
-        for cand in cands[: self.params.candidates_simulated or len(cands)]:
-            pre = self._prefill(ctx, cand)
-            dec = self._decode(ctx, cand, mid)
-            passes = math.ceil(cand["n"] / cand["n_p"])
-            total = per_request(passes * pre.time_s + w.gen_tokens * dec.time_s, cand["n"])
-            if best is None or total < best[0]:
-                best = (total, cand, pre, passes)
-        _, cand, prefill, passes = best
-        decode_s, points = simpson_decode_time(lambda c: self._decode(ctx, cand, c), w.prompt_tokens, w.gen_tokens)
+        def decode(cand: dict, c: int) -> StepSim:
+            key = (id(cand), c)
+            if key not in cache:
+                cache[key] = self._decode(ctx, cand, c)
+            return cache[key]
+
+        def prefill_of(cand: dict) -> StepSim:
+            if id(cand) not in cache:
+                cache[id(cand)] = self._prefill(ctx, cand)
+            return cache[id(cand)]
+
+        def scale(cand: dict) -> tuple[int, int]:
+            """(batches of the workload, prefill passes per batch)"""
+            return math.ceil(w.num_requests / cand["n"]), math.ceil(cand["n"] / cand["n_p"])
+
+        def quick(cand: dict) -> tuple[float, float]:
+            b, passes = scale(cand)
+            pre, tm = passes * prefill_of(cand).time_s, decode(cand, mid).time_s
+            return b * (pre + simpson_lower_bound(tm, w.gen_tokens)), b * (pre + w.gen_tokens * tm)
+
+        def exact(cand: dict):
+            b, passes = scale(cand)
+            decode_s, points = simpson_decode_time(lambda c: decode(cand, c), w.prompt_tokens, w.gen_tokens)
+            return b * (passes * prefill_of(cand).time_s + decode_s), decode_s, points
+
+        # HRM ranking first (their search's order), then the exact simulated minimum over all candidates
+        cands.sort(key=lambda c: math.ceil(w.num_requests / c["n"])
+                   * self._hrm_time(ctx, c["n"], c["mu"], c["n_ub"], c["r_w"], c["n_p"]))
+        cand, (_, decode_s, points) = best_by_simulation(cands[: self.params.candidates_simulated or len(cands)],
+                                                         quick, exact)
+        prefill = prefill_of(cand)
+        passes = scale(cand)[1]
         n = cand["n"]
         num_batches = math.ceil(w.num_requests / n)
         peak_gpu = max([prefill.peak_memory_bytes.get("gpu", 0.0)] + [s.peak_memory_bytes.get("gpu", 0.0)
