@@ -115,3 +115,13 @@ def test_system_parameters_from_the_command_line():
     assert json.loads(ok.stdout)["decode_tok_s"] > 0
     bad = run("predict", "--model", "mixtral-8x7b", "--hw", "c2", "--system", "vllm", "--param", "cpu_offload=3")
     assert bad.returncode == 1 and "cpu_offload_gb" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_online_serving_prints_latency_percentiles():
+    proc = run("serve", "--model", "olmoe-1b-7b", "--hw", "h100-sxm", "--rate", "5", "--requests", "60", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    for key in ("ttft_s", "tpot_s", "e2e_s"):
+        assert 0 < data[key]["p50"] <= data[key]["p90"] <= data[key]["p99"]
+    bad = run("serve", "--model", "olmoe-1b-7b", "--hw", "h100-sxm", "--rate", "-1")
+    assert bad.returncode == 1 and "arrival_rate_per_s" in bad.stderr

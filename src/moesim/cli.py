@@ -52,6 +52,18 @@ def _parser() -> argparse.ArgumentParser:
     cli_sweep.add_parser(sub)
     cli_plot.add_parser(sub)
     cli_recommend.add_parser(sub)
+    on = sub.add_parser("serve", help="online serving: Poisson arrivals, latency percentiles (vllm)")
+    on.add_argument("--model", required=True)
+    on.add_argument("--hw", required=True)
+    on.add_argument("--rate", type=float, required=True, help="arrivals per second")
+    on.add_argument("--requests", type=int, default=500)
+    on.add_argument("--prompt", type=float, default=512, help="mean prompt tokens")
+    on.add_argument("--gen", type=float, default=256, help="mean generated tokens")
+    on.add_argument("--lengths", choices=["fixed", "uniform", "lognormal"], default="lognormal")
+    on.add_argument("--gpus", type=int)
+    on.add_argument("--dtype")
+    on.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+    on.add_argument("--json", action="store_true")
     ls = sub.add_parser("list", help="list models, hardware or systems")
     ls.add_argument("what", choices=["models", "hardware", "systems"])
     sh = sub.add_parser("show", help="show one entry")
@@ -139,6 +151,37 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from .predict import predict_online
+
+    def dist(mean: float) -> dict:
+        d = {"kind": args.lengths, "mean_tokens": mean}
+        if args.lengths == "lognormal":
+            d["sigma"] = 0.5
+        if args.lengths == "uniform":
+            d.update(min_tokens=max(1, int(mean / 2)), max_tokens=int(mean * 1.5))
+        return d
+
+    result = predict_online(args.model, args.hw, {"arrival_rate_per_s": args.rate, "num_requests": args.requests,
+                                                  "prompt": dist(args.prompt), "gen": dist(args.gen)},
+                            system_params=_params(args.param), dtype=args.dtype, num_gpus=args.gpus)
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+        return 0
+    for key, value in result.items():
+        if key == "assumptions":
+            continue
+        if isinstance(value, dict):
+            value = "  ".join(f"{k} {fmt_seconds(v)}" for k, v in value.items())
+        elif isinstance(value, float):
+            value = f"{value:.4g}"
+        print(f"{key:28s} {value}")
+    print("assumptions:")
+    for note in result["assumptions"]:
+        print(f"  - {note}")
+    return 0
+
+
 def _list(args: argparse.Namespace) -> int:
     from . import db
     from .systems import SYSTEMS
@@ -176,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from . import cli_plot, cli_recommend, cli_sweep
 
-        commands = {"recommend": cli_recommend.run, "predict": _predict, "list": _list, "show": _show, "calibrate": calibrate, "validate": validate,
+        commands = {"recommend": cli_recommend.run, "serve": _serve, "predict": _predict, "list": _list, "show": _show, "calibrate": calibrate, "validate": validate,
                     "sweep": cli_sweep.run, "sensitivity": cli_sweep.run, "plot": cli_plot.run}
         return commands[args.command](args)
     except MoesimError as exc:

@@ -283,3 +283,41 @@ def predict(
 
 def memory_summary(pred: Prediction) -> str:
     return f"GPU {fmt_bytes(pred.gpu_mem_bytes)} per GPU, host {fmt_bytes(pred.host_mem_bytes)}"
+
+
+def predict_online(
+    model: str | Path | ModelSpec,
+    hardware: str | Path | Platform | PlatformSpec,
+    workload: "OnlineWorkload | dict",
+    system: str = "vllm",
+    *,
+    system_params: dict | None = None,
+    dtype: str | None = None,
+    num_gpus: int | None = None,
+) -> dict[str, Any]:
+    """Serve requests arriving over time (Poisson) with a continuous-batching system.
+
+    Returns P50/P90/P99 of TTFT, TPOT and end-to-end latency and the throughput (see
+    :func:`moesim.systems.vllm.simulate_online`). Only systems with an online scheduler qualify.
+    """
+    from .specs import OnlineWorkload
+    from .systems.vllm import VLLM, simulate_online
+
+    cls = get_system(system)
+    if cls is not VLLM:
+        raise MoesimError(f"online serving is modelled for vllm only, not {cls.name}")
+    try:
+        online = workload if isinstance(workload, OnlineWorkload) else OnlineWorkload.model_validate(workload)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise MoesimError(f"invalid online workload: {problems}") from None
+    spec = get_model(model)
+    platform = get_hardware(hardware, num_gpus=num_gpus)
+    offline = _workload({"num_requests": online.num_requests,
+                         "prompt_tokens": max(1, round(online.prompt.mean_tokens)),
+                         "gen_tokens": max(1, round(online.gen.mean_tokens))})
+    _check_context(spec, offline)
+    ctx, plan, _ = plan_for(spec, platform, cls.name, offline, Options(weight_dtype=dtype), system_params)
+    result = simulate_online(ctx, online, plan)
+    result["assumptions"] = list(platform.assumptions) + plan.notes
+    return result
