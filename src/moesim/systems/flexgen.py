@@ -31,9 +31,14 @@ subject to GPU / CPU / disk peak memory (home placements + one layer of non-resi
 + KV buffers of a GPU batch + the GPU batch's activations and prefill score matrix) and each
 group summing to 1. Every term uses moesim's byte counts (``Context``) and the platform's link,
 DRAM and disk bandwidths, and module times from moesim's cost model, instead of FlexGen's
-fitted constants. The policies with the lowest LP time per request (padding of the last block
-counted) are then simulated on the engine and the fastest is kept (FlexGen section 5.3: "a
-better policy can be obtained by tuning manually").
+fitted constants; ties between placements of equal block time go to the least total I/O.
+
+The LP assumes perfect overlap, the real schedule does not (the barrier above), so every LP
+solution of the grid is then simulated on the engine and the fastest (prefill + decode per
+request, padding of the last block counted) is kept - FlexGen section 5.3: "a better policy can
+be obtained by tuning manually". Candidates are simulated lazily (middle decode step first, full
+Simpson integration only where the bound can still win), so the pick is the exact simulated
+minimum; the engine merges a layer's middle GPU-batch steps beyond ``max_simulated_gpu_batches``.
 
 FlexGen specifics kept: its CPU KV cache is not pinned ("disable pin_memory due to high memory
 overhead"), so KV copies run at the link's pageable bandwidth; its CPU attention (PyTorch, fp16
@@ -97,8 +102,8 @@ def best_by_simulation(cands: list, quick: Callable, exact: Callable):
 
 class FlexGenParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    gpu_batch_grid: tuple[int, ...] = Field(default=(4, 32, 256),
-                                            description="GPU batch sizes gbs enumerated")
+    gpu_batch_grid: tuple[int, ...] = Field(default=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+                                            description="GPU batch sizes gbs enumerated (FlexGen doubles gbs)")
     num_gpu_batches_grid: tuple[int, ...] = Field(default=(1, 4, 16),
                                                   description="GPU batches per block n_b (FlexGen: bls / gbs < 20)")
     cpu_attention: bool | None = Field(
@@ -112,9 +117,10 @@ class FlexGenParams(BaseModel):
         default="bf16", description="FlexGen's eager attention softmax dtype (fp16 kernels in FlexGen)")
     max_simulated_gpu_batches: int = Field(default=6, ge=3,
                                            description="engine merges a layer's middle GPU-batch steps beyond this")
-    policies_simulated: int | None = Field(default=2, ge=1,
-                                           description="best LP policies (by FlexGen's own cost model) timed on the "
-                                                       "engine; None = all of them (slower)")
+    policies_simulated: int | None = Field(
+        default=None, ge=1,
+        description="best LP policies (by the LP's block time) timed on the engine; None = all of them, which makes "
+                    "the choice the simulated optimum, never worse with more bandwidth or FLOP/s")
 
 
 @dataclass(frozen=True)
@@ -462,8 +468,9 @@ class FlexGen(ServingSystem):
                 bls = gbs * nb
                 if wanted is None and (bls <= w.num_requests or (gbs, nb) == (1, 1)):
                     pairs.append((gbs, nb))
-        if wanted is not None:
-            pairs = sorted({(math.ceil(wanted / nb), nb) for nb in self.params.num_gpu_batches_grid if nb <= wanted})
+        if wanted is not None:  # a fixed block: every split into GPU batches of the grid that divides it
+            pairs = sorted({(wanted // nb, nb) for nb in set(self.params.num_gpu_batches_grid) | {1}
+                            if wanted % nb == 0})
         out = []
         for gbs in sorted({g for g, _ in pairs}):
             consts = self._compute_constants(ctx, gbs)

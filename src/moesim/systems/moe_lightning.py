@@ -33,7 +33,8 @@ candidate is priced with the HRM per-layer estimate (their Eq. 12-14)
 
 using moesim's module costs (reported as the ranking), and every candidate is simulated on the
 engine; the fastest (prefill plus decode per request, padding of the last batch counted) is kept.
-The candidate set depends on memory only, so more bandwidth or FLOP/s never lowers throughput. Memory caps: the platform's
+The candidate set depends on memory only, so more bandwidth or FLOP/s never lowers
+throughput. Memory caps: the platform's
 usable GPU memory and usable host memory (MoE-Lightning's artifact uses 0.86 and 0.8 of them).
 Left out: request bucketing by length (all prompts padded, the "(p)" setting), tensor
 parallelism, and the weight-memory double counting of the artifact's pinned staging.
@@ -69,7 +70,7 @@ class MoELightningParams(BaseModel):
         default=32768, ge=1,
         description="prompt tokens whose hidden states one prefill pass keeps on the GPU (weights streamed once per "
                     "pass); enough for a pass's compute to cover its weight transfer over PCIe for the models here")
-    candidates_simulated: int | None = Field(default=3, ge=1,
+    candidates_simulated: int | None = Field(default=None, ge=1,
                                              description="best HRM candidates timed on the engine; None = all")
     max_simulated_micro_batches: int = Field(default=8, ge=2,
                                              description="engine groups micro-batches beyond this many per layer")
@@ -111,7 +112,8 @@ class MoELightning(ServingSystem):
         return (n_p * s * ctx.model.hidden_size * 2.0 * HIDDEN_COPIES + activation_bytes(ctx, chunk)
                 + 2 * chunk * ctx.kv_bytes_per_token_layer())
 
-    def _layer_gpu_s(self, ctx: Context, kind: LayerKind, tokens: float, q_len: int, kv_len: float) -> tuple[float, float]:
+    def _layer_gpu_s(self, ctx: Context, kind: LayerKind, tokens: float, q_len: int,
+                     kv_len: float) -> tuple[float, float]:
         """(pre-attention, post-attention incl. FFN) GPU seconds for ``tokens`` tokens; prefill core in pre."""
         m = ctx.model
         pre = ctx.gpu_s(ctx.attention_proj(tokens).scaled(0.75))

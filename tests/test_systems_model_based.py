@@ -1,0 +1,106 @@
+"""The model-based-batching baselines: deepspeed (ZeRO-Inference), flexgen (LP + zig-zag), moe-lightning (CGOPipe)."""
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import moesim
+from moesim.errors import InfeasibleError
+from moesim.modules import Context, Options
+from moesim.specs import OfflineWorkload
+from moesim.systems import get_system
+from moesim.systems.flexgen import FlexGen
+
+SYSTEMS = ("deepspeed", "flexgen", "moe-lightning")
+WORK = {"num_requests": 512, "prompt_tokens": 512, "gen_tokens": 64}
+
+
+@pytest.fixture(scope="module")
+def c2():
+    return moesim.get_hardware("c2")
+
+
+@pytest.mark.parametrize("system", SYSTEMS)
+def test_runs_end_to_end_on_mixtral_c2_within_memory(system, c2):
+    p = moesim.predict("mixtral-8x7b", c2, system, WORK)
+    assert p.system == system
+    assert p.decode_tok_s > 0 and p.prefill_tok_s > 0 and p.throughput_tok_s > 0
+    assert 0 < p.gpu_mem_bytes <= c2.usable_gpu_memory_bytes_per_gpu * (1 + 1e-9)
+    assert 0 < p.host_mem_bytes <= c2.usable_host_memory_bytes * (1 + 1e-9)
+    assert p.config["batch_size"] >= 1
+
+
+@pytest.mark.parametrize("system", SYSTEMS)
+@given(model=st.sampled_from(["mixtral-8x7b", "olmoe-1b-7b"]),
+       requests=st.sampled_from([32, 512, 8500]), gen=st.sampled_from([16, 256]))
+@settings(max_examples=5, deadline=None)
+def test_doubling_pcie_never_lowers_throughput(system, model, requests, gen, c2):
+    work = {"num_requests": requests, "prompt_tokens": 512, "gen_tokens": gen}
+    base = moesim.predict(model, c2, system, work)
+    faster = moesim.predict(model, c2.scaled(pcie=2.0), system, work)
+    assert faster.throughput_tok_s >= base.throughput_tok_s * (1 - 1e-9)
+
+
+def test_flexgen_lp_fractions_sum_to_one_per_group(c2):
+    ctx = Context(moesim.get_model("mixtral-8x7b"), c2, OfflineWorkload(**WORK), Options())
+    fg = FlexGen()
+    solved = [pol for gbs, nb in ((1, 1), (8, 4), (32, 16)) for deleg in (False, True)
+              if (pol := fg.solve_policy(ctx, gbs, nb, deleg)) is not None]
+    assert solved
+    for pol in solved:
+        for group in (("wg", "wc", "wd"), ("cg", "cc", "cd"), ("hg", "hc", "hd")):
+            values = [pol.fractions[k] for k in group]
+            assert all(0.0 <= v <= 1.0 for v in values)
+            assert math.isclose(sum(values), 1.0, abs_tol=1e-9)
+        assert pol.fractions["hd"] == 0.0  # FlexGen's runtime keeps no activations on disk
+        assert pol.lp_block_time_s > 0
+
+
+def test_flexgen_reports_its_placement_and_batches(c2):
+    p = moesim.predict("mixtral-8x7b", c2, "flexgen", WORK)
+    cfg = p.config
+    assert cfg["batch_size"] == cfg["gpu_batch_size"] * cfg["num_gpu_batches"]
+    for group in ("w", "c", "h"):
+        assert math.isclose(sum(cfg[group + t] for t in "gcd"), 1.0, abs_tol=1e-3)
+
+
+def test_deepspeed_streams_every_expert_and_is_batch_limited_by_gpu_memory(c2):
+    """Model-based batching: the layer buffer holds all experts and the batch is set by GPU memory."""
+    model = moesim.get_model("mixtral-8x7b")
+    p = moesim.predict(model, c2, "deepspeed", {"num_requests": 8500, "prompt_tokens": 512, "gen_tokens": 256})
+    expert_bytes = model.expert_params * 2.0
+    assert p.config["layer_buffer_bytes"] >= model.moe.num_experts * expert_bytes
+    assert p.config["batch_size"] == p.config["max_batch_that_fits"] < 8500
+    # a bf16 softmax materialises smaller score matrices than fp32: never a smaller batch
+    bf16 = get_system("deepspeed")({"attention_score_dtype": "bf16"}).plan(
+        Context(model, c2, OfflineWorkload(num_requests=8500, prompt_tokens=512, gen_tokens=256), Options()))
+    assert bf16.batch_size >= p.config["batch_size"]
+
+
+def test_moe_lightning_runs_attention_on_the_cpu_with_kv_in_host_memory(c2):
+    p = moesim.predict("mixtral-8x7b", c2, "moe-lightning", WORK)
+    assert p.config["attention_on_gpu"] is False and p.config["gpu_kv_fraction"] == 0.0
+    assert 0.0 <= p.config["gpu_weight_fraction"] <= 1.0
+    assert p.config["batch_size"] == p.config["micro_batch_size"] * p.config["num_micro_batches"]
+    assert p.decode_step_breakdown_s.get("cpu", 0.0) > 0
+
+
+@pytest.mark.parametrize("system", SYSTEMS)
+def test_weights_that_do_not_fit_in_host_memory_are_infeasible_or_on_disk(system, c2):
+    """DeepSeek-R1's 671 GB of FP8 weights exceed C2's host memory: DeepSpeed and MoE-Lightning keep all
+    weights in pinned host memory and fail saying by how much; FlexGen may put the rest on disk."""
+    work = {"num_requests": 64, "prompt_tokens": 512, "gen_tokens": 16}
+    if system == "flexgen":
+        p = moesim.predict("deepseek-r1", c2, system, work)
+        assert p.config["wd"] > 0 or p.config["cd"] > 0
+        return
+    with pytest.raises(InfeasibleError, match="short by"):
+        moesim.predict("deepseek-r1", c2, system, work)
+
+
+@pytest.mark.parametrize("system", SYSTEMS)
+def test_multi_gpu_platforms_are_refused(system):
+    with pytest.raises(InfeasibleError, match="one GPU"):
+        moesim.predict("mixtral-8x7b", moesim.get_hardware("h100-sxm", num_gpus=2), system, WORK)
