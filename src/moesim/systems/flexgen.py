@@ -102,7 +102,7 @@ def best_by_simulation(cands: list, quick: Callable, exact: Callable):
 
 class FlexGenParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    gpu_batch_grid: tuple[int, ...] = Field(default=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+    gpu_batch_grid: tuple[int, ...] = Field(default=(2, 8, 32, 128, 512),
                                             description="GPU batch sizes gbs enumerated (FlexGen doubles gbs)")
     num_gpu_batches_grid: tuple[int, ...] = Field(default=(1, 4, 16),
                                                   description="GPU batches per block n_b (FlexGen: bls / gbs < 20)")
@@ -115,7 +115,7 @@ class FlexGenParams(BaseModel):
                     "fp32 upcast (2+4 B), fp32 bmm read (4 B) per 2-byte element = 14/2")
     attention_score_dtype: Literal["fp32", "bf16"] = Field(
         default="bf16", description="FlexGen's eager attention softmax dtype (fp16 kernels in FlexGen)")
-    max_simulated_gpu_batches: int = Field(default=6, ge=3,
+    max_simulated_gpu_batches: int = Field(default=3, ge=3,
                                            description="engine merges a layer's middle GPU-batch steps beyond this")
     policies_simulated: int | None = Field(
         default=None, ge=1,

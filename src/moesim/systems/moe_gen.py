@@ -49,7 +49,7 @@ class MoEGenParams(BaseModel):
     attention_micro_batch: int | None = Field(default=None, ge=1, description="b_a; None = searched")
     cpu_attention_fraction: float | None = Field(default=None, ge=0, le=1, description="omega; None = searched")
     prefill_batch: int | None = Field(default=None, ge=1, description="prompts per prefill pass; None = searched")
-    attention_micro_batch_grid: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024)
+    attention_micro_batch_grid: tuple[int, ...] = (32, 128, 512)
     cpu_attention_grid: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8)
     kv_buffer_slots: int = Field(default=2, ge=1)
     max_tasks_per_module: int = Field(default=16, ge=1)
@@ -299,7 +299,7 @@ class MoEGen(ServingSystem):
         if self.params.prefill_batch:
             candidates = [min(self.params.prefill_batch, batch)]
         else:
-            candidates = sorted({min(batch, 2 ** e) for e in range(0, 20) if 2 ** e <= 2 * batch})
+            candidates = sorted({min(batch, 4 ** e) for e in range(0, 10) if 4 ** e <= 4 * batch})
         best_prefill, best_rate, best_pb = None, 0.0, None
         for pb in candidates:
             sim = feasible(lambda: self._pass(ctx, pb, w.prompt_tokens, w.prompt_tokens, pb, 0.0, disk_fraction))

@@ -72,7 +72,7 @@ class MoELightningParams(BaseModel):
                     "pass); enough for a pass's compute to cover its weight transfer over PCIe for the models here")
     candidates_simulated: int | None = Field(default=None, ge=1,
                                              description="best HRM candidates timed on the engine; None = all")
-    max_simulated_micro_batches: int = Field(default=8, ge=2,
+    max_simulated_micro_batches: int = Field(default=4, ge=2,
                                              description="engine groups micro-batches beyond this many per layer")
 
 
