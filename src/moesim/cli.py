@@ -225,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     except MoesimError as exc:
         print(f"moesim: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -104,7 +104,7 @@ class FlexGenParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     gpu_batch_grid: tuple[int, ...] = Field(default=(2, 8, 32, 128, 512),
                                             description="GPU batch sizes gbs enumerated (FlexGen doubles gbs)")
-    num_gpu_batches_grid: tuple[int, ...] = Field(default=(1, 4, 16),
+    num_gpu_batches_grid: tuple[int, ...] = Field(default=(1, 16),
                                                   description="GPU batches per block n_b (FlexGen: bls / gbs < 20)")
     cpu_attention: bool | None = Field(
         default=None, description="FlexGen(c): attention for off-GPU KV on the CPU; None = LP picks the better")

@@ -110,6 +110,11 @@ class MoEGen(ServingSystem):
         state = self._gpu_state_bytes(ctx, seqs, min(b_a, max(gpu_seqs, 1)), kv_len, 1)
         return not ctx.model.moe or self._expert_slots(ctx, state) >= 2
 
+    def _prefill_fits(self, ctx: Context, prompts: int) -> bool:
+        q = ctx.workload.prompt_tokens
+        state = self._gpu_state_bytes(ctx, prompts * q, prompts, q, q)
+        return not ctx.model.moe or self._expert_slots(ctx, state) >= 2
+
     # ---- one forward pass ----------------------------------------------------------------------
     def _pass(self, ctx: Context, seqs: int, q_len: int, kv_len: int, b_a: int, omega: float,
               disk_fraction: float) -> StepSim:
@@ -295,11 +300,15 @@ class MoEGen(ServingSystem):
         if is_mla:
             notes.append("MLA: all attention on the GPU (omega = 0), as MoE-Gen does for DeepSeek (section 5.3)")
 
-        # prefill: the most prompts per pass that fit, searched over powers of two up to B
+        # prefill: the most prompts per pass that fit (section 4.3), over powers of two up to B. Memory is
+        # checked first (cheaply); the three largest that fit are simulated (a larger pass amortises the
+        # weight stream over more prompts, so the best lies among the largest)
         if self.params.prefill_batch:
             candidates = [min(self.params.prefill_batch, batch)]
         else:
-            candidates = sorted({min(batch, 4 ** e) for e in range(0, 10) if 4 ** e <= 4 * batch})
+            candidates = sorted({min(batch, 2 ** e) for e in range(0, 20) if 2 ** e <= 2 * batch})
+            fitting = [pb for pb in candidates if self._prefill_fits(ctx, pb)]
+            candidates = fitting[-3:] or candidates[:1]
         best_prefill, best_rate, best_pb = None, 0.0, None
         for pb in candidates:
             sim = feasible(lambda: self._pass(ctx, pb, w.prompt_tokens, w.prompt_tokens, pb, 0.0, disk_fraction))
