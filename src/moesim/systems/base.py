@@ -81,13 +81,18 @@ class Plan:
 
 def simulate_pass(ctx: Context, engine: Engine, build_layer: Callable[[Engine, int, LayerKind], int],
                   prologue: Callable[[Engine], None] | None = None,
-                  epilogue: Callable[[Engine], None] | None = None) -> StepSim:
+                  epilogue: Callable[[Engine], None] | None = None, *,
+                  gpu_holds: dict[str, float] | None = None, head_s: float | None = None) -> StepSim:
     """Simulate one forward pass: representative layers of each kind, extrapolated.
 
     ``build_layer(engine, index, kind)`` submits one layer's tasks and returns the id of its
-    last task (the layer is done when that task ends).
+    last task (the layer is done when that task ends). ``gpu_holds`` (label -> bytes) is GPU
+    memory held for the whole pass; ``head_s``, the LM head and embedding, runs on the GPU after
+    the last task.
     """
     kinds = ctx.model.layer_kinds()
+    for label, nbytes in (gpu_holds or {}).items():
+        engine.hold("gpu", nbytes, label)
     if prologue:
         prologue(engine)
     extra_s = 0.0
@@ -104,6 +109,8 @@ def simulate_pass(ctx: Context, engine: Engine, build_layer: Callable[[Engine, i
             extra_s += (count - n) * marginal[kind]
     if epilogue:
         epilogue(engine)
+    if head_s is not None:
+        engine.add("lm head + embedding", "gpu", head_s, [len(engine.tasks) - 1], category="head")
     peaks = engine.check_memory()
     sim_time = engine.makespan_s
     total = sim_time + extra_s

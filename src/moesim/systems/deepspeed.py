@@ -188,16 +188,11 @@ class DeepSpeed(ServingSystem):
         else:
             transient = activation_bytes(ctx, tokens)
 
-        def prologue(eng: Engine) -> None:
-            eng.hold("gpu", ctx.resident_weight_bytes, "resident weights (embeddings, LM head)")
-            eng.hold("gpu", self.params.layer_buffers * max(wbytes.values()), "layer weight buffers")
-            eng.hold("gpu", kv, "kv cache")
-            eng.hold("gpu", transient, "activations / attention scores / logits (peak)")
+        holds = {"resident weights (embeddings, LM head)": ctx.resident_weight_bytes,
+                 "layer weight buffers": self.params.layer_buffers * max(wbytes.values()),
+                 "kv cache": kv, "activations / attention scores / logits (peak)": transient}
 
-        def epilogue(eng: Engine) -> None:
-            eng.add("lm head + embedding", "gpu", head, [len(eng.tasks) - 1], category="head")
-
-        return simulate_pass(ctx, engine, layer, prologue, epilogue)
+        return simulate_pass(ctx, engine, layer, gpu_holds=holds, head_s=head)
 
     def plan(self, ctx: Context) -> Plan:
         w = ctx.workload

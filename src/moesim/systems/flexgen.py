@@ -427,15 +427,8 @@ class FlexGen(ServingSystem):
         head = ctx.gpu_s(ctx.head(bls * q_len, bls))
         holds = self._gpu_holds(ctx, pol)
 
-        def prologue(eng: Engine) -> None:
-            for label, nbytes in holds.items():
-                eng.hold("gpu", nbytes, label)
-
-        def epilogue(eng: Engine) -> None:
-            eng.add("lm head + embedding", "gpu", head, [len(eng.tasks) - 1], category="head")
-
         return simulate_pass(ctx, Engine(memory_capacity_bytes={"gpu": p.usable_gpu_memory_bytes_per_gpu}),
-                             layer, prologue, epilogue)
+                             layer, gpu_holds=holds, head_s=head)
 
     def _gpu_holds(self, ctx: Context, pol: FlexGenPolicy) -> dict[str, float]:
         w = ctx.workload

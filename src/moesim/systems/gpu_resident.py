@@ -138,15 +138,11 @@ class GpuResident(ServingSystem):
 
         head = ctx.gpu_s(ctx.head(tokens, seqs).scaled(inv))
 
-        def prologue(eng: Engine) -> None:
-            eng.hold("gpu", self._per_gpu_fixed_bytes(ctx), "weights")
-            eng.hold("gpu", seqs * kv_len * ctx.kv_bytes_per_token(kv_len) / n, "kv cache")
-            eng.hold("gpu", activation_bytes(ctx, tokens), "activations")
+        holds = {"weights": self._per_gpu_fixed_bytes(ctx),
+                 "kv cache": seqs * kv_len * ctx.kv_bytes_per_token(kv_len) / n,
+                 "activations": activation_bytes(ctx, tokens)}
 
-        def epilogue(eng: Engine) -> None:
-            eng.add("lm head + embedding", "gpu", head, [len(eng.tasks) - 1], category="head")
-
-        return simulate_pass(ctx, engine, layer, prologue, epilogue)
+        return simulate_pass(ctx, engine, layer, gpu_holds=holds, head_s=head)
 
     def plan(self, ctx: Context) -> Plan:
         w = ctx.workload

@@ -223,17 +223,13 @@ class MoEGen(ServingSystem):
 
         head = ctx.gpu_s(ctx.head(tokens, seqs))
 
-        def prologue(eng: Engine) -> None:
-            eng.hold("gpu", ctx.resident_weight_bytes, "resident weights (embeddings, LM head, routers)")
-            eng.hold("gpu", 2 * self._dense_module_bytes(ctx), "dense-module buffer (2 layers)")
-            eng.hold("gpu", state, "hidden states, KV buffers, attention and FFN temporaries")
-            if m.moe:
-                eng.hold("gpu", chunk_slots * math.ceil(per_chunk) * ctx.expert_weight_bytes, "expert buffer")
+        holds = {"resident weights (embeddings, LM head, routers)": ctx.resident_weight_bytes,
+                 "dense-module buffer (2 layers)": 2 * self._dense_module_bytes(ctx),
+                 "hidden states, KV buffers, attention and FFN temporaries": state}
+        if m.moe:
+            holds["expert buffer"] = chunk_slots * math.ceil(per_chunk) * ctx.expert_weight_bytes
 
-        def epilogue(eng: Engine) -> None:
-            eng.add("lm head + embedding", "gpu", head, [len(eng.tasks) - 1], category="head")
-
-        return simulate_pass(ctx, engine, layer, prologue, epilogue)
+        return simulate_pass(ctx, engine, layer, gpu_holds=holds, head_s=head)
 
     # ---- search ------------------------------------------------------------------------------
     def plan(self, ctx: Context) -> Plan:

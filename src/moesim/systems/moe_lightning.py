@@ -250,15 +250,8 @@ class MoELightning(ServingSystem):
         head = ctx.gpu_s(ctx.head(n, n))
         holds = self._gpu_bytes(ctx, r_w, cand["work"])
 
-        def prologue(eng: Engine) -> None:
-            for label, nbytes in holds.items():
-                eng.hold("gpu", nbytes, label)
-
-        def epilogue(eng: Engine) -> None:
-            eng.add("lm head + embedding", "gpu", head, [len(eng.tasks) - 1], category="head")
-
         return simulate_pass(ctx, Engine(memory_capacity_bytes={"gpu": p.usable_gpu_memory_bytes_per_gpu}),
-                             layer, prologue, epilogue)
+                             layer, gpu_holds=holds, head_s=head)
 
     def _prefill(self, ctx: Context, cand: dict) -> StepSim:
         p, m, w = ctx.platform, ctx.model, ctx.workload
@@ -294,15 +287,8 @@ class MoELightning(ServingSystem):
         head = ctx.gpu_s(ctx.head(n_p * s, n_p))
         holds = self._gpu_bytes(ctx, r_w, cand["work"])
 
-        def prologue(eng: Engine) -> None:
-            for label, nbytes in holds.items():
-                eng.hold("gpu", nbytes, label)
-
-        def epilogue(eng: Engine) -> None:
-            eng.add("lm head + embedding", "gpu", head, [len(eng.tasks) - 1], category="head")
-
         return simulate_pass(ctx, Engine(memory_capacity_bytes={"gpu": p.usable_gpu_memory_bytes_per_gpu}),
-                             layer, prologue, epilogue)
+                             layer, gpu_holds=holds, head_s=head)
 
     # ---- plan ----------------------------------------------------------------------------------------
     def plan(self, ctx: Context) -> Plan:

@@ -238,15 +238,10 @@ class VLLM(ServingSystem):
 
         head = ctx.gpu_s(ctx.head(tokens, max(rows, 1.0)).scaled(inv))
 
-        def prologue(eng: Engine) -> None:
-            eng.hold("gpu", lay.weights_gpu, "weights")
-            eng.hold("gpu", lay.blocks * lay.block_bytes, "paged KV pool")
-            eng.hold("gpu", lay.activations, "activations (profiled peak) + one offloaded layer's GPU copy")
+        holds = {"weights": lay.weights_gpu, "paged KV pool": lay.blocks * lay.block_bytes,
+                 "activations (profiled peak) + one offloaded layer's GPU copy": lay.activations}
 
-        def epilogue(eng: Engine) -> None:
-            eng.add("lm head + embedding", "gpu", head, [len(eng.tasks) - 1], category="head")
-
-        return simulate_pass(ctx, engine, layer, prologue, epilogue)
+        return simulate_pass(ctx, engine, layer, gpu_holds=holds, head_s=head)
 
     def _mixed(self, ctx: Context, lay: _Layout, dec: float, dec_ctx: float, pre_tokens: float, pre_seqs: float,
                prompt: int) -> StepSim:
