@@ -11,7 +11,7 @@ from . import metrics
 from .db.resolve import get_hardware, get_model
 from .errors import InfeasibleError, MoesimError
 from .modules import Context, Options, Speculative
-from .specs import ModelSpec, OfflineWorkload, Platform, PlatformSpec
+from .specs import ModelSpec, OfflineWorkload, OnlineWorkload, Platform, PlatformSpec
 from .specs.common import BYTES_PER_ELEMENT
 from .systems import SYSTEMS, Plan, get_system
 from .systems.base import SIMULATED_LAYERS
@@ -288,7 +288,7 @@ def memory_summary(pred: Prediction) -> str:
 def predict_online(
     model: str | Path | ModelSpec,
     hardware: str | Path | Platform | PlatformSpec,
-    workload: "OnlineWorkload | dict",
+    workload: OnlineWorkload | dict,
     system: str = "vllm",
     *,
     system_params: dict | None = None,
@@ -300,7 +300,6 @@ def predict_online(
     Returns P50/P90/P99 of TTFT, TPOT and end-to-end latency and the throughput (see
     :func:`moesim.systems.vllm.simulate_online`). Only systems with an online scheduler qualify.
     """
-    from .specs import OnlineWorkload
     from .systems.vllm import VLLM, simulate_online
 
     cls = get_system(system)

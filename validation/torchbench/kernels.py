@@ -286,7 +286,7 @@ class DecodeStep:
                 o_lat = mla_decode(q_lat, q[..., nope:].contiguous(), kv["latent"], kv["k_rope"])
                 outs.append(torch.einsum("bhr,hrd->bhd", o_lat, w["w_uv"]).reshape(n, -1))
             else:
-                hq, hk, d = s["heads"], s["kv_heads"], s["head_dim"]
+                hq, d = s["heads"], s["head_dim"]
                 q = p[:, :hq * d].reshape(n, hq, 1, d)
                 outs.append(attention(q, kv["k"], kv["v"], True).reshape(n, hq * d))
             kv_free[slot] = self._record()

@@ -1,9 +1,6 @@
 """`gpu-resident`: every weight and the whole KV cache on the GPU(s); static batches.
 
-With n GPUs the model is tensor-parallel (Megatron-LM, Shoeybi et al. 2019, section 3):
-attention heads and each expert's FFN columns are split n ways, so every GPU does 1/n of
-the FLOPs and reads 1/n of the weights and KV, and two all-reduces per layer combine the
-partial outputs. A ring all-reduce of S bytes takes 2 (n-1)/n * S / link bandwidth.
+With n GPUs the model is tensor-parallel (:mod:`moesim.systems.tensor_parallel`).
 
 The batch is the largest that memory allows (weights/n + KV/n + activations within the
 usable GPU memory), split into equal waves; prefill runs the wave's prompts in chunks of at
@@ -22,6 +19,7 @@ from ..errors import InfeasibleError
 from ..modules import Context, Options
 from ..specs import LayerKind
 from ..units import fmt_bytes
+from .tensor_parallel import LayerTimes
 from .base import Plan, ServingSystem, StepSim, balanced_batches, simpson_decode_time, simulate_pass
 
 ACT_HIDDEN_COPIES = 8  # live hidden-sized activations per token (residual, norms, attn out, ...)
@@ -94,47 +92,15 @@ class GpuResident(ServingSystem):
         return batch
 
     # ---- schedule -----------------------------------------------------------------------------
-    def _allreduce_s(self, ctx: Context, tokens: float) -> float:
-        p = ctx.platform
-        n = p.num_gpus
-        if n == 1:
-            return 0.0
-        link = p.gpu_link or p.host_link
-        nbytes = tokens * ctx.model.hidden_size * 2.0
-        return link.latency_s + 2.0 * (n - 1) / n * nbytes / link.h2d_pinned_bytes_per_s
-
     def _pass(self, ctx: Context, seqs: float, q_len: int, kv_len: int) -> StepSim:
         n = ctx.platform.num_gpus
         tokens = seqs * q_len
         inv = 1.0 / n
         engine = Engine(memory_capacity_bytes={"gpu": ctx.platform.usable_gpu_memory_bytes_per_gpu})
-        attn_proj = ctx.gpu_s(ctx.attention_proj(tokens).scaled(inv))
-        allreduce = self._allreduce_s(ctx, tokens)
-        core = {w: ctx.gpu_s(ctx.attention_core(seqs, q_len, kv_len, w).scaled(inv)) for w in (False, True)}
-        moe = ctx.model.moe
-        if moe:
-            router = ctx.gpu_s(ctx.router(tokens))
-            active = ctx.active_experts(tokens)
-            experts = ctx.gpu_s(ctx.experts(active, tokens * moe.top_k).scaled(inv))
-            shared_cost = ctx.shared_experts(tokens)
-            shared = ctx.gpu_s(shared_cost.scaled(inv)) if shared_cost else 0.0
-        dense = ctx.gpu_s(ctx.dense_ffn(tokens).scaled(inv)) if ctx.model.dense_ffn else 0.0
+        times = LayerTimes.of(ctx, tokens, [(seqs, q_len, kv_len)])
 
         def layer(eng: Engine, i: int, kind: LayerKind) -> int:
-            last = eng.add(f"L{i} attn proj", "gpu", attn_proj, category="attention")
-            last = eng.add(f"L{i} attention", "gpu", core[kind.windowed], [last], category="attention")
-            if n > 1:
-                last = eng.add(f"L{i} all-reduce", "gpu-link", allreduce, [last], category="communication")
-            if kind.moe:
-                last = eng.add(f"L{i} router", "gpu", router, [last], category="router")
-                last = eng.add(f"L{i} experts", "gpu", experts, [last], category="experts")
-                if shared:
-                    last = eng.add(f"L{i} shared experts", "gpu", shared, [last], category="experts")
-            else:
-                last = eng.add(f"L{i} dense ffn", "gpu", dense, [last], category="dense_ffn")
-            if n > 1:
-                last = eng.add(f"L{i} all-reduce 2", "gpu-link", allreduce, [last], category="communication")
-            return last
+            return times.add(eng, i, kind)
 
         head = ctx.gpu_s(ctx.head(tokens, seqs).scaled(inv))
 

@@ -81,6 +81,7 @@ from ..modules import Context
 from ..specs import LayerKind
 from ..specs.workload import LengthDistribution, OnlineWorkload
 from ..units import fmt_bytes
+from .tensor_parallel import LayerTimes
 from .base import Plan, ServingSystem, StepSim, balanced_batches, simpson_decode_time, simulate_pass
 from .gpu_resident import activation_bytes
 
@@ -186,15 +187,6 @@ class VLLM(ServingSystem):
         return _Layout(budget, weights_gpu, offload, act, block_bytes, blocks)
 
     # ---- one step ----------------------------------------------------------------------------
-    def _allreduce_s(self, ctx: Context, tokens: float) -> float:
-        p = ctx.platform
-        n = p.num_gpus
-        if n == 1:
-            return 0.0
-        link = p.gpu_link or p.host_link
-        nbytes = tokens * ctx.model.hidden_size * 2.0
-        return link.latency_s + 2.0 * (n - 1) / n * nbytes / link.h2d_pinned_bytes_per_s
-
     def _pass(self, ctx: Context, lay: _Layout, tokens: float, rows: float,
               attention: list[tuple[float, float, float]]) -> StepSim:
         """One step over ``tokens`` batched tokens; ``attention`` lists (sequences, new tokens, context) groups;
@@ -203,16 +195,7 @@ class VLLM(ServingSystem):
         inv = 1.0 / n
         m = ctx.model
         engine = Engine(memory_capacity_bytes={"gpu": ctx.platform.usable_gpu_memory_bytes_per_gpu})
-        attn_proj = ctx.gpu_s(ctx.attention_proj(tokens).scaled(inv))
-        core = {w: sum(ctx.gpu_s(ctx.attention_core(s, q, kv, w).scaled(inv)) for s, q, kv in attention if s > 0)
-                for w in (False, True)}
-        allreduce = self._allreduce_s(ctx, tokens)
-        if m.moe:
-            router = ctx.gpu_s(ctx.router(tokens))
-            experts = ctx.gpu_s(ctx.experts(ctx.active_experts(tokens), tokens * m.moe.top_k).scaled(inv))
-            shared_cost = ctx.shared_experts(tokens)
-            shared = ctx.gpu_s(shared_cost.scaled(inv)) if shared_cost else 0.0
-        dense = ctx.gpu_s(ctx.dense_ffn(tokens).scaled(inv)) if m.dense_ffn else 0.0
+        times = LayerTimes.of(ctx, tokens, attention)
         offload_layer = lay.offload / m.num_layers
         copy = ctx.h2d_s(offload_layer)
 
@@ -221,20 +204,7 @@ class VLLM(ServingSystem):
             if copy:  # on the compute stream: waits for the previous layer, blocks this one
                 last = eng.add(f"L{i} offloaded weights H2D", "h2d", copy, [last], category="transfer",
                                nbytes=offload_layer)
-            last = eng.add(f"L{i} attn proj", "gpu", attn_proj, [last], category="attention")
-            last = eng.add(f"L{i} attention", "gpu", core[kind.windowed], [last], category="attention")
-            if n > 1:
-                last = eng.add(f"L{i} all-reduce", "gpu-link", allreduce, [last], category="communication")
-            if kind.moe:
-                last = eng.add(f"L{i} router", "gpu", router, [last], category="router")
-                last = eng.add(f"L{i} experts", "gpu", experts, [last], category="experts")
-                if shared:
-                    last = eng.add(f"L{i} shared experts", "gpu", shared, [last], category="experts")
-            else:
-                last = eng.add(f"L{i} dense ffn", "gpu", dense, [last], category="dense_ffn")
-            if n > 1:
-                last = eng.add(f"L{i} all-reduce 2", "gpu-link", allreduce, [last], category="communication")
-            return last
+            return times.add(eng, i, kind, last)
 
         head = ctx.gpu_s(ctx.head(tokens, max(rows, 1.0)).scaled(inv))
 
