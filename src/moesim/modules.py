@@ -66,15 +66,11 @@ class Context:
         return costs.cpu_time_s(cost, p.cpu, p.num_cpus, p.host_memory_bandwidth_bytes_per_s, self.eff)
 
     def h2d_s(self, nbytes: float) -> float:
-        """Pinned host-to-device copy; measured link figures where the platform's GPU is calibrated on this link."""
-        from .ops import copy_time_s
-
-        return copy_time_s(nbytes, "h2d_pinned", self.platform) if nbytes > 0 else 0.0
+        """Pinned host-to-device copy (measured link figures where calibration measured this link)."""
+        return costs.platform_copy_time_s(nbytes, "h2d_pinned", self.platform)
 
     def d2h_s(self, nbytes: float) -> float:
-        from .ops import copy_time_s
-
-        return copy_time_s(nbytes, "d2h_pinned", self.platform) if nbytes > 0 else 0.0
+        return costs.platform_copy_time_s(nbytes, "d2h_pinned", self.platform)
 
     def disk_s(self, nbytes: float) -> float:
         return nbytes / self.platform.disk.read_bytes_per_s

@@ -249,20 +249,8 @@ class DecodeStep:
 Op = Union[GEMM, ExpertFFN, MoELayer, Attention, MLADecode, Copy, OffloadedMoELayer, DecodeStep]
 
 
-def _link(hw: Platform):
-    cal = hw.calibration
-    if cal is not None and cal.link is not None and cal.link.link == hw.host_link.name:
-        return cal.link
-    return hw.host_link
-
-
-def copy_time_s(nbytes: float, kind: str, hw: Platform) -> float:
-    """Host<->device copies use the calibrated link figures when the platform matches the calibration host."""
-    if kind == "d2d":
-        cost = OpCost(family="copy", flop=0.0, bytes=2.0 * nbytes, dtype="bf16", launches=1)
-        return costs.gpu_time_s(cost, hw.gpu, costs.efficiency_for(hw.empirical, hw.calibration))
-    link = _link(hw)
-    return link.latency_s + nbytes / getattr(link, f"{kind}_bytes_per_s")
+#: a copy on a platform (calibrated link figures where they apply); the same function the systems use
+copy_time_s = costs.platform_copy_time_s
 
 
 def estimate(op: Op, hw: Platform) -> float:

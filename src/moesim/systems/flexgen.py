@@ -59,7 +59,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..engine import Engine
 from ..errors import InfeasibleError
 from ..modules import Context
-from ..ops import copy_time_s
+from ..costs import platform_copy_time_s as copy_time_s
 from ..specs import LayerKind
 from ..units import fmt_bytes
 from .base import Plan, ServingSystem, StepSim, simpson_decode_time, simulate_pass

@@ -65,7 +65,7 @@ from .. import costs
 from ..engine import Engine
 from ..errors import InfeasibleError
 from ..modules import Context
-from ..ops import copy_time_s
+from ..costs import platform_copy_time_s as copy_time_s
 from ..specs import LayerKind
 from ..units import fmt_bytes
 from .base import SIMULATED_LAYERS, Plan, ServingSystem, StepSim, balanced_batches, simpson_decode_time
