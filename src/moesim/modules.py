@@ -6,8 +6,8 @@ so what is simulated and what is reported cannot drift apart.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable, Literal
 
 from . import costs
 from .costs import OpCost
@@ -52,6 +52,14 @@ class Context:
     platform: Platform
     workload: OfflineWorkload
     options: Options
+    _memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def memo(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per key for this context: systems compared on one context (``auto``)
+        share the simulations they have in common."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
 
     # ---- devices ---------------------------------------------------------------------------
     @property
