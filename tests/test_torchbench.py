@@ -59,3 +59,11 @@ def test_quick_campaign_writes_the_schema(tmp_path):
     errors = [c for c in data["cases"] if "error" in c]
     assert not errors, errors
     assert all(c["median_s"] > 0 and c["p10_s"] <= c["median_s"] <= c["p90_s"] for c in data["cases"])
+
+
+@pytest.mark.parametrize("model", ["mixtral-8x7b", "deepseek-v2-lite"])
+def test_harness_decode_shapes_are_the_database_models(model):
+    """The harness (standalone torch) and moesim's DecodeStep (models_db) must time the same layers."""
+    from moesim.ops import decode_shape
+
+    assert K.SHAPES[model] == decode_shape(model)

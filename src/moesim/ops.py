@@ -164,12 +164,18 @@ class OffloadedMoELayer:
         return engine
 
 
-#: the decode-step shapes of the harness (validation/torchbench/kernels.py SHAPES)
-DECODE_SHAPES = {
-    "mixtral-8x7b": dict(hidden=4096, heads=32, kv_heads=8, head_dim=128, experts=8, top_k=2, ffn=14336, shared_ffn=0),
-    "deepseek-v2-lite": dict(hidden=2048, heads=16, kv_heads=16, head_dim=128, experts=64, top_k=6, ffn=1408,
-                             shared_ffn=2816, mla=True, kv_lora=512, rope=64, nope=128),
-}
+def decode_shape(model: str) -> dict:
+    """The layer dimensions a :class:`DecodeStep` uses, read from ``models_db`` (all layers taken as MoE)."""
+    from .db.resolve import get_model
+
+    m = get_model(model)
+    a, moe = m.attention, m.moe
+    shape = dict(hidden=m.hidden_size, heads=a.num_heads, kv_heads=a.num_kv_heads, head_dim=a.out_head_dim,
+                 experts=moe.num_experts, top_k=moe.top_k, ffn=moe.expert_intermediate_size,
+                 shared_ffn=moe.num_shared_experts * moe.shared_ffn)
+    if a.kind == "mla":
+        shape.update(mla=True, kv_lora=a.kv_lora_rank, rope=a.qk_rope_head_dim, nope=a.qk_nope_head_dim)
+    return shape
 
 
 @dataclass(frozen=True)
@@ -192,7 +198,7 @@ class DecodeStep:
         return cls(p["model"], p["layers"], p["batch"], p["kv_len"], p["micro_batch"], p.get("dtype", "bf16"))
 
     def schedule(self, hw: Platform) -> Engine:
-        s = DECODE_SHAPES[self.model]
+        s = decode_shape(self.model)
         h, b, L = s["hidden"], self.batch, self.kv_len
         mla = bool(s.get("mla"))
         if mla:
