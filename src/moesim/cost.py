@@ -43,6 +43,7 @@ ours for comparison, with MoE-CAP's own GPU price/TDP table where it has the GPU
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
@@ -59,26 +60,14 @@ DEFAULT_AMORTIZATION_YEARS = 3.0
 DEFAULT_IDLE_FRACTION = 0.3
 HOURS_PER_YEAR = 8760.0
 
-#: MoE-CAP constants (Auto-CAP moe_cap/utils/cost_utils.py, commit 2078291).
-MOECAP_CPU_COST_USD = 7214.0
-MOECAP_CPU_TDP_W = 350.0
-MOECAP_USD_PER_KWH = 0.15
-MOECAP_ENERGY_SCALE = 1.2  # named SCALE_RATE_OTHER_COST_CAPITAL in the code, but it multiplies energy
-MOECAP_CAPITAL_SCALE = 1.25  # named SCALE_RATE_OTHER_COST_ENERGY in the code, but it multiplies capital
-#: MoE-CAP's GPU price ($) and TDP (W) table (GPU_COST_DICT / GPU_TDP_DICT), keyed by moesim GPU names.
-#: MoE-CAP lists the H200 at 350 W ("PCIe variant" comment); copied as published.
-MOECAP_GPU_TABLE: dict[str, tuple[float, float]] = {
-    "A100 40GB PCIe": (9000.0, 250.0),
-    "A100 80GB PCIe": (19000.0, 300.0),
-    "A100 40GB SXM": (12000.0, 400.0),
-    "A100 80GB SXM": (19000.0, 400.0),
-    "H100 PCIe": (28000.0, 350.0),
-    "H200": (35000.0, 350.0),
-    "H100 SXM": (38000.0, 700.0),
-    "RTX A5000": (2400.0, 230.0),
-    "RTX A6000": (4500.0, 300.0),
-}
-MOECAP_SOURCE = "MoE-CAP cost model (Auto-CAP/MoE-CAP moe_cap/utils/cost_utils.py::calculate_cost)"
+@lru_cache(maxsize=1)
+def moecap_model() -> dict:
+    """MoE-CAP's cost constants and GPU price/TDP table (``hardware_db/prices/moe-cap.yaml``, sourced there)."""
+    import yaml
+
+    from .db import data_root
+
+    return yaml.safe_load((data_root("hardware_db") / "prices" / "moe-cap.yaml").read_text())
 
 
 def capital_cost_usd(num_gpus: int, gpu_price_usd: float | None,
@@ -162,10 +151,11 @@ def moecap_cost_usd(e2e_s: float, gpu_price_usd: float, gpu_tdp_w: float, num_gp
     capital = p_gpu n + 7214; energy = (TDP_gpu n + 350)/1000 x 0.15 x t_e2e/3600;
     cost = 1.2 energy + 1.25 capital.
     """
-    capital = gpu_price_usd * num_gpus + MOECAP_CPU_COST_USD
-    energy = (gpu_tdp_w * num_gpus + MOECAP_CPU_TDP_W) / 1000.0 * MOECAP_USD_PER_KWH * e2e_s / 3600.0
+    mc = moecap_model()
+    capital = gpu_price_usd * num_gpus + mc["cpu_cost_usd"]
+    energy = (gpu_tdp_w * num_gpus + mc["cpu_tdp_w"]) / 1000.0 * mc["usd_per_kwh"] * e2e_s / 3600.0
     return {"capital_usd": capital, "energy_usd": energy,
-            "cost_usd": energy * MOECAP_ENERGY_SCALE + capital * MOECAP_CAPITAL_SCALE}
+            "cost_usd": energy * mc["energy_scale"] + capital * mc["capital_scale"]}
 
 
 class CostReport(BaseModel):
@@ -244,8 +234,8 @@ def cost_of(prediction: "Prediction", platform: "Platform", *, usd_per_kwh: floa
                  f"electricity {usd_per_kwh:g} $/kWh; owned hardware amortised over {amortization_years:g} years "
                  f"at a duty cycle of {duty_cycle:g}; no cooling/facility overhead")
     # MoE-CAP's formula, with its own price table where it has the GPU
-    if gpu.name in MOECAP_GPU_TABLE:
-        price, tdp = MOECAP_GPU_TABLE[gpu.name]
+    if gpu.name in moecap_model()["gpus"]:
+        price, tdp = moecap_model()["gpus"][gpu.name]
         origin = "MoE-CAP's GPU price/TDP table"
     elif gpu.launch_price_usd is not None and gpu.tdp_w is not None:
         price, tdp = gpu.launch_price_usd, gpu.tdp_w
