@@ -283,11 +283,9 @@ def timeline(model: Any, hardware: Any, path: str | Path, system: str = "auto", 
 # ---- Pareto frontier of throughput vs capital cost -------------------------------------------
 def platform_cost_usd(platform) -> float | None:
     """num_gpus x the GPU's launch price + the platform's price without GPUs; None where unknown."""
-    gpu_price = platform.gpu.launch_price_usd
-    rest = platform.price_usd_excluding_gpus
-    if gpu_price is None or rest is None:
-        return None
-    return platform.num_gpus * gpu_price + rest
+    from .cost import capital_cost_usd
+
+    return capital_cost_usd(platform.num_gpus, platform.gpu.launch_price_usd, platform.price_usd_excluding_gpus)[2]
 
 
 def pareto_points(model: Any, platforms: list[Any] | None = None, system: str = "auto",
