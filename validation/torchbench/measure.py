@@ -2,10 +2,13 @@
 
     python validation/torchbench/measure.py --out FILE.json [--quick] [--only gemm,copy]
 
-On a GPU it runs the ``full`` grid (cases.py) in about six minutes; with ``--quick`` or without a
-GPU, the ``quick`` grid on the CPU. Each case: warm-up, CUDA events, median of repetitions,
-random data (never zeros), inputs rotated over buffers larger than L2 where it matters. The
-JSON is rewritten after every family, so a run stopped early keeps what it measured.
+On a GPU it runs the ``full`` grid (cases.py) in about four minutes; with ``--quick`` or without a
+GPU, the ``quick`` grid on the CPU. Each case: warm-up (calls and time), CUDA events, median of
+up to 100 repetitions, random data (never zeros), inputs rotated over buffers larger than L2
+where it matters. Kernel-level cases also record the same call back to back (``burst_s``,
+``host_issue_s``) and, where it can be captured, under a CUDA graph (``graph_s``): see
+timing.py. The JSON is rewritten after every family, so a run stopped early keeps what it
+measured.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ L2_BYTES = 64 * 2**20
 
 def environment(device) -> dict:
     env = {"device": "cuda" if on_cuda() else "cpu", "timer": "cuda_event" if on_cuda() else "perf_counter",
+           "timing": "v2: warm-up by count and time; single calls, bursts, CUDA graphs (timing.py)",
            "torch": torch.__version__, "python": platform.python_version(), "hostname": socket.gethostname(),
            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if on_cuda():
@@ -58,7 +62,7 @@ def run_hbm_copy(p, dev):
     n = int(p["nbytes"]) // 2
     src = [K.rand(n, device=dev) for _ in range(rotations(p["nbytes"]))]
     dst = torch.empty_like(src[0])
-    t = measure(lambda i: dst.copy_(src[i % len(src)]))
+    t = measure(lambda i: dst.copy_(src[i % len(src)]), burst=True, graph=True)
     return t, {"bytes_per_s_read_plus_write": 2 * p["nbytes"] / t["median_s"]}
 
 
@@ -73,7 +77,9 @@ def run_copy(p, dev):
     else:
         src = K.rand(n, device=dev)
         dst = torch.empty(n, dtype=torch.bfloat16, pin_memory=kind.endswith("pinned") and on_cuda())
-    t = measure(lambda i: dst.copy_(src, non_blocking=kind.endswith("pinned")), budget_s=0.3, max_reps=20)
+    d2d = kind == "d2d"
+    t = measure(lambda i: dst.copy_(src, non_blocking=kind.endswith("pinned")), budget_s=0.3, max_reps=40 if d2d else 20,
+                burst=d2d, graph=d2d)
     return t, {"bytes_per_s": p["nbytes"] / t["median_s"]}
 
 
@@ -94,7 +100,7 @@ def _gemm_fn(p, dev):
 
 
 def run_gemm(p, dev):
-    t = measure(_gemm_fn(p, dev))
+    t = measure(_gemm_fn(p, dev), burst=True, graph=True)
     return t, {"flop_per_s": 2 * p["m"] * p["n"] * p["k"] / t["median_s"]}
 
 
@@ -129,7 +135,12 @@ def run_copy_beside_gemm(p, dev):
 def run_launch(p, dev):
     x = torch.ones(1, device=dev)
     per = host_wall(lambda: x.add_(1.0), reps=2000 if on_cuda() else 200)
-    return {"median_s": per, "p10_s": per, "p90_s": per, "reps": 1}, {"method": "host wall / back-to-back adds"}
+    # the same one-kernel op timed like every other case (events around one call, GPU idle
+    # before it), back to back, and graphed: isolated floor, steady-state eager, GPU alone
+    single = measure(lambda i: x.add_(1.0), burst=True, graph=True, burst_target_s=1e-3, max_burst=256)
+    extra = {"method": "host wall / back-to-back adds", "event_single_s": single["median_s"],
+             **{k: single[k] for k in ("burst_s", "host_issue_s", "graph_s") if k in single}}
+    return {"median_s": per, "p10_s": per, "p90_s": per, "reps": 1}, extra
 
 
 def run_host_sync(p, dev):
@@ -149,7 +160,7 @@ def run_expert_ffn(p, dev):
     sets = rotations(3 * h * f * 2)
     ws = [(K.rand(h, 2 * f, device=dev), K.rand(f, h, device=dev)) for _ in range(sets)]
     x = K.rand(t, h, device=dev, scale=1.0)
-    return measure(lambda i: K.expert_ffn(x, *ws[i % sets])), {}
+    return measure(lambda i: K.expert_ffn(x, *ws[i % sets]), burst=True, graph=True), {}
 
 
 def run_moe_layer(p, dev):
@@ -157,11 +168,18 @@ def run_moe_layer(p, dev):
     router = K.rand(p["hidden"], p["experts"], device=dev)
     x = K.rand(p["tokens"], p["hidden"], device=dev, scale=1.0)
     fn = K.moe_loop if p["impl"] == "loop" else K.moe_fused
-    t = measure(lambda i: fn(x, router, w13, w2, p["top_k"]))
+    t = measure(lambda i: fn(x, router, w13, w2, p["top_k"]), burst=True)
     _, chosen = K.route(x, router, p["top_k"])
     extra = {"distinct_experts": int(torch.unique(chosen).numel())}
     if p["impl"] == "fused":
         extra["grouped_kernel"] = K.grouped_kernel_name(x.device)
+        # the two data movements around the experts, alone: gather of the routed rows, and the
+        # weighted scatter-add (index_add_) that combines them
+        token = torch.argsort(chosen.flatten(), stable=True) // p["top_k"]
+        y = K.rand(token.numel(), p["hidden"], device=dev, scale=1.0)
+        out = torch.zeros_like(x)
+        extra["gather_s"] = measure(lambda i: x[token], max_reps=20)["median_s"]
+        extra["combine_s"] = measure(lambda i: out.index_add_(0, token, y), max_reps=20)["median_s"]
     return t, extra
 
 
@@ -171,7 +189,7 @@ def run_attention(p, dev):
     q = K.rand(b, hq, lq, d, device=dev, scale=1.0)
     kv = [(K.rand(b, hk, lk, d, device=dev, scale=1.0), K.rand(b, hk, lk, d, device=dev, scale=1.0))
           for _ in range(sets)]
-    return measure(lambda i: K.attention(q, *kv[i % sets], p["causal"])), {}
+    return measure(lambda i: K.attention(q, *kv[i % sets], p["causal"]), burst=True, graph=True), {}
 
 
 def run_mla_decode(p, dev):
@@ -179,7 +197,7 @@ def run_mla_decode(p, dev):
     sets = rotations(b * lk * (r + dr) * 2)
     ql, qr = K.rand(b, h, r, device=dev, scale=1.0), K.rand(b, h, dr, device=dev, scale=1.0)
     cache = [(K.rand(b, lk, r, device=dev, scale=1.0), K.rand(b, lk, dr, device=dev, scale=1.0)) for _ in range(sets)]
-    return measure(lambda i: K.mla_decode(ql, qr, *cache[i % sets])), {}
+    return measure(lambda i: K.mla_decode(ql, qr, *cache[i % sets]), burst=True, graph=True), {}
 
 
 def run_offloaded_moe_layer(p, dev):

@@ -1,5 +1,20 @@
-"""Timing on the device as METHOD.md prescribes: warm-up, CUDA events around each repetition,
-the median of many repetitions (p10/p90 beside it); on the CPU, perf_counter."""
+"""Timing on the device as METHOD.md prescribes: warm-up, CUDA events, the median of many
+repetitions (p10/p90 beside it); on the CPU, perf_counter.
+
+Three views of one operation, because an operation of a few microseconds of GPU work timed
+alone in eager PyTorch is mostly host time:
+
+* ``median_s``: one call between a pair of events, the GPU idle before it (what the cost
+  model predicts: the host's issue latency for the first kernel is not hidden behind anything);
+* ``burst_s``: ``burst_n`` calls back to back between one pair of events, divided by
+  ``burst_n`` (steady-state eager: per call, the larger of the host's issue time and the
+  GPU's time); ``host_issue_s`` is the host wall time spent issuing them, per call;
+* ``graph_s``: the same ``burst_n`` calls captured in one CUDA graph and replayed, divided by
+  ``burst_n``: GPU time alone, no host dispatch (only for operations that can be captured).
+
+Warm-up runs at least ``warmup`` calls and at least ``warmup_s`` seconds, so that lazily
+loaded kernels, library heuristics and clock ramps stay out of the numbers.
+"""
 
 from __future__ import annotations
 
@@ -19,33 +34,93 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def measure(fn: Callable[[int], object], warmup: int = 3, min_reps: int = 5, max_reps: int = 40,
-            budget_s: float = 0.4) -> dict[str, float]:
-    """Time ``fn(rep)`` (rep lets callers rotate input buffers); returns median/p10/p90 seconds."""
-    for i in range(warmup):
+def _events_s(fn: Callable[[], object]) -> float:
+    """Seconds between two CUDA events around ``fn()`` (perf_counter on the CPU)."""
+    if on_cuda():
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _burst(fn: Callable[[int], object], n: int, reps: int = 5) -> dict[str, float]:
+    """``n`` back-to-back calls between one pair of events; median over ``reps`` of the time per call."""
+    per, host = [], []
+    for r in range(reps):
+        sync()
+        issued = [0.0]
+
+        def run():
+            t0 = time.perf_counter()
+            for j in range(n):
+                fn(r * n + j)
+            issued[0] = time.perf_counter() - t0
+
+        per.append(_events_s(run) / n)
+        host.append(issued[0] / n)
+    return {"burst_s": float(np.median(per)), "host_issue_s": float(np.median(host)), "burst_n": n}
+
+
+def _graph(fn: Callable[[int], object], n: int, reps: int = 5) -> float:
+    """GPU seconds per call: ``n`` calls captured in one CUDA graph, replays timed with events."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up on a side stream, as torch.cuda.graphs asks
+        for j in range(3):
+            fn(j)
+    torch.cuda.current_stream().wait_stream(side)
+    sync()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for j in range(n):
+            fn(j)
+    graph.replay()
+    sync()
+    per = [_events_s(graph.replay) / n for _ in range(reps)]
+    del graph
+    return float(np.median(per))
+
+
+def measure(fn: Callable[[int], object], warmup: int = 3, min_reps: int = 5, max_reps: int = 100,
+            budget_s: float = 0.4, warmup_s: float = 0.02, burst: bool = False, graph: bool = False,
+            burst_target_s: float = 2e-3, max_burst: int = 64) -> dict[str, float]:
+    """Time ``fn(rep)`` (rep lets callers rotate input buffers); returns median/p10/p90 seconds of
+    single calls, and with ``burst``/``graph`` the per-call times of back-to-back and graphed runs."""
+    t0 = time.perf_counter()
+    i = 0
+    while i < warmup or time.perf_counter() - t0 < warmup_s:
         fn(i)
+        i += 1
+        if i % 8 == 0:
+            sync()
     sync()
     times: list[float] = []
     spent = 0.0
     rep = 0
     while rep < min_reps or (rep < max_reps and spent < budget_s):
-        if on_cuda():
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn(rep)
-            end.record()
-            end.synchronize()
-            t = start.elapsed_time(end) / 1e3
-        else:
-            t0 = time.perf_counter()
-            fn(rep)
-            t = time.perf_counter() - t0
+        t = _events_s(lambda: fn(rep))
         times.append(t)
         spent += t
         rep += 1
     a = np.array(times)
-    return {"median_s": float(np.median(a)), "p10_s": float(np.percentile(a, 10)),
-            "p90_s": float(np.percentile(a, 90)), "reps": len(a)}
+    out: dict[str, float] = {"median_s": float(np.median(a)), "p10_s": float(np.percentile(a, 10)),
+                             "p90_s": float(np.percentile(a, 90)), "reps": len(a)}
+    n = int(min(max_burst, max(2, round(burst_target_s / max(out["median_s"], 1e-9)))))
+    if burst:
+        out.update(_burst(fn, n))
+    if graph and on_cuda():
+        try:
+            out["graph_s"] = _graph(fn, n)
+        except Exception as exc:  # not capturable: recorded, the other figures stand
+            out["graph_error"] = f"{type(exc).__name__}: {exc}"[:200]
+            torch.cuda.set_stream(torch.cuda.default_stream())  # a failed capture may leave its stream current
+            sync()
+    return out
 
 
 def host_wall(fn: Callable[[], object], reps: int = 200) -> float:
