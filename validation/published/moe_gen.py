@@ -63,7 +63,20 @@ REQUESTS = 8500
 #: one parameter set per system, for every cell (documented, never tuned per cell). vLLM cannot hold
 #: any of these models on a 24 GB GPU, so it runs with --cpu-offload-gb; MoE-Gen does not say how much
 #: it offloaded: we offload all the weights vLLM allows (a large figure is clamped to the model's size).
-SYSTEM_PARAMS = {"vllm": {"cpu_offload_gb": 10_000}}
+#: FlexGen* and MoE-Lightning* are MoE-Gen's own re-implementations (neither original supports MoE on one
+#: GPU); its Table 1 gives their batch on DeepSeek-V2 as DeepSpeed's (0.3-0.4 tokens per expert in decode,
+#: 115-134 in prefill, against DeepSpeed's 0.3 and 153): model-based batching, one batch through prefill and
+#: decode, as big as GPU memory allows at prefill. So FlexGen* runs one GPU batch per block with GPU attention
+#: (KV placed by its LP), and MoE-Lightning* prefills its whole decode batch in one pass.
+SYSTEM_PARAMS = {
+    # vLLM as of MoE-Gen's runs (its environment pins torch 2.3, i.e. vLLM 0.5-era): the V0 scheduler without
+    # chunked prefill (prefill steps apart from decode steps; chunked prefill became the default with V1) and
+    # MLA cached as per-head K/V (the latent cache came with 0.7.1)
+    "vllm": {"cpu_offload_gb": 10_000, "chunked_prefill": False, "mla_latent_cache": False},
+    "flexgen": {"num_gpu_batches_grid": (1,), "gpu_batch_grid": (4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256),
+                "cpu_attention": False},
+    "moe-lightning": {"one_prefill_pass": True},
+}
 
 
 @dataclass
@@ -88,7 +101,7 @@ def _hardware(model: str, system: str) -> tuple[str, dict]:
     if model.startswith("DS"):
         over["mla_absorbed"] = False  # the paper predates MoE-Gen's MLA absorption (commit 9fe9b90)
     if model == "DS-R1" and system.startswith("moe-gen"):
-        over["host_memory_bytes"] = 1024e9  # MoE-Gen's README: its R1 figures are with 1 TB of host memory
+        over["host_memory_bytes"] = 2.0 ** 40  # MoE-Gen's README: its R1 figures are with 1 TB of host memory
     return "c2", over
 
 

@@ -126,6 +126,26 @@ def simulate_pass(ctx: Context, engine: Engine, build_layer: Callable[[Engine, i
     )
 
 
+def sequential_steps(steps: list[tuple[StepSim, float]]) -> StepSim:
+    """Steps that run one after another, each ``weight`` times, as one repeating step: times, busy time
+    and per-category time add up (weighted), peak memory is the largest; the engine is the first's."""
+    def total(attr: str) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for s, k in steps:
+            for key, v in getattr(s, attr).items():
+                out[key] = out.get(key, 0.0) + k * v
+        return out
+
+    first = steps[0][0]
+    peaks: dict[str, float] = {}
+    for s, _ in steps:
+        for key, v in s.peak_memory_bytes.items():
+            peaks[key] = max(peaks.get(key, 0.0), v)
+    return StepSim(time_s=sum(k * s.time_s for s, k in steps), engine=first.engine,
+                   simulated_layers=first.simulated_layers, total_layers=first.total_layers,
+                   busy_s=total("busy_s"), category_s=total("category_s"), peak_memory_bytes=peaks)
+
+
 def simpson_decode_time(step_at: Callable[[int], StepSim], prompt: int, gen: int) -> tuple[float, list[tuple[int, StepSim]]]:
     """Sum of decode-step times over ``gen`` steps, from steps at 3 contexts (Simpson's rule)."""
     first, last = prompt + 1, prompt + gen

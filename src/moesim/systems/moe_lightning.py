@@ -72,6 +72,11 @@ class MoELightningParams(BaseModel):
                     "pass); enough for a pass's compute to cover its weight transfer over PCIe for the models here")
     candidates_simulated: int | None = Field(default=None, ge=1,
                                              description="best HRM candidates timed on the engine; None = all")
+    one_prefill_pass: bool = Field(
+        default=False,
+        description="model-based batching as MoE-Gen re-implemented MoE-Lightning (its MoE-Lightning*): the whole "
+                    "decode batch is prefilled in one pass, each module over all its prompts at once, so the batch "
+                    "is what GPU memory holds at prefill (MoE-Gen's Table 1 gives its batch as DeepSpeed's)")
     max_simulated_micro_batches: int = Field(default=4, ge=2,
                                              description="engine groups micro-batches beyond this many per layer")
 
@@ -103,12 +108,15 @@ class MoELightning(ServingSystem):
         d1, d2 = self._qkv_bytes(ctx)
         return n * ctx.model.hidden_size * 2.0 * HIDDEN_COPIES + 2 * (activation_bytes(ctx, mu) + mu * (d1 + d2))
 
-    def _chunk_prompts(self, ctx: Context) -> int:
-        return max(1, self.params.prefill_chunk_tokens // ctx.workload.prompt_tokens)
+    def _chunk_prompts(self, ctx: Context, n_p: int) -> int:
+        """Prompts per prefill kernel launch in a pass of ``n_p`` prompts."""
+        if self.params.one_prefill_pass:
+            return n_p
+        return min(n_p, max(1, self.params.prefill_chunk_tokens // ctx.workload.prompt_tokens))
 
     def _prefill_work(self, ctx: Context, n_p: int) -> float:
         s = ctx.workload.prompt_tokens
-        chunk = min(n_p, self._chunk_prompts(ctx)) * s
+        chunk = self._chunk_prompts(ctx, n_p) * s
         return (n_p * s * ctx.model.hidden_size * 2.0 * HIDDEN_COPIES + activation_bytes(ctx, chunk)
                 + 2 * chunk * ctx.kv_bytes_per_token_layer())
 
@@ -132,8 +140,10 @@ class MoELightning(ServingSystem):
     # ---- policy -------------------------------------------------------------------------------------
     def _prefill_prompts(self, ctx: Context, n: int) -> int:
         """Prompts per prefill pass: ``prefill_pass_tokens`` worth, capped by GPU memory and N, balanced over passes."""
+        if self.params.one_prefill_pass:
+            return n
         s = ctx.workload.prompt_tokens
-        chunk = min(n, self._chunk_prompts(ctx))
+        chunk = self._chunk_prompts(ctx, n)
         p = ctx.platform
         room = (p.usable_gpu_memory_bytes_per_gpu - ctx.resident_weight_bytes - 2 * max_layer_weight_bytes(ctx)
                 - activation_bytes(ctx, chunk * s) - 2 * chunk * s * ctx.kv_bytes_per_token_layer())
@@ -171,7 +181,7 @@ class MoELightning(ServingSystem):
         step = ctx.gpu_s(ctx.head(n, n))
         passes = math.ceil(n / n_p)
         prefill = passes * ctx.gpu_s(ctx.head(n_p * s, n_p))
-        chunk = min(n_p, self._chunk_prompts(ctx))
+        chunk = self._chunk_prompts(ctx, n_p)
         for kind, count in ctx.model.layer_kinds().items():
             stream = ctx.h2d_s((1 - r_w) * layer_weight_bytes(ctx, kind))
             pre, post = self._layer_gpu_s(ctx, kind, mu, 1, c)
@@ -181,6 +191,17 @@ class MoELightning(ServingSystem):
             prefill += passes * count * max(stream, n_p / chunk * (pre_p + post_p),
                                             ctx.d2h_s(n_p * s * ctx.kv_bytes_per_token_layer()))
         return prefill + w.gen_tokens * step
+
+    def _one_pass_cap(self, ctx: Context, n_cap: int) -> int:
+        """Largest batch (at most ``n_cap``) whose one-pass prefill working set fits on the GPU (bisection;
+        the working set grows with the batch)."""
+        def fits(n: int) -> bool:
+            return self._gpu_fraction(ctx, max(self._decode_work(ctx, n, n), self._prefill_work(ctx, n))) is not None
+        lo, hi = 0, n_cap
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+        return max(lo, 1)
 
     def _candidates(self, ctx: Context, n_cap: int, fixed_n: int | None) -> list[dict]:
         """(mu, n_ub) pairs: mu on the grid, n_ub powers of two and the most that fit; r_w and n_p for each."""
@@ -257,7 +278,7 @@ class MoELightning(ServingSystem):
         p, m, w = ctx.platform, ctx.model, ctx.workload
         s = w.prompt_tokens
         n_p, r_w = cand["n_p"], cand["r_w"]
-        chunk = min(n_p, self._chunk_prompts(ctx))
+        chunk = self._chunk_prompts(ctx, n_p)
         n_chunks = math.ceil(n_p / chunk)
         g = min(n_chunks, self.params.max_simulated_micro_batches)
         per = n_p / chunk / g  # full chunks per simulated group
@@ -315,6 +336,8 @@ class MoELightning(ServingSystem):
                 f"{fmt_bytes(host - weights)} is left next to the weights: short by "
                 f"{fmt_bytes(wanted * per_seq - (host - weights))}")
         n_cap = min(host_max, w.num_requests) if not wanted else wanted
+        if self.params.one_prefill_pass and not wanted:
+            n_cap = self._one_pass_cap(ctx, n_cap)
         cands = self._candidates(ctx, n_cap, wanted)
         if not cands:
             WL = max_layer_weight_bytes(ctx)

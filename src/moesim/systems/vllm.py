@@ -82,7 +82,8 @@ from ..specs import LayerKind
 from ..specs.workload import LengthDistribution, OnlineWorkload
 from ..units import fmt_bytes
 from .tensor_parallel import LayerTimes
-from .base import Plan, ServingSystem, StepSim, balanced_batches, simpson_decode_time, simulate_pass
+from .base import (Plan, ServingSystem, StepSim, balanced_batches, sequential_steps, simpson_decode_time,
+                   simulate_pass)
 from .gpu_resident import activation_bytes
 
 GIB = 2.0**30
@@ -99,6 +100,12 @@ class VLLMParams(BaseModel):
     cpu_offload_gb: float = Field(
         default=0.0, ge=0, description="GiB of weights per GPU kept in pinned host memory and copied to the GPU "
                                        "every forward pass, not overlapped (vLLM --cpu-offload-gb)")
+    chunked_prefill: bool = Field(
+        default=True, description="prefill chunks share steps with decodes (V1 / Sarathi); False = vLLM V0's default "
+                                  "scheduler: a step is all prefill or all decode, and prefills go first")
+    mla_latent_cache: bool = Field(
+        default=True, description="MLA models cache the compressed latent (vLLM >= 0.7.1); False = per-head K and V, "
+                                  "V zero-padded to the query-key head size, as vLLM's DeepSeek-V2 code did before")
 
 
 @dataclass
@@ -138,6 +145,17 @@ class VLLM(ServingSystem):
     Params = VLLMParams
 
     # ---- memory ------------------------------------------------------------------------------
+    def _kv_bytes_per_token(self, ctx: Context, ctx_len: int) -> float:
+        """KV-cache bytes per token over all layers as this vLLM stores them.
+
+        MLA without a latent cache (vLLM before 0.7.1, ``deepseek_v2.py``): K of qk_head_dim and V padded
+        to qk_head_dim per head, i.e. 2 x heads x qk_head_dim elements per layer, instead of the latent.
+        """
+        a = ctx.model.attention
+        if a.kind != "mla" or self.params.mla_latent_cache:
+            return ctx.kv_bytes_per_token(ctx_len)
+        return ctx.kv_bytes_per_token(ctx_len) * (2 * a.num_heads * a.qk_head_dim) / a.kv_elements_per_token()
+
     def _layout(self, ctx: Context) -> _Layout:
         p, prm = ctx.platform, self.params
         n = p.num_gpus
@@ -149,7 +167,7 @@ class VLLM(ServingSystem):
         # profiled activations, plus the GPU copy of one layer's offloaded weights while it runs
         layers = ctx.model.num_layers
         act = activation_bytes(ctx, prm.max_num_batched_tokens) + offload / layers
-        block_bytes = prm.block_size * ctx.kv_bytes_per_token(ctx_len) / n
+        block_bytes = prm.block_size * self._kv_bytes_per_token(ctx, ctx_len) / n
         one_seq = math.ceil(ctx_len / prm.block_size) * block_bytes
         available = budget - act - one_seq
         if weights_gpu > available:
@@ -218,6 +236,26 @@ class VLLM(ServingSystem):
         attention = [(dec, 1, dec_ctx), (pre_seqs, prompt, prompt)]
         return self._pass(ctx, lay, dec + pre_tokens, dec + pre_seqs, attention)
 
+    def _v0_steady_state(self, ctx: Context, lay: _Layout, batch: int, mid_ctx: int) -> tuple[float, StepSim, float]:
+        """vLLM V0 without chunked prefill, staggered sequences in steady state.
+
+        Each decode step of B sequences frees B / G of them; the scheduler, which puts prefills first, fills
+        their slots with a prefill-only step (a whole pass over the weights, copies of offloaded weights
+        included). Per decode step that is f = max(min(1, B / G), B P / (G N)) prefill steps of
+        B P / (G f) prompt tokens each::
+
+            T_per_token = T_decode(B) + f T_prefill(B P / (G f))
+
+        Returns (steps per batch, the repeating step as one StepSim, f T_prefill).
+        """
+        w, prm = ctx.workload, self.params
+        P, G = w.prompt_tokens, w.gen_tokens
+        f = max(min(1.0, batch / G), batch * P / (G * prm.max_num_batched_tokens))
+        tokens = batch * P / (G * f)
+        refill = self._mixed(ctx, lay, 0, 0, tokens, tokens / P, P)
+        decode = self._mixed(ctx, lay, batch, mid_ctx, 0, 0, P)
+        return float(G), sequential_steps([(decode, 1.0), (refill, f)]), f * refill.time_s
+
     # ---- offline plan --------------------------------------------------------------------------
     def plan(self, ctx: Context) -> Plan:
         w, prm = ctx.workload, self.params
@@ -234,12 +272,18 @@ class VLLM(ServingSystem):
             notes.append(f"batch {w.batch_size} asked, but the KV pool holds {by_kv} running sequences; "
                          f"vLLM runs {by_kv}")
         batch, num_batches = balanced_batches(R, max(1, min(cap, by_kv, R)))
-        steps = max(float(G), batch * (P + G) / budget_tokens)
-        mixed = self._mixed(ctx, lay, batch * G / steps, P + (G + 1) / 2.0, batch * P / steps, batch / steps, P)
         chunk = min(budget_tokens, batch * P)
         prefill = self._mixed(ctx, lay, 0, 0, chunk, chunk / P, P)
         passes = math.ceil(batch * P / chunk)
         decode_s, points = simpson_decode_time(lambda c: self._mixed(ctx, lay, batch, c, 0, 0, P), P, G)
+        if prm.chunked_prefill:
+            steps = max(float(G), batch * (P + G) / budget_tokens)
+            mixed = self._mixed(ctx, lay, batch * G / steps, P + (G + 1) / 2.0, batch * P / steps, batch / steps, P)
+        else:
+            steps, mixed, refill_s = self._v0_steady_state(ctx, lay, batch, (G + 1) // 2 + P)
+            decode_s += G * refill_s
+            notes.append(f"V0 scheduler: prefill steps do not carry decodes; the {batch / G:.3g} sequences that finish "
+                         f"each step are replaced by a prefill step of their own, counted in the decode rate")
         n = ctx.platform.num_gpus
         notes.append(
             f"continuous batching steady state: {batch} running sequences (KV pool of {lay.blocks} blocks of {bs} "
