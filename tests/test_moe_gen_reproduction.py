@@ -3,8 +3,12 @@
 What CI guards today (issue 3's full bar - median |error| <= 25% over all cells and every
 column's ranking kept - is not met yet; the script prints where it misses):
 * MoE-Gen's own Mixtral cells (the paper's headline system and models) within 25%;
-* MoE-Gen beats DeepSpeed and FlexGen in decode on Mixtral, as published (moesim's
-  moe-lightning does not yet lose to it as the paper's re-implementation did: a known miss);
+* MoE-Gen beats every baseline in every decode column where the paper has it ahead by 1.5x
+  or more (the paper's headline: 8-31x over model-based and continuous batching);
+* the ranking of the paper's systems is kept in every column but the four pairs known to flip
+  today (vLLM vs DeepSpeed on Mixtral-8x22B d=256, llama.cpp on DeepSeek-V2 d=1024): a regression
+  guard, not the target;
+* the median |error| does not regress past 40% (it is 39.5%; the target is 25%);
 * every "Fail" cell that is a matter of memory is predicted infeasible with the reason.
 """
 
@@ -51,3 +55,38 @@ def test_memory_failures_are_predicted_infeasible_with_the_reason(cells):
     _, all_cells = cells
     r1 = [c for c in all_cells if c.model == "DS-R1" and c.published == "Fail" and c.system in ("vLLM", "DeepSpeed")]
     assert r1 and all(c.predicted is None and "short by" in c.reason for c in r1)
+
+
+def test_moe_gen_leads_every_baseline_where_the_paper_has_it_ahead(cells):
+    _, all_cells = cells
+    checked = 0
+    for c in all_cells:
+        if c.table != "6" or not c.system.startswith("MoE-Gen") or c.predicted is None:
+            continue
+        for b in all_cells:
+            if (b.table, b.model, b.gen) != (c.table, c.model, c.gen) or b.system.startswith("MoE-Gen"):
+                continue
+            if isinstance(b.published, (int, float)) and c.published >= 1.5 * b.published and b.predicted is not None:
+                assert c.predicted > b.predicted, (c.system, b.system, c.model, c.gen, c.predicted, b.predicted)
+                checked += 1
+    assert checked >= 40
+
+
+KNOWN_FLIPS = {("Table 6 8x22B d=256", "DeepSpeed", "vLLM"), ("Table 6 DS-V2 d=1024", "DeepSpeed", "Llama.cpp"),
+               ("Table 6 DS-V2 d=1024", "FlexGen*", "Llama.cpp"), ("Table 6 DS-V2 d=1024", "MoE-Lightning*", "Llama.cpp")}
+
+
+def test_ranking_kept_except_the_known_flips(cells):
+    mod, all_cells = cells
+    flips = set()
+    for v in mod.ranking_violations(all_cells):
+        column, rest = v.split(": ", 1)
+        winner = rest.split(" (", 1)[0]
+        loser = rest.split("> ", 1)[1].split(" (", 1)[0]
+        flips.add((column, winner, loser))
+    assert flips <= KNOWN_FLIPS, sorted(flips - KNOWN_FLIPS)
+
+
+def test_median_error_does_not_regress(cells):
+    mod, all_cells = cells
+    assert mod.median_abs_error(all_cells) <= 0.40

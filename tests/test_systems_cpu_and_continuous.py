@@ -192,3 +192,30 @@ def test_online_throughput_rises_with_rate_until_saturation(online_setup):
     assert thr[-1] == pytest.approx(thr[-2], rel=0.05)  # saturated: more arrivals add nothing
     assert results[-1]["ttft_s"]["p90"] > results[0]["ttft_s"]["p90"]  # queueing shows in TTFT
     assert results[-1]["mean_scheduled_per_step"] > results[0]["mean_scheduled_per_step"]
+
+
+def test_vllm_v0_scheduler_pays_a_refill_prefill_step_per_decode_step():
+    """V0 (no chunked prefill): per decode step, f = max(min(1, B/G), B P / (G N)) prefill-only steps."""
+    work = {"num_requests": 4000, "prompt_tokens": 512, "gen_tokens": 256}
+    base = {"cpu_offload_gb": 10_000}
+    v1 = moesim.predict("mixtral-8x7b", "c2", "vllm", work, system_params=base)
+    v0 = moesim.predict("mixtral-8x7b", "c2", "vllm", work, system_params={**base, "chunked_prefill": False})
+    assert v0.config["batch_size"] == v1.config["batch_size"]
+    b, g = v0.config["batch_size"], 256
+    f = max(min(1.0, b / g), b * 512 / (g * 8192))
+    # offload-bound: a prefill step and a decode step each copy every weight once, so the V0 decode rate is
+    # the pure decode rate over (1 + f x (prefill step / decode step)); both steps cost at least the copy
+    copy_s = v0.config["offloaded_bytes_per_gpu"] / moesim.get_hardware("c2").host_link.h2d_pinned_bytes_per_s
+    assert v0.decode_tok_s < v1.decode_tok_s
+    assert v0.decode_tok_s <= b / (copy_s * (1 + f)) * 1.001
+
+
+def test_vllm_mla_without_latent_cache_holds_fewer_sequences():
+    """Per-head K/V (2 x 128 heads x 192 elements per layer) instead of the 576-element latent: 85x bigger."""
+    work = {"num_requests": 1000, "prompt_tokens": 512, "gen_tokens": 256}
+    lat = moesim.predict("deepseek-v2-lite", "h100-sxm", "vllm", work)
+    full = moesim.predict("deepseek-v2-lite", "h100-sxm", "vllm", work, system_params={"mla_latent_cache": False})
+    a = moesim.get_model("deepseek-v2-lite").attention
+    ratio = 2 * a.num_heads * a.qk_head_dim / a.kv_elements_per_token()
+    assert full.config["kv_blocks"] == pytest.approx(lat.config["kv_blocks"] / ratio, rel=0.02, abs=1)
+    assert full.config["batch_size"] < lat.config["batch_size"]

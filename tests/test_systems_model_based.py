@@ -104,3 +104,17 @@ def test_weights_that_do_not_fit_in_host_memory_are_infeasible_or_on_disk(system
 def test_multi_gpu_platforms_are_refused(system):
     with pytest.raises(InfeasibleError, match="one GPU"):
         moesim.predict("mixtral-8x7b", moesim.get_hardware("h100-sxm", num_gpus=2), system, WORK)
+
+
+def test_moe_lightning_one_prefill_pass_batch_fits_the_gpu_at_prefill(c2):
+    """MoE-Lightning* (MoE-Gen's re-implementation): the decode batch is prefilled in one pass, so it is
+    bounded by GPU memory at prefill, not by host memory; one more sequence would not fit."""
+    work = {"num_requests": 8500, "prompt_tokens": 512, "gen_tokens": 256}
+    free = moesim.predict("mixtral-8x7b", c2, "moe-lightning", work)
+    one = moesim.predict("mixtral-8x7b", c2, "moe-lightning", work, system_params={"one_prefill_pass": True})
+    assert one.config["prefill_prompts_per_pass"] == one.config["batch_size"] < free.config["batch_size"]
+    assert one.gpu_mem_bytes <= c2.usable_gpu_memory_bytes_per_gpu * (1 + 1e-9)
+    sys_ = get_system("moe-lightning")({"one_prefill_pass": True})
+    ctx = Context(moesim.get_model("mixtral-8x7b"), c2, OfflineWorkload(**work), Options())
+    n = one.config["batch_size"]
+    assert sys_._one_pass_cap(ctx, 10 * n) == n

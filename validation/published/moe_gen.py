@@ -9,7 +9,7 @@ by memory, not by the number of requests, as in the paper's throughput runs.
 
 DeepSeek-R1 is reported on C2 in the paper, but its FP8 weights (671 GB) cannot sit in C2's
 512 GB; MoE-Gen's README ties its R1 figures to "A5000 + 1TB host memory". moesim runs MoE-Gen's
-R1 cells with 1 TB of host memory and says so; the baselines' R1 cells ("Fail" in the paper)
+R1 cells with 1 TiB of host memory and says so; the baselines' R1 cells ("Fail" in the paper)
 run on C2 as stated, so moesim can say whether their failure is one of memory.
 
 MLA: the paper's DeepSeek figures predate MoE-Gen's "mat absorption for DeepSeek MLA" (commit
@@ -72,7 +72,7 @@ SYSTEM_PARAMS = {
     # vLLM as of MoE-Gen's runs (its environment pins torch 2.3, i.e. vLLM 0.5-era): the V0 scheduler without
     # chunked prefill (prefill steps apart from decode steps; chunked prefill became the default with V1) and
     # MLA cached as per-head K/V (the latent cache came with 0.7.1)
-    "vllm": {"cpu_offload_gb": 10_000, "chunked_prefill": False, "mla_latent_cache": False},
+    "vllm": {"cpu_offload_gb": 10_000, "chunked_prefill": False, "max_num_batched_tokens": 32768, "mla_latent_cache": False},
     "flexgen": {"num_gpu_batches_grid": (1,), "gpu_batch_grid": (4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256),
                 "cpu_attention": False},
     "moe-lightning": {"one_prefill_pass": True},
@@ -165,10 +165,11 @@ def fail_cells(cells: list[Cell]) -> list[str]:
     for c in cells:
         if c.published != FAIL:
             continue
+        where = f"Table {c.table} {c.system} {c.model}" + (f" d={c.gen}" if c.table == "6" else "")
         if c.predicted is None:
-            notes.append(f"{c.system} {c.model}: Fail published; moesim: infeasible ({c.reason})")
+            notes.append(f"{where}: Fail published; moesim: infeasible ({c.reason})")
         else:
-            notes.append(f"{c.system} {c.model}: Fail published; moesim predicts {c.predicted:.3g} tok/s - the "
+            notes.append(f"{where}: Fail published; moesim predicts {c.predicted:.3g} tok/s - the "
                          "failure was that software's lack of support (memory would allow it)")
     return notes
 
@@ -198,8 +199,8 @@ def main() -> int:
     missing = sorted(set(SYSTEMS.values()) - set(moesim.systems.SYSTEMS))
     if missing:
         print(f"\nsystems not available in this moesim: {', '.join(missing)}")
-    print("\nMoE-Gen's DeepSeek-R1 cells run with 1 TB host memory (671 GB of FP8 weights do not fit in C2's "
-          "512 GB; MoE-Gen's README ties its R1 numbers to 1 TB); the other systems' R1 cells run on C2.")
+    print("\nMoE-Gen's DeepSeek-R1 cells run with 1 TiB host memory (671 GB of FP8 weights do not fit in C2's "
+          "512 GiB; MoE-Gen's README ties its R1 numbers to 1 TB); the other systems' R1 cells run on C2.")
     return 0
 
 
