@@ -44,6 +44,11 @@ budget-bound: S = B (P + G) / N steps per B requests). The workload then takes
     T_total = ceil(R / B) * S * T_mixed,      S = max(G, B (P + G) / N)
 
 The first wave's ramp and the last wave's drain are not modelled (error below B / 2R of the total).
+
+``chunked_prefill=False`` is vLLM V0's default scheduler (the vLLM of MoE-Gen's comparison): a step
+is all prefill or all decode, prefills first; in the staggered steady state each decode step's
+B / G finished sequences are replaced by a prefill-only step, a whole extra pass over the weights
+when they are offloaded (see ``_v0_steady_state``); that cost is counted in the decode rate.
 The reported phase rates are those of pure phases: prefill = passes of one full token budget of
 prompt tokens (what a burst of prompts gets, and what MoE-Gen's Table 7 measures), decode = steps
 of B sequences alone; the total time is shorter than the sum of the phases, since mixing shares
@@ -61,7 +66,7 @@ stated). Mixtral-8x7B / 8x22B / DeepSeek-V2 with the smallest cpu_offload_gb tha
 8x7B, just under our range for 8x22B, 2.7x under it for DeepSeek-V2 (we amortize one copy of the
 ~440 GB over a full 8192-token chunk; the published rate implies about 3x more copy time per prompt
 token, e.g. smaller chunks than the default budget). DeepSeek-R1 (671 GB fp8) fails, as
-published: its weights exceed the 486 GB of usable host memory, so no offload setting starts.
+published: its weights exceed the 522 GB of usable host memory (0.95 of 512 GiB), so no offload setting starts.
 With offload the step is copy-bound (25 GB/s pinned), and the KV pool, hence the batch, grows with
 the offload, which is why the setting moves decode by two orders of magnitude.
 """
