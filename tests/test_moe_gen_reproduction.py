@@ -8,7 +8,7 @@ column's ranking kept - is not met yet; the script prints where it misses):
 * the ranking of the paper's systems is kept in every column but the four pairs known to flip
   today (vLLM vs DeepSpeed on Mixtral-8x22B d=256, llama.cpp on DeepSeek-V2 d=1024): a regression
   guard, not the target;
-* the median |error| does not regress past 40% (it is 39.5%; the target is 25%);
+* the median |error| does not regress past 35% (it is 33%; the target is 25%);
 * every "Fail" cell that is a matter of memory is predicted infeasible with the reason.
 """
 
@@ -89,4 +89,4 @@ def test_ranking_kept_except_the_known_flips(cells):
 
 def test_median_error_does_not_regress(cells):
     mod, all_cells = cells
-    assert mod.median_abs_error(all_cells) <= 0.40
+    assert mod.median_abs_error(all_cells) <= 0.35

@@ -139,3 +139,22 @@ def test_measured_histogram_skew_activates_fewer_experts(tmp_path):
     assert skewed.decode_tok_s > uniform.decode_tok_s
     with pytest.raises(MoesimError, match="8 non-negative counts"):
         moesim.predict("mixtral-8x7b", "c2", "moe-gen", expert_popularity=[1, 2, 3])
+
+
+@pytest.mark.parametrize("kv_copy", ["context", "reserved"])
+def test_moe_gen_kv_copies_hold_the_context_or_the_reserved_slot(kv_copy):
+    """GPU attention copies each micro-batch's KV H2D per layer: seqs x tokens x kv bytes per token per layer,
+    with tokens = the current context ("context") or prompt + max decode ("reserved")."""
+    from moesim.modules import Context, Options
+    from moesim.specs import OfflineWorkload
+    from moesim.systems import get_system
+
+    model, hw = moesim.get_model("mixtral-8x7b"), moesim.get_hardware("c2")
+    work = OfflineWorkload(num_requests=256, prompt_tokens=512, gen_tokens=256)
+    ctx = Context(model, hw, work, Options())
+    plan = get_system("moe-gen-gpu")({"kv_copy": kv_copy, "attention_micro_batch": 64}).plan(ctx)
+    per_token_layer = 2 * 8 * 128 * 2.0  # K and V, 8 KV heads x 128 x bf16
+    for context, step in plan.decode_points:
+        copies = [t for t in step.engine.tasks if t.name.startswith("L0 KV H2D")]
+        tokens = context if kv_copy == "context" else 512 + 256
+        assert copies and sum(t.bytes for t in copies) == pytest.approx(plan.batch_size * tokens * per_token_layer)

@@ -30,6 +30,7 @@ copy/compute tasks per layer and micro-batches likewise; no S_Params caching of 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -52,6 +53,9 @@ class MoEGenParams(BaseModel):
     attention_micro_batch_grid: tuple[int, ...] = (32, 128, 512)
     cpu_attention_grid: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8)
     kv_buffer_slots: int = Field(default=2, ge=1)
+    kv_copy: Literal["context", "reserved"] = Field(
+        default="context", description="KV tokens copied per sequence for GPU attention: its current context (the "
+                                       "released code), or its whole reserved host slot, prompt + max decode length")
     max_tasks_per_module: int = Field(default=16, ge=1)
 
 
@@ -119,7 +123,7 @@ class MoEGen(ServingSystem):
     def _pass(self, ctx: Context, seqs: int, q_len: int, kv_len: int, b_a: int, omega: float,
               disk_fraction: float) -> StepSim:
         """One simulated pass; memoised on the context, so moe-gen and moe-gen-gpu share the passes they both run."""
-        key = ("moe-gen pass", self.params.kv_buffer_slots, self.params.max_tasks_per_module, seqs, q_len, kv_len,
+        key = ("moe-gen pass", self.params.kv_buffer_slots, self.params.kv_copy, self.params.max_tasks_per_module, seqs, q_len, kv_len,
                b_a, 0.0 if q_len > 1 else omega, disk_fraction)
         return ctx.memo(key, lambda: self._simulate(ctx, seqs, q_len, kv_len, b_a, omega, disk_fraction))
 
@@ -151,7 +155,8 @@ class MoEGen(ServingSystem):
         n_mb = math.ceil(gpu_seqs / b_a) if gpu_seqs else 0
         mb_groups = min(n_mb, cap)
         seqs_per_group = gpu_seqs / mb_groups if mb_groups else 0
-        kv_group_bytes = seqs_per_group * kv_len * ctx.kv_bytes_per_token_layer() if decode else 0.0
+        copy_len = kv_len if self.params.kv_copy == "context" else ctx.workload.total_context_tokens
+        kv_group_bytes = seqs_per_group * copy_len * ctx.kv_bytes_per_token_layer() if decode else 0.0
         core = {w: ctx.gpu_s(ctx.attention_core(b_a if decode else seqs_per_group, q_len, kv_len, w))
                 * (math.ceil(seqs_per_group / b_a) if decode else 1) for w in (False, True)}
         cpu_core = {w: ctx.cpu_s(ctx.cpu_attention(cpu_seqs, kv_len, w)) if cpu_seqs else 0.0 for w in (False, True)}
