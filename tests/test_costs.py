@@ -24,12 +24,30 @@ def test_expert_ffn_flops():
     assert c.weight_elements == 3 * h * f
 
 
-def test_moe_layer_loop_has_more_launches_and_a_sync():
+def test_moe_layer_loop_has_more_launches_and_a_sync_per_expert():
     fused = costs.moe_layer(4096, 14336, 8, 2, 64, impl="fused")
     loop = costs.moe_layer(4096, 14336, 8, 2, 64, impl="loop")
     assert loop.flop == fused.flop and loop.bytes == fused.bytes
     assert loop.launches + loop.loop_launches > fused.launches + fused.loop_launches
-    assert loop.loop_launches == 8 * 7 and loop.syncs == 1 and fused.syncs == 0
+    # 64 tokens hit all 8 experts (1 - (6/8)^64 ~ 1): one sync to list them, one torch.where each
+    assert loop.loop_launches == 8 * 7 and loop.syncs == 1 + 8 and fused.syncs == 0
+
+
+def test_serial_parts_keep_totals_and_price_each_roof():
+    """A GEMM then an elementwise pass: totals add up, and the time is the sum of the two roofs."""
+    from moesim.costs.efficiency import ProfileEfficiency
+    from moesim.db.resolve import get_hardware
+
+    hw = get_hardware("h100-sxm")
+    eff = ProfileEfficiency(hw.empirical)
+    g, v = costs.gemm(4096, 4096, 4096), costs.vector_op(2**26)
+    both = g.then(v)
+    assert both.flop == g.flop + v.flop and both.bytes == g.bytes + v.bytes and both.launches == 2
+    assert [p.family for p in both.pieces()] == ["gemm", "vector"]
+    t = costs.gpu_time_s(both, hw.gpu, eff)
+    assert t == pytest.approx(costs.gpu_time_s(g, hw.gpu, eff) + costs.gpu_time_s(v, hw.gpu, eff))
+    assert t > costs.gpu_time_s(g + v, hw.gpu, eff)  # merged, the pass would hide under the GEMM's roof
+    assert both.scaled(0.5).pieces()[1].bytes == v.bytes / 2
 
 
 def test_decode_attention_reads_whole_kv_gqa():

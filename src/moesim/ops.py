@@ -34,6 +34,9 @@ from .engine import BufferRing, Engine
 from .specs import AttentionSpec, Platform
 from .specs.common import BYTES_PER_ELEMENT
 
+#: kernels of eager ``F.silu(gate) * up`` (the harness's expert activation)
+EAGER_ACT_LAUNCHES = 2
+
 
 @dataclass(frozen=True)
 class GEMM:
@@ -54,7 +57,7 @@ class ExpertFFN:
     dtype: str = "bf16"
 
     def cost(self) -> OpCost:
-        return costs.expert_ffn(self.hidden, self.ffn, self.tokens, True, self.dtype)
+        return costs.expert_ffn(self.hidden, self.ffn, self.tokens, True, self.dtype, act_launches=EAGER_ACT_LAUNCHES)
 
 
 @dataclass(frozen=True)
@@ -124,17 +127,21 @@ def _gpu(hw: Platform, cost: OpCost) -> float:
 
 def _streamed_experts(engine: Engine, hw: Platform, hidden: int, ffn: int, experts: int, top_k: int, tokens: float,
                       dtype: str, buffers: int, after: int | None) -> int:
-    """Router, a host sync for the per-expert counts, then every expert's weights streamed
-    through ``buffers`` device slots while the experts before it compute. Returns the last task."""
+    """Router and gather of the routed rows, a host sync for the per-expert counts, then every
+    expert's weights streamed through ``buffers`` device slots while the experts before it
+    compute, then the combine (concatenate, scale by the routing weights, ``index_add_``: an
+    atomic scatter-add of every routed row). Returns the last task."""
     expert_bytes = 3 * hidden * ffn * BYTES_PER_ELEMENT[dtype]
     routed = tokens * top_k
     active = costs.expected_active_experts(experts, top_k, tokens)
     eff = costs.efficiency_for(hw.empirical, hw.calibration)
-    route = engine.add("router + sort", "gpu", _gpu(hw, costs.router(hidden, experts, tokens)
-                                                    + costs.dispatch_combine(hidden, routed)), [after], category="router")
+    route = engine.add("router + gather", "gpu", _gpu(hw, costs.router(hidden, experts, tokens)
+                                                      .then(costs.vector_op(routed * hidden, 0.0, 2.0))),
+                       [after], category="router")
     sync = engine.add("host reads expert counts", "host", eff.host_sync_s, [route], category="sync")
     copy_s = copy_time_s(expert_bytes, "h2d_pinned", hw)
-    compute_s = _gpu(hw, costs.expert_ffn(hidden, ffn, routed / active, True, dtype)) if active else 0.0
+    compute_s = _gpu(hw, costs.expert_ffn(hidden, ffn, routed / active, True, dtype,
+                                          act_launches=EAGER_ACT_LAUNCHES)) if active else 0.0
     ring = BufferRing(buffers)
     last = sync
     n_compute = math.ceil(active)
@@ -144,7 +151,10 @@ def _streamed_experts(engine: Engine, hw: Platform, hidden: int, ffn: int, exper
         if e < n_compute:  # experts no token chose are copied but not computed (as the harness does)
             last = engine.add(f"expert {e}", "gpu", compute_s, [copy, last], category="experts")
         ring.release(last if e < n_compute else copy)
-    return last
+    combine = (costs.vector_op(routed * hidden, 0.0, 2.0)  # torch.cat of the experts' outputs
+               .then(costs.vector_op(routed * hidden, 1.0, 2.0))  # * routing weights
+               .then(costs.scatter_add(routed, hidden)))  # out.index_add_
+    return engine.add("combine", "gpu", _gpu(hw, combine), [last], category="router")
 
 
 @dataclass(frozen=True)
@@ -248,7 +258,8 @@ class DecodeStep:
             last = _streamed_experts(engine, hw, h, s["ffn"], s["experts"], s["top_k"], b, self.dtype, 2, last)
             if s["shared_ffn"]:
                 last = engine.add(f"L{layer} shared experts", "gpu",
-                                  _gpu(hw, costs.expert_ffn(h, s["shared_ffn"], b)), [last], category="experts")
+                                  _gpu(hw, costs.expert_ffn(h, s["shared_ffn"], b, act_launches=EAGER_ACT_LAUNCHES)),
+                                  [last], category="experts")
         return engine
 
 

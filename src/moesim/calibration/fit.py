@@ -1,14 +1,22 @@
 """Fit a GPU's efficiency curves to measured cases (scipy least squares on log time).
 
-Stages, each fitting one family with the families before it held fixed:
+Stages, each fitting one family with the others held fixed:
 
 1. overheads: ``launch`` -> kernel_launch_s, ``host_sync`` -> host_sync_s (medians as measured);
-2. links: ``copy`` cases -> latency + bytes / bandwidth per kind (linear least squares);
-3. ``vector``/``copy`` memory curve from ``hbm_copy`` (memory_max, bytes_half, overhead);
-4. ``gemm:<dtype>`` from ``gemm`` (all five curve parameters);
-5. ``expert`` from ``expert_ffn``; 6. ``grouped_expert`` from fused ``moe_layer``;
-7. ``moe_loop`` (per-launch overhead of the per-expert Python loop) from loop ``moe_layer``;
-8. ``attention`` from ``attention``; 9. ``mla`` from ``mla_decode``.
+2. links: ``copy`` cases -> latency + bytes / bandwidth per kind (least squares on relative error);
+3. ``vector``/``copy`` memory curve from ``hbm_copy`` (memory_max, bytes_half);
+4. ``gemm:<dtype>`` from ``gemm`` (compute_max, rows_half, memory_max, bytes_half);
+5. ``expert`` from ``expert_ffn``; 6. ``grouped_expert`` and the ``scatter`` (index_add_) memory
+   fraction together from fused ``moe_layer``;
+7. ``moe_loop`` (per-launch host time of the per-expert Python loop) from loop ``moe_layer``;
+8. ``attention`` from ``attention``; 9. ``mla`` from ``mla_decode``;
+10. the host's issue time per further kernel of an operation (``dispatch_s``), one figure shared
+    by every kernel family, since PyTorch issues every kernel the same way (see
+    :mod:`moesim.costs.roofline`), fitted on all their cases together so that no single small,
+    noisy case sets it. Stages 3-10 are repeated three times.
+
+Each family's ``overhead_s`` is the issue latency of an operation's first kernel (paid once per
+operation timed alone).
 
 Residuals are log(predicted / measured), so every case weighs the same whatever its size, under a
 soft-L1 loss (scale 0.1) so that a few outliers (a first call, a clock ramp) do not drag a curve.
@@ -59,26 +67,40 @@ def log_errors(hw: Platform, cases: list[Case]) -> np.ndarray:
 
 
 def _fit_family(hw: Platform, profile: CalibrationProfile, key: str, cases: list[Case], names: list[str],
-                base: FamilyCurve = NEUTRAL) -> CalibrationProfile:
+                base: FamilyCurve = NEUTRAL, also: tuple[tuple[str, list[str], FamilyCurve], ...] = (),
+                shared: tuple[str, ...] = ()) -> CalibrationProfile:
+    """Fit ``names`` of curve ``key`` (jointly with the ``also`` curves' own parameters, and the
+    ``shared`` parameters, one value for all of them) to ``cases``."""
     from scipy.optimize import least_squares
 
     if not cases:
         return profile
-    lo = np.array([PARAMS[n][0] for n in names])
-    hi = np.array([PARAMS[n][1] for n in names])
-    x0 = np.array([PARAMS[n][2] for n in names])
+    blocks = [(key, names, base), *also]
+    flat = [n for _, ns, _ in blocks for n in ns] + list(shared)
+    lo = np.array([PARAMS[n][0] for n in flat])
+    hi = np.array([PARAMS[n][1] for n in flat])
+    x0 = np.array([PARAMS[n][2] for n in flat])
+
+    def trial(x: np.ndarray) -> CalibrationProfile:
+        out, i = profile, 0
+        common = x[len(x) - len(shared):] if shared else x[:0]
+        for k, ns, b in blocks:
+            out = _with(out, k, _decode(ns + list(shared), np.concatenate([x[i:i + len(ns)], common]), b))
+            i += len(ns)
+        return out
 
     def residuals(x: np.ndarray) -> np.ndarray:
-        trial = _with(profile, key, _decode(names, x, base))
-        return log_errors(_platform(hw, trial), cases)
+        return log_errors(_platform(hw, trial(x)), cases)
 
     # soft-L1 loss: a few outlying cases (first calls, clock ramps) do not drag the curve
     best = least_squares(residuals, x0, bounds=(lo, hi), method="trf", diff_step=1e-3, max_nfev=400,
                          loss="soft_l1", f_scale=0.1)
-    return _with(profile, key, _decode(names, best.x, base))
+    return trial(best.x)
 
 
 def _fit_link(cases: list[Case], link_name: str) -> LinkCalibration | None:
+    """t = latency + n / bandwidth per copy kind, least squares on relative error (weights 1/t),
+    so that small copies weigh as much as large ones, as in every other family's fit."""
     values: dict[str, float] = {}
     latencies = []
     for kind in ("h2d_pinned", "d2h_pinned", "h2d_pageable", "d2h_pageable"):
@@ -86,23 +108,24 @@ def _fit_link(cases: list[Case], link_name: str) -> LinkCalibration | None:
         if len(pts) < 2:
             return None
         n, t = np.array(pts).T
-        slope, intercept = np.polyfit(n, t, 1)  # t = latency + n / bandwidth
+        slope, intercept = np.polyfit(n, t, 1, w=1.0 / t)  # t = latency + n / bandwidth
         values[f"{kind}_bytes_per_s"] = 1.0 / slope
         latencies.append(max(intercept, 0.0))
     return LinkCalibration(link=link_name, latency_s=float(np.median(latencies)), **values)
 
 
 def _fit_dispatch(hw: Platform, profile: CalibrationProfile, cases: list[Case], keys: list[str]) -> float:
-    """One host launch roof (seconds per kernel) shared by the kernel families, least squares on log time."""
+    """The host's issue time per further kernel, one figure for the kernel families ``keys``
+    (PyTorch issues every kernel the same way), least squares on log time over all their cases."""
     from scipy.optimize import least_squares
 
-    def residuals(x: np.ndarray) -> np.ndarray:
+    def trial(x: np.ndarray) -> CalibrationProfile:
         d = (10.0 ** x[0] - 1.0) * 1e-6
         fams = {k: (v.model_copy(update={"dispatch_s": d}) if k in keys else v) for k, v in profile.families.items()}
-        return log_errors(_platform(hw, profile.model_copy(update={"families": fams})), cases)
+        return profile.model_copy(update={"families": fams})
 
-    best = least_squares(residuals, np.array([1.0]), bounds=([0.0], [3.0]), diff_step=1e-3, loss="soft_l1",
-                         f_scale=0.1)
+    best = least_squares(lambda x: log_errors(_platform(hw, trial(x)), cases), np.log10([11.0]), bounds=([0.0], [3.0]),
+                         diff_step=1e-2, loss="soft_l1", f_scale=0.1)
     return float((10.0 ** best.x[0] - 1.0) * 1e-6)
 
 
@@ -121,38 +144,55 @@ def fit_profile(env: dict[str, Any], cases: list[Case], gpu: str, measurements_p
         kernel_launch_s=float(np.median(launch)), host_sync_s=float(np.median(sync)),
         link=_fit_link(by("copy"), hw.host_link.name),
     )
-    curve_params = ["compute_max", "rows_half", "memory_max", "bytes_half", "overhead_s"]
+    # Each family: its roofs' achieved fractions (and the GEMM tile-filling half point). The fixed
+    # time of an operation timed alone is the host's issue latency of its first kernel
+    # (``overhead_s``), so it belongs to the host path, not the family: one for copies, one for
+    # SDPA (its backend selection), and one for everything that starts with a cuBLAS matmul
+    # (GEMMs of every dtype, expert FFNs, MoE layers behind their router GEMM, the eager MLA
+    # decode behind its first bmm), fitted on the GEMM cases of all dtypes together. No
+    # bytes_half: a small operation's fixed time is that latency, not a lower bandwidth, and a
+    # half point fitted to a handful of large shapes extrapolates wildly to small ones.
+    curve_params = ["compute_max", "rows_half", "memory_max"]
+    fused = by("moe_layer", impl="fused")
+    dtypes = sorted({c.params.get("dtype", "bf16") for c in by("gemm")})
+    gemm_keys = [f"gemm:{dt}" for dt in dtypes]
     stages = [
-        ("vector", by("hbm_copy"), ["memory_max", "bytes_half", "overhead_s"]),
-        *[(f"gemm:{dt}", by("gemm", dtype=dt), curve_params) for dt in sorted({c.params.get("dtype", "bf16")
-                                                                              for c in by("gemm")})],
-        ("expert", by("expert_ffn"), curve_params),
-        ("grouped_expert", by("moe_layer", impl="fused"), curve_params),
-        ("moe_loop", by("moe_layer", impl="loop"), ["overhead_s", "dispatch_s"]),
-        ("attention", by("attention"), ["compute_max", "memory_max", "bytes_half", "overhead_s"]),
-        ("mla", by("mla_decode"), ["compute_max", "memory_max", "bytes_half", "overhead_s"]),
+        ("vector", by("hbm_copy"), ["memory_max", "overhead_s"], (), ()),
+        (gemm_keys[0], by("gemm"), curve_params, tuple((k, curve_params) for k in gemm_keys[1:]), ("overhead_s",)),
+        ("expert", by("expert_ffn"), curve_params, (), ()),
+        ("grouped_expert", fused, curve_params, (("scatter", ["memory_max"]),) if fused else (), ()),
+        ("moe_loop", by("moe_layer", impl="loop"), ["overhead_s"], (), ()),
+        ("attention", by("attention"), ["compute_max", "memory_max", "overhead_s"], (), ()),
+        ("mla", by("mla_decode"), ["compute_max", "memory_max"], (), ()),
     ]
-    # The host launch roof is one figure for all kernel families (PyTorch issues every kernel the
-    # same way), fitted on all their cases together so that no single small case sets it; the
-    # families' curves and that figure are fitted in turn, twice.
-    pooled = [c for key, fam, _ in stages if key != "moe_loop" for c in fam]
-    dispatch = 0.0
-    for _ in range(2):
-        for key, fam_cases, names in stages:
-            base = NEUTRAL if key == "moe_loop" else NEUTRAL.model_copy(update={"dispatch_s": dispatch})
-            prior = profile.families.get(key)
-            if prior is not None and key != "moe_loop":
-                base = prior.model_copy(update={"dispatch_s": dispatch})
-            profile = _fit_family(hw, profile, key, fam_cases, names, base)
-        dispatch = _fit_dispatch(hw, profile, pooled, [k for k, _, _ in stages if k != "moe_loop"])
+    matmul_led = ("expert", "grouped_expert", "mla")
+    kernel_keys = [k for k in ["vector", *gemm_keys, "expert", "grouped_expert", "attention", "mla"]] + (
+        ["scatter"] if fused else [])
+    pooled = [c for key, fam, _, _, _ in stages if key != "moe_loop" for c in fam]
+    dispatch = 10e-6
+    for _ in range(3):
+        for key, fam_cases, names, also, shared in stages:
+            def base_of(k: str) -> FamilyCurve:
+                prior = profile.families.get(k)
+                if k == "moe_loop":
+                    return NEUTRAL
+                update = {"dispatch_s": dispatch}
+                if k in matmul_led and gemm_keys[0] in profile.families:
+                    update["overhead_s"] = profile.families[gemm_keys[0]].overhead_s
+                if k == "scatter":
+                    update["overhead_s"] = 0.0  # never the first kernel of an operation
+                return (prior or NEUTRAL).model_copy(update=update)
+            profile = _fit_family(hw, profile, key, fam_cases, names, base_of(key),
+                                  tuple((k, ns, base_of(k)) for k, ns in also), shared)
+        dispatch = _fit_dispatch(hw, profile, pooled, kernel_keys)
         profile = profile.model_copy(update={"families": {
-            k: (v.model_copy(update={"dispatch_s": dispatch}) if k != "moe_loop" else v)
+            k: (v.model_copy(update={"dispatch_s": dispatch}) if k in kernel_keys else v)
             for k, v in profile.families.items()}})
-    for key, fam_cases, _ in stages:
+    for key, fam_cases, _, _, _ in stages:
         if fam_cases:
             err = log_errors(_platform(hw, profile), fam_cases)
             log(f"  {key:16s} {len(fam_cases):4d} cases  median |err| {np.median(np.abs(np.expm1(err))):6.1%}")
-    log(f"  host launch roof: {dispatch * 1e6:.1f} us per kernel")
+    log(f"  host: {dispatch * 1e6:.1f} us to issue each further kernel of an operation")
     all_fitted = [c for c in train if c.op() is not None]
     err = np.abs(np.expm1(log_errors(_platform(hw, profile), all_fitted))) if all_fitted else np.zeros(1)
     return profile.model_copy(update={"fit_summary": {

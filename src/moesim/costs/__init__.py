@@ -5,7 +5,7 @@ from .cpu import cpu_attention, cpu_experts
 from .efficiency import CalibratedEfficiency, EfficiencyModel, ProfileEfficiency, efficiency_for
 from .embedding import embedding_lookup, lm_head
 from .ffn import dispatch_combine, expert_ffn, moe_layer, routed_experts, router
-from .gemm import gemm, vector_op
+from .gemm import gemm, scatter_add, vector_op
 from .quant import compute_dtype, needs_dequant
 from .roofline import OpCost, bound_of, cpu_time_s, gpu_time_s
 from .routing import expected_active_experts, expected_tokens_per_expert, inclusion_probabilities, load_imbalance
@@ -16,5 +16,6 @@ __all__ = [
     "achieved_link", "compute_dtype", "copy_time_s", "platform_copy_time_s", "cpu_attention", "cpu_experts", "cpu_time_s", "dispatch_combine",
     "effective_span", "embedding_lookup", "expected_active_experts", "expected_tokens_per_expert",
     "expert_ffn", "gemm", "gpu_time_s", "inclusion_probabilities", "link_bandwidth_bytes_per_s", "lm_head",
-    "load_imbalance", "mla_decode_unfused", "moe_layer", "needs_dequant", "routed_experts", "router", "vector_op",
+    "load_imbalance", "mla_decode_unfused", "moe_layer", "needs_dequant", "routed_experts", "router", "scatter_add",
+    "vector_op",
 ]

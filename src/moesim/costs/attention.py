@@ -83,18 +83,23 @@ def attention_projections(params: float, hidden: int, tokens: float, weight_dtyp
 
 
 def mla_decode_unfused(batch: float, heads: int, kv_len: float, kv_lora_rank: int, rope_dim: int) -> OpCost:
-    """Absorbed MLA decode written as plain tensor ops (the validation harness; Hugging Face style):
+    """Absorbed MLA decode written as plain tensor ops (the validation harness; Hugging Face style),
+    eight kernels, with the bytes each moves per score (S = b h L scores):
 
-        scores = q_lat @ latent^T + q_rope @ k_rope^T     two batched GEMMs, scores written in bf16
-        probs  = softmax(scores.float()).bf16              materialised: ~20 bytes per score
-        out    = probs @ latent                            the latent is read a second time
+        q_lat @ latent^T, q_rope @ k_rope^T   two batched GEMMs: write 2 + 2 (and read the latent)
+        (s1 + s2) * scale                      add: read 4 write 2; scale: read 2 write 2
+        .float(), softmax, .to(bf16)           read 2 write 4; read 4 write 4; read 4 write 2
+        probs @ latent                         read 2 (and read the latent a second time)
 
-    Unlike a fused (FlashMLA-style) kernel, the latent is read twice and the b*h*L score matrix
-    makes several round trips to memory; family ``mla`` (borrows the ``attention`` curve).
+    so 36 bytes per score beside twice the latent. Unlike a fused (FlashMLA-style) kernel, the
+    score matrix makes several round trips to memory; family ``mla`` (borrows the ``attention`` curve).
     """
     scores = batch * heads * kv_len
     latent = batch * kv_len * (kv_lora_rank + rope_dim) * ACT_BYTES
     flop = 2.0 * scores * (2 * kv_lora_rank + rope_dim) + 5.0 * scores
-    nbytes = (2 * latent + 2 * scores * ACT_BYTES + 20.0 * scores
-              + batch * heads * (2 * kv_lora_rank + rope_dim) * ACT_BYTES)
+    nbytes = 2 * latent + MLA_UNFUSED_BYTES_PER_SCORE * scores + batch * heads * (2 * kv_lora_rank + rope_dim) * ACT_BYTES
     return OpCost(family="mla", flop=flop, bytes=nbytes, dtype="bf16", launches=8, rows=heads)
+
+
+#: bytes per score of the eager MLA decode's eight kernels (see :func:`mla_decode_unfused`)
+MLA_UNFUSED_BYTES_PER_SCORE = (2 + 2) + (4 + 2) + (2 + 2) + (2 + 4) + (4 + 4) + (4 + 2) + 2

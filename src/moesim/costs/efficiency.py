@@ -33,9 +33,11 @@ class EfficiencyModel(Protocol):
 
     def memory_efficiency(self, cost: "OpCost") -> float: ...
 
-    def launch_s(self, cost: "OpCost") -> float: ...
+    def issue_s(self, cost: "OpCost", launches: int) -> float: ...
 
     def dispatch_s(self, cost: "OpCost") -> float: ...
+
+    def loop_launch_s(self, cost: "OpCost") -> float: ...
 
 
 @dataclass(frozen=True)
@@ -83,16 +85,20 @@ class ProfileEfficiency:
     def memory_efficiency(self, cost: "OpCost") -> float:
         return self.profile.memory_bandwidth_efficiency
 
-    def launch_s(self, cost: "OpCost") -> float:
-        return self.profile.kernel_launch_s
+    def issue_s(self, cost: "OpCost", launches: int) -> float:
+        """Fixed host time of an operation of ``launches`` kernels: additive per launch here."""
+        return launches * self.profile.kernel_launch_s
 
     def dispatch_s(self, cost: "OpCost") -> float:
         return 0.0  # the default profile has no host launch roof (launch overhead is additive)
 
+    def loop_launch_s(self, cost: "OpCost") -> float:
+        return self.profile.kernel_launch_s
+
 
 #: families without a curve of their own borrow one (expert GEMMs behave like GEMMs).
 _FALLBACK = {"mla": "attention", "grouped_expert": "expert", "expert": "gemm", "attention": "vector", "gemm": "vector", "copy": "vector",
-             "moe_loop": ""}
+             "scatter": "vector", "moe_loop": ""}
 
 
 @dataclass(frozen=True)
@@ -129,13 +135,23 @@ class CalibratedEfficiency(ProfileEfficiency):
         curve = self._curve(cost)
         return curve.memory_efficiency(cost.bytes) if curve else super().memory_efficiency(cost)
 
-    def launch_s(self, cost: "OpCost") -> float:
+    def issue_s(self, cost: "OpCost", launches: int) -> float:
+        """Host latency before the operation's first kernel runs (``overhead_s``, once per operation:
+        an operation timed alone waits for it; the rest of its kernels' issue overlaps the GPU)."""
+        if launches <= 0:
+            return 0.0
         curve = self._curve(cost)
-        return curve.overhead_s if curve else self.calibration.kernel_launch_s
+        return curve.overhead_s if curve else launches * self.calibration.kernel_launch_s
 
     def dispatch_s(self, cost: "OpCost") -> float:
         curve = self._curve(cost)
         return curve.dispatch_s if curve else 0.0
+
+    def loop_launch_s(self, cost: "OpCost") -> float:
+        """Per launch of a per-expert Python loop: each iteration waits on a host sync, so every
+        launch's host latency is exposed (family ``moe_loop``)."""
+        curve = self._curve(cost)
+        return curve.overhead_s if curve else self.calibration.kernel_launch_s
 
 
 def efficiency_for(empirical: EmpiricalProfile, calibration: CalibrationProfile | None) -> ProfileEfficiency:

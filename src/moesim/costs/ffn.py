@@ -19,10 +19,11 @@ Two implementations:
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Literal
 
 from ..specs.common import BYTES_PER_ELEMENT
-from .gemm import ACT_BYTES, gemm, vector_op
+from .gemm import ACT_BYTES, gemm, scatter_add, vector_op
 from .roofline import OpCost
 from .routing import expected_active_experts
 
@@ -30,25 +31,35 @@ LOOP_LAUNCHES_PER_EXPERT = 7
 FUSED_LAUNCHES = 3  # grouped gate_up, activation, grouped down
 
 
-def expert_ffn(hidden: int, ffn: int, tokens: float, gated: bool = True, weight_dtype: str = "bf16") -> OpCost:
-    """One (gated) expert FFN applied to ``tokens`` tokens."""
+def expert_ffn(hidden: int, ffn: int, tokens: float, gated: bool = True, weight_dtype: str = "bf16",
+               act_launches: int = 1) -> OpCost:
+    """One (gated) expert FFN applied to ``tokens`` tokens: the two GEMMs on the GEMM roof, the
+    activation after them on its own (memory) roof. ``act_launches=2`` is eager PyTorch's
+    ``F.silu(gate) * up``: two kernels, 10 bytes per element (silu reads 2 writes 2; the product
+    reads 4 writes 2) instead of one fused kernel's 6."""
     up = gemm(tokens, (2 if gated else 1) * ffn, hidden, weight_dtype, family="expert")
-    act = vector_op(tokens * ffn, flop_per_element=4.0 if gated else 2.0, passes=3.0 if gated else 2.0)
+    unfused = gated and act_launches > 1
+    act = vector_op(tokens * ffn, flop_per_element=4.0 if gated else 2.0,
+                    passes=5.0 if unfused else (3.0 if gated else 2.0), launches=act_launches)
     down = gemm(tokens, hidden, ffn, weight_dtype, family="expert")
-    return up + act + down
+    return (up + down).then(act)
 
 
 def routed_experts(hidden: int, ffn: int, num_active: float, routed_tokens: float, gated: bool = True,
-                   weight_dtype: str = "bf16", impl: Literal["fused", "loop"] = "fused") -> OpCost:
-    """``num_active`` experts sharing ``routed_tokens`` (= T*k) token-expert pairs."""
+                   weight_dtype: str = "bf16", impl: Literal["fused", "loop"] = "fused",
+                   separate_activation: bool = False) -> OpCost:
+    """``num_active`` experts sharing ``routed_tokens`` (= T*k) token-expert pairs. With
+    ``separate_activation`` only the GEMMs' traffic is counted (the caller adds the activation
+    as a kernel of its own); otherwise one fused activation pass is folded in."""
     mats = 3 if gated else 2
     weight_elements = num_active * mats * hidden * ffn
-    acts = routed_tokens * (hidden + (mats - 1) * ffn * 2 + ffn + hidden) * ACT_BYTES
+    act_bytes = 0 if separate_activation else (mats - 1) * ffn  # the activation reading h
+    acts = routed_tokens * (hidden + (mats - 1) * ffn + ffn + hidden + act_bytes) * ACT_BYTES
     rows = routed_tokens / num_active if num_active else 0.0
     loop_launches = 0 if impl == "fused" else int(round(num_active)) * LOOP_LAUNCHES_PER_EXPERT
     return OpCost(
         family="grouped_expert" if impl == "fused" else "expert",
-        flop=2.0 * mats * hidden * ffn * routed_tokens + routed_tokens * ffn * 4.0,
+        flop=2.0 * mats * hidden * ffn * routed_tokens + (0.0 if separate_activation else routed_tokens * ffn * 4.0),
         bytes=weight_elements * BYTES_PER_ELEMENT[weight_dtype] + acts,
         dtype=weight_dtype,
         weight_elements=weight_elements,
@@ -71,10 +82,28 @@ def dispatch_combine(hidden: int, routed_tokens: float) -> OpCost:
 
 def moe_layer(hidden: int, ffn: int, num_experts: int, top_k: int, tokens: float, gated: bool = True,
               weight_dtype: str = "bf16", impl: Literal["fused", "loop"] = "fused", zipf_s: float = 0.0) -> OpCost:
-    """A routed MoE layer as a whole on ``tokens`` tokens (shared experts not included)."""
+    """A routed MoE layer as a whole on ``tokens`` tokens (shared experts not included), as eager
+    PyTorch runs it (``validation/torchbench/kernels.py``), R = tokens * top_k routed rows:
+
+        router GEMM + softmax/top-k          merged (small)
+        gather x[token]                      vector, R hidden: read + write
+        expert GEMMs                         grouped (fused) or one per active expert (loop)
+        SiLU(gate) * up                      vector, R ffn, two kernels
+        y * routing weight                   vector, R hidden: read + write
+        out.index_add_(0, token, y)          scatter: R hidden atomic adds
+
+    each kind on its own roof, one after the other. The loop reads the hit experts on the host
+    (one sync) and then one ``torch.where`` per expert (a sync each)."""
     active = expected_active_experts(num_experts, top_k, tokens, zipf_s)
+    routed = tokens * top_k
+    experts = routed_experts(hidden, ffn, active, routed, gated, weight_dtype, impl, separate_activation=True)
+    if impl == "loop":
+        experts = replace(experts, syncs=1 + int(round(active)))
     return (
         router(hidden, num_experts, tokens)
-        + dispatch_combine(hidden, tokens * top_k)
-        + routed_experts(hidden, ffn, active, tokens * top_k, gated, weight_dtype, impl)
+        .then(vector_op(routed * hidden, 0.0, 2.0))
+        .then(experts)
+        .then(vector_op(routed * ffn, 4.0 if gated else 2.0, 5.0 if gated else 2.0, launches=2 if gated else 1))
+        .then(vector_op(routed * hidden, 1.0, 2.0))
+        .then(scatter_add(routed, hidden))
     )

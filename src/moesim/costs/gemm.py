@@ -2,6 +2,14 @@
 
     flop  = 2 m n k
     bytes = k n b_w + m k b_a + m n b_a     (weights read once, activations in and out)
+
+Elementwise work is memory bound (``vector_op``); a scatter-add of ``rows`` x ``width`` values
+into a smaller tensor (``index_add_``, the MoE combine) is bound by atomic read-modify-writes:
+
+    bytes = rows width (b_a + 2 b_a)        (source read, destination read and written, atomically)
+
+priced through its own family ``scatter`` (its achieved fraction of HBM bandwidth is low and is
+fitted; see :mod:`moesim.calibration.fit`).
 """
 
 from __future__ import annotations
@@ -28,3 +36,9 @@ def vector_op(elements: float, flop_per_element: float = 1.0, passes: float = 2.
     """Elementwise work (norms, activations, softmax): memory bound, ``passes`` reads+writes of bf16."""
     return OpCost(family="vector", flop=elements * flop_per_element, bytes=elements * passes * ACT_BYTES,
                   dtype="fp32", launches=launches)
+
+
+def scatter_add(rows: float, width: float) -> OpCost:
+    """``out.index_add_(0, index, src)`` of ``rows`` x ``width`` bf16 values: one atomic add each."""
+    elements = rows * width
+    return OpCost(family="scatter", flop=elements, bytes=elements * 3 * ACT_BYTES, dtype="fp32", launches=1)

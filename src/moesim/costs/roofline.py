@@ -1,12 +1,20 @@
 """The cost of one operation and its time on a device: a roofline with efficiency factors.
 
-    t = max( flop / (peak_flop_per_s(dtype) * eta_compute),
-             bytes / (memory_bandwidth_bytes_per_s * eta_memory),
-             launches * dispatch_s )                      (host launch roof; 0 when uncalibrated)
-        + launches * kernel_launch_s + syncs * host_sync_s
+An operation is one or more kernels issued by the host in sequence (eager PyTorch). Its parts
+that are separate kernels of a different kind (a GEMM, then an elementwise pass, then an atomic
+scatter-add) each run on their own roof, one after the other; parts of the same kind merge:
 
-(Williams, Waterman, Patterson, "Roofline", CACM 2009; the efficiency factors are the
-calibration seam of :mod:`moesim.costs.efficiency`.)
+    t_gpu  = sum over parts p of max( flop_p / (peak_flop_per_s(dtype) * eta_compute_p),
+                                      bytes_p / (memory_bandwidth_bytes_per_s * eta_memory_p) )
+    t      = issue_s + max( t_gpu, (launches - 1) * dispatch_s )      (host launch roof)
+             + syncs * host_sync_s + loop_launches * loop_overhead_s + extra_s
+
+``issue_s`` is the host latency before the first kernel of the operation starts (nothing hides
+it when the operation is timed alone), ``dispatch_s`` the host time to issue each further kernel
+(the host runs ahead of the GPU, so the GPU time and the remaining issue time overlap). The
+uncalibrated default profile has no launch roof: there issue_s = launches * kernel_launch_s.
+(Williams, Waterman, Patterson, "Roofline", CACM 2009; the efficiency factors and the two host
+figures are the calibration seam of :mod:`moesim.costs.efficiency`.)
 """
 
 from __future__ import annotations
@@ -18,7 +26,8 @@ from .efficiency import EfficiencyModel
 from .quant import compute_dtype, needs_dequant
 
 #: Operation families: the unit of calibration.
-FAMILIES = ("gemm", "expert", "grouped_expert", "moe_loop", "attention", "mla", "vector", "copy", "cpu_attention", "cpu_expert")
+FAMILIES = ("gemm", "expert", "grouped_expert", "moe_loop", "attention", "mla", "vector", "copy", "scatter",
+            "cpu_attention", "cpu_expert")
 
 
 @dataclass(frozen=True)
@@ -36,9 +45,11 @@ class OpCost:
     rows: float = 0.0  # GEMM rows per kernel (tokens per expert for expert GEMMs); 0 = not a GEMM
     extra_s: float = 0.0  # time that is neither compute nor memory (e.g. dequantization done separately)
     parts: tuple[str, ...] = field(default=(), compare=False)
+    serial: tuple["OpCost", ...] = ()  # parts (included in the totals above) run as kernels of their own kind
 
     def __add__(self, other: "OpCost") -> "OpCost":
-        """Sequential composition: work adds, the family of the larger-FLOP part is kept."""
+        """Merged composition: work adds, the family of the larger-FLOP part is kept (one roof for
+        the sum: right for kernels of one kind); serial parts of both stay serial."""
         main = self if self.flop >= other.flop else other
         return replace(
             main,
@@ -49,11 +60,46 @@ class OpCost:
             loop_launches=self.loop_launches + other.loop_launches,
             syncs=self.syncs + other.syncs,
             extra_s=self.extra_s + other.extra_s,
+            serial=self.serial + other.serial,
         )
+
+    def then(self, other: "OpCost") -> "OpCost":
+        """Serial composition: ``other`` runs after this operation as kernels of its own kind, each
+        of its parts on its own roof. The totals (flop, bytes, launches, ...) still add up; the
+        family, dtype and rows of this operation's own part are kept."""
+        return replace(
+            self,
+            flop=self.flop + other.flop,
+            bytes=self.bytes + other.bytes,
+            weight_elements=self.weight_elements + other.weight_elements,
+            launches=self.launches + other.launches,
+            loop_launches=self.loop_launches + other.loop_launches,
+            syncs=self.syncs + other.syncs,
+            extra_s=self.extra_s + other.extra_s,
+            serial=self.serial + other.pieces(),
+        )
+
+    def pieces(self) -> tuple["OpCost", ...]:
+        """The parts priced each on its own roof: this operation's own part (the totals less the
+        serial parts), then the serial parts."""
+        s = self.serial
+        own = replace(
+            self,
+            flop=self.flop - sum(p.flop for p in s),
+            bytes=self.bytes - sum(p.bytes for p in s),
+            weight_elements=self.weight_elements - sum(p.weight_elements for p in s),
+            launches=self.launches - sum(p.launches for p in s),
+            loop_launches=self.loop_launches - sum(p.loop_launches for p in s),
+            syncs=self.syncs - sum(p.syncs for p in s),
+            extra_s=self.extra_s - sum(p.extra_s for p in s),
+            serial=(),
+        )
+        return (own,) + s
 
     def scaled(self, factor: float) -> "OpCost":
         return replace(
-            self, flop=self.flop * factor, bytes=self.bytes * factor, weight_elements=self.weight_elements * factor
+            self, flop=self.flop * factor, bytes=self.bytes * factor, weight_elements=self.weight_elements * factor,
+            serial=tuple(p.scaled(factor) for p in self.serial),
         )
 
     @property
@@ -61,20 +107,26 @@ class OpCost:
         return self.flop / self.bytes if self.bytes else float("inf")
 
 
-def gpu_time_s(cost: OpCost, gpu: AcceleratorSpec, eff: EfficiencyModel) -> float:
-    """Time of ``cost`` on ``gpu`` (roofline + overheads + dequantization of quantized weights)."""
+def _roof_s(cost: OpCost, gpu: AcceleratorSpec, eff: EfficiencyModel) -> float:
+    """GPU time of one part: the larger of its compute and memory times (+ dequantization)."""
     peak, _ = gpu.peak_for(compute_dtype(cost.dtype, gpu))
     compute_s = cost.flop / (peak * eff.compute_efficiency(cost)) if cost.flop else 0.0
     memory_s = cost.bytes / (gpu.memory_bandwidth_bytes_per_s * eff.memory_efficiency(cost)) if cost.bytes else 0.0
-    loop = replace(cost, family="moe_loop") if cost.loop_launches else None
-    dispatch_s = cost.launches * eff.dispatch_s(cost) + (cost.loop_launches * eff.dispatch_s(loop) if loop else 0.0)
-    total = (max(compute_s, memory_s, dispatch_s) + cost.launches * eff.launch_s(cost)
-             + cost.syncs * eff.host_sync_s + cost.extra_s)
-    if loop is not None:
-        total += cost.loop_launches * eff.launch_s(loop)
+    t = max(compute_s, memory_s)
     if cost.weight_elements and needs_dequant(cost.dtype, gpu):
         vector_flop_per_s = gpu.peak_flop_per_s["fp32"] * eff.vector_efficiency
-        total += cost.weight_elements * eff.dequant_flop_per_weight / vector_flop_per_s
+        t += cost.weight_elements * eff.dequant_flop_per_weight / vector_flop_per_s
+    return t
+
+
+def gpu_time_s(cost: OpCost, gpu: AcceleratorSpec, eff: EfficiencyModel) -> float:
+    """Time of ``cost`` on ``gpu``: per-part rooflines in sequence, the host's issue latency and
+    launch roof, syncs, the per-expert loop's launches and dequantization of quantized weights."""
+    gpu_s = sum(_roof_s(p, gpu, eff) for p in cost.pieces())
+    host_roof_s = max(cost.launches - 1, 0) * eff.dispatch_s(cost)
+    total = eff.issue_s(cost, cost.launches) + max(gpu_s, host_roof_s) + cost.syncs * eff.host_sync_s + cost.extra_s
+    if cost.loop_launches:
+        total += cost.loop_launches * eff.loop_launch_s(replace(cost, family="moe_loop", serial=()))
     return total
 
 
@@ -88,7 +140,7 @@ def cpu_time_s(cost: OpCost, cpu: CPUSpec, num_cpus: int, memory_bandwidth_bytes
 
 
 def bound_of(cost: OpCost, gpu: AcceleratorSpec, eff: EfficiencyModel) -> str:
-    """'compute' or 'memory': which roof limits the operation."""
+    """'compute' or 'memory': which roof limits the operation (its main part)."""
     peak, _ = gpu.peak_for(compute_dtype(cost.dtype, gpu))
     compute_s = cost.flop / (peak * eff.compute_efficiency(cost))
     memory_s = cost.bytes / (gpu.memory_bandwidth_bytes_per_s * eff.memory_efficiency(cost))
