@@ -30,6 +30,7 @@ from typing import Literal, Union
 
 from . import costs
 from .costs import OpCost
+from .costs.ffn import ROUTE_KERNELS, SORT_KERNELS
 from .engine import BufferRing, Engine
 from .specs import AttentionSpec, Platform
 from .specs.common import BYTES_PER_ELEMENT
@@ -135,8 +136,11 @@ def _streamed_experts(engine: Engine, hw: Platform, hidden: int, ffn: int, exper
     routed = tokens * top_k
     active = costs.expected_active_experts(experts, top_k, tokens)
     eff = costs.efficiency_for(hw.empirical, hw.calibration)
-    route = engine.add("router + gather", "gpu", _gpu(hw, costs.router(hidden, experts, tokens)
-                                                      .then(costs.vector_op(routed * hidden, 0.0, 2.0))),
+    routing = (costs.gemm(tokens, experts, hidden) + costs.vector_op(tokens * experts, 5.0, 2.0,
+                                                                     launches=ROUTE_KERNELS - 1))
+    sort = costs.vector_op(routed, 4.0, 8.0, launches=SORT_KERNELS)  # its host read is the sync below
+    route = engine.add("router + sort + gather", "gpu",
+                       _gpu(hw, routing.then(sort).then(costs.vector_op(routed * hidden, 0.0, 2.0))),
                        [after], category="router")
     sync = engine.add("host reads expert counts", "host", eff.host_sync_s, [route], category="sync")
     copy_s = copy_time_s(expert_bytes, "h2d_pinned", hw)
@@ -152,7 +156,7 @@ def _streamed_experts(engine: Engine, hw: Platform, hidden: int, ffn: int, exper
             last = engine.add(f"expert {e}", "gpu", compute_s, [copy, last], category="experts")
         ring.release(last if e < n_compute else copy)
     combine = (costs.vector_op(routed * hidden, 0.0, 2.0)  # torch.cat of the experts' outputs
-               .then(costs.vector_op(routed * hidden, 1.0, 2.0))  # * routing weights
+               .then(costs.vector_op(routed * hidden, 1.0, 2.0, launches=3))  # weights gathered, * w, zeros_like
                .then(costs.scatter_add(routed, hidden)))  # out.index_add_
     return engine.add("combine", "gpu", _gpu(hw, combine), [last], category="router")
 

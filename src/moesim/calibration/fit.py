@@ -6,8 +6,8 @@ Stages, each fitting one family with the others held fixed:
 2. links: ``copy`` cases -> latency + bytes / bandwidth per kind (least squares on relative error);
 3. ``vector``/``copy`` memory curve from ``hbm_copy`` (memory_max, bytes_half);
 4. ``gemm:<dtype>`` from ``gemm`` (compute_max, rows_half, memory_max, bytes_half);
-5. ``expert`` from ``expert_ffn``; 6. ``grouped_expert`` and the ``scatter`` (index_add_) memory
-   fraction together from fused ``moe_layer``;
+5. ``expert`` from ``expert_ffn``; 6. ``grouped_expert`` (with its per-expert time ``group_s``)
+   and the ``scatter`` (index_add_) memory fraction together from fused ``moe_layer``;
 7. ``moe_loop`` (per-launch host time of the per-expert Python loop) from loop ``moe_layer``;
 8. ``attention`` from ``attention``; 9. ``mla`` from ``mla_decode``;
 10. the host's issue time per further kernel of an operation (``dispatch_s``), one figure shared
@@ -43,8 +43,9 @@ PARAMS = {
     "bytes_half": (0.0, 10.0, 5.0),
     "overhead_s": (0.0, 3.0, 0.5),  # log10(1 + microseconds)
     "dispatch_s": (0.0, 3.0, 1.0),  # log10(1 + microseconds)
+    "group_s": (0.0, 2.0, 0.3),  # log10(1 + microseconds)
 }
-LOG_PARAMS = {"rows_half": 1.0, "bytes_half": 1.0, "overhead_s": 1e-6, "dispatch_s": 1e-6}
+LOG_PARAMS = {"rows_half": 1.0, "bytes_half": 1.0, "overhead_s": 1e-6, "dispatch_s": 1e-6, "group_s": 1e-6}
 
 
 def _decode(names: list[str], x: np.ndarray, base: FamilyCurve) -> FamilyCurve:
@@ -160,7 +161,7 @@ def fit_profile(env: dict[str, Any], cases: list[Case], gpu: str, measurements_p
         ("vector", by("hbm_copy"), ["memory_max", "overhead_s"], (), ()),
         (gemm_keys[0], by("gemm"), curve_params, tuple((k, curve_params) for k in gemm_keys[1:]), ("overhead_s",)),
         ("expert", by("expert_ffn"), curve_params, (), ()),
-        ("grouped_expert", fused, curve_params, (("scatter", ["memory_max"]),) if fused else (), ()),
+        ("grouped_expert", fused, curve_params + ["group_s"], (("scatter", ["memory_max"]),) if fused else (), ()),
         ("moe_loop", by("moe_layer", impl="loop"), ["overhead_s"], (), ()),
         ("attention", by("attention"), ["compute_max", "memory_max", "overhead_s"], (), ()),
         ("mla", by("mla_decode"), ["compute_max", "memory_max"], (), ()),

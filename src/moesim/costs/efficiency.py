@@ -39,6 +39,8 @@ class EfficiencyModel(Protocol):
 
     def loop_launch_s(self, cost: "OpCost") -> float: ...
 
+    def group_s(self, cost: "OpCost") -> float: ...
+
 
 @dataclass(frozen=True)
 class ProfileEfficiency:
@@ -94,6 +96,9 @@ class ProfileEfficiency:
 
     def loop_launch_s(self, cost: "OpCost") -> float:
         return self.profile.kernel_launch_s
+
+    def group_s(self, cost: "OpCost") -> float:
+        return 0.0  # uncalibrated: no per-group time in grouped GEMMs
 
 
 #: families without a curve of their own borrow one (expert GEMMs behave like GEMMs).
@@ -152,6 +157,10 @@ class CalibratedEfficiency(ProfileEfficiency):
         launch's host latency is exposed (family ``moe_loop``)."""
         curve = self._curve(cost)
         return curve.overhead_s if curve else self.calibration.kernel_launch_s
+
+    def group_s(self, cost: "OpCost") -> float:
+        curve = self._curve(cost)
+        return curve.group_s if curve else 0.0
 
 
 def efficiency_for(empirical: EmpiricalProfile, calibration: CalibrationProfile | None) -> ProfileEfficiency:

@@ -63,10 +63,11 @@ def routed_experts(hidden: int, ffn: int, num_active: float, routed_tokens: floa
         bytes=weight_elements * BYTES_PER_ELEMENT[weight_dtype] + acts,
         dtype=weight_dtype,
         weight_elements=weight_elements,
-        launches=FUSED_LAUNCHES if impl == "fused" else 0,
+        launches=(FUSED_LAUNCHES - (1 if separate_activation else 0)) if impl == "fused" else 0,
         loop_launches=loop_launches,
         syncs=0 if impl == "fused" else 1,
         rows=rows,
+        groups=num_active * (mats - 1) if impl == "fused" else 0.0,  # two grouped GEMMs (gate-up, down)
     )
 
 
@@ -80,30 +81,60 @@ def dispatch_combine(hidden: int, routed_tokens: float) -> OpCost:
     return vector_op(routed_tokens * hidden, 0.0, 2.0, launches=1) + vector_op(routed_tokens * hidden, 2.0, 3.0)
 
 
+#: eager kernels of the harness's routing (kernels.route): x @ W_r, .float(), softmax, topk, sum, div, .to
+ROUTE_KERNELS = 7
+#: sorting routed rows by expert (kernels.moe_fused): argsort (PyTorch's small-input path: copy
+#: and one sort kernel), floor-divide, bincount (max, zeros, histogram; the max is read on the
+#: host: one sync), cumsum, cast to int32
+SORT_KERNELS = 8
+#: the loop's head (kernels.moe_loop): one_hot (2), permute-sum, compare, nonzero (2, then the
+#: host reads the hit experts: one sync), zeros_like for the output
+LOOP_HEAD_KERNELS = 7
+#: after the grouped GEMMs (kernels.moe_fused): routing weights gathered, y * w, zeros_like, index_add_
+COMBINE_KERNELS = 4
+
+
 def moe_layer(hidden: int, ffn: int, num_experts: int, top_k: int, tokens: float, gated: bool = True,
               weight_dtype: str = "bf16", impl: Literal["fused", "loop"] = "fused", zipf_s: float = 0.0) -> OpCost:
     """A routed MoE layer as a whole on ``tokens`` tokens (shared experts not included), as eager
     PyTorch runs it (``validation/torchbench/kernels.py``), R = tokens * top_k routed rows:
 
-        router GEMM + softmax/top-k          merged (small)
-        gather x[token]                      vector, R hidden: read + write
-        expert GEMMs                         grouped (fused) or one per active expert (loop)
-        SiLU(gate) * up                      vector, R ffn, two kernels
-        y * routing weight                   vector, R hidden: read + write
-        out.index_add_(0, token, y)          scatter: R hidden atomic adds
+        routing: router GEMM, softmax, top-k, renormalise  ROUTE_KERNELS launches (merged, small)
+        fused: sort rows by expert, count them             SORT_KERNELS launches, one sync
+        loop: one-hot mask, list the hit experts           LOOP_HEAD_KERNELS launches, one sync
+        gather x[token]                                    vector, R hidden: read + write
+        expert GEMMs                                       grouped (fused) or one per active expert (loop)
+        SiLU(gate) * up                                    vector, R ffn, two kernels
+        y * routing weight                                 vector, R hidden: read + write
+        out.index_add_(0, token, y)                        fused: scatter, R hidden colliding atomic adds;
+                                                           loop: one pass, no collisions
 
-    each kind on its own roof, one after the other. The loop reads the hit experts on the host
-    (one sync) and then one ``torch.where`` per expert (a sync each)."""
+    each kind on its own roof, one after the other. The loop issues gather, FFN, scale and
+    index_add_ once per active expert, each after a ``torch.where`` whose result the host reads
+    (a sync per expert): those launches are the loop's (family ``moe_loop``)."""
     active = expected_active_experts(num_experts, top_k, tokens, zipf_s)
     routed = tokens * top_k
+    loop = impl == "loop"
     experts = routed_experts(hidden, ffn, active, routed, gated, weight_dtype, impl, separate_activation=True)
-    if impl == "loop":
-        experts = replace(experts, syncs=1 + int(round(active)))
+    if loop:
+        experts = replace(experts, syncs=int(round(active)))
+        head = replace(vector_op(tokens * top_k * num_experts, 1.0, 2.0, launches=LOOP_HEAD_KERNELS), syncs=1)
+    else:
+        head = replace(vector_op(routed, 4.0, 8.0, launches=SORT_KERNELS), syncs=1)
+    per_expert = 0 if loop else 1  # launches of the passes below outside the loop
+    # One index_add_ of all R rows (fused) adds top_k rows into each output row: the atomics
+    # collide and serialise (family ``scatter``). The loop's index_add_ per expert adds at most
+    # one row into each output row: no collisions, an ordinary read-modify-write pass.
+    combine = vector_op(routed * hidden, 1.0, 3.0, launches=0) if loop else scatter_add(routed, hidden)
+    route = gemm(tokens, num_experts, hidden, "bf16") + vector_op(tokens * num_experts, 5.0, 2.0,
+                                                                 launches=ROUTE_KERNELS - 1)
     return (
-        router(hidden, num_experts, tokens)
-        .then(vector_op(routed * hidden, 0.0, 2.0))
+        route
+        .then(head)
+        .then(vector_op(routed * hidden, 0.0, 2.0, launches=per_expert))
         .then(experts)
-        .then(vector_op(routed * ffn, 4.0 if gated else 2.0, 5.0 if gated else 2.0, launches=2 if gated else 1))
-        .then(vector_op(routed * hidden, 1.0, 2.0))
-        .then(scatter_add(routed, hidden))
+        .then(vector_op(routed * ffn, 4.0 if gated else 2.0, 5.0 if gated else 2.0,
+                        launches=per_expert * (2 if gated else 1)))
+        .then(vector_op(routed * hidden, 1.0, 2.0, launches=per_expert * (COMBINE_KERNELS - 1)))
+        .then(combine)
     )

@@ -4,7 +4,9 @@
     bytes = k n b_w + m k b_a + m n b_a     (weights read once, activations in and out)
 
 Elementwise work is memory bound (``vector_op``); a scatter-add of ``rows`` x ``width`` values
-into a smaller tensor (``index_add_``, the MoE combine) is bound by atomic read-modify-writes:
+into a smaller tensor where several source rows land on one destination row in the same kernel
+(``index_add_`` of all routed rows, the MoE combine: top_k rows per token) is bound by colliding
+atomic read-modify-writes, which the L2 serialises:
 
     bytes = rows width (b_a + 2 b_a)        (source read, destination read and written, atomically)
 

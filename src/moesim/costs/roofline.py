@@ -6,12 +6,15 @@ scatter-add) each run on their own roof, one after the other; parts of the same 
 
     t_gpu  = sum over parts p of max( flop_p / (peak_flop_per_s(dtype) * eta_compute_p),
                                       bytes_p / (memory_bandwidth_bytes_per_s * eta_memory_p) )
+                                 + groups_p * group_s_p
     t      = issue_s + max( t_gpu, (launches - 1) * dispatch_s )      (host launch roof)
              + syncs * host_sync_s + loop_launches * loop_overhead_s + extra_s
 
 ``issue_s`` is the host latency before the first kernel of the operation starts (nothing hides
 it when the operation is timed alone), ``dispatch_s`` the host time to issue each further kernel
-(the host runs ahead of the GPU, so the GPU time and the remaining issue time overlap). The
+(the host runs ahead of the GPU, so the GPU time and the remaining issue time overlap).
+``group_s`` is the GPU time each GEMM problem of a grouped kernel adds (one expert's ramp and
+tail: a grouped GEMM over 64 small experts streams its weights slower than one large GEMM). The
 uncalibrated default profile has no launch roof: there issue_s = launches * kernel_launch_s.
 (Williams, Waterman, Patterson, "Roofline", CACM 2009; the efficiency factors and the two host
 figures are the calibration seam of :mod:`moesim.costs.efficiency`.)
@@ -43,6 +46,7 @@ class OpCost:
     loop_launches: int = 0  # launches issued from a Python loop (HF per-expert loop): priced as family "moe_loop"
     syncs: int = 0
     rows: float = 0.0  # GEMM rows per kernel (tokens per expert for expert GEMMs); 0 = not a GEMM
+    groups: float = 0.0  # GEMM problems inside one grouped kernel (active experts x GEMMs), each with its own ramp
     extra_s: float = 0.0  # time that is neither compute nor memory (e.g. dequantization done separately)
     parts: tuple[str, ...] = field(default=(), compare=False)
     serial: tuple["OpCost", ...] = ()  # parts (included in the totals above) run as kernels of their own kind
@@ -60,6 +64,7 @@ class OpCost:
             loop_launches=self.loop_launches + other.loop_launches,
             syncs=self.syncs + other.syncs,
             extra_s=self.extra_s + other.extra_s,
+            groups=self.groups + other.groups,
             serial=self.serial + other.serial,
         )
 
@@ -76,6 +81,7 @@ class OpCost:
             loop_launches=self.loop_launches + other.loop_launches,
             syncs=self.syncs + other.syncs,
             extra_s=self.extra_s + other.extra_s,
+            groups=self.groups + other.groups,
             serial=self.serial + other.pieces(),
         )
 
@@ -92,6 +98,7 @@ class OpCost:
             loop_launches=self.loop_launches - sum(p.loop_launches for p in s),
             syncs=self.syncs - sum(p.syncs for p in s),
             extra_s=self.extra_s - sum(p.extra_s for p in s),
+            groups=self.groups - sum(p.groups for p in s),
             serial=(),
         )
         return (own,) + s
@@ -112,7 +119,7 @@ def _roof_s(cost: OpCost, gpu: AcceleratorSpec, eff: EfficiencyModel) -> float:
     peak, _ = gpu.peak_for(compute_dtype(cost.dtype, gpu))
     compute_s = cost.flop / (peak * eff.compute_efficiency(cost)) if cost.flop else 0.0
     memory_s = cost.bytes / (gpu.memory_bandwidth_bytes_per_s * eff.memory_efficiency(cost)) if cost.bytes else 0.0
-    t = max(compute_s, memory_s)
+    t = max(compute_s, memory_s) + cost.groups * eff.group_s(cost)
     if cost.weight_elements and needs_dequant(cost.dtype, gpu):
         vector_flop_per_s = gpu.peak_flop_per_s["fp32"] * eff.vector_efficiency
         t += cost.weight_elements * eff.dequant_flop_per_weight / vector_flop_per_s

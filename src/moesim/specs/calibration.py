@@ -31,6 +31,8 @@ class FamilyCurve(Spec):
     overhead_s: float = Field(ge=0, description="fixed time per kernel launch of this family")
     dispatch_s: float = Field(default=0.0, ge=0, description="host time to issue one kernel: an operation "
                               "never runs faster than launches x dispatch_s (the host's launch roof)")
+    group_s: float = Field(default=0.0, ge=0, description="GPU time each GEMM problem (expert) of a grouped "
+                           "kernel adds: its ramp and tail")
 
     def compute_efficiency(self, rows: float) -> float:
         if rows <= 0:
