@@ -121,11 +121,20 @@ def _hardware(model: str, system: str) -> tuple[str, dict]:
     return "c2", over
 
 
+#: DeepSpeed runs the Hugging Face model code of the pinned transformers 4.42: Mixtral's default attention is
+#: SDPA (MixtralSdpaAttention; no score matrix), DeepSeek's remote code has eager or flash-attention-2 only, and
+#: flash-attention-2 needs fp16/bf16 without ZeRO's fp32 casts, so eager (fp32 softmax).
+HF_ATTENTION = {"8x7B": "sdpa", "8x22B": "sdpa", "DS-V2": "eager", "DS-R1": "eager"}
+
+
 def system_params(system: str, model: str) -> dict:
-    """The one parameter set of ``system``, plus MoE-Gen's own per-model defaults for its two variants."""
+    """The one parameter set of ``system``, plus what the model's own code fixes: MoE-Gen's per-model defaults
+    for its two variants, the Hugging Face attention implementation for DeepSpeed."""
     params = dict(SYSTEM_PARAMS.get(system, {}))
     if system.startswith("moe-gen"):
         params.update(MOE_GEN_RELEASED_DEFAULTS[model])
+    if system == "deepspeed":
+        params["attention"] = HF_ATTENTION[model]
     return params
 
 

@@ -96,6 +96,10 @@ class DeepSpeedParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     batch_size: int | None = Field(default=None, ge=1,
                                    description="sequences per batch (prefill and decode); None = largest that fits")
+    attention: Literal["eager", "sdpa"] = Field(
+        default="eager", description="Hugging Face attention implementation: eager materialises the score matrix; "
+                                     "sdpa (transformers' default since 4.36 where a model has it, e.g. Mixtral) "
+                                     "runs fused kernels that do not")
     attention_score_dtype: Literal["fp32", "bf16"] = Field(
         default="fp32", description="dtype of the materialised prefill softmax (HF eager attention upcasts to fp32)")
     logits_all_positions: bool = Field(
@@ -110,6 +114,12 @@ class DeepSpeed(ServingSystem):
     Params = DeepSpeedParams
 
     # ---- memory --------------------------------------------------------------------------------
+    def _score_peak_bytes(self, ctx: Context, q_len: int, kv_len: int) -> float:
+        """Score matrix of one sequence held at the attention peak (none with fused SDPA kernels)."""
+        if self.params.attention == "sdpa":
+            return 0.0
+        return eager_attention_peak_bytes(ctx, 1, q_len, kv_len, self.params.attention_score_dtype)
+
     def _fixed_bytes(self, ctx: Context) -> float:
         return ctx.resident_weight_bytes + self.params.layer_buffers * max_layer_weight_bytes(ctx)
 
@@ -117,8 +127,7 @@ class DeepSpeed(ServingSystem):
         """(prefill, decode) GPU bytes per sequence of the batch."""
         w = ctx.workload
         p, total = w.prompt_tokens, w.total_context_tokens
-        layer_peak = (eager_attention_peak_bytes(ctx, 1, p, p, self.params.attention_score_dtype)
-                      + activation_bytes(ctx, p))
+        layer_peak = self._score_peak_bytes(ctx, p, p) + activation_bytes(ctx, p)
         logits = prefill_logits_bytes(ctx, p) if self.params.logits_all_positions else ctx.model.vocab_size * 6.0
         prefill = p * ctx.kv_bytes_per_token(p) + max(layer_peak, logits)
         decode = total * ctx.kv_bytes_per_token(total) + activation_bytes(ctx, 1)
@@ -155,7 +164,10 @@ class DeepSpeed(ServingSystem):
         wbytes = {k: layer_weight_bytes(ctx, k) for k in m.layer_kinds()}
         copy = {k: ctx.h2d_s(v) for k, v in wbytes.items()}
         proj = ctx.gpu_s(ctx.attention_proj(tokens))
-        core = {w: ctx.gpu_s(eager_attention_cost(ctx, seqs, q_len, kv_len, w, dtype)) for w in (False, True)}
+        if self.params.attention == "sdpa":
+            core = {w: ctx.gpu_s(ctx.attention_core(seqs, q_len, kv_len, w)) for w in (False, True)}
+        else:
+            core = {w: ctx.gpu_s(eager_attention_cost(ctx, seqs, q_len, kv_len, w, dtype)) for w in (False, True)}
         if m.moe:
             router = ctx.gpu_s(ctx.router(tokens))
             experts = ctx.gpu_s(ctx.experts(ctx.active_experts(tokens), tokens * m.moe.top_k))
@@ -168,7 +180,8 @@ class DeepSpeed(ServingSystem):
             w = eng.add(f"L{i} layer weights H2D", "h2d", copy[kind], [ring.acquire()], category="transfer",
                         nbytes=wbytes[kind])
             last = eng.add(f"L{i} attention projections", "gpu", proj, [w], category="attention")
-            last = eng.add(f"L{i} attention (eager)", "gpu", core[kind.windowed], [last], category="attention")
+            last = eng.add(f"L{i} attention ({self.params.attention})", "gpu", core[kind.windowed], [last],
+                           category="attention")
             if kind.moe:
                 last = eng.add(f"L{i} router", "gpu", router, [last], category="router")
                 last = eng.add(f"L{i} experts", "gpu", experts, [last], category="experts")
@@ -182,7 +195,7 @@ class DeepSpeed(ServingSystem):
         head = ctx.gpu_s(ctx.head(tokens, tokens if (q_len > 1 and self.params.logits_all_positions) else seqs))
         kv = seqs * kv_len * ctx.kv_bytes_per_token(kv_len)
         if q_len > 1:
-            per_seq_peak = max(eager_attention_peak_bytes(ctx, 1, q_len, kv_len, dtype) + activation_bytes(ctx, q_len),
+            per_seq_peak = max(self._score_peak_bytes(ctx, q_len, kv_len) + activation_bytes(ctx, q_len),
                                prefill_logits_bytes(ctx, q_len) if self.params.logits_all_positions else 0.0)
             transient = seqs * per_seq_peak
         else:
@@ -220,7 +233,7 @@ class DeepSpeed(ServingSystem):
         decode_s, points = simpson_decode_time(lambda c: self._pass(ctx, batch, 1, c), w.prompt_tokens, w.gen_tokens)
         peak_gpu = max([prefill.peak_memory_bytes.get("gpu", 0.0)] + [s.peak_memory_bytes.get("gpu", 0.0)
                                                                        for _, s in points])
-        limit = "prefill attention peak" if self._per_seq_bytes(ctx)[0] >= self._per_seq_bytes(ctx)[1] else "decode KV"
+        limit = "prefill peak" if self._per_seq_bytes(ctx)[0] >= self._per_seq_bytes(ctx)[1] else "decode KV"
         return Plan(
             system=self.name,
             config={"batch_size": batch, "max_batch_that_fits": max_batch, "batch_limited_by": limit,
