@@ -118,3 +118,23 @@ def test_moe_lightning_one_prefill_pass_batch_fits_the_gpu_at_prefill(c2):
     ctx = Context(moesim.get_model("mixtral-8x7b"), c2, OfflineWorkload(**work), Options())
     n = one.config["batch_size"]
     assert sys_._one_pass_cap(ctx, 10 * n) == n
+
+
+def test_deepspeed_sdpa_drops_the_score_matrix_from_the_prefill_peak(c2):
+    """Eager attention holds heads x P x P scores (bf16 + fp32 softmax = 6 B each) per prompt; SDPA none."""
+    work = OfflineWorkload(num_requests=8500, prompt_tokens=512, gen_tokens=256)
+    ctx = Context(moesim.get_model("mixtral-8x7b"), c2, work, Options())
+    eager = get_system("deepspeed")({"attention": "eager"})
+    sdpa = get_system("deepspeed")({"attention": "sdpa"})
+    from moesim.systems.gpu_resident import activation_bytes
+
+    scores = 32 * 512 * 512 * 6.0  # Mixtral: 32 query heads
+    kv = 512 * 32 * 2 * 8 * 128 * 2.0  # prompt x layers x (K, V) x 8 KV heads x 128 x bf16
+    logits = 512 * 32000 * 6.0  # every prompt position, bf16 then fp32
+    act = activation_bytes(ctx, 512)
+    assert eager._per_seq_bytes(ctx)[0] == pytest.approx(kv + max(scores + act, logits))
+    assert sdpa._per_seq_bytes(ctx)[0] == pytest.approx(kv + max(act, logits))
+    assert sdpa._max_batch(ctx) >= eager._max_batch(ctx)
+    p_e = moesim.predict("mixtral-8x7b", c2, "deepspeed", work, system_params={"attention": "eager"})
+    p_s = moesim.predict("mixtral-8x7b", c2, "deepspeed", work, system_params={"attention": "sdpa"})
+    assert p_s.decode_tok_s >= p_e.decode_tok_s
