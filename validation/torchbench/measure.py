@@ -35,8 +35,7 @@ L2_BYTES = 64 * 2**20
 
 def environment(device) -> dict:
     env = {"device": "cuda" if on_cuda() else "cpu", "timer": "cuda_event" if on_cuda() else "perf_counter",
-           "timing": "v3: warm-up by count and time; single calls after GPU work (and cold), bursts, CUDA graphs "
-                     "(timing.py)",
+           "timing": "v4: warm-up by count and time; single calls, bursts, CUDA graphs (timing.py)",
            "torch": torch.__version__, "python": platform.python_version(), "hostname": socket.gethostname(),
            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if on_cuda():

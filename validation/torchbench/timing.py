@@ -6,11 +6,12 @@ alone in eager PyTorch is mostly host time:
 
 * ``median_s``: one call between a pair of events, the GPU's queue empty before it (what the
   cost model predicts: the host's issue latency for the first kernel is not hidden behind
-  anything), each call right after about half a millisecond of GPU work and a sync, so that the
-  GPU runs at the clocks it keeps under load. A GPU left idle between calls of tiny operations
-  lowers its clocks, and single calls then fall into two modes (seen on an H200 here,
-  2026-12-01: eager MLA decode at 115 or 240 us); ``cold_median_s`` (``cold_p10_s``,
-  ``cold_p90_s``) keeps those idle-GPU calls for comparison;
+  anything). Timing v3 (one H200 campaign, 2026-12-01) tried preceding each such call with half
+  a millisecond of GPU work and a sync, in case idle clocks caused the two modes that single
+  calls of tiny operations fell into on one lease (eager MLA decode at 115 or 240 us): the clocks
+  stayed at 1980 MHz (nvidia-smi dmon) and the pre-loaded calls came out slower (median 1.03x,
+  p90 1.27x) and no steadier, so the modes are the host's, and v4 times the idle-queue call
+  again (v3's ``cold_median_s``);
 * ``burst_s``: ``burst_n`` calls back to back between one pair of events, divided by
   ``burst_n`` (steady-state eager: per call, the larger of the host's issue time and the
   GPU's time); ``host_issue_s`` is the host wall time spent issuing them, per call;
@@ -53,27 +54,12 @@ def _events_s(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
-def _preload(cycles: int = 1_000_000) -> None:
-    """About half a millisecond of GPU work (a spin kernel), then a sync: the queue is empty and the
-    clocks are those of a loaded GPU when the next call is timed. Nothing on the CPU."""
-    if not on_cuda():
-        return
-    try:
-        torch.cuda._sleep(cycles)
-    except Exception:  # no spin kernel in this torch: a matrix product of about the same length
-        a = torch.randn(2048, 2048, device="cuda", dtype=torch.bfloat16)
-        for _ in range(10):
-            a @ a
-    torch.cuda.synchronize()
-
-
-def _reps(fn: Callable[[int], object], min_reps: int, max_reps: int, budget_s: float, preload: bool) -> np.ndarray:
+def _reps(fn: Callable[[int], object], min_reps: int, max_reps: int, budget_s: float) -> np.ndarray:
+    """Single calls, each between a pair of events after the previous one finished."""
     times: list[float] = []
     spent = 0.0
     rep = 0
     while rep < min_reps or (rep < max_reps and spent < budget_s):
-        if preload:
-            _preload()
         t = _events_s(lambda: fn(rep))
         times.append(t)
         spent += t
@@ -132,13 +118,9 @@ def measure(fn: Callable[[int], object], warmup: int = 3, min_reps: int = 5, max
         if i % 8 == 0:
             sync()
     sync()
-    cold = _reps(fn, min(min_reps, 3), min(max_reps, 40), budget_s / 4, preload=False)
-    a = _reps(fn, min_reps, max_reps, budget_s, preload=on_cuda())
+    a = _reps(fn, min_reps, max_reps, budget_s)
     out: dict[str, float] = {"median_s": float(np.median(a)), "p10_s": float(np.percentile(a, 10)),
                              "p90_s": float(np.percentile(a, 90)), "reps": len(a)}
-    if on_cuda():
-        out.update(cold_median_s=float(np.median(cold)), cold_p10_s=float(np.percentile(cold, 10)),
-                   cold_p90_s=float(np.percentile(cold, 90)))
     n = int(min(max_burst, max(2, round(burst_target_s / max(out["median_s"], 1e-9)))))
     if burst:
         out.update(_burst(fn, n))
