@@ -117,6 +117,18 @@ class MLADecode:
 
 
 @dataclass(frozen=True)
+class ScatterAdd:
+    """``out.index_add_(0, index, src)`` of ``rows`` x ``width`` bf16 values, top_k rows landing on
+    each output row (the fused MoE layer's combine)."""
+
+    rows: int
+    width: int
+
+    def cost(self) -> OpCost:
+        return costs.scatter_add(self.rows, self.width)
+
+
+@dataclass(frozen=True)
 class Copy:
     nbytes: float
     kind: costs.transfer.CopyKind = "h2d_pinned"
@@ -267,7 +279,7 @@ class DecodeStep:
         return engine
 
 
-Op = Union[GEMM, ExpertFFN, MoELayer, Attention, MLADecode, Copy, OffloadedMoELayer, DecodeStep]
+Op = Union[GEMM, ExpertFFN, MoELayer, Attention, MLADecode, ScatterAdd, Copy, OffloadedMoELayer, DecodeStep]
 
 
 #: a copy on a platform (calibrated link figures where they apply); the same function the systems use
@@ -284,4 +296,5 @@ def estimate(op: Op, hw: Platform) -> float:
 
 
 __all__ = ["GEMM", "Attention", "Copy", "DecodeStep", "ExpertFFN", "MLADecode", "MoELayer", "OffloadedMoELayer", "Op",
+           "ScatterAdd",
            "copy_time_s", "estimate"]

@@ -64,6 +64,8 @@ class Case:
             return True
         if self.family in ("launch", "host_sync", "copy_beside_gemm"):
             return False
+        if self.family == "scatter_add":  # derived from a moe_layer case: that case's split
+            return self.in_series_held_out
         if self.family in ("gemm",) and {p.get("n"), p.get("k")} & {2 * 1408, 1408} and p.get("k") in (2048, 1408):
             return True
         if self.family == "expert_ffn" and p.get("hidden") == 2048:
@@ -97,12 +99,23 @@ class Case:
         if f == "mla_decode":
             return ops.MLADecode(p["batch"], p["heads"], p["kv_len"], p.get("kv_lora_rank", 512),
                                  p.get("rope_dim", 64), p.get("dtype", "bf16"))
+        if f == "scatter_add":
+            return ops.ScatterAdd(p["rows"], p["width"])
         if f == "offloaded_moe_layer":
             return ops.OffloadedMoELayer(p["hidden"], p["ffn"], p["experts"], p["top_k"], p["tokens"],
                                          p.get("dtype", "bf16"))
         if f == "decode_step":
             return ops.DecodeStep.from_params(p)
         return None
+
+
+def combine_cases(cases: list[Case]) -> list[Case]:
+    """The fused MoE layers' combine timed alone (harness ``combine_s``: one ``index_add_`` of all
+    routed rows), as ``scatter_add`` cases of the same split as the layer they come from; none for
+    measurements taken before the harness recorded it."""
+    return [replace(Case("scatter_add", {"rows": c.params["tokens"] * c.params["top_k"], "width": c.params["hidden"]},
+                         float(c.extra["combine_s"])), in_series_held_out=c.held_out)
+            for c in cases if c.family == "moe_layer" and c.params.get("impl") == "fused" and c.extra.get("combine_s")]
 
 
 def assign_split(cases: list[Case]) -> list[Case]:

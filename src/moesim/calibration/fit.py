@@ -6,8 +6,10 @@ Stages, each fitting one family with the others held fixed:
 2. links: ``copy`` cases -> latency + bytes / bandwidth per kind (least squares on relative error);
 3. ``vector``/``copy`` memory curve from ``hbm_copy`` (memory_max, bytes_half);
 4. ``gemm:<dtype>`` from ``gemm`` (compute_max, rows_half, memory_max, bytes_half);
-5. ``expert`` from ``expert_ffn``; 6. ``grouped_expert`` (with its per-expert time ``group_s``)
-   and the ``scatter`` (index_add_) memory fraction together from fused ``moe_layer``;
+5. ``expert`` from ``expert_ffn``; 6. ``scatter`` (index_add_) from the fused layers' combine
+   timed alone (``combine_s``, where the harness recorded it), then ``grouped_expert`` (with its
+   per-expert time ``group_s``) from fused ``moe_layer``, jointly with the scatter's memory
+   fraction where there is no direct measurement;
 7. ``moe_loop`` (per-launch host time of the per-expert Python loop) from loop ``moe_layer``;
 8. ``attention`` from ``attention``; 9. ``mla`` from ``mla_decode``;
 10. the host's issue time per further kernel of an operation (``dispatch_s``), one figure shared
@@ -32,7 +34,7 @@ import numpy as np
 from .. import ops
 from ..db.resolve import get_hardware
 from ..specs import CalibrationProfile, FamilyCurve, LinkCalibration, Platform
-from .cases import Case
+from .cases import Case, combine_cases
 
 NEUTRAL = FamilyCurve(compute_max=1.0, rows_half=0.0, memory_max=1.0, bytes_half=0.0, overhead_s=0.0)
 # parameters: name -> (lower, upper, initial); halves and overheads are fitted as log10(1 + x)
@@ -155,13 +157,17 @@ def fit_profile(env: dict[str, Any], cases: list[Case], gpu: str, measurements_p
     # half point fitted to a handful of large shapes extrapolates wildly to small ones.
     curve_params = ["compute_max", "rows_half", "memory_max"]
     fused = by("moe_layer", impl="fused")
+    scatter = [c for c in combine_cases(cases) if not c.held_out]
     dtypes = sorted({c.params.get("dtype", "bf16") for c in by("gemm")})
     gemm_keys = [f"gemm:{dt}" for dt in dtypes]
     stages = [
         ("vector", by("hbm_copy"), ["memory_max", "overhead_s"], (), ()),
         (gemm_keys[0], by("gemm"), curve_params, tuple((k, curve_params) for k in gemm_keys[1:]), ("overhead_s",)),
         ("expert", by("expert_ffn"), curve_params, (), ()),
-        ("grouped_expert", fused, curve_params + ["group_s"], (("scatter", ["memory_max"]),) if fused else (), ()),
+        # the index_add_ combine on its own where the harness timed it alone, else jointly with the layers
+        *([("scatter", scatter, ["memory_max", "overhead_s"], (), ())] if scatter else []),
+        ("grouped_expert", fused, curve_params + ["group_s"],
+         (("scatter", ["memory_max"]),) if fused and not scatter else (), ()),
         ("moe_loop", by("moe_layer", impl="loop"), ["overhead_s"], (), ()),
         ("attention", by("attention"), ["compute_max", "memory_max", "overhead_s"], (), ()),
         ("mla", by("mla_decode"), ["compute_max", "memory_max"], (), ()),
@@ -180,8 +186,8 @@ def fit_profile(env: dict[str, Any], cases: list[Case], gpu: str, measurements_p
                 update = {"dispatch_s": dispatch}
                 if k in matmul_led and gemm_keys[0] in profile.families:
                     update["overhead_s"] = profile.families[gemm_keys[0]].overhead_s
-                if k == "scatter":
-                    update["overhead_s"] = 0.0  # never the first kernel of an operation
+                if k == "scatter" and not scatter:
+                    update["overhead_s"] = 0.0  # never the first kernel of an operation in these cases
                 return (prior or NEUTRAL).model_copy(update=update)
             profile = _fit_family(hw, profile, key, fam_cases, names, base_of(key),
                                   tuple((k, ns, base_of(k)) for k, ns in also), shared)
