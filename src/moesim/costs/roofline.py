@@ -10,6 +10,9 @@ scatter-add) each run on their own roof, one after the other; parts of the same 
     t      = issue_s + max( t_gpu, (launches - 1) * dispatch_s )      (host launch roof)
              + syncs * host_sync_s + loop_launches * loop_overhead_s + extra_s
 
+with the first two terms taken per segment between host syncs inside the operation (a sync
+drains the GPU, and the next kernel waits for its own issue latency).
+
 ``issue_s`` is the host latency before the first kernel of the operation starts (nothing hides
 it when the operation is timed alone), ``dispatch_s`` the host time to issue each further kernel
 (the host runs ahead of the GPU, so the GPU time and the remaining issue time overlap).
@@ -126,12 +129,30 @@ def _roof_s(cost: OpCost, gpu: AcceleratorSpec, eff: EfficiencyModel) -> float:
     return t
 
 
+def _segments(pieces: tuple[OpCost, ...]) -> list[list[OpCost]]:
+    """Split an operation's parts after every part whose result the host reads (``syncs``)."""
+    out: list[list[OpCost]] = [[]]
+    for p in pieces:
+        out[-1].append(p)
+        if p.syncs:
+            out.append([])
+    return [seg for seg in out if seg]
+
+
 def gpu_time_s(cost: OpCost, gpu: AcceleratorSpec, eff: EfficiencyModel) -> float:
     """Time of ``cost`` on ``gpu``: per-part rooflines in sequence, the host's issue latency and
-    launch roof, syncs, the per-expert loop's launches and dequantization of quantized weights."""
-    gpu_s = sum(_roof_s(p, gpu, eff) for p in cost.pieces())
-    host_roof_s = max(cost.launches - 1, 0) * eff.dispatch_s(cost)
-    total = eff.issue_s(cost, cost.launches) + max(gpu_s, host_roof_s) + cost.syncs * eff.host_sync_s + cost.extra_s
+    launch roof, syncs, the per-expert loop's launches and dequantization of quantized weights.
+
+    A host sync inside an operation (a part with ``syncs``) ends the overlap of host and GPU: the
+    GPU drains, the host reads the result, and the next kernel waits for its own issue latency,
+    so each segment between syncs is priced on its own (issue + max(GPU, launch roof))."""
+    total = cost.syncs * eff.host_sync_s + cost.extra_s
+    for seg in _segments(cost.pieces()):
+        launches = sum(p.launches for p in seg)
+        gpu_s = sum(_roof_s(p, gpu, eff) for p in seg)
+        host_roof_s = max(launches - 1, 0) * eff.dispatch_s(cost)
+        lead = next((p for p in seg if p.launches), seg[0])
+        total += eff.issue_s(lead, launches) + max(gpu_s, host_roof_s)
     if cost.loop_launches:
         total += cost.loop_launches * eff.loop_launch_s(replace(cost, family="moe_loop", serial=()))
     return total
