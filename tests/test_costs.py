@@ -113,3 +113,34 @@ def test_quantized_weights_dequantize_where_not_native():
     g = gpus().get("rtx4090")
     assert compute_dtype("fp8", g) == "fp8" and not needs_dequant("fp8", g)
     assert compute_dtype("int4", g) == "bf16" and needs_dequant("int4", g)
+
+
+def test_eager_mla_decode_bytes_by_hand():
+    """8 kernels; twice the latent plus 36 bytes per score (2+2 GEMM writes, add 6, scale 4,
+    float 6, softmax 8, cast 6, final GEMM reads 2) plus the queries and outputs."""
+    b, h, L, r, dr = 2, 16, 1000, 512, 64
+    c = costs.mla_decode_unfused(b, h, L, r, dr)
+    scores = b * h * L
+    assert c.launches == 8
+    assert c.bytes == 2 * b * L * (r + dr) * 2 + 36 * scores + b * h * (2 * r + dr) * 2
+
+
+def test_a_host_sync_inside_an_operation_exposes_a_second_issue_latency():
+    """Two segments around a sync, each issue + max(GPU, (launches-1) x dispatch), plus the sync."""
+    from moesim.costs.efficiency import CalibratedEfficiency
+    from moesim.db.resolve import get_hardware
+    from moesim.specs import CalibrationProfile, FamilyCurve
+
+    hw = get_hardware("h100-sxm")
+    curve = FamilyCurve(compute_max=1.0, rows_half=0, memory_max=1.0, bytes_half=0, overhead_s=20e-6, dispatch_s=10e-6)
+    prof = CalibrationProfile(gpu="H100 SXM", measurements="x", kernel_launch_s=5e-6, host_sync_s=15e-6,
+                              families={"vector": curve})
+    eff = CalibratedEfficiency(hw.empirical, prof)
+    tiny = lambda n: costs.vector_op(1.0, 0.0, 1.0, launches=n)  # noqa: E731  (2 bytes: GPU time ~0)
+    from dataclasses import replace
+
+    op = replace(tiny(4), syncs=1).then(tiny(3))
+    t = costs.gpu_time_s(op, hw.gpu, eff)
+    assert t == pytest.approx((20e-6 + 3 * 10e-6) + 15e-6 + (20e-6 + 2 * 10e-6), rel=1e-6)
+    no_sync = costs.gpu_time_s(tiny(4).then(tiny(3)), hw.gpu, eff)
+    assert no_sync == pytest.approx(20e-6 + 6 * 10e-6, rel=1e-6)

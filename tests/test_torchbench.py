@@ -59,6 +59,12 @@ def test_quick_campaign_writes_the_schema(tmp_path):
     errors = [c for c in data["cases"] if "error" in c]
     assert not errors, errors
     assert all(c["median_s"] > 0 and c["p10_s"] <= c["median_s"] <= c["p90_s"] for c in data["cases"])
+    # kernel cases are also timed back to back; the fused layer's gather and combine alone
+    bursts = [c for c in data["cases"] if c["family"] in ("gemm", "expert_ffn", "attention", "mla_decode")]
+    assert bursts and all(c["burst_s"] > 0 and c["host_issue_s"] > 0 and c["burst_n"] >= 2 for c in bursts)
+    fused = [c for c in data["cases"] if c["family"] == "moe_layer" and c["params"]["impl"] == "fused"]
+    assert fused and all(c["extra"]["combine_s"] > 0 and c["extra"]["gather_s"] > 0 for c in fused)
+    assert data["env"]["timing"].startswith("v4")
 
 
 @pytest.mark.parametrize("model", ["mixtral-8x7b", "deepseek-v2-lite"])
