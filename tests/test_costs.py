@@ -121,7 +121,7 @@ def test_eager_mla_decode_bytes_by_hand():
     b, h, L, r, dr = 2, 16, 1000, 512, 64
     c = costs.mla_decode_unfused(b, h, L, r, dr)
     scores = b * h * L
-    assert c.launches == 8
+    assert c.launches == 10  # eight kernels and two transposes, each a torch call the host issues
     assert c.bytes == 2 * b * L * (r + dr) * 2 + 36 * scores + b * h * (2 * r + dr) * 2
 
 

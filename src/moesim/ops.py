@@ -15,7 +15,8 @@ Semantics follow the measurement harness in ``validation/torchbench`` exactly:
   read which experts are hit), ``fused`` a grouped GEMM;
 * ``OffloadedMoELayer``: every expert of the layer copied from pinned host memory, two device
   buffers deep, while the experts before it compute (simulated on the event engine);
-* ``Attention``: ``scaled_dot_product_attention`` over GQA heads (flash-style traffic);
+* ``Attention``: ``scaled_dot_product_attention`` over GQA heads (flash-style traffic, causal
+  prefill computing whole diagonal tiles);
 * ``MLADecode``: absorbed MLA decode over a cached latent (DeepSeek-V2, section 2.1);
 * ``Copy``: host<->device (pinned or pageable) or device-to-device.
 
@@ -25,18 +26,20 @@ Each class is a small frozen dataclass; ``cost()`` gives the FLOPs and bytes, ``
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Union
 
 from . import costs
 from .costs import OpCost
-from .costs.ffn import ROUTE_KERNELS, SORT_KERNELS
+from .costs.attention import FLASH_CAUSAL_TILE
+from .costs.ffn import ROUTE_CALLS, SORT_CALLS
 from .engine import BufferRing, Engine
 from .specs import AttentionSpec, Platform
 from .specs.common import BYTES_PER_ELEMENT
 
-#: kernels of eager ``F.silu(gate) * up`` (the harness's expert activation)
-EAGER_ACT_LAUNCHES = 2
+#: torch calls of the harness's expert activation: ``h.chunk(2)``, ``F.silu(gate)``, ``* up``
+#: (two kernels, 10 bytes per element)
+EAGER_ACT_LAUNCHES = 3
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,9 @@ class Attention:
     def cost(self) -> OpCost:
         spec = AttentionSpec(kind="gqa" if self.kv_heads < self.q_heads else "mha", num_heads=self.q_heads,
                              num_kv_heads=self.kv_heads, head_dim=self.head_dim)
-        return costs.attention_core(spec, self.batch, self.q_len, self.kv_len, self.causal, self.dtype)
+        core = costs.attention_core(spec, self.batch, self.q_len, self.kv_len, self.causal, self.dtype,
+                                    causal_tile=FLASH_CAUSAL_TILE)
+        return replace(core, launches=1)  # one torch call: its kernels issue from C++ inside it
 
 
 @dataclass(frozen=True)
@@ -149,8 +154,8 @@ def _streamed_experts(engine: Engine, hw: Platform, hidden: int, ffn: int, exper
     active = costs.expected_active_experts(experts, top_k, tokens)
     eff = costs.efficiency_for(hw.empirical, hw.calibration)
     routing = (costs.gemm(tokens, experts, hidden) + costs.vector_op(tokens * experts, 5.0, 2.0,
-                                                                     launches=ROUTE_KERNELS - 1))
-    sort = costs.vector_op(routed, 4.0, 8.0, launches=SORT_KERNELS)  # its host read is the sync below
+                                                                     launches=ROUTE_CALLS - 1))
+    sort = costs.vector_op(routed, 4.0, 8.0, launches=SORT_CALLS)  # its host read is the sync below
     route = engine.add("router + sort + gather", "gpu",
                        _gpu(hw, routing.then(sort).then(costs.vector_op(routed * hidden, 0.0, 2.0))),
                        [after], category="router")
@@ -168,7 +173,7 @@ def _streamed_experts(engine: Engine, hw: Platform, hidden: int, ffn: int, exper
             last = engine.add(f"expert {e}", "gpu", compute_s, [copy, last], category="experts")
         ring.release(last if e < n_compute else copy)
     combine = (costs.vector_op(routed * hidden, 0.0, 2.0)  # torch.cat of the experts' outputs
-               .then(costs.vector_op(routed * hidden, 1.0, 2.0, launches=3))  # weights gathered, * w, zeros_like
+               .then(costs.vector_op(routed * hidden, 1.0, 2.0, launches=4))  # weights flattened, indexed, * w, zeros_like
                .then(costs.scatter_add(routed, hidden)))  # out.index_add_
     return engine.add("combine", "gpu", _gpu(hw, combine), [last], category="router")
 

@@ -37,12 +37,23 @@ def effective_span(q_len: float, kv_len: float, causal: bool, window_kind: str |
     return max(span, 1.0)
 
 
+#: query/key tile of FlashAttention-2's forward kernel for head_dim 128 (Dao, arXiv 2307.08691,
+#: section 3.1.1: under a causal mask, tiles above the diagonal are skipped and tiles on the
+#: diagonal are computed whole, masked inside), which SDPA's flash backend runs
+FLASH_CAUSAL_TILE = 128
+
+
 def attention_core(attn: AttentionSpec, batch: float, q_len: float, kv_len: float, causal: bool = True,
-                   kv_dtype: str = "bf16", windowed: bool = False, mla_absorbed: bool = True) -> OpCost:
-    """The attention mechanism of one layer for ``batch`` sequences."""
+                   kv_dtype: str = "bf16", windowed: bool = False, mla_absorbed: bool = True,
+                   causal_tile: int = 0) -> OpCost:
+    """The attention mechanism of one layer for ``batch`` sequences. With ``causal_tile`` (a tiled
+    kernel's tile, e.g. :data:`FLASH_CAUSAL_TILE`), a causal prefill computes whole diagonal
+    tiles: each query attends on average to (tile - 1) / 2 more keys than the mask keeps."""
     h = attn.num_heads
     span = effective_span(q_len, kv_len, causal, attn.window_kind if windowed else None,
                           attn.window_tokens if windowed else None)
+    if causal and causal_tile and q_len > 1:
+        span = min(span + (min(causal_tile, q_len) - 1) / 2.0, kv_len)
     kv_read_tokens = min(kv_len, span + q_len) if windowed else kv_len
     cache_elems = attn.kv_elements_per_token()
     b_kv = BYTES_PER_ELEMENT[kv_dtype]
@@ -84,7 +95,8 @@ def attention_projections(params: float, hidden: int, tokens: float, weight_dtyp
 
 def mla_decode_unfused(batch: float, heads: int, kv_len: float, kv_lora_rank: int, rope_dim: int) -> OpCost:
     """Absorbed MLA decode written as plain tensor ops (the validation harness; Hugging Face style),
-    eight kernels, with the bytes each moves per score (S = b h L scores):
+    eight kernels (ten torch calls with the two transposes), with the bytes each moves per score
+    (S = b h L scores):
 
         q_lat @ latent^T, q_rope @ k_rope^T   two batched GEMMs: write 2 + 2 (and read the latent)
         (s1 + s2) * scale                      add: read 4 write 2; scale: read 2 write 2
@@ -98,8 +110,10 @@ def mla_decode_unfused(batch: float, heads: int, kv_len: float, kv_lora_rank: in
     latent = batch * kv_len * (kv_lora_rank + rope_dim) * ACT_BYTES
     flop = 2.0 * scores * (2 * kv_lora_rank + rope_dim) + 5.0 * scores
     nbytes = 2 * latent + MLA_UNFUSED_BYTES_PER_SCORE * scores + batch * heads * (2 * kv_lora_rank + rope_dim) * ACT_BYTES
-    return OpCost(family="mla", flop=flop, bytes=nbytes, dtype="bf16", launches=8, rows=heads)
+    return OpCost(family="mla", flop=flop, bytes=nbytes, dtype="bf16", launches=MLA_UNFUSED_CALLS, rows=heads)
 
 
+#: torch calls the host issues for it: the eight kernels and the two transposes (views)
+MLA_UNFUSED_CALLS = 10
 #: bytes per score of the eager MLA decode's eight kernels (see :func:`mla_decode_unfused`)
 MLA_UNFUSED_BYTES_PER_SCORE = (2 + 2) + (4 + 2) + (2 + 2) + (2 + 4) + (4 + 4) + (4 + 2) + 2

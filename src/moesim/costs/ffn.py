@@ -81,17 +81,21 @@ def dispatch_combine(hidden: int, routed_tokens: float) -> OpCost:
     return vector_op(routed_tokens * hidden, 0.0, 2.0, launches=1) + vector_op(routed_tokens * hidden, 2.0, 3.0)
 
 
-#: eager kernels of the harness's routing (kernels.route): x @ W_r, .float(), softmax, topk, sum, div, .to
-ROUTE_KERNELS = 7
-#: sorting routed rows by expert (kernels.moe_fused): argsort (PyTorch's small-input path: copy
-#: and one sort kernel), floor-divide, bincount (max, zeros, histogram; the max is read on the
-#: host: one sync), cumsum, cast to int32
-SORT_KERNELS = 8
-#: the loop's head (kernels.moe_loop): one_hot (2), permute-sum, compare, nonzero (2, then the
-#: host reads the hit experts: one sync), zeros_like for the output
-LOOP_HEAD_KERNELS = 7
-#: after the grouped GEMMs (kernels.moe_fused): routing weights gathered, y * w, zeros_like, index_add_
-COMBINE_KERNELS = 4
+# Counts of torch calls the host issues (each one Python/ATen dispatch, the unit of the host
+# launch roof, whether it launches a kernel or only makes a view; kernels a call launches from C++
+# inside it cost the host little). From validation/torchbench/kernels.py:
+#: routing (route): x @ W_r, .float(), softmax, topk, sum, div, .to
+ROUTE_CALLS = 7
+#: sorting routed rows by expert (moe_fused): flatten, argsort, floor-divide, bincount (reads its
+#: maximum on the host: one sync), cumsum, cast to int32
+SORT_CALLS = 6
+#: the loop's head (moe_loop): one_hot, permute, sum, compare, nonzero, flatten, then the host
+#: reads the hit experts (one sync), zeros_like for the output
+LOOP_HEAD_CALLS = 7
+#: the activation between the grouped GEMMs (moe_fused): chunk, silu, multiply, contiguous
+FUSED_ACT_CALLS = 4
+#: after the grouped GEMMs (moe_fused): weights flattened, indexed, y * w, zeros_like, index_add_
+COMBINE_CALLS = 5
 
 
 def moe_layer(hidden: int, ffn: int, num_experts: int, top_k: int, tokens: float, gated: bool = True,
@@ -99,9 +103,9 @@ def moe_layer(hidden: int, ffn: int, num_experts: int, top_k: int, tokens: float
     """A routed MoE layer as a whole on ``tokens`` tokens (shared experts not included), as eager
     PyTorch runs it (``validation/torchbench/kernels.py``), R = tokens * top_k routed rows:
 
-        routing: router GEMM, softmax, top-k, renormalise  ROUTE_KERNELS launches (merged, small)
-        fused: sort rows by expert, count them             SORT_KERNELS launches, one sync
-        loop: one-hot mask, list the hit experts           LOOP_HEAD_KERNELS launches, one sync
+        routing: router GEMM, softmax, top-k, renormalise  ROUTE_CALLS calls (merged, small)
+        fused: sort rows by expert, count them             SORT_CALLS calls, one sync
+        loop: one-hot mask, list the hit experts           LOOP_HEAD_CALLS calls, one sync
         gather x[token]                                    vector, R hidden: read + write
         expert GEMMs                                       grouped (fused) or one per active expert (loop)
         SiLU(gate) * up                                    vector, R ffn, two kernels
@@ -118,23 +122,23 @@ def moe_layer(hidden: int, ffn: int, num_experts: int, top_k: int, tokens: float
     experts = routed_experts(hidden, ffn, active, routed, gated, weight_dtype, impl, separate_activation=True)
     if loop:
         experts = replace(experts, syncs=int(round(active)))
-        head = replace(vector_op(tokens * top_k * num_experts, 1.0, 2.0, launches=LOOP_HEAD_KERNELS), syncs=1)
+        head = replace(vector_op(tokens * top_k * num_experts, 1.0, 2.0, launches=LOOP_HEAD_CALLS), syncs=1)
     else:
-        head = replace(vector_op(routed, 4.0, 8.0, launches=SORT_KERNELS), syncs=1)
+        head = replace(vector_op(routed, 4.0, 8.0, launches=SORT_CALLS), syncs=1)
     per_expert = 0 if loop else 1  # launches of the passes below outside the loop
     # One index_add_ of all R rows (fused) adds top_k rows into each output row: the atomics
     # collide and serialise (family ``scatter``). The loop's index_add_ per expert adds at most
     # one row into each output row: no collisions, an ordinary read-modify-write pass.
     combine = vector_op(routed * hidden, 1.0, 3.0, launches=0) if loop else scatter_add(routed, hidden)
     route = gemm(tokens, num_experts, hidden, "bf16") + vector_op(tokens * num_experts, 5.0, 2.0,
-                                                                 launches=ROUTE_KERNELS - 1)
+                                                                 launches=ROUTE_CALLS - 1)
     return (
         route
         .then(head)
         .then(vector_op(routed * hidden, 0.0, 2.0, launches=per_expert))
         .then(experts)
         .then(vector_op(routed * ffn, 4.0 if gated else 2.0, 5.0 if gated else 2.0,
-                        launches=per_expert * (2 if gated else 1)))
-        .then(vector_op(routed * hidden, 1.0, 2.0, launches=per_expert * (COMBINE_KERNELS - 1)))
+                        launches=per_expert * (FUSED_ACT_CALLS if gated else 1)))
+        .then(vector_op(routed * hidden, 1.0, 2.0, launches=per_expert * (COMBINE_CALLS - 1)))
         .then(combine)
     )

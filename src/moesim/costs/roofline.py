@@ -15,7 +15,10 @@ drains the GPU, and the next kernel waits for its own issue latency).
 
 ``issue_s`` is the host latency before the first kernel of the operation starts (nothing hides
 it when the operation is timed alone), ``dispatch_s`` the host time to issue each further kernel
-(the host runs ahead of the GPU, so the GPU time and the remaining issue time overlap).
+(the host runs ahead of the GPU, so the GPU time and the remaining issue time overlap). In eager
+PyTorch the unit the host pays for is a torch operation (Python and ATen dispatch, ~10-15 us on
+the hosts measured); kernels one operation launches from C++ (SDPA's split-KV and combine,
+argsort's passes) cost it little, so ``launches`` counts host-issued operations.
 ``group_s`` is the GPU time each GEMM problem of a grouped kernel adds (one expert's ramp and
 tail: a grouped GEMM over 64 small experts streams its weights slower than one large GEMM). The
 uncalibrated default profile has no launch roof: there issue_s = launches * kernel_launch_s.
