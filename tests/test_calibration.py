@@ -151,3 +151,15 @@ def test_combine_cases_come_from_fused_layers_and_keep_their_split():
                                                                         (128, 2048)]
     assert [c.held_out for c in derived] == [c.held_out for c in cases] == [False, True, False, True]
     assert all(isinstance(c.op(), ops.ScatterAdd) for c in derived)
+
+
+def test_host_free_check_only_where_the_harness_graphed_and_burst():
+    """The H100 campaign (timing v1) has no graphed or back-to-back times; the H200 one (v3) has
+    them for the kernel families, and the model's GPU-alone time for a large GEMM is near them."""
+    from moesim.calibration.report import host_free_check, validation_report
+
+    assert host_free_check(validation_report("h100-sxm", ROOT, "own")) == {}
+    rep = validation_report("h200", ROOT, "own")
+    check = host_free_check(rep)
+    assert set(check) == {"attention", "expert_ffn", "gemm", "mla_decode"}
+    assert check["gemm"]["n"] == 52 and 0 <= check["gemm"]["gpu_median"] < check["gemm"]["gpu_p90"]

@@ -54,6 +54,17 @@ def _print_report(rep: dict, show_all: bool) -> None:
     print(f"{'family/split':34s} {'n':>4s} {'median |err|':>13s} {'p90 |err|':>10s}")
     for key, v in rep["summary"].items():
         print(f"{key:34s} {int(v['n']):4d} {v['median']:13.1%} {v['p90']:10.1%}")
+    if rep["mode"] == "own":
+        from .calibration.report import host_free_check
+
+        check = host_free_check(rep)
+        if check:
+            print("\nwithout the host (cases the harness also timed back to back and under a CUDA graph):")
+            print(f"{'family':20s} {'n':>4s} {'GPU alone vs graph: median':>27s} {'p90':>6s} "
+                  f"{'steady state vs back-to-back: median':>37s} {'p90':>6s}")
+            for fam, v in check.items():
+                print(f"{fam:20s} {int(v['n']):4d} {v['gpu_median']:27.1%} {v['gpu_p90']:6.1%} "
+                      f"{v['steady_median']:37.1%} {v['steady_p90']:6.1%}")
     rows = sorted(rep["rows"], key=lambda r: -abs(r.error))
     shown = rows if show_all else rows[:8]
     print("\n" + ("every case" if show_all else "largest errors") + ":")

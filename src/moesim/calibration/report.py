@@ -80,8 +80,42 @@ def validation_report(gpu: str, root: Path, mode: str = "own",
         raise MoesimError(f"{hw.gpu.name} has no calibration profile of its own; run `moesim calibrate --gpu {gpu}`")
     rows = [Row(c, ops.estimate(c.op(), hw)) for c in cases if c.op() is not None]
     return {"gpu": hw.gpu.name, "mode": mode, "measurements": str(path), "environment": env,
-            "profile_from": hw.calibration.gpu if hw.calibration else "default",
+            "profile_from": hw.calibration.gpu if hw.calibration else "default", "profile": hw.calibration,
             "rows": rows, "summary": summarize(rows)}
+
+
+def host_free_check(report: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Where the harness also timed a case back to back (``burst_s``) and under a CUDA graph
+    (``graph_s``, timing v2 and later): |error| of the model's GPU time alone (the parts' roofs,
+    no host terms) against the graphed time, and of its steady state, max(GPU time, calls x
+    dispatch_s), against the back-to-back time, per family (all cases, fitted or not)."""
+    import json
+
+    from ..costs import efficiency_for
+    from ..costs.roofline import _roof_s
+
+    hw = get_hardware(report["gpu"])
+    if report.get("profile") is not None:
+        hw = hw.model_copy(update={"calibration": report["profile"]})
+    eff = efficiency_for(hw.empirical, hw.calibration)
+    raw = {json.dumps({"family": c["family"], **c["params"]}, sort_keys=True): c
+           for c in json.loads(Path(report["measurements"]).read_text()).get("cases", []) if "error" not in c}
+    groups: dict[str, list[tuple[float, float]]] = {}
+    for r in report["rows"]:
+        c = raw.get(r.case.key, {})
+        op = r.case.op()
+        if "graph_s" not in c or not hasattr(op, "cost"):
+            continue
+        cost = op.cost()
+        gpu_s = sum(_roof_s(part, hw.gpu, eff) for part in cost.pieces())
+        steady_s = max(gpu_s, cost.launches * eff.dispatch_s(cost))
+        groups.setdefault(r.case.family, []).append((abs(gpu_s / c["graph_s"] - 1), abs(steady_s / c["burst_s"] - 1)))
+    out = {}
+    for fam, errs in sorted(groups.items()):
+        a = np.array(errs)
+        out[fam] = {"n": float(len(a)), "gpu_median": float(np.median(a[:, 0])), "gpu_p90": float(np.percentile(a[:, 0], 90)),
+                    "steady_median": float(np.median(a[:, 1])), "steady_p90": float(np.percentile(a[:, 1], 90))}
+    return out
 
 
 def write_plots(report: dict[str, Any], out_dir: Path) -> list[Path]:
