@@ -1,4 +1,4 @@
-"""Size grids of the measurement campaign: ``full`` for a GPU (about 6 minutes on an H100),
+"""Size grids of the measurement campaign: ``full`` for a GPU (about 4.5 minutes on an H200),
 ``quick`` for the CPU (CI runs it to test the harness code)."""
 
 from __future__ import annotations
