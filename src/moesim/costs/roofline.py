@@ -95,6 +95,8 @@ class OpCost:
         """The parts priced each on its own roof: this operation's own part (the totals less the
         serial parts), then the serial parts."""
         s = self.serial
+        if not s:
+            return (self,)
         own = replace(
             self,
             flop=self.flop - sum(p.flop for p in s),
@@ -150,6 +152,12 @@ def gpu_time_s(cost: OpCost, gpu: AcceleratorSpec, eff: EfficiencyModel) -> floa
     GPU drains, the host reads the result, and the next kernel waits for its own issue latency,
     so each segment between syncs is priced on its own (issue + max(GPU, launch roof))."""
     total = cost.syncs * eff.host_sync_s + cost.extra_s
+    if not cost.serial:  # one part, one segment (the common case; same result as below)
+        host_roof_s = max(cost.launches - 1, 0) * eff.dispatch_s(cost)
+        total += eff.issue_s(cost, cost.launches) + max(_roof_s(cost, gpu, eff), host_roof_s)
+        if cost.loop_launches:
+            total += cost.loop_launches * eff.loop_launch_s(replace(cost, family="moe_loop"))
+        return total
     for seg in _segments(cost.pieces()):
         launches = sum(p.launches for p in seg)
         gpu_s = sum(_roof_s(p, gpu, eff) for p in seg)
