@@ -12,10 +12,11 @@ Stages, each fitting one family with the others held fixed:
    fraction where there is no direct measurement;
 7. ``moe_loop`` (per-launch host time of the per-expert Python loop) from loop ``moe_layer``;
 8. ``attention`` from ``attention``; 9. ``mla`` from ``mla_decode``;
-10. the host's issue time per further kernel of an operation (``dispatch_s``), one figure shared
-    by every kernel family, since PyTorch issues every kernel the same way (see
-    :mod:`moesim.costs.roofline`), fitted on all their cases together so that no single small,
-    noisy case sets it. Stages 3-10 are repeated three times.
+10. the host: the issue latency of operations that begin with a cuBLAS matmul (``overhead_s`` of
+    the GEMM, expert, grouped-expert and MLA families) and the issue time per further torch call
+    (``dispatch_s``, one figure for every kernel family, since PyTorch issues every call the same
+    way; see :mod:`moesim.costs.roofline`), fitted together on all the kernel families' cases so
+    that no single small, noisy case sets them. Stages 3-10 are repeated three times.
 
 Each family's ``overhead_s`` is the issue latency of an operation's first kernel (paid once per
 operation timed alone).
@@ -117,19 +118,25 @@ def _fit_link(cases: list[Case], link_name: str) -> LinkCalibration | None:
     return LinkCalibration(link=link_name, latency_s=float(np.median(latencies)), **values)
 
 
-def _fit_dispatch(hw: Platform, profile: CalibrationProfile, cases: list[Case], keys: list[str]) -> float:
-    """The host's issue time per further kernel, one figure for the kernel families ``keys``
-    (PyTorch issues every kernel the same way), least squares on log time over all their cases."""
+def _fit_host(hw: Platform, profile: CalibrationProfile, cases: list[Case], keys: list[str],
+              issue_keys: list[str]) -> tuple[float, float]:
+    """(issue latency of the cuBLAS-led host path, issue time per further torch call): the first for
+    the families ``issue_keys``, the second for all kernel families ``keys`` (PyTorch issues every
+    call the same way), least squares on log time over all their cases together."""
     from scipy.optimize import least_squares
 
     def trial(x: np.ndarray) -> CalibrationProfile:
-        d = (10.0 ** x[0] - 1.0) * 1e-6
-        fams = {k: (v.model_copy(update={"dispatch_s": d}) if k in keys else v) for k, v in profile.families.items()}
+        o, d = ((10.0 ** v - 1.0) * 1e-6 for v in x)
+        fams = {}
+        for k, v in profile.families.items():
+            update = ({"dispatch_s": d} if k in keys else {}) | ({"overhead_s": o} if k in issue_keys else {})
+            fams[k] = v.model_copy(update=update) if update else v
         return profile.model_copy(update={"families": fams})
 
-    best = least_squares(lambda x: log_errors(_platform(hw, trial(x)), cases), np.log10([11.0]), bounds=([0.0], [3.0]),
-                         diff_step=1e-2, loss="soft_l1", f_scale=0.1)
-    return float((10.0 ** best.x[0] - 1.0) * 1e-6)
+    best = least_squares(lambda x: log_errors(_platform(hw, trial(x)), cases), np.log10([21.0, 11.0]),
+                         bounds=([0.0, 0.0], [3.0, 3.0]), diff_step=1e-2, loss="soft_l1", f_scale=0.1)
+    o, d = ((10.0 ** v - 1.0) * 1e-6 for v in best.x)
+    return float(o), float(d)
 
 
 def fit_profile(env: dict[str, Any], cases: list[Case], gpu: str, measurements_path: str,
@@ -152,7 +159,7 @@ def fit_profile(env: dict[str, Any], cases: list[Case], gpu: str, measurements_p
     # (``overhead_s``), so it belongs to the host path, not the family: one for copies, one for
     # SDPA (its backend selection), and one for everything that starts with a cuBLAS matmul
     # (GEMMs of every dtype, expert FFNs, MoE layers behind their router GEMM, the eager MLA
-    # decode behind its first bmm), fitted on the GEMM cases of all dtypes together. No
+    # decode behind its first bmm), fitted in the host stage on all their cases together. No
     # bytes_half: a small operation's fixed time is that latency, not a lower bandwidth, and a
     # half point fitted to a handful of large shapes extrapolates wildly to small ones.
     curve_params = ["compute_max", "rows_half", "memory_max"]
@@ -162,7 +169,7 @@ def fit_profile(env: dict[str, Any], cases: list[Case], gpu: str, measurements_p
     gemm_keys = [f"gemm:{dt}" for dt in dtypes]
     stages = [
         ("vector", by("hbm_copy"), ["memory_max", "overhead_s"], (), ()),
-        (gemm_keys[0], by("gemm"), curve_params, tuple((k, curve_params) for k in gemm_keys[1:]), ("overhead_s",)),
+        (gemm_keys[0], by("gemm"), curve_params, tuple((k, curve_params) for k in gemm_keys[1:]), ()),
         ("expert", by("expert_ffn"), curve_params, (), ()),
         # the index_add_ combine on its own where the harness timed it alone, else jointly with the layers
         *([("scatter", scatter, ["memory_max", "overhead_s"], (), ())] if scatter else []),
@@ -172,11 +179,11 @@ def fit_profile(env: dict[str, Any], cases: list[Case], gpu: str, measurements_p
         ("attention", by("attention"), ["compute_max", "memory_max", "overhead_s"], (), ()),
         ("mla", by("mla_decode"), ["compute_max", "memory_max"], (), ()),
     ]
-    matmul_led = ("expert", "grouped_expert", "mla")
+    matmul_led = [*gemm_keys, "expert", "grouped_expert", "mla"]
     kernel_keys = [k for k in ["vector", *gemm_keys, "expert", "grouped_expert", "attention", "mla"]] + (
         ["scatter"] if fused else [])
     pooled = [c for key, fam, _, _, _ in stages if key != "moe_loop" for c in fam]
-    dispatch = 10e-6
+    issue, dispatch = 20e-6, 10e-6
     for _ in range(3):
         for key, fam_cases, names, also, shared in stages:
             def base_of(k: str) -> FamilyCurve:
@@ -184,22 +191,23 @@ def fit_profile(env: dict[str, Any], cases: list[Case], gpu: str, measurements_p
                 if k == "moe_loop":
                     return NEUTRAL
                 update = {"dispatch_s": dispatch}
-                if k in matmul_led and gemm_keys[0] in profile.families:
-                    update["overhead_s"] = profile.families[gemm_keys[0]].overhead_s
+                if k in matmul_led:
+                    update["overhead_s"] = issue
                 if k == "scatter" and not scatter:
                     update["overhead_s"] = 0.0  # never the first kernel of an operation in these cases
                 return (prior or NEUTRAL).model_copy(update=update)
             profile = _fit_family(hw, profile, key, fam_cases, names, base_of(key),
                                   tuple((k, ns, base_of(k)) for k, ns in also), shared)
-        dispatch = _fit_dispatch(hw, profile, pooled, kernel_keys)
+        issue, dispatch = _fit_host(hw, profile, pooled, kernel_keys, matmul_led)
         profile = profile.model_copy(update={"families": {
-            k: (v.model_copy(update={"dispatch_s": dispatch}) if k in kernel_keys else v)
+            k: v.model_copy(update=({"dispatch_s": dispatch} if k in kernel_keys else {})
+                            | ({"overhead_s": issue} if k in matmul_led else {}))
             for k, v in profile.families.items()}})
     for key, fam_cases, _, _, _ in stages:
         if fam_cases:
             err = log_errors(_platform(hw, profile), fam_cases)
             log(f"  {key:16s} {len(fam_cases):4d} cases  median |err| {np.median(np.abs(np.expm1(err))):6.1%}")
-    log(f"  host: {dispatch * 1e6:.1f} us to issue each further kernel of an operation")
+    log(f"  host: {issue * 1e6:.1f} us issue latency (cuBLAS-led operations), {dispatch * 1e6:.1f} us per further call")
     all_fitted = [c for c in train if c.op() is not None]
     err = np.abs(np.expm1(log_errors(_platform(hw, profile), all_fitted))) if all_fitted else np.zeros(1)
     return profile.model_copy(update={"fit_summary": {
