@@ -84,12 +84,13 @@ ROOT = __import__("pathlib").Path(__file__).resolve().parents[1] / "validation"
 
 @pytest.mark.parametrize("gpu", ["h100-sxm", "h200"])
 def test_committed_profiles_meet_the_held_out_targets(gpu):
-    """Issue 4's bar on each GPU's own fit: held-out median |error| <= 8%, end-to-end within 10%."""
+    """Issue 4's bar on each GPU's own fit: held-out median |error| <= 8% and p90 <= 20% over all
+    families, every end-to-end case within 10% (per-family p90s are not all met: ANALYSIS.md)."""
     from moesim.calibration.report import validation_report
 
     rep = validation_report(gpu, ROOT, "own")
     s = rep["summary"]
-    assert s["all/held_out"]["median"] <= 0.08
+    assert s["all/held_out"]["median"] <= 0.08 and s["all/held_out"]["p90"] <= 0.20
     assert s["decode_step/held_out"]["median"] <= 0.10
     assert s["offloaded_moe_layer/held_out"]["median"] <= 0.10
     end_to_end = [r for r in rep["rows"] if r.case.family in ("decode_step", "offloaded_moe_layer")]
