@@ -123,8 +123,8 @@ class MoEGen(ServingSystem):
     def _pass(self, ctx: Context, seqs: int, q_len: int, kv_len: int, b_a: int, omega: float,
               disk_fraction: float) -> StepSim:
         """One simulated pass; memoised on the context, so moe-gen and moe-gen-gpu share the passes they both run."""
-        key = ("moe-gen pass", self.params.kv_buffer_slots, self.params.kv_copy, self.params.max_tasks_per_module, seqs, q_len, kv_len,
-               b_a, 0.0 if q_len > 1 else omega, disk_fraction)
+        key = ("moe-gen pass", self.params.kv_buffer_slots, self.params.kv_copy, self.params.max_tasks_per_module,
+               seqs, q_len, kv_len, b_a, 0.0 if q_len > 1 else omega, disk_fraction)
         return ctx.memo(key, lambda: self._simulate(ctx, seqs, q_len, kv_len, b_a, omega, disk_fraction))
 
     def _simulate(self, ctx: Context, seqs: int, q_len: int, kv_len: int, b_a: int, omega: float,

@@ -49,6 +49,7 @@ The first wave's ramp and the last wave's drain are not modelled (error below B 
 is all prefill or all decode, prefills first; in the staggered steady state each decode step's
 B / G finished sequences are replaced by a prefill-only step, a whole extra pass over the weights
 when they are offloaded (see ``_v0_steady_state``); that cost is counted in the decode rate.
+
 The reported phase rates are those of pure phases: prefill = passes of one full token budget of
 prompt tokens (what a burst of prompts gets, and what MoE-Gen's Table 7 measures), decode = steps
 of B sequences alone; the total time is shorter than the sum of the phases, since mixing shares
@@ -58,17 +59,12 @@ Online serving (:func:`simulate_online`): an iteration-level scheduler over Pois
 each step's time comes from a table of simulated step costs (see there).
 
 Sanity check, not a fit (MoE-Gen arXiv 2503.09716, Tables 6/7: testbed C2 = RTX A5000 24 GB, EPYC
-7453, 512 GB, PCIe 4.0; prompt 512, decode 256; vLLM ran with CPU weight offload, amount not
-stated). Mixtral-8x7B / 8x22B / DeepSeek-V2 with the smallest cpu_offload_gb that starts (72 / 250 /
-429 GiB): decode 0.3 / 0.4 / 0.6 tok/s, prefill 157 / 160 / 260 tok/s; with every weight offloaded
-(87 / 262 / 440 GiB, the whole budget left to the KV pool): decode 46 / 7.5 / 12, prefill 1196 / 384
-/ 330. Published: decode 31 / 2 / 0.8, inside those ranges; prefill 1347 / 147 / 97: inside for
-8x7B, just under our range for 8x22B, 2.7x under it for DeepSeek-V2 (we amortize one copy of the
-~440 GB over a full 8192-token chunk; the published rate implies about 3x more copy time per prompt
-token, e.g. smaller chunks than the default budget). DeepSeek-R1 (671 GB fp8) fails, as
-published: its weights exceed the 522 GB of usable host memory (0.95 of 512 GiB), so no offload setting starts.
-With offload the step is copy-bound (25 GB/s pinned), and the KV pool, hence the batch, grows with
-the offload, which is why the setting moves decode by two orders of magnitude.
+7453, 512 GiB, PCIe 4.0; prompt 512; vLLM ran with CPU weight offload, amount not stated): the
+offload setting moves decode by two orders of magnitude, because the step is copy-bound (25 GB/s
+pinned) and the KV pool, hence the batch, grows with the offload. ``validation/published/moe_gen.py``
+runs it as the paper's 0.5-era vLLM (every weight it can offloaded, V0 scheduler, its 32768-token
+budget, MLA cached per head) and prints each cell; DeepSeek-R1 (671 GB fp8) fails, as published:
+its weights exceed the 522 GB of usable host memory (0.95 of 512 GiB), so no offload setting starts.
 """
 
 from __future__ import annotations
