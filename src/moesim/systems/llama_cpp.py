@@ -37,10 +37,10 @@ pass over the CPU-resident active weights read at DRAM speed; Table 4 GSM8K, 374
 tokens, is the same rate).
 
 Sanity check, not a fit (MoE-Gen arXiv 2503.09716, Tables 6/7, testbed C2: RTX A5000 24 GB, EPYC
-7453 (204.8 GB/s DDR4, AVX2), 512 GB, PCIe 4.0; prompt 512, decode 256), defaults, Mixtral-8x7B /
-Mixtral-8x22B / DeepSeek-V2 / DeepSeek-R1: n_gpu_layers 6 / 3 / 1 / 0; decode 6.5 / 1.9 / 3.4 / 0.6
-tok/s (published 4 / 2 / 1 / 0.9); prefill 66 / 19 / 11 / 5.3 tok/s (published 328 / 110 / 23 / 6).
-Decode is the CPU layers' active weights read at 0.7 x 204.8 GB/s (R1: 27 % of its weight reads
+7453 (204.8 GB/s DDR4, AVX2), 512 GiB, PCIe 4.0; prompt 512, decode 256), defaults, Mixtral-8x7B /
+Mixtral-8x22B / DeepSeek-V2 / DeepSeek-R1: n_gpu_layers 6 / 3 / 1 / 0; decode 6.5 / 1.9 / 3.4 / 0.7
+tok/s (published 4 / 2 / 1 / 0.9); prefill 66 / 19 / 11 / 5.6 tok/s (published 328 / 110 / 23 / 6).
+Decode is the CPU layers' active weights read at 0.7 x 204.8 GB/s (R1: 22 % of its weight reads
 miss the page cache and come from the NVMe disk). Prefill is the op-offload upload of the CPU
 layers' weights every 512-token ubatch at the link's pageable bandwidth (10 GB/s in hardware_db,
 itself an assumed 40 % of pinned); without mmap (pinned, 25 GB/s) it is 160 / 46 / 26 tok/s and R1
