@@ -144,3 +144,37 @@ def test_a_host_sync_inside_an_operation_exposes_a_second_issue_latency():
     assert t == pytest.approx((20e-6 + 3 * 10e-6) + 15e-6 + (20e-6 + 2 * 10e-6), rel=1e-6)
     no_sync = costs.gpu_time_s(tiny(4).then(tiny(3)), hw.gpu, eff)
     assert no_sync == pytest.approx(20e-6 + 6 * 10e-6, rel=1e-6)
+
+
+def test_sustained_clock_stretch_by_hand():
+    """T = T0 / (r + (1 - r) (tau / T0) (1 - exp(-T0 / tau))): r = 0.8, tau = 1 ms."""
+    from moesim.specs import FamilyCurve
+
+    curve = FamilyCurve(compute_max=1.0, rows_half=0, memory_max=1.0, bytes_half=0, overhead_s=0.0,
+                        sustained_clock=0.8, clock_tau_s=1e-3)
+    assert curve.sustained_compute_s(1e-3) == pytest.approx(1e-3 / (0.8 + 0.2 * 0.6321205588), rel=1e-9)
+    assert curve.sustained_compute_s(1e-6) == pytest.approx(1e-6, rel=2e-4)  # short: boost clock kept
+    assert curve.sustained_compute_s(0.1) == pytest.approx(0.1 / (0.8 + 0.2 * 0.01), rel=1e-6)  # long: -> T0 / r
+    flat = curve.model_copy(update={"sustained_clock": 1.0})
+    assert flat.sustained_compute_s(0.1) == 0.1
+
+
+def test_clock_drop_stretches_tensor_core_math_only():
+    """bf16 GEMM compute time halves its clock at r = 0.5 (tau = 0); fp32 (SIMT) is untouched."""
+    from moesim.costs.efficiency import CalibratedEfficiency
+    from moesim.db.resolve import get_hardware
+    from moesim.specs import CalibrationProfile, FamilyCurve
+
+    hw = get_hardware("h100-sxm")
+
+    def t(dtype: str, r: float) -> float:
+        curve = FamilyCurve(compute_max=1.0, rows_half=0, memory_max=1.0, bytes_half=0, overhead_s=0.0,
+                            sustained_clock=r, clock_tau_s=0.0)
+        prof = CalibrationProfile(gpu="H100 SXM", measurements="x", kernel_launch_s=0.0, host_sync_s=0.0,
+                                  families={"gemm": curve})
+        return costs.gpu_time_s(costs.gemm(8192, 8192, 8192, dtype), hw.gpu, CalibratedEfficiency(hw.empirical, prof))
+
+    peak_bf16, _ = hw.gpu.peak_for("bf16")
+    assert t("bf16", 1.0) == pytest.approx(2 * 8192 ** 3 / peak_bf16, rel=1e-9)
+    assert t("bf16", 0.5) == pytest.approx(2 * t("bf16", 1.0), rel=1e-9)
+    assert t("fp32", 0.5) == t("fp32", 1.0)

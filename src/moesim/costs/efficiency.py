@@ -41,6 +41,8 @@ class EfficiencyModel(Protocol):
 
     def group_s(self, cost: "OpCost") -> float: ...
 
+    def sustained_compute_s(self, cost: "OpCost", compute_s: float) -> float: ...
+
 
 @dataclass(frozen=True)
 class ProfileEfficiency:
@@ -99,6 +101,9 @@ class ProfileEfficiency:
 
     def group_s(self, cost: "OpCost") -> float:
         return 0.0  # uncalibrated: no per-group time in grouped GEMMs
+
+    def sustained_compute_s(self, cost: "OpCost", compute_s: float) -> float:
+        return compute_s  # uncalibrated: the peak already stands for a sustained clock
 
 
 #: families without a curve of their own borrow one (expert GEMMs behave like GEMMs).
@@ -161,6 +166,12 @@ class CalibratedEfficiency(ProfileEfficiency):
     def group_s(self, cost: "OpCost") -> float:
         curve = self._curve(cost)
         return curve.group_s if curve else 0.0
+
+    def sustained_compute_s(self, cost: "OpCost", compute_s: float) -> float:
+        """Tensor-core compute time under the power limiter's clock drop (see
+        :meth:`moesim.specs.FamilyCurve.sustained_compute_s`)."""
+        curve = self._curve(cost)
+        return curve.sustained_compute_s(compute_s) if curve else compute_s
 
 
 def efficiency_for(empirical: EmpiricalProfile, calibration: CalibrationProfile | None) -> ProfileEfficiency:

@@ -4,7 +4,7 @@ An operation is one or more kernels issued by the host in sequence (eager PyTorc
 that are separate kernels of a different kind (a GEMM, then an elementwise pass, then an atomic
 scatter-add) each run on their own roof, one after the other; parts of the same kind merge:
 
-    t_gpu  = sum over parts p of max( flop_p / (peak_flop_per_s(dtype) * eta_compute_p),
+    t_gpu  = sum over parts p of max( S(flop_p / (peak_flop_per_s(dtype) * eta_compute_p)),
                                       bytes_p / (memory_bandwidth_bytes_per_s * eta_memory_p) )
                                  + groups_p * group_s_p
     t      = issue_s + max( t_gpu, (launches - 1) * dispatch_s )      (host launch roof)
@@ -19,6 +19,8 @@ it when the operation is timed alone), ``dispatch_s`` the host time to issue eac
 PyTorch the unit the host pays for is a torch operation (Python and ATen dispatch, ~10-15 us on
 the hosts measured); kernels one operation launches from C++ (SDPA's split-KV and combine,
 argsort's passes) cost it little, so ``launches`` counts host-issued operations.
+``S`` stretches tensor-core compute time for the clock the power limiter settles at under
+sustained work (identity when uncalibrated; see :meth:`moesim.specs.FamilyCurve.sustained_compute_s`).
 ``group_s`` is the GPU time each GEMM problem of a grouped kernel adds (one expert's ramp and
 tail: a grouped GEMM over 64 small experts streams its weights slower than one large GEMM). The
 uncalibrated default profile has no launch roof: there issue_s = launches * kernel_launch_s.
@@ -123,9 +125,16 @@ class OpCost:
 
 
 def _roof_s(cost: OpCost, gpu: AcceleratorSpec, eff: EfficiencyModel) -> float:
-    """GPU time of one part: the larger of its compute and memory times (+ dequantization)."""
-    peak, _ = gpu.peak_for(compute_dtype(cost.dtype, gpu))
+    """GPU time of one part: the larger of its compute and memory times (+ dequantization).
+
+    Tensor-core math (every compute dtype but fp32, which runs on the SIMT units at a fraction of
+    the rate and power) is stretched by the power limiter's clock drop under sustained work
+    (``eff.sustained_compute_s``: short kernels run at the boost clock, long ones settle lower)."""
+    math_dtype = compute_dtype(cost.dtype, gpu)
+    peak, _ = gpu.peak_for(math_dtype)
     compute_s = cost.flop / (peak * eff.compute_efficiency(cost)) if cost.flop else 0.0
+    if compute_s and math_dtype != "fp32":
+        compute_s = eff.sustained_compute_s(cost, compute_s)
     memory_s = cost.bytes / (gpu.memory_bandwidth_bytes_per_s * eff.memory_efficiency(cost)) if cost.bytes else 0.0
     t = max(compute_s, memory_s) + cost.groups * eff.group_s(cost)
     if cost.weight_elements and needs_dequant(cost.dtype, gpu):

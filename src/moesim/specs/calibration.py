@@ -8,6 +8,11 @@ fraction of a roof grows with the size of the work, Calculon-style (Isaev et al.
     t = max(flop / (P_peak eta_compute), bytes / (B_peak eta_memory), launches * dispatch_s_f)
         + launches * overhead_s_f
 
+Tensor-core compute time is further stretched by the clock the power limiter settles at under
+sustained work (``sustained_clock``, ``clock_tau_s``; :meth:`FamilyCurve.sustained_compute_s`):
+short GEMMs run at the boost clock, long ones lower (``nvidia-smi dmon`` read 1335-1965 MHz on an
+H200 during the GEMM and MoE-layer cases, 1980 MHz otherwise).
+
 The third roof is the host's: PyTorch issues kernels one by one, so a run of small kernels
 takes as long as issuing them (back-to-back small operations overlap issue and execution,
 so each costs the larger of the two).
@@ -17,6 +22,8 @@ to a training split of the measurements in ``validation/measurements/<gpu>/``.
 """
 
 from __future__ import annotations
+
+import math
 
 from pydantic import Field
 
@@ -33,6 +40,11 @@ class FamilyCurve(Spec):
                               "never runs faster than launches x dispatch_s (the host's launch roof)")
     group_s: float = Field(default=0.0, ge=0, description="GPU time each GEMM problem (expert) of a grouped "
                            "kernel adds: its ramp and tail")
+    sustained_clock: float = Field(default=1.0, gt=0, le=1.0, description="the SM clock the power limiter "
+                                   "settles at under sustained tensor-core work, as a fraction of the clock "
+                                   "short kernels run at (1: no drop)")
+    clock_tau_s: float = Field(default=0.0, ge=0, description="time constant of the clock's fall from its "
+                               "short-kernel value to sustained_clock once tensor-core work starts")
 
     def compute_efficiency(self, rows: float) -> float:
         if rows <= 0:
@@ -43,6 +55,25 @@ class FamilyCurve(Spec):
         if nbytes <= 0:
             return self.memory_max
         return self.memory_max * nbytes / (nbytes + self.bytes_half)
+
+    def sustained_compute_s(self, compute_s: float) -> float:
+        """Tensor-core compute time ``compute_s`` (at the short-kernel clock f_0) stretched by the
+        power limiter's clock drop. The clock falls from f_0 towards r f_0 (r =
+        ``sustained_clock``) with time constant tau (``clock_tau_s``),
+
+            f(t) = f_0 (r + (1 - r) exp(-t / tau)),
+
+        so over a kernel of T seconds it averages f_0 (r + (1 - r) (tau / T) (1 - exp(-T / tau)))
+        and the kernel takes T = compute_s f_0 / f_avg, evaluated to first order at T = compute_s.
+        Short kernels keep f_0; long ones approach compute_s / r."""
+        r, tau = self.sustained_clock, self.clock_tau_s
+        if r >= 1.0 or compute_s <= 0.0:
+            return compute_s
+        if tau <= 0.0:
+            return compute_s / r
+        x = compute_s / tau
+        kept = -math.expm1(-x) / x if x > 1e-9 else 1.0
+        return compute_s / (r + (1.0 - r) * kept)
 
 
 class LinkCalibration(Spec):
