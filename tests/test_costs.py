@@ -178,3 +178,31 @@ def test_clock_drop_stretches_tensor_core_math_only():
     assert t("bf16", 1.0) == pytest.approx(2 * 8192 ** 3 / peak_bf16, rel=1e-9)
     assert t("bf16", 0.5) == pytest.approx(2 * t("bf16", 1.0), rel=1e-9)
     assert t("fp32", 0.5) == t("fp32", 1.0)
+
+
+def test_indexing_calls_cost_their_own_host_time_by_hand():
+    """Further calls: ordinary ones dispatch_s (10 us), indexing ones index_call_s (30 us); the first
+    call (issue, 20 us) is an ordinary one unless every call indexes."""
+    from moesim.costs.efficiency import CalibratedEfficiency
+    from moesim.db.resolve import get_hardware
+    from moesim.specs import CalibrationProfile, FamilyCurve
+
+    hw = get_hardware("h100-sxm")
+    curve = FamilyCurve(compute_max=1.0, rows_half=0, memory_max=1.0, bytes_half=0, overhead_s=20e-6,
+                        dispatch_s=10e-6, index_call_s=30e-6)
+    prof = CalibrationProfile(gpu="H100 SXM", measurements="x", kernel_launch_s=5e-6, host_sync_s=15e-6,
+                              families={"vector": curve})
+    eff = CalibratedEfficiency(hw.empirical, prof)
+    mixed = costs.vector_op(1.0, 0.0, 1.0, launches=4, indexed=2)  # 2 bytes: GPU time ~0
+    assert costs.gpu_time_s(mixed, hw.gpu, eff) == pytest.approx(20e-6 + 1 * 10e-6 + 2 * 30e-6, rel=1e-6)
+    all_indexed = costs.vector_op(1.0, 0.0, 1.0, launches=3, indexed=3)
+    assert costs.gpu_time_s(all_indexed, hw.gpu, eff) == pytest.approx(20e-6 + 2 * 30e-6, rel=1e-6)
+
+
+def test_moe_layer_indexing_calls_counted_from_the_harness():
+    """kernels.moe_fused: topk, argsort, bincount, x[token], weights.flatten()[order, None], index_add_;
+    kernels.moe_loop outside its per-expert loop: topk only (nonzero's cost is its sync)."""
+    fused = costs.moe_layer(2048, 1408, 64, 6, 16, impl="fused")
+    loop = costs.moe_layer(2048, 1408, 64, 6, 16, impl="loop")
+    assert fused.indexed_launches == 6
+    assert loop.indexed_launches == 1

@@ -20,6 +20,9 @@ Stages, each fitting one family with the others held fixed:
     (``dispatch_s``, one figure for every kernel family, since PyTorch issues every call the same
     way; see :mod:`moesim.costs.roofline`), fitted together on all the kernel families' cases so
     that no single small, noisy case sets them. Stages 3-10 are repeated three times.
+    Calls that sort, select or index by a tensor (topk, argsort, bincount, ``x[idx]``,
+    ``index_add_``) have their own host time (``index_call_s``, one figure for every family),
+    fitted after stage 6 on the fused ``moe_layer`` cases, the only fitted operations that make them.
 
 Each family's ``overhead_s`` is the issue latency of an operation's first kernel (paid once per
 operation timed alone).
@@ -49,12 +52,13 @@ PARAMS = {
     "bytes_half": (0.0, 10.0, 5.0),
     "overhead_s": (0.0, 3.0, 0.5),  # log10(1 + microseconds)
     "dispatch_s": (0.0, 3.0, 1.0),  # log10(1 + microseconds)
+    "index_call_s": (0.0, 3.0, 1.0),  # log10(1 + microseconds)
     "group_s": (0.0, 2.0, 0.3),  # log10(1 + microseconds)
     "sustained_clock": (0.5, 1.0, 0.9),
     "clock_tau_s": (0.0, 2.5, 0.3),  # log10(1 + milliseconds)
 }
-LOG_PARAMS = {"rows_half": 1.0, "bytes_half": 1.0, "overhead_s": 1e-6, "dispatch_s": 1e-6, "group_s": 1e-6,
-              "clock_tau_s": 1e-3}
+LOG_PARAMS = {"rows_half": 1.0, "bytes_half": 1.0, "overhead_s": 1e-6, "dispatch_s": 1e-6, "index_call_s": 1e-6,
+              "group_s": 1e-6, "clock_tau_s": 1e-3}
 #: the power limiter's clock drop (FamilyCurve.sustained_compute_s): a property of the GPU, fitted
 #: once on all the cases whose long runs are matmuls (GEMMs of every dtype, expert FFNs, fused MoE
 #: layers) with their other parameters held, and applied to the matmul families
@@ -130,9 +134,9 @@ def _fit_link(cases: list[Case], link_name: str) -> LinkCalibration | None:
 
 def _fit_host(hw: Platform, profile: CalibrationProfile, cases: list[Case], keys: list[str],
               issue_keys: list[str]) -> tuple[float, float]:
-    """(issue latency of the cuBLAS-led host path, issue time per further torch call): the first for
-    the families ``issue_keys``, the second for all kernel families ``keys`` (PyTorch issues every
-    call the same way), least squares on log time over all their cases together."""
+    """(issue latency of the cuBLAS-led host path, issue time per further ordinary torch call): the
+    first for the families ``issue_keys``, the second for all kernel families ``keys`` (PyTorch
+    issues every call the same way), least squares on log time over all their cases together."""
     from scipy.optimize import least_squares
 
     def trial(x: np.ndarray) -> CalibrationProfile:
@@ -177,6 +181,8 @@ def fit_profile(env: dict[str, Any], cases: list[Case], gpu: str, measurements_p
     scatter = [c for c in combine_cases(cases) if not c.held_out]
     dtypes = sorted({c.params.get("dtype", "bf16") for c in by("gemm")})
     gemm_keys = [f"gemm:{dt}" for dt in dtypes]
+    kernel_keys = [k for k in ["vector", *gemm_keys, "expert", "grouped_expert", "attention", "mla"]] + (
+        ["scatter"] if fused else [])
     stages = [
         ("vector", by("hbm_copy"), ["memory_max", "overhead_s"], (), ()),
         (gemm_keys[0], by("gemm"), curve_params, tuple((k, curve_params) for k in gemm_keys[1:]), ()),
@@ -185,6 +191,10 @@ def fit_profile(env: dict[str, Any], cases: list[Case], gpu: str, measurements_p
         *([("scatter", scatter, ["memory_max", "overhead_s"], (), ())] if scatter else []),
         ("grouped_expert", fused, curve_params + ["group_s"],
          (("scatter", ["memory_max"]),) if fused and not scatter else (), ()),
+        # the host time of calls that sort, select or index by a tensor: of the fitted operations only
+        # the fused MoE layers make them, so their cases set it (one figure for every kernel family)
+        ("grouped_expert", fused, [], tuple((k, []) for k in kernel_keys if k != "grouped_expert"),
+         ("index_call_s",)),
         # the clock drop under sustained tensor-core work: one GPU property, fitted on every family
         # whose long runs are matmuls (GEMMs of all dtypes, expert FFNs, fused MoE layers)
         (gemm_keys[0], by("gemm") + by("expert_ffn") + fused, [],
@@ -198,8 +208,6 @@ def fit_profile(env: dict[str, Any], cases: list[Case], gpu: str, measurements_p
     # efficiency grows with sequence length (tiles per SM), which this model does not describe,
     # and giving them the drop fits worse (H100 attention held-out median 6.8% -> 7.4%)
     clock_keys = ["expert", "grouped_expert", "mla"]
-    kernel_keys = [k for k in ["vector", *gemm_keys, "expert", "grouped_expert", "attention", "mla"]] + (
-        ["scatter"] if fused else [])
     pooled = list({id(c): c for key, fam, _, _, _ in stages if key != "moe_loop" for c in fam}.values())
     issue, dispatch = 20e-6, 10e-6
     for _ in range(3):
@@ -228,7 +236,8 @@ def fit_profile(env: dict[str, Any], cases: list[Case], gpu: str, measurements_p
         if fam_cases:
             err = log_errors(_platform(hw, profile), fam_cases)
             log(f"  {key:16s} {len(fam_cases):4d} cases  median |err| {np.median(np.abs(np.expm1(err))):6.1%}")
-    log(f"  host: {issue * 1e6:.1f} us issue latency (cuBLAS-led operations), {dispatch * 1e6:.1f} us per further call")
+    log(f"  host: {issue * 1e6:.1f} us issue latency (cuBLAS-led operations), {dispatch * 1e6:.1f} us per further "
+        f"call, {profile.families[gemm_keys[0]].index_call_s * 1e6:.1f} us per further sort/select/index call")
     all_fitted = [c for c in train if c.op() is not None]
     err = np.abs(np.expm1(log_errors(_platform(hw, profile), all_fitted))) if all_fitted else np.zeros(1)
     return profile.model_copy(update={"fit_summary": {

@@ -37,6 +37,8 @@ class EfficiencyModel(Protocol):
 
     def dispatch_s(self, cost: "OpCost") -> float: ...
 
+    def index_call_s(self, cost: "OpCost") -> float: ...
+
     def loop_launch_s(self, cost: "OpCost") -> float: ...
 
     def group_s(self, cost: "OpCost") -> float: ...
@@ -96,6 +98,9 @@ class ProfileEfficiency:
     def dispatch_s(self, cost: "OpCost") -> float:
         return 0.0  # the default profile has no host launch roof (launch overhead is additive)
 
+    def index_call_s(self, cost: "OpCost") -> float:
+        return 0.0  # nor for indexing calls
+
     def loop_launch_s(self, cost: "OpCost") -> float:
         return self.profile.kernel_launch_s
 
@@ -154,8 +159,14 @@ class CalibratedEfficiency(ProfileEfficiency):
         return curve.overhead_s if curve else launches * self.calibration.kernel_launch_s
 
     def dispatch_s(self, cost: "OpCost") -> float:
+        """Host time to issue each further ordinary torch call of an operation (fitted)."""
         curve = self._curve(cost)
         return curve.dispatch_s if curve else 0.0
+
+    def index_call_s(self, cost: "OpCost") -> float:
+        """Host time to issue each further call that sorts, selects or indexes by a tensor (fitted)."""
+        curve = self._curve(cost)
+        return curve.index_call_s if curve else 0.0
 
     def loop_launch_s(self, cost: "OpCost") -> float:
         """Per launch of a per-expert Python loop: each iteration waits on a host sync, so every

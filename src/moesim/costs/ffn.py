@@ -86,16 +86,25 @@ def dispatch_combine(hidden: int, routed_tokens: float) -> OpCost:
 # inside it cost the host little). From validation/torchbench/kernels.py:
 #: routing (route): x @ W_r, .float(), softmax, topk, sum, div, .to
 ROUTE_CALLS = 7
+#: of them, calls that sort, select or index by a tensor (topk)
+ROUTE_INDEXED = 1
 #: sorting routed rows by expert (moe_fused): flatten, argsort, floor-divide, bincount (reads its
 #: maximum on the host: one sync), cumsum, cast to int32
 SORT_CALLS = 6
+#: of them, argsort and bincount
+SORT_INDEXED = 2
 #: the loop's head (moe_loop): one_hot, permute, sum, compare, nonzero, flatten, then the host
 #: reads the hit experts (one sync), zeros_like for the output
 LOOP_HEAD_CALLS = 7
+#: of them, none: one_hot with num_classes given is a scatter into a tensor of known shape, and
+#: nonzero's data-dependent cost is the host sync already counted
+LOOP_HEAD_INDEXED = 0
 #: the activation between the grouped GEMMs (moe_fused): chunk, silu, multiply, contiguous
 FUSED_ACT_CALLS = 4
 #: after the grouped GEMMs (moe_fused): weights flattened, indexed, y * w, zeros_like, index_add_
 COMBINE_CALLS = 5
+#: of them (besides index_add_, counted by :func:`scatter_add`): the indexing by ``order``
+COMBINE_INDEXED = 1
 
 
 def moe_layer(hidden: int, ffn: int, num_experts: int, top_k: int, tokens: float, gated: bool = True,
@@ -113,7 +122,9 @@ def moe_layer(hidden: int, ffn: int, num_experts: int, top_k: int, tokens: float
         out.index_add_(0, token, y)                        fused: scatter, R hidden colliding atomic adds;
                                                            loop: one pass, no collisions
 
-    each kind on its own roof, one after the other. The loop issues gather, FFN, scale and
+    each kind on its own roof, one after the other. Of the host's calls, topk, argsort, bincount,
+    ``x[token]``, ``weights[order]`` and ``index_add_`` sort, select or index by a tensor, and cost
+    the host more each (``index_call_s``; see :mod:`moesim.costs.roofline`). The loop issues gather, FFN, scale and
     index_add_ once per active expert, each after a ``torch.where`` whose result the host reads
     (a sync per expert): those launches are the loop's (family ``moe_loop``)."""
     active = expected_active_experts(num_experts, top_k, tokens, zipf_s)
@@ -122,23 +133,25 @@ def moe_layer(hidden: int, ffn: int, num_experts: int, top_k: int, tokens: float
     experts = routed_experts(hidden, ffn, active, routed, gated, weight_dtype, impl, separate_activation=True)
     if loop:
         experts = replace(experts, syncs=int(round(active)))
-        head = replace(vector_op(tokens * top_k * num_experts, 1.0, 2.0, launches=LOOP_HEAD_CALLS), syncs=1)
+        head = replace(vector_op(tokens * top_k * num_experts, 1.0, 2.0, launches=LOOP_HEAD_CALLS,
+                                 indexed=LOOP_HEAD_INDEXED), syncs=1)
     else:
-        head = replace(vector_op(routed, 4.0, 8.0, launches=SORT_CALLS), syncs=1)
+        head = replace(vector_op(routed, 4.0, 8.0, launches=SORT_CALLS, indexed=SORT_INDEXED), syncs=1)
     per_expert = 0 if loop else 1  # launches of the passes below outside the loop
     # One index_add_ of all R rows (fused) adds top_k rows into each output row: the atomics
     # collide and serialise (family ``scatter``). The loop's index_add_ per expert adds at most
     # one row into each output row: no collisions, an ordinary read-modify-write pass.
     combine = vector_op(routed * hidden, 1.0, 3.0, launches=0) if loop else scatter_add(routed, hidden)
     route = gemm(tokens, num_experts, hidden, "bf16") + vector_op(tokens * num_experts, 5.0, 2.0,
-                                                                 launches=ROUTE_CALLS - 1)
+                                                                 launches=ROUTE_CALLS - 1, indexed=ROUTE_INDEXED)
     return (
         route
         .then(head)
-        .then(vector_op(routed * hidden, 0.0, 2.0, launches=per_expert))
+        .then(vector_op(routed * hidden, 0.0, 2.0, launches=per_expert, indexed=per_expert))  # x[token]
         .then(experts)
         .then(vector_op(routed * ffn, 4.0 if gated else 2.0, 5.0 if gated else 2.0,
                         launches=per_expert * (FUSED_ACT_CALLS if gated else 1)))
-        .then(vector_op(routed * hidden, 1.0, 2.0, launches=per_expert * (COMBINE_CALLS - 1)))
+        .then(vector_op(routed * hidden, 1.0, 2.0, launches=per_expert * (COMBINE_CALLS - 1),
+                        indexed=per_expert * COMBINE_INDEXED))
         .then(combine)
     )

@@ -34,13 +34,16 @@ def gemm(m: float, n: float, k: float, weight_dtype: str = "bf16", family: str =
     )
 
 
-def vector_op(elements: float, flop_per_element: float = 1.0, passes: float = 2.0, launches: int = 1) -> OpCost:
-    """Elementwise work (norms, activations, softmax): memory bound, ``passes`` reads+writes of bf16."""
+def vector_op(elements: float, flop_per_element: float = 1.0, passes: float = 2.0, launches: int = 1,
+              indexed: int = 0) -> OpCost:
+    """Elementwise work (norms, activations, softmax): memory bound, ``passes`` reads+writes of bf16;
+    ``indexed`` of its ``launches`` torch calls sort, select or index by a tensor (their host cost)."""
     return OpCost(family="vector", flop=elements * flop_per_element, bytes=elements * passes * ACT_BYTES,
-                  dtype="fp32", launches=launches)
+                  dtype="fp32", launches=launches, indexed_launches=indexed)
 
 
 def scatter_add(rows: float, width: float) -> OpCost:
     """``out.index_add_(0, index, src)`` of ``rows`` x ``width`` bf16 values: one atomic add each."""
     elements = rows * width
-    return OpCost(family="scatter", flop=elements, bytes=elements * 3 * ACT_BYTES, dtype="fp32", launches=1)
+    return OpCost(family="scatter", flop=elements, bytes=elements * 3 * ACT_BYTES, dtype="fp32", launches=1,
+                  indexed_launches=1)

@@ -7,15 +7,18 @@ scatter-add) each run on their own roof, one after the other; parts of the same 
     t_gpu  = sum over parts p of max( S(flop_p / (peak_flop_per_s(dtype) * eta_compute_p)),
                                       bytes_p / (memory_bandwidth_bytes_per_s * eta_memory_p) )
                                  + groups_p * group_s_p
-    t      = issue_s + max( t_gpu, (launches - 1) * dispatch_s )      (host launch roof)
+    t      = issue_s + max( t_gpu, host_roof_s )                       (host launch roof)
              + syncs * host_sync_s + loop_launches * loop_overhead_s + extra_s
+    host_roof_s = further ordinary calls * dispatch_s + further indexing calls * index_call_s
 
 with the first two terms taken per segment between host syncs inside the operation (a sync
 drains the GPU, and the next kernel waits for its own issue latency).
 
 ``issue_s`` is the host latency before the first kernel of the operation starts (nothing hides
-it when the operation is timed alone), ``dispatch_s`` the host time to issue each further kernel
-(the host runs ahead of the GPU, so the GPU time and the remaining issue time overlap). In eager
+it when the operation is timed alone); the host then issues the remaining calls while the GPU
+works (the host runs ahead of the GPU, so the GPU time and the remaining issue time overlap),
+each at the cost of its kind (:func:`_host_roof_s`): ``index_call_s`` per call that sorts,
+selects or indexes by a tensor, ``dispatch_s`` per other call. In eager
 PyTorch the unit the host pays for is a torch operation (Python and ATen dispatch, ~10-15 us on
 the hosts measured); kernels one operation launches from C++ (SDPA's split-KV and combine,
 argsort's passes) cost it little, so ``launches`` counts host-issued operations.
@@ -51,6 +54,7 @@ class OpCost:
     dtype: str = "bf16"  # storage dtype of the weights/operands; the math dtype follows from the GPU
     weight_elements: float = 0.0  # weights read (for dequantization cost of quantized dtypes)
     launches: int = 1
+    indexed_launches: int = 0  # of ``launches``: calls that sort, select or index by a tensor (``index_call_s``)
     loop_launches: int = 0  # launches issued from a Python loop (HF per-expert loop): priced as family "moe_loop"
     syncs: int = 0
     rows: float = 0.0  # GEMM rows per kernel (tokens per expert for expert GEMMs); 0 = not a GEMM
@@ -69,6 +73,7 @@ class OpCost:
             bytes=self.bytes + other.bytes,
             weight_elements=self.weight_elements + other.weight_elements,
             launches=self.launches + other.launches,
+            indexed_launches=self.indexed_launches + other.indexed_launches,
             loop_launches=self.loop_launches + other.loop_launches,
             syncs=self.syncs + other.syncs,
             extra_s=self.extra_s + other.extra_s,
@@ -86,6 +91,7 @@ class OpCost:
             bytes=self.bytes + other.bytes,
             weight_elements=self.weight_elements + other.weight_elements,
             launches=self.launches + other.launches,
+            indexed_launches=self.indexed_launches + other.indexed_launches,
             loop_launches=self.loop_launches + other.loop_launches,
             syncs=self.syncs + other.syncs,
             extra_s=self.extra_s + other.extra_s,
@@ -105,6 +111,7 @@ class OpCost:
             bytes=self.bytes - sum(p.bytes for p in s),
             weight_elements=self.weight_elements - sum(p.weight_elements for p in s),
             launches=self.launches - sum(p.launches for p in s),
+            indexed_launches=self.indexed_launches - sum(p.indexed_launches for p in s),
             loop_launches=self.loop_launches - sum(p.loop_launches for p in s),
             syncs=self.syncs - sum(p.syncs for p in s),
             extra_s=self.extra_s - sum(p.extra_s for p in s),
@@ -153,6 +160,26 @@ def _segments(pieces: tuple[OpCost, ...]) -> list[list[OpCost]]:
     return [seg for seg in out if seg]
 
 
+def _host_roof_s(cost: OpCost, launches: int, indexed: int, eff: EfficiencyModel) -> float:
+    """Host time to issue a segment's torch calls after its first one (whose latency is ``issue_s``):
+
+        (further ordinary calls) * dispatch_s + (further indexing calls) * index_call_s
+
+    Calls that sort, select or index by a tensor (topk, argsort, bincount, ``x[idx]``,
+    ``index_add_``) allocate data-dependent outputs and run several ATen steps on the host, so they
+    cost ``index_call_s``; every other call (matmul, elementwise, reduction, view) ``dispatch_s``.
+    The first call of a segment is an ordinary one unless all of them index."""
+    if launches <= 1:
+        return 0.0
+    indexed = min(indexed, launches)
+    ordinary = launches - indexed
+    if ordinary:
+        ordinary -= 1
+    else:
+        indexed -= 1
+    return ordinary * eff.dispatch_s(cost) + indexed * eff.index_call_s(cost)
+
+
 def gpu_time_s(cost: OpCost, gpu: AcceleratorSpec, eff: EfficiencyModel) -> float:
     """Time of ``cost`` on ``gpu``: per-part rooflines in sequence, the host's issue latency and
     launch roof, syncs, the per-expert loop's launches and dequantization of quantized weights.
@@ -162,7 +189,7 @@ def gpu_time_s(cost: OpCost, gpu: AcceleratorSpec, eff: EfficiencyModel) -> floa
     so each segment between syncs is priced on its own (issue + max(GPU, launch roof))."""
     total = cost.syncs * eff.host_sync_s + cost.extra_s
     if not cost.serial:  # one part, one segment (the common case; same result as below)
-        host_roof_s = max(cost.launches - 1, 0) * eff.dispatch_s(cost)
+        host_roof_s = _host_roof_s(cost, cost.launches, cost.indexed_launches, eff)
         total += eff.issue_s(cost, cost.launches) + max(_roof_s(cost, gpu, eff), host_roof_s)
         if cost.loop_launches:
             total += cost.loop_launches * eff.loop_launch_s(replace(cost, family="moe_loop"))
@@ -170,7 +197,7 @@ def gpu_time_s(cost: OpCost, gpu: AcceleratorSpec, eff: EfficiencyModel) -> floa
     for seg in _segments(cost.pieces()):
         launches = sum(p.launches for p in seg)
         gpu_s = sum(_roof_s(p, gpu, eff) for p in seg)
-        host_roof_s = max(launches - 1, 0) * eff.dispatch_s(cost)
+        host_roof_s = _host_roof_s(cost, launches, sum(p.indexed_launches for p in seg), eff)
         lead = next((p for p in seg if p.launches), seg[0])
         total += eff.issue_s(lead, launches) + max(gpu_s, host_roof_s)
     if cost.loop_launches:

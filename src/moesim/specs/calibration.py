@@ -36,8 +36,11 @@ class FamilyCurve(Spec):
     memory_max: float = Field(gt=0, le=1.0)
     bytes_half: float = Field(ge=0, description="bytes moved at which half of memory_max is reached")
     overhead_s: float = Field(ge=0, description="fixed time per kernel launch of this family")
-    dispatch_s: float = Field(default=0.0, ge=0, description="host time to issue one kernel: an operation "
-                              "never runs faster than launches x dispatch_s (the host's launch roof)")
+    dispatch_s: float = Field(default=0.0, ge=0, description="host time to issue one torch call after an "
+                              "operation's first (the host's launch roof); indexing calls cost index_call_s")
+    index_call_s: float = Field(default=0.0, ge=0, description="host time to issue one torch call that "
+                                "sorts, selects or indexes by a tensor (topk, argsort, bincount, x[idx], "
+                                "index_add_), after an operation's first call")
     group_s: float = Field(default=0.0, ge=0, description="GPU time each GEMM problem (expert) of a grouped "
                            "kernel adds: its ramp and tail")
     sustained_clock: float = Field(default=1.0, gt=0, le=1.0, description="the SM clock the power limiter "
