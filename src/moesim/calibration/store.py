@@ -60,6 +60,10 @@ def save_profile(profile: CalibrationProfile, path: Path) -> None:
     data = profile.model_dump(mode="json")
     header = ("# Fitted by `moesim calibrate` from the measurements named below; do not edit by hand.\n"
               "# Curves: eta_compute = compute_max * rows / (rows + rows_half); "
-              "eta_memory = memory_max * bytes / (bytes + bytes_half).\n")
+              "eta_memory = memory_max * bytes / (bytes + bytes_half).\n"
+              "# Tensor-core compute time T0 -> T0 / (r + (1 - r) (tau / T0) (1 - exp(-T0 / tau))), "
+              "r = sustained_clock, tau = clock_tau_s (s).\n"
+              "# Host: overhead_s before an operation's first call, then dispatch_s per further call "
+              "(index_call_s for calls that sort, select or index by a tensor).\n")
     path.write_text(header + yaml.safe_dump(data, sort_keys=False))
     _profiles.cache_clear()
