@@ -63,12 +63,10 @@ class OpCost:
     parts: tuple[str, ...] = field(default=(), compare=False)
     serial: tuple["OpCost", ...] = ()  # parts (included in the totals above) run as kernels of their own kind
 
-    def __add__(self, other: "OpCost") -> "OpCost":
-        """Merged composition: work adds, the family of the larger-FLOP part is kept (one roof for
-        the sum: right for kernels of one kind); serial parts of both stay serial."""
-        main = self if self.flop >= other.flop else other
+    def _summed(self, other: "OpCost", base: "OpCost", serial: tuple["OpCost", ...]) -> "OpCost":
+        """``base`` (its family, dtype, rows) carrying the summed work of this operation and ``other``."""
         return replace(
-            main,
+            base,
             flop=self.flop + other.flop,
             bytes=self.bytes + other.bytes,
             weight_elements=self.weight_elements + other.weight_elements,
@@ -78,26 +76,20 @@ class OpCost:
             syncs=self.syncs + other.syncs,
             extra_s=self.extra_s + other.extra_s,
             groups=self.groups + other.groups,
-            serial=self.serial + other.serial,
+            serial=serial,
         )
+
+    def __add__(self, other: "OpCost") -> "OpCost":
+        """Merged composition: work adds, the family of the larger-FLOP part is kept (one roof for
+        the sum: right for kernels of one kind); serial parts of both stay serial."""
+        main = self if self.flop >= other.flop else other
+        return self._summed(other, main, self.serial + other.serial)
 
     def then(self, other: "OpCost") -> "OpCost":
         """Serial composition: ``other`` runs after this operation as kernels of its own kind, each
         of its parts on its own roof. The totals (flop, bytes, launches, ...) still add up; the
         family, dtype and rows of this operation's own part are kept."""
-        return replace(
-            self,
-            flop=self.flop + other.flop,
-            bytes=self.bytes + other.bytes,
-            weight_elements=self.weight_elements + other.weight_elements,
-            launches=self.launches + other.launches,
-            indexed_launches=self.indexed_launches + other.indexed_launches,
-            loop_launches=self.loop_launches + other.loop_launches,
-            syncs=self.syncs + other.syncs,
-            extra_s=self.extra_s + other.extra_s,
-            groups=self.groups + other.groups,
-            serial=self.serial + other.pieces(),
-        )
+        return self._summed(other, self, self.serial + other.pieces())
 
     def pieces(self) -> tuple["OpCost", ...]:
         """The parts priced each on its own roof: this operation's own part (the totals less the
