@@ -211,6 +211,12 @@ def fail_cells(cells: list[Cell]) -> list[str]:
     return notes
 
 
+def ran_but_predicted_infeasible(cells: list[Cell]) -> list[str]:
+    """Cells the paper measured (a number, or "<0.1") that moesim says cannot run: disagreements."""
+    return [f"Table {c.table} {c.system} {c.model} d={c.gen}: {c.published} tok/s published; moesim: infeasible "
+            f"({c.reason})" for c in cells if c.published != FAIL and c.predicted is None]
+
+
 def median_abs_error(cells: list[Cell]) -> float:
     errs = [abs(c.error) for c in cells if c.error is not None]
     return statistics.median(errs) if errs else math.nan
@@ -233,6 +239,11 @@ def main() -> int:
     print("\n'Fail' cells:")
     for n in fail_cells(cells):
         print(f"  {n}")
+    disagree = ran_but_predicted_infeasible(cells)
+    if disagree:
+        print("\nCells the paper ran that moesim predicts cannot run (wrong: the paper's setting must have differed):")
+        for n in disagree:
+            print(f"  {n}")
     missing = sorted(set(SYSTEMS.values()) - set(moesim.systems.SYSTEMS))
     if missing:
         print(f"\nsystems not available in this moesim: {', '.join(missing)}")

@@ -170,6 +170,13 @@ class VLLM(ServingSystem):
         act = activation_bytes(ctx, prm.max_num_batched_tokens) + offload / layers
         block_bytes = prm.block_size * self._kv_bytes_per_token(ctx, ctx_len) / n
         one_seq = math.ceil(ctx_len / prm.block_size) * block_bytes
+        host_need = offload * n
+        if host_need > p.usable_host_memory_bytes:
+            raise InfeasibleError(
+                f"vLLM: cpu_offload_gb={prm.cpu_offload_gb:g} per GPU x {n} GPUs keeps {fmt_bytes(host_need)} of "
+                f"weights in pinned host memory, {fmt_bytes(p.usable_host_memory_bytes)} usable: short by "
+                f"{fmt_bytes(host_need - p.usable_host_memory_bytes)}"
+            )
         available = budget - act - one_seq
         if weights_gpu > available:
             short = weights_gpu - available
@@ -186,6 +193,15 @@ class VLLM(ServingSystem):
                         f"{fmt_bytes(p.usable_host_memory_bytes)} usable")
             else:
                 hint = f"set cpu_offload_gb >= {need_gib}"
+            if weights_gpu <= 0:
+                raise InfeasibleError(
+                    f"vLLM: with every weight offloaded ({ctx.model.name}, {ctx.wdtype}, {n} x {p.gpu.name}), the "
+                    f"activations of a {prm.max_num_batched_tokens}-token step with one layer's offloaded weights "
+                    f"({fmt_bytes(act)}) and the KV of one {ctx_len}-token sequence ({fmt_bytes(one_seq)}) need "
+                    f"{fmt_bytes(act + one_seq)} per GPU, the budget is {fmt_bytes(budget)} "
+                    f"(gpu_memory_utilization={prm.gpu_memory_utilization:g} of {fmt_bytes(p.gpu.memory_bytes)} minus "
+                    f"{fmt_bytes(p.empirical.gpu_memory_reserved_bytes)} reserved): short by "
+                    f"{fmt_bytes(act + one_seq - budget)}; {hint}")
             raise InfeasibleError(
                 f"vLLM: model weights need {fmt_bytes(weights_gpu)} per GPU ({ctx.model.name}, {ctx.wdtype}, "
                 f"{n} x {p.gpu.name}, cpu_offload_gb={prm.cpu_offload_gb:g}), "
@@ -194,13 +210,6 @@ class VLLM(ServingSystem):
                 f"{fmt_bytes(p.empirical.gpu_memory_reserved_bytes)} reserved, {fmt_bytes(act)} of activations for "
                 f"{prm.max_num_batched_tokens} batched tokens, {fmt_bytes(one_seq)} of KV for one sequence of "
                 f"{ctx_len} tokens): short by {fmt_bytes(short)}; {hint}"
-            )
-        host_need = offload * n
-        if host_need > p.usable_host_memory_bytes:
-            raise InfeasibleError(
-                f"vLLM: cpu_offload_gb={prm.cpu_offload_gb:g} per GPU x {n} GPUs keeps {fmt_bytes(host_need)} of "
-                f"weights in pinned host memory, {fmt_bytes(p.usable_host_memory_bytes)} usable: short by "
-                f"{fmt_bytes(host_need - p.usable_host_memory_bytes)}"
             )
         blocks = int((budget - weights_gpu - act) // block_bytes)
         return _Layout(budget, weights_gpu, offload, act, block_bytes, blocks)
