@@ -219,3 +219,10 @@ def test_vllm_mla_without_latent_cache_holds_fewer_sequences():
     ratio = 2 * a.num_heads * a.qk_head_dim / a.kv_elements_per_token()
     assert full.config["kv_blocks"] == pytest.approx(lat.config["kv_blocks"] / ratio, rel=0.02, abs=1)
     assert full.config["batch_size"] < lat.config["batch_size"]
+
+
+def test_vllm_all_offloaded_but_step_does_not_fit_says_what_and_by_how_much():
+    work = {"num_requests": 100, "prompt_tokens": 512, "gen_tokens": 1024}
+    params = {"cpu_offload_gb": 10_000, "max_num_batched_tokens": 32768, "mla_latent_cache": False}
+    with pytest.raises(InfeasibleError, match=r"with every weight offloaded.*short by [0-9.]+ GB"):
+        moesim.predict("deepseek-v2", "c2", "vllm", work, system_params=params)
