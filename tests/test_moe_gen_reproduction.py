@@ -1,14 +1,14 @@
 """MoE-Gen's Tables 6 and 7 reproduced on its testbed C2 (validation/published/moe_gen.py).
 
-What CI guards today (issue 3's full bar - median |error| <= 25% over all cells and every
-column's ranking kept - is not met yet; the script prints where it misses):
+What CI guards (issue 3's full bar - median |error| <= 25% over all cells and every column's
+ranking kept - is met but for three ranking pairs; the script prints them):
 * MoE-Gen's own Mixtral cells (the paper's headline system and models) within 25%;
 * MoE-Gen beats every baseline in every decode column where the paper has it ahead by 1.5x
   or more (the paper's headline: 8-31x over model-based and continuous batching);
 * the ranking of the paper's systems is kept in every column but the three pairs known to flip
   today (llama.cpp against the model-based systems on DeepSeek-V2 d=1024): a regression guard, not
   the target;
-* the median |error| does not regress past 36% (it is 35%; the target is 25%);
+* the median |error| is at most 25% (issue 3's target; 24.2% today);
 * every "Fail" cell that is a matter of memory is predicted infeasible with the reason.
 """
 
@@ -87,6 +87,6 @@ def test_ranking_kept_except_the_known_flips(cells):
     assert flips <= KNOWN_FLIPS, sorted(flips - KNOWN_FLIPS)
 
 
-def test_median_error_does_not_regress(cells):
+def test_median_error_within_25_percent(cells):
     mod, all_cells = cells
-    assert mod.median_abs_error(all_cells) <= 0.36
+    assert mod.median_abs_error(all_cells) <= 0.25

@@ -158,3 +158,27 @@ def test_moe_gen_kv_copies_hold_the_context_or_the_reserved_slot(kv_copy):
         copies = [t for t in step.engine.tasks if t.name.startswith("L0 KV H2D")]
         tokens = context if kv_copy == "context" else 512 + 256
         assert copies and sum(t.bytes for t in copies) == pytest.approx(plan.batch_size * tokens * per_token_layer)
+
+
+def test_moe_gen_host_kv_reservation_spills_weights_to_disk_read_synchronously():
+    """host_kv_bytes reserves host memory for KV; weights that no longer fit are paged in from disk by the
+    copy engine: each disk read starts only after the previous weight copy (the faulting copy thread)."""
+    from moesim.modules import Context, Options
+    from moesim.specs import OfflineWorkload
+    from moesim.systems import get_system
+
+    hw, model = moesim.get_hardware("c2"), moesim.get_model("deepseek-r1")
+    ctx = Context(model, hw, OfflineWorkload(num_requests=64, prompt_tokens=512, gen_tokens=16), Options())
+    kv = 50 * 2**30
+    system = get_system("moe-gen")({"host_kv_bytes": kv, "attention_micro_batch": 32})
+    in_host, on_disk, kv_room = system._host_layout(ctx)
+    assert in_host == pytest.approx(hw.usable_host_memory_bytes - kv)
+    assert on_disk == pytest.approx(ctx.weight_bytes - in_host) and kv_room == pytest.approx(kv)
+    plan = system.plan(ctx)
+    tasks = plan.mid_decode[1].engine.tasks
+    weight_copy_ids = {t.id for t in tasks if t.resource == "h2d" and "KV" not in t.name}
+    disk = [t for t in tasks if t.resource == "disk"]
+    assert len(disk) > 1 and not disk[0].deps  # only the very first read has no weight copy before it
+    for d in disk[1:]:
+        (dep,) = d.deps
+        assert dep in weight_copy_ids and d.start_s >= tasks[dep].end_s - 1e-12

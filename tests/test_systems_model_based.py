@@ -138,3 +138,20 @@ def test_deepspeed_sdpa_drops_the_score_matrix_from_the_prefill_peak(c2):
     p_e = moesim.predict("mixtral-8x7b", c2, "deepspeed", work, system_params={"attention": "eager"})
     p_s = moesim.predict("mixtral-8x7b", c2, "deepspeed", work, system_params={"attention": "sdpa"})
     assert p_s.decode_tok_s >= p_e.decode_tok_s
+
+
+def test_hf_prefill_logits_and_eager_scores_bound_the_reimplementations_batches(c2):
+    """FlexGen* / MoE-Lightning* on Hugging Face code: fp32 logits at all P prompt positions (P x vocab x 6 B
+    per prompt) and, for DeepSeek, eager fp32 scores (heads x P x P x 6 B) in the prefill working set."""
+    work = OfflineWorkload(num_requests=8500, prompt_tokens=512, gen_tokens=256)
+    ctx = Context(moesim.get_model("deepseek-v2"), c2, work, Options(mla_absorbed=False))
+    logits = 512 * 102400 * 6.0
+    fg = get_system("flexgen")({"logits_all_positions": True})
+    fg0 = get_system("flexgen")({})
+    assert fg._gpu_work_bytes(ctx, 4) == pytest.approx(max(fg0._gpu_work_bytes(ctx, 4), 4 * logits))
+    eager = get_system("moe-lightning")({"prefill_attention": "eager"})
+    flash = get_system("moe-lightning")({})
+    scores = 128 * 512 * 512 * 6.0
+    assert eager._chunk_transient_bytes(ctx, 2) - flash._chunk_transient_bytes(ctx, 2) == pytest.approx(2 * scores)
+    hf = get_system("moe-lightning")({"logits_all_positions": True})
+    assert hf._chunk_transient_bytes(ctx, 2) == pytest.approx(max(flash._chunk_transient_bytes(ctx, 2), 2 * logits))

@@ -10,10 +10,11 @@ Face attention implementation DeepSpeed runs).
 Workload: 8,500 requests (GSM8K's size in the paper's Table 4), so that batch sizes are set
 by memory, not by the number of requests, as in the paper's throughput runs.
 
-DeepSeek-R1 is reported on C2 in the paper, but its FP8 weights (671 GB) cannot sit in C2's
-512 GB; MoE-Gen's README ties its R1 figures to "A5000 + 1TB host memory". moesim runs MoE-Gen's
-R1 cells with 1 TiB of host memory and says so; the baselines' R1 cells ("Fail" in the paper)
-run on C2 as stated, so moesim can say whether their failure is one of memory.
+DeepSeek-R1 is reported on C2 in the paper, and is predicted on C2: its FP8 weights (671 GB) do not
+fit in C2's 512 GiB next to the 50 GiB of KV MoE-Gen's DeepSeek example reserves, so about 200 GB of
+them are read from the NVMe disk every pass, page by page as the copy engine touches them (moe-gen's
+disk overflow). (MoE-Gen's README later ties its R1 figures to "A5000 + 1TB host memory"; the
+baselines' R1 cells, "Fail" in the paper, show whether their failure is one of memory.)
 
 MLA: the paper's DeepSeek figures predate MoE-Gen's "mat absorption for DeepSeek MLA" (commit
 9fe9b90, 2025-03-21, after which its README reports 49 and 27 tok/s instead of 31 and 17), and
@@ -86,16 +87,19 @@ SYSTEM_PARAMS = {
     "moe-gen": {"kv_copy": "reserved"},
     "moe-gen-gpu": {"kv_copy": "reserved"},
 }
-#: MoE-Gen's own per-model attention decode micro-batch b_a (EfficientMoE/MoE-Gen,
-#: ``*_initializer.py::_default_engine_config`` for a 24 GB GPU; shared/reference/offload-systems.md 1.6): the
-#: system's configuration, not fitted here (the paper gives no b_a). Its prefill micro-batches are not used: the
-#: paper's Table 1 accumulates 8,192 tokens per expert in prefill (about 427 prompts of DeepSeek-V2), far beyond
-#: the released 30, so prefill passes are the largest that fit, as moe-gen searches them.
+#: MoE-Gen as its repository runs it (EfficientMoE/MoE-Gen; shared/reference/offload-systems.md 1.6, 6.1): the
+#: initializers' per-model defaults for a 24 GB GPU - prompts per prefill pass ("MoE prefill micro-batch") and the
+#: attention decode micro-batch b_a - and the host KV cache its examples reserve (``host_kv_cache_size``: 100 GiB
+#: in examples/example_mixtral.py, K and V each; 50 GiB in examples/example_deepseek.py). The system's own
+#: configuration, not fitted here. With them Table 7's four prefill figures follow from the weight stream or
+#: the GPU's FLOPs; the paper's Table 1, which speaks of 8,192 tokens per expert in a DeepSeek-V2 prefill (about
+#: 427 prompts per pass) and 841 tok/s, disagrees with its own Table 7 (787 tok/s) and with the released 30.
+GIB = 2.0 ** 30
 MOE_GEN_RELEASED_DEFAULTS = {
-    "8x7B": {"attention_micro_batch": 400},
-    "8x22B": {"attention_micro_batch": 100},
-    "DS-V2": {"attention_micro_batch": 60},
-    "DS-R1": {"attention_micro_batch": 100},
+    "8x7B": {"prefill_batch": 400, "attention_micro_batch": 400, "host_kv_bytes": 2 * 100 * GIB},
+    "8x22B": {"prefill_batch": 60, "attention_micro_batch": 100, "host_kv_bytes": 2 * 100 * GIB},
+    "DS-V2": {"prefill_batch": 30, "attention_micro_batch": 60, "host_kv_bytes": 50 * GIB},
+    "DS-R1": {"prefill_batch": 20, "attention_micro_batch": 100, "host_kv_bytes": 50 * GIB},
 }
 
 
@@ -120,8 +124,6 @@ def _hardware(model: str, system: str) -> tuple[str, dict]:
     over: dict = {}
     if model.startswith("DS"):
         over["mla_absorbed"] = False  # the paper predates MoE-Gen's MLA absorption (commit 9fe9b90)
-    if model == "DS-R1" and system.startswith("moe-gen"):
-        over["host_memory_bytes"] = 2.0 ** 40  # MoE-Gen's README: its R1 figures are with 1 TB of host memory
     return "c2", over
 
 
@@ -139,6 +141,16 @@ def system_params(system: str, model: str) -> dict:
         params.update(MOE_GEN_RELEASED_DEFAULTS[model])
     if system == "deepspeed":
         params["attention"] = HF_ATTENTION[model]
+    if system in ("flexgen", "moe-lightning"):
+        # MoE-Gen's re-implementations run in its framework on the Hugging Face generation pipeline (App. B), as
+        # Table 1's DeepSeek-V2 batches (6-7 prompts, DeepSpeed's 8) show: fp32 logits at every prompt position
+        # (transformers 4.42) and DeepSeek's eager fp32 softmax in prefill
+        params["logits_all_positions"] = True
+        eager = HF_ATTENTION[model] == "eager"
+        if system == "flexgen" and eager:
+            params["attention_score_dtype"] = "fp32"
+        if system == "moe-lightning":
+            params["prefill_attention"] = "eager" if eager else "flash"
     return params
 
 
@@ -247,8 +259,8 @@ def main() -> int:
     missing = sorted(set(SYSTEMS.values()) - set(moesim.systems.SYSTEMS))
     if missing:
         print(f"\nsystems not available in this moesim: {', '.join(missing)}")
-    print("\nMoE-Gen's DeepSeek-R1 cells run with 1 TiB host memory (671 GB of FP8 weights do not fit in C2's "
-          "512 GiB; MoE-Gen's README ties its R1 numbers to 1 TB); the other systems' R1 cells run on C2.")
+    print("\nEvery cell runs on C2 (512 GiB); MoE-Gen's DeepSeek-R1 weights overflow to its NVMe disk next to the "
+          "50 GiB of host KV its DeepSeek example reserves.")
     return 0
 
 

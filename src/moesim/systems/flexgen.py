@@ -64,7 +64,7 @@ from ..specs import LayerKind
 from ..units import fmt_bytes
 from .base import Plan, ServingSystem, StepSim, simpson_decode_time, simulate_pass
 from .deepspeed import (eager_attention_cost, eager_attention_peak_bytes, layer_weight_bytes, max_layer_weight_bytes,
-                        streamed_weight_bytes)
+                        prefill_logits_bytes, streamed_weight_bytes)
 from .gpu_resident import activation_bytes
 
 VARS = ("wg", "wc", "wd", "cg", "cc", "cd", "hg", "hc", "hd")
@@ -115,6 +115,9 @@ class FlexGenParams(BaseModel):
                     "fp32 upcast (2+4 B), fp32 bmm read (4 B) per 2-byte element = 14/2")
     attention_score_dtype: Literal["fp32", "bf16"] = Field(
         default="bf16", description="FlexGen's eager attention softmax dtype (fp16 kernels in FlexGen)")
+    logits_all_positions: bool = Field(
+        default=False, description="prefill computes fp32 logits at every prompt position, as the Hugging Face "
+                                   "generation code of transformers < 4.45 does (FlexGen's own code: the last only)")
     max_simulated_gpu_batches: int = Field(default=3, ge=3,
                                            description="engine merges a layer's middle GPU-batch steps beyond this")
     policies_simulated: int | None = Field(
@@ -178,7 +181,8 @@ class FlexGen(ServingSystem):
         prefill = (activation_bytes(ctx, gbs * s)
                    + eager_attention_peak_bytes(ctx, gbs, s, s, self.params.attention_score_dtype)
                    + gbs * s * ctx.kv_bytes_per_token_layer())
-        return max(prefill, activation_bytes(ctx, gbs))
+        logits = gbs * prefill_logits_bytes(ctx, s) if self.params.logits_all_positions else 0.0
+        return max(prefill, logits, activation_bytes(ctx, gbs))
 
     # ---- the LP ------------------------------------------------------------------------------------
     def _compute_constants(self, ctx: Context, gbs: int) -> dict[str, float]:
@@ -225,7 +229,7 @@ class FlexGen(ServingSystem):
         kv_h2d, kv_d2h = (self._spb(ctx, k) for k in self._kv_kinds())
         disk = 1.0 / p.disk.read_bytes_per_s
         deleg = 1.0 if cpu_attention else 0.0
-        head_p = ctx.gpu_s(ctx.head(bls * s, bls))
+        head_p = ctx.gpu_s(ctx.head(bls * s, bls * s if self.params.logits_all_positions else bls))
         head_d = ctx.gpu_s(ctx.head(bls, bls))
 
         iv = {v: i for i, v in enumerate(VARS)}
@@ -424,7 +428,7 @@ class FlexGen(ServingSystem):
             return last
 
         bls = pol.block
-        head = ctx.gpu_s(ctx.head(bls * q_len, bls))
+        head = ctx.gpu_s(ctx.head(bls * q_len, bls * q_len if q_len > 1 and self.params.logits_all_positions else bls))
         holds = self._gpu_holds(ctx, pol)
 
         return simulate_pass(ctx, Engine(memory_capacity_bytes={"gpu": p.usable_gpu_memory_bytes_per_gpu}),

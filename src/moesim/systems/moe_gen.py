@@ -57,6 +57,10 @@ class MoEGenParams(BaseModel):
         default="context", description="KV tokens copied per sequence for GPU attention: its current context (the "
                                        "released code), or its whole reserved host slot, prompt + max decode length")
     max_tasks_per_module: int = Field(default=16, ge=1)
+    host_kv_bytes: float | None = Field(
+        default=None, gt=0, description="host memory reserved for the KV cache (MoE-Gen's host_kv_cache_size; for "
+                                        "GQA models its K and V each get that many GiB); None = all host memory left "
+                                        "after the weights. Weights that no longer fit are read from disk")
 
 
 class MoEGen(ServingSystem):
@@ -75,10 +79,11 @@ class MoEGen(ServingSystem):
         p = ctx.platform
         usable = p.usable_host_memory_bytes
         weights = ctx.weight_bytes
-        # keep room for at least one sequence's KV before spilling weights to disk
+        # keep room for the reserved KV, or at least one sequence's, before spilling weights to disk
         ctx_len = ctx.workload.total_context_tokens
         one_seq = ctx_len * ctx.kv_bytes_per_token(ctx_len)
-        in_host = min(weights, max(0.0, usable - one_seq))
+        reserved = min(self.params.host_kv_bytes, usable) if self.params.host_kv_bytes else one_seq
+        in_host = min(weights, max(0.0, usable - reserved))
         on_disk = weights - in_host
         if on_disk > p.disk.capacity_bytes:
             raise InfeasibleError(
@@ -86,7 +91,8 @@ class MoEGen(ServingSystem):
                 f"{fmt_bytes(in_host)} and the disk {fmt_bytes(p.disk.capacity_bytes)}: short by "
                 f"{fmt_bytes(on_disk - p.disk.capacity_bytes)}"
             )
-        return in_host, on_disk, usable - in_host
+        kv_room = usable - in_host
+        return in_host, on_disk, min(kv_room, self.params.host_kv_bytes) if self.params.host_kv_bytes else kv_room
 
     def _gpu_fixed_bytes(self, ctx: Context) -> float:
         return ctx.resident_weight_bytes + 2 * self._dense_module_bytes(ctx)
@@ -180,12 +186,18 @@ class MoEGen(ServingSystem):
         dense_ring = BufferRing(2)
         kv_ring = BufferRing(self.params.kv_buffer_slots)
 
+        # Weights beyond host memory are paged in from disk as the copy engine touches them: each read waits
+        # for the previous weight copy (the faulting copy thread), so disk and H2D time add up for that part.
+        prev_copy: list[int | None] = [None]
+
         def layer(eng: Engine, i: int, kind: LayerKind) -> int:
             disk_dep = None
             if dense_disk[kind.moe]:
-                disk_dep = eng.add(f"L{i} dense weights from disk", "disk", dense_disk[kind.moe], category="transfer")
-            w_copy = eng.add(f"L{i} attention weights H2D", "h2d", dense_copy[kind.moe], [dense_ring.acquire(), disk_dep],
-                             category="transfer", nbytes=dense_bytes[kind.moe])
+                disk_dep = eng.add(f"L{i} dense weights from disk", "disk", dense_disk[kind.moe], [prev_copy[0]],
+                                   category="transfer")
+            w_copy = prev_copy[0] = eng.add(f"L{i} attention weights H2D", "h2d", dense_copy[kind.moe],
+                                            [dense_ring.acquire(), disk_dep], category="transfer",
+                                            nbytes=dense_bytes[kind.moe])
             pre = eng.add(f"L{i} pre-attention", "gpu", pre_attn, [w_copy], category="attention")
             attn_done = [pre]
             if cpu_seqs:
@@ -216,9 +228,10 @@ class MoEGen(ServingSystem):
             for c in range(n_chunks):
                 disk = None
                 if chunk_disk:
-                    disk = eng.add(f"L{i} experts {c} from disk", "disk", chunk_disk, category="transfer")
-                copy = eng.add(f"L{i} experts {c} H2D", "h2d", chunk_copy, [expert_ring.acquire(), disk],
-                               category="transfer", nbytes=chunk_bytes)
+                    disk = eng.add(f"L{i} experts {c} from disk", "disk", chunk_disk, [prev_copy[0]],
+                                   category="transfer")
+                copy = prev_copy[0] = eng.add(f"L{i} experts {c} H2D", "h2d", chunk_copy,
+                                              [expert_ring.acquire(), disk], category="transfer", nbytes=chunk_bytes)
                 last = eng.add(f"L{i} experts {c}", "gpu", chunk_compute, [copy, routed_dep, last], category="experts")
                 expert_ring.release(last)
             return last

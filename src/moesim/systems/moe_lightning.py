@@ -43,6 +43,7 @@ parallelism, and the weight-memory double counting of the artifact's pinned stag
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -52,7 +53,8 @@ from ..modules import Context
 from ..specs import LayerKind
 from ..units import fmt_bytes
 from .base import Plan, ServingSystem, StepSim, simpson_decode_time, simulate_pass
-from .deepspeed import layer_weight_bytes, max_layer_weight_bytes, streamed_weight_bytes
+from .deepspeed import (eager_attention_cost, eager_attention_peak_bytes, layer_weight_bytes, max_layer_weight_bytes,
+                        prefill_logits_bytes, streamed_weight_bytes)
 from .flexgen import best_by_simulation, decode_mid, simpson_lower_bound
 from .gpu_resident import activation_bytes
 
@@ -72,6 +74,12 @@ class MoELightningParams(BaseModel):
                     "pass); enough for a pass's compute to cover its weight transfer over PCIe for the models here")
     candidates_simulated: int | None = Field(default=None, ge=1,
                                              description="best HRM candidates timed on the engine; None = all")
+    prefill_attention: Literal["flash", "eager"] = Field(
+        default="flash", description="prefill attention kernel: flash (MoE-Lightning's, on vLLM/SGLang kernels) or "
+                                     "eager with an fp32 softmax (Hugging Face code without SDPA, e.g. DeepSeek's)")
+    logits_all_positions: bool = Field(
+        default=False, description="prefill computes fp32 logits at every prompt position (Hugging Face generation "
+                                   "code of transformers < 4.45)")
     one_prefill_pass: bool = Field(
         default=False,
         description="model-based batching as MoE-Gen re-implemented MoE-Lightning (its MoE-Lightning*): the whole "
@@ -114,18 +122,33 @@ class MoELightning(ServingSystem):
             return n_p
         return min(n_p, max(1, self.params.prefill_chunk_tokens // ctx.workload.prompt_tokens))
 
-    def _prefill_work(self, ctx: Context, n_p: int) -> float:
+    def _chunk_transient_bytes(self, ctx: Context, prompts: int) -> float:
+        """GPU transients of one prefill kernel chunk of ``prompts`` prompts: the worse of a layer's
+        (activations, new KV, eager scores) and the logits at the pass's end."""
         s = ctx.workload.prompt_tokens
-        chunk = self._chunk_prompts(ctx, n_p) * s
-        return (n_p * s * ctx.model.hidden_size * 2.0 * HIDDEN_COPIES + activation_bytes(ctx, chunk)
-                + 2 * chunk * ctx.kv_bytes_per_token_layer())
+        scores = (eager_attention_peak_bytes(ctx, prompts, s, s, "fp32")
+                  if self.params.prefill_attention == "eager" else 0.0)
+        logits = prompts * prefill_logits_bytes(ctx, s) if self.params.logits_all_positions else 0.0
+        return max(activation_bytes(ctx, prompts * s) + 2 * prompts * s * ctx.kv_bytes_per_token_layer() + scores,
+                   logits)
+
+    def _prefill_logit_rows(self, ctx: Context, n_p: int) -> int:
+        return n_p * ctx.workload.prompt_tokens if self.params.logits_all_positions else n_p
+
+    def _prefill_work(self, ctx: Context, n_p: int) -> float:
+        """GPU working set of a prefill pass of ``n_p`` prompts: their hidden states and one chunk's transients."""
+        s = ctx.workload.prompt_tokens
+        return (n_p * s * ctx.model.hidden_size * 2.0 * HIDDEN_COPIES
+                + self._chunk_transient_bytes(ctx, self._chunk_prompts(ctx, n_p)))
 
     def _layer_gpu_s(self, ctx: Context, kind: LayerKind, tokens: float, q_len: int,
                      kv_len: float) -> tuple[float, float]:
         """(pre-attention, post-attention incl. FFN) GPU seconds for ``tokens`` tokens; prefill core in pre."""
         m = ctx.model
         pre = ctx.gpu_s(ctx.attention_proj(tokens).scaled(0.75))
-        if q_len > 1:
+        if q_len > 1 and self.params.prefill_attention == "eager":
+            pre += ctx.gpu_s(eager_attention_cost(ctx, tokens / q_len, q_len, kv_len, kind.windowed, "fp32"))
+        elif q_len > 1:
             pre += ctx.gpu_s(ctx.attention_core(tokens / q_len, q_len, kv_len, kind.windowed))
         post = ctx.gpu_s(ctx.attention_proj(tokens).scaled(0.25))
         if kind.moe:
@@ -146,7 +169,7 @@ class MoELightning(ServingSystem):
         chunk = self._chunk_prompts(ctx, n)
         p = ctx.platform
         room = (p.usable_gpu_memory_bytes_per_gpu - ctx.resident_weight_bytes - 2 * max_layer_weight_bytes(ctx)
-                - activation_bytes(ctx, chunk * s) - 2 * chunk * s * ctx.kv_bytes_per_token_layer())
+                - self._chunk_transient_bytes(ctx, chunk))
         cap = int(room // (s * ctx.model.hidden_size * 2.0 * HIDDEN_COPIES))
         n_p = max(1, min(n, self.params.prefill_pass_tokens // s, cap))
         passes = math.ceil(n / n_p)
@@ -180,7 +203,7 @@ class MoELightning(ServingSystem):
         d1, d2 = self._qkv_bytes(ctx)
         step = ctx.gpu_s(ctx.head(n, n))
         passes = math.ceil(n / n_p)
-        prefill = passes * ctx.gpu_s(ctx.head(n_p * s, n_p))
+        prefill = passes * ctx.gpu_s(ctx.head(n_p * s, self._prefill_logit_rows(ctx, n_p)))
         chunk = self._chunk_prompts(ctx, n_p)
         for kind, count in ctx.model.layer_kinds().items():
             stream = ctx.h2d_s((1 - r_w) * layer_weight_bytes(ctx, kind))
@@ -305,7 +328,7 @@ class MoELightning(ServingSystem):
             state.update(pages=nxt, prev_end=last)
             return last
 
-        head = ctx.gpu_s(ctx.head(n_p * s, n_p))
+        head = ctx.gpu_s(ctx.head(n_p * s, self._prefill_logit_rows(ctx, n_p)))
         holds = self._gpu_bytes(ctx, r_w, cand["work"])
 
         return simulate_pass(ctx, Engine(memory_capacity_bytes={"gpu": p.usable_gpu_memory_bytes_per_gpu}),
