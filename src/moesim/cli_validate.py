@@ -49,8 +49,21 @@ def calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shown_path(path) -> str:
+    """A measurement file as the report shows it: relative to the working directory when inside it (so a
+    committed report does not carry one machine's absolute paths)."""
+    from pathlib import Path
+
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(p)
+
+
 def _print_report(rep: dict, show_all: bool) -> None:
-    print(f"\n== {rep['gpu']}: {rep['mode']} curves (from {rep['profile_from']}), measurements {rep['measurements']}")
+    print(f"\n== {rep['gpu']}: {rep['mode']} curves (from {rep['profile_from']}), "
+          f"measurements {_shown_path(rep['measurements'])}")
     print(f"{'family/split':34s} {'n':>4s} {'median |err|':>13s} {'p90 |err|':>10s}")
     for key, v in rep["summary"].items():
         print(f"{key:34s} {int(v['n']):4d} {v['median']:13.1%} {v['p90']:10.1%}")
@@ -99,7 +112,7 @@ def validate(args: argparse.Namespace) -> int:
             _print_report(rep, args.cases)
             if not args.no_plots:
                 for p in write_plots(rep, root / "report"):
-                    print(f"  plot: {p}")
+                    print(f"  plot: {_shown_path(p)}")
     return 0
 
 
