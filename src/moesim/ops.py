@@ -32,7 +32,7 @@ from typing import Literal, Union
 from . import costs
 from .costs import OpCost
 from .costs.attention import FLASH_CAUSAL_TILE
-from .costs.ffn import COMBINE_INDEXED, ROUTE_CALLS, ROUTE_INDEXED, SORT_CALLS, SORT_INDEXED
+from .costs.ffn import gather_rows, harness_routing, sort_by_expert, weight_rows
 from .engine import BufferRing, Engine
 from .specs import AttentionSpec, Platform
 from .specs.common import BYTES_PER_ELEMENT
@@ -153,12 +153,8 @@ def _streamed_experts(engine: Engine, hw: Platform, hidden: int, ffn: int, exper
     routed = tokens * top_k
     active = costs.expected_active_experts(experts, top_k, tokens)
     eff = costs.efficiency_for(hw.empirical, hw.calibration)
-    routing = (costs.gemm(tokens, experts, hidden) + costs.vector_op(tokens * experts, 5.0, 2.0,
-                                                                     launches=ROUTE_CALLS - 1, indexed=ROUTE_INDEXED))
-    sort = costs.vector_op(routed, 4.0, 8.0, launches=SORT_CALLS, indexed=SORT_INDEXED)  # its host read is the sync below
-    route = engine.add("router + sort + gather", "gpu",
-                       _gpu(hw, routing.then(sort).then(costs.vector_op(routed * hidden, 0.0, 2.0, indexed=1))),
-                       [after], category="router")
+    route_cost = harness_routing(hidden, experts, tokens).then(sort_by_expert(routed)).then(gather_rows(routed, hidden))
+    route = engine.add("router + sort + gather", "gpu", _gpu(hw, route_cost), [after], category="router")
     sync = engine.add("host reads expert counts", "host", eff.host_sync_s, [route], category="sync")
     copy_s = copy_time_s(expert_bytes, "h2d_pinned", hw)
     compute_s = _gpu(hw, costs.expert_ffn(hidden, ffn, routed / active, True, dtype,
@@ -173,7 +169,7 @@ def _streamed_experts(engine: Engine, hw: Platform, hidden: int, ffn: int, exper
             last = engine.add(f"expert {e}", "gpu", compute_s, [copy, last], category="experts")
         ring.release(last if e < n_compute else copy)
     combine = (costs.vector_op(routed * hidden, 0.0, 2.0)  # torch.cat of the experts' outputs
-               .then(costs.vector_op(routed * hidden, 1.0, 2.0, launches=4, indexed=COMBINE_INDEXED))  # weights flattened, indexed, * w, zeros_like
+               .then(weight_rows(routed, hidden))
                .then(costs.scatter_add(routed, hidden)))  # out.index_add_
     return engine.add("combine", "gpu", _gpu(hw, combine), [last], category="router")
 

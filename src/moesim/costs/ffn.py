@@ -71,9 +71,27 @@ def routed_experts(hidden: int, ffn: int, num_active: float, routed_tokens: floa
     )
 
 
-def router(hidden: int, num_experts: int, tokens: float) -> OpCost:
-    """Router logits, softmax/sigmoid and top-k selection (router weights kept in bf16)."""
-    return gemm(tokens, num_experts, hidden, "bf16") + vector_op(tokens * num_experts, 5.0, 2.0, launches=2)
+def router(hidden: int, num_experts: int, tokens: float, launches: int = 2, indexed: int = 0) -> OpCost:
+    """Router logits, softmax/sigmoid and top-k selection (router weights kept in bf16); ``launches``
+    torch calls after the router GEMM, ``indexed`` of them sorting or selecting (top-k)."""
+    return gemm(tokens, num_experts, hidden, "bf16") + vector_op(tokens * num_experts, 5.0, 2.0, launches=launches,
+                                                                 indexed=indexed)
+
+
+def harness_routing(hidden: int, num_experts: int, tokens: float) -> OpCost:
+    """The router as ``validation/torchbench/kernels.py`` runs it (``ROUTE_CALLS`` torch calls)."""
+    return router(hidden, num_experts, tokens, launches=ROUTE_CALLS - 1, indexed=ROUTE_INDEXED)
+
+
+def sort_by_expert(routed: float) -> OpCost:
+    """Routed rows sorted by expert and counted (``SORT_CALLS`` calls); the host then reads the
+    counts, a sync the caller accounts for."""
+    return vector_op(routed, 4.0, 8.0, launches=SORT_CALLS, indexed=SORT_INDEXED)
+
+
+def gather_rows(routed: float, hidden: int, launches: int = 1) -> OpCost:
+    """``x[token]``: the routed rows gathered, read and written once (an indexing call)."""
+    return vector_op(routed * hidden, 0.0, 2.0, launches=launches, indexed=launches)
 
 
 def dispatch_combine(hidden: int, routed_tokens: float) -> OpCost:
@@ -107,6 +125,14 @@ COMBINE_CALLS = 5
 COMBINE_INDEXED = 1
 
 
+def weight_rows(routed: float, hidden: int, issued: bool = True) -> OpCost:
+    """The expert outputs scaled by their routing weights before the ``index_add_`` (weights
+    flattened, indexed by ``order``, ``y * w``, ``zeros_like``: ``COMBINE_CALLS - 1`` calls when
+    ``issued`` here, none when a per-expert loop issues them)."""
+    return vector_op(routed * hidden, 1.0, 2.0, launches=(COMBINE_CALLS - 1) if issued else 0,
+                     indexed=COMBINE_INDEXED if issued else 0)
+
+
 def moe_layer(hidden: int, ffn: int, num_experts: int, top_k: int, tokens: float, gated: bool = True,
               weight_dtype: str = "bf16", impl: Literal["fused", "loop"] = "fused", zipf_s: float = 0.0) -> OpCost:
     """A routed MoE layer as a whole on ``tokens`` tokens (shared experts not included), as eager
@@ -136,22 +162,19 @@ def moe_layer(hidden: int, ffn: int, num_experts: int, top_k: int, tokens: float
         head = replace(vector_op(tokens * top_k * num_experts, 1.0, 2.0, launches=LOOP_HEAD_CALLS,
                                  indexed=LOOP_HEAD_INDEXED), syncs=1)
     else:
-        head = replace(vector_op(routed, 4.0, 8.0, launches=SORT_CALLS, indexed=SORT_INDEXED), syncs=1)
+        head = replace(sort_by_expert(routed), syncs=1)
     per_expert = 0 if loop else 1  # launches of the passes below outside the loop
     # One index_add_ of all R rows (fused) adds top_k rows into each output row: the atomics
     # collide and serialise (family ``scatter``). The loop's index_add_ per expert adds at most
     # one row into each output row: no collisions, an ordinary read-modify-write pass.
     combine = vector_op(routed * hidden, 1.0, 3.0, launches=0) if loop else scatter_add(routed, hidden)
-    route = gemm(tokens, num_experts, hidden, "bf16") + vector_op(tokens * num_experts, 5.0, 2.0,
-                                                                 launches=ROUTE_CALLS - 1, indexed=ROUTE_INDEXED)
     return (
-        route
+        harness_routing(hidden, num_experts, tokens)
         .then(head)
-        .then(vector_op(routed * hidden, 0.0, 2.0, launches=per_expert, indexed=per_expert))  # x[token]
+        .then(gather_rows(routed, hidden, launches=per_expert))
         .then(experts)
         .then(vector_op(routed * ffn, 4.0 if gated else 2.0, 5.0 if gated else 2.0,
                         launches=per_expert * (FUSED_ACT_CALLS if gated else 1)))
-        .then(vector_op(routed * hidden, 1.0, 2.0, launches=per_expert * (COMBINE_CALLS - 1),
-                        indexed=per_expert * COMBINE_INDEXED))
+        .then(weight_rows(routed, hidden, issued=bool(per_expert)))
         .then(combine)
     )

@@ -44,6 +44,11 @@ FAMILIES = ("gemm", "expert", "grouped_expert", "moe_loop", "attention", "mla", 
             "cpu_attention", "cpu_expert")
 
 
+#: the OpCost fields that add up when operations compose (the rest describe the main part)
+ADDITIVE_FIELDS = ("flop", "bytes", "weight_elements", "launches", "indexed_launches", "loop_launches", "syncs",
+                   "extra_s", "groups")
+
+
 @dataclass(frozen=True)
 class OpCost:
     """FLOPs and bytes of one operation (or a fused group of kernels)."""
@@ -65,19 +70,7 @@ class OpCost:
 
     def _summed(self, other: "OpCost", base: "OpCost", serial: tuple["OpCost", ...]) -> "OpCost":
         """``base`` (its family, dtype, rows) carrying the summed work of this operation and ``other``."""
-        return replace(
-            base,
-            flop=self.flop + other.flop,
-            bytes=self.bytes + other.bytes,
-            weight_elements=self.weight_elements + other.weight_elements,
-            launches=self.launches + other.launches,
-            indexed_launches=self.indexed_launches + other.indexed_launches,
-            loop_launches=self.loop_launches + other.loop_launches,
-            syncs=self.syncs + other.syncs,
-            extra_s=self.extra_s + other.extra_s,
-            groups=self.groups + other.groups,
-            serial=serial,
-        )
+        return replace(base, serial=serial, **{k: getattr(self, k) + getattr(other, k) for k in ADDITIVE_FIELDS})
 
     def __add__(self, other: "OpCost") -> "OpCost":
         """Merged composition: work adds, the family of the larger-FLOP part is kept (one roof for
@@ -97,19 +90,7 @@ class OpCost:
         s = self.serial
         if not s:
             return (self,)
-        own = replace(
-            self,
-            flop=self.flop - sum(p.flop for p in s),
-            bytes=self.bytes - sum(p.bytes for p in s),
-            weight_elements=self.weight_elements - sum(p.weight_elements for p in s),
-            launches=self.launches - sum(p.launches for p in s),
-            indexed_launches=self.indexed_launches - sum(p.indexed_launches for p in s),
-            loop_launches=self.loop_launches - sum(p.loop_launches for p in s),
-            syncs=self.syncs - sum(p.syncs for p in s),
-            extra_s=self.extra_s - sum(p.extra_s for p in s),
-            groups=self.groups - sum(p.groups for p in s),
-            serial=(),
-        )
+        own = replace(self, serial=(), **{k: getattr(self, k) - sum(getattr(p, k) for p in s) for k in ADDITIVE_FIELDS})
         return (own,) + s
 
     def scaled(self, factor: float) -> "OpCost":

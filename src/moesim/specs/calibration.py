@@ -5,17 +5,20 @@ fraction of a roof grows with the size of the work, Calculon-style (Isaev et al.
 
     eta_compute_f(rows)  = compute_max_f * rows  / (rows  + rows_half_f)     (tile filling)
     eta_memory_f(bytes)  = memory_max_f  * bytes / (bytes + bytes_half_f)     (too few bytes in flight)
-    t = max(flop / (P_peak eta_compute), bytes / (B_peak eta_memory), launches * dispatch_s_f)
-        + launches * overhead_s_f
+    t = overhead_s_f + max(flop / (P_peak eta_compute) + groups group_s_f, bytes / (B_peak eta_memory),
+                           further calls x dispatch_s_f (index_call_s_f for indexing calls))
+
+per segment between host syncs (the full form, with parts on their own roofs, is in
+:mod:`moesim.costs.roofline`): ``overhead_s`` is paid once, before an operation's first kernel.
 
 Tensor-core compute time is further stretched by the clock the power limiter settles at under
 sustained work (``sustained_clock``, ``clock_tau_s``; :meth:`FamilyCurve.sustained_compute_s`):
 short GEMMs run at the boost clock, long ones lower (``nvidia-smi dmon`` read 1335-1965 MHz on an
 H200 during the GEMM and MoE-layer cases, 1980 MHz otherwise).
 
-The third roof is the host's: PyTorch issues kernels one by one, so a run of small kernels
-takes as long as issuing them (back-to-back small operations overlap issue and execution,
-so each costs the larger of the two).
+The third roof is the host's: PyTorch issues torch calls one by one, so a run of small kernels
+takes as long as issuing them (the host issues while the GPU works, so each operation costs the
+larger of the two).
 
 The parameters are fitted by :mod:`moesim.calibration.fit` (scipy least squares on log time)
 to a training split of the measurements in ``validation/measurements/<gpu>/``.
@@ -35,7 +38,8 @@ class FamilyCurve(Spec):
     rows_half: float = Field(ge=0, description="GEMM rows at which half of compute_max is reached")
     memory_max: float = Field(gt=0, le=1.0)
     bytes_half: float = Field(ge=0, description="bytes moved at which half of memory_max is reached")
-    overhead_s: float = Field(ge=0, description="fixed time per kernel launch of this family")
+    overhead_s: float = Field(ge=0, description="host latency before an operation's first kernel (once per "
+                              "operation; per launch for the per-expert loop, family moe_loop)")
     dispatch_s: float = Field(default=0.0, ge=0, description="host time to issue one torch call after an "
                               "operation's first (the host's launch roof); indexing calls cost index_call_s")
     index_call_s: float = Field(default=0.0, ge=0, description="host time to issue one torch call that "
