@@ -270,7 +270,9 @@ class MoEGen(ServingSystem):
                 f"{fmt_bytes(kv_room)} is left next to the weights (at most {host_max} sequences)"
             )
         batch, num_batches = balanced_batches(w.num_requests, wanted or host_max)
-        notes = [f"decode batch B = {batch} sequences (host memory allows {host_max})"]
+        kv_limit = (f"the {fmt_bytes(self.params.host_kv_bytes)} host KV reservation allows"
+                    if self.params.host_kv_bytes else "host memory allows")
+        notes = [f"decode batch B = {batch} sequences ({kv_limit} {host_max})"]
         if on_disk:
             notes.append(f"{fmt_bytes(on_disk)} of weights do not fit in host memory and are read from "
                          f"{p.disk.name} every forward pass")
