@@ -133,10 +133,14 @@ def test_timing_v3_files_are_read_at_their_idle_queue_times(tmp_path):
     calls (what moesim predicts, and what every other version stores as median_s) as cold_median_s."""
     case = {"family": "gemm", "params": {"m": 1, "n": 2, "k": 3, "dtype": "bf16"}, "median_s": 3e-5,
             "cold_median_s": 2e-5}
-    for timing, expected in (("v3: ...", 2e-5), ("v2: ...", 3e-5), ("", 3e-5)):
+    for timing, expected in (("v3: ...", 2e-5), ("v2: ...", 3e-5), ("", 3e-5), ("v5: ...", 3e-5)):
         path = tmp_path / "m.json"
         path.write_text(json.dumps({"schema": 1, "env": {"timing": timing}, "cases": [case]}))
         assert load_measurements(path)[1][0].median_s == expected
+    # v5 reads the interleaved single calls where the harness recorded them (short cases)
+    path.write_text(json.dumps({"schema": 1, "env": {"timing": "v5: ..."},
+                                "cases": [{**case, "interleaved_median_s": 2.5e-5}]}))
+    assert load_measurements(path)[1][0].median_s == 2.5e-5
 
 
 def test_combine_cases_come_from_fused_layers_and_keep_their_split():

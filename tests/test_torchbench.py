@@ -64,7 +64,14 @@ def test_quick_campaign_writes_the_schema(tmp_path):
     assert bursts and all(c["burst_s"] > 0 and c["host_issue_s"] > 0 and c["burst_n"] >= 2 for c in bursts)
     fused = [c for c in data["cases"] if c["family"] == "moe_layer" and c["params"]["impl"] == "fused"]
     assert fused and all(c["extra"]["combine_s"] > 0 and c["extra"]["gather_s"] > 0 for c in fused)
-    assert data["env"]["timing"].startswith("v4")
+    assert data["env"]["timing"].startswith("v5")
+    # short cases of the interleaved families are timed again in shuffled rounds (timing v5)
+    short = [c for c in data["cases"] if c["family"] in ("gemm", "expert_ffn", "attention", "mla_decode", "copy")
+             and c["median_s"] < 1e-3]
+    assert short and all(c["interleaved_calls"] == 24 * 3 and
+                         c["interleaved_p10_s"] <= c["interleaved_median_s"] <= c["interleaved_p90_s"] for c in short)
+    assert not any("interleaved_median_s" in c for c in data["cases"]
+                   if c["family"] in ("launch", "host_sync", "offloaded_moe_layer", "decode_step"))
 
 
 @pytest.mark.parametrize("model", ["mixtral-8x7b", "deepseek-v2-lite"])

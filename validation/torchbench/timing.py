@@ -16,7 +16,12 @@ alone in eager PyTorch is mostly host time:
   ``burst_n`` (steady-state eager: per call, the larger of the host's issue time and the
   GPU's time); ``host_issue_s`` is the host wall time spent issuing them, per call;
 * ``graph_s``: the same ``burst_n`` calls captured in one CUDA graph and replayed, divided by
-  ``burst_n``: GPU time alone, no host dispatch (only for operations that can be captured).
+  ``burst_n``: GPU time alone, no host dispatch (only for operations that can be captured);
+* ``interleaved_median_s`` (v5): the single call again, in rounds that visit every short case of
+  the family in a shuffled order (:func:`interleaved`), so that a host state that drifts over
+  seconds (two H200 leases and the H100 file showed single calls of 20-70 us operations falling
+  into modes that lasted for whole runs of consecutive cases) is spread over all the cases
+  instead of landing on the few measured while it lasted.
 
 Warm-up runs at least ``warmup`` calls and at least ``warmup_s`` seconds, so that lazily
 loaded kernels, library heuristics and clock ramps stay out of the numbers.
@@ -132,6 +137,26 @@ def measure(fn: Callable[[int], object], warmup: int = 3, min_reps: int = 5, max
             torch.cuda.set_stream(torch.cuda.default_stream())  # a failed capture may leave its stream current
             sync()
     return out
+
+
+def interleaved(fns: dict[int, Callable[[int], object]], rounds: int = 24, calls: int = 3,
+                seed: int = 0) -> dict[int, dict[str, float]]:
+    """Single calls of several cases, interleaved: ``rounds`` rounds, each visiting every case once in
+    a fresh random order; a visit makes one untimed call (the case's caches and heuristics warm
+    again after the other cases ran), then ``calls`` single calls, each timed alone as in
+    ``median_s``. Returns, per case, the median and p10/p90 over all its timed calls."""
+    rng = np.random.default_rng(seed)
+    keys = list(fns)
+    times: dict[int, list[float]] = {k: [] for k in keys}
+    for r in range(rounds):
+        for k in rng.permutation(keys):
+            fn = fns[int(k)]
+            fn(r)
+            sync()
+            times[int(k)].extend(_events_s(lambda: fn(r + 1 + j)) for j in range(calls))
+    return {k: {"interleaved_median_s": float(np.median(v)), "interleaved_p10_s": float(np.percentile(v, 10)),
+                "interleaved_p90_s": float(np.percentile(v, 90)), "interleaved_calls": len(v)}
+            for k, v in times.items()}
 
 
 def host_wall(fn: Callable[[], object], reps: int = 200) -> float:
