@@ -108,11 +108,11 @@ def test_h200_from_the_h100_fit_without_refit():
 @pytest.mark.parametrize("gpu,name", [("h100-sxm", "H100 SXM"), ("h200", "H200")])
 def test_refit_reproduces_the_committed_profile(gpu, name):
     """Refitting from the committed JSON gives the committed curves (the fit is deterministic)."""
-    from moesim.calibration.report import latest_measurements
+    from moesim.calibration.report import primary_measurements
     from moesim.calibration.store import _profiles
     from moesim.db import normalize
 
-    env, cases = load_measurements(latest_measurements(ROOT, name))
+    env, cases = load_measurements(primary_measurements(ROOT, name))
     fresh = fit_profile(env, cases, gpu, "x")
     committed = _profiles()[normalize(name)]
     for key, curve in committed.families.items():
@@ -168,3 +168,25 @@ def test_host_free_check_only_where_the_harness_graphed_and_burst():
     check = host_free_check(rep)
     assert set(check) == {"attention", "expert_ffn", "gemm", "mla_decode"}
     assert check["gemm"]["n"] == 52 and 0 <= check["gemm"]["gpu_median"] < check["gemm"]["gpu_p90"]
+
+
+def test_report_is_about_the_file_the_profile_was_fitted_on_and_shows_the_others(tmp_path):
+    """A GPU's report uses the measurement file its profile names (not merely the newest), and lists
+    the same profile's error on every other file of that GPU (other leases: the host's share)."""
+    import subprocess
+    import sys
+
+    from moesim.calibration.report import measurement_files, primary_measurements
+    from moesim.db.resolve import get_hardware
+
+    named = ROOT.parent / get_hardware("h200").calibration.measurements
+    assert primary_measurements(ROOT, "H200") == named and named.is_file()
+    files = measurement_files(ROOT, "H200")
+    assert len(files) >= 2
+    out = subprocess.run([sys.executable, "-m", "moesim.cli", "validate", "--gpu", "h200", "--no-plots"], cwd=ROOT.parent,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    table = out.stdout.split("the same profile on the other measurement files")[1]
+    rows = [line for line in table.splitlines() if line.endswith("%") or line.endswith("(this report)")]
+    assert sorted(r.split()[0] for r in rows) == sorted(f.name for f in files)
+    assert [r.split()[0] for r in rows if r.endswith("(this report)")] == [named.name]

@@ -20,6 +20,7 @@ def add_parsers(sub) -> None:
     cal = sub.add_parser("calibrate", help="fit a GPU's efficiency curves to its measurements")
     cal.add_argument("--gpu", required=True)
     cal.add_argument("--root", help="the validation folder (default ./validation)")
+    cal.add_argument("--measurements", help="the measurement file to fit (default: the GPU's newest)")
     val = sub.add_parser("validate", help="predicted vs measured, fitted and held-out cases")
     val.add_argument("--gpu", help="one GPU (default: every GPU with measurements)")
     val.add_argument("--root", help="the validation folder (default ./validation)")
@@ -35,7 +36,9 @@ def calibrate(args: argparse.Namespace) -> int:
 
     root = _validation_root(args.root)
     gpu = get_hardware(args.gpu).gpu
-    path = latest_measurements(root, gpu.name)
+    path = Path(args.measurements) if args.measurements else latest_measurements(root, gpu.name)
+    if not path.is_file():
+        raise MoesimError(f"no measurement file {path}")
     env, cases = load_measurements(path)
     print(f"fitting {gpu.name} from {path} ({len(cases)} cases)")
     rel = path.resolve().relative_to(root.resolve().parent) if root.resolve().parent in path.resolve().parents else path
@@ -113,7 +116,33 @@ def validate(args: argparse.Namespace) -> int:
             if not args.no_plots:
                 for p in write_plots(rep, root / "report"):
                     print(f"  plot: {_shown_path(p)}")
+        if reports and reports[0]["mode"] == "own":
+            _print_other_files(gpu.name, root, reports[0])
     return 0
+
+
+def _print_other_files(gpu_name: str, root, own: dict) -> None:
+    """The same profile against the GPU's other measurement files (other leases, other hosts), no
+    refit: how much of the error is the host a run happened to get."""
+    from pathlib import Path
+
+    from .calibration.report import host_figures, measurement_files, validation_report
+
+    primary = Path(own["measurements"]).resolve()
+    others = [p for p in measurement_files(root, gpu_name) if p.resolve() != primary]
+    if not others:
+        return
+    print(f"\n{gpu_name}: the same profile on the other measurement files (other leases and hosts, no refit):")
+    print(f"{'file':52s} {'timing':>6s} {'sync':>6s} {'launch':>7s} {'train split: median':>20s} {'p90':>6s} "
+          f"{'held-out split: median':>23s} {'p90':>6s}")
+    for path in [primary, *others]:
+        rep = own if path == primary else validation_report(gpu_name, root, "own", path=path)
+        host = host_figures(path)
+        timing = str(rep["environment"].get("timing", "v1")).split(":")[0] or "v1"
+        fit, held = rep["summary"].get("all/fitted", {}), rep["summary"].get("all/held_out", {})
+        print(f"{path.name:52s} {timing:>6s} {host.get('host_sync', 0) * 1e6:5.1f}u {host.get('launch', 0) * 1e6:6.1f}u "
+              f"{fit.get('median', 0):20.1%} {fit.get('p90', 0):6.1%} {held.get('median', 0):23.1%} "
+              f"{held.get('p90', 0):6.1%}" + ("   (this report)" if path == primary else ""))
 
 
 def _has_donor(gpu) -> bool:

@@ -38,11 +38,33 @@ def measurements_dir(root: Path, gpu_name: str) -> Path:
     return root / "measurements" / gpu_slug(gpu_name)
 
 
-def latest_measurements(root: Path, gpu_name: str) -> Path:
+def measurement_files(root: Path, gpu_name: str) -> list[Path]:
     files = sorted(measurements_dir(root, gpu_name).glob("*.json"))
     if not files:
         raise MoesimError(f"no measurements for {gpu_name} under {measurements_dir(root, gpu_name)}")
-    return files[-1]
+    return files
+
+
+def latest_measurements(root: Path, gpu_name: str) -> Path:
+    return measurement_files(root, gpu_name)[-1]
+
+
+def primary_measurements(root: Path, gpu_name: str) -> Path:
+    """The file a GPU's report is about: the one its own calibration profile was fitted on (the
+    profile names it, relative to the repository), else the newest."""
+    hw = get_hardware(gpu_name)
+    prof = hw.calibration
+    if prof is not None and normalize(prof.gpu) == normalize(hw.gpu.name):
+        named = root.parent / prof.measurements
+        if named.is_file():
+            return named
+    return latest_measurements(root, gpu_name)
+
+
+def host_figures(path: Path) -> dict[str, float]:
+    """The host's own figures in a measurement file: one sync and one kernel launch (seconds)."""
+    _, cases = load_measurements(path)
+    return {c.family: c.median_s for c in cases if c.family in ("host_sync", "launch")}
 
 
 def summarize(rows: list[Row]) -> dict[str, dict[str, float]]:
@@ -59,10 +81,11 @@ def summarize(rows: list[Row]) -> dict[str, dict[str, float]]:
 
 
 def validation_report(gpu: str, root: Path, mode: str = "own",
-                      profile: CalibrationProfile | None = None) -> dict[str, Any]:
-    """Predict every measured case of ``gpu`` and compare."""
+                      profile: CalibrationProfile | None = None, path: Path | None = None) -> dict[str, Any]:
+    """Predict every measured case of ``gpu`` (in ``path``, by default :func:`primary_measurements`)
+    and compare."""
     hw = get_hardware(gpu)
-    path = latest_measurements(root, hw.gpu.name)
+    path = path or primary_measurements(root, hw.gpu.name)
     env, cases = load_measurements(path)
     if mode == "default":
         hw = hw.model_copy(update={"calibration": None})
