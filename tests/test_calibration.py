@@ -190,3 +190,30 @@ def test_report_is_about_the_file_the_profile_was_fitted_on_and_shows_the_others
     rows = [line for line in table.splitlines() if line.endswith("%") or line.endswith("(this report)")]
     assert sorted(r.split()[0] for r in rows) == sorted(f.name for f in files)
     assert [r.split()[0] for r in rows if r.endswith("(this report)")] == [named.name]
+
+
+def test_copy_beside_compute_slowdown_is_measured_and_applied_where_a_copy_runs_beside():
+    """s = (t_both - t_gemm) / t_copy from the harness's copy_beside_gemm case; a streamed expert's
+    compute of c seconds beside a copy of o seconds takes c + s min(c, o); none without calibration."""
+    from moesim.calibration.fit import _copy_compute_slowdown
+    from moesim.costs import efficiency_for
+
+    case = Case("copy_beside_gemm", {}, 13.5e-3, {"copy_alone_s": 10e-3, "gemm_alone_s": 13.0e-3})
+    assert _copy_compute_slowdown([case]) == pytest.approx(0.05)
+    # a copy longer than the GEMMs says nothing about the GEMMs' rate beside it
+    assert _copy_compute_slowdown([Case("copy_beside_gemm", {}, 1.0, {"copy_alone_s": 2.0, "gemm_alone_s": 1.0})]) == 0
+    hw = moesim.get_hardware("h200")
+    prof = hw.calibration.model_copy(update={"copy_compute_slowdown": 0.05})
+    eff = efficiency_for(hw.empirical, prof)
+    assert eff.beside_copy_s(4e-4, 3e-4) == pytest.approx(4e-4 + 0.05 * 3e-4)
+    assert eff.beside_copy_s(2e-4, 3e-4) == pytest.approx(2e-4 * 1.05)
+    assert eff.beside_copy_s(4e-4, 0.0) == 4e-4
+    assert efficiency_for(hw.empirical, None).beside_copy_s(4e-4, 3e-4) == 4e-4
+    # the offloaded layer: compute-bound (131072 tokens) slows by about s x copy time per expert;
+    # copy-bound (64 tokens) not at all, the copies being the critical path
+    slow, fast = (hw.model_copy(update={"calibration": prof}),
+                  hw.model_copy(update={"calibration": prof.model_copy(update={"copy_compute_slowdown": 0.0})}))
+    big, small = ops.OffloadedMoELayer(2048, 1408, 64, 6, 131072), ops.OffloadedMoELayer(2048, 1408, 64, 6, 64)
+    copy_s = ops.estimate(ops.Copy(3 * 2048 * 1408 * 2, "h2d_pinned"), fast)
+    assert ops.estimate(big, slow) - ops.estimate(big, fast) == pytest.approx(0.05 * 63 * copy_s, rel=0.15)
+    assert ops.estimate(small, slow) == pytest.approx(ops.estimate(small, fast), rel=1e-3)

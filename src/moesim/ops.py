@@ -166,7 +166,11 @@ def _streamed_experts(engine: Engine, hw: Platform, hidden: int, ffn: int, exper
         copy = engine.add(f"expert {e} H2D", "h2d", copy_s, [ring.acquire(), sync], category="transfer",
                           nbytes=expert_bytes)
         if e < n_compute:  # experts no token chose are copied but not computed (as the harness does)
-            last = engine.add(f"expert {e}", "gpu", compute_s, [copy, last], category="experts")
+            # the next expert's copy runs beside this one's compute (the ring has a free slot), and
+            # slows it; the last copy has nothing beside it
+            beside = copy_s if buffers > 1 and e < experts - 1 else 0.0
+            last = engine.add(f"expert {e}", "gpu", eff.beside_copy_s(compute_s, beside), [copy, last],
+                              category="experts")
         ring.release(last if e < n_compute else copy)
     combine = (costs.vector_op(routed * hidden, 0.0, 2.0)  # torch.cat of the experts' outputs
                .then(weight_rows(routed, hidden))

@@ -3,6 +3,7 @@
 Stages, each fitting one family with the others held fixed:
 
 1. overheads: ``launch`` -> kernel_launch_s, ``host_sync`` -> host_sync_s (medians as measured);
+   ``copy_beside_gemm`` -> copy_compute_slowdown (compute slowed by a copy beside it);
 2. links: ``copy`` cases -> latency + bytes / bandwidth per kind (least squares on relative error);
 3. ``vector``/``copy`` memory curve from ``hbm_copy`` (memory_max, bytes_half);
 4. ``gemm:<dtype>`` from ``gemm`` (compute_max, rows_half, memory_max, bytes_half);
@@ -132,6 +133,15 @@ def _fit_link(cases: list[Case], link_name: str) -> LinkCalibration | None:
     return LinkCalibration(link=link_name, latency_s=float(np.median(latencies)), **values)
 
 
+def _copy_compute_slowdown(cases: list[Case]) -> float:
+    """From one pinned copy beside a run of GEMMs longer than it (``copy_beside_gemm``): the GEMMs'
+    extra time over the copy's duration, (t_both - t_gemm) / t_copy, clipped to [0, 1]; the median
+    over cases where the copy is the shorter (0 without such a case)."""
+    s = [(c.median_s - c.extra["gemm_alone_s"]) / c.extra["copy_alone_s"] for c in cases
+         if c.extra.get("copy_alone_s") and c.extra.get("gemm_alone_s", 0.0) >= c.extra["copy_alone_s"]]
+    return float(np.clip(np.median(s), 0.0, 1.0)) if s else 0.0
+
+
 def _fit_host(hw: Platform, profile: CalibrationProfile, cases: list[Case], keys: list[str],
               issue_keys: list[str]) -> tuple[float, float]:
     """(issue latency of the cuBLAS-led host path, issue time per further ordinary torch call): the
@@ -167,6 +177,7 @@ def fit_profile(env: dict[str, Any], cases: list[Case], gpu: str, measurements_p
         families={"moe_loop": NEUTRAL.model_copy(update={"overhead_s": float(np.median(launch))})},
         kernel_launch_s=float(np.median(launch)), host_sync_s=float(np.median(sync)),
         link=_fit_link(by("copy"), hw.host_link.name),
+        copy_compute_slowdown=_copy_compute_slowdown(by("copy_beside_gemm")),
     )
     # Each family: its roofs' achieved fractions (and the GEMM tile-filling half point). The fixed
     # time of an operation timed alone is the host's issue latency of its first kernel

@@ -45,6 +45,8 @@ class EfficiencyModel(Protocol):
 
     def sustained_compute_s(self, cost: "OpCost", compute_s: float) -> float: ...
 
+    def beside_copy_s(self, compute_s: float, overlap_s: float) -> float: ...
+
 
 @dataclass(frozen=True)
 class ProfileEfficiency:
@@ -109,6 +111,9 @@ class ProfileEfficiency:
 
     def sustained_compute_s(self, cost: "OpCost", compute_s: float) -> float:
         return compute_s  # uncalibrated: the peak already stands for a sustained clock
+
+    def beside_copy_s(self, compute_s: float, overlap_s: float) -> float:
+        return compute_s  # uncalibrated: no measured slowdown of compute beside a copy
 
 
 #: families without a curve of their own borrow one (expert GEMMs behave like GEMMs).
@@ -183,6 +188,15 @@ class CalibratedEfficiency(ProfileEfficiency):
         :meth:`moesim.specs.FamilyCurve.sustained_compute_s`)."""
         curve = self._curve(cost)
         return curve.sustained_compute_s(compute_s) if curve else compute_s
+
+    def beside_copy_s(self, compute_s: float, overlap_s: float) -> float:
+        """GPU work of ``compute_s`` alone, of which ``overlap_s`` runs beside a host-to-device copy:
+
+            t = compute_s + s min(compute_s, overlap_s)
+
+        with s = ``copy_compute_slowdown``, measured by the harness as (t_both - t_gemm) / t_copy
+        for one copy beside a run of GEMMs longer than it (``copy_beside_gemm``)."""
+        return compute_s + self.calibration.copy_compute_slowdown * min(compute_s, max(overlap_s, 0.0))
 
 
 def efficiency_for(empirical: EmpiricalProfile, calibration: CalibrationProfile | None) -> ProfileEfficiency:

@@ -102,6 +102,10 @@ class CalibrationProfile(Spec):
     kernel_launch_s: float = Field(ge=0)
     host_sync_s: float = Field(ge=0)
     link: LinkCalibration | None = None
+    copy_compute_slowdown: float = Field(default=0.0, ge=0, le=1.0, description="the fraction by which GPU "
+                                         "compute slows while a host-to-device copy runs beside it (HBM and "
+                                         "L2 shared with the copy engine's writes), from the harness's "
+                                         "copy_beside_gemm case")
     fit_summary: dict[str, float] = Field(default_factory=dict)
 
     def curve(self, family: str, dtype: str | None = None) -> FamilyCurve | None:

@@ -232,7 +232,11 @@ class MoEGen(ServingSystem):
                                    category="transfer")
                 copy = prev_copy[0] = eng.add(f"L{i} experts {c} H2D", "h2d", chunk_copy,
                                               [expert_ring.acquire(), disk], category="transfer", nbytes=chunk_bytes)
-                last = eng.add(f"L{i} experts {c}", "gpu", chunk_compute, [copy, routed_dep, last], category="experts")
+                # the next chunk's copy runs beside this chunk's compute when the ring has a free slot,
+                # and slows it (copy_compute_slowdown where calibrated, none otherwise)
+                beside = chunk_copy if chunk_slots > 1 and c < n_chunks - 1 else 0.0
+                last = eng.add(f"L{i} experts {c}", "gpu", ctx.eff.beside_copy_s(chunk_compute, beside),
+                               [copy, routed_dep, last], category="experts")
                 expert_ring.release(last)
             return last
 
