@@ -90,3 +90,16 @@ def test_ranking_kept_except_the_known_flips(cells):
 def test_median_error_within_25_percent(cells):
     mod, all_cells = cells
     assert mod.median_abs_error(all_cells) <= 0.25
+
+
+def test_llama_cpp_decode_drop_implies_a_kv_read_far_below_dram(cells):
+    """The evidence the script prints for leaving the three flips: llama.cpp's published drop from
+    d=256 to d=1024, read as one sequence decoding, costs (1/0.3 - 1/1) s / 384 context tokens =
+    6.1 ms per context token on DeepSeek-V2, i.e. its 60 x 128 x (192 + 128) x 2 B = 4.9 MB of
+    per-head KV per token read at under 1 GB/s, under 1% of C2's DRAM bandwidth."""
+    mod, _ = cells
+    lines = mod.context_cost_implied()
+    assert [line.split(":")[0] for line in lines] == ["8x7B", "8x22B", "DS-V2"]  # R1's d=1024 is "<0.1"
+    ds = lines[2]
+    assert "6.1 ms more per context token" in ds and "4.9 MB of KV" in ds and "0.81 GB/s" in ds
+    assert all(float(line.rsplit("(", 1)[1].split("%")[0]) < 1.0 for line in lines)
