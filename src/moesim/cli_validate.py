@@ -20,7 +20,8 @@ def add_parsers(sub) -> None:
     cal = sub.add_parser("calibrate", help="fit a GPU's efficiency curves to its measurements")
     cal.add_argument("--gpu", required=True)
     cal.add_argument("--root", help="the validation folder (default ./validation)")
-    cal.add_argument("--measurements", help="the measurement file to fit (default: the GPU's newest)")
+    cal.add_argument("--measurements", help="the measurement file to fit (default: the one the GPU's profile "
+                     "was fitted on, so that a refit reproduces it; the newest for a GPU without a profile)")
     val = sub.add_parser("validate", help="predicted vs measured, fitted and held-out cases")
     val.add_argument("--gpu", help="one GPU (default: every GPU with measurements)")
     val.add_argument("--root", help="the validation folder (default ./validation)")
@@ -30,13 +31,13 @@ def add_parsers(sub) -> None:
 
 def calibrate(args: argparse.Namespace) -> int:
     from .calibration import fit_profile, load_measurements, profile_path, save_profile
-    from .calibration.report import latest_measurements
+    from .calibration.report import primary_measurements
     from .db import data_root
     from .db.resolve import get_hardware
 
     root = _validation_root(args.root)
     gpu = get_hardware(args.gpu).gpu
-    path = Path(args.measurements) if args.measurements else latest_measurements(root, gpu.name)
+    path = Path(args.measurements) if args.measurements else primary_measurements(root, gpu.name)
     if not path.is_file():
         raise MoesimError(f"no measurement file {path}")
     env, cases = load_measurements(path)
@@ -124,8 +125,6 @@ def validate(args: argparse.Namespace) -> int:
 def _print_other_files(gpu_name: str, root, own: dict) -> None:
     """The same profile against the GPU's other measurement files (other leases, other hosts), no
     refit: how much of the error is the host a run happened to get."""
-    from pathlib import Path
-
     from .calibration.report import host_figures, measurement_files, validation_report
 
     primary = Path(own["measurements"]).resolve()

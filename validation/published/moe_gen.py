@@ -209,13 +209,13 @@ def ranking_violations(cells: list[Cell]) -> list[str]:
     return out
 
 
-def context_cost_implied(system: str = "Llama.cpp", prompt: int = 512) -> list[str]:
+def context_cost_implied(system: str = "Llama.cpp") -> list[str]:
     """What a system's own Table 6 figures imply, if they come from one sequence decoding (llama.cpp's
     default, and what its Mixtral figures imply: about one token per pass over the CPU layers'
     active weights): each generated token takes 1 / throughput, and the mean context over a run of
     d tokens is P + d / 2, so the extra time per context token per generated token is
 
-        slope = (1 / tp_1024 - 1 / tp_256) / ((P + 512) - (P + 128))
+        slope = (1 / tp_1024 - 1 / tp_256) / ((P + 1024 / 2) - (P + 256 / 2))    (384 tokens)
 
     and reading the KV cache (at most per-head K and V in 16 bits, every layer: MLA decompressed)
     at that rate means kv_bytes_per_token / slope bytes per second. That figure set beside C2's
@@ -234,7 +234,7 @@ def context_cost_implied(system: str = "Llama.cpp", prompt: int = 512) -> list[s
         a = m.attention
         per_head = (a.qk_head_dim + a.out_head_dim) * (a.num_heads if a.kind == "mla" else a.num_kv_heads)
         kv = m.num_layers * per_head * BYTES_PER_ELEMENT["bf16"]
-        slope = (1.0 / t1024 - 1.0 / t256) / ((prompt + 512) - (prompt + 128))
+        slope = (1.0 / t1024 - 1.0 / t256) / ((1024 - 256) / 2)
         out.append(f"{label}: {1 / t256:.2g} -> {1 / t1024:.2g} s per token, {slope * 1e3:.2g} ms more per context "
                    f"token; at {kv / 1e6:.2g} MB of KV per token that is {kv / slope / 1e9:.2g} GB/s "
                    f"({kv / slope / dram:.1%} of C2's DRAM bandwidth)")

@@ -8,8 +8,8 @@ up to 100 repetitions, random data (never zeros), inputs rotated over buffers la
 where it matters. Kernel-level cases also record the same call back to back (``burst_s``,
 ``host_issue_s``) and, where it can be captured, under a CUDA graph (``graph_s``): see
 timing.py. Cases of a family shorter than ``INTERLEAVE_BELOW_S`` (1 ms; MoE layers 15 ms) are
-then timed again in interleaved rounds (``interleaved_median_s``, timing v5). The JSON is rewritten after every
-family, so a run stopped early keeps what it measured.
+then timed again in interleaved rounds (``interleaved_median_s``, timing v5). The JSON is
+rewritten after every family, so a run stopped early keeps what it measured.
 """
 
 from __future__ import annotations
