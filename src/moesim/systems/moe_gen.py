@@ -183,6 +183,7 @@ class MoEGen(ServingSystem):
             expert_ring = BufferRing(chunk_slots)
         dense_ffn = ctx.gpu_s(ctx.dense_ffn(tokens)) if m.dense_ffn else 0.0
         dense_disk = {k: ctx.disk_s(v) * disk_fraction for k, v in dense_bytes.items()}
+        beside_copy_s = ctx.eff.beside_copy_s  # compute slowed by a copy beside it (calibrated GPUs)
         dense_ring = BufferRing(2)
         kv_ring = BufferRing(self.params.kv_buffer_slots)
 
@@ -235,7 +236,7 @@ class MoEGen(ServingSystem):
                 # the next chunk's copy runs beside this chunk's compute when the ring has a free slot,
                 # and slows it (copy_compute_slowdown where calibrated, none otherwise)
                 beside = chunk_copy if chunk_slots > 1 and c < n_chunks - 1 else 0.0
-                last = eng.add(f"L{i} experts {c}", "gpu", ctx.eff.beside_copy_s(chunk_compute, beside),
+                last = eng.add(f"L{i} experts {c}", "gpu", beside_copy_s(chunk_compute, beside),
                                [copy, routed_dep, last], category="experts")
                 expert_ring.release(last)
             return last
