@@ -15,7 +15,7 @@ import argparse
 import os
 import time
 
-from moesim.sweep import Grid, run_sweep
+from moesim.analysis.sweep import Grid, run_sweep
 
 
 def grid(small: bool) -> Grid:

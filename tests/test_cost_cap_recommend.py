@@ -12,14 +12,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from moesim.accuracy import accuracy_of, common_suite, score_for
-from moesim.cap import (CAPPoint, cap_point, cap_radar_data, classify, classify_design, normalize_cost,
+from moesim.analysis.accuracy import accuracy_of, common_suite, score_for
+from moesim.analysis.cap import (CAPPoint, cap_point, cap_radar_data, classify, classify_design, normalize_cost,
                         plot_cap_radar)
-from moesim.cost import capital_cost_usd, cost_of, moecap_cost_usd, power_w, usd_per_mtok
+from moesim.analysis.pricing import capital_cost_usd, cost_of, moecap_cost_usd, power_w, usd_per_mtok
 from moesim.db import models
 from moesim.db.resolve import get_hardware
 from moesim.predict import predict
-from moesim.recommend import Recommendation, format_table, recommend
+from moesim.analysis.recommend import Recommendation, format_table, recommend
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +127,7 @@ def test_accuracy_unknown_stays_unknown():
 
 
 def test_accuracy_files_name_known_models():
-    from moesim.accuracy import _table
+    from moesim.analysis.accuracy import _table
     from moesim.specs.common import BYTES_PER_ELEMENT
 
     table = _table()
@@ -192,7 +192,7 @@ def test_radar_png_and_labels(tmp_path):
 
 
 def test_predict_path_never_imports_matplotlib():
-    code = ("import sys, moesim, moesim.cost, moesim.cap, moesim.accuracy, moesim.recommend;"
+    code = ("import sys, moesim, moesim.analysis.pricing, moesim.analysis.cap, moesim.analysis.accuracy, moesim.analysis.recommend;"
             "moesim.predict('mixtral-8x7b', 'rtx4090');"
             "assert 'matplotlib' not in sys.modules, 'matplotlib imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -233,7 +233,7 @@ def test_recommend_budget_and_tpot(r1_recs):
 
 
 def test_cli_recommend():
-    from moesim import cli_recommend
+    from moesim.cli import recommend as cli_recommend
 
     parser = argparse.ArgumentParser()
     cli_recommend.add_parser(parser.add_subparsers(dest="command"))

@@ -12,9 +12,10 @@ import time
 import pytest
 
 import moesim
-from moesim import cli_plot, cli_sweep, plots
+from moesim.analysis import plots
+from moesim.cli import plot as cli_plot, sweep as cli_sweep
 from moesim.errors import MoesimError
-from moesim.sweep import COLUMNS, Grid, Records, point_key, run_sweep, sensitivity
+from moesim.analysis.sweep import COLUMNS, Grid, Records, point_key, run_sweep, sensitivity
 
 PREDICT_MODULE = sys.modules["moesim.predict"]  # `moesim.predict` the attribute is the function
 
@@ -269,9 +270,9 @@ def test_plot_svg_and_bad_extension(tmp_path):
 
 
 def test_predict_path_never_imports_matplotlib():
-    code = ("import sys, moesim, moesim.sweep, moesim.plots, moesim.cli_plot, moesim.cli_sweep\n"
+    code = ("import sys, moesim, moesim.analysis.sweep, moesim.analysis.plots, moesim.cli.plot, moesim.cli.sweep\n"
             "moesim.predict('olmoe-1b-7b', 'rtx4090', workload={'num_requests': 8})\n"
-            "moesim.sweep.run_sweep(moesim.sweep.Grid(model='olmoe-1b-7b', hardware='c2'), None, workers=1,"
+            "moesim.analysis.sweep.run_sweep(moesim.analysis.sweep.Grid(model='olmoe-1b-7b', hardware='c2'), None, workers=1,"
             " progress=False)\n"
             "print('matplotlib' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -1,6 +1,6 @@
 """Parameter sweeps and what-if sensitivity over :func:`moesim.predict`.
 
-    from moesim.sweep import Grid, run_sweep, sensitivity
+    from moesim.analysis.sweep import Grid, run_sweep, sensitivity
     recs = run_sweep(Grid(model="mixtral-8x7b", hardware="c2", batch_size=[1, 8, 64],
                           pcie=["gen3", "gen4", "gen5"]), "sweep.csv")
     recs.summary();  recs.to_frame()      # the latter needs pandas
@@ -33,7 +33,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import MoesimError
+from ..errors import MoesimError
 
 #: Sweepable parameters (predict's arguments, the workload's fields and the hardware overrides),
 #: with the type their values are coerced to. A missing parameter takes predict's default.
@@ -98,7 +98,7 @@ def _coerce(name: str, value: Any) -> Any:
     try:
         if name == "host_memory_bytes":
             if isinstance(value, str):
-                from .units import parse_bytes
+                from ..units import parse_bytes
 
                 return float(parse_bytes(value.strip()))
             return float(value)
@@ -278,7 +278,7 @@ def _flat(text: str) -> str:
 
 def evaluate(point: Mapping[str, Any]) -> dict[str, Any]:
     """One point -> one record (without index/key). Infeasible points give a row with the reason."""
-    from .predict import predict
+    from ..predict import predict
 
     workload = {k: point[k] for k in WORKLOAD_PARAMS if point.get(k) is not None}
     record = {k: point.get(k) for k in PARAMS}
@@ -464,8 +464,8 @@ def _dask(todo, scheduler, chunk_size) -> Iterator[list[dict[str, Any]]]:
 
 def _validate(points: list[dict[str, Any]]) -> None:
     """Fail fast on names no database entry has (infeasible points are rows; typos are errors)."""
-    from .db.resolve import get_hardware, get_model
-    from .systems import get_system
+    from ..db.resolve import get_hardware, get_model
+    from ..systems import get_system
 
     for model in {p["model"] for p in points}:
         get_model(model)
@@ -550,8 +550,8 @@ def sensitivity(model: Any, hardware: Any, system: str = "auto", factor: float =
     keyword of :func:`moesim.predict`. Records are sorted by gain, best upgrade first
     (``best`` marks it; ``pays`` is a gain of at least 5%).
     """
-    from .db.resolve import get_hardware
-    from .predict import predict
+    from ..db.resolve import get_hardware
+    from ..predict import predict
 
     if factor <= 0:
         raise MoesimError(f"factor must be positive (got {factor})")

@@ -15,7 +15,7 @@ import argparse
 import json
 import sys
 
-from .errors import MoesimError
+from ..errors import MoesimError
 
 
 def _names(text: str | None) -> list[str] | None:
@@ -63,7 +63,7 @@ def add_parser(subparsers) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from .sweep import Grid, format_summary, run_sweep
+    from ..analysis.sweep import Grid, format_summary, run_sweep
 
     grid = Grid.from_strings(args.grid, model=_names(args.model), hardware=_names(args.hw),
                              system=_names(args.system))
@@ -83,8 +83,8 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _sensitivity(args: argparse.Namespace) -> int:
-    from .sweep import format_sensitivity, sensitivity
-    from .units import parse_bytes
+    from ..analysis.sweep import format_sensitivity, sensitivity
+    from ..units import parse_bytes
 
     kw = {k: v for k, v in (("prompt_tokens", args.prompt), ("gen_tokens", args.gen),
                             ("num_requests", args.requests), ("batch_size", args.batch), ("dtype", args.dtype),

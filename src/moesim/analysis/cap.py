@@ -42,8 +42,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .cost import CostReport
-    from .predict import Prediction
+    from .pricing import CostReport
+    from ..predict import Prediction
 
 AXES = ("performance", "cost", "accuracy")
 AXIS_LABELS = {"performance": "Performance (TPOT, s/token)", "cost": "Cost", "accuracy": "Accuracy"}
@@ -73,7 +73,7 @@ class CAPPoint(BaseModel):
 
 def _dtype_bytes(text: str) -> float | None:
     """Smallest storage size among the dtypes named in a Prediction.dtype string ('bf16 (experts int4)')."""
-    from .specs.common import BYTES_PER_ELEMENT
+    from ..specs.common import BYTES_PER_ELEMENT
 
     found = [BYTES_PER_ELEMENT[t] for t in text.replace("(", " ").replace(")", " ").split() if t in BYTES_PER_ELEMENT]
     return min(found) if found else None
@@ -81,8 +81,8 @@ def _dtype_bytes(text: str) -> float | None:
 
 def is_quantized(prediction: "Prediction") -> bool | None:
     """Weights stored in fewer bytes than the model's released dtype (None if the model is unknown)."""
-    from .db import models
-    from .specs.common import BYTES_PER_ELEMENT
+    from ..db import models
+    from ..specs.common import BYTES_PER_ELEMENT
 
     spec = models().find(prediction.model)
     served = _dtype_bytes(prediction.dtype)

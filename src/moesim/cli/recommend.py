@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .errors import MoesimError
+from ..errors import MoesimError
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -35,7 +35,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .recommend import format_table, recommend
+    from ..analysis.recommend import format_table, recommend
 
     if args.target_tok_s <= 0:
         raise MoesimError("--target-tok-s must be positive")
@@ -53,9 +53,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(format_table(recs, limit=args.top, amortization_years=args.years, usd_per_kwh=args.usd_per_kwh))
     if args.plot:
-        from .cap import CAPPoint, plot_cap_radar
+        from ..analysis.cap import CAPPoint, plot_cap_radar
 
-        from .db.resolve import get_model
+        from ..db.resolve import get_model
 
         released = get_model(args.model).default_dtype
         ranked = [r for r in recs if r.rank is not None and r.tpot_s][:6]

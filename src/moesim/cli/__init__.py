@@ -6,8 +6,8 @@ import argparse
 import json
 import sys
 
-from .errors import MoesimError
-from .units import fmt_bytes, fmt_rate, fmt_seconds, parse_bytes
+from ..errors import MoesimError
+from ..units import fmt_bytes, fmt_rate, fmt_seconds, parse_bytes
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,8 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--breakdown", action="store_true",
                     help="time per module in a decode step, and how much of each transfer compute hides")
     pr.add_argument("--json", action="store_true", help="print one JSON object")
-    from . import cli_plot, cli_recommend, cli_sweep
-    from .cli_validate import add_parsers as add_validation_parsers
+    from . import plot as cli_plot, recommend as cli_recommend, sweep as cli_sweep
+    from .validate import add_parsers as add_validation_parsers
 
     add_validation_parsers(sub)
     cli_sweep.add_parser(sub)
@@ -88,7 +88,7 @@ def _params(items: list[str]) -> dict | None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .predict import predict
+    from ..predict import predict
 
     if not args.hw and not args.gpu:
         raise MoesimError("give --hw NAME (a platform or GPU) or --gpu NAME")
@@ -152,7 +152,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .predict import predict_online
+    from ..predict import predict_online
 
     def dist(mean: float) -> dict:
         d = {"kind": args.lengths, "mean_tokens": mean}
@@ -183,8 +183,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from . import db
-    from .systems import SYSTEMS
+    from .. import db
+    from ..systems import SYSTEMS
 
     if args.what == "models":
         for name, m in sorted(db.models().entries.items()):
@@ -205,7 +205,7 @@ def _list(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     import yaml
 
-    from .db.resolve import get_hardware, get_model
+    from ..db.resolve import get_hardware, get_model
 
     spec = get_model(args.name) if args.what == "model" else get_hardware(args.name)
     print(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
@@ -215,9 +215,9 @@ def _show(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        from .cli_validate import calibrate, validate
+        from .validate import calibrate, validate
 
-        from . import cli_plot, cli_recommend, cli_sweep
+        from . import plot as cli_plot, recommend as cli_recommend, sweep as cli_sweep
 
         commands = {"recommend": cli_recommend.run, "serve": _serve, "predict": _predict, "list": _list, "show": _show, "calibrate": calibrate, "validate": validate,
                     "sweep": cli_sweep.run, "sensitivity": cli_sweep.run, "plot": cli_plot.run}

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .errors import MoesimError
+from ..errors import MoesimError
 
 DEFAULT_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 FORMATS = (".png", ".svg")
@@ -63,9 +63,9 @@ def _split(kw: dict[str, Any]) -> tuple[dict, dict, dict, dict]:
 
 def _plan(model: Any, hardware: Any, system: str, **kw: Any):
     """(Context, Plan) of one prediction, as predict() builds them (the step's engine included)."""
-    from .db.resolve import get_hardware, get_model
-    from .modules import Options
-    from .predict import _check_context, _variant, _workload, plan_for
+    from ..db.resolve import get_hardware, get_model
+    from ..modules import Options
+    from ..predict import _check_context, _variant, _workload, plan_for
 
     workload, overrides, variant, opts = _split(dict(kw))
     spec = _variant(get_model(model), variant.get("num_experts"), variant.get("top_k"), variant.get("expert_ffn"))
@@ -99,7 +99,7 @@ def throughput_vs_batch(model: str, hardware: str, path: str | Path, systems: li
     ``systems``: default every registered system; ``kw``: other sweep parameters (prompt_tokens,
     gen_tokens, num_requests, dtype, pcie, num_gpus, ...). Infeasible batches leave gaps.
     """
-    from .systems import SYSTEMS
+    from ..systems import SYSTEMS
 
     path = _check_path(path)
     systems = list(systems or SYSTEMS)
@@ -156,8 +156,8 @@ def roofline_data(model: Any, hardware: Any, system: str = "auto", **kw: Any) ->
     per memory level it reads (HBM bytes, and PCIe bytes where weights or KV stream from the
     host): one achieved FLOP/s at several intensities, the hierarchical roofline.
     """
-    from . import metrics
-    from .costs import compute_dtype
+    from .. import metrics
+    from ..costs import compute_dtype
 
     ctx, plan = _plan(model, hardware, system, **kw)
     context, step = plan.mid_decode
@@ -283,7 +283,7 @@ def timeline(model: Any, hardware: Any, path: str | Path, system: str = "auto", 
 # ---- Pareto frontier of throughput vs capital cost -------------------------------------------
 def platform_cost_usd(platform) -> float | None:
     """num_gpus x the GPU's launch price + the platform's price without GPUs; None where unknown."""
-    from .cost import capital_cost_usd
+    from .pricing import capital_cost_usd
 
     return capital_cost_usd(platform.num_gpus, platform.gpu.launch_price_usd, platform.price_usd_excluding_gpus)[2]
 
@@ -294,10 +294,10 @@ def pareto_points(model: Any, platforms: list[Any] | None = None, system: str = 
 
     ``costs`` (platform name -> USD) prices platforms whose database entries lack a price (or
     overrides theirs)."""
-    from . import db
-    from .db import normalize
-    from .db.resolve import get_hardware
-    from .predict import predict
+    from .. import db
+    from ..db import normalize
+    from ..db.resolve import get_hardware
+    from ..predict import predict
     from .sweep import Records, _flat
 
     workload, overrides, variant, opts = _split(dict(kw))

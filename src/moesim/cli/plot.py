@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from .errors import MoesimError
+from ..errors import MoesimError
 
 KINDS = ("throughput-vs-batch", "roofline", "timeline", "pareto", "utilization")
 
@@ -64,8 +64,8 @@ def _costs(text: str | None) -> dict[str, float] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from . import plots
-    from .units import parse_bytes
+    from ..analysis import plots
+    from ..units import parse_bytes
 
     kw = {k: v for k, v in (("prompt_tokens", args.prompt), ("gen_tokens", args.gen),
                             ("num_requests", args.requests), ("dtype", args.dtype), ("num_gpus", args.gpus),

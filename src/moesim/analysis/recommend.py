@@ -1,6 +1,6 @@
 """What to buy: the cheapest hardware, serving system and quantization that reach a target.
 
-    from moesim.recommend import recommend
+    from moesim.analysis.recommend import recommend
     recs = recommend("deepseek-r1", target_tok_s=10)
     recs[0].hardware, recs[0].dtype, recs[0].capital_usd, recs[0].reached_tok_s
 
@@ -23,7 +23,7 @@ whole workload). ``online`` - one request at a time (batch 1, 16 requests, promp
 
 Ranking: configurations that run, reach the target and meet the TPOT and budget limits come
 first, by capital cost (GPUs at launch price + the host without GPUs), then by $ per million
-tokens (owned, amortised, see :mod:`moesim.cost`). Those whose capital cost is unknown (a price
+tokens (owned, amortised, see :mod:`moesim.analysis.pricing`). Those whose capital cost is unknown (a price
 missing from the database) follow, by the part that is known. Then the runner-ups that lost, each
 with why: over budget, TPOT above the limit, too slow, or infeasible (with the reason).
 Predictions are cached per (model, hardware, GPUs, dtype, system, scenario).
@@ -35,7 +35,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from .errors import InfeasibleError, MoesimError
+from ..errors import InfeasibleError, MoesimError
 
 Status = Literal["ok", "ok-price-unknown", "over-budget", "tpot-too-high", "too-slow", "infeasible"]
 STATUS_ORDER: dict[str, int] = {"ok": 0, "ok-price-unknown": 1, "over-budget": 2, "tpot-too-high": 3,
@@ -88,7 +88,7 @@ def clear_cache() -> None:
 
 
 def _platform(spec_name: str, num_gpus: int):
-    from .db.resolve import get_hardware
+    from ..db.resolve import get_hardware
 
     key = (spec_name, num_gpus)
     if key not in _PLATFORMS:
@@ -98,7 +98,7 @@ def _platform(spec_name: str, num_gpus: int):
 
 def _predict(model: str, spec_name: str, num_gpus: int, dtype: str, system: str, scenario: str):
     """Cached prediction, or the reason it cannot run (a string)."""
-    from .predict import predict
+    from ..predict import predict
 
     key = (model, spec_name, num_gpus, dtype, system, scenario)
     if key not in _PREDICTIONS:
@@ -112,9 +112,9 @@ def _predict(model: str, spec_name: str, num_gpus: int, dtype: str, system: str,
 
 def hardware_candidates(platforms: list[str] | None = None) -> list[tuple[str, int]]:
     """(platform name, GPU count) pairs searched: each platform as listed, multi-GPU ones also with 1/2/4 GPUs."""
-    from .db import gpus
-    from .db import platforms as table
-    from .db.resolve import default_platform_for
+    from ..db import gpus
+    from ..db import platforms as table
+    from ..db.resolve import default_platform_for
 
     if platforms is None:
         specs = list(table().entries.values())
@@ -186,9 +186,9 @@ def recommend(model: str, target_tok_s: float, max_tpot_s: float | None = None, 
               amortization_years: float | None = None) -> list[Recommendation]:
     """Ranked configurations for serving ``model`` at ``target_tok_s`` (see the module docstring)."""
     from .cap import classify
-    from .cost import DEFAULT_AMORTIZATION_YEARS, DEFAULT_USD_PER_KWH, cost_of
-    from .db.resolve import get_model
-    from .specs.common import BYTES_PER_ELEMENT
+    from .pricing import DEFAULT_AMORTIZATION_YEARS, DEFAULT_USD_PER_KWH, cost_of
+    from ..db.resolve import get_model
+    from ..specs.common import BYTES_PER_ELEMENT
 
     if scenario not in ("offline", "online"):
         raise MoesimError(f"unknown scenario {scenario!r}; offline or online")
@@ -231,7 +231,7 @@ def recommend(model: str, target_tok_s: float, max_tpot_s: float | None = None, 
 
 
 def platform_listed_gpus(plat_name: str) -> int:
-    from .db import platforms
+    from ..db import platforms
 
     return platforms().get(plat_name).num_gpus
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .errors import MoesimError
+from ..errors import MoesimError
 
 
 def _validation_root(arg: str | None) -> Path:
@@ -30,10 +30,10 @@ def add_parsers(sub) -> None:
 
 
 def calibrate(args: argparse.Namespace) -> int:
-    from .calibration import fit_profile, load_measurements, profile_path, save_profile
-    from .calibration.report import primary_measurements
-    from .db import data_root
-    from .db.resolve import get_hardware
+    from ..calibration import fit_profile, load_measurements, profile_path, save_profile
+    from ..calibration.report import primary_measurements
+    from ..db import data_root
+    from ..db.resolve import get_hardware
 
     root = _validation_root(args.root)
     gpu = get_hardware(args.gpu).gpu
@@ -72,7 +72,7 @@ def _print_report(rep: dict, show_all: bool) -> None:
     for key, v in rep["summary"].items():
         print(f"{key:34s} {int(v['n']):4d} {v['median']:13.1%} {v['p90']:10.1%}")
     if rep["mode"] == "own":
-        from .calibration.report import host_free_check
+        from ..calibration.report import host_free_check
 
         check = host_free_check(rep)
         if check:
@@ -93,9 +93,9 @@ def _print_report(rep: dict, show_all: bool) -> None:
 
 
 def validate(args: argparse.Namespace) -> int:
-    from .calibration.report import validation_report, write_plots
-    from .calibration.store import gpu_slug
-    from .db import gpus
+    from ..calibration.report import validation_report, write_plots
+    from ..calibration.store import gpu_slug
+    from ..db import gpus
 
     root = _validation_root(args.root)
     names = [args.gpu] if args.gpu else [p.name for p in sorted((root / "measurements").iterdir()) if p.is_dir()]
@@ -125,7 +125,7 @@ def validate(args: argparse.Namespace) -> int:
 def _print_other_files(gpu_name: str, root, own: dict) -> None:
     """The same profile against the GPU's other measurement files (other leases, other hosts), no
     refit: how much of the error is the host a run happened to get."""
-    from .calibration.report import host_figures, measurement_files, validation_report
+    from ..calibration.report import host_figures, measurement_files, validation_report
 
     primary = Path(own["measurements"]).resolve()
     others = [p for p in measurement_files(root, gpu_name) if p.resolve() != primary]
@@ -146,8 +146,8 @@ def _print_other_files(gpu_name: str, root, own: dict) -> None:
 
 def _has_donor(gpu) -> bool:
     """Whether another measured GPU of the same architecture can lend its curves (cross-GPU check)."""
-    from .calibration.store import _profiles
-    from .db import gpus, normalize
+    from ..calibration.store import _profiles
+    from ..db import gpus, normalize
 
     for key, prof in _profiles().items():
         donor = gpus().find(prof.gpu)

@@ -49,8 +49,8 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .predict import Prediction
-    from .specs import Platform
+    from ..predict import Prediction
+    from ..specs import Platform
 
 #: Default electricity price ($/kWh) - MoE-CAP's ENERGY_COST.
 DEFAULT_USD_PER_KWH = 0.15
@@ -65,7 +65,7 @@ def moecap_model() -> dict:
     """MoE-CAP's cost constants and GPU price/TDP table (``hardware_db/prices/moe-cap.yaml``, sourced there)."""
     import yaml
 
-    from .db import data_root
+    from ..db import data_root
 
     return yaml.safe_load((data_root("hardware_db") / "prices" / "moe-cap.yaml").read_text())
 

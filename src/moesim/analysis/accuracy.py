@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .db import data_root, load_yaml, normalize, validate
+from ..db import data_root, load_yaml, normalize, validate
 
 
 class _Frozen(BaseModel):
@@ -75,7 +75,7 @@ def _table() -> dict[str, AccuracyFile]:
 
 def _canonical(model_name: str) -> str:
     """The models_db name for a name or alias (unchanged when the database lacks it)."""
-    from .db import models
+    from ..db import models
 
     spec = models().find(model_name)
     return spec.name if spec is not None else model_name
