@@ -1,9 +1,17 @@
-"""`moesim.predict`: specs in, a typed prediction out."""
+"""`moesim.predict`: a :class:`~moesim.scenario.Scenario` in, a typed prediction out.
+
+:func:`resolve` turns a scenario into specs (model, platform, workload, options) and the
+assumptions it made; :func:`plan_scenario` plans it with one system or every system (``auto``);
+:func:`predict` and :func:`predict_online` report the plan. The CLI, sweeps, plots and
+recommend all go through these three.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -11,11 +19,10 @@ from . import metrics
 from .db.resolve import get_hardware, get_model
 from .errors import InfeasibleError, MoesimError
 from .modules import Context, Options, Speculative
-from .specs import ModelSpec, OfflineWorkload, OnlineWorkload, Platform, PlatformSpec
-from .specs.common import BYTES_PER_ELEMENT
+from .scenario import Scenario, build
+from .specs import ModelSpec, OfflineWorkload, OnlineWorkload, Platform
 from .systems import SYSTEMS, Plan, get_system
 from .systems.base import SIMULATED_LAYERS
-from .units import fmt_bytes
 
 
 class Prediction(BaseModel):
@@ -56,16 +63,6 @@ class Prediction(BaseModel):
 
     def to_json_dict(self) -> dict[str, Any]:
         return self.model_dump()
-
-
-def _workload(workload: OfflineWorkload | dict | None, **overrides: Any) -> OfflineWorkload:
-    data = workload.model_dump() if isinstance(workload, OfflineWorkload) else dict(workload or {})
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return OfflineWorkload.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise MoesimError(f"invalid workload: {problems}") from None
 
 
 def _variant(model: ModelSpec, num_experts: int | None, top_k: int | None, expert_ffn: int | None) -> ModelSpec:
@@ -218,105 +215,116 @@ def plan_for(model: ModelSpec, platform: Platform, system: str, workload: Offlin
     return ctx, plans[best], compared
 
 
-def predict(
-    model: str | Path | ModelSpec,
-    hardware: str | Path | Platform | PlatformSpec,
-    system: str = "auto",
-    workload: OfflineWorkload | dict | None = None,
-    *,
-    dtype: str | None = None,
-    kv_dtype: str = "bf16",
-    moe_impl: str = "fused",
-    zipf_s: float = 0.0,
-    mla_absorbed: bool = True,
-    expert_popularity: str | Path | tuple[float, ...] | list[float] | None = None,
-    speculative: Speculative | dict | None = None,
-    num_experts: int | None = None,
-    top_k: int | None = None,
-    expert_ffn: int | None = None,
-    system_params: dict | None = None,
-    num_gpus: int | None = None,
-    cpu: str | None = None,
-    host_memory_bytes: float | None = None,
-    pcie: str | None = None,
-    trace_path: str | Path | None = None,
-) -> Prediction:
-    """Predict throughput, latency and utilisation.
+@dataclass(frozen=True)
+class Resolved:
+    """A scenario with every name resolved to its spec: what the systems consume."""
 
-    ``model`` and ``hardware`` are database names, spec objects or spec files; ``system`` is
-    a registered serving system or ``auto`` (every feasible system is simulated; the one with
-    the highest generation throughput is reported). ``workload`` defaults to 1000 requests of
-    512 prompt and 256 generated tokens, FlexGen/MoE-Gen style.
-    """
-    spec = _variant(get_model(model), num_experts, top_k, expert_ffn)
-    platform = get_hardware(hardware, num_gpus=num_gpus, cpu=cpu, host_memory_bytes=host_memory_bytes, pcie=pcie)
-    work = _workload(workload)
+    scenario: Scenario
+    model: ModelSpec
+    platform: Platform
+    workload: OfflineWorkload
+    options: Options
+    assumptions: tuple[str, ...]
+
+
+def resolve(scenario: Scenario) -> Resolved:
+    """Specs of a scenario, checked: model variant, platform, workload, options, and the assumptions made."""
+    s = scenario
+    spec = _variant(get_model(s.model), s.num_experts, s.top_k, s.expert_ffn)
+    platform = get_hardware(s.hardware, **s.platform_overrides())
+    work = s.offline_workload()
     _check_context(spec, work)
-    for name, value in (("dtype", dtype), ("kv_dtype", kv_dtype)):
-        if value is not None and value not in BYTES_PER_ELEMENT:
-            raise MoesimError(f"unknown {name} {value!r}; one of {', '.join(BYTES_PER_ELEMENT)}")
-    if moe_impl not in ("fused", "loop"):
-        raise MoesimError(f"unknown MoE implementation {moe_impl!r}; fused or loop")
-    popularity = _popularity(expert_popularity, spec)
-    spec_dec = Speculative(**speculative) if isinstance(speculative, dict) else speculative
-    if spec_dec is not None:
-        if spec_dec.num_tokens < 1 or not 0.0 <= spec_dec.acceptance_rate <= 1.0:
-            raise MoesimError("speculative decoding needs num_tokens >= 1 and an acceptance rate in [0, 1]")
-        get_model(spec_dec.draft_model)  # unknown draft names fail here, with suggestions
-    options = Options(weight_dtype=dtype, kv_dtype=kv_dtype, moe_impl=moe_impl, zipf_s=zipf_s,  # type: ignore[arg-type]
-                      mla_absorbed=mla_absorbed, expert_popularity=popularity, speculative=spec_dec)
+    popularity = _popularity(s.expert_histogram, spec)
+    spec_dec = None
+    if s.draft_model is not None:
+        get_model(s.draft_model)  # unknown draft names fail here, with suggestions
+        spec_dec = Speculative(draft_model=s.draft_model, num_tokens=s.spec_tokens, acceptance_rate=s.spec_accept)
+    options = Options(weight_dtype=s.dtype, kv_dtype=s.kv_dtype, moe_impl=s.moe_impl, zipf_s=s.zipf_s,
+                      mla_absorbed=s.mla_absorbed, expert_popularity=popularity, speculative=spec_dec)
     assumptions = []
-    if workload is None:
+    if not s.workload_given:
         assumptions.append(
             f"default offline workload: {work.num_requests} requests, prompt {work.prompt_tokens}, "
             f"generation {work.gen_tokens} tokens (padded, fixed lengths)"
         )
-    if spec.attention.kind == "mla" and not mla_absorbed:
+    if spec.attention.kind == "mla" and not s.mla_absorbed:
         assumptions.append("MLA decode without weight absorption: the cached latent is up-projected every step")
-    if dtype is None:
+    if s.dtype is None:
         assumptions.append(f"weights in the released dtype ({spec.weight_dtype()})")
-    ctx, plan, compared = plan_for(spec, platform, system, work, options, system_params)
+    return Resolved(s, spec, platform, work, options, tuple(assumptions))
+
+
+def plan_scenario(scenario: Scenario) -> tuple[Context, Plan, dict[str, str], Resolved]:
+    """(context, the chosen plan, the verdict on each system compared, the resolved scenario)."""
+    r = resolve(scenario)
+    ctx, plan, compared = plan_for(r.model, r.platform, scenario.system, r.workload, r.options,
+                                   scenario.system_params or None)
+    return ctx, plan, compared, r
+
+
+def predict(model: Any = None, hardware: Any = None, system: str | None = None, workload: Any = None, *,
+            trace_path: str | Path | None = None, **knobs: Any) -> Prediction:
+    """Predict throughput, latency and utilisation of an offline workload.
+
+    Either a :class:`~moesim.scenario.Scenario` (``predict(scenario)``, keyword arguments then
+    override its fields) or its fields: ``model`` and ``hardware`` are database names, spec
+    objects or spec files; ``system`` is a registered serving system or ``auto`` (every feasible
+    system is simulated; the one with the highest generation throughput is reported);
+    ``workload`` (an OfflineWorkload or a dict of its fields) and ``knobs`` are Scenario fields
+    (see ``moesim.Scenario``). The default workload is 1000 requests of 512 prompt and 256
+    generated tokens, FlexGen/MoE-Gen style. ``trace_path`` writes a Chrome/Perfetto trace of
+    the middle decode step.
+    """
+    scenario = build(model, hardware, system, workload, **knobs)
+    if scenario.online:
+        raise MoesimError("this scenario has an arrival rate: use predict_online (moesim serve) for online serving")
+    ctx, plan, compared, r = plan_scenario(scenario)
     if trace_path:
         plan.mid_decode[1].engine.write_chrome_trace(trace_path)
-    return _prediction(ctx, plan, compared, assumptions)
+    return _prediction(ctx, plan, compared, list(r.assumptions))
 
 
-def memory_summary(pred: Prediction) -> str:
-    return f"GPU {fmt_bytes(pred.gpu_mem_bytes)} per GPU, host {fmt_bytes(pred.host_mem_bytes)}"
+def online_workload(scenario: Scenario) -> OnlineWorkload:
+    """The scenario's arrivals and length distributions (means: its prompt and generation lengths)."""
+    def dist(mean: int) -> dict:
+        d: dict[str, Any] = {"kind": scenario.lengths, "mean_tokens": mean}
+        if scenario.lengths == "lognormal":
+            d["sigma"] = scenario.length_sigma
+        return d
+
+    return OnlineWorkload(arrival_rate_per_s=scenario.arrival_rate_per_s, num_requests=scenario.num_requests,
+                          prompt=dist(scenario.prompt_tokens), gen=dist(scenario.gen_tokens), seed=scenario.seed)
 
 
-def predict_online(
-    model: str | Path | ModelSpec,
-    hardware: str | Path | Platform | PlatformSpec,
-    workload: OnlineWorkload | dict,
-    system: str = "vllm",
-    *,
-    system_params: dict | None = None,
-    dtype: str | None = None,
-    num_gpus: int | None = None,
-) -> dict[str, Any]:
-    """Serve requests arriving over time (Poisson) with a continuous-batching system.
+def predict_online(model: Any = None, hardware: Any = None, workload: OnlineWorkload | dict | None = None,
+                   system: str | None = None, **knobs: Any):
+    """Serve requests arriving over time (Poisson) with a system that has an online scheduler.
 
-    Returns P50/P90/P99 of TTFT, TPOT and end-to-end latency and the throughput (see
-    :func:`moesim.systems.vllm.simulate_online`). Only systems with an online scheduler qualify.
+    Takes a Scenario with ``arrival_rate_per_s`` set (or its fields), or, as before, an
+    ``OnlineWorkload`` (or dict) whose length distributions are used as given. Returns a typed
+    :class:`moesim.serving.OnlineResult`: P50/P90/P99 of TTFT, TPOT and end-to-end latency,
+    the throughput and counters. The system defaults to vllm.
     """
-    from .systems.vllm import VLLM, simulate_online
+    from .serving import simulate
 
-    cls = get_system(system)
-    if cls is not VLLM:
-        raise MoesimError(f"online serving is modelled for vllm only, not {cls.name}")
-    try:
-        online = workload if isinstance(workload, OnlineWorkload) else OnlineWorkload.model_validate(workload)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise MoesimError(f"invalid online workload: {problems}") from None
-    spec = get_model(model)
-    platform = get_hardware(hardware, num_gpus=num_gpus)
-    offline = _workload({"num_requests": online.num_requests,
-                         "prompt_tokens": max(1, round(online.prompt.mean_tokens)),
-                         "gen_tokens": max(1, round(online.gen.mean_tokens))})
-    _check_context(spec, offline)
-    ctx, plan, _ = plan_for(spec, platform, cls.name, offline, Options(weight_dtype=dtype), system_params)
-    result = simulate_online(ctx, online, plan)
-    result["assumptions"] = list(platform.assumptions) + plan.notes
-    return result
+    online = None
+    if workload is not None:
+        try:
+            online = workload if isinstance(workload, OnlineWorkload) else OnlineWorkload.model_validate(workload)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise MoesimError(f"invalid online workload: {problems}") from None
+        knobs.update(arrival_rate_per_s=online.arrival_rate_per_s, num_requests=online.num_requests,
+                     prompt_tokens=max(1, round(online.prompt.mean_tokens)),
+                     gen_tokens=max(1, round(online.gen.mean_tokens)), seed=online.seed)
+    scenario = build(model, hardware, system, None, **knobs)
+    if not isinstance(model, Scenario) and system is None:
+        scenario = scenario.replace(system="vllm")
+    if scenario.system == "auto":
+        raise MoesimError("online serving needs a named --system (one with an online scheduler)")
+    if not scenario.online:
+        raise MoesimError("online serving needs an arrival rate (--rate, arrival_rate_per_s)")
+    online = online or online_workload(scenario)
+    ctx, plan, _, r = plan_scenario(scenario)
+    system_obj = get_system(scenario.system)(scenario.system_params or None)
+    return simulate(ctx, plan, system_obj, online, assumptions=list(r.platform.assumptions) + plan.notes)

@@ -50,34 +50,14 @@ def _name(obj: Any) -> str:
     return getattr(obj, "name", None) or str(obj)
 
 
-def _split(kw: dict[str, Any]) -> tuple[dict, dict, dict, dict]:
-    """Split keyword knobs: workload, platform overrides, model variant, other predict options."""
-    from .sweep import PLATFORM_PARAMS, WORKLOAD_PARAMS
-
-    workload = {k: kw.pop(k) for k in WORKLOAD_PARAMS if k in kw}
-    platform = {k: kw.pop(k) for k in PLATFORM_PARAMS if k in kw}
-    variant = {k: kw.pop(k) for k in ("num_experts", "top_k", "expert_ffn") if k in kw}
-    return ({k: v for k, v in workload.items() if v is not None}, {k: v for k, v in platform.items() if v is not None},
-            {k: v for k, v in variant.items() if v is not None}, kw)
-
-
 def _plan(model: Any, hardware: Any, system: str, **kw: Any):
-    """(Context, Plan) of one prediction, as predict() builds them (the step's engine included)."""
-    from ..db.resolve import get_hardware, get_model
-    from ..modules import Options
-    from ..predict import _check_context, _variant, _workload, plan_for
+    """(Context, Plan) of one prediction, as predict() builds them (the step's engine included).
 
-    workload, overrides, variant, opts = _split(dict(kw))
-    spec = _variant(get_model(model), variant.get("num_experts"), variant.get("top_k"), variant.get("expert_ffn"))
-    platform = get_hardware(hardware, **overrides)
-    work = _workload(workload or None)
-    _check_context(spec, work)
-    options = Options(weight_dtype=opts.pop("dtype", None), kv_dtype=opts.pop("kv_dtype", "bf16"),
-                      moe_impl=opts.pop("moe_impl", "fused"), zipf_s=opts.pop("zipf_s", 0.0),
-                      mla_absorbed=opts.pop("mla_absorbed", True))
-    if opts:
-        raise MoesimError(f"unsupported option(s) for this plot: {', '.join(sorted(opts))}")
-    ctx, plan, _ = plan_for(spec, platform, system, work, options)
+    ``kw``: any Scenario field."""
+    from .. import scenario as sc
+    from ..predict import plan_scenario
+
+    ctx, plan, _, _ = plan_scenario(sc.build(model, hardware, system, **kw))
     return ctx, plan
 
 
@@ -295,22 +275,23 @@ def pareto_points(model: Any, platforms: list[Any] | None = None, system: str = 
     ``costs`` (platform name -> USD) prices platforms whose database entries lack a price (or
     overrides theirs)."""
     from .. import db
+    from .. import scenario as sc
     from ..db import normalize
     from ..db.resolve import get_hardware
     from ..predict import predict
     from .sweep import Records, _flat
 
-    workload, overrides, variant, opts = _split(dict(kw))
     names = list(platforms) if platforms else db.platforms().names()
     rows = []
     for name in names:
-        platform = get_hardware(name, **overrides)
+        scenario = sc.build(model, name, system, **kw)
+        platform = get_hardware(name, **scenario.platform_overrides())
         given = {normalize(k): v for k, v in (costs or {}).items()}
         cost = given.get(normalize(platform.name), given.get(normalize(_name(name))))
         row = {"platform": platform.name, "gpu": platform.gpu.name, "num_gpus": platform.num_gpus,
                "cost_usd": float(cost) if cost is not None else platform_cost_usd(platform)}
         try:
-            p = predict(model, platform, system, workload or None, **variant, **opts)
+            p = predict(scenario.replace(hardware=platform, **dict.fromkeys(scenario.platform_overrides())))
         except MoesimError as exc:
             row.update(system=None, throughput_tok_s=None, feasible=False, reason=_flat(exc))
         else:

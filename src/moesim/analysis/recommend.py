@@ -31,6 +31,8 @@ Predictions are cached per (model, hardware, GPUs, dtype, system, scenario).
 
 from __future__ import annotations
 
+import functools
+
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -44,8 +46,8 @@ SUBSET_GPU_COUNTS = (1, 2, 4)
 ONLINE_WORKLOAD = {"num_requests": 16, "batch_size": 1, "prompt_tokens": 512, "gen_tokens": 256}
 ACCURACY_BENCHMARKS = ("gsm8k", "mmlu", "math_500")
 
-_PREDICTIONS: dict[tuple, Any] = {}  # key -> Prediction or the InfeasibleError message
-_PLATFORMS: dict[tuple[str, int], Any] = {}
+#: Scenario fields recommend chooses itself (the rest pass through as knobs)
+CHOSEN_FIELDS = ("model", "hardware", "system", "dtype", "num_gpus", "system_params")
 
 
 class Recommendation(BaseModel):
@@ -83,31 +85,41 @@ class Recommendation(BaseModel):
 
 
 def clear_cache() -> None:
-    _PREDICTIONS.clear()
-    _PLATFORMS.clear()
+    _predict.cache_clear()
+    _platform.cache_clear()
 
 
+@functools.lru_cache(maxsize=512)
 def _platform(spec_name: str, num_gpus: int):
     from ..db.resolve import get_hardware
 
-    key = (spec_name, num_gpus)
-    if key not in _PLATFORMS:
-        _PLATFORMS[key] = get_hardware(spec_name, num_gpus=num_gpus)
-    return _PLATFORMS[key]
+    return get_hardware(spec_name, num_gpus=num_gpus)
 
 
-def _predict(model: str, spec_name: str, num_gpus: int, dtype: str, system: str, scenario: str):
-    """Cached prediction, or the reason it cannot run (a string)."""
+@functools.lru_cache(maxsize=4096)
+def _predict(model: str, spec_name: str, num_gpus: int, dtype: str, system: str, scenario: str,
+             knobs: tuple[tuple[str, Any], ...] = ()):
+    """Prediction (cached, bounded), or the reason it cannot run (a string)."""
     from ..predict import predict
 
-    key = (model, spec_name, num_gpus, dtype, system, scenario)
-    if key not in _PREDICTIONS:
-        workload = ONLINE_WORKLOAD if scenario == "online" else None
-        try:
-            _PREDICTIONS[key] = predict(model, _platform(spec_name, num_gpus), system, workload, dtype=dtype)
-        except InfeasibleError as exc:
-            _PREDICTIONS[key] = str(exc)
-    return _PREDICTIONS[key]
+    fields = {**(ONLINE_WORKLOAD if scenario == "online" else {}), **dict(knobs)}
+    try:
+        return predict(model, _platform(spec_name, num_gpus), system, dtype=dtype, **fields)
+    except InfeasibleError as exc:
+        return str(exc)
+
+
+def _knobs(knobs: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """Scenario fields passed through to every prediction, checked, as a hashable key."""
+    from .. import scenario as sc
+
+    chosen = sorted(set(knobs) & set(CHOSEN_FIELDS))
+    if chosen:
+        raise MoesimError(f"recommend chooses {', '.join(chosen)} itself")
+    unknown = sorted(set(knobs) - set(sc.fields()))
+    if unknown:
+        raise MoesimError(f"unknown scenario field(s) {', '.join(unknown)}")
+    return tuple(sorted((k, v) for k, v in knobs.items() if v is not None))
 
 
 def hardware_candidates(platforms: list[str] | None = None) -> list[tuple[str, int]]:
@@ -183,8 +195,11 @@ def _infeasible_reason(msg: str) -> str:
 def recommend(model: str, target_tok_s: float, max_tpot_s: float | None = None, budget_usd: float | None = None,
               scenario: str = "offline", dtypes: tuple[str, ...] | list[str] = ("bf16", "fp8", "int4"),
               platforms: list[str] | None = None, *, usd_per_kwh: float | None = None,
-              amortization_years: float | None = None) -> list[Recommendation]:
-    """Ranked configurations for serving ``model`` at ``target_tok_s`` (see the module docstring)."""
+              amortization_years: float | None = None, **knobs: Any) -> list[Recommendation]:
+    """Ranked configurations for serving ``model`` at ``target_tok_s`` (see the module docstring).
+
+    ``knobs``: Scenario fields every prediction takes (workload, KV dtype, router skew, ...);
+    hardware, system, dtype and GPU count are what recommend searches."""
     from .cap import classify
     from .pricing import DEFAULT_AMORTIZATION_YEARS, DEFAULT_USD_PER_KWH, cost_of
     from ..db.resolve import get_model
@@ -198,6 +213,7 @@ def recommend(model: str, target_tok_s: float, max_tpot_s: float | None = None, 
     for d in dtypes:
         if d not in BYTES_PER_ELEMENT:
             raise MoesimError(f"unknown dtype {d!r}; one of {', '.join(BYTES_PER_ELEMENT)}")
+    knob_key = _knobs(knobs)
     spec = get_model(model)
     name = spec.name
     kwh = DEFAULT_USD_PER_KWH if usd_per_kwh is None else usd_per_kwh
@@ -208,7 +224,7 @@ def recommend(model: str, target_tok_s: float, max_tpot_s: float | None = None, 
         label = plat_name if n == platform_listed_gpus(plat_name) else f"{plat_name} ({n} GPU{'s' if n > 1 else ''})"
         for dtype in dtypes:
             rows.append(_evaluate(name, plat_name, n, label, platform, dtype, dtypes, scenario, target_tok_s,
-                                  max_tpot_s, budget_usd, kwh, years, cost_of, classify))
+                                  max_tpot_s, budget_usd, kwh, years, cost_of, classify, knob_key))
     rows.sort(key=_sort_key)
     ranked: list[Recommendation] = []
     best: Recommendation | None = None
@@ -251,14 +267,14 @@ def _sort_key(r: Recommendation) -> tuple:
 
 
 def _evaluate(model, plat_name, n, label, platform, dtype, dtypes, scenario, target, max_tpot, budget, kwh, years,
-              cost_of, classify) -> Recommendation:
+              cost_of, classify, knobs=()) -> Recommendation:
     base: dict[str, Any] = dict(rank=None, model=model, hardware=label, platform=plat_name, gpu=platform.gpu.name,
                                 num_gpus=n, dtype=dtype, scenario=scenario, target_tok_s=target,
                                 accuracy=_accuracy(model, dtype, dtypes))
     empty = dict(reached_tok_s=None, throughput_tok_s=None, tpot_s=None, ttft_s=None, capital_usd=None,
                  capital_known_usd=None, usd_per_mtok_owned=None, usd_per_mtok_cloud=None, tok_s_per_kusd=None,
                  power_w=None, tokens_per_joule=None, cap_class=None)
-    pred = _predict(model, plat_name, n, dtype, "auto", scenario)
+    pred = _predict(model, plat_name, n, dtype, "auto", scenario, knobs)
     if isinstance(pred, str):
         return Recommendation(**base, **empty, status="infeasible", reason="infeasible: " + _infeasible_reason(pred),
                               system=None, systems_compared={}, notes=[])
@@ -270,7 +286,7 @@ def _evaluate(model, plat_name, n, label, platform, dtype, dtypes, scenario, tar
         for system, verdict in compared.items():
             if system == pred.system or verdict.startswith(("infeasible", "skipped")):
                 continue
-            alt = _predict(model, plat_name, n, dtype, system, scenario)
+            alt = _predict(model, plat_name, n, dtype, system, scenario, knobs)
             if not isinstance(alt, str) and alt.tpot_s <= max_tpot and (chosen is pred or
                                                                          alt.throughput_tok_s > chosen.throughput_tok_s):
                 chosen = alt

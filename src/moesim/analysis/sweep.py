@@ -33,32 +33,17 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from .. import scenario as sc
 from ..errors import MoesimError
 
-#: Sweepable parameters (predict's arguments, the workload's fields and the hardware overrides),
-#: with the type their values are coerced to. A missing parameter takes predict's default.
-PARAMS: dict[str, type] = {
-    "model": str,
-    "hardware": str,
-    "system": str,
-    "batch_size": int,
-    "prompt_tokens": int,
-    "gen_tokens": int,
-    "num_requests": int,
-    "dtype": str,
-    "num_experts": int,
-    "top_k": int,
-    "expert_ffn": int,
-    "pcie": str,
-    "host_memory_bytes": float,
-    "num_gpus": int,
-}
-#: Short names the CLI's --grid also accepts.
-ALIASES = {"hw": "hardware", "batch": "batch_size", "prompt": "prompt_tokens", "gen": "gen_tokens",
-           "requests": "num_requests", "experts": "num_experts", "gpus": "num_gpus", "host_mem": "host_memory_bytes",
-           "host_memory": "host_memory_bytes"}
-WORKLOAD_PARAMS = ("batch_size", "prompt_tokens", "gen_tokens", "num_requests")
-PLATFORM_PARAMS = ("num_gpus", "cpu", "host_memory_bytes", "pcie")
+#: Sweepable parameters: every field of :class:`moesim.scenario.Scenario`, in its order, with the
+#: type its values are read as (``system_params``: canonical ``KEY=VALUE&KEY=VALUE`` text).
+#: A missing parameter takes the Scenario's default.
+PARAMS: dict[str, type] = {name: (str if kind is dict else kind) for name, kind in
+                           ((n, sc.value_kind(n)) for n in sc.fields())}
+#: Short names the CLI's --grid also accepts (the fields' aliases and flags without dashes).
+ALIASES = sc.aliases()
+_PARAM_SEPARATOR = "&"
 
 #: Output columns and their types.
 OUTPUTS: dict[str, type] = {
@@ -84,38 +69,44 @@ OUTPUTS: dict[str, type] = {
 }
 COLUMNS: dict[str, type] = {"index": int, "key": str, **PARAMS, **OUTPUTS}
 
-_NONE_WORDS = {"", "none", "null", "default"}
+def _params_text(value: Any) -> str | None:
+    """System parameters as canonical text: ``KEY=VALUE`` pairs joined by ``&``, keys sorted."""
+    if isinstance(value, str):
+        value = sc.parse_key_values([v for v in value.split(_PARAM_SEPARATOR) if v.strip()]) if value.strip() else {}
+    if not value:
+        return None
+    return _PARAM_SEPARATOR.join(f"{k}={v}" for k, v in sorted(dict(value).items()))
 
 
 # ---- grid ------------------------------------------------------------------------------------
 def _coerce(name: str, value: Any) -> Any:
-    """A grid value in its canonical type (``None`` = predict's default)."""
-    kind = PARAMS[name]
-    if value is None or (isinstance(value, str) and value.strip().lower() in _NONE_WORDS):
-        return None
+    """A grid value in its canonical type (``None`` = the Scenario's default); text is read as the CLI reads it."""
+    if name == "system_params":
+        return _params_text(value)
     if name == "batch_size" and isinstance(value, str) and value.strip().lower() in ("auto", "search"):
         return None
+    kind = PARAMS[name]
+    value = sc.parse_value(name, value)
+    if value is None:
+        return None
     try:
-        if name == "host_memory_bytes":
-            if isinstance(value, str):
-                from ..units import parse_bytes
-
-                return float(parse_bytes(value.strip()))
-            return float(value)
+        if kind is bool:
+            if not isinstance(value, bool):
+                raise ValueError(value)
+            return value
         if kind is int:
+            if isinstance(value, bool) or value != int(value):
+                raise ValueError(value)
+            return int(value)
+        if kind is float:
             if isinstance(value, bool):
                 raise ValueError(value)
-            number = float(value) if isinstance(value, str) else value
-            if number != int(number):
-                raise ValueError(value)
-            return int(number)
-        if kind is str:
-            if not isinstance(value, (str, os.PathLike)):
-                raise ValueError(value)
-            return str(value).strip()
+            return float(value)
+        if not isinstance(value, (str, os.PathLike)):
+            raise ValueError(value)
+        return str(value).strip()
     except (TypeError, ValueError):
         raise MoesimError(f"grid parameter {name}: cannot read {value!r} as {kind.__name__}") from None
-    return value
 
 
 def _fmt(value: Any) -> str:
@@ -276,19 +267,21 @@ def _flat(text: str) -> str:
     return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
 
 
+def scenario_of(point: Mapping[str, Any]) -> sc.Scenario:
+    """The Scenario of a grid point (unset parameters take the Scenario's defaults)."""
+    fields = {k: v for k, v in point.items() if v is not None}
+    if "system_params" in fields:
+        fields["system_params"] = sc.parse_key_values(fields["system_params"].split(_PARAM_SEPARATOR))
+    return sc.build(**fields)
+
+
 def evaluate(point: Mapping[str, Any]) -> dict[str, Any]:
     """One point -> one record (without index/key). Infeasible points give a row with the reason."""
     from ..predict import predict
 
-    workload = {k: point[k] for k in WORKLOAD_PARAMS if point.get(k) is not None}
     record = {k: point.get(k) for k in PARAMS}
     try:
-        p = predict(
-            point["model"], point["hardware"], point.get("system") or "auto", workload or None,
-            dtype=point.get("dtype"), num_experts=point.get("num_experts"), top_k=point.get("top_k"),
-            expert_ffn=point.get("expert_ffn"), pcie=point.get("pcie"),
-            host_memory_bytes=point.get("host_memory_bytes"), num_gpus=point.get("num_gpus"),
-        )
+        p = predict(scenario_of(point))
     except MoesimError as exc:
         record.update(dict.fromkeys(OUTPUTS), feasible=False, reason=_flat(exc))
         return record
@@ -542,12 +535,11 @@ RESOURCES = {
 }
 
 
-def sensitivity(model: Any, hardware: Any, system: str = "auto", factor: float = 2.0, **kw: Any) -> Records:
+def sensitivity(model: Any, hardware: Any = None, system: str | None = None, factor: float = 2.0,
+                **kw: Any) -> Records:
     """For each resource, the relative throughput change when only that resource is ``factor`` x.
 
-    ``kw``: workload fields (``batch_size``, ``prompt_tokens``, ``gen_tokens``, ``num_requests``),
-    platform overrides (``num_gpus``, ``cpu``, ``host_memory_bytes``, ``pcie``) and any other
-    keyword of :func:`moesim.predict`. Records are sorted by gain, best upgrade first
+    ``kw``: any other Scenario field (workload, platform overrides, knobs). Records are sorted by gain, best upgrade first
     (``best`` marks it; ``pays`` is a gain of at least 5%).
     """
     from ..db.resolve import get_hardware
@@ -555,18 +547,17 @@ def sensitivity(model: Any, hardware: Any, system: str = "auto", factor: float =
 
     if factor <= 0:
         raise MoesimError(f"factor must be positive (got {factor})")
-    workload = {k: kw.pop(k) for k in WORKLOAD_PARAMS if k in kw}
-    workload = {k: v for k, v in workload.items() if v is not None} or None
-    overrides = {k: kw.pop(k) for k in PLATFORM_PARAMS if k in kw}
-    platform = get_hardware(hardware, **overrides)
-    base = predict(model, platform, system, workload, **kw)
+    scenario = sc.build(model, hardware, system, **kw)
+    platform = get_hardware(scenario.hardware, **scenario.platform_overrides())
+    scenario = scenario.replace(hardware=platform, **dict.fromkeys(scenario.platform_overrides()))
+    base = predict(scenario)
     rows = []
     for resource, label in RESOURCES.items():
         row = {"resource": resource, "description": label, "factor": factor,
                "base_system": base.system, "base_throughput_tok_s": base.throughput_tok_s,
                "base_bottleneck": base.bottleneck}
         try:
-            p = predict(model, platform.scaled(**{resource: factor}), system, workload, **kw)
+            p = predict(scenario.replace(hardware=platform.scaled(**{resource: factor})))
         except MoesimError as exc:
             row.update(system=None, throughput_tok_s=None, relative_change=None, bottleneck=None, reason=_flat(exc))
         else:

@@ -1,7 +1,8 @@
 """`moesim recommend`: which hardware, serving system and quantization to buy for a target.
 
-Wire into cli.py with ``add_parser(sub)`` and dispatch ``"recommend": run``. Kept out of the
-predict path (it imports nothing heavy until run).
+Its scenario flags (workload and knobs every prediction takes) are generated from the Scenario;
+hardware, system and dtype are what it searches. Kept out of the predict path (it imports
+nothing heavy until run).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 import json
 
 from ..errors import MoesimError
+from .args import add_scenario_arguments, given, scenario_fields
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -18,7 +20,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Search the hardware database (each platform, multi-GPU ones also with 1/2/4 GPUs), every "
                     "serving system and the given weight dtypes; rank what reaches the target by capital cost, "
                     "then $ per million tokens, and say why the others lost.")
-    rec.add_argument("--model", required=True, help="database name, moesim YAML, or HF config.json")
+    add_scenario_arguments(rec, groups=("scenario", "workload", "execution", "variant", "speculative"),
+                           exclude=("hardware", "system", "system_params", "dtype"), required=("model",))
     rec.add_argument("--target-tok-s", type=float, required=True,
                      help="tokens/s to reach: generation throughput (offline) or one user's 1/TPOT (online)")
     rec.add_argument("--max-tpot", type=float, help="latency limit: time per output token, seconds")
@@ -43,11 +46,13 @@ def run(args: argparse.Namespace) -> int:
         raise MoesimError("--max-tpot must be positive")
     if args.budget is not None and args.budget <= 0:
         raise MoesimError("--budget must be positive")
+    knobs = scenario_fields(args, exclude=("model",))
+    model = given(args)["model"]
     dtypes = tuple(d.strip() for d in args.dtypes.split(",") if d.strip())
     platforms = [p.strip() for p in args.platforms.split(",") if p.strip()] if args.platforms else None
-    recs = recommend(args.model, args.target_tok_s, max_tpot_s=args.max_tpot, budget_usd=args.budget,
+    recs = recommend(model, args.target_tok_s, max_tpot_s=args.max_tpot, budget_usd=args.budget,
                      scenario=args.scenario, dtypes=dtypes, platforms=platforms, usd_per_kwh=args.usd_per_kwh,
-                     amortization_years=args.years)
+                     amortization_years=args.years, **knobs)
     if args.json:
         print(json.dumps([r.model_dump() for r in recs], indent=2))
     else:
@@ -57,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
         from ..db.resolve import get_model
 
-        released = get_model(args.model).default_dtype
+        released = get_model(model).default_dtype
         ranked = [r for r in recs if r.rank is not None and r.tpot_s][:6]
         if not ranked:
             raise MoesimError("no configuration reaches the target: nothing to draw")
@@ -66,5 +71,5 @@ def run(args: argparse.Namespace) -> int:
                            accuracy=(r.accuracy or {}).get("value", None) and r.accuracy["value"] / 100.0,
                            quantized=r.dtype != released, offloaded=r.system not in ("gpu-resident", "vllm"))
                   for r in ranked]
-        print(f"CAP radar: {plot_cap_radar(points, args.plot, title=f'{args.model}: CAP of the top configurations')}")
+        print(f"CAP radar: {plot_cap_radar(points, args.plot, title=f'{model}: CAP of the top configurations')}")
     return 0 if any(r.rank is not None for r in recs) else 3

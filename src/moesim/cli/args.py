@@ -1,0 +1,99 @@
+"""Command-line flags generated from :class:`moesim.scenario.Scenario`'s fields.
+
+A knob is declared once, as a Scenario field; this module turns the fields into argparse flags
+(help from the field's docstring, its default shown) and the parsed flags back into Scenario
+fields. Commands pick the groups they take and the fields that may hold several values
+(``sweep``: comma-separated lists, one grid dimension each).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Iterable
+
+from .. import scenario as sc
+
+_DEST = "scenario__"  # argparse dests of generated flags, apart from a command's own
+
+
+class _Once(argparse.Action):
+    """Store a value; the same field given twice (or by two of its aliases, --hw and --gpu) is an error."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest, None) is not None:
+            parser.error(f"{'/'.join(self.option_strings)} given more than once")
+        setattr(namespace, self.dest, values)
+
+
+def _help(name: str, info: Any, flag: sc.Flag, multi: bool) -> str:
+    text = (info.description or "").rstrip(".")
+    if flag.invert:
+        return text
+    default = info.get_default()
+    if default not in (None, {}, ()) and name not in ("model", "hardware"):
+        text += f" (default {default})"
+    if multi:
+        text += "; comma-separated values sweep it"
+    return text
+
+
+def add_scenario_arguments(parser: argparse.ArgumentParser, *, groups: Iterable[str] | None = None,
+                           exclude: Iterable[str] = (), multi: Iterable[str] = (), required: Iterable[str] = (),
+                           help_overrides: dict[str, str] | None = None) -> None:
+    """Add a flag for every Scenario field in ``groups`` (default all) but ``exclude``.
+
+    Values stay text here and are read by :func:`moesim.scenario.parse_value`, so a flag and a
+    sweep value mean the same. ``multi``: fields whose flag takes comma-separated values.
+    """
+    chosen = set(groups) if groups is not None else set(sc.GROUPS)
+    skip, many, needed = set(exclude), set(multi), set(required)
+    overrides = help_overrides or {}
+    table = sc.fields()
+    for group_name, title in sc.GROUPS.items():
+        members = [n for n, (_, f) in table.items() if f.group == group_name and n not in skip]
+        if group_name in chosen and members:
+            _add_group(parser.add_argument_group(title), members, table, many, needed, overrides)
+
+
+def _add_group(group, members, table, many, needed, overrides) -> None:
+    for name in members:
+        info, flag = table[name]
+        text = overrides.get(name) or _help(name, info, flag, name in many)
+        dest = _DEST + name
+        if flag.invert:
+            group.add_argument(*flag.flags, dest=dest, action="store_true", help=text)
+        elif flag.parse == "key_value":
+            group.add_argument(*flag.flags, dest=dest, action="append", metavar=flag.metavar, help=text)
+        else:
+            group.add_argument(*flag.flags, dest=dest, action=_Once, metavar=flag.metavar or flag.flags[0].lstrip("-").upper()
+                               .replace("-", "_"), help=text, required=name in needed)
+
+
+def given(args: argparse.Namespace) -> dict[str, Any]:
+    """The Scenario fields the user set on the command line, as text (lists of text for --param)."""
+    out = {}
+    for key, value in vars(args).items():
+        if not key.startswith(_DEST) or value in (None, False):
+            continue
+        name = key[len(_DEST):]
+        flag = sc.fields()[name][1]
+        out[name] = (not value) if flag.invert else value
+    return out
+
+
+def scenario_fields(args: argparse.Namespace, *, exclude: Iterable[str] = ()) -> dict[str, Any]:
+    """The set flags as typed Scenario field values (one value each)."""
+    out = {}
+    for name, value in given(args).items():
+        if name in exclude:
+            continue
+        if name == "system_params":
+            out[name] = sc.parse_key_values(value)
+        else:
+            out[name] = sc.parse_value(name, value)
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def build_scenario(args: argparse.Namespace, **fixed: Any) -> sc.Scenario:
+    """A Scenario from the parsed flags (``fixed`` adds or replaces fields)."""
+    return sc.build(**{**scenario_fields(args), **fixed})

@@ -1,0 +1,103 @@
+"""`moesim predict` (an offline workload) and `moesim serve` (Poisson arrivals).
+
+Both take every Scenario flag (:mod:`moesim.cli.args`); `serve` needs --rate, and `predict`
+with --rate serves online too: the scenario decides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..errors import MoesimError
+from ..units import fmt_bytes, fmt_rate, fmt_seconds
+from .args import add_scenario_arguments, build_scenario
+
+
+def add_parsers(subparsers) -> None:
+    pr = subparsers.add_parser("predict", help="predict throughput, latency and utilisation")
+    add_scenario_arguments(pr, required=("model",))
+    pr.add_argument("--trace", help="write a Chrome/Perfetto trace of a decode step to this file")
+    pr.add_argument("--breakdown", action="store_true",
+                    help="time per module in a decode step, and how much of each transfer compute hides")
+    pr.add_argument("--json", action="store_true", help="print one JSON object")
+    on = subparsers.add_parser("serve", help="online serving: Poisson arrivals, latency percentiles")
+    add_scenario_arguments(on, required=("model", "arrival_rate_per_s"),
+                           help_overrides={"system": "serving system with an online scheduler (default vllm)"})
+    on.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _scenario(args: argparse.Namespace):
+    scenario = build_scenario(args) if getattr(args, "scenario__hardware", None) else None
+    if scenario is None:
+        raise MoesimError("give --hw NAME (a platform or GPU) or --gpu NAME")
+    return scenario
+
+
+def predict(args: argparse.Namespace) -> int:
+    from ..predict import predict as run
+
+    scenario = _scenario(args)
+    if scenario.online:
+        return _report_online(args, scenario)
+    pred = run(scenario, trace_path=args.trace)
+    if args.json:
+        print(json.dumps(pred.to_json_dict(), indent=2))
+        return 0
+    w = pred.workload
+    rows = [
+        ("model", f"{pred.model} ({pred.dtype}, KV {pred.kv_dtype})"),
+        ("hardware", f"{pred.hardware}: {pred.num_gpus} x {pred.gpu}"),
+        ("system", pred.system),
+        ("workload", f"{w['num_requests']} requests, prompt {w['prompt_tokens']}, generate {w['gen_tokens']}"),
+        ("configuration", ", ".join(f"{k}={v}" for k, v in pred.config.items())),
+        ("prefill throughput", fmt_rate(pred.prefill_tok_s, "tok/s")),
+        ("decode throughput", fmt_rate(pred.decode_tok_s, "tok/s")),
+        ("generation throughput", fmt_rate(pred.throughput_tok_s, "tok/s")),
+        ("TTFT (per batch)", fmt_seconds(pred.ttft_s)),
+        ("TPOT", fmt_seconds(pred.tpot_s)),
+        ("time for the workload", fmt_seconds(pred.total_time_s)),
+        ("S-MBU / MBU", f"{pred.s_mbu:.3f} / {pred.mbu:.3f}"),
+        ("S-MFU / MFU", f"{pred.s_mfu:.3f} / {pred.mfu:.3f}"),
+        ("bottleneck", f"{pred.bottleneck} ("
+         + ", ".join(f"{k} {v:.0%}" for k, v in sorted(pred.utilization.items(), key=lambda kv: -kv[1])) + ")"),
+        ("memory", f"GPU {fmt_bytes(pred.gpu_mem_bytes)} per GPU, host {fmt_bytes(pred.host_mem_bytes)}"),
+        ("placement", ", ".join(f"{k}: {v}" for k, v in pred.placement.items())),
+        ("calibrated", "yes (see assumptions)" if pred.calibrated else "no (default efficiency profile)"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    if args.breakdown:
+        total = sum(pred.decode_step_breakdown_s.values()) or 1.0
+        print(f"\ndecode step (at the middle context), busy time per module ({fmt_seconds(pred.tpot_s)} per step):")
+        for cat, sec in sorted(pred.decode_step_breakdown_s.items(), key=lambda kv: -kv[1]):
+            print(f"  {cat:14s} {fmt_seconds(sec):>10s}  {sec / total:6.1%} of busy time")
+        for res, frac in pred.transfer_hidden_fraction.items():
+            print(f"  {res} transfers hidden behind compute: {frac:.0%}")
+    if len(pred.systems_compared) > 1:
+        print("\nsystems compared:")
+        for name, verdict in pred.systems_compared.items():
+            print(f"  {name}: {verdict}")
+    print("\nassumptions:")
+    for note in pred.assumptions:
+        print(f"  - {note}")
+    return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    scenario = _scenario(args)
+    if "system" not in scenario.model_fields_set:
+        scenario = scenario.replace(system="vllm")
+    return _report_online(args, scenario)
+
+
+def _report_online(args: argparse.Namespace, scenario) -> int:
+    from ..predict import predict_online
+
+    result = predict_online(scenario)
+    if args.json:
+        print(json.dumps(result.to_json_dict(), indent=2, default=str))
+        return 0
+    print(result.format())
+    return 0

@@ -1,0 +1,380 @@
+"""The one typed scenario: what is asked of moesim, from the CLI, the API, sweeps, plots and recommend.
+
+Every knob is declared once, here, as a field of :class:`Scenario`: its type, default, bounds,
+docstring (the help text) and, in an :class:`Flag` annotation, its command-line flag and the
+argument group it is listed under. Everything else is generated from these fields:
+
+* the CLI flags of ``predict``, ``serve``, ``sweep``, ``sensitivity``, ``plot`` and
+  ``recommend`` (:mod:`moesim.cli.args`);
+* the sweep parameters (:data:`moesim.analysis.sweep.PARAMS`) and their value types;
+* :func:`moesim.predict` / :func:`moesim.predict_online` keyword arguments.
+
+Text values (a CLI flag, a sweep grid value) are read by one function, :func:`parse_value`, so a
+flag and a grid value mean the same thing. A scenario is resolved into specs (ModelSpec,
+Platform, OfflineWorkload or OnlineWorkload, Options) by :func:`moesim.predict.resolve`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import math
+import types
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import MoesimError
+from .specs import ModelSpec, OfflineWorkload, Platform, PlatformSpec
+from .specs.common import BYTES_PER_ELEMENT
+
+
+@dataclass(frozen=True)
+class Flag:
+    """How a Scenario field appears on the command line.
+
+    ``flags``: option strings (the first is the canonical one; others are aliases);
+    ``group``: the argument group; ``parse``: how text becomes a value (``bytes``: sizes such as
+    512GB; ``key_value``: repeatable KEY=VALUE pairs; ``floats``: comma-separated numbers or a file;
+    None: by the field's type); ``invert``: a store-true flag that sets a boolean field False;
+    ``aliases``: short names a sweep grid also accepts.
+    """
+
+    flags: tuple[str, ...]
+    group: str
+    parse: str | None = None
+    invert: bool = False
+    metavar: str | None = None
+    aliases: tuple[str, ...] = ()
+
+
+#: Argument groups, in the order the CLI lists them.
+GROUPS = {
+    "scenario": "what runs where",
+    "platform": "compose a platform",
+    "workload": "workload",
+    "execution": "execution knobs",
+    "variant": "model variant (pruning, synthetic sweeps)",
+    "speculative": "speculative decoding",
+    "online": "online serving (Poisson arrivals)",
+}
+
+DTYPES = tuple(BYTES_PER_ELEMENT)
+_WORKLOAD_FIELDS = ("num_requests", "prompt_tokens", "gen_tokens", "batch_size")
+_PLATFORM_FIELDS = ("num_gpus", "cpu", "host_memory_bytes", "pcie")
+
+
+class Scenario(BaseModel):
+    """A model on a platform, with a workload, a serving system and its knobs.
+
+    ``Scenario(model="mixtral-8x7b", hardware="rtx4090", prompt_tokens=1024)``; every field but
+    ``model`` and ``hardware`` has a default, and the defaults are the ones the CLI shows.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True,
+                              arbitrary_types_allowed=True)
+
+    # ---- what runs where ------------------------------------------------------------------
+    model: Annotated[Union[str, ModelSpec], Flag(("--model",), "scenario")]
+    """Model: database name, moesim YAML file or Hugging Face config.json."""
+    hardware: Annotated[Union[str, Platform, PlatformSpec], Flag(("--hw", "--gpu"), "scenario", aliases=("hw",))]
+    """Platform or GPU name (a GPU is placed alone in its documented default host), or a platform YAML file."""
+    system: Annotated[str, Flag(("--system",), "scenario")] = "auto"
+    """Serving system (`moesim list systems`); auto simulates every system and reports the fastest."""
+    system_params: Annotated[dict[str, Any], Flag(("--param",), "scenario", parse="key_value", metavar="KEY=VALUE")] = {}
+    """A parameter of the named system, e.g. cpu_offload_gb=72 (repeatable; values read as YAML scalars)."""
+
+    # ---- workload -------------------------------------------------------------------------
+    batch_size: Annotated[int | None, Field(ge=1), Flag(("--batch",), "workload", aliases=("batch",))] = None
+    """Fix the batch size instead of letting the system search it."""
+    prompt_tokens: Annotated[int, Field(ge=1), Flag(("--prompt",), "workload", aliases=("prompt",))] = 512
+    """Prompt tokens per request (online: the mean)."""
+    gen_tokens: Annotated[int, Field(ge=1), Flag(("--gen",), "workload", aliases=("gen",))] = 256
+    """Generated tokens per request (online: the mean)."""
+    num_requests: Annotated[int, Field(ge=1), Flag(("--requests",), "workload", aliases=("requests",))] = 1000
+    """Number of requests."""
+
+    # ---- weights and model variant ------------------------------------------------------
+    dtype: Annotated[str | None, Flag(("--dtype",), "execution")] = None
+    """Weight dtype (bf16, fp16, fp8, int8, int4, ...); default: the released one."""
+    num_experts: Annotated[int | None, Field(ge=1), Flag(("--experts",), "variant", aliases=("experts",))] = None
+    """Number of routed experts."""
+    top_k: Annotated[int | None, Field(ge=1), Flag(("--top-k",), "variant")] = None
+    """Experts per token."""
+    expert_ffn: Annotated[int | None, Field(ge=1), Flag(("--expert-ffn",), "variant")] = None
+    """Expert FFN (intermediate) size."""
+
+    # ---- platform overrides -----------------------------------------------------------------
+    pcie: Annotated[str | None, Flag(("--pcie",), "platform")] = None
+    """Host-GPU link: gen3, gen4 or gen5."""
+    host_memory_bytes: Annotated[float | None, Field(gt=0), Flag(("--host-mem",), "platform", parse="bytes",
+                                                                 metavar="SIZE", aliases=("host_mem", "host_memory"))] = None
+    """Host memory, e.g. 512GB or 1TiB (a bare number is bytes)."""
+    num_gpus: Annotated[int | None, Field(ge=1), Flag(("--gpus",), "platform", aliases=("gpus",))] = None
+    """Number of GPUs (tensor parallel over the platform's GPU link); default: the platform's."""
+    cpu: Annotated[str | None, Flag(("--cpu",), "platform")] = None
+    """CPU name (replaces the platform's)."""
+
+    # ---- execution knobs --------------------------------------------------------------------
+    kv_dtype: Annotated[str, Flag(("--kv-dtype",), "execution")] = "bf16"
+    """KV-cache dtype."""
+    moe_impl: Annotated[Literal["fused", "loop"], Flag(("--moe-impl",), "execution")] = "fused"
+    """MoE kernels: fused (grouped GEMM) or loop (one expert at a time, as Hugging Face code)."""
+    zipf_s: Annotated[float, Field(ge=0, allow_inf_nan=False), Flag(("--zipf",), "execution", aliases=("zipf",))] = 0.0
+    """Router skew: Zipf exponent of expert popularity (0 = uniform)."""
+    expert_histogram: Annotated[Union[str, tuple[float, ...], None], Flag(("--expert-histogram",), "execution",
+                                                                          parse="floats", metavar="FILE")] = None
+    """Measured per-expert activation counts: a JSON file (a list, or {"counts": [...]}) or the numbers."""
+    mla_absorbed: Annotated[bool, Flag(("--no-mla-absorption",), "execution", invert=True)] = True
+    """MLA decode absorbs the up-projections (off: the cached latent is up-projected every step, as Hugging Face DeepSeek code does)."""
+
+    # ---- speculative decoding ---------------------------------------------------------------
+    draft_model: Annotated[str | None, Flag(("--draft",), "speculative", aliases=("draft",))] = None
+    """Draft model name; enables speculative decoding."""
+    spec_tokens: Annotated[int, Field(ge=1), Flag(("--spec-tokens",), "speculative")] = 4
+    """Draft tokens proposed per target step."""
+    spec_accept: Annotated[float, Field(ge=0, le=1), Flag(("--spec-accept",), "speculative")] = 0.7
+    """Per-token acceptance rate of the draft's tokens."""
+
+    # ---- online serving ---------------------------------------------------------------------
+    arrival_rate_per_s: Annotated[float | None, Field(gt=0, allow_inf_nan=False),
+                                  Flag(("--rate",), "online", aliases=("rate",))] = None
+    """Online serving: Poisson arrivals per second (unset: offline, the whole workload at once)."""
+    lengths: Annotated[Literal["fixed", "uniform", "lognormal"], Flag(("--lengths",), "online")] = "lognormal"
+    """Online serving: distribution of prompt and generated lengths around their means."""
+    length_sigma: Annotated[float, Field(gt=0, allow_inf_nan=False), Flag(("--length-sigma",), "online")] = 1.0
+    """Online serving: shape (sigma of the log) of lognormal lengths."""
+    seed: Annotated[int, Flag(("--seed",), "online")] = 0
+    """Online serving: seed of the arrival and length samples."""
+
+    # ---- checks ---------------------------------------------------------------------------
+    @field_validator("dtype", "kv_dtype")
+    @classmethod
+    def _known_dtype(cls, value: str | None) -> str | None:
+        if value is not None and value not in BYTES_PER_ELEMENT:
+            close = difflib.get_close_matches(value, DTYPES, n=3, cutoff=0.4)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ValueError(f"unknown dtype {value!r}{hint}; one of {', '.join(DTYPES)}")
+        return value
+
+    @field_validator("model", "hardware", mode="before")
+    @classmethod
+    def _path_to_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, Path) else value
+
+    @field_validator("expert_histogram", mode="before")
+    @classmethod
+    def _histogram(cls, value: Any) -> Any:
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, (list, tuple)):
+            return tuple(float(v) for v in value)
+        return value
+
+    @model_validator(mode="after")
+    def _speculative_needs_a_draft(self) -> "Scenario":
+        unset = {"spec_tokens", "spec_accept"} & self.model_fields_set
+        if unset and self.draft_model is None:
+            raise ValueError(f"{' and '.join(sorted(flag_of(n) for n in unset))}: speculative decoding needs a draft model "
+                             "(--draft, draft_model)")
+        return self
+
+    # ---- views ----------------------------------------------------------------------------
+    @property
+    def online(self) -> bool:
+        return self.arrival_rate_per_s is not None
+
+    @property
+    def workload_given(self) -> bool:
+        """Whether any workload field was set (otherwise predictions say the default workload was assumed)."""
+        return bool(set(_WORKLOAD_FIELDS) & self.model_fields_set)
+
+    def offline_workload(self) -> OfflineWorkload:
+        return OfflineWorkload(num_requests=self.num_requests, prompt_tokens=self.prompt_tokens,
+                               gen_tokens=self.gen_tokens, batch_size=self.batch_size)
+
+    def platform_overrides(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in _PLATFORM_FIELDS}
+
+    def replace(self, **changes: Any) -> "Scenario":
+        """A copy with ``changes`` applied and validated (fields set before stay set)."""
+        data = {k: getattr(self, k) for k in self.model_fields_set}
+        data.update(changes)
+        return build(**data)
+
+
+# ---- the one table of knobs ---------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def fields() -> dict[str, tuple[Any, Flag]]:
+    """name -> (pydantic FieldInfo, Flag) for every Scenario field, in declaration order."""
+    out = {}
+    for name, info in Scenario.model_fields.items():
+        flag = next((m for m in info.metadata if isinstance(m, Flag)), None)
+        if flag is None:  # every knob must reach the CLI: a field without a Flag is a bug
+            raise TypeError(f"Scenario.{name} has no Flag annotation")
+        out[name] = (info, flag)
+    return out
+
+
+def flag_of(name: str) -> str:
+    return fields()[name][1].flags[0]
+
+
+@functools.lru_cache(maxsize=1)
+def aliases() -> dict[str, str]:
+    """Short names (sweep grid, --grid) -> field names: each field's aliases and its flag without dashes."""
+    out: dict[str, str] = {}
+    for name, (_, flag) in fields().items():
+        for alias in (*flag.aliases, *(f.lstrip("-").replace("-", "_") for f in flag.flags)):
+            if alias != name:
+                out.setdefault(alias, name)
+    return out
+
+
+def value_kind(name: str) -> type:
+    """The scalar type a field's text is read as: int, float, bool or str (dict for system_params)."""
+    info, flag = fields()[name]
+    if flag.parse == "bytes":
+        return float
+    if flag.parse == "key_value":
+        return dict
+    if flag.parse == "floats":
+        return str
+    kinds = [a for a in _flatten(info.annotation) if a is not type(None)]
+    for kind in (bool, int, float):
+        if kind in kinds:
+            return kind
+    return str
+
+
+def _flatten(annotation: Any) -> list[Any]:
+    if get_origin(annotation) in (Union, types.UnionType):
+        return [x for a in get_args(annotation) for x in _flatten(a)]
+    return [annotation]
+
+
+_NONE_WORDS = {"", "none", "null", "default"}
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def parse_value(name: str, value: Any) -> Any:
+    """A field's value from text (a CLI flag or a sweep grid value); other values pass through.
+
+    ``none``/``default``/empty give None (the field's default); sizes accept units (512GB);
+    integers must be whole; booleans accept true/false/yes/no/on/off/1/0.
+    """
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.lower() in _NONE_WORDS:
+        return None
+    kind = value_kind(name)
+    what = f"{flag_of(name)} ({name})"
+    try:
+        if fields()[name][1].parse == "bytes":
+            from .units import parse_bytes
+
+            return float(parse_bytes(text))
+        if kind is dict:
+            return parse_key_values([text])
+        if kind is bool:
+            if text.lower() in _TRUE | _FALSE:
+                return text.lower() in _TRUE
+            raise ValueError(text)
+        if kind is int:
+            number = float(text)
+            if not math.isfinite(number) or number != int(number):
+                raise ValueError(text)
+            return int(number)
+        if kind is float:
+            return float(text)
+    except (TypeError, ValueError, MoesimError):
+        raise MoesimError(f"{what}: cannot read {value!r} as {'a size' if kind is float and 'bytes' in name else kind.__name__}") from None
+    return text
+
+
+def parse_key_values(items: list[str]) -> dict[str, Any]:
+    """KEY=VALUE pairs; values are read as YAML scalars (numbers, booleans, null, strings)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise MoesimError(f"--param takes KEY=VALUE, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+_RULES = {"greater_than_equal": "must be at least {ge}", "greater_than": "must be above {gt}",
+          "less_than_equal": "must be at most {le}", "less_than": "must be below {lt}",
+          "finite_number": "must be a finite number", "literal_error": "must be one of {expected}"}
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for e in exc.errors():
+        loc = [str(x) for x in e["loc"] if not isinstance(x, int)]
+        name = loc[0] if loc else ""
+        where = f"{flag_of(name)} ({name})" if name in Scenario.model_fields else ".".join(loc) or "scenario"
+        msg = _RULES[e["type"]].format(**e.get("ctx", {})) if e["type"] in _RULES else e["msg"].removeprefix("Value error, ")
+        if e["type"] in _RULES or e["type"].endswith(("_parsing", "_type")):
+            msg += f" (got {e.get('input')!r})"
+        if e["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(name, list(Scenario.model_fields) + list(aliases()), n=3, cutoff=0.5)
+            msg = "unknown knob" + (f"; did you mean {', '.join(close)}?" if close else "")
+            where = name
+        problems.append(f"{where}: {msg}" if loc else msg)
+    return "; ".join(problems)
+
+
+# ---- building a scenario from the library's keyword arguments -----------------------------
+_LEGACY = {"expert_popularity": "expert_histogram"}
+
+
+def build(model: Any = None, hardware: Any = None, system: str | None = None, workload: Any = None,
+          **knobs: Any) -> Scenario:
+    """A Scenario from :func:`moesim.predict`'s arguments, with clear errors.
+
+    ``model`` may already be a Scenario (``knobs`` then override its fields). ``workload`` is an
+    OfflineWorkload or a dict of its fields; ``speculative`` (``{"draft_model", "num_tokens",
+    "acceptance_rate"}``) and ``expert_popularity`` are accepted as older spellings. Keyword
+    arguments equal to None mean "the default".
+    """
+    if isinstance(model, Scenario):
+        data = {k: getattr(model, k) for k in model.model_fields_set}
+        model = None
+    else:
+        data = {}
+    for key, value in (("model", model), ("hardware", hardware), ("system", system)):
+        if value is not None:
+            data[key] = value
+    if workload is not None:
+        fields_of = workload.model_dump() if isinstance(workload, BaseModel) else dict(workload)
+        fields_of.pop("kind", None)
+        data.update({k: v for k, v in fields_of.items() if v is not None})
+    spec = knobs.pop("speculative", None)
+    if spec is not None:
+        spec = spec if isinstance(spec, dict) else {k: getattr(spec, k) for k in ("draft_model", "num_tokens", "acceptance_rate")}
+        data.update(draft_model=spec.get("draft_model"), spec_tokens=spec.get("num_tokens", 4),
+                    spec_accept=spec.get("acceptance_rate", 0.7))
+    for old, new in _LEGACY.items():
+        if old in knobs:
+            knobs[new] = knobs.pop(old)
+    data.update({k: v for k, v in knobs.items() if v is not None})
+    if data.get("system_params") is None:
+        data.pop("system_params", None)
+    for required in ("model", "hardware"):
+        if data.get(required) is None:
+            raise MoesimError(f"a scenario needs {required} ({flag_of(required)})")
+    try:
+        return Scenario(**data)
+    except ValidationError as exc:
+        raise MoesimError(f"invalid scenario: {_describe(exc)}") from None
+
+
+__all__ = ["Flag", "GROUPS", "Scenario", "aliases", "build", "fields", "flag_of", "parse_key_values", "parse_value",
+           "value_kind"]
