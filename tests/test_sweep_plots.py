@@ -7,7 +7,6 @@ import csv
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -162,14 +161,12 @@ def test_dask_1000_points_equal_serial():
                 batch_size=[1, 2, 4, 8, 16], prompt_tokens=[16, 32, 64, 128, 256],
                 gen_tokens=[4, 8, 12, 16, 24, 32, 48, 64, 96, 128], num_requests=16)
     assert len(grid) == 1000
-    t0 = time.perf_counter()
     serial = run_sweep(grid, None, workers=1, progress=False)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                                   dashboard_address=":0") as cluster:
         on_dask = run_sweep(grid, None, scheduler=cluster.scheduler_address, progress=False)
     assert on_dask == serial
     assert 0 < len(serial.feasible()) < 1000
-    assert time.perf_counter() - t0 < 120
 
 
 def test_missing_dask_gives_a_clear_error(monkeypatch):

@@ -39,11 +39,6 @@ from ..specs import AcceleratorSpec, CPUSpec
 from .efficiency import EfficiencyModel
 from .quant import compute_dtype, needs_dequant
 
-#: Operation families: the unit of calibration.
-FAMILIES = ("gemm", "expert", "grouped_expert", "moe_loop", "attention", "mla", "vector", "copy", "scatter",
-            "cpu_attention", "cpu_expert")
-
-
 #: the OpCost fields that add up when operations compose (the rest describe the main part)
 ADDITIVE_FIELDS = ("flop", "bytes", "weight_elements", "launches", "indexed_launches", "loop_launches", "syncs",
                    "extra_s", "groups")
@@ -98,10 +93,6 @@ class OpCost:
             self, flop=self.flop * factor, bytes=self.bytes * factor, weight_elements=self.weight_elements * factor,
             serial=tuple(p.scaled(factor) for p in self.serial),
         )
-
-    @property
-    def arithmetic_intensity(self) -> float:
-        return self.flop / self.bytes if self.bytes else float("inf")
 
 
 def _roof_s(cost: OpCost, gpu: AcceleratorSpec, eff: EfficiencyModel) -> float:

@@ -26,9 +26,6 @@ def get_model(model: str | Path | ModelSpec) -> ModelSpec:
     return models().get(text)
 
 
-def get_gpu(name: str) -> AcceleratorSpec:
-    return gpus().get(name)
-
 
 def default_platform_for(gpu: AcceleratorSpec) -> PlatformSpec | None:
     for spec in platforms().entries.values():

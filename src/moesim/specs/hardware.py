@@ -190,20 +190,12 @@ class Platform(Spec):
     price_usd_excluding_gpus: float | None = None
 
     @property
-    def gpu_memory_bytes(self) -> float:
-        return self.gpu.memory_bytes * self.num_gpus
-
-    @property
     def usable_gpu_memory_bytes_per_gpu(self) -> float:
         return max(0.0, self.gpu.memory_bytes - self.empirical.gpu_memory_reserved_bytes)
 
     @property
     def usable_host_memory_bytes(self) -> float:
         return self.host_memory_bytes * (1.0 - self.empirical.host_memory_reserved_fraction)
-
-    @property
-    def cpu_peak_flop_per_s(self) -> dict[str, float]:
-        return {k: v * self.num_cpus for k, v in self.cpu.peak_flop_per_s.items()}
 
     def scaled(self, **factors: float) -> "Platform":
         """A what-if copy with resources scaled, e.g. ``scaled(hbm=2, pcie=2, gpu_flops=2)``."""
