@@ -37,10 +37,14 @@ def data_root(kind: str) -> Path:
     raise FileNotFoundError(f"cannot find the {kind} directory (looked in {here / '_db'} and the source tree)")
 
 
+#: libyaml's parser where PyYAML was built with it (same safe resolver and constructors, ~10x faster)
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def load_yaml(path: Path) -> dict:
     try:
         with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
+            data = yaml.load(fh, Loader=_LOADER)
     except yaml.YAMLError as exc:
         raise SpecError(str(path), [("(yaml)", str(exc).replace("\n", " "))]) from None
     except OSError as exc:
