@@ -55,8 +55,8 @@ prompt tokens (what a burst of prompts gets, and what MoE-Gen's Table 7 measures
 of B sequences alone; the total time is shorter than the sum of the phases, since mixing shares
 each step's weight reads (and offload copies) between decode and prefill tokens.
 
-Online serving (:func:`simulate_online`): an iteration-level scheduler over Poisson arrivals;
-each step's time comes from a table of simulated step costs (see there).
+Online serving (:mod:`moesim.serving`): the generic iteration-level scheduler over Poisson arrivals,
+each step priced by :meth:`VLLM.online_model` (a table of simulated step costs, :mod:`.vllm_online`).
 
 Sanity check, not a fit (MoE-Gen arXiv 2503.09716, Tables 6/7: testbed C2 = RTX A5000 24 GB, EPYC
 7453, 512 GiB, PCIe 4.0; prompt 512; vLLM ran with CPU weight offload, amount not stated): the
@@ -70,7 +70,6 @@ its weights exceed the 522 GB of usable host memory (0.95 of 512 GiB), so no off
 from __future__ import annotations
 
 import math
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -329,208 +328,28 @@ class VLLM(ServingSystem):
             steps_per_batch=steps,
         )
 
+    # ---- online serving ----------------------------------------------------------------------------
+    def online_model(self, ctx: Context, plan: Plan, max_context_tokens: int) -> VLLMStepModel:
+        """vLLM's steps for :mod:`moesim.serving` (see :mod:`.vllm_online`): the KV pool of this
+        configuration on ``ctx``'s platform, steps priced from a table of simulated passes."""
+        from .vllm_online import VLLMStepModel
 
-# ---- online serving ------------------------------------------------------------------------------
-DEFAULT_LOGNORMAL_SIGMA = 1.0
-
-
-def sample_lengths(dist: LengthDistribution, n: int, rng: np.random.Generator, cap: int) -> np.ndarray:
-    """``n`` token lengths from ``dist``, clipped to [min_tokens or 1, max_tokens or ``cap``].
-
-    fixed: the mean; uniform: integers on [min, max] (max defaults to 2 mean - min, so the mean
-    holds); lognormal: exp(N(mu, sigma^2)) with mu = ln(mean) - sigma^2 / 2 so the mean holds
-    (sigma defaults to 1.0), rounded.
-    """
-    lo = dist.min_tokens or 1
-    hi = min(dist.max_tokens or cap, cap)
-    if dist.kind == "fixed":
-        x = np.full(n, round(dist.mean_tokens), dtype=float)
-    elif dist.kind == "uniform":
-        top = dist.max_tokens or max(lo, round(2 * dist.mean_tokens - lo))
-        x = rng.integers(lo, top + 1, size=n).astype(float)
-    else:
-        sigma = dist.sigma if dist.sigma is not None else DEFAULT_LOGNORMAL_SIGMA
-        x = np.round(rng.lognormal(math.log(dist.mean_tokens) - sigma**2 / 2, sigma, size=n))
-    return np.clip(x, lo, max(lo, hi)).astype(int)
+        if plan.config.get("params") != self.params.model_dump():
+            raise ValueError(f"online serving: the plan was made by a vllm with other parameters "
+                              f"({plan.config.get('params')}) than this one ({self.params.model_dump()})")
+        return VLLMStepModel(self, ctx, self._layout(ctx), max_context_tokens)
 
 
-class StepTable:
-    """Step time of any batch from a few simulated steps (no engine run per iteration).
-
-        T(step) = T_lin(n) + h (rows - 1) + alpha * sum(decode contexts) + beta * sum(prefill q-k pairs)
-
-    T_lin(n): a step of n batched tokens with one logit row and no attention, simulated on a grid of
-    n (powers of two up to the token budget) and interpolated linearly in n; h: lm-head time per
-    extra row; alpha: decode attention time per (sequence x context token), from two decode steps at
-    a short and a long context; beta: prefill attention time per causal query-key pair, from a
-    one-prompt prefill step. Offload copies and launch overheads are inside T_lin.
-    """
-
-    def __init__(self, system: VLLM, ctx: Context, lay: _Layout, max_tokens: int, max_seqs: int, max_ctx: int):
-        p = system._pass
-        grid = sorted({1, *[2**e for e in range(0, 30) if 2**e < max_tokens], max_tokens})
-        self.grid = np.array(grid, dtype=float)
-        self.t_lin = np.array([p(ctx, lay, n, 1, []).time_s for n in grid])
-        n_ref = max(2, min(max_tokens, 256))
-        self.head_row_s = max(0.0, (p(ctx, lay, n_ref, n_ref, []).time_s - p(ctx, lay, n_ref, 1, []).time_s)
-                              / (n_ref - 1))
-        b = max(1, min(max_seqs, 64))
-        c_lo, c_hi = 16, max(32, max_ctx)
-        self.alpha = max(0.0, (p(ctx, lay, b, b, [(b, 1, c_hi)]).time_s - p(ctx, lay, b, b, [(b, 1, c_lo)]).time_s)
-                         / (b * (c_hi - c_lo)))
-        q = max(2, min(max_tokens, 2048))
-        self.beta = max(0.0, (p(ctx, lay, q, 1, [(1, q, q)]).time_s - p(ctx, lay, q, 1, []).time_s)
-                        / (q * (q + 1) / 2))
-
-    def time_s(self, tokens: int, rows: int, decode_ctx_sum: float, prefill_pairs: float) -> float:
-        return (float(np.interp(tokens, self.grid, self.t_lin)) + self.head_row_s * max(rows - 1, 0)
-                + self.alpha * decode_ctx_sum + self.beta * prefill_pairs)
-
-
+# ---- deprecated online entry point ---------------------------------------------------------------
 def simulate_online(ctx: Context, workload: OnlineWorkload, plan: Plan) -> dict:
-    """Serve ``workload`` (Poisson arrivals) with vLLM's iteration-level scheduler; latency percentiles.
+    """Deprecated: use :func:`moesim.serving.simulate`, which returns a typed OnlineResult.
 
-    ``plan`` is a vLLM plan for ``ctx`` (it fixes parameters and the KV pool). Each iteration:
-    running requests first, in admission order (one token each when decoding, the rest of the prompt
-    up to the remaining budget when prefilling), then waiting requests FCFS while fewer than
-    max_num_seqs run, token budget remains and their first chunk's blocks are free (vLLM V1). A
-    running request that needs a block when none is free preempts the newest running request
-    (recompute preemption: its KV is dropped, its prompt and generated tokens are prefilled again).
-    A step that completes a request's known tokens samples its next token (the first one: TTFT).
-
-    Returns P50/P90/P99 of TTFT, TPOT (per request, (finish - first token) / (generated - 1)) and
-    end-to-end latency, the generation throughput (generated tokens / (last finish - first arrival)),
-    and counters.
+    Serves ``workload`` with the vLLM whose parameters made ``plan``; returns the result's JSON dict
+    without its ``system`` and ``assumptions`` keys, as this function always did.
     """
+    from ..serving import simulate
+
     if plan.system != VLLM.name:
         raise ValueError(f"simulate_online needs a vllm plan, got one of {plan.system!r}")
-    params = VLLMParams.model_validate(plan.config["params"])
-    system = VLLM(params)
-    rng = np.random.default_rng(workload.seed)
-    n = workload.num_requests
-    arrivals = np.cumsum(rng.exponential(1.0 / workload.arrival_rate_per_s, size=n))
-    cap = ctx.model.max_context_tokens
-    prompts = sample_lengths(workload.prompt, n, rng, cap)
-    gens = sample_lengths(workload.gen, n, rng, cap)
-    lay = system._layout(ctx)
-    blocks_total, bs = lay.blocks, params.block_size
-    need = np.ceil((prompts + gens) / bs)
-    if need.max() > blocks_total:
-        i = int(need.argmax())
-        raise InfeasibleError(
-            f"vLLM: a request of {prompts[i]} + {gens[i]} tokens needs {int(need[i])} KV blocks, the pool has "
-            f"{blocks_total}: short by {int(need[i] - blocks_total)} blocks of {bs} tokens")
-    budget, max_seqs = params.max_num_batched_tokens, params.max_num_seqs
-    table = StepTable(system, ctx, lay, budget, max_seqs, int((prompts + gens).max()))
-
-    computed = np.zeros(n, dtype=np.int64)  # tokens whose KV is cached
-    generated = np.zeros(n, dtype=np.int64)
-    held = np.zeros(n, dtype=np.int64)  # blocks held
-    first_tok = np.full(n, np.nan)
-    finish = np.full(n, np.nan)
-    waiting: deque[int] = deque()
-    running: list[int] = []
-    free = blocks_total
-    t, nxt, done, steps, preemptions, batch_sum = 0.0, 0, 0, 0, 0, 0
-
-    def release(i: int) -> None:
-        nonlocal free
-        free += int(held[i])
-        held[i] = 0
-
-    while done < n:
-        while nxt < n and arrivals[nxt] <= t:
-            waiting.append(nxt)
-            nxt += 1
-        if not running and not waiting:
-            t = float(arrivals[nxt])
-            continue
-        left = budget
-        sched: list[tuple[int, int]] = []
-        r = 0
-        while r < len(running) and left > 0:
-            i = running[r]
-            k = min(int(prompts[i] + generated[i] - computed[i]), left)
-            want = math.ceil((computed[i] + k) / bs) - held[i]
-            while want > free and running[-1] != i:  # preempt the newest running request
-                j = running.pop()
-                release(j)
-                computed[j] = 0
-                waiting.appendleft(j)
-                preemptions += 1
-            if want > free:  # i itself is the newest: preempt it
-                running.pop(r)
-                release(i)
-                computed[i] = 0
-                waiting.appendleft(i)
-                preemptions += 1
-                continue
-            free -= want
-            held[i] += want
-            sched.append((i, k))
-            left -= k
-            r += 1
-        while waiting and left > 0 and len(running) < max_seqs:
-            i = waiting[0]
-            k = min(int(prompts[i] + generated[i] - computed[i]), left)
-            want = math.ceil((computed[i] + k) / bs) - held[i]
-            if want > free:
-                break
-            waiting.popleft()
-            free -= want
-            held[i] += want
-            running.append(i)
-            sched.append((i, k))
-            left -= k
-        if not sched:  # nothing fits (cannot happen with one request's blocks <= pool); wait for arrivals
-            t = float(arrivals[nxt]) if nxt < n else t
-            continue
-        tokens = sum(k for _, k in sched)
-        rows = dec_ctx = pairs = 0.0
-        for i, k in sched:
-            if k == 1:
-                dec_ctx += computed[i] + 1
-            else:
-                pairs += k * (computed[i] + (k + 1) / 2.0)
-            if computed[i] + k == prompts[i] + generated[i]:
-                rows += 1
-        t += table.time_s(tokens, int(rows), dec_ctx, pairs)
-        steps += 1
-        batch_sum += len(sched)
-        for i, k in sched:
-            computed[i] += k
-            if computed[i] == prompts[i] + generated[i]:
-                generated[i] += 1
-                if generated[i] == 1:
-                    first_tok[i] = t
-                if generated[i] >= gens[i]:
-                    finish[i] = t
-                    running.remove(i)
-                    release(i)
-                    done += 1
-
-    ttft = first_tok - arrivals
-    e2e = finish - arrivals
-    multi = gens > 1
-    tpot = (finish[multi] - first_tok[multi]) / (gens[multi] - 1) if multi.any() else np.zeros(1)
-    pct = (50, 90, 99)
-
-    def q(x: np.ndarray) -> dict[str, float]:
-        v = np.percentile(x, pct)
-        return {f"p{p}": float(a) for p, a in zip(pct, v)}
-
-    span = float(np.nanmax(finish) - arrivals[0])
-    return {
-        "ttft_s": q(ttft),
-        "tpot_s": q(tpot),
-        "e2e_s": q(e2e),
-        "throughput_tok_s": float(gens.sum()) / span,
-        "request_throughput_per_s": n / span,
-        "arrival_rate_per_s": workload.arrival_rate_per_s,
-        "num_requests": n,
-        "steps": steps,
-        "mean_scheduled_per_step": batch_sum / steps if steps else 0.0,
-        "preemptions": preemptions,
-        "kv_blocks": blocks_total,
-        "makespan_s": span,
-    }
+    result = simulate(ctx, plan, VLLM(VLLMParams.model_validate(plan.config["params"])), workload)
+    return result.model_dump(exclude={"system", "assumptions"})
