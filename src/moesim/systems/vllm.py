@@ -37,11 +37,17 @@ holds on average mean_g ceil((P+g)/block_size) blocks. The running batch is
 
     B = min(max_num_seqs, floor(blocks / mean blocks per sequence))
 
-and a step decodes B tokens and prefills the B P / G prompt tokens of the sequences that replace
-the B / G finishing each step (when B (P + G) / G exceeds the token budget, steps are
-budget-bound: S = B (P + G) / N steps per B requests). The workload then takes
+and a step decodes B tokens; the B / G sequences finishing each step are replaced by new ones whose
+B P / G prompt tokens are prefilled (when B (P + G) / G exceeds the token budget, steps are
+budget-bound: S = B (P + G) / N steps per B requests, each carrying B P / S prompt tokens). With
+B < G, fewer than one prompt enters per step: it enters whole, in chunks of min(P, N - B) tokens,
+so a few steps carry a chunk and the others only decode (see ``_v1_steady_state``; averaging the
+prompt tokens over all steps would misprice a sparse model, whose step time is concave in the
+tokens). The workload then takes
 
     T_total = ceil(R / B) * S * T_mixed,      S = max(G, B (P + G) / N)
+
+with T_mixed the mean step.
 
 The first wave's ramp and the last wave's drain are not modelled (error below B / 2R of the total).
 
@@ -245,6 +251,39 @@ class VLLM(ServingSystem):
         attention = [(dec, 1, dec_ctx), (pre_seqs, prompt, prompt)]
         return self._pass(ctx, lay, dec + pre_tokens, dec + pre_seqs, attention)
 
+    def _v1_steady_state(self, ctx: Context, lay: _Layout, batch: int) -> tuple[float, StepSim, str]:
+        """vLLM V1 (chunked prefill), staggered sequences in steady state.
+
+        Per B requests, S = max(G, B (P + G) / N) steps schedule B G decode tokens and B P prompt tokens.
+        When the budget binds (S > G) or prompts enter at least once a step (B >= G), every step carries
+        prompt tokens and each is the average step: B G / S decodes and B P / S prompt tokens. Otherwise a
+        prompt enters whole, in chunks of q = min(P, N - B) tokens (V1 fills the budget left by the running
+        decodes): m = B P / q of the G steps carry B decodes and a chunk, the other G - m only decode::
+
+            T_per_batch = m T(B decodes + q prompt tokens) + (G - m) T(B decodes)
+
+        Spreading the prompt tokens evenly over the G steps instead misprices a sparse model at small B:
+        its step time is concave in the tokens (a step of 3 Mixtral tokens reads about 4.6 of the 8 experts
+        of a layer, a step of 1 reads 2), so at batch 1 an average step of 1 decode + 2 prompt tokens cost
+        19.0 ms against 11.0 ms for the decode alone, and the throughput fell far below what TTFT and TPOT
+        imply. Returns (steps per batch, the mean step as one StepSim, what the steps hold, in words).
+        """
+        w, prm = ctx.workload, self.params
+        P, G, N = w.prompt_tokens, w.gen_tokens, prm.max_num_batched_tokens
+        mid = P + (G + 1) / 2.0
+        steps = max(float(G), batch * (P + G) / N)
+        if steps > G or batch >= G:
+            mixed = self._mixed(ctx, lay, batch * G / steps, mid, batch * P / steps, batch / steps, P)
+            return steps, mixed, (f"each step decodes {batch * G / steps:.4g} tokens and prefills "
+                                  f"{batch * P / steps:.4g} prompt tokens")
+        q = min(P, N - batch)
+        m = batch * P / q
+        carry = self._mixed(ctx, lay, batch, mid, q, q / P, P)
+        decode = self._mixed(ctx, lay, batch, mid, 0, 0, P)
+        return steps, sequential_steps([(carry, m / G), (decode, 1.0 - m / G)]), (
+            f"of every {G} steps, {m:.4g} carry {batch} decodes and a {q}-token prompt chunk, {G - m:.4g} only "
+            f"decode")
+
     def _v0_steady_state(self, ctx: Context, lay: _Layout, batch: int, mid_ctx: int) -> tuple[float, StepSim, float]:
         """vLLM V0 without chunked prefill, staggered sequences in steady state.
 
@@ -286,19 +325,18 @@ class VLLM(ServingSystem):
         passes = math.ceil(batch * P / chunk)
         decode_s, points = simpson_decode_time(lambda c: self._mixed(ctx, lay, batch, c, 0, 0, P), P, G)
         if prm.chunked_prefill:
-            steps = max(float(G), batch * (P + G) / budget_tokens)
-            mixed = self._mixed(ctx, lay, batch * G / steps, P + (G + 1) / 2.0, batch * P / steps, batch / steps, P)
+            steps, mixed, per_step = self._v1_steady_state(ctx, lay, batch)
         else:
             steps, mixed, refill_s = self._v0_steady_state(ctx, lay, batch, (G + 1) // 2 + P)
+            per_step = "each step decodes or prefills"
             decode_s += G * refill_s
             notes.append(f"V0 scheduler: prefill steps do not carry decodes; the {batch / G:.3g} sequences that finish "
                          f"each step are replaced by a prefill step of their own, counted in the decode rate")
         n = ctx.platform.num_gpus
         notes.append(
             f"continuous batching steady state: {batch} running sequences (KV pool of {lay.blocks} blocks of {bs} "
-            f"tokens holds {by_kv} at a mean of {blocks_per_seq:.1f} blocks; max_num_seqs {prm.max_num_seqs}); each "
-            f"step decodes {batch * G / steps:.4g} tokens and prefills {batch * P / steps:.4g} prompt tokens; "
-            f"ramp-up and drain of the run not modelled")
+            f"tokens holds {by_kv} at a mean of {blocks_per_seq:.1f} blocks; max_num_seqs {prm.max_num_seqs}); "
+            f"{per_step}; ramp-up and drain of the run not modelled")
         notes.append("prefill and decode rates are those of pure phases; the total time uses the mixed steps")
         if lay.offload:
             notes.append(f"cpu_offload_gb={prm.cpu_offload_gb:g}: {fmt_bytes(lay.offload)} of weights per GPU copied "
