@@ -178,3 +178,9 @@ class ServingSystem(ABC):
     @abstractmethod
     def plan(self, ctx: Context) -> Plan:
         """Choose the configuration for ``ctx`` and simulate it; raise InfeasibleError if none fits."""
+
+    def online_model(self, ctx: Context, plan: Plan, max_context_tokens: int) -> Any:
+        """A :class:`moesim.serving.StepTimeModel` pricing this system's iterations for online serving
+        (``plan`` is this system's plan for ``ctx``; no step will hold a context over ``max_context_tokens``),
+        or None: this system has no continuous-batching scheduler to serve requests arriving over time."""
+        return None

@@ -37,11 +37,17 @@ holds on average mean_g ceil((P+g)/block_size) blocks. The running batch is
 
     B = min(max_num_seqs, floor(blocks / mean blocks per sequence))
 
-and a step decodes B tokens and prefills the B P / G prompt tokens of the sequences that replace
-the B / G finishing each step (when B (P + G) / G exceeds the token budget, steps are
-budget-bound: S = B (P + G) / N steps per B requests). The workload then takes
+and a step decodes B tokens; the B / G sequences finishing each step are replaced by new ones whose
+B P / G prompt tokens are prefilled (when B (P + G) / G exceeds the token budget, steps are
+budget-bound: S = B (P + G) / N steps per B requests, each carrying B P / S prompt tokens). With
+B < G, fewer than one prompt enters per step: it enters whole, in chunks of min(P, N - B) tokens,
+so a few steps carry a chunk and the others only decode (see ``_v1_steady_state``; averaging the
+prompt tokens over all steps would misprice a sparse model, whose step time is concave in the
+tokens). The workload then takes
 
     T_total = ceil(R / B) * S * T_mixed,      S = max(G, B (P + G) / N)
+
+with T_mixed the mean step.
 
 The first wave's ramp and the last wave's drain are not modelled (error below B / 2R of the total).
 
@@ -55,8 +61,8 @@ prompt tokens (what a burst of prompts gets, and what MoE-Gen's Table 7 measures
 of B sequences alone; the total time is shorter than the sum of the phases, since mixing shares
 each step's weight reads (and offload copies) between decode and prefill tokens.
 
-Online serving (:func:`simulate_online`): an iteration-level scheduler over Poisson arrivals;
-each step's time comes from a table of simulated step costs (see there).
+Online serving (:mod:`moesim.serving`): the generic iteration-level scheduler over Poisson arrivals,
+each step priced by :meth:`VLLM.online_model` (a table of simulated step costs, :mod:`.vllm_online`).
 
 Sanity check, not a fit (MoE-Gen arXiv 2503.09716, Tables 6/7: testbed C2 = RTX A5000 24 GB, EPYC
 7453, 512 GiB, PCIe 4.0; prompt 512; vLLM ran with CPU weight offload, amount not stated): the
@@ -70,7 +76,6 @@ its weights exceed the 522 GB of usable host memory (0.95 of 512 GiB), so no off
 from __future__ import annotations
 
 import math
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -246,6 +251,39 @@ class VLLM(ServingSystem):
         attention = [(dec, 1, dec_ctx), (pre_seqs, prompt, prompt)]
         return self._pass(ctx, lay, dec + pre_tokens, dec + pre_seqs, attention)
 
+    def _v1_steady_state(self, ctx: Context, lay: _Layout, batch: int) -> tuple[float, StepSim, str]:
+        """vLLM V1 (chunked prefill), staggered sequences in steady state.
+
+        Per B requests, S = max(G, B (P + G) / N) steps schedule B G decode tokens and B P prompt tokens.
+        When the budget binds (S > G) or prompts enter at least once a step (B >= G), every step carries
+        prompt tokens and each is the average step: B G / S decodes and B P / S prompt tokens. Otherwise a
+        prompt enters whole, in chunks of q = min(P, N - B) tokens (V1 fills the budget left by the running
+        decodes): m = B P / q of the G steps carry B decodes and a chunk, the other G - m only decode::
+
+            T_per_batch = m T(B decodes + q prompt tokens) + (G - m) T(B decodes)
+
+        Spreading the prompt tokens evenly over the G steps instead misprices a sparse model at small B:
+        its step time is concave in the tokens (a step of 3 Mixtral tokens reads about 4.6 of the 8 experts
+        of a layer, a step of 1 reads 2), so at batch 1 an average step of 1 decode + 2 prompt tokens cost
+        19.0 ms against 11.0 ms for the decode alone, and the throughput fell far below what TTFT and TPOT
+        imply. Returns (steps per batch, the mean step as one StepSim, what the steps hold, in words).
+        """
+        w, prm = ctx.workload, self.params
+        P, G, N = w.prompt_tokens, w.gen_tokens, prm.max_num_batched_tokens
+        mid = P + (G + 1) / 2.0
+        steps = max(float(G), batch * (P + G) / N)
+        if steps > G or batch >= G:
+            mixed = self._mixed(ctx, lay, batch * G / steps, mid, batch * P / steps, batch / steps, P)
+            return steps, mixed, (f"each step decodes {batch * G / steps:.4g} tokens and prefills "
+                                  f"{batch * P / steps:.4g} prompt tokens")
+        q = min(P, N - batch)
+        m = batch * P / q
+        carry = self._mixed(ctx, lay, batch, mid, q, q / P, P)
+        decode = self._mixed(ctx, lay, batch, mid, 0, 0, P)
+        return steps, sequential_steps([(carry, m / G), (decode, 1.0 - m / G)]), (
+            f"of every {G} steps, {m:.4g} carry {batch} decodes and a {q}-token prompt chunk, {G - m:.4g} only "
+            f"decode")
+
     def _v0_steady_state(self, ctx: Context, lay: _Layout, batch: int, mid_ctx: int) -> tuple[float, StepSim, float]:
         """vLLM V0 without chunked prefill, staggered sequences in steady state.
 
@@ -287,19 +325,18 @@ class VLLM(ServingSystem):
         passes = math.ceil(batch * P / chunk)
         decode_s, points = simpson_decode_time(lambda c: self._mixed(ctx, lay, batch, c, 0, 0, P), P, G)
         if prm.chunked_prefill:
-            steps = max(float(G), batch * (P + G) / budget_tokens)
-            mixed = self._mixed(ctx, lay, batch * G / steps, P + (G + 1) / 2.0, batch * P / steps, batch / steps, P)
+            steps, mixed, per_step = self._v1_steady_state(ctx, lay, batch)
         else:
             steps, mixed, refill_s = self._v0_steady_state(ctx, lay, batch, (G + 1) // 2 + P)
+            per_step = "each step decodes or prefills"
             decode_s += G * refill_s
             notes.append(f"V0 scheduler: prefill steps do not carry decodes; the {batch / G:.3g} sequences that finish "
                          f"each step are replaced by a prefill step of their own, counted in the decode rate")
         n = ctx.platform.num_gpus
         notes.append(
             f"continuous batching steady state: {batch} running sequences (KV pool of {lay.blocks} blocks of {bs} "
-            f"tokens holds {by_kv} at a mean of {blocks_per_seq:.1f} blocks; max_num_seqs {prm.max_num_seqs}); each "
-            f"step decodes {batch * G / steps:.4g} tokens and prefills {batch * P / steps:.4g} prompt tokens; "
-            f"ramp-up and drain of the run not modelled")
+            f"tokens holds {by_kv} at a mean of {blocks_per_seq:.1f} blocks; max_num_seqs {prm.max_num_seqs}); "
+            f"{per_step}; ramp-up and drain of the run not modelled")
         notes.append("prefill and decode rates are those of pure phases; the total time uses the mixed steps")
         if lay.offload:
             notes.append(f"cpu_offload_gb={prm.cpu_offload_gb:g}: {fmt_bytes(lay.offload)} of weights per GPU copied "
@@ -329,208 +366,28 @@ class VLLM(ServingSystem):
             steps_per_batch=steps,
         )
 
+    # ---- online serving ----------------------------------------------------------------------------
+    def online_model(self, ctx: Context, plan: Plan, max_context_tokens: int) -> VLLMStepModel:
+        """vLLM's steps for :mod:`moesim.serving` (see :mod:`.vllm_online`): the KV pool of this
+        configuration on ``ctx``'s platform, steps priced from a table of simulated passes."""
+        from .vllm_online import VLLMStepModel
 
-# ---- online serving ------------------------------------------------------------------------------
-DEFAULT_LOGNORMAL_SIGMA = 1.0
-
-
-def sample_lengths(dist: LengthDistribution, n: int, rng: np.random.Generator, cap: int) -> np.ndarray:
-    """``n`` token lengths from ``dist``, clipped to [min_tokens or 1, max_tokens or ``cap``].
-
-    fixed: the mean; uniform: integers on [min, max] (max defaults to 2 mean - min, so the mean
-    holds); lognormal: exp(N(mu, sigma^2)) with mu = ln(mean) - sigma^2 / 2 so the mean holds
-    (sigma defaults to 1.0), rounded.
-    """
-    lo = dist.min_tokens or 1
-    hi = min(dist.max_tokens or cap, cap)
-    if dist.kind == "fixed":
-        x = np.full(n, round(dist.mean_tokens), dtype=float)
-    elif dist.kind == "uniform":
-        top = dist.max_tokens or max(lo, round(2 * dist.mean_tokens - lo))
-        x = rng.integers(lo, top + 1, size=n).astype(float)
-    else:
-        sigma = dist.sigma if dist.sigma is not None else DEFAULT_LOGNORMAL_SIGMA
-        x = np.round(rng.lognormal(math.log(dist.mean_tokens) - sigma**2 / 2, sigma, size=n))
-    return np.clip(x, lo, max(lo, hi)).astype(int)
+        if plan.config.get("params") != self.params.model_dump():
+            raise ValueError(f"online serving: the plan was made by a vllm with other parameters "
+                              f"({plan.config.get('params')}) than this one ({self.params.model_dump()})")
+        return VLLMStepModel(self, ctx, self._layout(ctx), max_context_tokens)
 
 
-class StepTable:
-    """Step time of any batch from a few simulated steps (no engine run per iteration).
-
-        T(step) = T_lin(n) + h (rows - 1) + alpha * sum(decode contexts) + beta * sum(prefill q-k pairs)
-
-    T_lin(n): a step of n batched tokens with one logit row and no attention, simulated on a grid of
-    n (powers of two up to the token budget) and interpolated linearly in n; h: lm-head time per
-    extra row; alpha: decode attention time per (sequence x context token), from two decode steps at
-    a short and a long context; beta: prefill attention time per causal query-key pair, from a
-    one-prompt prefill step. Offload copies and launch overheads are inside T_lin.
-    """
-
-    def __init__(self, system: VLLM, ctx: Context, lay: _Layout, max_tokens: int, max_seqs: int, max_ctx: int):
-        p = system._pass
-        grid = sorted({1, *[2**e for e in range(0, 30) if 2**e < max_tokens], max_tokens})
-        self.grid = np.array(grid, dtype=float)
-        self.t_lin = np.array([p(ctx, lay, n, 1, []).time_s for n in grid])
-        n_ref = max(2, min(max_tokens, 256))
-        self.head_row_s = max(0.0, (p(ctx, lay, n_ref, n_ref, []).time_s - p(ctx, lay, n_ref, 1, []).time_s)
-                              / (n_ref - 1))
-        b = max(1, min(max_seqs, 64))
-        c_lo, c_hi = 16, max(32, max_ctx)
-        self.alpha = max(0.0, (p(ctx, lay, b, b, [(b, 1, c_hi)]).time_s - p(ctx, lay, b, b, [(b, 1, c_lo)]).time_s)
-                         / (b * (c_hi - c_lo)))
-        q = max(2, min(max_tokens, 2048))
-        self.beta = max(0.0, (p(ctx, lay, q, 1, [(1, q, q)]).time_s - p(ctx, lay, q, 1, []).time_s)
-                        / (q * (q + 1) / 2))
-
-    def time_s(self, tokens: int, rows: int, decode_ctx_sum: float, prefill_pairs: float) -> float:
-        return (float(np.interp(tokens, self.grid, self.t_lin)) + self.head_row_s * max(rows - 1, 0)
-                + self.alpha * decode_ctx_sum + self.beta * prefill_pairs)
-
-
+# ---- deprecated online entry point ---------------------------------------------------------------
 def simulate_online(ctx: Context, workload: OnlineWorkload, plan: Plan) -> dict:
-    """Serve ``workload`` (Poisson arrivals) with vLLM's iteration-level scheduler; latency percentiles.
+    """Deprecated: use :func:`moesim.serving.simulate`, which returns a typed OnlineResult.
 
-    ``plan`` is a vLLM plan for ``ctx`` (it fixes parameters and the KV pool). Each iteration:
-    running requests first, in admission order (one token each when decoding, the rest of the prompt
-    up to the remaining budget when prefilling), then waiting requests FCFS while fewer than
-    max_num_seqs run, token budget remains and their first chunk's blocks are free (vLLM V1). A
-    running request that needs a block when none is free preempts the newest running request
-    (recompute preemption: its KV is dropped, its prompt and generated tokens are prefilled again).
-    A step that completes a request's known tokens samples its next token (the first one: TTFT).
-
-    Returns P50/P90/P99 of TTFT, TPOT (per request, (finish - first token) / (generated - 1)) and
-    end-to-end latency, the generation throughput (generated tokens / (last finish - first arrival)),
-    and counters.
+    Serves ``workload`` with the vLLM whose parameters made ``plan``; returns the result's JSON dict
+    without its ``system`` and ``assumptions`` keys, as this function always did.
     """
+    from ..serving import simulate
+
     if plan.system != VLLM.name:
         raise ValueError(f"simulate_online needs a vllm plan, got one of {plan.system!r}")
-    params = VLLMParams.model_validate(plan.config["params"])
-    system = VLLM(params)
-    rng = np.random.default_rng(workload.seed)
-    n = workload.num_requests
-    arrivals = np.cumsum(rng.exponential(1.0 / workload.arrival_rate_per_s, size=n))
-    cap = ctx.model.max_context_tokens
-    prompts = sample_lengths(workload.prompt, n, rng, cap)
-    gens = sample_lengths(workload.gen, n, rng, cap)
-    lay = system._layout(ctx)
-    blocks_total, bs = lay.blocks, params.block_size
-    need = np.ceil((prompts + gens) / bs)
-    if need.max() > blocks_total:
-        i = int(need.argmax())
-        raise InfeasibleError(
-            f"vLLM: a request of {prompts[i]} + {gens[i]} tokens needs {int(need[i])} KV blocks, the pool has "
-            f"{blocks_total}: short by {int(need[i] - blocks_total)} blocks of {bs} tokens")
-    budget, max_seqs = params.max_num_batched_tokens, params.max_num_seqs
-    table = StepTable(system, ctx, lay, budget, max_seqs, int((prompts + gens).max()))
-
-    computed = np.zeros(n, dtype=np.int64)  # tokens whose KV is cached
-    generated = np.zeros(n, dtype=np.int64)
-    held = np.zeros(n, dtype=np.int64)  # blocks held
-    first_tok = np.full(n, np.nan)
-    finish = np.full(n, np.nan)
-    waiting: deque[int] = deque()
-    running: list[int] = []
-    free = blocks_total
-    t, nxt, done, steps, preemptions, batch_sum = 0.0, 0, 0, 0, 0, 0
-
-    def release(i: int) -> None:
-        nonlocal free
-        free += int(held[i])
-        held[i] = 0
-
-    while done < n:
-        while nxt < n and arrivals[nxt] <= t:
-            waiting.append(nxt)
-            nxt += 1
-        if not running and not waiting:
-            t = float(arrivals[nxt])
-            continue
-        left = budget
-        sched: list[tuple[int, int]] = []
-        r = 0
-        while r < len(running) and left > 0:
-            i = running[r]
-            k = min(int(prompts[i] + generated[i] - computed[i]), left)
-            want = math.ceil((computed[i] + k) / bs) - held[i]
-            while want > free and running[-1] != i:  # preempt the newest running request
-                j = running.pop()
-                release(j)
-                computed[j] = 0
-                waiting.appendleft(j)
-                preemptions += 1
-            if want > free:  # i itself is the newest: preempt it
-                running.pop(r)
-                release(i)
-                computed[i] = 0
-                waiting.appendleft(i)
-                preemptions += 1
-                continue
-            free -= want
-            held[i] += want
-            sched.append((i, k))
-            left -= k
-            r += 1
-        while waiting and left > 0 and len(running) < max_seqs:
-            i = waiting[0]
-            k = min(int(prompts[i] + generated[i] - computed[i]), left)
-            want = math.ceil((computed[i] + k) / bs) - held[i]
-            if want > free:
-                break
-            waiting.popleft()
-            free -= want
-            held[i] += want
-            running.append(i)
-            sched.append((i, k))
-            left -= k
-        if not sched:  # nothing fits (cannot happen with one request's blocks <= pool); wait for arrivals
-            t = float(arrivals[nxt]) if nxt < n else t
-            continue
-        tokens = sum(k for _, k in sched)
-        rows = dec_ctx = pairs = 0.0
-        for i, k in sched:
-            if k == 1:
-                dec_ctx += computed[i] + 1
-            else:
-                pairs += k * (computed[i] + (k + 1) / 2.0)
-            if computed[i] + k == prompts[i] + generated[i]:
-                rows += 1
-        t += table.time_s(tokens, int(rows), dec_ctx, pairs)
-        steps += 1
-        batch_sum += len(sched)
-        for i, k in sched:
-            computed[i] += k
-            if computed[i] == prompts[i] + generated[i]:
-                generated[i] += 1
-                if generated[i] == 1:
-                    first_tok[i] = t
-                if generated[i] >= gens[i]:
-                    finish[i] = t
-                    running.remove(i)
-                    release(i)
-                    done += 1
-
-    ttft = first_tok - arrivals
-    e2e = finish - arrivals
-    multi = gens > 1
-    tpot = (finish[multi] - first_tok[multi]) / (gens[multi] - 1) if multi.any() else np.zeros(1)
-    pct = (50, 90, 99)
-
-    def q(x: np.ndarray) -> dict[str, float]:
-        v = np.percentile(x, pct)
-        return {f"p{p}": float(a) for p, a in zip(pct, v)}
-
-    span = float(np.nanmax(finish) - arrivals[0])
-    return {
-        "ttft_s": q(ttft),
-        "tpot_s": q(tpot),
-        "e2e_s": q(e2e),
-        "throughput_tok_s": float(gens.sum()) / span,
-        "request_throughput_per_s": n / span,
-        "arrival_rate_per_s": workload.arrival_rate_per_s,
-        "num_requests": n,
-        "steps": steps,
-        "mean_scheduled_per_step": batch_sum / steps if steps else 0.0,
-        "preemptions": preemptions,
-        "kv_blocks": blocks_total,
-        "makespan_s": span,
-    }
+    result = simulate(ctx, plan, VLLM(VLLMParams.model_validate(plan.config["params"])), workload)
+    return result.model_dump(exclude={"system", "assumptions"})

@@ -1,0 +1,81 @@
+"""The step-time interface: what the online scheduler asks of a serving system.
+
+The scheduler (:mod:`moesim.serving.scheduler`) decides which sequences run in each iteration and how
+many tokens each computes; the system only prices iterations. Contract:
+
+* A :class:`Step` is one forward pass: ``prefills`` are prompt chunks (``tokens`` new tokens of a
+  sequence that already has ``cached`` tokens in its KV cache; ``samples`` when the chunk ends the
+  sequence's known tokens, so the last position's logits are computed and a token is sampled),
+  ``decode_contexts`` are sequences computing exactly one token and sampling the next, each given as its
+  context in tokens, the new one included (``cached + 1``). A chunk may be a single token (the token
+  budget ran out mid-prompt); a one-token prompt is a decode of context 1.
+* :meth:`StepTimeModel.step_time_s` returns seconds (> 0 for a non-empty step). It may assume the step
+  respects :class:`Capacity`: at most ``max_num_seqs`` sequences, at most ``max_num_batched_tokens``
+  tokens, every context at most the ``max_context_tokens`` the model was built for, and enough KV blocks
+  held. It must be a pure function of the step (same step, same time), and should not depend on the
+  order of chunks or decodes.
+* :class:`Capacity` gives the scheduler the limits it must respect: the KV pool in blocks of
+  ``block_size`` tokens (a sequence of c cached tokens holds ceil(c / block_size) blocks), the most
+  sequences running at once and the token budget of one step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """Limits of one serving instance, as its scheduler sees them."""
+
+    kv_blocks: int  # blocks in the KV pool
+    block_size: int  # tokens per block
+    max_num_seqs: int  # sequences running at once
+    max_num_batched_tokens: int  # tokens computed in one step (prefill chunks + decodes)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """``tokens`` new prompt (or recomputed) tokens of a sequence with ``cached`` tokens already in its KV."""
+
+    tokens: int
+    cached: int
+    samples: bool  # the chunk completes the sequence's known tokens: its last logits row is computed
+
+
+@dataclass(frozen=True)
+class Step:
+    """One iteration: prefill chunks and decoding sequences (their contexts, the new token included)."""
+
+    prefills: tuple[Chunk, ...] = ()
+    decode_contexts: tuple[int, ...] = ()
+
+    @property
+    def tokens(self) -> int:
+        """Tokens computed in the step (what counts against the token budget)."""
+        return sum(c.tokens for c in self.prefills) + len(self.decode_contexts)
+
+    @property
+    def sequences(self) -> int:
+        return len(self.prefills) + len(self.decode_contexts)
+
+    @property
+    def sampled(self) -> int:
+        """Logit rows computed: one per decode and per chunk that completes its sequence's known tokens."""
+        return len(self.decode_contexts) + sum(1 for c in self.prefills if c.samples)
+
+
+@runtime_checkable
+class StepTimeModel(Protocol):
+    """Prices one iteration of a continuous-batching system (see the module docstring for the contract)."""
+
+    @property
+    def capacity(self) -> Capacity: ...
+
+    @property
+    def assumptions(self) -> list[str]:
+        """How steps are priced, in words (reported with the result)."""
+        ...
+
+    def step_time_s(self, step: Step) -> float: ...

@@ -1,0 +1,188 @@
+"""Iteration-level continuous batching over a paged KV cache (vLLM V1's scheduler, simplified).
+
+Source: vLLM V1 ``vllm/v1/core/sched/scheduler.py`` (``Scheduler.schedule``) with chunked prefill
+(Agrawal et al., Sarathi-Serve, OSDI 2024) and PagedAttention's block allocation (Kwon et al., SOSP 2023).
+Rules, applied at every iteration (step) boundary:
+
+1. Requests that arrived by the boundary join the waiting queue (FCFS).
+2. Running requests first, in admission order: each computes its remaining known tokens (one when
+   decoding; the rest of its prompt, or of a recomputation, when prefilling) up to the token budget
+   left. It takes the KV blocks its new tokens need (ceil(cached tokens / block_size) held in all).
+3. When no block is free for a running request, the newest running request is preempted (recompute
+   preemption: its blocks are freed, its cached tokens dropped, and it goes to the front of the waiting
+   queue; when it runs again its prompt and generated tokens are prefilled again); if it is itself the
+   newest, it is preempted.
+4. Then waiting requests, FCFS, while fewer than ``max_num_seqs`` run, budget remains and the blocks of
+   their first chunk are free; the first that does not fit stops admission (no skipping ahead).
+5. The step takes the time the system's :class:`~moesim.serving.model.StepTimeModel` gives it. A step
+   that completes a request's known tokens samples its next token (the first one sets the TTFT); a
+   request that has sampled all its tokens finishes and frees its blocks.
+
+Between steps nothing runs: with no request running or waiting, time jumps to the next arrival.
+Not modelled: prefix caching, priorities, swapping to host memory (V0's other preemption mode),
+speculative decoding, the scheduler's own CPU time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import InfeasibleError, SimulationError
+from .arrivals import Requests
+from .model import Capacity, Chunk, Step, StepTimeModel
+
+
+@dataclass(frozen=True)
+class Trace:
+    """What the scheduler recorded: per request, the times (s) its first token and its last token were
+    sampled; counters over the run."""
+
+    first_token_s: np.ndarray
+    finish_s: np.ndarray
+    steps: int
+    scheduled: int  # sum over steps of the sequences in the step
+    preemptions: int
+
+
+def check_capacity(requests: Requests, cap: Capacity, system: str) -> None:
+    """Raise InfeasibleError when one request's full context cannot fit the KV pool even alone."""
+    need = np.ceil(requests.context_tokens / cap.block_size)
+    if len(need) and need.max() > cap.kv_blocks:
+        i = int(need.argmax())
+        raise InfeasibleError(
+            f"{system}: a request of {requests.prompt_tokens[i]} + {requests.gen_tokens[i]} tokens needs "
+            f"{int(need[i])} KV blocks, the pool has {cap.kv_blocks}: short by {int(need[i] - cap.kv_blocks)} "
+            f"blocks of {cap.block_size} tokens")
+
+
+class _Batcher:
+    """Scheduler state between steps: which requests run or wait, their cached tokens and blocks."""
+
+    def __init__(self, requests: Requests, cap: Capacity):
+        n = len(requests)
+        self.req, self.cap = requests, cap
+        self.computed = np.zeros(n, dtype=np.int64)  # tokens whose KV is cached
+        self.generated = np.zeros(n, dtype=np.int64)
+        self.held = np.zeros(n, dtype=np.int64)  # blocks held
+        self.first_token = np.full(n, np.nan)
+        self.finish = np.full(n, np.nan)
+        self.waiting: deque[int] = deque()
+        self.running: list[int] = []
+        self.free = cap.kv_blocks
+        self.preemptions = 0
+
+    def known(self, i: int) -> int:
+        """Tokens of request ``i`` whose KV it needs: its prompt and what it has generated."""
+        return int(self.req.prompt_tokens[i] + self.generated[i])
+
+    def _chunk(self, i: int, left: int) -> tuple[int, int]:
+        """(tokens to compute, blocks to add) for request ``i`` with ``left`` tokens of budget."""
+        k = min(self.known(i) - int(self.computed[i]), left)
+        return k, math.ceil((self.computed[i] + k) / self.cap.block_size) - int(self.held[i])
+
+    def _take(self, i: int, want: int) -> None:
+        self.free -= want
+        self.held[i] += want
+
+    def _preempt(self, i: int) -> None:
+        self.free += int(self.held[i])
+        self.held[i] = 0
+        self.computed[i] = 0
+        self.waiting.appendleft(i)
+        self.preemptions += 1
+
+    def _schedule_running(self, left: int) -> list[tuple[int, int]]:
+        """Rules 2 and 3: running requests in admission order, preempting the newest when blocks run out."""
+        sched: list[tuple[int, int]] = []
+        r = 0
+        while r < len(self.running) and left > 0:
+            i = self.running[r]
+            k, want = self._chunk(i, left)
+            while want > self.free and self.running[-1] != i:
+                self._preempt(self.running.pop())
+            if want > self.free:  # i itself is the newest
+                self._preempt(self.running.pop(r))
+                continue
+            self._take(i, want)
+            sched.append((i, k))
+            left -= k
+            r += 1
+        return sched
+
+    def _schedule_waiting(self, sched: list[tuple[int, int]], left: int) -> None:
+        """Rule 4: admit waiting requests FCFS while a sequence slot, budget and their blocks are free."""
+        while self.waiting and left > 0 and len(self.running) < self.cap.max_num_seqs:
+            i = self.waiting[0]
+            k, want = self._chunk(i, left)
+            if want > self.free:
+                break
+            self.waiting.popleft()
+            self._take(i, want)
+            self.running.append(i)
+            sched.append((i, k))
+            left -= k
+
+    def schedule(self) -> list[tuple[int, int]]:
+        """The next step: (request, tokens) pairs, running requests first."""
+        sched = self._schedule_running(self.cap.max_num_batched_tokens)
+        self._schedule_waiting(sched, self.cap.max_num_batched_tokens - sum(k for _, k in sched))
+        return sched
+
+    def step_of(self, sched: list[tuple[int, int]]) -> Step:
+        """The step the system prices: one token that samples is a decode, anything else a chunk."""
+        chunks: list[Chunk] = []
+        decodes: list[int] = []
+        for i, k in sched:
+            cached = int(self.computed[i])
+            samples = cached + k == self.known(i)
+            if k == 1 and samples:
+                decodes.append(cached + 1)
+            else:
+                chunks.append(Chunk(k, cached, samples))
+        return Step(tuple(chunks), tuple(decodes))
+
+    def complete(self, sched: list[tuple[int, int]], t: float) -> int:
+        """Rule 5 at time ``t`` (the step's end); returns how many requests finished."""
+        done = 0
+        for i, k in sched:
+            self.computed[i] += k
+            if self.computed[i] < self.known(i):
+                continue
+            self.generated[i] += 1
+            if self.generated[i] == 1:
+                self.first_token[i] = t
+            if self.generated[i] >= self.req.gen_tokens[i]:
+                self.finish[i] = t
+                self.running.remove(i)
+                self.free += int(self.held[i])
+                self.held[i] = 0
+                done += 1
+        return done
+
+
+def run(requests: Requests, model: StepTimeModel, system: str = "the system") -> Trace:
+    """Serve ``requests`` with the rules of the module docstring, each step priced by ``model``."""
+    cap = model.capacity
+    check_capacity(requests, cap, system)
+    b = _Batcher(requests, cap)
+    arrivals, n = requests.arrival_s, len(requests)
+    t, nxt, done, steps, scheduled = 0.0, 0, 0, 0, 0
+    while done < n:
+        while nxt < n and arrivals[nxt] <= t:
+            b.waiting.append(nxt)
+            nxt += 1
+        if not b.running and not b.waiting:
+            t = float(arrivals[nxt])
+            continue
+        sched = b.schedule()
+        if not sched:  # cannot happen: the oldest request always fits an empty pool (check_capacity)
+            raise SimulationError(f"online scheduler stalled at t={t:g} s with {len(b.waiting)} waiting")
+        t += model.step_time_s(b.step_of(sched))
+        steps += 1
+        scheduled += len(sched)
+        done += b.complete(sched, t)
+    return Trace(b.first_token, b.finish, steps, scheduled, b.preemptions)

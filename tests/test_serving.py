@@ -1,0 +1,266 @@
+"""moesim.serving: the generic online scheduler against fake step-time models (hand-computed cases and
+properties), arrivals, percentiles, and the errors of serving.simulate."""
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
+from pydantic import BaseModel
+
+import moesim
+from moesim.errors import InfeasibleError, MoesimError
+from moesim.modules import Context, Options
+from moesim.serving import (Capacity, Chunk, OnlineResult, Percentiles, Requests, Step, StepTimeModel,
+                            online_systems, run, sample_lengths, sample_requests, simulate)
+from moesim.serving.result import summarize
+from moesim.specs import OfflineWorkload
+from moesim.specs.workload import LengthDistribution, OnlineWorkload
+from moesim.systems import SYSTEMS
+from moesim.systems.base import ServingSystem
+
+BIG = Capacity(kv_blocks=10_000, block_size=16, max_num_seqs=256, max_num_batched_tokens=8192)
+
+
+class ConstantModel:
+    """A step with any prefill chunk takes ``prefill_s``, a decode-only step ``decode_s``; records the steps."""
+
+    def __init__(self, prefill_s: float = 0.05, decode_s: float = 0.01, capacity: Capacity = BIG):
+        self.prefill_s, self.decode_s, self.capacity = prefill_s, decode_s, capacity
+        self.assumptions = ["constant step times"]
+        self.steps: list[Step] = []
+
+    def step_time_s(self, step: Step) -> float:
+        self.steps.append(step)
+        return self.prefill_s if step.prefills else self.decode_s
+
+
+class ContractModel:
+    """a + b tokens + c (decode contexts + prefill pairs); asserts every step keeps the interface's contract."""
+
+    def __init__(self, capacity: Capacity, max_context: int):
+        self.capacity, self.max_context = capacity, max_context
+        self.assumptions: list[str] = []
+
+    def step_time_s(self, step: Step) -> float:
+        cap = self.capacity
+        assert 0 < step.tokens <= cap.max_num_batched_tokens
+        assert 0 < step.sequences <= cap.max_num_seqs
+        blocks = 0
+        for c in step.prefills:
+            assert c.tokens >= 1 and c.cached >= 0 and c.cached + c.tokens <= self.max_context
+            blocks += math.ceil((c.cached + c.tokens) / cap.block_size)
+        for ctx in step.decode_contexts:
+            assert 1 <= ctx <= self.max_context
+            blocks += math.ceil(ctx / cap.block_size)
+        assert blocks <= cap.kv_blocks
+        pairs = sum(c.tokens * (c.cached + (c.tokens + 1) / 2) for c in step.prefills)
+        return 1e-3 + 1e-5 * step.tokens + 1e-8 * (sum(step.decode_contexts) + pairs)
+
+
+def _requests(arrivals, prompts, gens) -> Requests:
+    return Requests(np.asarray(arrivals, dtype=float), np.asarray(prompts), np.asarray(gens))
+
+
+def _result(reqs: Requests, model) -> OnlineResult:
+    trace = run(reqs, model, "fake")
+    return summarize(reqs, trace, system="fake", arrival_rate_per_s=1.0, kv_blocks=model.capacity.kv_blocks,
+                     assumptions=[])
+
+
+def test_fakes_satisfy_the_protocol():
+    assert isinstance(ConstantModel(), StepTimeModel)
+    assert isinstance(ContractModel(BIG, 100), StepTimeModel)
+
+
+# ---- hand-computed cases ------------------------------------------------------------------------------
+def test_one_request_alone_ttft_is_its_prefill_step_and_tpot_its_decode_step():
+    model = ConstantModel(prefill_s=0.05, decode_s=0.01)
+    r = _result(_requests([2.0], [100], [11]), model)
+    assert r.ttft_s.p50 == pytest.approx(0.05) and r.ttft_s.p99 == pytest.approx(0.05)
+    assert r.tpot_s.p50 == pytest.approx(0.01)
+    assert r.e2e_s.p50 == pytest.approx(0.05 + 10 * 0.01)
+    assert r.makespan_s == pytest.approx(0.15)
+    assert r.throughput_tok_s == pytest.approx(11 / 0.15)
+    assert r.steps == 11 and r.preemptions == 0 and r.mean_scheduled_per_step == 1
+    assert model.steps[0] == Step(prefills=(Chunk(100, 0, True),))
+    assert [s.decode_contexts for s in model.steps[1:]] == [(101 + g,) for g in range(10)]
+
+
+def test_requests_arriving_together_share_steps():
+    model = ConstantModel(prefill_s=0.05, decode_s=0.01)
+    r = _result(_requests([1.0, 1.0], [100, 50], [5, 5]), model)
+    assert r.steps == 5 and r.mean_scheduled_per_step == 2
+    assert r.ttft_s.p99 == pytest.approx(0.05) and r.e2e_s.p50 == pytest.approx(0.05 + 4 * 0.01)
+    assert model.steps[0].tokens == 150 and model.steps[0].sampled == 2
+
+
+def test_a_request_arriving_during_a_step_waits_for_the_boundary_and_then_shares_steps():
+    model = ConstantModel(prefill_s=0.05, decode_s=0.01)
+    r = _result(_requests([1.0, 1.02], [10, 10], [3, 3]), model)
+    # step 1 (1.00-1.05): prefill A; step 2 (1.05-1.10): decode A + prefill B; step 3: decode A (done) + B
+    assert [s.sequences for s in model.steps] == [1, 2, 2, 1]
+    assert r.ttft_s.p50 == pytest.approx((0.05 + (0.10 - 0.02)) / 2)
+
+
+def test_prompts_over_the_token_budget_are_chunked_and_decodes_go_first():
+    cap = Capacity(kv_blocks=100, block_size=4, max_num_seqs=8, max_num_batched_tokens=4)
+    model = ConstantModel(prefill_s=0.05, decode_s=0.01, capacity=cap)
+    r = _result(_requests([0.5], [10], [2]), model)
+    assert model.steps[:3] == [Step(prefills=(Chunk(4, 0, False),)), Step(prefills=(Chunk(4, 4, False),)),
+                               Step(prefills=(Chunk(2, 8, True),))]
+    assert model.steps[3] == Step(decode_contexts=(11,))
+    assert r.ttft_s.p50 == pytest.approx(3 * 0.05)
+
+    model = ConstantModel(capacity=cap)
+    _result(_requests([0.5, 0.51], [3, 10], [4, 1]), model)
+    # A's prompt (3) fills the first step but 1; then A decodes first and B gets the 3 tokens left
+    assert model.steps[0] == Step(prefills=(Chunk(3, 0, True),))
+    assert model.steps[1] == Step(prefills=(Chunk(3, 0, False),), decode_contexts=(4,))
+
+
+def test_max_num_seqs_one_serves_requests_one_after_another():
+    cap = Capacity(kv_blocks=1000, block_size=16, max_num_seqs=1, max_num_batched_tokens=8192)
+    r = _result(_requests([0.0, 0.0, 0.0], [64, 64, 64], [4, 4, 4]), ConstantModel(0.05, 0.01, cap))
+    one = 0.05 + 3 * 0.01
+    assert r.e2e_s.p50 == pytest.approx(2 * one) and r.ttft_s.p50 == pytest.approx(one + 0.05)
+    assert r.makespan_s == pytest.approx(3 * one)
+
+
+def test_when_blocks_run_out_the_newest_request_is_preempted_and_recomputed():
+    # two requests of 16 + 8 tokens, blocks of 16 tokens, 3 blocks: both prompts fit (2 blocks); at the 17th
+    # token of the older one a third block is needed, then a fourth: the newer request is preempted
+    cap = Capacity(kv_blocks=3, block_size=16, max_num_seqs=8, max_num_batched_tokens=8192)
+    model = ConstantModel(0.05, 0.01, cap)
+    r = _result(_requests([0.0, 0.0], [16, 16], [8, 8]), model)
+    assert r.preemptions >= 1
+    recompute = [c for s in model.steps[1:] for c in s.prefills]
+    assert recompute and recompute[0].cached == 0 and recompute[0].tokens > 16  # prompt + generated tokens
+    assert r.num_requests == 2 and r.e2e_s.p99 > r.e2e_s.p50
+
+
+def test_a_request_that_cannot_fit_the_pool_alone_says_by_how_much():
+    cap = Capacity(kv_blocks=10, block_size=16, max_num_seqs=8, max_num_batched_tokens=8192)
+    with pytest.raises(InfeasibleError, match=r"fake: a request of 150 \+ 20 tokens needs 11 KV blocks, the pool "
+                                              r"has 10: short by 1 blocks of 16 tokens"):
+        run(_requests([0.0, 1.0], [10, 150], [5, 20]), ConstantModel(capacity=cap), "fake")
+
+
+def test_percentiles_of_known_samples():
+    q = Percentiles.of(np.arange(101.0))
+    assert (q.p50, q.p90, q.p99) == (50.0, 90.0, 99.0)
+    q = Percentiles.of(np.array([0.0, 10.0]))  # linear interpolation between samples
+    assert (q.p50, q.p90, q.p99) == pytest.approx((5.0, 9.0, 9.9))
+
+
+# ---- arrivals -----------------------------------------------------------------------------------------
+def _workload(seed=0, kind="lognormal", n=500, rate=4.0):
+    return OnlineWorkload(arrival_rate_per_s=rate, num_requests=n, seed=seed,
+                          prompt=LengthDistribution(kind=kind, mean_tokens=300, min_tokens=10, max_tokens=2000),
+                          gen=LengthDistribution(kind=kind, mean_tokens=100))
+
+
+def test_arrivals_reproducible_by_seed():
+    a, b, c = sample_requests(_workload(1), 4096), sample_requests(_workload(1), 4096), sample_requests(_workload(2), 4096)
+    for x, y in ((a.arrival_s, b.arrival_s), (a.prompt_tokens, b.prompt_tokens), (a.gen_tokens, b.gen_tokens)):
+        assert np.array_equal(x, y)
+    assert not np.array_equal(a.arrival_s, c.arrival_s)
+    assert np.all(np.diff(a.arrival_s) >= 0) and a.arrival_s[0] > 0
+    assert a.arrival_s[-1] / len(a) == pytest.approx(1 / 4.0, rel=0.15)  # mean gap 1 / rate
+
+
+@pytest.mark.parametrize("kind", ["fixed", "uniform", "lognormal"])
+def test_lengths_keep_their_mean_and_bounds(kind):
+    rng = np.random.default_rng(0)
+    x = sample_lengths(LengthDistribution(kind=kind, mean_tokens=300, sigma=0.5), 20_000, rng, cap=100_000)
+    assert x.mean() == pytest.approx(300, rel=0.02) and x.min() >= 1
+    y = sample_lengths(LengthDistribution(kind=kind, mean_tokens=300, min_tokens=200, max_tokens=350), 1000, rng,
+                       cap=320)
+    assert y.min() >= 200 and y.max() <= 320
+
+
+# ---- simulate(): which systems serve online ------------------------------------------------------------
+class _NoParams(BaseModel):
+    pass
+
+
+class _Fake(ServingSystem):
+    name = "fake"
+    summary = "constant step times"
+    Params = _NoParams
+
+    def plan(self, ctx):  # pragma: no cover - not used
+        raise NotImplementedError
+
+    def online_model(self, ctx, plan, max_context_tokens):
+        return ConstantModel()
+
+
+class _Offline(_Fake):
+    name = "offline-only"
+
+    def online_model(self, ctx, plan, max_context_tokens):
+        return None
+
+
+@pytest.fixture(scope="module")
+def ctx():
+    return Context(moesim.get_model("olmoe-1b-7b"), moesim.get_hardware("rtx4090"),
+                   OfflineWorkload(num_requests=20, prompt_tokens=128, gen_tokens=32), Options())
+
+
+def test_simulate_with_any_system_that_prices_steps(ctx):
+    r = simulate(ctx, SimpleNamespace(system="fake"), _Fake(), _workload(n=20, kind="fixed"))
+    assert r.system == "fake" and r.num_requests == 20
+    assert r.ttft_s.p50 >= 0.05 and r.tpot_s.p50 >= 0.01
+    assert "constant step times" in r.assumptions
+    assert r.to_json_dict()["ttft_s"] == {"p50": r.ttft_s.p50, "p90": r.ttft_s.p90, "p99": r.ttft_s.p99}
+
+
+def test_simulate_names_the_systems_that_serve_online(ctx):
+    assert "vllm" in online_systems() and "gpu-resident" not in online_systems()
+    assert set(online_systems()) <= set(SYSTEMS)
+    with pytest.raises(MoesimError, match=r"online serving is not modelled for offline-only; systems that can "
+                                          r"serve online: .*vllm"):
+        simulate(ctx, SimpleNamespace(system="offline-only"), _Offline(), _workload(n=5))
+    gpu_resident = SYSTEMS["gpu-resident"]()
+    with pytest.raises(MoesimError, match="not modelled for gpu-resident"):
+        simulate(ctx, gpu_resident.plan(ctx), gpu_resident, _workload(n=5))
+    with pytest.raises(MoesimError, match="needs a plan of fake"):
+        simulate(ctx, SimpleNamespace(system="vllm"), _Fake(), _workload(n=5))
+
+
+# ---- properties ---------------------------------------------------------------------------------------
+@given(n=st.integers(1, 40), rate=st.floats(0.05, 500.0), seed=st.integers(0, 10_000),
+       kind=st.sampled_from(["fixed", "uniform", "lognormal"]), prompt=st.integers(1, 600), gen=st.integers(1, 80),
+       block_size=st.sampled_from([1, 4, 16]), blocks=st.integers(8, 800), max_seqs=st.integers(1, 16),
+       budget=st.integers(1, 512))
+@settings(max_examples=100, deadline=None)
+def test_scheduler_properties(n, rate, seed, kind, prompt, gen, block_size, blocks, max_seqs, budget):
+    work = OnlineWorkload(arrival_rate_per_s=rate, num_requests=n, seed=seed,
+                          prompt=LengthDistribution(kind=kind, mean_tokens=prompt),
+                          gen=LengthDistribution(kind=kind, mean_tokens=gen))
+    reqs = sample_requests(work, cap=4096)
+    cap = Capacity(kv_blocks=blocks, block_size=block_size, max_num_seqs=max_seqs, max_num_batched_tokens=budget)
+    model = ContractModel(cap, int(reqs.context_tokens.max()))
+    if np.ceil(reqs.context_tokens / block_size).max() > blocks:
+        event("a request exceeds the pool")
+        with pytest.raises(InfeasibleError, match="short by"):
+            run(reqs, model)
+        return
+    event("served")
+    trace = run(reqs, model)
+    r = summarize(reqs, trace, system="fake", arrival_rate_per_s=rate, kv_blocks=blocks, assumptions=[])
+    event("preempted" if r.preemptions else "no preemption")
+    assert not np.isnan(trace.finish_s).any()
+    for q in (r.ttft_s, r.tpot_s, r.e2e_s):
+        assert 0 <= q.p50 <= q.p90 <= q.p99
+    assert np.all(trace.first_token_s - reqs.arrival_s > 0)
+    assert np.all(trace.finish_s >= trace.first_token_s)
+    if n > 1 and reqs.arrival_s[-1] > reqs.arrival_s[0]:  # throughput never above the offered load
+        offered = reqs.gen_tokens.sum() / (reqs.arrival_s[-1] - reqs.arrival_s[0])
+        assert r.throughput_tok_s <= offered * (1 + 1e-12)
+    assert r.steps >= reqs.gen_tokens.max()
+    assert 1 <= r.mean_scheduled_per_step <= max_seqs
