@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import MoesimError
 from .specs import ModelSpec, OfflineWorkload, Platform, PlatformSpec
+from .specs.workload import LengthDistribution
 from .specs.common import BYTES_PER_ELEMENT
 
 
@@ -144,7 +145,8 @@ class Scenario(BaseModel):
     """Online serving: Poisson arrivals per second (unset: offline, the whole workload at once)."""
     lengths: Annotated[Literal["fixed", "uniform", "lognormal"], Flag(("--lengths",), "online")] = "lognormal"
     """Online serving: distribution of prompt and generated lengths around their means."""
-    length_sigma: Annotated[float, Field(gt=0, allow_inf_nan=False), Flag(("--length-sigma",), "online")] = 1.0
+    length_sigma: Annotated[float, Field(gt=0, allow_inf_nan=False), Flag(("--length-sigma",), "online")] = \
+        LengthDistribution.model_fields["sigma"].default
     """Online serving: shape (sigma of the log) of lognormal lengths."""
     seed: Annotated[int, Flag(("--seed",), "online")] = 0
     """Online serving: seed of the arrival and length samples."""

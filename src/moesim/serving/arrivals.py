@@ -13,7 +13,6 @@ import numpy as np
 
 from ..specs.workload import LengthDistribution, OnlineWorkload
 
-DEFAULT_LOGNORMAL_SIGMA = 1.0
 
 
 @dataclass(frozen=True)
@@ -48,7 +47,7 @@ def sample_lengths(dist: LengthDistribution, n: int, rng: np.random.Generator, c
         top = dist.max_tokens or max(lo, round(2 * dist.mean_tokens - lo))
         x = rng.integers(lo, top + 1, size=n).astype(float)
     else:
-        sigma = dist.sigma if dist.sigma is not None else DEFAULT_LOGNORMAL_SIGMA
+        sigma = dist.sigma
         x = np.round(rng.lognormal(math.log(dist.mean_tokens) - sigma**2 / 2, sigma, size=n))
     return np.clip(x, lo, max(lo, hi)).astype(int)
 

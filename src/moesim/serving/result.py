@@ -56,6 +56,23 @@ class OnlineResult(BaseModel):
     def to_json_dict(self) -> dict[str, Any]:
         return self.model_dump()
 
+    def format(self) -> str:
+        """The result as aligned text lines (latencies with units), then the assumptions."""
+        from ..units import fmt_seconds
+
+        rows = [("system", self.system), ("arrival rate", f"{self.arrival_rate_per_s:.4g} requests/s")]
+        for label, p in (("TTFT", self.ttft_s), ("TPOT", self.tpot_s), ("end-to-end latency", self.e2e_s)):
+            rows.append((label, f"P50 {fmt_seconds(p.p50)}  P90 {fmt_seconds(p.p90)}  P99 {fmt_seconds(p.p99)}"))
+        rows += [("generation throughput", f"{self.throughput_tok_s:.4g} tok/s"),
+                 ("request throughput", f"{self.request_throughput_per_s:.4g} requests/s"),
+                 ("requests / steps", f"{self.num_requests} / {self.steps} "
+                                      f"({self.mean_scheduled_per_step:.3g} sequences a step)"),
+                 ("preemptions", str(self.preemptions)), ("KV blocks", str(self.kv_blocks)),
+                 ("time for the workload", fmt_seconds(self.makespan_s))]
+        width = max(len(k) for k, _ in rows)
+        lines = [f"{k:<{width}}  {v}" for k, v in rows] + ["", "assumptions:"]
+        return "\n".join(lines + [f"  - {note}" for note in self.assumptions])
+
 
 def summarize(requests: Requests, trace: Trace, *, system: str, arrival_rate_per_s: float, kv_blocks: int,
               assumptions: list[str]) -> OnlineResult:

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import MoesimError
 from ..specs.workload import LengthDistribution, OnlineWorkload
-from .arrivals import DEFAULT_LOGNORMAL_SIGMA, sample_requests
+from .arrivals import sample_requests
 from .result import OnlineResult, summarize
 from .scheduler import run
 
@@ -26,7 +26,7 @@ def online_systems() -> list[str]:
 def _describe(dist: LengthDistribution) -> str:
     text = f"{dist.kind}, mean {dist.mean_tokens:g}"
     if dist.kind == "lognormal":
-        text += f", sigma {dist.sigma if dist.sigma is not None else DEFAULT_LOGNORMAL_SIGMA:g}"
+        text += f", sigma {dist.sigma:g}"
     if dist.min_tokens or dist.max_tokens:
         text += f", within [{dist.min_tokens or 1}, {dist.max_tokens or 'context'}]"
     return text

@@ -33,7 +33,8 @@ class LengthDistribution(Spec):
     mean_tokens: float = Field(gt=0)
     min_tokens: int | None = None
     max_tokens: int | None = None
-    sigma: float | None = Field(default=None, description="lognormal shape")
+    sigma: float = Field(default=1.0, gt=0, allow_inf_nan=False,
+                         description="lognormal shape: sigma of log(length); its mu keeps the mean")
 
 
 class OnlineWorkload(Spec):

@@ -85,7 +85,7 @@ from ..engine import Engine
 from ..errors import InfeasibleError
 from ..modules import Context
 from ..specs import LayerKind
-from ..specs.workload import LengthDistribution, OnlineWorkload
+from ..specs.workload import OnlineWorkload
 from ..units import fmt_bytes
 from .tensor_parallel import LayerTimes
 from .base import (Plan, ServingSystem, StepSim, balanced_batches, sequential_steps, simpson_decode_time,
@@ -367,7 +367,7 @@ class VLLM(ServingSystem):
         )
 
     # ---- online serving ----------------------------------------------------------------------------
-    def online_model(self, ctx: Context, plan: Plan, max_context_tokens: int) -> VLLMStepModel:
+    def online_model(self, ctx: Context, plan: Plan, max_context_tokens: int) -> "VLLMStepModel":  # noqa: F821
         """vLLM's steps for :mod:`moesim.serving` (see :mod:`.vllm_online`): the KV pool of this
         configuration on ``ctx``'s platform, steps priced from a table of simulated passes."""
         from .vllm_online import VLLMStepModel
