@@ -77,6 +77,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -90,6 +91,9 @@ from ..units import fmt_bytes
 from .tensor_parallel import LayerTimes
 from .base import (Plan, ServingSystem, StepSim, balanced_batches, sequential_steps, simpson_decode_time,
                    simulate_pass)
+
+if TYPE_CHECKING:
+    from .vllm_online import VLLMStepModel
 from .gpu_resident import activation_bytes
 
 GIB = 2.0**30
@@ -367,7 +371,7 @@ class VLLM(ServingSystem):
         )
 
     # ---- online serving ----------------------------------------------------------------------------
-    def online_model(self, ctx: Context, plan: Plan, max_context_tokens: int) -> "VLLMStepModel":  # noqa: F821
+    def online_model(self, ctx: Context, plan: Plan, max_context_tokens: int) -> "VLLMStepModel":
         """vLLM's steps for :mod:`moesim.serving` (see :mod:`.vllm_online`): the KV pool of this
         configuration on ``ctx``'s platform, steps priced from a table of simulated passes."""
         from .vllm_online import VLLMStepModel
