@@ -115,3 +115,16 @@ def test_any_text_for_any_knob_is_a_scenario_or_a_clear_error(values):
         sc.build(**{"model": "mixtral-8x7b", "hardware": "rtx4090", **{k: v for k, v in fields.items()}})
     except MoesimError as exc:
         assert str(exc)
+
+
+def test_a_sweep_point_with_an_arrival_rate_is_served_online():
+    from moesim.analysis.sweep import run_sweep
+
+    recs = run_sweep(Grid(model="olmoe-1b-7b", hardware="h100-sxm", system="vllm", num_requests=40,
+                          arrival_rate_per_s=[2, 20]), None, workers=1, progress=False)
+    assert [r["feasible"] for r in recs] == [True, True]
+    direct = moesim.predict_online(moesim.Scenario(model="olmoe-1b-7b", hardware="h100-sxm", system="vllm",
+                                                   num_requests=40, arrival_rate_per_s=20))
+    assert recs[1]["ttft_p99_s"] == pytest.approx(direct.ttft_s.p99, rel=1e-12)
+    assert recs[1]["tpot_s"] == pytest.approx(direct.tpot_s.p50, rel=1e-12)
+    assert all(r["tpot_s"] <= r["tpot_p99_s"] for r in recs)

@@ -9,7 +9,8 @@ A :class:`Grid` maps parameters to lists of values; its points are the Cartesian
 a fixed order (the order of :data:`PARAMS`, the first varying slowest). Each point is one
 ``moesim.predict`` call and one flat record: the point's inputs, then throughputs, TTFT, TPOT,
 S-MBU, S-MFU, MBU, MFU, the bottleneck, ``feasible`` and, for points that cannot run, the
-``reason`` (an infeasible point is a row, never a crash).
+``reason`` (an infeasible point is a row, never a crash). A point with an arrival rate is served
+online (``moesim.predict_online``): its TTFT and TPOT are P50s, with P99s beside them.
 
 Execution: local processes (default), serial (``workers=1``) or a Dask cluster
 (``scheduler="tcp://HOST:PORT"``; needs ``dask[distributed]``). The records are the same in
@@ -64,6 +65,9 @@ OUTPUTS: dict[str, type] = {
     "gpu_mem_bytes": float,
     "host_mem_bytes": float,
     "calibrated": bool,
+    "ttft_p99_s": float,  # online points (arrival_rate_per_s set): ttft_s and tpot_s are then P50s
+    "tpot_p99_s": float,
+    "e2e_p99_s": float,
     "feasible": bool,
     "reason": str,
 }
@@ -236,8 +240,11 @@ def format_summary(records: Records) -> str:
     varying = _varying(records)
     for name, r in s["best_per_system"].items():
         where = ", ".join(f"{k}={r[k]}" for k in varying if k != "system") or "the only point"
-        lines.append(f"  best {name}: {r['throughput_tok_s']:.4g} tok/s at {where} "
-                     f"(TPOT {r['tpot_s'] * 1e3:.3g} ms, S-MBU {r['s_mbu']:.2f}, bottleneck {r['bottleneck']})")
+        if r.get("arrival_rate_per_s") is not None:  # online: percentiles, no utilisation
+            detail = f"TPOT P50 {r['tpot_s'] * 1e3:.3g} ms, P99 {r['tpot_p99_s'] * 1e3:.3g} ms"
+        else:
+            detail = f"TPOT {r['tpot_s'] * 1e3:.3g} ms, S-MBU {r['s_mbu']:.2f}, bottleneck {r['bottleneck']}"
+        lines.append(f"  best {name}: {r['throughput_tok_s']:.4g} tok/s at {where} ({detail})")
     return "\n".join(lines)
 
 
@@ -277,13 +284,20 @@ def scenario_of(point: Mapping[str, Any]) -> sc.Scenario:
 
 def evaluate(point: Mapping[str, Any]) -> dict[str, Any]:
     """One point -> one record (without index/key). Infeasible points give a row with the reason."""
-    from ..predict import predict
+    from ..predict import predict, predict_online
 
     record = {k: point.get(k) for k in PARAMS}
+    record.update(dict.fromkeys(OUTPUTS))
     try:
-        p = predict(scenario_of(point))
+        scenario = scenario_of(point)
+        p = predict_online(scenario) if scenario.online else predict(scenario)
     except MoesimError as exc:
-        record.update(dict.fromkeys(OUTPUTS), feasible=False, reason=_flat(exc))
+        record.update(feasible=False, reason=_flat(exc))
+        return record
+    if scenario.online:  # latency percentiles of Poisson arrivals
+        record.update(chosen_system=p.system, throughput_tok_s=p.throughput_tok_s, ttft_s=p.ttft_s.p50,
+                      tpot_s=p.tpot_s.p50, total_time_s=p.makespan_s, ttft_p99_s=p.ttft_s.p99,
+                      tpot_p99_s=p.tpot_s.p99, e2e_p99_s=p.e2e_s.p99, feasible=True, reason=None)
         return record
     record.update(
         chosen_system=p.system, chosen_batch=p.config.get("batch_size"), gpus=p.num_gpus,

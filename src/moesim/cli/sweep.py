@@ -37,7 +37,7 @@ def add_parser(subparsers) -> None:
                     "flag one dimension; --grid NAME=V1,V2,... does the same by field name (e.g. batch_size, "
                     "or the short names batch, prompt, gen, requests, experts, gpus, host_mem; system "
                     "parameters as param=KEY=V&KEY=V). Rerunning with the same --out skips finished points.")
-    add_scenario_arguments(sw, groups=_OFFLINE, required=("model", "hardware"),
+    add_scenario_arguments(sw, required=("model", "hardware"),
                            multi=[n for n in fields() if n != "system_params"])
     sw.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2,...", help="a swept parameter")
     sw.add_argument("--out", help="CSV file: records are appended as they finish; an existing file is resumed")
