@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -262,7 +263,8 @@ def predict(
     if spec_dec is not None:
         if spec_dec.num_tokens < 1 or not 0.0 <= spec_dec.acceptance_rate <= 1.0:
             raise MoesimError("speculative decoding needs num_tokens >= 1 and an acceptance rate in [0, 1]")
-        get_model(spec_dec.draft_model)  # unknown draft names fail here, with suggestions
+        # resolved here (unknown draft names fail with suggestions); systems get the spec through the Context
+        spec_dec = replace(spec_dec, draft=get_model(spec_dec.draft_model))
     options = Options(weight_dtype=dtype, kv_dtype=kv_dtype, moe_impl=moe_impl, zipf_s=zipf_s,  # type: ignore[arg-type]
                       mla_absorbed=mla_absorbed, expert_popularity=popularity, speculative=spec_dec)
     assumptions = []
