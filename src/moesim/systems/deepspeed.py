@@ -179,7 +179,8 @@ class DeepSpeed(ServingSystem):
         decode_s, points = simpson_decode_time(lambda c: self._pass(ctx, batch, 1, c), w.prompt_tokens, w.gen_tokens)
         limit = "prefill peak" if self._per_seq_bytes(ctx)[0] >= self._per_seq_bytes(ctx)[1] else "decode KV"
         config = {"batch_size": batch, "max_batch_that_fits": max_batch, "batch_limited_by": limit,
-                  "layer_buffer_bytes": max_layer_weight_bytes(ctx), "attention_score_dtype": self.params.attention_score_dtype}
+                  "layer_buffer_bytes": max_layer_weight_bytes(ctx),
+                  "attention_score_dtype": self.params.attention_score_dtype}
         return self.make_plan(
             (batch, num_batches), (prefill, 1, batch * w.prompt_tokens), (decode_s, points), config=config,
             host_mem_bytes=host, placement={"weights": "host (pinned), streamed layer by layer incl. all experts",

@@ -56,8 +56,8 @@ class GpuResident(ServingSystem):
         weights = self._per_gpu_fixed_bytes(ctx)
         self.require_fits(
             weights, usable,
-            f"{ctx.model.name} weights ({ctx.wdtype}) need {fmt_bytes(weights)} per GPU on {p.num_gpus} x {p.gpu.name}, "
-            f"but only {fmt_bytes(usable)} is usable per GPU ({fmt_bytes(p.gpu.memory_bytes)} minus "
+            f"{ctx.model.name} weights ({ctx.wdtype}) need {fmt_bytes(weights)} per GPU on "
+            f"{p.num_gpus} x {p.gpu.name}, but only {fmt_bytes(usable)} is usable per GPU ({fmt_bytes(p.gpu.memory_bytes)} minus "
             f"{fmt_bytes(p.empirical.gpu_memory_reserved_bytes)} reserved)",
             ". Use more GPUs (--gpus), a smaller dtype, or an offloading system.")
         prefill_tokens = max(self.params.prefill_chunk_tokens, ctx.workload.prompt_tokens)

@@ -174,4 +174,5 @@ class KTransformers(ServingSystem):
             (batch, num_batches), (prefill, passes, chunk), (decode_s, points),
             config={"batch_size": batch, "micro_batches": mbs, "prefill_chunk_tokens": chunk},
             host_mem_bytes=expert_bytes, notes=notes,
-            placement={"weights": "routed experts in host memory (CPU compute); the rest on the GPU", "kv_cache": "gpu"})
+            placement={"weights": "routed experts in host memory (CPU compute); the rest on the GPU",
+                       "kv_cache": "gpu"})

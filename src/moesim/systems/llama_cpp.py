@@ -236,7 +236,8 @@ class LlamaCpp(ServingSystem):
         def cross_over(eng: Engine, key: tuple[str, LayerKind]) -> None:
             """The hidden state moves to the GPU where a run of GPU layers follows CPU layers."""
             if key[0] != where["dev"]:
-                eng.add("hidden state H2D", "h2d", cross, [len(eng.tasks) - 1], category="transfer", nbytes=hidden_bytes)
+                eng.add("hidden state H2D", "h2d", cross, [len(eng.tasks) - 1], category="transfer",
+                        nbytes=hidden_bytes)
             where["dev"] = key[0]
 
         ext = simulate_layers(engine, runs, layer, cross_over)

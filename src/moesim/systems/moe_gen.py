@@ -113,9 +113,10 @@ class MoEGen(ServingSystem):
         kv_buf = self.params.kv_buffer_slots * attn_seqs * kv_len * ctx.kv_bytes_per_token_layer() if q_len == 1 else 0
         attn_tmp = attn_seqs * q_len * a.num_heads * (a.qk_head_dim + a.out_head_dim) * ctx.abytes
         rows = min(tokens * (m.moe.top_k if m.moe else 1), c.value("ffn_temporary_rows_max"))
-        ffn_tmp = rows * c.value("ffn_temporaries_per_row") * max(
-            m.moe.expert_intermediate_size if m.moe else 0, m.dense_ffn.intermediate_size if m.dense_ffn else 0) * ctx.abytes
-        logits = min(tokens, attn_seqs if q_len > 1 else tokens) * m.vocab_size * BYTES_PER_ELEMENT[c.value("logits_dtype")]
+        ffn = max(m.moe.expert_intermediate_size if m.moe else 0, m.dense_ffn.intermediate_size if m.dense_ffn else 0)
+        ffn_tmp = rows * c.value("ffn_temporaries_per_row") * ffn * ctx.abytes
+        logit_rows = min(tokens, attn_seqs if q_len > 1 else tokens)
+        logits = logit_rows * m.vocab_size * BYTES_PER_ELEMENT[c.value("logits_dtype")]
         return self._hidden_bytes(ctx, tokens) + kv_buf + attn_tmp + ffn_tmp + logits
 
     def _expert_slots(self, ctx: Context, state_bytes: float) -> int:
