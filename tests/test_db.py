@@ -12,7 +12,7 @@ def test_every_entry_loads_and_cross_references_resolve():
     assert counts["models"] >= 2 and counts["gpus"] >= 1 and counts["platforms"] >= 1
 
 
-@pytest.mark.parametrize("table", [db.models, db.gpus, db.cpus, db.links, db.platforms])
+@pytest.mark.parametrize("table", [db.models, db.gpus, db.cpus, db.links, db.platforms, db.systems])
 def test_every_entry_names_its_sources(table):
     for name, spec in table().entries.items():
         assert spec.sources, f"{name} ({table().files[name]}) cites no source"

@@ -126,7 +126,7 @@ def test_deepspeed_sdpa_drops_the_score_matrix_from_the_prefill_peak(c2):
     ctx = Context(moesim.get_model("mixtral-8x7b"), c2, work, Options())
     eager = get_system("deepspeed")({"attention": "eager"})
     sdpa = get_system("deepspeed")({"attention": "sdpa"})
-    from moesim.systems.gpu_resident import activation_bytes
+    from moesim.systems.shared.memory import activation_bytes
 
     scores = 32 * 512 * 512 * 6.0  # Mixtral: 32 query heads
     kv = 512 * 32 * 2 * 8 * 128 * 2.0  # prompt x layers x (K, V) x 8 KV heads x 128 x bf16

@@ -35,7 +35,7 @@ def activated_weight_bytes(ctx: Context, tokens: float) -> float:
     total += m.lm_head_params * ctx.wbytes
     if m.moe:
         total += m.num_moe_layers * (
-            ctx.shared_weight_bytes + m.router_params * 2.0 + ctx.active_experts(tokens) * ctx.expert_weight_bytes
+            ctx.shared_weight_bytes + ctx.router_weight_bytes + ctx.active_experts(tokens) * ctx.expert_weight_bytes
         )
     return total
 

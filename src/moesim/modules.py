@@ -11,6 +11,7 @@ from typing import Any, Callable, Hashable, Literal
 
 from . import costs
 from .costs import OpCost
+from .errors import MoesimError
 from .specs import ModelSpec, OfflineWorkload, Platform
 from .specs.common import BYTES_PER_ELEMENT
 
@@ -24,6 +25,9 @@ class Speculative:
     draft_model: str
     num_tokens: int = 4
     acceptance_rate: float = 0.7
+    #: the draft model's spec, resolved from ``draft_model`` before planning (``moesim.predict`` does it),
+    #: so that serving systems receive it through the Context rather than reading the database
+    draft: ModelSpec | None = field(default=None, compare=False, hash=False, repr=False)
 
     @property
     def tokens_per_step(self) -> float:
@@ -42,6 +46,7 @@ class Options:
     expert_popularity: tuple[float, ...] | None = None  # measured per-expert activation histogram
     mla_absorbed: bool = True
     speculative: "Speculative | None" = None
+    activation_dtype: str = "bf16"  # dtype of hidden states, attention scores and other transient tensors
 
 
 @dataclass(frozen=True)
@@ -101,8 +106,29 @@ class Context:
         return BYTES_PER_ELEMENT[self.edtype]
 
     @property
+    def abytes(self) -> float:
+        """Bytes per element of activations (hidden states, scores, transient tensors)."""
+        return BYTES_PER_ELEMENT[self.options.activation_dtype]
+
+    @property
     def weight_bytes(self) -> float:
         return self.model.weight_bytes(self.options.weight_dtype)
+
+    def draft_context(self) -> "Context | None":
+        """The speculative draft model's context (same platform and workload, its released dtype, this
+        KV dtype), or None without speculative decoding. The draft's spec comes resolved in the options."""
+        spec = self.options.speculative
+        if spec is None:
+            return None
+        if spec.draft is None:
+            raise MoesimError(f"speculative decoding: the draft model {spec.draft_model!r} was not resolved "
+                              f"(give Speculative(draft=ModelSpec) or plan through moesim.predict)")
+        return Context(spec.draft, self.platform, self.workload,
+                       Options(kv_dtype=self.options.kv_dtype, activation_dtype=self.options.activation_dtype))
+
+    def hidden_state_bytes(self, tokens: float) -> float:
+        """``tokens`` hidden states (one hidden-sized vector each) in the activation dtype."""
+        return tokens * self.model.hidden_size * self.abytes
 
     def kv_bytes_per_token(self, context_tokens: int | None = None) -> float:
         """KV bytes per token over all layers (windowed layers capped at their window)."""
@@ -129,14 +155,27 @@ class Context:
         return self.model.dense_ffn_params * self.wbytes
 
     @property
+    def router_weight_bytes(self) -> float:
+        """One MoE layer's router weights, in the model's router dtype (unquantized in the checkpoints)."""
+        m = self.model
+        return m.router_params * BYTES_PER_ELEMENT[m.moe.router_dtype] if m.moe else 0.0
+
+    @property
     def resident_weight_bytes(self) -> float:
         """Embedding, LM head and routers: small weights every system keeps on the GPU."""
         m = self.model
-        return (m.embedding_params + m.lm_head_params) * self.wbytes + m.num_moe_layers * m.router_params * 2.0
+        return (m.embedding_params + m.lm_head_params) * self.wbytes + m.num_moe_layers * self.router_weight_bytes
 
     def attention_proj(self, tokens: float) -> OpCost:
         m = self.model
         return costs.attention_projections(m.attention_params, m.hidden_size, tokens, self.wdtype)
+
+    def attention_proj_split(self, tokens: float) -> tuple[OpCost, OpCost]:
+        """(Q/K/V projections before the attention core, output projection after it): the projections'
+        cost split by the share of their weights, ``AttentionSpec.qkv_share`` (Mixtral: 0.6 / 0.4)."""
+        full = self.attention_proj(tokens)
+        share = self.model.attention.qkv_share(self.model.hidden_size)
+        return full.scaled(share), full.scaled(1.0 - share)
 
     def attention_core(self, batch: float, q_len: float, kv_len: float, windowed: bool) -> OpCost:
         return costs.attention_core(self.model.attention, batch, q_len, kv_len, True, self.options.kv_dtype,

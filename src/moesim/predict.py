@@ -8,10 +8,10 @@ recommend all go through these three.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -237,8 +237,9 @@ def resolve(scenario: Scenario) -> Resolved:
     popularity = _popularity(s.expert_histogram, spec)
     spec_dec = None
     if s.draft_model is not None:
-        get_model(s.draft_model)  # unknown draft names fail here, with suggestions
-        spec_dec = Speculative(draft_model=s.draft_model, num_tokens=s.spec_tokens, acceptance_rate=s.spec_accept)
+        # resolved here (unknown draft names fail with suggestions); systems get the spec through the Context
+        spec_dec = Speculative(draft_model=s.draft_model, num_tokens=s.spec_tokens, acceptance_rate=s.spec_accept,
+                               draft=get_model(s.draft_model))
     options = Options(weight_dtype=s.dtype, kv_dtype=s.kv_dtype, moe_impl=s.moe_impl, zipf_s=s.zipf_s,
                       mla_absorbed=s.mla_absorbed, expert_popularity=popularity, speculative=spec_dec)
     assumptions = []

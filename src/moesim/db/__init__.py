@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..errors import SpecError, UnknownNameError
 from ..specs import AcceleratorSpec, CPUSpec, EmpiricalProfile, LinkSpec, ModelSpec, PlatformSpec
+from ..specs.system import SystemConstants
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -29,7 +30,8 @@ def normalize(name: str) -> str:
 
 
 def data_root(kind: str) -> Path:
-    """Directory of ``models_db`` or ``hardware_db``: inside the installed package, else the source tree."""
+    """Directory of ``models_db``, ``hardware_db`` or ``systems_db``: inside the installed package, else the
+    source tree."""
     here = Path(__file__).resolve().parent.parent
     for candidate in (here / "_db" / kind, here.parent.parent / kind):
         if candidate.is_dir():
@@ -145,6 +147,16 @@ def platforms() -> Table[PlatformSpec]:
 
 
 @lru_cache(maxsize=1)
+def systems() -> Table[SystemConstants]:
+    """Serving systems' software constants (``systems_db/<system>.yaml``; ``shared.yaml`` for several)."""
+    return load_table(SystemConstants, "systems_db entry", data_root("systems_db"))
+
+
+def system_constants(name: str) -> SystemConstants:
+    return systems().get(name)
+
+
+@lru_cache(maxsize=1)
 def default_profile() -> EmpiricalProfile:
     """The documented uncalibrated profile (``hardware_db/efficiency/default.yaml``)."""
     return load_spec_file(EmpiricalProfile, data_root("hardware_db") / "efficiency" / "default.yaml")
@@ -160,6 +172,7 @@ def check_all() -> dict[str, int]:
         links().get(gpu.host_interface)
     default_profile()
     return {
+        "systems": len(systems().entries),
         "models": len(models().entries),
         "gpus": len(gpus().entries),
         "cpus": len(cpus().entries),

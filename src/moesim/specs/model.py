@@ -78,6 +78,17 @@ class AttentionSpec(Spec):
         d = self.head_dim
         return hidden * h * d * 2 + hidden * self.num_kv_heads * d * 2
 
+    def out_proj_params(self, hidden: int) -> int:
+        """Weights of the output projection: heads x value head dim -> hidden (o_proj, both kinds)."""
+        return self.num_heads * self.out_head_dim * hidden
+
+    def qkv_share(self, hidden: int) -> float:
+        """Share of the projection weights (hence FLOPs and weight bytes) before the attention core:
+        Q, K, V (MLA: the query path and the KV down/up projections), i.e. 1 - o_proj / all projections.
+        Mixtral (GQA 32/8, head 128, hidden 4096): q 4096^2, k and v 4096 x 1024 each, o 4096^2
+        -> (16.8 + 4.2 + 4.2) / 41.9 = 0.6."""
+        return 1.0 - self.out_proj_params(hidden) / self.params(hidden)
+
     def kv_elements_per_token(self) -> int:
         """Cached elements per token per layer: K and V, or MLA's latent plus rope key."""
         if self.kind == "mla":
@@ -103,11 +114,16 @@ class MoESpec(Spec):
     gated: bool = True
     router: Literal["softmax", "sigmoid"] = "softmax"
     router_bias: bool = False
+    router_dtype: str = Field(
+        default="bf16", description="storage dtype of the router (gate) weights: the checkpoint keeps them unquantized "
+                                    "(bf16) in every model here, also where experts are fp8 or mxfp4")
 
     @model_validator(mode="after")
     def _check(self) -> "MoESpec":
         if self.top_k > self.num_experts:
             raise ValueError(f"top_k ({self.top_k}) exceeds num_experts ({self.num_experts})")
+        if self.router_dtype not in BYTES_PER_ELEMENT:
+            raise ValueError(f"router_dtype {self.router_dtype!r} is not one of {sorted(BYTES_PER_ELEMENT)}")
         return self
 
     @property

@@ -2,7 +2,9 @@
 
 A new serving system is one new module in this package defining a :class:`ServingSystem`
 subclass with a ``name``; it is discovered at import, nothing else needs editing. ``ORDER``
-only fixes the order in which systems are listed and compared.
+only fixes the order in which systems are listed and compared. Systems share code through
+:mod:`.base` and the :mod:`.shared` package (not searched for systems), never by importing
+one another.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ ORDER = ("gpu-resident", "vllm", "llama-cpp", "ktransformers", "deepspeed", "fle
 def _discover() -> dict[str, type[ServingSystem]]:
     found: dict[str, type[ServingSystem]] = {}
     for info in pkgutil.iter_modules(__path__):
-        if info.name.startswith("_") or info.name == "base":
+        if info.ispkg or info.name.startswith("_") or info.name == "base":
             continue
         module = importlib.import_module(f"{__name__}.{info.name}")
         for obj in vars(module).values():

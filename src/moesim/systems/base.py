@@ -6,8 +6,11 @@ Steps repeat, so moesim never simulates token by token:
 
 * layers: for each distinct layer kind (dense/MoE, windowed/full) it simulates
   ``min(count, SIMULATED_LAYERS)`` consecutive layers in one engine (so cross-layer overlap of
-  prefetching is captured) and extrapolates the rest at the steady-state marginal cost
-  ``end(layer n) - end(layer n-1)``;
+  prefetching is captured) and extrapolates the rest at the steady state of the last simulated
+  layer (:func:`simulate_layers`): each of the ``count - n`` layers not simulated adds
+  ``end(layer n) - end(layer n-1)`` to the step time and repeats layer n's tasks, so its busy time
+  per resource and per category; what runs once per pass (the LM head, an embedding, a cold start)
+  counts once;
 * decode: step time depends on context length, so it is simulated at the first, middle and
   last generated position and integrated with Simpson's rule (exact for quadratic growth).
 """
@@ -16,14 +19,21 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Iterable, TypeVar
 
 from pydantic import BaseModel
 
+from ..db import system_constants
 from ..engine import Engine
+from ..errors import InfeasibleError
 from ..modules import Context
 from ..specs import LayerKind
+from ..specs.system import SystemConstants
+from ..units import fmt_bytes
+
+K = TypeVar("K")
 
 SIMULATED_LAYERS = 3
 
@@ -79,51 +89,86 @@ class Plan:
         return self.decode_points[len(self.decode_points) // 2]
 
 
+@dataclass
+class LayerExtrapolation:
+    """The layers of a pass that were simulated, and the work of those that were not."""
+
+    simulated: int = 0
+    extra_s: float = 0.0  # step time of the layers not simulated
+    busy_s: dict[str, float] = field(default_factory=lambda: defaultdict(float))  # their busy time per resource
+    category_s: dict[str, float] = field(default_factory=lambda: defaultdict(float))  # ... and per category
+
+
+def simulate_layers(engine: Engine, runs: Iterable[tuple[K, int]], build_layer: Callable[[Engine, int, K], int],
+                    start_run: Callable[[Engine, K], None] | None = None) -> LayerExtrapolation:
+    """Simulate runs of identical layers, ``min(count, SIMULATED_LAYERS)`` of each, and extrapolate the rest.
+
+    ``runs`` lists (key, count): ``count`` consecutive layers built by ``build_layer(engine, index, key)``,
+    which submits one layer's tasks and returns the id of its last task; ``start_run(engine, key)``
+    submits what runs once before a run (e.g. a copy between devices). With n simulated layers of a run
+    of c > n, the steady state of the n-th layer stands for each of the c - n others::
+
+        T_extra    = (c - n) (end(n) - end(n-1))                 the marginal step time of one more layer
+        busy_extra = (c - n) sum of layer n's task durations,    per resource and per category
+
+    so utilisation and the per-category breakdown count a repeated layer's work as often as the layer
+    repeats, and work done once per pass only once (scaling every resource by T_total / T_simulated
+    would also multiply the LM head, the embedding and cold-start copies by the layer factor).
+    """
+    ext = LayerExtrapolation()
+    for key, count in runs:
+        if start_run:
+            start_run(engine, key)
+        n = min(count, SIMULATED_LAYERS)
+        ends, first = [], len(engine.tasks)
+        for _ in range(n):
+            first = len(engine.tasks)
+            ends.append(engine.end_of(build_layer(engine, ext.simulated, key)))
+            ext.simulated += 1
+        if count > n:  # n == SIMULATED_LAYERS >= 2: the steady state of the last simulated layer
+            repeats = count - n
+            ext.extra_s += repeats * max(ends[-1] - ends[-2], 0.0)
+            for t in engine.tasks[first:]:
+                ext.busy_s[t.resource] += repeats * t.duration_s
+                ext.category_s[t.category] += repeats * t.duration_s
+    return ext
+
+
+def step_sim(engine: Engine, ext: LayerExtrapolation, total_layers: int) -> StepSim:
+    """The pass simulated on ``engine`` plus the layers ``ext`` extrapolated."""
+    def plus(simulated: dict[str, float], extra: dict[str, float]) -> dict[str, float]:
+        out = dict(simulated)
+        for key, value in extra.items():
+            out[key] = out.get(key, 0.0) + value
+        return out
+
+    peaks = engine.check_memory()
+    return StepSim(time_s=engine.makespan_s + ext.extra_s, engine=engine, simulated_layers=ext.simulated,
+                   total_layers=total_layers, busy_s=plus(engine.busy_s(), ext.busy_s),
+                   category_s=plus(engine.busy_by_category_s(), ext.category_s), peak_memory_bytes=peaks)
+
+
 def simulate_pass(ctx: Context, engine: Engine, build_layer: Callable[[Engine, int, LayerKind], int],
                   prologue: Callable[[Engine], None] | None = None,
                   epilogue: Callable[[Engine], None] | None = None, *,
                   gpu_holds: dict[str, float] | None = None, head_s: float | None = None) -> StepSim:
-    """Simulate one forward pass: representative layers of each kind, extrapolated.
+    """Simulate one forward pass: representative layers of each kind, extrapolated (:func:`simulate_layers`).
 
     ``build_layer(engine, index, kind)`` submits one layer's tasks and returns the id of its
     last task (the layer is done when that task ends). ``gpu_holds`` (label -> bytes) is GPU
     memory held for the whole pass; ``head_s``, the LM head and embedding, runs on the GPU after
     the last task.
     """
-    kinds = ctx.model.layer_kinds()
     for label, nbytes in (gpu_holds or {}).items():
         engine.hold("gpu", nbytes, label)
     if prologue:
         prologue(engine)
-    extra_s = 0.0
-    simulated = 0
-    marginal: dict[LayerKind, float] = {}
-    for kind, count in kinds.items():
-        n = min(count, SIMULATED_LAYERS)
-        ends = []
-        for _ in range(n):
-            ends.append(engine.end_of(build_layer(engine, simulated, kind)))
-            simulated += 1
-        if count > n:  # n == SIMULATED_LAYERS >= 2: steady-state marginal cost of one more layer
-            marginal[kind] = max(ends[-1] - ends[-2], 0.0)
-            extra_s += (count - n) * marginal[kind]
+    ext = simulate_layers(engine, ctx.model.layer_kinds().items(), build_layer)
     if epilogue:
         epilogue(engine)
     if head_s is not None:
         engine.add("lm head + embedding", "gpu", head_s, [len(engine.tasks) - 1], category="head")
-    peaks = engine.check_memory()
-    sim_time = engine.makespan_s
-    total = sim_time + extra_s
-    scale = total / sim_time if sim_time else 1.0
-    return StepSim(
-        time_s=total,
-        engine=engine,
-        simulated_layers=simulated,
-        total_layers=ctx.model.num_layers,
-        busy_s={r: b * scale for r, b in engine.busy_s().items()},
-        category_s={c: b * scale for c, b in engine.busy_by_category_s().items()},
-        peak_memory_bytes=peaks,
-    )
+    return step_sim(engine, ext, ctx.model.num_layers)
 
 
 def sequential_steps(steps: list[tuple[StepSim, float]]) -> StepSim:
@@ -184,3 +229,42 @@ class ServingSystem(ABC):
         (``plan`` is this system's plan for ``ctx``; no step will hold a context over ``max_context_tokens``),
         or None: this system has no continuous-batching scheduler to serve requests arriving over time."""
         return None
+
+    # ---- helpers of every system -------------------------------------------------------------
+    @property
+    def constants(self) -> SystemConstants:
+        """This system's software constants (``systems_db/<name>.yaml``)."""
+        return system_constants(self.name)
+
+    def require_fits(self, need_bytes: float, have_bytes: float, what: str, hint: str = "") -> None:
+        """Raise InfeasibleError("<system>: <what>: short by <need - have><hint>") when ``need_bytes`` exceeds
+        ``have_bytes``."""
+        if need_bytes > have_bytes:
+            raise InfeasibleError(f"{self.name}: {what}: short by {fmt_bytes(need_bytes - have_bytes)}{hint}")
+
+    def refuse_multi_gpu(self, ctx: Context, reason: str) -> None:
+        """Raise InfeasibleError on a platform of several GPUs for a system modelled on one (``reason``: what
+        of its multi-GPU operation is not modelled)."""
+        if ctx.platform.num_gpus > 1:
+            raise InfeasibleError(f"{self.name} is modelled on one GPU ({reason}); use --gpus 1")
+
+    def make_plan(self, batch: tuple[int, int], prefill: tuple[StepSim, int, int],
+                  decode: tuple[float, list[tuple[int, StepSim]]], *, config: dict[str, Any], host_mem_bytes: float,
+                  placement: dict[str, str], notes: list[str] | None = None, also_run: tuple[StepSim, ...] = (),
+                  plan_type: type[Plan] = Plan, **fields: Any) -> Plan:
+        """A :class:`Plan` of this system: ``batch`` = (sequences per batch, batches), ``prefill`` = (one
+        prefill pass, passes per batch, prompt tokens per pass), ``decode`` = (decode time of a batch, its
+        simulated steps); the GPU memory is the peak of every step (``also_run``: steps beyond those, e.g. a
+        mixed step); ``fields`` go to ``plan_type``."""
+        step, passes, tokens = prefill
+        decode_s, points = decode
+        return plan_type(system=self.name, config=config, batch_size=batch[0], num_batches=batch[1],
+                         prefill_passes_per_batch=passes, prefill=step, prefill_tokens_per_pass=tokens,
+                         decode_points=points, decode_time_per_batch_s=decode_s,
+                         gpu_mem_bytes=peak_gpu_bytes([step, *also_run, *(s for _, s in points)]),
+                         host_mem_bytes=host_mem_bytes, placement=placement, notes=list(notes or []), **fields)
+
+
+def peak_gpu_bytes(steps: Iterable[StepSim]) -> float:
+    """The largest GPU memory peak of ``steps`` (per GPU)."""
+    return max((s.peak_memory_bytes.get("gpu", 0.0) for s in steps), default=0.0)

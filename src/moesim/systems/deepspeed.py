@@ -38,58 +38,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..costs import OpCost
 from ..engine import BufferRing, Engine
 from ..errors import InfeasibleError
 from ..modules import Context
 from ..specs import LayerKind
 from ..units import fmt_bytes
 from .base import Plan, ServingSystem, StepSim, balanced_batches, simpson_decode_time, simulate_pass
-from .gpu_resident import activation_bytes
-
-# Eager attention: bytes per score element held at the peak (scores in bf16 + their softmax in
-# the score dtype) and moved in total (write scores, softmax read/write, cast, read for A @ V).
-EAGER_PEAK_BYTES = {"fp32": 6.0, "bf16": 4.0}
-EAGER_TRAFFIC_BYTES = {"fp32": 16.0, "bf16": 8.0}
-
-
-def layer_weight_bytes(ctx: Context, kind: LayerKind) -> float:
-    """Bytes of one layer streamed by a system that is not MoE-aware: attention + every expert."""
-    m = ctx.model
-    if kind.moe:
-        return ctx.attention_weight_bytes + m.moe.num_experts * ctx.expert_weight_bytes + ctx.shared_weight_bytes
-    return ctx.attention_weight_bytes + ctx.dense_ffn_weight_bytes
-
-
-def max_layer_weight_bytes(ctx: Context) -> float:
-    return max(layer_weight_bytes(ctx, k) for k in ctx.model.layer_kinds())
-
-
-def streamed_weight_bytes(ctx: Context) -> float:
-    """Weights outside the GPU-resident embeddings / LM head / routers."""
-    return max(0.0, ctx.weight_bytes - ctx.resident_weight_bytes)
-
-
-def eager_scores(ctx: Context, seqs: float, q_len: float, kv_len: float) -> float:
-    """Elements of the materialised attention score matrix of one layer."""
-    return seqs * ctx.model.attention.num_heads * q_len * kv_len
-
-
-def eager_attention_peak_bytes(ctx: Context, seqs: float, q_len: float, kv_len: float, score_dtype: str) -> float:
-    return eager_scores(ctx, seqs, q_len, kv_len) * EAGER_PEAK_BYTES[score_dtype]
-
-
-def eager_attention_cost(ctx: Context, seqs: float, q_len: float, kv_len: float, windowed: bool,
-                         score_dtype: str) -> OpCost:
-    """Attention core without flash fusion: the flash-style cost plus the score matrix's round trips."""
-    n = eager_scores(ctx, seqs, q_len, kv_len)
-    extra = OpCost(family="attention", flop=5.0 * n, bytes=n * EAGER_TRAFFIC_BYTES[score_dtype], launches=3)
-    return ctx.attention_core(seqs, q_len, kv_len, windowed) + extra
-
-
-def prefill_logits_bytes(ctx: Context, tokens: float) -> float:
-    """Logits over every prompt position, bf16 then upcast to fp32."""
-    return tokens * ctx.model.vocab_size * 6.0
+from .shared.attention import eager_attention_cost, eager_attention_peak_bytes
+from .shared.memory import activation_bytes, layer_weight_bytes, max_layer_weight_bytes, prefill_logits_bytes
 
 
 class DeepSpeedParams(BaseModel):
@@ -128,7 +84,7 @@ class DeepSpeed(ServingSystem):
         w = ctx.workload
         p, total = w.prompt_tokens, w.total_context_tokens
         layer_peak = self._score_peak_bytes(ctx, p, p) + activation_bytes(ctx, p)
-        logits = prefill_logits_bytes(ctx, p) if self.params.logits_all_positions else ctx.model.vocab_size * 6.0
+        logits = prefill_logits_bytes(ctx, p if self.params.logits_all_positions else 1)
         prefill = p * ctx.kv_bytes_per_token(p) + max(layer_peak, logits)
         decode = total * ctx.kv_bytes_per_token(total) + activation_bytes(ctx, 1)
         return prefill, decode
@@ -137,22 +93,14 @@ class DeepSpeed(ServingSystem):
         p = ctx.platform
         usable = p.usable_gpu_memory_bytes_per_gpu
         fixed = self._fixed_bytes(ctx)
-        if fixed > usable:
-            raise InfeasibleError(
-                f"deepspeed: resident weights and {self.params.layer_buffers} layer buffers of "
-                f"{fmt_bytes(max_layer_weight_bytes(ctx))} (attention + all {ctx.model.moe.num_experts if ctx.model.moe else 0} "
-                f"experts) need {fmt_bytes(fixed)} on {p.gpu.name}, {fmt_bytes(usable)} usable: "
-                f"short by {fmt_bytes(fixed - usable)}"
-            )
+        experts = ctx.model.moe.num_experts if ctx.model.moe else 0
+        self.require_fits(fixed, usable, f"resident weights and {self.params.layer_buffers} layer buffers of "
+                          f"{fmt_bytes(max_layer_weight_bytes(ctx))} (attention + all {experts} experts) need "
+                          f"{fmt_bytes(fixed)} on {p.gpu.name}, {fmt_bytes(usable)} usable")
         per_seq = max(self._per_seq_bytes(ctx))
-        batch = int((usable - fixed) // per_seq)
-        if batch < 1:
-            raise InfeasibleError(
-                f"deepspeed: not even one sequence fits on the GPU next to the layer buffers: it needs "
-                f"{fmt_bytes(per_seq)} (KV + attention peak), {fmt_bytes(usable - fixed)} is left: "
-                f"short by {fmt_bytes(per_seq - (usable - fixed))}"
-            )
-        return batch
+        self.require_fits(per_seq, usable - fixed, f"not even one sequence fits on the GPU next to the layer buffers: "
+                          f"it needs {fmt_bytes(per_seq)} (KV + attention peak), {fmt_bytes(usable - fixed)} is left")
+        return int((usable - fixed) // per_seq)
 
     # ---- one forward pass -------------------------------------------------------------------
     def _pass(self, ctx: Context, seqs: int, q_len: int, kv_len: int) -> StepSim:
@@ -210,9 +158,7 @@ class DeepSpeed(ServingSystem):
     def plan(self, ctx: Context) -> Plan:
         w = ctx.workload
         p = ctx.platform
-        if p.num_gpus > 1:
-            raise InfeasibleError("deepspeed is modelled on one GPU (ZeRO-Inference tensor parallelism is not "
-                                  "modelled); use --gpus 1")
+        self.refuse_multi_gpu(ctx, "ZeRO-Inference tensor parallelism is not modelled")
         host = ctx.weight_bytes
         if host > p.usable_host_memory_bytes:
             raise InfeasibleError(
@@ -231,23 +177,12 @@ class DeepSpeed(ServingSystem):
         batch, num_batches = balanced_batches(w.num_requests, wanted or max_batch)
         prefill = self._pass(ctx, batch, w.prompt_tokens, w.prompt_tokens)
         decode_s, points = simpson_decode_time(lambda c: self._pass(ctx, batch, 1, c), w.prompt_tokens, w.gen_tokens)
-        peak_gpu = max([prefill.peak_memory_bytes.get("gpu", 0.0)] + [s.peak_memory_bytes.get("gpu", 0.0)
-                                                                       for _, s in points])
         limit = "prefill peak" if self._per_seq_bytes(ctx)[0] >= self._per_seq_bytes(ctx)[1] else "decode KV"
-        return Plan(
-            system=self.name,
-            config={"batch_size": batch, "max_batch_that_fits": max_batch, "batch_limited_by": limit,
-                    "layer_buffer_bytes": max_layer_weight_bytes(ctx),
-                    "attention_score_dtype": self.params.attention_score_dtype},
-            batch_size=batch,
-            num_batches=num_batches,
-            prefill_passes_per_batch=1,
-            prefill=prefill,
-            prefill_tokens_per_pass=batch * w.prompt_tokens,
-            decode_points=points,
-            decode_time_per_batch_s=decode_s,
-            gpu_mem_bytes=peak_gpu,
-            host_mem_bytes=host,
-            placement={"weights": "host (pinned), streamed layer by layer incl. all experts", "kv_cache": "gpu"},
-            notes=[f"batch {batch} for prefill and decode (GPU memory allows {max_batch}; limited by the {limit})"],
-        )
+        config = {"batch_size": batch, "max_batch_that_fits": max_batch, "batch_limited_by": limit,
+                  "layer_buffer_bytes": max_layer_weight_bytes(ctx),
+                  "attention_score_dtype": self.params.attention_score_dtype}
+        return self.make_plan(
+            (batch, num_batches), (prefill, 1, batch * w.prompt_tokens), (decode_s, points), config=config,
+            host_mem_bytes=host, placement={"weights": "host (pinned), streamed layer by layer incl. all experts",
+                                            "kv_cache": "gpu"},
+            notes=[f"batch {batch} for prefill and decode (GPU memory allows {max_batch}; limited by the {limit})"])

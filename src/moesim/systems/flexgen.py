@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -63,41 +63,13 @@ from ..costs import platform_copy_time_s as copy_time_s
 from ..specs import LayerKind
 from ..units import fmt_bytes
 from .base import Plan, ServingSystem, StepSim, simpson_decode_time, simulate_pass
-from .deepspeed import (eager_attention_cost, eager_attention_peak_bytes, layer_weight_bytes, max_layer_weight_bytes,
-                        prefill_logits_bytes, streamed_weight_bytes)
-from .gpu_resident import activation_bytes
+from .shared.attention import eager_attention_cost, eager_attention_peak_bytes
+from .shared.memory import (activation_bytes, layer_weight_bytes, max_layer_weight_bytes, prefill_logits_bytes,
+                            streamed_weight_bytes)
+from .shared.search import best_by_simulation, decode_mid, simpson_lower_bound
 
 VARS = ("wg", "wc", "wd", "cg", "cc", "cd", "hg", "hc", "hd")
 TIE_BREAK = 1e-4  # weight of total I/O time in the LP objective, next to the block time
-
-
-def decode_mid(prompt: int, gen: int) -> int:
-    """The middle context at which :func:`simpson_decode_time` simulates a step."""
-    return (2 * prompt + 1 + gen) // 2
-
-
-def simpson_lower_bound(mid_step_s: float, gen: int) -> float:
-    """A lower bound on the Simpson decode time from the middle step alone (other steps >= 0)."""
-    return gen * 4.0 * mid_step_s / 6.0 if gen > 2 else mid_step_s
-
-
-def best_by_simulation(cands: list, quick: Callable, exact: Callable):
-    """The candidate with the least ``exact(c)[0]`` (ties: the earliest), evaluated lazily.
-
-    ``quick(c)`` returns (lower bound of exact(c)[0], ranking estimate); candidates are evaluated in
-    order of the estimate and skipped once their bound cannot beat the best found, so the result is
-    the exact minimum over all candidates: with a candidate set that depends on memory only, more
-    bandwidth or FLOP/s can never select a slower plan.
-    """
-    scored = sorted(((quick(c), i) for i, c in enumerate(cands)), key=lambda x: (x[0][1], x[1]))
-    best = None
-    for (bound, _), i in scored:
-        if best is not None and bound > best[0]:
-            continue
-        value = exact(cands[i])
-        if best is None or (value[0], i) < (best[0], best[1]):
-            best = (value[0], i, value)
-    return cands[best[1]], best[2]
 
 
 class FlexGenParams(BaseModel):
@@ -157,6 +129,12 @@ class FlexGen(ServingSystem):
     def _spb(ctx: Context, kind: str) -> float:
         """Seconds per byte of a host<->device copy kind (latency excluded)."""
         return (copy_time_s(2e9, kind, ctx.platform) - copy_time_s(1e9, kind, ctx.platform)) / 1e9
+
+    @staticmethod
+    def _qo_bytes_per_token(ctx: Context) -> float:
+        """Query to the CPU and attention output back, per token and layer (activation dtype)."""
+        a = ctx.model.attention
+        return a.num_heads * (a.qk_head_dim + a.out_head_dim) * ctx.abytes
 
     def _kv_kinds(self) -> tuple[str, str]:
         return ("h2d_pinned", "d2h_pinned") if self.params.kv_pinned else ("h2d_pageable", "d2h_pageable")
@@ -220,10 +198,9 @@ class FlexGen(ServingSystem):
         kv_pre = bls * s * ctx.kv_bytes_per_token(s)
         kv_avg = bls * c_avg * ctx.kv_bytes_per_token(int(c_avg))
         kv_new = bls * ctx.kv_bytes_per_token(ctx_len)
-        h_pre = bls * s * m.hidden_size * 2.0
-        h_dec = bls * m.hidden_size * 2.0
-        a = m.attention
-        qo_bytes = bls * L * (a.num_heads * (a.qk_head_dim + a.out_head_dim)) * 2.0  # q to the CPU, output back
+        h_pre = ctx.hidden_state_bytes(bls * s)
+        h_dec = ctx.hidden_state_bytes(bls)
+        qo_bytes = bls * L * self._qo_bytes_per_token(ctx)  # q to the CPU, output back
         w_h2d = self._spb(ctx, "h2d_pinned")
         w_d2h = self._spb(ctx, "d2h_pinned")
         kv_h2d, kv_d2h = (self._spb(ctx, k) for k in self._kv_kinds())
@@ -323,10 +300,9 @@ class FlexGen(ServingSystem):
         kv_read = {wd: f_off * gbs * (min(kv_len, a.window_tokens) if wd and a.window_tokens else kv_len) * kv_layer
                    for wd in (False, True)} if decode and not deleg else {False: 0.0, True: 0.0}
         kv_write = f_off * gbs * q_len * kv_layer if not deleg else 0.0
-        hidden = pol.hc * t * m.hidden_size * 2.0
-        qo = f_off * gbs * a.num_heads * (a.qk_head_dim + a.out_head_dim) * 2.0 / 2 if deleg else 0.0
-        pre = ctx.gpu_s(ctx.attention_proj(t).scaled(0.75))
-        post = ctx.gpu_s(ctx.attention_proj(t).scaled(0.25))
+        hidden = pol.hc * ctx.hidden_state_bytes(t)
+        qo = f_off * gbs * self._qo_bytes_per_token(ctx) / 2 if deleg else 0.0
+        pre, post = (ctx.gpu_s(c) for c in ctx.attention_proj_split(t))
         if deleg:
             gpu_att = {wd: pol.cg * ctx.gpu_s(eager_attention_cost(ctx, gbs, 1, kv_len, wd, sd)) for wd in (False, True)}
             cpu_att = {wd: self._cpu_attention_s(ctx, f_off * gbs, kv_len, wd) for wd in (False, True)}
@@ -447,7 +423,7 @@ class FlexGen(ServingSystem):
             "KV cache on the GPU (cg)": pol.cg * bls * ctx_len * ctx.kv_bytes_per_token(ctx_len),
             "KV buffers of a GPU batch": (1 - deleg) * (1 - pol.cg) * 2 * pol.gpu_batch * ctx_len
             * ctx.kv_bytes_per_token_layer(),
-            "activations on the GPU (hg)": pol.hg * bls * w.prompt_tokens * ctx.model.hidden_size * 2.0,
+            "activations on the GPU (hg)": pol.hg * ctx.hidden_state_bytes(bls * w.prompt_tokens),
             "GPU batch working set (activations, scores)": self._gpu_work_bytes(ctx, pol.gpu_batch),
         }
 
@@ -497,10 +473,8 @@ class FlexGen(ServingSystem):
             f"{fmt_bytes(have)}: short by {fmt_bytes(max(need - have, 0.0))}")
 
     def plan(self, ctx: Context) -> Plan:
-        w, p = ctx.workload, ctx.platform
-        if p.num_gpus > 1:
-            raise InfeasibleError("flexgen is modelled on one GPU (its pipeline parallelism is not modelled); "
-                                  "use --gpus 1")
+        w = ctx.workload
+        self.refuse_multi_gpu(ctx, "its pipeline parallelism is not modelled")
         pols = self.candidate_policies(ctx)
         if not pols:
             raise self._infeasible(ctx)
@@ -531,13 +505,11 @@ class FlexGen(ServingSystem):
             pols[: self.params.policies_simulated or len(pols)], quick, exact)
         bls = pol.block
         num_batches = math.ceil(w.num_requests / bls)
-        peak_gpu = max([prefill.peak_memory_bytes.get("gpu", 0.0)] + [s.peak_memory_bytes.get("gpu", 0.0)
-                                                                       for _, s in points])
         W = streamed_weight_bytes(ctx)
         ctx_len = w.total_context_tokens
         kv_tot = bls * ctx_len * ctx.kv_bytes_per_token(ctx_len)
         host = (pol.wc * W + pol.wd * 2 * max_layer_weight_bytes(ctx) + pol.cc * kv_tot
-                + pol.hc * bls * w.prompt_tokens * ctx.model.hidden_size * 2.0)
+                + pol.hc * ctx.hidden_state_bytes(bls * w.prompt_tokens))
 
         def where(prefix: str) -> str:
             parts = [f"{name} {pol.fractions[prefix + k]:.0%}" for k, name in (("g", "gpu"), ("c", "cpu"), ("d", "disk"))
@@ -553,19 +525,7 @@ class FlexGen(ServingSystem):
                  f"{pol.num_gpu_batches} GPU batches; weights {where('w')}; KV {where('c')}; activations {where('h')}"]
         if bls * num_batches > w.num_requests:
             notes.append(f"the last of {num_batches} blocks is padded ({bls * num_batches - w.num_requests} empty slots)")
-        return Plan(
-            system=self.name,
-            config=config,
-            batch_size=bls,
-            num_batches=num_batches,
-            prefill_passes_per_batch=1,
-            prefill=prefill,
-            prefill_tokens_per_pass=bls * w.prompt_tokens,
-            decode_points=points,
-            decode_time_per_batch_s=decode_s,
-            gpu_mem_bytes=peak_gpu,
-            host_mem_bytes=host,
-            placement={"weights": where("w") + " (streamed per layer, all experts)", "kv_cache": where("c"),
-                       "activations": where("h")},
-            notes=notes,
-        )
+        placement = {"weights": where("w") + " (streamed per layer, all experts)", "kv_cache": where("c"),
+                     "activations": where("h")}
+        return self.make_plan((bls, num_batches), (prefill, 1, bls * w.prompt_tokens), (decode_s, points),
+                              config=config, host_mem_bytes=host, placement=placement, notes=notes)

@@ -1,6 +1,6 @@
 """`gpu-resident`: every weight and the whole KV cache on the GPU(s); static batches.
 
-With n GPUs the model is tensor-parallel (:mod:`moesim.systems.tensor_parallel`).
+With n GPUs the model is tensor-parallel (:mod:`moesim.systems.shared.tensor_parallel`).
 
 The batch is the largest that memory allows (weights/n + KV/n + activations within the
 usable GPU memory), split into equal waves; prefill runs the wave's prompts in chunks of at
@@ -16,27 +16,18 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..engine import Engine
 from ..errors import InfeasibleError
-from ..modules import Context, Options
+from ..modules import Context
 from ..specs import LayerKind
 from ..units import fmt_bytes
-from .tensor_parallel import LayerTimes
 from .base import Plan, ServingSystem, StepSim, balanced_batches, simpson_decode_time, simulate_pass
-
-ACT_HIDDEN_COPIES = 8  # live hidden-sized activations per token (residual, norms, attn out, ...)
+from .shared.memory import activation_bytes
+from .shared.tensor_parallel import LayerTimes
 
 
 class GpuResidentParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     batch_size: int | None = Field(default=None, ge=1, description="None = largest that fits")
     prefill_chunk_tokens: int = Field(default=8192, ge=1)
-
-
-def activation_bytes(ctx: Context, tokens: float) -> float:
-    """Transient activations of a forward pass over ``tokens`` tokens (bf16), per GPU."""
-    m = ctx.model
-    ffn = max(m.moe.expert_intermediate_size * m.moe.top_k if m.moe else 0,
-              m.dense_ffn.intermediate_size if m.dense_ffn else 0)
-    return tokens * (ACT_HIDDEN_COPIES * m.hidden_size + 2 * ffn) * 2.0 / ctx.platform.num_gpus
 
 
 class GpuResident(ServingSystem):
@@ -48,48 +39,34 @@ class GpuResident(ServingSystem):
     supports_speculative = True
 
     # ---- memory --------------------------------------------------------------------------------
-    @staticmethod
-    def _draft(ctx: Context) -> Context | None:
-        """The draft model's context (same platform and workload, released dtype), if speculating."""
-        spec = ctx.options.speculative
-        if spec is None:
-            return None
-        from ..db.resolve import get_model
-
-        return Context(get_model(spec.draft_model), ctx.platform, ctx.workload, Options(kv_dtype=ctx.options.kv_dtype))
-
     def _per_gpu_fixed_bytes(self, ctx: Context) -> float:
-        draft = self._draft(ctx)
+        draft = ctx.draft_context()
         return (ctx.weight_bytes + (draft.weight_bytes if draft else 0.0)) / ctx.platform.num_gpus
 
     def _kv_per_seq_bytes(self, ctx: Context) -> float:
         ctx_len = ctx.workload.total_context_tokens
-        draft = self._draft(ctx)
+        draft = ctx.draft_context()
         per_token = ctx.kv_bytes_per_token(ctx_len) + (draft.kv_bytes_per_token(ctx_len) if draft else 0.0)
         return ctx_len * per_token / ctx.platform.num_gpus
 
     def _max_batch(self, ctx: Context) -> int:
+        """The most sequences whose KV and activations fit next to the weights and the prefill's activations."""
         p = ctx.platform
         usable = p.usable_gpu_memory_bytes_per_gpu
         weights = self._per_gpu_fixed_bytes(ctx)
-        if weights > usable:
-            raise InfeasibleError(
-                f"gpu-resident: {ctx.model.name} weights ({ctx.wdtype}) need {fmt_bytes(weights)} per GPU on "
-                f"{p.num_gpus} x {p.gpu.name}, but only {fmt_bytes(usable)} is usable per GPU "
-                f"({fmt_bytes(p.gpu.memory_bytes)} minus {fmt_bytes(p.empirical.gpu_memory_reserved_bytes)} reserved): "
-                f"short by {fmt_bytes(weights - usable)}. Use more GPUs (--gpus), a smaller dtype, "
-                f"or an offloading system."
-            )
+        self.require_fits(
+            weights, usable,
+            f"{ctx.model.name} weights ({ctx.wdtype}) need {fmt_bytes(weights)} per GPU on "
+            f"{p.num_gpus} x {p.gpu.name}, but only {fmt_bytes(usable)} is usable per GPU ({fmt_bytes(p.gpu.memory_bytes)} minus "
+            f"{fmt_bytes(p.empirical.gpu_memory_reserved_bytes)} reserved)",
+            ". Use more GPUs (--gpus), a smaller dtype, or an offloading system.")
         prefill_tokens = max(self.params.prefill_chunk_tokens, ctx.workload.prompt_tokens)
         free = usable - weights - activation_bytes(ctx, prefill_tokens)
         per_seq = self._kv_per_seq_bytes(ctx) + activation_bytes(ctx, 1)
-        batch = int(free // per_seq)
-        if batch < 1:
-            raise InfeasibleError(
-                f"gpu-resident: weights fit but not even one sequence of {ctx.workload.total_context_tokens} tokens: "
-                f"needs {fmt_bytes(per_seq)} of KV and activations per GPU, {fmt_bytes(max(free, 0))} left"
-            )
-        return batch
+        self.require_fits(per_seq, free, f"weights fit but not even one sequence of "
+                          f"{ctx.workload.total_context_tokens} tokens: needs {fmt_bytes(per_seq)} of KV and "
+                          f"activations per GPU, {fmt_bytes(max(free, 0))} left")
+        return int(free // per_seq)
 
     # ---- schedule -----------------------------------------------------------------------------
     def _pass(self, ctx: Context, seqs: float, q_len: int, kv_len: int) -> StepSim:
@@ -124,7 +101,7 @@ class GpuResident(ServingSystem):
         seqs_per_pass = max(1, min(batch, self.params.prefill_chunk_tokens // w.prompt_tokens))
         passes = math.ceil(batch / seqs_per_pass)
         prefill = self._pass(ctx, seqs_per_pass, w.prompt_tokens, w.prompt_tokens)
-        spec, draft = ctx.options.speculative, self._draft(ctx)
+        spec, draft = ctx.options.speculative, ctx.draft_context()
         if spec is not None and draft is not None:
             # one target pass verifies k+1 tokens per sequence after k draft steps; it yields tau tokens
             k, tau = spec.num_tokens, spec.tokens_per_step
@@ -142,21 +119,8 @@ class GpuResident(ServingSystem):
         else:
             decode_s, points = simpson_decode_time(lambda c: self._pass(ctx, batch, 1, c), w.prompt_tokens,
                                                    w.gen_tokens)
-        peak_gpu = max(prefill.peak_memory_bytes.get("gpu", 0.0),
-                       max(s.peak_memory_bytes.get("gpu", 0.0) for _, s in points))
-        return Plan(
-            system=self.name,
-            config={"batch_size": batch, "max_batch_that_fits": max_batch, "tensor_parallel": ctx.platform.num_gpus,
-                    "prefill_sequences_per_pass": seqs_per_pass},
-            batch_size=batch,
-            num_batches=num_batches,
-            prefill_passes_per_batch=passes,
-            prefill=prefill,
-            prefill_tokens_per_pass=seqs_per_pass * w.prompt_tokens,
-            decode_points=points,
-            decode_time_per_batch_s=decode_s,
-            gpu_mem_bytes=peak_gpu,
-            host_mem_bytes=0.0,
-            placement={"weights": "gpu", "kv_cache": "gpu"},
-            notes=notes,
-        )
+        config = {"batch_size": batch, "max_batch_that_fits": max_batch, "tensor_parallel": ctx.platform.num_gpus,
+                  "prefill_sequences_per_pass": seqs_per_pass}
+        return self.make_plan((batch, num_batches), (prefill, passes, seqs_per_pass * w.prompt_tokens),
+                              (decode_s, points), config=config, host_mem_bytes=0.0,
+                              placement={"weights": "gpu", "kv_cache": "gpu"}, notes=notes)

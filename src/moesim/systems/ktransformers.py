@@ -61,7 +61,7 @@ from ..modules import Context
 from ..specs import LayerKind
 from ..units import fmt_bytes
 from .base import Plan, ServingSystem, StepSim, balanced_batches, simpson_decode_time, simulate_pass
-from .gpu_resident import activation_bytes
+from .shared.memory import activation_bytes
 
 
 class KTransformersParams(BaseModel):
@@ -73,16 +73,16 @@ class KTransformersParams(BaseModel):
 
 class KTransformers(ServingSystem):
     name = "ktransformers"
+    Params = KTransformersParams
     summary = ("small batches; routed experts in host memory run on the CPU, attention, shared experts, dense layers "
                "and the KV cache on the GPU")
-    Params = KTransformersParams
 
     # ---- memory ------------------------------------------------------------------------------
     def _gpu_bytes(self, ctx: Context, seqs: int, tokens: int) -> dict[str, float]:
         m = ctx.model
         return {
             "attention weights": m.num_layers * ctx.attention_weight_bytes,
-            "shared experts, dense FFNs, routers": (m.num_moe_layers * (ctx.shared_weight_bytes + m.router_params * 2.0)
+            "shared experts, dense FFNs, routers": (m.num_moe_layers * (ctx.shared_weight_bytes + ctx.router_weight_bytes)
                                                     + m.num_dense_layers * ctx.dense_ffn_weight_bytes),
             "embedding + LM head": (m.embedding_params + m.lm_head_params) * ctx.wbytes,
             "KV cache": seqs * ctx.workload.total_context_tokens * ctx.kv_bytes_per_token(
@@ -92,9 +92,7 @@ class KTransformers(ServingSystem):
 
     def _check_memory(self, ctx: Context, seqs: int, tokens: int) -> tuple[float, float]:
         p, m = ctx.platform, ctx.model
-        if p.num_gpus > 1:
-            raise InfeasibleError("ktransformers is modelled on one GPU (its multi-GPU layer placement is not "
-                                  "modelled); use --gpus 1")
+        self.refuse_multi_gpu(ctx, "its multi-GPU layer placement is not modelled")
         parts = self._gpu_bytes(ctx, seqs, tokens)
         gpu = sum(parts.values())
         usable = p.usable_gpu_memory_bytes_per_gpu
@@ -121,7 +119,7 @@ class KTransformers(ServingSystem):
         engine = Engine(memory_capacity_bytes={"gpu": ctx.platform.usable_gpu_memory_bytes_per_gpu})
         attn = ctx.gpu_s(ctx.attention_proj(t_mb))
         core = {w: ctx.gpu_s(ctx.attention_core(s_mb, q_len, kv_len, w)) for w in (False, True)}
-        hidden_bytes = t_mb * m.hidden_size * 2.0
+        hidden_bytes = ctx.hidden_state_bytes(t_mb)
         d2h, h2d = ctx.d2h_s(hidden_bytes), ctx.h2d_s(hidden_bytes)
         if m.moe:
             router = ctx.gpu_s(ctx.router(t_mb))
@@ -169,24 +167,12 @@ class KTransformers(ServingSystem):
         prefill = self._pass(ctx, chunk / P, P, P, gpu_bytes)
         passes = math.ceil(batch * P / chunk)
         decode_s, points = simpson_decode_time(lambda c: self._pass(ctx, batch, 1, c, gpu_bytes), P, G)
-        peak_gpu = max([prefill.peak_memory_bytes.get("gpu", 0.0)]
-                       + [s.peak_memory_bytes.get("gpu", 0.0) for _, s in points])
         mbs = max(1, min(prm.micro_batches, batch))
         notes = [f"routed experts on the CPU ({ctx.platform.cpu.name}), {mbs} micro-batch(es) per step"
                  + ("" if mbs > 1 else ": GPU and CPU work alternate, only the shared experts overlap the CPU")]
-        return Plan(
-            system=self.name,
+        return self.make_plan(
+            (batch, num_batches), (prefill, passes, chunk), (decode_s, points),
             config={"batch_size": batch, "micro_batches": mbs, "prefill_chunk_tokens": chunk},
-            batch_size=batch,
-            num_batches=num_batches,
-            prefill_passes_per_batch=passes,
-            prefill=prefill,
-            prefill_tokens_per_pass=chunk,
-            decode_points=points,
-            decode_time_per_batch_s=decode_s,
-            gpu_mem_bytes=peak_gpu,
-            host_mem_bytes=expert_bytes,
+            host_mem_bytes=expert_bytes, notes=notes,
             placement={"weights": "routed experts in host memory (CPU compute); the rest on the GPU",
-                       "kv_cache": "gpu"},
-            notes=notes,
-        )
+                       "kv_cache": "gpu"})

@@ -57,7 +57,6 @@ Not modelled: quantized GGUF types other than the dtype given (DeepSeek's fp8 st
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -67,11 +66,10 @@ from ..errors import InfeasibleError
 from ..modules import Context
 from ..costs import platform_copy_time_s as copy_time_s
 from ..specs import LayerKind
+from ..specs.common import BYTES_PER_ELEMENT
 from ..units import fmt_bytes
-from .base import SIMULATED_LAYERS, Plan, ServingSystem, StepSim, balanced_batches, simpson_decode_time
-from .gpu_resident import activation_bytes
-
-FP32_ACTIVATIONS = 2.0  # ggml keeps activations in fp32: twice the bf16 estimate of gpu_resident
+from .base import Plan, ServingSystem, StepSim, balanced_batches, simpson_decode_time, simulate_layers, step_sim
+from .shared.memory import activation_bytes
 
 
 class LlamaCppParams(BaseModel):
@@ -89,9 +87,9 @@ class LlamaCppParams(BaseModel):
 
 class LlamaCpp(ServingSystem):
     name = "llama-cpp"
+    Params = LlamaCppParams
     summary = ("small batches of n_parallel sequences; whole layers split between GPU and CPU, each layer's KV "
                "cache with its layer; CPU layers bounded by DRAM bandwidth")
-    Params = LlamaCppParams
 
     # ---- placement ----------------------------------------------------------------------------
     def _layer_bytes(self, ctx: Context, i: int) -> float:
@@ -116,8 +114,10 @@ class LlamaCpp(ServingSystem):
         layer = [self._layer_bytes(ctx, i) for i in range(L)]
         kv = [self._kv_layer_bytes(ctx, i, seqs) for i in range(L)]
         head = m.lm_head_params * ctx.wbytes
-        logits = prm.ubatch_tokens * m.vocab_size * 4.0
-        compute = activation_bytes(ctx, prm.ubatch_tokens) * p.num_gpus * FP32_ACTIVATIONS * p.num_gpus + logits
+        c = self.constants
+        logits = prm.ubatch_tokens * m.vocab_size * BYTES_PER_ELEMENT[c.value("logits_dtype")]
+        # each GPU holds a compute buffer of one ubatch's whole activations, in ggml's dtype (fp32)
+        compute = activation_bytes(ctx, prm.ubatch_tokens, c.value("activation_dtype"), shards=1) * p.num_gpus + logits
         staging = max(layer) if prm.op_offload else 0.0
 
         def need(k: int, out_gpu: bool) -> float:
@@ -172,8 +172,8 @@ class LlamaCpp(ServingSystem):
         tokens = seqs * q_len
         offload = prm.op_offload and tokens >= prm.op_offload_min_batch
         upload_kind = "h2d_pageable" if prm.use_mmap else "h2d_pinned"
-        cross = ctx.h2d_s(tokens * m.hidden_size * 4.0)
-        cross_back = ctx.d2h_s(tokens * m.hidden_size * 4.0)
+        hidden_bytes = tokens * m.hidden_size * BYTES_PER_ELEMENT[self.constants.value("activation_dtype")]
+        cross, cross_back = ctx.h2d_s(hidden_bytes), ctx.d2h_s(hidden_bytes)
         engine = Engine(memory_capacity_bytes={"gpu": p.usable_gpu_memory_bytes_per_gpu})
         attn = {w: ctx.attention_core(seqs, q_len, kv_len, w) for w in (False, True)}
         cpu_attn = {w: ctx.cpu_attention(seqs, kv_len, w) if q_len == 1 else attn[w] for w in (False, True)}
@@ -194,7 +194,8 @@ class LlamaCpp(ServingSystem):
                 False: ctx.attention_weight_bytes + ctx.dense_ffn_weight_bytes}
         kv_layer = ctx.kv_bytes_per_token_layer()
 
-        def layer(eng: Engine, i: int, dev: str, kind: LayerKind) -> int:
+        def layer(eng: Engine, i: int, key: tuple[str, LayerKind]) -> int:
+            dev, kind = key
             last = len(eng.tasks) - 1
             mods = {**modules, **(moe_mods if kind.moe else dense_mods)}
             if dev == "cpu" and lay["miss"] > 0:
@@ -219,57 +220,37 @@ class LlamaCpp(ServingSystem):
                     last = eng.add(f"L{i} {name}", dev, timer(cost), [last], category=cat)
             return last
 
-        runs: list[list] = []
+        runs: list[list] = []  # [(device, layer kind), consecutive layers]
         for i in range(L):
-            dev = "gpu" if i >= L - ngl else "cpu"
-            kind = LayerKind(m.is_moe_layer(i), m.attention.is_windowed(i))
-            if runs and runs[-1][0] == dev and runs[-1][1] == kind:
-                runs[-1][2] += 1
+            key = ("gpu" if i >= L - ngl else "cpu", LayerKind(m.is_moe_layer(i), m.attention.is_windowed(i)))
+            if runs and runs[-1][0] == key:
+                runs[-1][1] += 1
             else:
-                runs.append([dev, kind, 1])
+                runs.append([key, 1])
         gpu_hold = lay["gpu_bytes"] / p.num_gpus
         engine.hold("gpu", min(gpu_hold, p.usable_gpu_memory_bytes_per_gpu), "GPU layers, their KV, compute buffer")
         engine.add("token embedding (CPU)", "cpu", ctx.cpu_s(costs.embedding_lookup(m.hidden_size, tokens, ctx.wdtype)),
                    category="head")
-        prev = "cpu"
-        extra = 0.0
-        extra_busy: dict[str, float] = defaultdict(float)
-        extra_cat: dict[str, float] = defaultdict(float)
-        simulated = 0
-        for dev, kind, count in runs:
-            if dev != prev:
-                engine.add("hidden state H2D", "h2d", cross, [len(engine.tasks) - 1], category="transfer",
-                           nbytes=tokens * m.hidden_size * 4.0)
-            prev = dev
-            ends = []
-            n = min(count, SIMULATED_LAYERS)
-            for _ in range(n):
-                first = len(engine.tasks)
-                ends.append(engine.end_of(layer(engine, simulated, dev, kind)))
-                simulated += 1
-            if count > n:
-                extra += (count - n) * max(ends[-1] - ends[-2], 0.0)
-                for t in engine.tasks[first:]:
-                    extra_busy[t.resource] += (count - n) * t.duration_s
-                    extra_cat[t.category] += (count - n) * t.duration_s
+        where = {"dev": "cpu"}
+
+        def cross_over(eng: Engine, key: tuple[str, LayerKind]) -> None:
+            """The hidden state moves to the GPU where a run of GPU layers follows CPU layers."""
+            if key[0] != where["dev"]:
+                eng.add("hidden state H2D", "h2d", cross, [len(eng.tasks) - 1], category="transfer",
+                        nbytes=hidden_bytes)
+            where["dev"] = key[0]
+
+        ext = simulate_layers(engine, runs, layer, cross_over)
         head = costs.lm_head(m.hidden_size, m.vocab_size, max(rows, 1.0), ctx.wdtype)
         last = len(engine.tasks) - 1
         if lay["out_gpu"]:
             engine.add("lm head", "gpu", ctx.gpu_s(head), [last], category="head")
         else:
-            if prev == "gpu":
+            if where["dev"] == "gpu":
                 last = engine.add("hidden state D2H", "d2h", cross_back, [last], category="transfer",
-                                  nbytes=tokens * m.hidden_size * 4.0)
+                                  nbytes=hidden_bytes)
             engine.add("lm head (CPU)", "cpu", ctx.cpu_s(head), [last], category="head")
-        peaks = engine.check_memory()
-        busy = dict(engine.busy_s())
-        cats = dict(engine.busy_by_category_s())
-        for r, b in extra_busy.items():
-            busy[r] = busy.get(r, 0.0) + b
-        for c, b in extra_cat.items():
-            cats[c] = cats.get(c, 0.0) + b
-        return StepSim(time_s=engine.makespan_s + extra, engine=engine, simulated_layers=simulated, total_layers=L,
-                       busy_s=busy, category_s=cats, peak_memory_bytes=peaks)
+        return step_sim(engine, ext, L)
 
     # ---- plan -----------------------------------------------------------------------------------
     def plan(self, ctx: Context) -> Plan:
@@ -290,24 +271,11 @@ class LlamaCpp(ServingSystem):
         if lay["miss"] > 0:
             notes.append(f"weights exceed host memory: {lay['miss']:.0%} of CPU-layer weight reads come from "
                          f"{ctx.platform.disk.name} (mmap page cache)")
-        peak_gpu = max([prefill.peak_memory_bytes.get("gpu", 0.0)]
-                       + [s.peak_memory_bytes.get("gpu", 0.0) for _, s in points])
-        return Plan(
-            system=self.name,
-            config={"batch_size": batch, "n_parallel": prm.n_parallel, "n_gpu_layers": lay["ngl"],
-                    "output_on_gpu": lay["out_gpu"], "ubatch_tokens": ub, "op_offload": prm.op_offload,
-                    "page_cache_miss_fraction": lay["miss"]},
-            batch_size=batch,
-            num_batches=num_batches,
-            prefill_passes_per_batch=passes,
-            prefill=prefill,
-            prefill_tokens_per_pass=ub,
-            decode_points=points,
-            decode_time_per_batch_s=decode_s,
-            gpu_mem_bytes=peak_gpu,
-            host_mem_bytes=lay["host_resident"],
-            placement={"weights": f"gpu ({lay['ngl']} layers) + host ({L - lay['ngl']} layers, embedding"
-                                  f"{'' if lay['out_gpu'] else ', output'})" + (" + disk" if lay["miss"] else ""),
-                       "kv_cache": "with each layer (gpu / host)"},
-            notes=notes,
-        )
+        config = {"batch_size": batch, "n_parallel": prm.n_parallel, "n_gpu_layers": lay["ngl"],
+                  "output_on_gpu": lay["out_gpu"], "ubatch_tokens": ub, "op_offload": prm.op_offload,
+                  "page_cache_miss_fraction": lay["miss"]}
+        placement = {"weights": f"gpu ({lay['ngl']} layers) + host ({L - lay['ngl']} layers, embedding"
+                                f"{'' if lay['out_gpu'] else ', output'})" + (" + disk" if lay["miss"] else ""),
+                     "kv_cache": "with each layer (gpu / host)"}
+        return self.make_plan((batch, num_batches), (prefill, passes, ub), (decode_s, points), config=config,
+                              host_mem_bytes=lay["host_resident"], placement=placement, notes=notes)

@@ -25,6 +25,10 @@ enumeration, each candidate timed by simulating the DAG; the prefill accumulatio
 largest number of prompts whose hidden states fit on the GPU next to the buffers.
 Simplifications (documented): experts are grouped into at most ``max_tasks_per_module``
 copy/compute tasks per layer and micro-batches likewise; no S_Params caching of experts.
+
+``moe-gen-gpu`` is MoE-Gen(G): the same policy with omega fixed at 0 (MoE-Gen reports two variants,
+Table 6: (G) keeps every attention micro-batch on the GPU, its KV copied over PCIe; (H) runs a
+searched fraction omega on the CPU). GPU working-set rules: ``systems_db/moe-gen.yaml``.
 """
 
 from __future__ import annotations
@@ -38,10 +42,9 @@ from ..engine import BufferRing, Engine
 from ..errors import InfeasibleError
 from ..modules import Context
 from ..specs import LayerKind
+from ..specs.common import BYTES_PER_ELEMENT
 from ..units import fmt_bytes
 from .base import Plan, ServingSystem, StepSim, balanced_batches, simpson_decode_time, simulate_pass
-
-HIDDEN_COPIES = 6  # hidden-sized bf16 tensors live per token of the accumulated batch
 
 
 class MoEGenParams(BaseModel):
@@ -97,16 +100,24 @@ class MoEGen(ServingSystem):
     def _gpu_fixed_bytes(self, ctx: Context) -> float:
         return ctx.resident_weight_bytes + 2 * self._dense_module_bytes(ctx)
 
+    def _hidden_bytes(self, ctx: Context, tokens: float) -> float:
+        """Hidden-sized tensors live per accumulated token (``hidden_tensors_per_token``), activation dtype."""
+        return ctx.hidden_state_bytes(tokens) * self.constants.value("hidden_tensors_per_token")
+
     def _gpu_state_bytes(self, ctx: Context, tokens: float, attn_seqs: float, kv_len: int, q_len: int) -> float:
-        """Hidden states of the accumulated tokens + KV buffers + one attention micro-batch."""
-        m = ctx.model
-        hidden = tokens * HIDDEN_COPIES * m.hidden_size * 2.0
+        """Hidden states of the accumulated tokens + KV buffers + one attention micro-batch + FFN temporaries
+        (``ffn_temporaries_per_row`` FFN-wide tensors for at most ``ffn_temporary_rows_max`` routed rows)
+        + logits (``logits_dtype``)."""
+        m, c = ctx.model, self.constants
+        a = m.attention
         kv_buf = self.params.kv_buffer_slots * attn_seqs * kv_len * ctx.kv_bytes_per_token_layer() if q_len == 1 else 0
-        attn_tmp = attn_seqs * q_len * m.attention.num_heads * (m.attention.qk_head_dim + m.attention.out_head_dim) * 2.0
-        ffn_tmp = min(tokens * (m.moe.top_k if m.moe else 1), 16384) * 3 * max(
-            m.moe.expert_intermediate_size if m.moe else 0, m.dense_ffn.intermediate_size if m.dense_ffn else 0) * 2.0
-        logits = min(tokens, attn_seqs if q_len > 1 else tokens) * m.vocab_size * 4.0
-        return hidden + kv_buf + attn_tmp + ffn_tmp + logits
+        attn_tmp = attn_seqs * q_len * a.num_heads * (a.qk_head_dim + a.out_head_dim) * ctx.abytes
+        rows = min(tokens * (m.moe.top_k if m.moe else 1), c.value("ffn_temporary_rows_max"))
+        ffn = max(m.moe.expert_intermediate_size if m.moe else 0, m.dense_ffn.intermediate_size if m.dense_ffn else 0)
+        ffn_tmp = rows * c.value("ffn_temporaries_per_row") * ffn * ctx.abytes
+        logit_rows = min(tokens, attn_seqs if q_len > 1 else tokens)
+        logits = logit_rows * m.vocab_size * BYTES_PER_ELEMENT[c.value("logits_dtype")]
+        return self._hidden_bytes(ctx, tokens) + kv_buf + attn_tmp + ffn_tmp + logits
 
     def _expert_slots(self, ctx: Context, state_bytes: float) -> int:
         free = ctx.platform.usable_gpu_memory_bytes_per_gpu - self._gpu_fixed_bytes(ctx) - state_bytes
@@ -156,8 +167,7 @@ class MoEGen(ServingSystem):
         dense_bytes = {k: ctx.attention_weight_bytes + (ctx.shared_weight_bytes if k else ctx.dense_ffn_weight_bytes)
                        for k in (True, False)}
         dense_copy = {k: ctx.h2d_s(v) for k, v in dense_bytes.items()}
-        pre_attn = ctx.gpu_s(ctx.attention_proj(tokens).scaled(0.75))
-        post_attn = ctx.gpu_s(ctx.attention_proj(tokens).scaled(0.25))
+        pre_attn, post_attn = (ctx.gpu_s(c) for c in ctx.attention_proj_split(tokens))
         n_mb = math.ceil(gpu_seqs / b_a) if gpu_seqs else 0
         mb_groups = min(n_mb, cap)
         seqs_per_group = gpu_seqs / mb_groups if mb_groups else 0
@@ -255,13 +265,11 @@ class MoEGen(ServingSystem):
     def plan(self, ctx: Context) -> Plan:
         w = ctx.workload
         p = ctx.platform
-        if p.num_gpus > 1:
-            raise InfeasibleError("moe-gen is modelled on one GPU (data parallelism over GPUs is not modelled yet); "
-                                  "use --gpus 1")
+        self.refuse_multi_gpu(ctx, "data parallelism over GPUs is not modelled yet")
         in_host, on_disk, kv_room = self._host_layout(ctx)
         disk_fraction = on_disk / ctx.weight_bytes
         ctx_len = w.total_context_tokens
-        per_seq_host = ctx_len * ctx.kv_bytes_per_token(ctx_len) + ctx.model.hidden_size * 2.0 * HIDDEN_COPIES
+        per_seq_host = ctx_len * ctx.kv_bytes_per_token(ctx_len) + self._hidden_bytes(ctx, 1)
         host_max = int(kv_room // per_seq_host)
         if host_max < 1:
             raise InfeasibleError(
@@ -344,23 +352,23 @@ class MoEGen(ServingSystem):
         decode_s, points = simpson_decode_time(
             lambda c: self._pass(ctx, batch, 1, c, b_a, omega, disk_fraction), w.prompt_tokens, w.gen_tokens
         )
-        peak_gpu = max([best_prefill.peak_memory_bytes.get("gpu", 0.0)]
-                       + [s.peak_memory_bytes.get("gpu", 0.0) for _, s in points])
-        host_bytes = in_host + batch * per_seq_host
-        return Plan(
-            system=self.name,
-            config={"batch_size": batch, "max_batch_host": host_max, "attention_micro_batch": b_a,
-                    "cpu_attention_fraction": omega, "prefill_batch": best_pb,
-                    "configurations_simulated": len(trials) + len(candidates)},
-            batch_size=batch,
-            num_batches=num_batches,
-            prefill_passes_per_batch=passes,
-            prefill=best_prefill,
-            prefill_tokens_per_pass=best_pb * w.prompt_tokens,
-            decode_points=points,
-            decode_time_per_batch_s=decode_s,
-            gpu_mem_bytes=peak_gpu,
-            host_mem_bytes=host_bytes,
-            placement={"weights": "host (pinned)" + (" + disk" if on_disk else ""), "kv_cache": "host (pinned)"},
-            notes=notes,
-        )
+        config = {"batch_size": batch, "max_batch_host": host_max, "attention_micro_batch": b_a,
+                  "cpu_attention_fraction": omega, "prefill_batch": best_pb,
+                  "configurations_simulated": len(trials) + len(candidates)}
+        placement = {"weights": "host (pinned)" + (" + disk" if on_disk else ""), "kv_cache": "host (pinned)"}
+        return self.make_plan((batch, num_batches), (best_prefill, passes, best_pb * w.prompt_tokens),
+                              (decode_s, points), config=config, host_mem_bytes=in_host + batch * per_seq_host,
+                              placement=placement, notes=notes)
+
+
+class MoEGenGPUParams(MoEGenParams):
+    cpu_attention_fraction: float | None = Field(default=0.0, ge=0, le=0, description="always 0 in MoE-Gen(G)")
+
+
+class MoEGenGPU(MoEGen):
+    """MoE-Gen(G): module-based batching with all attention on the GPU (omega = 0)."""
+
+    name = "moe-gen-gpu"
+    summary = ("MoE-Gen(G): module-based batching with weights and KV in host memory, all attention on the GPU "
+               "in micro-batches (KV copied over PCIe), experts on the accumulated batch")
+    Params = MoEGenGPUParams

@@ -53,12 +53,10 @@ from ..modules import Context
 from ..specs import LayerKind
 from ..units import fmt_bytes
 from .base import Plan, ServingSystem, StepSim, simpson_decode_time, simulate_pass
-from .deepspeed import (eager_attention_cost, eager_attention_peak_bytes, layer_weight_bytes, max_layer_weight_bytes,
-                        prefill_logits_bytes, streamed_weight_bytes)
-from .flexgen import best_by_simulation, decode_mid, simpson_lower_bound
-from .gpu_resident import activation_bytes
-
-HIDDEN_COPIES = 2  # residual stream + current hidden state, per token kept on the GPU
+from .shared.attention import eager_attention_cost, eager_attention_peak_bytes
+from .shared.memory import (activation_bytes, layer_weight_bytes, max_layer_weight_bytes, prefill_logits_bytes,
+                            streamed_weight_bytes)
+from .shared.search import best_by_simulation, decode_mid, simpson_lower_bound
 
 
 class MoELightningParams(BaseModel):
@@ -106,7 +104,11 @@ class MoELightning(ServingSystem):
         else:
             q = a.num_heads * a.head_dim
             out = a.num_heads * a.head_dim
-        return (q + a.kv_elements_per_token()) * 2.0, out * 2.0
+        return (q + a.kv_elements_per_token()) * ctx.abytes, out * ctx.abytes
+
+    def _resident_hidden_bytes(self, ctx: Context, seqs: float) -> float:
+        """Hidden states the GPU keeps per sequence between layers (``hidden_tensors_per_token`` of them)."""
+        return ctx.hidden_state_bytes(seqs) * self.constants.value("hidden_tensors_per_token")
 
     def _kv_per_seq(self, ctx: Context) -> float:
         total = ctx.workload.total_context_tokens
@@ -114,7 +116,7 @@ class MoELightning(ServingSystem):
 
     def _decode_work(self, ctx: Context, n: int, mu: int) -> float:
         d1, d2 = self._qkv_bytes(ctx)
-        return n * ctx.model.hidden_size * 2.0 * HIDDEN_COPIES + 2 * (activation_bytes(ctx, mu) + mu * (d1 + d2))
+        return self._resident_hidden_bytes(ctx, n) + 2 * (activation_bytes(ctx, mu) + mu * (d1 + d2))
 
     def _chunk_prompts(self, ctx: Context, n_p: int) -> int:
         """Prompts per prefill kernel launch in a pass of ``n_p`` prompts."""
@@ -138,19 +140,20 @@ class MoELightning(ServingSystem):
     def _prefill_work(self, ctx: Context, n_p: int) -> float:
         """GPU working set of a prefill pass of ``n_p`` prompts: their hidden states and one chunk's transients."""
         s = ctx.workload.prompt_tokens
-        return (n_p * s * ctx.model.hidden_size * 2.0 * HIDDEN_COPIES
+        return (self._resident_hidden_bytes(ctx, n_p * s)
                 + self._chunk_transient_bytes(ctx, self._chunk_prompts(ctx, n_p)))
 
     def _layer_gpu_s(self, ctx: Context, kind: LayerKind, tokens: float, q_len: int,
                      kv_len: float) -> tuple[float, float]:
         """(pre-attention, post-attention incl. FFN) GPU seconds for ``tokens`` tokens; prefill core in pre."""
         m = ctx.model
-        pre = ctx.gpu_s(ctx.attention_proj(tokens).scaled(0.75))
+        qkv, out = ctx.attention_proj_split(tokens)
+        pre = ctx.gpu_s(qkv)
         if q_len > 1 and self.params.prefill_attention == "eager":
             pre += ctx.gpu_s(eager_attention_cost(ctx, tokens / q_len, q_len, kv_len, kind.windowed, "fp32"))
         elif q_len > 1:
             pre += ctx.gpu_s(ctx.attention_core(tokens / q_len, q_len, kv_len, kind.windowed))
-        post = ctx.gpu_s(ctx.attention_proj(tokens).scaled(0.25))
+        post = ctx.gpu_s(out)
         if kind.moe:
             post += ctx.gpu_s(ctx.router(tokens)) + ctx.gpu_s(ctx.experts(ctx.active_experts(tokens),
                                                                            tokens * m.moe.top_k))
@@ -170,7 +173,7 @@ class MoELightning(ServingSystem):
         p = ctx.platform
         room = (p.usable_gpu_memory_bytes_per_gpu - ctx.resident_weight_bytes - 2 * max_layer_weight_bytes(ctx)
                 - self._chunk_transient_bytes(ctx, chunk))
-        cap = int(room // (s * ctx.model.hidden_size * 2.0 * HIDDEN_COPIES))
+        cap = int(room // self._resident_hidden_bytes(ctx, s))
         n_p = max(1, min(n, self.params.prefill_pass_tokens // s, cap))
         passes = math.ceil(n / n_p)
         return math.ceil(n / passes)
@@ -337,9 +340,7 @@ class MoELightning(ServingSystem):
     # ---- plan ----------------------------------------------------------------------------------------
     def plan(self, ctx: Context) -> Plan:
         w, p = ctx.workload, ctx.platform
-        if p.num_gpus > 1:
-            raise InfeasibleError("moe-lightning is modelled on one GPU (its tensor parallelism is not modelled); "
-                                  "use --gpus 1")
+        self.refuse_multi_gpu(ctx, "its tensor parallelism is not modelled")
         host = p.usable_host_memory_bytes
         weights = ctx.weight_bytes
         if weights > host:
@@ -407,30 +408,17 @@ class MoELightning(ServingSystem):
         passes = scale(cand)[1]
         n = cand["n"]
         num_batches = math.ceil(w.num_requests / n)
-        peak_gpu = max([prefill.peak_memory_bytes.get("gpu", 0.0)] + [s.peak_memory_bytes.get("gpu", 0.0)
-                                                                       for _, s in points])
         notes = [f"CGOPipe policy: N = {n} = {cand['n_ub']} micro-batches x {cand['mu']}, r_w = {cand['r_w']:.3f}, "
                  f"r_c = 0 (attention on the CPU); host memory allows {host_max} sequences",
                  f"prefill in {passes} pass(es) of {cand['n_p']} prompts (prefill_pass_tokens, GPU memory cap)"]
         if n * num_batches > w.num_requests:
             notes.append(f"the last of {num_batches} batches is padded ({n * num_batches - w.num_requests} empty slots)")
-        return Plan(
-            system=self.name,
-            config={"batch_size": n, "micro_batch_size": cand["mu"], "num_micro_batches": cand["n_ub"],
-                    "gpu_weight_fraction": round(cand["r_w"], 4), "gpu_kv_fraction": 0.0,
-                    "attention_on_gpu": False, "ffn_on_gpu": True, "prefill_prompts_per_pass": cand["n_p"],
-                    "max_batch_host": host_max, "candidates_priced": len(cands),
-                    "candidates_simulated": min(len(cands), self.params.candidates_simulated or len(cands))},
-            batch_size=n,
-            num_batches=num_batches,
-            prefill_passes_per_batch=passes,
-            prefill=prefill,
-            prefill_tokens_per_pass=cand["n_p"] * w.prompt_tokens,
-            decode_points=points,
-            decode_time_per_batch_s=decode_s,
-            gpu_mem_bytes=peak_gpu,
-            host_mem_bytes=weights + n * per_seq,
-            placement={"weights": f"gpu {cand['r_w']:.0%}, host (pinned) rest, streamed in pages",
-                       "kv_cache": "host (pinned), CPU attention"},
-            notes=notes,
-        )
+        config = {"batch_size": n, "micro_batch_size": cand["mu"], "num_micro_batches": cand["n_ub"],
+                  "gpu_weight_fraction": round(cand["r_w"], 4), "gpu_kv_fraction": 0.0,
+                  "attention_on_gpu": False, "ffn_on_gpu": True, "prefill_prompts_per_pass": cand["n_p"],
+                  "max_batch_host": host_max, "candidates_priced": len(cands),
+                  "candidates_simulated": min(len(cands), self.params.candidates_simulated or len(cands))}
+        placement = {"weights": f"gpu {cand['r_w']:.0%}, host (pinned) rest, streamed in pages",
+                     "kv_cache": "host (pinned), CPU attention"}
+        return self.make_plan((n, num_batches), (prefill, passes, cand["n_p"] * w.prompt_tokens), (decode_s, points),
+                              config=config, host_mem_bytes=weights + n * per_seq, placement=placement, notes=notes)

@@ -62,7 +62,7 @@ of B sequences alone; the total time is shorter than the sum of the phases, sinc
 each step's weight reads (and offload copies) between decode and prefill tokens.
 
 Online serving (:mod:`moesim.serving`): the generic iteration-level scheduler over Poisson arrivals,
-each step priced by :meth:`VLLM.online_model` (a table of simulated step costs, :mod:`.vllm_online`).
+each step priced by :meth:`VLLM.online_model` (a table of simulated step costs, :mod:`._vllm_online`).
 
 Sanity check, not a fit (MoE-Gen arXiv 2503.09716, Tables 6/7: testbed C2 = RTX A5000 24 GB, EPYC
 7453, 512 GiB, PCIe 4.0; prompt 512; vLLM ran with CPU weight offload, amount not stated): the
@@ -88,13 +88,13 @@ from ..modules import Context
 from ..specs import LayerKind
 from ..specs.workload import OnlineWorkload
 from ..units import fmt_bytes
-from .tensor_parallel import LayerTimes
 from .base import (Plan, ServingSystem, StepSim, balanced_batches, sequential_steps, simpson_decode_time,
                    simulate_pass)
+from .shared.memory import activation_bytes
+from .shared.tensor_parallel import LayerTimes
 
 if TYPE_CHECKING:
-    from .vllm_online import VLLMStepModel
-from .gpu_resident import activation_bytes
+    from ._vllm_online import VLLMStepModel
 
 GIB = 2.0**30
 
@@ -345,36 +345,22 @@ class VLLM(ServingSystem):
         if lay.offload:
             notes.append(f"cpu_offload_gb={prm.cpu_offload_gb:g}: {fmt_bytes(lay.offload)} of weights per GPU copied "
                          f"from pinned host memory every pass, serialized with compute")
-        peak_gpu = max([prefill.peak_memory_bytes.get("gpu", 0.0), mixed.peak_memory_bytes.get("gpu", 0.0)]
-                       + [s.peak_memory_bytes.get("gpu", 0.0) for _, s in points])
-        return ContinuousPlan(
-            system=self.name,
-            config={"batch_size": batch, "max_running_by_kv": by_kv, "kv_blocks": lay.blocks, "block_size": bs,
-                    "tensor_parallel": n, "steps_per_batch": steps, "mixed_step_s": mixed.time_s,
-                    "prefill_tokens_per_pass": chunk, "kv_pool_bytes_per_gpu": lay.blocks * lay.block_bytes,
-                    "weights_on_gpu_bytes_per_gpu": lay.weights_gpu, "offloaded_bytes_per_gpu": lay.offload,
-                    "params": prm.model_dump()},
-            batch_size=batch,
-            num_batches=num_batches,
-            prefill_passes_per_batch=passes,
-            prefill=prefill,
-            prefill_tokens_per_pass=chunk,
-            decode_points=points,
-            decode_time_per_batch_s=decode_s,
-            gpu_mem_bytes=peak_gpu,
-            host_mem_bytes=lay.offload * n,
-            placement={"weights": "gpu" + (" + pinned host (copied every pass)" if lay.offload else ""),
-                       "kv_cache": "gpu (paged)"},
-            notes=notes,
-            mixed_step=mixed,
-            steps_per_batch=steps,
-        )
+        config = {"batch_size": batch, "max_running_by_kv": by_kv, "kv_blocks": lay.blocks, "block_size": bs,
+                  "tensor_parallel": n, "steps_per_batch": steps, "mixed_step_s": mixed.time_s,
+                  "prefill_tokens_per_pass": chunk, "kv_pool_bytes_per_gpu": lay.blocks * lay.block_bytes,
+                  "weights_on_gpu_bytes_per_gpu": lay.weights_gpu, "offloaded_bytes_per_gpu": lay.offload,
+                  "params": prm.model_dump()}
+        placement = {"weights": "gpu" + (" + pinned host (copied every pass)" if lay.offload else ""),
+                     "kv_cache": "gpu (paged)"}
+        return self.make_plan((batch, num_batches), (prefill, passes, chunk), (decode_s, points), config=config,
+                              host_mem_bytes=lay.offload * n, placement=placement, notes=notes, also_run=(mixed,),
+                              plan_type=ContinuousPlan, mixed_step=mixed, steps_per_batch=steps)
 
     # ---- online serving ----------------------------------------------------------------------------
     def online_model(self, ctx: Context, plan: Plan, max_context_tokens: int) -> "VLLMStepModel":
-        """vLLM's steps for :mod:`moesim.serving` (see :mod:`.vllm_online`): the KV pool of this
+        """vLLM's steps for :mod:`moesim.serving` (see :mod:`._vllm_online`): the KV pool of this
         configuration on ``ctx``'s platform, steps priced from a table of simulated passes."""
-        from .vllm_online import VLLMStepModel
+        from ._vllm_online import VLLMStepModel
 
         if plan.config.get("params") != self.params.model_dump():
             raise ValueError(f"online serving: the plan was made by a vllm with other parameters "

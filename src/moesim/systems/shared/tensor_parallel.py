@@ -10,19 +10,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..engine import Engine
-from ..modules import Context
-from ..specs import LayerKind
+from ...engine import Engine
+from ...modules import Context
+from ...specs import LayerKind
 
 
 def allreduce_s(ctx: Context, tokens: float) -> float:
-    """Ring all-reduce of ``tokens`` bf16 hidden states over the platform's GPUs (NVLink, else PCIe)."""
+    """Ring all-reduce of ``tokens`` hidden states (activation dtype) over the platform's GPUs (NVLink, else
+    PCIe): latency + 2 (n - 1) / n x bytes / link bandwidth."""
     p = ctx.platform
     n = p.num_gpus
     if n == 1:
         return 0.0
     link = p.gpu_link or p.host_link
-    nbytes = tokens * ctx.model.hidden_size * 2.0
+    nbytes = ctx.hidden_state_bytes(tokens)
     return link.latency_s + 2.0 * (n - 1) / n * nbytes / link.h2d_pinned_bytes_per_s
 
 
