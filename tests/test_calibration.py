@@ -120,18 +120,62 @@ def test_h200_from_the_h100_fit_without_refit():
     assert rep["summary"]["all/held_out"]["median"] <= 0.15
 
 
-@pytest.mark.parametrize("gpu,name", [("h100-sxm", "H100 SXM"), ("h200", "H200")])
-def test_refit_reproduces_the_committed_profile(gpu, name):
-    """Refitting from the committed JSON gives the committed curves (the fit is deterministic)."""
+#: how far a refit's predictions may be from the committed profile's (relative). The data determines
+#: the predictions on the fitted cases, not every free parameter: a half point the data cannot see
+#: (H200 ``rows_half``: 3.98e-07 committed, 4.87e-11 refitted under scipy 1.17.1, at its bound) or
+#: an extrapolation's flat direction may land elsewhere under another scipy. Measured on the H200
+#: file: the same data refitted with scipy's other trust-region method (dogbox) or a 10x smaller
+#: finite-difference step moves fitted cases by at most 0.065% and held-out cases by at most 0.31%
+#: (median under 5e-6), a 100x looser stopping tolerance by 0.003%; the committed profile itself is
+#: reproduced to 3e-6 (max) under scipy 1.17.1. What the check must catch moves them much more: one
+#: fitted measurement of any kernel family 2% higher moves some fitted case by 0.5-3.8% (the
+#: per-expert loop's host time, fitted under soft-L1 on all the loop layers, is the exception:
+#: 0.07% at 5%), the soft-L1 scale 0.1 -> 0.12 moves a fitted case by 0.46% and the median by
+#: 0.07%. Hence: fitted cases within 0.1%, held-out cases within 0.5%, the median within 0.01%.
+REFIT_FITTED_TOL, REFIT_HELD_OUT_TOL, REFIT_MEDIAN_TOL = 1e-3, 5e-3, 1e-4
+
+
+def _refit_differences(gpu: str, name: str, perturb=None):
+    """(|refit / committed - 1| per measured case, held_out per case) on the file the profile names."""
     from moesim.calibration.report import primary_measurements
     from moesim.calibration.store import _profiles
     from moesim.db import normalize
 
     env, cases = load_measurements(primary_measurements(ROOT, name))
-    fresh = fit_profile(env, cases, gpu, "x")
+    fresh = fit_profile(env, perturb(cases) if perturb else cases, gpu, "x")
     committed = _profiles()[normalize(name)]
-    for key, curve in committed.families.items():
-        assert fresh.families[key].model_dump() == pytest.approx(curve.model_dump(), rel=1e-6, abs=1e-12), key
+    hw = moesim.get_hardware(gpu)
+    new, old = hw.model_copy(update={"calibration": fresh}), hw.model_copy(update={"calibration": committed})
+    rows = [(c.predict_s(new), c.predict_s(old), c.held_out) for c in cases if c.predict_s(old) is not None]
+    diff = np.array([abs(a / b - 1) for a, b, _ in rows])
+    return diff, np.array([h for _, _, h in rows])
+
+
+def _refit_agrees(diff: np.ndarray, held: np.ndarray) -> bool:
+    return bool(diff[~held].max() <= REFIT_FITTED_TOL and diff[held].max() <= REFIT_HELD_OUT_TOL
+                and np.median(diff) <= REFIT_MEDIAN_TOL)
+
+
+@pytest.mark.parametrize("gpu,name", [("h100-sxm", "H100 SXM"), ("h200", "H200")])
+def test_refit_reproduces_the_committed_profile(gpu, name):
+    """Refitting from the committed JSON predicts every measured case (fitted, held out, end to end)
+    as the committed profile does, within what another scipy could change (REFIT_*_TOL)."""
+    diff, held = _refit_differences(gpu, name)
+    assert len(diff) > 200 and held.any() and (~held).any()
+    assert diff[~held].max() <= REFIT_FITTED_TOL, diff[~held].max()
+    assert diff[held].max() <= REFIT_HELD_OUT_TOL, diff[held].max()
+    assert np.median(diff) <= REFIT_MEDIAN_TOL, np.median(diff)
+
+
+def test_refit_check_catches_a_changed_measurement():
+    """The tolerances above are tight enough to matter: one fitted GEMM measured 2% slower fails them."""
+    from dataclasses import replace
+
+    def slower_gemm(cases):
+        i = next(i for i, c in enumerate(cases) if c.family == "gemm" and not c.held_out)
+        return [replace(c, median_s=c.median_s * 1.02) if j == i else c for j, c in enumerate(cases)]
+
+    assert not _refit_agrees(*_refit_differences("h200", "H200", slower_gemm))
 
 
 def test_calibrated_prediction_says_so_and_uncalibrated_gpu_says_default():
