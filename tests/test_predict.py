@@ -182,3 +182,41 @@ def test_moe_gen_host_kv_reservation_spills_weights_to_disk_read_synchronously()
     for d in disk[1:]:
         (dep,) = d.deps
         assert dep in weight_copy_ids and d.start_s >= tasks[dep].end_s - 1e-12
+
+
+def test_moe_gen_resident_shared_experts_are_held_not_copied():
+    """resident_shared_experts: each layer copies only its attention weights, the shared experts of
+    every MoE layer are held on the GPU for the whole pass, and the step is no slower."""
+    from moesim.systems import get_system
+
+    model, hw = moesim.get_model("deepseek-v2-lite"), moesim.get_hardware("h200")
+    ctx = Context(model, hw, OfflineWorkload(num_requests=256, prompt_tokens=512, gen_tokens=16), Options())
+    streamed, resident = (get_system("moe-gen")({"resident_shared_experts": r}) for r in (False, True))
+    a, b = (s.simulate_pass(ctx, 256, 1, 512, 64) for s in (streamed, resident))
+    copied = lambda sim: {t.bytes for t in sim.engine.tasks if t.name.endswith("attention weights H2D")
+                          and t.name.startswith("L1 ")}
+    assert copied(a) == {ctx.attention_weight_bytes + ctx.shared_weight_bytes}
+    assert copied(b) == {ctx.attention_weight_bytes}
+    held = [buf for buf in b.engine.buffers if buf.label == "shared experts (resident)"]
+    assert len(held) == 1 and held[0].nbytes == model.num_moe_layers * ctx.shared_weight_bytes
+    assert not [buf for buf in a.engine.buffers if buf.label == "shared experts (resident)"]
+    assert b.time_s <= a.time_s
+    # both are planned, with their own memoised passes
+    assert streamed.plan(ctx).gpu_mem_bytes < resident.plan(ctx).gpu_mem_bytes
+
+
+def test_moe_gen_moe_layer_alone_is_the_moe_part_of_its_pass():
+    """simulate_moe_layer submits the tasks a pass submits after each layer's attention: the same
+    router, copies and expert chunks, durations and bytes (the calibration's offloaded-layer cases)."""
+    from moesim.systems import get_system
+
+    model, hw = moesim.get_model("mixtral-8x7b"), moesim.get_hardware("h200")
+    ctx = Context(model, hw, OfflineWorkload(num_requests=1024, prompt_tokens=512, gen_tokens=16), Options())
+    system = get_system("moe-gen")({"max_tasks_per_module": 8})
+    alone = system.simulate_moe_layer(ctx, 1024)
+    sim = system.simulate_pass(ctx, 1024, 1, 1, 1024)
+    in_pass = [t for t in sim.engine.tasks if t.name.startswith("L0 ")
+               and (t.name == "L0 router" or t.name.startswith("L0 experts"))]
+    assert [(t.name, t.resource, t.duration_s, t.bytes) for t in alone.tasks] == \
+        [(t.name, t.resource, t.duration_s, t.bytes) for t in in_pass]
+    assert len(alone.tasks) == 1 + 2 * 8 and alone.makespan_s > 8 * ctx.h2d_s(ctx.expert_weight_bytes)

@@ -76,7 +76,39 @@ def test_quick_campaign_writes_the_schema(tmp_path):
 
 @pytest.mark.parametrize("model", ["mixtral-8x7b", "deepseek-v2-lite"])
 def test_harness_decode_shapes_are_the_database_models(model):
-    """The harness (standalone torch) and moesim's DecodeStep (models_db) must time the same layers."""
-    from moesim.ops import decode_shape
+    """The harness (standalone torch) and the model moe-gen is given for its decode-step cases
+    (``calibration.end_to_end.measured_model``, from models_db) must be the same layers: shapes,
+    the attention weights copied per layer, the KV copied per token, routed and shared experts."""
+    import math
 
-    assert K.SHAPES[model] == decode_shape(model)
+    from moesim.calibration.end_to_end import measured_model
+
+    s, m = K.SHAPES[model], measured_model(model, 3)
+    a, moe = m.attention, m.moe
+    assert m.num_layers == m.num_moe_layers == 3
+    assert (m.hidden_size, a.num_heads, a.num_kv_heads, a.out_head_dim) == (s["hidden"], s["heads"], s["kv_heads"],
+                                                                             s["head_dim"])
+    assert (moe.num_experts, moe.top_k, moe.expert_intermediate_size, moe.num_shared_experts * moe.shared_ffn) == (
+        s["experts"], s["top_k"], s["ffn"], s["shared_ffn"])
+    assert sum(math.prod(v) for v in K.attention_weight_shapes(s).values()) == m.attention_params
+    if s.get("mla"):
+        assert (a.kind, a.kv_lora_rank, a.qk_rope_head_dim, a.qk_nope_head_dim) == ("mla", s["kv_lora"], s["rope"],
+                                                                                    s["nope"])
+        assert a.kv_elements_per_token() == s["kv_lora"] + s["rope"]
+    else:
+        assert a.kv_elements_per_token() == 2 * s["kv_heads"] * s["head_dim"]
+
+
+def test_harness_offloaded_layers_are_database_model_layers():
+    """Each offloaded-layer shape of the campaign is a database model's routed experts (the layer
+    moe-gen is given for it, without shared experts, as the harness runs it)."""
+    import cases as grids
+
+    from moesim.calibration.end_to_end import measured_model, model_of_shape
+
+    shapes = {tuple(p[k] for k in ("hidden", "ffn", "experts", "top_k")) for p in grids.full()["offloaded_moe_layer"]}
+    assert len(shapes) == 2
+    for shape in shapes:
+        m = measured_model(model_of_shape(*shape), 1, shared_experts=False)
+        assert (m.hidden_size, m.moe.expert_intermediate_size, m.moe.num_experts, m.moe.top_k) == shape
+        assert m.shared_expert_params == 0

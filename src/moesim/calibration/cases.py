@@ -11,6 +11,15 @@ on what it claims to have held out:
   starting with the second, so held-out sizes lie between fitted ones;
 * end-to-end cases (``offloaded_moe_layer``, ``decode_step``) and the copy-beside-GEMM check are
   never fitted: they test how the fitted parts compose.
+
+Kernel-level cases are predicted by :mod:`moesim.ops` (``Case.op``); the end-to-end cases by
+the serving-system code ``moesim predict --system moe-gen`` runs (``Case.predict_s``,
+:mod:`.end_to_end`): ``decode_step`` by ``MoEGen.simulate_pass``, the whole layer builder of
+``systems/moe_gen.py`` on the measured configuration (model cut to the measured layers, batch,
+attention micro-batch, context, omega = 0, shared experts resident as the harness keeps them);
+``offloaded_moe_layer``, one MoE layer with nothing before it, which no moe-gen pass is, by
+``MoEGen.simulate_moe_layer``: the MoE part of that layer builder (router, expert chunks streamed
+through the expert ring) alone. :mod:`.end_to_end` says what each one leaves as moe-gen does it.
 """
 
 from __future__ import annotations
@@ -21,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import ops
+from ..specs import Platform
+from . import end_to_end
 
 #: families whose cases are only predicted, never fitted
 END_TO_END = ("offloaded_moe_layer", "decode_step")
@@ -78,8 +89,20 @@ class Case:
             return True
         return self.in_series_held_out
 
+    def predict_s(self, hw: Platform) -> float | None:
+        """moesim's time for this case on ``hw`` (None: nothing to predict, e.g. launch overhead):
+        the end-to-end cases through moe-gen's system code (:mod:`.end_to_end`), the others by
+        ``ops.estimate`` of :meth:`op`."""
+        if self.family == "decode_step":
+            return end_to_end.decode_step_s(self.params, hw)
+        if self.family == "offloaded_moe_layer":
+            return end_to_end.offloaded_moe_layer_s(self.params, hw)
+        op = self.op()
+        return None if op is None else ops.estimate(op, hw)
+
     def op(self) -> ops.Op | None:
-        """The operation moesim predicts for this case (None: not an operation, e.g. launch overhead)."""
+        """The kernel-level operation moesim predicts for this case (None: not one operation: launch
+        overhead, or an end-to-end case, which :meth:`predict_s` sends to a serving system)."""
         p = self.params
         f = self.family
         if f == "hbm_copy":
@@ -101,11 +124,6 @@ class Case:
                                  p.get("rope_dim", 64), p.get("dtype", "bf16"))
         if f == "scatter_add":
             return ops.ScatterAdd(p["rows"], p["width"])
-        if f == "offloaded_moe_layer":
-            return ops.OffloadedMoELayer(p["hidden"], p["ffn"], p["experts"], p["top_k"], p["tokens"],
-                                         p.get("dtype", "bf16"))
-        if f == "decode_step":
-            return ops.DecodeStep.from_params(p)
         return None
 
 

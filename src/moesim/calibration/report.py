@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from .. import ops
 from ..db import gpus, normalize
 from ..db.resolve import get_hardware
 from ..errors import MoesimError
@@ -101,7 +100,7 @@ def validation_report(gpu: str, root: Path, mode: str = "own",
         hw = hw.model_copy(update={"calibration": profile})
     elif mode == "own" and (hw.calibration is None or normalize(hw.calibration.gpu) != normalize(hw.gpu.name)):
         raise MoesimError(f"{hw.gpu.name} has no calibration profile of its own; run `moesim calibrate --gpu {gpu}`")
-    rows = [Row(c, ops.estimate(c.op(), hw)) for c in cases if c.op() is not None]
+    rows = [Row(c, t) for c in cases if (t := c.predict_s(hw)) is not None]
     return {"gpu": hw.gpu.name, "mode": mode, "measurements": str(path), "environment": env,
             "profile_from": hw.calibration.gpu if hw.calibration else "default", "profile": hw.calibration,
             "rows": rows, "summary": summarize(rows)}
@@ -127,7 +126,7 @@ def host_free_check(report: dict[str, Any]) -> dict[str, dict[str, float]]:
     for r in report["rows"]:
         c = raw.get(r.case.key, {})
         op = r.case.op()
-        if "graph_s" not in c or not hasattr(op, "cost"):
+        if "graph_s" not in c or op is None or not hasattr(op, "cost"):
             continue
         cost = op.cost()
         gpu_s = sum(_roof_s(part, hw.gpu, eff) for part in cost.pieces())

@@ -64,6 +64,11 @@ class MoEGenParams(BaseModel):
         default=None, gt=0, description="host memory reserved for the KV cache (MoE-Gen's host_kv_cache_size; for "
                                         "GQA models its K and V each get that many GiB); None = all host memory left "
                                         "after the weights. Weights that no longer fit are read from disk")
+    resident_shared_experts: bool = Field(
+        default=False, description="keep every MoE layer's shared experts on the GPU for the whole run instead of "
+                                   "copying them into the dense-module buffer with the layer's attention weights "
+                                   "(MoE-Gen copies them; a GPU with room to spare can hold them, as the "
+                                   "validation harness's decode step does)")
 
 
 class MoEGen(ServingSystem):
@@ -74,8 +79,12 @@ class MoEGen(ServingSystem):
 
     # ---- memory ------------------------------------------------------------------------------
     def _dense_module_bytes(self, ctx: Context) -> float:
-        per_layer = ctx.attention_weight_bytes + max(ctx.shared_weight_bytes, ctx.dense_ffn_weight_bytes)
+        shared = 0.0 if self.params.resident_shared_experts else ctx.shared_weight_bytes
+        per_layer = ctx.attention_weight_bytes + max(shared, ctx.dense_ffn_weight_bytes)
         return per_layer
+
+    def _resident_shared_bytes(self, ctx: Context) -> float:
+        return ctx.model.num_moe_layers * ctx.shared_weight_bytes if self.params.resident_shared_experts else 0.0
 
     def _host_layout(self, ctx: Context) -> tuple[float, float, float]:
         """(weight bytes in host memory, weight bytes on disk, host bytes left for KV)."""
@@ -98,7 +107,7 @@ class MoEGen(ServingSystem):
         return in_host, on_disk, min(kv_room, self.params.host_kv_bytes) if self.params.host_kv_bytes else kv_room
 
     def _gpu_fixed_bytes(self, ctx: Context) -> float:
-        return ctx.resident_weight_bytes + 2 * self._dense_module_bytes(ctx)
+        return ctx.resident_weight_bytes + self._resident_shared_bytes(ctx) + 2 * self._dense_module_bytes(ctx)
 
     def _hidden_bytes(self, ctx: Context, tokens: float) -> float:
         """Hidden-sized tensors live per accumulated token (``hidden_tensors_per_token``), activation dtype."""
@@ -141,7 +150,7 @@ class MoEGen(ServingSystem):
               disk_fraction: float) -> StepSim:
         """One simulated pass; memoised on the context, so moe-gen and moe-gen-gpu share the passes they both run."""
         key = ("moe-gen pass", self.params.kv_buffer_slots, self.params.kv_copy, self.params.max_tasks_per_module,
-               seqs, q_len, kv_len, b_a, 0.0 if q_len > 1 else omega, disk_fraction)
+               self.params.resident_shared_experts, seqs, q_len, kv_len, b_a, 0.0 if q_len > 1 else omega, disk_fraction)
         return ctx.memo(key, lambda: self._simulate(ctx, seqs, q_len, kv_len, b_a, omega, disk_fraction))
 
     def _simulate(self, ctx: Context, seqs: int, q_len: int, kv_len: int, b_a: int, omega: float,
@@ -164,7 +173,8 @@ class MoEGen(ServingSystem):
         cap = self.params.max_tasks_per_module
 
         # module times (computed once, reused by every simulated layer)
-        dense_bytes = {k: ctx.attention_weight_bytes + (ctx.shared_weight_bytes if k else ctx.dense_ffn_weight_bytes)
+        streamed_shared = 0.0 if self.params.resident_shared_experts else ctx.shared_weight_bytes
+        dense_bytes = {k: ctx.attention_weight_bytes + (streamed_shared if k else ctx.dense_ffn_weight_bytes)
                        for k in (True, False)}
         dense_copy = {k: ctx.h2d_s(v) for k, v in dense_bytes.items()}
         pre_attn, post_attn = (ctx.gpu_s(c) for c in ctx.attention_proj_split(tokens))
@@ -178,22 +188,9 @@ class MoEGen(ServingSystem):
         cpu_core = {w: ctx.cpu_s(ctx.cpu_attention(cpu_seqs, kv_len, w)) if cpu_seqs else 0.0 for w in (False, True)}
         kv_write = ctx.d2h_s(tokens * ctx.kv_bytes_per_token_layer())
         if m.moe:
-            active = ctx.active_experts(tokens)
-            routed = tokens * m.moe.top_k
-            n_chunks = max(1, min(cap, math.ceil(active)))
-            per_chunk = active / n_chunks
-            chunk_slots = max(1, int(slots // math.ceil(per_chunk)))
-            chunk_bytes = per_chunk * ctx.expert_weight_bytes
-            chunk_copy = ctx.h2d_s(chunk_bytes)
-            chunk_disk = ctx.disk_s(chunk_bytes) * disk_fraction
-            chunk_compute = ctx.gpu_s(ctx.experts(per_chunk, routed / n_chunks))
-            router = ctx.gpu_s(ctx.router(tokens))
-            shared_cost = ctx.shared_experts(tokens)
-            shared = ctx.gpu_s(shared_cost) if shared_cost else 0.0
-            expert_ring = BufferRing(chunk_slots)
+            moe_block, expert_buffer_bytes = self._moe_block(ctx, tokens, slots, disk_fraction)
         dense_ffn = ctx.gpu_s(ctx.dense_ffn(tokens)) if m.dense_ffn else 0.0
         dense_disk = {k: ctx.disk_s(v) * disk_fraction for k, v in dense_bytes.items()}
-        beside_copy_s = ctx.eff.beside_copy_s  # compute slowed by a copy beside it (calibrated GPUs)
         dense_ring = BufferRing(2)
         kv_ring = BufferRing(self.params.kv_buffer_slots)
 
@@ -231,10 +228,51 @@ class MoEGen(ServingSystem):
                 last = eng.add(f"L{i} dense FFN", "gpu", dense_ffn, [post], category="dense_ffn")
                 dense_ring.release(last)
                 return last
-            last = eng.add(f"L{i} router", "gpu", router, [post], category="router")
+            return moe_block(eng, i, post, prev_copy, dense_ring.release)
+
+        head = ctx.gpu_s(ctx.head(tokens, seqs))
+
+        holds = {"resident weights (embeddings, LM head, routers)": ctx.resident_weight_bytes,
+                 "dense-module buffer (2 layers)": 2 * self._dense_module_bytes(ctx),
+                 "hidden states, KV buffers, attention and FFN temporaries": state}
+        if m.moe:
+            holds["expert buffer"] = expert_buffer_bytes
+        if self._resident_shared_bytes(ctx):
+            holds["shared experts (resident)"] = self._resident_shared_bytes(ctx)
+
+        return simulate_pass(ctx, engine, layer, gpu_holds=holds, head_s=head)
+
+    def _moe_block(self, ctx: Context, tokens: float, slots: int, disk_fraction: float):
+        """The MoE part of every MoE layer of a pass on ``tokens`` tokens: router (with dispatch and
+        combine), shared experts, then the activated experts in at most ``max_tasks_per_module`` chunks,
+        each chunk's weights copied into the expert ring (room for ``slots`` experts) while the chunk
+        before it computes on the whole batch. Returns ``(build, expert ring bytes)``;
+        ``build(eng, i, after, prev_copy, on_routed)`` submits layer ``i``'s tasks after task ``after``,
+        calls ``on_routed(task)`` once the router and shared experts are submitted (the dense-module
+        buffer is free then) and returns the last task; ``prev_copy[0]`` is the last weight copy (a
+        disk read waits for it), updated."""
+        m = ctx.model
+        cap = self.params.max_tasks_per_module
+        active = ctx.active_experts(tokens)
+        routed = tokens * m.moe.top_k
+        n_chunks = max(1, min(cap, math.ceil(active)))
+        per_chunk = active / n_chunks
+        chunk_slots = max(1, int(slots // math.ceil(per_chunk)))
+        chunk_bytes = per_chunk * ctx.expert_weight_bytes
+        chunk_copy = ctx.h2d_s(chunk_bytes)
+        chunk_disk = ctx.disk_s(chunk_bytes) * disk_fraction
+        chunk_compute = ctx.gpu_s(ctx.experts(per_chunk, routed / n_chunks))
+        router = ctx.gpu_s(ctx.router(tokens))
+        shared_cost = ctx.shared_experts(tokens)
+        shared = ctx.gpu_s(shared_cost) if shared_cost else 0.0
+        expert_ring = BufferRing(chunk_slots)
+        beside_copy_s = ctx.eff.beside_copy_s  # compute slowed by a copy beside it (calibrated GPUs)
+
+        def build(eng: Engine, i: int, after: int | None, prev_copy: list[int | None], on_routed) -> int:
+            last = eng.add(f"L{i} router", "gpu", router, [after], category="router")
             if shared:
                 last = eng.add(f"L{i} shared experts", "gpu", shared, [last], category="experts")
-            dense_ring.release(last)
+            on_routed(last)
             routed_dep = last
             for c in range(n_chunks):
                 disk = None
@@ -251,15 +289,30 @@ class MoEGen(ServingSystem):
                 expert_ring.release(last)
             return last
 
-        head = ctx.gpu_s(ctx.head(tokens, seqs))
+        return build, chunk_slots * math.ceil(per_chunk) * ctx.expert_weight_bytes
 
-        holds = {"resident weights (embeddings, LM head, routers)": ctx.resident_weight_bytes,
-                 "dense-module buffer (2 layers)": 2 * self._dense_module_bytes(ctx),
-                 "hidden states, KV buffers, attention and FFN temporaries": state}
-        if m.moe:
-            holds["expert buffer"] = chunk_slots * math.ceil(per_chunk) * ctx.expert_weight_bytes
+    # ---- explicit settings (no search) ------------------------------------------------------------
+    def simulate_pass(self, ctx: Context, seqs: int, q_len: int, kv_len: int, attention_micro_batch: int,
+                      cpu_attention_fraction: float = 0.0, disk_fraction: float = 0.0) -> StepSim:
+        """One forward pass of ``seqs`` sequences, ``q_len`` new tokens each (1: a decode step) at
+        context ``kv_len``, attention in GPU micro-batches of ``attention_micro_batch`` sequences with
+        the fraction ``cpu_attention_fraction`` (omega) of the sequences on the CPU, ``disk_fraction``
+        of the weights read from disk: what :meth:`plan` simulates for each configuration it tries,
+        without the search (the system's other settings are its Params). Includes the LM head."""
+        return self._pass(ctx, seqs, q_len, kv_len, attention_micro_batch, cpu_attention_fraction, disk_fraction)
 
-        return simulate_pass(ctx, engine, layer, gpu_holds=holds, head_s=head)
+    def simulate_moe_layer(self, ctx: Context, tokens: int) -> Engine:
+        """The MoE part of one layer on ``tokens`` tokens alone, with nothing before it: the tasks every
+        MoE layer of a pass submits after its attention (:meth:`_moe_block`), the expert ring sized as
+        for a decode pass of ``tokens`` sequences. Its ``makespan_s`` is the layer's time."""
+        state = self._gpu_state_bytes(ctx, tokens, 1, 1, 1)
+        slots = self._expert_slots(ctx, state)
+        if slots < 2:
+            raise InfeasibleError(f"moe-gen: no room for two experts' weights on the GPU beside {tokens} tokens")
+        build, _ = self._moe_block(ctx, tokens, slots, 0.0)
+        engine = Engine()
+        build(engine, 0, None, [None], lambda task: None)
+        return engine
 
     # ---- search ------------------------------------------------------------------------------
     def plan(self, ctx: Context) -> Plan:
