@@ -63,6 +63,7 @@ from ..costs import platform_copy_time_s as copy_time_s
 from ..specs import LayerKind
 from ..units import fmt_bytes
 from .base import Plan, ServingSystem, StepSim, simpson_decode_time, simulate_pass
+from .shared import lp
 from .shared.attention import eager_attention_cost, eager_attention_peak_bytes
 from .shared.memory import (activation_bytes, layer_weight_bytes, max_layer_weight_bytes, prefill_logits_bytes,
                             streamed_weight_bytes)
@@ -182,8 +183,6 @@ class FlexGen(ServingSystem):
     def solve_policy(self, ctx: Context, gbs: int, num_gpu_batches: int, cpu_attention: bool,
                      consts: dict[str, float] | None = None) -> FlexGenPolicy | None:
         """FlexGen's LP for one (gbs, n_b): placement fractions minimising the block time; None if infeasible."""
-        from scipy.optimize import linprog  # imported here: scipy.optimize takes half a second to import
-
         p, m, w = ctx.platform, ctx.model, ctx.workload
         nb = num_gpu_batches
         bls = gbs * nb
@@ -262,18 +261,17 @@ class FlexGen(ServingSystem):
         A_ub, b_ub = np.array(A), np.array(b)
         scale = np.maximum(np.abs(A_ub).max(axis=1), np.abs(b_ub))
         scale[scale == 0] = 1.0
-        res = linprog(cost, A_ub=A_ub / scale[:, None], b_ub=b_ub / scale, A_eq=np.array(A_eq), b_eq=np.ones(3),
-                      bounds=bounds, method="highs", options={"presolve": False})
-        if res.status != 0:
+        sol = lp.solve(cost, A_ub / scale[:, None], b_ub / scale, np.array(A_eq), np.ones(3), bounds)
+        if sol is None:
             return None
-        x = np.clip(res.x[: len(VARS)], 0.0, 1.0)
+        x = np.clip(sol[: len(VARS)], 0.0, 1.0)
         frac = {}
         for group in (("wg", "wc", "wd"), ("cg", "cc", "cd"), ("hg", "hc", "hd")):
             vals = np.array([x[iv[v]] for v in group])
             vals = vals / vals.sum()
             frac.update(dict(zip(group, map(float, vals))))
         frac = {k: v + 0.0 for k, v in frac.items()}  # no negative zeros
-        return FlexGenPolicy(gbs, nb, cpu_attention, frac, float(res.x[TP] + max(n - 1, 0) * res.x[TG]))
+        return FlexGenPolicy(gbs, nb, cpu_attention, frac, float(sol[TP] + max(n - 1, 0) * sol[TG]))
 
     # ---- engine simulation of a policy ---------------------------------------------------------------
     def _pass(self, ctx: Context, pol: FlexGenPolicy, q_len: int, kv_len: int) -> StepSim:
