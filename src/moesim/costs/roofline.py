@@ -33,7 +33,8 @@ figures are the calibration seam of :mod:`moesim.costs.efficiency`.)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from typing import Any
 
 from ..specs import AcceleratorSpec, CPUSpec
 from .efficiency import EfficiencyModel
@@ -63,9 +64,19 @@ class OpCost:
     parts: tuple[str, ...] = field(default=(), compare=False)
     serial: tuple["OpCost", ...] = ()  # parts (included in the totals above) run as kernels of their own kind
 
+    def with_(self, **changes: Any) -> "OpCost":
+        """A copy with ``changes`` (``dataclasses.replace`` without re-running ``__init__``: OpCosts are
+        composed thousands of times a prediction and have no derived fields to recompute)."""
+        new = object.__new__(OpCost)
+        fields = new.__dict__
+        fields.update(self.__dict__)
+        fields.update(changes)
+        return new
+
     def _summed(self, other: "OpCost", base: "OpCost", serial: tuple["OpCost", ...]) -> "OpCost":
         """``base`` (its family, dtype, rows) carrying the summed work of this operation and ``other``."""
-        return replace(base, serial=serial, **{k: getattr(self, k) + getattr(other, k) for k in ADDITIVE_FIELDS})
+        a, b = self.__dict__, other.__dict__
+        return base.with_(serial=serial, **{k: a[k] + b[k] for k in ADDITIVE_FIELDS})
 
     def __add__(self, other: "OpCost") -> "OpCost":
         """Merged composition: work adds, the family of the larger-FLOP part is kept (one roof for
@@ -85,12 +96,12 @@ class OpCost:
         s = self.serial
         if not s:
             return (self,)
-        own = replace(self, serial=(), **{k: getattr(self, k) - sum(getattr(p, k) for p in s) for k in ADDITIVE_FIELDS})
+        own = self.with_(serial=(), **{k: getattr(self, k) - sum(getattr(p, k) for p in s) for k in ADDITIVE_FIELDS})
         return (own,) + s
 
     def scaled(self, factor: float) -> "OpCost":
-        return replace(
-            self, flop=self.flop * factor, bytes=self.bytes * factor, weight_elements=self.weight_elements * factor,
+        return self.with_(
+            flop=self.flop * factor, bytes=self.bytes * factor, weight_elements=self.weight_elements * factor,
             serial=tuple(p.scaled(factor) for p in self.serial),
         )
 
@@ -156,7 +167,7 @@ def gpu_time_s(cost: OpCost, gpu: AcceleratorSpec, eff: EfficiencyModel) -> floa
         host_roof_s = _host_roof_s(cost, cost.launches, cost.indexed_launches, eff)
         total += eff.issue_s(cost, cost.launches) + max(_roof_s(cost, gpu, eff), host_roof_s)
         if cost.loop_launches:
-            total += cost.loop_launches * eff.loop_launch_s(replace(cost, family="moe_loop"))
+            total += cost.loop_launches * eff.loop_launch_s(cost.with_(family="moe_loop"))
         return total
     for seg in _segments(cost.pieces()):
         launches = sum(p.launches for p in seg)
@@ -165,7 +176,7 @@ def gpu_time_s(cost: OpCost, gpu: AcceleratorSpec, eff: EfficiencyModel) -> floa
         lead = next((p for p in seg if p.launches), seg[0])
         total += eff.issue_s(lead, launches) + max(gpu_s, host_roof_s)
     if cost.loop_launches:
-        total += cost.loop_launches * eff.loop_launch_s(replace(cost, family="moe_loop", serial=()))
+        total += cost.loop_launches * eff.loop_launch_s(cost.with_(family="moe_loop", serial=()))
     return total
 
 

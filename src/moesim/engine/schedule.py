@@ -22,6 +22,9 @@ from ..errors import SimulationError
 from .memory import Buffer, check_capacity, peak_memory_bytes
 
 
+_new_task = tuple.__new__  # builds a Task from a tuple without the named tuple's Python-level __new__
+
+
 class Task(NamedTuple):
     """One scheduled task (a named tuple: built tens of thousands of times per prediction)."""
 
@@ -44,15 +47,17 @@ class Engine:
     memory_capacity_bytes: dict[str, float] = field(default_factory=dict)
     tasks: list[Task] = field(default_factory=list)
     buffers: list[Buffer] = field(default_factory=list)
-    _free_at: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    _free_at: dict[str, float] = field(default_factory=dict)
+    _ends: list[float] = field(default_factory=list)  # end of each task, by id (the hot path reads these)
+    _makespan_s: float = 0.0
 
     def add(self, name: str, resource: str, duration_s: float, deps: Iterable[int | None] = (),
             category: str = "other", nbytes: float = 0.0, flop: float = 0.0) -> int:
         """Submit a task; returns its id. ``None`` entries in ``deps`` are ignored."""
         if not duration_s >= 0:  # also rejects NaN
             raise SimulationError(f"task {name!r} has invalid duration {duration_s}")
-        tasks = self.tasks
-        n = len(tasks)
+        ends = self._ends
+        n = len(ends)
         ready = 0.0
         dep_ids = []
         for d in deps:
@@ -60,15 +65,20 @@ class Engine:
                 continue
             if not 0 <= d < n:
                 raise SimulationError(f"task {name!r} depends on unknown or later task {d}")
-            end = tasks[d].end_s
+            end = ends[d]
             if end > ready:
                 ready = end
             dep_ids.append(d)
-        free = self._free_at[resource]
+        free_at = self._free_at
+        free = free_at.get(resource, 0.0)
         start = ready if ready > free else free
         end = start + duration_s
-        tasks.append(Task(n, name, resource, category, duration_s, tuple(dep_ids), start, end, nbytes, flop))
-        self._free_at[resource] = end
+        self.tasks.append(_new_task(Task, (n, name, resource, category, duration_s, tuple(dep_ids), start, end,
+                                           nbytes, flop)))
+        ends.append(end)
+        free_at[resource] = end
+        if end > self._makespan_s:
+            self._makespan_s = end
         return n
 
     def hold(self, pool: str, nbytes: float, label: str, from_task: int | None = None,
@@ -82,10 +92,10 @@ class Engine:
     # ---- queries ---------------------------------------------------------------------------
     @property
     def makespan_s(self) -> float:
-        return max((t.end_s for t in self.tasks), default=0.0)
+        return self._makespan_s
 
     def end_of(self, task_id: int) -> float:
-        return self.tasks[task_id].end_s
+        return self._ends[task_id]
 
     def busy_s(self) -> dict[str, float]:
         busy: dict[str, float] = defaultdict(float)
