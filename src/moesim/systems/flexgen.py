@@ -164,6 +164,15 @@ class FlexGen(ServingSystem):
         return max(prefill, logits, activation_bytes(ctx, gbs))
 
     # ---- the LP ------------------------------------------------------------------------------------
+    def _gpu_fixed_bytes(self, ctx: Context, gbs: int) -> float:
+        """GPU memory every policy of GPU batch ``gbs`` holds: resident weights, one layer's weight buffers and
+        the batch's working set (the constant of the LP's GPU row)."""
+        return ctx.resident_weight_bytes + max_layer_weight_bytes(ctx) + self._gpu_work_bytes(ctx, gbs)
+
+    @staticmethod
+    def _gpu_capacity_bytes(ctx: Context) -> float:
+        return ctx.platform.usable_gpu_memory_bytes_per_gpu * (1 - 1e-6)
+
     def _compute_constants(self, ctx: Context, gbs: int) -> dict[str, float]:
         """Per-GPU-batch compute of one whole pass (summed over layers): prefill, decode dense, attention."""
         w = ctx.workload
@@ -241,8 +250,8 @@ class FlexGen(ServingSystem):
         le(row(cg=nb * consts["att_gpu"], cc=att_off, cd=att_off, Tg=-1), -(nb * consts["dec"] + head_d))
         # memory: GPU, CPU, disk
         kv_buf = (1 - deleg) * 2 * gbs * ctx_len * ctx.kv_bytes_per_token_layer()
-        gpu_cap = p.usable_gpu_memory_bytes_per_gpu * (1 - 1e-6)
-        gpu_fixed = ctx.resident_weight_bytes + WL + self._gpu_work_bytes(ctx, gbs)
+        gpu_cap = self._gpu_capacity_bytes(ctx)
+        gpu_fixed = self._gpu_fixed_bytes(ctx, gbs)
         le(row(wg=W - WL, cg=kv_tot, cc=kv_buf, cd=kv_buf, hg=h_pre), gpu_cap - gpu_fixed)
         le(row(wc=W, wd=2 * WL, cc=kv_tot, hc=h_pre), p.usable_host_memory_bytes)
         le(row(wd=W, cd=kv_tot), p.disk.capacity_bytes)
@@ -292,8 +301,13 @@ class FlexGen(ServingSystem):
         sd = self.params.attention_score_dtype
         kv_h2d_kind, kv_d2h_kind = self._kv_kinds()
 
+        copies: dict[tuple[float, str], float] = {}  # a pass repeats the same few copies layer after layer
+
         def copy(nbytes: float, kind: str) -> float:
-            return copy_time_s(nbytes, kind, p) if nbytes > 0 else 0.0
+            key = (nbytes, kind)
+            if key not in copies:
+                copies[key] = copy_time_s(nbytes, kind, p) if nbytes > 0 else 0.0
+            return copies[key]
 
         kv_read = {wd: f_off * gbs * (min(kv_len, a.window_tokens) if wd and a.window_tokens else kv_len) * kv_layer
                    for wd in (False, True)} if decode and not deleg else {False: 0.0, True: 0.0}
@@ -444,6 +458,8 @@ class FlexGen(ServingSystem):
                             if wanted % nb == 0})
         out = []
         for gbs in sorted({g for g, _ in pairs}):
+            if self._gpu_fixed_bytes(ctx, gbs) > self._gpu_capacity_bytes(ctx):
+                continue  # the LP's GPU row has no solution: every fraction it weighs is >= 0
             consts = self._compute_constants(ctx, gbs)
             for g, nb in pairs:
                 if g != gbs:
