@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from .errors import MoesimError
 from .specs import ModelSpec, OfflineWorkload, Platform, PlatformSpec
@@ -63,6 +64,9 @@ GROUPS = {
 }
 
 DTYPES = tuple(BYTES_PER_ELEMENT)
+#: dtype words of vLLM's --dtype / --kv-cache-dtype and of torch, as moesim's dtypes (None: the released one)
+DTYPE_WORDS: dict[str, str | None] = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float": "fp32",
+                                      "float32": "fp32", "fp8_e4m3": "fp8", "fp8_e5m2": "fp8", "auto": None}
 _WORKLOAD_FIELDS = ("num_requests", "prompt_tokens", "gen_tokens", "batch_size")
 _PLATFORM_FIELDS = ("num_gpus", "cpu", "host_memory_bytes", "pcie")
 
@@ -113,13 +117,14 @@ class Scenario(BaseModel):
     host_memory_bytes: Annotated[float | None, Field(gt=0), Flag(("--host-mem",), "platform", parse="bytes",
                                                                  metavar="SIZE", aliases=("host_mem", "host_memory"))] = None
     """Host memory, e.g. 512GB or 1TiB (a bare number is bytes)."""
-    num_gpus: Annotated[int | None, Field(ge=1), Flag(("--gpus",), "platform", aliases=("gpus",))] = None
-    """Number of GPUs (tensor parallel over the platform's GPU link); default: the platform's."""
+    num_gpus: Annotated[int | None, Field(ge=1), Flag(("--gpus", "--tensor-parallel-size", "-tp"), "platform",
+                                                      aliases=("gpus", "tp"))] = None
+    """Number of GPUs (tensor parallel over the platform's GPU link, vLLM's --tensor-parallel-size); default: the platform's."""
     cpu: Annotated[str | None, Flag(("--cpu",), "platform")] = None
     """CPU name (replaces the platform's)."""
 
     # ---- execution knobs --------------------------------------------------------------------
-    kv_dtype: Annotated[str, Flag(("--kv-dtype",), "execution")] = "bf16"
+    kv_dtype: Annotated[str, Flag(("--kv-dtype", "--kv-cache-dtype"), "execution")] = "bf16"
     """KV-cache dtype."""
     moe_impl: Annotated[Literal["fused", "loop"], Flag(("--moe-impl",), "execution")] = "fused"
     """MoE kernels: fused (grouped GEMM) or loop (one expert at a time, as Hugging Face code)."""
@@ -152,6 +157,18 @@ class Scenario(BaseModel):
     """Online serving: seed of the arrival and length samples."""
 
     # ---- checks ---------------------------------------------------------------------------
+    @field_validator("dtype", "kv_dtype", mode="before")
+    @classmethod
+    def _dtype_words(cls, value: Any, info: ValidationInfo) -> Any:
+        """The words vLLM and torch use for dtypes (``bfloat16``, ``half``, ``fp8_e4m3``). ``auto``: the released
+        weights; for the KV cache, vLLM's auto is the model's activation dtype, bf16 for every model here."""
+        if not isinstance(value, str):
+            return value
+        word = value.strip().lower()
+        if word == "auto" and info.field_name == "kv_dtype":
+            return "bf16"
+        return DTYPE_WORDS.get(word, value)
+
     @field_validator("dtype", "kv_dtype")
     @classmethod
     def _known_dtype(cls, value: str | None) -> str | None:
@@ -279,7 +296,10 @@ def parse_value(name: str, value: Any) -> Any:
         if fields()[name][1].parse == "bytes":
             from .units import parse_bytes
 
-            return float(parse_bytes(text))
+            try:
+                return float(parse_bytes(text))
+            except MoesimError as exc:
+                raise MoesimError(f"{what}: {exc}") from None
         if kind is dict:
             return parse_key_values([text])
         if kind is bool:
@@ -293,8 +313,8 @@ def parse_value(name: str, value: Any) -> Any:
             return int(number)
         if kind is float:
             return float(text)
-    except (TypeError, ValueError, MoesimError):
-        raise MoesimError(f"{what}: cannot read {value!r} as {'a size' if kind is float and 'bytes' in name else kind.__name__}") from None
+    except (TypeError, ValueError):
+        raise MoesimError(f"{what}: cannot read {value!r} as {kind.__name__}") from None
     return text
 
 
@@ -307,7 +327,11 @@ def parse_key_values(items: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise MoesimError(f"--param takes KEY=VALUE, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise MoesimError(f"--param {key.strip()}: cannot read the value {value!r} (a number, true/false, null "
+                              "or text)") from None
     return out
 
 

@@ -8,9 +8,13 @@ Units are converted at this edge only.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ..errors import MoesimError
+
+
+INTERNAL_ERROR = 70  # EX_SOFTWARE: not the user's input
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,6 +49,15 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
         return 0
+    except KeyboardInterrupt:
+        print("moesim: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: one line for the user, the traceback on request
+        if os.environ.get("MOESIM_DEBUG"):
+            raise
+        print(f"moesim: internal error ({type(exc).__name__}: {exc}); this is a bug in moesim: please report the "
+              "command; MOESIM_DEBUG=1 shows the traceback", file=sys.stderr)
+        return INTERNAL_ERROR
 
 
 if __name__ == "__main__":

@@ -69,11 +69,39 @@ def _add_group(group, members, table, many, needed, overrides) -> None:
                                .replace("-", "_"), help=text, required=name in needed)
 
 
+_PARAM_DEST = "sysparam__"
+
+
+def add_system_param_arguments(parser: argparse.ArgumentParser) -> None:
+    """A flag for every serving system's parameter (``--max-num-seqs 64`` = ``--param max_num_seqs=64``): the
+    systems' own Params classes are their one declaration; a name that is also a Scenario field is left to
+    --param."""
+    from ..systems import SYSTEMS
+
+    owners: dict[str, list[str]] = {}
+    helps: dict[str, str] = {}
+    for system, cls in SYSTEMS.items():
+        for name, info in cls.Params.model_fields.items():
+            owners.setdefault(name, []).append(system)
+            helps.setdefault(name, (info.description or "").rstrip("."))
+    taken = set(sc.fields())
+    group = parser.add_argument_group("serving-system parameters (with a named --system; `moesim show system NAME`)")
+    for name in sorted(owners):
+        if name in taken:
+            continue
+        text = f"{helps[name]} ({', '.join(owners[name])})" if helps[name] else f"parameter of {', '.join(owners[name])}"
+        group.add_argument("--" + name.replace("_", "-"), dest=_PARAM_DEST + name, action=_Once, metavar="VALUE",
+                           help=text)
+
+
 def given(args: argparse.Namespace) -> dict[str, Any]:
     """The Scenario fields the user set on the command line, as text (lists of text for --param)."""
-    out = {}
+    out: dict[str, Any] = {}
+    params = [f"{k[len(_PARAM_DEST):]}={v}" for k, v in vars(args).items() if k.startswith(_PARAM_DEST) and v is not None]
+    if params:
+        out["system_params"] = list(getattr(args, _DEST + "system_params", None) or []) + params
     for key, value in vars(args).items():
-        if not key.startswith(_DEST) or value in (None, False):
+        if not key.startswith(_DEST) or value in (None, False) or (key == _DEST + "system_params" and params):
             continue
         name = key[len(_DEST):]
         flag = sc.fields()[name][1]

@@ -11,7 +11,7 @@ def add_parsers(subparsers) -> None:
     ls = subparsers.add_parser("list", help="list models, hardware or systems")
     ls.add_argument("what", choices=["models", "hardware", "systems"])
     sh = subparsers.add_parser("show", help="show one entry")
-    sh.add_argument("what", choices=["model", "hw"])
+    sh.add_argument("what", choices=["model", "hw", "system"])
     sh.add_argument("name")
 
 
@@ -40,8 +40,28 @@ def show(args: argparse.Namespace) -> int:
 
     from ..db.resolve import get_hardware, get_model
 
+    if args.what == "system":
+        print(system_text(args.name))
+        return 0
     spec = get_model(args.name) if args.what == "model" else get_hardware(args.name)
     print(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
     return 0
+
+
+def system_text(name: str) -> str:
+    """A serving system: what it does, and each parameter with its type, default and meaning (its flag too)."""
+    from ..systems import get_system
+
+    cls = get_system(name)
+    lines = [f"{cls.name}: {cls.summary}", "", "parameters (--param KEY=VALUE, or --KEY VALUE with dashes):"]
+    for key, info in cls.Params.model_fields.items():
+        kind = getattr(info.annotation, "__name__", None) or str(info.annotation).replace("typing.", "")
+        default = info.get_default(call_default_factory=True)
+        lines.append(f"  {key} ({kind}, default {default!r})")
+        if info.description:
+            lines.append(f"      {info.description}")
+    if cls.supports_speculative:
+        lines.append("models speculative decoding (--draft)")
+    return "\n".join(lines)
 
 

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from ..errors import MoesimError
-from ..units import fmt_bytes, fmt_rate, fmt_seconds
-from .args import add_scenario_arguments, build_scenario
+from ..units import fmt_bytes, fmt_config, fmt_rate, fmt_seconds
+from .args import add_scenario_arguments, add_system_param_arguments, build_scenario
 
 
 def add_parsers(subparsers) -> None:
     pr = subparsers.add_parser("predict", help="predict throughput, latency and utilisation")
     add_scenario_arguments(pr, required=("model",))
+    add_system_param_arguments(pr)
     pr.add_argument("--trace", help="write a Chrome/Perfetto trace of a decode step to this file")
     pr.add_argument("--breakdown", action="store_true",
                     help="time per module in a decode step, and how much of each transfer compute hides")
@@ -24,6 +26,7 @@ def add_parsers(subparsers) -> None:
     on = subparsers.add_parser("serve", help="online serving: Poisson arrivals, latency percentiles")
     add_scenario_arguments(on, required=("model", "arrival_rate_per_s"),
                            help_overrides={"system": "serving system with an online scheduler (default vllm)"})
+    add_system_param_arguments(on)
     on.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -41,8 +44,10 @@ def predict(args: argparse.Namespace) -> int:
     if scenario.online:
         return _report_online(args, scenario)
     pred = run(scenario, trace_path=args.trace)
+    if args.trace:
+        print(f"trace of the middle decode step: {args.trace} (open it in ui.perfetto.dev)", file=sys.stderr)
     if args.json:
-        print(json.dumps(pred.to_json_dict(), indent=2))
+        print(json.dumps(pred.to_json_dict(), indent=2, allow_nan=False))
         return 0
     w = pred.workload
     rows = [
@@ -50,7 +55,7 @@ def predict(args: argparse.Namespace) -> int:
         ("hardware", f"{pred.hardware}: {pred.num_gpus} x {pred.gpu}"),
         ("system", pred.system),
         ("workload", f"{w['num_requests']} requests, prompt {w['prompt_tokens']}, generate {w['gen_tokens']}"),
-        ("configuration", ", ".join(f"{k}={v}" for k, v in pred.config.items())),
+        ("configuration", fmt_config(pred.config)),
         ("prefill throughput", fmt_rate(pred.prefill_tok_s, "tok/s")),
         ("decode throughput", fmt_rate(pred.decode_tok_s, "tok/s")),
         ("generation throughput", fmt_rate(pred.throughput_tok_s, "tok/s")),
@@ -97,7 +102,7 @@ def _report_online(args: argparse.Namespace, scenario) -> int:
 
     result = predict_online(scenario)
     if args.json:
-        print(json.dumps(result.to_json_dict(), indent=2, default=str))
+        print(json.dumps(result.to_json_dict(), indent=2, allow_nan=False))
         return 0
     print(result.format())
     return 0

@@ -54,6 +54,21 @@ def _dtype(cfg: dict) -> str:
         str(cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16"), "bf16")
 
 
+def _name(cfg: dict, path: Path) -> str:
+    """The model's name: the config's own ``_name_or_path``, else the repository of a Hugging Face cache
+    snapshot (``models--ORG--NAME/snapshots/REV/config.json``), else its architecture (a folder name such as
+    ``tmp`` or a snapshot hash says nothing)."""
+    if cfg.get("_name_or_path"):
+        return str(cfg["_name_or_path"])
+    for parent in path.resolve().parents:
+        if parent.name.startswith("models--"):
+            return parent.name.removeprefix("models--").replace("--", "/")
+    arch = cfg.get("architectures")
+    if isinstance(arch, list) and arch and isinstance(arch[0], str):
+        return arch[0].removesuffix("ForCausalLM") or arch[0]
+    return str(cfg.get("model_type") or path.stem)
+
+
 def _convert(cfg: dict, path: Path) -> dict:
     mtype = cfg.get("model_type")
     if mtype not in SUPPORTED:
@@ -63,7 +78,7 @@ def _convert(cfg: dict, path: Path) -> dict:
     kv_heads = cfg.get("num_key_value_heads") or heads
     head_dim = cfg.get("head_dim") or hidden // heads
     out: dict = {
-        "name": cfg.get("_name_or_path") or path.parent.name or path.stem,
+        "name": _name(cfg, path),
         "family": mtype,
         "num_layers": cfg["num_hidden_layers"],
         "hidden_size": hidden,
