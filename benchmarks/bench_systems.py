@@ -6,14 +6,16 @@ The mix: Mixtral-8x7B and DeepSeek-R1 on an RTX 4090 at three workloads (prompt/
 256/512, 1024/128) and three PCIe speeds (x1, x1.5, x2): 18 cases. Each case gets one Context that every
 system plans on in registry order, as ``moesim predict --system auto`` does (systems share what they
 memoise on it), so the figures add up to an ``auto`` prediction's planning time. A case's Context is
-made afresh for each repeat: nothing is carried from one prediction to the next. Prints milliseconds
-per prediction for each system (an infeasible plan counts the time it took to refuse) and their sum.
+made afresh for each pass: nothing is carried from one prediction to the next. Prints milliseconds
+per prediction for each system (an infeasible plan counts the time it took to refuse) and their sum: the
+median and the least over the passes (the least is the steadier figure on a shared machine).
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import statistics
 import time
 
 import moesim
@@ -40,10 +42,11 @@ def cases(hardware: str) -> list:
     return out
 
 
-def time_systems(specs: list, names: list[str], repeats: int) -> dict[str, float]:
-    """Seconds per prediction spent planning each system."""
-    total: collections.Counter = collections.Counter()
+def time_systems(specs: list, names: list[str], repeats: int) -> list[dict[str, float]]:
+    """Per repeat, seconds per prediction spent planning each system."""
+    out = []
     for _ in range(repeats):
+        total: collections.Counter = collections.Counter()
         for spec in specs:
             ctx = Context(*spec)
             for name in names:
@@ -53,13 +56,13 @@ def time_systems(specs: list, names: list[str], repeats: int) -> dict[str, float
                 except InfeasibleError:
                     pass
                 total[name] += time.perf_counter() - t0
-    n = repeats * len(specs)
-    return {name: total[name] / n for name in names}
+        out.append({name: total[name] / len(specs) for name in names})
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=3, help="passes over the 18 cases")
+    ap.add_argument("--repeats", type=int, default=5, help="passes over the 18 cases")
     ap.add_argument("--systems", default=",".join(SYSTEMS),
                     help="comma-separated systems, planned in this order on each case's Context (default: all, "
                          "registry order, as auto)")
@@ -71,12 +74,13 @@ def main() -> None:
         ap.error(f"unknown system(s) {', '.join(unknown)}; known: {', '.join(SYSTEMS)}")
     specs = cases(args.hardware)
     moesim.predict("mixtral-8x7b", args.hardware)  # warm the databases and imports
-    times = time_systems(specs, names, args.repeats)
+    runs = time_systems(specs, names, args.repeats)
     width = max(map(len, names))
-    for name, s in times.items():
-        print(f"{name:<{width}}  {s * 1e3:7.2f} ms")
-    print(f"{'total':<{width}}  {sum(times.values()) * 1e3:7.2f} ms per prediction "
-          f"({args.repeats} x {len(specs)} cases, {args.hardware})")
+    print(f"{'ms per prediction':<{width}}  {'median':>7}  {'min':>7}   over {args.repeats} passes of {len(specs)} cases "
+          f"({args.hardware})")
+    for name in names + ["total"]:
+        values = [sum(r.values()) if name == "total" else r[name] for r in runs]
+        print(f"{name:<{width}}  {statistics.median(values) * 1e3:7.2f}  {min(values) * 1e3:7.2f}")
 
 
 if __name__ == "__main__":
