@@ -50,6 +50,9 @@ class Options:
     activation_dtype: str = "bf16"  # dtype of hidden states, attention scores and other transient tensors
 
 
+_MISSING = object()  # a memo's "not computed yet" (None is a value: ``shared_experts`` of a model without them)
+
+
 def _per_context(method: Callable) -> Callable:
     """Memoise a pure method of the :class:`Context` on its positional arguments, for the context's
     lifetime (one prediction: every system of an ``auto`` comparison prices the same modules). The
@@ -60,12 +63,10 @@ def _per_context(method: Callable) -> Callable:
     @wraps(method)
     def memoised(self: "Context", *args: Any) -> Any:
         key = (name, args, tuple(map(type, args)))
-        memo = self._memo
-        try:
-            return memo[key]
-        except KeyError:
-            value = memo[key] = method(self, *args)
-            return value
+        value = self._memo.get(key, _MISSING)
+        if value is _MISSING:
+            value = self._memo[key] = method(self, *args)
+        return value
 
     return memoised
 
@@ -90,12 +91,10 @@ class Context:
     def memo(self, key: Hashable, compute: Callable[[], Any]) -> Any:
         """``compute()`` once per key for this context: systems compared on one context (``auto``)
         share the simulations they have in common."""
-        memo = self._memo
-        try:
-            return memo[key]
-        except KeyError:
-            value = memo[key] = compute()
-            return value
+        value = self._memo.get(key, _MISSING)
+        if value is _MISSING:
+            value = self._memo[key] = compute()
+        return value
 
     # ---- devices ---------------------------------------------------------------------------
     @cached_property
@@ -104,22 +103,18 @@ class Context:
 
     def gpu_s(self, cost: OpCost) -> float:
         """Time of ``cost`` on one GPU (kept per equal OpCost: its time depends on its compared fields only)."""
-        times = self._gpu_times
-        try:
-            return times[cost]
-        except KeyError:
-            t = times[cost] = costs.gpu_time_s(cost, self.platform.gpu, self.eff)
-            return t
+        t = self._gpu_times.get(cost)
+        if t is None:
+            t = self._gpu_times[cost] = costs.gpu_time_s(cost, self.platform.gpu, self.eff)
+        return t
 
     def cpu_s(self, cost: OpCost) -> float:
-        times = self._cpu_times
-        try:
-            return times[cost]
-        except KeyError:
+        t = self._cpu_times.get(cost)
+        if t is None:
             p = self.platform
-            t = times[cost] = costs.cpu_time_s(cost, p.cpu, p.num_cpus, p.host_memory_bandwidth_bytes_per_s,
-                                               self.eff)
-            return t
+            t = self._cpu_times[cost] = costs.cpu_time_s(cost, p.cpu, p.num_cpus, p.host_memory_bandwidth_bytes_per_s,
+                                                         self.eff)
+        return t
 
     @cached_property
     def _host_link(self):
