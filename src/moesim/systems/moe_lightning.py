@@ -43,7 +43,7 @@ parallelism, and the weight-memory double counting of the artifact's pinned stag
 from __future__ import annotations
 
 import math
-from typing import Literal, NamedTuple
+from typing import Callable, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -63,6 +63,7 @@ class _DecodeTimes(NamedTuple):
     """Durations of one simulated decode layer's tasks (per group of micro-batches) and of the LM head."""
 
     g: int  # groups of micro-batches simulated per layer
+    per: float  # micro-batches per group
     d1_bytes: float  # Q/K/V of a group to the host
     d2_bytes: float  # attention output of a group back to the GPU
     d1_s: float
@@ -169,8 +170,11 @@ class MoELightning(ServingSystem):
 
     def _layer_gpu_s(self, ctx: Context, kind: LayerKind, tokens: float, q_len: int,
                      kv_len: float) -> tuple[float, float]:
-        """(pre-attention, post-attention incl. FFN) GPU seconds for ``tokens`` tokens; prefill core in pre.
-        Kept on the context: the HRM ranking, the bounds and the simulations of a search ask for the same few."""
+        """(pre-attention, post-attention incl. FFN) GPU seconds for ``tokens`` tokens; prefill core in pre (a
+        decode step, ``q_len`` 1, has no attention core on the GPU: ``kv_len`` does not matter then). Kept on the
+        context: the HRM ranking, the bounds and the simulations of a search ask for the same few."""
+        if q_len == 1:
+            kv_len = 0
         key = ("moe-lightning layer", self.params.prefill_attention, kind, type(tokens), tokens, q_len, type(kv_len),
                kv_len)
         return ctx.memo(key, lambda: self._price_layer(ctx, kind, tokens, q_len, kv_len))
@@ -281,23 +285,36 @@ class MoELightning(ServingSystem):
         return out
 
     # ---- engine ------------------------------------------------------------------------------------
-    def _decode_times(self, ctx: Context, cand: dict, kv_len: int) -> _DecodeTimes:
-        """What every simulated layer of a decode step at context ``kv_len`` takes: the n_ub micro-batches
-        grouped into g (``max_simulated_micro_batches``), each group standing for n_ub / g of them."""
+    def _decode_steady(self, ctx: Context, cand: dict) -> _DecodeTimes:
+        """What every simulated layer of a decode step takes, whatever the context: :meth:`_decode_times`
+        without the CPU attention (left empty) and the LM head (0). Kept on the context: the bounds and the
+        simulated steps of a candidate share it."""
         mu, n_ub, r_w = cand["mu"], cand["n_ub"], cand["r_w"]
         g = min(n_ub, self.params.max_simulated_micro_batches)
-        per = n_ub / g  # micro-batches per simulated group
-        d1, d2 = self._qkv_bytes(ctx)
-        kinds = ctx.model.layer_kinds()
-        gpu = {k: tuple(per * t for t in self._layer_gpu_s(ctx, k, mu, 1, kv_len)) for k in kinds}
-        cpu = {wd: ctx.cpu_s(ctx.cpu_attention(mu * per, kv_len, wd)) for wd in (False, True)}
-        page_bytes = {k: (1 - r_w) * layer_weight_bytes(ctx, k) / g for k in kinds}
-        return _DecodeTimes(g, mu * per * d1, mu * per * d2, ctx.d2h_s(mu * per * d1), ctx.h2d_s(mu * per * d2),
-                            gpu, cpu, page_bytes, {k: ctx.h2d_s(v) for k, v in page_bytes.items()},
-                            ctx.gpu_s(ctx.head(cand["n"], cand["n"])))
 
-    def _decode_lower_bound(self, ctx: Context, cand: dict, kv_len: int) -> float:
-        """A lower bound on ``_decode(ctx, cand, kv_len).time_s``, without simulating.
+        def compute() -> _DecodeTimes:
+            per = n_ub / g  # micro-batches per simulated group
+            d1, d2 = self._qkv_bytes(ctx)
+            kinds = ctx.model.layer_kinds()
+            gpu = {k: tuple(per * t for t in self._layer_gpu_s(ctx, k, mu, 1, 0)) for k in kinds}
+            page_bytes = {k: (1 - r_w) * layer_weight_bytes(ctx, k) / g for k in kinds}
+            return _DecodeTimes(g, per, mu * per * d1, mu * per * d2, ctx.d2h_s(mu * per * d1),
+                                ctx.h2d_s(mu * per * d2), gpu, {}, page_bytes,
+                                {k: ctx.h2d_s(v) for k, v in page_bytes.items()}, 0.0)
+
+        return ctx.memo(("moe-lightning decode step", self.params.prefill_attention, g, mu, n_ub, r_w), compute)
+
+    def _decode_times(self, ctx: Context, cand: dict, kv_len: int) -> _DecodeTimes:
+        """What every simulated layer of a decode step at context ``kv_len`` takes, and the LM head: the n_ub
+        micro-batches grouped into g (``max_simulated_micro_batches``), each group standing for n_ub / g of them."""
+        t = self._decode_steady(ctx, cand)
+        mu, n = cand["mu"], cand["n"]
+        return t._replace(cpu={k.windowed: ctx.cpu_s(ctx.cpu_attention(mu * t.per, kv_len, k.windowed))
+                               for k in ctx.model.layer_kinds()}, head_s=ctx.gpu_s(ctx.head(n, n)))
+
+    def _decode_lower_bound(self, ctx: Context, cand: dict, kv_len: int | None = None) -> float:
+        """A lower bound on ``_decode(ctx, cand, kv_len).time_s``, without simulating; with ``kv_len`` None,
+        one for every context (the CPU chain and the LM head left out: they only add).
 
         Let E_i be the end of layer i (its last post-attention task, the id :meth:`_decode`'s layer
         returns). Every layer i >= 1 of kind k, with pre/post its GPU tasks, page/d1/d2 its copies and cpu
@@ -314,12 +331,14 @@ class MoELightning(ServingSystem):
         and E_0 >= delta_k0 (each chain also holds from time 0). ``simulate_layers`` extrapolates a layer not
         simulated by max(E_n - E_{n-1}, 0) >= delta_k, and the LM head runs on the GPU after the last layer,
         so time_s >= head + sum over kinds of count_k delta_k."""
-        t = self._decode_times(ctx, cand, kv_len)
+        t = self._decode_steady(ctx, cand) if kv_len is None else self._decode_times(ctx, cand, kv_len)
         g, total = t.g, t.head_s
         for kind, count in ctx.model.layer_kinds().items():
             pre, post = t.gpu[kind]
-            total += count * max(g * (pre + post), g * (t.page_s[kind] + t.d2_s) + post,
-                                 pre + t.d1_s + g * t.cpu[kind.windowed] + t.d2_s + post)
+            delta = max(g * (pre + post), g * (t.page_s[kind] + t.d2_s) + post)
+            if kv_len is not None:
+                delta = max(delta, pre + t.d1_s + g * t.cpu[kind.windowed] + t.d2_s + post)
+            total += count * delta
         return total
 
     def _decode(self, ctx: Context, cand: dict, kv_len: int) -> StepSim:
@@ -407,14 +426,33 @@ class MoELightning(ServingSystem):
         return simulate_pass(ctx, engine, layer, gpu_holds=self._gpu_bytes(ctx, r_w, cand["work"]), head_s=head_s)
 
     # ---- search ------------------------------------------------------------------------------------
+    def _hrm_rank(self, ctx: Context, cands: list[dict]) -> Callable[[int], tuple[float, int]]:
+        """The HRM ranking (their search's order) as a key of a candidate's index: its HRM estimate for the
+        workload, then its place in ``cands`` (the order of a stable sort by the estimate)."""
+        w = ctx.workload
+
+        def rank(i: int) -> tuple[float, int]:
+            c = cands[i]
+            return (math.ceil(w.num_requests / c["n"])
+                    * self._hrm_time(ctx, c["n"], c["mu"], c["n_ub"], c["r_w"], c["n_p"]), i)
+
+        return rank
+
     def _search(self, ctx: Context, cands: list[dict]) -> tuple[dict, StepSim, float, list]:
         """The candidate of least simulated time for the workload (prefill plus Simpson-integrated decode per
-        batch, times the batches; ties: the HRM order), its prefill pass, decode time and simulated steps.
+        batch, times the batches; ties: the HRM ranking), its prefill pass, decode time and simulated steps.
+
+        With ``candidates_simulated`` only the best so many of the HRM ranking compete. The HRM ranking
+        decides nothing else, so without that cap it is worked out only for candidates that tie.
 
         Exact over every candidate, simulating few: a candidate is simulated only if its lower bound
         (:meth:`_prefill_lower_bound`, :meth:`_decode_lower_bound` at the Simpson contexts) can still beat
         the best simulated so far, and then step by step (prefill and middle step first). Prefill passes
         depend on (n_p, r_w, working set) only and are shared by the candidates that agree on them."""
+        rank = self._hrm_rank(ctx, cands)
+        if self.params.candidates_simulated:
+            cands = [cands[i] for i in sorted(range(len(cands)), key=rank)][: self.params.candidates_simulated]
+            rank = None  # list order is the HRM ranking
         w = ctx.workload
         P, G = w.prompt_tokens, w.gen_tokens
         mid = decode_mid(P, G)
@@ -436,6 +474,12 @@ class MoELightning(ServingSystem):
             """(batches of the workload, prefill passes per batch)"""
             return math.ceil(w.num_requests / cand["n"]), math.ceil(cand["n"] / cand["n_p"])
 
+        def bound_any_context(cand: dict) -> float:
+            """The bound with every decode step bounded alike (no context-dependent term: cheapest)."""
+            b, passes = scale(cand)
+            step = self._decode_lower_bound(ctx, cand)
+            return b * (passes * self._prefill_lower_bound(ctx, cand) + simpson_bound(lambda c: step, P, G))
+
         def bound(cand: dict) -> float:
             b, passes = scale(cand)
             return b * (passes * self._prefill_lower_bound(ctx, cand)
@@ -452,7 +496,7 @@ class MoELightning(ServingSystem):
             decode_s, points = simpson_decode_time(lambda c: decode(cand, c), P, G)
             return b * (passes * prefill_of(cand).time_s + decode_s), decode_s, points
 
-        cand, (_, decode_s, points) = best_by_bounds(cands, (bound, bound_simulated), exact)
+        cand, (_, decode_s, points) = best_by_bounds(cands, (bound_any_context, bound, bound_simulated), exact, rank)
         return cand, prefill_of(cand), decode_s, points
 
     # ---- plan ----------------------------------------------------------------------------------------
@@ -493,10 +537,7 @@ class MoELightning(ServingSystem):
                 f"moe-lightning: two layers' weight pages ({fmt_bytes(2 * WL)}, all experts), the resident weights and "
                 f"the working set need {fmt_bytes(need)} on {p.gpu.name}, {fmt_bytes(p.usable_gpu_memory_bytes_per_gpu)} "
                 f"usable: short by {fmt_bytes(need - p.usable_gpu_memory_bytes_per_gpu)}")
-        # HRM ranking first (their search's order, which breaks ties), then the exact simulated minimum
-        cands.sort(key=lambda c: math.ceil(w.num_requests / c["n"])
-                   * self._hrm_time(ctx, c["n"], c["mu"], c["n_ub"], c["r_w"], c["n_p"]))
-        cand, prefill, decode_s, points = self._search(ctx, cands[: self.params.candidates_simulated or len(cands)])
+        cand, prefill, decode_s, points = self._search(ctx, cands)
         passes = math.ceil(cand["n"] / cand["n_p"])
         n = cand["n"]
         num_batches = math.ceil(w.num_requests / n)

@@ -36,16 +36,18 @@ def simpson_bound(step_bound: Callable[[int], float], prompt: int, gen: int) -> 
     return gen * (step_bound(first) + 4 * step_bound(mid) + step_bound(last)) / 6.0
 
 
-def best_by_bounds(cands: list, bounds: Sequence[Callable], exact: Callable):
-    """The candidate with the least ``exact(c)[0]`` (ties: the earliest), calling ``exact`` on as few as it can.
+def best_by_bounds(cands: list, bounds: Sequence[Callable], exact: Callable, rank: Callable | None = None):
+    """The candidate with the least ``exact(c)[0]`` (ties: the least ``rank(i)`` of its index i, by default
+    list order), calling ``exact`` on as few as it can.
 
     Each of ``bounds`` maps a candidate to a lower bound of ``exact(c)[0]``, cheapest first (a later one may
     simulate part of the candidate). Candidates are visited in order of their first bound (ties: list order)
     and one is dropped as soon as a bound exceeds the best exact value found so far by more than
     ``BOUND_MARGIN``: its exact value is then larger, so it can neither win nor tie. Once the first bound of
     the next candidate does, so does every later one's, and the search stops. The result is the exact
-    minimum over all candidates, as :func:`best_by_simulation`'s.
+    minimum over all candidates, as :func:`best_by_simulation`'s; ``rank`` is called only on exact ties.
     """
+    rank = rank or (lambda i: i)
     order = sorted((bounds[0](c), i) for i, c in enumerate(cands))
     best = None
     for first, i in order:
@@ -54,7 +56,7 @@ def best_by_bounds(cands: list, bounds: Sequence[Callable], exact: Callable):
         if best is not None and any(_beaten(bound(cands[i]), best[0]) for bound in bounds[1:]):
             continue
         value = exact(cands[i])
-        if best is None or (value[0], i) < (best[0], best[1]):
+        if best is None or value[0] < best[0] or (value[0] == best[0] and rank(i) < rank(best[1])):
             best = (value[0], i, value)
     return cands[best[1]], best[2]
 
