@@ -31,8 +31,10 @@ candidate is priced with the HRM per-layer estimate (their Eq. 12-14)
 
     T_layer = max( comm_h2d, comm_d2h, T_cpu(attention of N), T_gpu(n_ub micro-batches) )
 
-using moesim's module costs (reported as the ranking), and every candidate is simulated on the
-engine; the fastest (prefill plus decode per request, padding of the last batch counted) is kept.
+using moesim's module costs (the ranking; it breaks ties), and the fastest on the engine (prefill
+plus decode per request, padding of the last batch counted) is kept: a candidate is simulated unless
+a lower bound of its time (``_prefill_lower_bound``, ``_decode_lower_bound``) shows it slower than
+one simulated already, so the choice is that of simulating them all.
 The candidate set depends on memory only, so more bandwidth or FLOP/s never lowers
 throughput. Memory caps: the platform's
 usable GPU memory and usable host memory (MoE-Lightning's artifact uses 0.86 and 0.8 of them).
@@ -445,10 +447,11 @@ class MoELightning(ServingSystem):
         With ``candidates_simulated`` only the best so many of the HRM ranking compete. The HRM ranking
         decides nothing else, so without that cap it is worked out only for candidates that tie.
 
-        Exact over every candidate, simulating few: a candidate is simulated only if its lower bound
-        (:meth:`_prefill_lower_bound`, :meth:`_decode_lower_bound` at the Simpson contexts) can still beat
-        the best simulated so far, and then step by step (prefill and middle step first). Prefill passes
-        depend on (n_p, r_w, working set) only and are shared by the candidates that agree on them."""
+        Exact over every candidate, simulating few (:func:`best_by_bounds`): a candidate is simulated only
+        while its lower bounds can still beat the best simulated so far, tried cheapest first: decode steps
+        bounded alike at every context, then at each Simpson context (:meth:`_decode_lower_bound`), then with
+        the prefill pass and the middle step simulated. Prefill passes depend on (n_p, r_w, working set) only
+        and are shared by the candidates that agree on them."""
         rank = self._hrm_rank(ctx, cands)
         if self.params.candidates_simulated:
             cands = [cands[i] for i in sorted(range(len(cands)), key=rank)][: self.params.candidates_simulated]
@@ -456,7 +459,8 @@ class MoELightning(ServingSystem):
         w = ctx.workload
         P, G = w.prompt_tokens, w.gen_tokens
         mid = decode_mid(P, G)
-        steps: dict = {}
+        steps: dict = {}  # (candidate, context) -> decode step
+        prefills: dict = {}  # (n_p, r_w, working set) -> prefill pass
 
         def decode(cand: dict, c: int) -> StepSim:
             key = (id(cand), c)
@@ -466,9 +470,9 @@ class MoELightning(ServingSystem):
 
         def prefill_of(cand: dict) -> StepSim:
             key = (cand["n_p"], cand["r_w"], cand["work"])
-            if key not in steps:
-                steps[key] = self._prefill(ctx, cand)
-            return steps[key]
+            if key not in prefills:
+                prefills[key] = self._prefill(ctx, cand)
+            return prefills[key]
 
         def scale(cand: dict) -> tuple[int, int]:
             """(batches of the workload, prefill passes per batch)"""
