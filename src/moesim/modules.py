@@ -7,6 +7,7 @@ so what is simulated and what is reported cannot drift apart.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property, wraps
 from typing import Any, Callable, Hashable, Literal
 
 from . import costs
@@ -49,68 +50,111 @@ class Options:
     activation_dtype: str = "bf16"  # dtype of hidden states, attention scores and other transient tensors
 
 
+_MISSING = object()  # a memo's "not computed yet" (None is a value: ``shared_experts`` of a model without them)
+
+
+def _per_context(method: Callable) -> Callable:
+    """Memoise a pure method of the :class:`Context` on its positional arguments, for the context's
+    lifetime (one prediction: every system of an ``auto`` comparison prices the same modules). The
+    arguments' types are part of the key, so 1000 and 1000.0 keep separate entries as they would
+    compute."""
+    name = method.__name__
+
+    @wraps(method)
+    def memoised(self: "Context", *args: Any) -> Any:
+        key = (name, args, tuple(map(type, args)))
+        value = self._memo.get(key, _MISSING)
+        if value is _MISSING:
+            value = self._memo[key] = method(self, *args)
+        return value
+
+    return memoised
+
+
 @dataclass(frozen=True)
 class Context:
-    """Everything a serving system needs to build and time a schedule."""
+    """Everything a serving system needs to build and time a schedule.
+
+    A context lives for one prediction. What it derives from its specs (dtypes, module sizes, the
+    efficiency model, module costs and their times) is computed once and kept on it: the systems of
+    an ``auto`` comparison, and the candidates each one simulates, price the same modules again and
+    again. Nothing is shared between contexts."""
 
     model: ModelSpec
     platform: Platform
     workload: OfflineWorkload
     options: Options
     _memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    _gpu_times: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # OpCost -> s
+    _cpu_times: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # OpCost -> s
 
     def memo(self, key: Hashable, compute: Callable[[], Any]) -> Any:
         """``compute()`` once per key for this context: systems compared on one context (``auto``)
         share the simulations they have in common."""
-        if key not in self._memo:
-            self._memo[key] = compute()
-        return self._memo[key]
+        value = self._memo.get(key, _MISSING)
+        if value is _MISSING:
+            value = self._memo[key] = compute()
+        return value
 
     # ---- devices ---------------------------------------------------------------------------
-    @property
+    @cached_property
     def eff(self) -> costs.ProfileEfficiency:
         return costs.efficiency_for(self.platform.empirical, self.platform.calibration)
 
     def gpu_s(self, cost: OpCost) -> float:
-        return costs.gpu_time_s(cost, self.platform.gpu, self.eff)
+        """Time of ``cost`` on one GPU (kept per equal OpCost: its time depends on its compared fields only)."""
+        t = self._gpu_times.get(cost)
+        if t is None:
+            t = self._gpu_times[cost] = costs.gpu_time_s(cost, self.platform.gpu, self.eff)
+        return t
 
     def cpu_s(self, cost: OpCost) -> float:
-        p = self.platform
-        return costs.cpu_time_s(cost, p.cpu, p.num_cpus, p.host_memory_bandwidth_bytes_per_s, self.eff)
+        t = self._cpu_times.get(cost)
+        if t is None:
+            p = self.platform
+            t = self._cpu_times[cost] = costs.cpu_time_s(cost, p.cpu, p.num_cpus, p.host_memory_bandwidth_bytes_per_s,
+                                                         self.eff)
+        return t
+
+    @cached_property
+    def _host_link(self):
+        """The host link's figures, measured where calibration measured this link (``costs.achieved_link``)."""
+        return costs.achieved_link(self.platform)
 
     def h2d_s(self, nbytes: float) -> float:
-        """Pinned host-to-device copy (measured link figures where calibration measured this link)."""
-        return costs.platform_copy_time_s(nbytes, "h2d_pinned", self.platform)
+        """Pinned host-to-device copy (measured link figures where calibration measured this link);
+        ``costs.platform_copy_time_s`` with the link resolved once per context."""
+        return costs.copy_time_s(nbytes, "h2d_pinned", self._host_link)
 
     def d2h_s(self, nbytes: float) -> float:
-        return costs.platform_copy_time_s(nbytes, "d2h_pinned", self.platform)
+        return costs.copy_time_s(nbytes, "d2h_pinned", self._host_link)
 
     def disk_s(self, nbytes: float) -> float:
         return nbytes / self.platform.disk.read_bytes_per_s
 
     # ---- dtypes and sizes ------------------------------------------------------------------------
-    @property
+    @cached_property
     def wdtype(self) -> str:
         return self.model.weight_dtype(self.options.weight_dtype)
 
-    @property
+    @cached_property
     def edtype(self) -> str:
         return self.model.expert_weight_dtype(self.options.weight_dtype)
 
-    @property
+    @cached_property
     def wbytes(self) -> float:
         return BYTES_PER_ELEMENT[self.wdtype]
 
-    @property
+    @cached_property
     def ebytes(self) -> float:
         return BYTES_PER_ELEMENT[self.edtype]
 
-    @property
+    @cached_property
     def abytes(self) -> float:
         """Bytes per element of activations (hidden states, scores, transient tensors)."""
         return BYTES_PER_ELEMENT[self.options.activation_dtype]
 
-    @property
+    @cached_property
     def weight_bytes(self) -> float:
         return self.model.weight_bytes(self.options.weight_dtype)
 
@@ -130,6 +174,7 @@ class Context:
         """``tokens`` hidden states (one hidden-sized vector each) in the activation dtype."""
         return tokens * self.model.hidden_size * self.abytes
 
+    @_per_context
     def kv_bytes_per_token(self, context_tokens: int | None = None) -> float:
         """KV bytes per token over all layers (windowed layers capped at their window)."""
         return self.model.kv_bytes_per_token(self.options.kv_dtype, context_tokens)
@@ -138,38 +183,40 @@ class Context:
         return self.model.attention.kv_elements_per_token() * BYTES_PER_ELEMENT[self.options.kv_dtype]
 
     # ---- modules of one layer ----------------------------------------------------------------------
-    @property
+    @cached_property
     def attention_weight_bytes(self) -> float:
         return self.model.attention_params * self.wbytes
 
-    @property
+    @cached_property
     def expert_weight_bytes(self) -> float:
         return self.model.expert_params * self.ebytes
 
-    @property
+    @cached_property
     def shared_weight_bytes(self) -> float:
         return self.model.shared_expert_params * self.wbytes
 
-    @property
+    @cached_property
     def dense_ffn_weight_bytes(self) -> float:
         return self.model.dense_ffn_params * self.wbytes
 
-    @property
+    @cached_property
     def router_weight_bytes(self) -> float:
         """One MoE layer's router weights, in the model's router dtype (unquantized in the checkpoints)."""
         m = self.model
         return m.router_params * BYTES_PER_ELEMENT[m.moe.router_dtype] if m.moe else 0.0
 
-    @property
+    @cached_property
     def resident_weight_bytes(self) -> float:
         """Embedding, LM head and routers: small weights every system keeps on the GPU."""
         m = self.model
         return (m.embedding_params + m.lm_head_params) * self.wbytes + m.num_moe_layers * self.router_weight_bytes
 
+    @_per_context
     def attention_proj(self, tokens: float) -> OpCost:
         m = self.model
         return costs.attention_projections(m.attention_params, m.hidden_size, tokens, self.wdtype)
 
+    @_per_context
     def attention_proj_split(self, tokens: float) -> tuple[OpCost, OpCost]:
         """(Q/K/V projections before the attention core, output projection after it): the projections'
         cost split by the share of their weights, ``AttentionSpec.qkv_share`` (Mixtral: 0.6 / 0.4)."""
@@ -177,13 +224,16 @@ class Context:
         share = self.model.attention.qkv_share(self.model.hidden_size)
         return full.scaled(share), full.scaled(1.0 - share)
 
+    @_per_context
     def attention_core(self, batch: float, q_len: float, kv_len: float, windowed: bool) -> OpCost:
         return costs.attention_core(self.model.attention, batch, q_len, kv_len, True, self.options.kv_dtype,
                                     windowed, self.options.mla_absorbed)
 
+    @_per_context
     def cpu_attention(self, batch: float, kv_len: float, windowed: bool) -> OpCost:
         return costs.cpu_attention(self.model.attention, batch, 1, kv_len, self.options.kv_dtype, windowed)
 
+    @_per_context
     def router(self, tokens: float) -> OpCost:
         m = self.model
         return costs.router(m.hidden_size, m.moe.num_experts, tokens) + costs.dispatch_combine(
@@ -195,11 +245,13 @@ class Context:
         return costs.expected_active_experts(moe.num_experts, moe.top_k, tokens, self.options.zipf_s,
                                              self.options.expert_popularity)
 
+    @_per_context
     def experts(self, num_active: float, routed_tokens: float) -> OpCost:
         m = self.model
         return costs.routed_experts(m.hidden_size, m.moe.expert_intermediate_size, num_active, routed_tokens,
                                     m.moe.gated, self.edtype, self.options.moe_impl)
 
+    @_per_context
     def shared_experts(self, tokens: float) -> OpCost | None:
         m = self.model
         if not m.moe or not m.moe.num_shared_experts:
@@ -207,10 +259,12 @@ class Context:
         one = costs.expert_ffn(m.hidden_size, m.moe.shared_ffn, tokens, m.moe.gated, self.wdtype)
         return one.scaled(m.moe.num_shared_experts) if m.moe.num_shared_experts > 1 else one
 
+    @_per_context
     def dense_ffn(self, tokens: float) -> OpCost:
         m = self.model
         return costs.expert_ffn(m.hidden_size, m.dense_ffn.intermediate_size, tokens, m.dense_ffn.gated, self.wdtype)
 
+    @_per_context
     def head(self, tokens: float, rows: float) -> OpCost:
         m = self.model
         return costs.embedding_lookup(m.hidden_size, tokens, self.wdtype) + costs.lm_head(

@@ -57,6 +57,7 @@ Not modelled: quantized GGUF types other than the dtype given (DeepSeek's fp8 st
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -136,12 +137,12 @@ class LlamaCpp(ServingSystem):
                     f"{fmt_bytes(need(*forced) - cap)}")
             ngl, out_gpu = forced
         else:
-            fitting = [o for o in options if need(*o) <= cap]
-            if not fitting:
+            first_fit = next((o for o in options if need(*o) <= cap), None)  # options go from most to least
+            if first_fit is None:
                 raise InfeasibleError(
                     f"llama-cpp: not even the compute buffer fits on the GPU: {fmt_bytes(need(0, False))} needed, "
                     f"{fmt_bytes(cap)} usable: short by {fmt_bytes(need(0, False) - cap)}")
-            ngl, out_gpu = fitting[0]
+            ngl, out_gpu = first_fit
         cpu_weights = sum(layer[: L - ngl]) + m.embedding_params * ctx.wbytes + (0.0 if out_gpu else head)
         cpu_kv = sum(kv[: L - ngl])
         usable = p.usable_host_memory_bytes
@@ -166,67 +167,93 @@ class LlamaCpp(ServingSystem):
         }
 
     # ---- one forward pass ------------------------------------------------------------------------
-    def _pass(self, ctx: Context, lay: dict, seqs: float, q_len: int, kv_len: int, rows: float) -> StepSim:
+    @staticmethod
+    def _runs(ctx: Context, ngl: int) -> tuple[tuple[tuple[str, LayerKind], int], ...]:
+        """((device, layer kind), count) of each run of consecutive layers alike, in layer order, the last
+        ``ngl`` layers on the GPU (a function of the model and ``ngl``: kept on the context)."""
+        def build() -> tuple:
+            m, L = ctx.model, ctx.model.num_layers
+            runs: list[list] = []
+            for i in range(L):
+                key = ("gpu" if i >= L - ngl else "cpu", LayerKind(m.is_moe_layer(i), m.attention.is_windowed(i)))
+                if runs and runs[-1][0] == key:
+                    runs[-1][1] += 1
+                else:
+                    runs.append([key, 1])
+            return tuple((key, count) for key, count in runs)
+
+        return ctx.memo(("llama-cpp layer runs", ngl), build)
+
+    def _layer_tasks(self, ctx: Context, lay: dict, seqs: float, q_len: int,
+                     kv_len: int) -> Callable[[tuple[str, LayerKind]], list[tuple]]:
+        """The tasks of one layer of a pass, by (device, layer kind): (name, resource, seconds, category,
+        bytes) in submission order, worked out once per key (every layer of a run repeats them)."""
         p, m, prm = ctx.platform, ctx.model, self.params
-        L, ngl = m.num_layers, lay["ngl"]
         tokens = seqs * q_len
         offload = prm.op_offload and tokens >= prm.op_offload_min_batch
         upload_kind = "h2d_pageable" if prm.use_mmap else "h2d_pinned"
-        hidden_bytes = tokens * m.hidden_size * BYTES_PER_ELEMENT[self.constants.value("activation_dtype")]
-        cross, cross_back = ctx.h2d_s(hidden_bytes), ctx.d2h_s(hidden_bytes)
-        engine = Engine(memory_capacity_bytes={"gpu": p.usable_gpu_memory_bytes_per_gpu})
         attn = {w: ctx.attention_core(seqs, q_len, kv_len, w) for w in (False, True)}
         cpu_attn = {w: ctx.cpu_attention(seqs, kv_len, w) if q_len == 1 else attn[w] for w in (False, True)}
         active = ctx.active_experts(tokens) if m.moe else 0.0
-        modules = {"attn proj": (ctx.attention_proj(tokens), "attention")}
-        moe_mods = {}
+        proj = ctx.attention_proj(tokens)
+        moe_mods, cpu_experts = [], None
         if m.moe:
-            moe_mods["router"] = (ctx.router(tokens), "router")
-            moe_mods["experts"] = (ctx.experts(active, tokens * m.moe.top_k), "experts")
+            moe_mods = [("router", ctx.router(tokens), "router"),
+                        ("experts", ctx.experts(active, tokens * m.moe.top_k), "experts")]
             cpu_experts = costs.cpu_experts(m.hidden_size, m.moe.expert_intermediate_size, active,
                                             tokens * m.moe.top_k, m.moe.gated, ctx.edtype)
             shared = ctx.shared_experts(tokens)
             if shared:
-                moe_mods["shared experts"] = (shared, "experts")
-        dense_mods = {"dense ffn": (ctx.dense_ffn(tokens), "dense_ffn")} if m.dense_ffn else {}
+                moe_mods.append(("shared experts", shared, "experts"))
+        dense_mods = [("dense ffn", ctx.dense_ffn(tokens), "dense_ffn")] if m.dense_ffn else []
         read = {True: ctx.attention_weight_bytes + active * ctx.expert_weight_bytes + ctx.shared_weight_bytes
                 + (m.router_params * ctx.wbytes if m.moe else 0.0),
                 False: ctx.attention_weight_bytes + ctx.dense_ffn_weight_bytes}
-        kv_layer = ctx.kv_bytes_per_token_layer()
+        kv_bytes = seqs * kv_len * ctx.kv_bytes_per_token_layer()
 
-        def layer(eng: Engine, i: int, key: tuple[str, LayerKind]) -> int:
-            dev, kind = key
-            last = len(eng.tasks) - 1
-            mods = {**modules, **(moe_mods if kind.moe else dense_mods)}
+        def build(dev: str, kind: LayerKind) -> list[tuple]:
+            out = []
             if dev == "cpu" and lay["miss"] > 0:
                 miss = read[kind.moe] * lay["miss"]
-                last = eng.add(f"L{i} page faults (weights from disk)", "disk", ctx.disk_s(miss), [last],
-                               category="transfer", nbytes=miss)
+                out.append(("page faults (weights from disk)", "disk", ctx.disk_s(miss), "transfer", miss))
             if dev == "cpu" and offload:  # op offload: upload the weights, compute on the GPU
-                last = eng.add(f"L{i} weights H2D (op offload)", "h2d", copy_time_s(read[kind.moe], upload_kind, p),
-                               [last], category="transfer", nbytes=read[kind.moe])
-                kv_bytes = seqs * kv_len * kv_layer
-                last = eng.add(f"L{i} KV H2D (op offload)", "h2d", ctx.h2d_s(kv_bytes), [last], category="transfer",
-                               nbytes=kv_bytes)
+                out.append(("weights H2D (op offload)", "h2d", copy_time_s(read[kind.moe], upload_kind, p),
+                            "transfer", read[kind.moe]))
+                out.append(("KV H2D (op offload)", "h2d", ctx.h2d_s(kv_bytes), "transfer", kv_bytes))
                 dev = "gpu"
             timer = ctx.gpu_s if dev == "gpu" else ctx.cpu_s
-            last = eng.add(f"L{i} attn proj", dev, timer(modules["attn proj"][0]), [last], category="attention")
-            core = attn[kind.windowed] if dev == "gpu" else cpu_attn[kind.windowed]
-            last = eng.add(f"L{i} attention", dev, timer(core), [last], category="attention")
-            for name, (cost, cat) in mods.items():
+            out.append(("attn proj", dev, timer(proj), "attention", 0.0))
+            out.append(("attention", dev, timer((attn if dev == "gpu" else cpu_attn)[kind.windowed]), "attention",
+                        0.0))
+            for name, cost, cat in moe_mods if kind.moe else dense_mods:
                 if name == "experts" and dev == "cpu":
                     cost = cpu_experts  # ggml's CPU kernels: int8 dot products for quantized weights
-                if name != "attn proj":
-                    last = eng.add(f"L{i} {name}", dev, timer(cost), [last], category=cat)
+                out.append((name, dev, timer(cost), cat, 0.0))
+            return out
+
+        tasks: dict = {}
+
+        def of(key: tuple[str, LayerKind]) -> list[tuple]:
+            if key not in tasks:
+                tasks[key] = build(*key)
+            return tasks[key]
+
+        return of
+
+    def _pass(self, ctx: Context, lay: dict, seqs: float, q_len: int, kv_len: int, rows: float) -> StepSim:
+        p, m = ctx.platform, ctx.model
+        tokens = seqs * q_len
+        hidden_bytes = tokens * m.hidden_size * BYTES_PER_ELEMENT[self.constants.value("activation_dtype")]
+        cross, cross_back = ctx.h2d_s(hidden_bytes), ctx.d2h_s(hidden_bytes)
+        tasks = self._layer_tasks(ctx, lay, seqs, q_len, kv_len)
+
+        def layer(eng: Engine, i: int, key: tuple[str, LayerKind]) -> int:
+            last = len(eng.tasks) - 1
+            for name, resource, seconds, category, nbytes in tasks(key):
+                last = eng.add(f"L{i} {name}", resource, seconds, [last], category=category, nbytes=nbytes)
             return last
 
-        runs: list[list] = []  # [(device, layer kind), consecutive layers]
-        for i in range(L):
-            key = ("gpu" if i >= L - ngl else "cpu", LayerKind(m.is_moe_layer(i), m.attention.is_windowed(i)))
-            if runs and runs[-1][0] == key:
-                runs[-1][1] += 1
-            else:
-                runs.append([key, 1])
+        engine = Engine(memory_capacity_bytes={"gpu": p.usable_gpu_memory_bytes_per_gpu})
         gpu_hold = lay["gpu_bytes"] / p.num_gpus
         engine.hold("gpu", min(gpu_hold, p.usable_gpu_memory_bytes_per_gpu), "GPU layers, their KV, compute buffer")
         engine.add("token embedding (CPU)", "cpu", ctx.cpu_s(costs.embedding_lookup(m.hidden_size, tokens, ctx.wdtype)),
@@ -240,7 +267,7 @@ class LlamaCpp(ServingSystem):
                         nbytes=hidden_bytes)
             where["dev"] = key[0]
 
-        ext = simulate_layers(engine, runs, layer, cross_over)
+        ext = simulate_layers(engine, self._runs(ctx, lay["ngl"]), layer, cross_over)
         head = costs.lm_head(m.hidden_size, m.vocab_size, max(rows, 1.0), ctx.wdtype)
         last = len(engine.tasks) - 1
         if lay["out_gpu"]:
@@ -250,7 +277,7 @@ class LlamaCpp(ServingSystem):
                 last = engine.add("hidden state D2H", "d2h", cross_back, [last], category="transfer",
                                   nbytes=hidden_bytes)
             engine.add("lm head (CPU)", "cpu", ctx.cpu_s(head), [last], category="head")
-        return step_sim(engine, ext, L)
+        return step_sim(engine, ext, m.num_layers)
 
     # ---- plan -----------------------------------------------------------------------------------
     def plan(self, ctx: Context) -> Plan:

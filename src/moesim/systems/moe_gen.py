@@ -34,7 +34,7 @@ searched fraction omega on the CPU). GPU working-set rules: ``systems_db/moe-gen
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Callable, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -45,6 +45,30 @@ from ..specs import LayerKind
 from ..specs.common import BYTES_PER_ELEMENT
 from ..units import fmt_bytes
 from .base import Plan, ServingSystem, StepSim, balanced_batches, simpson_decode_time, simulate_pass
+
+
+class _PassTimes(NamedTuple):
+    """Durations (s) and sizes (bytes) of the tasks of one pass's layers, by MoE layer or not (``dense_*``) and
+    by windowed attention or not (``core``, ``cpu_core``)."""
+
+    tokens: int
+    decode: bool
+    cpu_seqs: int  # sequences whose attention runs on the CPU (omega of the batch)
+    state: float  # GPU working set: hidden states, KV buffers, attention and FFN temporaries
+    slots: int  # experts the expert buffer holds
+    dense_bytes: dict  # attention (+ streamed shared experts or dense FFN) weights of a layer
+    dense_copy: dict
+    dense_disk: dict
+    pre_attn: float
+    post_attn: float
+    mb_groups: int  # GPU attention micro-batches, grouped into at most max_tasks_per_module
+    kv_group_bytes: float
+    kv_group_s: float
+    core: dict  # attention of a micro-batch group
+    cpu_core: dict
+    kv_write_bytes: float
+    kv_write_s: float
+    dense_ffn: float
 
 
 class MoEGenParams(BaseModel):
@@ -153,10 +177,11 @@ class MoEGen(ServingSystem):
                self.params.resident_shared_experts, seqs, q_len, kv_len, b_a, 0.0 if q_len > 1 else omega, disk_fraction)
         return ctx.memo(key, lambda: self._simulate(ctx, seqs, q_len, kv_len, b_a, omega, disk_fraction))
 
-    def _simulate(self, ctx: Context, seqs: int, q_len: int, kv_len: int, b_a: int, omega: float,
-                  disk_fraction: float) -> StepSim:
-        p = ctx.platform
-        m = ctx.model
+    def _pass_times(self, ctx: Context, seqs: int, q_len: int, kv_len: int, b_a: int, omega: float,
+                    disk_fraction: float) -> _PassTimes:
+        """The durations and sizes of a pass's tasks (computed once, reused by every simulated layer);
+        InfeasibleError when the GPU has no room for two experts next to the pass's working set."""
+        p, m = ctx.platform, ctx.model
         tokens = seqs * q_len
         decode = q_len == 1
         gpu_seqs = seqs if not decode else seqs - int(round(omega * seqs))
@@ -169,78 +194,78 @@ class MoEGen(ServingSystem):
                 f"{fmt_bytes(p.usable_gpu_memory_bytes_per_gpu)} usable, resident weights and buffers take "
                 f"{fmt_bytes(self._gpu_fixed_bytes(ctx) + state)}, two experts need {fmt_bytes(2 * ctx.expert_weight_bytes)}"
             )
-        engine = Engine(memory_capacity_bytes={"gpu": p.usable_gpu_memory_bytes_per_gpu})
-        cap = self.params.max_tasks_per_module
-
-        # module times (computed once, reused by every simulated layer)
         streamed_shared = 0.0 if self.params.resident_shared_experts else ctx.shared_weight_bytes
         dense_bytes = {k: ctx.attention_weight_bytes + (streamed_shared if k else ctx.dense_ffn_weight_bytes)
                        for k in (True, False)}
-        dense_copy = {k: ctx.h2d_s(v) for k, v in dense_bytes.items()}
-        pre_attn, post_attn = (ctx.gpu_s(c) for c in ctx.attention_proj_split(tokens))
         n_mb = math.ceil(gpu_seqs / b_a) if gpu_seqs else 0
-        mb_groups = min(n_mb, cap)
+        mb_groups = min(n_mb, self.params.max_tasks_per_module)
         seqs_per_group = gpu_seqs / mb_groups if mb_groups else 0
         copy_len = kv_len if self.params.kv_copy == "context" else ctx.workload.total_context_tokens
         kv_group_bytes = seqs_per_group * copy_len * ctx.kv_bytes_per_token_layer() if decode else 0.0
-        core = {w: ctx.gpu_s(ctx.attention_core(b_a if decode else seqs_per_group, q_len, kv_len, w))
-                * (math.ceil(seqs_per_group / b_a) if decode else 1) for w in (False, True)}
-        cpu_core = {w: ctx.cpu_s(ctx.cpu_attention(cpu_seqs, kv_len, w)) if cpu_seqs else 0.0 for w in (False, True)}
-        kv_write = ctx.d2h_s(tokens * ctx.kv_bytes_per_token_layer())
+        return _PassTimes(
+            tokens, decode, cpu_seqs, state, slots, dense_bytes, {k: ctx.h2d_s(v) for k, v in dense_bytes.items()},
+            {k: ctx.disk_s(v) * disk_fraction for k, v in dense_bytes.items()},
+            *(ctx.gpu_s(c) for c in ctx.attention_proj_split(tokens)), mb_groups, kv_group_bytes,
+            ctx.h2d_s(kv_group_bytes),
+            {w: ctx.gpu_s(ctx.attention_core(b_a if decode else seqs_per_group, q_len, kv_len, w))
+             * (math.ceil(seqs_per_group / b_a) if decode else 1) for w in (False, True)},
+            {w: ctx.cpu_s(ctx.cpu_attention(cpu_seqs, kv_len, w)) if cpu_seqs else 0.0 for w in (False, True)},
+            tokens * ctx.kv_bytes_per_token_layer(), ctx.d2h_s(tokens * ctx.kv_bytes_per_token_layer()),
+            ctx.gpu_s(ctx.dense_ffn(tokens)) if m.dense_ffn else 0.0)
+
+    def _simulate(self, ctx: Context, seqs: int, q_len: int, kv_len: int, b_a: int, omega: float,
+                  disk_fraction: float) -> StepSim:
+        t = self._pass_times(ctx, seqs, q_len, kv_len, b_a, omega, disk_fraction)
+        m = ctx.model
         if m.moe:
-            moe_block, expert_buffer_bytes = self._moe_block(ctx, tokens, slots, disk_fraction)
-        dense_ffn = ctx.gpu_s(ctx.dense_ffn(tokens)) if m.dense_ffn else 0.0
-        dense_disk = {k: ctx.disk_s(v) * disk_fraction for k, v in dense_bytes.items()}
+            moe_block, expert_buffer_bytes = self._moe_block(ctx, t.tokens, t.slots, disk_fraction)
         dense_ring = BufferRing(2)
         kv_ring = BufferRing(self.params.kv_buffer_slots)
-
+        groups = range(t.mb_groups)
         # Weights beyond host memory are paged in from disk as the copy engine touches them: each read waits
         # for the previous weight copy (the faulting copy thread), so disk and H2D time add up for that part.
         prev_copy: list[int | None] = [None]
 
         def layer(eng: Engine, i: int, kind: LayerKind) -> int:
-            disk_dep = None
-            if dense_disk[kind.moe]:
-                disk_dep = eng.add(f"L{i} dense weights from disk", "disk", dense_disk[kind.moe], [prev_copy[0]],
-                                   category="transfer")
-            w_copy = prev_copy[0] = eng.add(f"L{i} attention weights H2D", "h2d", dense_copy[kind.moe],
-                                            [dense_ring.acquire(), disk_dep], category="transfer",
-                                            nbytes=dense_bytes[kind.moe])
-            pre = eng.add(f"L{i} pre-attention", "gpu", pre_attn, [w_copy], category="attention")
+            add, moe, disk_dep = eng.add, kind.moe, None
+            if t.dense_disk[moe]:
+                disk_dep = add(f"L{i} dense weights from disk", "disk", t.dense_disk[moe], [prev_copy[0]],
+                               category="transfer")
+            w_copy = prev_copy[0] = add(f"L{i} attention weights H2D", "h2d", t.dense_copy[moe],
+                                        [dense_ring.acquire(), disk_dep], category="transfer",
+                                        nbytes=t.dense_bytes[moe])
+            pre = add(f"L{i} pre-attention", "gpu", t.pre_attn, [w_copy], category="attention")
             attn_done = [pre]
-            if cpu_seqs:
-                attn_done.append(eng.add(f"L{i} CPU attention ({cpu_seqs} seq)", "cpu", cpu_core[kind.windowed], [pre],
-                                         category="cpu"))
-            for g in range(mb_groups):
-                deps = [pre]
-                if decode:
-                    kv = eng.add(f"L{i} KV H2D mb{g}", "h2d", ctx.h2d_s(kv_group_bytes), [kv_ring.acquire()],
-                                 category="transfer", nbytes=kv_group_bytes)
-                    deps.append(kv)
-                a = eng.add(f"L{i} attention mb{g}", "gpu", core[kind.windowed], deps, category="attention")
-                if decode:
+            if t.cpu_seqs:
+                attn_done.append(add(f"L{i} CPU attention ({t.cpu_seqs} seq)", "cpu", t.cpu_core[kind.windowed],
+                                     [pre], category="cpu"))
+            core = t.core[kind.windowed]
+            for g in groups:
+                if t.decode:
+                    kv = add(f"L{i} KV H2D mb{g}", "h2d", t.kv_group_s, [kv_ring.acquire()], category="transfer",
+                             nbytes=t.kv_group_bytes)
+                    a = add(f"L{i} attention mb{g}", "gpu", core, [pre, kv], category="attention")
                     kv_ring.release(a)
+                else:
+                    a = add(f"L{i} attention mb{g}", "gpu", core, [pre], category="attention")
                 attn_done.append(a)
-            eng.add(f"L{i} KV D2H", "d2h", kv_write, [attn_done[-1]], category="transfer",
-                    nbytes=tokens * ctx.kv_bytes_per_token_layer())
-            post = eng.add(f"L{i} post-attention", "gpu", post_attn, attn_done, category="attention")
-            if not kind.moe:
-                last = eng.add(f"L{i} dense FFN", "gpu", dense_ffn, [post], category="dense_ffn")
+            add(f"L{i} KV D2H", "d2h", t.kv_write_s, [attn_done[-1]], category="transfer", nbytes=t.kv_write_bytes)
+            post = add(f"L{i} post-attention", "gpu", t.post_attn, attn_done, category="attention")
+            if not moe:
+                last = add(f"L{i} dense FFN", "gpu", t.dense_ffn, [post], category="dense_ffn")
                 dense_ring.release(last)
                 return last
             return moe_block(eng, i, post, prev_copy, dense_ring.release)
 
-        head = ctx.gpu_s(ctx.head(tokens, seqs))
-
         holds = {"resident weights (embeddings, LM head, routers)": ctx.resident_weight_bytes,
                  "dense-module buffer (2 layers)": 2 * self._dense_module_bytes(ctx),
-                 "hidden states, KV buffers, attention and FFN temporaries": state}
+                 "hidden states, KV buffers, attention and FFN temporaries": t.state}
         if m.moe:
             holds["expert buffer"] = expert_buffer_bytes
         if self._resident_shared_bytes(ctx):
             holds["shared experts (resident)"] = self._resident_shared_bytes(ctx)
-
-        return simulate_pass(ctx, engine, layer, gpu_holds=holds, head_s=head)
+        engine = Engine(memory_capacity_bytes={"gpu": ctx.platform.usable_gpu_memory_bytes_per_gpu})
+        return simulate_pass(ctx, engine, layer, gpu_holds=holds, head_s=ctx.gpu_s(ctx.head(t.tokens, seqs)))
 
     def _moe_block(self, ctx: Context, tokens: float, slots: int, disk_fraction: float):
         """The MoE part of every MoE layer of a pass on ``tokens`` tokens: router (with dispatch and
@@ -315,6 +340,66 @@ class MoEGen(ServingSystem):
         return engine
 
     # ---- search ------------------------------------------------------------------------------
+    def _decode_search(self, ctx: Context, batch: int, disk_fraction: float) -> tuple[int, float, dict]:
+        """(b_a, omega, the decode configurations simulated): b_a first (omega = 0), then omega at the best b_a
+        (coordinate search), each configuration timed by its step at the middle context."""
+        w = ctx.workload
+        mid = w.prompt_tokens + max(1, w.gen_tokens // 2)
+        is_mla = ctx.model.attention.kind == "mla"
+        grid_a = ([self.params.attention_micro_batch] if self.params.attention_micro_batch
+                  else [b for b in self.params.attention_micro_batch_grid if b < batch] + [batch])
+        trials: dict[tuple[int, float], StepSim] = {}
+        omega0 = self.params.cpu_attention_fraction if self.params.cpu_attention_fraction is not None else 0.0
+        if is_mla:
+            omega0 = 0.0
+        last = w.prompt_tokens + w.gen_tokens  # the KV buffer must still fit at the last step
+        for b_a in sorted(set(grid_a)):
+            if not self._fits(ctx, batch, last, b_a, omega0):
+                continue
+            sim = _unless_infeasible(lambda: self._pass(ctx, batch, 1, mid, b_a, omega0, disk_fraction))
+            if sim:
+                trials[(b_a, omega0)] = sim
+        if not trials:
+            # the accumulated batch itself does not fit on the GPU: report the smallest configuration's reason
+            self._pass(ctx, batch, 1, last, min(grid_a), omega0, disk_fraction)
+        best_a = min(trials, key=lambda k: trials[k].time_s)[0]
+        if self.params.cpu_attention_fraction is None and not is_mla:
+            for omega in self.params.cpu_attention_grid:
+                if (best_a, omega) not in trials and self._fits(ctx, batch, last, best_a, omega):
+                    sim = _unless_infeasible(lambda: self._pass(ctx, batch, 1, mid, best_a, omega, disk_fraction))
+                    if sim:
+                        trials[(best_a, omega)] = sim
+        b_a, omega = min(trials, key=lambda k: trials[k].time_s)
+        return b_a, omega, trials
+
+    def _prefill_search(self, ctx: Context, batch: int, disk_fraction: float) -> tuple[StepSim, int, int]:
+        """(the best prefill pass, its prompts, the pass sizes tried): the most prompts per pass that fit
+        (section 4.3), over powers of two up to B. Memory is checked first (cheaply); the three largest that
+        fit are simulated (a larger pass amortises the weight stream over more prompts, so the best lies among
+        the largest) and the one of most prompts per second kept."""
+        w, p = ctx.workload, ctx.platform
+        if self.params.prefill_batch:
+            candidates = [min(self.params.prefill_batch, batch)]
+        else:
+            candidates = sorted({min(batch, 2 ** e) for e in range(0, 20) if 2 ** e <= 2 * batch})
+            fitting = [pb for pb in candidates if self._prefill_fits(ctx, pb)]
+            candidates = fitting[-3:] or candidates[:1]
+        best_prefill, best_rate, best_pb = None, 0.0, None
+        for pb in candidates:
+            sim = _unless_infeasible(
+                lambda: self._pass(ctx, pb, w.prompt_tokens, w.prompt_tokens, pb, 0.0, disk_fraction))
+            if sim is None:
+                break
+            rate = pb / sim.time_s
+            if rate > best_rate:
+                best_prefill, best_rate, best_pb = sim, rate, pb
+        if best_prefill is None:
+            raise InfeasibleError(
+                f"moe-gen: not even one prompt of {w.prompt_tokens} tokens fits on the GPU for prefill "
+                f"({p.gpu.name}, {fmt_bytes(p.usable_gpu_memory_bytes_per_gpu)} usable)"
+            )
+        return best_prefill, best_pb, len(candidates)
+
     def plan(self, ctx: Context) -> Plan:
         w = ctx.workload
         p = ctx.platform
@@ -342,76 +427,29 @@ class MoEGen(ServingSystem):
         if on_disk:
             notes.append(f"{fmt_bytes(on_disk)} of weights do not fit in host memory and are read from "
                          f"{p.disk.name} every forward pass")
-        mid = w.prompt_tokens + max(1, w.gen_tokens // 2)
-        is_mla = ctx.model.attention.kind == "mla"
-
-        def feasible(fn):
-            try:
-                return fn()
-            except InfeasibleError:
-                return None
-
-        # decode: b_a first (omega = 0), then omega at the best b_a (coordinate search)
-        grid_a = ([self.params.attention_micro_batch] if self.params.attention_micro_batch
-                  else [b for b in self.params.attention_micro_batch_grid if b < batch] + [batch])
-        trials: dict[tuple[int, float], StepSim] = {}
-        omega0 = self.params.cpu_attention_fraction if self.params.cpu_attention_fraction is not None else 0.0
-        if is_mla:
-            omega0 = 0.0
-        last = w.prompt_tokens + w.gen_tokens  # the KV buffer must still fit at the last step
-        for b_a in sorted(set(grid_a)):
-            if not self._fits(ctx, batch, last, b_a, omega0):
-                continue
-            sim = feasible(lambda: self._pass(ctx, batch, 1, mid, b_a, omega0, disk_fraction))
-            if sim:
-                trials[(b_a, omega0)] = sim
-        if not trials:
-            # the accumulated batch itself does not fit on the GPU: report the smallest configuration's reason
-            self._pass(ctx, batch, 1, last, min(grid_a), omega0, disk_fraction)
-        best_a = min(trials, key=lambda k: trials[k].time_s)[0]
-        if self.params.cpu_attention_fraction is None and not is_mla:
-            for omega in self.params.cpu_attention_grid:
-                if (best_a, omega) not in trials and self._fits(ctx, batch, last, best_a, omega):
-                    sim = feasible(lambda: self._pass(ctx, batch, 1, mid, best_a, omega, disk_fraction))
-                    if sim:
-                        trials[(best_a, omega)] = sim
-        b_a, omega = min(trials, key=lambda k: trials[k].time_s)
-        if is_mla:
+        b_a, omega, trials = self._decode_search(ctx, batch, disk_fraction)
+        if ctx.model.attention.kind == "mla":
             notes.append("MLA: all attention on the GPU (omega = 0), as MoE-Gen does for DeepSeek (section 5.3)")
-
-        # prefill: the most prompts per pass that fit (section 4.3), over powers of two up to B. Memory is
-        # checked first (cheaply); the three largest that fit are simulated (a larger pass amortises the
-        # weight stream over more prompts, so the best lies among the largest)
-        if self.params.prefill_batch:
-            candidates = [min(self.params.prefill_batch, batch)]
-        else:
-            candidates = sorted({min(batch, 2 ** e) for e in range(0, 20) if 2 ** e <= 2 * batch})
-            fitting = [pb for pb in candidates if self._prefill_fits(ctx, pb)]
-            candidates = fitting[-3:] or candidates[:1]
-        best_prefill, best_rate, best_pb = None, 0.0, None
-        for pb in candidates:
-            sim = feasible(lambda: self._pass(ctx, pb, w.prompt_tokens, w.prompt_tokens, pb, 0.0, disk_fraction))
-            if sim is None:
-                break
-            rate = pb / sim.time_s
-            if rate > best_rate:
-                best_prefill, best_rate, best_pb = sim, rate, pb
-        if best_prefill is None:
-            raise InfeasibleError(
-                f"moe-gen: not even one prompt of {w.prompt_tokens} tokens fits on the GPU for prefill "
-                f"({p.gpu.name}, {fmt_bytes(p.usable_gpu_memory_bytes_per_gpu)} usable)"
-            )
+        best_prefill, best_pb, prefill_tried = self._prefill_search(ctx, batch, disk_fraction)
         passes = math.ceil(batch / best_pb)
         decode_s, points = simpson_decode_time(
             lambda c: self._pass(ctx, batch, 1, c, b_a, omega, disk_fraction), w.prompt_tokens, w.gen_tokens
         )
         config = {"batch_size": batch, "max_batch_host": host_max, "attention_micro_batch": b_a,
                   "cpu_attention_fraction": omega, "prefill_batch": best_pb,
-                  "configurations_simulated": len(trials) + len(candidates)}
+                  "configurations_simulated": len(trials) + prefill_tried}
         placement = {"weights": "host (pinned)" + (" + disk" if on_disk else ""), "kv_cache": "host (pinned)"}
         return self.make_plan((batch, num_batches), (best_prefill, passes, best_pb * w.prompt_tokens),
                               (decode_s, points), config=config, host_mem_bytes=in_host + batch * per_seq_host,
                               placement=placement, notes=notes)
+
+
+def _unless_infeasible(simulate: Callable[[], StepSim]) -> StepSim | None:
+    """``simulate()``, or None when the configuration does not fit."""
+    try:
+        return simulate()
+    except InfeasibleError:
+        return None
 
 
 class MoEGenGPUParams(MoEGenParams):

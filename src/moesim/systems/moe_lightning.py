@@ -31,8 +31,10 @@ candidate is priced with the HRM per-layer estimate (their Eq. 12-14)
 
     T_layer = max( comm_h2d, comm_d2h, T_cpu(attention of N), T_gpu(n_ub micro-batches) )
 
-using moesim's module costs (reported as the ranking), and every candidate is simulated on the
-engine; the fastest (prefill plus decode per request, padding of the last batch counted) is kept.
+using moesim's module costs (the ranking; it breaks ties), and the fastest on the engine (prefill
+plus decode per request, padding of the last batch counted) is kept: a candidate is simulated unless
+a lower bound of its time (``_prefill_lower_bound``, ``_decode_lower_bound``) shows it slower than
+one simulated already, so the choice is that of simulating them all.
 The candidate set depends on memory only, so more bandwidth or FLOP/s never lowers
 throughput. Memory caps: the platform's
 usable GPU memory and usable host memory (MoE-Lightning's artifact uses 0.86 and 0.8 of them).
@@ -43,7 +45,7 @@ parallelism, and the weight-memory double counting of the artifact's pinned stag
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Callable, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -56,7 +58,32 @@ from .base import Plan, ServingSystem, StepSim, simpson_decode_time, simulate_pa
 from .shared.attention import eager_attention_cost, eager_attention_peak_bytes
 from .shared.memory import (activation_bytes, layer_weight_bytes, max_layer_weight_bytes, prefill_logits_bytes,
                             streamed_weight_bytes)
-from .shared.search import best_by_simulation, decode_mid, simpson_lower_bound
+from .shared.search import best_by_bounds, decode_mid, simpson_bound
+
+
+class _DecodeTimes(NamedTuple):
+    """Durations of one simulated decode layer's tasks (per group of micro-batches) and of the LM head."""
+
+    g: int  # groups of micro-batches simulated per layer
+    per: float  # micro-batches per group
+    d1_bytes: float  # Q/K/V of a group to the host
+    d2_bytes: float  # attention output of a group back to the GPU
+    d1_s: float
+    d2_s: float
+    gpu: dict  # layer kind -> (pre-attention, post-attention + FFN) of a group
+    cpu: dict  # windowed? -> CPU attention of a group
+    page_bytes: dict  # layer kind -> one weight page
+    page_s: dict
+    head_s: float
+
+
+class _PrefillTimes(NamedTuple):
+    """Durations of one simulated prefill layer's tasks (per group of chunks) and of the LM head."""
+
+    g: int  # groups of chunks simulated per layer
+    kv_bytes: float  # new KV of a group, copied to the host
+    gpu: dict  # layer kind -> a group's layer compute
+    head_s: float
 
 
 class MoELightningParams(BaseModel):
@@ -145,7 +172,17 @@ class MoELightning(ServingSystem):
 
     def _layer_gpu_s(self, ctx: Context, kind: LayerKind, tokens: float, q_len: int,
                      kv_len: float) -> tuple[float, float]:
-        """(pre-attention, post-attention incl. FFN) GPU seconds for ``tokens`` tokens; prefill core in pre."""
+        """(pre-attention, post-attention incl. FFN) GPU seconds for ``tokens`` tokens; prefill core in pre (a
+        decode step, ``q_len`` 1, has no attention core on the GPU: ``kv_len`` does not matter then). Kept on the
+        context: the HRM ranking, the bounds and the simulations of a search ask for the same few."""
+        if q_len == 1:
+            kv_len = 0
+        key = ("moe-lightning layer", self.params.prefill_attention, kind, type(tokens), tokens, q_len, type(kv_len),
+               kv_len)
+        return ctx.memo(key, lambda: self._price_layer(ctx, kind, tokens, q_len, kv_len))
+
+    def _price_layer(self, ctx: Context, kind: LayerKind, tokens: float, q_len: int,
+                     kv_len: float) -> tuple[float, float]:
         m = ctx.model
         qkv, out = ctx.attention_proj_split(tokens)
         pre = ctx.gpu_s(qkv)
@@ -250,18 +287,65 @@ class MoELightning(ServingSystem):
         return out
 
     # ---- engine ------------------------------------------------------------------------------------
-    def _decode(self, ctx: Context, cand: dict, kv_len: int) -> StepSim:
-        p, m = ctx.platform, ctx.model
-        mu, n_ub, n, r_w = cand["mu"], cand["n_ub"], cand["n"], cand["r_w"]
+    def _decode_steady(self, ctx: Context, cand: dict) -> _DecodeTimes:
+        """What every simulated layer of a decode step takes, whatever the context: :meth:`_decode_times`
+        without the CPU attention (left empty) and the LM head (0). Kept on the context: the bounds and the
+        simulated steps of a candidate share it."""
+        mu, n_ub, r_w = cand["mu"], cand["n_ub"], cand["r_w"]
         g = min(n_ub, self.params.max_simulated_micro_batches)
-        per = n_ub / g  # micro-batches per simulated group
-        d1, d2 = self._qkv_bytes(ctx)
-        kinds = m.layer_kinds()
-        gpu = {k: tuple(per * t for t in self._layer_gpu_s(ctx, k, mu, 1, kv_len)) for k in kinds}
-        cpu = {wd: ctx.cpu_s(ctx.cpu_attention(mu * per, kv_len, wd)) for wd in (False, True)}
-        d1_s, d2_s = ctx.d2h_s(mu * per * d1), ctx.h2d_s(mu * per * d2)
-        page_bytes = {k: (1 - r_w) * layer_weight_bytes(ctx, k) / g for k in kinds}
-        page_s = {k: ctx.h2d_s(v) for k, v in page_bytes.items()}
+
+        def compute() -> _DecodeTimes:
+            per = n_ub / g  # micro-batches per simulated group
+            d1, d2 = self._qkv_bytes(ctx)
+            kinds = ctx.model.layer_kinds()
+            gpu = {k: tuple(per * t for t in self._layer_gpu_s(ctx, k, mu, 1, 0)) for k in kinds}
+            page_bytes = {k: (1 - r_w) * layer_weight_bytes(ctx, k) / g for k in kinds}
+            return _DecodeTimes(g, per, mu * per * d1, mu * per * d2, ctx.d2h_s(mu * per * d1),
+                                ctx.h2d_s(mu * per * d2), gpu, {}, page_bytes,
+                                {k: ctx.h2d_s(v) for k, v in page_bytes.items()}, 0.0)
+
+        return ctx.memo(("moe-lightning decode step", self.params.prefill_attention, g, mu, n_ub, r_w), compute)
+
+    def _decode_times(self, ctx: Context, cand: dict, kv_len: int) -> _DecodeTimes:
+        """What every simulated layer of a decode step at context ``kv_len`` takes, and the LM head: the n_ub
+        micro-batches grouped into g (``max_simulated_micro_batches``), each group standing for n_ub / g of them."""
+        t = self._decode_steady(ctx, cand)
+        mu, n = cand["mu"], cand["n"]
+        return t._replace(cpu={k.windowed: ctx.cpu_s(ctx.cpu_attention(mu * t.per, kv_len, k.windowed))
+                               for k in ctx.model.layer_kinds()}, head_s=ctx.gpu_s(ctx.head(n, n)))
+
+    def _decode_lower_bound(self, ctx: Context, cand: dict, kv_len: int | None = None) -> float:
+        """A lower bound on ``_decode(ctx, cand, kv_len).time_s``, without simulating; with ``kv_len`` None,
+        one for every context (the CPU chain and the LM head left out: they only add).
+
+        Let E_i be the end of layer i (its last post-attention task, the id :meth:`_decode`'s layer
+        returns). Every layer i >= 1 of kind k, with pre/post its GPU tasks, page/d1/d2 its copies and cpu
+        its CPU attention per group (:meth:`_decode_times`), satisfies E_i - E_{i-1} >= delta_k with
+
+            delta_k = max( g (pre + post),             the GPU runs in order, and layer i's GPU tasks
+                                                       are submitted after layer i-1's last one, E_{i-1}
+                           g (page + d2) + post,       its H2D copies (next layer's pages, attention
+                                                       outputs) start after its first page, which waits
+                                                       for E_{i-1}; its last post waits for the last copy
+                           pre + d1 + g cpu + d2 + post )  the CPU runs in order after the first group's
+                                                       pre-attention and Q/K/V copy
+
+        and E_0 >= delta_k0 (each chain also holds from time 0). ``simulate_layers`` extrapolates a layer not
+        simulated by max(E_n - E_{n-1}, 0) >= delta_k, and the LM head runs on the GPU after the last layer,
+        so time_s >= head + sum over kinds of count_k delta_k."""
+        t = self._decode_steady(ctx, cand) if kv_len is None else self._decode_times(ctx, cand, kv_len)
+        g, total = t.g, t.head_s
+        for kind, count in ctx.model.layer_kinds().items():
+            pre, post = t.gpu[kind]
+            delta = max(g * (pre + post), g * (t.page_s[kind] + t.d2_s) + post)
+            if kv_len is not None:
+                delta = max(delta, pre + t.d1_s + g * t.cpu[kind.windowed] + t.d2_s + post)
+            total += count * delta
+        return total
+
+    def _decode(self, ctx: Context, cand: dict, kv_len: int) -> StepSim:
+        t = self._decode_times(ctx, cand, kv_len)
+        g, gpu, page_bytes, page_s = t.g, t.gpu, t.page_bytes, t.page_s
         state: dict = {"posts": None, "pages": None, "prev_end": None}
 
         def layer(eng: Engine, i: int, kind: LayerKind) -> int:
@@ -277,12 +361,12 @@ class MoELightning(ServingSystem):
                 nonlocal next_page
                 pre[j] = eng.add(f"L{i} pre-attention mb{j}", "gpu", gpu[kind][0], [prev_posts[j], ready],
                                  category="attention")
-                x = eng.add(f"L{i} QKV D2H mb{j}", "d2h", d1_s, [pre[j]], category="transfer", nbytes=mu * per * d1)
-                x = eng.add(f"L{i} CPU attention mb{j}", "cpu", cpu[kind.windowed], [x], category="cpu")
+                x = eng.add(f"L{i} QKV D2H mb{j}", "d2h", t.d1_s, [pre[j]], category="transfer", nbytes=t.d1_bytes)
+                x = eng.add(f"L{i} CPU attention mb{j}", "cpu", t.cpu[kind.windowed], [x], category="cpu")
                 next_page = eng.add(f"L{i + 1} weight page {j}", "h2d", page_s[kind], [state["prev_end"]],
                                     category="transfer", nbytes=page_bytes[kind])
-                back[j] = eng.add(f"L{i} attention out H2D mb{j}", "h2d", d2_s, [x], category="transfer",
-                                nbytes=mu * per * d2)
+                back[j] = eng.add(f"L{i} attention out H2D mb{j}", "h2d", t.d2_s, [x], category="transfer",
+                                  nbytes=t.d2_bytes)
 
             for j in range(min(2, g)):
                 submit_pre(j)
@@ -294,25 +378,34 @@ class MoELightning(ServingSystem):
             state.update(posts=posts, pages=next_page, prev_end=posts[-1])
             return posts[-1]
 
-        head = ctx.gpu_s(ctx.head(n, n))
-        holds = self._gpu_bytes(ctx, r_w, cand["work"])
+        engine = Engine(memory_capacity_bytes={"gpu": ctx.platform.usable_gpu_memory_bytes_per_gpu})
+        return simulate_pass(ctx, engine, layer, gpu_holds=self._gpu_bytes(ctx, cand["r_w"], cand["work"]),
+                             head_s=t.head_s)
 
-        return simulate_pass(ctx, Engine(memory_capacity_bytes={"gpu": p.usable_gpu_memory_bytes_per_gpu}),
-                             layer, gpu_holds=holds, head_s=head)
+    def _prefill_times(self, ctx: Context, cand: dict) -> _PrefillTimes:
+        """What every simulated layer of a prefill pass takes: its chunks grouped into g
+        (``max_simulated_micro_batches``), each group standing for n_p / chunk / g of them."""
+        s, n_p = ctx.workload.prompt_tokens, cand["n_p"]
+        chunk = self._chunk_prompts(ctx, n_p)
+        g = min(math.ceil(n_p / chunk), self.params.max_simulated_micro_batches)
+        per = n_p / chunk / g  # full chunks per simulated group
+        gpu = {k: per * sum(self._layer_gpu_s(ctx, k, chunk * s, s, s)) for k in ctx.model.layer_kinds()}
+        return _PrefillTimes(g, per * chunk * s * ctx.kv_bytes_per_token_layer(), gpu,
+                             ctx.gpu_s(ctx.head(n_p * s, self._prefill_logit_rows(ctx, n_p))))
+
+    def _prefill_lower_bound(self, ctx: Context, cand: dict) -> float:
+        """A lower bound on ``_prefill(ctx, cand).time_s``, without simulating: a layer's g chunks run on the
+        GPU one after another, after the previous layer's last chunk (the layer's end; nothing else runs on
+        the GPU), so each layer, simulated or extrapolated, adds at least g x its chunk time, and the LM head
+        follows the last layer on the GPU."""
+        t = self._prefill_times(ctx, cand)
+        return t.head_s + sum(count * t.g * t.gpu[kind] for kind, count in ctx.model.layer_kinds().items())
 
     def _prefill(self, ctx: Context, cand: dict) -> StepSim:
-        p, m, w = ctx.platform, ctx.model, ctx.workload
-        s = w.prompt_tokens
-        n_p, r_w = cand["n_p"], cand["r_w"]
-        chunk = self._chunk_prompts(ctx, n_p)
-        n_chunks = math.ceil(n_p / chunk)
-        g = min(n_chunks, self.params.max_simulated_micro_batches)
-        per = n_p / chunk / g  # full chunks per simulated group
-        kinds = m.layer_kinds()
-        gpu = {k: per * sum(self._layer_gpu_s(ctx, k, chunk * s, s, s)) for k in kinds}
-        kv_bytes = per * chunk * s * ctx.kv_bytes_per_token_layer()
+        r_w = cand["r_w"]
+        g, kv_bytes, gpu, head_s = self._prefill_times(ctx, cand)
         kv_s = ctx.d2h_s(kv_bytes)
-        page_bytes = {k: (1 - r_w) * layer_weight_bytes(ctx, k) / g for k in kinds}
+        page_bytes = {k: (1 - r_w) * layer_weight_bytes(ctx, k) / g for k in gpu}
         page_s = {k: ctx.h2d_s(v) for k, v in page_bytes.items()}
         state: dict = {"pages": None, "prev_end": None}
 
@@ -331,18 +424,90 @@ class MoELightning(ServingSystem):
             state.update(pages=nxt, prev_end=last)
             return last
 
-        head = ctx.gpu_s(ctx.head(n_p * s, self._prefill_logit_rows(ctx, n_p)))
-        holds = self._gpu_bytes(ctx, r_w, cand["work"])
+        engine = Engine(memory_capacity_bytes={"gpu": ctx.platform.usable_gpu_memory_bytes_per_gpu})
+        return simulate_pass(ctx, engine, layer, gpu_holds=self._gpu_bytes(ctx, r_w, cand["work"]), head_s=head_s)
 
-        return simulate_pass(ctx, Engine(memory_capacity_bytes={"gpu": p.usable_gpu_memory_bytes_per_gpu}),
-                             layer, gpu_holds=holds, head_s=head)
+    # ---- search ------------------------------------------------------------------------------------
+    def _hrm_rank(self, ctx: Context, cands: list[dict]) -> Callable[[int], tuple[float, int]]:
+        """The HRM ranking (their search's order) as a key of a candidate's index: its HRM estimate for the
+        workload, then its place in ``cands`` (the order of a stable sort by the estimate)."""
+        w = ctx.workload
+
+        def rank(i: int) -> tuple[float, int]:
+            c = cands[i]
+            return (math.ceil(w.num_requests / c["n"])
+                    * self._hrm_time(ctx, c["n"], c["mu"], c["n_ub"], c["r_w"], c["n_p"]), i)
+
+        return rank
+
+    def _search(self, ctx: Context, cands: list[dict]) -> tuple[dict, StepSim, float, list]:
+        """The candidate of least simulated time for the workload (prefill plus Simpson-integrated decode per
+        batch, times the batches; ties: the HRM ranking), its prefill pass, decode time and simulated steps.
+
+        With ``candidates_simulated`` only the best so many of the HRM ranking compete. The HRM ranking
+        decides nothing else, so without that cap it is worked out only for candidates that tie.
+
+        Exact over every candidate, simulating few (:func:`best_by_bounds`): a candidate is simulated only
+        while its lower bounds can still beat the best simulated so far, tried cheapest first: decode steps
+        bounded alike at every context, then at each Simpson context (:meth:`_decode_lower_bound`), then with
+        the prefill pass and the middle step simulated. Prefill passes depend on (n_p, r_w, working set) only
+        and are shared by the candidates that agree on them."""
+        rank = self._hrm_rank(ctx, cands)
+        if self.params.candidates_simulated:
+            cands = [cands[i] for i in sorted(range(len(cands)), key=rank)][: self.params.candidates_simulated]
+            rank = None  # list order is the HRM ranking
+        w = ctx.workload
+        P, G = w.prompt_tokens, w.gen_tokens
+        mid = decode_mid(P, G)
+        steps: dict = {}  # (candidate, context) -> decode step
+        prefills: dict = {}  # (n_p, r_w, working set) -> prefill pass
+
+        def decode(cand: dict, c: int) -> StepSim:
+            key = (id(cand), c)
+            if key not in steps:
+                steps[key] = self._decode(ctx, cand, c)
+            return steps[key]
+
+        def prefill_of(cand: dict) -> StepSim:
+            key = (cand["n_p"], cand["r_w"], cand["work"])
+            if key not in prefills:
+                prefills[key] = self._prefill(ctx, cand)
+            return prefills[key]
+
+        def scale(cand: dict) -> tuple[int, int]:
+            """(batches of the workload, prefill passes per batch)"""
+            return math.ceil(w.num_requests / cand["n"]), math.ceil(cand["n"] / cand["n_p"])
+
+        def bound_any_context(cand: dict) -> float:
+            """The bound with every decode step bounded alike (no context-dependent term: cheapest)."""
+            b, passes = scale(cand)
+            step = self._decode_lower_bound(ctx, cand)
+            return b * (passes * self._prefill_lower_bound(ctx, cand) + simpson_bound(lambda c: step, P, G))
+
+        def bound(cand: dict) -> float:
+            b, passes = scale(cand)
+            return b * (passes * self._prefill_lower_bound(ctx, cand)
+                        + simpson_bound(lambda c: self._decode_lower_bound(ctx, cand, c), P, G))
+
+        def bound_simulated(cand: dict) -> float:
+            """The bound with the prefill pass and the middle decode step simulated."""
+            b, passes = scale(cand)
+            return b * (passes * prefill_of(cand).time_s + simpson_bound(
+                lambda c: decode(cand, c).time_s if c == mid else self._decode_lower_bound(ctx, cand, c), P, G))
+
+        def exact(cand: dict):
+            b, passes = scale(cand)
+            decode_s, points = simpson_decode_time(lambda c: decode(cand, c), P, G)
+            return b * (passes * prefill_of(cand).time_s + decode_s), decode_s, points
+
+        cand, (_, decode_s, points) = best_by_bounds(cands, (bound_any_context, bound, bound_simulated), exact, rank)
+        return cand, prefill_of(cand), decode_s, points
 
     # ---- plan ----------------------------------------------------------------------------------------
-    def plan(self, ctx: Context) -> Plan:
-        w, p = ctx.workload, ctx.platform
-        self.refuse_multi_gpu(ctx, "its tensor parallelism is not modelled")
-        host = p.usable_host_memory_bytes
-        weights = ctx.weight_bytes
+    def _batch_cap(self, ctx: Context) -> tuple[int, int, float]:
+        """(the most sequences a batch may hold, the most host memory allows, host KV bytes per sequence);
+        InfeasibleError when host memory cannot hold the weights and one sequence's KV, or the batch asked."""
+        w, host, weights = ctx.workload, ctx.platform.usable_host_memory_bytes, ctx.weight_bytes
         if weights > host:
             raise InfeasibleError(
                 f"moe-lightning: {ctx.model.name} ({ctx.wdtype}) needs {fmt_bytes(weights)} of pinned host memory for "
@@ -362,7 +527,13 @@ class MoELightning(ServingSystem):
         n_cap = min(host_max, w.num_requests) if not wanted else wanted
         if self.params.one_prefill_pass and not wanted:
             n_cap = self._one_pass_cap(ctx, n_cap)
-        cands = self._candidates(ctx, n_cap, wanted)
+        return n_cap, host_max, per_seq
+
+    def plan(self, ctx: Context) -> Plan:
+        w, p = ctx.workload, ctx.platform
+        self.refuse_multi_gpu(ctx, "its tensor parallelism is not modelled")
+        n_cap, host_max, per_seq = self._batch_cap(ctx)
+        cands = self._candidates(ctx, n_cap, w.batch_size)
         if not cands:
             WL = max_layer_weight_bytes(ctx)
             need = ctx.resident_weight_bytes + 2 * WL + self._prefill_work(ctx, 1)
@@ -370,42 +541,8 @@ class MoELightning(ServingSystem):
                 f"moe-lightning: two layers' weight pages ({fmt_bytes(2 * WL)}, all experts), the resident weights and "
                 f"the working set need {fmt_bytes(need)} on {p.gpu.name}, {fmt_bytes(p.usable_gpu_memory_bytes_per_gpu)} "
                 f"usable: short by {fmt_bytes(need - p.usable_gpu_memory_bytes_per_gpu)}")
-
-        mid = decode_mid(w.prompt_tokens, w.gen_tokens)
-        cache: dict = {}
-
-        def decode(cand: dict, c: int) -> StepSim:
-            key = (id(cand), c)
-            if key not in cache:
-                cache[key] = self._decode(ctx, cand, c)
-            return cache[key]
-
-        def prefill_of(cand: dict) -> StepSim:
-            if id(cand) not in cache:
-                cache[id(cand)] = self._prefill(ctx, cand)
-            return cache[id(cand)]
-
-        def scale(cand: dict) -> tuple[int, int]:
-            """(batches of the workload, prefill passes per batch)"""
-            return math.ceil(w.num_requests / cand["n"]), math.ceil(cand["n"] / cand["n_p"])
-
-        def quick(cand: dict) -> tuple[float, float]:
-            b, passes = scale(cand)
-            pre, tm = passes * prefill_of(cand).time_s, decode(cand, mid).time_s
-            return b * (pre + simpson_lower_bound(tm, w.gen_tokens)), b * (pre + w.gen_tokens * tm)
-
-        def exact(cand: dict):
-            b, passes = scale(cand)
-            decode_s, points = simpson_decode_time(lambda c: decode(cand, c), w.prompt_tokens, w.gen_tokens)
-            return b * (passes * prefill_of(cand).time_s + decode_s), decode_s, points
-
-        # HRM ranking first (their search's order), then the exact simulated minimum over all candidates
-        cands.sort(key=lambda c: math.ceil(w.num_requests / c["n"])
-                   * self._hrm_time(ctx, c["n"], c["mu"], c["n_ub"], c["r_w"], c["n_p"]))
-        cand, (_, decode_s, points) = best_by_simulation(cands[: self.params.candidates_simulated or len(cands)],
-                                                         quick, exact)
-        prefill = prefill_of(cand)
-        passes = scale(cand)[1]
+        cand, prefill, decode_s, points = self._search(ctx, cands)
+        passes = math.ceil(cand["n"] / cand["n_p"])
         n = cand["n"]
         num_batches = math.ceil(w.num_requests / n)
         notes = [f"CGOPipe policy: N = {n} = {cand['n_ub']} micro-batches x {cand['mu']}, r_w = {cand['r_w']:.3f}, "
@@ -421,4 +558,5 @@ class MoELightning(ServingSystem):
         placement = {"weights": f"gpu {cand['r_w']:.0%}, host (pinned) rest, streamed in pages",
                      "kv_cache": "host (pinned), CPU attention"}
         return self.make_plan((n, num_batches), (prefill, passes, cand["n_p"] * w.prompt_tokens), (decode_s, points),
-                              config=config, host_mem_bytes=weights + n * per_seq, placement=placement, notes=notes)
+                              config=config, host_mem_bytes=ctx.weight_bytes + n * per_seq, placement=placement,
+                              notes=notes)

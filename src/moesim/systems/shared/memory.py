@@ -21,14 +21,19 @@ def activation_bytes(ctx: Context, tokens: float, dtype: str | None = None, shar
     c_h, c_f: live hidden- and FFN-sized tensors per token (``systems_db/shared.yaml``); b: bytes per element
     of ``dtype`` (default: the activation dtype of the options); n: GPUs the pass is split over
     (``shards``, default the platform's GPUs, tensor parallel)."""
+    per_token = ctx.memo(("activation elements per token",), lambda: _activation_elements_per_token(ctx))
+    width = BYTES_PER_ELEMENT[dtype] if dtype else ctx.abytes
+    return tokens * per_token * width / (shards or ctx.platform.num_gpus)
+
+
+def _activation_elements_per_token(ctx: Context) -> float:
+    """c_h d + c_f f of :func:`activation_bytes` (a function of the model: kept on the context)."""
     m = ctx.model
     shared = system_constants("shared")
     ffn = max(m.moe.expert_intermediate_size * m.moe.top_k if m.moe else 0,
               m.dense_ffn.intermediate_size if m.dense_ffn else 0)
-    per_token = (shared.value("activation_hidden_tensors_per_token") * m.hidden_size
-                 + shared.value("activation_ffn_tensors_per_token") * ffn)
-    width = BYTES_PER_ELEMENT[dtype] if dtype else ctx.abytes
-    return tokens * per_token * width / (shards or ctx.platform.num_gpus)
+    return (shared.value("activation_hidden_tensors_per_token") * m.hidden_size
+            + shared.value("activation_ffn_tensors_per_token") * ffn)
 
 
 def prefill_logits_bytes(ctx: Context, tokens: float) -> float:
@@ -48,8 +53,9 @@ def layer_weight_bytes(ctx: Context, kind: LayerKind) -> float:
 
 
 def max_layer_weight_bytes(ctx: Context) -> float:
-    """The largest layer of the model (the size of a layer-weight buffer)."""
-    return max(layer_weight_bytes(ctx, k) for k in ctx.model.layer_kinds())
+    """The largest layer of the model (the size of a layer-weight buffer; kept on the context)."""
+    return ctx.memo(("max layer weight bytes",),
+                    lambda: max(layer_weight_bytes(ctx, k) for k in ctx.model.layer_kinds()))
 
 
 def streamed_weight_bytes(ctx: Context) -> float:
