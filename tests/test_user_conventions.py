@@ -95,3 +95,21 @@ def test_a_bug_is_one_line_and_a_code_not_a_traceback(monkeypatch, capsys):
     assert cli.main(["list", "models"]) == cli.INTERNAL_ERROR
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "internal error (ZeroDivisionError" in err and "MOESIM_DEBUG=1" in err
+
+
+def test_one_systems_overflow_does_not_abort_auto():
+    p = moesim.predict("deepseek-v2", "c2", prompt_tokens=954, gen_tokens=861, num_requests=698)
+    assert p.systems_compared["moe-gen"].startswith("infeasible: gpu memory over capacity") or \
+        p.systems_compared["moe-gen"].startswith(("feasible", "chosen"))
+    assert p.system in p.systems_compared and p.throughput_tok_s > 0
+
+
+def test_a_second_gpu_never_lowers_autos_answer_through_single_gpu_systems():
+    one = moesim.predict("mixtral-8x7b", "c2")
+    two = moesim.predict("mixtral-8x7b", "c2", num_gpus=2)
+    assert two.throughput_tok_s >= one.throughput_tok_s
+    assert two.system == one.system == "moe-gen" and two.num_gpus == 1  # it runs on one of the two, and says so
+    assert any("runs on 1 of the platform's 2 GPUs" in a for a in two.assumptions)
+    assert two.systems_compared["moe-gen"].endswith("on 1 of 2 GPUs")
+    with pytest.raises(MoesimError, match="modelled on one GPU"):  # a named system keeps its own rule
+        moesim.predict("mixtral-8x7b", "c2", "moe-gen", num_gpus=2)

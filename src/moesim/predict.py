@@ -17,12 +17,12 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from . import metrics
 from .db.resolve import get_hardware, get_model
-from .errors import InfeasibleError, MoesimError
+from .errors import InfeasibleError, MoesimError, SimulationError
 from .modules import Context, Options, Speculative
 from .scenario import Scenario, build
 from .specs import ModelSpec, OfflineWorkload, OnlineWorkload, Platform
 from .systems import SYSTEMS, Plan, get_system
-from .systems.base import SIMULATED_LAYERS
+from .systems.base import SIMULATED_LAYERS, SingleGPUError
 
 
 class Prediction(BaseModel):
@@ -195,24 +195,40 @@ def plan_for(model: ModelSpec, platform: Platform, system: str, workload: Offlin
         return ctx, plan, {cls.name: "chosen"}
     if system_params:
         raise MoesimError("system parameters need a named --system (auto compares every system at its defaults)")
-    plans: dict[str, Plan] = {}
+    plans: dict[str, tuple[Context, Plan]] = {}
     compared: dict[str, str] = {}
     for name, cls in SYSTEMS.items():
         if options.speculative and not cls.supports_speculative:
             compared[name] = "skipped: speculative decoding not modelled for this system"
             continue
         try:
-            plans[name] = cls().plan(ctx)
-        except InfeasibleError as exc:
+            plans[name] = _plan_in_auto(cls, ctx)
+        except (InfeasibleError, SimulationError) as exc:  # one system's overflow never aborts the comparison
             compared[name] = f"infeasible: {exc}"
     if not plans:
         reasons = "\n  ".join(f"{k}: {v.removeprefix('infeasible: ')}" for k, v in compared.items())
         raise InfeasibleError(f"no serving system can run {model.name} on {platform.name}:\n  {reasons}")
-    best = max(plans, key=lambda n: workload.num_requests * workload.gen_tokens / plans[n].total_time_s)
-    for name, plan in plans.items():
-        rate = workload.num_requests * workload.gen_tokens / plan.total_time_s
-        compared[name] = f"{'chosen' if name == best else 'feasible'}: {rate:.4g} tok/s"
-    return ctx, plans[best], compared
+
+    def rate(name: str) -> float:
+        return workload.num_requests * workload.gen_tokens / plans[name][1].total_time_s
+
+    best = max(plans, key=rate)
+    for name, (used, _) in plans.items():
+        on = f" on {used.platform.num_gpus} of {platform.num_gpus} GPUs" if used is not ctx else ""
+        compared[name] = f"{'chosen' if name == best else 'feasible'}: {rate(name):.4g} tok/s{on}"
+    return plans[best][0], plans[best][1], compared
+
+
+def _plan_in_auto(cls, ctx: Context) -> tuple[Context, Plan]:
+    """``cls``'s plan for ``auto``; a system modelled on one GPU runs on one GPU of a multi-GPU platform (so
+    that more GPUs never make ``auto``'s answer worse), and says so."""
+    try:
+        return ctx, cls().plan(ctx)
+    except SingleGPUError as exc:
+        one = Context(ctx.model, ctx.platform.model_copy(update={"num_gpus": 1}), ctx.workload, ctx.options)
+        plan = cls().plan(one)
+        plan.notes.append(f"runs on 1 of the platform's {ctx.platform.num_gpus} GPUs: {exc}")
+        return one, plan
 
 
 @dataclass(frozen=True)

@@ -246,7 +246,7 @@ class ServingSystem(ABC):
         """Raise InfeasibleError on a platform of several GPUs for a system modelled on one (``reason``: what
         of its multi-GPU operation is not modelled)."""
         if ctx.platform.num_gpus > 1:
-            raise InfeasibleError(f"{self.name} is modelled on one GPU ({reason}); use --gpus 1")
+            raise SingleGPUError(f"{self.name} is modelled on one GPU ({reason}); use --gpus 1")
 
     def make_plan(self, batch: tuple[int, int], prefill: tuple[StepSim, int, int],
                   decode: tuple[float, list[tuple[int, StepSim]]], *, config: dict[str, Any], host_mem_bytes: float,
@@ -263,6 +263,10 @@ class ServingSystem(ABC):
                          decode_points=points, decode_time_per_batch_s=decode_s,
                          gpu_mem_bytes=peak_gpu_bytes([step, *also_run, *(s for _, s in points)]),
                          host_mem_bytes=host_mem_bytes, placement=placement, notes=list(notes or []), **fields)
+
+
+class SingleGPUError(InfeasibleError):
+    """A system modelled on one GPU asked to plan on several (``auto`` then runs it on one of them)."""
 
 
 def peak_gpu_bytes(steps: Iterable[StepSim]) -> float:
