@@ -113,3 +113,11 @@ def test_a_second_gpu_never_lowers_autos_answer_through_single_gpu_systems():
     assert two.systems_compared["moe-gen"].endswith("on 1 of 2 GPUs")
     with pytest.raises(MoesimError, match="modelled on one GPU"):  # a named system keeps its own rule
         moesim.predict("mixtral-8x7b", "c2", "moe-gen", num_gpus=2)
+
+
+def test_calibrate_writes_where_it_says(tmp_path):
+    root = Path(__file__).parent.parent
+    proc = subprocess.run([sys.executable, "-m", "moesim", "calibrate", "--gpu", "h200", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    assert f"wrote {tmp_path / 'h200.yaml'}" in proc.stdout and (tmp_path / "h200.yaml").is_file()

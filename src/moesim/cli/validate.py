@@ -20,6 +20,8 @@ def add_parsers(sub) -> None:
     cal = sub.add_parser("calibrate", help="fit a GPU's efficiency curves to its measurements")
     cal.add_argument("--gpu", required=True)
     cal.add_argument("--root", help="the validation folder (default ./validation)")
+    cal.add_argument("--out", help="folder for the profile (default: hardware_db/calibration beside the validation "
+                     "folder, else the installed package's database)")
     cal.add_argument("--measurements", help="the measurement file to fit (default: the one the GPU's profile "
                      "was fitted on, so that a refit reproduces it; the newest for a GPU without a profile)")
     val = sub.add_parser("validate", help="predicted vs measured, fitted and held-out cases")
@@ -44,9 +46,14 @@ def calibrate(args: argparse.Namespace) -> int:
     print(f"fitting {gpu.name} from {path} ({len(cases)} cases)")
     rel = path.resolve().relative_to(root.resolve().parent) if root.resolve().parent in path.resolve().parents else path
     profile = fit_profile(env, cases, gpu.name, str(rel), log=print)
-    src_tree = data_root("hardware_db")
-    out = profile_path(gpu.name, src_tree / "calibration")
+    checkout = root.resolve().parent / "hardware_db"  # the repository the measurements belong to
+    folder = Path(args.out) if args.out else checkout / "calibration" if checkout.is_dir() else \
+        data_root("hardware_db") / "calibration"
+    out = profile_path(gpu.name, folder)
     save_profile(profile, out)
+    if not args.out and not checkout.is_dir():
+        print(f"note: no hardware_db/ beside {root}; the profile went into the installed package's database, which "
+              "this installation reads; copy it into a checkout's hardware_db/calibration/ to share it")
     s = profile.fit_summary
     print(f"wrote {out}: {int(s['train_cases'])} fitted cases, median |error| {s['train_median_abs_err']:.1%}, "
           f"p90 {s['train_p90_abs_err']:.1%}")
