@@ -187,7 +187,8 @@ def test_radar_png_and_labels(tmp_path):
     svg = tmp_path / "cap.svg"
     plot_cap_radar(_paper_points(), str(svg))
     text = svg.read_text()
-    for label in ("Performance (TPOT, s/token)", "Cost ($)", "Accuracy", "SGLang [PA]", "MoE-Infinity [CA]"):
+    for label in ("Performance: speed (TPOT, s/token)", "Cost: cheapness (capital, $)", "Accuracy (exact match)",
+                  "SGLang [PA]", "MoE-Infinity [CA]"):
         assert label in text
 
 

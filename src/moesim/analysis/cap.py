@@ -14,6 +14,11 @@ Radar scaling, as MoE-CAP's plotting code does it (open-moe-llm-leaderboard
                                                                  unless ``cost_max`` is given
     accuracy     r = b + (v - a_min) / (1 - a_min) (100 - b)      a_min = lowest accuracy shown, v in [0, 1]
 
+Larger is better on every axis, so the cost axis measures *cheapness* (the rim is free, the
+inner ring is the dearest configuration shown) and the performance axis *speed* (the rim is the
+lowest TPOT); the drawing says so in its axis labels and gives the raw value at the rim and at
+the inner ring of each axis, as MoE-CAP's radar labels its ticks in raw units.
+
 Where MoE-CAP's formula divides by zero (all TPOTs equal, or a_min = 1) the axis scores 100 for
 every config (nobody is worse). An unknown cost or accuracy is not plotted on its axis (None);
 it is never guessed.
@@ -46,7 +51,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..predict import Prediction
 
 AXES = ("performance", "cost", "accuracy")
-AXIS_LABELS = {"performance": "Performance (TPOT, s/token)", "cost": "Cost", "accuracy": "Accuracy"}
+AXIS_LABELS = {"performance": "Performance: speed (TPOT, s/token)", "cost": "Cost: cheapness",
+               "accuracy": "Accuracy (exact match)"}
+BETTER = "larger is better on every axis: toward the rim = faster, cheaper, more accurate"
 CLASS_NAMES = {
     frozenset({"performance", "accuracy"}): "performance-accuracy",
     frozenset({"performance", "cost"}): "performance-cost",
@@ -211,28 +218,73 @@ def cap_radar_data(configs: list[Any], *, baseline: float = DEFAULT_BASELINE, co
 
 
 def plot_cap_radar(configs: list[Any], path: str, *, title: str = "CAP radar", baseline: float = DEFAULT_BASELINE,
-                   cost_max: float | None = None, acc_min: float | None = None) -> str:
-    """Draw the CAP radar of ``configs`` to ``path`` (PNG/SVG/PDF by extension); returns the path.
+                   cost_max: float | None = None, acc_min: float | None = None, return_figure: bool = False):
+    """Draw the CAP radar of ``configs`` to ``path`` (PNG/SVG/PDF by extension); returns the path
+    (``return_figure=True``: ``(path, figure)``).
 
-    matplotlib is imported here only: predictions never import it. An axis value that is unknown
-    is drawn at the centre and the legend says so.
+    Larger is better on every axis (module docstring): the axis labels say what the rim means and
+    each axis carries its raw values at the inner ring and at the rim. matplotlib is imported here
+    only: predictions never import it. An axis value that is unknown is drawn at the centre and
+    the legend says so.
     """
     import matplotlib
     from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
 
     rows = cap_radar_data(configs, baseline=baseline, cost_max=cost_max, acc_min=acc_min)
     with matplotlib.rc_context({"svg.fonttype": "none"}):  # SVG keeps its text as text
-        _draw(Figure, rows, path, title, baseline)
-    return str(path)
+        fig = _draw(Figure, rows, path, title, baseline, cost_max, acc_min)
+    return (str(path), fig) if return_figure else str(path)
 
 
-def _draw(Figure, rows: list[dict[str, Any]], path: str, title: str, baseline: float) -> None:
+def _money(v: float, unit: str) -> str:
+    return f"${v:,.0f}" if unit == "USD" else f"{v:,.0f} W"
+
+
+def _axis_ends(rows: list[dict[str, Any]], cost_max: float | None, acc_min: float | None) -> dict[str, tuple]:
+    """(raw value at the rim, raw value at the inner ring) of each axis, as text; None where unknown."""
+    unit = rows[0]["cost_unit"] if rows else "USD"
+    tpots = [r["raw"]["performance"] for r in rows]
+    costs = [r["raw"]["cost"] for r in rows if r["raw"]["cost"] is not None]
+    accs = [r["raw"]["accuracy"] for r in rows if r["raw"]["accuracy"] is not None]
+    cap = cost_max if cost_max is not None else (max(costs) if costs else None)
+    amin = acc_min if acc_min is not None else (min(accs) if accs else None)
+    if tpots and max(tpots) > min(tpots):
+        perf = (f"TPOT {min(tpots):.3g} s/token", f"{max(tpots):.3g} s/token")
+    else:
+        perf = (f"TPOT {tpots[0]:.3g} s/token (all equal)" if tpots else None, None)
+    return {
+        "performance": perf,
+        "cost": (_money(0, unit), f"{_money(cap, unit)} or more") if cap else (_money(0, unit), None),
+        "accuracy": ("100%", f"{amin:.1%}" if amin is not None and amin < 1 else None),
+    }
+
+
+def axis_labels(rows: list[dict[str, Any]], cost_max: float | None = None, acc_min: float | None = None) -> list[str]:
+    """The radar's axis labels (performance, cost, accuracy): what the axis measures, with larger
+    better, and the raw values at its rim and inner ring."""
+    unit = rows[0]["cost_unit"] if rows else "USD"
+    ends = _axis_ends(rows, cost_max, acc_min)
+    names = {"performance": AXIS_LABELS["performance"],
+             "cost": AXIS_LABELS["cost"] + (" (capital, $)" if unit == "USD" else " (power, W)"),
+             "accuracy": AXIS_LABELS["accuracy"]}
+    out = []
+    for axis in AXES:
+        rim, inner = ends[axis]
+        lines = [names[axis]]
+        if rim:
+            lines.append(f"rim (best): {rim}")
+        if inner:
+            lines.append(f"inner ring: {inner}")
+        out.append("\n".join(lines))
+    return out
+
+
+def _draw(Figure, rows: list[dict[str, Any]], path: str, title: str, baseline: float,
+          cost_max: float | None = None, acc_min: float | None = None):
     import math
 
-    unit = rows[0]["cost_unit"] if rows else "USD"
-    labels = [AXIS_LABELS["performance"], f"Cost ({'$' if unit == 'USD' else 'W'})", "Accuracy"]
     angles = [math.pi / 2 + i * 2 * math.pi / 3 for i in range(3)]
-    fig = Figure(figsize=(7, 7))
+    fig = Figure(figsize=(7.5, 7.5))
     ax = fig.add_subplot(111, polar=True)
     for row in rows:
         vals = [row["scaled"][a] for a in AXES]
@@ -240,14 +292,20 @@ def _draw(Figure, rows: list[dict[str, Any]], path: str, title: str, baseline: f
         r = [0.0 if v is None else v for v in vals]
         name = row["label"] + (f" [{row['class_abbrev']}]" if row["class_abbrev"] else "")
         if missing:
-            name += f" ({', '.join(missing)} unknown)"
-        ax.plot(angles + angles[:1], r + r[:1], linewidth=2, label=name)
-        ax.fill(angles + angles[:1], r + r[:1], alpha=0.15)
+            name += f" ({', '.join(missing)} unknown: drawn at the centre)"
+        ax.plot(angles + angles[:1], r + r[:1], linewidth=2, marker="o", ms=4, label=name)
+        ax.fill(angles + angles[:1], r + r[:1], alpha=0.12)
     ax.set_xticks(angles)
-    ax.set_xticklabels(labels)
+    ax.set_xticklabels(axis_labels(rows, cost_max, acc_min), fontsize=9)
+    ax.tick_params(axis="x", pad=10)
+    for label, angle in zip(ax.get_xticklabels(), angles):  # outward from the rim, never across it
+        c, sn = math.cos(angle), math.sin(angle)
+        label.set_horizontalalignment("center" if abs(c) < 0.2 else "left" if c > 0 else "right")
+        label.set_verticalalignment("bottom" if sn > 0.2 else "top" if sn < -0.2 else "center")
     ax.set_ylim(0, 100)
     ax.set_yticks([baseline, 60, 100])
-    ax.set_title(title)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    ax.set_yticklabels([])  # a 0..100 score has no unit: the axis labels give each axis' raw values
+    ax.set_title(f"{title}\n({BETTER}; the inner ring is the worst value shown)", fontsize=10, pad=30)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.06), fontsize=8)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return fig

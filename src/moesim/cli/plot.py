@@ -12,6 +12,7 @@ Its scenario flags are generated from the Scenario (:mod:`moesim.cli.args`).
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..errors import MoesimError
 from ..scenario import GROUPS
@@ -74,19 +75,21 @@ def run(args: argparse.Namespace) -> int:
         raise MoesimError(f"plot {kind} varies the batch: use --batches, not --batch")
     if kind == "throughput-vs-batch":
         systems = [s.strip() for s in system.split(",")] if system else None
-        path = plots.throughput_vs_batch(model, hw, args.plot, systems=systems, batch_sizes=batches,
-                                         workers=args.workers, **kw)
+        path, fig = plots.throughput_vs_batch(model, hw, args.plot, systems=systems, batch_sizes=batches,
+                                              workers=args.workers, return_figure=True, **kw)
     elif kind == "utilization":
-        path = plots.utilization_vs_batch(model, hw, args.plot, system=system or "auto",
-                                          batch_sizes=batches, workers=args.workers, **kw)
+        path, fig = plots.utilization_vs_batch(model, hw, args.plot, system=system or "auto", batch_sizes=batches,
+                                               workers=args.workers, return_figure=True, **kw)
     elif kind == "pareto":
         platforms = [h.strip() for h in hw.split(",") if h.strip()] if hw else None
-        path = plots.pareto(model, args.plot, platforms=platforms, system=system or "auto",
-                            costs=_costs(args.costs), batch_size=batch, **kw)
+        path, fig = plots.pareto(model, args.plot, platforms=platforms, system=system or "auto",
+                                 costs=_costs(args.costs), batch_size=batch, return_figure=True, **kw)
     else:
         func = plots.roofline if kind == "roofline" else plots.timeline
         if batch is not None:
             kw["batch_size"] = batch
-        path = func(model, hw, args.plot, system=system or "auto", **kw)
+        path, fig = func(model, hw, args.plot, system=system or "auto", return_figure=True, **kw)
+    for line in plots.not_drawn(fig):  # also under the figure, with long reasons shortened
+        print(f"moesim: not drawn: {line}", file=sys.stderr)
     print(f"wrote {path}")
     return 0
