@@ -215,10 +215,18 @@ def test_recommend_deepseek_r1(r1_recs):
     ranked = [r for r in r1_recs if r.status == "ok"]
     assert [r.capital_usd for r in ranked] == sorted(r.capital_usd for r in ranked)
     assert all(r.rank is None and r.reason for r in r1_recs if r.status not in ("ok", "ok-price-unknown"))
-    infeasible = [r for r in r1_recs if r.status == "infeasible"]
-    assert infeasible and all(r.reason.startswith("infeasible: ") for r in infeasible)
+    assert all(r.reason.startswith("infeasible: ") for r in r1_recs if r.status == "infeasible")
     table = format_table(r1_recs)
     assert "#1: recommended" in table and "why the others lost" in table
+
+
+def test_recommend_says_why_a_platform_cannot_run():
+    """R1 in bf16 with 60k-token prompts on a T4 server: no system runs it (moe-gen, which pages weights from disk,
+    cannot fit one 60k-token prompt's prefill on the GPU), and the reason says what each system lacks."""
+    recs = recommend("deepseek-r1", 10, platforms=["t4-server"], dtypes=("bf16",), prompt_tokens=60000,
+                     gen_tokens=1000)
+    assert [r.status for r in recs] == ["infeasible"]
+    assert recs[0].reason.startswith("infeasible: ") and "moe-gen" in recs[0].reason
 
 
 def test_recommend_budget_and_tpot(r1_recs):

@@ -75,7 +75,11 @@ def test_s_mbu_consistent_with_tpot(workstation):
     batch = p.config["batch_size"]
     mid_ctx = SMALL["prompt_tokens"] + SMALL["gen_tokens"] // 2
     moved = metrics.activated_weight_bytes(ctx, batch) + metrics.kv_read_bytes(ctx, batch, mid_ctx)
-    implied_step = moved / (p.s_mbu * workstation.gpu.memory_bandwidth_bytes_per_s)
+    # the peak is that of the devices that read: the GPU, plus host DRAM when the CPU attends over some KV (omega)
+    cpu_reads = round(p.config["cpu_attention_fraction"] * batch) > 0
+    peak = workstation.gpu.memory_bandwidth_bytes_per_s + (workstation.host_memory_bandwidth_bytes_per_s
+                                                          if cpu_reads else 0.0)
+    implied_step = moved / (p.s_mbu * peak)
     assert implied_step == pytest.approx(p.tpot_s, rel=0.25)  # mid-step vs Simpson mean
 
 

@@ -28,7 +28,7 @@ from .systems.base import SIMULATED_LAYERS, SingleGPUError
 class Prediction(BaseModel):
     """What moesim predicts for one (model, hardware, system, workload)."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
 
     model: str
     hardware: str
@@ -45,10 +45,18 @@ class Prediction(BaseModel):
     tpot_s: float
     total_time_s: float
     s_mbu: float
+    """MoE-CAP's S-MBU of the middle decode step: activated weight + KV bytes / (TPOT x the peak bandwidth of the
+    devices that read them: the GPUs' HBM, plus host DRAM where the CPU reads); in (0, 1] (docs/metrics.md)."""
     s_mfu: float
+    """MoE-CAP's S-MFU of the middle decode step: tokens/s x FLOPs per token of the activated parameters / the
+    dense peak FLOP/s of the devices that compute (GPUs, plus the CPU where it computes); in (0, 1]."""
     mbu: float
+    """Dense-equivalent MBU: S-MBU's formula with every weight counted as read. Exceeds 1 when the MoE's step
+    reads few of its experts: it measures how far the dense definition misleads, not a utilisation."""
     mfu: float
+    """Dense-equivalent MFU: 2 x all parameters per token, every expert computed; can exceed 1 likewise."""
     prefill_s_mfu: float
+    """S-MFU of one prefill pass (FLOPs at the mean causal span of the prompt), over the computing devices' peak."""
     bottleneck: str
     utilization: dict[str, float]
     decode_step_breakdown_s: dict[str, float]
@@ -125,7 +133,7 @@ def _prediction(ctx: Context, plan: Plan, compared: dict[str, str], assumptions:
     batch = plan.batch_size
     ctx_mid, mid = plan.mid_decode
     tpot = plan.decode_time_per_batch_s / w.gen_tokens
-    util = metrics.decode_utilization(ctx, batch, ctx_mid, mid.time_s)
+    util = metrics.decode_utilization(ctx, batch, ctx_mid, mid.time_s, plan.host_decode)
     kinds = ctx.model.layer_kinds()
     notes = list(assumptions) + list(ctx.platform.assumptions) + plan.notes
     if any(c > SIMULATED_LAYERS for c in kinds.values()):
@@ -158,7 +166,8 @@ def _prediction(ctx: Context, plan: Plan, compared: dict[str, str], assumptions:
         s_mfu=util["s_mfu"],
         mbu=util["mbu"],
         mfu=util["mfu"],
-        prefill_s_mfu=metrics.prefill_s_mfu(ctx, plan.prefill_tokens_per_pass, w.prompt_tokens, plan.prefill.time_s),
+        prefill_s_mfu=metrics.prefill_s_mfu(ctx, plan.prefill_tokens_per_pass, w.prompt_tokens, plan.prefill.time_s,
+                                            plan.host_prefill),
         bottleneck=mid.bottleneck(),
         utilization=mid.utilization(),
         decode_step_breakdown_s=mid.category_s,

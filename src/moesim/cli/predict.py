@@ -62,8 +62,9 @@ def predict(args: argparse.Namespace) -> int:
         ("TTFT (per batch)", fmt_seconds(pred.ttft_s)),
         ("TPOT", fmt_seconds(pred.tpot_s)),
         ("time for the workload", fmt_seconds(pred.total_time_s)),
-        ("S-MBU / MBU", f"{pred.s_mbu:.3f} / {pred.mbu:.3f}"),
-        ("S-MFU / MFU", f"{pred.s_mfu:.3f} / {pred.mfu:.3f}"),
+        ("S-MBU / S-MFU", f"{pred.s_mbu:.3f} / {pred.s_mfu:.3f}"),
+        # every expert counted, read or not: above 1 for an MoE whose step reads few of them (never clamped)
+        ("MBU / MFU (dense-equivalent)", f"{pred.mbu:.3f} / {pred.mfu:.3f}"),
         ("bottleneck", f"{pred.bottleneck} ("
          + ", ".join(f"{k} {v:.0%}" for k, v in sorted(pred.utilization.items(), key=lambda kv: -kv[1])) + ")"),
         ("memory", f"GPU {fmt_bytes(pred.gpu_mem_bytes)} per GPU, host {fmt_bytes(pred.host_mem_bytes)}"),

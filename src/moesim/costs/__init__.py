@@ -1,7 +1,7 @@
 """Cost of each operation family: FLOPs and bytes (pure functions of specs), and time on a device."""
 
 from .attention import attention_core, attention_projections, effective_span, mla_decode_unfused
-from .cpu import cpu_attention, cpu_experts
+from .cpu import cpu_attention, cpu_compute_dtype, cpu_experts
 from .efficiency import CalibratedEfficiency, EfficiencyModel, ProfileEfficiency, efficiency_for
 from .embedding import embedding_lookup, lm_head
 from .ffn import dispatch_combine, expert_ffn, moe_layer, routed_experts, router
@@ -13,7 +13,7 @@ from .transfer import achieved_link, copy_time_s, link_bandwidth_bytes_per_s, pl
 
 __all__ = [
     "CalibratedEfficiency", "EfficiencyModel", "OpCost", "efficiency_for", "ProfileEfficiency", "attention_core", "attention_projections", "bound_of",
-    "achieved_link", "compute_dtype", "copy_time_s", "platform_copy_time_s", "cpu_attention", "cpu_experts", "cpu_time_s", "dispatch_combine",
+    "achieved_link", "compute_dtype", "copy_time_s", "platform_copy_time_s", "cpu_attention", "cpu_compute_dtype", "cpu_experts", "cpu_time_s", "dispatch_combine",
     "effective_span", "embedding_lookup", "expected_active_experts", "expected_tokens_per_expert",
     "expert_ffn", "gemm", "gpu_time_s", "inclusion_probabilities", "link_bandwidth_bytes_per_s", "lm_head",
     "load_imbalance", "mla_decode_unfused", "moe_layer", "needs_dequant", "routed_experts", "router", "scatter_add",

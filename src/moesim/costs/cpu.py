@@ -21,11 +21,17 @@ def cpu_attention(attn: AttentionSpec, batch: float, q_len: float, kv_len: float
     return OpCost(family="cpu_attention", flop=core.flop, bytes=core.bytes, dtype="bf16", launches=0)
 
 
+def cpu_compute_dtype(weight_dtype: str) -> str:
+    """The dtype CPU expert kernels compute in: int8 dot products for int8/int4 weights (llamafile, AMX/VNNI),
+    bf16 otherwise."""
+    return "int8" if weight_dtype in ("int8", "int4") else "bf16"
+
+
 def cpu_experts(hidden: int, ffn: int, num_active: float, routed_tokens: float, gated: bool = True,
                 weight_dtype: str = "bf16") -> OpCost:
     gpu_like = routed_experts(hidden, ffn, num_active, routed_tokens, gated, weight_dtype)
-    dtype = "int8" if weight_dtype in ("int8", "int4") else "bf16"
-    return OpCost(family="cpu_expert", flop=gpu_like.flop, bytes=gpu_like.bytes, dtype=dtype, launches=0)
+    return OpCost(family="cpu_expert", flop=gpu_like.flop, bytes=gpu_like.bytes,
+                  dtype=cpu_compute_dtype(weight_dtype), launches=0)
 
 
 def kv_bytes(attn: AttentionSpec, tokens: float, kv_dtype: str = "bf16") -> float:

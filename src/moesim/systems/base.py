@@ -28,6 +28,7 @@ from pydantic import BaseModel
 from ..db import system_constants
 from ..engine import Engine
 from ..errors import InfeasibleError
+from ..metrics import GPU_ONLY, HostShare
 from ..modules import Context
 from ..specs import LayerKind
 from ..specs.system import SystemConstants
@@ -75,6 +76,8 @@ class Plan:
     host_mem_bytes: float
     placement: dict[str, str]
     notes: list[str] = field(default_factory=list)
+    host_decode: HostShare = GPU_ONLY  # what the host CPU reads and computes of a decode step (S-MBU, S-MFU)
+    host_prefill: HostShare = GPU_ONLY  # ... of a prefill pass (prefill S-MFU)
 
     @property
     def prefill_time_per_batch_s(self) -> float:

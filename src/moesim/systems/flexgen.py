@@ -29,7 +29,10 @@ block time T = T_pre + (n - 1) T_gen (per token: T / bls, bls fixed per LP) with
 
 subject to GPU / CPU / disk peak memory (home placements + one layer of non-resident weights
 + KV buffers of a GPU batch + the GPU batch's activations and prefill score matrix) and each
-group summing to 1. Every term uses moesim's byte counts (``Context``) and the platform's link,
+group summing to 1. The blocks tried are those of the grids no larger than the requests (a single
+block of every request when there are fewer than the smallest GPU batch). When no block's LP is
+feasible, the error names the memory that binds and by how much: the least extra capacity of one
+resource that makes the memory rows feasible, from the same rows with a slack (``memory_shortfall``). Every term uses moesim's byte counts (``Context``) and the platform's link,
 DRAM and disk bandwidths, and module times from moesim's cost model, instead of FlexGen's
 fitted constants; ties between placements of equal block time go to the least total I/O.
 
@@ -58,6 +61,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..engine import Engine
 from ..errors import InfeasibleError
+from ..metrics import HostShare
 from ..modules import Context
 from ..costs import platform_copy_time_s as copy_time_s
 from ..specs import LayerKind
@@ -70,6 +74,8 @@ from .shared.memory import (activation_bytes, layer_weight_bytes, max_layer_weig
 from .shared.search import best_by_simulation, decode_mid, simpson_lower_bound
 
 VARS = ("wg", "wc", "wd", "cg", "cc", "cd", "hg", "hc", "hd")
+GROUPS = ({"wg": 1, "wc": 1, "wd": 1}, {"cg": 1, "cc": 1, "cd": 1}, {"hg": 1, "hc": 1, "hd": 1})  # each sums to 1
+BOUNDS = {"hd": (0.0, 0.0)}  # FlexGen's runtime has no disk activations; every other fraction in [0, 1]
 TIE_BREAK = 1e-4  # weight of total I/O time in the LP objective, next to the block time
 
 
@@ -189,6 +195,82 @@ class FlexGen(ServingSystem):
             out["att_cpu"] += count * self._cpu_attention_s(ctx, gbs, c, kind.windowed)
         return out
 
+    def _memory_rows(self, ctx: Context, gbs: int, nb: int, cpu_attention: bool
+                     ) -> list[tuple[str, dict[str, float], float]]:
+        """The LP's memory rows, (resource, bytes per unit of each fraction, capacity in bytes)::
+
+            GPU   (W - W_L) wg + KV cg + KV_buf (cc + cd) + H hg <= M_gpu - fixed(gbs)
+            host  W wc + 2 W_L wd + KV cc + H hc               <= M_host
+            disk  W wd + KV cd                                 <= M_disk
+
+        W: streamed weights, W_L: the largest layer (weights on disk pass through two layers of host buffers),
+        KV: the block's cache at the full context, KV_buf: a GPU batch's KV buffers (none with CPU attention),
+        H: the block's prompt hidden states, fixed(gbs): :meth:`_gpu_fixed_bytes`."""
+        p, w = ctx.platform, ctx.workload
+        ctx_len = w.total_context_tokens
+        W, WL = streamed_weight_bytes(ctx), max_layer_weight_bytes(ctx)
+        bls = gbs * nb
+        kv_tot = bls * ctx_len * ctx.kv_bytes_per_token(ctx_len)
+        h_pre = ctx.hidden_state_bytes(bls * w.prompt_tokens)
+        kv_buf = (0.0 if cpu_attention else 1.0) * 2 * gbs * ctx_len * ctx.kv_bytes_per_token_layer()
+        return [
+            ("GPU memory", {"wg": W - WL, "cg": kv_tot, "cc": kv_buf, "cd": kv_buf, "hg": h_pre},
+             self._gpu_capacity_bytes(ctx) - self._gpu_fixed_bytes(ctx, gbs)),
+            ("host memory", {"wc": W, "wd": 2 * WL, "cc": kv_tot, "hc": h_pre}, p.usable_host_memory_bytes),
+            ("disk", {"wd": W, "cd": kv_tot}, p.disk.capacity_bytes),
+        ]
+
+    def memory_shortfall(self, ctx: Context, gbs: int, nb: int, cpu_attention: bool
+                         ) -> tuple[dict[str, float], bool]:
+        """How much memory the LP of (gbs, n_b) lacks: (bytes per resource, whether each resource alone would
+        do); ({}, False) when some placement fits.
+
+        The memory rows (:meth:`_memory_rows`) with a slack s_r >= 0 added to the capacity of one resource r,
+        min s_r: the least extra capacity of r alone that lets some placement fit. The resources whose slack
+        alone suffices are returned (with True); when none does, the least total slack over all three (each
+        resource's share of it, with False). The block-time rows never bind (T_pre and T_gen are free), so
+        memory is the only limit of the LP."""
+        rows = self._memory_rows(ctx, gbs, nb, cpu_attention)
+        iv = {v: i for i, v in enumerate(VARS)}
+        nvar = len(VARS) + len(rows)
+
+        scale = []  # rows scaled to numbers of order one, as in solve_policy; a slack is in its row's unit
+        a_ub = np.zeros((len(rows), nvar))
+        for r, (_, coef, capacity) in enumerate(rows):
+            for k, v in coef.items():
+                a_ub[r, iv[k]] += v
+            scale.append(max(np.abs(a_ub[r]).max(), abs(capacity), 1.0))
+            a_ub[r] /= scale[-1]
+        b_ub = np.array([capacity / scale[r] for r, (_, _, capacity) in enumerate(rows)])
+        a_eq = np.zeros((len(GROUPS), nvar))
+        for g, coef in enumerate(GROUPS):
+            for k, v in coef.items():
+                a_eq[g, iv[k]] = v
+
+        def solve(relaxed: list[int]) -> np.ndarray | None:
+            """The least slacks (bytes) of the ``relaxed`` rows that make the memory rows feasible; None if none."""
+            a = a_ub.copy()
+            cost = np.zeros(nvar)
+            for r in relaxed:
+                a[r, len(VARS) + r] = -1.0
+                cost[len(VARS) + r] = 1.0
+            bounds = ([BOUNDS.get(v, (0.0, 1.0)) for v in VARS]
+                      + [(0.0, None if r in relaxed else 0.0) for r in range(len(rows))])
+            sol = lp.solve(cost, a, b_ub, a_eq, np.ones(len(GROUPS)), bounds)
+            return None if sol is None else np.array([sol[len(VARS) + r] * scale[r] for r in range(len(rows))])
+
+        if solve([]) is not None:
+            return {}, False
+        alone = {}
+        for r, (name, _, _) in enumerate(rows):
+            slack = solve([r])
+            if slack is not None:
+                alone[name] = float(slack[r])
+        if alone:
+            return alone, True
+        slack = solve(list(range(len(rows))))
+        return {name: float(slack[r]) for r, (name, _, _) in enumerate(rows) if slack is not None and slack[r] > 0}, False
+
     def solve_policy(self, ctx: Context, gbs: int, num_gpu_batches: int, cpu_attention: bool,
                      consts: dict[str, float] | None = None) -> FlexGenPolicy | None:
         """FlexGen's LP for one (gbs, n_b): placement fractions minimising the block time; None if infeasible."""
@@ -201,8 +283,6 @@ class FlexGen(ServingSystem):
         L = m.num_layers
         consts = consts or self._compute_constants(ctx, gbs)
         W = streamed_weight_bytes(ctx)
-        WL = max_layer_weight_bytes(ctx)
-        kv_tot = bls * ctx_len * ctx.kv_bytes_per_token(ctx_len)
         kv_pre = bls * s * ctx.kv_bytes_per_token(s)
         kv_avg = bls * c_avg * ctx.kv_bytes_per_token(int(c_avg))
         kv_new = bls * ctx.kv_bytes_per_token(ctx_len)
@@ -249,15 +329,10 @@ class FlexGen(ServingSystem):
         att_off = nb * (deleg * consts["att_cpu"] + (1 - deleg) * consts["att_gpu"])
         le(row(cg=nb * consts["att_gpu"], cc=att_off, cd=att_off, Tg=-1), -(nb * consts["dec"] + head_d))
         # memory: GPU, CPU, disk
-        kv_buf = (1 - deleg) * 2 * gbs * ctx_len * ctx.kv_bytes_per_token_layer()
-        gpu_cap = self._gpu_capacity_bytes(ctx)
-        gpu_fixed = self._gpu_fixed_bytes(ctx, gbs)
-        le(row(wg=W - WL, cg=kv_tot, cc=kv_buf, cd=kv_buf, hg=h_pre), gpu_cap - gpu_fixed)
-        le(row(wc=W, wd=2 * WL, cc=kv_tot, hc=h_pre), p.usable_host_memory_bytes)
-        le(row(wd=W, cd=kv_tot), p.disk.capacity_bytes)
-        A_eq = [row(wg=1, wc=1, wd=1), row(cg=1, cc=1, cd=1), row(hg=1, hc=1, hd=1)]
-        bounds = [(0.0, 1.0)] * len(VARS) + [(0.0, None), (0.0, None)]
-        bounds[iv["hd"]] = (0.0, 0.0)
+        for _, coef, capacity in self._memory_rows(ctx, gbs, nb, cpu_attention):
+            le(row(**coef), capacity)
+        A_eq = [row(**coef) for coef in GROUPS]
+        bounds = [BOUNDS.get(v, (0.0, 1.0)) for v in VARS] + [(0.0, None), (0.0, None)]
         cost = np.zeros(nvar)
         cost[TP], cost[TG] = 1.0, max(n - 1, 0)
         # tie-break among placements of equal block time: least total I/O (a vertex that puts weights on
@@ -440,22 +515,29 @@ class FlexGen(ServingSystem):
         }
 
     # ---- search ----------------------------------------------------------------------------------------
-    def candidate_policies(self, ctx: Context) -> list[FlexGenPolicy]:
+    def _delegations(self, ctx: Context) -> list[bool]:
+        """Whether attention over off-GPU KV runs on the CPU: the parameter, or FlexGen's rule (section 4.3):
+        delegate when the context is >= 512 tokens."""
+        w = ctx.workload
+        if self.params.cpu_attention is not None:
+            return [self.params.cpu_attention]
+        return [w.prompt_tokens + w.gen_tokens // 2 >= 512]
+
+    def _block_splits(self, ctx: Context) -> list[tuple[int, int]]:
+        """(gbs, n_b) pairs tried: every pair of the grids whose block bls = gbs n_b is at most the requests (a
+        larger block only pads), or, with fewer requests than the smallest GPU batch of the grid, one block of
+        them all; with a fixed batch, every split of it into n_b GPU batches of the grid (n_b = 1 always)."""
         w = ctx.workload
         wanted = w.batch_size
-        if self.params.cpu_attention is not None:
-            delegs = [self.params.cpu_attention]
-        else:  # FlexGen's rule (section 4.3): delegate attention to the CPU when the context is >= 512 tokens
-            delegs = [w.prompt_tokens + w.gen_tokens // 2 >= 512]
-        pairs = []
-        for gbs in sorted(set(self.params.gpu_batch_grid)):
-            for nb in sorted(set(self.params.num_gpu_batches_grid)):
-                bls = gbs * nb
-                if wanted is None and (bls <= w.num_requests or (gbs, nb) == (1, 1)):
-                    pairs.append((gbs, nb))
-        if wanted is not None:  # a fixed block: every split into GPU batches of the grid that divides it
-            pairs = sorted({(wanted // nb, nb) for nb in set(self.params.num_gpu_batches_grid) | {1}
-                            if wanted % nb == 0})
+        if wanted is not None:
+            return sorted({(wanted // nb, nb) for nb in set(self.params.num_gpu_batches_grid) | {1}
+                           if wanted % nb == 0})
+        pairs = [(gbs, nb) for gbs in sorted(set(self.params.gpu_batch_grid))
+                 for nb in sorted(set(self.params.num_gpu_batches_grid)) if gbs * nb <= w.num_requests]
+        return pairs or [(w.num_requests, 1)]
+
+    def candidate_policies(self, ctx: Context) -> list[FlexGenPolicy]:
+        pairs = self._block_splits(ctx)
         out = []
         for gbs in sorted({g for g, _ in pairs}):
             if self._gpu_fixed_bytes(ctx, gbs) > self._gpu_capacity_bytes(ctx):
@@ -464,27 +546,54 @@ class FlexGen(ServingSystem):
             for g, nb in pairs:
                 if g != gbs:
                     continue
-                for deleg in delegs:
+                for deleg in self._delegations(ctx):
                     pol = self.solve_policy(ctx, gbs, nb, deleg, consts)
                     if pol is not None:
                         out.append(pol)
         return out
 
     def _infeasible(self, ctx: Context) -> InfeasibleError:
-        p = ctx.platform
-        gpu_min = ctx.resident_weight_bytes + max_layer_weight_bytes(ctx) + self._gpu_work_bytes(ctx, 1)
-        usable = p.usable_gpu_memory_bytes_per_gpu
-        if gpu_min > usable:
+        """Why no (gbs, n_b) of :meth:`_block_splits` has a feasible LP, with the binding limit and by how much:
+        the GPU when even the smallest GPU batch's fixed part does not fit, else the memory whose shortfall
+        (:meth:`memory_shortfall`) is least over the splits tried (the smallest block needs the least)."""
+        p, w = ctx.platform, ctx.workload
+        pairs = self._block_splits(ctx)
+        usable = self._gpu_capacity_bytes(ctx)
+        gbs_min = min(g for g, _ in pairs)
+        fixed = self._gpu_fixed_bytes(ctx, gbs_min)
+        if fixed > usable:
+            work = self._gpu_work_bytes(ctx, gbs_min)
             return InfeasibleError(
-                f"flexgen: one layer's weights ({fmt_bytes(max_layer_weight_bytes(ctx))}, attention + all experts), the "
-                f"resident weights and one sequence's working set need {fmt_bytes(gpu_min)} on {p.gpu.name}, "
-                f"{fmt_bytes(usable)} usable: short by {fmt_bytes(gpu_min - usable)}")
-        ctx_len = ctx.workload.total_context_tokens
-        need = ctx.weight_bytes + ctx_len * ctx.kv_bytes_per_token(ctx_len)
-        have = p.usable_host_memory_bytes + p.disk.capacity_bytes + max(0.0, usable - gpu_min)
+                f"flexgen: the resident weights ({fmt_bytes(ctx.resident_weight_bytes)}), one layer's weights "
+                f"({fmt_bytes(max_layer_weight_bytes(ctx))}, attention + all experts) and the working set of a GPU "
+                f"batch of {gbs_min} ({fmt_bytes(work)}: activations, the {w.prompt_tokens}-token prompt's attention "
+                f"scores, its KV) need {fmt_bytes(fixed)} on {p.gpu.name}, {fmt_bytes(usable)} usable: short by "
+                f"{fmt_bytes(fixed - usable)}")
+        best = None  # (least shortfall, gbs, n_b, shortfalls, whether each alone suffices)
+        for gbs, nb in pairs:
+            if self._gpu_fixed_bytes(ctx, gbs) > usable:
+                continue
+            for deleg in self._delegations(ctx):
+                short, alone = self.memory_shortfall(ctx, gbs, nb, deleg)
+                if short and (best is None or min(short.values()) < best[0]):
+                    best = (min(short.values()), gbs, nb, short, alone)
+        if best is None:  # the memory rows admit a placement: the LP failed numerically
+            return InfeasibleError(f"flexgen: the placement LP found no solution for {ctx.model.name} on {p.name}, "
+                                   f"though its GPU, host memory and disk rows admit one (a solver failure)")
+        _, gbs, nb, short, alone = best
+        W, WL = streamed_weight_bytes(ctx), max_layer_weight_bytes(ctx)
+        have = {"GPU memory": (usable - self._gpu_fixed_bytes(ctx, gbs),
+                               "left beside the resident weights, one layer's buffers and a GPU batch's working set"),
+                "host memory": (p.usable_host_memory_bytes,
+                                f"usable; weights on disk pass through two layers' host buffers, {fmt_bytes(2 * WL)}"),
+                "disk": (p.disk.capacity_bytes, p.disk.name)}
+        limits = "; ".join(f"{k} ({fmt_bytes(have[k][0])}, {have[k][1]}): short by {fmt_bytes(v)}"
+                           for k, v in sorted(short.items(), key=lambda kv: kv[1]))
+        how = "" if len(short) == 1 else " (either alone would do)" if alone else " (all of these together)"
         return InfeasibleError(
-            f"flexgen: weights and one sequence's KV need {fmt_bytes(need)}; GPU, host memory and disk hold "
-            f"{fmt_bytes(have)}: short by {fmt_bytes(max(need - have, 0.0))}")
+            f"flexgen: no placement of the weights ({fmt_bytes(W)} streamed), KV cache and activations of a block "
+            f"of {gbs * nb} sequences ({gbs} x {nb} GPU batches, {w.total_context_tokens} tokens each) fits: "
+            f"{limits}{how}")
 
     def plan(self, ctx: Context) -> Plan:
         w = ctx.workload
@@ -541,5 +650,8 @@ class FlexGen(ServingSystem):
             notes.append(f"the last of {num_batches} blocks is padded ({bls * num_batches - w.num_requests} empty slots)")
         placement = {"weights": where("w") + " (streamed per layer, all experts)", "kv_cache": where("c"),
                      "activations": where("h")}
+        # FlexGen(c): decode attention over the off-GPU KV (cc + cd) runs on the CPU; prefill attention on the GPU
+        cpu_kv = HostShare(kv_fraction=pol.cc + pol.cd) if pol.cpu_attention else HostShare()
         return self.make_plan((bls, num_batches), (prefill, 1, bls * w.prompt_tokens), (decode_s, points),
-                              config=config, host_mem_bytes=host, placement=placement, notes=notes)
+                              config=config, host_mem_bytes=host, placement=placement, notes=notes,
+                              host_decode=cpu_kv)

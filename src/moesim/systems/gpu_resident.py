@@ -21,7 +21,7 @@ from ..specs import LayerKind
 from ..units import fmt_bytes
 from .base import Plan, ServingSystem, StepSim, balanced_batches, simpson_decode_time, simulate_pass
 from .shared.memory import activation_bytes
-from .shared.tensor_parallel import LayerTimes
+from .shared.tensor_parallel import LayerTimes, require_tensor_parallel
 
 
 class GpuResidentParams(BaseModel):
@@ -89,6 +89,7 @@ class GpuResident(ServingSystem):
 
     def plan(self, ctx: Context) -> Plan:
         w = ctx.workload
+        require_tensor_parallel(ctx, self.name)
         max_batch = self._max_batch(ctx)
         wanted = w.batch_size or self.params.batch_size
         notes = []

@@ -57,6 +57,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .. import costs
 from ..engine import Engine
 from ..errors import InfeasibleError
+from ..metrics import HostShare
 from ..modules import Context
 from ..specs import LayerKind
 from ..units import fmt_bytes
@@ -175,4 +176,5 @@ class KTransformers(ServingSystem):
             config={"batch_size": batch, "micro_batches": mbs, "prefill_chunk_tokens": chunk},
             host_mem_bytes=expert_bytes, notes=notes,
             placement={"weights": "routed experts in host memory (CPU compute); the rest on the GPU",
-                       "kv_cache": "gpu"})
+                       "kv_cache": "gpu"},
+            host_decode=HostShare(routed_experts=True), host_prefill=HostShare(routed_experts=True))

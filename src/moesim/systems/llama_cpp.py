@@ -64,6 +64,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .. import costs
 from ..engine import Engine
 from ..errors import InfeasibleError
+from ..metrics import HostShare
 from ..modules import Context
 from ..costs import platform_copy_time_s as copy_time_s
 from ..specs import LayerKind
@@ -304,5 +305,12 @@ class LlamaCpp(ServingSystem):
         placement = {"weights": f"gpu ({lay['ngl']} layers) + host ({L - lay['ngl']} layers, embedding"
                                 f"{'' if lay['out_gpu'] else ', output'})" + (" + disk" if lay["miss"] else ""),
                      "kv_cache": "with each layer (gpu / host)"}
+
+        def host(tokens: float) -> HostShare:
+            """The CPU layers run on the CPU unless op offload computes them on the GPU (batches of >= min tokens)."""
+            on_gpu = prm.op_offload and tokens >= prm.op_offload_min_batch
+            return HostShare(layers=() if on_gpu else tuple(range(L - lay["ngl"])), lm_head=not lay["out_gpu"])
+
         return self.make_plan((batch, num_batches), (prefill, passes, ub), (decode_s, points), config=config,
-                              host_mem_bytes=lay["host_resident"], placement=placement, notes=notes)
+                              host_mem_bytes=lay["host_resident"], placement=placement, notes=notes,
+                              host_decode=host(batch), host_prefill=host(ub))

@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..engine import BufferRing, Engine
 from ..errors import InfeasibleError
+from ..metrics import HostShare
 from ..modules import Context
 from ..specs import LayerKind
 from ..specs.common import BYTES_PER_ELEMENT
@@ -110,15 +111,27 @@ class MoEGen(ServingSystem):
     def _resident_shared_bytes(self, ctx: Context) -> float:
         return ctx.model.num_moe_layers * ctx.shared_weight_bytes if self.params.resident_shared_experts else 0.0
 
+    def _host_bytes_per_seq(self, ctx: Context) -> float:
+        """Host memory one decode sequence takes: its KV at the full context (prompt + generation) and the host
+        copies of its hidden states (``hidden_tensors_per_token``)::
+
+            M_seq = (P + G) kv_bytes_per_token + hidden_tensors_per_token d b_act"""
+        ctx_len = ctx.workload.total_context_tokens
+        return ctx_len * ctx.kv_bytes_per_token(ctx_len) + self._hidden_bytes(ctx, 1)
+
     def _host_layout(self, ctx: Context) -> tuple[float, float, float]:
-        """(weight bytes in host memory, weight bytes on disk, host bytes left for KV)."""
+        """(weight bytes in host memory, weight bytes on disk, host bytes left for the sequences).
+
+        The sequences' room is ``host_kv_bytes`` when given (MoE-Gen's ``host_kv_cache_size``), else what the
+        weights leave; weights that do not fit next to it spill to disk. Without ``host_kv_bytes``, room for one
+        sequence (:meth:`_host_bytes_per_seq`, KV and hidden-state copies: what the batch size is divided by) is
+        kept before any weight spills, so a model larger than host memory runs at batch 1 with its overflow paged
+        from disk, as MoE-Gen runs it; ``host_kv_bytes`` reserves room for a larger batch instead."""
         p = ctx.platform
         usable = p.usable_host_memory_bytes
         weights = ctx.weight_bytes
-        # keep room for the reserved KV, or at least one sequence's, before spilling weights to disk
-        ctx_len = ctx.workload.total_context_tokens
-        one_seq = ctx_len * ctx.kv_bytes_per_token(ctx_len)
-        reserved = min(self.params.host_kv_bytes, usable) if self.params.host_kv_bytes else one_seq
+        per_seq = self._host_bytes_per_seq(ctx)
+        reserved = min(self.params.host_kv_bytes, usable) if self.params.host_kv_bytes else per_seq
         in_host = min(weights, max(0.0, usable - reserved))
         on_disk = weights - in_host
         if on_disk > p.disk.capacity_bytes:
@@ -127,8 +140,11 @@ class MoEGen(ServingSystem):
                 f"{fmt_bytes(in_host)} and the disk {fmt_bytes(p.disk.capacity_bytes)}: short by "
                 f"{fmt_bytes(on_disk - p.disk.capacity_bytes)}"
             )
-        kv_room = usable - in_host
-        return in_host, on_disk, min(kv_room, self.params.host_kv_bytes) if self.params.host_kv_bytes else kv_room
+        if self.params.host_kv_bytes:
+            return in_host, on_disk, min(usable - in_host, self.params.host_kv_bytes)
+        # what the weights leave; when they spill, exactly the one sequence reserved (usable - (usable - M_seq)
+        # can round below M_seq)
+        return in_host, on_disk, min(reserved, usable) if on_disk else usable - in_host
 
     def _gpu_fixed_bytes(self, ctx: Context) -> float:
         return ctx.resident_weight_bytes + self._resident_shared_bytes(ctx) + 2 * self._dense_module_bytes(ctx)
@@ -406,13 +422,15 @@ class MoEGen(ServingSystem):
         self.refuse_multi_gpu(ctx, "data parallelism over GPUs is not modelled yet")
         in_host, on_disk, kv_room = self._host_layout(ctx)
         disk_fraction = on_disk / ctx.weight_bytes
-        ctx_len = w.total_context_tokens
-        per_seq_host = ctx_len * ctx.kv_bytes_per_token(ctx_len) + self._hidden_bytes(ctx, 1)
+        per_seq_host = self._host_bytes_per_seq(ctx)
         host_max = int(kv_room // per_seq_host)
         if host_max < 1:
+            where = (f"the host_kv_bytes reservation of {fmt_bytes(self.params.host_kv_bytes)}"
+                     if self.params.host_kv_bytes else "host memory")
             raise InfeasibleError(
-                f"moe-gen: host memory cannot hold the KV of one sequence next to the weights "
-                f"({fmt_bytes(per_seq_host)} needed, {fmt_bytes(max(kv_room, 0))} left)"
+                f"moe-gen: {where} cannot hold one sequence's KV and hidden states "
+                f"({fmt_bytes(per_seq_host)} needed, {fmt_bytes(max(kv_room, 0))} there): short by "
+                f"{fmt_bytes(per_seq_host - max(kv_room, 0))}"
             )
         wanted = w.batch_size or self.params.batch_size
         if wanted and wanted > host_max:
@@ -426,7 +444,9 @@ class MoEGen(ServingSystem):
         notes = [f"decode batch B = {batch} sequences ({kv_limit} {host_max})"]
         if on_disk:
             notes.append(f"{fmt_bytes(on_disk)} of weights do not fit in host memory and are read from "
-                         f"{p.disk.name} every forward pass")
+                         f"{p.disk.name} every forward pass"
+                         + ("" if self.params.host_kv_bytes else "; host memory keeps room for one sequence "
+                            "(host_kv_bytes reserves more, spilling more weights)"))
         b_a, omega, trials = self._decode_search(ctx, batch, disk_fraction)
         if ctx.model.attention.kind == "mla":
             notes.append("MLA: all attention on the GPU (omega = 0), as MoE-Gen does for DeepSeek (section 5.3)")
@@ -439,9 +459,11 @@ class MoEGen(ServingSystem):
                   "cpu_attention_fraction": omega, "prefill_batch": best_pb,
                   "configurations_simulated": len(trials) + prefill_tried}
         placement = {"weights": "host (pinned)" + (" + disk" if on_disk else ""), "kv_cache": "host (pinned)"}
+        # the CPU attends over the KV of round(omega B) of the B sequences in decode (_pass_times); prefill on the GPU
+        cpu_seqs = int(round(omega * batch))
         return self.make_plan((batch, num_batches), (best_prefill, passes, best_pb * w.prompt_tokens),
                               (decode_s, points), config=config, host_mem_bytes=in_host + batch * per_seq_host,
-                              placement=placement, notes=notes)
+                              placement=placement, notes=notes, host_decode=HostShare(kv_fraction=cpu_seqs / batch))
 
 
 def _unless_infeasible(simulate: Callable[[], StepSim]) -> StepSim | None:

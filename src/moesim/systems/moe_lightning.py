@@ -51,6 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..engine import Engine
 from ..errors import InfeasibleError
+from ..metrics import HostShare
 from ..modules import Context
 from ..specs import LayerKind
 from ..units import fmt_bytes
@@ -559,4 +560,4 @@ class MoELightning(ServingSystem):
                      "kv_cache": "host (pinned), CPU attention"}
         return self.make_plan((n, num_batches), (prefill, passes, cand["n_p"] * w.prompt_tokens), (decode_s, points),
                               config=config, host_mem_bytes=ctx.weight_bytes + n * per_seq, placement=placement,
-                              notes=notes)
+                              notes=notes, host_decode=HostShare(kv_fraction=1.0))  # decode attention on the CPU

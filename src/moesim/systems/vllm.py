@@ -47,19 +47,26 @@ tokens). The workload then takes
 
     T_total = ceil(R / B) * S * T_mixed,      S = max(G, B (P + G) / N)
 
-with T_mixed the mean step.
+with T_mixed the mean step, for every wave but the first and the last: at the start nothing runs, so
+the first B prompts are prefilled as a burst (the TTFT: full token budgets, then a pass over the rest),
+and after the last prompt the last B sequences only decode (G pure decode steps), so
 
-The first wave's ramp and the last wave's drain are not modelled (error below B / 2R of the total).
+    T_total = TTFT + (ceil(R / B) - 1) * S * T_mixed + T_decode(B)       (``ContinuousPlan``)
+
+A one-wave run (R <= B) is then the burst and its decode, never shorter than its own TTFT (the steady
+state alone, S T_mixed, priced such a run below its TTFT: 355 ms against a 540 ms TTFT for OLMoE, 16
+requests of 664 + 2 tokens on an A5000, whose TTFT also priced its 2432-token second pass as a full
+8192-token one).
 
 ``chunked_prefill=False`` is vLLM V0's default scheduler (the vLLM of MoE-Gen's comparison): a step
 is all prefill or all decode, prefills first; in the staggered steady state each decode step's
 B / G finished sequences are replaced by a prefill-only step, a whole extra pass over the weights
 when they are offloaded (see ``_v0_steady_state``); that cost is counted in the decode rate.
 
-The reported phase rates are those of pure phases: prefill = passes of one full token budget of
-prompt tokens (what a burst of prompts gets, and what MoE-Gen's Table 7 measures), decode = steps
-of B sequences alone; the total time is shorter than the sum of the phases, since mixing shares
-each step's weight reads (and offload copies) between decode and prefill tokens.
+The reported phase rates are those of pure phases: prefill = the B prompts of a batch in passes of one
+full token budget and a last pass of the rest (what a burst of prompts gets, and what MoE-Gen's Table 7
+measures), decode = steps of B sequences alone; the total time is shorter than the sum of the phases,
+since mixing shares each step's weight reads (and offload copies) between decode and prefill tokens.
 
 Online serving (:mod:`moesim.serving`): the generic iteration-level scheduler over Poisson arrivals,
 each step priced by :meth:`VLLM.online_model` (a table of simulated step costs, :mod:`._vllm_online`).
@@ -91,7 +98,7 @@ from ..units import fmt_bytes
 from .base import (Plan, ServingSystem, StepSim, balanced_batches, sequential_steps, simpson_decode_time,
                    simulate_pass)
 from .shared.memory import activation_bytes
-from .shared.tensor_parallel import LayerTimes
+from .shared.tensor_parallel import LayerTimes, require_tensor_parallel
 
 if TYPE_CHECKING:
     from ._vllm_online import VLLMStepModel
@@ -120,20 +127,39 @@ class VLLMParams(BaseModel):
 
 @dataclass
 class ContinuousPlan(Plan):
-    """A plan whose phases run mixed in the same steps: the total is steps x mixed-step time.
+    """A plan whose phases run mixed in the same steps once the run is under way.
 
     ``prefill`` and ``decode_points`` describe pure phases (their rates are what a burst of prompts,
-    or decoding alone, would get); ``mixed_step`` is the steady-state step that actually repeats.
+    or decoding alone, would get); ``mixed_step`` is the steady-state step that repeats ``steps_per_batch``
+    times per B requests. The run of W = ``num_batches`` waves of B requests is ramp-up, steady state, drain::
+
+        T_total = T_ramp + (W - 1) S T_mixed + T_drain
+
+    T_ramp = TTFT: at the start nothing runs, so the first B prompts are prefilled as a burst, full token
+    budgets and then the rest (``prefill_last``); T_drain = ``drain_s``: after the last prompt the last B
+    sequences only decode (G pure decode steps). The W - 1 other waves' prompts and decodes share the steady
+    state's mixed steps. One wave (W = 1) is then a burst of prefill and G decode steps, never shorter than its
+    TTFT; many waves tend to the steady state, W S T_mixed.
     """
 
     mixed_step: StepSim | None = None
     steps_per_batch: float = 0.0
+    prefill_last: StepSim | None = None  # the last prefill pass of a batch, over what the full passes leave
+    drain_s: float = 0.0
+
+    @property
+    def prefill_time_per_batch_s(self) -> float:
+        """(passes - 1) full passes of ``prefill_tokens_per_pass`` prompt tokens, then the pass of the rest."""
+        if self.prefill_last is None:
+            return super().prefill_time_per_batch_s
+        return (self.prefill_passes_per_batch - 1) * self.prefill.time_s + self.prefill_last.time_s
 
     @property
     def total_time_s(self) -> float:
         if self.mixed_step is None:
             return super().total_time_s
-        return self.num_batches * self.steps_per_batch * self.mixed_step.time_s
+        return (self.prefill_time_per_batch_s + (self.num_batches - 1) * self.steps_per_batch * self.mixed_step.time_s
+                + self.drain_s)
 
 
 @dataclass(frozen=True)
@@ -168,6 +194,7 @@ class VLLM(ServingSystem):
 
     def _layout(self, ctx: Context) -> _Layout:
         p, prm = ctx.platform, self.params
+        require_tensor_parallel(ctx, self.name)
         n = p.num_gpus
         ctx_len = ctx.workload.total_context_tokens  # max_model_len
         budget = prm.gpu_memory_utilization * p.gpu.memory_bytes - p.empirical.gpu_memory_reserved_bytes
@@ -327,7 +354,10 @@ class VLLM(ServingSystem):
         chunk = min(budget_tokens, batch * P)
         prefill = self._mixed(ctx, lay, 0, 0, chunk, chunk / P, P)
         passes = math.ceil(batch * P / chunk)
+        rest = batch * P - (passes - 1) * chunk  # the last pass prefills what the full budgets leave
+        prefill_last = prefill if rest == chunk else self._mixed(ctx, lay, 0, 0, rest, rest / P, P)
         decode_s, points = simpson_decode_time(lambda c: self._mixed(ctx, lay, batch, c, 0, 0, P), P, G)
+        drain_s = decode_s  # the last wave's G steps, decodes only
         if prm.chunked_prefill:
             steps, mixed, per_step = self._v1_steady_state(ctx, lay, batch)
         else:
@@ -340,7 +370,8 @@ class VLLM(ServingSystem):
         notes.append(
             f"continuous batching steady state: {batch} running sequences (KV pool of {lay.blocks} blocks of {bs} "
             f"tokens holds {by_kv} at a mean of {blocks_per_seq:.1f} blocks; max_num_seqs {prm.max_num_seqs}); "
-            f"{per_step}; ramp-up and drain of the run not modelled")
+            f"{per_step}; the run = ramp-up (the first {batch} prompts prefilled as a burst) + "
+            f"{num_batches - 1} wave(s) of {batch} requests in steady state + drain (the last {batch} decode alone)")
         notes.append("prefill and decode rates are those of pure phases; the total time uses the mixed steps")
         if lay.offload:
             notes.append(f"cpu_offload_gb={prm.cpu_offload_gb:g}: {fmt_bytes(lay.offload)} of weights per GPU copied "
@@ -353,8 +384,9 @@ class VLLM(ServingSystem):
         placement = {"weights": "gpu" + (" + pinned host (copied every pass)" if lay.offload else ""),
                      "kv_cache": "gpu (paged)"}
         return self.make_plan((batch, num_batches), (prefill, passes, chunk), (decode_s, points), config=config,
-                              host_mem_bytes=lay.offload * n, placement=placement, notes=notes, also_run=(mixed,),
-                              plan_type=ContinuousPlan, mixed_step=mixed, steps_per_batch=steps)
+                              host_mem_bytes=lay.offload * n, placement=placement, notes=notes,
+                              also_run=(mixed, prefill_last), plan_type=ContinuousPlan, mixed_step=mixed,
+                              steps_per_batch=steps, prefill_last=prefill_last, drain_s=drain_s)
 
     # ---- online serving ----------------------------------------------------------------------------
     def online_model(self, ctx: Context, plan: Plan, max_context_tokens: int) -> "VLLMStepModel":

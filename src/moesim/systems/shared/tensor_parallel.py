@@ -4,6 +4,9 @@ the systems that keep all weights on the GPUs (``gpu-resident``, ``vllm``).
 Attention heads and each expert's FFN columns are split over the n GPUs, so each does 1/n of
 the FLOPs and reads 1/n of the weights and KV; two all-reduces per layer combine the partial
 outputs. A ring all-reduce of S bytes takes latency + 2 (n-1)/n * S / link bandwidth.
+
+Which n a model allows is vLLM's rule (:func:`require_tensor_parallel`): the query heads split evenly, and the
+KV heads either split evenly or, when there are fewer of them than GPUs, are replicated evenly.
 """
 
 from __future__ import annotations
@@ -11,8 +14,53 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...engine import Engine
+from ...errors import InfeasibleError
 from ...modules import Context
 from ...specs import LayerKind
+
+
+def require_tensor_parallel(ctx: Context, system: str) -> None:
+    """Refuse a tensor-parallel size n = the platform's GPUs that vLLM refuses for the model, in vLLM's words.
+
+    vLLM (``ModelConfig.verify_with_parallel_config``) requires the attention heads H to split evenly::
+
+        H mod n = 0        "Total number of attention heads (H) must be divisible by tensor parallel size (n)."
+
+    and its ``QKVParallelLinear`` splits the K/V heads H_kv of MHA/GQA (``divide``, which asserts divisibility)::
+
+        H_kv >= n:  H_kv mod n = 0   (each GPU holds H_kv / n of them)
+        H_kv <  n:  n mod H_kv = 0   (each K/V head replicated on n / H_kv GPUs)
+
+    MLA's compressed KV is not split over heads (DeepSeek's ``kv_a_proj_with_mqa`` is replicated), so only the
+    first rule applies to it. n = 1 always passes."""
+    n = ctx.platform.num_gpus
+    a = ctx.model.attention
+    if n == 1:
+        return
+    if a.num_heads % n:
+        raise InfeasibleError(
+            f"{system}: Total number of attention heads ({a.num_heads}) must be divisible by tensor parallel size "
+            f"({n}) ({ctx.model.name}; vLLM's rule: use --gpus among "
+            f"{', '.join(str(d) for d in _tensor_parallel_sizes(a.num_heads, a.num_kv_heads, a.kind))})")
+    if a.kind == "mla":
+        return
+    kv = a.num_kv_heads
+    if (kv >= n and kv % n) or (kv < n and n % kv):
+        relation = (f"{kv} KV heads are not divisible by tensor parallel size {n}" if kv >= n else
+                    f"tensor parallel size {n} is not divisible by the {kv} KV heads it would replicate")
+        raise InfeasibleError(
+            f"{system}: {relation} ({ctx.model.name}; vLLM's QKVParallelLinear splits K/V heads evenly over the GPUs "
+            f"or replicates them evenly: use --gpus among "
+            f"{', '.join(str(d) for d in _tensor_parallel_sizes(a.num_heads, kv, a.kind))})")
+
+
+def _tensor_parallel_sizes(heads: int, kv_heads: int, kind: str) -> list[int]:
+    """Every n that :func:`require_tensor_parallel` accepts for the heads."""
+    def ok(n: int) -> bool:
+        if heads % n:
+            return False
+        return kind == "mla" or (kv_heads % n == 0 if kv_heads >= n else n % kv_heads == 0)
+    return [n for n in range(1, heads + 1) if ok(n)]
 
 
 def allreduce_s(ctx: Context, tokens: float) -> float:
