@@ -33,9 +33,14 @@ class SpecError(MoesimError):
     exit_code = 2
 
     def __init__(self, path: str, problems: list[tuple[str, str]]):
-        self.path, self.problems = path, problems
-        lines = "\n".join(f"  {field}: {msg}" for field, msg in problems)
-        super().__init__(f"invalid spec in {path}:\n{lines}")
+        from .limits import MAX_LISTED_PROBLEMS
+
+        self.path, self.problems = str(path), list(problems)
+        shown = self.problems[:MAX_LISTED_PROBLEMS]
+        lines = [f"  {field}: {msg}" for field, msg in shown]
+        if len(self.problems) > len(shown):
+            lines.append(f"  ... and {len(self.problems) - len(shown)} more")
+        super().__init__(f"invalid spec in {self.path}:\n" + "\n".join(lines))
 
 
 class InfeasibleError(MoesimError):
@@ -48,3 +53,20 @@ class SimulationError(MoesimError):
     """The engine found an inconsistency (e.g. a memory pool over its capacity)."""
 
     exit_code = 4
+
+
+def describe_type(value: object) -> str:
+    """'a list', 'a number (5)', 'text ('x')', ... for messages about the wrong kind of value."""
+    if value is None:
+        return "null (None)"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, (int, float)):
+        return f"a number ({value!r})" if not isinstance(value, int) or abs(value) < 10**30 else "a huge number"
+    if isinstance(value, str):
+        return f"text ({value[:40]!r})"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    return f"a {type(value).__name__}"

@@ -8,6 +8,7 @@ recommend all go through these three.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from . import metrics
 from .db.resolve import get_hardware, get_model
 from .errors import InfeasibleError, MoesimError, SimulationError
+from .paths import check_output, writing
 from .modules import Context, Options, Speculative
 from .scenario import Scenario, build
 from .specs import ModelSpec, OfflineWorkload, OnlineWorkload, Platform
@@ -74,9 +76,13 @@ class Prediction(BaseModel):
 
 
 def _variant(model: ModelSpec, num_experts: int | None, top_k: int | None, expert_ffn: int | None) -> ModelSpec:
-    """Synthetic variants for sweeps and pruning what-ifs (fewer experts, lower top-k, other FFN size)."""
+    """Synthetic variants for sweeps and pruning what-ifs (fewer experts, lower top-k, other FFN size); a
+    variant that breaks a rule is a MoesimError saying the rule in words."""
     if (num_experts or top_k or expert_ffn) and model.moe is None:
         raise MoesimError(f"{model.name} has no MoE layers to vary")
+    if top_k and num_experts and isinstance(top_k, int) and isinstance(num_experts, int) and top_k > num_experts:
+        raise MoesimError(f"top-k {top_k} exceeds the {num_experts} routed experts asked for (--experts "
+                          f"{num_experts}); a token picks top-k distinct experts")
     try:
         if num_experts:
             model = model.with_experts(num_experts)
@@ -84,8 +90,8 @@ def _variant(model: ModelSpec, num_experts: int | None, top_k: int | None, exper
             model = model.with_top_k(top_k)
         if expert_ffn:
             model = model.with_expert_ffn(expert_ffn)
-    except (ValueError, ValidationError) as exc:
-        raise MoesimError(f"invalid model variant: {exc}") from None
+    except ValidationError as exc:
+        raise MoesimError(f"invalid model variant: {exc.errors()[0]['msg']}") from None
     return model
 
 
@@ -93,20 +99,32 @@ def _popularity(source: str | Path | tuple[float, ...] | list[float] | None, mod
     """A per-expert activation histogram: a sequence, or a JSON file holding a list (or {"counts": [...]})."""
     if source is None:
         return None
+    what = "expert histogram"
     if isinstance(source, (str, Path)):
         import json
 
+        from .db import read_spec_text
+
         path = Path(source)
+        what = f"expert histogram {path}"
         try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise MoesimError(f"cannot read expert histogram {path}: {exc}") from None
+            data = json.loads(read_spec_text(path))
+        except (ValueError, RecursionError) as exc:
+            raise MoesimError(f"cannot read {what}: not JSON ({exc})") from None
         source = data.get("counts") if isinstance(data, dict) else data
-    counts = tuple(float(x) for x in source or ())
+    if not isinstance(source, (list, tuple)):
+        raise MoesimError(f"{what}: expected a list of counts (or {{\"counts\": [...]}}), got {type(source).__name__}")
+    if any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in source):
+        bad = next(x for x in source if isinstance(x, bool) or not isinstance(x, (int, float)))
+        raise MoesimError(f"{what}: every count is a number, got {bad!r}")
+    try:
+        counts = tuple(float(x) for x in source)
+    except OverflowError:
+        raise MoesimError(f"{what}: a count is too large for a number") from None
     experts = model.moe.num_experts if model.moe else 0
-    if len(counts) != experts or any(c < 0 for c in counts) or not sum(counts):
-        raise MoesimError(f"expert histogram needs {experts} non-negative counts (one per expert of {model.name}), "
-                          f"got {len(counts)}")
+    if len(counts) != experts or not all(math.isfinite(c) and c >= 0 for c in counts) or not sum(counts):
+        raise MoesimError(f"{what} needs {experts} non-negative counts (finite, not all zero; one per expert of "
+                          f"{model.name}), got {len(counts)}")
     return counts
 
 
@@ -256,6 +274,9 @@ def resolve(scenario: Scenario) -> Resolved:
     """Specs of a scenario, checked: model variant, platform, workload, options, and the assumptions made."""
     s = scenario
     spec = _variant(get_model(s.model), s.num_experts, s.top_k, s.expert_ffn)
+    if spec.moe is None:
+        raise MoesimError(f"{spec.name} has no MoE layers (a dense model): moesim predicts Mixture-of-Experts "
+                          "models; a dense model can be the --draft of speculative decoding")
     platform = get_hardware(s.hardware, **s.platform_overrides())
     work = s.offline_workload()
     _check_context(spec, work)
@@ -304,9 +325,12 @@ def predict(model: Any = None, hardware: Any = None, system: str | None = None, 
     scenario = build(model, hardware, system, workload, **knobs)
     if scenario.online:
         raise MoesimError("this scenario has an arrival rate: use predict_online (moesim serve) for online serving")
+    if trace_path:
+        check_output(trace_path, "trace_path")  # before the work
     ctx, plan, compared, r = plan_scenario(scenario)
     if trace_path:
-        plan.mid_decode[1].engine.write_chrome_trace(trace_path)
+        with writing(trace_path, "trace_path"):
+            plan.mid_decode[1].engine.write_chrome_trace(trace_path)
     return _prediction(ctx, plan, compared, list(r.assumptions))
 
 
@@ -335,6 +359,9 @@ def predict_online(model: Any = None, hardware: Any = None, workload: OnlineWork
 
     online = None
     if workload is not None:
+        if not isinstance(workload, (OnlineWorkload, dict)):
+            raise MoesimError("workload takes an OnlineWorkload or a mapping of its fields (arrival_rate_per_s, "
+                              f"num_requests, prompt, gen, seed), got {repr(workload)[:80]}")
         try:
             online = workload if isinstance(workload, OnlineWorkload) else OnlineWorkload.model_validate(workload)
         except ValidationError as exc:

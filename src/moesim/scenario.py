@@ -20,6 +20,7 @@ import difflib
 import functools
 import math
 import types
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -79,7 +80,14 @@ class Scenario(BaseModel):
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True,
-                              arbitrary_types_allowed=True)
+                              arbitrary_types_allowed=True, allow_inf_nan=False)
+
+    def __init__(self, /, **data: Any) -> None:
+        """Fields by keyword; a wrong one is a MoesimError naming it and saying what it takes."""
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise MoesimError(f"invalid scenario: {_describe(exc)}") from None
 
     # ---- what runs where ------------------------------------------------------------------
     model: Annotated[Union[str, ModelSpec], Flag(("--model",), "scenario")]
@@ -153,7 +161,7 @@ class Scenario(BaseModel):
     length_sigma: Annotated[float, Field(gt=0, allow_inf_nan=False), Flag(("--length-sigma",), "online")] = \
         LengthDistribution.model_fields["sigma"].default
     """Online serving: shape (sigma of the log) of lognormal lengths."""
-    seed: Annotated[int, Flag(("--seed",), "online")] = 0
+    seed: Annotated[int, Field(ge=0), Flag(("--seed",), "online")] = 0
     """Online serving: seed of the arrival and length samples."""
 
     # ---- checks ---------------------------------------------------------------------------
@@ -340,20 +348,62 @@ _RULES = {"greater_than_equal": "must be at least {ge}", "greater_than": "must b
           "finite_number": "must be a finite number", "literal_error": "must be one of {expected}"}
 
 
+#: what a field takes, in words, where its type alone says too little
+_TAKES = {"model": "a name or a file path (text), or a ModelSpec",
+          "hardware": "a name or a file path (text), a Platform or a PlatformSpec",
+          "expert_histogram": "a JSON file path or a list of counts",
+          "system_params": "a mapping of the system's parameters (name: value)"}
+_WORDS = {str: "text", int: "a whole number", float: "a number", bool: "true or false", dict: "a mapping",
+          tuple: "a list"}
+#: pydantic error types that mean "the wrong kind of value" (one per member of a union)
+_KIND_ERRORS = ("is_instance_of", "model_type", "model_attributes_type", "dataclass_type", "literal_error")
+
+
+def takes(name: str) -> str:
+    """What a Scenario field takes, in words: 'a whole number', 'text or None', ..."""
+    if name in _TAKES:
+        return _TAKES[name]
+    info = Scenario.model_fields[name]
+    words = []
+    for kind in _flatten(info.annotation):
+        if get_origin(kind) is Literal:
+            words.append("one of " + ", ".join(map(str, get_args(kind))))
+        elif kind is not type(None):
+            words.append(_WORDS.get(get_origin(kind) or kind, getattr(kind, "__name__", str(kind))))
+    return " or ".join(words) or "a value"
+
+
 def _describe(exc: ValidationError) -> str:
-    problems = []
+    from .errors import describe_type
+
+    problems: list[str] = []
+    by_field: dict[str, list[Any]] = {}
     for e in exc.errors():
         loc = [str(x) for x in e["loc"] if not isinstance(x, int)]
-        name = loc[0] if loc else ""
-        where = f"{flag_of(name)} ({name})" if name in Scenario.model_fields else ".".join(loc) or "scenario"
-        msg = _RULES[e["type"]].format(**e.get("ctx", {})) if e["type"] in _RULES else e["msg"].removeprefix("Value error, ")
-        if e["type"] in _RULES or e["type"].endswith(("_parsing", "_type")):
-            msg += f" (got {e.get('input')!r})"
-        if e["type"] == "extra_forbidden":
-            close = difflib.get_close_matches(name, list(Scenario.model_fields) + list(aliases()), n=3, cutoff=0.5)
-            msg = "unknown knob" + (f"; did you mean {', '.join(close)}?" if close else "")
-            where = name
-        problems.append(f"{where}: {msg}" if loc else msg)
+        by_field.setdefault(loc[0] if loc else "", []).append(e)
+    for name, errors in by_field.items():
+        where = f"{flag_of(name)} ({name})" if name in Scenario.model_fields else name or "scenario"
+        kinds = [e for e in errors if e["type"].endswith("_type") or e["type"] in _KIND_ERRORS]
+        if name in Scenario.model_fields and kinds and len(kinds) == len(errors):
+            # the wrong kind of value (for a union, one error per member): say what the field takes
+            problems.append(f"{where} takes {takes(name)} (got {describe_type(errors[0].get('input'))})")
+            continue
+        for e in errors:
+            loc = [str(x) for x in e["loc"] if not isinstance(x, int)]
+            if e["type"] == "missing":
+                problems.append(f"{where} is required")
+                continue
+            msg = _RULES[e["type"]].format(**e.get("ctx", {})) if e["type"] in _RULES else e["msg"].removeprefix("Value error, ")
+            if e["type"] in _RULES or e["type"].endswith(("_parsing", "_type")):
+                msg += f" (got {e.get('input')!r})"
+            if e["type"] == "extra_forbidden":
+                field = aliases().get(name)
+                close = [field] if field else difflib.get_close_matches(
+                    name, list(Scenario.model_fields) + list(aliases()), n=3, cutoff=0.5)
+                msg = "unknown knob" + (f"; did you mean {', '.join(close)}?" if close else "")
+                problems.append(f"{name}: {msg}")
+                continue
+            problems.append(f"{where}: {msg}" if loc else msg)
     return "; ".join(problems)
 
 
@@ -379,12 +429,17 @@ def build(model: Any = None, hardware: Any = None, system: str | None = None, wo
         if value is not None:
             data[key] = value
     if workload is not None:
-        fields_of = workload.model_dump() if isinstance(workload, BaseModel) else dict(workload)
-        fields_of.pop("kind", None)
-        data.update({k: v for k, v in fields_of.items() if v is not None})
+        data.update(_workload_fields(workload))
     spec = knobs.pop("speculative", None)
     if spec is not None:
-        spec = spec if isinstance(spec, dict) else {k: getattr(spec, k) for k in ("draft_model", "num_tokens", "acceptance_rate")}
+        keys = ("draft_model", "num_tokens", "acceptance_rate")
+        if not isinstance(spec, Mapping) and not all(hasattr(spec, k) for k in keys):
+            raise MoesimError(f"speculative takes a mapping of {', '.join(keys)} (or draft_model=..., spec_tokens=..., "
+                              f"spec_accept=...), got {repr(spec)[:80]}")
+        spec = dict(spec) if isinstance(spec, Mapping) else {k: getattr(spec, k) for k in keys}
+        unknown = sorted(set(map(str, spec)) - set(keys))
+        if unknown:
+            raise MoesimError(f"speculative: unknown key(s) {', '.join(unknown)}; it takes {', '.join(keys)}")
         data.update(draft_model=spec.get("draft_model"), spec_tokens=spec.get("num_tokens", 4),
                     spec_accept=spec.get("acceptance_rate", 0.7))
     for old, new in _LEGACY.items():
@@ -400,6 +455,29 @@ def build(model: Any = None, hardware: Any = None, system: str | None = None, wo
         return Scenario(**data)
     except ValidationError as exc:
         raise MoesimError(f"invalid scenario: {_describe(exc)}") from None
+
+
+def _workload_fields(workload: Any) -> dict[str, Any]:
+    """The Scenario fields of an OfflineWorkload or a mapping of its fields, checked."""
+    from .specs.workload import OnlineWorkload
+
+    names = [n for n in OfflineWorkload.model_fields if n != "kind"]
+    if isinstance(workload, OnlineWorkload):
+        raise MoesimError("workload is an OnlineWorkload: use predict_online")
+    if isinstance(workload, OfflineWorkload):
+        fields_of = workload.model_dump()
+    elif isinstance(workload, Mapping):
+        fields_of = dict(workload)
+    else:
+        raise MoesimError(f"workload takes an OfflineWorkload or a mapping of its fields ({', '.join(names)}), "
+                          f"got {repr(workload)[:80]}")
+    fields_of.pop("kind", None)
+    unknown = [k for k in fields_of if k not in names]
+    if unknown:
+        close = {k: difflib.get_close_matches(str(k), names, n=1, cutoff=0.5) for k in unknown}
+        hints = [f"{k!r}" + (f" (did you mean {c[0]}?)" if c else "") for k, c in close.items()]
+        raise MoesimError(f"workload: unknown field {', '.join(hints)}; its fields: {', '.join(names)}")
+    return {k: v for k, v in fields_of.items() if v is not None}
 
 
 __all__ = ["Flag", "GROUPS", "Scenario", "aliases", "build", "fields", "flag_of", "parse_key_values", "parse_value",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from .errors import MoesimError
@@ -33,22 +34,55 @@ def fmt_bytes(n: float) -> str:
     return f"{n:.0f} B"
 
 
+def _sig3(x: float) -> float:
+    """``x`` rounded to 3 significant figures (so that 999.7 ms is shown as 1 s, not 1e+03 ms)."""
+    return float(f"{x:.3g}")
+
+
+def _num3(x: float) -> str:
+    """3 significant figures, without an exponent below a million: 8650, 12.3, 0.5."""
+    return f"{x:,.0f}" if 1e3 <= abs(x) < 1e6 else f"{x:.3g}"
+
+
 def fmt_rate(n: float, unit: str) -> str:
+    """A rate with an SI prefix, 3 significant figures: 1.23 ktok/s."""
+    if not math.isfinite(n):
+        return f"{n} {unit}"
+    n = _sig3(n)
     for prefix, f in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(n) >= f:
             return f"{n / f:.3g} {prefix}{unit}"
     return f"{n:.3g} {unit}"
 
 
+#: seconds in a day and in a (Julian) year
+DAY_S = 86_400.0
+YEAR_S = 365.25 * DAY_S
+
+
 def fmt_seconds(s: float) -> str:
+    """A duration for people, 3 significant figures: 12.3 us, 2.42 s, 3.5 min, 1.5 h, 12 days, 8,650 years."""
+    if not math.isfinite(s):
+        return f"{s} s"
+    if s < 0:
+        return "-" + fmt_seconds(-s)
+    s = _sig3(s)
+    if s >= YEAR_S:
+        years = _sig3(s / YEAR_S)
+        return f"{_num3(years)} year{'' if years == 1 else 's'}"
+    if s >= DAY_S:
+        days = _sig3(s / DAY_S)
+        return f"{days:.3g} day{'' if days == 1 else 's'}"
     if s >= 3600:
-        return f"{s / 3600:.2f} h"
+        return f"{_sig3(s / 3600):.3g} h"
     if s >= 60:
-        return f"{s / 60:.2f} min"
+        return f"{_sig3(s / 60):.3g} min"
     if s >= 1:
         return f"{s:.3g} s"
     if s >= 1e-3:
         return f"{s * 1e3:.3g} ms"
+    if s == 0:
+        return "0 s"
     return f"{s * 1e6:.3g} us"
 
 

@@ -32,6 +32,7 @@ Predictions are cached per (model, hardware, GPUs, dtype, system, scenario).
 from __future__ import annotations
 
 import functools
+import math
 
 from typing import Any, Literal
 
@@ -207,9 +208,18 @@ def recommend(model: str, target_tok_s: float, max_tpot_s: float | None = None, 
 
     if scenario not in ("offline", "online"):
         raise MoesimError(f"unknown scenario {scenario!r}; offline or online")
-    if target_tok_s <= 0:
-        raise MoesimError("the target must be a positive number of tokens/s")
+    check_number("target_tok_s", target_tok_s)
+    check_number("max_tpot_s", max_tpot_s, optional=True)
+    check_number("budget_usd", budget_usd, optional=True)
+    check_number("usd_per_kwh", usd_per_kwh, optional=True, zero=True)
+    check_number("amortization_years", amortization_years, optional=True)
+    if isinstance(dtypes, str) or not isinstance(dtypes, (list, tuple)):
+        raise MoesimError(f"dtypes takes a list of dtype names, got {dtypes!r}")
+    if platforms is not None and (isinstance(platforms, str) or not isinstance(platforms, (list, tuple))):
+        raise MoesimError(f"platforms takes a list of platform or GPU names, got {platforms!r}")
     dtypes = tuple(dtypes)
+    if not dtypes:
+        raise MoesimError("dtypes is empty: give at least one weight dtype to consider")
     for d in dtypes:
         if d not in BYTES_PER_ELEMENT:
             raise MoesimError(f"unknown dtype {d!r}; one of {', '.join(BYTES_PER_ELEMENT)}")
@@ -244,6 +254,17 @@ def recommend(model: str, target_tok_s: float, max_tpot_s: float | None = None, 
             row = row.model_copy(update=update)
         ranked.append(row)
     return ranked
+
+
+def check_number(what: str, value: Any, *, optional: bool = False, zero: bool = False) -> None:
+    """``value`` is a finite number above 0 (``zero``: at least 0), or None where ``optional``; else a
+    MoesimError naming ``what`` (a parameter, or the CLI's flag)."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise MoesimError(f"{what} takes a number, got {value!r}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        raise MoesimError(f"{what} must be a finite number {'of at least 0' if zero else 'above 0'} (got {value:g})")
 
 
 def platform_listed_gpus(plat_name: str) -> int:

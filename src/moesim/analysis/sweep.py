@@ -36,6 +36,7 @@ from typing import Any
 
 from .. import scenario as sc
 from ..errors import MoesimError
+from ..units import fmt_rate, fmt_seconds
 
 #: Sweepable parameters: every field of :class:`moesim.scenario.Scenario`, in its order, with the
 #: type its values are read as (``system_params``: canonical ``KEY=VALUE&KEY=VALUE`` text).
@@ -241,11 +242,16 @@ def format_summary(records: Records) -> str:
     for name, r in s["best_per_system"].items():
         where = ", ".join(f"{k}={r[k]}" for k in varying if k != "system") or "the only point"
         if r.get("arrival_rate_per_s") is not None:  # online: percentiles, no utilisation
-            detail = f"TPOT P50 {r['tpot_s'] * 1e3:.3g} ms, P99 {r['tpot_p99_s'] * 1e3:.3g} ms"
+            detail = f"TPOT P50 {_time(r['tpot_s'])}, P99 {_time(r.get('tpot_p99_s'))}"
         else:
-            detail = f"TPOT {r['tpot_s'] * 1e3:.3g} ms, S-MBU {r['s_mbu']:.2f}, bottleneck {r['bottleneck']}"
-        lines.append(f"  best {name}: {r['throughput_tok_s']:.4g} tok/s at {where} ({detail})")
+            detail = (f"TPOT {_time(r['tpot_s'])}, workload {_time(r.get('total_time_s'))}, "
+                      f"S-MBU {r['s_mbu']:.2f}, bottleneck {r['bottleneck']}")
+        lines.append(f"  best {name}: {fmt_rate(r['throughput_tok_s'], 'tok/s')} at {where} ({detail})")
     return "\n".join(lines)
+
+
+def _time(seconds: float | None) -> str:
+    return "-" if seconds is None else fmt_seconds(seconds)
 
 
 def _varying(records: list[dict[str, Any]]) -> list[str]:
@@ -323,17 +329,23 @@ def _run_chunk(chunk: list[tuple[int, dict[str, Any]]]) -> list[dict[str, Any]]:
 # ---- CSV: append as finished, read back for resume ----------------------------------------
 def _load(path: Path) -> tuple[list[dict[str, Any]], bool]:
     """Valid records of an existing CSV (a torn last line is dropped) and whether it needs rewriting."""
-    if not path.exists() or path.stat().st_size == 0:
-        return [], False
-    with path.open(newline="") as f:
-        text = f.read()
-    rows = list(csv.reader(text.splitlines(keepends=True)))
+    not_ours = (f"{path} is not a moesim sweep file of this version (its columns differ); "
+                "choose another --out or move it away")
+    try:
+        if not path.exists() or path.stat().st_size == 0:
+            return [], False
+        with path.open(newline="", encoding="utf-8") as f:
+            text = f.read()
+        rows = list(csv.reader(text.splitlines(keepends=True)))
+    except (UnicodeDecodeError, csv.Error):  # a binary file, NUL bytes
+        raise MoesimError(not_ours) from None
+    except OSError as exc:
+        raise MoesimError(f"cannot read the sweep file {path}: {exc.strerror or exc}") from None
     if not rows:
         return [], False
     header = rows[0]
     if header != list(COLUMNS):
-        raise MoesimError(f"{path} is not a moesim sweep file of this version (its columns differ); "
-                          "choose another --out or move it away")
+        raise MoesimError(not_ours)
     records, dirty = [], not text.endswith("\n")
     for row in rows[1:]:
         if len(row) != len(COLUMNS):
@@ -591,14 +603,15 @@ def format_sensitivity(records: Records) -> str:
     if not records:
         return ""
     first = records[0]
-    lines = [f"base: {first['base_throughput_tok_s']:.4g} tok/s with {first['base_system']} "
+    lines = [f"base: {fmt_rate(first['base_throughput_tok_s'], 'tok/s')} with {first['base_system']} "
              f"(bottleneck {first['base_bottleneck']}); each resource alone x{first['factor']:g}:"]
     for r in records:
         if r["relative_change"] is None:
             lines.append(f"  {r['resource']:10s} infeasible: {r['reason']}")
             continue
         mark = "  <- pays most" if r["best"] else ("" if r["pays"] else "  (does not pay)")
-        lines.append(f"  {r['resource']:10s} {r['relative_change']:+8.1%}  {r['throughput_tok_s']:10.4g} tok/s  "
+        rate = fmt_rate(r["throughput_tok_s"], "tok/s")
+        lines.append(f"  {r['resource']:10s} {r['relative_change']:+8.1%}  {rate:>12s}  "
                      f"{r['description']}{mark}")
     return "\n".join(lines)
 

@@ -12,9 +12,11 @@ Its scenario flags are generated from the Scenario (:mod:`moesim.cli.args`).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from ..errors import MoesimError
+from ..paths import check_output, writing
 from ..scenario import GROUPS
 from .args import add_scenario_arguments, given, scenario_fields
 
@@ -54,6 +56,9 @@ def _costs(text: str | None) -> dict[str, float] | None:
             out[name.strip()] = float(usd.replace("_", "").replace("$", ""))
         except ValueError:
             sep = ""
+        if sep and not (math.isfinite(out[name.strip()]) and out[name.strip()] > 0):
+            raise MoesimError(f"--costs: the price of {name.strip()} must be a finite number of US dollars above 0 "
+                              f"(got {usd!r})")
         if not sep or not name.strip():
             raise MoesimError(f"--costs expects NAME=USD,... (got {item!r})")
     return out
@@ -62,12 +67,24 @@ def _costs(text: str | None) -> dict[str, float] | None:
 def run(args: argparse.Namespace) -> int:
     from ..analysis import plots
 
+    check_output(args.plot, "--plot", plots.FORMATS)  # before the predictions
+    if args.workers < 1:
+        raise MoesimError(f"--workers must be at least 1 (got {args.workers})")
     raw = given(args)
     hw, system = raw.get("hardware"), raw.get("system")
     kw = scenario_fields(args, exclude=("model", "hardware", "system"))
     batch = kw.pop("batch_size", None)
     model = raw["model"]
     batches = _ints(args.batches) if args.batches else plots.DEFAULT_BATCHES
+    with writing(args.plot, "--plot"):
+        path = _draw(args, model, hw, system, kw, batch, batches)
+    print(f"wrote {path}")
+    return 0
+
+
+def _draw(args: argparse.Namespace, model, hw, system, kw: dict, batch, batches):
+    from ..analysis import plots
+
     kind = args.kind
     if kind != "pareto" and not hw:
         raise MoesimError(f"plot {kind} needs --hw")
@@ -91,5 +108,4 @@ def run(args: argparse.Namespace) -> int:
         path, fig = func(model, hw, args.plot, system=system or "auto", return_figure=True, **kw)
     for line in plots.not_drawn(fig):  # also under the figure, with long reasons shortened
         print(f"moesim: not drawn: {line}", file=sys.stderr)
-    print(f"wrote {path}")
-    return 0
+    return path

@@ -11,6 +11,7 @@ import json
 import sys
 
 from ..errors import MoesimError
+from ..paths import check_output
 from ..units import fmt_bytes, fmt_config, fmt_rate, fmt_seconds
 from .args import add_scenario_arguments, add_system_param_arguments, build_scenario
 
@@ -40,8 +41,12 @@ def _scenario(args: argparse.Namespace):
 def predict(args: argparse.Namespace) -> int:
     from ..predict import predict as run
 
+    if args.trace is not None:
+        check_output(args.trace, "--trace")  # before the prediction
     scenario = _scenario(args)
     if scenario.online:
+        if args.trace:
+            raise MoesimError("--trace writes a decode step of an offline prediction; online serving (--rate) has none")
         return _report_online(args, scenario)
     pred = run(scenario, trace_path=args.trace)
     if args.trace:

@@ -11,6 +11,7 @@ import argparse
 import json
 
 from ..errors import MoesimError
+from ..paths import FIGURE_FORMATS, check_output, writing
 from .args import add_scenario_arguments, given, scenario_fields
 
 
@@ -33,22 +34,28 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     rec.add_argument("--years", type=float, default=3.0, help="amortisation period of owned hardware (default 3)")
     rec.add_argument("--top", type=int, default=12, help="rows of the ranked table (default 12)")
     rec.add_argument("--json", action="store_true", help="print the ranked list as JSON")
-    rec.add_argument("--plot", help="draw the CAP radar of the top configurations to this PNG/SVG file")
+    rec.add_argument("--plot", help="draw the CAP radar of the top configurations to this file (.png, .svg or .pdf)")
     return rec
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..analysis.recommend import format_table, recommend
+    from ..analysis.recommend import check_number, format_table, recommend
 
-    if args.target_tok_s <= 0:
-        raise MoesimError("--target-tok-s must be positive")
-    if args.max_tpot is not None and args.max_tpot <= 0:
-        raise MoesimError("--max-tpot must be positive")
-    if args.budget is not None and args.budget <= 0:
-        raise MoesimError("--budget must be positive")
+    # every flag checked before the search (seconds of work)
+    check_number("--target-tok-s", args.target_tok_s)
+    check_number("--max-tpot", args.max_tpot, optional=True)
+    check_number("--budget", args.budget, optional=True)
+    check_number("--usd-per-kwh", args.usd_per_kwh, zero=True)
+    check_number("--years", args.years)
+    if args.top < 1:
+        raise MoesimError(f"--top must be at least 1 (got {args.top})")
+    if args.plot:
+        check_output(args.plot, "--plot", FIGURE_FORMATS)
     knobs = scenario_fields(args, exclude=("model",))
     model = given(args)["model"]
     dtypes = tuple(d.strip() for d in args.dtypes.split(",") if d.strip())
+    if not dtypes:
+        raise MoesimError(f"--dtypes names no dtype (got {args.dtypes!r}); e.g. bf16,fp8,int4")
     platforms = [p.strip() for p in args.platforms.split(",") if p.strip()] if args.platforms else None
     recs = recommend(model, args.target_tok_s, max_tpot_s=args.max_tpot, budget_usd=args.budget,
                      scenario=args.scenario, dtypes=dtypes, platforms=platforms, usd_per_kwh=args.usd_per_kwh,
@@ -71,5 +78,7 @@ def run(args: argparse.Namespace) -> int:
                            accuracy=(r.accuracy or {}).get("value", None) and r.accuracy["value"] / 100.0,
                            quantized=r.dtype != released, offloaded=r.system not in ("gpu-resident", "vllm"))
                   for r in ranked]
-        print(f"CAP radar: {plot_cap_radar(points, args.plot, title=f'{model}: CAP of the top configurations')}")
+        with writing(args.plot, "--plot"):
+            drawn = plot_cap_radar(points, args.plot, title=f"{model}: CAP of the top configurations")
+        print(f"CAP radar: {drawn}")
     return 0 if any(r.rank is not None for r in recs) else 3

@@ -16,6 +16,7 @@ import json
 import sys
 
 from ..errors import MoesimError
+from ..paths import check_output, writing
 from ..scenario import GROUPS, fields
 from .args import add_scenario_arguments, build_scenario, given
 
@@ -60,14 +61,19 @@ def _join_params(items: list[str]) -> list[str]:
 def _sweep(args: argparse.Namespace) -> int:
     from ..analysis.sweep import Grid, format_summary, run_sweep
 
+    if args.out is not None:
+        check_output(args.out, "--out")  # before the grid is run
+    if args.workers is not None and args.workers < 1:
+        raise MoesimError(f"--workers must be at least 1 (got {args.workers})")
     dims = {name: (_join_params(value) if name == "system_params" else _names(value))
             for name, value in given(args).items()}
     grid = Grid.from_strings(args.grid, **dims)
     npoints = len(grid)
     if not args.no_progress:
         print(f"sweep: {npoints} points" + (f" -> {args.out}" if args.out else ""), file=sys.stderr)
-    records = run_sweep(grid, args.out, workers=args.workers, scheduler=args.scheduler,
-                        progress=not args.no_progress)
+    with writing(args.out, "--out"):
+        records = run_sweep(grid, args.out, workers=args.workers, scheduler=args.scheduler,
+                            progress=not args.no_progress)
     if args.json:
         summary = records.summary()
         print(json.dumps(summary, indent=2, default=str))

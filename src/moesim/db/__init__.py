@@ -8,6 +8,7 @@ Names are matched case- and punctuation-insensitively (``DeepSeek-R1`` == ``deep
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -17,9 +18,11 @@ from typing import Generic, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from ..errors import SpecError, UnknownNameError
+from ..errors import SpecError, UnknownNameError, describe_type
+from ..limits import MAX_SPEC_DEPTH, MAX_SPEC_FILE_BYTES, MAX_SPEC_VALUES
 from ..specs import AcceleratorSpec, CPUSpec, EmpiricalProfile, LinkSpec, ModelSpec, PlatformSpec
 from ..specs.system import SystemConstants
+from ..units import fmt_bytes
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -43,16 +46,81 @@ def data_root(kind: str) -> Path:
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-def load_yaml(path: Path) -> dict:
+def read_spec_text(path: str | Path) -> str:
+    """The text of a spec file, refused (a SpecError naming the file) before anything parses it when it
+    is a folder, unreadable, larger than :data:`~moesim.limits.MAX_SPEC_FILE_BYTES`, or not UTF-8 text."""
+    path = Path(path)
+    cap = MAX_SPEC_FILE_BYTES
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.load(fh, Loader=_LOADER)
+        if path.is_dir():
+            raise SpecError(str(path), [("(file)", "is a folder, not a spec file")])
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            raw = fh.read(cap + 1) if size <= cap else b""  # a pipe reports 0: read at most the cap
+    except FileNotFoundError:
+        raise SpecError(str(path), [("(file)", "does not exist")]) from None
+    except (OSError, ValueError) as exc:  # permissions, a name too long, a NUL byte in the name
+        why = getattr(exc, "strerror", None) or exc
+        raise SpecError(str(path)[:200], [("(file)", f"cannot read it: {why}")]) from None
+    if size > cap or len(raw) > cap:
+        raise SpecError(str(path), [("(file)", f"{fmt_bytes(max(size, len(raw)))} is above moesim's cap of "
+                                     f"{fmt_bytes(cap)} on spec files (real ones are a few KB): is it the right "
+                                     "file?")])
+    if b"\0" in raw:
+        raise SpecError(str(path), [("(file)", "binary content, not a YAML or JSON text file")])
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(str(path), [("(file)", f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}): "
+                                     "a binary file? a spec is YAML or JSON text")]) from None
+    return text.removeprefix("\ufeff")
+
+
+def check_shape(data: object, path: str | Path) -> None:
+    """Refuse a parsed spec of more than MAX_SPEC_VALUES values or nested deeper than MAX_SPEC_DEPTH (YAML
+    aliases counted each time they are used) before validation walks it."""
+    stack: list[tuple[object, int]] = [(data, 0)]
+    count = 0
+    while stack:
+        value, depth = stack.pop()
+        count += 1
+        if count > MAX_SPEC_VALUES:
+            raise SpecError(str(path), [("(file)", f"holds more than {MAX_SPEC_VALUES:,} values (repeated YAML "
+                                         "aliases counted each time): no spec is that large")])
+        if depth > MAX_SPEC_DEPTH:
+            raise SpecError(str(path), [("(file)", f"nested more than {MAX_SPEC_DEPTH} levels deep: no spec is")])
+        if isinstance(value, dict):
+            count += len(value)  # the keys
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend((v, depth + 1) for v in value)
+
+
+def unreadable_value(exc: Exception) -> str:
+    """Why a parser could not build a value, in words (not Python's advice on its own limits)."""
+    if "integer string conversion" in str(exc):
+        return "a number of thousands of digits"
+    return str(exc)
+
+
+def load_yaml(path: str | Path) -> dict:
+    """A YAML spec file as a mapping; every way it can be wrong is a SpecError naming the file."""
+    path = Path(path)
+    text = read_spec_text(path)
+    try:
+        data = yaml.load(text, Loader=_LOADER)
     except yaml.YAMLError as exc:
-        raise SpecError(str(path), [("(yaml)", str(exc).replace("\n", " "))]) from None
-    except OSError as exc:
-        raise SpecError(str(path), [("(file)", exc.strerror or str(exc))]) from None
+        raise SpecError(str(path), [("(yaml)", " ".join(str(exc).split()))]) from None
+    except RecursionError:
+        raise SpecError(str(path), [("(yaml)", f"nested more than {MAX_SPEC_DEPTH} levels deep: no spec is")]) from None
+    except (ValueError, TypeError, OverflowError) as exc:  # a value YAML cannot build, e.g. the date 2024-02-30
+        raise SpecError(str(path), [("(yaml)", f"cannot read a value: {unreadable_value(exc)}")]) from None
+    if data is None or (isinstance(data, str) and not data.strip()):
+        raise SpecError(str(path), [("(file)", "is empty; a spec is a YAML mapping of fields (name: ..., ...)")])
     if not isinstance(data, dict):
-        raise SpecError(str(path), [("(top level)", "expected a mapping of fields")])
+        raise SpecError(str(path), [("(top level)", "expected a mapping of fields (key: value lines), got "
+                                     + describe_type(data))])
+    check_shape(data, path)
     return data
 
 
@@ -61,8 +129,22 @@ def validate(cls: type[T], data: dict, path: str) -> T:
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
-        problems = [(".".join(str(p) for p in err["loc"]) or "(entry)", err["msg"]) for err in exc.errors()]
+        problems = [(".".join(str(p) for p in err["loc"]) or "(entry)", _message(err)) for err in exc.errors()]
         raise SpecError(path, problems) from None
+
+
+#: pydantic error types whose message reads better with the value that was given
+_SHOW_INPUT = ("finite_number", "greater_than", "greater_than_equal", "less_than", "less_than_equal", "literal_error")
+
+
+def _message(err) -> str:
+    """pydantic's message in words: without its prefixes, with the value given where it helps."""
+    msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    if err["type"] == "extra_forbidden":
+        return "unknown field (misspelt?)"
+    if err["type"].endswith(("_type", "_parsing")) or err["type"] in _SHOW_INPUT:
+        msg += f" (got {describe_type(err.get('input'))})"
+    return msg
 
 
 def load_spec_file(cls: type[T], path: str | Path) -> T:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import SpecError
+from ..errors import SpecError, describe_type
+from ..limits import MAX_DIM, MAX_EXPERTS, MAX_LAYERS
 from ..specs import ModelSpec
-from . import validate
+from . import check_shape, read_spec_text, unreadable_value, validate
 
 # keys that never change FLOPs, bytes or memory of inference
 IGNORED = {
@@ -34,6 +35,27 @@ IGNORED = {
     "final_logit_softcapping", "embedding_multiplier", "residual_multiplier", "logits_scaling", "num_nextn_predict_layers",
     "keys_to_ignore_at_inference", "id2label", "label2id", "tokenizer_class", "is_encoder_decoder",
 }
+
+#: whole-number fields of a config.json: (the least value, the most); null means "absent" where a field is optional.
+#: Where moesim reads 0 as "absent" (no query compression: q_lora_rank 0) the least is 0.
+_WHOLE: dict[str, tuple[int, int]] = {
+    **dict.fromkeys(("hidden_size", "num_attention_heads", "num_key_value_heads", "vocab_size", "intermediate_size",
+                     "moe_intermediate_size", "head_dim", "max_position_embeddings", "initial_context_length",
+                     "qk_nope_head_dim", "v_head_dim"), (1, MAX_DIM)),
+    **dict.fromkeys(("shared_expert_intermediate_size", "kv_lora_rank", "q_lora_rank", "qk_rope_head_dim",
+                     "sliding_window"), (0, MAX_DIM)),
+    "num_hidden_layers": (1, MAX_LAYERS),
+    **dict.fromkeys(("first_k_dense_replace", "decoder_sparse_step"), (0, MAX_LAYERS)),
+    **dict.fromkeys(("n_routed_experts", "num_local_experts", "num_experts", "num_experts_per_tok",
+                     "experts_per_token", "n_shared_experts"), (0, MAX_EXPERTS)),
+}
+#: fields every config needs (others have defaults or depend on the architecture)
+_REQUIRED = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+#: the field that gives the number of routed experts, by model_type (MoE architectures only)
+EXPERTS_FIELD = {"mixtral": "num_local_experts", "gpt_oss": "num_local_experts", "qwen2_moe": "num_experts",
+                 "qwen3_moe": "num_experts", "olmoe": "num_experts", "deepseek_v2": "n_routed_experts",
+                 "deepseek_v3": "n_routed_experts", "kimi_k2": "n_routed_experts", "glm4_moe": "n_routed_experts"}
+_EXPERT_KEYS = ("n_routed_experts", "num_local_experts", "num_experts")
 
 SUPPORTED = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3", "kimi_k2", "glm4_moe",
              "gpt_oss", "llama", "mistral", "qwen2", "qwen3")
@@ -91,7 +113,7 @@ def _convert(cfg: dict, path: Path) -> dict:
     if cfg.get("kv_lora_rank"):
         out["attention"] = {
             "kind": "mla", "num_heads": heads, "num_kv_heads": heads, "head_dim": cfg["v_head_dim"],
-            "q_lora_rank": cfg.get("q_lora_rank"), "kv_lora_rank": cfg["kv_lora_rank"],
+            "q_lora_rank": cfg.get("q_lora_rank") or None, "kv_lora_rank": cfg["kv_lora_rank"],
             "qk_nope_head_dim": cfg["qk_nope_head_dim"], "qk_rope_head_dim": cfg["qk_rope_head_dim"],
             "v_head_dim": cfg["v_head_dim"],
         }
@@ -128,12 +150,77 @@ def _convert(cfg: dict, path: Path) -> dict:
     return out
 
 
+def _check(cfg: dict) -> tuple[dict, list[tuple[str, str]]]:
+    """Each field of the kind and range it must have: (the config with whole numbers as ints, problems)."""
+    problems: list[tuple[str, str]] = []
+    out = dict(cfg)
+    for key in _REQUIRED:
+        if cfg.get(key) is None:
+            problems.append((key, "required field missing" if key not in cfg else "required, but null"))
+    for key, (least, most) in _WHOLE.items():
+        value = cfg.get(key)
+        if value is None:
+            continue
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            problems.append((key, f"must be a whole number, got {describe_type(value)}"))
+        elif not least <= value <= most:
+            rule = f"at most {most:,}" if value > most else "positive" if least else "at least 0"
+            shown = str(value) if abs(value) < 10**20 else f"a {len(str(abs(value)))}-digit number"
+            problems.append((key, f"must be {rule} (got {shown})"))
+        else:
+            out[key] = value
+    if "model_type" in cfg and cfg["model_type"] is not None and not isinstance(cfg["model_type"], str):
+        problems.append(("model_type", f"must be text, got {describe_type(cfg['model_type'])}"))
+    if cfg.get("tie_word_embeddings") is not None and not isinstance(cfg["tie_word_embeddings"], bool):
+        problems.append(("tie_word_embeddings",
+                         f"must be true or false, got {describe_type(cfg['tie_word_embeddings'])}"))
+    if cfg.get("quantization_config") is not None and not isinstance(cfg["quantization_config"], dict):
+        problems.append(("quantization_config", f"must be a mapping, got {describe_type(cfg['quantization_config'])}"))
+    types = cfg.get("layer_types")
+    if types is not None and not (isinstance(types, list) and all(isinstance(t, str) for t in types)):
+        problems.append(("layer_types", "must be a list of layer kinds (text)"))
+    if problems:
+        return out, problems
+    # relations between fields
+    heads, kv = out["num_attention_heads"], out.get("num_key_value_heads")
+    if kv and not out.get("kv_lora_rank") and heads % kv:
+        problems.append(("num_key_value_heads", f"{kv} does not divide num_attention_heads ({heads})"))
+    mtype = out.get("model_type")
+    experts_key = next((k for k in _EXPERT_KEYS if out.get(k)), None)
+    experts = out[experts_key] if experts_key else 0
+    if not experts and mtype in EXPERTS_FIELD:  # a dense architecture without experts is read as a dense model
+        zero = next((k for k in _EXPERT_KEYS if out.get(k) == 0), None)
+        problems.append((zero or EXPERTS_FIELD[mtype],
+                         f"0 routed experts: a {mtype} model has MoE layers (and moesim predicts Mixture-of-Experts "
+                         "models)" if zero else f"missing: a {mtype} config gives its number of routed experts here"))
+    elif experts:
+        top_key = "num_experts_per_tok" if "num_experts_per_tok" in out or "experts_per_token" not in out \
+            else "experts_per_token"
+        top_k = out.get(top_key)
+        if not top_k:
+            problems.append((top_key, f"{'missing' if top_k is None else 'must be positive (got 0)'}: the number "
+                             f"of experts each token is routed to (of the {experts} routed experts)"))
+        elif top_k > experts:
+            problems.append((top_key, f"{top_k} exceeds the {experts} routed experts ({experts_key})"))
+    return out, problems
+
+
 def model_from_hf_config(path: str | Path) -> ModelSpec:
+    """A ModelSpec from a Hugging Face config.json; every problem is a SpecError naming the file and the field."""
     path = Path(path)
+    text = read_spec_text(path)
     try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SpecError(str(path), [("(json)", str(exc))]) from None
+        cfg = json.loads(text)
+    except ValueError as exc:  # JSONDecodeError, a number too large
+        raise SpecError(str(path), [("(json)", f"not JSON: {unreadable_value(exc)}")]) from None
+    except RecursionError:
+        raise SpecError(str(path), [("(json)", "nested too deeply")]) from None
+    if not isinstance(cfg, dict):
+        raise SpecError(str(path), [("(top level)", "expected a JSON object of config fields, got "
+                                     + describe_type(cfg))])
+    check_shape(cfg, path)
     if "text_config" in cfg:
         raise SpecError(str(path), [("text_config", "multimodal configs (e.g. Llama 4) are not mapped; "
                                      "write a moesim YAML (models_db/ has examples)")])
@@ -141,6 +228,9 @@ def model_from_hf_config(path: str | Path) -> ModelSpec:
     if unknown:
         raise SpecError(str(path), [(k, "moesim cannot map this field (it may change the architecture)")
                                     for k in unknown])
+    cfg, problems = _check(cfg)
+    if problems:
+        raise SpecError(str(path), problems)
     try:
         data = _convert(cfg, path)
     except KeyError as exc:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
+import os
 from pathlib import Path
 
-from ..errors import MoesimError, UnknownNameError
+from pydantic import ValidationError
+
+from ..errors import MoesimError, UnknownNameError, kind_list
 from ..units import fmt_bytes
 from ..specs import AcceleratorSpec, ModelSpec, Platform, PlatformSpec
 from . import cpus, default_profile, gpus, links, load_spec_file, models, normalize, platforms
@@ -15,15 +19,15 @@ def get_model(model: str | Path | ModelSpec) -> ModelSpec:
     config.json, a folder holding one (a snapshot), or a Hugging Face id found in the local HF cache."""
     if isinstance(model, ModelSpec):
         return model
-    text = str(model)
+    text = _name_or_path("model", model, "a ModelSpec")
     path = Path(text)
-    if path.is_dir():
-        if not (path / "config.json").is_file():
+    if _is_dir(path):
+        if not _is_file(path / "config.json"):
             raise MoesimError(f"model folder {text!r} has no config.json")
         path = path / "config.json"
         text = str(path)
-    if text.endswith((".json", ".yaml", ".yml")) or (path.suffix and path.exists()):
-        if not path.exists():
+    if text.endswith((".json", ".yaml", ".yml")) or (path.suffix and _exists(path)):
+        if not _exists(path):
             raise MoesimError(f"model file {text!r} does not exist")
         if path.suffix == ".json":
             from .hf_config import model_from_hf_config
@@ -40,6 +44,8 @@ def get_model(model: str | Path | ModelSpec) -> ModelSpec:
         from .hf_config import model_from_hf_config
 
         return model_from_hf_config(cached)
+    if _is_file(path):  # a file without an extension: read as a moesim YAML
+        return load_spec_file(ModelSpec, path)
     try:
         return table.get(text)  # unknown: the error names the closest entries
     except UnknownNameError as exc:
@@ -47,6 +53,41 @@ def get_model(model: str | Path | ModelSpec) -> ModelSpec:
             exc.args = (exc.args[0] + f"; {text!r} is not any entry's hf_id and has no config.json in the local "
                         "Hugging Face cache: pass its config.json or snapshot folder",)
         raise
+
+
+def _name_or_path(what: str, value: object, spec: str) -> str:
+    """A name or a file path as text, or a MoesimError saying what ``what`` takes."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+        value = os.fsdecode(value) if isinstance(value, bytes) else value
+    if not isinstance(value, str):
+        raise MoesimError(f"{what} takes a name or a file path (text), or {spec}; got {repr(value)[:80]}")
+    if not value.strip():
+        raise MoesimError(f"{what} is empty: give a name or a file path (`moesim list {kind_list(what)}` shows "
+                          "the names)")
+    if "\0" in value:
+        raise MoesimError(f"{what} {value[:60]!r} holds a NUL character")
+    return value.strip()
+
+
+def _probe(test, path: Path) -> bool:
+    """``path.is_dir()`` and the like, False where the name cannot be a path here (too long, ...)."""
+    try:
+        return test(path)
+    except (OSError, ValueError):
+        return False
+
+
+def _exists(path: Path) -> bool:
+    return _probe(Path.exists, path)
+
+
+def _is_dir(path: Path) -> bool:
+    return _probe(Path.is_dir, path)
+
+
+def _is_file(path: Path) -> bool:
+    return _probe(Path.is_file, path)
 
 
 def hf_cache_config(repo_id: str) -> Path | None:
@@ -61,6 +102,19 @@ def hf_cache_config(repo_id: str) -> Path | None:
     configs = sorted(snapshots.glob("*/config.json"), key=lambda p: p.stat().st_mtime, reverse=True) \
         if snapshots.is_dir() else []
     return configs[0] if configs else None
+
+
+def _check_overrides(num_gpus: object, cpu: object, host_memory_bytes: object, pcie: object) -> None:
+    """The what-if overrides of get_hardware, each of the kind it takes (a MoesimError naming it otherwise)."""
+    if num_gpus is not None and (isinstance(num_gpus, bool) or not isinstance(num_gpus, int) or num_gpus < 1):
+        raise MoesimError(f"num_gpus takes a whole number of at least 1, got {num_gpus!r}")
+    for name, value in (("cpu", cpu), ("pcie", pcie)):
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise MoesimError(f"{name} takes a name (text), got {value!r}")
+    if host_memory_bytes is not None and (isinstance(host_memory_bytes, bool) or
+                                          not isinstance(host_memory_bytes, (int, float)) or
+                                          not math.isfinite(host_memory_bytes) or host_memory_bytes <= 0):
+        raise MoesimError(f"host_memory_bytes takes a finite number of bytes above 0, got {host_memory_bytes!r}")
 
 
 def default_platform_for(gpu: AcceleratorSpec) -> PlatformSpec | None:
@@ -107,6 +161,16 @@ def resolve_platform(
     bandwidth = spec.host_memory_bandwidth_bytes_per_s
     if cpu is not None or bandwidth is None:
         bandwidth = cpu_spec.memory_bandwidth_bytes_per_s * spec.num_cpus
+    try:
+        return _platform(changes, spec, gpu, num_gpus, cpu_spec, host_memory_bytes, bandwidth, host_link, gpu_link,
+                         empirical, calibration, notes)
+    except ValidationError as exc:  # what a platform is composed of does not fit together
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise MoesimError(f"platform {spec.name}: {problems}") from None
+
+
+def _platform(changes, spec, gpu, num_gpus, cpu_spec, host_memory_bytes, bandwidth, host_link, gpu_link, empirical,
+              calibration, notes) -> Platform:
     return Platform(
         name=f"{spec.name} (composed)" if changes else spec.name,
         gpu=gpu,
@@ -137,6 +201,7 @@ def get_hardware(
 
     Overrides compose a platform that no entry describes.
     """
+    _check_overrides(num_gpus, cpu, host_memory_bytes, pcie)
     overrides = dict(num_gpus=num_gpus, cpu=cpu, host_memory_bytes=host_memory_bytes, pcie=pcie)
     if isinstance(hardware, Platform):
         if any(v is not None for v in overrides.values()):
@@ -144,14 +209,19 @@ def get_hardware(
         return hardware
     if isinstance(hardware, PlatformSpec):
         return resolve_platform(hardware, **overrides)
-    text = str(hardware)
+    text = _name_or_path("hardware", hardware, "a Platform or a PlatformSpec")
+    path = Path(text)
     if text.endswith((".yaml", ".yml")):
-        return resolve_platform(load_spec_file(PlatformSpec, Path(text)), **overrides)
+        return resolve_platform(load_spec_file(PlatformSpec, path), **overrides)
     spec = platforms().find(text)
     if spec is not None:
         return resolve_platform(spec, **overrides)
     gpu = gpus().find(text)
     if gpu is None:
+        if _is_dir(path):
+            raise MoesimError(f"hardware {text!r} is a folder: give a platform or GPU name, or a platform YAML file")
+        if _is_file(path):  # a file without a YAML extension: read as one (a binary file is refused clearly)
+            return resolve_platform(load_spec_file(PlatformSpec, path), **overrides)
         suggestions = platforms().suggest(text, 2) + gpus().suggest(text, 3)
         raise UnknownNameError("hardware", text, suggestions[:4])
     host = default_platform_for(gpu)

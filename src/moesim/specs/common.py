@@ -30,9 +30,9 @@ def bytes_per_element(dtype: str) -> float:
 
 
 class Spec(BaseModel):
-    """Base of every spec: validated, immutable, unknown fields rejected."""
+    """Base of every spec: validated, immutable, unknown fields rejected, numbers finite."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
 
 class Source(Spec):

@@ -160,13 +160,13 @@ class PlatformSpec(Sourced):
     num_cpus: int = Field(ge=1, default=1)
     host_memory_bytes: float = Field(gt=0)
     host_memory_bandwidth_bytes_per_s: float | None = Field(
-        default=None, description="defaults to num_cpus x the CPU's memory bandwidth"
+        default=None, gt=0, description="defaults to num_cpus x the CPU's memory bandwidth"
     )
     host_link: str = Field(description="link between host and each GPU, e.g. pcie-gen4-x16")
     gpu_link: str | None = Field(default=None, description="GPU-GPU link; None = through PCIe")
     disk: DiskSpec
     default_for_gpu: str | None = Field(default=None, description="this platform is the default host of that GPU")
-    price_usd_excluding_gpus: float | None = None
+    price_usd_excluding_gpus: float | None = Field(default=None, ge=0)
 
 
 class Platform(Spec):

@@ -16,23 +16,25 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from ..errors import MoesimError
+from ..limits import MAX_DIM, MAX_EXPERTS, MAX_LAYERS
 from .common import BYTES_PER_ELEMENT, Sourced, Spec
 
 
 class AttentionSpec(Spec):
     kind: Literal["mha", "gqa", "mla"]
-    num_heads: int = Field(gt=0)
-    num_kv_heads: int = Field(gt=0)
-    head_dim: int = Field(gt=0, description="q/k/v head dim for MHA/GQA; v_head_dim for MLA")
+    num_heads: int = Field(gt=0, le=MAX_DIM)
+    num_kv_heads: int = Field(gt=0, le=MAX_DIM)
+    head_dim: int = Field(gt=0, le=MAX_DIM, description="q/k/v head dim for MHA/GQA; v_head_dim for MLA")
     # MLA (DeepSeek-V2 section 2.1): latent ranks and the split of the query/key head dim.
-    q_lora_rank: int | None = None
-    kv_lora_rank: int | None = None
-    qk_nope_head_dim: int | None = None
-    qk_rope_head_dim: int | None = None
-    v_head_dim: int | None = None
+    q_lora_rank: int | None = Field(default=None, gt=0, le=MAX_DIM)
+    kv_lora_rank: int | None = Field(default=None, gt=0, le=MAX_DIM)
+    qk_nope_head_dim: int | None = Field(default=None, gt=0, le=MAX_DIM)
+    qk_rope_head_dim: int | None = Field(default=None, ge=0, le=MAX_DIM)
+    v_head_dim: int | None = Field(default=None, gt=0, le=MAX_DIM)
     # Windowed attention: which layers attend within a window, repeating pattern.
     window_kind: Literal["sliding", "chunked"] | None = None
-    window_tokens: int | None = None
+    window_tokens: int | None = Field(default=None, gt=0, le=MAX_DIM)
     window_layer_pattern: tuple[bool, ...] = Field(
         default=(), description="repeating per-layer pattern, True = windowed layer (e.g. gpt-oss: [true, false])"
     )
@@ -102,15 +104,16 @@ class AttentionSpec(Spec):
 
 
 class MoESpec(Spec):
-    num_experts: int = Field(gt=0)
-    top_k: int = Field(gt=0)
-    expert_intermediate_size: int = Field(gt=0)
-    num_shared_experts: int = Field(ge=0, default=0)
+    num_experts: int = Field(gt=0, le=MAX_EXPERTS)
+    top_k: int = Field(gt=0, le=MAX_EXPERTS)
+    expert_intermediate_size: int = Field(gt=0, le=MAX_DIM)
+    num_shared_experts: int = Field(ge=0, le=MAX_EXPERTS, default=0)
     shared_expert_intermediate_size: int | None = Field(
-        default=None, description="per shared expert; defaults to expert_intermediate_size"
+        default=None, gt=0, le=MAX_DIM, description="per shared expert; defaults to expert_intermediate_size"
     )
-    first_k_dense: int = Field(ge=0, default=0, description="the first k layers have a dense FFN")
-    layer_freq: int = Field(ge=1, default=1, description="after first_k_dense, every layer_freq-th layer is MoE")
+    first_k_dense: int = Field(ge=0, le=MAX_LAYERS, default=0, description="the first k layers have a dense FFN")
+    layer_freq: int = Field(ge=1, le=MAX_LAYERS, default=1,
+                            description="after first_k_dense, every layer_freq-th layer is MoE")
     gated: bool = True
     router: Literal["softmax", "sigmoid"] = "softmax"
     router_bias: bool = False
@@ -137,7 +140,7 @@ class MoESpec(Spec):
 
 
 class DenseFFNSpec(Spec):
-    intermediate_size: int = Field(gt=0)
+    intermediate_size: int = Field(gt=0, le=MAX_DIM)
     gated: bool = True
 
 
@@ -170,11 +173,11 @@ class ModelSpec(Sourced):
 
     family: str
     hf_id: str | None = None
-    num_layers: int = Field(gt=0)
-    hidden_size: int = Field(gt=0)
-    vocab_size: int = Field(gt=0)
+    num_layers: int = Field(gt=0, le=MAX_LAYERS)
+    hidden_size: int = Field(gt=0, le=MAX_DIM)
+    vocab_size: int = Field(gt=0, le=MAX_DIM)
     tie_word_embeddings: bool = False
-    max_context_tokens: int = Field(gt=0)
+    max_context_tokens: int = Field(gt=0, le=MAX_DIM)
     default_dtype: str = "bf16"
     expert_dtype: str | None = Field(default=None, description="routed-expert weight dtype if it differs (gpt-oss: mxfp4)")
     attention: AttentionSpec
@@ -310,20 +313,54 @@ class ModelSpec(Sourced):
         return total
 
     # ---- synthetic variants for sweeps ----------------------------------------------------------
+    # Each raises MoesimError saying the rule broken in words ("top-k 9 exceeds Mixtral-8x7B's 8 routed experts").
     def with_experts(self, num_experts: int) -> "ModelSpec":
-        return self._with_moe(num_experts=num_experts, top_k=min(self.moe.top_k, num_experts))  # type: ignore[union-attr]
+        """The same model with ``num_experts`` routed experts (top-k lowered to fit where needed)."""
+        moe = self._moe_to_vary("the number of experts")
+        n = _whole("the number of experts", num_experts, MAX_EXPERTS)
+        return self._with_moe(num_experts=n, top_k=min(moe.top_k, n))
 
     def with_top_k(self, top_k: int) -> "ModelSpec":
-        return self._with_moe(top_k=top_k)
+        """The same model routing each token to ``top_k`` experts."""
+        moe = self._moe_to_vary("top-k")
+        k = _whole("top-k", top_k, MAX_EXPERTS)
+        if k > moe.num_experts:
+            raise MoesimError(f"top-k {k} exceeds {self.name}'s {moe.num_experts} routed experts (a token picks "
+                              "top-k distinct experts)")
+        return self._with_moe(top_k=k)
 
     def with_expert_ffn(self, intermediate: int) -> "ModelSpec":
-        return self._with_moe(expert_intermediate_size=intermediate)
+        """The same model with experts of FFN (intermediate) size ``intermediate``."""
+        self._moe_to_vary("the expert FFN size")
+        return self._with_moe(expert_intermediate_size=_whole("the expert FFN size", intermediate, MAX_DIM))
+
+    def _moe_to_vary(self, what: str) -> MoESpec:
+        if self.moe is None:
+            raise MoesimError(f"{self.name} has no MoE layers: {what} cannot be varied")
+        return self.moe
 
     def _with_moe(self, **update) -> "ModelSpec":
-        if self.moe is None:
-            raise ValueError(f"{self.name} has no MoE layers")
-        moe = MoESpec.model_validate({**self.moe.model_dump(), **update})
+        from pydantic import ValidationError
+
+        moe = self._moe_to_vary(", ".join(update))
         tag = ",".join(f"{k}={v}" for k, v in update.items())
-        return ModelSpec.model_validate(
-            {**self.model_dump(), "moe": moe.model_dump(), "name": f"{self.name}[{tag}]", "published": None}
-        )
+        try:
+            varied = MoESpec.model_validate({**moe.model_dump(), **update})
+            return ModelSpec.model_validate(
+                {**self.model_dump(), "moe": varied.model_dump(), "name": f"{self.name}[{tag}]", "published": None}
+            )
+        except ValidationError as exc:  # a rule not checked above: said in words, without pydantic's URL
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'model'}: "
+                                 f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
+            raise MoesimError(f"{self.name} with {tag} is not a valid model: {problems}") from None
+
+
+def _whole(what: str, value: object, most: int) -> int:
+    """A whole number from 1 to ``most``, or a MoesimError saying what ``what`` takes."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MoesimError(f"{what} takes a whole number, got {value!r}")
+    if not 1 <= value <= most:
+        raise MoesimError(f"{what} must be from 1 to {most:,} (got {value})")
+    return value

@@ -45,7 +45,7 @@ class OnlineWorkload(Spec):
     num_requests: int = Field(ge=1, default=1000)
     prompt: LengthDistribution
     gen: LengthDistribution
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _check(self) -> "OnlineWorkload":
