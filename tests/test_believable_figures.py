@@ -90,10 +90,10 @@ def test_ktransformers_cpu_reads_count_against_host_dram_bandwidth():
 
 
 def test_llama_cpp_with_every_layer_on_the_cpu_leaves_the_gpu_out_of_the_peaks():
-    """DeepSeek-R1 on C2 with llama.cpp: no layer and not the LM head fit on the A5000, so a decode step is all
-    the CPU's: S-MBU over host DRAM alone, S-MFU over the CPU's bf16 peak alone."""
+    """DeepSeek-R1 on the L4 server with llama.cpp: no layer and not the LM head fit on the L4, so a decode step
+    is all the CPU's: S-MBU over host DRAM alone, S-MFU over the CPU's bf16 peak alone."""
     work = {"num_requests": 16, "prompt_tokens": 128, "gen_tokens": 32}
-    ctx = _ctx("deepseek-r1", "c2", work)
+    ctx = _ctx("deepseek-r1", "l4", work)
     plan = get_system("llama-cpp")().plan(ctx)
     assert plan.config["n_gpu_layers"] == 0 and not plan.config["output_on_gpu"]
     pred = _prediction(ctx, plan, {}, [])
@@ -119,9 +119,9 @@ def test_gpu_only_systems_keep_moe_caps_denominator():
 
 # ---- 3. dense MBU / MFU are dense-equivalent, not clamped --------------------------------------------------
 def test_dense_mbu_is_labelled_dense_equivalent_and_not_clamped():
-    pred = moesim.predict("deepseek-r1", "c2", "llama-cpp", {"num_requests": 1, "prompt_tokens": 1024,
-                                                               "gen_tokens": 256, "batch_size": 1})
-    assert pred.mbu > 1 >= pred.s_mbu > 0  # every expert counted against a step that reads 8 of 256 per layer
+    pred = moesim.predict("kimi-k2", "c2", "llama-cpp", {"num_requests": 1, "prompt_tokens": 1024,
+                                                           "gen_tokens": 256, "batch_size": 1})
+    assert pred.mbu > 1 >= pred.s_mbu > 0  # every expert counted against a step that reads 8 of 384 per layer
     fields = Prediction.model_json_schema()["properties"]
     assert "dense-equivalent" in fields["mbu"]["description"].lower()
     assert "dense-equivalent" in fields["mfu"]["description"].lower()
@@ -171,10 +171,11 @@ def test_flexgen_host_shortfall_is_exactly_what_makes_it_fit():
 
 
 def test_flexgen_gpu_limit_is_that_of_the_smallest_gpu_batch_tried():
-    """An 8000-token prompt: the smallest GPU batch of the grid (2) has a 68.6 GB score matrix and activations on an
-    80 GB H100; the check used a batch of 1, which fits, and fell through to "short by 0 B"."""
+    """A 9000-token prompt: the smallest GPU batch of the grid (2) has an 86.4 GB working set (score matrix and
+    activations) on an H100 PCIe with 83.4 GB usable; the check used a batch of 1, which fits, and fell through to
+    "short by 0 B"."""
     with pytest.raises(InfeasibleError) as err:
-        moesim.predict("deepseek-r1", "h100-pcie", "flexgen", {"num_requests": 1000, "prompt_tokens": 8000,
+        moesim.predict("deepseek-r1", "h100-pcie", "flexgen", {"num_requests": 1000, "prompt_tokens": 9000,
                                                               "gen_tokens": 1}, host_memory_bytes=64e9)
     assert "GPU batch of 2" in str(err.value)
     assert all(x > 1e9 for x in _short_by(str(err.value)))

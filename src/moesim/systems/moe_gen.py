@@ -286,7 +286,8 @@ class MoEGen(ServingSystem):
     def _moe_block(self, ctx: Context, tokens: float, slots: int, disk_fraction: float):
         """The MoE part of every MoE layer of a pass on ``tokens`` tokens: router (with dispatch and
         combine), shared experts, then the activated experts in at most ``max_tasks_per_module`` chunks,
-        each chunk's weights copied into the expert ring (room for ``slots`` experts) while the chunk
+        (more where a chunk would not fit the ring), each chunk's weights copied into the expert ring (room for
+        ``slots`` experts) while the chunk
         before it computes on the whole batch. Returns ``(build, expert ring bytes)``;
         ``build(eng, i, after, prev_copy, on_routed)`` submits layer ``i``'s tasks after task ``after``,
         calls ``on_routed(task)`` once the router and shared experts are submitted (the dense-module
@@ -296,7 +297,9 @@ class MoEGen(ServingSystem):
         cap = self.params.max_tasks_per_module
         active = ctx.active_experts(tokens)
         routed = tokens * m.moe.top_k
-        n_chunks = max(1, min(cap, math.ceil(active)))
+        # at most ``max_tasks_per_module`` chunks, but never one larger than the ring's ``slots`` experts: the ring
+        # holds whole chunks, and the fit check reserved room for ``slots`` experts only
+        n_chunks = max(1, min(cap, math.ceil(active)), math.ceil(active / slots))
         per_chunk = active / n_chunks
         chunk_slots = max(1, int(slots // math.ceil(per_chunk)))
         chunk_bytes = per_chunk * ctx.expert_weight_bytes
