@@ -121,3 +121,9 @@ def test_calibrate_writes_where_it_says(tmp_path):
                           capture_output=True, text=True, timeout=300, cwd=root)
     assert proc.returncode == 0, proc.stderr
     assert f"wrote {tmp_path / 'h200.yaml'}" in proc.stdout and (tmp_path / "h200.yaml").is_file()
+
+
+def test_a_gpu_board_holds_the_gpus_it_has():
+    with pytest.raises(MoesimError, match=r"HGX H200 is a board of 8 GPUs joined by nvlink4; --gpus 16 would need 2"):
+        moesim.get_hardware("hgx-h200", num_gpus=16)
+    assert moesim.get_hardware("hgx-h200", num_gpus=4).num_gpus == 4

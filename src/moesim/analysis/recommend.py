@@ -196,12 +196,13 @@ def _infeasible_reason(msg: str) -> str:
 def recommend(model: str, target_tok_s: float, max_tpot_s: float | None = None, budget_usd: float | None = None,
               scenario: str = "offline", dtypes: tuple[str, ...] | list[str] = ("bf16", "fp8", "int4"),
               platforms: list[str] | None = None, *, usd_per_kwh: float | None = None,
-              amortization_years: float | None = None, **knobs: Any) -> list[Recommendation]:
+              amortization_years: float | None = None, progress: bool = False, **knobs: Any) -> list[Recommendation]:
     """Ranked configurations for serving ``model`` at ``target_tok_s`` (see the module docstring).
 
     ``knobs``: Scenario fields every prediction takes (workload, KV dtype, router skew, ...);
     hardware, system, dtype and GPU count are what recommend searches."""
     from .cap import classify
+    from .sweep import _Progress
     from .pricing import DEFAULT_AMORTIZATION_YEARS, DEFAULT_USD_PER_KWH, cost_of
     from ..db.resolve import get_model
     from ..specs.common import BYTES_PER_ELEMENT
@@ -229,12 +230,18 @@ def recommend(model: str, target_tok_s: float, max_tpot_s: float | None = None, 
     kwh = DEFAULT_USD_PER_KWH if usd_per_kwh is None else usd_per_kwh
     years = DEFAULT_AMORTIZATION_YEARS if amortization_years is None else amortization_years
     rows: list[Recommendation] = []
-    for plat_name, n in hardware_candidates(platforms):
-        platform = _platform(plat_name, n)
-        label = plat_name if n == platform_listed_gpus(plat_name) else f"{plat_name} ({n} GPU{'s' if n > 1 else ''})"
-        for dtype in dtypes:
-            rows.append(_evaluate(name, plat_name, n, label, platform, dtype, dtypes, scenario, target_tok_s,
-                                  max_tpot_s, budget_usd, kwh, years, cost_of, classify, knob_key))
+    candidates = hardware_candidates(platforms)
+    bar = _Progress(len(candidates) * len(dtypes), progress, label="recommend", unit="configs")
+    try:
+        for plat_name, n in candidates:
+            platform = _platform(plat_name, n)
+            label = plat_name if n == platform_listed_gpus(plat_name) else f"{plat_name} ({n} GPU{'s' if n > 1 else ''})"
+            for dtype in dtypes:
+                rows.append(_evaluate(name, plat_name, n, label, platform, dtype, dtypes, scenario, target_tok_s,
+                                      max_tpot_s, budget_usd, kwh, years, cost_of, classify, knob_key))
+                bar.update(1)
+    finally:
+        bar.close()
     rows.sort(key=_sort_key)
     ranked: list[Recommendation] = []
     best: Recommendation | None = None

@@ -395,8 +395,10 @@ class _Appender:
 
 # ---- progress --------------------------------------------------------------------------------
 class _Progress:
-    def __init__(self, total: int, enabled: bool, stream=None, width: int = 30):
+    def __init__(self, total: int, enabled: bool, stream=None, width: int = 30, label: str = "sweep",
+                 unit: str = "pts"):
         self.total, self.enabled, self.stream, self.width = total, enabled and total > 0, stream or sys.stderr, width
+        self.label, self.unit = label, unit
         self.done, self.t0, self.shown, self.drawn = 0, time.perf_counter(), 0.0, -1
         if self.enabled:
             self._draw()
@@ -416,7 +418,7 @@ class _Progress:
         eta = (self.total - self.done) / rate if rate > 0 else float("nan")
         bar = "#" * int(frac * self.width) + "-" * (self.width - int(frac * self.width))
         eta_text = f"eta {eta:5.0f} s" if eta == eta else "eta     ?"
-        self.stream.write(f"\rsweep [{bar}] {self.done}/{self.total} {rate:7.1f} pts/s {eta_text}")
+        self.stream.write(f"\r{self.label} [{bar}] {self.done}/{self.total} {rate:7.1f} {self.unit}/s {eta_text}")
         self.stream.flush()
 
     def close(self) -> None:

@@ -8,6 +8,7 @@ nothing heavy until run).
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 
 from ..errors import MoesimError
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     platforms = [p.strip() for p in args.platforms.split(",") if p.strip()] if args.platforms else None
     recs = recommend(model, args.target_tok_s, max_tpot_s=args.max_tpot, budget_usd=args.budget,
                      scenario=args.scenario, dtypes=dtypes, platforms=platforms, usd_per_kwh=args.usd_per_kwh,
-                     amortization_years=args.years, **knobs)
+                     amortization_years=args.years, progress=sys.stderr.isatty(), **knobs)
     if args.json:
         print(json.dumps([r.model_dump() for r in recs], indent=2))
     else:

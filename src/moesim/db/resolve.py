@@ -139,6 +139,10 @@ def resolve_platform(
     host_link = links().get(pcie or spec.host_link)
     gpu_link = links().get(spec.gpu_link) if spec.gpu_link else None
     notes = list(assumptions)
+    if num_gpus is not None and spec.gpu_link is not None and num_gpus > spec.num_gpus:
+        raise MoesimError(f"{spec.name} is a board of {spec.num_gpus} GPUs joined by {spec.gpu_link}; --gpus {num_gpus} "
+                          f"would need {-(-num_gpus // spec.num_gpus)} of them, and several nodes are not modelled: "
+                          f"use --gpus {spec.num_gpus} or fewer")
     if num_gpus is not None and num_gpus != spec.num_gpus and spec.gpu_link is None and num_gpus > 1:
         notes.append(f"{num_gpus} GPUs talk to each other over {host_link.name} (no GPU-GPU link in {spec.name})")
     empirical = gpu.empirical or default_profile()
