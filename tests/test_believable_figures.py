@@ -224,7 +224,8 @@ def test_tensor_parallel_kv_heads_split_or_replicate_evenly():
     def ctx_with(heads, kv, gpus):
         model = spec.model_copy(update={"attention": spec.attention.model_copy(
             update={"num_heads": heads, "num_kv_heads": kv})})
-        return Context(model, moesim.get_hardware("h100-sxm", num_gpus=gpus), OfflineWorkload(**work), Options())
+        # a PCIe host (no fixed board size), so that 12 and 16 GPUs reach the tensor-parallel rule itself
+        return Context(model, moesim.get_hardware("rtx4090", num_gpus=gpus), OfflineWorkload(**work), Options())
 
     require_tensor_parallel(ctx_with(32, 8, 16), "vllm")  # 16 GPUs: each of the 8 KV heads on 2 of them
     require_tensor_parallel(ctx_with(40, 8, 4), "vllm")  # 2 KV heads per GPU

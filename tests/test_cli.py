@@ -60,6 +60,8 @@ def test_list_and_show():
     assert "moe-gen" in run("list", "systems").stdout
     assert "DeepSeek-R1" in run("list", "models").stdout
     shown = run("show", "model", "DeepSeek-R1")
+    assert shown.returncode == 0 and "KV latent 512" in shown.stdout
+    shown = run("show", "model", "DeepSeek-R1", "--yaml")
     assert shown.returncode == 0 and "kv_lora_rank: 512" in shown.stdout
 
 

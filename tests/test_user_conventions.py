@@ -127,3 +127,13 @@ def test_a_gpu_board_holds_the_gpus_it_has():
     with pytest.raises(MoesimError, match=r"HGX H200 is a board of 8 GPUs joined by nvlink4; --gpus 16 would need 2"):
         moesim.get_hardware("hgx-h200", num_gpus=16)
     assert moesim.get_hardware("hgx-h200", num_gpus=4).num_gpus == 4
+
+
+def test_show_model_and_hardware_for_people_and_as_yaml():
+    proc = run("show", "model", "deepseek-v2")
+    assert proc.returncode == 0
+    assert "160 routed (top-6, FFN 1536) + 2 shared" in proc.stdout and "235.7B total, 21.4B active" in proc.stdout
+    proc = run("show", "hw", "c2")
+    assert "1 x RTX A5000" in proc.stdout and "1 x AMD EPYC 7453" in proc.stdout
+    proc = run("show", "model", "mixtral-8x7b", "--yaml")
+    assert proc.stdout.startswith("name: Mixtral-8x7B")

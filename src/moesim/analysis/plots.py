@@ -19,6 +19,8 @@ empty figure.
 
 from __future__ import annotations
 
+import sys
+
 import re
 from pathlib import Path
 from typing import Any
@@ -203,7 +205,7 @@ def _batch_sweep(model: Any, hardware: Any, systems: list[str], batch_sizes, wor
         raise MoesimError("batch plots take model and hardware names (sweeps record names)")
     grid = Grid({**{k: v for k, v in kw.items() if v is not None}, "model": model, "hardware": hardware,
                  "system": systems, "batch_size": list(batch_sizes)})
-    return run_sweep(grid, None, workers=workers, progress=False)
+    return run_sweep(grid, None, workers=workers, progress=sys.stderr.isatty())
 
 
 # ---- throughput vs batch size ----------------------------------------------------------------

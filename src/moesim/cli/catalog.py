@@ -13,6 +13,7 @@ def add_parsers(subparsers) -> None:
     sh = subparsers.add_parser("show", help="show one entry")
     sh.add_argument("what", choices=["model", "hw", "system"])
     sh.add_argument("name")
+    sh.add_argument("--yaml", action="store_true", help="the whole resolved entry as YAML")
 
 
 def list_entries(args: argparse.Namespace) -> int:
@@ -44,8 +45,61 @@ def show(args: argparse.Namespace) -> int:
         print(system_text(args.name))
         return 0
     spec = get_model(args.name) if args.what == "model" else get_hardware(args.name)
-    print(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    if args.yaml:
+        print(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    else:
+        print(model_text(spec) if args.what == "model" else hardware_text(spec))
     return 0
+
+
+def _rows(rows: list[tuple[str, str]]) -> str:
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows if v)
+
+
+def model_text(m) -> str:
+    """A model for people: sizes, attention, experts, dtype and context (``--yaml`` for every field)."""
+    a, moe = m.attention, m.moe
+    attention = f"{a.kind}, {a.num_heads} heads ({a.num_kv_heads} KV), head dim {a.head_dim}"
+    if a.kind == "mla":
+        attention += f", KV latent {a.kv_lora_rank} + rope {a.qk_rope_head_dim}"
+    if a.window_tokens:
+        attention += f", {a.window_kind} window {a.window_tokens} tokens"
+    experts = (f"{moe.num_experts} routed (top-{moe.top_k}, FFN {moe.expert_intermediate_size})"
+               + (f" + {moe.num_shared_experts} shared" if moe.num_shared_experts else "")
+               + (f"; first {moe.first_k_dense} layers dense" if moe.first_k_dense else "")) if moe else "none (dense)"
+    return _rows([
+        ("model", m.name + (f" ({m.hf_id})" if m.hf_id else "")),
+        ("parameters", f"{m.total_params / 1e9:.1f}B total, {m.active_params() / 1e9:.1f}B active per token"),
+        ("layers", f"{m.num_layers}, hidden {m.hidden_size}, vocabulary {m.vocab_size}"),
+        ("attention", attention),
+        ("experts", experts),
+        ("weights", m.default_dtype + (f" (experts {m.expert_dtype})" if m.expert_dtype else "")
+         + f", {fmt_bytes(m.weight_bytes())}"),
+        ("context", f"{m.max_context_tokens} tokens"),
+        ("sources", "; ".join(getattr(src, "title", None) or str(src) for src in m.sources)),
+    ])
+
+
+def hardware_text(p) -> str:
+    """A platform for people: GPUs, CPU, memory, links, disk and calibration (``--yaml`` for every field)."""
+    g = p.gpu
+    bf16 = g.peak_flop_per_s.get("bf16")
+    rows = [
+        ("platform", p.name),
+        ("GPUs", f"{p.num_gpus} x {g.name}: {fmt_bytes(g.memory_bytes)}, {fmt_rate(g.memory_bandwidth_bytes_per_s, 'B/s')}"
+                 + (f", {fmt_rate(bf16, 'FLOP/s')} bf16 dense" if bf16 else "")),
+        ("GPU link", p.gpu_link.name if p.gpu_link else "none (GPUs talk over the host link)"),
+        ("CPU", f"{p.num_cpus} x {p.cpu.name}"),
+        ("host memory", f"{fmt_bytes(p.host_memory_bytes)}, {fmt_rate(p.host_memory_bandwidth_bytes_per_s, 'B/s')}"),
+        ("host link", p.host_link.name),
+        ("disk", f"{p.disk.name}: {fmt_bytes(p.disk.capacity_bytes)}, {fmt_rate(p.disk.read_bytes_per_s, 'B/s')} read"),
+        ("calibrated", "yes" if p.calibration is not None or p.empirical.calibrated else "no (default efficiency profile)"),
+    ]
+    text = _rows(rows)
+    if p.assumptions:
+        text += "\n\nassumptions:\n" + "\n".join(f"  - {a}" for a in p.assumptions)
+    return text
 
 
 def system_text(name: str) -> str:
