@@ -80,7 +80,7 @@ def _variant(model: ModelSpec, num_experts: int | None, top_k: int | None, exper
     variant that breaks a rule is a MoesimError saying the rule in words."""
     if (num_experts or top_k or expert_ffn) and model.moe is None:
         raise MoesimError(f"{model.name} has no MoE layers to vary")
-    if top_k and num_experts and isinstance(top_k, int) and isinstance(num_experts, int) and top_k > num_experts:
+    if top_k and num_experts and top_k > num_experts:
         raise MoesimError(f"top-k {top_k} exceeds the {num_experts} routed experts asked for (--experts "
                           f"{num_experts}); a token picks top-k distinct experts")
     try:
@@ -224,12 +224,13 @@ def plan_for(model: ModelSpec, platform: Platform, system: str, workload: Offlin
         raise MoesimError("system parameters need a named --system (auto compares every system at its defaults)")
     plans: dict[str, tuple[Context, Plan]] = {}
     compared: dict[str, str] = {}
+    one_gpu: list[Context] = []  # the one-GPU context, shared by every single-GPU system (and its memos)
     for name, cls in SYSTEMS.items():
         if options.speculative and not cls.supports_speculative:
             compared[name] = "skipped: speculative decoding not modelled for this system"
             continue
         try:
-            plans[name] = _plan_in_auto(cls, ctx)
+            plans[name] = _plan_in_auto(cls, ctx, one_gpu)
         except (InfeasibleError, SimulationError) as exc:  # one system's overflow never aborts the comparison
             compared[name] = f"infeasible: {exc}"
     if not plans:
@@ -246,13 +247,17 @@ def plan_for(model: ModelSpec, platform: Platform, system: str, workload: Offlin
     return plans[best][0], plans[best][1], compared
 
 
-def _plan_in_auto(cls, ctx: Context) -> tuple[Context, Plan]:
+def _plan_in_auto(cls, ctx: Context, one_gpu: list[Context]) -> tuple[Context, Plan]:
     """``cls``'s plan for ``auto``; a system modelled on one GPU runs on one GPU of a multi-GPU platform (so
-    that more GPUs never make ``auto``'s answer worse), and says so."""
+    that more GPUs never make ``auto``'s answer worse), and says so. ``one_gpu`` holds that one-GPU context
+    once made, so the single-GPU systems share its memoised passes as they share ``ctx``'s."""
     try:
         return ctx, cls().plan(ctx)
     except SingleGPUError as exc:
-        one = Context(ctx.model, ctx.platform.model_copy(update={"num_gpus": 1}), ctx.workload, ctx.options)
+        if not one_gpu:
+            one_gpu.append(Context(ctx.model, ctx.platform.model_copy(update={"num_gpus": 1}), ctx.workload,
+                                   ctx.options))
+        one = one_gpu[0]
         plan = cls().plan(one)
         plan.notes.append(f"runs on 1 of the platform's {ctx.platform.num_gpus} GPUs: {exc}")
         return one, plan

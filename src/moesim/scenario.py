@@ -40,8 +40,8 @@ class Flag:
 
     ``flags``: option strings (the first is the canonical one; others are aliases);
     ``group``: the argument group; ``parse``: how text becomes a value (``bytes``: sizes such as
-    512GB; ``key_value``: repeatable KEY=VALUE pairs; ``floats``: comma-separated numbers or a file;
-    None: by the field's type); ``invert``: a store-true flag that sets a boolean field False;
+    512GB; ``key_value``: repeatable KEY=VALUE pairs; ``file``: a path, kept as text (the numbers it
+    holds are read when the scenario is resolved); None: by the field's type); ``invert``: a store-true flag that sets a boolean field False;
     ``aliases``: short names a sweep grid also accepts.
     """
 
@@ -139,7 +139,7 @@ class Scenario(BaseModel):
     zipf_s: Annotated[float, Field(ge=0, allow_inf_nan=False), Flag(("--zipf",), "execution", aliases=("zipf",))] = 0.0
     """Router skew: Zipf exponent of expert popularity (0 = uniform)."""
     expert_histogram: Annotated[Union[str, tuple[float, ...], None], Flag(("--expert-histogram",), "execution",
-                                                                          parse="floats", metavar="FILE")] = None
+                                                                          parse="file", metavar="FILE")] = None
     """Measured per-expert activation counts: a JSON file (a list, or {"counts": [...]}) or the numbers."""
     mla_absorbed: Annotated[bool, Flag(("--no-mla-absorption",), "execution", invert=True)] = True
     """MLA decode absorbs the up-projections (off: the cached latent is up-projected every step, as Hugging Face DeepSeek code does)."""
@@ -267,7 +267,7 @@ def value_kind(name: str) -> type:
         return float
     if flag.parse == "key_value":
         return dict
-    if flag.parse == "floats":
+    if flag.parse == "file":
         return str
     kinds = [a for a in _flatten(info.annotation) if a is not type(None)]
     for kind in (bool, int, float):
