@@ -128,3 +128,40 @@ def test_a_sweep_point_with_an_arrival_rate_is_served_online():
     assert recs[1]["ttft_p99_s"] == pytest.approx(direct.ttft_s.p99, rel=1e-12)
     assert recs[1]["tpot_s"] == pytest.approx(direct.tpot_s.p50, rel=1e-12)
     assert all(r["tpot_s"] <= r["tpot_p99_s"] for r in recs)
+
+
+def _help_of(command: str) -> dict[str, str]:
+    sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    return {a.option_strings[0]: a.help or "" for a in sub._actions if a.option_strings}
+
+
+def test_help_gives_the_unit_of_every_number_and_every_default():
+    """Issue 11: `--help` states each numeric flag's unit and each flag's default (system parameters: per
+    owning system)."""
+    helps = _help_of("predict")
+    for name, (info, flag) in sc.fields().items():
+        if flag.invert or name in ("model", "hardware", "system_params"):
+            continue
+        text = helps[flag.flags[0]]
+        assert "default" in text, (flag.flags[0], text)
+        if sc.value_kind(name) in (int, float):
+            assert flag.unit and f"[{flag.unit}]" in text, (flag.flags[0], text)
+    from moesim.systems import SYSTEMS
+
+    for cls in SYSTEMS.values():
+        for pname, info in cls.Params.model_fields.items():
+            flag = "--" + pname.replace("_", "-")
+            if pname in sc.fields():
+                continue
+            assert info.description, f"{cls.name}.{pname} has no description (its help text)"
+            assert f"{cls.name}" in helps[flag] and "default" in helps[flag], (flag, helps[flag])
+    assert "[GiB]" in helps["--cpu-offload-gb"] and "default 0.0" in helps["--cpu-offload-gb"]
+
+
+def test_byte_sized_system_parameters_take_units():
+    from moesim.systems import get_system
+
+    assert get_system("moe-gen")({"host_kv_bytes": "64GiB"}).params.host_kv_bytes == 64 * 2**30
+    assert get_system("moe-gen")({"host_kv_bytes": 2**30}).params.host_kv_bytes == 2**30
+    with pytest.raises(MoesimError, match="needs a unit"):
+        get_system("moe-gen")({"host_kv_bytes": "64"})

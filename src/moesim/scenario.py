@@ -42,7 +42,8 @@ class Flag:
     ``group``: the argument group; ``parse``: how text becomes a value (``bytes``: sizes such as
     512GB; ``key_value``: repeatable KEY=VALUE pairs; ``file``: a path, kept as text (the numbers it
     holds are read when the scenario is resolved); None: by the field's type); ``invert``: a store-true flag that sets a boolean field False;
-    ``aliases``: short names a sweep grid also accepts.
+    ``aliases``: short names a sweep grid also accepts; ``unit``: what the number counts, shown in ``--help``
+    and used as the flag's metavar.
     """
 
     flags: tuple[str, ...]
@@ -51,6 +52,7 @@ class Flag:
     invert: bool = False
     metavar: str | None = None
     aliases: tuple[str, ...] = ()
+    unit: str | None = None
 
 
 #: Argument groups, in the order the CLI lists them.
@@ -100,33 +102,34 @@ class Scenario(BaseModel):
     """A parameter of the named system, e.g. cpu_offload_gb=72 (repeatable; values read as YAML scalars)."""
 
     # ---- workload -------------------------------------------------------------------------
-    batch_size: Annotated[int | None, Field(ge=1), Flag(("--batch",), "workload", aliases=("batch",))] = None
+    batch_size: Annotated[int | None, Field(ge=1), Flag(("--batch",), "workload", aliases=("batch",), unit="sequences")] = None
     """Fix the batch size instead of letting the system search it."""
-    prompt_tokens: Annotated[int, Field(ge=1), Flag(("--prompt",), "workload", aliases=("prompt",))] = 512
+    prompt_tokens: Annotated[int, Field(ge=1), Flag(("--prompt",), "workload", aliases=("prompt",), unit="tokens")] = 512
     """Prompt tokens per request (online: the mean)."""
-    gen_tokens: Annotated[int, Field(ge=1), Flag(("--gen",), "workload", aliases=("gen",))] = 256
+    gen_tokens: Annotated[int, Field(ge=1), Flag(("--gen",), "workload", aliases=("gen",), unit="tokens")] = 256
     """Generated tokens per request (online: the mean)."""
-    num_requests: Annotated[int, Field(ge=1), Flag(("--requests",), "workload", aliases=("requests",))] = 1000
+    num_requests: Annotated[int, Field(ge=1), Flag(("--requests",), "workload", aliases=("requests",), unit="requests")] = 1000
     """Number of requests."""
 
     # ---- weights and model variant ------------------------------------------------------
     dtype: Annotated[str | None, Flag(("--dtype",), "execution")] = None
     """Weight dtype (bf16, fp16, fp8, int8, int4, ...); default: the released one."""
-    num_experts: Annotated[int | None, Field(ge=1), Flag(("--experts",), "variant", aliases=("experts",))] = None
+    num_experts: Annotated[int | None, Field(ge=1), Flag(("--experts",), "variant", aliases=("experts",), unit="experts")] = None
     """Number of routed experts."""
-    top_k: Annotated[int | None, Field(ge=1), Flag(("--top-k",), "variant")] = None
+    top_k: Annotated[int | None, Field(ge=1), Flag(("--top-k",), "variant", unit="experts")] = None
     """Experts per token."""
-    expert_ffn: Annotated[int | None, Field(ge=1), Flag(("--expert-ffn",), "variant")] = None
+    expert_ffn: Annotated[int | None, Field(ge=1), Flag(("--expert-ffn",), "variant", unit="columns")] = None
     """Expert FFN (intermediate) size."""
 
     # ---- platform overrides -----------------------------------------------------------------
     pcie: Annotated[str | None, Flag(("--pcie",), "platform")] = None
     """Host-GPU link: gen3, gen4 or gen5."""
     host_memory_bytes: Annotated[float | None, Field(gt=0), Flag(("--host-mem",), "platform", parse="bytes",
-                                                                 metavar="SIZE", aliases=("host_mem", "host_memory"))] = None
-    """Host memory, e.g. 512GB or 1TiB (a bare number is bytes)."""
+                                                                 metavar="SIZE", aliases=("host_mem", "host_memory"),
+                                                                 unit="bytes: 512GB, 1.5TiB, ...")] = None
+    """Host memory with its unit: GB, GiB, TB, TiB (or B); a bare number is refused."""
     num_gpus: Annotated[int | None, Field(ge=1), Flag(("--gpus", "--tensor-parallel-size", "-tp"), "platform",
-                                                      aliases=("gpus", "tp"))] = None
+                                                      aliases=("gpus", "tp"), unit="GPUs")] = None
     """Number of GPUs (tensor parallel over the platform's GPU link, vLLM's --tensor-parallel-size); default: the platform's."""
     cpu: Annotated[str | None, Flag(("--cpu",), "platform")] = None
     """CPU name (replaces the platform's)."""
@@ -136,7 +139,7 @@ class Scenario(BaseModel):
     """KV-cache dtype."""
     moe_impl: Annotated[Literal["fused", "loop"], Flag(("--moe-impl",), "execution")] = "fused"
     """MoE kernels: fused (grouped GEMM) or loop (one expert at a time, as Hugging Face code)."""
-    zipf_s: Annotated[float, Field(ge=0, allow_inf_nan=False), Flag(("--zipf",), "execution", aliases=("zipf",))] = 0.0
+    zipf_s: Annotated[float, Field(ge=0, allow_inf_nan=False), Flag(("--zipf",), "execution", aliases=("zipf",), unit="exponent, >= 0")] = 0.0
     """Router skew: Zipf exponent of expert popularity (0 = uniform)."""
     expert_histogram: Annotated[Union[str, tuple[float, ...], None], Flag(("--expert-histogram",), "execution",
                                                                           parse="file", metavar="FILE")] = None
@@ -147,21 +150,21 @@ class Scenario(BaseModel):
     # ---- speculative decoding ---------------------------------------------------------------
     draft_model: Annotated[str | None, Flag(("--draft",), "speculative", aliases=("draft",))] = None
     """Draft model name; enables speculative decoding."""
-    spec_tokens: Annotated[int, Field(ge=1), Flag(("--spec-tokens",), "speculative")] = 4
+    spec_tokens: Annotated[int, Field(ge=1), Flag(("--spec-tokens",), "speculative", unit="tokens")] = 4
     """Draft tokens proposed per target step."""
-    spec_accept: Annotated[float, Field(ge=0, le=1), Flag(("--spec-accept",), "speculative")] = 0.7
+    spec_accept: Annotated[float, Field(ge=0, le=1), Flag(("--spec-accept",), "speculative", unit="fraction, 0-1")] = 0.7
     """Per-token acceptance rate of the draft's tokens."""
 
     # ---- online serving ---------------------------------------------------------------------
     arrival_rate_per_s: Annotated[float | None, Field(gt=0, allow_inf_nan=False),
-                                  Flag(("--rate",), "online", aliases=("rate",))] = None
+                                  Flag(("--rate",), "online", aliases=("rate",), unit="requests/s")] = None
     """Online serving: Poisson arrivals per second (unset: offline, the whole workload at once)."""
     lengths: Annotated[Literal["fixed", "uniform", "lognormal"], Flag(("--lengths",), "online")] = "lognormal"
     """Online serving: distribution of prompt and generated lengths around their means."""
-    length_sigma: Annotated[float, Field(gt=0, allow_inf_nan=False), Flag(("--length-sigma",), "online")] = \
+    length_sigma: Annotated[float, Field(gt=0, allow_inf_nan=False), Flag(("--length-sigma",), "online", unit="sigma of ln(length)")] = \
         LengthDistribution.model_fields["sigma"].default
     """Online serving: shape (sigma of the log) of lognormal lengths."""
-    seed: Annotated[int, Field(ge=0), Flag(("--seed",), "online")] = 0
+    seed: Annotated[int, Field(ge=0), Flag(("--seed",), "online", unit="integer")] = 0
     """Online serving: seed of the arrival and length samples."""
 
     # ---- checks ---------------------------------------------------------------------------

@@ -26,14 +26,61 @@ class _Once(argparse.Action):
 
 
 def _help(name: str, info: Any, flag: sc.Flag, multi: bool) -> str:
+    """The field's docstring, then ``[unit]`` and its default (``unset`` when None: the docstring says what
+    happens then)."""
     text = (info.description or "").rstrip(".")
     if flag.invert:
         return text
+    if flag.unit:
+        text += f" [{flag.unit}]"
     default = info.get_default()
-    if default not in (None, {}, ()) and name not in ("model", "hardware"):
-        text += f" (default {default})"
+    if name not in ("model", "hardware", "system_params") and not (default is None and "default" in text):
+        text += f" (default {_show_default(default)})"
     if multi:
         text += "; comma-separated values sweep it"
+    return text
+
+
+def _show_default(value: Any) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+#: units of system parameters, read from the end of their names (the house's unit-in-the-name rule)
+_PARAM_UNITS = (("_gb", "GiB"), ("_bytes", "bytes"), ("_tokens", "tokens"), ("_s", "seconds"),
+                ("_fraction", "fraction, 0-1"), ("_utilization", "fraction, 0-1"), ("_size", "tokens"))
+
+
+def _param_metavar(info: Any) -> str:
+    """INT, FLOAT, BOOL, a choice list, or TEXT, from a system parameter's annotation."""
+    kinds = [a for a in sc._flatten(info.annotation) if a is not type(None)]
+    for kind, word in ((bool, "BOOL"), (int, "INT"), (float, "FLOAT")):
+        if kind in kinds:
+            return word
+    for kind in kinds:
+        choices = getattr(kind, "__args__", None)
+        if getattr(kind, "__origin__", None) is not None and str(kind).startswith("typing.Literal") and choices:
+            return "{" + ",".join(str(c) for c in choices) + "}"
+        if getattr(kind, "__origin__", None) in (list, tuple):
+            return "LIST"
+    return "TEXT"
+
+
+def _param_help(name: str, owners: dict[str, Any]) -> str:
+    """A system parameter's help: its description, unit, and each owning system's default."""
+    first = next(iter(owners.values()))
+    text = (first.description or "").rstrip(".") or "parameter"
+    unit = next((u for suffix, u in _PARAM_UNITS if name.endswith(suffix)), None)
+    if unit:
+        text += f" [{unit}]"
+    defaults = {system: _show_default(info.get_default()) for system, info in owners.items()}
+    if len(set(defaults.values())) == 1:
+        text += f" ({', '.join(defaults)}; default {next(iter(defaults.values()))})"
+    else:
+        text += " (" + "; ".join(f"{s}: default {d}" for s, d in defaults.items()) + ")"
     return text
 
 
@@ -65,8 +112,17 @@ def _add_group(group, members, table, many, needed, overrides) -> None:
         elif flag.parse == "key_value":
             group.add_argument(*flag.flags, dest=dest, action="append", metavar=flag.metavar, help=text)
         else:
-            group.add_argument(*flag.flags, dest=dest, action=_Once, metavar=flag.metavar or flag.flags[0].lstrip("-").upper()
-                               .replace("-", "_"), help=text, required=name in needed)
+            group.add_argument(*flag.flags, dest=dest, action=_Once, metavar=_metavar(flag), help=text,
+                               required=name in needed)
+
+
+def _metavar(flag: sc.Flag) -> str:
+    """The flag's metavar: declared, else its unit's first word (TOKENS, GPUS), else its name."""
+    if flag.metavar:
+        return flag.metavar
+    if flag.unit and flag.unit.split()[0].isalpha():
+        return flag.unit.split()[0].rstrip(",:").upper()
+    return flag.flags[0].lstrip("-").upper().replace("-", "_")
 
 
 _PARAM_DEST = "sysparam__"
@@ -78,20 +134,18 @@ def add_system_param_arguments(parser: argparse.ArgumentParser) -> None:
     --param."""
     from ..systems import SYSTEMS
 
-    owners: dict[str, list[str]] = {}
-    helps: dict[str, str] = {}
+    owners: dict[str, dict[str, Any]] = {}
     for system, cls in SYSTEMS.items():
         for name, info in cls.Params.model_fields.items():
-            owners.setdefault(name, []).append(system)
-            helps.setdefault(name, (info.description or "").rstrip("."))
+            owners.setdefault(name, {})[system] = info
     taken = set(sc.fields())
     group = parser.add_argument_group("serving-system parameters (with a named --system; `moesim show system NAME`)")
     for name in sorted(owners):
         if name in taken:
             continue
-        text = f"{helps[name]} ({', '.join(owners[name])})" if helps[name] else f"parameter of {', '.join(owners[name])}"
-        group.add_argument("--" + name.replace("_", "-"), dest=_PARAM_DEST + name, action=_Once, metavar="VALUE",
-                           help=text)
+        group.add_argument("--" + name.replace("_", "-"), dest=_PARAM_DEST + name, action=_Once,
+                           metavar=_param_metavar(next(iter(owners[name].values()))),
+                           help=_param_help(name, owners[name]))
 
 
 def given(args: argparse.Namespace) -> dict[str, Any]:

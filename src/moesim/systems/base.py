@@ -212,6 +212,16 @@ def balanced_batches(num_requests: int, max_batch: int) -> tuple[int, int]:
     return math.ceil(num_requests / count), count
 
 
+def _sizes_read(params: dict) -> dict:
+    """Parameters named ``*_bytes`` given as text with a unit (``host_kv_bytes=64GB``) as numbers of bytes
+    (:func:`moesim.units.parse_bytes`: GB, GiB, TB, TiB; a bare number stays a number of bytes)."""
+    if not any(isinstance(v, str) and k.endswith("_bytes") for k, v in params.items()):
+        return params
+    from ..units import parse_bytes
+
+    return {k: float(parse_bytes(v)) if isinstance(v, str) and k.endswith("_bytes") else v for k, v in params.items()}
+
+
 class ServingSystem(ABC):
     """A named serving policy with its own typed parameters."""
 
@@ -221,7 +231,9 @@ class ServingSystem(ABC):
     supports_speculative: ClassVar[bool] = False  # whether plan() models speculative decoding
 
     def __init__(self, params: BaseModel | dict | None = None):
-        self.params = params if isinstance(params, BaseModel) else self.Params.model_validate(params or {})
+        if not isinstance(params, BaseModel):
+            params = self.Params.model_validate(_sizes_read(params or {}))
+        self.params = params
 
     @abstractmethod
     def plan(self, ctx: Context) -> Plan:

@@ -27,7 +27,7 @@ from .shared.tensor_parallel import LayerTimes, require_tensor_parallel
 class GpuResidentParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     batch_size: int | None = Field(default=None, ge=1, description="None = largest that fits")
-    prefill_chunk_tokens: int = Field(default=8192, ge=1)
+    prefill_chunk_tokens: int = Field(default=8192, ge=1, description="prompt tokens per prefill pass")
 
 
 class GpuResident(ServingSystem):

@@ -78,17 +78,23 @@ class MoEGenParams(BaseModel):
     attention_micro_batch: int | None = Field(default=None, ge=1, description="b_a; None = searched")
     cpu_attention_fraction: float | None = Field(default=None, ge=0, le=1, description="omega; None = searched")
     prefill_batch: int | None = Field(default=None, ge=1, description="prompts per prefill pass; None = searched")
-    attention_micro_batch_grid: tuple[int, ...] = (32, 128, 512)
-    cpu_attention_grid: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8)
-    kv_buffer_slots: int = Field(default=2, ge=1)
+    attention_micro_batch_grid: tuple[int, ...] = Field(
+        default=(32, 128, 512), description="attention micro-batch sizes b_a the policy search tries")
+    cpu_attention_grid: tuple[float, ...] = Field(
+        default=(0.0, 0.2, 0.4, 0.6, 0.8), description="CPU attention fractions omega the policy search tries")
+    kv_buffer_slots: int = Field(default=2, ge=1, description="GPU KV buffers the attention micro-batches rotate "
+                                                             "through (current + prefetched)")
     kv_copy: Literal["context", "reserved"] = Field(
         default="context", description="KV tokens copied per sequence for GPU attention: its current context (the "
                                        "released code), or its whole reserved host slot, prompt + max decode length")
-    max_tasks_per_module: int = Field(default=16, ge=1)
+    max_tasks_per_module: int = Field(default=16, ge=1, description="engine tasks a module's experts or "
+                                                                   "micro-batches are grouped into (a simulation detail, "
+                                                                   "not MoE-Gen's)")
     host_kv_bytes: float | None = Field(
-        default=None, gt=0, description="host memory reserved for the KV cache (MoE-Gen's host_kv_cache_size; for "
-                                        "GQA models its K and V each get that many GiB); None = all host memory left "
-                                        "after the weights. Weights that no longer fit are read from disk")
+        default=None, gt=0, description="host memory reserved for the KV cache, in bytes (MoE-Gen's "
+                                        "host_kv_cache_size, which MoE-Gen gives in GiB, for GQA models to K and V "
+                                        "each); None = all host memory left after the weights. Weights that no "
+                                        "longer fit are read from disk")
     resident_shared_experts: bool = Field(
         default=False, description="keep every MoE layer's shared experts on the GPU for the whole run instead of "
                                    "copying them into the dense-module buffer with the layer's attention weights "
