@@ -3,7 +3,10 @@ config.json and mutated database entries.
 
 The library answers with a spec or a MoesimError, never another exception; the command line
 answers with "moesim: error: ..." and an exit code of 1-4 (or a prediction), never a traceback or
-the internal-error exit 70. Library draws are a few hundred; command-line draws about ten.
+the internal-error exit 70. A spec that loads is then predicted with, through every kind of system, and
+answers believably (no NaN/inf/negative figure, TTFT within the total, S-MBU/S-MFU in (0, 1], valid JSON) or
+fails with a MoesimError. Library draws are a few hundred (``MOESIM_FUZZ_EXAMPLES`` raises the predicting
+test's count for long runs); command-line draws about ten.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from hypothesis import strategies as st
 import moesim
 from moesim.errors import MoesimError
 from moesim.specs import ModelSpec, Platform
+from test_fuzz_predict import check  # the believable-figures invariants, shared
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).parent / "data"
@@ -111,6 +115,34 @@ def test_library_answers_a_spec_or_a_moesim_error(fuzz_dir, spec):
             assert isinstance(result, kind)
             if kind is ModelSpec:  # what predictions compute from a model is defined
                 assert math.isfinite(result.total_params) and result.total_params > 0
+
+
+PREDICT_EXAMPLES = int(os.environ.get("MOESIM_FUZZ_EXAMPLES", "60"))
+
+
+@settings(max_examples=PREDICT_EXAMPLES, deadline=None, suppress_health_check=_CHECKS)
+@given(spec=spec_files(), system=st.sampled_from(["auto", "gpu-resident", "vllm", "moe-gen", "flexgen",
+                                                   "llama-cpp", "ktransformers"]),
+       prompt=st.integers(1, 2048), gen=st.integers(1, 512), requests=st.integers(1, 300))
+def test_hostile_specs_predict_believably_or_say_why(fuzz_dir, spec, system, prompt, gen, requests):
+    """A spec file that loads, through predict: a believable answer or a MoesimError, never another
+    exception (the issue-11 long run drives this with MOESIM_FUZZ_EXAMPLES)."""
+    path = _write(fuzz_dir, *spec)
+    try:
+        model, hardware = moesim.get_model(path), "c2"
+    except MoesimError:
+        try:
+            model, hardware = "olmoe-1b-7b", moesim.get_hardware(path)
+        except MoesimError:
+            return
+    try:
+        p = moesim.predict(model=model, hardware=hardware, system=system, prompt_tokens=prompt, gen_tokens=gen,
+                           num_requests=requests)
+    except MoesimError as exc:
+        assert str(exc).strip()
+        assert "short by 0 B" not in str(exc) and "short by -" not in str(exc), str(exc)
+        return
+    check(p)
 
 
 def _cli(args: list[str]) -> subprocess.CompletedProcess:
