@@ -413,4 +413,4 @@ def predict_online(model: Any = None, hardware: Any = None, workload: OnlineWork
     online = online or online_workload(scenario)
     ctx, plan, _, r = plan_scenario(scenario)
     system_obj = get_system(scenario.system)(scenario.system_params or None)
-    return simulate(ctx, plan, system_obj, online)
+    return uncertainty.online_band(ctx, plan, simulate(ctx, plan, system_obj, online))

@@ -349,3 +349,33 @@ def prediction_band(ctx, plan, transfer_resources: Iterable[str], values: dict[s
     info = {"provenance": p.as_dict(), "log_half_width": w,
             "components": {phase: {name: width for name, width, _ in comps[phase]} for phase in PHASES}}
     return bands, info, describe(comps, w)
+
+
+def online_band(ctx, plan, result):
+    """``result`` (a serving.OnlineResult) with its bands: TTFT percentiles take the prefill band, TPOT the
+    decode band; end-to-end latency, the makespan and the throughput take the total band of the plan's
+    prefill and decode time (:func:`total_band`, the plan's split of a whole batch)."""
+    p = provenance(ctx, plan, ())
+    wt = widths()
+    comps = {phase: components(p, phase, wt) for phase in PHASES}
+    w = {phase: half_width(comps[phase]) for phase in PHASES}
+    prefill_s = min(plan.total_time_s, plan.prefill_time_per_batch_s * plan.num_batches)
+    t = plan.total_time_s
+    lo_t, hi_t = total_band(prefill_s, t - prefill_s, w["prefill"], w["decode"])
+    f_lo, f_hi = lo_t / t, hi_t / t
+
+    def scaled(pc, lo: float, hi: float):
+        return (pc.model_copy(update={k: getattr(pc, k) * lo for k in ("p50", "p90", "p99")}),
+                pc.model_copy(update={k: getattr(pc, k) * hi for k in ("p50", "p90", "p99")}))
+
+    update = {}
+    for name, (lo, hi) in (("ttft_s", band(1.0, w["prefill"])), ("tpot_s", band(1.0, w["decode"])),
+                           ("e2e_s", (f_lo, f_hi))):
+        update[f"{name}_low"], update[f"{name}_high"] = scaled(getattr(result, name), lo, hi)
+    update.update(makespan_s_low=result.makespan_s * f_lo, makespan_s_high=result.makespan_s * f_hi,
+                  throughput_tok_s_low=result.throughput_tok_s / f_hi,
+                  throughput_tok_s_high=result.throughput_tok_s / f_lo,
+                  uncertainty={"provenance": p.as_dict(), "log_half_width": w,
+                               "components": {ph: {n: x for n, x, _ in comps[ph]} for ph in PHASES}},
+                  assumptions=list(result.assumptions) + describe(comps, w))
+    return result.model_copy(update=update)
