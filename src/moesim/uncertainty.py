@@ -26,7 +26,8 @@ The widths w_c are data (``hardware_db/uncertainty/bands.yaml``), written by
 (:class:`Record`; the sources are in :mod:`moesim.calibration.sources`):
 
 * kernel and link widths: the ``QUANTILE`` quantile of |log(predicted / measured)| over held-out
-  kernel-level (resp. host-copy) cells of that calibration state;
+  kernel-level (resp. host-copy) cells of that calibration state, raised where needed so that a less
+  known state (borrowed, uncalibrated; borrowed, datasheet) is never narrower than a better known one;
 * a system's width: over its held-out end-to-end records, the ``QUANTILE`` quantile of the excess
   sqrt(max(0, r^2 - sum of the record's other components^2)), r = |log error|: the part of the
   error the kernels and link do not explain. Then every record whose excess is within the width
@@ -240,6 +241,15 @@ def derive_widths(records: Iterable[Record], priors: dict[str, float] | None = N
             sel = [r for r in rs if r.phase == phase and getattr(r.provenance, attr) == state]
             if sel:
                 put(f"{attr}.{state}", [abs(r.log_error) for r in sel], {r.source for r in sel})
+    for prefix, states in (("kernels", KERNEL_STATES), ("link", LINK_STATES)):
+        # knowing less never narrows a band: a state is at least as wide as every better-known one
+        widest = 0.0
+        for state in states:
+            name = f"{prefix}.{state}"
+            if name in comps:
+                if comps[name] < widest:
+                    comps[name], notes[name] = widest, notes[name] + " (raised to the width of a better-known state)"
+                widest = comps[name]
     base = Widths(dict(comps))
     excess: dict[tuple[str, str], list[tuple[float, str]]] = {}
     validated: dict[str, dict[str, int]] = {}
