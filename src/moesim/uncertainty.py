@@ -276,15 +276,16 @@ def derive_widths(records: Iterable[Record], priors: dict[str, float] | None = N
     return Widths(comps, validated, notes)
 
 
-def crossfit(records: Iterable[Record], priors: dict[str, float] | None = None,
-             q: float = QUANTILE) -> dict[str, dict[str, float]]:
-    """Per source: n, median and p90 |relative error|, and the coverage of bands derived from the other
-    fold only (the rule in the module docstring)."""
+def crossfit(records: Iterable[Record], priors: dict[str, float] | None = None, q: float = QUANTILE,
+             group=None) -> dict[str, dict[str, float]]:
+    """Per source (or per ``group(record)``): n, median and p90 |relative error|, and the coverage of bands
+    derived from the other fold only (the rule in the module docstring)."""
     rs = [r for r in records if r.heldout]
+    group = group or (lambda r: r.source)
     widths = [derive_widths([r for r in rs if r.fold != k], priors, q) for k in (0, 1)]
     out: dict[str, dict[str, float]] = {}
-    for source in sorted({r.source for r in rs}):
-        sel = [r for r in rs if r.source == source]
+    for source in sorted({group(r) for r in rs}):
+        sel = [r for r in rs if group(r) == source]
         errs = [abs(r.predicted / r.measured - 1) for r in sel]
         hits = []
         for r in sel:

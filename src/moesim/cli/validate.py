@@ -149,6 +149,16 @@ def _print_coverage(root: Path) -> None:
         mine = [r for r in held if r.source == source]
         print(f"{source:44s} {int(v['n']):4d} {v['median']:13.1%} {v['p90']:10.1%} {v['coverage']:22.1%} "
               f"{uncertainty.coverage(mine, committed):19.1%}")
+    systems = uncertainty.crossfit(held, priors, group=lambda r: f"  {r.provenance.system} {r.phase}"
+                                   if r.provenance.system and not r.source.startswith("torchbench") else "")
+    if len(systems) > 1:
+        print("of which, end-to-end records of published sources per system and phase:")
+    for key, v in systems.items():
+        if key:
+            mine = [r for r in held if r.provenance.system and not r.source.startswith("torchbench")
+                    and f"  {r.provenance.system} {r.phase}" == key]
+            print(f"{key:44s} {int(v['n']):4d} {v['median']:13.1%} {v['p90']:10.1%} {v['coverage']:22.1%} "
+                  f"{uncertainty.coverage(mine, committed):19.1%}")
     allcov = uncertainty.crossfit([replace(r, source="all") for r in held], priors)["all"]
     print(f"{'all':44s} {int(allcov['n']):4d} {allcov['median']:13.1%} {allcov['p90']:10.1%} "
           f"{allcov['coverage']:22.1%} {uncertainty.coverage(held, committed):19.1%}")
