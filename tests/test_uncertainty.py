@@ -171,3 +171,16 @@ def test_committed_widths_match_their_derivation(records):
     for name, value in derived.components.items():
         assert committed.components[name] == pytest.approx(value, abs=0.02), \
             f"{name}: committed {committed.components[name]:.3f}, derived {value:.3f}: run validation/derive_bands.py"
+
+
+def test_extrapolation_outside_the_validated_range():
+    w = Widths({"kernels.own": 0.1, "system.x.decode": 0.2, "extrapolation.batch": 0.3, "extrapolation.model": 0.4,
+                "extrapolation.gpus": 0.5, "extrapolation.context": 0.6},
+               validated={"x": {"num_gpus": 1, "context_tokens": 1000, "batch_min": 8, "batch_max": 64,
+                                "total_params_min": 1e10, "total_params_max": 1e11}})
+    inside = prov(system="x", batch=8, total_params=1e11, context_tokens=1000)
+    assert u.half_width(u.components(inside, "decode", w)) == pytest.approx(math.hypot(0.1, 0.2))
+    for change, extra in (({"batch": 4}, 0.3), ({"batch": 65}, 0.3), ({"total_params": 2e11}, 0.4),
+                          ({"total_params": 5e9}, 0.4), ({"num_gpus": 2}, 0.5), ({"context_tokens": 1001}, 0.6)):
+        p = Provenance(**{**inside.__dict__, **change})
+        assert u.half_width(u.components(p, "decode", w)) == pytest.approx(math.sqrt(0.01 + 0.04 + extra ** 2)), change

@@ -32,6 +32,8 @@ def main() -> int:
     records = all_records(ROOT)
     held = [r for r in records if r.heldout]
     w = uncertainty.derive_widths(held, priors)
+    for name, v in (data.get("priors") or {}).items():
+        w.notes[name] = f"prior: {' '.join(str(v.get('reason', '')).split())}"
     print(f"{len(held)} held-out records of {len(records)} from sources: {', '.join(SOURCES)}")
     print(f"{'component':34s} {'log half-width':>14s} {'band':>12s}  from")
     for name, value in sorted(w.components.items()):

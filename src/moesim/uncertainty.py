@@ -12,7 +12,9 @@ fitted GEMM curve counts as uncalibrated), the host link when the plan moves dat
 (``link.measured`` / ``link.borrowed`` / ``link.datasheet``), the serving system's composition
 (``system.<name>.<phase>`` where it was compared end to end with measurements, else
 ``system.unvalidated.<phase>``), and extrapolation beyond what the system was validated on
-(``extrapolation.gpus``: more GPUs; ``extrapolation.context``: a longer prompt + generation).
+(``extrapolation.gpus``: more GPUs; ``extrapolation.context``: a longer prompt + generation;
+``extrapolation.batch`` and ``extrapolation.model``: a batch or a model size outside the range the
+system's records span).
 
 A whole run (``total``: the workload's time, generation throughput) adds its phases' bands in
 linear time, as errors of one sign do: with prefill time t_p and decode time t_d,
@@ -75,11 +77,14 @@ class Provenance:
     system: str | None  # None: a kernel-level case (no serving system)
     num_gpus: int = 1
     context_tokens: int = 0  # prompt + generation
+    batch: int = 0  # sequences per batch (0: not known)
+    total_params: float = 0.0  # the model's parameters (0: not known)
     kernels_why: str = ""
 
     def as_dict(self) -> dict:
         return {"gpu": self.gpu, "kernels": self.kernels, "link": self.link, "uses_host_link": self.uses_host_link,
-                "system": self.system, "num_gpus": self.num_gpus, "context_tokens": self.context_tokens}
+                "system": self.system, "num_gpus": self.num_gpus, "context_tokens": self.context_tokens,
+                "batch": self.batch, "total_params": self.total_params}
 
 
 @dataclass(frozen=True)
@@ -114,7 +119,8 @@ class Widths:
     """Log half-widths per component, priors included, and each validated system's range."""
 
     components: dict[str, float]
-    validated: dict[str, dict[str, int]] = field(default_factory=dict)  # system -> {num_gpus, context_tokens}
+    #: system -> its validated range: num_gpus, context_tokens (maxima), batch_min/max, total_params_min/max
+    validated: dict[str, dict[str, float]] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)  # component -> where its width came from
 
 
@@ -152,26 +158,45 @@ def components(p: Provenance, phase: str, w: Widths) -> list[tuple[str, float, s
     if phase in ("prefill", "decode") and p.system is not None:
         own = f"system.{p.system}.{phase}"
         if own in w.components:
-            out.append((own, w.components[own], f"{p.system} {phase} as validated end to end"))
+            out.append((own, w.components[own], f"{p.system} {phase} as compared end to end with measurements"))
         else:
             name, width = _pick(w, f"system.unvalidated.{phase}")
             out.append((name, width, f"{p.system} {phase} never compared end to end with measurements"))
-        rng = w.validated.get(p.system) or _pooled_range(w)
-        if p.num_gpus > rng.get("num_gpus", 1) and "extrapolation.gpus" in w.components:
-            out.append(("extrapolation.gpus", w.components["extrapolation.gpus"],
-                        f"{p.num_gpus} GPUs, validated on at most {rng.get('num_gpus', 1)}"))
-        if rng.get("context_tokens") and p.context_tokens > rng["context_tokens"] \
-                and "extrapolation.context" in w.components:
-            out.append(("extrapolation.context", w.components["extrapolation.context"],
-                        f"context {p.context_tokens} tokens, validated up to {rng['context_tokens']}"))
+        out += _extrapolation(p, w.validated.get(p.system) or _pooled_range(w), w.components)
     return out
 
 
-def _pooled_range(w: Widths) -> dict[str, int]:
-    if not w.validated:
-        return {"num_gpus": 1, "context_tokens": 0}
-    return {"num_gpus": max(v.get("num_gpus", 1) for v in w.validated.values()),
-            "context_tokens": max(v.get("context_tokens", 0) for v in w.validated.values())}
+def _extrapolation(p: Provenance, rng: dict[str, float], comps: dict[str, float]) -> list[tuple[str, float, str]]:
+    """Extrapolation components: more GPUs or a longer context than validated; a batch or a model size outside
+    the validated range (a range with no record, 0, checks nothing)."""
+    out = []
+    checks = [("gpus", p.num_gpus > rng.get("num_gpus", 1), f"{p.num_gpus} GPUs, validated on at most "
+               f"{rng.get('num_gpus', 1):.0f}"),
+              ("context", 0 < rng.get("context_tokens", 0) < p.context_tokens,
+               f"context {p.context_tokens} tokens, validated up to {rng.get('context_tokens', 0):.0f}"),
+              ("batch", p.batch > 0 and rng.get("batch_max", 0) > 0
+               and not rng["batch_min"] <= p.batch <= rng["batch_max"],
+               f"batch {p.batch}, validated at {rng.get('batch_min', 0):.0f}-{rng.get('batch_max', 0):.0f}"),
+              ("model", p.total_params > 0 and rng.get("total_params_max", 0) > 0
+               and not rng["total_params_min"] * (1 - 1e-9) <= p.total_params <= rng["total_params_max"] * (1 + 1e-9),
+               f"model of {p.total_params / 1e9:.0f}B parameters, validated at "
+               f"{rng.get('total_params_min', 0) / 1e9:.0f}B-{rng.get('total_params_max', 0) / 1e9:.0f}B")]
+    for name, outside, why in checks:
+        if outside and f"extrapolation.{name}" in comps:
+            out.append((f"extrapolation.{name}", comps[f"extrapolation.{name}"], why))
+    return out
+
+
+def _pooled_range(w: Widths) -> dict[str, float]:
+    """The range any system was validated on (for a system with none of its own)."""
+    vs = list(w.validated.values())
+    if not vs:
+        return {}
+    out = {k: max(v.get(k, 0) for v in vs) for k in ("num_gpus", "context_tokens", "batch_max", "total_params_max")}
+    for k in ("batch_min", "total_params_min"):
+        have = [v[k] for v in vs if v.get(k, 0) > 0]
+        out[k] = min(have) if have else 0
+    return out
 
 
 def half_width(comps: Iterable[tuple[str, float, str]]) -> float:
@@ -252,7 +277,7 @@ def derive_widths(records: Iterable[Record], priors: dict[str, float] | None = N
                 widest = comps[name]
     base = Widths(dict(comps))
     excess: dict[tuple[str, str], list[tuple[float, str]]] = {}
-    validated: dict[str, dict[str, int]] = {}
+    validated: dict[str, dict[str, float]] = {}
     for r in rs:
         if r.phase not in PHASES or r.provenance.system is None:
             continue
@@ -262,6 +287,10 @@ def derive_widths(records: Iterable[Record], priors: dict[str, float] | None = N
         v = validated.setdefault(r.provenance.system, {"num_gpus": 1, "context_tokens": 0})
         v["num_gpus"] = max(v["num_gpus"], r.provenance.num_gpus)
         v["context_tokens"] = max(v["context_tokens"], r.provenance.context_tokens)
+        for key, x in (("batch", r.provenance.batch), ("total_params", r.provenance.total_params)):
+            if x > 0:
+                v[f"{key}_min"] = min(v.get(f"{key}_min", x), x)
+                v[f"{key}_max"] = max(v.get(f"{key}_max", x), x)
     for (system, phase), es in sorted(excess.items()):
         put(f"system.{system}.{phase}", [e for e, _ in es], {s for _, s in es})
     for phase in PHASES:  # a system never compared: the q quantile over the validated systems, one vote each
@@ -308,7 +337,7 @@ def widths() -> Widths:
     data = load_yaml(data_root("hardware_db") / "uncertainty" / "bands.yaml")
     comps = {k: float(v["log_half_width"]) for k, v in data["components"].items()}
     notes = {k: str(v.get("from", "")) for k, v in data["components"].items()}
-    validated = {k: {kk: int(vv) for kk, vv in v.items()} for k, v in (data.get("validated") or {}).items()}
+    validated = {k: {kk: float(vv) for kk, vv in v.items()} for k, v in (data.get("validated") or {}).items()}
     return Widths(comps, validated, notes)
 
 
@@ -335,7 +364,8 @@ def provenance(ctx, plan, transfer_resources: Iterable[str] = ()) -> Provenance:
     uses = any(res in ("h2d", "d2h", "disk") for res in transfer_resources)
     w = ctx.workload
     return Provenance(gpu=plat.gpu.name, kernels=kernels, link=link, uses_host_link=uses, system=plan.system,
-                      num_gpus=plat.num_gpus, context_tokens=w.prompt_tokens + w.gen_tokens, kernels_why=why)
+                      num_gpus=plat.num_gpus, context_tokens=w.prompt_tokens + w.gen_tokens,
+                      batch=int(plan.batch_size), total_params=float(ctx.model.total_params), kernels_why=why)
 
 
 def describe(comps_by_phase: dict[str, list[tuple[str, float, str]]], w_by_phase: dict[str, float]) -> list[str]:

@@ -62,7 +62,8 @@ def torchbench_records(root: Path) -> list[Record]:
                     phase = "kernel"
                 prov = Provenance(gpu=gpu.name, kernels=_KERNEL_STATE[mode], link=_LINK_STATE[mode],
                                   uses_host_link=e2e, system="moe-gen" if e2e else None,
-                                  context_tokens=int(c.params.get("kv_len", 0)))
+                                  context_tokens=int(c.params.get("kv_len", 0)),
+                                  batch=int(c.params.get("batch", 0)))  # the model is cut to 3 layers: no size
                 out.append(Record(source=f"torchbench {gpu_slug(gpu.name)} {mode} {'end-to-end' if e2e else 'kernels'}",
                                   key=f"{gpu.name}|{mode}|{c.key}", provenance=prov, phase=phase,
                                   measured=c.median_s, predicted=row.predicted_s,
