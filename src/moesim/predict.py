@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from . import metrics
+from . import metrics, uncertainty
 from .db.resolve import get_hardware, get_model
 from .errors import InfeasibleError, MoesimError, SimulationError
 from .paths import check_output, writing
@@ -41,11 +41,23 @@ class Prediction(BaseModel):
     dtype: str
     kv_dtype: str
     prefill_tok_s: float
+    prefill_tok_s_low: float  # the uncertainty band of each figure (moesim.uncertainty; `uncertainty` says why)
+    prefill_tok_s_high: float
     decode_tok_s: float
+    decode_tok_s_low: float
+    decode_tok_s_high: float
     throughput_tok_s: float
+    throughput_tok_s_low: float
+    throughput_tok_s_high: float
     ttft_s: float
+    ttft_s_low: float
+    ttft_s_high: float
     tpot_s: float
+    tpot_s_low: float
+    tpot_s_high: float
     total_time_s: float
+    total_time_s_low: float
+    total_time_s_high: float
     s_mbu: float
     """MoE-CAP's S-MBU of the middle decode step: activated weight + KV bytes / (TPOT x the peak bandwidth of the
     devices that read them: the GPUs' HBM, plus host DRAM where the CPU reads); in (0, 1] (docs/metrics.md)."""
@@ -70,6 +82,9 @@ class Prediction(BaseModel):
     calibrated: bool  # fitted efficiency curves (own or borrowed from the architecture; see assumptions)
     assumptions: list[str]
     systems_compared: dict[str, str]
+    uncertainty: dict[str, Any]
+    """The band's provenance (GPU calibration, host link, system, scale), its log half-width per phase and the
+    components that make it (moesim.uncertainty; widths from hardware_db/uncertainty/bands.yaml)."""
 
     def to_json_dict(self) -> dict[str, Any]:
         return self.model_dump()
@@ -146,6 +161,16 @@ def _hidden(step) -> dict[str, float]:
     return out
 
 
+def headline_figures(ctx: Context, plan: Plan) -> dict[str, float]:
+    """The figures a prediction reports with a band (moesim.uncertainty.FIGURES), from the plan."""
+    w, batch = ctx.workload, plan.batch_size
+    return {"prefill_tok_s": batch * w.prompt_tokens / plan.prefill_time_per_batch_s,
+            "decode_tok_s": batch * w.gen_tokens / plan.decode_time_per_batch_s,
+            "throughput_tok_s": w.num_requests * w.gen_tokens / plan.total_time_s,
+            "ttft_s": plan.prefill_time_per_batch_s, "tpot_s": plan.decode_time_per_batch_s / w.gen_tokens,
+            "total_time_s": plan.total_time_s}
+
+
 def _prediction(ctx: Context, plan: Plan, compared: dict[str, str], assumptions: list[str]) -> Prediction:
     w = ctx.workload
     batch = plan.batch_size
@@ -165,6 +190,12 @@ def _prediction(ctx: Context, plan: Plan, compared: dict[str, str], assumptions:
     )
     if plan.num_batches > 1:
         notes.append(f"{w.num_requests} requests in {plan.num_batches} equal batches of {batch}; one batch simulated")
+    hidden = _hidden(mid)
+    figures = headline_figures(ctx, plan)
+    prefill_s = min(plan.total_time_s, plan.prefill_time_per_batch_s * plan.num_batches)
+    bands, band_info, band_notes = uncertainty.prediction_band(ctx, plan, hidden, figures, prefill_s,
+                                                               plan.total_time_s - prefill_s)
+    notes += band_notes
     return Prediction(
         model=ctx.model.name,
         hardware=ctx.platform.name,
@@ -174,12 +205,8 @@ def _prediction(ctx: Context, plan: Plan, compared: dict[str, str], assumptions:
         workload=w.model_dump(),
         dtype=ctx.wdtype if ctx.wdtype == ctx.edtype else f"{ctx.wdtype} (experts {ctx.edtype})",
         kv_dtype=ctx.options.kv_dtype,
-        prefill_tok_s=batch * w.prompt_tokens / plan.prefill_time_per_batch_s,
-        decode_tok_s=batch * w.gen_tokens / plan.decode_time_per_batch_s,
-        throughput_tok_s=w.num_requests * w.gen_tokens / plan.total_time_s,
-        ttft_s=plan.prefill_time_per_batch_s,
-        tpot_s=tpot,
-        total_time_s=plan.total_time_s,
+        **figures,
+        **bands,
         s_mbu=util["s_mbu"],
         s_mfu=util["s_mfu"],
         mbu=util["mbu"],
@@ -189,7 +216,7 @@ def _prediction(ctx: Context, plan: Plan, compared: dict[str, str], assumptions:
         bottleneck=mid.bottleneck(),
         utilization=mid.utilization(),
         decode_step_breakdown_s=mid.category_s,
-        transfer_hidden_fraction=_hidden(mid),
+        transfer_hidden_fraction=hidden,
         gpu_mem_bytes=plan.gpu_mem_bytes,
         host_mem_bytes=plan.host_mem_bytes,
         placement=plan.placement,
@@ -197,6 +224,7 @@ def _prediction(ctx: Context, plan: Plan, compared: dict[str, str], assumptions:
         calibrated=ctx.platform.calibration is not None or ctx.platform.empirical.calibrated,
         assumptions=notes,
         systems_compared=compared,
+        uncertainty=band_info,
     )
 
 
@@ -385,4 +413,4 @@ def predict_online(model: Any = None, hardware: Any = None, workload: OnlineWork
     online = online or online_workload(scenario)
     ctx, plan, _, r = plan_scenario(scenario)
     system_obj = get_system(scenario.system)(scenario.system_params or None)
-    return simulate(ctx, plan, system_obj, online)
+    return uncertainty.online_band(ctx, plan, simulate(ctx, plan, system_obj, online))

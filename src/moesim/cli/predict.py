@@ -61,12 +61,12 @@ def predict(args: argparse.Namespace) -> int:
         ("system", pred.system),
         ("workload", f"{w['num_requests']} requests, prompt {w['prompt_tokens']}, generate {w['gen_tokens']}"),
         ("configuration", fmt_config(pred.config)),
-        ("prefill throughput", fmt_rate(pred.prefill_tok_s, "tok/s")),
-        ("decode throughput", fmt_rate(pred.decode_tok_s, "tok/s")),
-        ("generation throughput", fmt_rate(pred.throughput_tok_s, "tok/s")),
-        ("TTFT (per batch)", fmt_seconds(pred.ttft_s)),
-        ("TPOT", fmt_seconds(pred.tpot_s)),
-        ("time for the workload", fmt_seconds(pred.total_time_s)),
+        ("prefill throughput", _banded(pred, "prefill_tok_s", lambda v: fmt_rate(v, "tok/s"))),
+        ("decode throughput", _banded(pred, "decode_tok_s", lambda v: fmt_rate(v, "tok/s"))),
+        ("generation throughput", _banded(pred, "throughput_tok_s", lambda v: fmt_rate(v, "tok/s"))),
+        ("TTFT (per batch)", _banded(pred, "ttft_s", fmt_seconds)),
+        ("TPOT", _banded(pred, "tpot_s", fmt_seconds)),
+        ("time for the workload", _banded(pred, "total_time_s", fmt_seconds)),
         ("S-MBU / S-MFU", f"{pred.s_mbu:.3f} / {pred.s_mfu:.3f}"),
         # every expert counted, read or not: above 1 for an MoE whose step reads few of them (never clamped)
         ("MBU / MFU (dense-equivalent)", f"{pred.mbu:.3f} / {pred.mfu:.3f}"),
@@ -94,6 +94,12 @@ def predict(args: argparse.Namespace) -> int:
     for note in pred.assumptions:
         print(f"  - {note}")
     return 0
+
+
+def _banded(pred, name: str, fmt) -> str:
+    """A figure with its uncertainty band: value (low - high, -a%/+b%)."""
+    v, lo, hi = getattr(pred, name), getattr(pred, f"{name}_low"), getattr(pred, f"{name}_high")
+    return f"{fmt(v)}  ({fmt(lo)} - {fmt(hi)}, -{1 - lo / v:.0%}/+{hi / v - 1:.0%})"
 
 
 def serve(args: argparse.Namespace) -> int:

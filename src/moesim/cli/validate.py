@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from ..errors import MoesimError
@@ -126,7 +127,41 @@ def validate(args: argparse.Namespace) -> int:
                     print(f"  plot: {_shown_path(p)}")
         if reports and reports[0]["mode"] == "own":
             _print_other_files(gpu.name, root, reports[0])
+    if not args.gpu:
+        _print_coverage(root)
     return 0
+
+
+def _print_coverage(root: Path) -> None:
+    """Error and band coverage per validation source (moesim.uncertainty): held-out records only; coverage
+    cross-fitted (bands from widths derived on the other fold), beside that of the committed widths."""
+    from .. import uncertainty
+    from ..calibration.sources import all_records
+
+    held = [r for r in all_records(root) if r.heldout]
+    committed = uncertainty.widths()
+    priors = {k: v for k, v in committed.components.items() if k.startswith("extrapolation.")}
+    print(f"\n== uncertainty bands: held-out records per source; coverage = fraction whose measured value lies in "
+          f"the band (p{uncertainty.QUANTILE * 100:.0f} widths)")
+    print(f"{'source':44s} {'n':>4s} {'median |err|':>13s} {'p90 |err|':>10s} {'coverage (other fold)':>22s} "
+          f"{'(committed widths)':>19s}")
+    for source, v in uncertainty.crossfit(held, priors).items():
+        mine = [r for r in held if r.source == source]
+        print(f"{source:44s} {int(v['n']):4d} {v['median']:13.1%} {v['p90']:10.1%} {v['coverage']:22.1%} "
+              f"{uncertainty.coverage(mine, committed):19.1%}")
+    systems = uncertainty.crossfit(held, priors, group=lambda r: f"  {r.provenance.system} {r.phase}"
+                                   if r.provenance.system and not r.source.startswith("torchbench") else "")
+    if len(systems) > 1:
+        print("of which, end-to-end records of published sources per system and phase:")
+    for key, v in systems.items():
+        if key:
+            mine = [r for r in held if r.provenance.system and not r.source.startswith("torchbench")
+                    and f"  {r.provenance.system} {r.phase}" == key]
+            print(f"{key:44s} {int(v['n']):4d} {v['median']:13.1%} {v['p90']:10.1%} {v['coverage']:22.1%} "
+                  f"{uncertainty.coverage(mine, committed):19.1%}")
+    allcov = uncertainty.crossfit([replace(r, source="all") for r in held], priors)["all"]
+    print(f"{'all':44s} {int(allcov['n']):4d} {allcov['median']:13.1%} {allcov['p90']:10.1%} "
+          f"{allcov['coverage']:22.1%} {uncertainty.coverage(held, committed):19.1%}")
 
 
 def _print_other_files(gpu_name: str, root, own: dict) -> None:

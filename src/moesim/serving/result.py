@@ -52,6 +52,18 @@ class OnlineResult(BaseModel):
     kv_blocks: int
     makespan_s: float
     assumptions: list[str]
+    # the uncertainty band of each figure (moesim.uncertainty; set by moesim.predict_online; None before)
+    ttft_s_low: Percentiles | None = None
+    ttft_s_high: Percentiles | None = None
+    tpot_s_low: Percentiles | None = None
+    tpot_s_high: Percentiles | None = None
+    e2e_s_low: Percentiles | None = None
+    e2e_s_high: Percentiles | None = None
+    throughput_tok_s_low: float | None = None
+    throughput_tok_s_high: float | None = None
+    makespan_s_low: float | None = None
+    makespan_s_high: float | None = None
+    uncertainty: dict[str, Any] = {}
 
     def to_json_dict(self) -> dict[str, Any]:
         return self.model_dump()
@@ -61,14 +73,21 @@ class OnlineResult(BaseModel):
         from ..units import fmt_seconds
 
         rows = [("system", self.system), ("arrival rate", f"{self.arrival_rate_per_s:.4g} requests/s")]
-        for label, p in (("TTFT", self.ttft_s), ("TPOT", self.tpot_s), ("end-to-end latency", self.e2e_s)):
-            rows.append((label, f"P50 {fmt_seconds(p.p50)}  P90 {fmt_seconds(p.p90)}  P99 {fmt_seconds(p.p99)}"))
-        rows += [("generation throughput", f"{self.throughput_tok_s:.4g} tok/s"),
+        def pm(v: float, lo: float | None, hi: float | None) -> str:
+            return "" if lo is None or hi is None or v <= 0 else f" (-{1 - lo / v:.0%}/+{hi / v - 1:.0%})"
+
+        for label, name in (("TTFT", "ttft_s"), ("TPOT", "tpot_s"), ("end-to-end latency", "e2e_s")):
+            p, lo, hi = (getattr(self, name + s) for s in ("", "_low", "_high"))
+            rows.append((label, f"P50 {fmt_seconds(p.p50)}  P90 {fmt_seconds(p.p90)}  P99 {fmt_seconds(p.p99)}"
+                         + pm(p.p50, lo and lo.p50, hi and hi.p50)))
+        rows += [("generation throughput", f"{self.throughput_tok_s:.4g} tok/s"
+                  + pm(self.throughput_tok_s, self.throughput_tok_s_low, self.throughput_tok_s_high)),
                  ("request throughput", f"{self.request_throughput_per_s:.4g} requests/s"),
                  ("requests / steps", f"{self.num_requests} / {self.steps} "
                                       f"({self.mean_scheduled_per_step:.3g} sequences a step)"),
                  ("preemptions", str(self.preemptions)), ("KV blocks", str(self.kv_blocks)),
-                 ("time for the workload", fmt_seconds(self.makespan_s))]
+                 ("time for the workload", fmt_seconds(self.makespan_s)
+                  + pm(self.makespan_s, self.makespan_s_low, self.makespan_s_high))]
         width = max(len(k) for k, _ in rows)
         lines = [f"{k:<{width}}  {v}" for k, v in rows] + ["", "assumptions:"]
         return "\n".join(lines + [f"  - {note}" for note in self.assumptions])
