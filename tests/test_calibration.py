@@ -184,7 +184,7 @@ def test_calibrated_prediction_says_so_and_uncalibrated_gpu_says_default():
     h20 = moesim.predict("mixtral-8x7b", "h20", "gpu-resident", {"num_requests": 16}, num_gpus=2)
     assert h20.calibrated and any("borrowed from" in a for a in h20.assumptions)
     l4 = moesim.predict("olmoe-1b-7b", "l4", "gpu-resident", {"num_requests": 16})
-    assert not l4.calibrated and any("default efficiency profile" in a for a in l4.assumptions)
+    assert not l4.calibrated and any("conservative profile 'l4-conservative'" in a for a in l4.assumptions)
 
 
 def test_timing_v3_files_are_read_at_their_idle_queue_times(tmp_path):

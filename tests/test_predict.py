@@ -30,7 +30,7 @@ def test_headline_prediction_runs(workstation):
     p = moesim.predict("deepseek-r1", workstation)
     assert p.system == "moe-gen" and p.throughput_tok_s > 0
     assert "gpu-resident" in p.systems_compared and p.systems_compared["gpu-resident"].startswith("infeasible")
-    assert any("default efficiency profile" in a for a in p.assumptions)
+    assert any("no calibration measurements; conservative profile" in a for a in p.assumptions)
 
 
 @given(factor=st.floats(1.0, 8.0), resource=st.sampled_from(["pcie", "hbm", "gpu_flops", "host_bw"]))

@@ -30,3 +30,9 @@ MAX_EXPERTS = 1_000_000
 #: Any other dimension (hidden, FFN, vocabulary, heads, context tokens): 2**31, so that products
 #: of dimensions stay exact, finite floats.
 MAX_DIM = 2**31
+
+#: GPUs a PCIe host takes when its platform entry states no ``max_gpus`` (a user's own platform file,
+#: or one composed from an entry without it): 8, the most GPUs of any single PCIe host in hardware_db
+#: (8-GPU 4U servers such as AWS g6e.48xlarge with 8 x L40S, or GCP g2-standard-96 with 8 x L4). More
+#: GPUs than that are several hosts, which moesim does not model.
+MAX_GPUS_UNSTATED = 8

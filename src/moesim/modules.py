@@ -129,6 +129,19 @@ class Context:
     def d2h_s(self, nbytes: float) -> float:
         return costs.copy_time_s(nbytes, "d2h_pinned", self._host_link)
 
+    @cached_property
+    def _host_copy_bytes_per_s(self) -> float:
+        return costs.host_copy_bytes_per_s(self.platform)
+
+    def copy_s(self, nbytes: float, path: "costs.CopyPath" = "pinned", direction: "costs.CopyDirection" = "h2d",
+               copies: int = 1) -> float:
+        """A host<->device copy of ``nbytes`` in ``copies`` copies along the system's copy ``path`` (pinned
+        direct DMA, staged double-buffer, per-parameter pageable fetch, pageable; equations in
+        :mod:`moesim.costs.transfer`). ``copy_s(n)`` equals ``h2d_s(n)``; per-parameter copies pay the
+        efficiency model's host sync each."""
+        return costs.path_copy_time_s(nbytes, path, direction, self._host_link, copies, self._host_copy_bytes_per_s,
+                                      self.eff.host_sync_s)
+
     def disk_s(self, nbytes: float) -> float:
         return nbytes / self.platform.disk.read_bytes_per_s
 

@@ -332,7 +332,7 @@ def _evaluate(model, plat_name, n, label, platform, dtype, dtypes, scenario, tar
     )
     notes += [n_ for n_ in cost.notes if not n_.startswith("power model")]
     if not chosen.calibrated:
-        notes.append(f"{chosen.gpu}: uncalibrated (default efficiency profile)")
+        notes.append(f"{chosen.gpu}: uncalibrated (its conservative profile in hardware_db/efficiency, else the default)")
     price = (f"${cost.capital_usd:,.0f}" if cost.capital_usd is not None
              else f"price unknown (GPUs alone ${cost.capital_known_usd:,.0f})" if cost.capital_known_usd
              else "price unknown")

@@ -92,9 +92,14 @@ def hardware_text(p) -> str:
         ("GPU link", p.gpu_link.name if p.gpu_link else "none (GPUs talk over the host link)"),
         ("CPU", f"{p.num_cpus} x {p.cpu.name}"),
         ("host memory", f"{fmt_bytes(p.host_memory_bytes)}, {fmt_rate(p.host_memory_bandwidth_bytes_per_s, 'B/s')}"),
-        ("host link", p.host_link.name),
+        ("host", {"cloud_vm": "cloud VM", "bare_metal": "bare metal"}.get(p.host_kind or "", "not stated")
+                 + (f", takes up to {p.max_gpus} GPUs" if p.max_gpus else "")),
+        ("host link", f"{p.host_link.name}: {fmt_rate(p.host_link.h2d_pinned_bytes_per_s, 'B/s')} H2D / "
+                      f"{fmt_rate(p.host_link.d2h_pinned_bytes_per_s, 'B/s')} D2H pinned, "
+                      f"{fmt_rate(p.host_link.h2d_pageable_bytes_per_s, 'B/s')} H2D pageable"
+                      + (" (measured on such a host)" if p.host_link_source else " (link generation's typical figures)")),
         ("disk", f"{p.disk.name}: {fmt_bytes(p.disk.capacity_bytes)}, {fmt_rate(p.disk.read_bytes_per_s, 'B/s')} read"),
-        ("calibrated", "yes" if p.calibration is not None or p.empirical.calibrated else "no (default efficiency profile)"),
+        ("calibrated", "yes" if p.calibration is not None or p.empirical.calibrated else f"no ({'conservative profile ' + repr(p.empirical.name) if p.empirical.gpu else 'default efficiency profile'})"),
     ]
     text = _rows(rows)
     if p.assumptions:

@@ -1,7 +1,8 @@
 """The calibration seam: achievable fractions of peak for each operation.
 
-Today a constant per family from an :class:`~moesim.specs.EmpiricalProfile`
-(``hardware_db/efficiency/default.yaml`` unless a GPU carries a measured one), with one
+Uncalibrated, a constant per family from an :class:`~moesim.specs.EmpiricalProfile`: the GPU's
+conservative profile (``hardware_db/efficiency/<gpu>.yaml``: efficiencies from public measurements
+of that GPU, its tensor-core clock under the power limit) over ``default.yaml``, with one
 size effect: GEMMs with fewer rows than a tensor-core tile waste the rest of the tile, so
 
     eta_compute(rows) = eta_family * min(1, rows / min_tokens_for_peak_gemm)
@@ -110,11 +111,19 @@ class ProfileEfficiency:
         return 0.0  # uncalibrated: no per-group time in grouped GEMMs
 
     def sustained_compute_s(self, cost: "OpCost", compute_s: float) -> float:
-        return compute_s  # uncalibrated: the peak already stands for a sustained clock
+        """Tensor-core work (GEMM, expert and attention families) at the clock the power limit allows under
+        sustained load: compute_s / ``sustained_clock_fraction`` (1 in the default profile; below 1 where
+        public measurements of the GPU show the clock falling, e.g. the 70 W T4)."""
+        if cost.family in _TENSOR_FAMILIES:
+            return compute_s / self.profile.sustained_clock_fraction
+        return compute_s
 
     def beside_copy_s(self, compute_s: float, overlap_s: float) -> float:
         return compute_s  # uncalibrated: no measured slowdown of compute beside a copy
 
+
+#: families whose math runs on the tensor cores (the power-limited clock applies to them)
+_TENSOR_FAMILIES = frozenset({"gemm", "expert", "grouped_expert", "attention", "mla"})
 
 #: families without a curve of their own borrow one (expert GEMMs behave like GEMMs).
 _FALLBACK = {"mla": "attention", "grouped_expert": "expert", "expert": "gemm", "attention": "vector", "gemm": "vector", "copy": "vector",

@@ -244,6 +244,35 @@ def default_profile() -> EmpiricalProfile:
     return load_spec_file(EmpiricalProfile, data_root("hardware_db") / "efficiency" / "default.yaml")
 
 
+def _profile_slug(gpu_name: str) -> str:
+    """File name of a GPU's conservative profile: 'RTX A5000' -> 'rtx-a5000' (as calibration profiles)."""
+    return re.sub(r"[^a-z0-9]+", "-", gpu_name.lower()).strip("-")
+
+
+@lru_cache(maxsize=None)
+def efficiency_profile_for(gpu_name: str) -> EmpiricalProfile:
+    """The uncalibrated profile of ``gpu_name``: ``hardware_db/efficiency/<gpu-slug>.yaml`` where there is one
+    (the fields it sets, each from public measurements of that GPU, over ``default.yaml``'s), else the default.
+
+    A per-GPU file must name its GPU (``gpu:``) and may not claim ``calibrated: true``: calibration is
+    fitted by ``moesim calibrate`` into ``hardware_db/calibration``."""
+    folder = data_root("hardware_db") / "efficiency"
+    path = folder / f"{_profile_slug(gpu_name)}.yaml"
+    if not path.is_file():
+        return default_profile()
+    data = load_yaml(path)
+    base = load_yaml(folder / "default.yaml")
+    base.pop("sources", None)
+    merged = {**base, **data}
+    profile = validate(EmpiricalProfile, merged, str(path))
+    if profile.gpu is None or normalize(profile.gpu) != normalize(gpu_name):
+        raise SpecError(str(path), [("gpu", f"names {profile.gpu!r}, but the file is the profile of {gpu_name!r}")])
+    if profile.calibrated:
+        raise SpecError(str(path), [("calibrated", "a conservative profile is not a calibration (see "
+                                     "hardware_db/calibration)")])
+    return profile
+
+
 def check_all() -> dict[str, int]:
     """Load every entry and check cross references; returns counts per kind."""
     from .resolve import resolve_platform
@@ -252,7 +281,13 @@ def check_all() -> dict[str, int]:
         resolve_platform(spec)
     for gpu in gpus().entries.values():
         links().get(gpu.host_interface)
+        efficiency_profile_for(gpu.name)
     default_profile()
+    known = {_profile_slug(g) for g in gpus().entries}
+    for path in (data_root("hardware_db") / "efficiency").glob("*.yaml"):
+        if path.stem != "default" and path.stem not in known:
+            raise SpecError(str(path), [("(file)", "no GPU entry has this name; a per-GPU profile is named after "
+                                         "its GPU (e.g. rtx-a5000.yaml)")])
     return {
         "systems": len(systems().entries),
         "models": len(models().entries),

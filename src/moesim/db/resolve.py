@@ -11,7 +11,8 @@ from pydantic import ValidationError
 from ..errors import MoesimError, UnknownNameError, kind_list
 from ..units import fmt_bytes
 from ..specs import AcceleratorSpec, ModelSpec, Platform, PlatformSpec
-from . import cpus, default_profile, gpus, links, load_spec_file, models, normalize, platforms
+from ..limits import MAX_GPUS_UNSTATED
+from . import cpus, efficiency_profile_for, gpus, links, load_spec_file, models, normalize, platforms
 
 
 def get_model(model: str | Path | ModelSpec) -> ModelSpec:
@@ -143,16 +144,27 @@ def resolve_platform(
         raise MoesimError(f"{spec.name} is a board of {spec.num_gpus} GPUs joined by {spec.gpu_link}; --gpus {num_gpus} "
                           f"would need {-(-num_gpus // spec.num_gpus)} of them, and several nodes are not modelled: "
                           f"use --gpus {spec.num_gpus} or fewer")
+    if num_gpus is not None and spec.gpu_link is None:
+        _check_slots(spec, num_gpus)
     if num_gpus is not None and num_gpus != spec.num_gpus and spec.gpu_link is None and num_gpus > 1:
         notes.append(f"{num_gpus} GPUs talk to each other over {host_link.name} (no GPU-GPU link in {spec.name})")
-    empirical = gpu.empirical or default_profile()
+    link_source = None
+    measured = spec.host_link_measured
+    if measured is not None and host_link.name == links().get(spec.host_link).name:
+        host_link, link_note = _measured_link(spec, host_link)
+        link_source = f"{measured.source} ({measured.measured_on})"
+        if link_note:
+            notes.append(link_note)
+    empirical = gpu.empirical or efficiency_profile_for(gpu.name)
     from ..calibration.store import calibration_for
 
     calibration, borrowed_note = calibration_for(gpu)
     if borrowed_note:
         notes.append(borrowed_note)
     elif calibration is None and not empirical.calibrated:
-        notes.append(f"{gpu.name}: no calibration measurements; default efficiency profile '{empirical.name}' assumed")
+        what = (f"conservative profile '{empirical.name}' (hardware_db/efficiency, from public measurements of the "
+                f"{gpu.name})" if empirical.gpu else f"default efficiency profile '{empirical.name}'")
+        notes.append(f"{gpu.name}: no calibration measurements; {what} assumed")
     changes = []
     if cpu is not None and cpu_spec.name != cpus().get(spec.cpu).name:
         changes.append(f"CPU {cpu_spec.name} instead of {cpus().get(spec.cpu).name}")
@@ -167,10 +179,59 @@ def resolve_platform(
         bandwidth = cpu_spec.memory_bandwidth_bytes_per_s * spec.num_cpus
     try:
         return _platform(changes, spec, gpu, num_gpus, cpu_spec, host_memory_bytes, bandwidth, host_link, gpu_link,
-                         empirical, calibration, notes)
+                         empirical, calibration, notes).model_copy(update={
+                             "host_kind": spec.host_kind, "host_link_source": link_source,
+                             "max_gpus": _max_gpus(spec)})
     except ValidationError as exc:  # what a platform is composed of does not fit together
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise MoesimError(f"platform {spec.name}: {problems}") from None
+
+
+def _max_gpus(spec: PlatformSpec) -> int:
+    """GPUs the host takes: its ``max_gpus``; a GPU board (NVLink/NVSwitch) its own GPUs; otherwise the stated
+    rule (:data:`moesim.limits.MAX_GPUS_UNSTATED`), and never fewer than the entry's own GPUs."""
+    if spec.max_gpus is not None:
+        return spec.max_gpus
+    if spec.gpu_link is not None:
+        return spec.num_gpus
+    return max(spec.num_gpus, MAX_GPUS_UNSTATED)
+
+
+def _check_slots(spec: PlatformSpec, num_gpus: int) -> None:
+    """A PCIe host takes the GPUs it has slots for (or its cloud instance offers): more are refused with the
+    count of hosts they would need, as a GPU board refuses more GPUs than it has."""
+    cap = _max_gpus(spec)
+    if num_gpus <= cap:
+        return
+    why = (f"it takes {cap} GPUs ({spec.max_gpus_source})" if spec.max_gpus is not None else
+           f"its entry states no max_gpus, and a PCIe host is taken to hold at most {cap} GPUs")
+    raise MoesimError(f"{spec.name} is a PCIe host; {why}; --gpus {num_gpus} would need {-(-num_gpus // cap)} such "
+                      f"hosts, and several nodes are not modelled: use --gpus {cap} or fewer")
+
+
+def _measured_link(spec: PlatformSpec, link):
+    """The link entry with the host's measured figures in place of the generation's (pageable figures left out
+    scale the measured pinned ones by the entry's pageable/pinned ratio, said in the returned note)."""
+    m = spec.host_link_measured
+    update = {"h2d_pinned_bytes_per_s": m.h2d_pinned_bytes_per_s, "d2h_pinned_bytes_per_s": m.d2h_pinned_bytes_per_s}
+    scaled = []
+    for d in ("h2d", "d2h"):
+        given = getattr(m, f"{d}_pageable_bytes_per_s")
+        if given is None:
+            ratio = getattr(link, f"{d}_pageable_bytes_per_s") / getattr(link, f"{d}_pinned_bytes_per_s")
+            given = getattr(m, f"{d}_pinned_bytes_per_s") * ratio
+            scaled.append(f"{d} pageable = measured pinned x {ratio:.2f}")
+        update[f"{d}_pageable_bytes_per_s"] = given
+    if m.latency_s is not None:
+        update["latency_s"] = m.latency_s
+    for d in ("h2d", "d2h"):
+        if update[f"{d}_pinned_bytes_per_s"] > link.theoretical_bytes_per_s:
+            raise MoesimError(f"platform {spec.name}: host_link_measured.{d}_pinned_bytes_per_s "
+                              f"({update[f'{d}_pinned_bytes_per_s'] / 1e9:.1f} GB/s) exceeds {link.name}'s theoretical "
+                              f"{link.theoretical_bytes_per_s / 1e9:.1f} GB/s")
+    note = (f"{spec.name}: host link figures measured on {m.measured_on}; not measured there: "
+            f"{', '.join(scaled)} (the {link.name} entry's assumed ratio)") if scaled else None
+    return link.model_copy(update=update), note
 
 
 def _platform(changes, spec, gpu, num_gpus, cpu_spec, host_memory_bytes, bandwidth, host_link, gpu_link, empirical,

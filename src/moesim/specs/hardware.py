@@ -30,6 +30,7 @@ class EmpiricalProfile(Spec):
 
     name: str = "default"
     calibrated: bool = False
+    gpu: str | None = Field(default=None, description="the GPU this conservative profile describes (None: any GPU)")
     gemm_compute_efficiency: float = Field(gt=0, le=1)
     memory_bandwidth_efficiency: float = Field(gt=0, le=1)
     attention_compute_efficiency: float = Field(gt=0, le=1)
@@ -45,6 +46,11 @@ class EmpiricalProfile(Spec):
         gt=0,
         description="GEMM rows at which tensor cores reach the stated efficiency; "
         "below it efficiency falls linearly (Calculon-style size curve, first order)",
+    )
+    sustained_clock_fraction: float = Field(
+        default=1.0, gt=0, le=1,
+        description="tensor-core clock under the power limit at sustained load, as a fraction of the clock at which "
+        "gemm_compute_efficiency was measured (short bursts); tensor-core compute time is divided by it",
     )
     sources: tuple[str, ...] = ()
 
@@ -138,6 +144,25 @@ class LinkSpec(Sourced):
         return self
 
 
+class HostLinkMeasurement(Spec):
+    """Host<->device copy bandwidths measured on one host (bandwidthTest, nvbandwidth, a torch copy loop).
+
+    Pinned figures are required; a pageable figure left out is taken as the measured pinned one times the
+    link entry's pageable/pinned ratio (resolution says so in the platform's assumptions)."""
+
+    h2d_pinned_bytes_per_s: float = Field(gt=0)
+    d2h_pinned_bytes_per_s: float = Field(gt=0)
+    h2d_pageable_bytes_per_s: float | None = Field(default=None, gt=0)
+    d2h_pageable_bytes_per_s: float | None = Field(default=None, gt=0)
+    latency_s: float | None = Field(default=None, ge=0, description="None: the link entry's")
+    source: str = Field(min_length=1, description="who measured it, with what tool, where it is published")
+    url: str | None = None
+    measured_on: str = Field(min_length=1, description="the machine measured (GPU, host, cloud instance type)")
+
+
+HostKind = Literal["cloud_vm", "bare_metal"]
+
+
 class DiskSpec(Spec):
     """Storage tier for weights that do not fit in host memory."""
 
@@ -167,6 +192,22 @@ class PlatformSpec(Sourced):
     disk: DiskSpec
     default_for_gpu: str | None = Field(default=None, description="this platform is the default host of that GPU")
     price_usd_excluding_gpus: float | None = Field(default=None, ge=0)
+    host_kind: HostKind | None = Field(default=None, description="cloud_vm (a GPU passed through to a virtual "
+                                       "machine) or bare_metal; None: not stated")
+    host_link_measured: HostLinkMeasurement | None = Field(
+        default=None, description="host<->device bandwidths measured on this kind of host; they replace the link "
+        "entry's generation figures (unless --pcie swaps the link)")
+    max_gpus: int | None = Field(default=None, ge=1, description="GPUs the host takes (slots, or the cloud "
+                                 "instance's largest GPU count); None: the rule in moesim.limits.MAX_GPUS_UNSTATED")
+    max_gpus_source: str | None = Field(default=None, description="where max_gpus comes from")
+
+    @model_validator(mode="after")
+    def _slots_hold_gpus(self) -> "PlatformSpec":
+        if self.max_gpus is not None and self.max_gpus < self.num_gpus:
+            raise ValueError(f"max_gpus ({self.max_gpus}) is below num_gpus ({self.num_gpus})")
+        if self.max_gpus is not None and not self.max_gpus_source:
+            raise ValueError("max_gpus needs max_gpus_source (where the slot count comes from)")
+        return self
 
 
 class Platform(Spec):
@@ -188,6 +229,10 @@ class Platform(Spec):
     )
     assumptions: tuple[str, ...] = ()
     price_usd_excluding_gpus: float | None = None
+    host_kind: HostKind | None = None
+    host_link_source: str | None = Field(default=None, description="source of measured host-link figures; None: "
+                                         "the link entry's generation figures")
+    max_gpus: int | None = Field(default=None, ge=1, description="GPUs the host takes")
 
     @property
     def usable_gpu_memory_bytes_per_gpu(self) -> float:

@@ -110,7 +110,7 @@ class DeepSpeed(ServingSystem):
         dtype = self.params.attention_score_dtype
         engine = Engine(memory_capacity_bytes={"gpu": p.usable_gpu_memory_bytes_per_gpu})
         wbytes = {k: layer_weight_bytes(ctx, k) for k in m.layer_kinds()}
-        copy = {k: ctx.h2d_s(v) for k, v in wbytes.items()}
+        copy = {k: ctx.copy_s(v, "pinned") for k, v in wbytes.items()}  # ZeRO offload_param pin_memory
         proj = ctx.gpu_s(ctx.attention_proj(tokens))
         if self.params.attention == "sdpa":
             core = {w: ctx.gpu_s(ctx.attention_core(seqs, q_len, kv_len, w)) for w in (False, True)}

@@ -66,7 +66,6 @@ from ..engine import Engine
 from ..errors import InfeasibleError
 from ..metrics import HostShare
 from ..modules import Context
-from ..costs import platform_copy_time_s as copy_time_s
 from ..specs import LayerKind
 from ..specs.common import BYTES_PER_ELEMENT
 from ..units import fmt_bytes
@@ -192,7 +191,7 @@ class LlamaCpp(ServingSystem):
         p, m, prm = ctx.platform, ctx.model, self.params
         tokens = seqs * q_len
         offload = prm.op_offload and tokens >= prm.op_offload_min_batch
-        upload_kind = "h2d_pageable" if prm.use_mmap else "h2d_pinned"
+        upload_path = "pageable" if prm.use_mmap else "pinned"  # mmap'd pages: the driver stages them
         attn = {w: ctx.attention_core(seqs, q_len, kv_len, w) for w in (False, True)}
         cpu_attn = {w: ctx.cpu_attention(seqs, kv_len, w) if q_len == 1 else attn[w] for w in (False, True)}
         active = ctx.active_experts(tokens) if m.moe else 0.0
@@ -218,7 +217,7 @@ class LlamaCpp(ServingSystem):
                 miss = read[kind.moe] * lay["miss"]
                 out.append(("page faults (weights from disk)", "disk", ctx.disk_s(miss), "transfer", miss))
             if dev == "cpu" and offload:  # op offload: upload the weights, compute on the GPU
-                out.append(("weights H2D (op offload)", "h2d", copy_time_s(read[kind.moe], upload_kind, p),
+                out.append(("weights H2D (op offload)", "h2d", ctx.copy_s(read[kind.moe], upload_path),
                             "transfer", read[kind.moe]))
                 out.append(("KV H2D (op offload)", "h2d", ctx.h2d_s(kv_bytes), "transfer", kv_bytes))
                 dev = "gpu"

@@ -225,7 +225,7 @@ class MoEGen(ServingSystem):
         copy_len = kv_len if self.params.kv_copy == "context" else ctx.workload.total_context_tokens
         kv_group_bytes = seqs_per_group * copy_len * ctx.kv_bytes_per_token_layer() if decode else 0.0
         return _PassTimes(
-            tokens, decode, cpu_seqs, state, slots, dense_bytes, {k: ctx.h2d_s(v) for k, v in dense_bytes.items()},
+            tokens, decode, cpu_seqs, state, slots, dense_bytes, {k: ctx.copy_s(v, "pinned") for k, v in dense_bytes.items()},
             {k: ctx.disk_s(v) * disk_fraction for k, v in dense_bytes.items()},
             *(ctx.gpu_s(c) for c in ctx.attention_proj_split(tokens)), mb_groups, kv_group_bytes,
             ctx.h2d_s(kv_group_bytes),
@@ -309,7 +309,7 @@ class MoEGen(ServingSystem):
         per_chunk = active / n_chunks
         chunk_slots = max(1, int(slots // math.ceil(per_chunk)))
         chunk_bytes = per_chunk * ctx.expert_weight_bytes
-        chunk_copy = ctx.h2d_s(chunk_bytes)
+        chunk_copy = ctx.copy_s(chunk_bytes, "pinned")  # weights in pinned host memory (section 4.2)
         chunk_disk = ctx.disk_s(chunk_bytes) * disk_fraction
         chunk_compute = ctx.gpu_s(ctx.experts(per_chunk, routed / n_chunks))
         router = ctx.gpu_s(ctx.router(tokens))

@@ -247,7 +247,7 @@ class MoELightning(ServingSystem):
         prefill = passes * ctx.gpu_s(ctx.head(n_p * s, self._prefill_logit_rows(ctx, n_p)))
         chunk = self._chunk_prompts(ctx, n_p)
         for kind, count in ctx.model.layer_kinds().items():
-            stream = ctx.h2d_s((1 - r_w) * layer_weight_bytes(ctx, kind))
+            stream = ctx.copy_s((1 - r_w) * layer_weight_bytes(ctx, kind), "pinned")
             pre, post = self._layer_gpu_s(ctx, kind, mu, 1, c)
             t_cpu = ctx.cpu_s(ctx.cpu_attention(n, c, kind.windowed))
             step += count * max(stream + ctx.h2d_s(n * d2), ctx.d2h_s(n * d1), t_cpu, n_ub * (pre + post))
@@ -303,7 +303,7 @@ class MoELightning(ServingSystem):
             page_bytes = {k: (1 - r_w) * layer_weight_bytes(ctx, k) / g for k in kinds}
             return _DecodeTimes(g, per, mu * per * d1, mu * per * d2, ctx.d2h_s(mu * per * d1),
                                 ctx.h2d_s(mu * per * d2), gpu, {}, page_bytes,
-                                {k: ctx.h2d_s(v) for k, v in page_bytes.items()}, 0.0)
+                                {k: ctx.copy_s(v, "pinned") for k, v in page_bytes.items()}, 0.0)
 
         return ctx.memo(("moe-lightning decode step", self.params.prefill_attention, g, mu, n_ub, r_w), compute)
 
@@ -407,7 +407,7 @@ class MoELightning(ServingSystem):
         g, kv_bytes, gpu, head_s = self._prefill_times(ctx, cand)
         kv_s = ctx.d2h_s(kv_bytes)
         page_bytes = {k: (1 - r_w) * layer_weight_bytes(ctx, k) / g for k in gpu}
-        page_s = {k: ctx.h2d_s(v) for k, v in page_bytes.items()}
+        page_s = {k: ctx.copy_s(v, "pinned") for k, v in page_bytes.items()}
         state: dict = {"pages": None, "prev_end": None}
 
         def layer(eng: Engine, i: int, kind: LayerKind) -> int:
