@@ -74,7 +74,7 @@ def predict(args: argparse.Namespace) -> int:
          + ", ".join(f"{k} {v:.0%}" for k, v in sorted(pred.utilization.items(), key=lambda kv: -kv[1])) + ")"),
         ("memory", f"GPU {fmt_bytes(pred.gpu_mem_bytes)} per GPU, host {fmt_bytes(pred.host_mem_bytes)}"),
         ("placement", ", ".join(f"{k}: {v}" for k, v in pred.placement.items())),
-        ("calibrated", "yes (see assumptions)" if pred.calibrated else "no (default efficiency profile)"),
+        ("calibrated", "yes (see assumptions)" if pred.calibrated else "no (uncalibrated efficiency profile: see assumptions)"),
     ]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
