@@ -113,7 +113,7 @@ def grid(kind: str, n: int) -> list[dict]:
     """Every case of a grid: ``full`` and ``quick`` for GPUs, ``cpu`` (tiny, for the tests)."""
     cases: list[dict] = []
     if kind == "cpu":
-        sizes, dtype = [4 * KIB, 64 * KIB], "fp32"
+        sizes, dtype = [4 * KIB, 16 * KIB, 64 * KIB], "fp32"
         shapes = [{"model": "tiny", "hidden": 32, "ffn": 48, "experts": 4 * n, "top_k": 2}]
         ep_tokens, tp_tokens = (4, 16), (4,)
     else:
