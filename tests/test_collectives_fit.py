@@ -38,7 +38,13 @@ def synthetic_campaign(path, n, noise=0.01, seed=0):
                           "median_s": t * (1 + noise * rng.standard_normal()),
                           "graph_s": g * (1 + noise * rng.standard_normal()),
                           "extra": {"max_rank_bytes": b}})
-    cases.append({"family": "ep_moe", "params": {"tokens": 4}, "median_s": 1e-3})
+    for tokens, recv in ((4, [8.0] * n), (64, [128.0 * (1 + (r == 0)) for r in range(n)])):
+        rows = max(tokens * 2, *recv)
+        data = true_time("all_to_all_uneven", rows * 512 * 2, n)
+        cases.append({"family": "ep_moe", "params": {"tokens": tokens, "top_k": 2, "hidden": 512, "experts": 16,
+                                                     "routing": "zipf", "dtype": "bf16"}, "gpus": n,
+                      "median_s": 1e-3, "dispatch_s": true_time("all_to_all", 16 * 8, n) + data, "combine_s": data,
+                      "extra": {"received_rows_per_rank": recv}})
     cases.append({"family": "all_reduce", "params": {"nbytes": 7}, "error": "OutOfMemoryError"})
     path.write_text(json.dumps({"schema": 1, "harness": "multi_gpu", "synthetic": True,
                                 "env": {"world_size": n, "synthetic": True, "gpus": ["SYNTHETIC"] * n,
@@ -119,3 +125,9 @@ def test_cli_fits_files_and_refuses_bad_input(files, tmp_path):
     r = subprocess.run([sys.executable, "-m", "moesim.calibration.collectives", str(bad), "--platform", "x",
                         "--dry-run"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "not a multi_gpu.py measurement file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_ep_communication_scored_from_the_all_to_all_fits(profile, files):
+    ep = C.score_ep(profile, files)
+    assert set(ep) == {"dispatch:zipf", "combine:zipf"}
+    assert ep["dispatch:zipf"].cases == 6 and ep["combine:zipf"].median_rel_err < 0.03

@@ -4,7 +4,8 @@ one process per GPU through torch.distributed (NCCL on GPUs, gloo on the CPU for
 Run it (the device's lent kinds; README_multi_gpu.md has the whole procedure)::
 
     NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1 \\
-        torchrun --standalone --nproc-per-node 8 validation/torchbench/multi_gpu.py --out $OUT/h200x8.json
+        python3 -m torch.distributed.run --standalone --nproc-per-node 8 validation/torchbench/multi_gpu.py \\
+        --out $OUT/h200x8.json
 
 or without torchrun, ``python validation/torchbench/multi_gpu.py --spawn 8 --out FILE`` (mp.spawn);
 ``--cpu --spawn 2`` runs the tiny CPU grid over gloo (what the tests run). ``--quick`` is a short
@@ -19,8 +20,9 @@ values are recorded in the JSON's ``env``.
 Cases (``grid``):
 
 * ``all_reduce``, ``all_gather``, ``reduce_scatter``, ``all_to_all``, ``all_to_all_uneven``: 1 KiB to
-  1 GiB, powers of 2 (``--quick``: 1 KiB, 64 KiB, 4 MiB, 256 MiB). ``nbytes`` is each rank's largest buffer, as nccl-tests counts it: the all-reduce
-  buffer, the all-gather output, the reduce-scatter input, the all-to-all input. The uneven all-to-all
+  1 GiB, powers of 2 (``--quick``: 1 KiB, 64 KiB, 4 MiB, 256 MiB). ``nbytes`` is each rank's largest
+  buffer, as nccl-tests counts it: the all-reduce buffer, the all-gather output, the reduce-scatter
+  input, the all-to-all input. The uneven all-to-all
   sends peer j a share proportional to j + 1 (every rank sends nbytes; rank N-1 receives
   2N/(N+1) nbytes: a hot rank, as skewed expert routing makes one); ``max_rank_bytes`` is the most
   any rank sends or receives. Timed as single calls (``median_s``), back to back (``burst_s``) and,
@@ -687,8 +689,12 @@ def case_bytes(c: dict, n: int) -> float:
     if c["family"] in COLLECTIVES:
         return 4 * c["nbytes"] * rotations(2 * c["nbytes"])
     w = 3 * c["experts"] * c["hidden"] * c["ffn"] * 2 / n
-    t = c.get("tokens", c.get("tokens_total", 1))
-    return w + 12 * t * c["top_k"] * c["hidden"] * 2 * 2 + 8 * t * c["top_k"] * c["ffn"] * 2
+    if c["family"] == "tp_moe":
+        rows = c["tokens_total"] * c["top_k"]
+    else:  # the worst a rank can receive: every rank's every row (skewed routing)
+        rows = n * c["tokens"] * c["top_k"]
+    per_row = 6 * c["hidden"] * 2 + 3 * c["ffn"] * 2  # received, sorted, out rows; gate/up, activation
+    return w + rotations(rows * c["hidden"] * 2) * rows * c["hidden"] * 2 + rows * per_row
 
 
 RUNNERS = {"ep_moe": run_ep_moe, "tp_moe": run_tp_moe}
@@ -752,7 +758,8 @@ def campaign(args, n: int, rank: int, backend: str) -> None:
             if "median_s" in rec:
                 size = c.get("nbytes", c.get("tokens", c.get("tokens_total")))
                 print(f"[{idx + 1}/{len(cases)}] {c['family']:18s} {c.get('model', ''):14s} {c.get('routing', ''):8s}"
-                      f" {size:>11} {rec['median_s'] * 1e6:10.1f} us  graph {rec.get('graph_s', float('nan')) * 1e6:9.1f}"
+                      f" {size:>11} {rec['median_s'] * 1e6:10.1f} us  graph "
+                      f"{rec.get('graph_s', float('nan')) * 1e6:9.1f}"
                       f" us  ({time.time() - t0:5.1f} s)", flush=True)
             else:
                 print(f"[{idx + 1}/{len(cases)}] {c['family']} {params}: {rec.get('error') or rec.get('skipped')}",
@@ -769,7 +776,8 @@ def table(out: dict) -> None:
             continue
         p = c["params"]
         if c["family"] in COLLECTIVES and p["nbytes"] in (KIB, 2**20, 2**30, 4 * KIB, 64 * KIB):
-            print(f"{c['family']:20s}{p['nbytes']:>13}{c['median_s'] * 1e6:12.1f}{c.get('graph_s', float('nan')) * 1e6:11.1f}"
+            graph_us = c.get("graph_s", float("nan")) * 1e6
+            print(f"{c['family']:20s}{p['nbytes']:>13}{c['median_s'] * 1e6:12.1f}{graph_us:11.1f}"
                   f"{c['busbw_bytes_per_s'] / 1e9:12.1f}")
         elif c["family"] == "ep_moe" and p["tokens"] in (1, 256, 8192, 4, 16):
             print(f"ep {p['model'][:12]:12s} {p['routing']:7s}{p['tokens']:>6}{c['median_s'] * 1e6:12.1f}  "
@@ -783,8 +791,10 @@ def worker(rank: int, args, world: int | None = None) -> None:
 
     warnings.filterwarnings("ignore", category=FutureWarning)  # torch 2.13 renames all_gather_into_tensor
     os.environ.update(MULTICAST_OFF)  # again, in case a launcher replaced the environment
-    if world is None:  # torchrun
-        world, local = int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", rank))
+    if world is None:  # torchrun, or one plain process (a one-GPU smoke run)
+        world, local = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", rank))
+        if "MASTER_ADDR" not in os.environ:
+            os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(args.port))
     else:
         local = rank
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
@@ -813,8 +823,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cpu", action="store_true", help="gloo on the CPU, tiny grid (tests)")
     ap.add_argument("--spawn", type=int, default=0, help="start this many processes here (instead of torchrun)")
     ap.add_argument("--only", default="", help="comma-separated families")
-    ap.add_argument("--budget-s", type=float, default=480.0, help="start no case after this many seconds")
-    ap.add_argument("--timeout-s", type=float, default=300.0, help="process-group timeout (a stalled collective)")
+    ap.add_argument("--budget-s", type=float, default=420.0, help="start no case after this many seconds")
+    ap.add_argument("--timeout-s", type=float, default=120.0, help="process-group timeout (a stalled collective)")
     ap.add_argument("--port", type=int, default=29517, help="rendezvous port with --spawn")
     ap.add_argument("--dump", default="", help="folder for the correctness checks' tensors (tests)")
     ap.add_argument("--estimate", action="store_true", help="print the grid's estimated duration for --spawn N GPUs")

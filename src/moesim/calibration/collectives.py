@@ -18,7 +18,8 @@ The split is fixed here, before any fit (``SPLIT``):
   scored on those (all their sizes); it needs two fitted counts (2 and 8), else it is not fitted.
 
 Timings: ``eager`` (single calls after a barrier, ``median_s``) and ``graph`` (CUDA-graph replays,
-``graph_s``). The EP and TP layers of the campaign are not fitted here.
+``graph_s``). The EP and TP layers of the campaign are not fitted here; :func:`score_ep` predicts the
+EP layer's dispatch and combine from the all-to-all fits and scores them.
 
     python -m moesim.calibration.collectives validation/measurements/hgx-h200/*.json --platform "HGX H200"
 """
@@ -189,7 +190,8 @@ def report(profile: CollectiveProfile) -> str:
 
     lines = [f"collectives on {profile.platform}{' (SYNTHETIC)' if profile.synthetic else ''}: "
              "median/p90 |pred/meas - 1| (cases)",
-             f"{'timing':7s}{'family':19s}{'GPUs':>5s}{'alpha_us':>10s}{'busbw_GB/s':>12s}   {'fit':18s}{'held out':18s}"]
+             f"{'timing':7s}{'family':19s}{'GPUs':>5s}{'alpha_us':>10s}{'busbw_GB/s':>12s}   "
+             f"{'fit':18s}{'held out':18s}"]
     for timing, fams in profile.timings.items():
         for fam, fp in fams.items():
             for n, f in fp.by_gpus.items():
@@ -201,6 +203,36 @@ def report(profile: CollectiveProfile) -> str:
                              f"{pct(c.fit):18s}{pct(c.held_out):18s} alpha/peer {c.alpha_per_peer_s * 1e6:.2f} us; "
                              f"fit on {c.fit_gpu_counts} GPUs, held out {c.held_out_gpu_counts}")
     return "\n".join(lines)
+
+
+def score_ep(profile: CollectiveProfile, paths: list[str | Path], timing: str = "eager") -> dict[str, ErrorSummary]:
+    """The expert-parallel layer's communication phases predicted from the fitted all-to-all models and
+    scored against the ``ep_moe`` cases (never fitted on them):
+
+        dispatch = t_all_to_all(experts x 8 bytes of counts) + t_all_to_all_uneven(B)
+        combine  = t_all_to_all_uneven(B)
+
+    with B = the most rows any rank sends or receives (tokens x top-k sent; received rows as measured)
+    x hidden x element bytes. Dispatch also holds the host sync for the split sizes, which the
+    collective fits leave out: its error says how much that costs. Keys ``<phase>:<routing>``."""
+    errs: dict[str, list[float]] = {}
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        for c in data.get("cases", []):
+            if c.get("family") != "ep_moe" or "dispatch_s" not in c:
+                continue
+            p, n = c["params"], int(c.get("gpus", data.get("env", {}).get("world_size", 1)))
+            esize = 4 if p.get("dtype") == "fp32" else 2
+            rows = max([p["tokens"] * p["top_k"], *c.get("extra", {}).get("received_rows_per_rank", [])])
+            nbytes = rows * p["hidden"] * esize
+            counts = profile.time_s("all_to_all", p["experts"] * 8, n, timing)
+            data_s = profile.time_s("all_to_all_uneven", nbytes, n, timing)
+            if counts is None or data_s is None:
+                continue
+            for phase, pred in (("dispatch", counts + data_s), ("combine", data_s)):
+                errs.setdefault(f"{phase}:{p['routing']}", []).append(abs(pred / c[f"{phase}_s"] - 1.0))
+    return {k: ErrorSummary(cases=len(v), median_rel_err=float(np.median(v)), p90_rel_err=float(np.percentile(v, 90)))
+            for k, v in errs.items()}
 
 
 def profile_path(platform: str, root: Path | None = None) -> Path:
@@ -221,10 +253,12 @@ def save(profile: CollectiveProfile, path: Path) -> None:
         if inside:
             raise CollectiveDataError(f"refusing to write a profile fitted on synthetic data into {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    header = ("# Fitted by `python -m moesim.calibration.collectives` from the measurements named below; do not edit.\n"
+    header = ("# Fitted by `python -m moesim.calibration.collectives` from the measurements named below; "
+              "do not edit.\n"
               "# t = alpha + A(n) bytes / bus_bytes_per_s, A: all-reduce 2(n-1)/n, others (n-1)/n; bytes = each rank's "
               "largest buffer.\n"
-              "# Errors are |pred/meas - 1|: 'fit' on fitted cases, 'held_out' on cases the fit never saw (see split).\n")
+              "# Errors are |pred/meas - 1|: 'fit' on fitted cases, 'held_out' on cases the fit never saw "
+              "(see split).\n")
     path.write_text(header + yaml.safe_dump(profile.model_dump(mode="json"), sort_keys=False))
 
 
@@ -244,6 +278,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         prof = fit_profile(args.files, args.platform)
         print(report(prof))
+        ep = score_ep(prof, args.files)
+        if ep:
+            print("expert-parallel layer, communication predicted from the all-to-all fits "
+                  "(scored only, never fitted):")
+            for key, e in ep.items():
+                print(f"  {key:22s} median {100 * e.median_rel_err:5.1f}%  p90 {100 * e.p90_rel_err:5.1f}%  "
+                      f"({e.cases} cases)")
         if not args.dry_run:
             path = Path(args.out) if args.out else profile_path(args.platform)
             save(prof, path)
