@@ -17,8 +17,10 @@ The split is fixed here, before any fit (``SPLIT``):
 * GPU counts: the cross-count model is fitted on the counts not in ``HELD_OUT_GPU_COUNTS`` (4) and
   scored on those (all their sizes); it needs two fitted counts (2 and 8), else it is not fitted.
 
-Timings: ``eager`` (single calls after a barrier, ``median_s``) and ``graph`` (CUDA-graph replays,
-``graph_s``). The EP and TP layers of the campaign are not fitted here; :func:`score_ep` predicts the
+Timings: ``eager`` (single calls after a barrier, ``median_s``: includes the host's launch and the
+ranks' skew after the barrier), ``burst`` (calls back to back, ``burst_s``: the steady state of eager
+calls issued while the GPU is busy) and ``graph`` (CUDA-graph replays, ``graph_s``: GPU time alone, as
+CUDA-graph decode runs them). The EP and TP layers of the campaign are not fitted here; :func:`score_ep` predicts the
 EP layer's dispatch and combine from the all-to-all fits and scores them.
 
     python -m moesim.calibration.collectives validation/measurements/hgx-h200/*.json --platform "HGX H200"
@@ -42,7 +44,7 @@ from ..specs.collectives import (CollectiveFamilyProfile, CollectiveFit, Collect
 from .store import gpu_slug
 
 FAMILIES = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "all_to_all_uneven")
-TIMINGS = {"eager": "median_s", "graph": "graph_s"}
+TIMINGS = {"eager": "median_s", "burst": "burst_s", "graph": "graph_s"}
 HELD_OUT_EVERY = 3  # within a series sorted by size: index % 3 == 1 held out
 HELD_OUT_GPU_COUNTS = (4,)
 SPLIT = (f"sizes: within each (timing, family, GPU count) series sorted by bytes, every {HELD_OUT_EVERY}rd size "

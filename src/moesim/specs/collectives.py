@@ -23,7 +23,7 @@ from pydantic import Field
 from .common import Spec
 
 CollectiveFamily = Literal["all_reduce", "all_gather", "reduce_scatter", "all_to_all", "all_to_all_uneven"]
-Timing = Literal["eager", "graph"]
+Timing = Literal["eager", "burst", "graph"]
 
 
 def algorithm_factor(family: str, gpus: int) -> float:
