@@ -60,6 +60,8 @@ def test_cpu_campaign_runs_end_to_end_and_writes_valid_json(cpu_run):
 def test_campaign_checks_pass(cpu_run):
     checks = cpu_run[0]["checks"]
     assert checks["ep_rel_err"]["uniform"] < 1e-5 and checks["ep_rel_err"]["zipf"] < 1e-5
+    assert checks["tp_rel_err"] < 1e-5  # column/row-parallel shards summed = the unsharded layer
+    assert max(checks["ep_rel_err_bf16"].values()) < 3e-2 and checks["tp_rel_err_bf16"] < 3e-2
     a2a = checks["uneven_all_to_all"]
     assert a2a["all_ranks_ok"] and a2a["content_ok"] and a2a["roundtrip_ok"]
     assert a2a["send_splits"] != a2a["recv_splits"] or len(set(a2a["send_splits"])) > 1

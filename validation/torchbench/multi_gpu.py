@@ -43,6 +43,10 @@ Cases (``grid``):
   tokens-per-rank tokens on every rank, grouped GEMM without host syncs, then all-reduce of the
   output. Phases ``experts_s`` and ``allreduce_s``; eager and CUDA graph.
 
+Checks first (``checks`` in the JSON): the EP layer and the TP layer's all-reduced shards against a
+single-process float64 MoE (fp32: the loop of GEMMs, ~1e-7; bf16: on GPUs the grouped GEMM the timed
+cases take, ~5e-3); the uneven all-to-all's content and round trip.
+
 Timing (METHOD.md; helpers from timing.py): warm-up calls; random data (never zeros; in-place sums
 of the all-reduce grow and may reach inf in bf16 after ~40 calls, which an adder takes no longer
 over); rotation over buffer sets larger than twice the L2 where inputs are small; before every
@@ -613,24 +617,41 @@ def run_tp_moe(c: dict, n: int, rank: int) -> dict:
 
 
 # ---- correctness checks (run first, on every campaign) -------------------------------------------
-def check_ep(n: int, rank: int, routing: str, dump: Path | None = None) -> float:
-    """EP layer (fp32, tiny) against :func:`reference_moe` on the same tokens; returns the relative
-    error max over ranks. Ranks hold different token counts (8 + 3 rank) to exercise uneven splits."""
-    c = {"hidden": 32, "ffn": 48, "experts": 4 * n, "top_k": 2, "dtype": "fp32"}
+def check_ep(n: int, rank: int, routing: str, dump: Path | None = None, dtype: str = "fp32") -> float:
+    """EP layer (tiny) against :func:`reference_moe` (float64) on the same tokens; returns the relative
+    error max over ranks. Ranks hold different token counts (8 + 3 rank) to exercise uneven splits.
+    fp32 takes the loop of GEMMs; bf16 on a GPU the grouped GEMM (expect ~1e-2: bf16 operands)."""
+    c = {"hidden": 64, "ffn": 128, "experts": 4 * n, "top_k": 2, "dtype": dtype}
     seed = 77
     layer = EPLayer(c, n, rank, seed=seed)
     T = 8 + 3 * rank
     g = torch.Generator().manual_seed(500 + rank)
-    x = rand(T, c["hidden"], generator=g)
+    x = rand(T, c["hidden"], generator=g, dtype=DTYPES[dtype])
     bias = routing_bias(T, c["experts"], routing, 1.2, g)
     out = layer.forward(x, bias)
-    w13_all, w2_all = expert_weights(range(c["experts"]), c["hidden"], c["ffn"], torch.float32, seed)
+    w13_all, w2_all = expert_weights(range(c["experts"]), c["hidden"], c["ffn"], DTYPES[dtype], seed)
     ref = reference_moe(x, bias, layer.router, w13_all, w2_all, c["top_k"])
     err = float((out.double().cpu() - ref).norm() / ref.norm())
-    if dump is not None:
+    if dump is not None and dtype == "fp32":
         torch.save({"x": x.cpu(), "bias": bias.cpu(), "router": layer.router.cpu(), "w13_all": w13_all.cpu(),
                     "w2_all": w2_all.cpu(), "top_k": c["top_k"], "out": out.cpu(), "routing": routing},
                    dump / f"ep_{routing}_rank{rank}.pt")
+    return agree(err if math.isfinite(err) else 1e9, "max")
+
+
+def check_tp(n: int, rank: int, dtype: str = "fp32") -> float:
+    """TP layer (tiny): the all-reduced sum of the ranks' column/row-parallel shards against
+    :func:`reference_moe` with the unsharded experts; the same tokens on every rank."""
+    c = {"hidden": 64, "ffn": 32 * n, "experts": 8, "top_k": 2, "dtype": dtype}
+    seed = 91
+    layer = TPLayer(c, n, rank, seed=seed)
+    g = torch.Generator().manual_seed(600)  # the same on every rank
+    x = rand(10, c["hidden"], generator=g, dtype=DTYPES[dtype])
+    bias = routing_bias(10, c["experts"], "uniform", 1.0, g)
+    out = layer.forward(x, bias)
+    w13_all, w2_all = expert_weights(range(c["experts"]), c["hidden"], c["ffn"], DTYPES[dtype], seed)
+    ref = reference_moe(x, bias, layer.router, w13_all, w2_all, c["top_k"])
+    err = float((out.double().cpu() - ref).norm() / ref.norm())
     return agree(err if math.isfinite(err) else 1e9, "max")
 
 
@@ -725,10 +746,17 @@ def campaign(args, n: int, rank: int, backend: str) -> None:
     if dump is not None:
         dump.mkdir(parents=True, exist_ok=True)
     out["checks"]["ep_rel_err"] = {r: check_ep(n, rank, r, dump) for r in ("uniform", "zipf")}
+    out["checks"]["tp_rel_err"] = check_tp(n, rank)
+    # bf16: on a GPU the grouped-GEMM path the timed cases take; bf16 operands give ~1e-2
+    out["checks"]["ep_rel_err_bf16"] = {r: check_ep(n, rank, r, None, "bf16") for r in ("uniform", "zipf")}
+    out["checks"]["tp_rel_err_bf16"] = check_tp(n, rank, "bf16")
     out["checks"]["uneven_all_to_all"] = check_uneven_all_to_all(n, rank)
     if rank == 0:
         write(path, out)
-        print(f"checks: {json.dumps(out['checks']['ep_rel_err'])}, uneven all-to-all "
+        print(f"checks: EP {json.dumps(out['checks']['ep_rel_err'])}, "
+              f"EP bf16 {json.dumps(out['checks']['ep_rel_err_bf16'])}, TP {out['checks']['tp_rel_err']:.2e}, "
+              f"TP bf16 {out['checks']['tp_rel_err_bf16']:.2e}, "
+              f"uneven all-to-all "
               f"{'ok' if out['checks']['uneven_all_to_all']['all_ranks_ok'] else 'WRONG'}", flush=True)
     t0 = time.time()
     for idx, c in enumerate(cases):
