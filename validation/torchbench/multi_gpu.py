@@ -98,7 +98,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 CASE_BUDGET_S = 0.3
 MIN_REPS, MAX_REPS = 5, 100
 WARMUP = 3
-BURST_REPS = GRAPH_REPS = 5
+BURST_REPS, GRAPH_REPS = 5, 10
 
 DEV = torch.device("cpu")  # set per process in worker()
 
@@ -170,7 +170,7 @@ def estimate_case_s(c: dict, n: int) -> float:
         per = 40e-6 + algorithm_factor(fam, n) * c["nbytes"] * 2 / 150e9 + 30e-6  # + the barrier
         reps = min(MAX_REPS, max(MIN_REPS, CASE_BUDGET_S / per))
         burst = min(64, max(2, round(2e-3 / per)))
-        return 0.1 + per * (WARMUP + 3 + reps) + 2 * BURST_REPS * burst * per + 0.3  # + graph capture
+        return 0.1 + per * (WARMUP + 3 + reps) + (BURST_REPS + GRAPH_REPS) * burst * per + 0.3  # + graph capture
     tokens = c.get("tokens", c.get("tokens_total", 1))
     flop = 2 * 3 * tokens * c["top_k"] * c["hidden"] * c["ffn"] / (1 if fam == "ep_moe" else n)
     comm = 2 * (40e-6 + tokens * c["top_k"] * c["hidden"] * 2 / 150e9) if fam == "ep_moe" else \
