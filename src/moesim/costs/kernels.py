@@ -127,7 +127,7 @@ def bracket(axis: list, x: float):
     if axis[i] == x:
         return (x, x, 0.0)
     lo, hi = axis[i - 1], axis[i]
-    if hi / lo > MAX_BRACKET_RATIO:
+    if lo <= 0 or hi / lo > MAX_BRACKET_RATIO:
         return None
     return (lo, hi, math.log(x / lo) / math.log(hi / lo))
 
