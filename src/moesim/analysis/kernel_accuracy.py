@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -59,13 +60,10 @@ def stats(errors: list[float]) -> dict:
 def split_points(grid: K.Grid, axis: int) -> tuple[list, list]:
     """(fit rows, held-out rows) of a Grid by the rule in the module docstring; rows are
     [*cat, *axes, seconds]."""
-    import math
     fit, held = [], []
     for cat, pts in grid.points.items():
         series: dict[tuple, list] = {}
         for pt, logv in pts.items():
-            if logv is None:
-                continue
             other = pt[:axis] + pt[axis + 1:]
             series.setdefault(other, []).append((pt[axis], pt, math.exp(logv)))
         for members in series.values():
@@ -96,12 +94,12 @@ def table_holdout(gpus=("h100-sxm", "h200"), backends=K.BACKEND_ORDER) -> dict:
                 continue
             part = t.parts[0]
             for fam in FAMILIES:
-                grid = part.grid(fam)
-                if grid is None:
+                path = part.path(fam)
+                if path is None:
                     continue
                 ncat = K.CATEGORICAL[fam]
-                fit, held = split_points(grid, SPLIT_AXIS[fam])
-                fitted = K.Grid(fit, ncat)
+                fit, held = split_points(K.Grid(K.read_rows(path), ncat), SPLIT_AXIS[fam])  # as measured
+                fitted = K.Grid(fit, ncat, K.MONOTONE_AXIS.get(fam))  # the lookup moesim uses
                 errs: dict[str, list] = {}
                 uncovered: dict[str, int] = {}
                 for row in held:
@@ -161,16 +159,16 @@ def moesim_prices(cases: list[dict]) -> dict:
             add(name, "eager", gpu_time_s(cost, gpu, eff) - gpu_time_s(route, gpu, eff), c["graph_s"])
             add(name, "roof", roof, c["graph_s"])
     t = K.kernel_tables("h200", "vllm")
-    grid = t.parts[0].grid("allreduce") if t else None
-    if grid is not None:
+    path = t.parts[0].path("allreduce") if t else None
+    if path is not None:
+        grid = K.Grid(K.read_rows(path), K.CATEGORICAL["allreduce"])
         for (dtype, n), pts in grid.points.items():
             plat = get_hardware("hgx-h200", num_gpus=n)
             for (nbytes,), logv in pts.items():
-                if nbytes > DECODE_ALLREDUCE_MAX_BYTES or logv is None:
+                if nbytes > DECODE_ALLREDUCE_MAX_BYTES:
                     continue
                 ctx = SimpleNamespace(platform=plat, hidden_state_bytes=lambda tokens, b=nbytes: b)
                 pred = allreduce_s(ctx, 1)
-                import math
                 add(f"allreduce {n}gpu", "eager", pred, math.exp(logv))
                 add(f"allreduce {n}gpu", "roof", pred, math.exp(logv))
     return {name: {kind: stats(v) for kind, v in kinds.items()} for name, kinds in sorted(errs.items())}
@@ -193,9 +191,9 @@ def cross_source(cases: list[dict]) -> dict:
     return {name: stats(v) for name, v in sorted(errs.items())}
 
 
-def report() -> dict:
+def report(gpus=("h100-sxm", "h200"), backends=K.BACKEND_ORDER) -> dict:
     cases = load_measured()
-    return {"table_holdout": table_holdout(), "moesim_vs_h200": moesim_prices(cases),
+    return {"table_holdout": table_holdout(gpus, backends), "moesim_vs_h200": moesim_prices(cases),
             "aic_vllm_vs_ours_h200": cross_source(cases)}
 
 
@@ -224,8 +222,10 @@ def render(r: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m moesim.analysis.kernel_accuracy", description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
+    ap.add_argument("--gpus", default="h100-sxm,h200", help="GPUs whose tables (a) scores, comma-separated")
+    ap.add_argument("--backends", default=",".join(K.BACKEND_ORDER), help="engines whose tables (a) scores")
     a = ap.parse_args(argv)
-    r = report()
+    r = report(tuple(a.gpus.split(",")), tuple(a.backends.split(",")))
     print(json.dumps(r, indent=1) if a.json else render(r))
     return 0
 

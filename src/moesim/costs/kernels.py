@@ -30,7 +30,10 @@ Quant strings: "bf16", "fp8" (per-tensor), "fp8_block" (128x128 block-scaled, De
 * all 2^d corners of the bracketing cell must be measured; the value is then multilinear interpolation in
   log space: log t = sum_c w_c log t_c with weights from (log x - log lo) / (log hi - log lo) on each
   axis (a power law between neighbouring points; exact at measured points);
-* a zero-size query (m, tokens or batch = 0) costs 0 s.
+* a zero-size query (m, tokens or batch = 0) costs 0 s;
+* MoE tables are made non-decreasing in tokens at load: each measured point takes the least of its own
+  and every larger token count's time (an engine can always run T tokens as a larger captured size;
+  :func:`_suffix_min`).
 
 Tables load lazily (first query of a family) and are cached for the process; the module imports no
 torch or numpy.
@@ -62,6 +65,10 @@ CATEGORICAL = {"gemm": 1, "moe": 7, "attention_prefill": 3, "attention_decode": 
                "allreduce": 2}
 
 
+#: families whose time is made non-decreasing along one axis at load (see :func:`_suffix_min`): MoE in tokens
+MONOTONE_AXIS = {"moe": 0}
+
+
 def kernels_dir() -> Path:
     return data_root("hardware_db") / "kernels"
 
@@ -70,13 +77,15 @@ class Grid:
     """Points on a (possibly incomplete) rectilinear grid per categorical key, looked up by the rule in
     the module docstring."""
 
-    def __init__(self, rows, ncat: int):
+    def __init__(self, rows, ncat: int, monotone_axis: int | None = None):
         self.ncat = ncat
         groups: dict[tuple, dict[tuple, float]] = {}
         for row in rows:
-            cat = tuple(row[:ncat])
-            pt = tuple(row[ncat:-1])
-            groups.setdefault(cat, {})[pt] = math.log(row[-1]) if row[-1] > 0 else None
+            if row[-1] > 0:
+                groups.setdefault(tuple(row[:ncat]), {})[tuple(row[ncat:-1])] = math.log(row[-1])
+        if monotone_axis is not None:
+            for pts in groups.values():
+                _suffix_min(pts, monotone_axis)
         self.points = groups
         self.axes = {cat: [sorted({p[i] for p in pts}) for i in range(len(next(iter(pts))))]
                      for cat, pts in groups.items()}
@@ -91,6 +100,8 @@ class Grid:
         exact = pts.get(tuple(x))
         if exact is not None:
             return math.exp(exact)
+        if cat not in self.axes:
+            return None
         brackets = []
         for xi, axis in zip(x, self.axes[cat]):
             b = bracket(axis, xi)
@@ -119,6 +130,23 @@ class Grid:
         return math.exp(total)
 
 
+def _suffix_min(pts: dict, axis: int) -> None:
+    """In place: along ``axis``, each point's value becomes the least of it and every larger size's
+    (t(T) = min over measured T' >= T of t(T')): work of size T can always run as the larger captured
+    size (CUDA-graph engines pad a batch up to the graph's size), so a measured dip at a larger size
+    bounds the smaller one; this removes the measurement noise that made 43% of the MoE series dip
+    by more than 3% somewhere, and makes the MoE price non-decreasing in tokens."""
+    series: dict[tuple, list] = {}
+    for pt in pts:
+        series.setdefault(pt[:axis] + pt[axis + 1:], []).append(pt)
+    for members in series.values():
+        members.sort(key=lambda p: p[axis], reverse=True)
+        low = math.inf
+        for pt in members:
+            low = min(low, pts[pt])
+            pts[pt] = low
+
+
 def bracket(axis: list, x: float):
     """(lo, hi, fraction in log space) of ``x`` between neighbouring measured values, or None."""
     if not axis or x < axis[0] or x > axis[-1] or x <= 0:
@@ -132,15 +160,19 @@ def bracket(axis: list, x: float):
     return (lo, hi, math.log(x / lo) / math.log(hi / lo))
 
 
-@lru_cache(maxsize=None)
-def load_table(path: str, family: str) -> Grid:
-    """A converted table (gzipped CSV: one text column, then integer columns, latency in microseconds
-    last) as a Grid of seconds."""
+def read_rows(path: str | Path) -> list[list]:
+    """The rows of a converted table (gzipped CSV: one text column, then integer columns, latency in
+    microseconds last), latency converted to seconds."""
     with gzip.open(path, "rt") as fh:
         reader = csv.reader(fh)
         next(reader)
-        rows = [[r[0], *map(int, r[1:-1]), float(r[-1]) * 1e-6] for r in reader]
-    return Grid(rows, CATEGORICAL[family])
+        return [[r[0], *map(int, r[1:-1]), float(r[-1]) * 1e-6] for r in reader]
+
+
+@lru_cache(maxsize=None)
+def load_table(path: str, family: str) -> Grid:
+    """A converted table as the Grid the lookups use (cached for the process)."""
+    return Grid(read_rows(path), CATEGORICAL[family], MONOTONE_AXIS.get(family))
 
 
 @lru_cache(maxsize=None)
@@ -161,11 +193,13 @@ class BackendTables:
         self.gpu, self.backend, self.version = gpu, backend, str(entry.get("version"))
         self.files = {fam: t["file"] for fam, t in (entry.get("tables") or {}).items()}
 
-    def grid(self, family: str) -> Grid | None:
+    def path(self, family: str) -> Path | None:
         rel = self.files.get(family)
-        if rel is None:
-            return None
-        return load_table(str(kernels_dir() / rel), family)
+        return None if rel is None else kernels_dir() / rel
+
+    def grid(self, family: str) -> Grid | None:
+        path = self.path(family)
+        return None if path is None else load_table(str(path), family)
 
 
 def _zero(*sizes) -> bool:
