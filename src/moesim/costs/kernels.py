@@ -35,8 +35,8 @@ Quant strings: "bf16", "fp8" (per-tensor), "fp8_block" (128x128 block-scaled, De
   and every larger token count's time (an engine can always run T tokens as a larger captured size;
   :func:`_suffix_min`).
 
-Tables load lazily (first query of a family) and are cached for the process; the module imports no
-torch or numpy.
+Tables load lazily (first query of a family and recipe) and are cached for the process, as are the
+answers to repeated queries; the module imports no torch or numpy.
 """
 
 from __future__ import annotations
@@ -65,6 +65,8 @@ CATEGORICAL = {"gemm": 1, "moe": 7, "attention_prefill": 3, "attention_decode": 
                "allreduce": 2}
 
 
+#: lookups remembered per KernelTables (bounded; beyond it, lookups are simply recomputed)
+MEMO_ENTRIES = 200_000
 #: families whose time is made non-decreasing along one axis at load (see :func:`_suffix_min`): MoE in tokens
 MONOTONE_AXIS = {"moe": 0}
 
@@ -160,19 +162,23 @@ def bracket(axis: list, x: float):
     return (lo, hi, math.log(x / lo) / math.log(hi / lo))
 
 
-def read_rows(path: str | Path) -> list[list]:
+def read_rows(path: str | Path, first: str | None = None) -> list[list]:
     """The rows of a converted table (gzipped CSV: one text column, then integer columns, latency in
-    microseconds last), latency converted to seconds."""
+    microseconds last), latency converted to seconds; only those whose text column is ``first`` if given
+    (a GEMM table holds three recipes; a model uses one)."""
     with gzip.open(path, "rt") as fh:
-        reader = csv.reader(fh)
-        next(reader)
-        return [[r[0], *map(int, r[1:-1]), float(r[-1]) * 1e-6] for r in reader]
+        lines = fh.read().splitlines()[1:]
+    if first is not None:
+        prefix = first + ","
+        lines = [ln for ln in lines if ln.startswith(prefix)]
+    return [[r[0], *map(int, r[1:-1]), float(r[-1]) * 1e-6] for r in csv.reader(lines)]
 
 
 @lru_cache(maxsize=None)
-def load_table(path: str, family: str) -> Grid:
-    """A converted table as the Grid the lookups use (cached for the process)."""
-    return Grid(read_rows(path), CATEGORICAL[family], MONOTONE_AXIS.get(family))
+def load_table(path: str, family: str, first: str | None = None) -> Grid:
+    """A converted table (the rows of one text-column value if ``first``) as the Grid the lookups use,
+    cached for the process."""
+    return Grid(read_rows(path, first), CATEGORICAL[family], MONOTONE_AXIS.get(family))
 
 
 @lru_cache(maxsize=None)
@@ -197,9 +203,9 @@ class BackendTables:
         rel = self.files.get(family)
         return None if rel is None else kernels_dir() / rel
 
-    def grid(self, family: str) -> Grid | None:
+    def grid(self, family: str, first: str | None = None) -> Grid | None:
         path = self.path(family)
-        return None if path is None else load_table(str(path), family)
+        return None if path is None else load_table(str(path), family, first)
 
 
 def _zero(*sizes) -> bool:
@@ -214,16 +220,23 @@ class KernelTables:
         self.gpu = gpu
         self.parts = parts
         self.backend = parts[0].backend if len(parts) == 1 else None
+        self._memo: dict[tuple, float | None] = {}  # the same shapes recur every layer and step
 
     def _ask(self, family: str, cat: tuple, x: tuple) -> float | None:
+        key = (family, cat, x)
+        if key in self._memo:
+            return self._memo[key]
+        found = None
         for part in self.parts:
-            g = part.grid(family)
+            g = part.grid(family, cat[0])
             if g is None:
                 continue
-            v = g.lookup(cat, x)
-            if v is not None:
-                return v
-        return None
+            found = g.lookup(cat, x)
+            if found is not None:
+                break
+        if len(self._memo) < MEMO_ENTRIES:
+            self._memo[key] = found
+        return found
 
     def source(self) -> str:
         return ", ".join(f"{p.backend} {p.version}" for p in self.parts) + f" on {self.gpu} (AIConfigurator tables)"
