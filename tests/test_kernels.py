@@ -1,0 +1,216 @@
+"""moesim.costs.kernels: lookup rule, coverage, monotone MoE, loading, golden points; the op-level report;
+the engine-kernel harness on the CPU."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from moesim.analysis import kernel_accuracy as KA
+from moesim.costs import kernels as K
+
+ROOT = Path(__file__).resolve().parents[1]
+MEASURED = ROOT / "validation" / "measurements" / "h200" / "engine_kernels"
+DSV3 = dict(hidden=7168, inter=2048, num_experts=256, topk=8)
+
+
+# ---- the lookup rule, on hand-made grids ------------------------------------------------------------
+def test_interpolation_is_a_power_law_between_neighbours():
+    g = K.Grid([["q", 1, 10e-6], ["q", 4, 40e-6]], 1)
+    # f = log(2/1)/log(4/1) = 1/2: exp(0.5 ln 10 + 0.5 ln 40) = sqrt(400) = 20 us
+    assert g.lookup(("q",), (2,)) == pytest.approx(20e-6)
+    assert g.lookup(("q",), (1,)) == pytest.approx(10e-6)  # exact at measured points
+    assert g.lookup(("q",), (4,)) == pytest.approx(40e-6)
+
+
+def test_two_axes_use_all_four_corners():
+    rows = [["q", a, b, a * b * 1e-6] for a in (1, 4) for b in (1, 4)]
+    g = K.Grid(rows, 1)
+    assert g.lookup(("q",), (2, 2)) == pytest.approx(4e-6)  # t = a b exactly, a power law
+    assert g.lookup(("q",), (2, 4)) == pytest.approx(8e-6)
+    g_missing = K.Grid(rows[:-1], 1)  # corner (4, 4) absent: not covered
+    assert g_missing.lookup(("q",), (2, 2)) is None
+
+
+def test_no_extrapolation_and_no_wide_gaps():
+    g = K.Grid([["q", 1, 1e-6], ["q", 8, 8e-6], ["q", 16, 9e-6]], 1)
+    assert g.lookup(("q",), (0.5,)) is None  # below the measured range
+    assert g.lookup(("q",), (17,)) is None  # above it
+    assert g.lookup(("q",), (2,)) is None  # between 1 and 8: a gap wider than MAX_BRACKET_RATIO
+    assert g.lookup(("q",), (12,)) == pytest.approx(8e-6 * (9 / 8) ** (math.log(1.5) / math.log(2)))
+    assert g.lookup(("other",), (8,)) is None  # categorical keys match exactly
+
+
+def test_suffix_min_makes_a_series_non_decreasing():
+    rows = [["q", 1, 5e-6], ["q", 2, 7e-6], ["q", 4, 6e-6], ["q", 8, 9e-6]]
+    g = K.Grid(rows, 1, monotone_axis=0)
+    vals = [g.lookup(("q",), (t,)) for t in (1, 2, 4, 8)]
+    assert vals == pytest.approx([5e-6, 6e-6, 6e-6, 9e-6])  # 2 tokens can run as the 4-token size
+
+
+# ---- coverage of the committed tables ---------------------------------------------------------------
+def test_none_outside_coverage():
+    t = K.kernel_tables("h200", "vllm")
+    assert t is not None
+    assert t.moe_s(64, 5120, 1536, 160, 6, "fp8") is None  # a layer the tables never measured
+    assert t.moe_s(10**6, quant="fp8_block", **DSV3) is None  # beyond the largest token count
+    assert t.gemm_s(64, 4096, 4096, "nvfp4") is None  # no nvfp4 on Hopper
+    assert t.gemm_s(10**7, 4096, 4096, "fp8") is None
+    assert t.mla_decode_s(8, 1024, 16, 256, 64) is None  # only DeepSeek's MLA (512, 64) was measured
+    assert t.allreduce_s(16384, 8, "fp32") is None
+    assert K.kernel_tables("t4", "vllm") is None  # no tables for this GPU
+    assert K.kernel_tables("h200", "no-such-engine") is None
+
+
+def test_zero_size_costs_nothing():
+    t = K.kernel_tables("h100-sxm", None)
+    assert t.moe_s(0, quant="bf16", **DSV3) == 0.0
+    assert t.gemm_s(0, 4096, 4096, "fp8") == 0.0
+    assert t.allreduce_s(8192, 1) == 0.0
+
+
+def test_gpu_names_match_hardware_db_spelling():
+    assert K.kernel_tables("H100 SXM", "sglang") is not None
+    assert K.kernel_tables("h100-sxm", "sglang").source().startswith("sglang 0.5.9")
+
+
+def test_any_backend_falls_back_in_order():
+    anyb = K.kernel_tables("h200", None)
+    vllm, sgl = K.kernel_tables("h200", "vllm"), K.kernel_tables("h200", "sglang")
+    assert anyb.gemm_s(64, 4096, 4096, "fp8") == vllm.gemm_s(64, 4096, 4096, "fp8")
+    # SGLang 0.5.9's MoE table has no per-tensor fp8: "any" answers from the next engine that has it
+    assert sgl.moe_s(64, quant="fp8", **DSV3) is None
+    assert anyb.moe_s(64, quant="fp8", **DSV3) == vllm.moe_s(64, quant="fp8", **DSV3)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 16384), st.integers(1, 16384), st.sampled_from(["bf16", "fp8", "fp8_block"]),
+       st.sampled_from([(1, 1), (1, 8), (8, 1)]))
+def test_moe_time_is_non_decreasing_in_tokens(a, b, quant, tp_ep):
+    t = K.kernel_tables("h200", "vllm")
+    lo, hi = sorted((a, b))
+    tp, ep = tp_ep
+    t_lo, t_hi = t.moe_s(lo, quant=quant, tp=tp, ep=ep, **DSV3), t.moe_s(hi, quant=quant, tp=tp, ep=ep, **DSV3)
+    assert t_lo is not None and t_hi is not None
+    assert t_lo <= t_hi * (1 + 1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 65536), st.sampled_from([2, 4, 8]))
+def test_allreduce_lies_between_its_neighbours(nbytes_elems, n):
+    t = K.kernel_tables("h200", "trtllm")
+    nbytes = 256 * nbytes_elems
+    v = t.allreduce_s(nbytes, n)
+    lo, hi = 2 ** math.floor(math.log2(nbytes)), 2 ** math.ceil(math.log2(nbytes))
+    a, b = t.allreduce_s(lo, n), t.allreduce_s(hi, n)
+    if None in (v, a, b):
+        return
+    assert min(a, b) * (1 - 1e-9) <= v <= max(a, b) * (1 + 1e-9)
+
+
+def test_tables_load_and_the_module_imports_no_torch():
+    code = ("import sys, moesim.costs.kernels as K; t = K.kernel_tables('h200', 'vllm'); "
+            "assert t.gemm_s(128, 4096, 4096, 'fp8') > 0 and t.moe_s(8, 7168, 2048, 256, 8, 'fp8_block') > 0; "
+            "assert 'torch' not in sys.modules and 'matplotlib' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+# ---- golden: lookups reproduce committed measured points --------------------------------------------
+@pytest.mark.parametrize("gpu,backend,family", [("h200", "vllm", "gemm"), ("h100-sxm", "trtllm", "moe"),
+                                                ("h200", "sglang", "allreduce"), ("h200", "vllm", "attention_decode"),
+                                                ("h100-sxm", "vllm", "mla_decode")])
+def test_lookup_returns_committed_points(gpu, backend, family):
+    part = K.kernel_tables(gpu, backend).parts[0]
+    with gzip.open(part.path(family), "rt") as fh:
+        lines = fh.read().splitlines()[1:]
+    ncat = K.CATEGORICAL[family]
+    grid = part.grid(family)
+    for line in (lines[0], lines[len(lines) // 2], lines[-1]):
+        cells = line.split(",")
+        cat = (cells[0], *map(int, cells[1:ncat]))
+        pt = tuple(map(int, cells[ncat:-1]))
+        got = grid.lookup(cat, pt)
+        if family in K.MONOTONE_AXIS:  # a point may take a larger size's smaller time, never more
+            assert got <= float(cells[-1]) * 1e-6 * (1 + 1e-9)
+        else:
+            assert got == pytest.approx(float(cells[-1]) * 1e-6, rel=1e-9)
+
+
+def test_index_names_source_commit_and_versions():
+    import yaml
+    idx = yaml.safe_load((K.kernels_dir() / "h200.yaml").read_text())
+    assert idx["source"]["repository"] == "github.com/ai-dynamo/aiconfigurator"
+    assert len(idx["source"]["commit"]) == 40 and idx["source"]["license"] == "Apache-2.0"
+    assert {b: e["version"] for b, e in idx["backends"].items()} == {"vllm": "0.18.0", "sglang": "0.5.9",
+                                                                       "trtllm": "1.2.0rc5"}
+    total = sum(p.stat().st_size for p in K.kernels_dir().rglob("*.csv.gz"))
+    assert total < 3.2e6
+
+
+def test_h200_measurements_agree_with_the_vllm_table_within_a_factor():
+    """Our Triton fused MoE and torch's cuBLAS fp8 GEMM on the H200 against vLLM's kernels measured by
+    AIConfigurator on the same GPU kind: different code, same silicon, so within a factor of 3.5 (our MoE
+    kernel is untuned: up to 3.3x slower at one token)."""
+    t = K.kernel_tables("h200", "vllm")
+    cases = KA.load_measured()
+    assert len(cases) > 300
+    checked = 0
+    for c in cases:
+        if c["family"] == "moe" and c["impl"] == "triton_fused":
+            ref = t.moe_s(c["tokens"], c["hidden"], c["inter"], c["experts"], c["topk"], c["quant"])
+        elif c["family"] == "gemm" and c["quant"] == "fp8":
+            ref = t.gemm_s(c["m"], c["n"], c["k"], "fp8")
+        else:
+            continue
+        if ref is not None:
+            assert 1 / 3.5 < c["graph_s"] / ref < 3.5, c
+            checked += 1
+    assert checked > 150
+
+
+# ---- the op-level report ----------------------------------------------------------------------------
+def test_split_holds_out_interior_alternate_points():
+    rows = [["q", t, t * 1e-6] for t in (1, 2, 4, 8, 16, 32)]
+    fit, held = KA.split_points(K.Grid(rows, 1), 0)
+    assert sorted(r[1] for r in held) == [2, 8]  # odd positions, never the last
+    assert sorted(r[1] for r in fit) == [1, 4, 16, 32]
+
+
+def test_held_out_table_interpolation_meets_the_issue_target_on_h200_vllm():
+    r = KA.table_holdout(gpus=("h200",), backends=("vllm",))["h200"]["vllm 0.18.0"]
+    for fam in ("moe bf16 decode", "moe fp8 decode", "moe fp8_block decode", "moe fp8_block prefill",
+                "gemm fp8", "gemm fp8_block", "allreduce 2gpu", "allreduce 4gpu", "allreduce 8gpu"):
+        assert r[fam]["n"] > 0 and r[fam]["median"] < 0.15, (fam, r[fam])
+
+
+def test_report_cli_runs():
+    out = subprocess.run([sys.executable, "-m", "moesim.analysis.kernel_accuracy", "--json", "--gpus", "h200",
+                          "--backends", "trtllm"], check=True,
+                         capture_output=True, text=True, cwd=ROOT).stdout
+    r = json.loads(out)
+    assert set(r) == {"table_holdout", "moesim_vs_h200", "aic_vllm_vs_ours_h200"}
+    assert r["moesim_vs_h200"]["gemm fp8"]["roof"]["n"] == 60
+    assert list(r["table_holdout"]) == ["h200"] and list(r["table_holdout"]["h200"]) == ["trtllm 1.2.0rc5"]
+
+
+# ---- the harness, tiny, on the CPU ------------------------------------------------------------------
+def test_engine_kernel_harness_runs_on_cpu(tmp_path):
+    pytest.importorskip("torch")
+    subprocess.run([sys.executable, str(ROOT / "validation" / "torchbench" / "engine_kernels.py"), "--out",
+                    str(tmp_path), "--quick"], check=True, capture_output=True, cwd=ROOT, timeout=300,
+                   env={"PATH": "/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": ""})
+    d = json.loads((tmp_path / "engine_kernels.json").read_text())
+    checks = {(c["family"], c["quant"], c.get("impl")): c for c in d["checks"]}
+    assert checks[("gemm", "bf16", "torch.mm")]["rel_err"] < 1e-2
+    assert checks[("moe", "bf16", "torch_grouped_mm")]["rel_err"] < 1e-2
+    timed = [c for c in d["cases"] if "eager_median_s" in c]
+    assert {c["family"] for c in timed} == {"gemm", "moe"}
+    assert all(c["eager_median_s"] > 0 for c in timed)

@@ -1,0 +1,230 @@
+"""Convert AIConfigurator's measured op tables into moesim's compact kernel tables (run once, by hand).
+
+    python validation/published/aic_kernel_tables.py --repo /path/to/aiconfigurator.git [--commit SHA]
+
+Source: github.com/ai-dynamo/aiconfigurator (Apache License 2.0), directory
+``aic-core/src/aiconfigurator_core/systems/data/<system>/<op>/<backend>/<version>/*.parquet``: latencies in
+milliseconds that its collectors measured on each GPU under each engine's own kernels (vLLM's Triton
+``fused_moe`` and CUTLASS/DeepGEMM GEMMs, SGLang's, TensorRT-LLM's, their custom all-reduce under CUDA
+graphs). The figures are facts measured by others, carried with their source; no code of theirs is used.
+This script reads the parquet files (it needs ``pyarrow``, which moesim itself does not) and writes
+gzipped CSV tables under ``hardware_db/kernels/<gpu>/<backend>-<version>/`` plus the index
+``hardware_db/kernels/<gpu>.yaml`` that ``moesim.costs.kernels`` reads. Latencies are written in
+microseconds, 3 significant digits (rounding <= 0.5%); duplicate points (the same shape measured twice) keep their median.
+
+What is kept (the subset moesim prices; everything else is left out to keep the files small):
+* gemm: bf16, fp8 (per-tensor), fp8_block (128x128); m in 1..16 and the tile-boundary-free sizes
+  (the ``2^j + 1`` probes are dropped), n and k >= 128;
+* moe: the ``balanced`` token distribution (uniform routing), bf16/fp8/fp8_block/mxfp4 (w4a16), the gated
+  kernels (TensorRT-LLM's non-gated variant is dropped);
+* attention: prefill (context) and decode (generation) without sliding window, bf16 activations;
+* mla decode (generation) of DeepSeek's MLA (kv_lora_rank 512, rope 64); vLLM's table measured its
+  FlashAttention MLA kernel with a bf16 cache and FlashMLA with an fp8 cache (one kernel per cache dtype);
+* allreduce: each engine's custom all-reduce as captured in a CUDA graph (``*_graph``; TensorRT-LLM's
+  only variant), bf16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import csv
+import gzip
+import io
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = "aic-core/src/aiconfigurator_core/systems/data"
+#: per GPU and backend, the engine version whose tables are converted: the one nearest the engine
+#: versions of the silicon rows (silicon_sample.csv: H100 vLLM 0.12/0.18, SGLang 0.5.1-0.5.8, TRT-LLM
+#: 1.0-1.3; H200 vLLM 0.12-0.18, SGLang 0.5.6-0.5.9, TRT-LLM 0.8-1.1); MLA decode where the engine
+#: version has no kernel-level MLA table comes from the nearest version that has one
+SELECT = {
+    "h100-sxm": {"dir": "h100_sxm", "backends": {
+        "vllm": {"version": "0.19.0", "mla": "0.14.0"},
+        "sglang": {"version": "0.5.9"},
+        "trtllm": {"version": "1.2.0rc5"}}},
+    "h200": {"dir": "h200_sxm", "backends": {
+        "vllm": {"version": "0.18.0", "mla": "0.14.0"},
+        "sglang": {"version": "0.5.9"},
+        "trtllm": {"version": "1.2.0rc5"}}},
+}
+QUANT = {"bfloat16": "bf16", "fp8": "fp8", "fp8_block": "fp8_block", "w4a16_mxfp4": "mxfp4", "nvfp4": "nvfp4"}
+KV = {"bfloat16": "bf16", "fp8": "fp8", "float16": "fp16"}
+HEADERS = {
+    "gemm": ["quant", "m", "n", "k", "latency_us"],
+    "moe": ["quant", "hidden", "inter", "experts", "topk", "tp", "ep", "tokens", "latency_us"],
+    "attention_prefill": ["kv_dtype", "head_dim", "kv_heads", "heads", "batch", "seq", "latency_us"],
+    "attention_decode": ["kv_dtype", "head_dim", "kv_heads", "heads", "batch", "ctx", "latency_us"],
+    "mla_decode": ["kv_dtype", "heads", "batch", "ctx", "latency_us"],
+    "allreduce": ["dtype", "num_gpus", "message_bytes", "latency_us"],
+}
+MEASURED = {
+    "gemm": "one dense GEMM y = x W^T, x [m, k], W [n, k], in the engine's own GEMM path for the recipe",
+    "moe": "one whole fused-MoE call (routing given: align/sort, gate-up GEMM, activation, down GEMM, "
+           "combine) for `tokens` tokens on one GPU holding 1/tp of each expert's ffn and 1/ep of the experts; "
+           "inter is the full (unsplit) expert ffn width; balanced (uniform) routing",
+    "attention_prefill": "causal self-attention of `batch` sequences of `seq` new tokens (no cached prefix), "
+                         "heads and kv_heads per GPU",
+    "attention_decode": "one decode step's attention of `batch` sequences each over `ctx` cached tokens "
+                        "(ctx = the table's isl + step), heads and kv_heads per GPU",
+    "mla_decode": "one decode step of DeepSeek MLA attention (absorbed; kv_lora_rank 512, rope 64) over `ctx` "
+                  "cached tokens, `heads` query heads per GPU",
+    "allreduce": "one all-reduce of `message_bytes` bytes (bf16) across num_gpus GPUs of one NVSwitch board, "
+                 "the engine's custom all-reduce replayed in a CUDA graph",
+}
+
+
+def git_show(repo: Path, commit: str, path: str) -> bytes:
+    return subprocess.run(["git", "--git-dir", str(repo), "show", f"{commit}:{path}"], check=True,
+                          capture_output=True).stdout
+
+
+def read_parquet(repo, commit, path):
+    import pyarrow.parquet as pq  # only this converter needs it
+    return pq.read_table(io.BytesIO(git_show(repo, commit, path))).to_pydict()
+
+
+def sig(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def reduce(rows: dict) -> list:
+    return [list(k) + [sig(statistics.median(v))] for k, v in sorted(rows.items())]
+
+
+def conv_gemm(d):
+    ms = set(d["m"])
+    out = collections.defaultdict(list)
+    for i in range(len(d["latency"])):
+        q = QUANT.get(d["gemm_dtype"][i])
+        m, n, k = d["m"][i], d["n"][i], d["k"][i]
+        if q not in ("bf16", "fp8", "fp8_block") or n < 128 or k < 128:
+            continue
+        if m > 16 and (m - 1) in ms:  # the 2^j + 1 probes of tile boundaries
+            continue
+        out[(q, m, n, k)].append(d["latency"][i] * 1e3)
+    return reduce(out)
+
+
+def conv_moe(d):
+    out = collections.defaultdict(list)
+    for i in range(len(d["latency"])):
+        q = QUANT.get(d["moe_dtype"][i])
+        if q is None or d["distribution"][i] != "balanced" or "nongated" in d["kernel_source"][i]:
+            continue
+        key = (q, d["hidden_size"][i], d["inter_size"][i], d["num_experts"][i], d["topk"][i],
+               d["moe_tp_size"][i], d["moe_ep_size"][i], d["num_tokens"][i])
+        out[key].append(d["latency"][i] * 1e3)
+    return reduce(out)
+
+
+def conv_attention(d, decode):
+    out = collections.defaultdict(list)
+    for i in range(len(d["latency"])):
+        n = len(d["latency"])
+        window = d.get("window_size", [0] * n)[i]
+        beam = d.get("beam_width", [1] * n)[i]
+        if window != 0 or beam != 1 or d.get("attn_dtype", ["bfloat16"] * n)[i] not in ("bfloat16", "float16"):
+            continue
+        kv = KV.get(d["kv_cache_dtype"][i])
+        if kv is None:
+            continue
+        last = d["isl"][i] + d.get("step", [0] * n)[i] if decode else d["isl"][i]
+        key = (kv, d["head_dim"][i], d["num_key_value_heads"][i], d["num_heads"][i], d["batch_size"][i], last)
+        out[key].append(d["latency"][i] * 1e3)
+    return reduce(out)
+
+
+def conv_mla(d, kernel=None):
+    out = collections.defaultdict(list)
+    for i in range(len(d["latency"])):
+        if kernel and d["kernel_source"][i] != kernel:
+            continue
+        kv = KV.get(d["kv_cache_dtype"][i])
+        key = (kv, d["num_heads"][i], d["batch_size"][i], d["isl"][i] + d["step"][i])
+        out[key].append(d["latency"][i] * 1e3)
+    return reduce(out)
+
+
+def conv_allreduce(d):
+    out = collections.defaultdict(list)
+    for i in range(len(d["latency"])):
+        src = d["kernel_source"][i].lower()
+        if "eager" in src or d["allreduce_dtype"][i] not in ("bfloat16", "half", "float16"):
+            continue
+        key = ("bf16", d["num_gpus"][i], d["message_size"][i] * 2)  # message_size counts elements
+        out[key].append(d["latency"][i] * 1e3)
+    return reduce(out)
+
+
+def write_table(path: Path, family: str, rows: list) -> int:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(HEADERS[family])
+    w.writerows(rows)
+    data = gzip.compress(buf.getvalue().encode(), compresslevel=9, mtime=0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return len(data)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repo", required=True, type=Path, help="the aiconfigurator git directory")
+    ap.add_argument("--commit", default="HEAD")
+    ap.add_argument("--out", type=Path, default=ROOT / "hardware_db" / "kernels")
+    a = ap.parse_args(argv)
+    commit = subprocess.run(["git", "--git-dir", str(a.repo), "rev-parse", a.commit], check=True,
+                            capture_output=True, text=True).stdout.strip()
+    total = 0
+    for gpu, sel in SELECT.items():
+        index = {"gpu": gpu, "source": {
+            "repository": "github.com/ai-dynamo/aiconfigurator", "commit": commit, "license": "Apache-2.0",
+            "path": f"{DATA}/{sel['dir']}/<op>/<backend>/<version>/",
+            "what": "measured op latencies of each engine's own kernels on this GPU (AIConfigurator's collectors); "
+                    "converted by validation/published/aic_kernel_tables.py"},
+            "units": "latency_us: microseconds; message_bytes: bytes; shapes per GPU", "measured": MEASURED,
+            "backends": {}}
+        for backend, bsel in sel["backends"].items():
+            ver, base = bsel["version"], f"{DATA}/{sel['dir']}"
+            tables = {}
+            jobs = [
+                ("gemm", f"{base}/gemm/{backend}/{ver}/gemm_perf.parquet", conv_gemm),
+                ("moe", f"{base}/moe/{backend}/{ver}/moe_perf.parquet", conv_moe),
+                ("attention_prefill", f"{base}/attention/{backend}/{ver}/context_attention_perf.parquet",
+                 lambda d: conv_attention(d, False)),
+                ("attention_decode", f"{base}/attention/{backend}/{ver}/generation_attention_perf.parquet",
+                 lambda d: conv_attention(d, True)),
+                ("mla_decode", f"{base}/mla/{backend}/{bsel.get('mla', ver)}/generation_mla_perf.parquet",
+                 lambda d: conv_mla(d)),
+                ("allreduce", f"{base}/comm/{backend}/{ver}/custom_allreduce_perf.parquet", conv_allreduce),
+            ]
+            for family, src, fn in jobs:
+                try:
+                    d = read_parquet(a.repo, commit, src)
+                except subprocess.CalledProcessError:
+                    print(f"absent: {src}", file=sys.stderr)
+                    continue
+                rows = fn(d)
+                if not rows:
+                    continue
+                rel = f"{gpu}/{backend}-{ver}/{family}.csv.gz"
+                size = write_table(a.out / rel, family, rows)
+                total += size
+                quants = sorted({r[0] for r in rows})
+                tables[family] = {"file": rel, "from": src.split(f"{sel['dir']}/", 1)[1], "rows": len(rows),
+                                  "keys": quants, "kernel": sorted(set(d["kernel_source"]))[:4]}
+                print(f"{rel}: {len(rows)} rows, {size / 1e3:.0f} kB")
+            index["backends"][backend] = {"version": ver, "tables": tables}
+        (a.out / f"{gpu}.yaml").write_text(yaml.safe_dump(index, sort_keys=False, width=110))
+    print(f"total {total / 1e6:.2f} MB")
+
+
+if __name__ == "__main__":
+    main()
