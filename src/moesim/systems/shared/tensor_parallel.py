@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ...costs import Execution
 from ...engine import Engine
 from ...errors import InfeasibleError
 from ...modules import Context
@@ -88,20 +89,27 @@ class LayerTimes:
     dense: float = 0.0
 
     @classmethod
-    def of(cls, ctx: Context, tokens: float, attention: list[tuple[float, float, float]]) -> "LayerTimes":
-        """``attention`` lists (sequences, new tokens, context) groups that share the step."""
+    def of(cls, ctx: Context, tokens: float, attention: list[tuple[float, float, float]],
+           execution: Execution | None = None) -> "LayerTimes":
+        """``attention`` lists (sequences, new tokens, context) groups that share the step; ``execution`` is how
+        the kernels run (default eager, :mod:`moesim.costs.execution`)."""
         inv = 1.0 / ctx.platform.num_gpus
         m = ctx.model
-        core = {w: sum(ctx.gpu_s(ctx.attention_core(s, q, kv, w).scaled(inv)) for s, q, kv in attention if s > 0)
+        ex = execution
+
+        def gpu(cost) -> float:
+            return ctx.gpu_s(cost, ex)
+
+        core = {w: sum(gpu(ctx.attention_core(s, q, kv, w).scaled(inv)) for s, q, kv in attention if s > 0)
                 for w in (False, True)}
         router = experts = shared = 0.0
         if m.moe:
-            router = ctx.gpu_s(ctx.router(tokens))
-            experts = ctx.gpu_s(ctx.experts(ctx.active_experts(tokens), tokens * m.moe.top_k).scaled(inv))
+            router = gpu(ctx.router(tokens))
+            experts = gpu(ctx.experts(ctx.active_experts(tokens), tokens * m.moe.top_k).scaled(inv))
             shared_cost = ctx.shared_experts(tokens)
-            shared = ctx.gpu_s(shared_cost.scaled(inv)) if shared_cost else 0.0
-        dense = ctx.gpu_s(ctx.dense_ffn(tokens).scaled(inv)) if m.dense_ffn else 0.0
-        return cls(ctx.gpu_s(ctx.attention_proj(tokens).scaled(inv)), core, allreduce_s(ctx, tokens), router,
+            shared = gpu(shared_cost.scaled(inv)) if shared_cost else 0.0
+        dense = gpu(ctx.dense_ffn(tokens).scaled(inv)) if m.dense_ffn else 0.0
+        return cls(gpu(ctx.attention_proj(tokens).scaled(inv)), core, allreduce_s(ctx, tokens), router,
                    experts, shared, dense)
 
     def add(self, eng: Engine, i: int, kind: LayerKind, after: int | None = None) -> int:
