@@ -198,22 +198,69 @@ def _wave_mean_ttft_s(plan, prompt: int, batch: int) -> float:
     return total / batch
 
 
-def benchmark_latency(plan, prompt: int, gen: int, concurrency: int) -> tuple[float, float]:
-    """(mean TTFT, TPOT) in seconds as the closed-loop benchmark at ``concurrency`` measures them (module
-    docstring): lockstep waves of B = plan.batch_size requests; requests beyond B wait for earlier groups."""
+#: how the closed-loop benchmark's mean TTFT and TPOT are predicted from a plan (see :func:`benchmark_latency`);
+#: chosen by ``aiconfigurator_fit.py`` on the FIT split only
+BENCHMARK_MODEL = "half"
+MODELS = ("lockstep", "steady", "half")
+
+
+def _steady_ttft_s(plan, prompt: int, gen: int) -> float:
+    """Steady-state TTFT: a prompt arriving while B = plan.batch_size sequences decode waits half a step, then
+    enters in chunks of q = min(P, N - B) tokens, ceil(P / q) steps each carrying B decodes and a chunk (priced
+    as the decode step plus q / N of a full prefill pass)."""
     b = plan.batch_size
-    tpot = plan.decode_time_per_batch_s / gen
-    ttft = _wave_mean_ttft_s(plan, prompt, b)
+    n_tok = max(plan.prefill_tokens_per_pass, 1)
+    q = max(min(prompt, n_tok - b), 1)
+    decode_step = plan.decode_time_per_batch_s / gen
+    carry = plan.prefill.time_s * q / n_tok + decode_step
+    return 0.5 * decode_step + math.ceil(prompt / q) * carry
+
+
+def benchmark_latency(plan, prompt: int, gen: int, concurrency: int, model: str | None = None) -> tuple[float, float]:
+    """(mean TTFT, TPOT) in seconds as the closed-loop benchmark at ``concurrency`` measures them.
+
+    ``lockstep`` (module docstring): lockstep waves of B = plan.batch_size requests, TTFT the mean over a wave's
+    prefill passes, TPOT pure decode of B; requests beyond B wait for earlier groups.
+    ``steady``: staggered requests in steady state: TPOT the steady state's mean mixed step (decodes sharing
+    steps with prefill chunks of arriving prompts), TTFT :func:`_steady_ttft_s`.
+    ``half``: the mean of the two (a benchmark whose first wave arrives as a burst and later ones staggered, over
+    as many requests again as the first wave).
+    """
+    model = model or BENCHMARK_MODEL
+    b = plan.batch_size
+    tpot_l = plan.decode_time_per_batch_s / gen
+    ttft_l = _wave_mean_ttft_s(plan, prompt, b)
     groups = math.ceil(concurrency / b)
-    if groups > 1:
-        ttft += (groups - 1) / 2.0 * (plan.prefill_time_per_batch_s + plan.decode_time_per_batch_s)
-    return ttft, tpot
+    wait = (groups - 1) / 2.0 * (plan.prefill_time_per_batch_s + plan.decode_time_per_batch_s) if groups > 1 else 0.0
+    ttft_l += wait
+    if model == "lockstep":
+        return ttft_l, tpot_l
+    mixed = getattr(plan, "mixed_step", None)
+    steps = getattr(plan, "steps_per_batch", 0.0) or gen
+    tpot_s = mixed.time_s * steps / gen if mixed is not None else tpot_l
+    ttft_s = _steady_ttft_s(plan, prompt, gen) + wait
+    if model == "steady":
+        return ttft_s, tpot_s
+    return 0.5 * (ttft_l + ttft_s), 0.5 * (tpot_l + tpot_s)
 
 
 _CACHE: dict = {}
 
 
-def predict_row(row: dict, system: str | None = None) -> tuple[float | None, float | None, str]:
+def request_overhead_s(system: str) -> float:
+    """Time a request spends outside the engine's steps before its first token (HTTP, tokenising, handing the
+    request to the scheduler, streaming the token back): ``request_overhead_s`` of ``systems_db/<system>.yaml``
+    (0 where the system has none)."""
+    from moesim.db import system_constants
+
+    try:
+        return float(system_constants(system).value("request_overhead_s"))
+    except (KeyError, Exception):
+        return 0.0
+
+
+def predict_row(row: dict, system: str | None = None, model: str | None = None) -> tuple[float | None, float | None, str]:
+    """(mean TTFT, TPOT, note) predicted for ``row`` (None, None, why when moesim refuses it)."""
     from moesim.errors import MoesimError
     from moesim.predict import plan_scenario
 
@@ -222,15 +269,16 @@ def predict_row(row: dict, system: str | None = None) -> tuple[float | None, flo
     if key not in _CACHE:
         try:
             _, plan, _, _ = plan_scenario(sc)
-            ttft, tpot = benchmark_latency(plan, sc.prompt_tokens, sc.gen_tokens, sc.batch_size)
-            _CACHE[key] = (ttft, tpot, "")
+            extra = request_overhead_s(sc.system)
+            _CACHE[key] = {m: (t + extra, p, "") for m in MODELS
+                           for t, p in [benchmark_latency(plan, sc.prompt_tokens, sc.gen_tokens, sc.batch_size, m)]}
         except MoesimError as e:
-            _CACHE[key] = (None, None, str(e).splitlines()[0][:200])
-    return _CACHE[key]
+            _CACHE[key] = {m: (None, None, str(e).splitlines()[0][:200]) for m in MODELS}
+    return _CACHE[key][model or BENCHMARK_MODEL]
 
 
 def records(rows: Iterable[dict] | None = None, split: str = "all", limit: int | None = None,
-            system: str | None = None) -> list[Record]:
+            system: str | None = None, model: str | None = None) -> list[Record]:
     """One Record per expressible row (``split``: 'fit', 'held-out' or 'all'; ``system`` predicts every row with
     that moesim system instead of the row's backend, e.g. to compare with ``vllm`` standing in)."""
     out = []
@@ -240,7 +288,7 @@ def records(rows: Iterable[dict] | None = None, split: str = "all", limit: int |
         s = split_of(row)
         if split != "all" and s != split:
             continue
-        ttft, tpot, note = predict_row(row, system)
+        ttft, tpot, note = predict_row(row, system, model)
         out.append(Record(SOURCE, row["id"], s, row["backend"], model_of(row["model_path"])[0], row["system"],
                           _int(row["tp_size"]), int(row["isl"]), int(row["osl"]), concurrency_of(row),
                           float(row["silicon_ttft_ms"]) / 1e3, float(row["silicon_tpot_ms"]) / 1e3, ttft, tpot, note))

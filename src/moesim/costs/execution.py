@@ -31,6 +31,7 @@ share a Context never share a time priced under another mode.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -51,6 +52,8 @@ class Execution:
     mode: Mode = "eager"
     kernel_gap_s: float = 0.0
     engine_kernels: bool = False
+    moe_tile_rows: int = 16  # rows of one fused-MoE tile (each expert's rows padded to a multiple)
+    moe_memory_efficiency: float | None = None  # fused-MoE weight streaming, fraction of HBM peak (None: bf16 GEMM's)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -97,10 +100,22 @@ class ModeEfficiency:
         return cost.with_(family="gemm", dtype="bf16")
 
     def compute_efficiency(self, cost: "OpCost") -> float:
+        """Engine kernels' expert GEMMs: the platform's large-GEMM efficiency in the cost's dtype times the fill
+        of the fused-MoE tiles, each expert's r rows padded to a multiple of the tile's rows R::
+
+            eta = eta_gemm(large) * r / (ceil(r / R) R)
+
+        (the tensor cores run the padded rows; torch's grouped-GEMM curve, fitted in eager, does not apply)."""
+        if self.execution.engine_kernels and cost.family in ("expert", "grouped_expert") and cost.rows > 0:
+            tile = self.execution.moe_tile_rows
+            fill = cost.rows / (math.ceil(cost.rows / tile - 1e-9) * tile)
+            return self.base.compute_efficiency(cost.with_(family="gemm", rows=1e9)) * fill
         return self.base.compute_efficiency(cost)
 
     def memory_efficiency(self, cost: "OpCost") -> float:
         if self.execution.engine_kernels:
+            if cost.family in ("expert", "grouped_expert") and self.execution.moe_memory_efficiency:
+                return self.execution.moe_memory_efficiency
             if cost.family in _WEIGHT_FAMILIES:
                 return self.base.memory_efficiency(self._weights_as_gemm(cost))
             if cost.family == "scatter":

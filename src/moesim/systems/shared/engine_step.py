@@ -98,12 +98,13 @@ def runtime_constants(system: str) -> dict[str, float]:
     return {k: float(c.value(k)) for k in ("step_cpu_s", "step_cpu_per_seq_s", "overlap_scheduler")}
 
 
-def graph_kernel_gap_s() -> float:
-    return float(system_constants("engines").value("graph_kernel_gap_s"))
-
-
 def engine_execution(mode: str = "graph") -> Execution:
-    return Execution(mode, graph_kernel_gap_s(), engine_kernels=True)  # type: ignore[arg-type]
+    """Execution of an engine phase in ``mode`` with the engines' kernels and ``systems_db/engines.yaml``'s
+    constants."""
+    c = system_constants("engines")
+    return Execution(mode, float(c.value("graph_kernel_gap_s")), engine_kernels=True,  # type: ignore[arg-type]
+                     moe_tile_rows=int(c.value("fused_moe_tile_rows")),
+                     moe_memory_efficiency=float(c.value("fused_moe_memory_efficiency")) or None)
 
 
 def _kernel_tables(ctx: Context, backend: str):
