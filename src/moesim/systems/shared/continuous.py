@@ -28,7 +28,7 @@ from ...specs import LayerKind
 from ...units import fmt_bytes
 from ..base import (Plan, ServingSystem, StepSim, balanced_batches, sequential_steps, simpson_decode_time,
                     simulate_pass)
-from .engine_step import EngineRuntime, engine_layer_times, graph_batch, with_engine_cpu
+from .engine_step import EngineRuntime, engine_layer_times, with_engine_cpu
 from .memory import activation_bytes
 from .tensor_parallel import LayerTimes, require_tensor_parallel
 
@@ -176,8 +176,7 @@ class ContinuousBatchingEngine(ServingSystem):
         m = ctx.model
         rt = self.runtime(ctx)
         decode_only = all(q == 1 for s, q, _ in attention if s > 0)
-        execution = rt.decode if decode_only else rt.prefill
-        gemm_tokens = graph_batch(tokens, rt.graph_sizes) if decode_only else tokens
+        execution, gemm_tokens = rt.decode_execution(tokens) if decode_only else (rt.prefill, tokens)
         engine = Engine(memory_capacity_bytes={"gpu": ctx.platform.usable_gpu_memory_bytes_per_gpu})
         if execution == EAGER:
             times = LayerTimes.of(ctx, tokens, attention)

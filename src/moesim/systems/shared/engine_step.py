@@ -50,6 +50,22 @@ class EngineRuntime:
     step_cpu_per_seq_s: float
     overlap_scheduler: bool
     graph_sizes: tuple[int, ...] = ()  # captured decode batch sizes, ascending; () = no graphs
+    pad_to_graph: bool = True  # a decode batch runs in the next captured size (False: only captured sizes replay)
+    uncaptured: Execution | None = None  # how a decode batch without a graph runs (None: as ``decode``)
+
+    def decode_execution(self, batch: float) -> tuple[Execution, float]:
+        """(execution, GEMM rows) of a decode step of ``batch`` sequences: the graph of the padded batch, or
+        ``uncaptured`` beyond the largest captured size (and, without padding, off the captured sizes)."""
+        sizes = self.graph_sizes
+        if not sizes:
+            return self.decode, batch
+        if batch > sizes[-1]:
+            return self.uncaptured or self.decode, batch
+        if self.pad_to_graph:
+            return self.decode, graph_batch(batch, sizes)
+        if abs(batch - round(batch)) < 1e-9 and int(round(batch)) in sizes:
+            return self.decode, batch
+        return self.uncaptured or self.decode, batch
 
     def cpu_s(self, seqs: float) -> float:
         return self.step_cpu_s + seqs * self.step_cpu_per_seq_s
