@@ -78,17 +78,16 @@ class EngineRuntime:
 
 def with_engine_cpu(step: "StepSim", rt: EngineRuntime, seqs: float) -> "StepSim":
     """``step`` (its GPU work simulated) with the engine's per-step CPU work of ``seqs`` sequences: the step
-    takes :meth:`EngineRuntime.step_s`; the CPU's busy time is reported as resource ``cpu`` and any time it adds
-    beyond the GPU's as category ``engine cpu``."""
-    cpu = rt.cpu_s(seqs)
-    if cpu <= 0:
-        return step
+    takes :meth:`EngineRuntime.step_s`; the time the CPU work adds beyond the GPU's (none when the overlap
+    scheduler hides it) is reported as resource ``cpu`` and category ``engine cpu``."""
     total = rt.step_s(step.time_s, seqs)
+    if total <= step.time_s:
+        return step
+    added = total - step.time_s
     category = dict(step.category_s)
-    if total > step.time_s:
-        category["engine cpu"] = category.get("engine cpu", 0.0) + total - step.time_s
+    category["engine cpu"] = category.get("engine cpu", 0.0) + added
     busy = dict(step.busy_s)
-    busy["cpu"] = busy.get("cpu", 0.0) + cpu
+    busy["cpu"] = busy.get("cpu", 0.0) + added
     return replace(step, time_s=total, busy_s=busy, category_s=category)
 
 
