@@ -194,8 +194,11 @@ def engine_layer_times(ctx: Context, tokens: float, attention: list[tuple[float,
 
 
 def quant_kind(dtype: str, model) -> str:
-    """The kernel-table quant string of weights stored as ``dtype`` (fp8 of a block-scaled checkpoint:
-    ``fp8_block``)."""
-    if dtype == "fp8" and getattr(model, "fp8_block_scaled", False):
+    """The kernel-table quant string of weights stored as ``dtype``: the model's native kind where ``dtype`` is
+    its native storage (fp8 of a block-scaled checkpoint: ``fp8_block``), else ``dtype`` itself (fp8 = per-tensor)."""
+    kind = model.quant_kind
+    if kind == "fp8_block" and dtype == "fp8":
         return "fp8_block"
+    if kind in ("mxfp4", "nvfp4") and dtype in ("mxfp4", "fp4", "nvfp4"):
+        return kind
     return dtype
