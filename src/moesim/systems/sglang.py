@@ -7,7 +7,10 @@ Scheduling and step pricing are shared with vLLM and TensorRT-LLM (:mod:`.shared
 Memory (``ModelRunner`` / ``server_args.py``): ``mem_fraction_static`` of each GPU's memory holds the weights and
 the KV pool ("static" memory); the rest is left for activations and CUDA-graph buffers::
 
-    kv_pool = mem_fraction_static * M_gpu - W / n
+    kv_pool = min(mem_fraction_static * M_gpu - W / n,  M_usable - W / n - act(chunked_prefill_size))
+
+(the second term: the rest of the memory must still hold the CUDA context and a chunk's activations, which on a
+small GPU the default fraction would not leave).
 
 Its default depends on the tensor-parallel size (``ServerArgs.__post_init__``, SGLang v0.4): 0.88 at TP 1,
 0.87 at TP 2, 0.85 at TP 4, 0.81 at TP 8 (``--param mem_fraction_static=X`` overrides). The pool is token-granular
@@ -78,5 +81,8 @@ class SGLang(ContinuousBatchingEngine):
 
     def _kv_pool_bytes(self, ctx: Context, weights_gpu: float, act: float) -> tuple[float, str]:
         f = self.mem_fraction(ctx)
-        return (f * ctx.platform.gpu.memory_bytes - weights_gpu,
-                f"mem_fraction_static={f:g} of {ctx.platform.gpu.memory_bytes / 1e9:.1f} GB holds weights and KV pool")
+        p = ctx.platform
+        static = f * p.gpu.memory_bytes - weights_gpu
+        room = p.usable_gpu_memory_bytes_per_gpu - weights_gpu - act  # what the rest must still hold
+        return (min(static, room), f"mem_fraction_static={f:g} of {p.gpu.memory_bytes / 1e9:.1f} GB holds weights and "
+                                   f"KV pool (the pool never takes the activations' and CUDA context's memory)")

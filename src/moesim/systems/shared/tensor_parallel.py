@@ -3,7 +3,8 @@ the systems that keep all weights on the GPUs (``gpu-resident``, ``vllm``).
 
 Attention heads and each expert's FFN columns are split over the n GPUs, so each does 1/n of
 the FLOPs and reads 1/n of the weights and KV; two all-reduces per layer combine the partial
-outputs. A ring all-reduce of S bytes takes latency + 2 (n-1)/n * S / link bandwidth.
+outputs. A ring all-reduce of S bytes takes a latency growing with n + 2 (n-1)/n * S / link bandwidth
+(:func:`allreduce_s`).
 
 Which n a model allows is vLLM's rule (:func:`require_tensor_parallel`): the query heads split evenly, and the
 KV heads either split evenly or, when there are fewer of them than GPUs, are replicated evenly.
@@ -14,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...costs import Execution
+from ...db import system_constants
 from ...engine import Engine
 from ...errors import InfeasibleError
 from ...modules import Context
@@ -65,15 +67,24 @@ def _tensor_parallel_sizes(heads: int, kv_heads: int, kind: str) -> list[int]:
 
 
 def allreduce_s(ctx: Context, tokens: float) -> float:
-    """Ring all-reduce of ``tokens`` hidden states (activation dtype) over the platform's GPUs (NVLink, else
-    PCIe): latency + 2 (n - 1) / n x bytes / link bandwidth."""
+    """NCCL all-reduce of ``tokens`` hidden states (activation dtype) over the platform's n GPUs (NVLink, else
+    PCIe), as eager PyTorch issues it (``torch.distributed.all_reduce``)::
+
+        t = max(link latency, a) + b (n - 1) + 2 (n - 1) / n x bytes / link bandwidth
+
+    The latency grows with the GPUs in the ring (each of its 2 (n - 1) steps waits on a peer): a and b are the
+    line through NCCL's measured small-message all-reduce latency on 2, 4 and 8 GPUs (``systems_db/shared.yaml``,
+    from AIConfigurator's NCCL tables: 6.2, 10.0 and 17.4 us on H200)."""
     p = ctx.platform
     n = p.num_gpus
     if n == 1:
         return 0.0
     link = p.gpu_link or p.host_link
     nbytes = ctx.hidden_state_bytes(tokens)
-    return link.latency_s + 2.0 * (n - 1) / n * nbytes / link.h2d_pinned_bytes_per_s
+    c = system_constants("shared")
+    latency = max(link.latency_s, float(c.value("nccl_allreduce_base_s"))) + float(
+        c.value("nccl_allreduce_per_peer_s")) * (n - 1)
+    return latency + 2.0 * (n - 1) / n * nbytes / link.h2d_pinned_bytes_per_s
 
 
 @dataclass(frozen=True)
