@@ -180,6 +180,8 @@ def engine_layer_times(ctx: Context, tokens: float, attention: list[tuple[float,
     from the kernel table where it has one, the all-reduce from :func:`engine_allreduce_s`."""
     rows = tokens if gemm_tokens is None else gemm_tokens
     base = LayerTimes.of(ctx, rows, attention, execution)
+    core = {w: sum(ctx.gpu_s(_per_gpu_attention(ctx, ctx.attention_core(s, q, kv, w)), execution)
+                   for s, q, kv in attention if s > 0) for w in (False, True)}
     tables = _kernel_tables(ctx, backend)
     experts = base.experts
     m = ctx.model
@@ -189,8 +191,23 @@ def engine_layer_times(ctx: Context, tokens: float, attention: list[tuple[float,
                          tp=ctx.platform.num_gpus, ep=1)
         if t is not None:
             experts = t
-    return LayerTimes(base.attn_proj, base.core, engine_allreduce_s(ctx, rows, backend), base.router, experts,
+    return LayerTimes(base.attn_proj, core, engine_allreduce_s(ctx, rows, backend), base.router, experts,
                       base.shared, base.dense)
+
+
+def _per_gpu_attention(ctx: Context, cost):
+    """One GPU's share of an attention core under tensor parallelism: 1/n of the heads' FLOPs, but the KV it
+    reads is what that GPU caches, :func:`~.continuous.kv_share_per_gpu` of it (MLA's latent whole on every GPU;
+    K/V heads replicated beyond their count), not 1/n."""
+    from .continuous import kv_share_per_gpu
+
+    inv = 1.0 / ctx.platform.num_gpus
+    share = max(kv_share_per_gpu(ctx), inv)
+
+    def one(c):
+        return c.with_(flop=c.flop * inv, bytes=c.bytes * share, weight_elements=c.weight_elements * inv,
+                       serial=tuple(one(p) for p in c.serial))
+    return one(cost)
 
 
 def quant_kind(dtype: str, model) -> str:
