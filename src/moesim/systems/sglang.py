@@ -53,6 +53,7 @@ class SGLangParams(BaseModel):
 
 class SGLang(ContinuousBatchingEngine):
     name = "sglang"
+    execution_modes = {"prefill": "graph", "decode": "graph"}  # eager "extend" prefill, priced GPU-alone: the host runs ahead
     summary = ("SGLang: continuous batching with chunked prefill, CUDA-graph decode, overlap scheduler; weights on "
                "the GPUs, tensor parallel; token-granular KV pool in mem_fraction_static")
     Params = SGLangParams

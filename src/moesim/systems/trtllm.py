@@ -50,6 +50,7 @@ class TRTLLMParams(BaseModel):
 
 class TRTLLM(ContinuousBatchingEngine):
     name = "trtllm"
+    execution_modes = {"prefill": "graph", "decode": "graph"}  # eager context phase, priced GPU-alone: the host runs ahead
     summary = ("TensorRT-LLM (PyTorch backend): in-flight batching, CUDA-graph decode, overlap scheduler; weights on "
                "the GPUs, tensor parallel; paged KV in free_gpu_memory_fraction of the free memory")
     Params = TRTLLMParams

@@ -138,6 +138,7 @@ class VLLMParams(BaseModel):
 
 class VLLM(ContinuousBatchingEngine):
     name = "vllm"
+    execution_modes = {"prefill": "graph", "decode": "graph"}  # piecewise-graph prefill, full-graph decode (V1)
     summary = ("continuous batching with chunked prefill; weights on the GPU(s), tensor parallel (optionally part in "
                "host memory, copied every pass), paged KV cache on the GPU")
     Params = VLLMParams
