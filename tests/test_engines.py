@@ -214,3 +214,17 @@ def test_aiconfigurator_golden_rows():
         assert abs(r.tpot_error) < 0.35, (r.row_id, r.tpot_error)
         assert abs(r.ttft_error) < 0.60, (r.row_id, r.ttft_error)
     assert all(math.isfinite(x["tpot_median_abs"]) for x in mod.summary(recs, ("backend",)))
+
+
+def test_fp4_kinds_run_natively_only_on_fp4_tensor_cores():
+    from moesim.costs import compute_dtype, needs_dequant
+    from moesim.specs.common import BYTES_PER_ELEMENT
+
+    h200 = moesim.get_hardware("hgx-h200").gpu
+    b200 = moesim.get_hardware("hgx-b200").gpu
+    assert BYTES_PER_ELEMENT["nvfp4"] == 0.5 + 1 / 16  # e2m1 + an e4m3 scale per 16 elements
+    for kind in ("mxfp4", "nvfp4"):
+        assert needs_dequant(kind, h200) and compute_dtype(kind, h200) == "bf16"
+        assert compute_dtype(kind, b200) == "fp4" and not needs_dequant(kind, b200)
+    assert moesim.get_model("deepseek-r1").quant_kind == "fp8_block"
+    assert moesim.get_model("gpt-oss-120b").quant_kind == "mxfp4"
