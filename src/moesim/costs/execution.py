@@ -73,6 +73,12 @@ class ModeEfficiency:
     base: "EfficiencyModel"
     execution: Execution
 
+    def __getattr__(self, name: str):
+        """Anything the mode does not change is the base model's (e.g. figures the efficiency model gains later)."""
+        if name in ("base", "execution"):
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
     # ---- host terms -------------------------------------------------------------------------
     @property
     def kernel_launch_s(self) -> float:
