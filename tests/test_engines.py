@@ -120,14 +120,20 @@ def test_kv_heads_are_replicated_beyond_their_count_and_mla_latent_on_every_rank
 
 # ---- sglang and trtllm -----------------------------------------------------------------------------------
 def test_sglang_pool_is_mem_fraction_static_of_memory_less_weights():
-    """KV pool per GPU = f(TP) x M - W / n, f = 0.81 at TP 8 (SGLang's default), in pages of 1 token."""
+    """SGLang's rule on an H200 (M = 143,156 MiB): TP 8 reserves 512 + 1.5 x 8192 + 2 x 512 (cuda_graph_max_bs at
+    TP >= 4) + 128 x 8 = 14,848 MiB, f = round(128,308 / 143,156, 3) = 0.896; TP 2 reserves 512 + 12,288 + 512 +
+    256 = 13,568 MiB, f = 0.905. KV pool per GPU = f M - W / n, in pages of 1 token."""
     ctx = _ctx("deepseek-r1", gpus=8)
-    plan = get_system("sglang")().plan(ctx)
-    expected = 0.81 * ctx.platform.gpu.memory_bytes - ctx.weight_bytes / 8
+    sg = get_system("sglang")()
+    assert round(ctx.platform.gpu.memory_bytes / 2**20) == 143_156
+    assert sg.mem_fraction(ctx) == 0.896 and sg.graph_max_bs(ctx) == 512 and sg.chunk(ctx) == 8192
+    assert sg.capture_sizes(ctx)[:7] == (1, 2, 4, 8, 12, 16, 24) and sg.capture_sizes(ctx)[-1] == 512
+    plan = sg.plan(ctx)
+    expected = 0.896 * ctx.platform.gpu.memory_bytes - ctx.weight_bytes / 8
     block = 61 * 576 * 2  # one token of MLA latent, whole on every GPU
     assert plan.config["block_size"] == 1
     assert expected - block < plan.config["kv_pool_bytes_per_gpu"] <= expected
-    assert get_system("sglang")().mem_fraction(_ctx("gpt-oss-120b", gpus=2)) == 0.87
+    assert get_system("sglang")().mem_fraction(_ctx("gpt-oss-120b", gpus=2)) == 0.905
     ours = get_system("sglang")({"mem_fraction_static": 0.7}).plan(ctx)
     assert ours.config["kv_pool_bytes_per_gpu"] < plan.config["kv_pool_bytes_per_gpu"]
 
@@ -142,6 +148,8 @@ def test_trtllm_pool_is_its_fraction_of_the_memory_left_free():
     assert 0.9 * free - block < plan.config["kv_pool_bytes_per_gpu"] <= 0.9 * free
     defaults = get_system("trtllm").Params()
     assert (defaults.max_num_tokens, defaults.max_batch_size, defaults.free_gpu_memory_fraction) == (8192, 2048, 0.9)
+    sizes = get_system("trtllm")().runtime(ctx).graph_sizes
+    assert sizes == tuple(range(1, 32)) + (32, 64, 128)  # no padding: batch 40 runs eagerly
 
 
 def test_engines_refuse_what_they_refuse():

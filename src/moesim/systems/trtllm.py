@@ -13,9 +13,9 @@ within ``max_num_tokens`` (8192) tokens and ``max_batch_size`` (2048) requests; 
 Chunked prefill is off by default, so a prompt enters whole (one iteration when it fits the token budget, which
 is all this model prices: longer prompts are refused by TensorRT-LLM itself).
 
-Execution: decode iterations replay CUDA graphs captured for batch sizes ``cuda_graph_batch_sizes`` (TensorRT-LLM's
-default list up to ``cuda_graph_max_batch_size`` 128); without ``cuda_graph_padding`` (off by default) a batch
-that is not in the list runs eagerly (priced eager with the engine's kernels); context iterations run eagerly,
+Execution: decode iterations replay CUDA graphs captured for batch sizes 1-31, 32, 64 and 128 (TensorRT-LLM's
+default list without padding up to ``cuda_graph_max_batch_size`` 128, ``systems_db/trtllm.yaml``); without
+``cuda_graph_padding`` (off by default) a batch that is not in the list runs eagerly (priced eager with the engine's kernels); context iterations run eagerly,
 their long kernels keeping the GPU busy (priced GPU-alone). The overlap scheduler (on by default) overlaps the
 per-step CPU work (``systems_db/trtllm.yaml``, not fitted) with the GPU's.
 """
@@ -29,10 +29,6 @@ from ..errors import InfeasibleError
 from ..modules import Context
 from .shared.continuous import ContinuousBatchingEngine, EngineKnobs
 from .shared.engine_step import EngineRuntime, engine_execution, runtime_constants
-
-#: TensorRT-LLM CudaGraphConfig default batch sizes (powers of two and multiples of 8 up to the maximum)
-_DEFAULT_GRAPH_SIZES = (1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120, 128)
-
 
 class TRTLLMParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -64,7 +60,8 @@ class TRTLLM(ContinuousBatchingEngine):
     def runtime(self, ctx: Context) -> EngineRuntime:
         p = self.params
         c = runtime_constants(self.name)
-        sizes = tuple(s for s in _DEFAULT_GRAPH_SIZES if s <= p.cuda_graph_max_batch_size)
+        listed = tuple(int(x) for x in str(self.constants.value("cuda_graph_batch_sizes")).split(","))
+        sizes = tuple(s for s in listed if s <= p.cuda_graph_max_batch_size)
         return EngineRuntime(self.name, engine_execution("graph"), engine_execution("graph"), c["step_cpu_s"],
                              c["step_cpu_per_seq_s"], bool(c["overlap_scheduler"]) and not p.disable_overlap_scheduler,
                              sizes, pad_to_graph=p.cuda_graph_padding,

@@ -119,6 +119,10 @@ class ContinuousBatchingEngine(ServingSystem):
     def knobs(self) -> EngineKnobs:
         raise NotImplementedError
 
+    def knobs_for(self, ctx: Context) -> EngineKnobs:
+        """The knobs on ``ctx``'s platform (an engine whose defaults depend on the GPU overrides this)."""
+        return self.knobs
+
     def runtime(self, ctx: Context) -> EngineRuntime:
         raise NotImplementedError
 
@@ -130,13 +134,13 @@ class ContinuousBatchingEngine(ServingSystem):
         to qk_head_dim per head, i.e. 2 x heads x qk_head_dim elements per layer, instead of the latent.
         """
         a = ctx.model.attention
-        if a.kind != "mla" or self.knobs.mla_latent_cache:
+        if a.kind != "mla" or self.knobs_for(ctx).mla_latent_cache:
             return ctx.kv_bytes_per_token(ctx_len)
         return ctx.kv_bytes_per_token(ctx_len) * (2 * a.num_heads * a.qk_head_dim) / a.kv_elements_per_token()
 
     def _block_bytes(self, ctx: Context, ctx_len: int) -> float:
         """Bytes of one KV page on one GPU (:func:`kv_share_per_gpu` of the per-token KV)."""
-        k = self.knobs
+        k = self.knobs_for(ctx)
         return k.block_size * self._kv_bytes_per_token(ctx, ctx_len) * kv_share_per_gpu(ctx, k.mla_latent_cache)
 
     def _kv_pool_bytes(self, ctx: Context, weights_gpu: float, act: float) -> tuple[float, str]:
@@ -145,7 +149,7 @@ class ContinuousBatchingEngine(ServingSystem):
 
     def _layout(self, ctx: Context) -> _Layout:
         """Weights, activations of one full token budget and the KV pool per GPU (no CPU offload)."""
-        k = self.knobs
+        k = self.knobs_for(ctx)
         require_tensor_parallel(ctx, self.name)
         n = ctx.platform.num_gpus
         ctx_len = ctx.workload.total_context_tokens
@@ -222,7 +226,7 @@ class ContinuousBatchingEngine(ServingSystem):
         19.0 ms against 11.0 ms for the decode alone, and the throughput fell far below what TTFT and TPOT
         imply. Returns (steps per batch, the mean step as one StepSim, what the steps hold, in words).
         """
-        w, k = ctx.workload, self.knobs
+        w, k = ctx.workload, self.knobs_for(ctx)
         P, G, N = w.prompt_tokens, w.gen_tokens, k.token_budget
         mid = P + (G + 1) / 2.0
         steps = max(float(G), batch * (P + G) / N)
@@ -250,7 +254,7 @@ class ContinuousBatchingEngine(ServingSystem):
 
         Returns (steps per batch, the repeating step as one StepSim, f T_prefill).
         """
-        w, k = ctx.workload, self.knobs
+        w, k = ctx.workload, self.knobs_for(ctx)
         P, G = w.prompt_tokens, w.gen_tokens
         f = max(min(1.0, batch / G), batch * P / (G * k.token_budget))
         tokens = batch * P / (G * f)
@@ -260,7 +264,7 @@ class ContinuousBatchingEngine(ServingSystem):
 
     # ---- offline plan --------------------------------------------------------------------------
     def plan(self, ctx: Context) -> Plan:
-        w, k, prm = ctx.workload, self.knobs, self.params
+        w, k, prm = ctx.workload, self.knobs_for(ctx), self.params
         P, G, R = w.prompt_tokens, w.gen_tokens, w.num_requests
         lay = self._layout(ctx)
         bs, budget_tokens = k.block_size, k.token_budget

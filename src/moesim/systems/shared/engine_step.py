@@ -100,9 +100,9 @@ def graph_batch(batch: float, sizes: tuple[int, ...]) -> float:
 
 
 def vllm_capture_sizes(max_num_seqs: int) -> tuple[int, ...]:
-    """vLLM's default CUDA-graph capture sizes (``CompilationConfig``, vLLM >= 0.11): 1, 2, 4, then every 8 up to
-    255, then every 16, up to ``max_cudagraph_capture_size`` = min(2 max_num_seqs, 512)."""
-    top = min(2 * max_num_seqs, 512)
+    """vLLM's default CUDA-graph capture sizes (``VllmConfig._set_cudagraph_sizes``): 1, 2, 4, then every 8 up to
+    255, then every 16, up to min(2 max_num_seqs, ``max_cudagraph_capture_size`` of ``systems_db/vllm.yaml``)."""
+    top = min(2 * max_num_seqs, int(system_constants("vllm").value("max_cudagraph_capture_size")))
     sizes = [1, 2, 4] + list(range(8, 256, 8)) + list(range(256, top + 1, 16))
     return tuple(s for s in sizes if s <= top)
 
