@@ -7,11 +7,14 @@ script existed. What is fitted (``systems_db/engines.yaml``, each value says it 
   next grid, ramp and tail of small kernels);
 - ``fused_moe_memory_efficiency``: fraction of HBM peak at which the engines' fused MoE kernels stream expert
   weights;
-- ``request_overhead_s`` (per engine, ``systems_db/<engine>.yaml``): time a request spends outside the engine
-  steps before its first token (HTTP, tokenising, queueing into the scheduler, detokenising, streaming).
+- the benchmark model of ``aiconfigurator.py`` (``BENCHMARK_MODEL``: lockstep waves, steady state, or half of each);
+- ``request_overhead_s`` (``systems_db/vllm.yaml``): time a request spends outside the engine steps before its
+  first token (HTTP, tokenising, handing it to the engine, streaming), the median of measured minus predicted
+  TTFT at the chosen values.
 
-by minimising the median |log(predicted / measured)| of TPOT (the first two) and then of TTFT (the third) over
-the fit rows of vLLM (the only engine with fit rows other than 3 TensorRT-LLM rows at concurrency 320).
+The first three jointly, on a grid, minimising median |log ratio| of TPOT + that of TTFT over the fit rows of
+vLLM (the only engine with fit rows other than 3 TensorRT-LLM rows at concurrency 320, queueing-bound). Result
+(2026-12-03): gap 5.5 us, MoE streaming 0.8, model "half" (TPOT 0.058, TTFT 0.333), overhead 17.4 ms.
 Run: ``python validation/published/aiconfigurator_fit.py``; it prints the grid and the chosen values, which
 are then written into the YAML by hand with this script named as their source.
 """
