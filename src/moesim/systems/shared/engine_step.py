@@ -178,6 +178,14 @@ def engine_layer_times(ctx: Context, tokens: float, attention: list[tuple[float,
     """One tensor-parallel layer as an engine runs it: the modules of :class:`LayerTimes` priced under
     ``execution`` (dense GEMMs over ``gemm_tokens`` rows, the CUDA-graph padded batch, when given), the fused MoE
     from the kernel table where it has one, the all-reduce from :func:`engine_allreduce_s`."""
+    tables = _kernel_tables(ctx, backend)
+    key = ("engine layer times", execution, backend if tables is not None else None, tokens, tuple(attention),
+           gemm_tokens)  # engines without tables price a step alike: systems of one auto comparison share it
+    return ctx.memo(key, lambda: _engine_layer_times(ctx, tokens, attention, execution, backend, gemm_tokens))
+
+
+def _engine_layer_times(ctx: Context, tokens: float, attention: list[tuple[float, float, float]],
+                        execution: Execution, backend: str, gemm_tokens: float | None) -> LayerTimes:
     rows = tokens if gemm_tokens is None else gemm_tokens
     base = LayerTimes.of(ctx, rows, attention, execution)
     core = {w: sum(ctx.gpu_s(_per_gpu_attention(ctx, ctx.attention_core(s, q, kv, w)), execution)
