@@ -101,13 +101,14 @@ def h100():
     return moesim.get_hardware("h100-sxm")
 
 
-@pytest.mark.parametrize("system", ["gpu-resident", "vllm"])
-def test_decode_breakdown_prices_the_lm_head_once(system, h100):
+@pytest.mark.parametrize("system,params", [("gpu-resident", {}), ("vllm", {"enforce_eager": True})])
+def test_decode_breakdown_prices_the_lm_head_once(system, params, h100):
     """Qwen3-30B-A3B (48 identical MoE layers, a 151936-token vocabulary): the breakdown's head is the head's
-    own cost, not its cost times 48 / 3; the categories add up to the busy time of every resource."""
+    own cost, not its cost times 48 / 3; the categories add up to the busy time of every resource (eager
+    execution: every module priced by ``ctx.gpu_s`` as fitted)."""
     work = OfflineWorkload(num_requests=64, prompt_tokens=512, gen_tokens=64)
     ctx = Context(moesim.get_model("qwen3-30b-a3b"), h100, work, Options())
-    plan = get_system(system)().plan(ctx)
+    plan = get_system(system)(params).plan(ctx)
     context, mid = plan.mid_decode
     b = plan.batch_size
     head_s = ctx.gpu_s(ctx.head(b, b))
@@ -118,7 +119,7 @@ def test_decode_breakdown_prices_the_lm_head_once(system, h100):
     per_layer = layer.attn_proj + layer.core[False] + layer.router + layer.experts + layer.shared
     assert mid.busy_s["gpu"] == pytest.approx(layers * per_layer + head_s)
     assert mid.category_s["experts"] == pytest.approx(layers * (layer.experts + layer.shared))
-    pred = moesim.predict("qwen3-30b-a3b", h100, system, work.model_dump())
+    pred = moesim.predict("qwen3-30b-a3b", h100, system, work.model_dump(), system_params=params)
     assert pred.decode_step_breakdown_s["head"] == pytest.approx(head_s)
 
 

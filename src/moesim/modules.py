@@ -101,12 +101,21 @@ class Context:
     def eff(self) -> costs.ProfileEfficiency:
         return costs.efficiency_for(self.platform.empirical, self.platform.calibration)
 
-    def gpu_s(self, cost: OpCost) -> float:
-        """Time of ``cost`` on one GPU (kept per equal OpCost: its time depends on its compared fields only)."""
-        t = self._gpu_times.get(cost)
+    def gpu_s(self, cost: OpCost, execution: "costs.Execution | None" = None) -> float:
+        """Time of ``cost`` on one GPU under ``execution`` (default eager: the platform's efficiency model as
+        fitted), kept per equal (OpCost, execution): its time depends on their compared fields only, and systems
+        of one ``auto`` comparison that run in different modes share this context."""
+        key = cost if execution is None or execution == costs.EAGER else (cost, execution)
+        t = self._gpu_times.get(key)
         if t is None:
-            t = self._gpu_times[cost] = costs.gpu_time_s(cost, self.platform.gpu, self.eff)
+            t = self._gpu_times[key] = costs.gpu_time_s(cost, self.platform.gpu, self.eff_in(execution))
         return t
+
+    def eff_in(self, execution: "costs.Execution | None") -> costs.EfficiencyModel:
+        """The efficiency model as ``execution`` sees it (:func:`moesim.costs.execution.efficiency_in`)."""
+        if execution is None or execution == costs.EAGER:
+            return self.eff
+        return self.memo(("efficiency in", execution), lambda: costs.efficiency_in(self.eff, execution))
 
     def cpu_s(self, cost: OpCost) -> float:
         t = self._cpu_times.get(cost)

@@ -3,6 +3,7 @@
 from .attention import attention_core, attention_projections, effective_span, mla_decode_unfused
 from .cpu import cpu_attention, cpu_compute_dtype, cpu_experts
 from .efficiency import CalibratedEfficiency, EfficiencyModel, ProfileEfficiency, efficiency_for
+from .execution import EAGER, Execution, efficiency_in
 from .embedding import embedding_lookup, lm_head
 from .ffn import dispatch_combine, expert_ffn, moe_layer, routed_experts, router
 from .gemm import gemm, scatter_add, vector_op
@@ -13,6 +14,7 @@ from .transfer import (COPY_PATHS, CopyDirection, CopyPath, achieved_link, copy_
                        link_bandwidth_bytes_per_s, path_copy_time_s, platform_copy_time_s, platform_path_copy_time_s)
 
 __all__ = [
+    "EAGER", "Execution", "efficiency_in",
     "CalibratedEfficiency", "EfficiencyModel", "OpCost", "efficiency_for", "ProfileEfficiency", "attention_core", "attention_projections", "bound_of",
     "COPY_PATHS", "CopyDirection", "CopyPath", "achieved_link", "compute_dtype", "copy_time_s", "host_copy_bytes_per_s",
     "path_copy_time_s", "platform_copy_time_s", "platform_path_copy_time_s", "cpu_attention", "cpu_compute_dtype", "cpu_experts", "cpu_time_s", "dispatch_combine",

@@ -17,7 +17,7 @@ from ..db import normalize
 from ..errors import UnknownNameError
 from .base import Plan, ServingSystem, StepSim
 
-ORDER = ("gpu-resident", "vllm", "llama-cpp", "ktransformers", "deepspeed", "flexgen", "moe-lightning",
+ORDER = ("gpu-resident", "vllm", "sglang", "trtllm", "llama-cpp", "ktransformers", "deepspeed", "flexgen", "moe-lightning",
          "moe-gen", "moe-gen-gpu")  # on a tie, auto keeps the earlier one
 
 

@@ -229,6 +229,10 @@ class ServingSystem(ABC):
     summary: ClassVar[str]  # one line: how it batches, where weights and KV live
     Params: ClassVar[type[BaseModel]]
     supports_speculative: ClassVar[bool] = False  # whether plan() models speculative decoding
+    #: how each phase's GPU kernels run (:mod:`moesim.costs.execution`): "eager" PyTorch (host issue per torch
+    #: call, syncs, Python per module; the default, what the Hugging Face-based offloaders run), "graph" (CUDA-graph
+    #: replay, GPU time alone plus the engine's per-step CPU work), "native" (kernels launched from C++)
+    execution_modes: ClassVar[dict[str, str]] = {"prefill": "eager", "decode": "eager"}
 
     def __init__(self, params: BaseModel | dict | None = None):
         if not isinstance(params, BaseModel):

@@ -20,7 +20,9 @@ One forward pass runs layer by layer, nothing overlaps (ggml graph on one stream
   -> LM head (GPU, or CPU after a D2H when some layers are on the CPU)
 A CPU layer costs ``ctx.cpu_s`` of its modules (roofline: DRAM bandwidth and CPU FLOPs): the
 attention projections, attention over the host KV cache, router, the expected distinct activated
-experts of the batch, shared experts or the dense FFN; a GPU layer ``ctx.gpu_s`` of the same.
+experts of the batch, shared experts or the dense FFN; a GPU layer ``ctx.gpu_s`` of the same in native execution
+(ggml's CUDA backend launches its kernels from C++: each kernel pays the launch latency ``kernel_launch_s``, no
+Python or torch dispatch, :mod:`moesim.costs.execution`).
 
 Op offload (ggml-backend scheduler, ``GGML_OP_OFFLOAD_MIN_BATCH`` = 32; ``--no-op-offload``): a
 matrix product over at least 32 tokens whose weights are in host memory is computed on the GPU
@@ -72,6 +74,8 @@ from ..units import fmt_bytes
 from .base import Plan, ServingSystem, StepSim, balanced_batches, simpson_decode_time, simulate_layers, step_sim
 from .shared.memory import activation_bytes
 
+NATIVE = costs.Execution("native")
+
 
 class LlamaCppParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -88,6 +92,7 @@ class LlamaCppParams(BaseModel):
 
 class LlamaCpp(ServingSystem):
     name = "llama-cpp"
+    execution_modes = {"prefill": "native", "decode": "native"}
     Params = LlamaCppParams
     summary = ("small batches of n_parallel sequences; whole layers split between GPU and CPU, each layer's KV "
                "cache with its layer; CPU layers bounded by DRAM bandwidth")
@@ -193,6 +198,9 @@ class LlamaCpp(ServingSystem):
         offload = prm.op_offload and tokens >= prm.op_offload_min_batch
         upload_path = "pageable" if prm.use_mmap else "pinned"  # mmap'd pages: the driver stages them
         attn = {w: ctx.attention_core(seqs, q_len, kv_len, w) for w in (False, True)}
+
+        def gpu_native(cost) -> float:  # ggml's CUDA backend launches its kernels from C++
+            return ctx.gpu_s(cost, NATIVE)
         cpu_attn = {w: ctx.cpu_attention(seqs, kv_len, w) if q_len == 1 else attn[w] for w in (False, True)}
         active = ctx.active_experts(tokens) if m.moe else 0.0
         proj = ctx.attention_proj(tokens)
@@ -221,7 +229,7 @@ class LlamaCpp(ServingSystem):
                             "transfer", read[kind.moe]))
                 out.append(("KV H2D (op offload)", "h2d", ctx.h2d_s(kv_bytes), "transfer", kv_bytes))
                 dev = "gpu"
-            timer = ctx.gpu_s if dev == "gpu" else ctx.cpu_s
+            timer = gpu_native if dev == "gpu" else ctx.cpu_s
             out.append(("attn proj", dev, timer(proj), "attention", 0.0))
             out.append(("attention", dev, timer((attn if dev == "gpu" else cpu_attn)[kind.windowed]), "attention",
                         0.0))
@@ -271,7 +279,7 @@ class LlamaCpp(ServingSystem):
         head = costs.lm_head(m.hidden_size, m.vocab_size, max(rows, 1.0), ctx.wdtype)
         last = len(engine.tasks) - 1
         if lay["out_gpu"]:
-            engine.add("lm head", "gpu", ctx.gpu_s(head), [last], category="head")
+            engine.add("lm head", "gpu", ctx.gpu_s(head, NATIVE), [last], category="head")
         else:
             if where["dev"] == "gpu":
                 last = engine.add("hidden state D2H", "d2h", cross_back, [last], category="transfer",

@@ -78,32 +78,41 @@ pinned) and the KV pool, hence the batch, grows with the offload. ``validation/p
 runs it as the paper's 0.5-era vLLM (every weight it can offloaded, V0 scheduler, its 32768-token
 budget, MLA cached per head) and prints each cell; DeepSeek-R1 (671 GB fp8) fails, as published:
 its weights exceed the 522 GB of usable host memory (0.95 of 512 GiB), so no offload setting starts.
+Execution (``systems_db/vllm.yaml``, ``systems_db/engines.yaml``, :mod:`.shared.engine_step`): the V1 engine
+replays a CUDA graph per decode step (the batch padded to the next captured size, 1, 2, 4, 8, 16, ... up to
+min(2 max_num_seqs, 512)) and runs prefill through piecewise graphs; both are priced GPU-alone with vLLM's own
+kernels, plus the engine's per-step CPU work, overlapped by the async scheduler (on by default) and added in
+the V0 scheduler. ``enforce_eager=True`` (vLLM's ``--enforce-eager``) prices eager PyTorch instead, as moesim
+priced every vllm step before execution modes existed.
+
+KV per GPU: K/V heads are never split (a head is replicated when there are fewer than GPUs) and MLA's latent is
+cached whole on every GPU (:func:`.shared.continuous.kv_share_per_gpu`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..engine import Engine
+from ..costs import EAGER
 from ..errors import InfeasibleError
 from ..modules import Context
-from ..specs import LayerKind
 from ..specs.workload import OnlineWorkload
 from ..units import fmt_bytes
-from .base import (Plan, ServingSystem, StepSim, balanced_batches, sequential_steps, simpson_decode_time,
-                   simulate_pass)
+from .base import Plan
+from .shared.continuous import ContinuousBatchingEngine, ContinuousPlan, EngineKnobs, _Layout
+from .shared.engine_step import EngineRuntime, engine_execution, runtime_constants, vllm_capture_sizes
 from .shared.memory import activation_bytes
-from .shared.tensor_parallel import LayerTimes, require_tensor_parallel
+from .shared.tensor_parallel import require_tensor_parallel
 
 if TYPE_CHECKING:
     from ._vllm_online import VLLMStepModel
 
 GIB = 2.0**30
+
+__all__ = ["VLLM", "VLLMParams", "ContinuousPlan", "simulate_online"]
 
 
 class VLLMParams(BaseModel):
@@ -123,75 +132,35 @@ class VLLMParams(BaseModel):
     mla_latent_cache: bool = Field(
         default=True, description="MLA models cache the compressed latent (vLLM >= 0.7.1); False = per-head K and V, "
                                   "V zero-padded to the query-key head size, as vLLM's DeepSeek-V2 code did before")
+    enforce_eager: bool = Field(
+        default=False, description="run every step in eager PyTorch, no CUDA graphs (vLLM --enforce-eager)")
 
 
-@dataclass
-class ContinuousPlan(Plan):
-    """A plan whose phases run mixed in the same steps once the run is under way.
-
-    ``prefill`` and ``decode_points`` describe pure phases (their rates are what a burst of prompts,
-    or decoding alone, would get); ``mixed_step`` is the steady-state step that repeats ``steps_per_batch``
-    times per B requests. The run of W = ``num_batches`` waves of B requests is ramp-up, steady state, drain::
-
-        T_total = T_ramp + (W - 1) S T_mixed + T_drain
-
-    T_ramp = TTFT: at the start nothing runs, so the first B prompts are prefilled as a burst, full token
-    budgets and then the rest (``prefill_last``); T_drain = ``drain_s``: after the last prompt the last B
-    sequences only decode (G pure decode steps). The W - 1 other waves' prompts and decodes share the steady
-    state's mixed steps. One wave (W = 1) is then a burst of prefill and G decode steps, never shorter than its
-    TTFT; many waves tend to the steady state, W S T_mixed.
-    """
-
-    mixed_step: StepSim | None = None
-    steps_per_batch: float = 0.0
-    prefill_last: StepSim | None = None  # the last prefill pass of a batch, over what the full passes leave
-    drain_s: float = 0.0
-
-    @property
-    def prefill_time_per_batch_s(self) -> float:
-        """(passes - 1) full passes of ``prefill_tokens_per_pass`` prompt tokens, then the pass of the rest."""
-        if self.prefill_last is None:
-            return super().prefill_time_per_batch_s
-        return (self.prefill_passes_per_batch - 1) * self.prefill.time_s + self.prefill_last.time_s
-
-    @property
-    def total_time_s(self) -> float:
-        if self.mixed_step is None:
-            return super().total_time_s
-        return (self.prefill_time_per_batch_s + (self.num_batches - 1) * self.steps_per_batch * self.mixed_step.time_s
-                + self.drain_s)
-
-
-@dataclass(frozen=True)
-class _Layout:
-    """Per-GPU memory layout."""
-
-    budget: float
-    weights_gpu: float  # per GPU, after offload
-    offload: float  # bytes per GPU in host memory
-    activations: float
-    block_bytes: float
-    blocks: int
-
-
-class VLLM(ServingSystem):
+class VLLM(ContinuousBatchingEngine):
     name = "vllm"
+    execution_modes = {"prefill": "graph", "decode": "graph"}  # piecewise-graph prefill, full-graph decode (V1)
     summary = ("continuous batching with chunked prefill; weights on the GPU(s), tensor parallel (optionally part in "
                "host memory, copied every pass), paged KV cache on the GPU")
     Params = VLLMParams
 
+    @property
+    def knobs(self) -> EngineKnobs:
+        p = self.params
+        return EngineKnobs("vLLM", p.max_num_seqs, p.max_num_batched_tokens, p.block_size, p.chunked_prefill,
+                           "max_num_seqs", p.mla_latent_cache)
+
+    def runtime(self, ctx: Context) -> EngineRuntime:
+        """CUDA-graph decode and piecewise-graph prefill with vLLM's kernels (eager with ``enforce_eager``); the
+        per-step CPU work of ``systems_db/vllm.yaml``, overlapped by V1's async scheduler, not by V0's."""
+        p = self.params
+        c = runtime_constants(self.name)
+        if p.enforce_eager:
+            return EngineRuntime(self.name, EAGER, EAGER, 0.0, 0.0, False)
+        graph = engine_execution("graph")
+        return EngineRuntime(self.name, graph, graph, c["step_cpu_s"], c["step_cpu_per_seq_s"],
+                             bool(c["overlap_scheduler"]) and p.chunked_prefill, vllm_capture_sizes(p.max_num_seqs))
+
     # ---- memory ------------------------------------------------------------------------------
-    def _kv_bytes_per_token(self, ctx: Context, ctx_len: int) -> float:
-        """KV-cache bytes per token over all layers as this vLLM stores them.
-
-        MLA without a latent cache (vLLM before 0.7.1, ``deepseek_v2.py``): K of qk_head_dim and V padded
-        to qk_head_dim per head, i.e. 2 x heads x qk_head_dim elements per layer, instead of the latent.
-        """
-        a = ctx.model.attention
-        if a.kind != "mla" or self.params.mla_latent_cache:
-            return ctx.kv_bytes_per_token(ctx_len)
-        return ctx.kv_bytes_per_token(ctx_len) * (2 * a.num_heads * a.qk_head_dim) / a.kv_elements_per_token()
-
     def _layout(self, ctx: Context) -> _Layout:
         p, prm = ctx.platform, self.params
         require_tensor_parallel(ctx, self.name)
@@ -204,7 +173,7 @@ class VLLM(ServingSystem):
         # profiled activations, plus the GPU copy of one layer's offloaded weights while it runs
         layers = ctx.model.num_layers
         act = activation_bytes(ctx, prm.max_num_batched_tokens) + offload / layers
-        block_bytes = prm.block_size * self._kv_bytes_per_token(ctx, ctx_len) / n
+        block_bytes = self._block_bytes(ctx, ctx_len)
         one_seq = math.ceil(ctx_len / prm.block_size) * block_bytes
         host_need = offload * n
         if host_need > p.usable_host_memory_bytes:
@@ -249,144 +218,6 @@ class VLLM(ServingSystem):
             )
         blocks = int((budget - weights_gpu - act) // block_bytes)
         return _Layout(budget, weights_gpu, offload, act, block_bytes, blocks)
-
-    # ---- one step ----------------------------------------------------------------------------
-    def _pass(self, ctx: Context, lay: _Layout, tokens: float, rows: float,
-              attention: list[tuple[float, float, float]]) -> StepSim:
-        """One step over ``tokens`` batched tokens; ``attention`` lists (sequences, new tokens, context) groups;
-        ``rows`` = tokens whose logits are computed (one per decoding sequence and per completed prompt)."""
-        n = ctx.platform.num_gpus
-        inv = 1.0 / n
-        m = ctx.model
-        engine = Engine(memory_capacity_bytes={"gpu": ctx.platform.usable_gpu_memory_bytes_per_gpu})
-        times = LayerTimes.of(ctx, tokens, attention)
-        offload_layer = lay.offload / m.num_layers
-        copy = ctx.h2d_s(offload_layer)
-
-        def layer(eng: Engine, i: int, kind: LayerKind) -> int:
-            last = len(eng.tasks) - 1 if eng.tasks else None
-            if copy:  # on the compute stream: waits for the previous layer, blocks this one
-                last = eng.add(f"L{i} offloaded weights H2D", "h2d", copy, [last], category="transfer",
-                               nbytes=offload_layer)
-            return times.add(eng, i, kind, last)
-
-        head = ctx.gpu_s(ctx.head(tokens, max(rows, 1.0)).scaled(inv))
-
-        holds = {"weights": lay.weights_gpu, "paged KV pool": lay.blocks * lay.block_bytes,
-                 "activations (profiled peak) + one offloaded layer's GPU copy": lay.activations}
-
-        return simulate_pass(ctx, engine, layer, gpu_holds=holds, head_s=head)
-
-    def _mixed(self, ctx: Context, lay: _Layout, dec: float, dec_ctx: float, pre_tokens: float, pre_seqs: float,
-               prompt: int) -> StepSim:
-        attention = [(dec, 1, dec_ctx), (pre_seqs, prompt, prompt)]
-        return self._pass(ctx, lay, dec + pre_tokens, dec + pre_seqs, attention)
-
-    def _v1_steady_state(self, ctx: Context, lay: _Layout, batch: int) -> tuple[float, StepSim, str]:
-        """vLLM V1 (chunked prefill), staggered sequences in steady state.
-
-        Per B requests, S = max(G, B (P + G) / N) steps schedule B G decode tokens and B P prompt tokens.
-        When the budget binds (S > G) or prompts enter at least once a step (B >= G), every step carries
-        prompt tokens and each is the average step: B G / S decodes and B P / S prompt tokens. Otherwise a
-        prompt enters whole, in chunks of q = min(P, N - B) tokens (V1 fills the budget left by the running
-        decodes): m = B P / q of the G steps carry B decodes and a chunk, the other G - m only decode::
-
-            T_per_batch = m T(B decodes + q prompt tokens) + (G - m) T(B decodes)
-
-        Spreading the prompt tokens evenly over the G steps instead misprices a sparse model at small B:
-        its step time is concave in the tokens (a step of 3 Mixtral tokens reads about 4.6 of the 8 experts
-        of a layer, a step of 1 reads 2), so at batch 1 an average step of 1 decode + 2 prompt tokens cost
-        19.0 ms against 11.0 ms for the decode alone, and the throughput fell far below what TTFT and TPOT
-        imply. Returns (steps per batch, the mean step as one StepSim, what the steps hold, in words).
-        """
-        w, prm = ctx.workload, self.params
-        P, G, N = w.prompt_tokens, w.gen_tokens, prm.max_num_batched_tokens
-        mid = P + (G + 1) / 2.0
-        steps = max(float(G), batch * (P + G) / N)
-        if steps > G or batch >= G:
-            mixed = self._mixed(ctx, lay, batch * G / steps, mid, batch * P / steps, batch / steps, P)
-            return steps, mixed, (f"each step decodes {batch * G / steps:.4g} tokens and prefills "
-                                  f"{batch * P / steps:.4g} prompt tokens")
-        q = min(P, N - batch)
-        m = batch * P / q
-        carry = self._mixed(ctx, lay, batch, mid, q, q / P, P)
-        decode = self._mixed(ctx, lay, batch, mid, 0, 0, P)
-        return steps, sequential_steps([(carry, m / G), (decode, 1.0 - m / G)]), (
-            f"of every {G} steps, {m:.4g} carry {batch} decodes and a {q}-token prompt chunk, {G - m:.4g} only "
-            f"decode")
-
-    def _v0_steady_state(self, ctx: Context, lay: _Layout, batch: int, mid_ctx: int) -> tuple[float, StepSim, float]:
-        """vLLM V0 without chunked prefill, staggered sequences in steady state.
-
-        Each decode step of B sequences frees B / G of them; the scheduler, which puts prefills first, fills
-        their slots with a prefill-only step (a whole pass over the weights, copies of offloaded weights
-        included). Per decode step that is f = max(min(1, B / G), B P / (G N)) prefill steps of
-        B P / (G f) prompt tokens each::
-
-            T_per_token = T_decode(B) + f T_prefill(B P / (G f))
-
-        Returns (steps per batch, the repeating step as one StepSim, f T_prefill).
-        """
-        w, prm = ctx.workload, self.params
-        P, G = w.prompt_tokens, w.gen_tokens
-        f = max(min(1.0, batch / G), batch * P / (G * prm.max_num_batched_tokens))
-        tokens = batch * P / (G * f)
-        refill = self._mixed(ctx, lay, 0, 0, tokens, tokens / P, P)
-        decode = self._mixed(ctx, lay, batch, mid_ctx, 0, 0, P)
-        return float(G), sequential_steps([(decode, 1.0), (refill, f)]), f * refill.time_s
-
-    # ---- offline plan --------------------------------------------------------------------------
-    def plan(self, ctx: Context) -> Plan:
-        w, prm = ctx.workload, self.params
-        P, G, R = w.prompt_tokens, w.gen_tokens, w.num_requests
-        lay = self._layout(ctx)
-        bs, budget_tokens = prm.block_size, prm.max_num_batched_tokens
-        # mean blocks held by a running sequence, its generation position uniform over 1..G
-        blocks_per_seq = float(np.mean(np.ceil((P + np.arange(1, G + 1)) / bs)))
-        by_kv = int(lay.blocks // blocks_per_seq)
-        cap = w.batch_size or prm.max_num_seqs  # a fixed workload batch acts as max_num_seqs
-        notes = []
-        by_kv = max(by_kv, 1)  # one full sequence always fits (checked in _layout)
-        if w.batch_size and w.batch_size > by_kv:
-            notes.append(f"batch {w.batch_size} asked, but the KV pool holds {by_kv} running sequences; "
-                         f"vLLM runs {by_kv}")
-        batch, num_batches = balanced_batches(R, max(1, min(cap, by_kv, R)))
-        chunk = min(budget_tokens, batch * P)
-        prefill = self._mixed(ctx, lay, 0, 0, chunk, chunk / P, P)
-        passes = math.ceil(batch * P / chunk)
-        rest = batch * P - (passes - 1) * chunk  # the last pass prefills what the full budgets leave
-        prefill_last = prefill if rest == chunk else self._mixed(ctx, lay, 0, 0, rest, rest / P, P)
-        decode_s, points = simpson_decode_time(lambda c: self._mixed(ctx, lay, batch, c, 0, 0, P), P, G)
-        drain_s = decode_s  # the last wave's G steps, decodes only
-        if prm.chunked_prefill:
-            steps, mixed, per_step = self._v1_steady_state(ctx, lay, batch)
-        else:
-            steps, mixed, refill_s = self._v0_steady_state(ctx, lay, batch, (G + 1) // 2 + P)
-            per_step = "each step decodes or prefills"
-            decode_s += G * refill_s
-            notes.append(f"V0 scheduler: prefill steps do not carry decodes; the {batch / G:.3g} sequences that finish "
-                         f"each step are replaced by a prefill step of their own, counted in the decode rate")
-        n = ctx.platform.num_gpus
-        notes.append(
-            f"continuous batching steady state: {batch} running sequences (KV pool of {lay.blocks} blocks of {bs} "
-            f"tokens holds {by_kv} at a mean of {blocks_per_seq:.1f} blocks; max_num_seqs {prm.max_num_seqs}); "
-            f"{per_step}; the run = ramp-up (the first {batch} prompts prefilled as a burst) + "
-            f"{num_batches - 1} wave(s) of {batch} requests in steady state + drain (the last {batch} decode alone)")
-        notes.append("prefill and decode rates are those of pure phases; the total time uses the mixed steps")
-        if lay.offload:
-            notes.append(f"cpu_offload_gb={prm.cpu_offload_gb:g}: {fmt_bytes(lay.offload)} of weights per GPU copied "
-                         f"from pinned host memory every pass, serialized with compute")
-        config = {"batch_size": batch, "max_running_by_kv": by_kv, "kv_blocks": lay.blocks, "block_size": bs,
-                  "tensor_parallel": n, "steps_per_batch": steps, "mixed_step_s": mixed.time_s,
-                  "prefill_tokens_per_pass": chunk, "kv_pool_bytes_per_gpu": lay.blocks * lay.block_bytes,
-                  "weights_on_gpu_bytes_per_gpu": lay.weights_gpu, "offloaded_bytes_per_gpu": lay.offload,
-                  "params": prm.model_dump()}
-        placement = {"weights": "gpu" + (" + pinned host (copied every pass)" if lay.offload else ""),
-                     "kv_cache": "gpu (paged)"}
-        return self.make_plan((batch, num_batches), (prefill, passes, chunk), (decode_s, points), config=config,
-                              host_mem_bytes=lay.offload * n, placement=placement, notes=notes,
-                              also_run=(mixed, prefill_last), plan_type=ContinuousPlan, mixed_step=mixed,
-                              steps_per_batch=steps, prefill_last=prefill_last, drain_s=drain_s)
 
     # ---- online serving ----------------------------------------------------------------------------
     def online_model(self, ctx: Context, plan: Plan, max_context_tokens: int) -> "VLLMStepModel":

@@ -3,7 +3,8 @@ the systems that keep all weights on the GPUs (``gpu-resident``, ``vllm``).
 
 Attention heads and each expert's FFN columns are split over the n GPUs, so each does 1/n of
 the FLOPs and reads 1/n of the weights and KV; two all-reduces per layer combine the partial
-outputs. A ring all-reduce of S bytes takes latency + 2 (n-1)/n * S / link bandwidth.
+outputs. A ring all-reduce of S bytes takes a latency growing with n + 2 (n-1)/n * S / link bandwidth
+(:func:`allreduce_s`).
 
 Which n a model allows is vLLM's rule (:func:`require_tensor_parallel`): the query heads split evenly, and the
 KV heads either split evenly or, when there are fewer of them than GPUs, are replicated evenly.
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ...costs import Execution
+from ...db import system_constants
 from ...engine import Engine
 from ...errors import InfeasibleError
 from ...modules import Context
@@ -64,15 +67,24 @@ def _tensor_parallel_sizes(heads: int, kv_heads: int, kind: str) -> list[int]:
 
 
 def allreduce_s(ctx: Context, tokens: float) -> float:
-    """Ring all-reduce of ``tokens`` hidden states (activation dtype) over the platform's GPUs (NVLink, else
-    PCIe): latency + 2 (n - 1) / n x bytes / link bandwidth."""
+    """NCCL all-reduce of ``tokens`` hidden states (activation dtype) over the platform's n GPUs (NVLink, else
+    PCIe), as eager PyTorch issues it (``torch.distributed.all_reduce``)::
+
+        t = max(link latency, a) + b (n - 1) + 2 (n - 1) / n x bytes / link bandwidth
+
+    The latency grows with the GPUs in the ring (each of its 2 (n - 1) steps waits on a peer): a and b are the
+    line through NCCL's measured small-message all-reduce latency on 2, 4 and 8 GPUs (``systems_db/shared.yaml``,
+    from AIConfigurator's NCCL tables: 6.2, 10.0 and 17.4 us on H200)."""
     p = ctx.platform
     n = p.num_gpus
     if n == 1:
         return 0.0
     link = p.gpu_link or p.host_link
     nbytes = ctx.hidden_state_bytes(tokens)
-    return link.latency_s + 2.0 * (n - 1) / n * nbytes / link.h2d_pinned_bytes_per_s
+    c = system_constants("shared")
+    latency = max(link.latency_s, float(c.value("nccl_allreduce_base_s"))) + float(
+        c.value("nccl_allreduce_per_peer_s")) * (n - 1)
+    return latency + 2.0 * (n - 1) / n * nbytes / link.h2d_pinned_bytes_per_s
 
 
 @dataclass(frozen=True)
@@ -88,20 +100,27 @@ class LayerTimes:
     dense: float = 0.0
 
     @classmethod
-    def of(cls, ctx: Context, tokens: float, attention: list[tuple[float, float, float]]) -> "LayerTimes":
-        """``attention`` lists (sequences, new tokens, context) groups that share the step."""
+    def of(cls, ctx: Context, tokens: float, attention: list[tuple[float, float, float]],
+           execution: Execution | None = None) -> "LayerTimes":
+        """``attention`` lists (sequences, new tokens, context) groups that share the step; ``execution`` is how
+        the kernels run (default eager, :mod:`moesim.costs.execution`)."""
         inv = 1.0 / ctx.platform.num_gpus
         m = ctx.model
-        core = {w: sum(ctx.gpu_s(ctx.attention_core(s, q, kv, w).scaled(inv)) for s, q, kv in attention if s > 0)
+        ex = execution
+
+        def gpu(cost) -> float:
+            return ctx.gpu_s(cost, ex)
+
+        core = {w: sum(gpu(ctx.attention_core(s, q, kv, w).scaled(inv)) for s, q, kv in attention if s > 0)
                 for w in (False, True)}
         router = experts = shared = 0.0
         if m.moe:
-            router = ctx.gpu_s(ctx.router(tokens))
-            experts = ctx.gpu_s(ctx.experts(ctx.active_experts(tokens), tokens * m.moe.top_k).scaled(inv))
+            router = gpu(ctx.router(tokens))
+            experts = gpu(ctx.experts(ctx.active_experts(tokens), tokens * m.moe.top_k).scaled(inv))
             shared_cost = ctx.shared_experts(tokens)
-            shared = ctx.gpu_s(shared_cost.scaled(inv)) if shared_cost else 0.0
-        dense = ctx.gpu_s(ctx.dense_ffn(tokens).scaled(inv)) if m.dense_ffn else 0.0
-        return cls(ctx.gpu_s(ctx.attention_proj(tokens).scaled(inv)), core, allreduce_s(ctx, tokens), router,
+            shared = gpu(shared_cost.scaled(inv)) if shared_cost else 0.0
+        dense = gpu(ctx.dense_ffn(tokens).scaled(inv)) if m.dense_ffn else 0.0
+        return cls(gpu(ctx.attention_proj(tokens).scaled(inv)), core, allreduce_s(ctx, tokens), router,
                    experts, shared, dense)
 
     def add(self, eng: Engine, i: int, kind: LayerKind, after: int | None = None) -> int:

@@ -1,0 +1,123 @@
+"""`sglang`: SGLang's aggregated serving (Zheng et al., "SGLang: Efficient Execution of Structured Language
+Model Programs", NeurIPS 2024), tensor parallel only: continuous batching over a token-granular KV pool, chunked
+prefill, CUDA-graph decode and the overlap scheduler.
+
+Scheduling and step pricing are shared with vLLM and TensorRT-LLM (:mod:`.shared.continuous`); what is SGLang's
+(its defaults as ``ServerArgs`` sets them, SGLang 0.5; the numbers are in ``systems_db/sglang.yaml``):
+
+- ``chunked_prefill_size``: 8192 tokens on GPUs under 160 GB (H100, H200), 16384 above;
+- ``cuda_graph_max_bs``: 256 at TP < 4, 512 from TP 4 (H100/H200); decode batches padded to the next captured
+  size, 1, 2, 4, 8, 12, then every 8 to 256, every 16 to 512, every 32 beyond; larger batches run eagerly;
+- ``mem_fraction_static`` (weights + KV pool, as a fraction of the GPU's memory M, in MiB)::
+
+      f = (M - R) / M,  R = max(512 + 1.5 max(chunked_prefill_size, 2048) + 2 cuda_graph_max_bs + 1024 TP / 8,
+                                10240 if M > 60 GiB)
+
+  and the KV pool is what the weights leave of it::
+
+      kv_pool = min(f M - W / n,  M_usable - W / n - act(chunked_prefill_size))
+
+  (the second term: the rest of the memory must still hold the CUDA context and a chunk's activations);
+- ``page_size`` 1 (token-granular pool); no cap on running requests beyond the pool unless
+  ``max_running_requests`` is set.
+
+Execution: decode replays CUDA graphs; prefill ("extend") runs eagerly, its long kernels keeping the GPU busy while
+the host issues the next (priced GPU-alone, :mod:`.shared.engine_step`). The overlap scheduler (default since
+v0.4) prepares the next batch on the CPU while the GPU runs the current one; its per-step CPU constants are not
+fitted (no fit row of AIConfigurator's file runs SGLang).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..costs import Execution
+from ..modules import Context
+from .shared.continuous import ContinuousBatchingEngine, EngineKnobs
+from .shared.engine_step import EngineRuntime, engine_execution, runtime_constants
+
+MIB = 2.0**20
+UNLIMITED = 1 << 30
+
+
+class SGLangParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    mem_fraction_static: float | None = Field(
+        default=None, gt=0, le=1, description="fraction of each GPU's memory for weights + KV pool; None = SGLang's "
+                                              "default (its reserved-memory rule)")
+    max_running_requests: int | None = Field(
+        default=None, ge=1, description="most requests running at once (None = as many as the KV pool holds)")
+    chunked_prefill_size: int | None = Field(
+        default=None, ge=1, description="prefill tokens per step; None = SGLang's default for the GPU's memory")
+    cuda_graph_max_bs: int | None = Field(
+        default=None, ge=0, description="largest decode batch captured in a CUDA graph; None = SGLang's default")
+    page_size: int = Field(default=1, ge=1, description="tokens per KV page (SGLang default 1)")
+    disable_overlap_schedule: bool = Field(default=False, description="turn the overlap scheduler off")
+
+
+class SGLang(ContinuousBatchingEngine):
+    name = "sglang"
+    execution_modes = {"prefill": "graph", "decode": "graph"}  # eager "extend" prefill, priced GPU-alone: the host runs ahead
+    summary = ("SGLang: continuous batching with chunked prefill, CUDA-graph decode, overlap scheduler; weights on "
+               "the GPUs, tensor parallel; token-granular KV pool in mem_fraction_static")
+    Params = SGLangParams
+
+    def _c(self, key: str) -> float:
+        return float(self.constants.value(key))
+
+    def chunk(self, ctx: Context) -> int:
+        """``chunked_prefill_size``: the parameter, or SGLang's default for the GPU's memory."""
+        if self.params.chunked_prefill_size is not None:
+            return self.params.chunked_prefill_size
+        big = ctx.platform.gpu.memory_bytes / MIB >= self._c("large_gpu_mib")
+        return int(self._c("chunked_prefill_size_large_gpu" if big else "chunked_prefill_size"))
+
+    def graph_max_bs(self, ctx: Context) -> int:
+        """``cuda_graph_max_bs``: the parameter, or SGLang's default for the TP size."""
+        if self.params.cuda_graph_max_bs is not None:
+            return self.params.cuda_graph_max_bs
+        return int(self._c("cuda_graph_max_bs_tp4" if ctx.platform.num_gpus >= 4 else "cuda_graph_max_bs"))
+
+    def capture_sizes(self, ctx: Context) -> tuple[int, ...]:
+        """SGLang's captured decode batch sizes up to :meth:`graph_max_bs`."""
+        top = self.graph_max_bs(ctx)
+        sizes = [1, 2, 4, 8, 12] + list(range(16, 257, 8)) + list(range(272, 512, 16)) + list(range(512, top + 1, 32))
+        return tuple(b for b in sizes if b <= top)
+
+    def mem_fraction(self, ctx: Context) -> float:
+        """``mem_fraction_static``: the parameter, or SGLang's reserved-memory rule (module docstring)."""
+        if self.params.mem_fraction_static is not None:
+            return self.params.mem_fraction_static
+        m = ctx.platform.gpu.memory_bytes / MIB
+        reserved = (self._c("reserved_base_mib") + self._c("reserved_per_prefill_token_mib")
+                    * max(self.chunk(ctx), self._c("reserved_min_prefill_tokens"))
+                    + self._c("reserved_per_graph_bs_mib") * self.graph_max_bs(ctx)
+                    + self._c("reserved_per_tp_mib") * ctx.platform.num_gpus)
+        if m > self._c("reserved_floor_above_mib"):
+            reserved = max(reserved, self._c("reserved_floor_mib"))
+        return round((m - reserved) / m, 3)
+
+    @property
+    def knobs(self) -> EngineKnobs:
+        p = self.params
+        return EngineKnobs("SGLang", p.max_running_requests or UNLIMITED, p.chunked_prefill_size or 8192, p.page_size,
+                           True, "max_running_requests")
+
+    def knobs_for(self, ctx: Context) -> EngineKnobs:
+        k = self.knobs
+        return EngineKnobs(k.label, k.max_seqs, self.chunk(ctx), k.block_size, True, k.max_seqs_name)
+
+    def runtime(self, ctx: Context) -> EngineRuntime:
+        p = self.params
+        c = runtime_constants(self.name)
+        return EngineRuntime(self.name, engine_execution("graph"), engine_execution("graph"), c["step_cpu_s"],
+                             c["step_cpu_per_seq_s"], bool(c["overlap_scheduler"]) and not p.disable_overlap_schedule,
+                             self.capture_sizes(ctx), uncaptured=Execution("eager", engine_kernels=True))
+
+    def _kv_pool_bytes(self, ctx: Context, weights_gpu: float, act: float) -> tuple[float, str]:
+        f = self.mem_fraction(ctx)
+        p = ctx.platform
+        static = f * p.gpu.memory_bytes - weights_gpu
+        room = p.usable_gpu_memory_bytes_per_gpu - weights_gpu - act  # what the rest must still hold
+        return (min(static, room), f"mem_fraction_static={f:g} of {p.gpu.memory_bytes / 1e9:.1f} GB holds weights and "
+                                   f"KV pool (the pool never takes the activations' and CUDA context's memory)")

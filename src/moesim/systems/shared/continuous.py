@@ -1,0 +1,316 @@
+"""Continuous batching over a paged KV cache, tensor parallel on the GPUs: the scheduling and step pricing that
+vLLM, SGLang and TensorRT-LLM share (their systems subclass :class:`ContinuousBatchingEngine`; systems never
+import one another).
+
+What differs between engines is data: their names for the knobs and their defaults (:class:`EngineKnobs`), how
+they size the KV pool (``_kv_pool_bytes``), and how they run a step (:class:`~.engine_step.EngineRuntime`:
+execution mode per phase, per-step CPU work and its overlap, CUDA-graph batch sizes). The scheduling model
+(chunked prefill in the token budget, staggered steady state, ramp-up and drain) is the one documented in
+:mod:`moesim.systems.vllm`.
+
+KV cache per GPU (:func:`kv_share_per_gpu`): with tensor parallelism each GPU holds the K/V heads of its query
+heads: kv_heads_per_gpu = max(1, H_kv / n) of the H_kv heads, i.e. a share max(1 / n, 1 / H_kv) of the per-token
+KV (a K/V head is replicated when there are fewer of them than GPUs); MLA's compressed latent is not split over
+heads, so every GPU caches all of it (share 1).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+import numpy as np
+
+from ...costs import EAGER
+from ...engine import Engine
+from ...errors import InfeasibleError
+from ...modules import Context
+from ...specs import LayerKind
+from ...units import fmt_bytes
+from ..base import (Plan, ServingSystem, StepSim, balanced_batches, sequential_steps, simpson_decode_time,
+                    simulate_pass)
+from .engine_step import EngineRuntime, engine_layer_times, with_engine_cpu
+from .memory import activation_bytes
+from .tensor_parallel import LayerTimes, require_tensor_parallel
+
+
+@dataclass(frozen=True)
+class EngineKnobs:
+    """An engine's scheduling knobs under common names (each engine's own names in ``*_name``)."""
+
+    label: str  # the engine's name in messages ("vLLM")
+    max_seqs: int  # most sequences running at once
+    token_budget: int  # tokens one step may schedule (decode tokens + prefill chunks)
+    block_size: int  # tokens per KV page
+    chunked_prefill: bool = True
+    max_seqs_name: str = "max_num_seqs"
+    mla_latent_cache: bool = True
+
+
+def kv_share_per_gpu(ctx: Context, latent_cache: bool = True) -> float:
+    """The share of one token's KV (all heads) that each of the n tensor-parallel GPUs caches::
+
+        MLA (latent cached):  1                       (the latent is replicated on every rank)
+        MHA/GQA:              max(1, H_kv / n) / H_kv  (a K/V head is never split; fewer heads than GPUs are
+                                                       replicated, vLLM's QKVParallelLinear)"""
+    n = ctx.platform.num_gpus
+    a = ctx.model.attention
+    if a.kind == "mla":
+        return 1.0 if latent_cache else 1.0 / n
+    kv = a.num_kv_heads
+    return max(1.0, kv / n) / kv
+
+
+@dataclass
+class ContinuousPlan(Plan):
+    """A plan whose phases run mixed in the same steps once the run is under way.
+
+    ``prefill`` and ``decode_points`` describe pure phases (their rates are what a burst of prompts,
+    or decoding alone, would get); ``mixed_step`` is the steady-state step that repeats ``steps_per_batch``
+    times per B requests. The run of W = ``num_batches`` waves of B requests is ramp-up, steady state, drain::
+
+        T_total = T_ramp + (W - 1) S T_mixed + T_drain
+
+    T_ramp = TTFT: at the start nothing runs, so the first B prompts are prefilled as a burst, full token
+    budgets and then the rest (``prefill_last``); T_drain = ``drain_s``: after the last prompt the last B
+    sequences only decode (G pure decode steps). The W - 1 other waves' prompts and decodes share the steady
+    state's mixed steps. One wave (W = 1) is then a burst of prefill and G decode steps, never shorter than its
+    TTFT; many waves tend to the steady state, W S T_mixed.
+    """
+
+    mixed_step: StepSim | None = None
+    steps_per_batch: float = 0.0
+    prefill_last: StepSim | None = None  # the last prefill pass of a batch, over what the full passes leave
+    drain_s: float = 0.0
+
+    @property
+    def prefill_time_per_batch_s(self) -> float:
+        """(passes - 1) full passes of ``prefill_tokens_per_pass`` prompt tokens, then the pass of the rest."""
+        if self.prefill_last is None:
+            return super().prefill_time_per_batch_s
+        return (self.prefill_passes_per_batch - 1) * self.prefill.time_s + self.prefill_last.time_s
+
+    @property
+    def total_time_s(self) -> float:
+        if self.mixed_step is None:
+            return super().total_time_s
+        return (self.prefill_time_per_batch_s + (self.num_batches - 1) * self.steps_per_batch * self.mixed_step.time_s
+                + self.drain_s)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Per-GPU memory layout."""
+
+    budget: float
+    weights_gpu: float  # per GPU, after offload
+    offload: float  # bytes per GPU in host memory
+    activations: float
+    block_bytes: float
+    blocks: int
+
+
+
+class ContinuousBatchingEngine(ServingSystem):
+    """Continuous batching with chunked prefill; weights on the GPUs, tensor parallel; a paged KV pool.
+
+    Subclasses give :attr:`knobs`, :meth:`runtime` and :meth:`_kv_pool_bytes` (or override :meth:`_layout`)."""
+
+    @property
+    def knobs(self) -> EngineKnobs:
+        raise NotImplementedError
+
+    def knobs_for(self, ctx: Context) -> EngineKnobs:
+        """The knobs on ``ctx``'s platform (an engine whose defaults depend on the GPU overrides this)."""
+        return self.knobs
+
+    def runtime(self, ctx: Context) -> EngineRuntime:
+        raise NotImplementedError
+
+    # ---- memory ------------------------------------------------------------------------------
+    def _kv_bytes_per_token(self, ctx: Context, ctx_len: int) -> float:
+        """KV-cache bytes per token over all layers and all heads as this engine stores them.
+
+        MLA without a latent cache (vLLM before 0.7.1, ``deepseek_v2.py``): K of qk_head_dim and V padded
+        to qk_head_dim per head, i.e. 2 x heads x qk_head_dim elements per layer, instead of the latent.
+        """
+        a = ctx.model.attention
+        if a.kind != "mla" or self.knobs_for(ctx).mla_latent_cache:
+            return ctx.kv_bytes_per_token(ctx_len)
+        return ctx.kv_bytes_per_token(ctx_len) * (2 * a.num_heads * a.qk_head_dim) / a.kv_elements_per_token()
+
+    def _block_bytes(self, ctx: Context, ctx_len: int) -> float:
+        """Bytes of one KV page on one GPU (:func:`kv_share_per_gpu` of the per-token KV)."""
+        k = self.knobs_for(ctx)
+        return k.block_size * self._kv_bytes_per_token(ctx, ctx_len) * kv_share_per_gpu(ctx, k.mla_latent_cache)
+
+    def _kv_pool_bytes(self, ctx: Context, weights_gpu: float, act: float) -> tuple[float, str]:
+        """(bytes per GPU left for the KV pool, how the engine sized it in words)."""
+        raise NotImplementedError
+
+    def _layout(self, ctx: Context) -> _Layout:
+        """Weights, activations of one full token budget and the KV pool per GPU (no CPU offload)."""
+        k = self.knobs_for(ctx)
+        require_tensor_parallel(ctx, self.name)
+        n = ctx.platform.num_gpus
+        ctx_len = ctx.workload.total_context_tokens
+        weights_gpu = ctx.weight_bytes / n
+        act = activation_bytes(ctx, k.token_budget)
+        block_bytes = self._block_bytes(ctx, ctx_len)
+        one_seq = math.ceil(ctx_len / k.block_size) * block_bytes
+        pool, how = self._kv_pool_bytes(ctx, weights_gpu, act)
+        if pool < one_seq:
+            raise InfeasibleError(
+                f"{self.name}: model weights need {fmt_bytes(weights_gpu)} per GPU ({ctx.model.name}, {ctx.wdtype}, "
+                f"{n} x {ctx.platform.gpu.name}); {how}, the KV pool gets {fmt_bytes(max(pool, 0.0))} per GPU, one "
+                f"sequence of {ctx_len} tokens needs {fmt_bytes(one_seq)}: short by {fmt_bytes(one_seq - pool)}; "
+                f"use more GPUs")
+        return _Layout(weights_gpu + act + pool, weights_gpu, 0.0, act, block_bytes, int(pool // block_bytes))
+
+    # ---- one step ----------------------------------------------------------------------------
+    def _pass(self, ctx: Context, lay: _Layout, tokens: float, rows: float,
+              attention: list[tuple[float, float, float]]) -> StepSim:
+        """One step over ``tokens`` batched tokens; ``attention`` lists (sequences, new tokens, context) groups;
+        ``rows`` = tokens whose logits are computed (one per decoding sequence and per completed prompt).
+
+        Priced as the engine runs it (:attr:`runtime`, :mod:`.engine_step`): a decode-only step replays the
+        CUDA graph of its padded batch, a step with prompt tokens runs the prefill execution; then the engine's
+        per-step CPU work, overlapped with the GPU's or not (:meth:`EngineRuntime.step_s`)."""
+        n = ctx.platform.num_gpus
+        inv = 1.0 / n
+        m = ctx.model
+        rt = self.runtime(ctx)
+        decode_only = all(q == 1 for s, q, _ in attention if s > 0)
+        execution, gemm_tokens = rt.decode_execution(tokens) if decode_only else (rt.prefill, tokens)
+        engine = Engine(memory_capacity_bytes={"gpu": ctx.platform.usable_gpu_memory_bytes_per_gpu})
+        if execution == EAGER:
+            times = LayerTimes.of(ctx, tokens, attention)
+        else:
+            times = engine_layer_times(ctx, tokens, attention, execution, rt.backend, gemm_tokens)
+        offload_layer = lay.offload / m.num_layers
+        copy = ctx.h2d_s(offload_layer)
+
+        def layer(eng: Engine, i: int, kind: LayerKind) -> int:
+            last = len(eng.tasks) - 1 if eng.tasks else None
+            if copy:  # on the compute stream: waits for the previous layer, blocks this one
+                last = eng.add(f"L{i} offloaded weights H2D", "h2d", copy, [last], category="transfer",
+                               nbytes=offload_layer)
+            return times.add(eng, i, kind, last)
+
+        head = ctx.gpu_s(ctx.head(gemm_tokens, max(rows, 1.0)).scaled(inv), execution)
+
+        holds = {"weights": lay.weights_gpu, "paged KV pool": lay.blocks * lay.block_bytes,
+                 "activations (profiled peak) + one offloaded layer's GPU copy": lay.activations}
+
+        step = simulate_pass(ctx, engine, layer, gpu_holds=holds, head_s=head)
+        return with_engine_cpu(step, rt, max(rows, 1.0))
+
+    def _mixed(self, ctx: Context, lay: _Layout, dec: float, dec_ctx: float, pre_tokens: float, pre_seqs: float,
+               prompt: int) -> StepSim:
+        attention = [(dec, 1, dec_ctx), (pre_seqs, prompt, prompt)]
+        return self._pass(ctx, lay, dec + pre_tokens, dec + pre_seqs, attention)
+
+    def _v1_steady_state(self, ctx: Context, lay: _Layout, batch: int) -> tuple[float, StepSim, str]:
+        """vLLM V1 (chunked prefill), staggered sequences in steady state.
+
+        Per B requests, S = max(G, B (P + G) / N) steps schedule B G decode tokens and B P prompt tokens.
+        When the budget binds (S > G) or prompts enter at least once a step (B >= G), every step carries
+        prompt tokens and each is the average step: B G / S decodes and B P / S prompt tokens. Otherwise a
+        prompt enters whole, in chunks of q = min(P, N - B) tokens (V1 fills the budget left by the running
+        decodes): m = B P / q of the G steps carry B decodes and a chunk, the other G - m only decode::
+
+            T_per_batch = m T(B decodes + q prompt tokens) + (G - m) T(B decodes)
+
+        Spreading the prompt tokens evenly over the G steps instead misprices a sparse model at small B:
+        its step time is concave in the tokens (a step of 3 Mixtral tokens reads about 4.6 of the 8 experts
+        of a layer, a step of 1 reads 2), so at batch 1 an average step of 1 decode + 2 prompt tokens cost
+        19.0 ms against 11.0 ms for the decode alone, and the throughput fell far below what TTFT and TPOT
+        imply. Returns (steps per batch, the mean step as one StepSim, what the steps hold, in words).
+        """
+        w, k = ctx.workload, self.knobs_for(ctx)
+        P, G, N = w.prompt_tokens, w.gen_tokens, k.token_budget
+        mid = P + (G + 1) / 2.0
+        steps = max(float(G), batch * (P + G) / N)
+        if steps > G or batch >= G:
+            mixed = self._mixed(ctx, lay, batch * G / steps, mid, batch * P / steps, batch / steps, P)
+            return steps, mixed, (f"each step decodes {batch * G / steps:.4g} tokens and prefills "
+                                  f"{batch * P / steps:.4g} prompt tokens")
+        q = min(P, N - batch)
+        m = batch * P / q
+        carry = self._mixed(ctx, lay, batch, mid, q, q / P, P)
+        decode = self._mixed(ctx, lay, batch, mid, 0, 0, P)
+        return steps, sequential_steps([(carry, m / G), (decode, 1.0 - m / G)]), (
+            f"of every {G} steps, {m:.4g} carry {batch} decodes and a {q}-token prompt chunk, {G - m:.4g} only "
+            f"decode")
+
+    def _v0_steady_state(self, ctx: Context, lay: _Layout, batch: int, mid_ctx: int) -> tuple[float, StepSim, float]:
+        """vLLM V0 without chunked prefill, staggered sequences in steady state.
+
+        Each decode step of B sequences frees B / G of them; the scheduler, which puts prefills first, fills
+        their slots with a prefill-only step (a whole pass over the weights, copies of offloaded weights
+        included). Per decode step that is f = max(min(1, B / G), B P / (G N)) prefill steps of
+        B P / (G f) prompt tokens each::
+
+            T_per_token = T_decode(B) + f T_prefill(B P / (G f))
+
+        Returns (steps per batch, the repeating step as one StepSim, f T_prefill).
+        """
+        w, k = ctx.workload, self.knobs_for(ctx)
+        P, G = w.prompt_tokens, w.gen_tokens
+        f = max(min(1.0, batch / G), batch * P / (G * k.token_budget))
+        tokens = batch * P / (G * f)
+        refill = self._mixed(ctx, lay, 0, 0, tokens, tokens / P, P)
+        decode = self._mixed(ctx, lay, batch, mid_ctx, 0, 0, P)
+        return float(G), sequential_steps([(decode, 1.0), (refill, f)]), f * refill.time_s
+
+    # ---- offline plan --------------------------------------------------------------------------
+    def plan(self, ctx: Context) -> Plan:
+        w, k, prm = ctx.workload, self.knobs_for(ctx), self.params
+        P, G, R = w.prompt_tokens, w.gen_tokens, w.num_requests
+        lay = self._layout(ctx)
+        bs, budget_tokens = k.block_size, k.token_budget
+        # mean blocks held by a running sequence, its generation position uniform over 1..G
+        blocks_per_seq = float(np.mean(np.ceil((P + np.arange(1, G + 1)) / bs)))
+        by_kv = int(lay.blocks // blocks_per_seq)
+        cap = w.batch_size or k.max_seqs  # a fixed workload batch acts as max_num_seqs
+        notes = []
+        by_kv = max(by_kv, 1)  # one full sequence always fits (checked in _layout)
+        if w.batch_size and w.batch_size > by_kv:
+            notes.append(f"batch {w.batch_size} asked, but the KV pool holds {by_kv} running sequences; "
+                         f"{k.label} runs {by_kv}")
+        batch, num_batches = balanced_batches(R, max(1, min(cap, by_kv, R)))
+        chunk = min(budget_tokens, batch * P)
+        prefill = self._mixed(ctx, lay, 0, 0, chunk, chunk / P, P)
+        passes = math.ceil(batch * P / chunk)
+        rest = batch * P - (passes - 1) * chunk  # the last pass prefills what the full budgets leave
+        prefill_last = prefill if rest == chunk else self._mixed(ctx, lay, 0, 0, rest, rest / P, P)
+        decode_s, points = simpson_decode_time(lambda c: self._mixed(ctx, lay, batch, c, 0, 0, P), P, G)
+        drain_s = decode_s  # the last wave's G steps, decodes only
+        if k.chunked_prefill:
+            steps, mixed, per_step = self._v1_steady_state(ctx, lay, batch)
+        else:
+            steps, mixed, refill_s = self._v0_steady_state(ctx, lay, batch, (G + 1) // 2 + P)
+            per_step = "each step decodes or prefills"
+            decode_s += G * refill_s
+            notes.append(f"V0 scheduler: prefill steps do not carry decodes; the {batch / G:.3g} sequences that finish "
+                         f"each step are replaced by a prefill step of their own, counted in the decode rate")
+        n = ctx.platform.num_gpus
+        notes.append(
+            f"continuous batching steady state: {batch} running sequences (KV pool of {lay.blocks} blocks of {bs} "
+            f"tokens holds {by_kv} at a mean of {blocks_per_seq:.1f} blocks; {k.max_seqs_name} {k.max_seqs}); "
+            f"{per_step}; the run = ramp-up (the first {batch} prompts prefilled as a burst) + "
+            f"{num_batches - 1} wave(s) of {batch} requests in steady state + drain (the last {batch} decode alone)")
+        notes.append("prefill and decode rates are those of pure phases; the total time uses the mixed steps")
+        if lay.offload:
+            notes.append(f"cpu_offload_gb={prm.cpu_offload_gb:g}: {fmt_bytes(lay.offload)} of weights per GPU copied "
+                         f"from pinned host memory every pass, serialized with compute")
+        config = {"batch_size": batch, "max_running_by_kv": by_kv, "kv_blocks": lay.blocks, "block_size": bs,
+                  "tensor_parallel": n, "steps_per_batch": steps, "mixed_step_s": mixed.time_s,
+                  "prefill_tokens_per_pass": chunk, "kv_pool_bytes_per_gpu": lay.blocks * lay.block_bytes,
+                  "weights_on_gpu_bytes_per_gpu": lay.weights_gpu, "offloaded_bytes_per_gpu": lay.offload,
+                  "params": prm.model_dump()}
+        placement = {"weights": "gpu" + (" + pinned host (copied every pass)" if lay.offload else ""),
+                     "kv_cache": "gpu (paged)"}
+        return self.make_plan((batch, num_batches), (prefill, passes, chunk), (decode_s, points), config=config,
+                              host_mem_bytes=lay.offload * n, placement=placement, notes=notes,
+                              also_run=(mixed, prefill_last), plan_type=ContinuousPlan, mixed_step=mixed,
+                              steps_per_batch=steps, prefill_last=prefill_last, drain_s=drain_s)

@@ -1,0 +1,229 @@
+"""How datacenter engines (vLLM, SGLang, TensorRT-LLM) run a step, shared by their systems.
+
+Execution (:mod:`moesim.costs.execution`): decode replays a CUDA graph captured for the padded batch; prefill
+runs piecewise graphs (vLLM) or eagerly (SGLang, TensorRT-LLM's PyTorch flow), but its kernels are long and the
+host runs ahead of the GPU, so both phases are priced GPU-alone: the sum of the kernels' roofline times plus a
+gap per kernel (``graph_kernel_gap_s``), with the engines' own GEMM/MoE kernels (``engine_kernels``).
+
+Per-step CPU work (scheduling, input preparation, sampling bookkeeping, detokenising) is priced as::
+
+    t_cpu(B) = step_cpu_s + B x step_cpu_per_seq_s
+
+and overlapped as the engine overlaps it: with an overlap (async) scheduler the CPU prepares step i+1 while the
+GPU runs step i, so a step takes max(t_gpu, t_cpu); without one they add up.
+
+Decode batches are padded to the next captured CUDA-graph size (:func:`graph_batch`): the padded rows run the
+dense GEMMs (attention uses the real sequences).
+
+Kernel tables: every call into :mod:`moesim.costs.kernels` (measured per-kernel times) is in
+:func:`engine_layer_times` and :func:`engine_allreduce_s`; a missing module, table or coverage falls back to the
+roofline (with the engine-kernel efficiencies) and to the sourced all-reduce latencies of ``systems_db/engines.yaml``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from ...costs import Execution
+from ...db import system_constants
+from ...modules import Context
+from .tensor_parallel import LayerTimes
+
+if TYPE_CHECKING:
+    from ..base import StepSim
+
+#: all-reduce table sizes (bytes) of ``systems_db/engines.yaml``: custom_allreduce_s_n{n}_{bytes}
+_AR_SIZES = (2048, 16384, 131072, 524288, 2097152, 8388608)
+
+
+@dataclass(frozen=True)
+class EngineRuntime:
+    """What a system's engine adds to its kernels: execution per phase, per-step CPU work, CUDA-graph sizes."""
+
+    backend: str  # kernel-table backend name ("vllm", "sglang", "trtllm")
+    decode: Execution
+    prefill: Execution
+    step_cpu_s: float
+    step_cpu_per_seq_s: float
+    overlap_scheduler: bool
+    graph_sizes: tuple[int, ...] = ()  # captured decode batch sizes, ascending; () = no graphs
+    pad_to_graph: bool = True  # a decode batch runs in the next captured size (False: only captured sizes replay)
+    uncaptured: Execution | None = None  # how a decode batch without a graph runs (None: as ``decode``)
+
+    def decode_execution(self, batch: float) -> tuple[Execution, float]:
+        """(execution, GEMM rows) of a decode step of ``batch`` sequences: the graph of the padded batch, or
+        ``uncaptured`` beyond the largest captured size (and, without padding, off the captured sizes)."""
+        sizes = self.graph_sizes
+        if not sizes:
+            return self.decode, batch
+        if batch > sizes[-1]:
+            return self.uncaptured or self.decode, batch
+        if self.pad_to_graph:
+            return self.decode, graph_batch(batch, sizes)
+        if abs(batch - round(batch)) < 1e-9 and int(round(batch)) in sizes:
+            return self.decode, batch
+        return self.uncaptured or self.decode, batch
+
+    def cpu_s(self, seqs: float) -> float:
+        return self.step_cpu_s + seqs * self.step_cpu_per_seq_s
+
+    def step_s(self, gpu_s: float, seqs: float) -> float:
+        """A step of ``gpu_s`` GPU time with ``seqs`` sequences, the engine's CPU work overlapped or not."""
+        cpu = self.cpu_s(seqs)
+        return max(gpu_s, cpu) if self.overlap_scheduler else gpu_s + cpu
+
+
+def with_engine_cpu(step: "StepSim", rt: EngineRuntime, seqs: float) -> "StepSim":
+    """``step`` (its GPU work simulated) with the engine's per-step CPU work of ``seqs`` sequences: the step
+    takes :meth:`EngineRuntime.step_s`; the time the CPU work adds beyond the GPU's (none when the overlap
+    scheduler hides it) is reported as resource ``cpu`` and category ``engine cpu``."""
+    total = rt.step_s(step.time_s, seqs)
+    if total <= step.time_s:
+        return step
+    added = total - step.time_s
+    category = dict(step.category_s)
+    category["engine cpu"] = category.get("engine cpu", 0.0) + added
+    busy = dict(step.busy_s)
+    busy["cpu"] = busy.get("cpu", 0.0) + added
+    return replace(step, time_s=total, busy_s=busy, category_s=category)
+
+
+def graph_batch(batch: float, sizes: tuple[int, ...]) -> float:
+    """The captured CUDA-graph batch a decode batch runs in: the smallest captured size >= batch
+    (``batch`` itself beyond the largest, which runs without a full graph)."""
+    if not sizes or batch > sizes[-1]:
+        return batch
+    return float(sizes[bisect.bisect_left(sizes, math.ceil(batch - 1e-9))])
+
+
+def vllm_capture_sizes(max_num_seqs: int) -> tuple[int, ...]:
+    """vLLM's default CUDA-graph capture sizes (``VllmConfig._set_cudagraph_sizes``): 1, 2, 4, then every 8 up to
+    255, then every 16, up to min(2 max_num_seqs, ``max_cudagraph_capture_size`` of ``systems_db/vllm.yaml``)."""
+    top = min(2 * max_num_seqs, int(system_constants("vllm").value("max_cudagraph_capture_size")))
+    sizes = [1, 2, 4] + list(range(8, 256, 8)) + list(range(256, top + 1, 16))
+    return tuple(s for s in sizes if s <= top)
+
+
+def runtime_constants(system: str) -> dict[str, float]:
+    """The per-engine constants of ``systems_db/<system>.yaml`` that :class:`EngineRuntime` needs."""
+    c = system_constants(system)
+    return {k: float(c.value(k)) for k in ("step_cpu_s", "step_cpu_per_seq_s", "overlap_scheduler")}
+
+
+def engine_execution(mode: str = "graph") -> Execution:
+    """Execution of an engine phase in ``mode`` with the engines' kernels and ``systems_db/engines.yaml``'s
+    constants."""
+    c = system_constants("engines")
+    return Execution(mode, float(c.value("graph_kernel_gap_s")), engine_kernels=True,  # type: ignore[arg-type]
+                     moe_tile_rows=int(c.value("fused_moe_tile_rows")),
+                     moe_memory_efficiency=float(c.value("fused_moe_memory_efficiency")) or None)
+
+
+def _kernel_tables(ctx: Context, backend: str):
+    """Measured kernel tables for this GPU and backend, or None (module absent, no table)."""
+    def load():
+        try:
+            from ...costs import kernels  # written on another branch; absent here means "no table"
+        except ImportError:
+            return None
+        try:
+            return kernels.kernel_tables(ctx.platform.gpu.name, backend)
+        except Exception:  # a table that cannot be read must not break a prediction: fall back
+            return None
+    return ctx.memo(("kernel tables", backend), load)
+
+
+def _table_allreduce_s(nbytes: float, n: int) -> float:
+    """In-graph custom all-reduce latency, log-log interpolated in ``systems_db/engines.yaml``'s table
+    (AIConfigurator's measured vLLM custom all-reduce under CUDA graphs, H200), linear beyond its largest size."""
+    c = system_constants("engines")
+    key = min((2, 4, 8), key=lambda k: abs(k - n)) if n not in (2, 4, 8) else n
+    ts = [float(c.value(f"custom_allreduce_s_n{key}_{s}")) for s in _AR_SIZES]
+    if nbytes <= _AR_SIZES[0]:
+        return ts[0]
+    if nbytes >= _AR_SIZES[-1]:
+        slope = (ts[-1] - ts[-2]) / (_AR_SIZES[-1] - _AR_SIZES[-2])
+        return ts[-1] + (nbytes - _AR_SIZES[-1]) * slope
+    i = bisect.bisect_right(_AR_SIZES, nbytes) - 1
+    x0, x1 = math.log(_AR_SIZES[i]), math.log(_AR_SIZES[i + 1])
+    y0, y1 = math.log(ts[i]), math.log(ts[i + 1])
+    return math.exp(y0 + (y1 - y0) * (math.log(nbytes) - x0) / (x1 - x0))
+
+
+def engine_allreduce_s(ctx: Context, tokens: float, backend: str) -> float:
+    """One all-reduce of ``tokens`` hidden states over the platform's GPUs, as the engines run it at these sizes
+    (custom one-/two-shot all-reduce inside the graph): the kernel table's measured time where it covers the
+    message, else the sourced table of ``systems_db/engines.yaml`` (NVLink/NVSwitch platforms) or the ring
+    model of :func:`~.tensor_parallel.allreduce_s` (GPUs without NVLink)."""
+    n = ctx.platform.num_gpus
+    if n == 1:
+        return 0.0
+    nbytes = ctx.hidden_state_bytes(tokens)
+    tables = _kernel_tables(ctx, backend)
+    if tables is not None:
+        t = tables.allreduce_s(nbytes, n, ctx.options.activation_dtype)
+        if t is not None:
+            return t
+    if ctx.platform.gpu_link is None:
+        from .tensor_parallel import allreduce_s
+        return allreduce_s(ctx, tokens)
+    return _table_allreduce_s(nbytes, n)
+
+
+def engine_layer_times(ctx: Context, tokens: float, attention: list[tuple[float, float, float]],
+                       execution: Execution, backend: str, gemm_tokens: float | None = None) -> LayerTimes:
+    """One tensor-parallel layer as an engine runs it: the modules of :class:`LayerTimes` priced under
+    ``execution`` (dense GEMMs over ``gemm_tokens`` rows, the CUDA-graph padded batch, when given), the fused MoE
+    from the kernel table where it has one, the all-reduce from :func:`engine_allreduce_s`."""
+    tables = _kernel_tables(ctx, backend)
+    key = ("engine layer times", execution, backend if tables is not None else None, tokens, tuple(attention),
+           gemm_tokens)  # engines without tables price a step alike: systems of one auto comparison share it
+    return ctx.memo(key, lambda: _engine_layer_times(ctx, tokens, attention, execution, backend, gemm_tokens))
+
+
+def _engine_layer_times(ctx: Context, tokens: float, attention: list[tuple[float, float, float]],
+                        execution: Execution, backend: str, gemm_tokens: float | None) -> LayerTimes:
+    rows = tokens if gemm_tokens is None else gemm_tokens
+    base = LayerTimes.of(ctx, rows, attention, execution)
+    core = {w: sum(ctx.gpu_s(_per_gpu_attention(ctx, ctx.attention_core(s, q, kv, w)), execution)
+                   for s, q, kv in attention if s > 0) for w in (False, True)}
+    tables = _kernel_tables(ctx, backend)
+    experts = base.experts
+    m = ctx.model
+    if tables is not None and m.moe:
+        q = quant_kind(ctx.edtype, m)
+        t = tables.moe_s(rows, m.hidden_size, m.moe.expert_intermediate_size, m.moe.num_experts, m.moe.top_k, q,
+                         tp=ctx.platform.num_gpus, ep=1)
+        if t is not None:
+            experts = t
+    return LayerTimes(base.attn_proj, core, engine_allreduce_s(ctx, rows, backend), base.router, experts,
+                      base.shared, base.dense)
+
+
+def _per_gpu_attention(ctx: Context, cost):
+    """One GPU's share of an attention core under tensor parallelism: 1/n of the heads' FLOPs, but the KV it
+    reads is what that GPU caches, :func:`~.continuous.kv_share_per_gpu` of it (MLA's latent whole on every GPU;
+    K/V heads replicated beyond their count), not 1/n."""
+    from .continuous import kv_share_per_gpu
+
+    inv = 1.0 / ctx.platform.num_gpus
+    share = max(kv_share_per_gpu(ctx), inv)
+
+    def one(c):
+        return c.with_(flop=c.flop * inv, bytes=c.bytes * share, weight_elements=c.weight_elements * inv,
+                       serial=tuple(one(p) for p in c.serial))
+    return one(cost)
+
+
+def quant_kind(dtype: str, model) -> str:
+    """The kernel-table quant string of weights stored as ``dtype``: the model's native kind where ``dtype`` is
+    its native storage (fp8 of a block-scaled checkpoint: ``fp8_block``), else ``dtype`` itself (fp8 = per-tensor)."""
+    kind = model.quant_kind
+    if kind == "fp8_block" and dtype == "fp8":
+        return "fp8_block"
+    if kind in ("mxfp4", "nvfp4") and dtype in ("mxfp4", "fp4", "nvfp4"):
+        return kind
+    return dtype

@@ -1,0 +1,82 @@
+"""`trtllm`: TensorRT-LLM's aggregated serving with its PyTorch backend (``trtllm-serve``, TensorRT-LLM >= 1.0),
+tensor parallel only: in-flight batching over a paged KV cache, CUDA-graph decode, the overlap scheduler.
+
+Scheduling and step pricing are shared with vLLM and SGLang (:mod:`.shared.continuous`); what is TensorRT-LLM's:
+
+Memory (``KvCacheConfig.free_gpu_memory_fraction``, default 0.9): after the weights are loaded and a profiling
+forward pass of ``max_num_tokens`` tokens has run, that fraction of the GPU's free memory becomes the KV pool::
+
+    kv_pool = free_gpu_memory_fraction * (M_gpu - reserved - W / n - act(max_num_tokens))
+
+In-flight batching: each iteration schedules the running requests' next tokens and context (prefill) requests
+within ``max_num_tokens`` (8192) tokens and ``max_batch_size`` (2048) requests; pages of ``tokens_per_block`` (32).
+Chunked prefill is off by default, so a prompt enters whole (one iteration when it fits the token budget, which
+is all this model prices: longer prompts are refused by TensorRT-LLM itself).
+
+Execution: decode iterations replay CUDA graphs captured for batch sizes 1-31, 32, 64 and 128 (TensorRT-LLM's
+default list without padding up to ``cuda_graph_max_batch_size`` 128, ``systems_db/trtllm.yaml``); without
+``cuda_graph_padding`` (off by default) a batch that is not in the list runs eagerly (priced eager with the engine's kernels); context iterations run eagerly,
+their long kernels keeping the GPU busy (priced GPU-alone). The overlap scheduler (on by default) overlaps the
+per-step CPU work (``systems_db/trtllm.yaml``, not fitted) with the GPU's.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..costs import Execution
+from ..errors import InfeasibleError
+from ..modules import Context
+from .shared.continuous import ContinuousBatchingEngine, EngineKnobs
+from .shared.engine_step import EngineRuntime, engine_execution, runtime_constants
+
+class TRTLLMParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    free_gpu_memory_fraction: float = Field(
+        default=0.9, gt=0, le=1, description="fraction of the free GPU memory (after weights and activations) given "
+                                             "to the KV cache (KvCacheConfig default 0.9)")
+    max_batch_size: int = Field(default=2048, ge=1, description="most requests in flight (LLM API default 2048)")
+    max_num_tokens: int = Field(default=8192, ge=1, description="tokens one iteration may schedule (default 8192)")
+    tokens_per_block: int = Field(default=32, ge=1, description="tokens per KV page (default 32)")
+    cuda_graph_max_batch_size: int = Field(default=128, ge=0, description="largest decode batch with a CUDA graph")
+    cuda_graph_padding: bool = Field(default=False, description="pad decode batches to the next captured size "
+                                                                "(CudaGraphConfig.enable_padding, default off)")
+    disable_overlap_scheduler: bool = Field(default=False, description="turn the overlap scheduler off")
+
+
+class TRTLLM(ContinuousBatchingEngine):
+    name = "trtllm"
+    execution_modes = {"prefill": "graph", "decode": "graph"}  # eager context phase, priced GPU-alone: the host runs ahead
+    summary = ("TensorRT-LLM (PyTorch backend): in-flight batching, CUDA-graph decode, overlap scheduler; weights on "
+               "the GPUs, tensor parallel; paged KV in free_gpu_memory_fraction of the free memory")
+    Params = TRTLLMParams
+
+    @property
+    def knobs(self) -> EngineKnobs:
+        p = self.params
+        return EngineKnobs("TensorRT-LLM", p.max_batch_size, p.max_num_tokens, p.tokens_per_block, True,
+                           "max_batch_size")
+
+    def runtime(self, ctx: Context) -> EngineRuntime:
+        p = self.params
+        c = runtime_constants(self.name)
+        listed = tuple(int(x) for x in str(self.constants.value("cuda_graph_batch_sizes")).split(","))
+        sizes = tuple(s for s in listed if s <= p.cuda_graph_max_batch_size)
+        return EngineRuntime(self.name, engine_execution("graph"), engine_execution("graph"), c["step_cpu_s"],
+                             c["step_cpu_per_seq_s"], bool(c["overlap_scheduler"]) and not p.disable_overlap_scheduler,
+                             sizes, pad_to_graph=p.cuda_graph_padding,
+                             uncaptured=Execution("eager", engine_kernels=True))
+
+    def _kv_pool_bytes(self, ctx: Context, weights_gpu: float, act: float) -> tuple[float, str]:
+        p = ctx.platform
+        free = p.gpu.memory_bytes - p.empirical.gpu_memory_reserved_bytes - weights_gpu - act
+        frac = self.params.free_gpu_memory_fraction
+        return (frac * free, f"free_gpu_memory_fraction={frac:g} of the {max(free, 0) / 1e9:.1f} GB free after "
+                             f"weights and activations")
+
+    def plan(self, ctx: Context):
+        if ctx.workload.prompt_tokens > self.params.max_num_tokens:
+            raise InfeasibleError(
+                f"trtllm: a {ctx.workload.prompt_tokens}-token prompt exceeds max_num_tokens="
+                f"{self.params.max_num_tokens} and chunked prefill is off by default; raise max_num_tokens")
+        return super().plan(ctx)

@@ -1,0 +1,238 @@
+"""Execution modes, the datacenter engines (vllm, sglang, trtllm) and the AIConfigurator validation module."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import moesim
+from moesim import costs
+from moesim.costs import EAGER, Execution, OpCost, efficiency_in
+from moesim.db import default_profile
+from moesim.errors import InfeasibleError
+from moesim.modules import Context, Options
+from moesim.specs import OfflineWorkload
+from moesim.systems import get_system
+from moesim.systems.shared.continuous import kv_share_per_gpu
+from moesim.systems.shared.engine_step import EngineRuntime, graph_batch, vllm_capture_sizes
+from moesim.systems.shared.memory import activation_bytes
+
+ROOT = Path(__file__).resolve().parents[1]
+ROWS = ROOT / "tests" / "data" / "aiconfigurator_silicon_rows.csv"
+
+
+def _ctx(model: str, hw: str = "hgx-h200", gpus: int = 1, prompt: int = 1024, gen: int = 128) -> Context:
+    platform = moesim.get_hardware(hw, num_gpus=gpus)
+    return Context(moesim.get_model(model), platform, OfflineWorkload(num_requests=16, prompt_tokens=prompt,
+                                                                      gen_tokens=gen), Options())
+
+
+# ---- execution modes ------------------------------------------------------------------------------------
+def test_graph_mode_time_is_the_roofline_plus_a_gap_per_kernel():
+    """Default (uncalibrated) profile on an H200: eta_compute 0.70 (rows >= 128), eta_memory 0.80, 5 us launch.
+    A 3-kernel GEMM of 2 TFLOP and 1 GB: graph = max(2e12 / (989.4e12 x 0.7), 1e9 / (4.8e12 x 0.8)) + 3 x 2 us;
+    eager adds 3 x 5 us of launches instead."""
+    gpu = moesim.get_hardware("hgx-h200").gpu
+    base = costs.ProfileEfficiency(default_profile())
+    cost = OpCost("gemm", flop=2e12, bytes=1e9, rows=4096, launches=3)
+    roof = max(2e12 / (gpu.peak_flop_per_s["bf16"] * 0.70), 1e9 / (gpu.memory_bandwidth_bytes_per_s * 0.80))
+    graph = costs.gpu_time_s(cost, gpu, efficiency_in(base, Execution("graph", 2e-6)))
+    eager = costs.gpu_time_s(cost, gpu, base)
+    assert graph == pytest.approx(roof + 3 * 2e-6)
+    assert eager == pytest.approx(roof + 3 * 5e-6)
+    assert efficiency_in(base, EAGER) is base  # eager is the fitted model itself
+
+
+def test_engine_kernels_fused_moe_tile_fill_streaming_and_in_kernel_dequant():
+    """Engine kernels: an MXFP4 grouped-expert GEMM of 2 rows per expert runs its tiles 2/16 full; its weights
+    stream at the given fraction of HBM; dequantisation is hidden in the kernel (eager pays 4 flop per weight
+    at the fp32 vector rate)."""
+    gpu = moesim.get_hardware("hgx-h200").gpu
+    base = costs.ProfileEfficiency(default_profile())
+    ex = Execution("graph", 0.0, engine_kernels=True, moe_tile_rows=16, moe_memory_efficiency=0.5)
+    eff = efficiency_in(base, ex)
+    cost = OpCost("grouped_expert", flop=1e9, bytes=2e9, dtype="mxfp4", weight_elements=3e9, rows=2.0, launches=0)
+    assert eff.compute_efficiency(cost) == pytest.approx(0.70 * 2 / 16)
+    assert eff.memory_efficiency(cost) == 0.5
+    t = costs.gpu_time_s(cost, gpu, eff)
+    compute = 1e9 / (gpu.peak_flop_per_s["bf16"] * 0.70 * 2 / 16)
+    assert t == pytest.approx(max(compute, 2e9 / (gpu.memory_bandwidth_bytes_per_s * 0.5)))
+    eager = costs.gpu_time_s(cost, gpu, base)
+    dequant = 3e9 * 4.0 / (gpu.peak_flop_per_s["fp32"] * 0.5)
+    assert eager == pytest.approx(max(1e9 / (gpu.peak_flop_per_s["bf16"] * 0.70 / 64), 2e9 / (4.8e12 * 0.8))
+                                  + dequant, rel=1e-6)
+
+
+def test_context_prices_each_mode_apart_in_any_order():
+    """auto shares one Context across systems: a graph-mode time must never be served for an eager call."""
+    cost = OpCost("gemm", flop=1e9, bytes=1e8, rows=64, launches=4)
+    ex = Execution("graph", 1e-6, engine_kernels=True)
+    a = _ctx("gpt-oss-120b")
+    graph_first = (a.gpu_s(cost, ex), a.gpu_s(cost))
+    b = _ctx("gpt-oss-120b")
+    eager_first = (b.gpu_s(cost), b.gpu_s(cost, ex))
+    assert graph_first == eager_first[::-1]
+    assert graph_first[0] < graph_first[1]
+    with pytest.raises(ValueError):
+        Execution("jit")  # type: ignore[arg-type]
+
+
+def test_engine_step_overlaps_cpu_work_and_pads_to_captured_graphs():
+    rt = EngineRuntime("vllm", EAGER, EAGER, 1e-3, 1e-5, True)
+    assert rt.step_s(0.5e-3, 10) == pytest.approx(1.1e-3)  # max(GPU, CPU) with the overlap scheduler
+    assert rt.step_s(2e-3, 10) == pytest.approx(2e-3)
+    serial = EngineRuntime("vllm", EAGER, EAGER, 1e-3, 1e-5, False)
+    assert serial.step_s(0.5e-3, 10) == pytest.approx(1.6e-3)
+    sizes = vllm_capture_sizes(256)
+    assert sizes[:4] == (1, 2, 4, 8) and sizes[-1] == 512 and vllm_capture_sizes(64)[-1] == 128
+    assert [graph_batch(b, sizes) for b in (1, 3, 5, 250, 300, 600)] == [1, 4, 8, 256, 304, 600]
+    unpadded = EngineRuntime("trtllm", Execution("graph"), EAGER, 0, 0, True, (1, 2, 4, 8), pad_to_graph=False,
+                             uncaptured=Execution("eager", engine_kernels=True))
+    assert unpadded.decode_execution(4) == (Execution("graph"), 4)
+    assert unpadded.decode_execution(5)[0] == Execution("eager", engine_kernels=True)
+
+
+# ---- KV per GPU under tensor parallelism ---------------------------------------------------------------------
+def test_kv_heads_are_replicated_beyond_their_count_and_mla_latent_on_every_rank():
+    """Qwen3-235B-A22B: 94 layers x 2 (K, V) x 4 KV heads x 128 x 2 bytes = 192,512 B per token. TP 2 holds 2 of
+    the 4 heads per GPU (half), TP 8 one head per GPU, replicated (a quarter, not an eighth). DeepSeek-R1 MLA: 61
+    layers x (512 + 64) x 2 B = 70,272 B per token, whole on every GPU."""
+    vllm = get_system("vllm")()
+    for gpus, share in ((2, 0.5), (8, 0.25)):
+        ctx = _ctx("qwen3-235b-a22b", gpus=gpus)
+        m = ctx.model
+        assert (m.num_layers, m.attention.num_kv_heads, m.attention.head_dim) == (94, 4, 128)
+        assert kv_share_per_gpu(ctx) == share
+        assert vllm._block_bytes(ctx, 2048) == pytest.approx(16 * 192_512 * share)
+    ds = _ctx("deepseek-r1", gpus=8)
+    assert kv_share_per_gpu(ds) == 1.0
+    assert vllm._block_bytes(ds, 2048) == pytest.approx(16 * 61 * 576 * 2)
+    assert kv_share_per_gpu(_ctx("gpt-oss-120b", gpus=8)) == pytest.approx(1 / 8)
+
+
+# ---- sglang and trtllm -----------------------------------------------------------------------------------
+def test_sglang_pool_is_mem_fraction_static_of_memory_less_weights():
+    """SGLang's rule on an H200 (M = 143,156 MiB): TP 8 reserves 512 + 1.5 x 8192 + 2 x 512 (cuda_graph_max_bs at
+    TP >= 4) + 128 x 8 = 14,848 MiB, f = round(128,308 / 143,156, 3) = 0.896; TP 2 reserves 512 + 12,288 + 512 +
+    256 = 13,568 MiB, f = 0.905. KV pool per GPU = f M - W / n, in pages of 1 token."""
+    ctx = _ctx("deepseek-r1", gpus=8)
+    sg = get_system("sglang")()
+    assert round(ctx.platform.gpu.memory_bytes / 2**20) == 143_156
+    assert sg.mem_fraction(ctx) == 0.896 and sg.graph_max_bs(ctx) == 512 and sg.chunk(ctx) == 8192
+    assert sg.capture_sizes(ctx)[:7] == (1, 2, 4, 8, 12, 16, 24) and sg.capture_sizes(ctx)[-1] == 512
+    plan = sg.plan(ctx)
+    expected = 0.896 * ctx.platform.gpu.memory_bytes - ctx.weight_bytes / 8
+    block = 61 * 576 * 2  # one token of MLA latent, whole on every GPU
+    assert plan.config["block_size"] == 1
+    assert expected - block < plan.config["kv_pool_bytes_per_gpu"] <= expected
+    assert get_system("sglang")().mem_fraction(_ctx("gpt-oss-120b", gpus=2)) == 0.905
+    ours = get_system("sglang")({"mem_fraction_static": 0.7}).plan(ctx)
+    assert ours.config["kv_pool_bytes_per_gpu"] < plan.config["kv_pool_bytes_per_gpu"]
+
+
+def test_trtllm_pool_is_its_fraction_of_the_memory_left_free():
+    ctx = _ctx("gpt-oss-120b", gpus=2)
+    plan = get_system("trtllm")().plan(ctx)
+    p = ctx.platform
+    free = p.gpu.memory_bytes - p.empirical.gpu_memory_reserved_bytes - ctx.weight_bytes / 2 - activation_bytes(ctx, 8192)
+    block = plan.config["kv_pool_bytes_per_gpu"] / plan.config["kv_blocks"]
+    assert plan.config["block_size"] == 32
+    assert 0.9 * free - block < plan.config["kv_pool_bytes_per_gpu"] <= 0.9 * free
+    defaults = get_system("trtllm").Params()
+    assert (defaults.max_num_tokens, defaults.max_batch_size, defaults.free_gpu_memory_fraction) == (8192, 2048, 0.9)
+    sizes = get_system("trtllm")().runtime(ctx).graph_sizes
+    assert sizes == tuple(range(1, 32)) + (32, 64, 128)  # no padding: batch 40 runs eagerly
+
+
+def test_engines_refuse_what_they_refuse():
+    with pytest.raises(InfeasibleError, match="max_num_tokens"):
+        get_system("trtllm")().plan(_ctx("gpt-oss-120b", gpus=2, prompt=16384))
+    with pytest.raises(InfeasibleError, match="short by"):
+        get_system("sglang")().plan(_ctx("deepseek-r1", hw="hgx-h100", gpus=4))
+    with pytest.raises(InfeasibleError, match="divisible"):
+        get_system("trtllm")().plan(_ctx("gpt-oss-120b", gpus=3))
+
+
+def test_engine_params_are_cli_flags():
+    out = subprocess.run([sys.executable, "-m", "moesim", "predict", "--model", "gpt-oss-120b", "--hw", "hgx-h200",
+                          "--gpus", "2", "--system", "sglang", "--param", "mem_fraction_static=0.8", "--prompt",
+                          "512", "--gen", "64", "--requests", "8", "--json"], capture_output=True, text=True,
+                         timeout=120, env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["system"] == "sglang" and data["config"]["params"]["mem_fraction_static"] == 0.8
+    bad = subprocess.run([sys.executable, "-m", "moesim", "predict", "--model", "gpt-oss-120b", "--hw", "hgx-h200",
+                          "--gpus", "2", "--system", "trtllm", "--prompt", "20000"], capture_output=True, text=True,
+                         timeout=120, env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"})
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+
+
+def test_vllm_enforce_eager_prices_as_before_and_graph_is_faster_at_small_batch():
+    ctx = _ctx("gpt-oss-120b", gpus=2, gen=64)
+    eager = get_system("vllm")({"enforce_eager": True}).plan(ctx)
+    graph = get_system("vllm")().plan(ctx)
+    assert graph.decode_time_per_batch_s < 0.7 * eager.decode_time_per_batch_s
+
+
+# ---- the AIConfigurator validation module ------------------------------------------------------------------
+def _module():
+    spec = importlib.util.spec_from_file_location("aiconfigurator_validation",
+                                                  ROOT / "validation" / "published" / "aiconfigurator.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, mod)
+    spec.loader.exec_module(sys.modules[spec.name])
+    return sys.modules[spec.name]
+
+
+def test_the_split_rule_is_fixed_by_gpu():
+    mod = _module()
+    assert (mod.FIT_GPUS, mod.HELD_OUT_GPUS) == (("h100_sxm",), ("h200_sxm",))
+    assert mod.split_of({"id": "a", "system": "h100_sxm"}) == "fit"
+    assert mod.split_of({"id": "b", "system": "h200_sxm"}) == "held-out"
+    with pytest.raises(ValueError):
+        mod.split_of({"id": "c", "system": "b200_sxm"})
+
+
+def test_aiconfigurator_golden_rows():
+    """Four committed rows (tests/data): each maps to its scenario, carries its split, and is predicted within
+    35% (TPOT) and 60% (TTFT) of what AIConfigurator measured; the disaggregated and expert-parallel rows are
+    not expressed. Fast: < 5 s."""
+    mod = _module()
+    t0 = time.perf_counter()
+    with open(ROWS, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [mod.expressible(r) is None for r in rows].count(True) == 4
+    recs = mod.records(rows)
+    assert time.perf_counter() - t0 < 5.0
+    assert {r.backend for r in recs} == {"vllm", "sglang", "trtllm"}
+    assert {(r.gpu, r.split) for r in recs} == {("h100_sxm", "fit"), ("h200_sxm", "held-out")}
+    by_id = {r.row_id: r for r in recs}
+    sg = next(r for r in recs if r.backend == "sglang")
+    assert (sg.model, sg.tp, sg.concurrency, sg.isl, sg.osl) == ("DeepSeek-R1", 8, 16, 1024, 1024)
+    assert len(by_id) == 4
+    for r in recs:
+        assert abs(r.tpot_error) < 0.35, (r.row_id, r.tpot_error)
+        assert abs(r.ttft_error) < 0.60, (r.row_id, r.ttft_error)
+    assert all(math.isfinite(x["tpot_median_abs"]) for x in mod.summary(recs, ("backend",)))
+
+
+def test_fp4_kinds_run_natively_only_on_fp4_tensor_cores():
+    from moesim.costs import compute_dtype, needs_dequant
+    from moesim.specs.common import BYTES_PER_ELEMENT
+
+    h200 = moesim.get_hardware("hgx-h200").gpu
+    b200 = moesim.get_hardware("hgx-b200").gpu
+    assert BYTES_PER_ELEMENT["nvfp4"] == 0.5 + 1 / 16  # e2m1 + an e4m3 scale per 16 elements
+    for kind in ("mxfp4", "nvfp4"):
+        assert needs_dequant(kind, h200) and compute_dtype(kind, h200) == "bf16"
+        assert compute_dtype(kind, b200) == "fp4" and not needs_dequant(kind, b200)
+    assert moesim.get_model("deepseek-r1").quant_kind == "fp8_block"
+    assert moesim.get_model("gpt-oss-120b").quant_kind == "mxfp4"

@@ -1,0 +1,365 @@
+"""Score moesim against AIConfigurator's measured serving runs (vLLM, SGLang, TensorRT-LLM on H100/H200).
+
+Data: ``shared/data/aiconfigurator/silicon_sample.csv`` (5,221 measured runs; github.com/ai-dynamo/aiconfigurator,
+``aic-core/src/aiconfigurator_core/systems/silicon_sample.csv`` at commit 095f58a51, Apache License 2.0): TTFT
+and TPOT in ms with the engine, its version, precision, input/output lengths, concurrency and parallel layout.
+The figures are facts measured by others; nothing here copies AIConfigurator's code.
+
+Rows moesim can express (:func:`expressible`): aggregated serving (``mode == agg``) on H100 SXM or H200 SXM,
+tensor parallel only (pp 1, attention DP 1, expert parallel 1, MoE TP = TP, a consistent GPU count), a backend
+moesim has (vllm, sglang, trtllm), and an MoE model moesim lists, matched through the ``hf_id`` of
+``models_db`` (an ``-FP8`` checkpoint maps to its base model in fp8).
+
+Scenario of a row (:func:`scenario_of`):
+
+- platform ``hgx-h100`` / ``hgx-h200`` with ``--gpus tp_size``; system = the backend; prompt = isl, gen = osl;
+- concurrency C = ``silicon_concurrency=N`` of ``silicon_data_source`` (requests kept in flight by the
+  benchmark client), else ``batch_size``; predicted as C requests run together as one batch (``--batch C
+  --requests C``). With fixed ISL/OSL a closed-loop client at concurrency C sends its C requests together and
+  they finish together, so the run is a sequence of such waves;
+- quantisation: the model's released format (``gemm_quant_mode`` / ``moe_quant_mode`` name the released one for
+  every row scored here: fp8 / fp8_block for the FP8 DeepSeek and Qwen checkpoints, gpt-oss's "nvfp4" label
+  stands for its MXFP4 experts, which H100/H200 run dequantised); a ``-FP8`` checkpoint of a bf16 model runs
+  ``--dtype fp8``.
+
+What is compared (:func:`benchmark_latency`):
+
+- TPOT: the measured TPOT excludes the first token (the README beside the CSV); predicted as the plan's decode
+  time per batch over its G steps (pure decode of the C sequences, which is what the lockstep waves do).
+- TTFT: the benchmark's TTFT is the mean over requests of the time from sending to the first token. In a wave
+  of C prompts under chunked prefill, request j (1-based) gets its first token at the end of pass
+  ceil(j P / N) (N = tokens per prefill pass), so the mean over the wave is
+  ``mean_j [ (idx_j - 1) t_full + (t_last if idx_j is the last pass else t_full) ]``. When C exceeds the
+  running batch B the system holds, a closed-loop client's requests wait for a slot: with W = ceil(C / B)
+  groups served one after another, the mean wait is (W - 1) / 2 x (prefill + decode time of one group).
+
+Fit vs held-out (fixed here, before anything was fitted; :func:`split_of`): rows on H100 SXM may inform
+constants ("fit"); rows on H200 SXM are only scored ("held-out"). Why by GPU: every backend and model that is
+expressible runs on the H200, and the H100 rows (gpt-oss-120b on vLLM and TensorRT-LLM) are the smaller share;
+a constant fitted on one GPU is then scored on the other GPU, whose HBM bandwidth differs (3.35 vs 4.8 TB/s),
+which tests that what was fitted is not the GPU's roofline in disguise. SGLang has no expressible H100 row, so
+nothing of SGLang's may be fitted on this file.
+
+Run: ``python validation/published/aiconfigurator.py [--json] [--split held-out|fit|all] [--limit N]``.
+Import: :func:`records` returns one :class:`Record` per expressible row (source, row id, split, measured,
+predicted), for tests and for a ``moesim validate --published`` runner.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import re
+import statistics
+import sys
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable
+
+SOURCE = "aiconfigurator-silicon"
+ROOT = Path(__file__).resolve().parents[2]
+CSV_CANDIDATES = (ROOT / "validation" / "data" / "aiconfigurator" / "silicon_sample.csv",
+                  ROOT.parent / "shared" / "data" / "aiconfigurator" / "silicon_sample.csv",
+                  Path("/work/shared/data/aiconfigurator/silicon_sample.csv"))
+PLATFORMS = {"h100_sxm": "hgx-h100", "h200_sxm": "hgx-h200"}
+BACKENDS = ("vllm", "sglang", "trtllm")
+#: the split rule (see the module docstring): fixed before fitting; never changed to suit a score
+FIT_GPUS = ("h100_sxm",)
+HELD_OUT_GPUS = ("h200_sxm",)
+#: checkpoints whose name says their precision: hf id -> (moesim hf id, --dtype)
+FP8_SUFFIX = "-FP8"
+
+
+def csv_path() -> Path:
+    for p in CSV_CANDIDATES:
+        if p.exists():
+            return p
+    raise FileNotFoundError("silicon_sample.csv not found in " + ", ".join(str(p) for p in CSV_CANDIDATES))
+
+
+def split_of(row: dict) -> str:
+    """'fit' for H100 SXM rows, 'held-out' for H200 SXM rows (the fixed rule of this module)."""
+    if row["system"] in FIT_GPUS:
+        return "fit"
+    if row["system"] in HELD_OUT_GPUS:
+        return "held-out"
+    raise ValueError(f"row {row['id']}: GPU {row['system']!r} is in neither split")
+
+
+@lru_cache(maxsize=1)
+def _hf_models() -> dict[str, str]:
+    """hf id (lower case) -> moesim model name, for MoE models."""
+    from moesim import db
+
+    out = {}
+    for spec in db.models().entries.values():
+        if spec.moe and getattr(spec, "hf_id", None):
+            out[spec.hf_id.lower()] = spec.name
+    return out
+
+
+def model_of(hf_id: str) -> tuple[str, str | None] | None:
+    """(moesim model, --dtype or None for the released one), or None when moesim does not list it."""
+    models = _hf_models()
+    key = hf_id.lower()
+    if key in models:
+        return models[key], None
+    if key.endswith(FP8_SUFFIX.lower()) and key[: -len(FP8_SUFFIX)] in models:
+        return models[key[: -len(FP8_SUFFIX)]], "fp8"
+    return None
+
+
+def _int(s: str, default: int = 1) -> int:
+    return int(s) if s not in ("", None) else default
+
+
+def concurrency_of(row: dict) -> int:
+    m = re.search(r"silicon_concurrency=(\d+)", row["silicon_data_source"])
+    return int(m.group(1)) if m else int(row["batch_size"])
+
+
+def expressible(row: dict) -> str | None:
+    """None when moesim can express the row, else why not (a short reason)."""
+    if row["mode"] != "agg":
+        return "disaggregated"
+    if row["system"] not in PLATFORMS:
+        return f"GPU {row['system']}"
+    if row["backend"] not in BACKENDS:
+        return f"backend {row['backend']}"
+    tp, pp = _int(row["tp_size"]), _int(row["pp_size"])
+    adp, mtp, mep = _int(row["attention_dp_size"]), _int(row["moe_tp_size"]), _int(row["moe_ep_size"])
+    if pp != 1 or adp != 1 or mep != 1:
+        return "not tensor parallel only"
+    if mtp != tp or tp > 8:
+        return "inconsistent layout"
+    if model_of(row["model_path"]) is None:
+        return "model not an MoE model moesim lists"
+    return None
+
+
+def load_rows(path: Path | None = None) -> list[dict]:
+    with open(path or csv_path(), newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@dataclass(frozen=True)
+class Record:
+    source: str
+    row_id: str
+    split: str  # "fit" | "held-out"
+    backend: str
+    model: str
+    gpu: str
+    tp: int
+    isl: int
+    osl: int
+    concurrency: int
+    measured_ttft_s: float
+    measured_tpot_s: float
+    predicted_ttft_s: float | None  # None = moesim refused (its reason in ``note``)
+    predicted_tpot_s: float | None
+    note: str = ""
+
+    @property
+    def ttft_error(self) -> float | None:
+        return None if self.predicted_ttft_s is None else self.predicted_ttft_s / self.measured_ttft_s - 1.0
+
+    @property
+    def tpot_error(self) -> float | None:
+        return None if self.predicted_tpot_s is None else self.predicted_tpot_s / self.measured_tpot_s - 1.0
+
+
+def scenario_of(row: dict, system: str | None = None):
+    """The moesim Scenario of an expressible row (``system`` overrides the row's backend)."""
+    import moesim
+
+    model, dtype = model_of(row["model_path"])
+    c = concurrency_of(row)
+    return moesim.Scenario(model=model, hardware=PLATFORMS[row["system"]], num_gpus=_int(row["tp_size"]),
+                           system=system or row["backend"], prompt_tokens=int(row["isl"]), gen_tokens=int(row["osl"]),
+                           batch_size=c, num_requests=c, dtype=dtype)
+
+
+def _wave_mean_ttft_s(plan, prompt: int, batch: int) -> float:
+    """Mean time to the first token over a wave of ``batch`` prompts prefilled in passes of
+    ``plan.prefill_tokens_per_pass`` tokens (full passes, then the pass of the rest)."""
+    n_tok = max(plan.prefill_tokens_per_pass, 1)
+    passes = plan.prefill_passes_per_batch
+    t_full = plan.prefill.time_s
+    t_last = getattr(plan, "prefill_last", None)
+    t_last = t_last.time_s if t_last is not None else t_full
+    total = 0.0
+    for j in range(1, batch + 1):
+        idx = min(math.ceil(j * prompt / n_tok), passes)
+        total += (idx - 1) * t_full + (t_last if idx == passes else t_full)
+    return total / batch
+
+
+#: how the closed-loop benchmark's mean TTFT and TPOT are predicted from a plan (see :func:`benchmark_latency`);
+#: chosen by ``aiconfigurator_fit.py`` on the FIT split only
+BENCHMARK_MODEL = "half"
+MODELS = ("lockstep", "steady", "half")
+
+
+def _steady_ttft_s(plan, prompt: int, gen: int) -> float:
+    """Steady-state TTFT: a prompt arriving while B = plan.batch_size sequences decode waits half a step, then
+    enters in chunks of q = min(P, N - B) tokens, ceil(P / q) steps each carrying B decodes and a chunk (priced
+    as the decode step plus q / N of a full prefill pass)."""
+    b = plan.batch_size
+    n_tok = max(plan.prefill_tokens_per_pass, 1)
+    q = max(min(prompt, n_tok - b), 1)
+    decode_step = plan.decode_time_per_batch_s / gen
+    carry = plan.prefill.time_s * q / n_tok + decode_step
+    return 0.5 * decode_step + math.ceil(prompt / q) * carry
+
+
+def benchmark_latency(plan, prompt: int, gen: int, concurrency: int, model: str | None = None) -> tuple[float, float]:
+    """(mean TTFT, TPOT) in seconds as the closed-loop benchmark at ``concurrency`` measures them.
+
+    ``lockstep`` (module docstring): lockstep waves of B = plan.batch_size requests, TTFT the mean over a wave's
+    prefill passes, TPOT pure decode of B; requests beyond B wait for earlier groups.
+    ``steady``: staggered requests in steady state: TPOT the steady state's mean mixed step (decodes sharing
+    steps with prefill chunks of arriving prompts), TTFT :func:`_steady_ttft_s`.
+    ``half``: the mean of the two (a benchmark whose first wave arrives as a burst and later ones staggered, over
+    as many requests again as the first wave).
+    """
+    model = model or BENCHMARK_MODEL
+    b = plan.batch_size
+    tpot_l = plan.decode_time_per_batch_s / gen
+    ttft_l = _wave_mean_ttft_s(plan, prompt, b)
+    groups = math.ceil(concurrency / b)
+    wait = (groups - 1) / 2.0 * (plan.prefill_time_per_batch_s + plan.decode_time_per_batch_s) if groups > 1 else 0.0
+    ttft_l += wait
+    if model == "lockstep":
+        return ttft_l, tpot_l
+    mixed = getattr(plan, "mixed_step", None)
+    steps = getattr(plan, "steps_per_batch", 0.0) or gen
+    tpot_s = mixed.time_s * steps / gen if mixed is not None else tpot_l
+    ttft_s = _steady_ttft_s(plan, prompt, gen) + wait
+    if model == "steady":
+        return ttft_s, tpot_s
+    return 0.5 * (ttft_l + ttft_s), 0.5 * (tpot_l + tpot_s)
+
+
+_CACHE: dict = {}
+
+
+def request_overhead_s(system: str) -> float:
+    """Time a request spends outside the engine's steps before its first token (HTTP, tokenising, handing the
+    request to the scheduler, streaming the token back): ``request_overhead_s`` of ``systems_db/<system>.yaml``
+    (0 where the system has none)."""
+    from moesim.db import system_constants
+
+    try:
+        return float(system_constants(system).value("request_overhead_s"))
+    except (KeyError, Exception):
+        return 0.0
+
+
+def predict_row(row: dict, system: str | None = None, model: str | None = None) -> tuple[float | None, float | None, str]:
+    """(mean TTFT, TPOT, note) predicted for ``row`` (None, None, why when moesim refuses it)."""
+    from moesim.errors import MoesimError
+    from moesim.predict import plan_scenario
+
+    sc = scenario_of(row, system)
+    key = sc.model_dump_json()
+    if key not in _CACHE:
+        try:
+            _, plan, _, _ = plan_scenario(sc)
+            extra = request_overhead_s(sc.system)
+            _CACHE[key] = {m: (t + extra, p, "") for m in MODELS
+                           for t, p in [benchmark_latency(plan, sc.prompt_tokens, sc.gen_tokens, sc.batch_size, m)]}
+        except MoesimError as e:
+            _CACHE[key] = {m: (None, None, str(e).splitlines()[0][:200]) for m in MODELS}
+    return _CACHE[key][model or BENCHMARK_MODEL]
+
+
+def records(rows: Iterable[dict] | None = None, split: str = "all", limit: int | None = None,
+            system: str | None = None, model: str | None = None) -> list[Record]:
+    """One Record per expressible row (``split``: 'fit', 'held-out' or 'all'; ``system`` predicts every row with
+    that moesim system instead of the row's backend, e.g. to compare with ``vllm`` standing in)."""
+    out = []
+    for row in rows if rows is not None else load_rows():
+        if expressible(row) is not None:
+            continue
+        s = split_of(row)
+        if split != "all" and s != split:
+            continue
+        ttft, tpot, note = predict_row(row, system, model)
+        out.append(Record(SOURCE, row["id"], s, row["backend"], model_of(row["model_path"])[0], row["system"],
+                          _int(row["tp_size"]), int(row["isl"]), int(row["osl"]), concurrency_of(row),
+                          float(row["silicon_ttft_ms"]) / 1e3, float(row["silicon_tpot_ms"]) / 1e3, ttft, tpot, note))
+        if limit and len(out) >= limit:
+            break
+    return out
+
+
+def _pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    if not xs:
+        return float("nan")
+    k = (len(xs) - 1) * q
+    lo, hi = math.floor(k), math.ceil(k)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def summary(recs: list[Record], by: tuple[str, ...]) -> list[dict]:
+    """Median / p90 |error| of TTFT and TPOT, and the median signed error, per group of ``by`` fields."""
+    groups: dict[tuple, list[Record]] = {}
+    for r in recs:
+        groups.setdefault(tuple(getattr(r, f) for f in by), []).append(r)
+    out = []
+    for key, rs in sorted(groups.items(), key=lambda kv: tuple(str(k) for k in kv[0])):
+        ok = [r for r in rs if r.predicted_tpot_s is not None]
+        tt = [abs(r.ttft_error) for r in ok]
+        tp = [abs(r.tpot_error) for r in ok]
+        out.append({**dict(zip(by, key)), "rows": len(rs), "refused": len(rs) - len(ok),
+                    "ttft_median_abs": _pct(tt, 0.5), "ttft_p90_abs": _pct(tt, 0.9),
+                    "ttft_median_signed": _pct([r.ttft_error for r in ok], 0.5),
+                    "tpot_median_abs": _pct(tp, 0.5), "tpot_p90_abs": _pct(tp, 0.9),
+                    "tpot_median_signed": _pct([r.tpot_error for r in ok], 0.5)})
+    return out
+
+
+def _table(rows: list[dict], by: tuple[str, ...]) -> str:
+    head = " ".join(f"{b:>16}" for b in by) + "   rows refused |  TPOT med   p90  (signed) |  TTFT med   p90  (signed)"
+    lines = [head]
+    for r in rows:
+        lines.append(" ".join(f"{str(r[b]):>16}" for b in by)
+                     + f"   {r['rows']:4d} {r['refused']:7d} | {r['tpot_median_abs']:8.0%} {r['tpot_p90_abs']:5.0%} "
+                       f"({r['tpot_median_signed']:+6.0%}) | {r['ttft_median_abs']:8.0%} {r['ttft_p90_abs']:5.0%} "
+                       f"({r['ttft_median_signed']:+6.0%})")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", action="store_true", help="print per-row records and summaries as JSON")
+    ap.add_argument("--split", choices=("fit", "held-out", "all"), default="all")
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--as-system", default=None, help="predict every row with this moesim system")
+    args = ap.parse_args(argv)
+    recs = records(split=args.split, limit=args.limit, system=args.as_system)
+    groupings = [("split", "backend"), ("split", "backend", "model"), ("split", "gpu", "backend", "tp")]
+    if args.json:
+        print(json.dumps({"source": SOURCE, "split_rule": f"fit: {FIT_GPUS}; held-out: {HELD_OUT_GPUS}",
+                          "records": [asdict(r) | {"ttft_error": r.ttft_error, "tpot_error": r.tpot_error}
+                                      for r in recs],
+                          "summaries": {"/".join(g): summary(recs, g) for g in groupings}}, indent=1))
+        return 0
+    print(f"AIConfigurator silicon rows moesim expresses: {len(recs)} (split rule: fit = {FIT_GPUS}, "
+          f"held-out = {HELD_OUT_GPUS})")
+    for g in groupings:
+        print()
+        print(_table(summary(recs, g), g))
+    refused = [r for r in recs if r.predicted_tpot_s is None]
+    if refused:
+        print(f"\n{len(refused)} rows refused by moesim, e.g. {refused[0].row_id}: {refused[0].note}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
