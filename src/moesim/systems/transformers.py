@@ -250,7 +250,9 @@ class Transformers(ServingSystem):
         hd_v = a.v_head_dim if a.kind == "mla" else a.head_dim
         kv_heads = a.num_heads if a.kind == "mla" else a.num_kv_heads
         cache_row = kv_heads * (hd_qk + hd_v) * BYTES_PER_ELEMENT[ctx.options.kv_dtype]  # one token, one layer
-        norm = lambda n: gpu(vector_op(n * m.hidden_size, 4.0, 5.0))  # noqa: E731
+        norm_passes = c("rmsnorm_bytes_per_element") / 2.0  # vector_op counts 2-byte passes
+        norm = lambda n, width=m.hidden_size: gpu(vector_op(n * width, 4.0, norm_passes))  # noqa: E731
+        residual = gpu(vector_op(tokens * m.hidden_size, 1.0, 3.0))
         attn_calls = c("attention_calls") + (c("mla_extra_attention_calls") + norm_calls if mla else 0) \
             + (2 * norm_calls if qk_norm else 0)
         attn_mods = 2 + 4 + (2 if qk_norm else 0) + (1 if mla else 0)
@@ -259,14 +261,16 @@ class Transformers(ServingSystem):
                     + gpu(self._sdpa(ctx, seqs, q_len, kv_len))
                     + gpu(vector_op(seqs * (kv_len - q_len) * cache_row / 2 + tokens * cache_row / 2, 0.0, 2.0)))  # cat
         if qk_norm:
-            attn_gpu += 2 * gpu(vector_op(tokens * a.num_heads * a.head_dim, 4.0, 5.0))
+            attn_gpu += norm(tokens, a.num_heads * a.head_dim) + norm(tokens, kv_heads * a.head_dim)
+        if mla:
+            attn_gpu += norm(tokens, a.kv_lora_rank)
         def layer(is_moe: bool) -> None:
             fetch("norm", m.hidden_size * ctx.wbytes, 1)
             clk.run("norms", norm_calls * call + mod, norm(tokens))
             fetch("attention weights", ctx.attention_weight_bytes, 4 + (2 if qk_norm else 0) + (2 if mla else 0))
             clk.run("attention", attn_calls * call + attn_mods * mod, attn_gpu)
             fetch("norm", m.hidden_size * ctx.wbytes, 1)
-            clk.run("norms", (norm_calls + c("decoder_layer_calls")) * call + mod, norm(tokens) + norm(tokens))
+            clk.run("norms", (norm_calls + c("decoder_layer_calls")) * call + mod, norm(tokens) + 2 * residual)
             if is_moe:
                 self._moe(ctx, clk, tokens, impl, gpu, fetch, shared_gate)
             else:
@@ -306,7 +310,8 @@ class Transformers(ServingSystem):
         mats = 3 if moe.gated else 2
         move = vector_op(routed * h, 1.0, 2.0)  # one pass over the routed rows (gather, weight, permute, sum)
         if impl == "grouped_mm":
-            g = gpu(ctx.experts(active, routed)) + 5 * gpu(move) + gpu(vector_op(routed * f, 4.0, 5.0))
+            g = (c("grouped_mm_gemm_factor") * gpu(ctx.experts(active, routed)) + 5 * gpu(move)
+                 + gpu(vector_op(routed * f, 4.0, 5.0)))
             clk.run("experts", c("grouped_mm_calls") * call + mod, g)
         elif impl == "batched_mm":
             wbytes = routed * ctx.expert_weight_bytes  # weights of every (token, expert) pair
