@@ -148,6 +148,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fit", action="store_true", help="fit the host constants on the FIT cells, then score")
     ap.add_argument("--cells", action="store_true", help="print every cell")
+    ap.add_argument("--by-model", action="store_true", help="also print the median error per model, phase and backend")
     args = ap.parse_args()
     rows = cells()
     consts = None
@@ -162,6 +163,17 @@ def main() -> int:
             print(f"{r['split']:8s} {r['model']:18s} {r['kind']:16s} {r['impl']:10s} b={r['batch']:3d} p={r['prompt']:3d} "
                   f"measured {r['measured_s'] * 1e3:9.2f} ms  predicted {r['predicted_s'] * 1e3:9.2f} ms  "
                   f"{r['error'] * 100:+6.1f}%")
+    if args.by_model:
+        groups: dict[tuple, list[float]] = {}
+        for r in scored:
+            if in_generate(r):
+                key = (r["split"], r["model"], "offload_" + r["phase"] if r["offload"] else r["phase"], r["impl"])
+                groups.setdefault(key, []).append(r["error"])
+        print(f"{'split':8s} {'model':18s} {'phase':16s} {'impl':10s} {'n':>3s} {'median err':>10s} {'median |err|':>12s}")
+        for (split, model, phase, impl), v in sorted(groups.items()):
+            print(f"{split:8s} {model:18s} {phase:16s} {impl:10s} {len(v):3d} {statistics.median(v) * 100:+9.1f}% "
+                  f"{statistics.median(map(abs, v)) * 100:11.1f}%")
+        print()
     print(f"{'split':8s} {'phase':40s} {'impl':10s} {'offload':7s} {'n':>3s} {'median |err|':>12s}")
     for split, phase, impl, off, n, m in summary(scored):
         print(f"{split:8s} {phase:40s} {impl:10s} {str(off):7s} {n:3d} {m * 100:11.1f}%")
