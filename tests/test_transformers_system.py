@@ -109,7 +109,7 @@ def test_cpu_offload_copies_every_weight_each_pass_over_pageable_memory():
 
 
 def _measured():
-    files = sorted((ROOT / "validation/measurements/h200").glob("*transformers5.17*.json"))
+    files = sorted((ROOT / "validation/measurements/h200/transformers").glob("*transformers5.17*.json"))
     return files[-1] if files else None
 
 

@@ -1,6 +1,6 @@
 """`--system transformers` against H200 measurements of transformers 5.17 generate (our own harness).
 
-Measurements: ``validation/measurements/h200/*transformers5.17*.json`` written by
+Measurements: ``validation/measurements/h200/transformers/*transformers5.17*.json`` written by
 ``validation/torchbench/hf_generate.py`` (random bf16 weights built from the published configs; some
 models built with fewer layers than published, recorded per cell: the prediction uses the same count).
 
@@ -41,9 +41,9 @@ DECODE_STEPS = 6
 
 
 def measurement_file() -> Path:
-    files = sorted(glob.glob(str(ROOT / "validation/measurements/h200/*transformers5.17*.json")))
+    files = sorted(glob.glob(str(ROOT / "validation/measurements/h200/transformers/*transformers5.17*.json")))
     if not files:
-        raise SystemExit("no transformers 5.17 measurements under validation/measurements/h200/")
+        raise SystemExit("no transformers 5.17 measurements under validation/measurements/h200/transformers/")
     return Path(files[-1])
 
 
