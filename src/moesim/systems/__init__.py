@@ -18,7 +18,7 @@ from ..errors import UnknownNameError
 from .base import Plan, ServingSystem, StepSim
 
 ORDER = ("gpu-resident", "vllm", "sglang", "trtllm", "llama-cpp", "ktransformers", "deepspeed", "flexgen", "moe-lightning",
-         "moe-gen", "moe-gen-gpu")  # on a tie, auto keeps the earlier one
+         "moe-gen", "moe-gen-gpu", "transformers")  # on a tie, auto keeps the earlier one
 
 
 def _discover() -> dict[str, type[ServingSystem]]:

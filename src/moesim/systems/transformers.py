@@ -1,0 +1,446 @@
+"""`transformers`: Hugging Face transformers ``model.generate`` (5.17) on one GPU, eager PyTorch.
+
+What it runs (transformers 5.17, ``systems_db/transformers.yaml`` cites the code):
+  batches   static: the requests are cut into batches of B (the last one holds what is left and is
+            priced at its own size); each batch is one ``generate`` call, greedy, all prompts of equal
+            length (no padding), DynamicCache (K/V on the GPU, grown by ``torch.cat`` every step: each
+            decode step reads and rewrites the whole cache of every layer), sdpa attention, prefill logits
+            for the last position only (``logits_to_keep=1``). DeepSeek's MLA is cached decompressed
+            (per-head K of qk_nope + qk_rope and V), as the Hugging Face code does.
+  experts   ``experts_implementation``: ``eager`` (a Python loop over the experts hit, two host syncs each),
+            ``grouped_mm`` (the default; one grouped GEMM per projection) or ``batched_mm`` (the weights of
+            every (token, expert) pair gathered, then one bmm: T k x an expert's weights moved three times).
+            Inside ``generate`` transformers switches grouped_mm to batched_mm for the decode loop.
+  weights   on the GPU; with ``cpu_offload`` (accelerate's ``cpu_offload``) all of them stay in pageable host
+            memory and every module's weights are copied to the GPU when it runs (a blocking pageable copy,
+            nothing overlapped) and dropped after it.
+
+Time of one forward pass: the host and the GPU as two clocks. Each module the host runs costs it
+``calls x torch_call_s + modules x module_call_s`` (calls counted in the 5.17 modelling code); its kernels
+start once the host issued the first of them and the GPU is free, and take their roofline time on the
+calibrated curves (:func:`moesim.costs.gpu_time_s` with no launches: the GPU's time alone)::
+
+    gpu_start = max(G, H + torch_call_s);  H += host_s;  G = gpu_start + gpu_s
+    host sync: H = max(H, G) + host_sync_s            blocking copy: H = G = max(H, G) + copy_s
+    pass time = max(H, G)
+
+A decode step of ``generate`` adds its own host work first (``generate_step_host_s``: input preparation,
+logits processing, argmax, stopping check, concatenations). The fitted constants and what they were
+fitted on are in the YAML; validation in ``validation/published/transformers_h200.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .. import costs
+from ..costs import OpCost
+from ..costs.gemm import gemm, vector_op
+from ..engine import Engine
+from ..errors import InfeasibleError
+from ..modules import Context
+from ..specs.common import BYTES_PER_ELEMENT
+from ..units import fmt_bytes
+from .base import Plan, ServingSystem, StepSim, simpson_decode_time
+from .shared.memory import activation_bytes
+
+ExpertsImpl = Literal["eager", "grouped_mm", "batched_mm"]
+
+
+class TransformersParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    experts_implementation: ExpertsImpl = Field(
+        default="grouped_mm", description="transformers 5 experts backend: eager (Python loop over experts), "
+                                          "grouped_mm (default) or batched_mm; generate decodes grouped_mm as batched_mm")
+    cpu_offload: bool = Field(default=False, description="accelerate cpu_offload: all weights in pageable host memory, "
+                                                         "each module's copied to the GPU when it runs")
+    batch_size: int | None = Field(default=None, ge=1, description="sequences per generate call; None = all requests "
+                                                                   "in one call if they fit, else the largest that fits")
+
+
+@dataclass
+class TwoClocks:
+    """Host clock ``h`` and GPU clock ``g`` of an eager pass, and where the time went."""
+
+    call_s: float
+    sync_s: float
+    h: float = 0.0
+    g: float = 0.0
+    host_busy_s: float = 0.0
+    gpu_busy_s: float = 0.0
+    copy_busy_s: float = 0.0
+    copy_bytes: float = 0.0
+    by_category: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def now(self) -> float:
+        return max(self.h, self.g)
+
+    def snapshot(self) -> tuple:
+        return (self.h, self.g, self.host_busy_s, self.gpu_busy_s, self.copy_busy_s, self.copy_bytes,
+                dict(self.by_category))
+
+    def repeat_last(self, snap: tuple, times: int) -> None:
+        """Repeat ``times`` more the work done since ``snap`` (a layer identical to the last one): both clocks
+        and every total advance by that layer's increment (its steady state: the second of a run)."""
+        if times <= 0:
+            return
+        h, g, hb, gb, cb, cbytes, cats = snap
+        dh, dg = self.h - h, self.g - g
+        step = max(dh, dg)
+        self.h += times * step
+        self.g += times * step
+        self.host_busy_s += times * (self.host_busy_s - hb)
+        self.gpu_busy_s += times * (self.gpu_busy_s - gb)
+        self.copy_busy_s += times * (self.copy_busy_s - cb)
+        self.copy_bytes += times * (self.copy_bytes - cbytes)
+        for k, v in list(self.by_category.items()):
+            self.by_category[k] = v + times * (v - cats.get(k, 0.0))
+
+    def _charge(self, category: str, before: float) -> None:
+        self.by_category[category] = self.by_category.get(category, 0.0) + self.now - before
+
+    def run(self, category: str, host_s: float, gpu_s: float, syncs: int = 0) -> None:
+        """A module: its host work, its kernels after the first call is issued, ``syncs`` reads of a GPU result
+        at its end."""
+        before = self.now
+        if gpu_s > 0:
+            start = max(self.g, self.h + min(self.call_s, host_s))
+            self.g = start + gpu_s
+        self.h += host_s
+        self.host_busy_s += host_s
+        self.gpu_busy_s += gpu_s
+        for _ in range(syncs):
+            self.h = max(self.h, self.g) + self.sync_s
+        self._charge(category, before)
+
+    def serial(self, category: str, host_s: float, gpu_s: float, repeats: float) -> None:
+        """``repeats`` iterations, each ending in a host sync: nothing overlaps (the eager expert loop)."""
+        before = self.now
+        t = repeats * (host_s + gpu_s)
+        self.h = self.now + t
+        self.g = self.h
+        self.host_busy_s += repeats * host_s
+        self.gpu_busy_s += repeats * gpu_s
+        self._charge(category, before)
+
+    def copy(self, category: str, host_s: float, copy_s: float, nbytes: float) -> None:
+        """A blocking host-to-device copy of pageable memory after ``host_s`` of hook work: it waits for the
+        GPU's queue and the host waits for it."""
+        before = self.now
+        self.h += host_s
+        self.host_busy_s += host_s
+        end = max(self.h, self.g) + copy_s
+        self.h = self.g = end
+        self.copy_busy_s += copy_s
+        self.copy_bytes += nbytes
+        self._charge(category, before)
+
+
+def _runs(kinds: list[bool]) -> list[tuple[bool, int]]:
+    """Consecutive equal layer kinds as (kind, count)."""
+    out: list[tuple[bool, int]] = []
+    for k in kinds:
+        if out and out[-1][0] == k:
+            out[-1] = (k, out[-1][1] + 1)
+        else:
+            out.append((k, 1))
+    return out
+
+
+def _bare(cost: OpCost) -> OpCost:
+    """``cost`` without host terms (no launches, syncs or loop): :func:`costs.gpu_time_s` then gives the GPU's
+    roofline time alone, on the calibrated curves."""
+    return cost.with_(launches=0, indexed_launches=0, loop_launches=0, syncs=0,
+                      serial=tuple(_bare(p) for p in cost.serial))
+
+
+class Transformers(ServingSystem):
+    name = "transformers"
+    summary = ("Hugging Face transformers generate: static batches, eager PyTorch with Python per module, "
+               "DynamicCache on the GPU, experts eager / grouped_mm / batched_mm, optional accelerate cpu_offload")
+    Params = TransformersParams
+
+    # ---- constants -------------------------------------------------------------------------------
+    def _c(self, key: str) -> float:
+        cache = self.__dict__.setdefault("_consts", {})
+        if key not in cache:
+            cache[key] = float(self.constants.value(key))
+        return cache[key]
+
+    def _families(self, key: str) -> set[str]:
+        cache = self.__dict__.setdefault("_fams", {})
+        if key not in cache:
+            cache[key] = {s.strip() for s in str(self.constants.value(key)).split(",") if s.strip()}
+        return cache[key]
+
+    def _is_mla(self, ctx: Context) -> bool:
+        return ctx.model.attention.kind == "mla" and ctx.model.family in self._families("mla_families")
+
+    # ---- memory ------------------------------------------------------------------------------------
+    def kv_bytes_per_token(self, ctx: Context) -> float:
+        """DynamicCache bytes per token, all layers: per-head K and V (MLA decompressed, as HF caches it)."""
+        a = ctx.model.attention
+        if a.kind == "mla":
+            per_layer = a.num_heads * (a.qk_head_dim + a.v_head_dim)
+        else:
+            per_layer = 2 * a.num_kv_heads * a.head_dim
+        return ctx.model.num_layers * per_layer * BYTES_PER_ELEMENT[ctx.options.kv_dtype]
+
+    def _batched_gather_bytes(self, ctx: Context, tokens: float) -> float:
+        m = ctx.model
+        if not m.moe:
+            return 0.0
+        return tokens * m.moe.top_k * ctx.expert_weight_bytes
+
+    def _impl(self, phase: str) -> str:
+        impl = self.params.experts_implementation
+        if phase == "decode" and impl == "grouped_mm" and self._c("decode_switches_grouped_to_batched"):
+            return "batched_mm"
+        return impl
+
+    def _pass_bytes(self, ctx: Context, seqs: int, q_len: int, kv_len: int, impl: str) -> dict[str, float]:
+        tokens = seqs * q_len
+        holds = {"kv cache (DynamicCache)": seqs * kv_len * self.kv_bytes_per_token(ctx),
+                 "activations": activation_bytes(ctx, tokens)}
+        if q_len == 1:  # torch.cat builds the grown layer cache beside the old one
+            holds["cache concatenation (one layer)"] = seqs * kv_len * self.kv_bytes_per_token(ctx) / ctx.model.num_layers
+        if impl == "batched_mm":
+            holds["batched_mm gathered expert weights"] = self._batched_gather_bytes(ctx, tokens)
+        if self.params.cpu_offload:
+            holds["weights of the running module (cpu_offload)"] = max(
+                ctx.attention_weight_bytes, ctx.model.moe.num_experts * ctx.expert_weight_bytes if ctx.model.moe else 0.0,
+                ctx.dense_ffn_weight_bytes, (ctx.model.embedding_params + ctx.model.lm_head_params) * ctx.wbytes / 2)
+        else:
+            holds["weights"] = ctx.weight_bytes
+        return holds
+
+    # ---- one forward pass --------------------------------------------------------------------------
+    def forward_s(self, ctx: Context, seqs: int, q_len: int, kv_len: int, impl: str,
+                  generate_step: bool = False) -> TwoClocks:
+        """Two-clock time of one forward of ``seqs`` x ``q_len`` new tokens over ``kv_len`` context (module docstring)."""
+        m, a = ctx.model, ctx.model.attention
+        c = self._c
+        call, mod = c("torch_call_s"), c("module_call_s")
+        clk = TwoClocks(call_s=call, sync_s=ctx.eff.host_sync_s)
+        tokens = seqs * q_len
+        gpu = lambda cost: ctx.gpu_s(_bare(cost))  # noqa: E731
+        norm_calls = c("rmsnorm_calls")
+        offload = self.params.cpu_offload
+        link = costs.achieved_link(ctx.platform)
+
+        def fetch(label: str, nbytes: float, tensors: int) -> None:
+            if offload and nbytes > 0:
+                copy_s = tensors * link.latency_s + nbytes / link.h2d_pageable_bytes_per_s
+                clk.copy("cpu_offload copy", tensors * c("offload_module_s"), copy_s, nbytes)
+
+        if generate_step:
+            clk.run("generate step", c("generate_step_host_s"), 0.0)
+        # once per pass: embedding, positions and rotary table, mask, final norm, LM head on the last position
+        fetch("embedding", m.embedding_params * ctx.wbytes, 1)
+        clk.run("embedding", c("forward_host_s"), gpu(costs.embedding_lookup(m.hidden_size, tokens, ctx.wdtype)))
+        mla = self._is_mla(ctx)
+        qk_norm = m.family in self._families("qk_norm_families")
+        shared_gate = m.family in self._families("shared_gate_families")
+        hd_qk = a.qk_head_dim if a.kind == "mla" else a.head_dim
+        hd_v = a.v_head_dim if a.kind == "mla" else a.head_dim
+        kv_heads = a.num_heads if a.kind == "mla" else a.num_kv_heads
+        cache_row = kv_heads * (hd_qk + hd_v) * BYTES_PER_ELEMENT[ctx.options.kv_dtype]  # one token, one layer
+        norm_passes = c("rmsnorm_bytes_per_element") / 2.0  # vector_op counts 2-byte passes
+        norm = lambda n, width=m.hidden_size: gpu(vector_op(n * width, 4.0, norm_passes))  # noqa: E731
+        residual = gpu(vector_op(tokens * m.hidden_size, 1.0, 3.0))
+        attn_calls = c("attention_calls") + (c("mla_extra_attention_calls") + norm_calls if mla else 0) \
+            + (2 * norm_calls if qk_norm else 0)
+        attn_mods = 2 + 4 + (2 if qk_norm else 0) + (1 if mla else 0)
+        attn_gpu = (gpu(ctx.attention_proj(tokens))
+                    + gpu(vector_op(tokens * (a.num_heads + kv_heads) * hd_qk, 3.0, 6.0))  # rotary
+                    + gpu(self._sdpa(ctx, seqs, q_len, kv_len))
+                    + gpu(vector_op(seqs * (kv_len - q_len) * cache_row / 2 + tokens * cache_row / 2, 0.0, 2.0)))  # cat
+        if qk_norm:
+            attn_gpu += norm(tokens, a.num_heads * a.head_dim) + norm(tokens, kv_heads * a.head_dim)
+        if mla:
+            attn_gpu += norm(tokens, a.kv_lora_rank)
+        def layer(is_moe: bool) -> None:
+            fetch("norm", m.hidden_size * ctx.wbytes, 1)
+            clk.run("norms", norm_calls * call + mod, norm(tokens))
+            fetch("attention weights", ctx.attention_weight_bytes, 4 + (2 if qk_norm else 0) + (2 if mla else 0))
+            clk.run("attention", attn_calls * call + attn_mods * mod, attn_gpu)
+            fetch("norm", m.hidden_size * ctx.wbytes, 1)
+            clk.run("norms", (norm_calls + c("decoder_layer_calls")) * call + mod, norm(tokens) + 2 * residual)
+            if is_moe:
+                self._moe(ctx, clk, tokens, impl, gpu, fetch, shared_gate)
+            else:
+                fetch("dense FFN weights", ctx.dense_ffn_weight_bytes, 3)
+                clk.run("dense_ffn", c("shared_expert_calls") * call + 4 * mod, gpu(ctx.dense_ffn(tokens)))
+
+        for is_moe, count in _runs([m.is_moe_layer(i) for i in range(m.num_layers)]):
+            for _ in range(min(count, 2)):
+                snap = clk.snapshot()
+                layer(is_moe)
+            clk.repeat_last(snap, count - min(count, 2))  # identical layers: the second one's increments again
+        fetch("final norm + LM head", m.hidden_size * ctx.wbytes + m.lm_head_params * ctx.wbytes, 2)
+        clk.run("head", (norm_calls + 3) * call + 2 * mod,
+                norm(seqs) + gpu(costs.lm_head(m.hidden_size, m.vocab_size, seqs, ctx.wdtype)))
+        return clk
+
+    def _sdpa(self, ctx: Context, seqs: int, q_len: int, kv_len: int) -> OpCost:
+        """sdpa over the cached per-head K/V (for MLA the decompressed cache HF keeps: d_qk = nope + rope)."""
+        a = ctx.model.attention
+        if a.kind != "mla":
+            return ctx.attention_core(seqs, q_len, kv_len, False)
+        span = costs.effective_span(q_len, kv_len, True)
+        d = a.qk_head_dim + a.v_head_dim
+        return OpCost(family="attention", flop=2.0 * seqs * a.num_heads * q_len * span * d,
+                      bytes=(seqs * kv_len * a.num_heads * d + 2 * seqs * q_len * a.num_heads * d) * ctx.abytes)
+
+    def _moe(self, ctx: Context, clk: TwoClocks, tokens: int, impl: str, gpu, fetch, shared_gate: bool) -> None:
+        m, moe, c = ctx.model, ctx.model.moe, self._c
+        call, mod = c("torch_call_s"), c("module_call_s")
+        routed = tokens * moe.top_k
+        h, f = m.hidden_size, moe.expert_intermediate_size
+        fetch("router weights", ctx.router_weight_bytes, 1)
+        clk.run("router", c("router_calls") * call + 2 * mod,
+                gpu(costs.router(h, moe.num_experts, tokens)))
+        fetch("expert weights (all experts)", moe.num_experts * ctx.expert_weight_bytes, 2)
+        active = ctx.active_experts(tokens)
+        mats = 3 if moe.gated else 2
+        move = vector_op(routed * h, 1.0, 2.0)  # one pass over the routed rows (gather, weight, permute, sum)
+        if impl == "grouped_mm":
+            g = (c("grouped_mm_gemm_factor") * gpu(ctx.experts(active, routed)) + 5 * gpu(move)
+                 + gpu(vector_op(routed * f, 4.0, 5.0)))
+            clk.run("experts", c("grouped_mm_calls") * call + mod, g)
+        elif impl == "batched_mm":
+            wbytes = routed * ctx.expert_weight_bytes  # weights of every (token, expert) pair
+            gather = OpCost(family="vector", flop=0.0, bytes=2.0 * wbytes, dtype="fp32")
+            bmm = OpCost(family="gemm", flop=2.0 * mats * h * f * routed, bytes=wbytes + routed * (3 * h + 3 * f) * 2,
+                         dtype=ctx.edtype, rows=1.0)
+            g = gpu(gather) + gpu(bmm) + 3 * gpu(move) + gpu(vector_op(routed * f, 4.0, 5.0))
+            clk.run("experts", c("batched_mm_calls") * call + mod, g)
+        else:  # eager: the loop head, then one iteration per expert hit, each ending in host syncs
+            clk.run("experts", c("eager_head_calls") * call + mod,
+                    gpu(vector_op(routed * moe.num_experts, 1.0, 2.0)), syncs=1)
+            rows = routed / active if active else 0.0
+            one = (gpu(gemm(rows, (mats - 1) * f, h, ctx.edtype, family="expert"))
+                   + gpu(gemm(rows, h, f, ctx.edtype, family="expert"))
+                   + gpu(vector_op(rows * f, 4.0, 5.0)) + 4 * gpu(vector_op(rows * h, 1.0, 2.0)))
+            per_host = c("eager_expert_calls") * call + c("eager_expert_syncs") * clk.sync_s
+            clk.serial("experts", per_host, one, active)
+        shared = ctx.shared_experts(tokens)
+        if shared is not None:
+            fetch("shared expert weights", ctx.shared_weight_bytes, 3 * max(1, moe.num_shared_experts))
+            host = c("shared_expert_calls") * call + 4 * mod
+            g = gpu(shared)
+            if shared_gate:
+                host += c("shared_gate_calls") * call + mod
+                g += gpu(gemm(tokens, 1, h)) + gpu(vector_op(tokens * h, 1.0, 3.0))
+            clk.run("shared experts", host, g)
+        clk.run("experts", mod, gpu(vector_op(tokens * h, 1.0, 3.0)))  # the block's reshape / residual of the output
+
+    # ---- plan ------------------------------------------------------------------------------------
+    def _step(self, ctx: Context, seqs: int, q_len: int, kv_len: int, phase: str) -> StepSim:
+        impl = self._impl(phase)
+        clk = self.forward_s(ctx, seqs, q_len, kv_len, impl, generate_step=(phase == "decode"))
+        engine = Engine(memory_capacity_bytes={"gpu": ctx.platform.usable_gpu_memory_bytes_per_gpu})
+        for label, nbytes in self._pass_bytes(ctx, seqs, q_len, kv_len, impl).items():
+            engine.hold("gpu", nbytes, label)
+        last = None
+        for cat, t in clk.by_category.items():
+            if t > 0:
+                last = engine.add(cat, "gpu" if cat != "cpu_offload copy" else "h2d", t,
+                                  [] if last is None else [last], category=cat)
+        peaks = engine.check_memory()
+        busy = {"gpu": clk.gpu_busy_s, "host": clk.host_busy_s}
+        if clk.copy_busy_s:
+            busy["h2d"] = clk.copy_busy_s
+        return StepSim(time_s=clk.now, engine=engine, simulated_layers=ctx.model.num_layers,
+                       total_layers=ctx.model.num_layers, busy_s=busy, category_s=dict(clk.by_category),
+                       peak_memory_bytes=peaks)
+
+    def _fits(self, ctx: Context, seqs: int) -> bool:
+        w = ctx.workload
+        usable = ctx.platform.usable_gpu_memory_bytes_per_gpu
+        need = max(sum(self._pass_bytes(ctx, seqs, w.prompt_tokens, w.prompt_tokens, self._impl("prefill")).values()),
+                   sum(self._pass_bytes(ctx, seqs, 1, w.total_context_tokens, self._impl("decode")).values()))
+        return need <= usable
+
+    def _max_batch(self, ctx: Context) -> int:
+        w = ctx.workload
+        hi = max(1, w.num_requests)
+        if not self._fits(ctx, 1):
+            usable = ctx.platform.usable_gpu_memory_bytes_per_gpu
+            need = max(sum(self._pass_bytes(ctx, 1, w.prompt_tokens, w.prompt_tokens, self._impl("prefill")).values()),
+                       sum(self._pass_bytes(ctx, 1, 1, w.total_context_tokens, self._impl("decode")).values()))
+            where = "host memory and one module on the GPU" if self.params.cpu_offload else "the weights on the GPU"
+            raise InfeasibleError(f"transformers: one sequence does not fit with {where}: needs {fmt_bytes(need)} "
+                                  f"on {ctx.platform.gpu.name}, {fmt_bytes(usable)} usable: short by "
+                                  f"{fmt_bytes(need - usable)}")
+        lo = 1
+        while lo < hi:  # largest batch that fits (memory grows with the batch)
+            mid = (lo + hi + 1) // 2
+            if self._fits(ctx, mid):
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def plan(self, ctx: Context) -> Plan:
+        w = ctx.workload
+        self.refuse_multi_gpu(ctx, "device_map layer splits across GPUs are not modelled")
+        if ctx.model.moe is None:
+            raise InfeasibleError("transformers: modelled for MoE models only")
+        p = self.params
+        if p.cpu_offload and ctx.weight_bytes > ctx.platform.usable_host_memory_bytes:
+            raise InfeasibleError(f"transformers: cpu_offload keeps {fmt_bytes(ctx.weight_bytes)} of weights in host "
+                                  f"memory, {fmt_bytes(ctx.platform.usable_host_memory_bytes)} usable: short by "
+                                  f"{fmt_bytes(ctx.weight_bytes - ctx.platform.usable_host_memory_bytes)}")
+        max_batch = self._max_batch(ctx)
+        wanted = w.batch_size or p.batch_size
+        if wanted and wanted > max_batch:
+            raise InfeasibleError(f"transformers: batch {wanted} does not fit on the GPU; at most {max_batch} sequences "
+                                  f"of {w.total_context_tokens} tokens ({p.experts_implementation} experts"
+                                  f"{', cpu_offload' if p.cpu_offload else ''})")
+        batch = min(wanted or max_batch, w.num_requests)
+        num_batches = math.ceil(w.num_requests / batch)
+        last = w.num_requests - (num_batches - 1) * batch
+
+        def run(b: int) -> tuple[StepSim, float, list]:
+            pre = self._step(ctx, b, w.prompt_tokens, w.prompt_tokens, "prefill")
+            dec, points = simpson_decode_time(lambda cx: self._step(ctx, b, 1, cx, "decode"), w.prompt_tokens, w.gen_tokens)
+            return pre, dec, points
+
+        prefill, decode_s, points = run(batch)
+        notes = [f"transformers {p.experts_implementation} experts (prefill {self._impl('prefill')}, decode "
+                 f"{self._impl('decode')}){', accelerate cpu_offload (pageable copies, module by module)' if p.cpu_offload else ''}"]
+        last_s = None
+        if last != batch:
+            lp, ld, _ = run(last)
+            last_s = lp.time_s + ld
+            notes.append(f"{w.num_requests} requests in {num_batches - 1} batches of {batch} and a last one of {last}, "
+                         f"priced at its own size")
+        config = {"batch_size": batch, "max_batch_that_fits": max_batch, "experts_implementation": p.experts_implementation,
+                  "decode_experts_implementation": self._impl("decode"), "cpu_offload": p.cpu_offload,
+                  "kv_bytes_per_token": self.kv_bytes_per_token(ctx)}
+        return self.make_plan(
+            (batch, num_batches), (prefill, 1, batch * w.prompt_tokens), (decode_s, points), config=config,
+            host_mem_bytes=ctx.weight_bytes if p.cpu_offload else 0.0,
+            placement={"weights": "host (pageable), copied module by module" if p.cpu_offload else "gpu",
+                       "kv_cache": "gpu (DynamicCache)"},
+            notes=notes, plan_type=StaticBatchPlan, last_batch_time_s=last_s)
+
+
+@dataclass
+class StaticBatchPlan(Plan):
+    """Static batches where the last one is smaller: it is priced at its own size."""
+
+    last_batch_time_s: float | None = None
+
+    @property
+    def total_time_s(self) -> float:
+        full = self.prefill_time_per_batch_s + self.decode_time_per_batch_s
+        if self.last_batch_time_s is None:
+            return self.num_batches * full
+        return (self.num_batches - 1) * full + self.last_batch_time_s

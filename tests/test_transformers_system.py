@@ -1,0 +1,137 @@
+"""`--system transformers` (Hugging Face generate, transformers 5.17): CLI, parameters, host cost by hand,
+static batches with a partial last one, memory refusals, and a golden check against committed H200 cells."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import moesim
+from moesim.db.resolve import get_hardware, get_model
+from moesim.errors import InfeasibleError
+from moesim.modules import Context, Options
+from moesim.specs import OfflineWorkload
+from moesim.systems.transformers import Transformers
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "moesim", *args], capture_output=True, text=True, timeout=120)
+
+
+def _ctx(model="olmoe-1b-7b", requests=8, prompt=128, gen=8) -> Context:
+    return Context(get_model(model), get_hardware("h200"),
+                   OfflineWorkload(num_requests=requests, prompt_tokens=prompt, gen_tokens=gen), Options())
+
+
+def test_cli_predicts_and_reports_the_backends():
+    proc = _run("predict", "--model", "olmoe-1b-7b", "--hw", "h200", "--system", "transformers", "--json",
+                "--requests", "8", "--prompt", "128", "--gen", "16")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["system"] == "transformers"
+    # generate decodes grouped_mm (the default) as batched_mm
+    assert out["config"]["experts_implementation"] == "grouped_mm"
+    assert out["config"]["decode_experts_implementation"] == "batched_mm"
+    assert 0 < out["tpot_s"] < out["total_time_s"]
+
+
+def test_bad_experts_implementation_is_one_clear_line():
+    proc = _run("predict", "--model", "olmoe-1b-7b", "--hw", "h200", "--system", "transformers",
+                "--experts-implementation", "fused")
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert "experts_implementation" in proc.stderr and "grouped_mm" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_multi_gpu_is_refused_with_the_reason():
+    with pytest.raises(InfeasibleError, match="one GPU"):
+        Transformers().plan(Context(get_model("olmoe-1b-7b"), get_hardware("h200", num_gpus=2),
+                                    OfflineWorkload(num_requests=4, prompt_tokens=64, gen_tokens=4), Options()))
+
+
+def test_host_time_of_a_decode_step_by_hand():
+    """Host work of one batched_mm decode step of OLMoE (16 MoE layers, QK-norm), from the YAML counts:
+    per layer 3 RMSNorms + 2 residual adds, Llama attention + 2 QK norms, router, batched_mm experts;
+    per pass the forward's fixed host time, the final norm + LM head, and generate's own step."""
+    sys_ = Transformers()
+    c = lambda k: float(sys_.constants.value(k))  # noqa: E731
+    call, mod, rms = c("torch_call_s"), c("module_call_s"), c("rmsnorm_calls")
+    per_layer = ((rms * call + mod)  # input norm
+                 + ((c("attention_calls") + 2 * rms) * call + (2 + 4 + 2) * mod)  # attention with q/k norms
+                 + ((rms + c("decoder_layer_calls")) * call + mod)  # post-attention norm + residual adds
+                 + (c("router_calls") * call + 2 * mod) + (c("batched_mm_calls") * call + mod) + mod)
+    expected = (c("generate_step_host_s") + c("forward_host_s") + 16 * per_layer
+                + (rms + 3) * call + 2 * mod)
+    clk = sys_.forward_s(_ctx(), 4, 1, 200, "batched_mm", generate_step=True)
+    assert clk.host_busy_s == pytest.approx(expected, rel=1e-9)
+    # a host-bound step (batch 1) takes at least the host's time, and the GPU's
+    assert clk.now >= max(clk.host_busy_s, clk.gpu_busy_s) * (1 - 1e-9)
+
+
+def test_eager_loop_pays_each_expert_hit_serially():
+    sys_ = Transformers()
+    ctx = _ctx()
+    one, many = (sys_.forward_s(ctx, b, 1, 200, "eager").by_category["experts"] for b in (1, 64))
+    # batch 1 hits top_k = 8 experts per layer, batch 64 nearly all 64: the loop's time grows with the hits
+    assert many > 4 * one
+
+
+def test_partial_last_batch_is_priced_at_its_size():
+    ctx = _ctx(requests=10, prompt=64, gen=4)
+    plan = Transformers({"batch_size": 4}).plan(ctx)
+    assert plan.batch_size == 4 and plan.num_batches == 3
+    full = plan.prefill_time_per_batch_s + plan.decode_time_per_batch_s
+    assert plan.last_batch_time_s is not None and plan.last_batch_time_s < full
+    assert plan.total_time_s == pytest.approx(2 * full + plan.last_batch_time_s)
+
+
+def test_batched_mm_prefill_gathers_every_pairs_weights_and_is_refused_when_too_big():
+    # Qwen3-30B-A3B: 16 x 512 prompt tokens x top-8 x 9.4 MB of expert weights = 620 GB gathered
+    with pytest.raises(InfeasibleError, match="does not fit"):
+        moesim.predict("qwen3-30b-a3b", "h200", "transformers", batch_size=16, prompt_tokens=512, gen_tokens=8,
+                       num_requests=16, system_params={"experts_implementation": "batched_mm"})
+
+
+def test_cpu_offload_copies_every_weight_each_pass_over_pageable_memory():
+    ctx = _ctx()
+    clk = Transformers({"cpu_offload": True}).forward_s(ctx, 1, 1, 200, "batched_mm")
+    assert clk.copy_bytes == pytest.approx(ctx.weight_bytes, rel=0.01)
+    from moesim.costs import achieved_link
+    assert clk.now >= ctx.weight_bytes / achieved_link(ctx.platform).h2d_pageable_bytes_per_s
+
+
+def _measured():
+    files = sorted((ROOT / "validation/measurements/h200/transformers").glob("*transformers5.17*.json"))
+    return files[-1] if files else None
+
+
+#: held-out median |error| per (phase, backend) that validation/published/transformers_h200.py reports for the
+#: committed 2026-12-03 measurements, plus a margin (3.8, 11.4, 12.9, 6.0, 10.6, 14.0 %; offload 3.8 / 7.5 %)
+GOLDEN_TOLERANCE = {("decode", "eager"): 0.08, ("decode", "batched_mm"): 0.18, ("generate", "eager"): 0.18,
+                    ("generate", "grouped_mm"): 0.12, ("prefill", "eager"): 0.15, ("prefill", "grouped_mm"): 0.18,
+                    ("offload", "grouped_mm"): 0.10, ("offload", "batched_mm"): 0.12}
+
+
+@pytest.mark.skipif(_measured() is None, reason="no transformers 5.17 measurements committed")
+def test_golden_held_out_cells_within_the_reported_error():
+    """Held-out cells (models never fitted on) of the committed H200 measurements: median |error| per phase and
+    experts backend within the figure the validation module reports, plus a margin."""
+    sys.path.insert(0, str(ROOT / "validation/published"))
+    import transformers_h200 as V
+
+    groups: dict[tuple, list[float]] = {}
+    for r in V.errors(V.cells(_measured())):
+        if r["split"] == "held-out" and V.in_generate(r):
+            groups.setdefault(("offload" if r["offload"] else r["phase"], r["impl"]), []).append(abs(r["error"]))
+    checked = [k for k in GOLDEN_TOLERANCE if k in groups]
+    assert len(checked) == len(GOLDEN_TOLERANCE), sorted(groups)
+    for key in checked:
+        assert statistics.median(groups[key]) < GOLDEN_TOLERANCE[key], (key, statistics.median(groups[key]))
