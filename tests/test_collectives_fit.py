@@ -131,3 +131,23 @@ def test_ep_communication_scored_from_the_all_to_all_fits(profile, files):
     ep = C.score_ep(profile, files)
     assert set(ep) == {"dispatch:zipf", "combine:zipf"}
     assert ep["dispatch:zipf"].cases == 6 and ep["combine:zipf"].median_rel_err < 0.03
+
+
+def test_a_measured_profile_replaces_the_all_reduce_model_of_tp_systems(profile, monkeypatch):
+    """The hook (issue 15): once hardware_db/collectives/<platform>.yaml exists, eager TP systems price their
+    all-reduce from its eager fit and the CUDA-graph engines from its graph fit; without one, their own models."""
+    import moesim.db as db
+    from moesim.predict import Scenario, resolve
+    from moesim.modules import Context
+    from moesim.systems.shared import engine_step, tensor_parallel
+
+    r = resolve(Scenario(model="mixtral-8x7b", hardware="hgx-h200", num_gpus=4))
+    ctx = Context(r.model, r.platform, r.scenario.offline_workload(), r.options)
+    tokens = 64
+    nbytes = ctx.hidden_state_bytes(tokens)
+    own = tensor_parallel.allreduce_s(ctx, tokens)
+    monkeypatch.setattr(db, "collective_profile", lambda name: profile if name == ctx.platform.name else None)
+    assert tensor_parallel.allreduce_s(ctx, tokens) == pytest.approx(profile.time_s("all_reduce", nbytes, 4, "eager"))
+    assert engine_step.engine_allreduce_s(ctx, tokens, "vllm") == pytest.approx(
+        profile.time_s("all_reduce", nbytes, 4, "graph"))
+    assert tensor_parallel.allreduce_s(ctx, tokens) != pytest.approx(own)

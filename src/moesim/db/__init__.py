@@ -273,6 +273,17 @@ def efficiency_profile_for(gpu_name: str) -> EmpiricalProfile:
     return profile
 
 
+@lru_cache(maxsize=None)
+def collective_profile(platform_name: str):
+    """The collectives measured on ``platform_name`` (``hardware_db/collectives/<platform-slug>.yaml``, fitted by
+    ``python -m moesim.calibration.collectives`` from ``validation/torchbench/multi_gpu.py`` runs), or None."""
+    from ..calibration.store import gpu_slug
+    from ..specs.collectives import CollectiveProfile
+
+    path = data_root("hardware_db") / "collectives" / f"{gpu_slug(platform_name)}.yaml"
+    return load_spec_file(CollectiveProfile, path) if path.exists() else None
+
+
 def check_all() -> dict[str, int]:
     """Load every entry and check cross references; returns counts per kind."""
     from .resolve import resolve_platform

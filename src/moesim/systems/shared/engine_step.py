@@ -155,13 +155,20 @@ def _table_allreduce_s(nbytes: float, n: int) -> float:
 
 def engine_allreduce_s(ctx: Context, tokens: float, backend: str) -> float:
     """One all-reduce of ``tokens`` hidden states over the platform's GPUs, as the engines run it at these sizes
-    (custom one-/two-shot all-reduce inside the graph): the kernel table's measured time where it covers the
+    (custom one-/two-shot all-reduce inside the graph): our own measurement of this platform's collectives under
+    CUDA graphs where there is one (:func:`~.tensor_parallel.measured_collective_s`), else the kernel table's
+    measured time where it covers the
     message, else the sourced table of ``systems_db/engines.yaml`` (NVLink/NVSwitch platforms) or the ring
     model of :func:`~.tensor_parallel.allreduce_s` (GPUs without NVLink)."""
     n = ctx.platform.num_gpus
     if n == 1:
         return 0.0
     nbytes = ctx.hidden_state_bytes(tokens)
+    from .tensor_parallel import measured_collective_s
+
+    measured = measured_collective_s(ctx, "all_reduce", nbytes, "graph")
+    if measured is not None:
+        return measured
     tables = _kernel_tables(ctx, backend)
     if tables is not None:
         t = tables.allreduce_s(nbytes, n, ctx.options.activation_dtype)

@@ -66,6 +66,18 @@ def _tensor_parallel_sizes(heads: int, kv_heads: int, kind: str) -> list[int]:
     return [n for n in range(1, heads + 1) if ok(n)]
 
 
+def measured_collective_s(ctx: Context, family: str, nbytes: float, timing: str) -> float | None:
+    """One collective on this platform from its measured profile (``hardware_db/collectives/``, fitted on
+    ``validation/torchbench/multi_gpu.py`` runs; ``timing``: eager, burst or graph), or None where the platform
+    has none or the profile does not cover the GPU count (the caller's model then applies)."""
+    from ...db import collective_profile
+
+    profile = collective_profile(ctx.platform.name)
+    if profile is None:
+        return None
+    return profile.time_s(family, nbytes, ctx.platform.num_gpus, timing)
+
+
 def allreduce_s(ctx: Context, tokens: float) -> float:
     """NCCL all-reduce of ``tokens`` hidden states (activation dtype) over the platform's n GPUs (NVLink, else
     PCIe), as eager PyTorch issues it (``torch.distributed.all_reduce``)::
@@ -74,11 +86,15 @@ def allreduce_s(ctx: Context, tokens: float) -> float:
 
     The latency grows with the GPUs in the ring (each of its 2 (n - 1) steps waits on a peer): a and b are the
     line through NCCL's measured small-message all-reduce latency on 2, 4 and 8 GPUs (``systems_db/shared.yaml``,
-    from AIConfigurator's NCCL tables: 6.2, 10.0 and 17.4 us on H200)."""
+    from AIConfigurator's NCCL tables: 6.2, 10.0 and 17.4 us on H200). A platform whose collectives were measured
+    (:func:`measured_collective_s`) takes the measured all-reduce instead."""
     p = ctx.platform
     n = p.num_gpus
     if n == 1:
         return 0.0
+    measured = measured_collective_s(ctx, "all_reduce", ctx.hidden_state_bytes(tokens), "eager")
+    if measured is not None:
+        return measured
     link = p.gpu_link or p.host_link
     nbytes = ctx.hidden_state_bytes(tokens)
     c = system_constants("shared")
