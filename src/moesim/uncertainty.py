@@ -343,14 +343,18 @@ def widths() -> Widths:
 
 def provenance(ctx, plan, transfer_resources: Iterable[str] = ()) -> Provenance:
     """What a plan on ``ctx`` rests on: the GPU's calibration (own, borrowed, none; a weight or expert dtype
-    without a fitted GEMM curve counts as uncalibrated), the host link (measured here, measured on another
+    without a fitted GEMM curve counts as uncalibrated; an engine whose kernels are priced from tables measured
+    on this GPU (``plan.config['kernel_tables']``, :mod:`moesim.costs.kernels`) counts as own), the host link (measured here, measured on another
     GPU's host of the same link, datasheet) and whether the plan moves data over it or reads the disk."""
     from .db import normalize
 
     plat = ctx.platform
     cal = plat.calibration
     why = ""
-    if cal is None:
+    tables = (getattr(plan, "config", None) or {}).get("kernel_tables")
+    if tables:  # an engine's GEMM/MoE/attention kernels priced from tables measured on this GPU (costs.kernels)
+        kernels, why = "own", f"{tables}'s kernels from tables measured on the {plat.gpu.name}"
+    elif cal is None:
         kernels = "uncalibrated"
     else:
         kernels = "own" if normalize(cal.gpu) == normalize(plat.gpu.name) else "borrowed"

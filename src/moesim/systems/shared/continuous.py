@@ -28,7 +28,7 @@ from ...specs import LayerKind
 from ...units import fmt_bytes
 from ..base import (Plan, ServingSystem, StepSim, balanced_batches, sequential_steps, simpson_decode_time,
                     simulate_pass)
-from .engine_step import EngineRuntime, engine_layer_times, with_engine_cpu
+from .engine_step import EngineRuntime, engine_layer_times, kernel_tables_used, with_engine_cpu
 from .memory import activation_bytes
 from .tensor_parallel import LayerTimes, require_tensor_parallel
 
@@ -307,7 +307,7 @@ class ContinuousBatchingEngine(ServingSystem):
                   "tensor_parallel": n, "steps_per_batch": steps, "mixed_step_s": mixed.time_s,
                   "prefill_tokens_per_pass": chunk, "kv_pool_bytes_per_gpu": lay.blocks * lay.block_bytes,
                   "weights_on_gpu_bytes_per_gpu": lay.weights_gpu, "offloaded_bytes_per_gpu": lay.offload,
-                  "params": prm.model_dump()}
+                  "kernel_tables": kernel_tables_used(ctx, self.runtime(ctx)), "params": prm.model_dump()}
         placement = {"weights": "gpu" + (" + pinned host (copied every pass)" if lay.offload else ""),
                      "kv_cache": "gpu (paged)"}
         return self.make_plan((batch, num_batches), (prefill, passes, chunk), (decode_s, points), config=config,

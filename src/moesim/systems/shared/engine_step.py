@@ -136,6 +136,13 @@ def _kernel_tables(ctx: Context, backend: str):
     return ctx.memo(("kernel tables", backend), load)
 
 
+def kernel_tables_used(ctx: Context, rt: EngineRuntime) -> str | None:
+    """The kernel-table backend an engine's steps are priced from on this GPU (its runtime runs the engines'
+    kernels and a measured table exists), else None: what a plan's provenance reports."""
+    uses = any(e is not None and e.engine_kernels for e in (rt.decode, rt.prefill))
+    return rt.backend if uses and _kernel_tables(ctx, rt.backend) is not None else None
+
+
 def _table_allreduce_s(nbytes: float, n: int) -> float:
     """In-graph custom all-reduce latency, log-log interpolated in ``systems_db/engines.yaml``'s table
     (AIConfigurator's measured vLLM custom all-reduce under CUDA graphs, H200), linear beyond its largest size."""
