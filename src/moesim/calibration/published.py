@@ -368,3 +368,23 @@ def records(root: Path | None = None, names: list[str] | None = None):
 
 #: labels of the sources in the band derivation (the MoE-Gen paper's keeps the label its widths were derived under)
 SOURCE_LABELS = {"moe-gen": "moe-gen paper (C2: RTX A5000)"}
+
+
+def unavailable(model: str | None = None, system: str | None = None, hardware: str | None = None) -> str:
+    """Why moesim cannot express a cell yet ("" when it can): the model, serving system or hardware it names has no
+    entry in this installation. Source modules call it so that a cell becomes expressible by itself when the entry
+    arrives (a merged system, a new database file)."""
+    from .. import systems
+    from ..db.resolve import get_hardware, get_model
+    from ..errors import UnknownNameError
+
+    if system is not None and system not in systems.SYSTEMS:
+        return f"no `{system}` serving system in moesim"
+    for kind, name, fn in (("model", model, get_model), ("hardware", hardware, get_hardware)):
+        if name is None:
+            continue
+        try:
+            fn(name)
+        except UnknownNameError:
+            return f"no {kind} entry {name!r} in moesim's database"
+    return ""
