@@ -9,16 +9,13 @@ S2 = one L4 24 GB, Intel Xeon 2.20 GHz 24-core, 192 GB, PCIe gen4 (GCP g2-standa
 Every system pads prompts to the longest of the batch (SynthReason 256, Summarization 1984, MTBench 418). The
 figure is generation throughput: generated tokens / (prefill + decode time) of one batch of N sequences.
 
-What each cell sets: the hardware (S1: the T4 composed with 192 GiB of host memory; S2: the L4's default host,
-which has 192 GiB), the padded prompt, the generation length, N requests in one batch, and the policy the source
-prints (FlexGen: GPU batch gbs = mu and GPU batches N/mu, CPU attention on for FlexGen(c), off for FlexGen;
-MoE-Lightning(p): micro-batch mu and batch N; DeepSpeed: batch mu). FlexGen's weight fraction wg (printed only
-as "about 7-9%" / "13-15%") is left to moesim's flexgen search.
-
-Known departure: moesim has no entry for the GCP Xeons (24 cores at 2.2-2.3 GHz; their DRAM bandwidth is not
-stated, MoE-Lightning's README gives its optimizer 76 GB/s for S2), so both hosts keep the CPU of moesim's default
-T4 / L4 host (a stand-in; see hardware_db/platforms/t4-server.yaml, l4-server.yaml). CPU attention (FlexGen(c),
-MoE-Lightning) is priced on that stand-in.
+What each cell sets: the hardware (platforms ``hardware_db/platforms/moe-lightning-s1.yaml`` and ``-s2.yaml``:
+the stated GPU, CPU (entries for the two GCP Xeons, figures of the GCP platform their clock names), 192 GiB and
+link; S2's host memory bandwidth is the 76 GB/s the authors' README gives their optimizer for it), the padded
+prompt, the generation length, N requests in one batch, and the policy the source prints (FlexGen: GPU batch
+gbs = mu and GPU batches N/mu, CPU attention on for FlexGen(c), off for FlexGen; MoE-Lightning(p): micro-batch mu
+and batch N; DeepSpeed: batch mu). FlexGen's weight fraction wg (printed only as "about 7-9%" / "13-15%") is left
+to moesim's flexgen search.
 
 Split, fixed before any fitting: Fig. 7's S1 (T4) bars are "fit" (8 cells: the set on which FlexGen's per-pass
 costs on a T4 host may be fitted); Table 4, Table 5 and Fig. 7's S2 bars are held out.
@@ -30,11 +27,10 @@ CITATION_T4 = "MoE-Lightning (arXiv 2411.11217) Table 4 (HELM), settings from it
 CITATION_T5 = "MoE-Lightning (arXiv 2411.11217) Table 5 (FlexGen policies on MTBench, S1)"
 CITATION_F7 = ("MoE-Lightning (arXiv 2411.11217) Fig. 7 (MTBench) FlexGen / FlexGen(c) bars, with the policies of its "
                "artifact's benchmarks/flexgen/mtbench/results/generated_policy_{t4,l4}_7b")
-GIB = 2 ** 30
 SETTINGS = {
-    "S1": {"hardware": "t4", "knobs": {"host_memory_bytes": 192 * GIB},
+    "S1": {"hardware": "moe-lightning-s1", "knobs": {},
            "setup": "S1: 1x T4 16 GB, Intel Xeon 2.30 GHz 24-core, 192 GB host memory, PCIe gen3 (GCP)"},
-    "S2": {"hardware": "l4", "knobs": {},
+    "S2": {"hardware": "moe-lightning-s2", "knobs": {},
            "setup": "S2: 1x L4 24 GB, Intel Xeon 2.20 GHz 24-core, 192 GB host memory, PCIe gen4 (GCP g2-standard-48)"},
 }
 #: Table 4: task -> (padded prompt, generated tokens); rows -> per (task, setting): (throughput, mu, N/mu)
