@@ -38,7 +38,7 @@ def cells() -> list[dict]:
     for citation, gpu, model, dtype, file, pp, ub, value, master in ROWS:
         out.append({"key": f"{gpu}|{model}|pp{pp}|ub{ub}", "citation": citation,
                     "setup": f"1x {gpu}, host not stated; llama-bench pp{pp} -ub {ub}; {file}",
-                    "row": f"llama.cpp -ub {ub}", "model": model, "hardware": gpu, "system": "llama-cpp",
+                    "row": "llama.cpp", "model": model, "hardware": gpu, "system": "llama-cpp",
                     "knobs": {"dtype": dtype}, "params": {"ubatch_tokens": ub}, "figure": "prefill_tok_s",
                     "published": float(value), "table": citation.split(" (")[0],
                     "workload": {"num_requests": 1, "prompt_tokens": pp, "gen_tokens": 1}, "split": "held-out",
