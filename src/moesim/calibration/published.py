@@ -218,7 +218,8 @@ def quick_subset(cells: list[PublishedCell], n: int = QUICK_CELLS) -> list[Publi
 
 # -- predicting ----------------------------------------------------------------------------------------
 
-_cache: dict[str, Result] = {}
+#: scenario -> (moesim's Prediction, or None with the reason it is infeasible); cells of one scenario share it
+_cache: dict[str, tuple[Any, str]] = {}
 
 
 def _scenario_key(c: PublishedCell) -> str:
@@ -234,21 +235,17 @@ def evaluate(cell: PublishedCell) -> Result:
     if cell.not_expressible:
         return Result(cell)
     skey = _scenario_key(cell)
-    base = _cache.get(skey)
-    if base is None:
+    if skey not in _cache:
         try:
-            p = moesim.predict(cell.model, cell.hardware, cell.system, dict(cell.workload),
-                               system_params=dict(cell.params), **cell.knobs)
-            base = Result(cell, uncertainty=p.uncertainty)
-            base.__dict__["_prediction"] = p
+            _cache[skey] = (moesim.predict(cell.model, cell.hardware, cell.system, dict(cell.workload),
+                                           system_params=dict(cell.params), **cell.knobs), "")
         except InfeasibleError as exc:
-            base = Result(cell, reason=str(exc).splitlines()[0])
+            _cache[skey] = (None, str(exc).splitlines()[0])
         except MoesimError as exc:  # a cell the module wrote wrongly: say which
             raise MoesimError(f"published cell {cell.source}/{cell.key}: {exc}") from exc
-        _cache[skey] = base
-    p = base.__dict__.get("_prediction")
+    p, reason = _cache[skey]
     if p is None:
-        return Result(cell, reason=base.reason)
+        return Result(cell, reason=reason)
     return Result(cell, predicted=float(getattr(p, cell.figure)), low=float(getattr(p, f"{cell.figure}_low")),
                   high=float(getattr(p, f"{cell.figure}_high")), uncertainty=p.uncertainty)
 
