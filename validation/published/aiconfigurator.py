@@ -277,6 +277,77 @@ def predict_row(row: dict, system: str | None = None, model: str | None = None) 
     return _CACHE[key][model or BENCHMARK_MODEL]
 
 
+CITATION = ("AIConfigurator silicon measurements (github.com/ai-dynamo/aiconfigurator, "
+            "aic-core/src/aiconfigurator_core/systems/silicon_sample.csv at 095f58a51, Apache-2.0)")
+
+
+def _row_setup(row: dict) -> str:
+    version = row["backend_version"] or "version not stated"
+    return (f"{row['system']} x {row['tp_size']} (TP), {row['backend']} {version}, {row['model_path']} "
+            f"({row['gemm_quant_mode']}/{row['moe_quant_mode']}), ISL {row['isl']}, OSL {row['osl']}, "
+            f"concurrency {concurrency_of(row)}")
+
+
+@lru_cache(maxsize=1)
+def _rows_by_id() -> dict[str, dict]:
+    return {row["id"]: row for row in load_rows()}
+
+
+def published_cells() -> list:
+    """The published corpus' cells (:mod:`moesim.calibration.published`): a TTFT and a TPOT cell per expressible
+    row, split as :func:`split_of` says; a row's two cells share a fold of the band's cross-fit."""
+    from moesim.calibration.published import PublishedCell
+
+    try:
+        rows = load_rows()
+    except FileNotFoundError:
+        return []
+    out = []
+    for row in rows:
+        if expressible(row) is not None:
+            continue
+        model, dtype = model_of(row["model_path"])
+        c = concurrency_of(row)
+        knobs = {"num_gpus": _int(row["tp_size"]), **({"dtype": dtype} if dtype else {})}
+        for figure, column in (("ttft_s", "silicon_ttft_ms"), ("tpot_s", "silicon_tpot_ms")):
+            out.append(PublishedCell(
+                key=f"{row['id']}|{figure}", citation=CITATION, setup=_row_setup(row),
+                row=f"{row['backend']} {row['backend_version'] or '(version not stated)'}", model=model,
+                hardware=PLATFORMS[row["system"]], system=row["backend"], figure=figure,
+                published=float(row[column]) / 1e3, split=split_of(row),
+                workload={"prompt_tokens": int(row["isl"]), "gen_tokens": int(row["osl"]), "num_requests": c,
+                          "batch_size": c}, knobs=knobs, table=f"{row['system']} {row['backend']}", fold=row["id"],
+                note="benchmark mean TTFT / TPOT of a closed-loop client at this concurrency (benchmark_latency)"))
+    return out
+
+
+_PREDICTIONS: dict = {}
+
+
+def evaluate(cell):
+    """The corpus' Result of one cell: the benchmark's figure from :func:`predict_row`, with the band
+    ``moesim.predict`` puts around the same figure of the same scenario."""
+    import moesim
+    from moesim.calibration.published import Result, band_of
+    from moesim.errors import MoesimError
+
+    row = _rows_by_id()[cell.fold]
+    ttft, tpot, note = predict_row(row)
+    if ttft is None:
+        return Result(cell, reason=note)
+    value = ttft if cell.figure == "ttft_s" else tpot
+    sc = scenario_of(row)
+    key = sc.model_dump_json()
+    if key not in _PREDICTIONS:
+        try:
+            _PREDICTIONS[key] = moesim.predict(sc)
+        except MoesimError as exc:
+            return Result(cell, reason=str(exc).splitlines()[0][:200])
+    p = _PREDICTIONS[key]
+    low, high = band_of(p, cell.figure, value)
+    return Result(cell, predicted=value, low=low, high=high, uncertainty=p.uncertainty)
+
+
 def records(rows: Iterable[dict] | None = None, split: str = "all", limit: int | None = None,
             system: str | None = None, model: str | None = None) -> list[Record]:
     """One Record per expressible row (``split``: 'fit', 'held-out' or 'all'; ``system`` predicts every row with

@@ -134,6 +134,64 @@ def fit(rows: list[dict]) -> dict[str, float]:
     return consts
 
 
+CITATION = ("moesim's own H200 measurements of Hugging Face transformers 5.17 generate "
+            "(validation/torchbench/hf_generate.py; validation/measurements/h200/transformers/)")
+
+
+def _cell_key(c: dict) -> str:
+    return f"{c['model']}|{c['kind']}|{c['impl']}|b{c['batch']}|p{c['prompt']}"
+
+
+def published_cells() -> list:
+    """The published corpus' cells (:mod:`moesim.calibration.published`): each measured prefill (a static batch's
+    TTFT) and per-step decode inside ``generate`` (TPOT), split as :func:`cells` says (FIT_MODELS fit)."""
+    from moesim.calibration.published import PublishedCell
+
+    try:
+        measured = cells()
+    except SystemExit:  # no measurement file
+        return []
+    out, seen = [], set()
+    for c in measured:
+        if not in_generate(c) or _cell_key(c) in seen:
+            continue
+        seen.add(_cell_key(c))
+        out.append(PublishedCell(
+            key=_cell_key(c), citation=CITATION,
+            setup=f"1 x H200, transformers 5.17, {c['model']} cut to {c['layers']} layers, random bf16 weights, "
+                  f"batch {c['batch']}, prompt {c['prompt']}, experts {c['impl']}"
+                  + (", accelerate cpu_offload" if c["offload"] else ""),
+            row=f"generate, experts {c['impl']}" + (" + cpu_offload" if c["offload"] else ""),
+            model=c["model"], hardware="h200", system="transformers",
+            figure="ttft_s" if c["phase"] == "prefill" else "tpot_s", published=float(c["measured_s"]),
+            split=c["split"], workload={"batch_size": c["batch"], "num_requests": c["batch"],
+                                        "prompt_tokens": c["prompt"], "gen_tokens": GEN_STEPS},
+            params={"experts_implementation": c["impl"], "cpu_offload": bool(c["offload"])},
+            table=f"{c['phase']} {c['impl']}"))
+    return out
+
+
+_MEASURED: dict[str, dict] = {}
+
+
+def evaluate(cell):
+    """The corpus' Result of one cell: :func:`predict_cell` on the measured configuration (the model cut to the
+    measured layers), with the band ``moesim.predict`` puts around the same figure of the whole model."""
+    import moesim
+    from moesim.calibration.published import Result, band_of
+    from moesim.errors import MoesimError
+
+    if not _MEASURED:
+        _MEASURED.update((_cell_key(m), m) for m in cells())
+    value = predict_cell(_MEASURED[cell.key])
+    try:
+        p = moesim.predict(cell.model, cell.hardware, cell.system, dict(cell.workload), system_params=dict(cell.params))
+    except MoesimError as exc:
+        return Result(cell, reason=str(exc).splitlines()[0][:200])
+    low, high = band_of(p, cell.figure, value)
+    return Result(cell, predicted=value, low=low, high=high, uncertainty=p.uncertainty)
+
+
 def summary(rows: list[dict]) -> list[tuple]:
     """(split, phase, impl, offload, n, median |error|) groups."""
     groups: dict[tuple, list[float]] = {}

@@ -11,19 +11,18 @@ coverage (:mod:`moesim.uncertainty` says how).
   ``link.*``, the end-to-end cases (``decode_step``, ``offloaded_moe_layer``: predicted by moe-gen's
   system code) ``system.moe-gen.*``. A case lands in one fold on every GPU and profile (fold key: the
   case), so a case never scores bands its own twin derived.
-* ``moe-gen-paper``: MoE-Gen's Tables 6 and 7 (``validation/published/moe_gen.py``: decode and prefill
-  throughput of seven systems on one RTX A5000, uncalibrated, host link from its datasheet), every cell
-  with a number. Held out in that nothing is fitted to a cell; the reproduction's per-system settings
-  do read the paper (its docstring gives each one's evidence).
+* ``published``: the published corpus (:mod:`.published`, ``validation/published/``), the sources named in
+  :data:`BAND_SOURCES` (today MoE-Gen's Tables 6 and 7: decode and prefill throughput of seven systems on
+  one RTX A5000, uncalibrated, host link from its datasheet). Its cells' split is fixed in their modules:
+  the cells that informed a setting are "fit" and leave the bands alone.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from typing import Callable
 
+from . import published
 from ..uncertainty import Provenance, Record
 from .store import gpu_slug
 
@@ -71,125 +70,24 @@ def torchbench_records(root: Path) -> list[Record]:
     return out
 
 
-def _load_script(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+def published_records(root: Path) -> list[Record]:
+    """The published corpus' cells (:mod:`.published`, ``validation/published/``) of the sources in
+    :data:`BAND_SOURCES`: each expressible prefill or decode cell moesim predicts, held out as its module says."""
+    from .published import SOURCES as CORPUS
 
-
-def moe_gen_paper_records(root: Path) -> list[Record]:
-    import moesim
-    from ..errors import InfeasibleError
-    from ..predict import _hidden, headline_figures, plan_scenario
-    from ..scenario import build
-    from ..uncertainty import provenance
-
-    script = root / "published" / "moe_gen.py"
-    if not script.is_file():
+    if not (root / "published").is_dir():
         return []
-    mg = _load_script(script, "_moesim_moe_gen_reproduction")
-    out: list[Record] = []
-    for row, system in mg.SYSTEMS.items():
-        if system not in moesim.systems.SYSTEMS:
-            continue
-        cells = [("6", model, gen, pub) for (model, gen), pub in zip(mg.TABLE6_COLUMNS, mg.TABLE6[row])]
-        cells += [("7", model, 256, pub) for (model, _), pub in zip(mg.TABLE7_COLUMNS, mg.TABLE7.get(row, []))]
-        for table, model, gen, pub in cells:
-            if isinstance(pub, str):
-                continue
-            hw, over = mg._hardware(model, system)
-            scenario = build(mg.MODELS[model], hw, system,
-                             {"num_requests": mg.REQUESTS, "prompt_tokens": 512, "gen_tokens": gen},
-                             system_params=mg.system_params(system, model), **over)
-            try:  # planned as moesim.predict plans it (the band itself is not needed, only what it rests on)
-                ctx, plan, _, _ = plan_scenario(scenario)
-            except InfeasibleError:
-                continue
-            prov = provenance(ctx, plan, _hidden(plan.mid_decode[1]))
-            phase = "decode" if table == "6" else "prefill"
-            value = headline_figures(ctx, plan)["decode_tok_s" if phase == "decode" else "prefill_tok_s"]
-            # a rate, as published (its |log error| is that of its time; the relative error is the rate's)
-            out.append(Record(source="moe-gen paper (C2: RTX A5000)", key=f"T{table}|{row}|{model}|{gen}",
-                              provenance=prov, phase=phase, measured=float(pub), predicted=value,
-                              heldout=True))
-    return out
+    return published.records(root, [n for n in BAND_SOURCES if n in CORPUS])
 
 
-def aiconfigurator_records(root: Path) -> list[Record]:
-    """AIConfigurator's measured vLLM / SGLang / TensorRT-LLM runs (``validation/published/aiconfigurator.py``):
-    TPOT as a decode record and TTFT as a prefill record per expressible row, held out where that module's split
-    (fixed in code: H100 rows fit, H200 rows scored) says so; a row's two records share its fold."""
-    from ..errors import MoesimError
-    from ..predict import _hidden, plan_scenario
-    from ..uncertainty import provenance
 
-    script = root / "published" / "aiconfigurator.py"
-    if not script.is_file():
-        return []
-    A = _load_script(script, "_moesim_aiconfigurator")
-    try:
-        rows = A.load_rows()
-    except FileNotFoundError:
-        return []
-    out: list[Record] = []
-    for row in rows:
-        if A.expressible(row) is not None:
-            continue
-        ttft, tpot, _ = A.predict_row(row)
-        if not ttft or not tpot:
-            continue
-        try:
-            ctx, plan, _, _ = plan_scenario(A.scenario_of(row))
-        except MoesimError:
-            continue
-        prov = provenance(ctx, plan, _hidden(plan.mid_decode[1]))
-        source = f"aiconfigurator {row['backend']} ({row['system'].split('_')[0].upper()})"
-        for phase, measured_ms, predicted in (("decode", row["silicon_tpot_ms"], tpot),
-                                              ("prefill", row["silicon_ttft_ms"], ttft)):
-            out.append(Record(source=source, key=f"{row['id']}|{phase}", provenance=prov, phase=phase,
-                              measured=float(measured_ms) / 1e3, predicted=predicted,
-                              heldout=A.split_of(row) == "held-out", fold_key=row["id"]))
-    return out
-
-
-def transformers_h200_records(root: Path) -> list[Record]:
-    """Our H200 measurements of Hugging Face ``generate`` (``validation/published/transformers_h200.py``):
-    prefill and per-step decode cells that ``generate`` runs, held out where that module's split (fixed in code:
-    fit on OLMoE and Qwen1.5-MoE, score the other models) says so."""
-    script = root / "published" / "transformers_h200.py"
-    if not script.is_file():
-        return []
-    T = _load_script(script, "_moesim_transformers_h200")
-    try:
-        cells = T.cells()
-    except SystemExit:  # no measurement file
-        return []
-    from ..db.resolve import get_model
-
-    out: list[Record] = []
-    for c in T.errors(cells):
-        if not T.in_generate(c) or c["predicted_s"] <= 0:
-            continue
-        phase = "prefill" if c["phase"] == "prefill" else "decode"
-        model = get_model(c["model"])
-        prov = Provenance(gpu="H200", kernels="own", link="measured", uses_host_link=bool(c["offload"]),
-                          system="transformers", num_gpus=1, context_tokens=int(c["prompt"]), batch=int(c["batch"]),
-                          total_params=float(model.total_params))
-        key = f"{c['model']}|{c['kind']}|{c['impl']}|b{c['batch']}|p{c['prompt']}"
-        out.append(Record(source="transformers H200 (ours)", key=key, provenance=prov, phase=phase,
-                          measured=float(c["measured_s"]), predicted=float(c["predicted_s"]),
-                          heldout=c["split"] == "held-out"))
-    return out
+BAND_SOURCES: tuple[str, ...] = ("moe-gen", "aiconfigurator", "transformers-h200")
 
 
 #: every source: name -> function of the validation folder
 SOURCES: dict[str, Callable[[Path], list[Record]]] = {
     "torchbench": torchbench_records,
-    "moe-gen-paper": moe_gen_paper_records,
-    "aiconfigurator": aiconfigurator_records,
-    "transformers-h200": transformers_h200_records,
+    "published": published_records,
 }
 
 

@@ -30,6 +30,11 @@ def add_parsers(sub) -> None:
     val.add_argument("--root", help="the validation folder (default ./validation)")
     val.add_argument("--cases", action="store_true", help="print every case, not only the worst")
     val.add_argument("--no-plots", action="store_true")
+    val.add_argument("--published", action="store_true", help="the published corpus (validation/published/): every "
+                     "cell predicted with default parameters, error per source and system, ranking, band coverage")
+    val.add_argument("--source", action="append", help="with --published: only this source (repeatable)")
+    val.add_argument("--quick", action="store_true", help="with --published: a few cells per source (CI-sized)")
+    val.add_argument("--json", action="store_true", help="with --published: print one JSON object")
 
 
 def calibrate(args: argparse.Namespace) -> int:
@@ -101,6 +106,12 @@ def _print_report(rep: dict, show_all: bool) -> None:
 
 
 def validate(args: argparse.Namespace) -> int:
+    if args.published or args.source or args.quick or args.json:
+        if not args.published:
+            raise MoesimError("--source, --quick and --json go with --published")
+        from .published import run
+
+        return run(args)
     from ..calibration.report import validation_report, write_plots
     from ..calibration.store import gpu_slug
     from ..db import gpus
