@@ -1,7 +1,7 @@
 """`deepspeed`: ZeRO-Inference model-based batching (DeepSpeed-Inference with ZeRO-3 weight offload).
 
 Where data lives
-  weights   all in pinned host memory; every forward pass streams each layer's weights to the
+  weights   all in host memory (pageable unless pin_memory); every pass streams each layer's weights to the
             GPU, the attention block and ALL experts of the layer (ZeRO partitions parameters,
             it does not know which experts a batch routes to); the next layer is prefetched
             while the current one computes, into two layer-sized GPU buffers.
@@ -18,9 +18,22 @@ to the resident weights (embeddings, LM head) and the two layer buffers, at the 
            MoE-Gen's comparison pins, computed them for all positions, in fp32)
   decode   KV of B full contexts + the step's activations
 
-This is why MoE-Gen (arXiv 2503.09716, section 5) reports DeepSpeed's batch as "only 8" for
-DeepSeek-V2: with 160 experts a layer buffer is ~8 GB, and 128 heads of 512 x 512 fp32 scores
+With ``transformers=4.42`` this is why MoE-Gen (arXiv 2503.09716, section 5) reports DeepSpeed's batch as
+"only 8" for DeepSeek-V2: with 160 experts a layer buffer is ~8 GB, and 128 heads of 512 x 512 fp32 scores
 take 134 MB per prompt.
+
+Defaults (as deployed; ``--policy best`` differs only in pinning host memory):
+  batch      DeepSpeed has no batch search: ZeRO-Inference's ``run_model.py`` takes ``--batch-size`` from the
+             user, and its README names the batch that memory allows as what limits throughput; the batches
+             published for it (MoE-Gen: "only 8" on DeepSeek-V2; MoE-Lightning Table 4: 102 / 156 / 8 / 12,
+             one batch through prefill and decode) are the largest that fit, so B is the largest that fits.
+  memory     ``offload_param.pin_memory`` is off unless set (DeepSpeed's config default; ZeRO-Inference README,
+             "By default, pinned memory is not enabled"): the layer copies are pageable.
+  model code the current Hugging Face transformers: SDPA attention where the model has it, logits of the
+             last prompt position only (``logits_to_keep``, since 4.45). ``transformers=4.42`` is the release
+             MoE-Gen's artifact pins (requirements: transformers==4.42.0, torch 2.3), the environment of its
+             DeepSpeed baseline: DeepSeek from remote code (eager attention, fp32 softmax; flash-attention-2 needs
+             fp16/bf16 weights ZeRO casts), Mixtral with SDPA, fp32 logits at every prompt position.
 
 Per layer and pass (engine): H2D copy of the layer's weights (buffer ring of 2), then on the GPU:
 attention projections, attention core (eager: score-matrix traffic added to the flash-style cost),
