@@ -107,7 +107,7 @@ class DeepSpeed(ServingSystem):
     # ---- memory --------------------------------------------------------------------------------
     def _score_peak_bytes(self, ctx: Context, q_len: int, kv_len: int) -> float:
         """Score matrix of one sequence held at the attention peak (none with fused SDPA kernels)."""
-        if self._cfg["attention"] == "sdpa":
+        if self._settings(ctx)["attention"] == "sdpa":
             return 0.0
         return eager_attention_peak_bytes(ctx, 1, q_len, kv_len, self.params.attention_score_dtype)
 
@@ -119,7 +119,7 @@ class DeepSpeed(ServingSystem):
         w = ctx.workload
         p, total = w.prompt_tokens, w.total_context_tokens
         layer_peak = self._score_peak_bytes(ctx, p, p) + activation_bytes(ctx, p)
-        logits = prefill_logits_bytes(ctx, p if self._cfg["logits_all"] else 1)
+        logits = prefill_logits_bytes(ctx, p if self._settings(ctx)["logits_all"] else 1)
         prefill = p * ctx.kv_bytes_per_token(p) + max(layer_peak, logits)
         decode = total * ctx.kv_bytes_per_token(total) + activation_bytes(ctx, 1)
         return prefill, decode
@@ -145,10 +145,10 @@ class DeepSpeed(ServingSystem):
         dtype = self.params.attention_score_dtype
         engine = Engine(memory_capacity_bytes={"gpu": p.usable_gpu_memory_bytes_per_gpu})
         wbytes = {k: layer_weight_bytes(ctx, k) for k in m.layer_kinds()}
-        path = "pinned" if self._cfg["pinned"] else "pageable"  # ZeRO offload_param pin_memory
+        path = "pinned" if self._settings(ctx)["pinned"] else "pageable"  # ZeRO offload_param pin_memory
         copy = {k: ctx.copy_s(v, path) for k, v in wbytes.items()}
         proj = ctx.gpu_s(ctx.attention_proj(tokens))
-        if self._cfg["attention"] == "sdpa":
+        if self._settings(ctx)["attention"] == "sdpa":
             core = {w: ctx.gpu_s(ctx.attention_core(seqs, q_len, kv_len, w)) for w in (False, True)}
         else:
             core = {w: ctx.gpu_s(eager_attention_cost(ctx, seqs, q_len, kv_len, w, dtype)) for w in (False, True)}
@@ -164,7 +164,7 @@ class DeepSpeed(ServingSystem):
             w = eng.add(f"L{i} layer weights H2D", "h2d", copy[kind], [ring.acquire()], category="transfer",
                         nbytes=wbytes[kind])
             last = eng.add(f"L{i} attention projections", "gpu", proj, [w], category="attention")
-            last = eng.add(f"L{i} attention ({self._cfg['attention']})", "gpu", core[kind.windowed], [last],
+            last = eng.add(f"L{i} attention ({self._settings(ctx)['attention']})", "gpu", core[kind.windowed], [last],
                            category="attention")
             if kind.moe:
                 last = eng.add(f"L{i} router", "gpu", router, [last], category="router")
@@ -176,11 +176,11 @@ class DeepSpeed(ServingSystem):
             ring.release(last)
             return last
 
-        head = ctx.gpu_s(ctx.head(tokens, tokens if (q_len > 1 and self._cfg["logits_all"]) else seqs))
+        head = ctx.gpu_s(ctx.head(tokens, tokens if (q_len > 1 and self._settings(ctx)["logits_all"]) else seqs))
         kv = seqs * kv_len * ctx.kv_bytes_per_token(kv_len)
         if q_len > 1:
             per_seq_peak = max(self._score_peak_bytes(ctx, q_len, kv_len) + activation_bytes(ctx, q_len),
-                               prefill_logits_bytes(ctx, q_len) if self._cfg["logits_all"] else 0.0)
+                               prefill_logits_bytes(ctx, q_len) if self._settings(ctx)["logits_all"] else 0.0)
             transient = seqs * per_seq_peak
         else:
             transient = activation_bytes(ctx, tokens)
@@ -195,7 +195,7 @@ class DeepSpeed(ServingSystem):
         w = ctx.workload
         p = ctx.platform
         self.refuse_multi_gpu(ctx, "ZeRO-Inference tensor parallelism is not modelled")
-        self._cfg = cfg = self._settings(ctx)  # read by the memory rules and the passes below
+        cfg = self._settings(ctx)
         host = ctx.weight_bytes
         if host > p.usable_host_memory_bytes:
             raise InfeasibleError(

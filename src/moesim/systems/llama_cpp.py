@@ -1,5 +1,16 @@
 """`llama-cpp`: layers split between GPU and CPU, small batches (llama.cpp, ggml-org/llama.cpp).
 
+Defaults (as deployed: llama-server of a current release, ``systems_db/llama-cpp.yaml``): ``-np`` auto, 4
+slots sharing one KV cache of ``-c 0`` = the model's trained context; ``--fit on`` (PR #16653): if the model
+and that context do not fit the GPU with a 1 GiB margin, the context shrinks to 4096 tokens (never below what
+the slots hold, in moesim), then every MoE layer goes to the GPU "dense-only" - attention, router, shared
+experts there, its routed experts in host memory, run by the CPU (or uploaded by op offload for a prompt
+ubatch) - and layers are made whole again front to back while they fit; if even dense-only layers do not all
+fit, the first layers leave the GPU whole. ``fit=False`` is the placement of releases before ``--fit``
+(MoE-Gen's comparison, early 2025): whole layers, ``n_gpu_layers`` of them or the most that fit, with
+``n_parallel`` set (1 then: ``llama-cli`` and the server's old default). ``--policy best`` tries 1 to 256
+slots with both placements.
+
 Where data lives (``-ngl N``, llama.cpp ``llama_model::load_tensors``): the last N repeating
 layers and their KV cache on the GPU(s) (``--split-mode layer``: whole layers spread over the GPUs,
 run one after the other), the other layers and their KV cache in host memory, the token embedding

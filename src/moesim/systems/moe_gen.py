@@ -19,10 +19,16 @@ One decode step, per layer (Figure 6 DAG):
 The copy engine serves requests in submission order, and buffers are rings: a copy waits for
 the compute that frees its slot. Prefill is the same without KV copies (KV goes D2H).
 
-Batch sizes (section 4.3): decode B is the largest that host memory allows (KV of B
-sequences next to the weights), capped by the workload; b_a and omega are chosen by
-enumeration, each candidate timed by simulating the DAG; the prefill accumulation is the
-largest number of prompts whose hidden states fit on the GPU next to the buffers.
+Batch sizes. As deployed (the released repository, which has no scheduler or search: shared/reference/
+offload-systems.md 1.6): decode B is the most sequences the host KV cache holds (MoE-Gen's
+``host_kv_cache_size``, by default the host memory the weights leave), capped by the workload;
+b_a and the prompts per prefill pass are the model's initializer defaults (``systems_db/moe-gen.yaml``,
+scaled by context and GPU memory as the initializers scale them); omega is 0.6 for moe-gen (MoE-Gen's
+mode-2 split) and 0 for moe-gen-gpu and MLA models. A model MoE-Gen has no initializer for gets moesim's
+search. ``--policy best`` (section 4.3's search, which the paper describes and the release lacks): b_a and
+omega chosen by enumeration, each candidate timed by simulating the DAG; the prefill accumulation the
+largest number of prompts whose hidden states fit on the GPU next to the buffers; a model larger than host
+memory runs with its overflow paged from disk.
 Simplifications (documented): experts are grouped into at most ``max_tasks_per_module``
 copy/compute tasks per layer and micro-batches likewise; no S_Params caching of experts.
 
