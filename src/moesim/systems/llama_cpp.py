@@ -180,6 +180,12 @@ class LlamaCpp(ServingSystem):
         if prm.n_gpu_layers is not None:
             k = min(prm.n_gpu_layers, L)
             ngl, full, out_gpu = k, k, prm.n_gpu_layers > L
+            if prm.fit and prm.ctx_tokens is None and need(ngl, full, out_gpu, n_ctx) > cap:
+                # --fit still sets what the user left unset: the context, down to fit_ctx_tokens
+                small = max(min(n_ctx, int(self.constants.value("fit_ctx_tokens"))), need_tokens)
+                if small < n_ctx:
+                    notes.append(f"--fit: context reduced from {n_ctx} to {small} tokens")
+                    n_ctx = small
             if need(ngl, full, out_gpu, n_ctx) > cap:
                 raise InfeasibleError(
                     f"llama-cpp: n_gpu_layers={prm.n_gpu_layers} needs {fmt_bytes(need(ngl, full, out_gpu, n_ctx))} of "
