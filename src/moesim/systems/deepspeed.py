@@ -87,8 +87,8 @@ class DeepSpeedParams(BaseModel):
 
 class DeepSpeed(ServingSystem):
     name = "deepspeed"
-    summary = ("ZeRO-Inference model-based batching: one batch for prefill and decode, all weights in pinned host "
-               "memory streamed layer by layer (every expert), KV cache on the GPU")
+    summary = ("ZeRO-Inference model-based batching: one batch for prefill and decode, all weights in host memory "
+               "(pageable unless pin_memory) streamed layer by layer (every expert), KV cache on the GPU")
     Params = DeepSpeedParams
     searches_policy = True  # best: pinned host memory where DeepSpeed's default leaves it pageable
 

@@ -110,8 +110,8 @@ class LlamaCpp(ServingSystem):
     name = "llama-cpp"
     searches_policy = True
     Params = LlamaCppParams
-    summary = ("small batches of n_parallel sequences; whole layers split between GPU and CPU, each layer's KV "
-               "cache with its layer; CPU layers bounded by DRAM bandwidth")
+    summary = ("llama-server's n_parallel slots (4); --fit: MoE layers on the GPU without their routed experts "
+               "(host memory, run by the CPU), whole layers while they fit; each layer's KV cache with its attention")
 
     # ---- placement ----------------------------------------------------------------------------
     def _layer_bytes(self, ctx: Context, i: int) -> float:

@@ -81,10 +81,13 @@ class _PassTimes(NamedTuple):
 
 class MoEGenParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    batch_size: int | None = Field(default=None, ge=1, description="accumulated decode batch B; None = host max")
-    attention_micro_batch: int | None = Field(default=None, ge=1, description="b_a; None = searched")
-    cpu_attention_fraction: float | None = Field(default=None, ge=0, le=1, description="omega; None = searched")
-    prefill_batch: int | None = Field(default=None, ge=1, description="prompts per prefill pass; None = searched")
+    batch_size: int | None = Field(default=None, ge=1, description="accumulated decode batch B; None = what the host KV cache holds")
+    attention_micro_batch: int | None = Field(default=None, ge=1, description="b_a; None = MoE-Gen's per-model initializer value "
+                                                                                  "(searched with --policy best)")
+    cpu_attention_fraction: float | None = Field(default=None, ge=0, le=1, description="omega; None = 0.6 (MoE-Gen's mode-2 split; "
+                                                                                          "0 for MLA), searched with --policy best")
+    prefill_batch: int | None = Field(default=None, ge=1, description="prompts per prefill pass; None = MoE-Gen's per-model "
+                                                                               "initializer value (searched with --policy best)")
     attention_micro_batch_grid: tuple[int, ...] = Field(
         default=(32, 128, 512), description="attention micro-batch sizes b_a the policy search tries")
     cpu_attention_grid: tuple[float, ...] = Field(
