@@ -121,15 +121,15 @@ def test_vllm_mixed_steps_never_slower_than_its_phases_at_any_batch(batch):
 
 def test_llama_cpp_takes_the_most_layers_that_fit():
     ctx = _ctx("mixtral-8x7b", "c2")
-    plan = get_system("llama-cpp")().plan(ctx)
+    plan = get_system("llama-cpp")({"fit": False, "n_parallel": 1}).plan(ctx)  # whole layers (before --fit)
     ngl = plan.config["n_gpu_layers"]
     assert 0 < ngl < ctx.model.num_layers
     with pytest.raises(InfeasibleError, match="short by"):
-        get_system("llama-cpp")({"n_gpu_layers": ngl + 1}).plan(ctx)
-    fewer = get_system("llama-cpp")({"n_gpu_layers": ngl - 4}).plan(ctx)
+        get_system("llama-cpp")({"n_gpu_layers": ngl + 1, "n_parallel": 1}).plan(ctx)
+    fewer = get_system("llama-cpp")({"n_gpu_layers": ngl - 4, "n_parallel": 1}).plan(ctx)
     assert fewer.decode_time_per_batch_s > plan.decode_time_per_batch_s
     bigger_gpu = _ctx("mixtral-8x7b", "c3")  # A6000 48 GB
-    assert get_system("llama-cpp")().plan(bigger_gpu).config["n_gpu_layers"] > ngl
+    assert get_system("llama-cpp")({"fit": False, "n_parallel": 1}).plan(bigger_gpu).config["n_gpu_layers"] > ngl
 
 
 @pytest.mark.parametrize("system", ["llama-cpp", "ktransformers"])

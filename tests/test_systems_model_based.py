@@ -124,8 +124,8 @@ def test_deepspeed_sdpa_drops_the_score_matrix_from_the_prefill_peak(c2):
     """Eager attention holds heads x P x P scores (bf16 + fp32 softmax = 6 B each) per prompt; SDPA none."""
     work = OfflineWorkload(num_requests=8500, prompt_tokens=512, gen_tokens=256)
     ctx = Context(moesim.get_model("mixtral-8x7b"), c2, work, Options())
-    eager = get_system("deepspeed")({"attention": "eager"})
-    sdpa = get_system("deepspeed")({"attention": "sdpa"})
+    eager = get_system("deepspeed")({"attention": "eager", "logits_all_positions": True})
+    sdpa = get_system("deepspeed")({"attention": "sdpa", "logits_all_positions": True})
     from moesim.systems.shared.memory import activation_bytes
 
     scores = 32 * 512 * 512 * 6.0  # Mixtral: 32 query heads

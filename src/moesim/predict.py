@@ -82,6 +82,12 @@ class Prediction(BaseModel):
     calibrated: bool  # fitted efficiency curves (own or borrowed from the architecture; see assumptions)
     assumptions: list[str]
     systems_compared: dict[str, str]
+    policy: str = "as-deployed"
+    """The policy predicted: as-deployed (what the system's software chooses) or best (moesim's search)."""
+    best_policy: dict[str, Any] | None = None
+    """Where the as-deployed policy was predicted and moesim's best policy for the same system differs from it by
+    more than 10 % in generation throughput: that policy's figures (throughput_tok_s, prefill_tok_s, decode_tok_s,
+    total_time_s), its config and its speedup over as-deployed; None otherwise."""
     uncertainty: dict[str, Any]
     """The band's provenance (GPU calibration, host link, system, scale), its log half-width per phase and the
     components that make it (moesim.uncertainty; widths from hardware_db/uncertainty/bands.yaml)."""
@@ -171,7 +177,8 @@ def headline_figures(ctx: Context, plan: Plan) -> dict[str, float]:
             "total_time_s": plan.total_time_s}
 
 
-def _prediction(ctx: Context, plan: Plan, compared: dict[str, str], assumptions: list[str]) -> Prediction:
+def _prediction(ctx: Context, plan: Plan, compared: dict[str, str], assumptions: list[str],
+                policy: str = "as-deployed", best: dict[str, Any] | None = None) -> Prediction:
     w = ctx.workload
     batch = plan.batch_size
     ctx_mid, mid = plan.mid_decode
@@ -224,13 +231,15 @@ def _prediction(ctx: Context, plan: Plan, compared: dict[str, str], assumptions:
         calibrated=ctx.platform.calibration is not None or ctx.platform.empirical.calibrated,
         assumptions=notes,
         systems_compared=compared,
+        policy=policy,
+        best_policy=best,
         uncertainty=band_info,
     )
 
 
-def _system(cls, params: dict | None):
+def _system(cls, params: dict | None, policy: str = "as-deployed"):
     try:
-        return cls(params)
+        return cls(params, policy=policy)
     except ValidationError as exc:
         known = ", ".join(cls.Params.model_fields)
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
@@ -238,15 +247,17 @@ def _system(cls, params: dict | None):
 
 
 def plan_for(model: ModelSpec, platform: Platform, system: str, workload: OfflineWorkload,
-             options: Options, system_params: dict | None = None) -> tuple[Context, Plan, dict[str, str]]:
-    """Plan with one system, or with every system for ``auto`` (best generation throughput wins)."""
+             options: Options, system_params: dict | None = None,
+             policy: str = "as-deployed") -> tuple[Context, Plan, dict[str, str]]:
+    """Plan with one system, or with every system for ``auto`` (best generation throughput wins), each system
+    with ``policy`` (as-deployed or best; :class:`moesim.systems.base.ServingSystem`)."""
     ctx = Context(model, platform, workload, options)
     if system != "auto":
         cls = get_system(system)
         if options.speculative and not cls.supports_speculative:
             raise MoesimError(f"speculative decoding is not modelled for {cls.name}; systems that model it: "
                               + ", ".join(n for n, c in SYSTEMS.items() if c.supports_speculative))
-        plan = _system(cls, system_params).plan(ctx)
+        plan = _system(cls, system_params, policy).plan(ctx)
         return ctx, plan, {cls.name: "chosen"}
     if system_params:
         raise MoesimError("system parameters need a named --system (auto compares every system at its defaults)")
@@ -258,7 +269,7 @@ def plan_for(model: ModelSpec, platform: Platform, system: str, workload: Offlin
             compared[name] = "skipped: speculative decoding not modelled for this system"
             continue
         try:
-            plans[name] = _plan_in_auto(cls, ctx, one_gpu)
+            plans[name] = _plan_in_auto(cls, ctx, one_gpu, policy)
         except (InfeasibleError, SimulationError) as exc:  # one system's overflow never aborts the comparison
             compared[name] = f"infeasible: {exc}"
     if not plans:
@@ -275,18 +286,18 @@ def plan_for(model: ModelSpec, platform: Platform, system: str, workload: Offlin
     return plans[best][0], plans[best][1], compared
 
 
-def _plan_in_auto(cls, ctx: Context, one_gpu: list[Context]) -> tuple[Context, Plan]:
+def _plan_in_auto(cls, ctx: Context, one_gpu: list[Context], policy: str = "as-deployed") -> tuple[Context, Plan]:
     """``cls``'s plan for ``auto``; a system modelled on one GPU runs on one GPU of a multi-GPU platform (so
     that more GPUs never make ``auto``'s answer worse), and says so. ``one_gpu`` holds that one-GPU context
     once made, so the single-GPU systems share its memoised passes as they share ``ctx``'s."""
     try:
-        return ctx, cls().plan(ctx)
+        return ctx, cls(policy=policy).plan(ctx)
     except SingleGPUError as exc:
         if not one_gpu:
             one_gpu.append(Context(ctx.model, ctx.platform.model_copy(update={"num_gpus": 1}), ctx.workload,
                                    ctx.options))
         one = one_gpu[0]
-        plan = cls().plan(one)
+        plan = cls(policy=policy).plan(one)
         plan.notes.append(f"runs on 1 of the platform's {ctx.platform.num_gpus} GPUs: {exc}")
         return one, plan
 
@@ -338,8 +349,36 @@ def plan_scenario(scenario: Scenario) -> tuple[Context, Plan, dict[str, str], Re
     """(context, the chosen plan, the verdict on each system compared, the resolved scenario)."""
     r = resolve(scenario)
     ctx, plan, compared = plan_for(r.model, r.platform, scenario.system, r.workload, r.options,
-                                   scenario.system_params or None)
+                                   scenario.system_params or None, scenario.policy)
     return ctx, plan, compared, r
+
+
+#: the best policy is reported beside the as-deployed one when their generation throughputs differ by more
+BEST_POLICY_REPORT_RATIO = 1.10
+
+
+def best_policy(ctx: Context, plan: Plan, scenario: Scenario) -> dict[str, Any] | None:
+    """moesim's best policy for the system of ``plan`` (an as-deployed plan), when its generation throughput
+    differs from the as-deployed one by more than 10 % (:data:`BEST_POLICY_REPORT_RATIO`): its figures, config
+    and speedup; None otherwise, or when the system's best cannot differ (``policy_differs``, so most systems
+    cost nothing here). The best plan is made on the same context, so it reuses the passes already simulated."""
+    if scenario.policy != "as-deployed":
+        return None
+    cls = get_system(plan.system)
+    params = scenario.system_params if scenario.system != "auto" else None
+    system = _system(cls, params, "best")
+    if not system.policy_differs:
+        return None
+    try:
+        best = system.plan(ctx)
+    except (InfeasibleError, SimulationError):
+        return None
+    ratio = plan.total_time_s / best.total_time_s
+    if max(ratio, 1 / ratio) <= BEST_POLICY_REPORT_RATIO:
+        return None
+    figures = headline_figures(ctx, best)
+    return {**{k: figures[k] for k in ("throughput_tok_s", "prefill_tok_s", "decode_tok_s", "total_time_s")},
+            "speedup": ratio, "config": best.config}
 
 
 def predict(model: Any = None, hardware: Any = None, system: str | None = None, workload: Any = None, *,
@@ -364,7 +403,7 @@ def predict(model: Any = None, hardware: Any = None, system: str | None = None, 
     if trace_path:
         with writing(trace_path, "trace_path"):
             plan.mid_decode[1].engine.write_chrome_trace(trace_path)
-    return _prediction(ctx, plan, compared, list(r.assumptions))
+    return _prediction(ctx, plan, compared, list(r.assumptions), scenario.policy, best_policy(ctx, plan, scenario))
 
 
 def online_workload(scenario: Scenario) -> OnlineWorkload:
@@ -412,5 +451,5 @@ def predict_online(model: Any = None, hardware: Any = None, workload: OnlineWork
         raise MoesimError("online serving needs an arrival rate (--rate, arrival_rate_per_s)")
     online = online or online_workload(scenario)
     ctx, plan, _, r = plan_scenario(scenario)
-    system_obj = get_system(scenario.system)(scenario.system_params or None)
+    system_obj = _system(get_system(scenario.system), scenario.system_params or None, scenario.policy)
     return uncertainty.online_band(ctx, plan, simulate(ctx, plan, system_obj, online))

@@ -146,6 +146,9 @@ class Scenario(BaseModel):
     """Measured per-expert activation counts: a JSON file (a list, or {"counts": [...]}) or the numbers."""
     mla_absorbed: Annotated[bool, Flag(("--no-mla-absorption",), "execution", invert=True)] = True
     """MLA decode absorbs the up-projections (off: the cached latent is up-projected every step, as Hugging Face DeepSeek code does)."""
+    policy: Annotated[Literal["as-deployed", "best"], Flag(("--policy",), "execution")] = "as-deployed"
+    """Each system's policy (batch sizes, placements): as-deployed, the one its released software chooses by itself
+    (its defaults, its own search); best, the fastest moesim's own search finds (what tuning could reach)."""
 
     # ---- speculative decoding ---------------------------------------------------------------
     draft_model: Annotated[str | None, Flag(("--draft",), "speculative", aliases=("draft",))] = None

@@ -86,6 +86,12 @@ SYSTEM_PARAMS = {
     # mean context (640 vs 1024, 1.7x): the paper's engine copies reserved slots for GPU attention
     "moe-gen": {"kv_copy": "reserved"},
     "moe-gen-gpu": {"kv_copy": "reserved"},
+    # llama.cpp of March 2025: one sequence (llama-server's automatic 4 slots came in October 2025, PRs
+    # #16736/#17997) and whole layers split between GPU and CPU (--fit came in December 2025, PR #16653)
+    "llama-cpp": {"fit": False, "n_parallel": 1},
+    # DeepSpeed on the transformers MoE-Gen's environment pins (requirements.txt: 4.42): each model's own attention
+    # there (Mixtral SDPA, DeepSeek's remote code eager with an fp32 softmax) and fp32 logits at every prompt position
+    "deepspeed": {"transformers": "4.42"},
 }
 #: MoE-Gen as its repository runs it (EfficientMoE/MoE-Gen; shared/reference/offload-systems.md 1.6, 6.1): the
 #: initializers' per-model defaults for a 24 GB GPU - prompts per prefill pass ("MoE prefill micro-batch") and the
@@ -95,12 +101,15 @@ SYSTEM_PARAMS = {
 #: the GPU's FLOPs; the paper's Table 1, which speaks of 8,192 tokens per expert in a DeepSeek-V2 prefill (about
 #: 427 prompts per pass) and 841 tok/s, disagrees with its own Table 7 (787 tok/s) and with the released 30.
 GIB = 2.0 ** 30
-MOE_GEN_RELEASED_DEFAULTS = {
-    "8x7B": {"prefill_batch": 400, "attention_micro_batch": 400, "host_kv_bytes": 2 * 100 * GIB},
-    "8x22B": {"prefill_batch": 60, "attention_micro_batch": 100, "host_kv_bytes": 2 * 100 * GIB},
-    "DS-V2": {"prefill_batch": 30, "attention_micro_batch": 60, "host_kv_bytes": 50 * GIB},
-    "DS-R1": {"prefill_batch": 20, "attention_micro_batch": 100, "host_kv_bytes": 50 * GIB},
+MOE_GEN_RELEASED_DEFAULTS = {  # prefill and attention micro-batches are now the moe-gen system's own defaults
+    "8x7B": {"host_kv_bytes": 2 * 100 * GIB},
+    "8x22B": {"host_kv_bytes": 2 * 100 * GIB},
+    "DS-V2": {"host_kv_bytes": 50 * GIB},
+    "DS-R1": {"host_kv_bytes": 50 * GIB},
 }
+#: MoE-Gen(H)'s CPU attention share on C2 as the paper's Table 10 states it (MLA models keep all attention on
+#: the GPU, section 5.3)
+MOE_GEN_CPU_ATTENTION = {"8x7B": 0.6, "8x22B": 0.7, "DS-V2": 0.0, "DS-R1": 0.0}
 
 
 @dataclass
@@ -139,8 +148,8 @@ def system_params(system: str, model: str) -> dict:
     params = dict(SYSTEM_PARAMS.get(system, {}))
     if system.startswith("moe-gen"):
         params.update(MOE_GEN_RELEASED_DEFAULTS[model])
-    if system == "deepspeed":
-        params["attention"] = HF_ATTENTION[model]
+    if system == "moe-gen":
+        params["cpu_attention_fraction"] = MOE_GEN_CPU_ATTENTION[model]
     if system in ("flexgen", "moe-lightning"):
         # MoE-Gen's re-implementations run in its framework on the Hugging Face generation pipeline (App. B), as
         # Table 1's DeepSeek-V2 batches (6-7 prompts, DeepSpeed's 8) show: fp32 logits at every prompt position

@@ -58,7 +58,7 @@ def predict(args: argparse.Namespace) -> int:
     rows = [
         ("model", f"{pred.model} ({pred.dtype}, KV {pred.kv_dtype})"),
         ("hardware", f"{pred.hardware}: {pred.num_gpus} x {pred.gpu}"),
-        ("system", pred.system),
+        ("system", pred.system + ("" if pred.policy == "as-deployed" else f" (policy {pred.policy})")),
         ("workload", f"{w['num_requests']} requests, prompt {w['prompt_tokens']}, generate {w['gen_tokens']}"),
         ("configuration", fmt_config(pred.config)),
         ("prefill throughput", _banded(pred, "prefill_tok_s", lambda v: fmt_rate(v, "tok/s"))),
@@ -67,6 +67,7 @@ def predict(args: argparse.Namespace) -> int:
         ("TTFT (per batch)", _banded(pred, "ttft_s", fmt_seconds)),
         ("TPOT", _banded(pred, "tpot_s", fmt_seconds)),
         ("time for the workload", _banded(pred, "total_time_s", fmt_seconds)),
+        *_best_rows(pred),
         ("S-MBU / S-MFU", f"{pred.s_mbu:.3f} / {pred.s_mfu:.3f}"),
         # every expert counted, read or not: above 1 for an MoE whose step reads few of them (never clamped)
         ("MBU / MFU (dense-equivalent)", f"{pred.mbu:.3f} / {pred.mfu:.3f}"),
@@ -94,6 +95,17 @@ def predict(args: argparse.Namespace) -> int:
     for note in pred.assumptions:
         print(f"  - {note}")
     return 0
+
+
+def _best_rows(pred) -> list[tuple[str, str]]:
+    """The line giving moesim's best policy for the system, where it differs from the as-deployed one by > 10 %."""
+    best = pred.best_policy
+    if not best:
+        return []
+    change = best["speedup"] - 1
+    return [("with --policy best", f"{fmt_rate(best['throughput_tok_s'], 'tok/s')} generation throughput "
+             f"({change:+.0%} vs as-deployed; prefill {fmt_rate(best['prefill_tok_s'], 'tok/s')}, decode "
+             f"{fmt_rate(best['decode_tok_s'], 'tok/s')}): {fmt_config(best['config'])}")]
 
 
 def _banded(pred, name: str, fmt) -> str:

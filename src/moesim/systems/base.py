@@ -27,7 +27,7 @@ from pydantic import BaseModel
 
 from ..db import system_constants
 from ..engine import Engine
-from ..errors import InfeasibleError
+from ..errors import InfeasibleError, MoesimError
 from ..metrics import GPU_ONLY, HostShare
 from ..modules import Context
 from ..specs import LayerKind
@@ -222,8 +222,29 @@ def _sizes_read(params: dict) -> dict:
     return {k: float(parse_bytes(v)) if isinstance(v, str) and k.endswith("_bytes") else v for k, v in params.items()}
 
 
+POLICIES = ("as-deployed", "best")
+
+
 class ServingSystem(ABC):
-    """A named serving policy with its own typed parameters."""
+    """A named serving policy with its own typed parameters.
+
+    Policy (``--policy``, :attr:`moesim.scenario.Scenario.policy`): ``as-deployed`` (the default) is the
+    configuration the system's released software chooses by itself - its defaults, its own search with its own
+    constants - simulated with moesim's physics; ``best`` is the fastest configuration moesim's own search finds
+    for it (what tuning could reach). The contract between the scenario and a system:
+
+    * the system is built as ``cls(params, policy=...)`` and reads the policy as :attr:`policy`, never from the
+      context (one context, and its memoised passes, serves both policies);
+    * a system whose ``Params`` declares a field named ``policy`` (typed ``Literal["as-deployed", "best"]``, or
+      a wider Literal) receives the scenario's value in that field, unless the user set it with
+      ``--param policy=...``, which then wins; :attr:`policy` is that field's value;
+    * :attr:`policy_differs` says whether ``best`` can choose otherwise than ``as-deployed`` (False: the
+      system's own rule is already moesim's best, or it has no choice to make); ``predict`` runs the ``best``
+      policy beside the as-deployed one only where it can differ, and reports both when they differ by more than
+      10 %;
+    * ``best`` is never slower than ``as-deployed`` on the same scenario: a system whose search could miss the
+      as-deployed configuration keeps the faster of the two.
+    """
 
     name: ClassVar[str]
     summary: ClassVar[str]  # one line: how it batches, where weights and KV live
@@ -233,11 +254,23 @@ class ServingSystem(ABC):
     #: call, syncs, Python per module; the default, what the Hugging Face-based offloaders run), "graph" (CUDA-graph
     #: replay, GPU time alone plus the engine's per-step CPU work), "native" (kernels launched from C++)
     execution_modes: ClassVar[dict[str, str]] = {"prefill": "eager", "decode": "eager"}
+    searches_policy: ClassVar[bool] = False  # whether policy "best" may choose otherwise than "as-deployed"
 
-    def __init__(self, params: BaseModel | dict | None = None):
+    def __init__(self, params: BaseModel | dict | None = None, policy: str = "as-deployed"):
+        if policy not in POLICIES:
+            raise MoesimError(f"policy takes one of {', '.join(POLICIES)}, got {policy!r}")
         if not isinstance(params, BaseModel):
-            params = self.Params.model_validate(_sizes_read(params or {}))
+            params = dict(params or {})
+            if "policy" in self.Params.model_fields and "policy" not in params:
+                params["policy"] = policy
+            params = self.Params.model_validate(_sizes_read(params))
         self.params = params
+        self.policy: str = getattr(params, "policy", policy) if "policy" in self.Params.model_fields else policy
+
+    @property
+    def policy_differs(self) -> bool:
+        """Whether the ``best`` policy can choose another configuration than the as-deployed one here."""
+        return self.searches_policy or "policy" in self.Params.model_fields
 
     @abstractmethod
     def plan(self, ctx: Context) -> Plan:

@@ -1,7 +1,7 @@
 """`deepspeed`: ZeRO-Inference model-based batching (DeepSpeed-Inference with ZeRO-3 weight offload).
 
 Where data lives
-  weights   all in pinned host memory; every forward pass streams each layer's weights to the
+  weights   all in host memory (pageable unless pin_memory); every pass streams each layer's weights to the
             GPU, the attention block and ALL experts of the layer (ZeRO partitions parameters,
             it does not know which experts a batch routes to); the next layer is prefetched
             while the current one computes, into two layer-sized GPU buffers.
@@ -18,9 +18,22 @@ to the resident weights (embeddings, LM head) and the two layer buffers, at the 
            MoE-Gen's comparison pins, computed them for all positions, in fp32)
   decode   KV of B full contexts + the step's activations
 
-This is why MoE-Gen (arXiv 2503.09716, section 5) reports DeepSpeed's batch as "only 8" for
-DeepSeek-V2: with 160 experts a layer buffer is ~8 GB, and 128 heads of 512 x 512 fp32 scores
+With ``transformers=4.42`` this is why MoE-Gen (arXiv 2503.09716, section 5) reports DeepSpeed's batch as
+"only 8" for DeepSeek-V2: with 160 experts a layer buffer is ~8 GB, and 128 heads of 512 x 512 fp32 scores
 take 134 MB per prompt.
+
+Defaults (as deployed; ``--policy best`` differs only in pinning host memory):
+  batch      DeepSpeed has no batch search: ZeRO-Inference's ``run_model.py`` takes ``--batch-size`` from the
+             user, and its README names the batch that memory allows as what limits throughput; the batches
+             published for it (MoE-Gen: "only 8" on DeepSeek-V2; MoE-Lightning Table 4: 102 / 156 / 8 / 12,
+             one batch through prefill and decode) are the largest that fit, so B is the largest that fits.
+  memory     ``offload_param.pin_memory`` is off unless set (DeepSpeed's config default; ZeRO-Inference README,
+             "By default, pinned memory is not enabled"): the layer copies are pageable.
+  model code the current Hugging Face transformers: SDPA attention where the model has it, logits of the
+             last prompt position only (``logits_to_keep``, since 4.45). ``transformers=4.42`` is the release
+             MoE-Gen's artifact pins (requirements: transformers==4.42.0, torch 2.3), the environment of its
+             DeepSpeed baseline: DeepSeek from remote code (eager attention, fp32 softmax; flash-attention-2 needs
+             fp16/bf16 weights ZeRO casts), Mixtral with SDPA, fp32 logits at every prompt position.
 
 Per layer and pass (engine): H2D copy of the layer's weights (buffer ring of 2), then on the GPU:
 attention projections, attention core (eager: score-matrix traffic added to the flash-style cost),
@@ -52,27 +65,49 @@ class DeepSpeedParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     batch_size: int | None = Field(default=None, ge=1,
                                    description="sequences per batch (prefill and decode); None = largest that fits")
-    attention: Literal["eager", "sdpa"] = Field(
-        default="eager", description="Hugging Face attention implementation: eager materialises the score matrix; "
-                                     "sdpa (transformers' default since 4.36 where a model has it, e.g. Mixtral) "
-                                     "runs fused kernels that do not")
+    transformers: Literal["current", "4.42"] = Field(
+        default="current", description="the Hugging Face transformers release the model code comes from: current "
+                                       "(SDPA attention where the model has it, logits of the last prompt position "
+                                       "only), or 4.42, the one MoE-Gen's artifact pins (DeepSeek's remote code in eager "
+                                       "attention, fp32 logits at every prompt position)")
+    attention: Literal["eager", "sdpa"] | None = Field(
+        default=None, description="Hugging Face attention implementation: eager materialises the score matrix; "
+                                  "sdpa runs fused kernels that do not; None = the transformers release's default "
+                                  "for the model")
     attention_score_dtype: Literal["fp32", "bf16"] = Field(
         default="fp32", description="dtype of the materialised prefill softmax (HF eager attention upcasts to fp32)")
-    logits_all_positions: bool = Field(
-        default=True, description="prefill computes fp32 logits for every prompt position (transformers < 4.45)")
+    logits_all_positions: bool | None = Field(
+        default=None, description="prefill computes fp32 logits for every prompt position (transformers < 4.45); "
+                                  "None = as the transformers release does")
+    pin_memory: bool | None = Field(
+        default=None, description="ZeRO offload_param pin_memory: weights in page-locked host memory (direct DMA) "
+                                  "rather than pageable; None = DeepSpeed's default, off (on with --policy best)")
     layer_buffers: int = Field(default=2, ge=1, description="GPU layer-weight buffers (current + prefetched)")
 
 
 class DeepSpeed(ServingSystem):
     name = "deepspeed"
-    summary = ("ZeRO-Inference model-based batching: one batch for prefill and decode, all weights in pinned host "
-               "memory streamed layer by layer (every expert), KV cache on the GPU")
+    summary = ("ZeRO-Inference model-based batching: one batch for prefill and decode, all weights in host memory "
+               "(pageable unless pin_memory) streamed layer by layer (every expert), KV cache on the GPU")
     Params = DeepSpeedParams
+    searches_policy = True  # best: pinned host memory where DeepSpeed's default leaves it pageable
+
+    # ---- settings --------------------------------------------------------------------------------
+    def _settings(self, ctx: Context) -> dict:
+        """The attention implementation, logits rows and host memory this deployment runs with: what the user
+        set, else what the software does (module docstring, "Defaults")."""
+        prm = self.params
+        old = prm.transformers == "4.42"
+        remote_code = ctx.model.family.startswith("deepseek")  # no DeepSeek classes in transformers 4.42
+        attention = prm.attention or ("eager" if old and remote_code else "sdpa")
+        logits_all = prm.logits_all_positions if prm.logits_all_positions is not None else old
+        pinned = prm.pin_memory if prm.pin_memory is not None else self.policy == "best"
+        return {"attention": attention, "logits_all": logits_all, "pinned": pinned}
 
     # ---- memory --------------------------------------------------------------------------------
     def _score_peak_bytes(self, ctx: Context, q_len: int, kv_len: int) -> float:
         """Score matrix of one sequence held at the attention peak (none with fused SDPA kernels)."""
-        if self.params.attention == "sdpa":
+        if self._settings(ctx)["attention"] == "sdpa":
             return 0.0
         return eager_attention_peak_bytes(ctx, 1, q_len, kv_len, self.params.attention_score_dtype)
 
@@ -84,7 +119,7 @@ class DeepSpeed(ServingSystem):
         w = ctx.workload
         p, total = w.prompt_tokens, w.total_context_tokens
         layer_peak = self._score_peak_bytes(ctx, p, p) + activation_bytes(ctx, p)
-        logits = prefill_logits_bytes(ctx, p if self.params.logits_all_positions else 1)
+        logits = prefill_logits_bytes(ctx, p if self._settings(ctx)["logits_all"] else 1)
         prefill = p * ctx.kv_bytes_per_token(p) + max(layer_peak, logits)
         decode = total * ctx.kv_bytes_per_token(total) + activation_bytes(ctx, 1)
         return prefill, decode
@@ -110,9 +145,10 @@ class DeepSpeed(ServingSystem):
         dtype = self.params.attention_score_dtype
         engine = Engine(memory_capacity_bytes={"gpu": p.usable_gpu_memory_bytes_per_gpu})
         wbytes = {k: layer_weight_bytes(ctx, k) for k in m.layer_kinds()}
-        copy = {k: ctx.copy_s(v, "pinned") for k, v in wbytes.items()}  # ZeRO offload_param pin_memory
+        path = "pinned" if self._settings(ctx)["pinned"] else "pageable"  # ZeRO offload_param pin_memory
+        copy = {k: ctx.copy_s(v, path) for k, v in wbytes.items()}
         proj = ctx.gpu_s(ctx.attention_proj(tokens))
-        if self.params.attention == "sdpa":
+        if self._settings(ctx)["attention"] == "sdpa":
             core = {w: ctx.gpu_s(ctx.attention_core(seqs, q_len, kv_len, w)) for w in (False, True)}
         else:
             core = {w: ctx.gpu_s(eager_attention_cost(ctx, seqs, q_len, kv_len, w, dtype)) for w in (False, True)}
@@ -128,7 +164,7 @@ class DeepSpeed(ServingSystem):
             w = eng.add(f"L{i} layer weights H2D", "h2d", copy[kind], [ring.acquire()], category="transfer",
                         nbytes=wbytes[kind])
             last = eng.add(f"L{i} attention projections", "gpu", proj, [w], category="attention")
-            last = eng.add(f"L{i} attention ({self.params.attention})", "gpu", core[kind.windowed], [last],
+            last = eng.add(f"L{i} attention ({self._settings(ctx)['attention']})", "gpu", core[kind.windowed], [last],
                            category="attention")
             if kind.moe:
                 last = eng.add(f"L{i} router", "gpu", router, [last], category="router")
@@ -140,11 +176,11 @@ class DeepSpeed(ServingSystem):
             ring.release(last)
             return last
 
-        head = ctx.gpu_s(ctx.head(tokens, tokens if (q_len > 1 and self.params.logits_all_positions) else seqs))
+        head = ctx.gpu_s(ctx.head(tokens, tokens if (q_len > 1 and self._settings(ctx)["logits_all"]) else seqs))
         kv = seqs * kv_len * ctx.kv_bytes_per_token(kv_len)
         if q_len > 1:
             per_seq_peak = max(self._score_peak_bytes(ctx, q_len, kv_len) + activation_bytes(ctx, q_len),
-                               prefill_logits_bytes(ctx, q_len) if self.params.logits_all_positions else 0.0)
+                               prefill_logits_bytes(ctx, q_len) if self._settings(ctx)["logits_all"] else 0.0)
             transient = seqs * per_seq_peak
         else:
             transient = activation_bytes(ctx, tokens)
@@ -159,6 +195,7 @@ class DeepSpeed(ServingSystem):
         w = ctx.workload
         p = ctx.platform
         self.refuse_multi_gpu(ctx, "ZeRO-Inference tensor parallelism is not modelled")
+        cfg = self._settings(ctx)
         host = ctx.weight_bytes
         if host > p.usable_host_memory_bytes:
             raise InfeasibleError(
@@ -180,9 +217,13 @@ class DeepSpeed(ServingSystem):
         limit = "prefill peak" if self._per_seq_bytes(ctx)[0] >= self._per_seq_bytes(ctx)[1] else "decode KV"
         config = {"batch_size": batch, "max_batch_that_fits": max_batch, "batch_limited_by": limit,
                   "layer_buffer_bytes": max_layer_weight_bytes(ctx),
-                  "attention_score_dtype": self.params.attention_score_dtype}
+                  "attention": cfg["attention"], "logits_all_positions": cfg["logits_all"],
+                  "pin_memory": cfg["pinned"]}
+        if cfg["attention"] == "eager":
+            config["attention_score_dtype"] = self.params.attention_score_dtype
         return self.make_plan(
             (batch, num_batches), (prefill, 1, batch * w.prompt_tokens), (decode_s, points), config=config,
-            host_mem_bytes=host, placement={"weights": "host (pinned), streamed layer by layer incl. all experts",
+            host_mem_bytes=host, placement={"weights": f"host ({'pinned' if cfg['pinned'] else 'pageable'}), "
+                                                       "streamed layer by layer incl. all experts",
                                             "kv_cache": "gpu"},
             notes=[f"batch {batch} for prefill and decode (GPU memory allows {max_batch}; limited by the {limit})"])

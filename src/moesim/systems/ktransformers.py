@@ -44,8 +44,13 @@ batch_size=1 on an RTX 4090 and one Xeon 8480+ (56 cores, the same memory system
 (DRAM-bound expert reads at 0.7 x 307 GB/s), prefill 291, which assumes int8 AMX at 0.4 of its
 peak: KTransformers' V0.3 AMX kernel reached 255 tok/s on two sockets, its V0.2 AVX-512 kernels 54.
 
+Defaults (as deployed, ``systems_db/ktransformers.yaml``): batch 4, one micro-batch, ``cpu_infer`` = 32
+threads (local_chat's default; fewer threads than cores scale the CPU's compute roof, not its DRAM
+roof), no expert on the GPU (the shipped optimize rules put every routed expert on the CPU).
+``--policy best`` runs the expert kernels on every core and picks the batch (4, 16, 64) and micro-batches (1, 2).
+
 Not modelled: experts cached on the GPU (``--kt-num-gpu-experts``), CUDA graphs' launch savings,
-``cpu_infer`` thread counts below the core count, NUMA (dual-socket expert duplication).
+NUMA (dual-socket expert duplication).
 """
 
 from __future__ import annotations
@@ -67,14 +72,19 @@ from .shared.memory import activation_bytes
 
 class KTransformersParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    batch_size: int = Field(default=4, ge=1, description="sequences decoded together (balance_serve max_batch_size)")
-    micro_batches: int = Field(default=1, ge=1, description="GPU/CPU overlap across micro-batches; 1 = no overlap")
+    batch_size: int | None = Field(default=None, ge=1, description="sequences decoded together (balance_serve "
+                                                                   "max_batch_size); None = its default, 4")
+    micro_batches: int | None = Field(default=None, ge=1, description="GPU/CPU overlap across micro-batches; None = "
+                                                                      "1, no overlap (KTransformers' classic schedule)")
     prefill_chunk_tokens: int = Field(default=8192, ge=1, description="prompt tokens per prefill pass")
+    cpu_infer: int | None = Field(default=None, ge=1, description="CPU threads of the expert kernels (--cpu_infer); "
+                                                                  "None = local_chat's default, 32")
 
 
 class KTransformers(ServingSystem):
     name = "ktransformers"
     Params = KTransformersParams
+    searches_policy = True  # best: every core for the experts, the batch and micro-batches that run fastest
     summary = ("small batches; routed experts in host memory run on the CPU, attention, shared experts, dense layers "
                "and the KV cache on the GPU")
 
@@ -112,9 +122,23 @@ class KTransformers(ServingSystem):
         return gpu, experts
 
     # ---- one forward pass ----------------------------------------------------------------------
-    def _pass(self, ctx: Context, seqs: float, q_len: int, kv_len: int, gpu_bytes: float) -> StepSim:
+    def _cpu_expert_s(self, ctx: Context, cost, threads: int) -> float:
+        """CPU time of the routed experts on ``threads`` threads: the compute roof scales with the share of the
+        host's cores the threads use (at most all of them); the DRAM roof does not (a few threads per channel
+        saturate it)::
+
+            t = max(F / (P_host min(1, threads / cores_host)), B / BW_host)  (costs.cpu_time_s on a scaled CPU)"""
+        p = ctx.platform
+        share = min(1.0, threads / (p.cpu.cores * p.num_cpus))
+        if share >= 1.0:
+            return ctx.cpu_s(cost)
+        cpu = p.cpu.model_copy(update={"peak_flop_per_s": {k: v * share for k, v in p.cpu.peak_flop_per_s.items()}})
+        return costs.cpu_time_s(cost, cpu, p.num_cpus, p.host_memory_bandwidth_bytes_per_s, ctx.eff)
+
+    def _pass(self, ctx: Context, seqs: float, q_len: int, kv_len: int, gpu_bytes: float, micro_batches: int = 1,
+              threads: int = 32) -> StepSim:
         m = ctx.model
-        mbs = max(1, min(self.params.micro_batches, math.ceil(seqs)))
+        mbs = max(1, min(micro_batches, math.ceil(seqs)))
         s_mb = seqs / mbs
         t_mb = s_mb * q_len
         engine = Engine(memory_capacity_bytes={"gpu": ctx.platform.usable_gpu_memory_bytes_per_gpu})
@@ -124,9 +148,9 @@ class KTransformers(ServingSystem):
         d2h, h2d = ctx.d2h_s(hidden_bytes), ctx.h2d_s(hidden_bytes)
         if m.moe:
             router = ctx.gpu_s(ctx.router(t_mb))
-            cpu_experts = ctx.cpu_s(costs.cpu_experts(m.hidden_size, m.moe.expert_intermediate_size,
-                                                      ctx.active_experts(t_mb), t_mb * m.moe.top_k, m.moe.gated,
-                                                      ctx.edtype))
+            cpu_experts = self._cpu_expert_s(ctx, costs.cpu_experts(m.hidden_size, m.moe.expert_intermediate_size,
+                                                                    ctx.active_experts(t_mb), t_mb * m.moe.top_k,
+                                                                    m.moe.gated, ctx.edtype), threads)
             shared_cost = ctx.shared_experts(t_mb)
             shared = ctx.gpu_s(shared_cost) if shared_cost else 0.0
         dense = ctx.gpu_s(ctx.dense_ffn(t_mb)) if m.dense_ffn else 0.0
@@ -160,20 +184,45 @@ class KTransformers(ServingSystem):
         return simulate_pass(ctx, engine, layer, prologue, epilogue)
 
     def plan(self, ctx: Context) -> Plan:
+        """As deployed: balance_serve's ``max_batch_size`` (4), one micro-batch, local_chat's 32 expert threads
+        (``systems_db/ktransformers.yaml``), every routed expert in host memory (the shipped optimize rules);
+        ``--policy best``: every core, and the batch (4 to 64, what GPU memory allows) and micro-batches (1, 2)
+        that run fastest (the as-deployed choice among them)."""
+        c, prm = self.constants, self.params
+        threads = prm.cpu_infer or int(c.value("cpu_infer_default"))
+        batch = prm.batch_size or int(c.value("max_batch_size_default"))
+        mbs = prm.micro_batches or 1
+        deployed = self._plan(ctx, batch, mbs, threads)
+        if self.policy != "best":
+            return deployed
+        p = ctx.platform
+        threads = prm.cpu_infer or max(threads, p.cpu.cores * p.num_cpus)
+        plans = [deployed]
+        for b in ([prm.batch_size] if prm.batch_size else (4, 16, 64)):
+            for m in ([prm.micro_batches] if prm.micro_batches else (1, 2)):
+                try:
+                    plans.append(self._plan(ctx, b, m, threads))
+                except InfeasibleError:
+                    continue
+        return min(plans, key=lambda plan: plan.total_time_s)
+
+    def _plan(self, ctx: Context, batch_size: int, micro_batches: int, threads: int) -> Plan:
         w, prm = ctx.workload, self.params
         P, G = w.prompt_tokens, w.gen_tokens
-        batch, num_batches = balanced_batches(w.num_requests, w.batch_size or prm.batch_size)
+        batch, num_batches = balanced_batches(w.num_requests, w.batch_size or batch_size)
         chunk = min(prm.prefill_chunk_tokens, batch * P)
         gpu_bytes, expert_bytes = self._check_memory(ctx, batch, max(chunk, batch))
-        prefill = self._pass(ctx, chunk / P, P, P, gpu_bytes)
+        prefill = self._pass(ctx, chunk / P, P, P, gpu_bytes, micro_batches, threads)
         passes = math.ceil(batch * P / chunk)
-        decode_s, points = simpson_decode_time(lambda c: self._pass(ctx, batch, 1, c, gpu_bytes), P, G)
-        mbs = max(1, min(prm.micro_batches, batch))
-        notes = [f"routed experts on the CPU ({ctx.platform.cpu.name}), {mbs} micro-batch(es) per step"
-                 + ("" if mbs > 1 else ": GPU and CPU work alternate, only the shared experts overlap the CPU")]
+        decode_s, points = simpson_decode_time(
+            lambda c: self._pass(ctx, batch, 1, c, gpu_bytes, micro_batches, threads), P, G)
+        mbs = max(1, min(micro_batches, batch))
+        notes = [f"routed experts on the CPU ({ctx.platform.cpu.name}, {threads} threads), {mbs} micro-batch(es) "
+                 "per step" + ("" if mbs > 1 else ": GPU and CPU work alternate, only the shared experts overlap "
+                                                  "the CPU")]
         return self.make_plan(
             (batch, num_batches), (prefill, passes, chunk), (decode_s, points),
-            config={"batch_size": batch, "micro_batches": mbs, "prefill_chunk_tokens": chunk},
+            config={"batch_size": batch, "micro_batches": mbs, "prefill_chunk_tokens": chunk, "cpu_infer": threads},
             host_mem_bytes=expert_bytes, notes=notes,
             placement={"weights": "routed experts in host memory (CPU compute); the rest on the GPU",
                        "kv_cache": "gpu"},

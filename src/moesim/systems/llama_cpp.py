@@ -1,5 +1,16 @@
 """`llama-cpp`: layers split between GPU and CPU, small batches (llama.cpp, ggml-org/llama.cpp).
 
+Defaults (as deployed: llama-server of a current release, ``systems_db/llama-cpp.yaml``): ``-np`` auto, 4
+slots sharing one KV cache of ``-c 0`` = the model's trained context; ``--fit on`` (PR #16653): if the model
+and that context do not fit the GPU with a 1 GiB margin, the context shrinks to 4096 tokens (never below what
+the slots hold, in moesim), then every MoE layer goes to the GPU "dense-only" - attention, router, shared
+experts there, its routed experts in host memory, run by the CPU (or uploaded by op offload for a prompt
+ubatch) - and layers are made whole again front to back while they fit; if even dense-only layers do not all
+fit, the first layers leave the GPU whole. ``fit=False`` is the placement of releases before ``--fit``
+(MoE-Gen's comparison, early 2025): whole layers, ``n_gpu_layers`` of them or the most that fit, with
+``n_parallel`` set (1 then: ``llama-cli`` and the server's old default). ``--policy best`` tries 1 to 256
+slots with both placements.
+
 Where data lives (``-ngl N``, llama.cpp ``llama_model::load_tensors``): the last N repeating
 layers and their KV cache on the GPU(s) (``--split-mode layer``: whole layers spread over the GPUs,
 run one after the other), the other layers and their KV cache in host memory, the token embedding
@@ -58,6 +69,7 @@ Not modelled: quantized GGUF types other than the dtype given (DeepSeek's fp8 st
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Callable
 
@@ -80,8 +92,16 @@ NATIVE = costs.Execution("native")
 class LlamaCppParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     n_gpu_layers: int | None = Field(default=None, ge=0,
-                                     description="repeating layers on the GPU (-ngl); None = the most that fit")
-    n_parallel: int = Field(default=1, ge=1, description="sequences decoded together (llama-server -np)")
+                                     description="repeating layers on the GPU (-ngl), whole layers; None = what --fit "
+                                                 "chooses (or, with fit off, the most whole layers that fit)")
+    n_parallel: int | None = Field(default=None, ge=1, description="sequences decoded together (llama-server -np); "
+                                                                   "None = llama-server's auto (4 slots)")
+    fit: bool = Field(default=True, description="llama.cpp's --fit (on by default since b7xxx, PR #16653): shrink the "
+                                                "context toward fit_ctx_tokens, then keep dense weights on the GPU and "
+                                                "move MoE experts to host memory until the rest fits; off = whole "
+                                                "layers on the GPU, n_gpu_layers of them (releases before --fit)")
+    ctx_tokens: int | None = Field(default=None, ge=1, description="KV cache size (-c), tokens shared by the slots; "
+                                                                   "None = the model's trained context (-c 0)")
     ubatch_tokens: int = Field(default=512, ge=1, description="physical batch of prompt processing (-ub)")
     op_offload: bool = Field(default=True, description="compute CPU-resident weights on the GPU for batches of "
                                                        ">= op_offload_min_batch tokens, copying them every ubatch")
@@ -93,9 +113,10 @@ class LlamaCppParams(BaseModel):
 class LlamaCpp(ServingSystem):
     name = "llama-cpp"
     execution_modes = {"prefill": "native", "decode": "native"}
+    searches_policy = True
     Params = LlamaCppParams
-    summary = ("small batches of n_parallel sequences; whole layers split between GPU and CPU, each layer's KV "
-               "cache with its layer; CPU layers bounded by DRAM bandwidth")
+    summary = ("llama-server's n_parallel slots (4); --fit: MoE layers on the GPU without their routed experts "
+               "(host memory, run by the CPU), whole layers while they fit; each layer's KV cache with its attention")
 
     # ---- placement ----------------------------------------------------------------------------
     def _layer_bytes(self, ctx: Context, i: int) -> float:
@@ -112,48 +133,88 @@ class LlamaCpp(ServingSystem):
             span = min(span, a.window_tokens)
         return seqs * span * ctx.kv_bytes_per_token_layer()
 
+    def _expert_layer_bytes(self, ctx: Context, i: int) -> float:
+        """The routed experts' weights of layer ``i`` (what --fit moves to host memory first)."""
+        m = ctx.model
+        return m.moe.num_experts * ctx.expert_weight_bytes if m.is_moe_layer(i) else 0.0
+
     def _placement(self, ctx: Context, seqs: int) -> dict:
-        """Choose n_gpu_layers; return the layout (bytes on each side, miss rate of the page cache)."""
+        """Where every layer lives: the last ``ngl`` repeating layers on the GPU, the first ``full`` of those whole
+        and the others dense-only (attention, router, shared experts on the GPU, routed experts in host memory:
+        --fit's MoE placement); the layout's bytes on each side and the page-cache miss rate.
+
+        With --fit (:meth:`_fit`), else whole layers: ``n_gpu_layers``, or the most whole layers that fit."""
         p, m, prm = ctx.platform, ctx.model, self.params
         L = m.num_layers
         cap = p.num_gpus * p.usable_gpu_memory_bytes_per_gpu
         layer = [self._layer_bytes(ctx, i) for i in range(L)]
-        kv = [self._kv_layer_bytes(ctx, i, seqs) for i in range(L)]
+        experts = [self._expert_layer_bytes(ctx, i) for i in range(L)]
+        span = ctx.workload.total_context_tokens
+        need_tokens = seqs * span
+        n_ctx = prm.ctx_tokens or (m.max_context_tokens if prm.fit else need_tokens)
+        if n_ctx < need_tokens:
+            raise InfeasibleError(f"llama-cpp: a KV cache of {n_ctx} tokens (-c) cannot hold {seqs} slots of "
+                                  f"{span} tokens; give ctx_tokens >= {need_tokens}")
         head = m.lm_head_params * ctx.wbytes
         c = self.constants
         logits = prm.ubatch_tokens * m.vocab_size * BYTES_PER_ELEMENT[c.value("logits_dtype")]
         # each GPU holds a compute buffer of one ubatch's whole activations, in ggml's dtype (fp32)
         compute = activation_bytes(ctx, prm.ubatch_tokens, c.value("activation_dtype"), shards=1) * p.num_gpus + logits
-        staging = max(layer) if prm.op_offload else 0.0
 
-        def need(k: int, out_gpu: bool) -> float:
-            total = sum(layer[L - k:]) + sum(kv[L - k:]) + compute if k else compute
-            return total + (head if out_gpu else 0.0) + (staging if k < L else 0.0)
+        def kv(i: int, tokens: int) -> float:
+            """KV bytes of layer i for a cache of ``tokens`` (a sliding-window layer keeps a window per slot)."""
+            a = ctx.model.attention
+            if a.is_windowed(i) and a.window_tokens:
+                tokens = min(tokens, seqs * min(span, a.window_tokens))
+            return tokens * ctx.kv_bytes_per_token_layer()
 
-        options = [(L, True), (L, False)] + [(k, False) for k in range(L - 1, -1, -1)]
+        def need(k: int, full: int, out_gpu: bool, tokens: int) -> float:
+            """GPU bytes with the last k layers there, the first ``full`` of them whole, the others dense-only,
+            plus (op offload) a staging copy of the largest host-resident part of a layer."""
+            first = L - k
+
+            def host_part(i: int) -> float:
+                return layer[i] if i < first else experts[i] if i - first >= full else 0.0
+
+            weights = sum(layer[i] - host_part(i) for i in range(first, L))
+            staged = max(host_part(i) for i in range(L)) if prm.op_offload else 0.0
+            return (weights + sum(kv(i, tokens) for i in range(first, L)) + compute + (head if out_gpu else 0.0)
+                    + staged)
+
+        notes: list[str] = []
         if prm.n_gpu_layers is not None:
             k = min(prm.n_gpu_layers, L)
-            forced = (k, prm.n_gpu_layers > L)
-            if need(*forced) > cap:
+            ngl, full, out_gpu = k, k, prm.n_gpu_layers > L
+            if prm.fit and prm.ctx_tokens is None and need(ngl, full, out_gpu, n_ctx) > cap:
+                # --fit still sets what the user left unset: the context, down to fit_ctx_tokens
+                small = max(min(n_ctx, int(self.constants.value("fit_ctx_tokens"))), need_tokens)
+                if small < n_ctx:
+                    notes.append(f"--fit: context reduced from {n_ctx} to {small} tokens")
+                    n_ctx = small
+            if need(ngl, full, out_gpu, n_ctx) > cap:
                 raise InfeasibleError(
-                    f"llama-cpp: n_gpu_layers={prm.n_gpu_layers} needs {fmt_bytes(need(*forced))} of GPU memory "
-                    f"(layer weights, their KV for {seqs} x {ctx.workload.total_context_tokens} tokens, compute "
-                    f"buffer), {fmt_bytes(cap)} usable on {p.num_gpus} x {p.gpu.name}: short by "
-                    f"{fmt_bytes(need(*forced) - cap)}")
-            ngl, out_gpu = forced
+                    f"llama-cpp: n_gpu_layers={prm.n_gpu_layers} needs {fmt_bytes(need(ngl, full, out_gpu, n_ctx))} of "
+                    f"GPU memory (layer weights, their KV for {n_ctx} tokens, compute buffer), {fmt_bytes(cap)} "
+                    f"usable on {p.num_gpus} x {p.gpu.name}: short by "
+                    f"{fmt_bytes(need(ngl, full, out_gpu, n_ctx) - cap)}")
+        elif prm.fit:
+            ngl, full, out_gpu, n_ctx = self._fit(ctx, need, cap, n_ctx, need_tokens, notes)
         else:
-            first_fit = next((o for o in options if need(*o) <= cap), None)  # options go from most to least
+            options = [(L, True), (L, False)] + [(k, False) for k in range(L - 1, -1, -1)]
+            first_fit = next((o for o in options if need(o[0], o[0], o[1], n_ctx) <= cap), None)
             if first_fit is None:
                 raise InfeasibleError(
-                    f"llama-cpp: not even the compute buffer fits on the GPU: {fmt_bytes(need(0, False))} needed, "
-                    f"{fmt_bytes(cap)} usable: short by {fmt_bytes(need(0, False) - cap)}")
-            ngl, out_gpu = first_fit
-        cpu_weights = sum(layer[: L - ngl]) + m.embedding_params * ctx.wbytes + (0.0 if out_gpu else head)
-        cpu_kv = sum(kv[: L - ngl])
+                    f"llama-cpp: not even the compute buffer fits on the GPU: {fmt_bytes(need(0, 0, False, n_ctx))} "
+                    f"needed, {fmt_bytes(cap)} usable: short by {fmt_bytes(need(0, 0, False, n_ctx) - cap)}")
+            (ngl, out_gpu), full = first_fit, first_fit[0]
+        gpu_first = L - ngl
+        cpu_weights = (sum(layer[:gpu_first]) + sum(experts[gpu_first + full:]) + m.embedding_params * ctx.wbytes
+                       + (0.0 if out_gpu else head))
+        cpu_kv = sum(kv(i, n_ctx) for i in range(gpu_first))
         usable = p.usable_host_memory_bytes
         if cpu_kv > usable:
             raise InfeasibleError(
-                f"llama-cpp: the KV cache of the {L - ngl} CPU layers needs {fmt_bytes(cpu_kv)} of host memory, "
+                f"llama-cpp: the KV cache of the {gpu_first} CPU layers needs {fmt_bytes(cpu_kv)} of host memory, "
                 f"{fmt_bytes(usable)} usable: short by {fmt_bytes(cpu_kv - usable)}")
         resident = min(cpu_weights, usable - cpu_kv)
         if cpu_weights > resident and not prm.use_mmap:
@@ -165,29 +226,64 @@ class LlamaCpp(ServingSystem):
             raise InfeasibleError(f"llama-cpp: {fmt_bytes(cpu_weights - resident)} of weights exceed host memory "
                                   f"and the disk ({fmt_bytes(p.disk.capacity_bytes)})")
         return {
-            "ngl": ngl, "out_gpu": out_gpu, "gpu_bytes": need(ngl, out_gpu), "cpu_weights": cpu_weights,
-            "cpu_kv": cpu_kv, "host_resident": resident + cpu_kv,
-            "miss": (cpu_weights - resident) / cpu_weights if cpu_weights else 0.0,
-            "staging": staging if ngl < L else 0.0,
+            "ngl": ngl, "full": full, "out_gpu": out_gpu, "n_ctx": n_ctx, "gpu_bytes": need(ngl, full, out_gpu, n_ctx),
+            "cpu_weights": cpu_weights, "cpu_kv": cpu_kv, "host_resident": resident + cpu_kv,
+            "miss": (cpu_weights - resident) / cpu_weights if cpu_weights else 0.0, "notes": notes,
         }
+
+    def _fit(self, ctx: Context, need: Callable, cap: float, n_ctx: int, need_tokens: int,
+             notes: list[str]) -> tuple[int, int, bool, int]:
+        """llama.cpp's --fit (``common_params_fit``, PR #16653): keep ``fit_target_bytes`` free on the GPU; if the
+        whole model and its context do not fit, shrink the context to ``fit_ctx_tokens`` (never below what the
+        slots hold); then, for an MoE, put every layer on the GPU dense-only (routed experts in host memory) and
+        make them whole again front to back while they fit; if even dense-only layers do not all fit, the first
+        layers leave the GPU. Returns (GPU layers, whole ones among them, output layer on the GPU, context)."""
+        L = ctx.model.num_layers
+        c = self.constants
+        room = cap - ctx.platform.num_gpus * float(c.value("fit_target_bytes"))
+        if need(L, L, True, n_ctx) <= room:
+            return L, L, True, n_ctx
+        small = max(min(n_ctx, int(c.value("fit_ctx_tokens"))), need_tokens)
+        if small < n_ctx:
+            notes.append(f"--fit: context reduced from {n_ctx} to {small} tokens")
+            n_ctx = small
+        if need(L, L, True, n_ctx) <= room:
+            return L, L, True, n_ctx
+        if ctx.model.moe and need(L, 0, True, n_ctx) <= room:
+            full = max(f for f in range(L + 1) if need(L, f, True, n_ctx) <= room)
+            notes.append(f"--fit: {L - full} dense-only layers (routed experts in host memory) and {full} whole "
+                         "layers on the GPU")
+            return L, full, True, n_ctx
+        dense = 0 if ctx.model.moe else None
+        for k in range(L - 1, -1, -1):
+            if need(k, k if dense is None else 0, False, n_ctx) <= room:
+                notes.append(f"--fit: {k} of {L} layers on the GPU" + (" (dense-only)" if dense == 0 else ""))
+                return k, k if dense is None else 0, False, n_ctx
+        raise InfeasibleError(
+            f"llama-cpp: not even the compute buffer fits on the GPU next to --fit's margin: "
+            f"{fmt_bytes(need(0, 0, False, n_ctx))} needed, {fmt_bytes(room)} usable")
 
     # ---- one forward pass ------------------------------------------------------------------------
     @staticmethod
-    def _runs(ctx: Context, ngl: int) -> tuple[tuple[tuple[str, LayerKind], int], ...]:
-        """((device, layer kind), count) of each run of consecutive layers alike, in layer order, the last
-        ``ngl`` layers on the GPU (a function of the model and ``ngl``: kept on the context)."""
+    def _runs(ctx: Context, ngl: int, full: int) -> tuple[tuple[tuple[str, LayerKind], int], ...]:
+        """((device, layer kind), count) of each run of consecutive layers alike, in layer order: the last ``ngl``
+        layers on the GPU, the first ``full`` of those whole ("gpu"), the others dense-only ("dense": routed
+        experts in host memory), the rest "cpu" (a function of the model, ``ngl`` and ``full``: kept on the
+        context)."""
         def build() -> tuple:
             m, L = ctx.model, ctx.model.num_layers
             runs: list[list] = []
             for i in range(L):
-                key = ("gpu" if i >= L - ngl else "cpu", LayerKind(m.is_moe_layer(i), m.attention.is_windowed(i)))
+                moe = m.is_moe_layer(i)
+                dev = "cpu" if i < L - ngl else "gpu" if i - (L - ngl) < full or not moe else "dense"
+                key = (dev, LayerKind(moe, m.attention.is_windowed(i)))
                 if runs and runs[-1][0] == key:
                     runs[-1][1] += 1
                 else:
                     runs.append([key, 1])
             return tuple((key, count) for key, count in runs)
 
-        return ctx.memo(("llama-cpp layer runs", ngl), build)
+        return ctx.memo(("llama-cpp layer runs", ngl, full), build)
 
     def _layer_tasks(self, ctx: Context, lay: dict, seqs: float, q_len: int,
                      kv_len: int) -> Callable[[tuple[str, LayerKind]], list[tuple]]:
@@ -218,8 +314,36 @@ class LlamaCpp(ServingSystem):
                 + (m.router_params * ctx.wbytes if m.moe else 0.0),
                 False: ctx.attention_weight_bytes + ctx.dense_ffn_weight_bytes}
         kv_bytes = seqs * kv_len * ctx.kv_bytes_per_token_layer()
+        expert_read = active * ctx.expert_weight_bytes
+        hidden_bytes = tokens * m.hidden_size * BYTES_PER_ELEMENT[self.constants.value("activation_dtype")]
+
+        def dense_only(kind: LayerKind) -> list[tuple]:
+            """A layer whose routed experts stay in host memory (--fit): attention, router and shared experts on
+            the GPU; the experts on the CPU (hidden state there and back), or, with op offload, uploaded and run on
+            the GPU."""
+            g = ctx.gpu_s
+            out = [("attn proj", "gpu", g(proj), "attention", 0.0),
+                   ("attention", "gpu", g(attn[kind.windowed]), "attention", 0.0)]
+            mods = dict((name, cost) for name, cost, _ in moe_mods)
+            out.append(("router", "gpu", g(mods["router"]), "router", 0.0))
+            if offload:
+                out.append(("experts H2D (op offload)", "h2d", ctx.copy_s(expert_read, upload_path), "transfer",
+                            expert_read))
+                out.append(("experts", "gpu", g(mods["experts"]), "experts", 0.0))
+            else:
+                out.append(("hidden state D2H", "d2h", ctx.d2h_s(hidden_bytes), "transfer", hidden_bytes))
+                if lay["miss"] > 0:
+                    miss = expert_read * lay["miss"]
+                    out.append(("page faults (experts from disk)", "disk", ctx.disk_s(miss), "transfer", miss))
+                out.append(("experts (CPU)", "cpu", ctx.cpu_s(cpu_experts), "experts", 0.0))
+                out.append(("expert output H2D", "h2d", ctx.h2d_s(hidden_bytes), "transfer", hidden_bytes))
+            if "shared experts" in mods:
+                out.append(("shared experts", "gpu", g(mods["shared experts"]), "experts", 0.0))
+            return out
 
         def build(dev: str, kind: LayerKind) -> list[tuple]:
+            if dev == "dense":
+                return dense_only(kind)
             out = []
             if dev == "cpu" and lay["miss"] > 0:
                 miss = read[kind.moe] * lay["miss"]
@@ -270,12 +394,13 @@ class LlamaCpp(ServingSystem):
 
         def cross_over(eng: Engine, key: tuple[str, LayerKind]) -> None:
             """The hidden state moves to the GPU where a run of GPU layers follows CPU layers."""
-            if key[0] != where["dev"]:
+            dev = "cpu" if key[0] == "cpu" else "gpu"  # a dense-only layer starts and ends on the GPU
+            if dev != where["dev"]:
                 eng.add("hidden state H2D", "h2d", cross, [len(eng.tasks) - 1], category="transfer",
                         nbytes=hidden_bytes)
-            where["dev"] = key[0]
+            where["dev"] = dev
 
-        ext = simulate_layers(engine, self._runs(ctx, lay["ngl"]), layer, cross_over)
+        ext = simulate_layers(engine, self._runs(ctx, lay["ngl"], lay["full"]), layer, cross_over)
         head = costs.lm_head(m.hidden_size, m.vocab_size, max(rows, 1.0), ctx.wdtype)
         last = len(engine.tasks) - 1
         if lay["out_gpu"]:
@@ -289,34 +414,69 @@ class LlamaCpp(ServingSystem):
 
     # ---- plan -----------------------------------------------------------------------------------
     def plan(self, ctx: Context) -> Plan:
-        w, prm = ctx.workload, self.params
+        """As deployed: llama-server's defaults (``n_parallel`` auto = ``n_parallel_auto`` slots, --fit on, -c 0,
+        -ub 512); ``--policy best`` also tries 1 to 256 slots (powers of 4) with --fit and with whole layers, and
+        keeps the fastest (never slower than as deployed, which is among them)."""
+        if self.policy != "best" or ctx.workload.batch_size:
+            return self._plan(ctx, self.params)
+        fits = [self.params.fit] if "fit" in self.params.model_fields_set else [True, False]
+        slots = ([self.params.n_parallel] if self.params.n_parallel
+                 else sorted({int(self.constants.value("n_parallel_auto")), 1, 4, 16, 64, 256}))
+        plans = []
+        for fit in fits:
+            for n in slots:
+                if n > 4 * ctx.workload.num_requests:
+                    continue
+                try:
+                    plans.append(self._plan(ctx, self.params.model_copy(update={"fit": fit, "n_parallel": n})))
+                except InfeasibleError:
+                    if n == 1:
+                        raise
+                    break  # more slots need more KV: fewer fit
+        if not plans:
+            return self._plan(ctx, self.params)
+        return min(plans, key=lambda plan: plan.total_time_s)
+
+    def _plan(self, ctx: Context, prm: LlamaCppParams) -> Plan:
+        w = ctx.workload
         P, G = w.prompt_tokens, w.gen_tokens
-        batch, num_batches = balanced_batches(w.num_requests, w.batch_size or prm.n_parallel)
-        lay = self._placement(ctx, batch)
+        slots = prm.n_parallel or int(self.constants.value("n_parallel_auto"))
+        other = copy.copy(self)
+        other.params = prm
+        batch, num_batches = balanced_batches(w.num_requests, w.batch_size or slots)
+        lay = other._placement(ctx, batch)
         ub = min(prm.ubatch_tokens, batch * P)
-        prefill = self._pass(ctx, lay, ub / P, P, P, ub / P)
+        prefill = other._pass(ctx, lay, ub / P, P, P, ub / P)
         passes = math.ceil(batch * P / ub)
-        decode_s, points = simpson_decode_time(lambda c: self._pass(ctx, lay, batch, 1, c, batch), P, G)
+        decode_s, points = simpson_decode_time(lambda c: other._pass(ctx, lay, batch, 1, c, batch), P, G)
         L = ctx.model.num_layers
-        notes = [f"n_gpu_layers = {lay['ngl']} of {L} (the last ones); output layer on the "
-                 f"{'GPU' if lay['out_gpu'] else 'CPU'}; {L - lay['ngl']} layers on the CPU"]
-        if prm.op_offload and ub >= prm.op_offload_min_batch and lay["ngl"] < L:
-            notes.append(f"prefill: CPU layers' weights copied to the GPU every ubatch of {ub} tokens (op offload, "
+        dense = lay["ngl"] - lay["full"] if ctx.model.moe else 0
+        notes = [f"n_gpu_layers = {lay['ngl']} of {L} (the last ones"
+                 + (f"; {dense} of them dense-only, their routed experts in host memory" if dense else "")
+                 + f"); output layer on the {'GPU' if lay['out_gpu'] else 'CPU'}; {L - lay['ngl']} layers on the CPU",
+                 f"{slots} slots (llama-server -np{' auto' if prm.n_parallel is None else ''}), KV cache of "
+                 f"{lay['n_ctx']} tokens", *lay["notes"]]
+        if prm.op_offload and ub >= prm.op_offload_min_batch and (lay["ngl"] < L or dense):
+            notes.append(f"prefill: host-resident weights copied to the GPU every ubatch of {ub} tokens (op offload, "
                          f"{'pageable' if prm.use_mmap else 'pinned'} host memory)")
         if lay["miss"] > 0:
             notes.append(f"weights exceed host memory: {lay['miss']:.0%} of CPU-layer weight reads come from "
                          f"{ctx.platform.disk.name} (mmap page cache)")
-        config = {"batch_size": batch, "n_parallel": prm.n_parallel, "n_gpu_layers": lay["ngl"],
-                  "output_on_gpu": lay["out_gpu"], "ubatch_tokens": ub, "op_offload": prm.op_offload,
-                  "page_cache_miss_fraction": lay["miss"]}
-        placement = {"weights": f"gpu ({lay['ngl']} layers) + host ({L - lay['ngl']} layers, embedding"
-                                f"{'' if lay['out_gpu'] else ', output'})" + (" + disk" if lay["miss"] else ""),
-                     "kv_cache": "with each layer (gpu / host)"}
+        config = {"batch_size": batch, "n_parallel": slots, "fit": prm.fit, "n_gpu_layers": lay["ngl"],
+                  "dense_only_layers": dense, "ctx_tokens": lay["n_ctx"], "output_on_gpu": lay["out_gpu"],
+                  "ubatch_tokens": ub, "op_offload": prm.op_offload, "page_cache_miss_fraction": lay["miss"]}
+        placement = {"weights": f"gpu ({lay['ngl']} layers" + (f", {dense} without routed experts" if dense else "")
+                                + f") + host ({L - lay['ngl']} layers, embedding"
+                                + (", routed experts of the dense-only layers" if dense else "")
+                                + f"{'' if lay['out_gpu'] else ', output'})" + (" + disk" if lay["miss"] else ""),
+                     "kv_cache": "with each layer's attention (gpu / host)"}
 
         def host(tokens: float) -> HostShare:
-            """The CPU layers run on the CPU unless op offload computes them on the GPU (batches of >= min tokens)."""
+            """The CPU layers run on the CPU unless op offload computes them on the GPU (batches of >= min tokens);
+            the routed experts of dense-only layers likewise (counted as the CPU's when every layer is dense-only)."""
             on_gpu = prm.op_offload and tokens >= prm.op_offload_min_batch
-            return HostShare(layers=() if on_gpu else tuple(range(L - lay["ngl"])), lm_head=not lay["out_gpu"])
+            return HostShare(layers=() if on_gpu else tuple(range(L - lay["ngl"])), lm_head=not lay["out_gpu"],
+                             routed_experts=not on_gpu and dense > 0 and lay["full"] == 0)
 
         return self.make_plan((batch, num_batches), (prefill, passes, ub), (decode_s, points), config=config,
                               host_mem_bytes=lay["host_resident"], placement=placement, notes=notes,

@@ -19,10 +19,16 @@ One decode step, per layer (Figure 6 DAG):
 The copy engine serves requests in submission order, and buffers are rings: a copy waits for
 the compute that frees its slot. Prefill is the same without KV copies (KV goes D2H).
 
-Batch sizes (section 4.3): decode B is the largest that host memory allows (KV of B
-sequences next to the weights), capped by the workload; b_a and omega are chosen by
-enumeration, each candidate timed by simulating the DAG; the prefill accumulation is the
-largest number of prompts whose hidden states fit on the GPU next to the buffers.
+Batch sizes. As deployed (the released repository, which has no scheduler or search: shared/reference/
+offload-systems.md 1.6): decode B is the most sequences the host KV cache holds (MoE-Gen's
+``host_kv_cache_size``, by default the host memory the weights leave), capped by the workload;
+b_a and the prompts per prefill pass are the model's initializer defaults (``systems_db/moe-gen.yaml``,
+scaled by context and GPU memory as the initializers scale them); omega is 0.6 for moe-gen (MoE-Gen's
+mode-2 split) and 0 for moe-gen-gpu and MLA models. A model MoE-Gen has no initializer for gets moesim's
+search. ``--policy best`` (section 4.3's search, which the paper describes and the release lacks): b_a and
+omega chosen by enumeration, each candidate timed by simulating the DAG; the prefill accumulation the
+largest number of prompts whose hidden states fit on the GPU next to the buffers; a model larger than host
+memory runs with its overflow paged from disk.
 Simplifications (documented): experts are grouped into at most ``max_tasks_per_module``
 copy/compute tasks per layer and micro-batches likewise; no S_Params caching of experts.
 
@@ -33,6 +39,7 @@ searched fraction omega on the CPU). GPU working-set rules: ``systems_db/moe-gen
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Callable, Literal, NamedTuple
 
@@ -74,10 +81,13 @@ class _PassTimes(NamedTuple):
 
 class MoEGenParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    batch_size: int | None = Field(default=None, ge=1, description="accumulated decode batch B; None = host max")
-    attention_micro_batch: int | None = Field(default=None, ge=1, description="b_a; None = searched")
-    cpu_attention_fraction: float | None = Field(default=None, ge=0, le=1, description="omega; None = searched")
-    prefill_batch: int | None = Field(default=None, ge=1, description="prompts per prefill pass; None = searched")
+    batch_size: int | None = Field(default=None, ge=1, description="accumulated decode batch B; None = what the host KV cache holds")
+    attention_micro_batch: int | None = Field(default=None, ge=1, description="b_a; None = MoE-Gen's per-model initializer value "
+                                                                                  "(searched with --policy best)")
+    cpu_attention_fraction: float | None = Field(default=None, ge=0, le=1, description="omega; None = 0.6 (MoE-Gen's mode-2 split; "
+                                                                                          "0 for MLA), searched with --policy best")
+    prefill_batch: int | None = Field(default=None, ge=1, description="prompts per prefill pass; None = MoE-Gen's per-model "
+                                                                               "initializer value (searched with --policy best)")
     attention_micro_batch_grid: tuple[int, ...] = Field(
         default=(32, 128, 512), description="attention micro-batch sizes b_a the policy search tries")
     cpu_attention_grid: tuple[float, ...] = Field(
@@ -104,6 +114,7 @@ class MoEGenParams(BaseModel):
 
 class MoEGen(ServingSystem):
     name = "moe-gen"
+    searches_policy = True
     summary = ("module-based batching: weights and KV in host memory, attention in GPU micro-batches "
                "(optionally part on the CPU), experts on the accumulated batch with weights streamed over PCIe")
     Params = MoEGenParams
@@ -425,10 +436,102 @@ class MoEGen(ServingSystem):
             )
         return best_prefill, best_pb, len(candidates)
 
+    # ---- policies ------------------------------------------------------------------------------
+    def released_defaults(self, ctx: Context) -> dict[str, int | float] | None:
+        """MoE-Gen's own settings for ``ctx``'s model, as its repository's per-model initializer sets them
+        (``systems_db/moe-gen.yaml``, shared/reference/offload-systems.md 1.6), or None where MoE-Gen has no
+        initializer for the model. With C = prompt + generated tokens (the reserved slot), c0 the model's
+        ``context_base`` and g the GPU-memory factor (x2 at 47-49 GiB, x3 from 78 GiB, for the models the
+        initializer scales, else 1)::
+
+            prefill_batch         = g * (moe_prefill      if C <= c0 else floor(moe_prefill      * c0 / C))
+            attention_micro_batch = g * (attn_decode      if C <= c0 else floor(attn_decode_long * c0 / C))
+
+        each at least 1; ``cpu_attention_fraction`` (omega) is MoE-Gen's CPU share of attention mode 2, 0.6,
+        for GQA models, 0 for MLA models (their initializers force GPU attention)."""
+        c, key = self.constants, ctx.model.name.lower()
+        if f"{key}.attn_decode" not in c.constants:
+            return None
+        span, base = ctx.workload.total_context_tokens, int(c.value(f"{key}.context_base"))
+
+        def scaled(short: str, long: str) -> int:
+            return int(c.value(f"{key}.{short}")) if span <= base else int(c.value(f"{key}.{long}") * base // span)
+
+        gib = ctx.platform.gpu.memory_bytes / 2 ** 30
+        factor = 1
+        if c.value(f"{key}.gpu_scaled"):
+            if c.value("gpu_scale_double_min_gib") <= gib < c.value("gpu_scale_double_max_gib"):
+                factor = 2
+            elif gib >= c.value("gpu_scale_triple_min_gib"):
+                factor = 3
+        omega = 0.0 if ctx.model.attention.kind == "mla" else float(c.value("cpu_attention_fraction_default"))
+        return {"prefill_batch": max(1, factor * scaled("moe_prefill", "moe_prefill")),
+                "attention_micro_batch": max(1, factor * scaled("attn_decode", "attn_decode_long")),
+                "cpu_attention_fraction": omega}
+
     def plan(self, ctx: Context) -> Plan:
+        """As deployed: MoE-Gen's released per-model settings (:meth:`released_defaults`) where the user set none,
+        B the most sequences the host KV cache holds, that cache all host memory the weights leave (MoE-Gen's
+        ``host_kv_cache_size`` default: free memory minus the parameter server), so a model larger than host
+        memory fails as MoE-Gen fails unless ``host_kv_bytes`` reserves room (weights then page from disk).
+        Where the model has no MoE-Gen initializer, or with ``--policy best``, moesim's search chooses b_a, omega
+        and the prefill batch; ``best`` keeps the as-deployed plan where that is faster."""
+        self.refuse_multi_gpu(ctx, "data parallelism over GPUs is not modelled yet")
+        released = self.released_defaults(ctx)
+        if self.policy == "best":
+            searched = self._searched_plan(ctx)
+            if released is None:
+                return searched
+            try:
+                deployed = self._deployed_plan(ctx, released)
+            except InfeasibleError:
+                return searched
+            return deployed if deployed.total_time_s < searched.total_time_s else searched
+        if not self.params.host_kv_bytes:
+            usable, per_seq = ctx.platform.usable_host_memory_bytes, self._host_bytes_per_seq(ctx)
+            if ctx.weight_bytes + per_seq > usable:
+                raise InfeasibleError(
+                    f"moe-gen: its default host KV cache (host memory left by the {fmt_bytes(ctx.weight_bytes)} of "
+                    f"weights) cannot hold one sequence ({fmt_bytes(per_seq)}): {fmt_bytes(usable)} of host memory "
+                    f"usable, short by {fmt_bytes(ctx.weight_bytes + per_seq - usable)}; set host_kv_bytes (MoE-Gen's "
+                    "host_kv_cache_size) to reserve host KV and page weights from disk, or --policy best")
+        if released is None:
+            plan = self._searched_plan(ctx)
+            plan.notes.append(f"MoE-Gen has no initializer for {ctx.model.name} (it ships Mixtral and DeepSeek ones): "
+                              "its attention micro-batch, CPU share and prefill batch are moesim's search")
+            return plan
+        return self._deployed_plan(ctx, released)
+
+    def _deployed_plan(self, ctx: Context, released: dict[str, int | float]) -> Plan:
+        """The plan with MoE-Gen's released settings where the user gave none. A setting that does not fit
+        moesim's GPU memory accounting is halved until it does, and the plan says so."""
+        wanted = {k: v for k, v in released.items() if getattr(self.params, k) is None}
+        update, notes = dict(wanted), []
+        for _ in range(12):
+            other = copy.copy(self)
+            other.params = self.params.model_copy(update=update)
+            try:
+                plan = other._searched_plan(ctx)
+                break
+            except InfeasibleError:
+                smaller = {k: max(1, v // 2) for k, v in update.items() if k != "cpu_attention_fraction" and v > 1}
+                if not smaller:
+                    raise
+                update.update(smaller)
+        else:  # pragma: no cover - twelve halvings reach 1
+            raise InfeasibleError("moe-gen: MoE-Gen's released settings do not fit")
+        for k, v in wanted.items():
+            if update[k] != v:
+                notes.append(f"MoE-Gen's released {k} = {v} does not fit moesim's GPU memory accounting; {update[k]} "
+                             "used")
+        shown = ", ".join(f"{k} {v:g}" for k, v in wanted.items())
+        plan.notes.append(f"as deployed: MoE-Gen's released settings for {ctx.model.name} ({shown or 'all given'})")
+        plan.notes.extend(notes)
+        return plan
+
+    def _searched_plan(self, ctx: Context) -> Plan:
         w = ctx.workload
         p = ctx.platform
-        self.refuse_multi_gpu(ctx, "data parallelism over GPUs is not modelled yet")
         in_host, on_disk, kv_room = self._host_layout(ctx)
         disk_fraction = on_disk / ctx.weight_bytes
         per_seq_host = self._host_bytes_per_seq(ctx)
