@@ -635,6 +635,14 @@ class FlexGen(ServingSystem):
         return fcm.search(self._cost_model_terms(ctx), w.num_requests, prm.gpu_batch_size, prm.num_gpu_batches,
                           fixed, w.batch_size)
 
+    def _from_choice(self, ctx: Context, choice: fcm.FlexGenChoice) -> FlexGenPolicy:
+        """FlexGen's pick as a policy to simulate (a fixed batch shares its N over GPU batches of at most gbs)."""
+        frac = {k.replace("wn", "wd").replace("cn", "cd").replace("hn", "hd"): v for k, v in choice.fractions.items()}
+        gbs, nb = choice.gpu_batch, choice.num_gpu_batches
+        if ctx.workload.batch_size:
+            gbs, nb = self._split(ctx.workload.batch_size, gbs)
+        return FlexGenPolicy(gbs, nb, self.params.cpu_attention, frac, choice.block_time_s)
+
     def _check_fits(self, ctx: Context, pol: FlexGenPolicy, how: str) -> None:
         """InfeasibleError when a policy not of moesim's search (FlexGen's pick, or a given one) overflows
         moesim's memory rows (:meth:`_memory_rows`): FlexGen's runtime would run out of memory ("sometimes a
@@ -642,7 +650,6 @@ class FlexGen(ServingSystem):
         slightly", FlexGen section 4.3)."""
         who = "FlexGen's search picks" if how == "as-deployed" else "the policy given is"
         fixed = self._gpu_fixed_bytes(ctx, pol.gpu_batch)
-        cap = self._gpu_capacity_bytes(ctx)
         rows = self._memory_rows(ctx, pol.gpu_batch, pol.num_gpu_batches, pol.cpu_attention)
         for name, coef, capacity in rows:
             need = sum(v * pol.fractions[k] for k, v in coef.items()) + (fixed if name == "GPU memory" else 0.0)
@@ -654,7 +661,6 @@ class FlexGen(ServingSystem):
                     f"model it needs {fmt_bytes(need)} of {name}, {fmt_bytes(have)} usable: short by "
                     f"{fmt_bytes(need - have)} (FlexGen would run out of memory; set --percent / "
                     f"--gpu-batch-size / --num-gpu-batches, or policy=best)")
-        del cap
 
     def _partial(self, pol: FlexGenPolicy, r: int) -> FlexGenPolicy:
         """The last block of r < bls sequences under ``pol``: ceil(r / gbs) GPU batches sharing r evenly, the
@@ -742,14 +748,21 @@ class FlexGen(ServingSystem):
                     f"flexgen: FlexGen's policy search finds no placement for {ctx.model.name} on "
                     f"{ctx.platform.name} within {self.constants.value('cost_model_memory_fraction')} of the GPU, host "
                     f"and disk memory (its relaxation); try policy=best")
-            frac = {k.replace("wn", "wd").replace("cn", "cd").replace("hn", "hd"): v
-                    for k, v in choice.fractions.items()}
-            gbs, nb = choice.gpu_batch, choice.num_gpu_batches
-            if w.batch_size:
-                gbs, nb = self._split(w.batch_size, gbs)
-            pols = [FlexGenPolicy(gbs, nb, prm.cpu_attention, frac, choice.block_time_s)]
+            pols = [self._from_choice(ctx, choice)]
         else:
             pols = self.candidate_policies(ctx)
+            try:  # FlexGen's own pick competes too: best is never slower than it
+                choice = self.deployed_policy(ctx)
+            except InfeasibleError:
+                choice = None
+            if choice is not None:
+                pol0 = self._from_choice(ctx, choice)
+                try:
+                    self._check_fits(ctx, pol0, "as-deployed")
+                    pols.append(pol0)
+                except InfeasibleError:
+                    pass
+                choice = None
             if not pols:
                 raise self._infeasible(ctx)
 

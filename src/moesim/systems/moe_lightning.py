@@ -298,11 +298,13 @@ class MoELightning(ServingSystem):
 
     def _partial(self, ctx: Context, cand: dict, r: int) -> dict:
         """The last batch of r < N sequences under ``cand``'s policy: its n_ub micro-batches (fewer if r is
-        smaller) share the r sequences evenly; the weight placement r_w is the full batch's."""
+        smaller) share the r sequences evenly; the weight placement r_w is the full batch's (or what fits beside
+        the partial batch's prefill pass, which may hold more prompts when fewer passes are balanced)."""
         n_ub = min(cand["n_ub"], r)
         mu = math.ceil(r / n_ub)
-        part = self._cand(ctx, mu, n_ub, r, cand["r_w"])
-        assert part is not None  # a smaller batch needs no more GPU memory than the full one
+        part = self._cand(ctx, mu, n_ub, r, None)
+        assert part is not None  # its prefill passes hold at most the GPU-memory cap of prompts, like the full one's
+        part["r_w"] = min(part["r_w"], cand["r_w"])  # the full batch's placement (less if its passes are larger)
         return part
 
     def _candidates(self, ctx: Context, n_cap: int, fixed_n: int | None) -> list[dict]:
@@ -658,6 +660,10 @@ class MoELightning(ServingSystem):
         deployed = None
         if how == "best":
             cands = self._candidates(ctx, n_cap, w.batch_size)
+            if not prm.one_prefill_pass:  # MoE-Lightning's own pick competes too: best is never slower than it
+                extra, _, _ = self._deployed_candidates(ctx, n_cap, host_max)
+                seen = {(c["mu"], c["n_ub"], c["n"], c["r_w"]) for c in cands}
+                cands += [c for c in extra if (c["mu"], c["n_ub"], c["n"], c["r_w"]) not in seen]
         else:
             cands, why, deployed = self._deployed_candidates(ctx, n_cap, host_max)
             if not cands:
