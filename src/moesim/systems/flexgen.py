@@ -751,10 +751,9 @@ class FlexGen(ServingSystem):
             pols = [self._from_choice(ctx, choice)]
         else:
             pols = self.candidate_policies(ctx)
-            try:  # FlexGen's own pick competes too: best is never slower than it
+            choice = None
+            if not grids:  # FlexGen's own pick competes too (unless grids were given): never slower than it
                 choice = self.deployed_policy(ctx)
-            except InfeasibleError:
-                choice = None
             if choice is not None:
                 pol0 = self._from_choice(ctx, choice)
                 try:

@@ -660,7 +660,8 @@ class MoELightning(ServingSystem):
         deployed = None
         if how == "best":
             cands = self._candidates(ctx, n_cap, w.batch_size)
-            if not prm.one_prefill_pass:  # MoE-Lightning's own pick competes too: best is never slower than it
+            if not prm.one_prefill_pass and "micro_batch_grid" not in prm.model_fields_set:
+                # MoE-Lightning's own pick competes too (unless a grid was given): best is never slower than it
                 extra, _, _ = self._deployed_candidates(ctx, n_cap, host_max)
                 seen = {(c["mu"], c["n_ub"], c["n"], c["r_w"]) for c in cands}
                 cands += [c for c in extra if (c["mu"], c["n_ub"], c["n"], c["r_w"]) not in seen]
