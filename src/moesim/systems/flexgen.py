@@ -1,5 +1,15 @@
 """`flexgen`: FlexGen's zig-zag block schedule with its LP policy search (Sheng et al., arXiv 2303.06865).
 
+Policy. ``policy="as-deployed"`` (default): the (gbs, n_b, placement) FlexGen's own policy script picks
+(:mod:`._flexgen_cost_model`: its cost model and LP, the constants it ships, fitted on a Google Cloud T4 for
+OPT, its 0.8 memory relaxation and its enumeration), then simulated with moesim's physics below; when
+moesim's memory model says that policy overflows, the error says so (FlexGen's runtime would run out of
+memory). ``policy="best"``: the oracle described below (what tuning could reach; it also tries FlexGen's own
+pick unless a grid is given). ``gpu_batch_size`` + ``num_gpu_batches`` + ``percent`` run a given policy
+exactly (FlexGen's --gpu-batch-size, --num-gpu-batches, --percent). ``cpu_attention`` is FlexGen(c), the
+runtime's --cpu-cache-compute flag (off by default), never switched by the context length. Requests beyond a
+block: full blocks, then a last block of the rest in ceil(rest / gbs) GPU batches, charged for what it holds.
+
 Schedule (section 4.2, Algorithm 1 / ``generation_loop_overlap_multi_batch``): a block of
 bls = gbs x n_b sequences is processed layer by layer; within a layer, the n_b GPU batches of
 gbs sequences run one after the other, so each layer's weights cross PCIe once per block and

@@ -1,5 +1,15 @@
 """`moe-lightning`: CGOPipe with an HRM-style policy search (MoE-Lightning, Cao et al., arXiv 2411.11217).
 
+Policy. ``policy="as-deployed"`` (default): the (mu, n_ub, w_g) MoE-Lightning's own optimizer picks (its
+artifact's ``optimizer.py`` with its ``HardwareConfig`` constants, GPU <= 0.86 and CPU <= 0.8 of memory, the
+prefill working set of the fused MoE kernel capping mu: :mod:`._moe_lightning_optimizer`), simulated with
+moesim's physics below (e.g. 36 x 14 = 504 for Mixtral-8x7B, MTBench padded to 418, on a T4 with 192 GB,
+as published). ``policy="best"``: the search described below (it also tries the optimizer's pick unless a
+grid is given). ``micro_batch_size`` + ``num_micro_batches`` run a given policy exactly; a fixed batch N
+(``--batch``) keeps mu as the cap of a micro-batch (ceil(N / mu) micro-batches sharing N evenly). Requests
+beyond a batch: full batches, then a last one whose n_ub micro-batches share the rest evenly, charged for
+what it holds. MoE-Gen's re-implementation (``one_prefill_pass``) sizes its batch by GPU memory (best).
+
 Where data lives
   weights   pinned host memory; a fraction r_w of every layer stays on the GPU, the rest is
             streamed each forward pass in pages (as many pages as micro-batches) into a GPU
