@@ -156,7 +156,7 @@ def test_flexgen_host_shortfall_is_exactly_what_makes_it_fit():
     so host memory binds. With the reported shortfall more it runs; with a millionth less it does not."""
     work = {"num_requests": 1, "prompt_tokens": 64, "gen_tokens": 16}
     with pytest.raises(InfeasibleError) as err:
-        moesim.predict("deepseek-v2", "c2", "flexgen", work, host_memory_bytes=8e9)
+        moesim.predict("deepseek-v2", "c2", "flexgen", work, host_memory_bytes=8e9, system_params={"policy": "best"})
     message = str(err.value)
     assert "0 B" not in message and "host memory (7.60 GB" in message
     hw = moesim.get_hardware("c2", host_memory_bytes=8e9)
@@ -166,9 +166,11 @@ def test_flexgen_host_shortfall_is_exactly_what_makes_it_fit():
     usable_per_byte = hw.usable_host_memory_bytes / 8e9
     more = (hw.usable_host_memory_bytes + short["host memory"] * (1 + 1e-6)) / usable_per_byte
     less = (hw.usable_host_memory_bytes + short["host memory"] * (1 - 1e-6)) / usable_per_byte
-    assert moesim.predict("deepseek-v2", "c2", "flexgen", work, host_memory_bytes=more).config["wd"] > 0.9
+    best = {"policy": "best"}
+    assert moesim.predict("deepseek-v2", "c2", "flexgen", work, host_memory_bytes=more,
+                          system_params=best).config["wd"] > 0.9
     with pytest.raises(InfeasibleError):
-        moesim.predict("deepseek-v2", "c2", "flexgen", work, host_memory_bytes=less)
+        moesim.predict("deepseek-v2", "c2", "flexgen", work, host_memory_bytes=less, system_params=best)
 
 
 def test_flexgen_gpu_limit_is_that_of_the_smallest_gpu_batch_tried():
@@ -177,7 +179,8 @@ def test_flexgen_gpu_limit_is_that_of_the_smallest_gpu_batch_tried():
     "short by 0 B"."""
     with pytest.raises(InfeasibleError) as err:
         moesim.predict("deepseek-r1", "h100-pcie", "flexgen", {"num_requests": 1000, "prompt_tokens": 9000,
-                                                              "gen_tokens": 1}, host_memory_bytes=64e9)
+                                                              "gen_tokens": 1}, host_memory_bytes=64e9,
+                       system_params={"policy": "best"})
     assert "GPU batch of 2" in str(err.value)
     assert all(x > 1e9 for x in _short_by(str(err.value)))
 

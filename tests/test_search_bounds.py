@@ -81,20 +81,26 @@ def test_moe_lightning_bounds_are_below_every_candidates_simulated_steps(model, 
 ])
 def test_moe_lightning_chooses_the_exhaustive_minimum(model, hardware, workload):
     ctx = context(model, hardware, num_requests=1000, **workload)
-    system = MoELightning()
+    system = MoELightning({"policy": "best"})
     plan = system.plan(ctx)
     n_cap, _, _ = system._batch_cap(ctx)
     w = ctx.workload
 
-    def total(cand):
+    def one(cand):
         decode_s, _ = simpson_decode_time(lambda c: system._decode(ctx, cand, c), w.prompt_tokens, w.gen_tokens)
         prefill = system._prefill(ctx, cand).time_s
-        return math.ceil(w.num_requests / cand["n"]) * (math.ceil(cand["n"] / cand["n_p"]) * prefill + decode_s)
+        return math.ceil(cand["n"] / cand["n_p"]) * prefill + decode_s
+
+    def total(cand):  # full batches, then the last one charged for the sequences it holds
+        b = math.ceil(w.num_requests / cand["n"])
+        r = w.num_requests - (b - 1) * cand["n"]
+        return (b - 1) * one(cand) + (one(cand) if r == cand["n"] else one(system._partial(ctx, cand, r)))
 
     cands = system._candidates(ctx, n_cap, None)
     rank = system._hrm_rank(ctx, cands)
     best = min(range(len(cands)), key=lambda i: (total(cands[i]), rank(i)))
-    assert (plan.batch_size, plan.config["micro_batch_size"]) == (cands[best]["n"], cands[best]["mu"])
+    assert (plan.config["policy_batch_size"], plan.config["policy_micro_batch_size"]) == (cands[best]["n"],
+                                                                                         cands[best]["mu"])
     assert plan.total_time_s == pytest.approx(total(cands[best]), rel=1e-12)
 
 

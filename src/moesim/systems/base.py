@@ -78,6 +78,11 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     host_decode: HostShare = GPU_ONLY  # what the host CPU reads and computes of a decode step (S-MBU, S-MFU)
     host_prefill: HostShare = GPU_ONLY  # ... of a prefill pass (prefill S-MFU)
+    last_batch_time_s: float | None = None  # prefill + decode of a last, partial batch; None: every batch is full
+
+    @property
+    def last_batch_partial(self) -> bool:
+        return self.last_batch_time_s is not None
 
     @property
     def prefill_time_per_batch_s(self) -> float:
@@ -85,7 +90,11 @@ class Plan:
 
     @property
     def total_time_s(self) -> float:
-        return self.num_batches * (self.prefill_time_per_batch_s + self.decode_time_per_batch_s)
+        """num_batches x (prefill + decode) of a batch; a last, partial batch charged for what it holds."""
+        full = self.prefill_time_per_batch_s + self.decode_time_per_batch_s
+        if self.last_batch_time_s is None:
+            return self.num_batches * full
+        return (self.num_batches - 1) * full + self.last_batch_time_s
 
     @property
     def mid_decode(self) -> tuple[int, StepSim]:

@@ -1,5 +1,15 @@
 """`flexgen`: FlexGen's zig-zag block schedule with its LP policy search (Sheng et al., arXiv 2303.06865).
 
+Policy. ``policy="as-deployed"`` (default): the (gbs, n_b, placement) FlexGen's own policy script picks
+(:mod:`._flexgen_cost_model`: its cost model and LP, the constants it ships, fitted on a Google Cloud T4 for
+OPT, its 0.8 memory relaxation and its enumeration), then simulated with moesim's physics below; when
+moesim's memory model says that policy overflows, the error says so (FlexGen's runtime would run out of
+memory). ``policy="best"``: the oracle described below (what tuning could reach; it also tries FlexGen's own
+pick unless a grid is given). ``gpu_batch_size`` + ``num_gpu_batches`` + ``percent`` run a given policy
+exactly (FlexGen's --gpu-batch-size, --num-gpu-batches, --percent). ``cpu_attention`` is FlexGen(c), the
+runtime's --cpu-cache-compute flag (off by default), never switched by the context length. Requests beyond a
+block: full blocks, then a last block of the rest in ceil(rest / gbs) GPU batches, charged for what it holds.
+
 Schedule (section 4.2, Algorithm 1 / ``generation_loop_overlap_multi_batch``): a block of
 bls = gbs x n_b sequences is processed layer by layer; within a layer, the n_b GPU batches of
 gbs sequences run one after the other, so each layer's weights cross PCIe once per block and
@@ -57,7 +67,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..engine import Engine
 from ..errors import InfeasibleError
@@ -72,6 +82,7 @@ from .shared.attention import eager_attention_cost, eager_attention_peak_bytes
 from .shared.memory import (activation_bytes, layer_weight_bytes, max_layer_weight_bytes, prefill_logits_bytes,
                             streamed_weight_bytes)
 from .shared.search import best_by_simulation, decode_mid, simpson_lower_bound
+from . import _flexgen_cost_model as fcm
 
 VARS = ("wg", "wc", "wd", "cg", "cc", "cd", "hg", "hc", "hd")
 GROUPS = ({"wg": 1, "wc": 1, "wd": 1}, {"cg": 1, "cc": 1, "cd": 1}, {"hg": 1, "hc": 1, "hd": 1})  # each sums to 1
@@ -81,12 +92,26 @@ TIE_BREAK = 1e-4  # weight of total I/O time in the LP objective, next to the bl
 
 class FlexGenParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    policy: Literal["as-deployed", "best"] = Field(
+        default="as-deployed",
+        description="as-deployed: the policy FlexGen's own search picks (its cost model, LP, fitted T4 constants "
+                    "and 0.8 memory relaxation); best: every LP solution of the grids simulated on moesim's engine, "
+                    "the fastest kept (setting a grid selects it)")
+    gpu_batch_size: int | None = Field(default=None, ge=1, description="gbs, FlexGen's --gpu-batch-size; None = searched")
+    num_gpu_batches: int | None = Field(default=None, ge=1,
+                                        description="GPU batches per block, FlexGen's --num-gpu-batches; None = searched")
+    percent: tuple[float, ...] | None = Field(
+        default=None,
+        description="FlexGen's --percent: weights on GPU, on CPU, KV on GPU, on CPU, activations on GPU, on CPU "
+                    "(%, the rest of each on disk); None = solved by the LP")
     gpu_batch_grid: tuple[int, ...] = Field(default=(2, 8, 32, 128, 512),
-                                            description="GPU batch sizes gbs enumerated (FlexGen doubles gbs)")
+                                            description="GPU batch sizes gbs enumerated by policy=best")
     num_gpu_batches_grid: tuple[int, ...] = Field(default=(1, 16),
-                                                  description="GPU batches per block n_b (FlexGen: bls / gbs < 20)")
-    cpu_attention: bool | None = Field(
-        default=None, description="FlexGen(c): attention for off-GPU KV on the CPU; None = LP picks the better")
+                                                  description="GPU batches per block n_b tried by policy=best")
+    cpu_attention: bool = Field(
+        default=False,
+        description="FlexGen(c), FlexGen's --cpu-cache-compute: decode attention over off-GPU KV on the CPU "
+                    "(off by default in FlexGen's runtime; its cost model prices it on the CPU either way)")
     kv_pinned: bool = Field(default=False, description="CPU KV cache in pinned memory (FlexGen: not pinned)")
     cpu_attention_traffic: float = Field(
         default=7.0, gt=0,
@@ -103,6 +128,35 @@ class FlexGenParams(BaseModel):
         default=None, ge=1,
         description="best LP policies (by the LP's block time) timed on the engine; None = all of them, which makes "
                     "the choice the simulated optimum, never worse with more bandwidth or FLOP/s")
+
+
+    @field_validator("percent", mode="before")
+    @classmethod
+    def _percent_text(cls, value):
+        """--percent 20,80,0,100,0,100 (FlexGen's own spelling with commas)."""
+        if isinstance(value, str):
+            try:
+                return tuple(float(x) for x in value.replace(",", " ").split())
+            except ValueError:
+                raise ValueError(f"percent takes 6 numbers, got {value!r}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _percent_six(self) -> "FlexGenParams":
+        pc = self.percent
+        if pc is not None and (len(pc) != 6 or any(not 0 <= x <= 100 for x in pc)
+                               or any(pc[i] + pc[i + 1] > 100 + 1e-9 for i in (0, 2, 4))):
+            raise ValueError("percent takes 6 values in [0, 100]: weights GPU, CPU, KV GPU, CPU, activations "
+                             "GPU, CPU, each pair summing to at most 100")
+        return self
+
+    def fractions(self) -> dict[str, float] | None:
+        """--percent as the LP's fractions (disk the rest of each group)."""
+        if self.percent is None:
+            return None
+        wg, wc, cg, cc, hg, hc = (x / 100 for x in self.percent)
+        return {"wg": wg, "wc": wc, "wd": max(0.0, 1 - wg - wc), "cg": cg, "cc": cc, "cd": max(0.0, 1 - cg - cc),
+                "hg": hg, "hc": hc, "hd": max(0.0, 1 - hg - hc)}
 
 
 @dataclass(frozen=True)
@@ -516,25 +570,113 @@ class FlexGen(ServingSystem):
 
     # ---- search ----------------------------------------------------------------------------------------
     def _delegations(self, ctx: Context) -> list[bool]:
-        """Whether attention over off-GPU KV runs on the CPU: the parameter, or FlexGen's rule (section 4.3):
-        delegate when the context is >= 512 tokens."""
-        w = ctx.workload
-        if self.params.cpu_attention is not None:
-            return [self.params.cpu_attention]
-        return [w.prompt_tokens + w.gen_tokens // 2 >= 512]
+        """Whether attention over off-GPU KV runs on the CPU: the ``cpu_attention`` parameter (FlexGen(c)), a
+        flag of FlexGen's runtime, never switched by the workload."""
+        return [self.params.cpu_attention]
+
+    @staticmethod
+    def _split(n: int, gbs: int) -> tuple[int, int]:
+        """(GPU batch, GPU batches) of a block of n sequences in GPU batches of at most gbs, shared evenly."""
+        nb = math.ceil(n / gbs)
+        return math.ceil(n / nb), nb
 
     def _block_splits(self, ctx: Context) -> list[tuple[int, int]]:
-        """(gbs, n_b) pairs tried: every pair of the grids whose block bls = gbs n_b is at most the requests (a
-        larger block only pads), or, with fewer requests than the smallest GPU batch of the grid, one block of
-        them all; with a fixed batch, every split of it into n_b GPU batches of the grid (n_b = 1 always)."""
-        w = ctx.workload
+        """(gbs, n_b) pairs policy=best tries: every pair of the grids (or the given gpu_batch_size /
+        num_gpu_batches) whose block bls = gbs n_b is at most the requests (a larger block only pads), or, with
+        fewer requests than the smallest GPU batch of the grid, one block of them all; with a fixed batch N,
+        ceil(N / gbs) GPU batches sharing N evenly for each gbs (the GPU batch is a cap, not changed to fit)."""
+        w, prm = ctx.workload, self.params
+        gbs_grid = sorted({prm.gpu_batch_size} if prm.gpu_batch_size else set(prm.gpu_batch_grid))
+        nb_grid = sorted({prm.num_gpu_batches} if prm.num_gpu_batches else set(prm.num_gpu_batches_grid))
         wanted = w.batch_size
         if wanted is not None:
-            return sorted({(wanted // nb, nb) for nb in set(self.params.num_gpu_batches_grid) | {1}
-                           if wanted % nb == 0})
-        pairs = [(gbs, nb) for gbs in sorted(set(self.params.gpu_batch_grid))
-                 for nb in sorted(set(self.params.num_gpu_batches_grid)) if gbs * nb <= w.num_requests]
+            pairs = {self._split(wanted, min(g, wanted)) for g in gbs_grid}
+            return sorted(p for p in pairs if not prm.num_gpu_batches or p[1] == prm.num_gpu_batches) \
+                or [self._split(wanted, min(gbs_grid[0], wanted))]
+        pairs = [(gbs, nb) for gbs in gbs_grid for nb in nb_grid if gbs * nb <= w.num_requests]
+        if prm.gpu_batch_size and prm.num_gpu_batches:
+            pairs = [(prm.gpu_batch_size, prm.num_gpu_batches)]
         return pairs or [(w.num_requests, 1)]
+
+    # ---- FlexGen's own search (policy=as-deployed) -----------------------------------------------------
+    def _cost_model_terms(self, ctx: Context) -> fcm.FlexGenTerms:
+        """What FlexGen's cost model sees: moesim's sizes of the model (a layer with every expert), FlexGen's
+        fitted constants (``systems_db/flexgen.yaml``, GCP T4), the platform's GPU, host and disk capacities
+        (its --gpu-mem, --cpu-mem, --nvme-mem)."""
+        m, p, w, k = ctx.model, ctx.platform, ctx.workload, self.constants
+        gib = 2 ** 30
+        a = m.attention
+        if m.moe:
+            ffn_width = m.moe.top_k * m.moe.expert_intermediate_size
+            ffn_flop = 2 * (m.moe.top_k * m.expert_params + m.shared_expert_params)
+        else:
+            ffn_width, ffn_flop = m.dense_ffn.intermediate_size, 2 * m.dense_ffn_params
+        const = {"ctog_bdw": k.value("cost_model_ctog_gib_per_s") * gib,
+                 "gtoc_bdw_cache": k.value("cost_model_gtoc_cache_gib_per_s") * gib,
+                 "gtoc_bdw_hidden": k.value("cost_model_gtoc_hidden_gib_per_s") * gib,
+                 "dtoc_bdw": k.value("cost_model_dtoc_gib_per_s") * gib,
+                 "ctod_bdw_cache_p": k.value("cost_model_ctod_cache_prefill_gib_per_s") * gib,
+                 "ctod_bdw_hidden_p": k.value("cost_model_ctod_hidden_prefill_gib_per_s") * gib,
+                 "ctod_bdw_g": k.value("cost_model_ctod_decode_gib_per_s") * gib,
+                 "mm_flops_p": k.value("cost_model_mm_prefill_tflop_per_s") * 1e12,
+                 "mm_flops_g": k.value("cost_model_mm_decode_tflop_per_s") * 1e12,
+                 "bmm_flops_p": k.value("cost_model_bmm_prefill_tflop_per_s") * 1e12,
+                 "bmm_flops_g": k.value("cost_model_bmm_decode_tflop_per_s") * 1e12,
+                 "cpu_flops": k.value("cost_model_cpu_tflop_per_s") * 1e12,
+                 "c1": k.value("cost_model_c1"), "c2": k.value("cost_model_c2"), "c3": k.value("cost_model_c3"),
+                 "alpha": k.value("cost_model_memory_fraction")}
+        return fcm.FlexGenTerms(
+            layers=m.num_layers, prompt_tokens=w.prompt_tokens, gen_tokens=w.gen_tokens,
+            layer_weight_bytes=streamed_weight_bytes(ctx) / m.num_layers,
+            kv_bytes_per_token_layer=ctx.kv_bytes_per_token_layer(), hidden_bytes_per_token=ctx.hidden_state_bytes(1),
+            act_bytes=ctx.abytes, hidden=m.hidden_size, ffn_width=ffn_width, num_heads=a.num_heads,
+            linear_flop_per_token=2 * m.attention_params + ffn_flop,
+            attn_flop_per_token_ctx=2 * a.num_heads * (a.qk_head_dim + a.out_head_dim),
+            gpu_memory_bytes=p.gpu.memory_bytes, cpu_memory_bytes=p.host_memory_bytes, disk_bytes=p.disk.capacity_bytes,
+            const=const)
+
+    def deployed_policy(self, ctx: Context) -> fcm.FlexGenChoice | None:
+        """FlexGen's cost-model search for this workload (see :mod:`._flexgen_cost_model`)."""
+        prm, w = self.params, ctx.workload
+        fixed = prm.fractions()
+        if fixed is not None:
+            fixed = {k.replace("wd", "wn").replace("cd", "cn").replace("hd", "hn"): v for k, v in fixed.items()
+                     if k in ("wg", "wc", "cg", "cc", "hg", "hc")}
+        return fcm.search(self._cost_model_terms(ctx), w.num_requests, prm.gpu_batch_size, prm.num_gpu_batches,
+                          fixed, w.batch_size)
+
+    def _from_choice(self, ctx: Context, choice: fcm.FlexGenChoice) -> FlexGenPolicy:
+        """FlexGen's pick as a policy to simulate (a fixed batch shares its N over GPU batches of at most gbs)."""
+        frac = {k.replace("wn", "wd").replace("cn", "cd").replace("hn", "hd"): v for k, v in choice.fractions.items()}
+        gbs, nb = choice.gpu_batch, choice.num_gpu_batches
+        if ctx.workload.batch_size:
+            gbs, nb = self._split(ctx.workload.batch_size, gbs)
+        return FlexGenPolicy(gbs, nb, self.params.cpu_attention, frac, choice.block_time_s)
+
+    def _check_fits(self, ctx: Context, pol: FlexGenPolicy, how: str) -> None:
+        """InfeasibleError when a policy not of moesim's search (FlexGen's pick, or a given one) overflows
+        moesim's memory rows (:meth:`_memory_rows`): FlexGen's runtime would run out of memory ("sometimes a
+        strategy from the policy search can run out of memory. In this case, we manually adjust the policy
+        slightly", FlexGen section 4.3)."""
+        who = "FlexGen's search picks" if how == "as-deployed" else "the policy given is"
+        fixed = self._gpu_fixed_bytes(ctx, pol.gpu_batch)
+        rows = self._memory_rows(ctx, pol.gpu_batch, pol.num_gpu_batches, pol.cpu_attention)
+        for name, coef, capacity in rows:
+            need = sum(v * pol.fractions[k] for k, v in coef.items()) + (fixed if name == "GPU memory" else 0.0)
+            have = capacity + (fixed if name == "GPU memory" else 0.0)
+            if need > have * (1 + 1e-9):
+                raise InfeasibleError(
+                    f"flexgen: {who} {pol.gpu_batch} x {pol.num_gpu_batches} GPU batches (weights on GPU "
+                    f"{pol.wg:.0%}, KV on GPU {pol.cg:.0%}, activations on GPU {pol.hg:.0%}); in moesim's memory "
+                    f"model it needs {fmt_bytes(need)} of {name}, {fmt_bytes(have)} usable: short by "
+                    f"{fmt_bytes(need - have)} (FlexGen would run out of memory; set --percent / "
+                    f"--gpu-batch-size / --num-gpu-batches, or policy=best)")
+
+    def _partial(self, pol: FlexGenPolicy, r: int) -> FlexGenPolicy:
+        """The last block of r < bls sequences under ``pol``: ceil(r / gbs) GPU batches sharing r evenly, the
+        same placement."""
+        gbs, nb = self._split(r, pol.gpu_batch)
+        return FlexGenPolicy(gbs, nb, pol.cpu_attention, pol.fractions, pol.lp_block_time_s)
 
     def candidate_policies(self, ctx: Context) -> list[FlexGenPolicy]:
         pairs = self._block_splits(ctx)
@@ -597,37 +739,87 @@ class FlexGen(ServingSystem):
 
     def plan(self, ctx: Context) -> Plan:
         w = ctx.workload
+        prm = self.params
         self.refuse_multi_gpu(ctx, "its pipeline parallelism is not modelled")
-        pols = self.candidate_policies(ctx)
-        if not pols:
-            raise self._infeasible(ctx)
+        explicit = bool(prm.gpu_batch_size and prm.num_gpu_batches and prm.percent)
+        grids = {"gpu_batch_grid", "num_gpu_batches_grid", "policies_simulated"} & prm.model_fields_set
+        how = "explicit" if explicit else ("best" if grids and "policy" not in prm.model_fields_set
+                                           else prm.policy)
+        choice = None
+        if how == "explicit":
+            gbs, nb = prm.gpu_batch_size, prm.num_gpu_batches
+            if w.batch_size:
+                gbs, nb = self._split(w.batch_size, gbs)
+            pols = [FlexGenPolicy(gbs, nb, prm.cpu_attention, prm.fractions(), math.nan)]
+        elif how == "as-deployed":
+            choice = self.deployed_policy(ctx)
+            if choice is None:
+                raise InfeasibleError(
+                    f"flexgen: FlexGen's policy search finds no placement for {ctx.model.name} on "
+                    f"{ctx.platform.name} within {self.constants.value('cost_model_memory_fraction')} of the GPU, host "
+                    f"and disk memory (its relaxation); try policy=best")
+            pols = [self._from_choice(ctx, choice)]
+        else:
+            pols = self.candidate_policies(ctx)
+            choice = None
+            if not grids:  # FlexGen's own pick competes too (unless grids were given): never slower than it
+                choice = self.deployed_policy(ctx)
+            if choice is not None:
+                pol0 = self._from_choice(ctx, choice)
+                try:
+                    self._check_fits(ctx, pol0, "as-deployed")
+                    pols.append(pol0)
+                except InfeasibleError:
+                    pass
+                choice = None
+            if not pols:
+                raise self._infeasible(ctx)
 
+        if how != "best":
+            self._check_fits(ctx, pols[0], how)
         mid = decode_mid(w.prompt_tokens, w.gen_tokens)
         cache: dict = {}
 
         def sim(pol: FlexGenPolicy, q_len: int, kv_len: int) -> StepSim:
-            key = (id(pol), q_len, kv_len)
+            key = (pol.gpu_batch, pol.num_gpu_batches, id(pol.fractions), q_len, kv_len)
             if key not in cache:
                 cache[key] = self._pass(ctx, pol, q_len, kv_len)
             return cache[key]
 
-        def batches(pol: FlexGenPolicy) -> int:
-            return math.ceil(w.num_requests / pol.block)
+        def parts(pol: FlexGenPolicy) -> list[tuple[FlexGenPolicy, int]]:
+            """Full blocks, then a last, partial one (charged for what it holds)."""
+            b = math.ceil(w.num_requests / pol.block)
+            r = w.num_requests - (b - 1) * pol.block
+            if r == pol.block:
+                return [(pol, b)]
+            return ([(pol, b - 1)] if b > 1 else []) + [(self._partial(pol, r), 1)]
 
         def quick(pol: FlexGenPolicy) -> tuple[float, float]:
-            tm = sim(pol, 1, mid).time_s
-            return batches(pol) * simpson_lower_bound(tm, w.gen_tokens), batches(pol) * w.gen_tokens * tm
+            lb = est = 0.0
+            for q, k in parts(pol):
+                tm = sim(q, 1, mid).time_s
+                lb += k * simpson_lower_bound(tm, w.gen_tokens)
+                est += k * w.gen_tokens * tm
+            return lb, est
 
-        def exact(pol: FlexGenPolicy):
+        def one(pol: FlexGenPolicy):
             decode_s, points = simpson_decode_time(lambda c: sim(pol, 1, c), w.prompt_tokens, w.gen_tokens)
             prefill = sim(pol, w.prompt_tokens, w.prompt_tokens)
-            return batches(pol) * (prefill.time_s + decode_s), prefill, decode_s, points
+            return prefill.time_s + decode_s, prefill, decode_s, points
 
-        pols.sort(key=lambda q: math.ceil(w.num_requests / q.block) * q.lp_block_time_s)
+        def exact(pol: FlexGenPolicy):
+            ps = parts(pol)
+            first = one(ps[0][0])
+            return sum(k * one(q)[0] for q, k in ps), first[1], first[2], first[3]
+
+        pols.sort(key=lambda q: math.ceil(w.num_requests / q.block) * (q.lp_block_time_s or 0.0))
         pol, (_, prefill, decode_s, points) = best_by_simulation(
             pols[: self.params.policies_simulated or len(pols)], quick, exact)
-        bls = pol.block
-        num_batches = math.ceil(w.num_requests / bls)
+        ps = parts(pol)
+        shown = ps[0][0]
+        last = one(ps[-1][0])[0] if len(ps) > 1 else None
+        bls = shown.block
+        num_batches = math.ceil(w.num_requests / pol.block)
         W = streamed_weight_bytes(ctx)
         ctx_len = w.total_context_tokens
         kv_tot = bls * ctx_len * ctx.kv_bytes_per_token(ctx_len)
@@ -635,23 +827,33 @@ class FlexGen(ServingSystem):
                 + pol.hc * ctx.hidden_state_bytes(bls * w.prompt_tokens))
 
         def where(prefix: str) -> str:
-            parts = [f"{name} {pol.fractions[prefix + k]:.0%}" for k, name in (("g", "gpu"), ("c", "cpu"), ("d", "disk"))
-                     if pol.fractions[prefix + k] > 5e-4]
-            return ", ".join(parts)
+            parts_ = [f"{name} {pol.fractions[prefix + k]:.0%}" for k, name in (("g", "gpu"), ("c", "cpu"), ("d", "disk"))
+                      if pol.fractions[prefix + k] > 5e-4]
+            return ", ".join(parts_)
 
-        config = {"batch_size": bls, "gpu_batch_size": pol.gpu_batch, "num_gpu_batches": pol.num_gpu_batches,
+        config = {"policy": how, "batch_size": bls, "gpu_batch_size": shown.gpu_batch,
+                  "num_gpu_batches": shown.num_gpu_batches, "policy_batch_size": pol.block,
+                  "policy_gpu_batch_size": pol.gpu_batch, "policy_num_gpu_batches": pol.num_gpu_batches,
                   "cpu_attention": pol.cpu_attention,
-                  **{k: round(v, 4) for k, v in pol.fractions.items()},
-                  "lp_block_time_s": pol.lp_block_time_s, "policies_solved": len(pols),
-                  "policies_simulated": min(len(pols), self.params.policies_simulated or len(pols))}
-        notes = [f"FlexGen{'(c)' if pol.cpu_attention else ''} policy: block {bls} = {pol.gpu_batch} x "
-                 f"{pol.num_gpu_batches} GPU batches; weights {where('w')}; KV {where('c')}; activations {where('h')}"]
-        if bls * num_batches > w.num_requests:
-            notes.append(f"the last of {num_batches} blocks is padded ({bls * num_batches - w.num_requests} empty slots)")
+                  **{k: round(v, 4) for k, v in pol.fractions.items()}}
+        if how == "best":
+            config.update({"lp_block_time_s": pol.lp_block_time_s, "policies_solved": len(pols),
+                           "policies_simulated": min(len(pols), self.params.policies_simulated or len(pols))})
+        if choice is not None:
+            config["cost_model_tok_s_estimate"] = round(choice.throughput_tok_s, 3)
+        source = {"as-deployed": "FlexGen's cost-model search, its T4-fitted constants",
+                  "best": "moesim's search (policy=best)", "explicit": "given"}[how]
+        notes = [f"FlexGen{'(c)' if pol.cpu_attention else ''} policy ({source}): block {pol.block} = {pol.gpu_batch} "
+                 f"x {pol.num_gpu_batches} GPU batches; weights {where('w')}; KV {where('c')}; activations {where('h')}"]
+        if last is not None and len(ps) > 1:
+            notes.append(f"the last of {num_batches} blocks holds {w.num_requests - (num_batches - 1) * pol.block} "
+                         f"sequences ({ps[-1][0].gpu_batch} x {ps[-1][0].num_gpu_batches}), charged as such")
+        elif shown is not pol:
+            notes.append(f"{w.num_requests} requests fill {shown.num_gpu_batches} GPU batches of {shown.gpu_batch}")
         placement = {"weights": where("w") + " (streamed per layer, all experts)", "kv_cache": where("c"),
                      "activations": where("h")}
         # FlexGen(c): decode attention over the off-GPU KV (cc + cd) runs on the CPU; prefill attention on the GPU
         cpu_kv = HostShare(kv_fraction=pol.cc + pol.cd) if pol.cpu_attention else HostShare()
         return self.make_plan((bls, num_batches), (prefill, 1, bls * w.prompt_tokens), (decode_s, points),
                               config=config, host_mem_bytes=host, placement=placement, notes=notes,
-                              host_decode=cpu_kv)
+                              host_decode=cpu_kv, last_batch_time_s=last)

@@ -1,5 +1,15 @@
 """`moe-lightning`: CGOPipe with an HRM-style policy search (MoE-Lightning, Cao et al., arXiv 2411.11217).
 
+Policy. ``policy="as-deployed"`` (default): the (mu, n_ub, w_g) MoE-Lightning's own optimizer picks (its
+artifact's ``optimizer.py`` with its ``HardwareConfig`` constants, GPU <= 0.86 and CPU <= 0.8 of memory, the
+prefill working set of the fused MoE kernel capping mu: :mod:`._moe_lightning_optimizer`), simulated with
+moesim's physics below (e.g. 36 x 14 = 504 for Mixtral-8x7B, MTBench padded to 418, on a T4 with 192 GB,
+as published). ``policy="best"``: the search described below (it also tries the optimizer's pick unless a
+grid is given). ``micro_batch_size`` + ``num_micro_batches`` run a given policy exactly; a fixed batch N
+(``--batch``) keeps mu as the cap of a micro-batch (ceil(N / mu) micro-batches sharing N evenly). Requests
+beyond a batch: full batches, then a last one whose n_ub micro-batches share the rest evenly, charged for
+what it holds. MoE-Gen's re-implementation (``one_prefill_pass``) sizes its batch by GPU memory (best).
+
 Where data lives
   weights   pinned host memory; a fraction r_w of every layer stays on the GPU, the rest is
             streamed each forward pass in pages (as many pages as micro-batches) into a GPU
@@ -60,6 +70,7 @@ from .shared.attention import eager_attention_cost, eager_attention_peak_bytes
 from .shared.memory import (activation_bytes, layer_weight_bytes, max_layer_weight_bytes, prefill_logits_bytes,
                             streamed_weight_bytes)
 from .shared.search import best_by_bounds, decode_mid, simpson_bound
+from . import _moe_lightning_optimizer as opt
 
 
 class _DecodeTimes(NamedTuple):
@@ -89,10 +100,19 @@ class _PrefillTimes(NamedTuple):
 
 class MoELightningParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    policy: Literal["as-deployed", "best"] = Field(
+        default="as-deployed",
+        description="as-deployed: the (mu, micro-batches) MoE-Lightning's own optimizer picks (its artifact's "
+                    "optimizer.py, constants and memory caps); best: the fastest candidate on moesim's engine")
+    micro_batch_size: int | None = Field(default=None, ge=1,
+                                         description="mu, sequences per micro-batch (a published policy); None = searched")
+    num_micro_batches: int | None = Field(default=None, ge=1,
+                                          description="micro-batches per batch, N / mu; None = searched")
     micro_batch_grid: tuple[int, ...] = Field(default=(16, 64, 256),
-                                              description="micro-batch sizes mu enumerated")
+                                              description="micro-batch sizes mu enumerated by policy=best")
     gpu_weight_fraction: float | None = Field(default=None, ge=0, le=1,
-                                              description="r_w; None = the largest that fits")
+                                              description="r_w; None = the optimizer's (as-deployed) or the largest "
+                                                          "that fits (best)")
     prefill_chunk_tokens: int = Field(default=8192, ge=1, description="prompt tokens per prefill kernel launch")
     prefill_pass_tokens: int = Field(
         default=32768, ge=1,
@@ -267,25 +287,111 @@ class MoELightning(ServingSystem):
             lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
         return max(lo, 1)
 
+    def _cand(self, ctx: Context, mu: int, n_ub: int, n: int | None = None, r_w: float | None = None) -> dict | None:
+        """A candidate batch: n sequences (default mu n_ub) in n_ub micro-batches of mu, its prefill passes of
+        n_p prompts, GPU working set and weight fraction r_w (``r_w``, else the parameter, else the largest that
+        fits; None when the working set does not fit, or ``r_w`` does not fit beside it)."""
+        n = n or mu * n_ub
+        n_p = self._prefill_prompts(ctx, n)
+        work = max(self._decode_work(ctx, n, mu), self._prefill_work(ctx, n_p))
+        fit = self._gpu_fraction(ctx, work)
+        if fit is None or (r_w is not None and r_w > fit + 1e-12):
+            return None
+        return {"mu": mu, "n_ub": n_ub, "n": n, "n_p": n_p, "r_w": fit if r_w is None else r_w, "work": work}
+
+    @staticmethod
+    def _split(n: int, mu: int) -> tuple[int, int]:
+        """(micro-batches, sequences per micro-batch) of a batch of n with micro-batches of at most mu, the
+        sequences spread evenly (MoE-Lightning's request batching puts each request in the emptiest micro-batch)."""
+        n_ub = math.ceil(n / mu)
+        return n_ub, math.ceil(n / n_ub)
+
+    def _partial(self, ctx: Context, cand: dict, r: int) -> dict:
+        """The last batch of r < N sequences under ``cand``'s policy: its n_ub micro-batches (fewer if r is
+        smaller) share the r sequences evenly; the weight placement r_w is the full batch's (or what fits beside
+        the partial batch's prefill pass, which may hold more prompts when fewer passes are balanced)."""
+        n_ub = min(cand["n_ub"], r)
+        mu = math.ceil(r / n_ub)
+        part = self._cand(ctx, mu, n_ub, r, None)
+        assert part is not None  # its prefill passes hold at most the GPU-memory cap of prompts, like the full one's
+        part["r_w"] = min(part["r_w"], cand["r_w"])  # the full batch's placement (less if its passes are larger)
+        return part
+
     def _candidates(self, ctx: Context, n_cap: int, fixed_n: int | None) -> list[dict]:
-        """(mu, n_ub) pairs: mu on the grid, n_ub powers of two and the most that fit; r_w and n_p for each."""
-        if fixed_n is not None:
-            keys = {(math.ceil(fixed_n / u), u) for u in (2 ** e for e in range(20)) if u <= fixed_n}
-        else:
-            keys = set()
-            for mu0 in self.params.micro_batch_grid:
-                mu = min(mu0, n_cap)
-                keys |= {(mu, u) for u in (2 ** e for e in range(20)) if mu * u <= n_cap}
-                keys.add((mu, max(1, n_cap // mu)))
+        """Candidates of policy=best: mu on the grid (or ``micro_batch_size``), n_ub powers of two and the most
+        that fit (or ``num_micro_batches``); with a fixed batch N, n_ub = ceil(N / mu) micro-batches sharing the
+        N sequences evenly (mu is the cap of a micro-batch, never changed to fit N)."""
+        prm = self.params
+        grid = (prm.micro_batch_size,) if prm.micro_batch_size else prm.micro_batch_grid
+        keys = set()
+        for mu0 in grid:
+            if fixed_n is not None:
+                n_ub, mu = self._split(fixed_n, min(mu0, fixed_n))
+                if prm.num_micro_batches and prm.num_micro_batches != n_ub:
+                    continue
+                keys.add((mu, n_ub, fixed_n))
+                continue
+            mu = min(mu0, n_cap) if not prm.micro_batch_size else mu0
+            if prm.num_micro_batches:
+                keys.add((mu, prm.num_micro_batches, mu * prm.num_micro_batches))
+                continue
+            keys |= {(mu, u, mu * u) for u in (2 ** e for e in range(20)) if mu * u <= n_cap}
+            keys.add((mu, max(1, n_cap // mu), mu * max(1, n_cap // mu)))
         out = []
-        for mu, n_ub in sorted(keys):
-            n = fixed_n or mu * n_ub
-            n_p = self._prefill_prompts(ctx, n)
-            work = max(self._decode_work(ctx, n, mu), self._prefill_work(ctx, n_p))
-            r_w = self._gpu_fraction(ctx, work)
-            if r_w is not None:
-                out.append({"mu": mu, "n_ub": n_ub, "n": n, "n_p": n_p, "r_w": r_w, "work": work})
+        for mu, n_ub, n in sorted(keys):
+            c = self._cand(ctx, mu, n_ub, n, None)
+            if c is not None:
+                out.append(c)
         return out
+
+    # ---- MoE-Lightning's own optimizer (policy=as-deployed) ------------------------------------------
+    def _hrm_terms(self, ctx: Context) -> opt.HRMTerms:
+        """What MoE-Lightning's optimizer sees: moesim's sizes of the model, its own hardware constants for a
+        T4 or L4 (``systems_db/moe-lightning.yaml``, artifact ``HardwareConfig.init``), else the platform's
+        datasheet figures (what a user passes it), the host's memory and DRAM bandwidth (its --cpu-mem and
+        --cpu-mem-bdw)."""
+        m, p, w, k = ctx.model, ctx.platform, ctx.workload, self.constants
+        l = m.num_layers
+        kinds = m.layer_kinds()
+        ffn_bytes = sum(c * (layer_weight_bytes(ctx, kk) - ctx.attention_weight_bytes) for kk, c in kinds.items()) / l
+        a = m.attention
+        if m.moe:
+            h2, top_k = m.moe.expert_intermediate_size, m.moe.top_k
+            ffn_flop = 2 * (top_k * m.expert_params + m.shared_expert_params)
+        else:
+            h2, top_k = m.dense_ffn.intermediate_size, 1
+            ffn_flop = 2 * m.dense_ffn_params
+        tag = next((g for g in ("T4", "L4") if g in p.gpu.name), None)
+        if tag:
+            gib = 2 ** 30
+            gpu_mem = k.value(f"optimizer_{tag}_gpu_memory_gib") * gib
+            ctog = k.value(f"optimizer_{tag}_ctog_gib_per_s") * gib
+            g_bdw = k.value(f"optimizer_{tag}_gpu_memory_gib_per_s") * gib
+            g_flops = k.value(f"optimizer_{tag}_gpu_tflop_per_s") * 1e12
+            c_flops = k.value(f"optimizer_{tag}_cpu_tflop_per_s") * 1e12
+        else:
+            gpu_mem, ctog = p.gpu.memory_bytes, p.host_link.theoretical_bytes_per_s
+            g_bdw, g_flops = p.gpu.memory_bandwidth_bytes_per_s, p.gpu.peak_for(ctx.wdtype)[0]
+            c_flops = p.cpu.peak_for("fp32") * p.num_cpus
+        return opt.HRMTerms(
+            layers=l, prompt_tokens=w.prompt_tokens, gen_tokens=w.gen_tokens,
+            attention_bytes_all_layers=ctx.attention_weight_bytes * l, expert_bytes_per_layer=ffn_bytes,
+            hidden_bytes_per_token=ctx.hidden_state_bytes(1), kv_bytes_per_token_layer=ctx.kv_bytes_per_token_layer(),
+            act_bytes=ctx.abytes, hidden=m.hidden_size, expert_intermediate=h2, top_k=top_k,
+            ffn_flop_per_token=ffn_flop, attn_flop_per_token_ctx=a.num_heads * (2 * a.qk_head_dim + 2),
+            attn_bytes_per_seq_fixed=ctx.abytes * a.num_heads * (a.qk_head_dim + a.out_head_dim),
+            gpu_memory_bytes=gpu_mem, cpu_memory_bytes=p.host_memory_bytes,
+            ctog_bytes_per_s=ctog, gpu_bytes_per_s=g_bdw, cpu_bytes_per_s=p.host_memory_bandwidth_bytes_per_s,
+            gpu_flop_per_s=g_flops, cpu_flop_per_s=c_flops,
+            gpu_cap=k.value("optimizer_gpu_memory_fraction"), cpu_cap=k.value("optimizer_cpu_memory_fraction"),
+            prefill_working_factor=k.value("optimizer_prefill_working_factor"))
+
+    def deployed_policy(self, ctx: Context, max_batch: int) -> opt.HRMPolicy | None:
+        """MoE-Lightning's optimizer's (mu, n_ub, w_g) for this workload (see :mod:`._moe_lightning_optimizer`)."""
+        k = self.constants
+        first = tuple(range(1, int(k.value("optimizer_micro_batch_first")) + 1))
+        return opt.search(self._hrm_terms(ctx), max_batch, first, int(k.value("optimizer_micro_batch_step")),
+                          self.params.micro_batch_size, self.params.num_micro_batches, ctx.workload.batch_size)
 
     # ---- engine ------------------------------------------------------------------------------------
     def _decode_steady(self, ctx: Context, cand: dict) -> _DecodeTimes:
@@ -441,9 +547,11 @@ class MoELightning(ServingSystem):
 
         return rank
 
-    def _search(self, ctx: Context, cands: list[dict]) -> tuple[dict, StepSim, float, list]:
-        """The candidate of least simulated time for the workload (prefill plus Simpson-integrated decode per
-        batch, times the batches; ties: the HRM ranking), its prefill pass, decode time and simulated steps.
+    def _search(self, ctx: Context, cands: list[dict]) -> tuple[dict, dict, StepSim, float, list, float | None]:
+        """The candidate of least simulated time for the workload (prefill plus Simpson-integrated decode of
+        each batch: the full batches, then a last, partial one charged for what it holds; ties: the HRM
+        ranking); the batch reported (the candidate's, or the partial one when it is the only batch), its
+        prefill pass, decode time and simulated steps, and the time of a partial last batch (None: none).
 
         With ``candidates_simulated`` only the best so many of the HRM ranking compete. The HRM ranking
         decides nothing else, so without that cap it is worked out only for candidates that tie.
@@ -475,34 +583,55 @@ class MoELightning(ServingSystem):
                 prefills[key] = self._prefill(ctx, cand)
             return prefills[key]
 
-        def scale(cand: dict) -> tuple[int, int]:
-            """(batches of the workload, prefill passes per batch)"""
-            return math.ceil(w.num_requests / cand["n"]), math.ceil(cand["n"] / cand["n_p"])
+        parts_of: dict = {}  # candidate -> [(batch, how many such batches)]: full batches, then a partial one
+
+        def parts(cand: dict) -> list[tuple[dict, int]]:
+            if id(cand) not in parts_of:
+                b = math.ceil(w.num_requests / cand["n"])
+                r = w.num_requests - (b - 1) * cand["n"]
+                full = [(cand, b - 1)] if b > 1 else []
+                parts_of[id(cand)] = full + [(cand if r == cand["n"] else self._partial(ctx, cand, r), 1)]
+                if r == cand["n"] and b > 1:
+                    parts_of[id(cand)] = [(cand, b)]
+            return parts_of[id(cand)]
+
+        def passes(c: dict) -> int:
+            return math.ceil(c["n"] / c["n_p"])
 
         def bound_any_context(cand: dict) -> float:
             """The bound with every decode step bounded alike (no context-dependent term: cheapest)."""
-            b, passes = scale(cand)
-            step = self._decode_lower_bound(ctx, cand)
-            return b * (passes * self._prefill_lower_bound(ctx, cand) + simpson_bound(lambda c: step, P, G))
+            total = 0.0
+            for c, k in parts(cand):
+                step = self._decode_lower_bound(ctx, c)
+                total += k * (passes(c) * self._prefill_lower_bound(ctx, c) + simpson_bound(lambda _: step, P, G))
+            return total
 
         def bound(cand: dict) -> float:
-            b, passes = scale(cand)
-            return b * (passes * self._prefill_lower_bound(ctx, cand)
-                        + simpson_bound(lambda c: self._decode_lower_bound(ctx, cand, c), P, G))
+            return sum(k * (passes(c) * self._prefill_lower_bound(ctx, c)
+                            + simpson_bound(lambda x, c=c: self._decode_lower_bound(ctx, c, x), P, G))
+                       for c, k in parts(cand))
 
         def bound_simulated(cand: dict) -> float:
             """The bound with the prefill pass and the middle decode step simulated."""
-            b, passes = scale(cand)
-            return b * (passes * prefill_of(cand).time_s + simpson_bound(
-                lambda c: decode(cand, c).time_s if c == mid else self._decode_lower_bound(ctx, cand, c), P, G))
+            return sum(k * (passes(c) * prefill_of(c).time_s + simpson_bound(
+                lambda x, c=c: decode(c, x).time_s if x == mid else self._decode_lower_bound(ctx, c, x), P, G))
+                for c, k in parts(cand))
 
         def exact(cand: dict):
-            b, passes = scale(cand)
-            decode_s, points = simpson_decode_time(lambda c: decode(cand, c), P, G)
-            return b * (passes * prefill_of(cand).time_s + decode_s), decode_s, points
+            total, out = 0.0, None
+            for c, k in parts(cand):
+                decode_s, points = simpson_decode_time(lambda x, c=c: decode(c, x), P, G)
+                total += k * (passes(c) * prefill_of(c).time_s + decode_s)
+                out = out or (decode_s, points)
+            return total, out[0], out[1]
 
         cand, (_, decode_s, points) = best_by_bounds(cands, (bound_any_context, bound, bound_simulated), exact, rank)
-        return cand, prefill_of(cand), decode_s, points
+        last = None
+        pl = parts(cand)
+        if pl[-1][0] is not cand:  # a partial last batch: its own prefill and decode
+            c = pl[-1][0]
+            last = passes(c) * prefill_of(c).time_s + simpson_decode_time(lambda x: decode(c, x), P, G)[0]
+        return cand, pl[0][0], prefill_of(pl[0][0]), decode_s, points, last
 
     # ---- plan ----------------------------------------------------------------------------------------
     def _batch_cap(self, ctx: Context) -> tuple[int, int, float]:
@@ -532,9 +661,24 @@ class MoELightning(ServingSystem):
 
     def plan(self, ctx: Context) -> Plan:
         w, p = ctx.workload, ctx.platform
+        prm = self.params
         self.refuse_multi_gpu(ctx, "its tensor parallelism is not modelled")
         n_cap, host_max, per_seq = self._batch_cap(ctx)
-        cands = self._candidates(ctx, n_cap, w.batch_size)
+        how = "explicit" if prm.micro_batch_size and prm.num_micro_batches else prm.policy
+        if prm.one_prefill_pass and how == "as-deployed":
+            how = "best"  # MoE-Gen's re-implementation (MoE-Lightning*) sizes its batch by GPU memory, no optimizer
+        deployed = None
+        if how == "best":
+            cands = self._candidates(ctx, n_cap, w.batch_size)
+            if not prm.one_prefill_pass and "micro_batch_grid" not in prm.model_fields_set:
+                # MoE-Lightning's own pick competes too (unless a grid was given): best is never slower than it
+                extra, _, _ = self._deployed_candidates(ctx, n_cap, host_max)
+                seen = {(c["mu"], c["n_ub"], c["n"], c["r_w"]) for c in cands}
+                cands += [c for c in extra if (c["mu"], c["n_ub"], c["n"], c["r_w"]) not in seen]
+        else:
+            cands, why, deployed = self._deployed_candidates(ctx, n_cap, host_max)
+            if not cands:
+                raise InfeasibleError(why)
         if not cands:
             WL = max_layer_weight_bytes(ctx)
             need = ctx.resident_weight_bytes + 2 * WL + self._prefill_work(ctx, 1)
@@ -542,22 +686,75 @@ class MoELightning(ServingSystem):
                 f"moe-lightning: two layers' weight pages ({fmt_bytes(2 * WL)}, all experts), the resident weights and "
                 f"the working set need {fmt_bytes(need)} on {p.gpu.name}, {fmt_bytes(p.usable_gpu_memory_bytes_per_gpu)} "
                 f"usable: short by {fmt_bytes(need - p.usable_gpu_memory_bytes_per_gpu)}")
-        cand, prefill, decode_s, points = self._search(ctx, cands)
-        passes = math.ceil(cand["n"] / cand["n_p"])
-        n = cand["n"]
-        num_batches = math.ceil(w.num_requests / n)
-        notes = [f"CGOPipe policy: N = {n} = {cand['n_ub']} micro-batches x {cand['mu']}, r_w = {cand['r_w']:.3f}, "
-                 f"r_c = 0 (attention on the CPU); host memory allows {host_max} sequences",
-                 f"prefill in {passes} pass(es) of {cand['n_p']} prompts (prefill_pass_tokens, GPU memory cap)"]
-        if n * num_batches > w.num_requests:
-            notes.append(f"the last of {num_batches} batches is padded ({n * num_batches - w.num_requests} empty slots)")
-        config = {"batch_size": n, "micro_batch_size": cand["mu"], "num_micro_batches": cand["n_ub"],
+        cand, shown, prefill, decode_s, points, last = self._search(ctx, cands)
+        passes = math.ceil(shown["n"] / shown["n_p"])
+        n = shown["n"]
+        num_batches = math.ceil(w.num_requests / cand["n"])
+        source = {"as-deployed": "MoE-Lightning's optimizer (its artifact's constants and memory caps)",
+                  "best": "moesim's search (policy=best)", "explicit": "given"}[how]
+        notes = [f"CGOPipe policy ({source}): N = {cand['n']} = {cand['n_ub']} micro-batches x {cand['mu']}, "
+                 f"r_w = {cand['r_w']:.3f}, r_c = 0 (attention on the CPU); host memory allows {host_max} sequences",
+                 f"prefill in {passes} pass(es) of {shown['n_p']} prompts (prefill_pass_tokens, GPU memory cap)"]
+        if last is not None:
+            r = w.num_requests - (num_batches - 1) * cand["n"]
+            notes.append(f"the last of {num_batches} batches holds {r} sequences, charged as such")
+        elif shown is not cand:
+            notes.append(f"{w.num_requests} requests fill {shown['n_ub']} micro-batches of {shown['mu']} of the "
+                         f"policy's {cand['n_ub']} x {cand['mu']}")
+        config = {"policy": how, "batch_size": n, "micro_batch_size": shown["mu"], "num_micro_batches": shown["n_ub"],
+                  "policy_batch_size": cand["n"], "policy_micro_batch_size": cand["mu"],
+                  "policy_num_micro_batches": cand["n_ub"],
                   "gpu_weight_fraction": round(cand["r_w"], 4), "gpu_kv_fraction": 0.0,
-                  "attention_on_gpu": False, "ffn_on_gpu": True, "prefill_prompts_per_pass": cand["n_p"],
+                  "attention_on_gpu": False, "ffn_on_gpu": True, "prefill_prompts_per_pass": shown["n_p"],
                   "max_batch_host": host_max, "candidates_priced": len(cands),
                   "candidates_simulated": min(len(cands), self.params.candidates_simulated or len(cands))}
+        if deployed is not None:
+            config["optimizer_decode_tok_s_estimate"] = round(deployed.throughput_tok_s, 3)
+            config["optimizer_gpu_weight_fraction"] = round(deployed.gpu_weight_fraction, 4)
         placement = {"weights": f"gpu {cand['r_w']:.0%}, host (pinned) rest, streamed in pages",
                      "kv_cache": "host (pinned), CPU attention"}
-        return self.make_plan((n, num_batches), (prefill, passes, cand["n_p"] * w.prompt_tokens), (decode_s, points),
+        return self.make_plan((n, num_batches), (prefill, passes, shown["n_p"] * w.prompt_tokens), (decode_s, points),
                               config=config, host_mem_bytes=ctx.weight_bytes + n * per_seq, placement=placement,
-                              notes=notes, host_decode=HostShare(kv_fraction=1.0))  # decode attention on the CPU
+                              notes=notes, host_decode=HostShare(kv_fraction=1.0),  # decode attention on the CPU
+                              last_batch_time_s=last)
+
+    def _deployed_candidates(self, ctx: Context, n_cap: int, host_max: int
+                             ) -> tuple[list[dict], str, opt.HRMPolicy | None]:
+        """The one candidate of policy=as-deployed (or of an explicit mu and n_ub): MoE-Lightning's optimizer's
+        (mu, n_ub, w_g), N = mu n_ub (a fixed batch: n_ub = ceil(N / mu) micro-batches sharing N evenly),
+        simulated with r_w = its w_g where moesim's GPU memory holds that much beside the working set (else
+        the most it holds); ([], why) when moesim's GPU memory cannot hold the policy's working set."""
+        w, prm = ctx.workload, self.params
+        if prm.micro_batch_size and prm.num_micro_batches:
+            pol = None
+            mu, n_ub, w_g = prm.micro_batch_size, prm.num_micro_batches, prm.gpu_weight_fraction
+            n = w.batch_size or mu * n_ub
+            if n > host_max:
+                return [], (f"moe-lightning: the policy {n_ub} x {mu} = {n} sequences needs "
+                            f"{fmt_bytes(n * self._kv_per_seq(ctx))} of host KV; host memory holds {host_max} "
+                            f"sequences next to the weights"), None
+        else:
+            pol = self.deployed_policy(ctx, max(1, min(n_cap, w.num_requests)))
+            if pol is None:
+                return [], (f"moe-lightning: MoE-Lightning's optimizer finds no feasible policy for "
+                            f"{ctx.model.name} on {ctx.platform.name}: even one micro-batch of one sequence exceeds "
+                            f"its caps (GPU <= {self.constants.value('optimizer_gpu_memory_fraction')}, CPU <= "
+                            f"{self.constants.value('optimizer_cpu_memory_fraction')} of memory); try policy=best"), None
+            mu, n_ub, w_g = pol.micro_batch, pol.num_micro_batches, prm.gpu_weight_fraction
+            w_g = pol.gpu_weight_fraction if w_g is None else w_g
+            n = w.batch_size or mu * n_ub
+            n = min(n, host_max)
+        if w.batch_size:
+            n_ub, mu_eff = self._split(n, mu)
+        else:
+            mu_eff = mu
+        c = self._cand(ctx, mu_eff, n_ub, n, None)
+        if c is None:
+            need = max(self._decode_work(ctx, n, mu_eff), self._prefill_work(ctx, self._prefill_prompts(ctx, n)))
+            return [], (f"moe-lightning: the policy {n_ub} x {mu_eff} needs a GPU working set of {fmt_bytes(need)} "
+                        f"beside two layers' weight pages in moesim's memory model, more than "
+                        f"{ctx.platform.gpu.name} holds; set a smaller micro_batch_size / num_micro_batches "
+                        f"or policy=best"), None
+        if w_g is not None:
+            c["r_w"] = min(c["r_w"], w_g)
+        return [c], "", (pol if not (prm.micro_batch_size and prm.num_micro_batches) else None)
