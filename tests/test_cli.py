@@ -127,3 +127,16 @@ def test_online_serving_prints_latency_percentiles():
         assert 0 < data[key]["p50"] <= data[key]["p90"] <= data[key]["p99"]
     bad = run("serve", "--model", "olmoe-1b-7b", "--hw", "h100-sxm", "--rate", "-1")
     assert bad.returncode == 1 and "arrival_rate_per_s" in bad.stderr
+
+
+def test_every_command_prints_its_help():
+    """argparse formats help texts with %: a parameter's description with a literal % once crashed `--help`."""
+    from moesim.cli import _parser
+
+    sub = next(a for a in _parser()._actions if hasattr(a, "choices") and isinstance(a.choices, dict))
+    for name, parser in sub.choices.items():
+        text = parser.format_help()
+        assert "usage:" in text, name
+    proc = subprocess.run([sys.executable, "-m", "moesim", "predict", "--help"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0 and "--percent" in proc.stdout and "Traceback" not in proc.stderr

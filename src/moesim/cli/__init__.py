@@ -40,8 +40,8 @@ def _handlers() -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
     try:
+        args = _parser().parse_args(argv)  # inside the catch-all: a help text that cannot be formatted is a bug too
         return _handlers()[args.command](args)
     except MoesimError as exc:
         print(f"moesim: error: {exc}", file=sys.stderr)

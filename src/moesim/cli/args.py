@@ -25,10 +25,15 @@ class _Once(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+def _escape(text: str) -> str:
+    """argparse formats help texts with %: a literal % must be written %%."""
+    return text.replace("%", "%%")
+
+
 def _help(name: str, info: Any, flag: sc.Flag, multi: bool) -> str:
     """The field's docstring, then ``[unit]`` and its default (``unset`` when None: the docstring says what
     happens then)."""
-    text = (info.description or "").rstrip(".")
+    text = _escape((info.description or "").rstrip("."))
     if flag.invert:
         return text
     if flag.unit:
@@ -72,11 +77,11 @@ def _param_metavar(info: Any) -> str:
 def _param_help(name: str, owners: dict[str, Any]) -> str:
     """A system parameter's help: its description, unit, and each owning system's default."""
     first = next(iter(owners.values()))
-    text = (first.description or "").rstrip(".") or "parameter"
+    text = _escape((first.description or "").rstrip(".")) or "parameter"
     unit = next((u for suffix, u in _PARAM_UNITS if name.endswith(suffix)), None)
     if unit:
         text += f" [{unit}]"
-    defaults = {system: _show_default(info.get_default()) for system, info in owners.items()}
+    defaults = {system: _escape(_show_default(info.get_default())) for system, info in owners.items()}
     if len(set(defaults.values())) == 1:
         text += f" ({', '.join(defaults)}; default {next(iter(defaults.values()))})"
     else:
