@@ -241,8 +241,10 @@ def plan_for(model: ModelSpec, platform: Platform, system: str, workload: Offlin
              options: Options, system_params: dict | None = None) -> tuple[Context, Plan, dict[str, str]]:
     """Plan with one system, or with every system for ``auto`` (best generation throughput wins)."""
     ctx = Context(model, platform, workload, options)
+    multi_node = [n for n, c in SYSTEMS.items() if c.multi_node]
     if system != "auto":
         cls = get_system(system)
+        cls.refuse_multi_node(ctx, multi_node)
         if options.speculative and not cls.supports_speculative:
             raise MoesimError(f"speculative decoding is not modelled for {cls.name}; systems that model it: "
                               + ", ".join(n for n, c in SYSTEMS.items() if c.supports_speculative))
@@ -258,6 +260,7 @@ def plan_for(model: ModelSpec, platform: Platform, system: str, workload: Offlin
             compared[name] = "skipped: speculative decoding not modelled for this system"
             continue
         try:
+            cls.refuse_multi_node(ctx, multi_node)
             plans[name] = _plan_in_auto(cls, ctx, one_gpu)
         except (InfeasibleError, SimulationError) as exc:  # one system's overflow never aborts the comparison
             compared[name] = f"infeasible: {exc}"
