@@ -22,7 +22,8 @@ from moesim.errors import MoesimError
 EXAMPLES = int(os.environ.get("MOESIM_FUZZ_EXAMPLES", "150"))
 MODELS = ["olmoe-1b-7b", "qwen1.5-moe-a2.7b", "deepseek-v2-lite", "mixtral-8x7b", "qwen3-30b-a3b", "gpt-oss-20b",
           "deepseek-v2", "deepseek-r1", "llama-4-scout"]
-HARDWARE = ["c1", "c2", "rtx4090", "l4", "t4", "h100-sxm", "hgx-h200", "a100-80gb-sxm", "rtx-a6000"]
+HARDWARE = ["c1", "c2", "rtx4090", "l4", "t4", "h100-sxm", "hgx-h200", "a100-80gb-sxm", "rtx-a6000",
+            "hgx-b300", "hgx-h800", "gb200"]
 SYSTEMS = ["auto", "gpu-resident", "vllm", "llama-cpp", "ktransformers", "deepspeed", "flexgen", "moe-lightning",
            "moe-gen", "moe-gen-gpu"]
 
@@ -36,6 +37,7 @@ scenarios = st.fixed_dictionaries({
 }, optional={
     "batch_size": st.integers(1, 512),
     "num_gpus": st.integers(1, 8),
+    "num_nodes": st.integers(1, 3),
     "kv_dtype": st.sampled_from(["bf16", "fp8"]),
     "dtype": st.sampled_from(["bf16", "fp8", "int4"]),
     "zipf_s": st.one_of(st.floats(0, 3), st.sampled_from([1e3, 1e308])),

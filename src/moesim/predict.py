@@ -252,8 +252,10 @@ def plan_for(model: ModelSpec, platform: Platform, system: str, workload: Offlin
     """Plan with one system, or with every system for ``auto`` (best generation throughput wins), each system
     with ``policy`` (as-deployed or best; :class:`moesim.systems.base.ServingSystem`)."""
     ctx = Context(model, platform, workload, options)
+    multi_node = [n for n, c in SYSTEMS.items() if c.multi_node]
     if system != "auto":
         cls = get_system(system)
+        cls.refuse_multi_node(ctx, multi_node)
         if options.speculative and not cls.supports_speculative:
             raise MoesimError(f"speculative decoding is not modelled for {cls.name}; systems that model it: "
                               + ", ".join(n for n, c in SYSTEMS.items() if c.supports_speculative))
@@ -264,12 +266,22 @@ def plan_for(model: ModelSpec, platform: Platform, system: str, workload: Offlin
     plans: dict[str, tuple[Context, Plan]] = {}
     compared: dict[str, str] = {}
     one_gpu: list[Context] = []  # the one-GPU context, shared by every single-GPU system (and its memos)
+    one_node: list[Context] = []  # one node of a multi-node platform, for the systems modelled on one node
     for name, cls in SYSTEMS.items():
         if options.speculative and not cls.supports_speculative:
             compared[name] = "skipped: speculative decoding not modelled for this system"
             continue
         try:
-            plans[name] = _plan_in_auto(cls, ctx, one_gpu, policy)
+            if ctx.platform.num_nodes > 1 and not cls.multi_node:  # runs on one of the nodes (never worse for more)
+                if not one_node:
+                    one_node.append(Context(ctx.model, ctx.platform.model_copy(update={"num_nodes": 1}), ctx.workload,
+                                            ctx.options))
+                used, plan = _plan_in_auto(cls, one_node[0], one_gpu, policy)
+                plan.notes.append(f"runs on 1 of the platform's {ctx.platform.num_nodes} nodes: {cls.name} is "
+                                  "modelled on one node")
+                plans[name] = (used, plan)
+            else:
+                plans[name] = _plan_in_auto(cls, ctx, one_gpu, policy)
         except (InfeasibleError, SimulationError) as exc:  # one system's overflow never aborts the comparison
             compared[name] = f"infeasible: {exc}"
     if not plans:
@@ -281,7 +293,11 @@ def plan_for(model: ModelSpec, platform: Platform, system: str, workload: Offlin
 
     best = max(plans, key=rate)
     for name, (used, _) in plans.items():
-        on = f" on {used.platform.num_gpus} of {platform.num_gpus} GPUs" if used is not ctx else ""
+        on = ""
+        if used is not ctx:
+            on = (f" on {used.platform.num_gpus} of {platform.num_gpus} GPUs" if used.platform.num_gpus < platform.num_gpus
+                  else "") + (f" on 1 of {platform.num_nodes} nodes" if used.platform.num_nodes < platform.num_nodes
+                              else "")
         compared[name] = f"{'chosen' if name == best else 'feasible'}: {rate(name):.4g} tok/s{on}"
     return plans[best][0], plans[best][1], compared
 

@@ -71,7 +71,7 @@ DTYPES = tuple(BYTES_PER_ELEMENT)
 DTYPE_WORDS: dict[str, str | None] = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float": "fp32",
                                       "float32": "fp32", "fp8_e4m3": "fp8", "fp8_e5m2": "fp8", "auto": None}
 _WORKLOAD_FIELDS = ("num_requests", "prompt_tokens", "gen_tokens", "batch_size")
-_PLATFORM_FIELDS = ("num_gpus", "cpu", "host_memory_bytes", "pcie")
+_PLATFORM_FIELDS = ("num_gpus", "cpu", "host_memory_bytes", "pcie", "num_nodes")
 
 
 class Scenario(BaseModel):
@@ -130,7 +130,9 @@ class Scenario(BaseModel):
     """Host memory with its unit: GB, GiB, TB, TiB (or B); a bare number is refused."""
     num_gpus: Annotated[int | None, Field(ge=1), Flag(("--gpus", "--tensor-parallel-size", "-tp"), "platform",
                                                       aliases=("gpus", "tp"), unit="GPUs")] = None
-    """Number of GPUs (tensor parallel over the platform's GPU link, vLLM's --tensor-parallel-size); default: the platform's."""
+    """Number of GPUs (tensor parallel over the platform's GPU link, vLLM's --tensor-parallel-size); default: the platform's. With --nodes, the GPUs used in EACH node."""
+    num_nodes: Annotated[int, Field(ge=1), Flag(("--nodes",), "platform", aliases=("nodes",), unit="nodes")] = 1
+    """Copies of the platform's node joined by its scale-out network (NICs, `moesim show hw NAME`); only platforms with a network take more than 1."""
     cpu: Annotated[str | None, Flag(("--cpu",), "platform")] = None
     """CPU name (replaces the platform's)."""
 

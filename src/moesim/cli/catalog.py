@@ -9,11 +9,13 @@ from ..units import fmt_bytes, fmt_rate
 
 def add_parsers(subparsers) -> None:
     ls = subparsers.add_parser("list", help="list models, hardware or systems")
-    ls.add_argument("what", choices=["models", "hardware", "systems"])
+    ls.add_argument("what", choices=["models", "hardware", "hw", "systems"])
     sh = subparsers.add_parser("show", help="show one entry")
     sh.add_argument("what", choices=["model", "hw", "system"])
     sh.add_argument("name")
     sh.add_argument("--yaml", action="store_true", help="the whole resolved entry as YAML")
+    sh.add_argument("--nodes", type=int, default=None, metavar="N",
+                    help="hw: N copies of the platform joined by its scale-out network")
 
 
 def list_entries(args: argparse.Namespace) -> int:
@@ -32,7 +34,13 @@ def list_entries(args: argparse.Namespace) -> int:
             print(f"  {name:20s} {fmt_bytes(g.memory_bytes):>10s} {fmt_rate(g.memory_bandwidth_bytes_per_s, 'B/s'):>12s}")
         print("platforms:")
         for name, p in sorted(db.platforms().entries.items()):
-            print(f"  {name:32s} {p.num_gpus} x {p.gpu}, {p.cpu}, {fmt_bytes(p.host_memory_bytes)} host")
+            net = f", network {p.nics_per_node} x {db.networks().get(p.network).name}" if p.network else ""
+            print(f"  {name:32s} {p.num_gpus} x {p.gpu}, {p.num_cpus} x {p.cpu}, {fmt_bytes(p.host_memory_bytes)} "
+                  f"host{net}")
+        print("networks (scale-out NICs; platforms with one take --nodes N):")
+        for name, n in sorted(db.networks().entries.items()):
+            print(f"  {name:20s} {n.kind}, {n.line_rate_bits_per_s / 1e9:.0f} Gb/s: "
+                  f"{fmt_rate(n.achieved_bytes_per_s, 'B/s')} achieved per NIC per direction")
     return 0
 
 
@@ -44,7 +52,11 @@ def show(args: argparse.Namespace) -> int:
     if args.what == "system":
         print(system_text(args.name))
         return 0
-    spec = get_model(args.name) if args.what == "model" else get_hardware(args.name)
+    if args.nodes is not None and args.what != "hw":
+        from ..errors import MoesimError
+
+        raise MoesimError("--nodes applies to `moesim show hw NAME`")
+    spec = get_model(args.name) if args.what == "model" else get_hardware(args.name, num_nodes=args.nodes)
     if args.yaml:
         print(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
     else:
@@ -84,12 +96,25 @@ def model_text(m) -> str:
 def hardware_text(p) -> str:
     """A platform for people: GPUs, CPU, memory, links, disk and calibration (``--yaml`` for every field)."""
     g = p.gpu
-    bf16 = g.peak_flop_per_s.get("bf16")
+    peaks = ", ".join(f"{fmt_rate(g.peak_flop_per_s[d], 'FLOP/s')} {d}" for d in ("bf16", "fp8", "fp4")
+                      if d in g.peak_flop_per_s)
+    so = p.scale_out
+    network = (f"{so.nics_per_node} x {so.network.name} ({so.network.kind}, {so.network.line_rate_bits_per_s / 1e9:.0f} "
+               f"Gb/s each): {fmt_rate(so.per_gpu_bytes_per_s, 'B/s')} per GPU per direction achieved "
+               f"({fmt_rate(so.per_gpu_theoretical_bytes_per_s, 'B/s')} line rate), "
+               f"{fmt_rate(so.node_bytes_per_s, 'B/s')} per node, {so.latency_s * 1e6:.1f} us latency"
+               if so else "none (a single machine: --nodes 1 only)")
+    nodes = (f"{p.num_nodes} x {p.num_gpus} GPUs = {p.total_gpus} GPUs" if p.num_nodes > 1 else
+             "1" + (" (--nodes N joins N of them by the network)" if so else ""))
     rows = [
         ("platform", p.name),
-        ("GPUs", f"{p.num_gpus} x {g.name}: {fmt_bytes(g.memory_bytes)}, {fmt_rate(g.memory_bandwidth_bytes_per_s, 'B/s')}"
-                 + (f", {fmt_rate(bf16, 'FLOP/s')} bf16 dense" if bf16 else "")),
-        ("GPU link", p.gpu_link.name if p.gpu_link else "none (GPUs talk over the host link)"),
+        ("GPUs", f"{p.num_gpus} x {g.name}" + (" per node" if p.num_nodes > 1 else "")
+                 + f": {fmt_bytes(g.memory_bytes)}, {fmt_rate(g.memory_bandwidth_bytes_per_s, 'B/s')}"
+                 + (f", {peaks} dense" if peaks else "")),
+        ("nodes", nodes),
+        ("GPU link", (f"{p.gpu_link.name} ({fmt_rate(p.gpu_link.theoretical_bytes_per_s, 'B/s')} per direction)"
+                      if p.gpu_link else "none (GPUs talk over the host link)")),
+        ("network", network),
         ("CPU", f"{p.num_cpus} x {p.cpu.name}"),
         ("host memory", f"{fmt_bytes(p.host_memory_bytes)}, {fmt_rate(p.host_memory_bandwidth_bytes_per_s, 'B/s')}"),
         ("host", {"cloud_vm": "cloud VM", "bare_metal": "bare metal"}.get(p.host_kind or "", "not stated")

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..errors import SpecError, UnknownNameError, describe_type
 from ..limits import MAX_SPEC_DEPTH, MAX_SPEC_FILE_BYTES, MAX_SPEC_VALUES
-from ..specs import AcceleratorSpec, CPUSpec, EmpiricalProfile, LinkSpec, ModelSpec, PlatformSpec
+from ..specs import AcceleratorSpec, CPUSpec, EmpiricalProfile, LinkSpec, ModelSpec, NetworkSpec, PlatformSpec
 from ..specs.system import SystemConstants
 from ..units import fmt_bytes
 
@@ -224,6 +224,12 @@ def links() -> Table[LinkSpec]:
 
 
 @lru_cache(maxsize=1)
+def networks() -> Table[NetworkSpec]:
+    """Scale-out NICs (``hardware_db/networks``): what joins the nodes of a multi-node platform."""
+    return load_table(NetworkSpec, "network", data_root("hardware_db") / "networks")
+
+
+@lru_cache(maxsize=1)
 def platforms() -> Table[PlatformSpec]:
     return load_table(PlatformSpec, "platform", data_root("hardware_db") / "platforms")
 
@@ -305,5 +311,6 @@ def check_all() -> dict[str, int]:
         "gpus": len(gpus().entries),
         "cpus": len(cpus().entries),
         "links": len(links().entries),
+        "networks": len(networks().entries),
         "platforms": len(platforms().entries),
     }

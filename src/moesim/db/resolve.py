@@ -10,9 +10,9 @@ from pydantic import ValidationError
 
 from ..errors import MoesimError, UnknownNameError, kind_list
 from ..units import fmt_bytes
-from ..specs import AcceleratorSpec, ModelSpec, Platform, PlatformSpec
+from ..specs import AcceleratorSpec, ModelSpec, Platform, PlatformSpec, ScaleOut
 from ..limits import MAX_GPUS_UNSTATED
-from . import cpus, efficiency_profile_for, gpus, links, load_spec_file, models, normalize, platforms
+from . import cpus, efficiency_profile_for, gpus, links, load_spec_file, models, networks, normalize, platforms
 
 
 def get_model(model: str | Path | ModelSpec) -> ModelSpec:
@@ -105,10 +105,12 @@ def hf_cache_config(repo_id: str) -> Path | None:
     return configs[0] if configs else None
 
 
-def _check_overrides(num_gpus: object, cpu: object, host_memory_bytes: object, pcie: object) -> None:
+def _check_overrides(num_gpus: object, cpu: object, host_memory_bytes: object, pcie: object,
+                     num_nodes: object = None) -> None:
     """The what-if overrides of get_hardware, each of the kind it takes (a MoesimError naming it otherwise)."""
-    if num_gpus is not None and (isinstance(num_gpus, bool) or not isinstance(num_gpus, int) or num_gpus < 1):
-        raise MoesimError(f"num_gpus takes a whole number of at least 1, got {num_gpus!r}")
+    for name, value in (("num_gpus", num_gpus), ("num_nodes", num_nodes)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise MoesimError(f"{name} takes a whole number of at least 1, got {value!r}")
     for name, value in (("cpu", cpu), ("pcie", pcie)):
         if value is not None and (not isinstance(value, str) or not value.strip()):
             raise MoesimError(f"{name} takes a name (text), got {value!r}")
@@ -132,20 +134,39 @@ def resolve_platform(
     cpu: str | None = None,
     host_memory_bytes: float | None = None,
     pcie: str | None = None,
+    num_nodes: int | None = None,
     assumptions: tuple[str, ...] = (),
 ) -> Platform:
-    """Resolve the names in a PlatformSpec, applying overrides, into a Platform."""
+    """Resolve the names in a PlatformSpec, applying overrides, into a Platform.
+
+    ``num_gpus`` is the GPUs used in EACH node; ``num_nodes`` (default 1) copies of the node are joined by the
+    entry's scale-out network (``network`` x ``nics_per_node``): a platform without one takes only one node."""
     gpu = gpus().get(spec.gpu)
     cpu_spec = cpus().get(cpu or spec.cpu)
     host_link = links().get(pcie or spec.host_link)
     gpu_link = links().get(spec.gpu_link) if spec.gpu_link else None
+    scale_out = (ScaleOut(network=networks().get(spec.network), nics_per_node=spec.nics_per_node,
+                          gpus_per_board=spec.num_gpus) if spec.network else None)
+    nodes = num_nodes or 1
     notes = list(assumptions)
+    if nodes > 1 and scale_out is None:
+        raise MoesimError(f"--nodes {nodes}: {spec.name} has no scale-out network in its entry (network, "
+                          f"nics_per_node), so copies of it cannot be joined; use --nodes 1, or a platform with a "
+                          f"network ({', '.join(multi_node_platforms()) or 'none'})")
     if num_gpus is not None and spec.gpu_link is not None and num_gpus > spec.num_gpus:
+        more = (f"--gpus counts the GPUs used in EACH node (at most {spec.num_gpus} here): for {num_gpus} GPUs use "
+                f"--nodes {-(-num_gpus // spec.num_gpus)} --gpus {spec.num_gpus}" if scale_out is not None else
+                f"{spec.name} has no scale-out network, so several nodes are not modelled: use --gpus {spec.num_gpus} "
+                "or fewer")
         raise MoesimError(f"{spec.name} is a board of {spec.num_gpus} GPUs joined by {spec.gpu_link}; --gpus {num_gpus} "
-                          f"would need {-(-num_gpus // spec.num_gpus)} of them, and several nodes are not modelled: "
-                          f"use --gpus {spec.num_gpus} or fewer")
+                          f"would need {-(-num_gpus // spec.num_gpus)} of them; {more}")
     if num_gpus is not None and spec.gpu_link is None:
         _check_slots(spec, num_gpus)
+    if nodes > 1:
+        per_node = num_gpus or spec.num_gpus
+        notes.append(f"{nodes} nodes of {per_node} x {gpu.name} ({nodes * per_node} GPUs) joined by "
+                     f"{scale_out.nics_per_node} x {scale_out.network.name} per node "
+                     f"({scale_out.per_gpu_bytes_per_s / 1e9:.0f} GB/s per GPU per direction achieved)")
     if num_gpus is not None and num_gpus != spec.num_gpus and spec.gpu_link is None and num_gpus > 1:
         notes.append(f"{num_gpus} GPUs talk to each other over {host_link.name} (no GPU-GPU link in {spec.name})")
     link_source = None
@@ -181,10 +202,15 @@ def resolve_platform(
         return _platform(changes, spec, gpu, num_gpus, cpu_spec, host_memory_bytes, bandwidth, host_link, gpu_link,
                          empirical, calibration, notes).model_copy(update={
                              "host_kind": spec.host_kind, "host_link_source": link_source,
-                             "max_gpus": _max_gpus(spec)})
+                             "max_gpus": _max_gpus(spec), "num_nodes": nodes, "scale_out": scale_out})
     except ValidationError as exc:  # what a platform is composed of does not fit together
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise MoesimError(f"platform {spec.name}: {problems}") from None
+
+
+def multi_node_platforms() -> list[str]:
+    """Names of the platform entries with a scale-out network (those that take --nodes above 1)."""
+    return sorted(p.name for p in platforms().entries.values() if p.network)
 
 
 def _max_gpus(spec: PlatformSpec) -> int:
@@ -205,8 +231,11 @@ def _check_slots(spec: PlatformSpec, num_gpus: int) -> None:
         return
     why = (f"it takes {cap} GPUs ({spec.max_gpus_source})" if spec.max_gpus is not None else
            f"its entry states no max_gpus, and a PCIe host is taken to hold at most {cap} GPUs")
+    several = ("--gpus counts the GPUs of EACH node: use --nodes N with --gpus " + str(cap) + " or fewer"
+               if spec.network else "it has no scale-out network, so several nodes are not modelled: use --gpus "
+               f"{cap} or fewer")
     raise MoesimError(f"{spec.name} is a PCIe host; {why}; --gpus {num_gpus} would need {-(-num_gpus // cap)} such "
-                      f"hosts, and several nodes are not modelled: use --gpus {cap} or fewer")
+                      f"hosts; {several}")
 
 
 def _measured_link(spec: PlatformSpec, link):
@@ -261,13 +290,17 @@ def get_hardware(
     cpu: str | None = None,
     host_memory_bytes: float | None = None,
     pcie: str | None = None,
+    num_nodes: int | None = None,
 ) -> Platform:
     """A platform by name, a GPU name (its documented default host, one GPU), or a YAML file.
 
-    Overrides compose a platform that no entry describes.
+    Overrides compose a platform that no entry describes. ``num_gpus`` counts the GPUs used in each node;
+    ``num_nodes`` joins that many copies of the node by its scale-out network (None or 1: one node).
     """
-    _check_overrides(num_gpus, cpu, host_memory_bytes, pcie)
-    overrides = dict(num_gpus=num_gpus, cpu=cpu, host_memory_bytes=host_memory_bytes, pcie=pcie)
+    _check_overrides(num_gpus, cpu, host_memory_bytes, pcie, num_nodes)
+    if num_nodes == 1:
+        num_nodes = None  # one node is every platform's own
+    overrides = dict(num_gpus=num_gpus, cpu=cpu, host_memory_bytes=host_memory_bytes, pcie=pcie, num_nodes=num_nodes)
     if isinstance(hardware, Platform):
         if any(v is not None for v in overrides.values()):
             raise MoesimError("overrides apply to hardware names, not to a resolved Platform; use model_copy")

@@ -10,8 +10,10 @@ from .hardware import (
     HostKind,
     HostLinkMeasurement,
     LinkSpec,
+    NetworkSpec,
     Platform,
     PlatformSpec,
+    ScaleOut,
 )
 from .model import AttentionSpec, DenseFFNSpec, LayerKind, ModelSpec, MoESpec, PublishedParams
 from .workload import LengthDistribution, OfflineWorkload, OnlineWorkload, Workload
@@ -32,6 +34,7 @@ __all__ = [
     "LayerKind",
     "LengthDistribution",
     "LinkSpec",
+    "NetworkSpec",
     "ModelSpec",
     "MoESpec",
     "OfflineWorkload",
@@ -39,6 +42,7 @@ __all__ = [
     "Platform",
     "PlatformSpec",
     "PublishedParams",
+    "ScaleOut",
     "Source",
     "Spec",
     "Workload",

@@ -144,6 +144,62 @@ class LinkSpec(Sourced):
         return self
 
 
+class NetworkSpec(Sourced):
+    """A scale-out network adapter (NIC) and its fabric: what joins one node to another.
+
+    One entry describes one NIC port (e.g. ConnectX-7 at InfiniBand NDR 400 Gb/s); a platform says how many of
+    them each node has (``PlatformSpec.nics_per_node``). Bandwidths are per NIC, per direction."""
+
+    kind: Literal["infiniband", "roce", "ethernet"]
+    nic: str = Field(min_length=1, description="the adapter, e.g. ConnectX-7")
+    line_rate_bits_per_s: float = Field(gt=0, description="signalling rate of one port as sold, e.g. 400e9 (400 Gb/s)")
+    theoretical_bytes_per_s: float = Field(gt=0, description="per NIC, per direction: line rate / 8")
+    achieved_bytes_per_s: float = Field(gt=0, description="per NIC, per direction, as measured by a collective or "
+                                        "all-to-all library over this NIC (sourced under derived)")
+    latency_s: float = Field(ge=0, description="one-way small-message latency between two GPUs of different nodes")
+
+    @model_validator(mode="after")
+    def _rates_agree(self) -> "NetworkSpec":
+        if abs(self.theoretical_bytes_per_s * 8 - self.line_rate_bits_per_s) > 1e-6 * self.line_rate_bits_per_s:
+            raise ValueError("theoretical_bytes_per_s must be line_rate_bits_per_s / 8")
+        if self.achieved_bytes_per_s > self.theoretical_bytes_per_s:
+            raise ValueError("achieved_bytes_per_s exceeds theoretical_bytes_per_s")
+        return self
+
+
+class ScaleOut(Spec):
+    """The network between the nodes of a resolved platform, per GPU (what the engines price inter-node traffic with).
+
+    ``per_gpu_*``: the NIC bandwidth each GPU of a node drives, ``nics_per_node x NIC rate / gpus_per_board``
+    (HGX and NVL72 systems give every GPU its own NIC: one NIC per GPU), per direction."""
+
+    network: NetworkSpec
+    nics_per_node: int = Field(ge=1)
+    gpus_per_board: int = Field(ge=1, description="GPUs of the full board/rack the NICs serve (the entry's num_gpus)")
+
+    @property
+    def nics_per_gpu(self) -> float:
+        return self.nics_per_node / self.gpus_per_board
+
+    @property
+    def per_gpu_theoretical_bytes_per_s(self) -> float:
+        return self.nics_per_gpu * self.network.theoretical_bytes_per_s
+
+    @property
+    def per_gpu_bytes_per_s(self) -> float:
+        """Achieved inter-node bandwidth per GPU, per direction (use this to price traffic)."""
+        return self.nics_per_gpu * self.network.achieved_bytes_per_s
+
+    @property
+    def node_bytes_per_s(self) -> float:
+        """Achieved bandwidth out of one whole node, per direction."""
+        return self.nics_per_node * self.network.achieved_bytes_per_s
+
+    @property
+    def latency_s(self) -> float:
+        return self.network.latency_s
+
+
 class HostLinkMeasurement(Spec):
     """Host<->device copy bandwidths measured on one host (bandwidthTest, nvbandwidth, a torch copy loop).
 
@@ -200,9 +256,15 @@ class PlatformSpec(Sourced):
     max_gpus: int | None = Field(default=None, ge=1, description="GPUs the host takes (slots, or the cloud "
                                  "instance's largest GPU count); None: the rule in moesim.limits.MAX_GPUS_UNSTATED")
     max_gpus_source: str | None = Field(default=None, description="where max_gpus comes from")
+    network: str | None = Field(default=None, description="name of the scale-out NIC entry (hardware_db/networks) "
+                                "joining this node to others; None: a single machine (--nodes must be 1)")
+    nics_per_node: int | None = Field(default=None, ge=1, description="scale-out NICs of one node (compute fabric "
+                                      "only: storage/management ports are not counted)")
 
     @model_validator(mode="after")
     def _slots_hold_gpus(self) -> "PlatformSpec":
+        if (self.network is None) != (self.nics_per_node is None):
+            raise ValueError("network and nics_per_node go together (a NIC entry and how many of them a node has)")
         if self.max_gpus is not None and self.max_gpus < self.num_gpus:
             raise ValueError(f"max_gpus ({self.max_gpus}) is below num_gpus ({self.num_gpus})")
         if self.max_gpus is not None and not self.max_gpus_source:
@@ -233,6 +295,26 @@ class Platform(Spec):
     host_link_source: str | None = Field(default=None, description="source of measured host-link figures; None: "
                                          "the link entry's generation figures")
     max_gpus: int | None = Field(default=None, ge=1, description="GPUs the host takes")
+    num_nodes: int = Field(default=1, ge=1, description="copies of this node joined by ``scale_out`` (--nodes); "
+                           "num_gpus stays the GPUs used in EACH node")
+    scale_out: ScaleOut | None = Field(default=None, description="the network between nodes; None: a single "
+                                       "machine, which cannot take num_nodes > 1")
+
+    @model_validator(mode="after")
+    def _nodes_need_a_network(self) -> "Platform":
+        if self.num_nodes > 1 and self.scale_out is None:
+            raise ValueError(f"num_nodes = {self.num_nodes} needs a scale-out network, and {self.name} has none")
+        return self
+
+    @property
+    def gpus_per_node(self) -> int:
+        """GPUs used in each node (the same as ``num_gpus``)."""
+        return self.num_gpus
+
+    @property
+    def total_gpus(self) -> int:
+        """GPUs over every node: ``num_gpus x num_nodes``."""
+        return self.num_gpus * self.num_nodes
 
     @property
     def usable_gpu_memory_bytes_per_gpu(self) -> float:

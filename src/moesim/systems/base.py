@@ -264,6 +264,10 @@ class ServingSystem(ABC):
     #: replay, GPU time alone plus the engine's per-step CPU work), "native" (kernels launched from C++)
     execution_modes: ClassVar[dict[str, str]] = {"prefill": "eager", "decode": "eager"}
     searches_policy: ClassVar[bool] = False  # whether policy "best" may choose otherwise than "as-deployed"
+    #: whether plan() models several nodes joined by a scale-out network (``ctx.platform.num_nodes > 1``, --nodes):
+    #: the inter-node traffic of its layouts priced over ``ctx.platform.scale_out``. Systems that leave it False
+    #: are refused on such platforms by :meth:`refuse_multi_node` (called for every system by moesim.predict)
+    multi_node: ClassVar[bool] = False
 
     def __init__(self, params: BaseModel | dict | None = None, policy: str = "as-deployed"):
         if policy not in POLICIES:
@@ -309,6 +313,18 @@ class ServingSystem(ABC):
         if ctx.platform.num_gpus > 1:
             raise SingleGPUError(f"{self.name} is modelled on one GPU ({reason}); use --gpus 1")
 
+    @classmethod
+    def refuse_multi_node(cls, ctx: Context, supported: Iterable[str] = ()) -> None:
+        """Raise :class:`MultiNodeError` when ``ctx``'s platform has several nodes and this system does not model
+        them (``multi_node`` False); ``supported`` names the systems that do (for the message)."""
+        nodes = ctx.platform.num_nodes
+        if nodes > 1 and not cls.multi_node:
+            names = ", ".join(supported) or "none yet"
+            raise MultiNodeError(f"{cls.name} is modelled on one node: --nodes {nodes} asks for {nodes} nodes of "
+                                 f"{ctx.platform.num_gpus} GPUs joined by {ctx.platform.scale_out.network.name}, and "
+                                 f"its inter-node parallelism is not modelled; use --nodes 1 (systems that model "
+                                 f"several nodes: {names})")
+
     def make_plan(self, batch: tuple[int, int], prefill: tuple[StepSim, int, int],
                   decode: tuple[float, list[tuple[int, StepSim]]], *, config: dict[str, Any], host_mem_bytes: float,
                   placement: dict[str, str], notes: list[str] | None = None, also_run: tuple[StepSim, ...] = (),
@@ -328,6 +344,10 @@ class ServingSystem(ABC):
 
 class SingleGPUError(InfeasibleError):
     """A system modelled on one GPU asked to plan on several (``auto`` then runs it on one of them)."""
+
+
+class MultiNodeError(InfeasibleError):
+    """A system modelled on one node asked to plan on several (--nodes N > 1): refused, by name and under auto."""
 
 
 def peak_gpu_bytes(steps: Iterable[StepSim]) -> float:
