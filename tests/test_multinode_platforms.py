@@ -176,3 +176,11 @@ def test_cli_show_and_list_hw():
     assert r.returncode == 0
     for name in NEW_PLATFORMS + NEW_GPUS + ["ConnectX-8 800G"]:
         assert name in r.stdout
+
+
+def test_auto_on_several_nodes_runs_one_node_systems_on_one_node():
+    """More nodes never make auto's answer worse: a system modelled on one node runs on one of them, saying so."""
+    one = moesim.predict(model="mixtral-8x7b", hardware="hgx-h200", num_requests=200)
+    two = moesim.predict(model="mixtral-8x7b", hardware="hgx-h200", num_nodes=2, num_requests=200)
+    assert two.throughput_tok_s >= one.throughput_tok_s * (1 - 1e-9)
+    assert any("1 of 2 nodes" in v for v in two.systems_compared.values())
