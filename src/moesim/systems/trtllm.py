@@ -29,6 +29,7 @@ from ..errors import InfeasibleError
 from ..modules import Context
 from .shared.continuous import ContinuousBatchingEngine, EngineKnobs
 from .shared.engine_step import EngineRuntime, engine_execution, runtime_constants
+from .shared.parallel import ParallelLayout, world_gpus
 
 class TRTLLMParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -42,6 +43,15 @@ class TRTLLMParams(BaseModel):
     cuda_graph_padding: bool = Field(default=False, description="pad decode batches to the next captured size "
                                                                 "(CudaGraphConfig.enable_padding, default off)")
     disable_overlap_scheduler: bool = Field(default=False, description="turn the overlap scheduler off")
+    enable_attention_dp: bool = Field(
+        default=False, description="attention data parallel: every GPU runs attention on its own requests "
+                                   "(LLM API enable_attention_dp)")
+    moe_expert_parallel_size: int | None = Field(
+        default=None, ge=1, description="expert-parallel size of the MoE layers (LLM API moe_expert_parallel_size; "
+                                        "None = tp_size / moe_tensor_parallel_size, 1 when neither is set)")
+    moe_tensor_parallel_size: int | None = Field(
+        default=None, ge=1, description="tensor-parallel size of the MoE layers (LLM API moe_tensor_parallel_size; "
+                                        "None = tp_size / moe_expert_parallel_size)")
 
 
 class TRTLLM(ContinuousBatchingEngine):
@@ -73,6 +83,25 @@ class TRTLLM(ContinuousBatchingEngine):
         frac = self.params.free_gpu_memory_fraction
         return (frac * free, f"free_gpu_memory_fraction={frac:g} of the {max(free, 0) / 1e9:.1f} GB free after "
                              f"weights and activations")
+
+    def parallel_layout(self, ctx: Context) -> ParallelLayout:
+        """TensorRT-LLM's ``Mapping``: tp_size is the instance's GPUs; enable_attention_dp runs attention on each
+        GPU alone (tp_size DP ranks of 1 GPU); the MoE layers split over moe_tp x moe_ep = tp_size GPUs (one given,
+        the other is tp_size over it; neither: tensor parallel)."""
+        p = self.params
+        g = world_gpus(ctx.platform)
+        mtp, mep = p.moe_tensor_parallel_size, p.moe_expert_parallel_size
+        if mtp is None and mep is None:
+            mtp, mep = g, 1
+        elif mtp is None:
+            mtp = g // mep if g % mep == 0 else 0
+        elif mep is None:
+            mep = g // mtp if g % mtp == 0 else 0
+        if not mtp or not mep or mtp * mep != g:
+            raise InfeasibleError(f"trtllm: tp_size ({g}) must equal moe_tp_size x moe_ep_size ({mtp or '?'} x "
+                                  f"{mep or '?'}) (TensorRT-LLM's Mapping rule)")
+        dp = g if p.enable_attention_dp else 1
+        return ParallelLayout(g, g // dp, dp, mtp, mep)
 
     def plan(self, ctx: Context):
         if ctx.workload.prompt_tokens > self.params.max_num_tokens:
