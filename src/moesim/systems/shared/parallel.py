@@ -115,6 +115,8 @@ def weight_bytes_per_gpu(ctx: Context, lay: ParallelLayout) -> float:
     """Weights one GPU holds: the routed experts split over moe_tp x moe_ep GPUs (E / moe_ep experts, 1 / moe_tp
     of each), everything else (attention, dense FFN, shared experts, routers, embeddings, head) over the attn_tp
     GPUs of a DP rank (replicated on every DP rank)."""
+    if lay.tensor_parallel_only:
+        return ctx.weight_bytes / lay.gpus
     m = ctx.model
     experts = m.num_moe_layers * m.moe.num_experts * ctx.expert_weight_bytes if m.moe else 0.0  # one expert's bytes
     return (ctx.weight_bytes - experts) / lay.attn_tp + experts / (lay.moe_tp * lay.moe_ep)
