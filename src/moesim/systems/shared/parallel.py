@@ -295,15 +295,18 @@ def parallel_layer_times(ctx: Context, lay: ParallelLayout, tokens: float,
     tokens, context) are the instance's, split evenly over the dp ranks; ``rank_times(rank_ctx, tokens,
     attention, gemm_tokens)`` prices a DP rank's tensor-parallel layer (the engine's path).
 
-    Routed experts on the most loaded EP rank, for the instance's T tokens (all DP ranks route to every EP rank)::
+    Routed experts on the most loaded EP rank, for the instance's T tokens (all DP ranks route to every EP rank),
+    f = :func:`ep_load_factor` (E, k, T, moe_ep)::
 
-        slots = T k / moe_ep x f,   f = ep_load_factor(E, k, T, moe_ep)
-        t_experts = table.moe_s(T, h, inter, E, k, tp=moe_tp, ep=moe_ep) x f      (measured table, where it covers)
-                  = roofline of (active experts / moe_ep, slots) / moe_tp        (otherwise)
+        t_experts = table.moe_s(f T, h, inter, E, k, tp=moe_tp, ep=moe_ep)     (measured table, where it covers:
+                    the balanced kernel at the load of the most loaded rank)
+                  = roofline of (min(E, f A(T)) / moe_ep experts, f T k / moe_ep slots) / moe_tp   (otherwise)
 
-    Dispatch and combine: each GPU sends its T / G tokens' hidden states (activation dtype) once to each distinct
-    destination rank (:func:`destinations_per_token`), the local one excepted, and to every GPU of that rank's
-    MoE TP group; combine returns as many. Both are :func:`all_to_all_s` over moe_ep ranks."""
+    Dispatch and combine (dp > 1): each GPU sends its T / G tokens' hidden states (activation dtype) once to each
+    distinct destination rank (:func:`destinations_per_token`) and to every GPU of that rank's MoE TP group;
+    combine returns as many; both :func:`all_to_all_s` over moe_ep ranks. With dp = 1 (attention TP over every
+    GPU) the tokens are already on every GPU: no all-to-all, the layer's all-reduce combines (TensorRT-LLM's and
+    vLLM's EP under full attention TP)."""
     m = ctx.model
     dp = lay.dp
     rctx = rank_context(ctx, lay.attn_tp)
@@ -321,24 +324,28 @@ def parallel_layer_times(ctx: Context, lay: ParallelLayout, tokens: float,
         from .engine_step import _kernel_tables, routed_table_moe_s
         tables = _kernel_tables(ctx, backend)
         if tables is not None:
-            t = routed_table_moe_s(ctx, tables, rows, tp=lay.moe_tp, ep=lay.moe_ep)
-            if t is not None:
-                experts = t * f
+            # the most loaded rank runs its kernel as if every rank carried its load: the balanced table at f T
+            experts = routed_table_moe_s(ctx, tables, rows * f, tp=lay.moe_tp, ep=lay.moe_ep)
     if experts is None:
-        active = ctx.active_experts(rows) / lay.moe_ep
+        active = min(E / lay.moe_ep, ctx.active_experts(rows) / lay.moe_ep * f)
         cost = ctx.experts(active, rows * k / lay.moe_ep * f).scaled(1.0 / lay.moe_tp)
         experts = ctx.gpu_s(cost, execution)
-    per_gpu_tokens = tokens / lay.gpus
-    # each GPU's send buffer: its tokens once per destination rank (local included; all_to_all_s sends
-    # (n - 1) / n of it over the links), to every GPU of that rank's MoE TP group
-    nbytes = per_gpu_tokens * ctx.hidden_state_bytes(1.0) * destinations_per_token(E, k, lay.moe_ep) * lay.moe_tp
-    phase = "decode" if all(q == 1 for s, q, _ in attention if s > 0) else "prefill"
-    a2a = all_to_all_s(ctx, nbytes, lay.moe_ep, lay.a2a, phase) if lay.moe_ep > 1 else 0.0
     rank = LayerTimes(base.attn_proj, base.core, base.allreduce, base.router, experts, base.shared, base.dense)
-    if lay.moe_ep == 1 and lay.moe_tp > lay.attn_tp:
-        # experts tensor parallel over more GPUs than attention (vLLM DP without EP): the tokens of every DP rank
-        # are gathered for the MoE and its output reduced back: an all-gather and a reduce-scatter, priced as
-        # all-to-alls of the same bytes
-        nb = per_gpu_tokens * ctx.hidden_state_bytes(1.0) * lay.gpus
-        a2a = all_to_all_s(ctx, nb, lay.gpus, lay.a2a, phase)
+    phase = "decode" if all(q == 1 for s, q, _ in attention if s > 0) else "prefill"
+    per_gpu_tokens = tokens / lay.gpus
+    if dp == 1:
+        # attention tensor parallel over every GPU: each GPU already holds all the tokens (after the attention's
+        # all-reduce); each EP rank picks its experts' tokens locally and the layer's second all-reduce sums the
+        # ranks' partial outputs, as in tensor parallelism: no all-to-all
+        a2a = 0.0
+    elif lay.moe_ep > 1:
+        # each GPU's send buffer: its tokens once per destination rank (local included; all_to_all_s sends
+        # (n - 1) / n of it over the links), to every GPU of that rank's MoE TP group
+        nbytes = per_gpu_tokens * ctx.hidden_state_bytes(1.0) * destinations_per_token(E, k, lay.moe_ep) * lay.moe_tp
+        a2a = all_to_all_s(ctx, nbytes, lay.moe_ep, lay.a2a, phase)
+    else:
+        # experts tensor parallel over all GPUs, attention over fewer (vLLM DP without EP): every DP rank's tokens
+        # are gathered for the MoE and its output reduced back: an all-gather and a reduce-scatter of the whole
+        # T-token hidden state, priced with the all-to-all's terms (same (n - 1) / n of the bytes on each link)
+        a2a = all_to_all_s(ctx, tokens * ctx.hidden_state_bytes(1.0), lay.gpus, lay.a2a, phase)
     return ParallelLayerTimes(rank, a2a, a2a, lay.two_batch_overlap)
