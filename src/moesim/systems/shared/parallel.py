@@ -128,12 +128,17 @@ def weight_bytes_per_gpu(ctx: Context, lay: ParallelLayout) -> float:
 PLACEMENTS = 64
 
 
+@lru_cache(maxsize=256)
 def expected_max_standard_normal(n: int) -> float:
-    """E[max of n independent standard normals], Blom's approximation Phi^-1((n - 0.375) / (n + 0.25))
-    (Blom 1958; 1.42 for n = 8 against the exact 1.4236); 0 for n = 1."""
+    """E[max of n independent standard normals] = integral of x n phi(x) Phi(x)^(n-1) dx, by the trapezoid rule
+    on [-10, 10] (1.4236 for n = 8, 1 / sqrt(pi) for 2); 0 for n = 1."""
     if n <= 1:
         return 0.0
-    return NormalDist().inv_cdf((n - 0.375) / (n + 0.25))
+    x = np.linspace(-10.0, 10.0, 4001)
+    nd = NormalDist()
+    cdf = np.array([nd.cdf(v) for v in x])
+    pdf = np.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
+    return float(np.trapezoid(x * n * pdf * cdf ** (n - 1), x))
 
 
 @lru_cache(maxsize=1024)
