@@ -252,6 +252,9 @@ class VLLM(ContinuousBatchingEngine):
         configuration on ``ctx``'s platform, steps priced from a table of simulated passes."""
         from ._vllm_online import VLLMStepModel
 
+        if not self._parallel(ctx).tensor_parallel_only:
+            raise InfeasibleError("vllm online serving: data_parallel_size > 1 / expert parallelism are priced offline "
+                                  "only (the online scheduler models one DP rank's capacity); use an offline workload")
         if plan.config.get("params") != self.params.model_dump():
             raise ValueError(f"online serving: the plan was made by a vllm with other parameters "
                               f"({plan.config.get('params')}) than this one ({self.params.model_dump()})")

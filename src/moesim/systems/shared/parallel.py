@@ -24,7 +24,7 @@ Layout with dp = 1, moe_ep = 1, moe_tp = attn_tp = G is tensor parallelism, pric
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from statistics import NormalDist
 
@@ -262,6 +262,8 @@ class ParallelLayerTimes:
     two_batch_overlap: bool = False
 
     def add(self, eng: Engine, i: int, kind: LayerKind, after: int | None = None) -> int:
+        if self.two_batch_overlap and kind.moe:
+            return self._add_two_batches(eng, i, kind, after)
         r = self.rank
         last = eng.add(f"L{i} attn proj", "gpu", r.attn_proj, [after], category="attention")
         last = eng.add(f"L{i} attention", "gpu", r.core[kind.windowed], [last], category="attention")
@@ -269,21 +271,12 @@ class ParallelLayerTimes:
             last = eng.add(f"L{i} all-reduce", "gpu-link", r.allreduce, [last], category="communication")
         if kind.moe:
             last = eng.add(f"L{i} router", "gpu", r.router, [last], category="router")
-            if self.two_batch_overlap:
-                # SGLang's two-batch overlap: the two micro-batches' dispatch/combine run on the link while the
-                # other's computation runs: the link tasks hang off the router, the experts wait for neither
-                d = eng.add(f"L{i} all-to-all dispatch", "gpu-link", self.dispatch, [last], category="communication")
-                e = eng.add(f"L{i} experts", "gpu", r.experts, [last], category="experts")
-                c = eng.add(f"L{i} all-to-all combine", "gpu-link", self.combine, [d], category="communication")
-                last = eng.add(f"L{i} micro-batches joined", "gpu", 0.0, [e, c], category="experts")
-            else:
-                if self.dispatch:
-                    last = eng.add(f"L{i} all-to-all dispatch", "gpu-link", self.dispatch, [last],
-                                   category="communication")
-                last = eng.add(f"L{i} experts", "gpu", r.experts, [last], category="experts")
-                if self.combine:
-                    last = eng.add(f"L{i} all-to-all combine", "gpu-link", self.combine, [last],
-                                   category="communication")
+            if self.dispatch:
+                last = eng.add(f"L{i} all-to-all dispatch", "gpu-link", self.dispatch, [last],
+                               category="communication")
+            last = eng.add(f"L{i} experts", "gpu", r.experts, [last], category="experts")
+            if self.combine:
+                last = eng.add(f"L{i} all-to-all combine", "gpu-link", self.combine, [last], category="communication")
             if r.shared:
                 last = eng.add(f"L{i} shared experts", "gpu", r.shared, [last], category="experts")
         else:
@@ -291,6 +284,31 @@ class ParallelLayerTimes:
         if r.allreduce:
             last = eng.add(f"L{i} all-reduce 2", "gpu-link", r.allreduce, [last], category="communication")
         return last
+
+    def _add_two_batches(self, eng: Engine, i: int, kind: LayerKind, after: int | None) -> int:
+        """SGLang's two-batch overlap: the step's batch as two micro-batches (``rank``, ``dispatch`` and
+        ``combine`` are one micro-batch's), each running its own kernels; one's all-to-all runs on the link while
+        the other's attention or experts run on the GPU (the engine serialises each resource and overlaps the two)."""
+        r = self.rank
+        ends = []
+        ready: list[int | None] = []
+        for mb in "ab":
+            last = eng.add(f"L{i}{mb} attn proj", "gpu", r.attn_proj, [after], category="attention")
+            last = eng.add(f"L{i}{mb} attention", "gpu", r.core[kind.windowed], [last], category="attention")
+            if r.allreduce:
+                last = eng.add(f"L{i}{mb} all-reduce", "gpu-link", r.allreduce, [last], category="communication")
+            last = eng.add(f"L{i}{mb} router", "gpu", r.router, [last], category="router")
+            ready.append(eng.add(f"L{i}{mb} all-to-all dispatch", "gpu-link", self.dispatch, [last],
+                                 category="communication"))
+        for mb, d in zip("ab", ready):
+            last = eng.add(f"L{i}{mb} experts", "gpu", r.experts, [d], category="experts")
+            last = eng.add(f"L{i}{mb} all-to-all combine", "gpu-link", self.combine, [last], category="communication")
+            if r.shared:
+                last = eng.add(f"L{i}{mb} shared experts", "gpu", r.shared, [last], category="experts")
+            if r.allreduce:
+                last = eng.add(f"L{i}{mb} all-reduce 2", "gpu-link", r.allreduce, [last], category="communication")
+            ends.append(last)
+        return eng.add(f"L{i} micro-batches joined", "gpu", 0.0, ends, category="experts")
 
 
 def parallel_layer_times(ctx: Context, lay: ParallelLayout, tokens: float,
@@ -313,6 +331,12 @@ def parallel_layer_times(ctx: Context, lay: ParallelLayout, tokens: float,
     GPU) the tokens are already on every GPU: no all-to-all, the layer's all-reduce combines (TensorRT-LLM's and
     vLLM's EP under full attention TP)."""
     m = ctx.model
+    if lay.two_batch_overlap and m.moe and tokens >= 2:
+        # two micro-batches of half the tokens and sequences each (ParallelLayerTimes._add_two_batches)
+        half = parallel_layer_times(ctx, replace(lay, two_batch_overlap=False), tokens / 2,
+                                    [(s / 2, q, kv) for s, q, kv in attention], execution, backend,
+                                    None if gemm_tokens is None else gemm_tokens / 2, rank_times)
+        return replace(half, two_batch_overlap=True)
     dp = lay.dp
     rctx = rank_context(ctx, lay.attn_tp)
     r_tokens = tokens / dp
