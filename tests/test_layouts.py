@@ -111,6 +111,26 @@ def test_layouts_in_each_engines_words():
     assert (t.attn_tp, t.dp, t.moe_tp, t.moe_ep) == (1, 8, 2, 4)
 
 
+def test_gathered_exchange_moves_more_than_all_to_all():
+    """DP 8 x EP 8 on 64 decode tokens: the default all-gather / reduce-scatter moves every token to every GPU,
+    an all-to-all only to its experts' ranks (DeepSeek: 8 of 256 experts reach fewer than 8 ranks)."""
+    ctx = _ctx()
+    ex = engine_execution("graph")
+
+    def rank_times(c, t, a, g):
+        return engine_layer_times(c, t, a, ex, "sglang", g)
+
+    att = [(64.0, 1, 600.0)]
+    gathered = parallel_layer_times(ctx, ParallelLayout(8, 1, 8, 1, 8), 64.0, att, ex, "sglang", 64.0, rank_times)
+    a2a = parallel_layer_times(ctx, ParallelLayout(8, 1, 8, 1, 8, a2a="nccl"), 64.0, att, ex, "sglang", 64.0,
+                               rank_times)
+    whole = 64 * 7168 * 2
+    assert gathered.gathered and gathered.dispatch == pytest.approx(all_to_all_s(ctx, whole, 8, family="all_gather"))
+    assert a2a.dispatch == pytest.approx(all_to_all_s(ctx, 8 * 7168 * 2 * destinations_per_token(256, 8, 8), 8))
+    assert a2a.dispatch < gathered.dispatch
+    assert a2a.rank == gathered.rank
+
+
 def test_dp_ranks_hold_their_own_kv_and_sequences():
     """vLLM DP 8: eight schedulers of max_num_seqs each, one KV pool per rank; weights: experts split 8 ways,
     the rest replicated on every GPU."""
@@ -164,8 +184,17 @@ def test_predict_dp_ep_shows_all_to_all(tmp_path):
     assert "communication" in p.stdout and "attention TP 1 x DP 8, experts EP 8" in p.stdout
     events = json.loads(trace.read_text())
     events = events["traceEvents"] if isinstance(events, dict) else events
-    a2a = [e for e in events if "all-to-all" in str(e.get("name", ""))]
-    assert a2a and all(e.get("cat") == "communication" for e in a2a if "cat" in e)
+    moe = [e for e in events if "MoE dispatch (all-gather)" in str(e.get("name", ""))]
+    assert moe and all(e.get("cat") == "communication" for e in moe if "cat" in e)
+    # with DeepEP the exchange is an all-to-all, and the trace says so
+    p = _cli("--model", "deepseek-r1", "--hw", "hgx-h200", "--system", "sglang", "--data-parallel-size", "8",
+             "--enable-dp-attention", "--expert-parallel-size", "8", "--moe-a2a-backend", "deepep", "--trace",
+             str(trace))
+    assert p.returncode == 0, p.stderr
+    assert "all-to-all deepep" in p.stdout
+    events = json.loads(trace.read_text())
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    assert any("MoE dispatch (all-to-all)" in str(e.get("name", "")) for e in events)
 
 
 # ---- the AIConfigurator rows ----------------------------------------------------------------------------------

@@ -67,8 +67,9 @@ class SGLangParams(BaseModel):
         default=1, ge=1, description="expert-parallel size (SGLang --expert-parallel-size / --ep-size); MoE tensor "
                                      "parallel over tp / ep GPUs")
     moe_a2a_backend: Literal["none", "deepep"] = Field(
-        default="none", description="MoE all-to-all (SGLang --moe-a2a-backend): none (NCCL collectives) or deepep "
-                                    "(normal kernels for prefill, low-latency for decode)")
+        default="none", description="MoE token exchange (SGLang --moe-a2a-backend): none (DP-attention gather and "
+                                    "scatter: all-gather / reduce-scatter) or deepep (all-to-all: normal kernels for "
+                                    "prefill, low-latency for decode, SGLang's deepep_mode auto)")
     enable_eplb: bool = Field(default=False, description="expert-parallel load balancer (SGLang --enable-eplb)")
     enable_two_batch_overlap: bool = Field(
         default=False, description="split each batch in two micro-batches so one's all-to-all overlaps the other's "
@@ -156,7 +157,7 @@ class SGLang(ContinuousBatchingEngine):
             raise InfeasibleError("sglang: --enable-two-batch-overlap overlaps the expert-parallel all-to-all; it "
                                   "needs --ep-size > 1")
         return ParallelLayout(g, g // dp, dp, g // ep, ep, eplb=p.enable_eplb,
-                              a2a="deepep" if p.moe_a2a_backend == "deepep" else "nccl",
+                              a2a="deepep" if p.moe_a2a_backend == "deepep" else "allgather",
                               two_batch_overlap=p.enable_two_batch_overlap)
 
     def _kv_pool_bytes(self, ctx: Context, weights_gpu: float, act: float) -> tuple[float, str]:

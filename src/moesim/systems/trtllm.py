@@ -101,7 +101,9 @@ class TRTLLM(ContinuousBatchingEngine):
             raise InfeasibleError(f"trtllm: tp_size ({g}) must equal moe_tp_size x moe_ep_size ({mtp or '?'} x "
                                   f"{mep or '?'}) (TensorRT-LLM's Mapping rule)")
         dp = g if p.enable_attention_dp else 1
-        return ParallelLayout(g, g // dp, dp, mtp, mep)
+        # attention DP on one HGX node: the MoE's tokens all-gathered and its output reduce-scattered (TensorRT-LLM's
+        # all-to-all MoE path is for multi-node NVLink (MNNVL) systems)
+        return ParallelLayout(g, g // dp, dp, mtp, mep, a2a="allgather")
 
     def plan(self, ctx: Context):
         if ctx.workload.prompt_tokens > self.params.max_num_tokens:

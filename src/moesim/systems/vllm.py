@@ -92,7 +92,7 @@ cached whole on every GPU (:func:`.shared.continuous.kv_share_per_gpu`).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -144,6 +144,9 @@ class VLLMParams(BaseModel):
                                    "experts tensor parallel over them")
     enable_eplb: bool = Field(default=False, description="expert-parallel load balancer, redundant experts placed "
                                                          "by measured load (vLLM --enable-eplb)")
+    all2all_backend: Literal["allgather_reducescatter", "deepep_high_throughput", "deepep_low_latency"] = Field(
+        default="allgather_reducescatter", description="how expert-parallel MoE layers exchange tokens (vLLM "
+                                                       "--all2all-backend; default all-gather / reduce-scatter)")
 
 
 class VLLM(ContinuousBatchingEngine):
@@ -184,7 +187,9 @@ class VLLM(ContinuousBatchingEngine):
         if p.enable_eplb and not p.enable_expert_parallel:
             raise InfeasibleError("vllm: --enable-eplb requires --enable-expert-parallel (vLLM's rule)")
         ep = g if p.enable_expert_parallel else 1
-        return ParallelLayout(g, g // dp, dp, g // ep, ep, eplb=p.enable_eplb)
+        a2a = {"allgather_reducescatter": "allgather", "deepep_high_throughput": "deepep_normal",
+               "deepep_low_latency": "deepep_ll"}[p.all2all_backend]
+        return ParallelLayout(g, g // dp, dp, g // ep, ep, eplb=p.enable_eplb, a2a=a2a)
 
     # ---- memory ------------------------------------------------------------------------------
     def _layout(self, ctx: Context) -> _Layout:

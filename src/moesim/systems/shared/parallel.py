@@ -14,8 +14,11 @@ shared here. A step of the whole instance with T tokens (all DP ranks together) 
   over attn_tp GPUs (its all-reduces over attn_tp GPUs); its KV pool holds only its own sequences;
 - routed experts: each EP rank holds E / moe_ep experts, each 1 / moe_tp of the expert width, and runs the tokens
   routed to them; the most loaded rank sets the pace (:func:`ep_load_factor`);
-- dispatch and combine: an all-to-all each (:func:`all_to_all_s`), of the tokens' hidden states to the ranks of
-  their experts and back.
+- dispatch and combine: how the engine moves the tokens (``ParallelLayout.a2a``): by default every DP rank's
+  tokens are all-gathered on every GPU and the MoE output reduce-scattered back (vLLM's default all2all
+  backend ``allgather_reducescatter``, SGLang's DP-attention gather/scatter without DeepEP); with DeepEP (or an
+  NCCL all-to-all) each token goes only to the ranks of its experts and back (:func:`all_to_all_s`); none when
+  attention is tensor parallel over every GPU (the tokens are already everywhere).
 
 Layout with dp = 1, moe_ep = 1, moe_tp = attn_tp = G is tensor parallelism, priced by the existing path
 (:mod:`.continuous`, :mod:`.engine_step`) unchanged.
@@ -56,7 +59,11 @@ class ParallelLayout:
     moe_tp: int = 0  # 0 = attn_tp x dp (experts tensor parallel over every GPU)
     moe_ep: int = 1
     eplb: bool = False  # expert placement balanced by measured load (EPLB / redundant experts)
-    a2a: str = "nccl"  # all-to-all implementation: "nccl", "deepep" (normal for prefill, low-latency for decode)
+    #: how the MoE's tokens move between ranks: "allgather" (every rank gathers every DP rank's tokens, the output
+    #: is reduce-scattered back: the engines' default), "nccl" (an all-to-all of each token to its experts' ranks),
+    #: "deepep" (DeepEP's all-to-all: normal kernels for prefill, low-latency for decode), "deepep_normal",
+    #: "deepep_ll" (one kind of DeepEP kernel for both phases)
+    a2a: str = "allgather"
     two_batch_overlap: bool = False
 
     def __post_init__(self):
@@ -78,7 +85,8 @@ class ParallelLayout:
     def words(self) -> str:
         parts = [f"attention TP {self.attn_tp} x DP {self.dp}", f"experts EP {self.moe_ep} x MoE TP {self.moe_tp}"]
         if self.moe_ep > 1:
-            parts.append(f"all-to-all {self.a2a}" + (", EPLB" if self.eplb else ""))
+            parts.append(("all-gather / reduce-scatter" if self.a2a == "allgather" else f"all-to-all {self.a2a}")
+                         + (", EPLB" if self.eplb else ""))
         if self.two_batch_overlap:
             parts.append("two-batch overlap")
         return ", ".join(parts)
@@ -202,24 +210,27 @@ def destinations_per_token(num_experts: int, top_k: int, ranks: int) -> float:
     return ranks * (1.0 - miss)
 
 
-def all_to_all_s(ctx: Context, nbytes_per_gpu: float, ranks: int, a2a: str = "nccl", phase: str = "decode") -> float:
-    """One all-to-all in which each of ``ranks`` GPUs sends ``nbytes_per_gpu`` bytes (all destinations together)::
+def all_to_all_s(ctx: Context, nbytes_per_gpu: float, ranks: int, a2a: str = "nccl", phase: str = "decode",
+                 family: str = "all_to_all") -> float:
+    """One collective over ``ranks`` GPUs of ``nbytes_per_gpu`` bytes per GPU (nccl-tests' size: an all-to-all's
+    send buffer, all destinations together; an all-gather's gathered output; a reduce-scatter's input)::
 
         t = alpha(n) + (n - 1) / n x bytes / (eta x B_link)
 
     alpha(n) = a + b (n - 1), NCCL's small-message latency line on NVSwitch (``systems_db/shared.yaml``,
     AIConfigurator's NCCL tables); B_link the platform's measured GPU-GPU bandwidth per direction (``gpu_link``);
-    eta the fraction of it an all-to-all reaches (``systems_db/engines.yaml``: DeepEP's normal kernels reach
-    153 of ~160 GB/s of NVLink on H800, EP8). DeepEP's low-latency kernels (decode) have a latency floor of their
-    own (``deepep_ll_latency_s``). A platform with a measured collectives profile (``hardware_db/collectives``)
-    takes its measured all-to-all instead (graph timing)."""
+    eta the fraction of it the collective reaches (``systems_db/engines.yaml``: DeepEP's normal kernels reach
+    153 of ~160 GB/s of NVLink on H800, EP8; taken for NCCL's all-gather / reduce-scatter too). DeepEP's
+    low-latency kernels have a latency floor of their own (``deepep_ll_latency_s``). ``family`` (all_to_all,
+    all_gather, reduce_scatter): a platform with a measured collectives profile (``hardware_db/collectives``)
+    takes its measured time instead (graph timing)."""
     if ranks <= 1 or nbytes_per_gpu <= 0:
         return 0.0
     from ...db import collective_profile
 
     profile = collective_profile(ctx.platform.name)
     if profile is not None:
-        t = profile.time_s("all_to_all", nbytes_per_gpu, ranks, "graph")
+        t = profile.time_s(family, nbytes_per_gpu, ranks, "graph")
         if t is not None:
             return t
     p = ctx.platform
@@ -231,7 +242,7 @@ def all_to_all_s(ctx: Context, nbytes_per_gpu: float, ranks: int, a2a: str = "nc
     shared = system_constants("shared")
     alpha = max(link.latency_s, float(shared.value("nccl_allreduce_base_s"))) + float(
         shared.value("nccl_allreduce_per_peer_s")) * (ranks - 1)
-    if a2a == "deepep" and phase == "decode":
+    if a2a == "deepep_ll" or (a2a == "deepep" and phase == "decode"):
         alpha = max(alpha, _c("deepep_ll_latency_s"))
     return alpha + (ranks - 1) / ranks * nbytes_per_gpu / bw
 
@@ -260,6 +271,13 @@ class ParallelLayerTimes:
     dispatch: float
     combine: float
     two_batch_overlap: bool = False
+    gathered: bool = False  # dispatch is an all-gather and combine a reduce-scatter (else all-to-alls)
+
+    @property
+    def _names(self) -> tuple[str, str]:
+        if self.gathered:
+            return "MoE dispatch (all-gather)", "MoE combine (reduce-scatter)"
+        return "MoE dispatch (all-to-all)", "MoE combine (all-to-all)"
 
     def add(self, eng: Engine, i: int, kind: LayerKind, after: int | None = None) -> int:
         if self.two_batch_overlap and kind.moe:
@@ -271,12 +289,12 @@ class ParallelLayerTimes:
             last = eng.add(f"L{i} all-reduce", "gpu-link", r.allreduce, [last], category="communication")
         if kind.moe:
             last = eng.add(f"L{i} router", "gpu", r.router, [last], category="router")
+            dname, cname = self._names
             if self.dispatch:
-                last = eng.add(f"L{i} all-to-all dispatch", "gpu-link", self.dispatch, [last],
-                               category="communication")
+                last = eng.add(f"L{i} {dname}", "gpu-link", self.dispatch, [last], category="communication")
             last = eng.add(f"L{i} experts", "gpu", r.experts, [last], category="experts")
             if self.combine:
-                last = eng.add(f"L{i} all-to-all combine", "gpu-link", self.combine, [last], category="communication")
+                last = eng.add(f"L{i} {cname}", "gpu-link", self.combine, [last], category="communication")
             if r.shared:
                 last = eng.add(f"L{i} shared experts", "gpu", r.shared, [last], category="experts")
         else:
@@ -290,6 +308,7 @@ class ParallelLayerTimes:
         ``combine`` are one micro-batch's), each running its own kernels; one's all-to-all runs on the link while
         the other's attention or experts run on the GPU (the engine serialises each resource and overlaps the two)."""
         r = self.rank
+        dname, cname = self._names
         ends = []
         ready: list[int | None] = []
         for mb in "ab":
@@ -298,11 +317,10 @@ class ParallelLayerTimes:
             if r.allreduce:
                 last = eng.add(f"L{i}{mb} all-reduce", "gpu-link", r.allreduce, [last], category="communication")
             last = eng.add(f"L{i}{mb} router", "gpu", r.router, [last], category="router")
-            ready.append(eng.add(f"L{i}{mb} all-to-all dispatch", "gpu-link", self.dispatch, [last],
-                                 category="communication"))
+            ready.append(eng.add(f"L{i}{mb} {dname}", "gpu-link", self.dispatch, [last], category="communication"))
         for mb, d in zip("ab", ready):
             last = eng.add(f"L{i}{mb} experts", "gpu", r.experts, [d], category="experts")
-            last = eng.add(f"L{i}{mb} all-to-all combine", "gpu-link", self.combine, [last], category="communication")
+            last = eng.add(f"L{i}{mb} {cname}", "gpu-link", self.combine, [last], category="communication")
             if r.shared:
                 last = eng.add(f"L{i}{mb} shared experts", "gpu", r.shared, [last], category="experts")
             if r.allreduce:
@@ -325,9 +343,10 @@ def parallel_layer_times(ctx: Context, lay: ParallelLayout, tokens: float,
                     the balanced kernel at the load of the most loaded rank)
                   = roofline of (min(E, f A(T)) / moe_ep experts, f T k / moe_ep slots) / moe_tp   (otherwise)
 
-    Dispatch and combine (dp > 1): each GPU sends its T / G tokens' hidden states (activation dtype) once to each
-    distinct destination rank (:func:`destinations_per_token`) and to every GPU of that rank's MoE TP group;
-    combine returns as many; both :func:`all_to_all_s` over moe_ep ranks. With dp = 1 (attention TP over every
+    Dispatch and combine (dp > 1), all-gather / reduce-scatter (the default): the whole T-token hidden state
+    (activation dtype) over all G GPUs each way. All-to-all (DeepEP, NCCL): each GPU sends its T / G tokens' hidden
+    states once to each distinct destination rank (:func:`destinations_per_token`) and to every GPU of that rank's
+    MoE TP group; combine returns as many; both :func:`all_to_all_s` over moe_ep ranks. With dp = 1 (attention TP over every
     GPU) the tokens are already on every GPU: no all-to-all, the layer's all-reduce combines (TensorRT-LLM's and
     vLLM's EP under full attention TP)."""
     m = ctx.model
@@ -367,14 +386,18 @@ def parallel_layer_times(ctx: Context, lay: ParallelLayout, tokens: float,
         # all-reduce); each EP rank picks its experts' tokens locally and the layer's second all-reduce sums the
         # ranks' partial outputs, as in tensor parallelism: no all-to-all
         a2a = 0.0
-    elif lay.moe_ep > 1:
+    elif lay.moe_ep > 1 and lay.a2a != "allgather":
         # each GPU's send buffer: its tokens once per destination rank (local included; all_to_all_s sends
         # (n - 1) / n of it over the links), to every GPU of that rank's MoE TP group
         nbytes = per_gpu_tokens * ctx.hidden_state_bytes(1.0) * destinations_per_token(E, k, lay.moe_ep) * lay.moe_tp
-        a2a = all_to_all_s(ctx, nbytes, lay.moe_ep, lay.a2a, phase)
+        dispatch = combine = all_to_all_s(ctx, nbytes, lay.moe_ep, lay.a2a, phase)
+        return ParallelLayerTimes(rank, dispatch, combine, lay.two_batch_overlap)
     else:
-        # experts tensor parallel over all GPUs, attention over fewer (vLLM DP without EP): every DP rank's tokens
-        # are gathered for the MoE and its output reduced back: an all-gather and a reduce-scatter of the whole
-        # T-token hidden state, priced with the all-to-all's terms (same (n - 1) / n of the bytes on each link)
-        a2a = all_to_all_s(ctx, tokens * ctx.hidden_state_bytes(1.0), lay.gpus, lay.a2a, phase)
+        # every DP rank's tokens gathered on every GPU for the MoE, its output reduce-scattered back (the engines'
+        # default: vLLM's allgather_reducescatter all2all backend, SGLang's DP-attention gather/scatter,
+        # TensorRT-LLM's attention-DP all-gather): the whole T-token hidden state over all G GPUs
+        whole = tokens * ctx.hidden_state_bytes(1.0)
+        dispatch = all_to_all_s(ctx, whole, lay.gpus, lay.a2a, phase, "all_gather")
+        combine = all_to_all_s(ctx, whole, lay.gpus, lay.a2a, phase, "reduce_scatter")
+        return ParallelLayerTimes(rank, dispatch, combine, lay.two_batch_overlap, gathered=True)
     return ParallelLayerTimes(rank, a2a, a2a, lay.two_batch_overlap)
