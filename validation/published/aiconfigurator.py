@@ -10,6 +10,10 @@ tensor parallel only (pp 1, attention DP 1, expert parallel 1, MoE TP = TP, a co
 moesim has (vllm, sglang, trtllm), and an MoE model moesim lists, matched through the ``hf_id`` of
 ``models_db`` (an ``-FP8`` checkpoint maps to its base model in fp8).
 
+With ``--layouts`` (:func:`expressible` with ``layouts=True``) also the aggregated attention-DP / expert-parallel
+rows on one node (8 GPUs), each mapped to its engine's own flags by :func:`layout_of`; the split rule is the same
+(H100 fit, H200 held-out). The corpus (:func:`published_cells`) keeps the TP-only rows (:data:`CORPUS_LAYOUTS`).
+
 Scenario of a row (:func:`scenario_of`):
 
 - platform ``hgx-h100`` / ``hgx-h200`` with ``--gpus tp_size``; system = the backend; prompt = isl, gen = osl;

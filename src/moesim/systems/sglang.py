@@ -1,5 +1,5 @@
 """`sglang`: SGLang's aggregated serving (Zheng et al., "SGLang: Efficient Execution of Structured Language
-Model Programs", NeurIPS 2024), tensor parallel only: continuous batching over a token-granular KV pool, chunked
+Model Programs", NeurIPS 2024): continuous batching over a token-granular KV pool, chunked
 prefill, CUDA-graph decode and the overlap scheduler.
 
 Scheduling and step pricing are shared with vLLM and TensorRT-LLM (:mod:`.shared.continuous`); what is SGLang's
@@ -25,6 +25,13 @@ Execution: decode replays CUDA graphs; prefill ("extend") runs eagerly, its long
 the host issues the next (priced GPU-alone, :mod:`.shared.engine_step`). The overlap scheduler (default since
 v0.4) prepares the next batch on the CPU while the GPU runs the current one; its per-step CPU constants are not
 fitted (no fit row of AIConfigurator's file runs SGLang).
+
+Layouts (:meth:`SGLang.parallel_layout`, priced by :mod:`.shared.parallel`; SGLang docs, "Server Arguments" and
+"DP, DPA and SGLang DP Router"): ``--tp`` (moesim's ``--gpus``) is the instance's GPUs; ``--dp-size`` with
+``--enable-dp-attention`` runs attention data parallel (tp / dp GPUs a rank), the FFN over all tp GPUs;
+``--ep-size`` shards the experts (MoE TP tp / ep); ``--moe-a2a-backend deepep`` exchanges tokens by DeepEP's
+all-to-all (otherwise DP attention gathers and scatters them); ``--enable-two-batch-overlap`` runs two
+micro-batches so one's exchange overlaps the other's computation.
 """
 
 from __future__ import annotations

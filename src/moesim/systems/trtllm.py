@@ -1,5 +1,5 @@
-"""`trtllm`: TensorRT-LLM's aggregated serving with its PyTorch backend (``trtllm-serve``, TensorRT-LLM >= 1.0),
-tensor parallel only: in-flight batching over a paged KV cache, CUDA-graph decode, the overlap scheduler.
+"""`trtllm`: TensorRT-LLM's aggregated serving with its PyTorch backend (``trtllm-serve``, TensorRT-LLM >= 1.0):
+in-flight batching over a paged KV cache, CUDA-graph decode, the overlap scheduler.
 
 Scheduling and step pricing are shared with vLLM and SGLang (:mod:`.shared.continuous`); what is TensorRT-LLM's:
 
@@ -18,6 +18,10 @@ default list without padding up to ``cuda_graph_max_batch_size`` 128, ``systems_
 ``cuda_graph_padding`` (off by default) a batch that is not in the list runs eagerly (priced eager with the engine's kernels); context iterations run eagerly,
 their long kernels keeping the GPU busy (priced GPU-alone). The overlap scheduler (on by default) overlaps the
 per-step CPU work (``systems_db/trtllm.yaml``, not fitted) with the GPU's.
+
+Layouts (:meth:`TRTLLM.parallel_layout`, priced by :mod:`.shared.parallel`): ``tp_size`` (moesim's ``--gpus``)
+is the instance's GPUs; ``enable_attention_dp`` runs attention on every GPU alone over its own requests; the MoE
+splits over ``moe_tensor_parallel_size`` x ``moe_expert_parallel_size`` = tp_size (TensorRT-LLM's ``Mapping``).
 """
 
 from __future__ import annotations

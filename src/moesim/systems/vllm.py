@@ -87,6 +87,12 @@ priced every vllm step before execution modes existed.
 
 KV per GPU: K/V heads are never split (a head is replicated when there are fewer than GPUs) and MLA's latent is
 cached whole on every GPU (:func:`.shared.continuous.kv_share_per_gpu`).
+
+Layouts (:meth:`VLLM.parallel_layout`, priced by :mod:`.shared.parallel`; vLLM docs "Data Parallel Deployment",
+"Expert Parallel Deployment"): ``--data-parallel-size`` D splits the instance's G GPUs (moesim's ``--gpus``) into
+D ranks of tensor parallel G / D, each with its own scheduler and KV cache; "by default, expert layers form a
+tensor parallel group of size DP x TP", expert parallel with ``--enable-expert-parallel``; the default
+``--all2all-backend allgather_reducescatter`` gathers every rank's tokens for the MoE.
 """
 
 from __future__ import annotations
