@@ -136,15 +136,13 @@ def test_nodes_flag_is_a_scenario_field():
 
 def test_systems_refuse_several_nodes_unless_they_model_them():
     ctx = SimpleNamespace(platform=get_hardware("hgx-h200", num_nodes=2))
-    vllm = SYSTEMS["vllm"]
+    one_node = SYSTEMS["moe-gen"]
     with pytest.raises(MultiNodeError, match="--nodes 1"):
-        vllm.refuse_multi_node(ctx)
+        one_node.refuse_multi_node(ctx)
     one = SimpleNamespace(platform=get_hardware("hgx-h200"))
-    vllm.refuse_multi_node(one)  # one node: nothing to refuse
-
-    class Spanning(vllm):
-        multi_node = True
-    Spanning.refuse_multi_node(ctx)  # a system that models nodes is let through
+    one_node.refuse_multi_node(one)  # one node: nothing to refuse
+    for engine in ("vllm", "sglang", "trtllm"):  # attention DP / expert parallel span nodes
+        SYSTEMS[engine].refuse_multi_node(ctx)
 
 
 def test_one_node_prediction_unchanged():
@@ -158,7 +156,7 @@ def _cli(*args):
 
 
 def test_cli_nodes_on_hgx_h200_refused_by_a_single_node_system():
-    r = _cli("predict", "--model", "deepseek-r1", "--hw", "hgx-h200", "--system", "vllm", "--nodes", "2")
+    r = _cli("predict", "--model", "deepseek-r1", "--hw", "hgx-h200", "--system", "moe-gen", "--nodes", "2")
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert "modelled on one node" in r.stderr and "--nodes 1" in r.stderr
 
@@ -184,3 +182,19 @@ def test_auto_on_several_nodes_runs_one_node_systems_on_one_node():
     two = moesim.predict(model="mixtral-8x7b", hardware="hgx-h200", num_nodes=2, num_requests=200)
     assert two.throughput_tok_s >= one.throughput_tok_s * (1 - 1e-9)
     assert any("1 of 2 nodes" in v for v in two.systems_compared.values())
+
+
+def test_engines_span_nodes_with_dp_and_ep_and_keep_tp_inside_a_node():
+    """Two HGX H200 nodes: SGLang DP16 / EP16 runs (its MoE exchange leaves the node), its default TP16 is refused
+    with the rule, and 16 GPUs widen the band (validated on at most 8)."""
+    two = dict(model="deepseek-r1", hardware="hgx-h200", system="sglang", num_nodes=2, num_requests=256)
+    p = moesim.predict(**two, system_params={"data_parallel_size": 16, "enable_dp_attention": True,
+                                             "expert_parallel_size": 16})
+    assert p.num_nodes == 2 and p.throughput_tok_s > 0
+    assert any("16 GPUs, validated on at most 8" in a for a in p.assumptions)
+    with pytest.raises(moesim.InfeasibleError, match="must stay inside one node"):
+        moesim.predict(**two)
+    r = _cli("predict", "--model", "deepseek-r1", "--hw", "hgx-h200", "--system", "sglang", "--nodes", "2",
+             "--data-parallel-size", "16", "--enable-dp-attention", "--expert-parallel-size", "16", "--breakdown")
+    assert r.returncode == 0, r.stderr
+    assert "2 nodes x 8 x H200" in r.stdout and "communication" in r.stdout

@@ -36,6 +36,7 @@ class Prediction(BaseModel):
     hardware: str
     gpu: str
     num_gpus: int
+    num_nodes: int = 1  # nodes of num_gpus GPUs each (--nodes)
     system: str
     workload: dict[str, Any]
     dtype: str
@@ -207,7 +208,7 @@ def _prediction(ctx: Context, plan: Plan, compared: dict[str, str], assumptions:
         model=ctx.model.name,
         hardware=ctx.platform.name,
         gpu=ctx.platform.gpu.name,
-        num_gpus=ctx.platform.num_gpus,
+        num_gpus=ctx.platform.num_gpus, num_nodes=ctx.platform.num_nodes,
         system=plan.system,
         workload=w.model_dump(),
         dtype=ctx.wdtype if ctx.wdtype == ctx.edtype else f"{ctx.wdtype} (experts {ctx.edtype})",
@@ -281,7 +282,17 @@ def plan_for(model: ModelSpec, platform: Platform, system: str, workload: Offlin
                                   "modelled on one node")
                 plans[name] = (used, plan)
             else:
-                plans[name] = _plan_in_auto(cls, ctx, one_gpu, policy)
+                try:
+                    plans[name] = _plan_in_auto(cls, ctx, one_gpu, policy)
+                except InfeasibleError as exc:  # its default layout cannot span the nodes: one node of them
+                    if ctx.platform.num_nodes == 1:
+                        raise
+                    if not one_node:
+                        one_node.append(Context(ctx.model, ctx.platform.model_copy(update={"num_nodes": 1}),
+                                                ctx.workload, ctx.options))
+                    used, plan = _plan_in_auto(cls, one_node[0], one_gpu, policy)
+                    plan.notes.append(f"runs on 1 of the platform's {ctx.platform.num_nodes} nodes: {exc}")
+                    plans[name] = (used, plan)
         except (InfeasibleError, SimulationError) as exc:  # one system's overflow never aborts the comparison
             compared[name] = f"infeasible: {exc}"
     if not plans:

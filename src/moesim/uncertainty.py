@@ -368,7 +368,7 @@ def provenance(ctx, plan, transfer_resources: Iterable[str] = ()) -> Provenance:
     uses = any(res in ("h2d", "d2h", "disk") for res in transfer_resources)
     w = ctx.workload
     return Provenance(gpu=plat.gpu.name, kernels=kernels, link=link, uses_host_link=uses, system=plan.system,
-                      num_gpus=plat.num_gpus, context_tokens=w.prompt_tokens + w.gen_tokens,
+                      num_gpus=plat.num_gpus * plat.num_nodes, context_tokens=w.prompt_tokens + w.gen_tokens,
                       batch=int(plan.batch_size), total_params=float(ctx.model.total_params), kernels_why=why)
 
 

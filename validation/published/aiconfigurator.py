@@ -10,6 +10,10 @@ tensor parallel only (pp 1, attention DP 1, expert parallel 1, MoE TP = TP, a co
 moesim has (vllm, sglang, trtllm), and an MoE model moesim lists, matched through the ``hf_id`` of
 ``models_db`` (an ``-FP8`` checkpoint maps to its base model in fp8).
 
+With ``--layouts`` (:func:`expressible` with ``layouts=True``) also the aggregated attention-DP / expert-parallel
+rows on one node (8 GPUs), each mapped to its engine's own flags by :func:`layout_of`; the split rule is the same
+(H100 fit, H200 held-out). The corpus (:func:`published_cells`) keeps the TP-only rows (:data:`CORPUS_LAYOUTS`).
+
 Scenario of a row (:func:`scenario_of`):
 
 - platform ``hgx-h100`` / ``hgx-h200`` with ``--gpus tp_size``; system = the backend; prompt = isl, gen = osl;
@@ -121,8 +125,10 @@ def concurrency_of(row: dict) -> int:
     return int(m.group(1)) if m else int(row["batch_size"])
 
 
-def expressible(row: dict) -> str | None:
-    """None when moesim can express the row, else why not (a short reason)."""
+def expressible(row: dict, layouts: bool = False) -> str | None:
+    """None when moesim can express the row, else why not (a short reason). ``layouts``: also the aggregated rows
+    with attention data parallelism and expert parallelism on one node (:func:`layout_of`); without it, the
+    tensor-parallel rows only (the set this module scored before layouts existed)."""
     if row["mode"] != "agg":
         return "disaggregated"
     if row["system"] not in PLATFORMS:
@@ -131,13 +137,75 @@ def expressible(row: dict) -> str | None:
         return f"backend {row['backend']}"
     tp, pp = _int(row["tp_size"]), _int(row["pp_size"])
     adp, mtp, mep = _int(row["attention_dp_size"]), _int(row["moe_tp_size"]), _int(row["moe_ep_size"])
-    if pp != 1 or adp != 1 or mep != 1:
-        return "not tensor parallel only"
-    if mtp != tp or tp > 8:
-        return "inconsistent layout"
+    if pp != 1:
+        return "pipeline parallel"
+    if not layouts:
+        if adp != 1 or mep != 1:
+            return "not tensor parallel only"
+        if mtp != tp or tp > 8:
+            return "inconsistent layout"
+    else:
+        lay = layout_of(row)
+        if isinstance(lay, str):
+            return lay
     if model_of(row["model_path"]) is None:
         return "model not an MoE model moesim lists"
     return None
+
+
+#: GPUs of one node of the platforms rows run on (HGX H100 / H200); a larger layout needs several nodes
+NODE_GPUS = 8
+
+
+def layout_of(row: dict) -> dict | str:
+    """The row's layout as the engine's own flags, or why moesim cannot express it.
+
+    The CSV's columns (AIConfigurator's convention): tp_size = attention TP per DP rank, attention_dp_size = DP
+    ranks (empty = 1 where moe_tp x moe_ep = tp; else the GPUs the MoE columns use over tp), moe_tp_size x
+    moe_ep_size = the MoE layout; GPUs G = tp x attention_dp = moe_tp x moe_ep. Engine flags:
+
+    - vLLM: --gpus G --data-parallel-size dp, --enable-expert-parallel when moe_ep = G (vLLM's MoE group spans
+      all TP x DP GPUs, wholly EP or wholly TP: other splits are not vLLM layouts);
+    - SGLang: --gpus G (its --tp), --dp-size dp --enable-dp-attention when dp > 1, --ep-size moe_ep;
+    - TensorRT-LLM: --gpus G (its tp_size), enable_attention_dp when dp > 1 (attention TP 1 then: dp = G),
+      moe_expert_parallel_size / moe_tensor_parallel_size as given."""
+    tp, mtp, mep = _int(row["tp_size"]), _int(row["moe_tp_size"]), _int(row["moe_ep_size"])
+    moe = mtp * mep
+    if row["attention_dp_size"] in ("", None):
+        if moe % tp:
+            return "inconsistent layout"
+        adp = moe // tp
+    else:
+        adp = _int(row["attention_dp_size"])
+    g = tp * adp
+    if g != moe:
+        return "inconsistent layout"
+    if g > NODE_GPUS:
+        return f"{g} GPUs: several nodes (multi-node platforms not on this branch)"
+    backend = row["backend"]
+    params: dict = {}
+    if backend == "vllm":
+        if mep not in (1, g) or (mep == 1 and mtp != g):
+            return "MoE layout vLLM cannot run (its MoE group is all TP x DP GPUs, EP or TP)"
+        if adp > 1:
+            params["data_parallel_size"] = adp
+        if mep > 1:
+            params["enable_expert_parallel"] = True
+    elif backend == "sglang":
+        if adp > 1:
+            params.update(data_parallel_size=adp, enable_dp_attention=True)
+        if mep > 1:
+            params["expert_parallel_size"] = mep
+    else:
+        if adp > 1:
+            if tp != 1:
+                return "TensorRT-LLM attention DP runs attention TP 1"
+            params["enable_attention_dp"] = True
+        if mep > 1:
+            params.update(moe_expert_parallel_size=mep, moe_tensor_parallel_size=mtp)
+    words = f"tp{tp}" + (f" dp{adp}" if adp > 1 else "") + (f" ep{mep}" if mep > 1 else "") + (
+        f" moe-tp{mtp}" if mtp not in (g,) and mep > 1 and mtp > 1 else "")
+    return {"gpus": g, "params": params, "layout": words if (adp > 1 or mep > 1) else "tp"}
 
 
 def load_rows(path: Path | None = None) -> list[dict]:
@@ -162,6 +230,7 @@ class Record:
     predicted_ttft_s: float | None  # None = moesim refused (its reason in ``note``)
     predicted_tpot_s: float | None
     note: str = ""
+    layout: str = "tp"  # "tp", or the row's attention DP / EP layout ("tp1 dp8 ep8")
 
     @property
     def ttft_error(self) -> float | None:
@@ -178,9 +247,14 @@ def scenario_of(row: dict, system: str | None = None):
 
     model, dtype = model_of(row["model_path"])
     c = concurrency_of(row)
-    return moesim.Scenario(model=model, hardware=PLATFORMS[row["system"]], num_gpus=_int(row["tp_size"]),
+    lay = layout_of(row)
+    gpus, params = (lay["gpus"], lay["params"]) if isinstance(lay, dict) else (_int(row["tp_size"]), {})
+    if system is not None and system != row["backend"]:
+        params = {}  # another system's flags are not this row's
+    return moesim.Scenario(model=model, hardware=PLATFORMS[row["system"]], num_gpus=gpus,
                            system=system or row["backend"], prompt_tokens=int(row["isl"]), gen_tokens=int(row["osl"]),
-                           batch_size=c, num_requests=c, dtype=dtype)
+                           batch_size=c, num_requests=c, dtype=dtype,
+                           **({"system_params": params} if params else {}))
 
 
 def _wave_mean_ttft_s(plan, prompt: int, batch: int) -> float:
@@ -283,7 +357,10 @@ CITATION = ("AIConfigurator silicon measurements (github.com/ai-dynamo/aiconfigu
 
 def _row_setup(row: dict) -> str:
     version = row["backend_version"] or "version not stated"
-    return (f"{row['system']} x {row['tp_size']} (TP), {row['backend']} {version}, {row['model_path']} "
+    lay = layout_of(row)
+    where = f"{lay['gpus']} ({lay['layout']})" if isinstance(lay, dict) and lay["layout"] != "tp" else \
+        f"{row['tp_size']} (TP)"
+    return (f"{row['system']} x {where}, {row['backend']} {version}, {row['model_path']} "
             f"({row['gemm_quant_mode']}/{row['moe_quant_mode']}), ISL {row['isl']}, OSL {row['osl']}, "
             f"concurrency {concurrency_of(row)}")
 
@@ -291,6 +368,11 @@ def _row_setup(row: dict) -> str:
 @lru_cache(maxsize=1)
 def _rows_by_id() -> dict[str, dict]:
     return {row["id"]: row for row in load_rows()}
+
+
+#: whether the corpus (``moesim validate --published``, the bands) holds the attention-DP / EP rows too; off until
+#: the bands are re-derived with them (the lead's call at merge): ``python aiconfigurator.py --layouts`` scores them
+CORPUS_LAYOUTS = False
 
 
 def published_cells() -> list:
@@ -304,11 +386,14 @@ def published_cells() -> list:
         return []
     out = []
     for row in rows:
-        if expressible(row) is not None:
+        if expressible(row, CORPUS_LAYOUTS) is not None:
             continue
         model, dtype = model_of(row["model_path"])
         c = concurrency_of(row)
-        knobs = {"num_gpus": _int(row["tp_size"]), **({"dtype": dtype} if dtype else {})}
+        lay = layout_of(row)
+        knobs = {"num_gpus": lay["gpus"] if isinstance(lay, dict) else _int(row["tp_size"]),
+                 **({"dtype": dtype} if dtype else {})}
+        params = lay["params"] if isinstance(lay, dict) else {}
         for figure, column in (("ttft_s", "silicon_ttft_ms"), ("tpot_s", "silicon_tpot_ms")):
             out.append(PublishedCell(
                 key=f"{row['id']}|{figure}", citation=CITATION, setup=_row_setup(row),
@@ -316,7 +401,8 @@ def published_cells() -> list:
                 hardware=PLATFORMS[row["system"]], system=row["backend"], figure=figure,
                 published=float(row[column]) / 1e3, split=split_of(row),
                 workload={"prompt_tokens": int(row["isl"]), "gen_tokens": int(row["osl"]), "num_requests": c,
-                          "batch_size": c}, knobs=knobs, table=f"{row['system']} {row['backend']}", fold=row["id"],
+                          "batch_size": c}, knobs=knobs, params=params, table=f"{row['system']} {row['backend']}",
+                fold=row["id"],
                 note="benchmark mean TTFT / TPOT of a closed-loop client at this concurrency (benchmark_latency)"))
     return out
 
@@ -349,20 +435,23 @@ def evaluate(cell):
 
 
 def records(rows: Iterable[dict] | None = None, split: str = "all", limit: int | None = None,
-            system: str | None = None, model: str | None = None) -> list[Record]:
+            system: str | None = None, model: str | None = None, layouts: bool = False) -> list[Record]:
     """One Record per expressible row (``split``: 'fit', 'held-out' or 'all'; ``system`` predicts every row with
-    that moesim system instead of the row's backend, e.g. to compare with ``vllm`` standing in)."""
+    that moesim system instead of the row's backend, e.g. to compare with ``vllm`` standing in; ``layouts``: the
+    attention-DP / expert-parallel rows too, :func:`layout_of`)."""
     out = []
     for row in rows if rows is not None else load_rows():
-        if expressible(row) is not None:
+        if expressible(row, layouts) is not None:
             continue
+        lay = layout_of(row)
         s = split_of(row)
         if split != "all" and s != split:
             continue
         ttft, tpot, note = predict_row(row, system, model)
         out.append(Record(SOURCE, row["id"], s, row["backend"], model_of(row["model_path"])[0], row["system"],
                           _int(row["tp_size"]), int(row["isl"]), int(row["osl"]), concurrency_of(row),
-                          float(row["silicon_ttft_ms"]) / 1e3, float(row["silicon_tpot_ms"]) / 1e3, ttft, tpot, note))
+                          float(row["silicon_ttft_ms"]) / 1e3, float(row["silicon_tpot_ms"]) / 1e3, ttft, tpot, note,
+                          lay["layout"] if isinstance(lay, dict) else "tp"))
         if limit and len(out) >= limit:
             break
     return out
@@ -412,9 +501,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", choices=("fit", "held-out", "all"), default="all")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--as-system", default=None, help="predict every row with this moesim system")
+    ap.add_argument("--layouts", action="store_true",
+                    help="also the attention-DP / expert-parallel rows on one node (grouped by layout)")
     args = ap.parse_args(argv)
-    recs = records(split=args.split, limit=args.limit, system=args.as_system)
+    recs = records(split=args.split, limit=args.limit, system=args.as_system, layouts=args.layouts)
     groupings = [("split", "backend"), ("split", "backend", "model"), ("split", "gpu", "backend", "tp")]
+    if args.layouts:
+        groupings.append(("split", "backend", "model", "layout"))
     if args.json:
         print(json.dumps({"source": SOURCE, "split_rule": f"fit: {FIT_GPUS}; held-out: {HELD_OUT_GPUS}",
                           "records": [asdict(r) | {"ttft_error": r.ttft_error, "tpot_error": r.tpot_error}

@@ -148,9 +148,12 @@ def add_system_param_arguments(parser: argparse.ArgumentParser) -> None:
     for name in sorted(owners):
         if name in taken:
             continue
+        infos = list(owners[name].values())
+        # a boolean parameter given bare is true, as the engines' own flags (--enable-expert-parallel)
+        boolean = all(info.annotation is bool for info in infos)
         group.add_argument("--" + name.replace("_", "-"), dest=_PARAM_DEST + name, action=_Once,
-                           metavar=_param_metavar(next(iter(owners[name].values()))),
-                           help=_param_help(name, owners[name]))
+                           metavar=_param_metavar(infos[0]), help=_param_help(name, owners[name]),
+                           **({"nargs": "?", "const": "true"} if boolean else {}))
 
 
 def given(args: argparse.Namespace) -> dict[str, Any]:

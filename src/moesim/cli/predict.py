@@ -57,7 +57,8 @@ def predict(args: argparse.Namespace) -> int:
     w = pred.workload
     rows = [
         ("model", f"{pred.model} ({pred.dtype}, KV {pred.kv_dtype})"),
-        ("hardware", f"{pred.hardware}: {pred.num_gpus} x {pred.gpu}"),
+        ("hardware", f"{pred.hardware}: "
+                     + (f"{pred.num_nodes} nodes x " if pred.num_nodes > 1 else "") + f"{pred.num_gpus} x {pred.gpu}"),
         ("system", pred.system + ("" if pred.policy == "as-deployed" else f" (policy {pred.policy})")),
         ("workload", f"{w['num_requests']} requests, prompt {w['prompt_tokens']}, generate {w['gen_tokens']}"),
         ("configuration", fmt_config(pred.config)),

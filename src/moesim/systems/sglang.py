@@ -1,5 +1,5 @@
 """`sglang`: SGLang's aggregated serving (Zheng et al., "SGLang: Efficient Execution of Structured Language
-Model Programs", NeurIPS 2024), tensor parallel only: continuous batching over a token-granular KV pool, chunked
+Model Programs", NeurIPS 2024): continuous batching over a token-granular KV pool, chunked
 prefill, CUDA-graph decode and the overlap scheduler.
 
 Scheduling and step pricing are shared with vLLM and TensorRT-LLM (:mod:`.shared.continuous`); what is SGLang's
@@ -25,16 +25,27 @@ Execution: decode replays CUDA graphs; prefill ("extend") runs eagerly, its long
 the host issues the next (priced GPU-alone, :mod:`.shared.engine_step`). The overlap scheduler (default since
 v0.4) prepares the next batch on the CPU while the GPU runs the current one; its per-step CPU constants are not
 fitted (no fit row of AIConfigurator's file runs SGLang).
+
+Layouts (:meth:`SGLang.parallel_layout`, priced by :mod:`.shared.parallel`; SGLang docs, "Server Arguments" and
+"DP, DPA and SGLang DP Router"): ``--tp`` (moesim's ``--gpus``) is the instance's GPUs; ``--dp-size`` with
+``--enable-dp-attention`` runs attention data parallel (tp / dp GPUs a rank), the FFN over all tp GPUs;
+``--ep-size`` shards the experts (MoE TP tp / ep); ``--moe-a2a-backend deepep`` exchanges tokens by DeepEP's
+all-to-all (otherwise DP attention gathers and scatters them); ``--enable-two-batch-overlap`` runs two
+micro-batches so one's exchange overlaps the other's computation.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..costs import Execution
+from ..errors import InfeasibleError
 from ..modules import Context
 from .shared.continuous import ContinuousBatchingEngine, EngineKnobs
 from .shared.engine_step import EngineRuntime, engine_execution, runtime_constants
+from .shared.parallel import ParallelLayout, world_gpus
 
 MIB = 2.0**20
 UNLIMITED = 1 << 30
@@ -53,6 +64,23 @@ class SGLangParams(BaseModel):
         default=None, ge=0, description="largest decode batch captured in a CUDA graph; None = SGLang's default")
     page_size: int = Field(default=1, ge=1, description="tokens per KV page (SGLang default 1)")
     disable_overlap_schedule: bool = Field(default=False, description="turn the overlap scheduler off")
+    data_parallel_size: int = Field(
+        default=1, ge=1, description="data-parallel ranks (SGLang --data-parallel-size / --dp-size); with "
+                                     "enable_dp_attention, attention runs on dp ranks of tp / dp GPUs each")
+    enable_dp_attention: bool = Field(
+        default=False, description="attention data parallel over the dp ranks, MoE over all tp GPUs (SGLang "
+                                   "--enable-dp-attention)")
+    expert_parallel_size: int = Field(
+        default=1, ge=1, description="expert-parallel size (SGLang --expert-parallel-size / --ep-size); MoE tensor "
+                                     "parallel over tp / ep GPUs")
+    moe_a2a_backend: Literal["none", "deepep"] = Field(
+        default="none", description="MoE token exchange (SGLang --moe-a2a-backend): none (DP-attention gather and "
+                                    "scatter: all-gather / reduce-scatter) or deepep (all-to-all: normal kernels for "
+                                    "prefill, low-latency for decode, SGLang's deepep_mode auto)")
+    enable_eplb: bool = Field(default=False, description="expert-parallel load balancer (SGLang --enable-eplb)")
+    enable_two_batch_overlap: bool = Field(
+        default=False, description="split each batch in two micro-batches so one's all-to-all overlaps the other's "
+                                   "computation (SGLang --enable-two-batch-overlap)")
 
 
 class SGLang(ContinuousBatchingEngine):
@@ -113,6 +141,31 @@ class SGLang(ContinuousBatchingEngine):
         return EngineRuntime(self.name, engine_execution("graph"), engine_execution("graph"), c["step_cpu_s"],
                              c["step_cpu_per_seq_s"], bool(c["overlap_scheduler"]) and not p.disable_overlap_schedule,
                              self.capture_sizes(ctx), uncaptured=Execution("eager", engine_kernels=True))
+
+    def parallel_layout(self, ctx: Context) -> ParallelLayout:
+        """SGLang's layout (``ServerArgs`` checks): --tp is the instance's GPUs; with --enable-dp-attention the
+        attention runs on dp ranks of tp / dp GPUs (tp mod dp = 0) and the MoE over all tp GPUs, expert parallel
+        over ep of them (tp mod ep = 0), tensor parallel over tp / ep. --dp without dp attention launches dp
+        separate replicas (a router in front): predict one replica on its GPUs instead."""
+        p = self.params
+        g, dp, ep = world_gpus(ctx.platform), p.data_parallel_size, p.expert_parallel_size
+        if dp > 1 and not p.enable_dp_attention:
+            raise InfeasibleError(
+                f"sglang: --dp-size {dp} without --enable-dp-attention runs {dp} independent replicas of the "
+                f"model; predict one replica (--gpus per replica), or add --enable-dp-attention")
+        if g % dp:
+            raise InfeasibleError(f"sglang: tp_size {g} must be divisible by dp_size {dp} (SGLang's rule with "
+                                  f"--enable-dp-attention)")
+        if g % ep:
+            raise InfeasibleError(f"sglang: tp_size {g} must be divisible by ep_size {ep} (SGLang's rule)")
+        if p.moe_a2a_backend == "deepep" and ep != g:
+            raise InfeasibleError(f"sglang: --moe-a2a-backend deepep needs ep_size = tp_size ({g}), got {ep}")
+        if p.enable_two_batch_overlap and ep == 1:
+            raise InfeasibleError("sglang: --enable-two-batch-overlap overlaps the expert-parallel all-to-all; it "
+                                  "needs --ep-size > 1")
+        return ParallelLayout(g, g // dp, dp, g // ep, ep, eplb=p.enable_eplb,
+                              a2a="deepep" if p.moe_a2a_backend == "deepep" else "allgather",
+                              two_batch_overlap=p.enable_two_batch_overlap)
 
     def _kv_pool_bytes(self, ctx: Context, weights_gpu: float, act: float) -> tuple[float, str]:
         f = self.mem_fraction(ctx)

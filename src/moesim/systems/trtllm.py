@@ -1,5 +1,5 @@
-"""`trtllm`: TensorRT-LLM's aggregated serving with its PyTorch backend (``trtllm-serve``, TensorRT-LLM >= 1.0),
-tensor parallel only: in-flight batching over a paged KV cache, CUDA-graph decode, the overlap scheduler.
+"""`trtllm`: TensorRT-LLM's aggregated serving with its PyTorch backend (``trtllm-serve``, TensorRT-LLM >= 1.0):
+in-flight batching over a paged KV cache, CUDA-graph decode, the overlap scheduler.
 
 Scheduling and step pricing are shared with vLLM and SGLang (:mod:`.shared.continuous`); what is TensorRT-LLM's:
 
@@ -18,6 +18,10 @@ default list without padding up to ``cuda_graph_max_batch_size`` 128, ``systems_
 ``cuda_graph_padding`` (off by default) a batch that is not in the list runs eagerly (priced eager with the engine's kernels); context iterations run eagerly,
 their long kernels keeping the GPU busy (priced GPU-alone). The overlap scheduler (on by default) overlaps the
 per-step CPU work (``systems_db/trtllm.yaml``, not fitted) with the GPU's.
+
+Layouts (:meth:`TRTLLM.parallel_layout`, priced by :mod:`.shared.parallel`): ``tp_size`` (moesim's ``--gpus``)
+is the instance's GPUs; ``enable_attention_dp`` runs attention on every GPU alone over its own requests; the MoE
+splits over ``moe_tensor_parallel_size`` x ``moe_expert_parallel_size`` = tp_size (TensorRT-LLM's ``Mapping``).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from ..errors import InfeasibleError
 from ..modules import Context
 from .shared.continuous import ContinuousBatchingEngine, EngineKnobs
 from .shared.engine_step import EngineRuntime, engine_execution, runtime_constants
+from .shared.parallel import ParallelLayout, world_gpus
 
 class TRTLLMParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -42,6 +47,15 @@ class TRTLLMParams(BaseModel):
     cuda_graph_padding: bool = Field(default=False, description="pad decode batches to the next captured size "
                                                                 "(CudaGraphConfig.enable_padding, default off)")
     disable_overlap_scheduler: bool = Field(default=False, description="turn the overlap scheduler off")
+    enable_attention_dp: bool = Field(
+        default=False, description="attention data parallel: every GPU runs attention on its own requests "
+                                   "(LLM API enable_attention_dp)")
+    moe_expert_parallel_size: int | None = Field(
+        default=None, ge=1, description="expert-parallel size of the MoE layers (LLM API moe_expert_parallel_size; "
+                                        "None = tp_size / moe_tensor_parallel_size, 1 when neither is set)")
+    moe_tensor_parallel_size: int | None = Field(
+        default=None, ge=1, description="tensor-parallel size of the MoE layers (LLM API moe_tensor_parallel_size; "
+                                        "None = tp_size / moe_expert_parallel_size)")
 
 
 class TRTLLM(ContinuousBatchingEngine):
@@ -73,6 +87,27 @@ class TRTLLM(ContinuousBatchingEngine):
         frac = self.params.free_gpu_memory_fraction
         return (frac * free, f"free_gpu_memory_fraction={frac:g} of the {max(free, 0) / 1e9:.1f} GB free after "
                              f"weights and activations")
+
+    def parallel_layout(self, ctx: Context) -> ParallelLayout:
+        """TensorRT-LLM's ``Mapping``: tp_size is the instance's GPUs; enable_attention_dp runs attention on each
+        GPU alone (tp_size DP ranks of 1 GPU); the MoE layers split over moe_tp x moe_ep = tp_size GPUs (one given,
+        the other is tp_size over it; neither: tensor parallel)."""
+        p = self.params
+        g = world_gpus(ctx.platform)
+        mtp, mep = p.moe_tensor_parallel_size, p.moe_expert_parallel_size
+        if mtp is None and mep is None:
+            mtp, mep = g, 1
+        elif mtp is None:
+            mtp = g // mep if g % mep == 0 else 0
+        elif mep is None:
+            mep = g // mtp if g % mtp == 0 else 0
+        if not mtp or not mep or mtp * mep != g:
+            raise InfeasibleError(f"trtllm: tp_size ({g}) must equal moe_tp_size x moe_ep_size ({mtp or '?'} x "
+                                  f"{mep or '?'}) (TensorRT-LLM's Mapping rule)")
+        dp = g if p.enable_attention_dp else 1
+        # attention DP on one HGX node: the MoE's tokens all-gathered and its output reduce-scattered (TensorRT-LLM's
+        # all-to-all MoE path is for multi-node NVLink (MNNVL) systems)
+        return ParallelLayout(g, g // dp, dp, mtp, mep, a2a="allgather")
 
     def plan(self, ctx: Context):
         if ctx.workload.prompt_tokens > self.params.max_num_tokens:

@@ -87,12 +87,18 @@ priced every vllm step before execution modes existed.
 
 KV per GPU: K/V heads are never split (a head is replicated when there are fewer than GPUs) and MLA's latent is
 cached whole on every GPU (:func:`.shared.continuous.kv_share_per_gpu`).
+
+Layouts (:meth:`VLLM.parallel_layout`, priced by :mod:`.shared.parallel`; vLLM docs "Data Parallel Deployment",
+"Expert Parallel Deployment"): ``--data-parallel-size`` D splits the instance's G GPUs (moesim's ``--gpus``) into
+D ranks of tensor parallel G / D, each with its own scheduler and KV cache; "by default, expert layers form a
+tensor parallel group of size DP x TP", expert parallel with ``--enable-expert-parallel``; the default
+``--all2all-backend allgather_reducescatter`` gathers every rank's tokens for the MoE.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -105,6 +111,7 @@ from .base import Plan
 from .shared.continuous import ContinuousBatchingEngine, ContinuousPlan, EngineKnobs, _Layout
 from .shared.engine_step import EngineRuntime, engine_execution, runtime_constants, vllm_capture_sizes
 from .shared.memory import activation_bytes
+from .shared.parallel import ParallelLayout, rank_context, weight_bytes_per_gpu, world_gpus
 from .shared.tensor_parallel import require_tensor_parallel
 
 if TYPE_CHECKING:
@@ -134,6 +141,18 @@ class VLLMParams(BaseModel):
                                   "V zero-padded to the query-key head size, as vLLM's DeepSeek-V2 code did before")
     enforce_eager: bool = Field(
         default=False, description="run every step in eager PyTorch, no CUDA graphs (vLLM --enforce-eager)")
+    data_parallel_size: int = Field(
+        default=1, ge=1, description="attention data-parallel ranks (vLLM --data-parallel-size); each rank is "
+                                     "tensor parallel over gpus / data_parallel_size GPUs with its own scheduler "
+                                     "and KV cache; the MoE layers span all ranks")
+    enable_expert_parallel: bool = Field(
+        default=False, description="shard the experts over all TP x DP GPUs (vLLM --enable-expert-parallel); off: "
+                                   "experts tensor parallel over them")
+    enable_eplb: bool = Field(default=False, description="expert-parallel load balancer, redundant experts placed "
+                                                         "by measured load (vLLM --enable-eplb)")
+    all2all_backend: Literal["allgather_reducescatter", "deepep_high_throughput", "deepep_low_latency"] = Field(
+        default="allgather_reducescatter", description="how expert-parallel MoE layers exchange tokens (vLLM "
+                                                       "--all2all-backend; default all-gather / reduce-scatter)")
 
 
 class VLLM(ContinuousBatchingEngine):
@@ -160,19 +179,38 @@ class VLLM(ContinuousBatchingEngine):
         return EngineRuntime(self.name, graph, graph, c["step_cpu_s"], c["step_cpu_per_seq_s"],
                              bool(c["overlap_scheduler"]) and p.chunked_prefill, vllm_capture_sizes(p.max_num_seqs))
 
+    def parallel_layout(self, ctx: Context) -> ParallelLayout:
+        """vLLM's layout (docs, "Data Parallel Deployment" and "Expert Parallel Deployment"): the instance's G GPUs
+        are data_parallel_size ranks of tensor_parallel_size = G / data_parallel_size GPUs each (moesim's --gpus
+        is the instance's GPUs, TP x DP); attention and dense layers are replicated per DP rank; the MoE layers
+        form one group of TP x DP GPUs, expert parallel with --enable-expert-parallel, else tensor parallel."""
+        p = self.params
+        g, dp = world_gpus(ctx.platform), p.data_parallel_size
+        if g % dp:
+            raise InfeasibleError(
+                f"vllm: world size = tensor_parallel_size x data_parallel_size; data_parallel_size {dp} does not "
+                f"divide the instance's {g} GPUs (set --gpus to a multiple of {dp})")
+        if p.enable_eplb and not p.enable_expert_parallel:
+            raise InfeasibleError("vllm: --enable-eplb requires --enable-expert-parallel (vLLM's rule)")
+        ep = g if p.enable_expert_parallel else 1
+        a2a = {"allgather_reducescatter": "allgather", "deepep_high_throughput": "deepep_normal",
+               "deepep_low_latency": "deepep_ll"}[p.all2all_backend]
+        return ParallelLayout(g, g // dp, dp, g // ep, ep, eplb=p.enable_eplb, a2a=a2a)
+
     # ---- memory ------------------------------------------------------------------------------
     def _layout(self, ctx: Context) -> _Layout:
         p, prm = ctx.platform, self.params
-        require_tensor_parallel(ctx, self.name)
+        pl = self._parallel(ctx)
+        require_tensor_parallel(rank_context(ctx, pl.attn_tp), self.name)
         n = p.num_gpus
         ctx_len = ctx.workload.total_context_tokens  # max_model_len
         budget = prm.gpu_memory_utilization * p.gpu.memory_bytes - p.empirical.gpu_memory_reserved_bytes
-        per_gpu = ctx.weight_bytes / n
+        per_gpu = weight_bytes_per_gpu(ctx, pl)
         offload = min(prm.cpu_offload_gb * GIB, per_gpu)
         weights_gpu = per_gpu - offload
         # profiled activations, plus the GPU copy of one layer's offloaded weights while it runs
         layers = ctx.model.num_layers
-        act = activation_bytes(ctx, prm.max_num_batched_tokens) + offload / layers
+        act = activation_bytes(rank_context(ctx, pl.attn_tp), prm.max_num_batched_tokens) + offload / layers
         block_bytes = self._block_bytes(ctx, ctx_len)
         one_seq = math.ceil(ctx_len / prm.block_size) * block_bytes
         host_need = offload * n
@@ -225,6 +263,9 @@ class VLLM(ContinuousBatchingEngine):
         configuration on ``ctx``'s platform, steps priced from a table of simulated passes."""
         from ._vllm_online import VLLMStepModel
 
+        if not self._parallel(ctx).tensor_parallel_only:
+            raise InfeasibleError("vllm online serving: data_parallel_size > 1 / expert parallelism are priced offline "
+                                  "only (the online scheduler models one DP rank's capacity); use an offline workload")
         if plan.config.get("params") != self.params.model_dump():
             raise ValueError(f"online serving: the plan was made by a vllm with other parameters "
                               f"({plan.config.get('params')}) than this one ({self.params.model_dump()})")

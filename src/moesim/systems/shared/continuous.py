@@ -30,6 +30,8 @@ from ..base import (Plan, ServingSystem, StepSim, balanced_batches, sequential_s
                     simulate_pass)
 from .engine_step import EngineRuntime, engine_layer_times, kernel_tables_used, with_engine_cpu
 from .memory import activation_bytes
+from .parallel import (ParallelLayout, parallel_layer_times, rank_context, require_experts_divisible,
+                       weight_bytes_per_gpu, world_gpus)
 from .tensor_parallel import LayerTimes, require_tensor_parallel
 
 
@@ -113,7 +115,12 @@ class _Layout:
 class ContinuousBatchingEngine(ServingSystem):
     """Continuous batching with chunked prefill; weights on the GPUs, tensor parallel; a paged KV pool.
 
-    Subclasses give :attr:`knobs`, :meth:`runtime` and :meth:`_kv_pool_bytes` (or override :meth:`_layout`)."""
+    Subclasses give :attr:`knobs`, :meth:`runtime` and :meth:`_kv_pool_bytes` (or override :meth:`_layout`).
+
+    Several nodes (``--nodes``): attention DP and expert parallelism span them, the MoE exchange's remote share over
+    the platform's scale-out network (:func:`.parallel.all_to_all_s`); tensor-parallel groups stay inside a node."""
+
+    multi_node = True
 
     @property
     def knobs(self) -> EngineKnobs:
@@ -125,6 +132,38 @@ class ContinuousBatchingEngine(ServingSystem):
 
     def runtime(self, ctx: Context) -> EngineRuntime:
         raise NotImplementedError
+
+    def parallel_layout(self, ctx: Context) -> ParallelLayout:
+        """The engine's layout on ``ctx``'s GPUs from its flags (default: tensor parallel over all of them)."""
+        g = world_gpus(ctx.platform)
+        return ParallelLayout(g, g)
+
+    def _parallel(self, ctx: Context) -> ParallelLayout:
+        return ctx.memo(("parallel layout", self.name, repr(self.params)), lambda: self._checked_layout(ctx))
+
+    def _checked_layout(self, ctx: Context) -> ParallelLayout:
+        lay = self.parallel_layout(ctx)
+        lay.check(self.name)
+        per_node = ctx.platform.num_gpus
+        if lay.gpus > per_node and (lay.attn_tp > per_node or lay.moe_tp > per_node):
+            raise InfeasibleError(
+                f"{self.name}: over {lay.gpus // per_node} nodes a tensor-parallel group must stay inside one node "
+                f"({per_node} GPUs on {ctx.platform.gpu_link.name if ctx.platform.gpu_link else 'its link'}); "
+                f"attention TP {lay.attn_tp}, MoE TP {lay.moe_tp} span nodes (their all-reduce over the network is "
+                f"not modelled): use --data-parallel-size and expert parallelism across nodes")
+        if not lay.tensor_parallel_only:
+            require_experts_divisible(ctx, lay, self.name)
+        return lay
+
+    def group_knobs(self, ctx: Context) -> EngineKnobs:
+        """The knobs of the whole instance: each of the dp attention ranks schedules its own sequences and token
+        budget (one scheduler per DP rank), so the instance runs dp x max_seqs sequences in dp x budget tokens."""
+        k = self.knobs_for(ctx)
+        dp = self._parallel(ctx).dp
+        if dp == 1:
+            return k
+        return EngineKnobs(k.label, k.max_seqs * dp, k.token_budget * dp, k.block_size, k.chunked_prefill,
+                           k.max_seqs_name, k.mla_latent_cache)
 
     # ---- memory ------------------------------------------------------------------------------
     def _kv_bytes_per_token(self, ctx: Context, ctx_len: int) -> float:
@@ -141,7 +180,8 @@ class ContinuousBatchingEngine(ServingSystem):
     def _block_bytes(self, ctx: Context, ctx_len: int) -> float:
         """Bytes of one KV page on one GPU (:func:`kv_share_per_gpu` of the per-token KV)."""
         k = self.knobs_for(ctx)
-        return k.block_size * self._kv_bytes_per_token(ctx, ctx_len) * kv_share_per_gpu(ctx, k.mla_latent_cache)
+        rctx = rank_context(ctx, self._parallel(ctx).attn_tp)  # a DP rank's tensor-parallel group caches its KV
+        return k.block_size * self._kv_bytes_per_token(ctx, ctx_len) * kv_share_per_gpu(rctx, k.mla_latent_cache)
 
     def _kv_pool_bytes(self, ctx: Context, weights_gpu: float, act: float) -> tuple[float, str]:
         """(bytes per GPU left for the KV pool, how the engine sized it in words)."""
@@ -150,11 +190,13 @@ class ContinuousBatchingEngine(ServingSystem):
     def _layout(self, ctx: Context) -> _Layout:
         """Weights, activations of one full token budget and the KV pool per GPU (no CPU offload)."""
         k = self.knobs_for(ctx)
-        require_tensor_parallel(ctx, self.name)
+        pl = self._parallel(ctx)
+        rctx = rank_context(ctx, pl.attn_tp)
+        require_tensor_parallel(rctx, self.name)
         n = ctx.platform.num_gpus
         ctx_len = ctx.workload.total_context_tokens
-        weights_gpu = ctx.weight_bytes / n
-        act = activation_bytes(ctx, k.token_budget)
+        weights_gpu = weight_bytes_per_gpu(ctx, pl)
+        act = activation_bytes(rctx, k.token_budget)
         block_bytes = self._block_bytes(ctx, ctx_len)
         one_seq = math.ceil(ctx_len / k.block_size) * block_bytes
         pool, how = self._kv_pool_bytes(ctx, weights_gpu, act)
@@ -175,17 +217,30 @@ class ContinuousBatchingEngine(ServingSystem):
         Priced as the engine runs it (:attr:`runtime`, :mod:`.engine_step`): a decode-only step replays the
         CUDA graph of its padded batch, a step with prompt tokens runs the prefill execution; then the engine's
         per-step CPU work, overlapped with the GPU's or not (:meth:`EngineRuntime.step_s`)."""
-        n = ctx.platform.num_gpus
+        pl = self._parallel(ctx)
+        n, dp = pl.attn_tp, pl.dp
         inv = 1.0 / n
         m = ctx.model
         rt = self.runtime(ctx)
         decode_only = all(q == 1 for s, q, _ in attention if s > 0)
-        execution, gemm_tokens = rt.decode_execution(tokens) if decode_only else (rt.prefill, tokens)
-        engine = Engine(memory_capacity_bytes={"gpu": ctx.platform.usable_gpu_memory_bytes_per_gpu})
-        if execution == EAGER:
-            times = LayerTimes.of(ctx, tokens, attention)
+        if decode_only:  # each DP rank replays the graph of its own padded batch
+            execution, rank_rows = rt.decode_execution(tokens / dp)
+            gemm_tokens = rank_rows * dp
         else:
-            times = engine_layer_times(ctx, tokens, attention, execution, rt.backend, gemm_tokens)
+            execution, gemm_tokens = rt.prefill, tokens
+        engine = Engine(memory_capacity_bytes={"gpu": ctx.platform.usable_gpu_memory_bytes_per_gpu})
+
+        def rank_times(c: Context, t: float, att, g):
+            if execution == EAGER:
+                return LayerTimes.of(c, t, att)
+            return engine_layer_times(c, t, att, execution, rt.backend, g)
+
+        if pl.tensor_parallel_only:
+            times = rank_times(ctx, tokens, attention, gemm_tokens)
+        else:
+            key = ("parallel layer times", pl, execution, rt.backend, tokens, tuple(attention), gemm_tokens)
+            times = ctx.memo(key, lambda: parallel_layer_times(ctx, pl, tokens, attention, execution, rt.backend,
+                                                               gemm_tokens, rank_times))
         offload_layer = lay.offload / m.num_layers
         copy = ctx.h2d_s(offload_layer)
 
@@ -196,13 +251,14 @@ class ContinuousBatchingEngine(ServingSystem):
                                nbytes=offload_layer)
             return times.add(eng, i, kind, last)
 
-        head = ctx.gpu_s(ctx.head(gemm_tokens, max(rows, 1.0)).scaled(inv), execution)
+        hctx = rank_context(ctx, n)
+        head = hctx.gpu_s(hctx.head(gemm_tokens / dp, max(rows / dp, 1.0)).scaled(inv), execution)
 
         holds = {"weights": lay.weights_gpu, "paged KV pool": lay.blocks * lay.block_bytes,
                  "activations (profiled peak) + one offloaded layer's GPU copy": lay.activations}
 
         step = simulate_pass(ctx, engine, layer, gpu_holds=holds, head_s=head)
-        return with_engine_cpu(step, rt, max(rows, 1.0))
+        return with_engine_cpu(step, rt, max(rows / dp, 1.0))
 
     def _mixed(self, ctx: Context, lay: _Layout, dec: float, dec_ctx: float, pre_tokens: float, pre_seqs: float,
                prompt: int) -> StepSim:
@@ -226,7 +282,7 @@ class ContinuousBatchingEngine(ServingSystem):
         19.0 ms against 11.0 ms for the decode alone, and the throughput fell far below what TTFT and TPOT
         imply. Returns (steps per batch, the mean step as one StepSim, what the steps hold, in words).
         """
-        w, k = ctx.workload, self.knobs_for(ctx)
+        w, k = ctx.workload, self.group_knobs(ctx)
         P, G, N = w.prompt_tokens, w.gen_tokens, k.token_budget
         mid = P + (G + 1) / 2.0
         steps = max(float(G), batch * (P + G) / N)
@@ -254,7 +310,7 @@ class ContinuousBatchingEngine(ServingSystem):
 
         Returns (steps per batch, the repeating step as one StepSim, f T_prefill).
         """
-        w, k = ctx.workload, self.knobs_for(ctx)
+        w, k = ctx.workload, self.group_knobs(ctx)
         P, G = w.prompt_tokens, w.gen_tokens
         f = max(min(1.0, batch / G), batch * P / (G * k.token_budget))
         tokens = batch * P / (G * f)
@@ -264,13 +320,14 @@ class ContinuousBatchingEngine(ServingSystem):
 
     # ---- offline plan --------------------------------------------------------------------------
     def plan(self, ctx: Context) -> Plan:
-        w, k, prm = ctx.workload, self.knobs_for(ctx), self.params
+        w, k, prm = ctx.workload, self.group_knobs(ctx), self.params
         P, G, R = w.prompt_tokens, w.gen_tokens, w.num_requests
         lay = self._layout(ctx)
+        pl = self._parallel(ctx)
         bs, budget_tokens = k.block_size, k.token_budget
         # mean blocks held by a running sequence, its generation position uniform over 1..G
         blocks_per_seq = float(np.mean(np.ceil((P + np.arange(1, G + 1)) / bs)))
-        by_kv = int(lay.blocks // blocks_per_seq)
+        by_kv = int(lay.blocks // blocks_per_seq) * pl.dp  # every DP rank's pool holds its own sequences
         cap = w.batch_size or k.max_seqs  # a fixed workload batch acts as max_num_seqs
         notes = []
         by_kv = max(by_kv, 1)  # one full sequence always fits (checked in _layout)
@@ -300,11 +357,15 @@ class ContinuousBatchingEngine(ServingSystem):
             f"{per_step}; the run = ramp-up (the first {batch} prompts prefilled as a burst) + "
             f"{num_batches - 1} wave(s) of {batch} requests in steady state + drain (the last {batch} decode alone)")
         notes.append("prefill and decode rates are those of pure phases; the total time uses the mixed steps")
+        if not pl.tensor_parallel_only:
+            notes.append(f"parallel layout on {pl.gpus} GPUs: {pl.words()}; each DP rank runs 1/{pl.dp} of the "
+                         f"sequences with its own KV pool; the most loaded EP rank sets the MoE's pace")
         if lay.offload:
             notes.append(f"cpu_offload_gb={prm.cpu_offload_gb:g}: {fmt_bytes(lay.offload)} of weights per GPU copied "
                          f"from pinned host memory every pass, serialized with compute")
         config = {"batch_size": batch, "max_running_by_kv": by_kv, "kv_blocks": lay.blocks, "block_size": bs,
-                  "tensor_parallel": n, "steps_per_batch": steps, "mixed_step_s": mixed.time_s,
+                  "tensor_parallel": pl.attn_tp, "data_parallel": pl.dp, "moe_tensor_parallel": pl.moe_tp,
+                  "expert_parallel": pl.moe_ep, "steps_per_batch": steps, "mixed_step_s": mixed.time_s,
                   "prefill_tokens_per_pass": chunk, "kv_pool_bytes_per_gpu": lay.blocks * lay.block_bytes,
                   "weights_on_gpu_bytes_per_gpu": lay.weights_gpu, "offloaded_bytes_per_gpu": lay.offload,
                   "kernel_tables": kernel_tables_used(ctx, self.runtime(ctx)), "params": prm.model_dump()}

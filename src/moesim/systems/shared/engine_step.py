@@ -215,7 +215,7 @@ def _engine_layer_times(ctx: Context, tokens: float, attention: list[tuple[float
                       base.shared, base.dense)
 
 
-def routed_table_moe_s(ctx: Context, tables, tokens: float) -> float | None:
+def routed_table_moe_s(ctx: Context, tables, tokens: float, tp: int | None = None, ep: int = 1) -> float | None:
     """The fused-MoE kernel time of ``tokens`` tokens from a measured table, for the router's expert choice.
 
     The tables were measured with *even* routing (AIConfigurator's MoE op tables: ``tokens x top_k`` slots
@@ -227,15 +227,17 @@ def routed_table_moe_s(ctx: Context, tables, tokens: float) -> float | None:
         T k >  E:  t = table(T) * E_r(T) / E      (every expert active in the table; the weights not read scale out)
 
     Without the correction the table prices a 32-token DeepSeek-V3 step (256 experts, top-8) as reading every
-    expert, where random routing reads 63% of them; measured TPOT grows smoothly through that size."""
+    expert, where random routing reads 63% of them; measured TPOT grows smoothly through that size. ``tp`` / ``ep``:
+    the MoE layout (default: tensor parallel over the platform's GPUs, one EP rank); the table's ``tokens`` are
+    the layer's tokens of every rank together."""
     m = ctx.model
     E, k = m.moe.num_experts, m.moe.top_k
     q = quant_kind(ctx.edtype, m)
     active = min(float(E), ctx.active_experts(tokens))
 
     def lookup(t: float) -> float | None:
-        return tables.moe_s(t, m.hidden_size, m.moe.expert_intermediate_size, E, k, q, tp=ctx.platform.num_gpus,
-                            ep=1)
+        return tables.moe_s(t, m.hidden_size, m.moe.expert_intermediate_size, E, k, q,
+                            tp=ctx.platform.num_gpus if tp is None else tp, ep=ep)
 
     if tokens * k <= E:
         return lookup(max(1.0, active / k))

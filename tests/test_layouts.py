@@ -1,0 +1,228 @@
+"""Attention data parallelism and expert parallelism of the datacenter engines (systems/shared/parallel.py)."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import moesim
+from moesim.db import system_constants
+from moesim.modules import Context
+from moesim.predict import plan_scenario, resolve
+from moesim.systems import get_system
+from moesim.systems.shared.engine_step import engine_execution, engine_layer_times
+from moesim.systems.shared.parallel import (ParallelLayout, all_to_all_s, destinations_per_token,
+                                            ep_load_factor, expected_max_standard_normal, parallel_layer_times)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env():
+    return {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+
+
+def _ctx(model="deepseek-r1", hw="hgx-h200", **kw):
+    r = resolve(moesim.Scenario(model=model, hardware=hw, system="sglang", prompt_tokens=512, gen_tokens=64,
+                                **{"num_requests": 64, "batch_size": 64, **kw}))
+    return Context(r.model, r.platform, r.workload, r.options)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "moesim", "predict", *args], cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=120)
+
+
+# ---- hand-computed pieces ---------------------------------------------------------------------------------
+def test_all_to_all_time_by_hand():
+    """HGX H200 (no measured collectives): t = a + b (n - 1) + (n - 1) / n x bytes / (eta x 380 GB/s)."""
+    ctx = _ctx()
+    shared, eng = system_constants("shared"), system_constants("engines")
+    a, b = float(shared.value("nccl_allreduce_base_s")), float(shared.value("nccl_allreduce_per_peer_s"))
+    eta = float(eng.value("all_to_all_link_efficiency"))
+    nbytes = 8 * 7168 * 2 * 2.5  # 8 tokens of DeepSeek's hidden state in bf16, to 2.5 ranks each
+    expect = a + 7 * b + 7 / 8 * nbytes / (eta * 380e9)
+    assert all_to_all_s(ctx, nbytes, 8) == pytest.approx(expect, rel=1e-12)
+    assert eta == pytest.approx(153 / 160, abs=1e-3)  # DeepEP's intranode figure
+    assert all_to_all_s(ctx, nbytes, 1) == 0.0
+    # DeepEP low-latency (decode) has its own latency floor
+    assert all_to_all_s(ctx, nbytes, 8, "deepep", "decode") == pytest.approx(
+        float(eng.value("deepep_ll_latency_s")) + 7 / 8 * nbytes / (eta * 380e9))
+
+
+def test_destinations_per_token_by_hand():
+    # E = 8 experts on 4 ranks (2 each), top-2: P(a rank holds none of a token's two) = 6/8 x 5/7
+    assert destinations_per_token(8, 2, 4) == pytest.approx(4 * (1 - 30 / 56))
+    assert destinations_per_token(8, 2, 1) == 1.0
+    assert destinations_per_token(256, 8, 8) < 8
+
+
+def test_imbalance_factor_by_hand():
+    """Uniform router, E = 128, k = 8, T = 4 tokens on 8 ranks: mean 4 slots a rank, variance
+    T (E / n)(k / E)(1 - k / E) = 3.75; the expected maximum of 8 standard normals z = 1.42360 (tabulated,
+    e.g. Harter 1961); of 2: 1 / sqrt(pi)."""
+    z = expected_max_standard_normal(8)
+    assert z == pytest.approx(1.42360, abs=1e-4)
+    assert expected_max_standard_normal(2) == pytest.approx(1 / math.sqrt(math.pi), abs=1e-6)
+    assert ep_load_factor(128, 8, 4, 8) == pytest.approx((4 + math.sqrt(3.75) * z) / 4)
+    assert ep_load_factor(128, 8, 4, 1) == 1.0
+    # a skewed router is less balanced; EPLB removes the placement part, leaving the sampling spread
+    skew = ep_load_factor(128, 8, 256, 8, zipf_s=1.0)
+    assert skew > ep_load_factor(128, 8, 256, 8) > 1.0
+    assert ep_load_factor(128, 8, 256, 8, zipf_s=1.0, eplb=True) < skew
+    # more tokens: relatively better balanced
+    assert ep_load_factor(128, 8, 4096, 8) < ep_load_factor(128, 8, 64, 8)
+
+
+def test_one_rank_layout_equals_tensor_parallel_pricing():
+    """A layout of one DP rank and one EP rank through the layout path prices every module as the TP path."""
+    ctx = _ctx()
+    ex = engine_execution("graph")
+    att = [(32.0, 1, 600.0)]
+    tp = engine_layer_times(ctx, 32.0, att, ex, "sglang", 32.0)
+
+    def rank_times(c, t, a, g):
+        return engine_layer_times(c, t, a, ex, "sglang", g)
+
+    lay = parallel_layer_times(ctx, ParallelLayout(8, 8), 32.0, att, ex, "sglang", 32.0, rank_times)
+    assert lay.dispatch == lay.combine == 0.0
+    for f in ("attn_proj", "core", "allreduce", "router", "experts", "shared", "dense"):
+        assert getattr(lay.rank, f) == pytest.approx(getattr(tp, f), rel=1e-12), f
+
+
+# ---- engines ------------------------------------------------------------------------------------------------
+def test_layouts_in_each_engines_words():
+    ctx = _ctx()
+    v = get_system("vllm")({"data_parallel_size": 4, "enable_expert_parallel": True}).parallel_layout(ctx)
+    assert (v.attn_tp, v.dp, v.moe_tp, v.moe_ep) == (2, 4, 1, 8)
+    v = get_system("vllm")({"data_parallel_size": 2}).parallel_layout(ctx)
+    assert (v.attn_tp, v.dp, v.moe_tp, v.moe_ep) == (4, 2, 8, 1)
+    s = get_system("sglang")({"data_parallel_size": 8, "enable_dp_attention": True,
+                              "expert_parallel_size": 8}).parallel_layout(ctx)
+    assert (s.attn_tp, s.dp, s.moe_tp, s.moe_ep) == (1, 8, 1, 8)
+    t = get_system("trtllm")({"enable_attention_dp": True, "moe_expert_parallel_size": 4}).parallel_layout(ctx)
+    assert (t.attn_tp, t.dp, t.moe_tp, t.moe_ep) == (1, 8, 2, 4)
+
+
+def test_gathered_exchange_moves_more_than_all_to_all():
+    """DP 8 x EP 8 on 64 decode tokens: the default all-gather / reduce-scatter moves every token to every GPU,
+    an all-to-all only to its experts' ranks (DeepSeek: 8 of 256 experts reach fewer than 8 ranks)."""
+    ctx = _ctx()
+    ex = engine_execution("graph")
+
+    def rank_times(c, t, a, g):
+        return engine_layer_times(c, t, a, ex, "sglang", g)
+
+    att = [(64.0, 1, 600.0)]
+    gathered = parallel_layer_times(ctx, ParallelLayout(8, 1, 8, 1, 8), 64.0, att, ex, "sglang", 64.0, rank_times)
+    a2a = parallel_layer_times(ctx, ParallelLayout(8, 1, 8, 1, 8, a2a="nccl"), 64.0, att, ex, "sglang", 64.0,
+                               rank_times)
+    whole = 64 * 7168 * 2
+    assert gathered.gathered and gathered.dispatch == pytest.approx(all_to_all_s(ctx, whole, 8, family="all_gather"))
+    assert a2a.dispatch == pytest.approx(all_to_all_s(ctx, 8 * 7168 * 2 * destinations_per_token(256, 8, 8), 8))
+    assert a2a.dispatch < gathered.dispatch
+    assert a2a.rank == gathered.rank
+
+
+def test_dp_ranks_hold_their_own_kv_and_sequences():
+    """vLLM DP 8: eight schedulers of max_num_seqs each, one KV pool per rank; weights: experts split 8 ways,
+    the rest replicated on every GPU."""
+    ctx = _ctx(batch_size=None, num_requests=4000)
+    tp = get_system("vllm")().plan(ctx)
+    dp = get_system("vllm")({"data_parallel_size": 8, "enable_expert_parallel": True}).plan(ctx)
+    assert dp.config["data_parallel"] == 8 and dp.config["expert_parallel"] == 8
+    assert tp.batch_size <= 256 < dp.batch_size <= 8 * 256
+    assert dp.config["weights_on_gpu_bytes_per_gpu"] > tp.config["weights_on_gpu_bytes_per_gpu"]
+    assert dp.config["kv_pool_bytes_per_gpu"] < tp.config["kv_pool_bytes_per_gpu"]
+
+
+def test_two_batch_overlap_hides_some_all_to_all():
+    """Two micro-batches: one's all-to-all overlaps the other's computation (a long prefill step gains), but each
+    micro-batch streams the experts' weights again (a weight-bound decode step of 8 sequences a rank loses)."""
+    ctx = _ctx()
+    base = {"data_parallel_size": 8, "enable_dp_attention": True, "expert_parallel_size": 8}
+    plain = get_system("sglang")(base).plan(ctx)
+    tbo = get_system("sglang")({**base, "enable_two_batch_overlap": True}).plan(ctx)
+    assert tbo.prefill.time_s < plain.prefill.time_s
+    assert tbo.decode_time_per_batch_s > plain.decode_time_per_batch_s
+    hidden = tbo.prefill.category_s.get("communication", 0.0)
+    assert hidden > 0 and tbo.prefill.time_s < sum(tbo.prefill.category_s.values())
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--system", "vllm", "--data-parallel-size", "3"], "data_parallel_size 3 does not divide"),
+    (["--system", "vllm", "--enable-eplb"], "--enable-eplb requires --enable-expert-parallel"),
+    (["--system", "sglang", "--data-parallel-size", "3", "--enable-dp-attention"], "divisible by dp_size 3"),
+    (["--system", "sglang", "--data-parallel-size", "2"], "without --enable-dp-attention"),
+    (["--system", "sglang", "--expert-parallel-size", "3"], "divisible by ep_size 3"),
+    (["--system", "trtllm", "--moe-expert-parallel-size", "2", "--moe-tensor-parallel-size", "2"],
+     "moe_tp_size x moe_ep_size"),
+])
+def test_invalid_layouts_refused_with_the_engines_rule(args, words):
+    p = _cli("--model", "deepseek-r1", "--hw", "hgx-h200", *args)
+    assert p.returncode != 0
+    assert words in p.stderr and "Traceback" not in p.stderr
+
+
+def test_experts_must_split_evenly():
+    p = _cli("--model", "qwen1.5-moe-a2.7b", "--hw", "hgx-h200", "--system", "vllm", "--enable-expert-parallel")
+    assert p.returncode != 0 and "60 experts" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_predict_dp_ep_shows_all_to_all(tmp_path):
+    trace = tmp_path / "t.json"
+    p = _cli("--model", "deepseek-r1", "--hw", "hgx-h200", "--system", "sglang", "--data-parallel-size", "8",
+             "--enable-dp-attention", "--expert-parallel-size", "8", "--breakdown", "--trace", str(trace))
+    assert p.returncode == 0, p.stderr
+    assert "communication" in p.stdout and "attention TP 1 x DP 8, experts EP 8" in p.stdout
+    events = json.loads(trace.read_text())
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    moe = [e for e in events if "MoE dispatch (all-gather)" in str(e.get("name", ""))]
+    assert moe and all(e.get("cat") == "communication" for e in moe if "cat" in e)
+    # with DeepEP the exchange is an all-to-all, and the trace says so
+    p = _cli("--model", "deepseek-r1", "--hw", "hgx-h200", "--system", "sglang", "--data-parallel-size", "8",
+             "--enable-dp-attention", "--expert-parallel-size", "8", "--moe-a2a-backend", "deepep", "--trace",
+             str(trace))
+    assert p.returncode == 0, p.stderr
+    assert "all-to-all deepep" in p.stdout
+    events = json.loads(trace.read_text())
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    assert any("MoE dispatch (all-to-all)" in str(e.get("name", "")) for e in events)
+
+
+# ---- the AIConfigurator rows ----------------------------------------------------------------------------------
+def _aic():
+    spec = importlib.util.spec_from_file_location("aiconfigurator_validation",
+                                                  ROOT / "validation" / "published" / "aiconfigurator.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, mod)
+    spec.loader.exec_module(sys.modules[spec.name])
+    return sys.modules[spec.name]
+
+
+def test_aiconfigurator_layout_rows_map_to_engine_flags():
+    mod = _aic()
+    with open(ROOT / "tests" / "data" / "aiconfigurator_silicon_rows.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sum(mod.expressible(r) is None for r in rows) == 4  # TP-only set unchanged
+    ep = next(r for r in rows if r["moe_ep_size"] == "4")
+    assert mod.expressible(ep) is not None and mod.expressible(ep, layouts=True) is None
+    assert mod.layout_of(ep) == {"gpus": 4, "params": {"moe_expert_parallel_size": 4, "moe_tensor_parallel_size": 1},
+                                 "layout": "tp4 ep4"}
+    sc = mod.scenario_of(ep)
+    assert sc.num_gpus == 4 and sc.system_params == {"moe_expert_parallel_size": 4, "moe_tensor_parallel_size": 1}
+    (rec,) = mod.records([ep], layouts=True)
+    assert rec.split == "fit" and rec.layout == "tp4 ep4" and rec.predicted_tpot_s is not None
+    assert abs(rec.tpot_error) < 0.6
+    # vLLM's columns: tp 1, moe_tp 2 (attention DP empty): DP 2, experts TP over both GPUs
+    row = {**ep, "backend": "vllm", "tp_size": "1", "attention_dp_size": "", "moe_tp_size": "2", "moe_ep_size": "1"}
+    assert mod.layout_of(row)["params"] == {"data_parallel_size": 2}
+    row = {**row, "tp_size": "8", "moe_tp_size": "8", "moe_ep_size": "8"}
+    assert "several nodes" in mod.layout_of(row)
