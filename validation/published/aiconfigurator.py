@@ -180,8 +180,11 @@ def layout_of(row: dict) -> dict | str:
     g = tp * adp
     if g != moe:
         return "inconsistent layout"
-    if g > NODE_GPUS:
-        return f"{g} GPUs: several nodes (multi-node platforms not on this branch)"
+    nodes = 1
+    if g > NODE_GPUS:  # several HGX nodes joined by their network (--nodes): DP / EP span them, TP stays inside
+        if g % NODE_GPUS:
+            return f"{g} GPUs: not whole nodes of {NODE_GPUS}"
+        nodes = g // NODE_GPUS
     backend = row["backend"]
     params: dict = {}
     if backend == "vllm":
@@ -205,7 +208,8 @@ def layout_of(row: dict) -> dict | str:
             params.update(moe_expert_parallel_size=mep, moe_tensor_parallel_size=mtp)
     words = f"tp{tp}" + (f" dp{adp}" if adp > 1 else "") + (f" ep{mep}" if mep > 1 else "") + (
         f" moe-tp{mtp}" if mtp not in (g,) and mep > 1 and mtp > 1 else "")
-    return {"gpus": g, "params": params, "layout": words if (adp > 1 or mep > 1) else "tp"}
+    return {"gpus": g // nodes, "nodes": nodes, "params": params,
+            "layout": (words if (adp > 1 or mep > 1) else "tp") + (f" x{nodes} nodes" if nodes > 1 else "")}
 
 
 def load_rows(path: Path | None = None) -> list[dict]:
@@ -249,9 +253,11 @@ def scenario_of(row: dict, system: str | None = None):
     c = concurrency_of(row)
     lay = layout_of(row)
     gpus, params = (lay["gpus"], lay["params"]) if isinstance(lay, dict) else (_int(row["tp_size"]), {})
+    nodes = lay.get("nodes", 1) if isinstance(lay, dict) else 1
     if system is not None and system != row["backend"]:
         params = {}  # another system's flags are not this row's
     return moesim.Scenario(model=model, hardware=PLATFORMS[row["system"]], num_gpus=gpus,
+                           **({"num_nodes": nodes} if nodes > 1 else {}),
                            system=system or row["backend"], prompt_tokens=int(row["isl"]), gen_tokens=int(row["osl"]),
                            batch_size=c, num_requests=c, dtype=dtype,
                            **({"system_params": params} if params else {}))
