@@ -214,8 +214,8 @@ def test_aiconfigurator_layout_rows_map_to_engine_flags():
     assert sum(mod.expressible(r) is None for r in rows) == 4  # TP-only set unchanged
     ep = next(r for r in rows if r["moe_ep_size"] == "4")
     assert mod.expressible(ep) is not None and mod.expressible(ep, layouts=True) is None
-    assert mod.layout_of(ep) == {"gpus": 4, "params": {"moe_expert_parallel_size": 4, "moe_tensor_parallel_size": 1},
-                                 "layout": "tp4 ep4"}
+    assert mod.layout_of(ep) == {"gpus": 4, "nodes": 1, "layout": "tp4 ep4",
+                                 "params": {"moe_expert_parallel_size": 4, "moe_tensor_parallel_size": 1}}
     sc = mod.scenario_of(ep)
     assert sc.num_gpus == 4 and sc.system_params == {"moe_expert_parallel_size": 4, "moe_tensor_parallel_size": 1}
     (rec,) = mod.records([ep], layouts=True)
@@ -224,5 +224,6 @@ def test_aiconfigurator_layout_rows_map_to_engine_flags():
     # vLLM's columns: tp 1, moe_tp 2 (attention DP empty): DP 2, experts TP over both GPUs
     row = {**ep, "backend": "vllm", "tp_size": "1", "attention_dp_size": "", "moe_tp_size": "2", "moe_ep_size": "1"}
     assert mod.layout_of(row)["params"] == {"data_parallel_size": 2}
-    row = {**row, "tp_size": "8", "moe_tp_size": "8", "moe_ep_size": "8"}
-    assert "several nodes" in mod.layout_of(row)
+    row = {**row, "tp_size": "8", "moe_tp_size": "8", "moe_ep_size": "8"}  # 64 GPUs: 8 HGX nodes of 8
+    assert mod.layout_of(row)["nodes"] == 8 and mod.layout_of(row)["gpus"] == 8
+    assert mod.scenario_of(row).num_nodes == 8
