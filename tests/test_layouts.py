@@ -224,6 +224,6 @@ def test_aiconfigurator_layout_rows_map_to_engine_flags():
     # vLLM's columns: tp 1, moe_tp 2 (attention DP empty): DP 2, experts TP over both GPUs
     row = {**ep, "backend": "vllm", "tp_size": "1", "attention_dp_size": "", "moe_tp_size": "2", "moe_ep_size": "1"}
     assert mod.layout_of(row)["params"] == {"data_parallel_size": 2}
-    row = {**row, "tp_size": "8", "moe_tp_size": "8", "moe_ep_size": "8"}  # 64 GPUs: 8 HGX nodes of 8
+    row = {**row, "backend": "sglang", "tp_size": "8", "moe_tp_size": "8", "moe_ep_size": "8"}  # 64 GPUs: 8 nodes
     assert mod.layout_of(row)["nodes"] == 8 and mod.layout_of(row)["gpus"] == 8
     assert mod.scenario_of(row).num_nodes == 8
