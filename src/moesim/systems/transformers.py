@@ -18,7 +18,9 @@ What it runs (transformers 5.17, ``systems_db/transformers.yaml`` cites the code
 Time of one forward pass: the host and the GPU as two clocks. Each module the host runs costs it
 ``calls x torch_call_s + modules x module_call_s`` (calls counted in the 5.17 modelling code); its kernels
 start once the host issued the first of them and the GPU is free, and take their roofline time on the
-calibrated curves (:func:`moesim.costs.gpu_time_s` with no launches: the GPU's time alone)::
+calibrated curves (:func:`moesim.costs.gpu_time_s` with no launches: the GPU's time alone), except the grouped_mm
+experts forward, whose GPU time is a kernel family measured on transformers' own call (:func:`grouped_mm_layer_s`)
+and whose host time is measured whole (``grouped_mm_host_s``)::
 
     gpu_start = max(G, H + torch_call_s);  H += host_s;  G = gpu_start + gpu_s
     host sync: H = max(H, G) + host_sync_s            blocking copy: H = G = max(H, G) + copy_s
