@@ -10,13 +10,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import moesim
 from moesim.db.resolve import get_hardware, get_model
 from moesim.errors import InfeasibleError
 from moesim.modules import Context, Options
 from moesim.specs import OfflineWorkload
-from moesim.systems.transformers import Transformers
+from moesim.systems.transformers import GroupedMMKernels, Transformers, grouped_mm_layer_s
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,9 +116,10 @@ def _measured():
 
 
 #: held-out median |error| per (phase, backend) that validation/published/transformers_h200.py reports for the
-#: committed 2026-12-03 measurements, plus a margin (3.8, 11.4, 12.9, 6.0, 10.6, 14.0 %; offload 3.8 / 7.5 %)
+#: committed 2026-12-03 measurements, plus a margin (5.4, 15.0, 14.0, 3.3, 10.4, 9.4 %; offload 3.9 / 7.4 %;
+#: prefill grouped_mm was 14.0 % with the scalar grouped_mm_gemm_factor, now the measured kernel family)
 GOLDEN_TOLERANCE = {("decode", "eager"): 0.08, ("decode", "batched_mm"): 0.18, ("generate", "eager"): 0.18,
-                    ("generate", "grouped_mm"): 0.12, ("prefill", "eager"): 0.15, ("prefill", "grouped_mm"): 0.18,
+                    ("generate", "grouped_mm"): 0.10, ("prefill", "eager"): 0.15, ("prefill", "grouped_mm"): 0.13,
                     ("offload", "grouped_mm"): 0.10, ("offload", "batched_mm"): 0.12}
 
 
@@ -135,3 +138,46 @@ def test_golden_held_out_cells_within_the_reported_error():
     assert len(checked) == len(GOLDEN_TOLERANCE), sorted(groups)
     for key in checked:
         assert statistics.median(groups[key]) < GOLDEN_TOLERANCE[key], (key, statistics.median(groups[key]))
+
+
+def test_grouped_mm_kernel_family_by_hand():
+    """One layer of grouped_mm_experts_forward: both GEMMs' flop terms, then weight-bound, by hand."""
+    k = GroupedMMKernels(flop_efficiency=0.5, rows_per_group=100.0, weight_bw_efficiency=0.5, call_s=1e-5,
+                         glue_bw_efficiency=0.25, glue_s=2e-5, glue_passes_hidden=11.0, glue_passes_ffn=9.0,
+                         glue_passes_ffn_plain=4.0)
+    peak, bw = 1e15, 4e12
+    # hidden 1000, expert width 500, 4096 tokens x top-2 = 8192 rows over 8 active experts, gated
+    gemm, glue = grouped_mm_layer_s(1000, 500, 4096, 8192, 8, True, 2.0, 2.0, peak, bw, k)
+    rows = 8192 + 100 * 8
+    up = 1e-5 + max(2 * 1000 * 1000 * rows / 0.5e15, 8 * 1000 * 1000 * 2 / 2e12)  # 36.0 us flop vs 8 us weights
+    down = 1e-5 + max(2 * 1000 * 500 * rows / 0.5e15, 8 * 1000 * 500 * 2 / 2e12)
+    assert gemm == pytest.approx(up + down, rel=1e-12)
+    assert glue == pytest.approx(2e-5 + ((11 * 1000 + 9 * 500) * 8192 + 4096 * 1000) * 2 / 1e12, rel=1e-12)
+    # one token: weight-bound (each active expert's weights read once)
+    gemm1, _ = grouped_mm_layer_s(1000, 500, 1, 2, 2, True, 2.0, 2.0, peak, bw, k)
+    assert gemm1 == pytest.approx(2e-5 + 2 * 1000 * 1000 * 2 / 2e12 + 2 * 1000 * 500 * 2 / 2e12, rel=1e-12)
+    assert grouped_mm_layer_s(1000, 500, 0, 0, 0, True, 2.0, 2.0, peak, bw, k) == (0.0, 0.0)
+
+
+@given(st.integers(1, 1 << 16), st.integers(1, 1 << 16))
+@settings(max_examples=40, deadline=None)
+def test_grouped_mm_family_grows_with_rows(a, b):
+    k = Transformers()._grouped_mm_kernels()
+    lo, hi = sorted((a, b))
+    t = lambda r: sum(grouped_mm_layer_s(2048, 1408, r, 4 * r, 60, True, 2.0, 2.0, 989e12, 4.8e12, k))  # noqa: E731
+    assert t(lo) <= t(hi)
+
+
+def test_golden_grouped_mm_kernels_held_out_shapes():
+    """Kernel family against the committed H200 kernel measurements of transformers' grouped_mm experts forward:
+    the held-out DeepSeek-V2-Lite and Mixtral-8x7B shapes (never fitted on) within the reported error plus a margin
+    (validation/published/transformers_grouped_mm_kernels.py: whole layer median 4.6 %, max 12.9 %)."""
+    sys.path.insert(0, str(ROOT / "validation/published"))
+    import transformers_grouped_mm_kernels as K
+
+    rows = K.scored(K.points(), K.kernels())
+    held = [abs(r["layer_err"]) for r in rows if r["split"] == "held-out"]
+    assert len(held) >= 20
+    assert statistics.median(held) < 0.07 and max(held) < 0.18
+    mixtral = [r for r in rows if r["model"] == "mixtral-8x7b" and r["tokens"] >= 1024]
+    assert mixtral and all(abs(r["gemm_err"]) < 0.1 for r in mixtral)

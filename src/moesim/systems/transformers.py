@@ -18,7 +18,9 @@ What it runs (transformers 5.17, ``systems_db/transformers.yaml`` cites the code
 Time of one forward pass: the host and the GPU as two clocks. Each module the host runs costs it
 ``calls x torch_call_s + modules x module_call_s`` (calls counted in the 5.17 modelling code); its kernels
 start once the host issued the first of them and the GPU is free, and take their roofline time on the
-calibrated curves (:func:`moesim.costs.gpu_time_s` with no launches: the GPU's time alone)::
+calibrated curves (:func:`moesim.costs.gpu_time_s` with no launches: the GPU's time alone), except the grouped_mm
+experts forward, whose GPU time is a kernel family measured on transformers' own call (:func:`grouped_mm_layer_s`)
+and whose host time is measured whole (``grouped_mm_host_s``)::
 
     gpu_start = max(G, H + torch_call_s);  H += host_s;  G = gpu_start + gpu_s
     host sync: H = max(H, G) + host_sync_s            blocking copy: H = G = max(H, G) + copy_s
@@ -159,6 +161,56 @@ def _bare(cost: OpCost) -> OpCost:
                       serial=tuple(_bare(p) for p in cost.serial))
 
 
+@dataclass(frozen=True)
+class GroupedMMKernels:
+    """Kernel family of transformers 5.17's ``grouped_mm_experts_forward`` on the GPU (YAML ``grouped_mm_*``,
+    fitted by ``validation/published/transformers_grouped_mm_kernels.py`` on kernel measurements)."""
+
+    flop_efficiency: float  # achieved fraction of the dense peak of torch's grouped GEMM on full tiles
+    rows_per_group: float  # row-equivalents each active expert's group costs beyond its rows (tile, prologue)
+    weight_bw_efficiency: float  # achieved fraction of HBM bandwidth reading the active experts' weights
+    call_s: float  # fixed GPU time of one grouped GEMM launch
+    glue_bw_efficiency: float  # achieved fraction of HBM bandwidth of the sort/gather/mask/gate/scatter/sum kernels
+    glue_s: float  # fixed GPU time of those ~28 small kernels together
+    glue_passes_hidden: float  # bytes-passes over the routed rows x hidden (counted in the 5.17 code)
+    glue_passes_ffn: float  # bytes-passes over the routed rows x expert width (gated; counted)
+    glue_passes_ffn_plain: float  # the same without a gate
+
+
+def grouped_mm_layer_s(hidden: int, ffn: int, tokens: float, routed: float, active: float, gated: bool,
+                       weight_bytes_per_element: float, act_bytes_per_element: float, peak_flop_per_s: float,
+                       hbm_bytes_per_s: float, k: GroupedMMKernels) -> tuple[float, float]:
+    """GPU seconds of one MoE layer's ``grouped_mm_experts_forward`` (transformers 5.17): (grouped GEMMs, the rest).
+
+    Two grouped GEMMs (``torch.nn.functional.grouped_mm`` on the transposed weight views: gate+up with
+    N = 2I (I without a gate), K = H; down with N = H, K = I), each over S = routed rows in A active groups::
+
+        t_gemm(N, K) = call_s + max(2 N K (S + rows_per_group A) / (flop_efficiency P),
+                                    A N K b_w / (weight_bw_efficiency B))
+
+    (the flop term sums over groups: each group's rows plus a fixed row-equivalent for its tiles, which is
+    linear in the rows, so mean rows per group suffice); the rest (sort, gather of the rows, histc, cumsum,
+    masks, gate, routing-weight multiply, inverse permutation, top-k sum) as passes over the routed rows::
+
+        t_glue = glue_s + (passes_hidden S H + passes_ffn S I + T H) b_a / (glue_bw_efficiency B)
+
+    P dense peak FLOP/s, B HBM bytes/s, b_w / b_a bytes per weight / activation element, T tokens.
+    """
+    if routed <= 0 or active <= 0:
+        return 0.0, 0.0
+    up_n = (2 if gated else 1) * ffn
+
+    def gemm(n: int, kk: int) -> float:
+        flop_s = 2.0 * n * kk * (routed + k.rows_per_group * active) / (k.flop_efficiency * peak_flop_per_s)
+        bytes_s = active * n * kk * weight_bytes_per_element / (k.weight_bw_efficiency * hbm_bytes_per_s)
+        return k.call_s + max(flop_s, bytes_s)
+
+    passes_ffn = k.glue_passes_ffn if gated else k.glue_passes_ffn_plain
+    glue = k.glue_s + ((k.glue_passes_hidden * hidden + passes_ffn * ffn) * routed + tokens * hidden) \
+        * act_bytes_per_element / (k.glue_bw_efficiency * hbm_bytes_per_s)
+    return gemm(up_n, hidden) + gemm(hidden, ffn), glue
+
+
 class Transformers(ServingSystem):
     name = "transformers"
     summary = ("Hugging Face transformers generate: static batches, eager PyTorch with Python per module, "
@@ -177,6 +229,9 @@ class Transformers(ServingSystem):
         if key not in cache:
             cache[key] = {s.strip() for s in str(self.constants.value(key)).split(",") if s.strip()}
         return cache[key]
+
+    def _grouped_mm_kernels(self) -> GroupedMMKernels:
+        return GroupedMMKernels(**{f: self._c("grouped_mm_" + f) for f in GroupedMMKernels.__dataclass_fields__})
 
     def _is_mla(self, ctx: Context) -> bool:
         return ctx.model.attention.kind == "mla" and ctx.model.family in self._families("mla_families")
@@ -310,9 +365,10 @@ class Transformers(ServingSystem):
         mats = 3 if moe.gated else 2
         move = vector_op(routed * h, 1.0, 2.0)  # one pass over the routed rows (gather, weight, permute, sum)
         if impl == "grouped_mm":
-            g = (c("grouped_mm_gemm_factor") * gpu(ctx.experts(active, routed)) + 5 * gpu(move)
-                 + gpu(vector_op(routed * f, 4.0, 5.0)))
-            clk.run("experts", c("grouped_mm_calls") * call + mod, g)
+            peak, _ = ctx.platform.gpu.peak_for(ctx.edtype)
+            g = sum(grouped_mm_layer_s(h, f, tokens, routed, active, moe.gated, ctx.ebytes, ctx.abytes, peak,
+                                       ctx.platform.gpu.memory_bandwidth_bytes_per_s, self._grouped_mm_kernels()))
+            clk.run("experts", c("grouped_mm_host_s") + mod, g)
         elif impl == "batched_mm":
             wbytes = routed * ctx.expert_weight_bytes  # weights of every (token, expert) pair
             gather = OpCost(family="vector", flop=0.0, bytes=2.0 * wbytes, dtype="fp32")
