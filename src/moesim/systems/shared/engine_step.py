@@ -219,30 +219,36 @@ def routed_table_moe_s(ctx: Context, tables, tokens: float, tp: int | None = Non
     """The fused-MoE kernel time of ``tokens`` tokens from a measured table, for the router's expert choice.
 
     The tables were measured with *even* routing (AIConfigurator's MoE op tables: ``tokens x top_k`` slots
-    dealt round-robin over the experts), which activates a = min(E, T k) experts. A real router's tokens fall on
-    experts at random (with its skew, :meth:`Context.active_experts`): E_r(T) = sum_e 1 - (1 - p_e)^T < a, and a
-    decode-sized fused MoE streams the weights of the experts it activates, so::
+    dealt round-robin over the experts), which activates a_e = min(E, T k) experts; a real router's tokens fall on
+    experts at random (with its skew, :meth:`Context.active_experts`): a_r = sum_e 1 - (1 - p_e)^T <= a_e. The same
+    T k rows are computed either way; only the weights streamed differ. With the roofline's two parts of the
+    layer on one GPU, compute c = 6 H I T k / (tp ep P) and weight streaming w(a) = a 3 H I b / (tp ep B) (one
+    expert's bytes b per element), the table's time is carried over by their ratio::
 
-        T k <= E:  t = table(E_r(T) / k)          (even routing over E_r / k tokens activates exactly E_r experts)
-        T k >  E:  t = table(T) * E_r(T) / E      (every expert active in the table; the weights not read scale out)
+        t = table(T) * max(c, w(a_r)) / max(c, w(a_e))
 
-    Without the correction the table prices a 32-token DeepSeek-V3 step (256 experts, top-8) as reading every
-    expert, where random routing reads 63% of them; measured TPOT grows smoothly through that size. ``tp`` / ``ep``:
-    the MoE layout (default: tensor parallel over the platform's GPUs, one EP rank); the table's ``tokens`` are
-    the layer's tokens of every rank together."""
+    so a decode-sized (weight-bound) step scales with the experts actually read and a compute-bound one keeps the
+    table's time. Without it the table priced a 32-token DeepSeek-V3 step (256 experts, top-8) as reading every
+    expert, where random routing reads 63% of them (measured TPOT grows smoothly through that size); scaling the
+    whole time instead priced a skewed 2000-token prefill below its FLOPs. ``tp`` / ``ep``: the MoE layout
+    (default: tensor parallel over the platform's GPUs, one EP rank); ``tokens``: every rank's together."""
+    from ...costs.quant import compute_dtype
+
     m = ctx.model
     E, k = m.moe.num_experts, m.moe.top_k
     q = quant_kind(ctx.edtype, m)
-    active = min(float(E), ctx.active_experts(tokens))
-
-    def lookup(t: float) -> float | None:
-        return tables.moe_s(t, m.hidden_size, m.moe.expert_intermediate_size, E, k, q,
-                            tp=ctx.platform.num_gpus if tp is None else tp, ep=ep)
-
-    if tokens * k <= E:
-        return lookup(max(1.0, active / k))
-    t = lookup(tokens)
-    return None if t is None else t * active / E
+    tp_ = ctx.platform.num_gpus if tp is None else tp
+    t = tables.moe_s(tokens, m.hidden_size, m.moe.expert_intermediate_size, E, k, q, tp=tp_, ep=ep)
+    if t is None:
+        return None
+    gpu = ctx.platform.gpu
+    peak, _ = gpu.peak_for(compute_dtype(ctx.edtype, gpu))
+    split = float(tp_ * ep)
+    compute = 6.0 * m.hidden_size * m.moe.expert_intermediate_size * tokens * k / (split * peak)
+    one_expert = ctx.expert_weight_bytes / (split * gpu.memory_bandwidth_bytes_per_s)
+    even = min(float(E), tokens * k)
+    routed = min(even, ctx.active_experts(tokens))
+    return t * max(compute, one_expert * routed) / max(compute, one_expert * even)
 
 
 def _per_gpu_attention(ctx: Context, cost):
