@@ -142,7 +142,7 @@ class LayoutSearch(BaseModel):
     chosen: LayoutPoint | None  # most tok/s/GPU meeting every SLO (None: none meets them)
     closest: LayoutPoint | None  # when none meets them: the point with the smallest worst ratio
     verdict: str
-    refused: dict[str, str]  # "system label": the engine's refusal
+    refused: list[dict[str, Any]]  # {system, layout, instance_gpus, reason}: each layout the engine refused
     notes: list[str]
     search_s: float
 
@@ -335,8 +335,8 @@ def _knob_key(knobs: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
 
 
 def gpus_for_budget(hardware: str, budget_usd: float) -> tuple[int, int, str]:
-    """(GPUs per node, nodes) the budget buys of ``hardware`` (whole nodes when it buys one, else the most GPUs of
-    one node), and how it was priced (GPUs at launch price + the host without GPUs, as ``moesim recommend``)."""
+    """(GPUs per node, nodes) the budget buys of ``hardware`` (whole nodes when it buys one, else the largest divisor
+    of the node's GPU count it buys, as ``moesim recommend``'s 1/2/4-GPU hosts), and how it was priced (GPUs at launch price + the host without GPUs, as ``moesim recommend``)."""
     from .pricing import capital_cost_usd
     from ..db.resolve import get_hardware
 
@@ -349,17 +349,15 @@ def gpus_for_budget(hardware: str, budget_usd: float) -> tuple[int, int, str]:
                                                  ", host price unknown (GPUs alone counted)")
     node_usd = capital_cost_usd(n, price, host)[2] or n * price
     nodes = int(budget_usd // node_usd)
-    max_nodes = int(getattr(plat, "max_nodes", 0) or 0)
     if nodes >= 1:
-        if nodes > 1 and getattr(plat, "network", None) is None:
+        if nodes > 1 and plat.scale_out is None:
             return n, 1, how + f"; {plat.name} has no scale-out network, so one node"
-        if max_nodes:
-            nodes = min(nodes, max_nodes)
         return n, nodes, how
     g = int((budget_usd - (host or 0.0)) // price)
     if g < 1:
         raise MoesimError(f"a budget of ${budget_usd:,.0f} buys no {plat.gpu.name} ({how})")
-    return min(g, n), 1, how
+    g = max(d for d in _divisors(n) if d <= min(g, n))  # the engines split over a divisor of the node's GPUs
+    return g, 1, how
 
 
 def _point_of(system, label, params, gpn, nodes, replicas, dis, c, ttft_s, tpot_s, batch, gen, slos,
@@ -391,18 +389,22 @@ def choose(points: Sequence[LayoutPoint]) -> tuple[LayoutPoint | None, LayoutPoi
 
 
 def search_layouts(model: str, hardware: str, *, gpus_per_node: int | None = None, nodes: int = 1,
-                   budget_usd: float | None = None, prompt_tokens: int = 1024, gen_tokens: int = 1024,
+                   budget_usd: float | None = None, prompt_tokens: int | None = None, gen_tokens: int | None = None,
                    max_ttft_s: float | None = None, max_tpot_s: float | None = None,
                    min_tok_s_per_user: float | None = None, systems: Iterable[str] = ENGINES,
                    concurrencies: Iterable[int] = DEFAULT_CONCURRENCIES, **knobs: Any) -> LayoutSearch:
     """Search engines x layouts x concurrencies for ``model`` on ``hardware`` (module docstring).
 
     ``gpus_per_node`` (default: the platform's) x ``nodes`` are the GPUs to fill, or ``budget_usd`` buys them
-    (:func:`gpus_for_budget`). ``knobs``: Scenario fields every prediction takes (dtype, kv_dtype, zipf_s, ...)."""
+    (:func:`gpus_for_budget`). ``prompt_tokens`` / ``gen_tokens``: default the Scenario's (as every command). ``knobs``: Scenario fields every prediction takes (dtype, kv_dtype, zipf_s, ...)."""
     from .recommend import check_number
     from ..db.resolve import get_hardware, get_model
 
+    from .. import scenario as sc
+
     t0 = time.perf_counter()
+    prompt_tokens = sc.Scenario.model_fields["prompt_tokens"].default if prompt_tokens is None else prompt_tokens
+    gen_tokens = sc.Scenario.model_fields["gen_tokens"].default if gen_tokens is None else gen_tokens
     check_number("max_ttft_s", max_ttft_s, optional=True)
     check_number("max_tpot_s", max_tpot_s, optional=True)
     check_number("min_tok_s_per_user", min_tok_s_per_user, optional=True)
@@ -433,7 +435,7 @@ def search_layouts(model: str, hardware: str, *, gpus_per_node: int | None = Non
     model_id = getattr(spec, "hf_id", None) or spec.name
     slos = (max_ttft_s, max_tpot_s, min_tok_s_per_user)
     points: list[LayoutPoint] = []
-    refused: dict[str, str] = {}
+    refused: list[dict[str, Any]] = []
     dis_systems = [s for s in systems if disaggregation_supported(s)]
     if dis_systems:
         notes.append(f"disaggregated prefill/decode searched for {', '.join(dis_systems)} (their disaggregate "
@@ -452,8 +454,9 @@ def search_layouts(model: str, hardware: str, *, gpus_per_node: int | None = Non
                         r = _closed_loop(spec.name, plat.name, i_gpn, i_nodes, system, key, prompt_tokens,
                                          gen_tokens, c, knob_key)
                         if isinstance(r, str):
-                            name = f"{system} {label}{' disagg' if dis else ''} on {i_gpn * i_nodes} GPU(s)"
-                            refused.setdefault(name, (f"at concurrency {c}: " if c > concurrencies[0] else "") + r)
+                            refused.append({"system": system, "layout": label + (" disagg" if dis else ""),
+                                            "instance_gpus": i_gpn * i_nodes,
+                                            "reason": (f"at concurrency {c}: " if c > concurrencies[0] else "") + r})
                             break
                         ttft_s, tpot_s, batch = r
                         points.append(_point_of(system, label, p, i_gpn, i_nodes, replicas, dis, c, ttft_s, tpot_s,
@@ -525,10 +528,10 @@ def format_search(res: LayoutSearch, limit: int | None = 20) -> str:
         lines += [f"launch ({best.replicas} instance(s) of {best.instance_gpus} GPU(s)"
                   + (f" over {best.nodes} nodes" if best.nodes > 1 else "") + "):", "  " + best.launch,
                   "benchmark client (C requests in flight):", "  " + best.client]
-    if res.refused:
-        lines.append(f"\nrefused ({len(res.refused)} layouts; --json for all):")
-        for name, why in list(res.refused.items())[:4]:
-            lines.append(f"  {name}: {why[:150]}")
+    if res.refused:  # the largest instances first: their refusals say most about the layouts asked for
+        lines.append(f"\nrefused or cut short ({len(res.refused)} layouts; --json lists all):")
+        for r in sorted(res.refused, key=lambda r: -r["instance_gpus"])[:4]:
+            lines.append(f"  {r['system']} {r['layout']} on {r['instance_gpus']} GPU(s): {r['reason'][:140]}")
     for n in res.notes:
         lines.append("note: " + n)
     lines.append("TTFT: mean of a closed-loop benchmark at C (moesim.serving.closed_loop); tok/s/user = 1/TPOT; "
