@@ -288,10 +288,11 @@ def launch_command(system: str, model_id: str, gpus_per_node: int, nodes: int, p
 
 
 def client_command(system: str, model_id: str, concurrency: int, prompt_tokens: int, gen_tokens: int) -> str:
-    """A closed-loop benchmark client keeping ``concurrency`` requests of fixed lengths in flight (vLLM's
-    ``vllm bench serve --max-concurrency``; it speaks the OpenAI API every engine here serves)."""
-    backend = {"vllm": "vllm", "sglang": "sglang", "trtllm": "openai"}.get(system, "openai")
-    return (f"vllm bench serve --backend {backend} --model {model_id} --dataset-name random "
+    """A closed-loop benchmark client keeping ``concurrency`` requests of fixed lengths in flight: vLLM's
+    ``vllm bench serve --max-concurrency`` over the OpenAI completions API every engine here serves, at the
+    engine's default port (vLLM and trtllm-serve 8000, SGLang 30000)."""
+    port = 30000 if system == "sglang" else 8000
+    return (f"vllm bench serve --backend openai --port {port} --model {model_id} --dataset-name random "
             f"--random-input-len {prompt_tokens} --random-output-len {gen_tokens} --max-concurrency {concurrency} "
             f"--num-prompts {max(4 * concurrency, 32)}")
 
