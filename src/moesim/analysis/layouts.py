@@ -210,6 +210,23 @@ def candidate_layouts(system: str, gpus_per_node: int, nodes: int = 1,
     return out
 
 
+def disaggregated_layouts(system: str, gpus_per_node: int, nodes: int = 1,
+                          is_moe: bool = True) -> list[tuple[str, dict[str, Any]]]:
+    """(label, engine params) of disaggregated deployments on the gpus_per_node x nodes GPUs: prefill and decode
+    workers of w GPUs each (w a divisor of the node's GPUs, two workers at least fitting), each worker in one of the
+    engine's layouts on w GPUs (:func:`candidate_layouts`, the same for both pools); how many of each is the
+    engine's own search of the pool ratio (``--prefill-workers`` / ``--decode-workers`` unset)."""
+    total = gpus_per_node * nodes
+    out: list[tuple[str, dict[str, Any]]] = []
+    for w in _divisors(gpus_per_node):
+        if 2 * w > total:
+            continue
+        for label, params in candidate_layouts(system, w, 1, is_moe):
+            out.append((f"disagg {label}/worker", {**params, "disaggregate": True, "prefill_gpus": w,
+                                                   "decode_gpus": w}))
+    return out
+
+
 # ---- launch commands ----------------------------------------------------------------------------------------------
 def launch_command(system: str, model_id: str, gpus_per_node: int, nodes: int, params: dict[str, Any],
                    concurrency: int | None = None) -> str:
@@ -287,6 +304,41 @@ def launch_command(system: str, model_id: str, gpus_per_node: int, nodes: int, p
     return " ".join(flags)
 
 
+def disaggregated_launch(system: str, model_id: str, params: dict[str, Any], pools: dict[str, Any] | None,
+                         concurrency: int | None = None) -> str:
+    """The workers of a disaggregated deployment as the engine launches them: ``n_p`` prefill and ``n_d`` decode
+    workers (the plan's pools), each the engine's own command on its GPUs with its role's flag, and the router:
+
+    - SGLang (docs.sglang.io "PD Disaggregation"): ``--disaggregation-mode prefill`` / ``decode`` servers and
+      ``python -m sglang_router.launch_router --pd-disaggregation --prefill URL --decode URL``;
+    - vLLM (docs.vllm.ai "Disaggregated Prefilling"): each instance with ``--kv-transfer-config`` naming a KV
+      connector (NIXL), a proxy in front;
+    - TensorRT-LLM (``trtllm-serve disaggregated -c <config>``): context and generation servers listed in that
+      config, each a ``trtllm-serve`` worker.
+    """
+    pools = pools or {}
+    pre, dec = pools.get("prefill", {}), pools.get("decode", {})
+    n_p, n_d = pre.get("workers", "?"), dec.get("workers", "?")
+    gp = int(pre.get("gpus_per_worker") or params.get("prefill_gpus") or 1)
+    gd = int(dec.get("gpus_per_worker") or params.get("decode_gpus") or 1)
+    worker = {k: v for k, v in params.items() if k not in ("disaggregate", "prefill_gpus", "decode_gpus",
+                                                            "prefill_workers", "decode_workers", "prefill_params",
+                                                            "decode_params")}
+    role = {"sglang": ("--disaggregation-mode prefill", "--disaggregation-mode decode"),
+            "vllm": ("--kv-transfer-config '{\"kv_connector\":\"NixlConnector\",\"kv_role\":\"kv_both\"}'",) * 2,
+            "trtllm": ("", "")}[system]
+    p_cmd = f"{launch_command(system, model_id, gp, 1, worker)} {role[0]}".rstrip()
+    per_decoder = None  # each decode worker runs its share of the C in flight
+    if concurrency is not None:
+        per_decoder = math.ceil(concurrency / n_d) if isinstance(n_d, int) else concurrency
+    d_cmd = f"{launch_command(system, model_id, gd, 1, worker, per_decoder)} {role[1]}".rstrip()
+    router = {"sglang": "python -m sglang_router.launch_router --pd-disaggregation --prefill <prefill-urls> "
+                        "--decode <decode-urls>",
+              "vllm": "a P/D proxy over the prefill and decode instances (vLLM's disaggregated serving examples)",
+              "trtllm": "trtllm-serve disaggregated -c <config listing the context and generation servers>"}[system]
+    return f"{n_p} prefill worker(s): {p_cmd} ;; {n_d} decode worker(s): {d_cmd} ;; router: {router}"
+
+
 def client_command(system: str, model_id: str, concurrency: int, prompt_tokens: int, gen_tokens: int) -> str:
     """A closed-loop benchmark client keeping ``concurrency`` requests of fixed lengths in flight: vLLM's
     ``vllm bench serve --max-concurrency`` over the OpenAI completions API every engine here serves, at the
@@ -305,9 +357,9 @@ def clear_cache() -> None:
 @functools.lru_cache(maxsize=8192)
 def _closed_loop(model: str, hardware: str, gpus_per_node: int, nodes: int, system: str,
                  params: tuple[tuple[str, Any], ...], prompt: int, gen: int, concurrency: int,
-                 knobs: tuple[tuple[str, Any], ...] = ()) -> tuple[float, float, int] | str:
-    """(mean TTFT with the request overhead, TPOT, running batch) of the closed loop at ``concurrency``, or the
-    engine's refusal (a string)."""
+                 knobs: tuple[tuple[str, Any], ...] = ()) -> dict[str, Any] | str:
+    """{ttft_s (mean, with the request overhead), tpot_s, batch (running sequences), gpus_used, pools (a
+    disaggregated plan's workers, else None)} of the closed loop at ``concurrency``, or the engine's refusal."""
     from .. import scenario as sc
     from ..predict import plan_scenario
     from ..serving.closed_loop import benchmark_latency, request_overhead_s
@@ -320,7 +372,10 @@ def _closed_loop(model: str, hardware: str, gpus_per_node: int, nodes: int, syst
     except MoesimError as exc:
         return " ".join(str(exc).split())
     ttft_s, tpot_s = benchmark_latency(plan, prompt, gen, concurrency)
-    return ttft_s + request_overhead_s(system), tpot_s, int(plan.batch_size)
+    config = getattr(plan, "config", None) or {}
+    pools = config.get("pools") if config.get("disaggregated") else None
+    return {"ttft_s": ttft_s + request_overhead_s(system), "tpot_s": tpot_s, "batch": int(plan.batch_size),
+            "gpus_used": int(config.get("gpus_used") or gpus_per_node * nodes), "pools": pools}
 
 
 def _knob_key(knobs: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
@@ -361,20 +416,21 @@ def gpus_for_budget(hardware: str, budget_usd: float) -> tuple[int, int, str]:
     return g, 1, how
 
 
-def _point_of(system, label, params, gpn, nodes, replicas, dis, c, ttft_s, tpot_s, batch, gen, slos,
-              model_id, prompt) -> LayoutPoint:
+def _point_of(system, label, params, gpn, nodes, total, dis, c, r, gen, slos, model_id, prompt) -> LayoutPoint:
+    """A point of the search from a :func:`_closed_loop` record: an aggregated instance of gpn x nodes GPUs
+    replicated over the ``total`` GPUs, or a disaggregated deployment counted on the GPUs its pools use."""
     from ..serving.closed_loop import closed_loop_throughput_tok_s
 
-    g = gpn * nodes
-    per_instance = closed_loop_throughput_tok_s(c, gen, ttft_s, tpot_s)
-    return LayoutPoint(system=system, label=label + (" disagg" if dis else ""), params=dict(params), gpus_per_node=gpn,
-                       nodes=nodes, instance_gpus=g, replicas=replicas, disaggregated=dis, concurrency=c,
-                       running_batch=batch, ttft_s=ttft_s, tpot_s=tpot_s, tok_s_per_user=1.0 / tpot_s,
+    g = r["gpus_used"] if dis else gpn * nodes
+    replicas = 1 if dis else total // g
+    per_instance = closed_loop_throughput_tok_s(c, gen, r["ttft_s"], r["tpot_s"])
+    launch = (disaggregated_launch(system, model_id, params, r["pools"], c) if dis
+              else launch_command(system, model_id, gpn, nodes, params, c))
+    return LayoutPoint(system=system, label=label, params=dict(params), gpus_per_node=gpn, nodes=nodes,
+                       instance_gpus=g, replicas=replicas, disaggregated=dis, concurrency=c, running_batch=r["batch"],
+                       ttft_s=r["ttft_s"], tpot_s=r["tpot_s"], tok_s_per_user=1.0 / r["tpot_s"],
                        tok_s_per_gpu=per_instance / g, throughput_tok_s=per_instance * replicas,
-                       slo_ratio=slo_ratio(ttft_s, tpot_s, *slos),
-                       launch=launch_command(system, model_id, gpn, nodes,
-                                             {k: v for k, v in params.items() if k != "disaggregate"}, c)
-                       + (" (disaggregated: prefill and decode pools, see the engine's docs)" if dis else ""),
+                       slo_ratio=slo_ratio(r["ttft_s"], r["tpot_s"], *slos), launch=launch,
                        client=client_command(system, model_id, c, prompt, gen))
 
 
@@ -440,28 +496,27 @@ def search_layouts(model: str, hardware: str, *, gpus_per_node: int | None = Non
     dis_systems = [s for s in systems if disaggregation_supported(s)]
     if dis_systems:
         notes.append(f"disaggregated prefill/decode searched for {', '.join(dis_systems)} (their disaggregate "
-                     "parameter)")
+                     "parameter; the pool ratio is the engine's own search)")
     else:
         notes.append("disaggregated prefill/decode not searched: no engine here has a disaggregate parameter yet "
                      "(aggregated serving only)")
     for system in systems:
-        for i_gpn, i_nodes in instance_sizes(gpn, nodes):
-            replicas = total // (i_gpn * i_nodes)
-            for label, params in candidate_layouts(system, i_gpn, i_nodes, is_moe=bool(spec.moe)):
-                for dis in ((False, True) if system in dis_systems else (False,)):
-                    p = {**params, **({"disaggregate": True} if dis else {})}
-                    key = tuple(sorted(p.items()))
-                    for c in concurrencies:
-                        r = _closed_loop(spec.name, plat.name, i_gpn, i_nodes, system, key, prompt_tokens,
-                                         gen_tokens, c, knob_key)
-                        if isinstance(r, str):
-                            refused.append({"system": system, "layout": label + (" disagg" if dis else ""),
-                                            "instance_gpus": i_gpn * i_nodes,
-                                            "reason": (f"at concurrency {c}: " if c > concurrencies[0] else "") + r})
-                            break
-                        ttft_s, tpot_s, batch = r
-                        points.append(_point_of(system, label, p, i_gpn, i_nodes, replicas, dis, c, ttft_s, tpot_s,
-                                                batch, gen_tokens, slos, model_id, prompt_tokens))
+        cands = [(i_gpn, i_nodes, label, params, False) for i_gpn, i_nodes in instance_sizes(gpn, nodes)
+                 for label, params in candidate_layouts(system, i_gpn, i_nodes, is_moe=bool(spec.moe))]
+        if system in dis_systems:
+            cands += [(gpn, nodes, label, params, True)
+                      for label, params in disaggregated_layouts(system, gpn, nodes, is_moe=bool(spec.moe))]
+        for i_gpn, i_nodes, label, params, dis in cands:
+            key = tuple(sorted(params.items()))
+            for c in concurrencies:
+                r = _closed_loop(spec.name, plat.name, i_gpn, i_nodes, system, key, prompt_tokens, gen_tokens, c,
+                                 knob_key)
+                if isinstance(r, str):
+                    refused.append({"system": system, "layout": label, "instance_gpus": i_gpn * i_nodes,
+                                    "reason": (f"at concurrency {c}: " if c > concurrencies[0] else "") + r})
+                    break
+                points.append(_point_of(system, label, params, i_gpn, i_nodes, total, dis, c, r, gen_tokens, slos,
+                                        model_id, prompt_tokens))
     front = [points[i] for i in pareto_front([(p.tok_s_per_user, p.tok_s_per_gpu) for p in points])]
     chosen, closest = choose(points)
     verdict = _verdict(chosen, closest, slos, bool(points))

@@ -72,10 +72,14 @@ def benchmark_latency(plan, prompt: int, gen: int, concurrency: int, model: str 
     steps with prefill chunks of arriving prompts), TTFT :func:`steady_ttft_s`.
     ``half``: the mean of the two (a benchmark whose first wave arrives as a burst and later ones staggered, over
     as many requests again as the first wave).
+    A disaggregated plan (one with ``rate_per_s``: separate prefill and decode pools) carries its own closed-loop
+    TTFT (prefill pass + KV transfer + queueing at C in flight) and its decode pool's TPOT: those are returned.
     """
     model = model or BENCHMARK_MODEL
     if model not in MODELS:
         raise ValueError(f"unknown benchmark model {model!r}; one of {', '.join(MODELS)}")
+    if hasattr(plan, "rate_per_s"):  # a disaggregated plan: TTFT (prefill + KV transfer + queueing), decode pool's TPOT
+        return plan.ttft_s, plan.decode_time_per_batch_s / gen
     b = plan.batch_size
     tpot_l = plan.decode_time_per_batch_s / gen
     ttft_l = wave_mean_ttft_s(plan, prompt, b)
