@@ -205,10 +205,16 @@ def test_an_unreachable_slo_says_none_meets_it_and_gives_the_closest():
 
 
 def test_disaggregated_candidates_follow_the_engines_parameter():
-    res = L.search_layouts("deepseek-r1", "hgx-h200", prompt_tokens=1024, gen_tokens=1024, systems=("sglang",),
+    """Disaggregated deployments are searched once the engines have ``disaggregate`` (the disagg branch): Qwen3-30B
+    fits workers of 1-4 GPUs, so one node holds prefill and decode pools."""
+    res = L.search_layouts("qwen3-30b-a3b", "hgx-h200", prompt_tokens=1024, gen_tokens=1024, systems=("sglang",),
                            concurrencies=(64,))
     if L.disaggregation_supported("sglang"):
-        assert any(p.disaggregated for p in res.points)
+        dis = [p for p in res.points if p.disaggregated]
+        assert dis and all(p.replicas == 1 and p.instance_gpus <= 8 for p in dis)
+        assert all("--disaggregation-mode prefill" in p.launch and "--disaggregation-mode decode" in p.launch
+                   for p in dis)
+        assert any("disaggregated prefill/decode searched" in n for n in res.notes)
     else:
         assert not any(p.disaggregated for p in res.points)
         assert any("disaggregated prefill/decode not searched" in n for n in res.notes)
@@ -218,9 +224,9 @@ def test_two_nodes_search_instances_over_both():
     res = L.search_layouts("deepseek-r1", "hgx-h200", nodes=2, prompt_tokens=1024, gen_tokens=1024,
                            systems=("sglang",), concurrencies=(128,))
     assert res.total_gpus == 16
-    big = [p for p in res.points if p.instance_gpus == 16]
+    big = [p for p in res.points if p.instance_gpus == 16 and not p.disaggregated]
     assert big and all("--nnodes 2" in p.launch and p.replicas == 1 for p in big)
-    assert all(p.replicas == 2 for p in res.points if p.instance_gpus == 8)
+    assert all(p.replicas == 2 for p in res.points if p.instance_gpus == 8 and not p.disaggregated)
 
 
 def test_bad_input_is_a_clear_error():

@@ -567,13 +567,13 @@ def format_search(res: LayoutSearch, limit: int | None = 20) -> str:
     lines = [f"{res.model} on {res.hardware}: {res.gpus_per_node} GPU(s) x {res.nodes} node(s) = {res.total_gpus} "
              f"GPUs; prompt {res.prompt_tokens}, generated {res.gen_tokens} tokens; closed-loop concurrency C per "
              f"instance; {len(res.points)} configurations predicted in {res.search_s:.1f} s"]
-    header = (f"{'':1} {'engine':<7} {'layout':<22} {'GPUs':>5} {'inst':>4} {'C':>5} {'batch':>5} "
+    header = (f"{'':1} {'engine':<7} {'layout':<30} {'GPUs':>5} {'inst':>4} {'C':>5} {'batch':>5} "
               f"{'TTFT s':>8} {'TPOT ms':>8} {'tok/s/user':>10} {'tok/s/GPU':>10}")
     lines += ["", "Pareto front (tok/s/GPU against tok/s/user; * = meets the SLOs):", header, "-" * len(header)]
     shown = res.pareto[: limit or None]
     for p in shown:
         mark = "*" if p.slo_ratio <= 1.0 else " "
-        lines.append(f"{mark:1} {p.system:<7} {p.label[:22]:<22} {p.instance_gpus:>5} {p.replicas:>4} "
+        lines.append(f"{mark:1} {p.system:<7} {p.label[:30]:<30} {p.instance_gpus:>5} {p.replicas:>4} "
                      f"{p.concurrency:>5} {p.running_batch:>5} {p.ttft_s:>8.3g} {p.tpot_s * 1e3:>8.3g} "
                      f"{p.tok_s_per_user:>10.4g} {p.tok_s_per_gpu:>10.4g}")
     if len(res.pareto) > len(shown):
