@@ -22,7 +22,9 @@ engines anyway, :mod:`moesim.systems.shared.parallel`):
 
 Every other engine parameter keeps its default (the deployed software's choice). Disaggregated prefill/decode is
 searched where an engine has a ``disaggregate`` parameter (:func:`disaggregation_supported`), else left out and
-said so in :attr:`LayoutSearch.notes`.
+said so in :attr:`LayoutSearch.notes`: on all the GPUs, prefill and decode workers of w GPUs (w dividing the
+node's GPUs), each worker in one of the layouts above on its w GPUs, the number of each the engine's own search of
+the pool ratio (:func:`disaggregated_layouts`); such a point counts the GPUs its pools use.
 
 Each layout is predicted at concurrencies C = 1, 2, 4, ... (``concurrencies``) as a closed-loop benchmark keeping C
 requests in flight (:mod:`moesim.serving.closed_loop`, the rule the AIConfigurator validation scores): the
@@ -32,6 +34,9 @@ engine's per-request overhead (``systems_db``), and::
 
     tok/s/user = 1 / TPOT
     tok/s/GPU  = C G / (TTFT + (G - 1) TPOT) / g        (Little's law, G generated tokens per request)
+
+(a disaggregated plan carries its own closed-loop TTFT, prefill + KV transfer + queueing at C, and its decode
+pool's TPOT).
 
 The Pareto front (:func:`pareto_front`) keeps the points no other point beats on both. The chosen configuration
 (:func:`choose`) is the point with the most tok/s/GPU among those meeting every SLO (mean TTFT <= ``max_ttft_s``,
