@@ -26,7 +26,7 @@ Scenario of a row (:func:`scenario_of`):
   stands for its MXFP4 experts, which H100/H200 run dequantised); a ``-FP8`` checkpoint of a bf16 model runs
   ``--dtype fp8``.
 
-What is compared (:func:`benchmark_latency`):
+What is compared (:func:`benchmark_latency`, :mod:`moesim.serving.closed_loop`):
 
 - TPOT: the measured TPOT excludes the first token (the README beside the CSV); predicted as the plan's decode
   time per batch over its G steps (pure decode of the C sequences, which is what the lockstep waves do).
@@ -62,6 +62,11 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
+
+# the closed-loop benchmark rule lives in the library (the layout search prices concurrency with it too)
+from moesim.serving.closed_loop import (  # noqa: F401  (re-exported: aiconfigurator_fit.py reads A.MODELS)
+    BENCHMARK_MODEL, MODELS, benchmark_latency, request_overhead_s, steady_ttft_s as _steady_ttft_s,
+    wave_mean_ttft_s as _wave_mean_ttft_s)
 
 SOURCE = "aiconfigurator-silicon"
 ROOT = Path(__file__).resolve().parents[2]
@@ -263,80 +268,7 @@ def scenario_of(row: dict, system: str | None = None):
                            **({"system_params": params} if params else {}))
 
 
-def _wave_mean_ttft_s(plan, prompt: int, batch: int) -> float:
-    """Mean time to the first token over a wave of ``batch`` prompts prefilled in passes of
-    ``plan.prefill_tokens_per_pass`` tokens (full passes, then the pass of the rest)."""
-    n_tok = max(plan.prefill_tokens_per_pass, 1)
-    passes = plan.prefill_passes_per_batch
-    t_full = plan.prefill.time_s
-    t_last = getattr(plan, "prefill_last", None)
-    t_last = t_last.time_s if t_last is not None else t_full
-    total = 0.0
-    for j in range(1, batch + 1):
-        idx = min(math.ceil(j * prompt / n_tok), passes)
-        total += (idx - 1) * t_full + (t_last if idx == passes else t_full)
-    return total / batch
-
-
-#: how the closed-loop benchmark's mean TTFT and TPOT are predicted from a plan (see :func:`benchmark_latency`);
-#: chosen by ``aiconfigurator_fit.py`` on the FIT split only
-BENCHMARK_MODEL = "half"
-MODELS = ("lockstep", "steady", "half")
-
-
-def _steady_ttft_s(plan, prompt: int, gen: int) -> float:
-    """Steady-state TTFT: a prompt arriving while B = plan.batch_size sequences decode waits half a step, then
-    enters in chunks of q = min(P, N - B) tokens, ceil(P / q) steps each carrying B decodes and a chunk (priced
-    as the decode step plus q / N of a full prefill pass)."""
-    b = plan.batch_size
-    n_tok = max(plan.prefill_tokens_per_pass, 1)
-    q = max(min(prompt, n_tok - b), 1)
-    decode_step = plan.decode_time_per_batch_s / gen
-    carry = plan.prefill.time_s * q / n_tok + decode_step
-    return 0.5 * decode_step + math.ceil(prompt / q) * carry
-
-
-def benchmark_latency(plan, prompt: int, gen: int, concurrency: int, model: str | None = None) -> tuple[float, float]:
-    """(mean TTFT, TPOT) in seconds as the closed-loop benchmark at ``concurrency`` measures them.
-
-    ``lockstep`` (module docstring): lockstep waves of B = plan.batch_size requests, TTFT the mean over a wave's
-    prefill passes, TPOT pure decode of B; requests beyond B wait for earlier groups.
-    ``steady``: staggered requests in steady state: TPOT the steady state's mean mixed step (decodes sharing
-    steps with prefill chunks of arriving prompts), TTFT :func:`_steady_ttft_s`.
-    ``half``: the mean of the two (a benchmark whose first wave arrives as a burst and later ones staggered, over
-    as many requests again as the first wave).
-    """
-    model = model or BENCHMARK_MODEL
-    b = plan.batch_size
-    tpot_l = plan.decode_time_per_batch_s / gen
-    ttft_l = _wave_mean_ttft_s(plan, prompt, b)
-    groups = math.ceil(concurrency / b)
-    wait = (groups - 1) / 2.0 * (plan.prefill_time_per_batch_s + plan.decode_time_per_batch_s) if groups > 1 else 0.0
-    ttft_l += wait
-    if model == "lockstep":
-        return ttft_l, tpot_l
-    mixed = getattr(plan, "mixed_step", None)
-    steps = getattr(plan, "steps_per_batch", 0.0) or gen
-    tpot_s = mixed.time_s * steps / gen if mixed is not None else tpot_l
-    ttft_s = _steady_ttft_s(plan, prompt, gen) + wait
-    if model == "steady":
-        return ttft_s, tpot_s
-    return 0.5 * (ttft_l + ttft_s), 0.5 * (tpot_l + tpot_s)
-
-
 _CACHE: dict = {}
-
-
-def request_overhead_s(system: str) -> float:
-    """Time a request spends outside the engine's steps before its first token (HTTP, tokenising, handing the
-    request to the scheduler, streaming the token back): ``request_overhead_s`` of ``systems_db/<system>.yaml``
-    (0 where the system has none)."""
-    from moesim.db import system_constants
-
-    try:
-        return float(system_constants(system).value("request_overhead_s"))
-    except (KeyError, Exception):
-        return 0.0
 
 
 def predict_row(row: dict, system: str | None = None, model: str | None = None) -> tuple[float | None, float | None, str]:

@@ -7,7 +7,8 @@ script existed. What is fitted (``systems_db/engines.yaml``, each value says it 
   next grid, ramp and tail of small kernels);
 - ``fused_moe_memory_efficiency``: fraction of HBM peak at which the engines' fused MoE kernels stream expert
   weights;
-- the benchmark model of ``aiconfigurator.py`` (``BENCHMARK_MODEL``: lockstep waves, steady state, or half of each);
+- the closed-loop benchmark model (``BENCHMARK_MODEL`` of :mod:`moesim.serving.closed_loop`, which ``aiconfigurator.py``
+  imports: lockstep waves, steady state, or half of each);
 - ``request_overhead_s`` (``systems_db/vllm.yaml``): time a request spends outside the engine steps before its
   first token (HTTP, tokenising, handing it to the engine, streaming), the median of measured minus predicted
   TTFT at the chosen values.

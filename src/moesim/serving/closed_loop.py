@@ -1,0 +1,116 @@
+"""A closed-loop benchmark client at concurrency C: mean TTFT and TPOT as the serving benchmarks measure them.
+
+Benchmarks of serving engines (vLLM's ``benchmark_serving --max-concurrency``, SGLang's ``bench_serving``,
+TensorRT-LLM's ``benchmark_serving``, AIConfigurator's silicon runs) keep C requests in flight: a new request is
+sent as soon as one finishes. With fixed prompt P and generation G, the run's mean TTFT and TPOT follow from the
+engine's plan at batch C (``--batch C --requests C``), whose running batch B = ``plan.batch_size`` may be smaller
+than C when the KV pool or the engine's limits hold fewer (:func:`benchmark_latency`):
+
+- lockstep waves: the C requests are sent together and finish together; TPOT = pure decode of B sequences,
+  ``plan.decode_time_per_batch_s / G``; TTFT = the mean over the wave of its chunked-prefill passes
+  (:func:`wave_mean_ttft_s`); with W = ceil(C / B) groups served one after another a request waits on average
+  (W - 1) / 2 x (prefill + decode time of one group);
+- steady state: requests staggered, TPOT the mean mixed step (decodes sharing steps with the prefill chunks of
+  arriving prompts), TTFT :func:`steady_ttft_s`;
+- ``half`` (:data:`BENCHMARK_MODEL`): the mean of the two (a benchmark whose first wave arrives as a burst and
+  later ones staggered). Chosen by ``validation/published/aiconfigurator_fit.py`` on the FIT split (H100 SXM)
+  of AIConfigurator's silicon rows only; the H200 rows are scored held-out.
+
+The output rate of such a run follows from Little's law (:func:`closed_loop_throughput_tok_s`): C requests in
+flight, each taking E2E = TTFT + (G - 1) TPOT, give C G / E2E generated tokens per second.
+
+Moved here from ``validation/published/aiconfigurator.py`` (which imports it) so the layout search
+(:mod:`moesim.analysis.layouts`) prices concurrency the same way the validation scores it.
+"""
+
+from __future__ import annotations
+
+import math
+
+#: how the closed-loop benchmark's mean TTFT and TPOT are predicted from a plan (see :func:`benchmark_latency`);
+#: chosen by ``validation/published/aiconfigurator_fit.py`` on the FIT split only
+BENCHMARK_MODEL = "half"
+MODELS = ("lockstep", "steady", "half")
+
+
+def wave_mean_ttft_s(plan, prompt: int, batch: int) -> float:
+    """Mean time to the first token over a wave of ``batch`` prompts prefilled in passes of
+    ``plan.prefill_tokens_per_pass`` = N tokens (full passes, then the pass of the rest). Request j (1-based)
+    gets its first token at the end of pass idx_j = ceil(j P / N), so the mean is
+    ``mean_j [ (idx_j - 1) t_full + (t_last if idx_j is the last pass else t_full) ]``."""
+    n_tok = max(plan.prefill_tokens_per_pass, 1)
+    passes = plan.prefill_passes_per_batch
+    t_full = plan.prefill.time_s
+    t_last = getattr(plan, "prefill_last", None)
+    t_last = t_last.time_s if t_last is not None else t_full
+    total = 0.0
+    for j in range(1, batch + 1):
+        idx = min(math.ceil(j * prompt / n_tok), passes)
+        total += (idx - 1) * t_full + (t_last if idx == passes else t_full)
+    return total / batch
+
+
+def steady_ttft_s(plan, prompt: int, gen: int) -> float:
+    """Steady-state TTFT: a prompt arriving while B = plan.batch_size sequences decode waits half a step, then
+    enters in chunks of q = min(P, N - B) tokens, ceil(P / q) steps each carrying B decodes and a chunk (priced
+    as the decode step plus q / N of a full prefill pass)."""
+    b = plan.batch_size
+    n_tok = max(plan.prefill_tokens_per_pass, 1)
+    q = max(min(prompt, n_tok - b), 1)
+    decode_step = plan.decode_time_per_batch_s / gen
+    carry = plan.prefill.time_s * q / n_tok + decode_step
+    return 0.5 * decode_step + math.ceil(prompt / q) * carry
+
+
+def benchmark_latency(plan, prompt: int, gen: int, concurrency: int, model: str | None = None) -> tuple[float, float]:
+    """(mean TTFT, TPOT) in seconds as the closed-loop benchmark at ``concurrency`` measures them (module
+    docstring), without the request's time outside the engine (:func:`request_overhead_s`).
+
+    ``lockstep``: lockstep waves of B = plan.batch_size requests, TTFT the mean over a wave's prefill passes,
+    TPOT pure decode of B; requests beyond B wait for earlier groups.
+    ``steady``: staggered requests in steady state: TPOT the steady state's mean mixed step (decodes sharing
+    steps with prefill chunks of arriving prompts), TTFT :func:`steady_ttft_s`.
+    ``half``: the mean of the two (a benchmark whose first wave arrives as a burst and later ones staggered, over
+    as many requests again as the first wave).
+    A disaggregated plan (one with ``rate_per_s``: separate prefill and decode pools) carries its own closed-loop
+    TTFT (prefill pass + KV transfer + queueing at C in flight) and its decode pool's TPOT: those are returned.
+    """
+    model = model or BENCHMARK_MODEL
+    if model not in MODELS:
+        raise ValueError(f"unknown benchmark model {model!r}; one of {', '.join(MODELS)}")
+    if hasattr(plan, "rate_per_s"):  # a disaggregated plan: TTFT (prefill + KV transfer + queueing), decode pool's TPOT
+        return plan.ttft_s, plan.decode_time_per_batch_s / gen
+    b = plan.batch_size
+    tpot_l = plan.decode_time_per_batch_s / gen
+    ttft_l = wave_mean_ttft_s(plan, prompt, b)
+    groups = math.ceil(concurrency / b)
+    wait = (groups - 1) / 2.0 * (plan.prefill_time_per_batch_s + plan.decode_time_per_batch_s) if groups > 1 else 0.0
+    ttft_l += wait
+    if model == "lockstep":
+        return ttft_l, tpot_l
+    mixed = getattr(plan, "mixed_step", None)
+    steps = getattr(plan, "steps_per_batch", 0.0) or gen
+    tpot_s = mixed.time_s * steps / gen if mixed is not None else tpot_l
+    ttft_s = steady_ttft_s(plan, prompt, gen) + wait
+    if model == "steady":
+        return ttft_s, tpot_s
+    return 0.5 * (ttft_l + ttft_s), 0.5 * (tpot_l + tpot_s)
+
+
+def request_overhead_s(system: str) -> float:
+    """Time a request spends outside the engine's steps before its first token (HTTP, tokenising, handing the
+    request to the scheduler, streaming the token back): ``request_overhead_s`` of ``systems_db/<system>.yaml``
+    (0 where the system has none)."""
+    from ..db import system_constants
+
+    try:
+        return float(system_constants(system).value("request_overhead_s"))
+    except (KeyError, Exception):
+        return 0.0
+
+
+def closed_loop_throughput_tok_s(concurrency: int, gen: int, ttft_s: float, tpot_s: float) -> float:
+    """Generated tokens per second of a closed loop keeping ``concurrency`` = C requests in flight (Little's law):
+    each request takes E2E = TTFT + (G - 1) TPOT and yields G tokens, so the rate is C G / E2E."""
+    e2e_s = ttft_s + (gen - 1) * tpot_s
+    return concurrency * gen / e2e_s
