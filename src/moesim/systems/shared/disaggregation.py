@@ -14,7 +14,7 @@ The instance's GPUs are the platform's (``--gpus`` x ``--nodes``). Each pool is 
 machinery on a worker's GPUs (:mod:`.continuous`):
 
 - prefill worker: passes of whole prompts filling its token budget (N = the engine's budget over its DP ranks),
-  prompts_per_pass = min(floor(N / P), in-flight requests per worker); a prompt longer than N takes
+  prompts_per_pass = min(floor(N / P), its most running requests, in-flight requests per worker); a prompt longer than N takes
   ceil(P / N) passes. Its rate r_p = prompts_per_pass / t_pass requests/s; a prompt's prefill time is t_pass;
 - decode worker: decode-only steps (CUDA graphs) of B = min(max running, what its KV pool holds, in-flight
   requests per worker) sequences, integrated over the G positions (Simpson), with MTP where asked
@@ -216,10 +216,11 @@ class PrefillWorker:
 
 def price_prefill_worker(eng, ctx: Context, in_flight: int) -> PrefillWorker:
     lay = eng._layout(ctx)
-    budget = eng.group_knobs(ctx).token_budget
+    knobs = eng.group_knobs(ctx)
+    budget = knobs.token_budget
     P = ctx.workload.prompt_tokens
-    if P <= budget:
-        prompts = max(1, min(budget // P, in_flight))
+    if P <= budget:  # whole prompts in the budget, at most the engine's running requests (every DP rank's)
+        prompts = max(1, min(budget // P, knobs.max_seqs, in_flight))
         step = eng._mixed(ctx, lay, 0, 0, prompts * P, prompts, P)
         return PrefillWorker(step.time_s, prompts, prompts * P, step)
     passes = math.ceil(P / budget)
@@ -372,12 +373,12 @@ def disaggregated_plan(engine: "ContinuousBatchingEngine", ctx: Context) -> Disa
     batch = n_d * dw.batch
     pools = {"prefill": {"workers": n_p, "gpus_per_worker": gp, "layout": pl_p.words(),
                          "prompts_per_pass": pw.prompts_per_pass, "pass_s": pw.pass_s,
-                         "rate_req_per_s": n_p * pw.rate_per_s, "params": pe.params.model_dump()},
+                         "requests_per_second": n_p * pw.rate_per_s, "params": prm.prefill_params},
              "decode": {"workers": n_d, "gpus_per_worker": gd, "layout": pl_d.words(), "batch_per_worker": dw.batch,
                         "max_running_by_kv": dw.by_kv, "tpot_s": dw.decode_s / G, "tokens_per_step": dw.tau,
-                        "rate_req_per_s": n_d * dw.rate_per_s, "params": de.params.model_dump()},
+                        "requests_per_second": n_d * dw.rate_per_s, "params": prm.decode_params},
              "kv_transfer": {"bytes_per_gpu": per_gpu, "link": words, "time_s": t_kv,
-                             "rate_req_per_s": kv_rate(n_p, n_d)}}
+                             "requests_per_second": kv_rate(n_p, n_d)}}
     config = {"disaggregated": True, "gpus_used": used, "batch_size": batch, "pools": pools,
               "queue_s": queue, "params": prm.model_dump()}
     return engine.make_plan(
