@@ -14,6 +14,12 @@ With ``--layouts`` (:func:`expressible` with ``layouts=True``) also the aggregat
 rows on one node (8 GPUs), each mapped to its engine's own flags by :func:`layout_of`; the split rule is the same
 (H100 fit, H200 held-out). The corpus (:func:`published_cells`) keeps the TP-only rows (:data:`CORPUS_LAYOUTS`).
 
+With ``--disagg`` (``disagg=True``) also the disaggregated rows (``mode == disagg``) whose pools are stated
+(prefill_num_workers / decode_num_workers; :func:`disagg_of`): the engine's ``--disaggregate`` with each pool's
+layout and batch in its own flags, on as many 8-GPU nodes as the pools take; TTFT and TPOT are the disaggregated
+plan's (prefill pass + KV transfer + queueing; the decode pool's TPOT). Same split rule; kept out of the corpus
+(:data:`CORPUS_DISAGG`).
+
 Scenario of a row (:func:`scenario_of`):
 
 - platform ``hgx-h100`` / ``hgx-h200`` with ``--gpus tp_size``; system = the backend; prompt = isl, gen = osl;
