@@ -32,6 +32,9 @@ Layouts (:meth:`SGLang.parallel_layout`, priced by :mod:`.shared.parallel`; SGLa
 ``--ep-size`` shards the experts (MoE TP tp / ep); ``--moe-a2a-backend deepep`` exchanges tokens by DeepEP's
 all-to-all (otherwise DP attention gathers and scatters them); ``--enable-two-batch-overlap`` runs two
 micro-batches so one's exchange overlaps the other's computation.
+
+Disaggregated prefill/decode and MTP speculative decoding: SGLang's ``--disaggregation-mode prefill`` / ``decode`` servers and MTP (``--speculative-algorithm NEXTN --speculative-num-steps``), as ``--disaggregate`` with the pools' GPUs, counts and
+flags (:mod:`.shared.disaggregation`) and the draft steps (:mod:`.shared.speculative`).
 """
 
 from __future__ import annotations

@@ -22,6 +22,9 @@ per-step CPU work (``systems_db/trtllm.yaml``, not fitted) with the GPU's.
 Layouts (:meth:`TRTLLM.parallel_layout`, priced by :mod:`.shared.parallel`): ``tp_size`` (moesim's ``--gpus``)
 is the instance's GPUs; ``enable_attention_dp`` runs attention on every GPU alone over its own requests; the MoE
 splits over ``moe_tensor_parallel_size`` x ``moe_expert_parallel_size`` = tp_size (TensorRT-LLM's ``Mapping``).
+
+Disaggregated prefill/decode and MTP speculative decoding: TensorRT-LLM's disaggregated serving (context and generation servers) and MTP (``speculative_config`` decoding_type MTP, ``num_nextn_predict_layers``), as ``--disaggregate`` with the pools' GPUs, counts and
+flags (:mod:`.shared.disaggregation`) and the draft steps (:mod:`.shared.speculative`).
 """
 
 from __future__ import annotations

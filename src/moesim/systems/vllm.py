@@ -93,6 +93,9 @@ Layouts (:meth:`VLLM.parallel_layout`, priced by :mod:`.shared.parallel`; vLLM d
 D ranks of tensor parallel G / D, each with its own scheduler and KV cache; "by default, expert layers form a
 tensor parallel group of size DP x TP", expert parallel with ``--enable-expert-parallel``; the default
 ``--all2all-backend allgather_reducescatter`` gathers every rank's tokens for the MoE.
+
+Disaggregated prefill/decode and MTP speculative decoding: vLLM's P/D disaggregation (``--kv-transfer-config`` producer / consumer instances) and MTP (``--speculative-config`` method ``deepseek_mtp``, ``num_speculative_tokens``), as ``--disaggregate`` with the pools' GPUs, counts and
+flags (:mod:`.shared.disaggregation`) and the draft steps (:mod:`.shared.speculative`).
 """
 
 from __future__ import annotations
