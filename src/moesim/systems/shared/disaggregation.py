@@ -35,7 +35,8 @@ Combined, with n_p prefill and n_d decode workers::
 
 queue: with C requests kept in flight (``--batch C``), a request waits where the slower pool holds it back; offline
 without C there is no queue (the pools run at their rates). The pool ratio (:func:`best_split`): every (n_p, n_d)
-with n_p g_p + n_d g_d <= the instance's GPUs, the most requests/s per GPU used (ties: the most requests/s).
+with n_p g_p + n_d g_d <= the instance's GPUs, the most requests/s per GPU of the instance (ties: the fewest
+GPUs used).
 """
 
 from __future__ import annotations
@@ -104,9 +105,9 @@ def best_split(total_gpus: int, prefill_gpus: int, decode_gpus: int, prefill_rat
                decode_rate: Callable[[int], float], prefill_workers: int | None = None,
                decode_workers: int | None = None,
                link_rate: Callable[[int, int], float] | None = None) -> tuple[int, int, float]:
-    """(n_p, n_d, requests/s): the pool sizes with the most requests/s per GPU used, over every n_p, n_d >= 1 with
-    n_p g_p + n_d g_d <= total_gpus (a given count is kept); ties (1e-9 relative) go to the most requests/s, then
-    the fewest GPUs. ``prefill_rate(n)`` / ``decode_rate(n)``: a pool of n workers' requests/s (the combined rate
+    """(n_p, n_d, requests/s): the pool sizes with the most requests/s, i.e. per GPU of the ``total_gpus`` given,
+    over every n_p, n_d >= 1 with n_p g_p + n_d g_d <= total_gpus (a given count is kept); ties (1e-9 relative)
+    go to the fewest GPUs used. ``prefill_rate(n)`` / ``decode_rate(n)``: a pool of n workers' requests/s (the combined rate
     is the smaller of the two, and of ``link_rate(n_p, n_d)``, the KV links', where given). Refuses a split the GPUs cannot hold, with the rule."""
     if prefill_workers and decode_workers:
         used = prefill_workers * prefill_gpus + decode_workers * decode_gpus
@@ -133,20 +134,18 @@ def best_split(total_gpus: int, prefill_gpus: int, decode_gpus: int, prefill_rat
             rate = min(prefill_rate(n_p), decode_rate(n_d))
             if link_rate is not None:
                 rate = min(rate, link_rate(n_p, n_d))
-            key = (rate / used, rate, -used, n_p, n_d)
+            key = (rate, -used, n_p, n_d)
             if best is None or _better(key, best):
                 best = key
     assert best is not None
-    return best[3], best[4], best[1]
+    return best[2], best[3], best[0]
 
 
 def _better(a: tuple, b: tuple) -> bool:
-    """``a`` beats ``b``: more per GPU (beyond 1e-9 relative), then more in all, then fewer GPUs."""
+    """``a`` beats ``b``: more requests/s (beyond 1e-9 relative), then fewer GPUs used."""
     if abs(a[0] - b[0]) > 1e-9 * max(abs(a[0]), abs(b[0])):
         return a[0] > b[0]
-    if abs(a[1] - b[1]) > 1e-9 * max(abs(a[1]), abs(b[1])):
-        return a[1] > b[1]
-    return a[2] > b[2]
+    return a[1] > b[1]
 
 
 # ---- workers ----------------------------------------------------------------------------------------
@@ -359,7 +358,7 @@ def disaggregated_plan(engine: "ContinuousBatchingEngine", ctx: Context) -> Disa
     used = n_p * gp + n_d * gd
     notes = [
         f"disaggregated: {n_p} prefill worker(s) x {gp} GPUs ({pl_p.words()}) and {n_d} decode worker(s) x {gd} GPUs "
-        f"({pl_d.words()}), {used} of {total} GPUs" + (" (pool ratio searched: most requests/s per GPU)" if searched
+        f"({pl_d.words()}), {used} of {total} GPUs" + (" (pool ratio searched: most requests/s on these GPUs)" if searched
                                                       else ""),
         f"prefill pool {n_p * pw.rate_per_s:.4g} req/s ({pw.prompts_per_pass} prompt(s) of {P} tokens a pass, "
         f"{pw.pass_s * 1e3:.4g} ms), decode pool {n_d * dw.rate_per_s:.4g} req/s ({dw.batch} sequences a worker, "
