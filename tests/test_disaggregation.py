@@ -76,6 +76,21 @@ def test_pool_ratio_search_picks_the_balanced_split():
     assert best_split(8, 1, 1, lambda n: 3.0 * n, lambda n: 1.0 * n, link_rate=lambda p, d: 2.0)[2] == 2.0
 
 
+@settings(max_examples=60, deadline=None)
+@given(total=st.integers(2, 24), gp=st.integers(1, 4), gd=st.integers(1, 4), rp=st.floats(0.1, 10), rd=st.floats(0.1, 10))
+def test_pool_ratio_search_is_the_best_feasible_split(total, gp, gd, rp, rd):
+    """Against brute force: no split of the GPUs delivers more requests/s than the one chosen, and it fits."""
+    if gp + gd > total:
+        with pytest.raises(InfeasibleError):
+            best_split(total, gp, gd, lambda n: rp * n, lambda n: rd * n)
+        return
+    n_p, n_d, rate = best_split(total, gp, gd, lambda n: rp * n, lambda n: rd * n)
+    assert n_p * gp + n_d * gd <= total and rate == pytest.approx(min(rp * n_p, rd * n_d))
+    for a in range(1, total // gp + 1):
+        for b in range(1, (total - a * gp) // gd + 1):
+            assert min(rp * a, rd * b) <= rate * (1 + 1e-9)
+
+
 def test_pool_split_refusals_say_the_rule():
     with pytest.raises(InfeasibleError, match=r"= 12 GPUs, the platform has 8"):
         best_split(8, 4, 4, lambda n: 1.0, lambda n: 1.0, prefill_workers=2, decode_workers=1)
