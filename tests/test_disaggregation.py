@@ -235,3 +235,19 @@ def test_aiconfigurator_disaggregated_rows_map_to_pools_and_stay_out_of_the_corp
             assert abs(r.tpot_error) < 0.25, (r.row_id, r.tpot_error)
         else:
             assert r.predicted_tpot_s is None and "inside one node" in r.note
+
+
+def test_engines_price_a_draft_model_with_the_same_tau():
+    """--draft on an engine: k decode steps of the draft model and one verification of k + 1 tokens a step, over
+    tau = (1 - a^(k+1)) / (1 - a) tokens: faster than plain decoding at batch 8, never by more than tau; MTP and a
+    draft model together are refused."""
+    base = dict(model="qwen3-30b-a3b", hardware="hgx-h100", num_gpus=2, prompt_tokens=512, gen_tokens=64,
+                num_requests=8, batch_size=8)
+    tau = (1 - 0.7 ** 4) / (1 - 0.7)
+    for system in ("vllm", "sglang", "trtllm"):
+        plain = moesim.predict(**base, system=system)
+        spec = moesim.predict(**base, system=system, draft_model="olmoe-1b-7b", spec_tokens=3, spec_accept=0.7)
+        assert plain.tpot_s / tau < spec.tpot_s < plain.tpot_s, system
+    with pytest.raises(InfeasibleError, match="give one"):
+        moesim.predict(model="deepseek-v3", hardware="hgx-h200", num_gpus=8, system="sglang",
+                       draft_model="olmoe-1b-7b", system_params={"speculative_num_steps": 1})

@@ -30,7 +30,7 @@ from ..base import (Plan, ServingSystem, StepSim, balanced_batches, sequential_s
                     simulate_pass)
 from .engine_step import EngineRuntime, engine_layer_times, kernel_tables_used, with_engine_cpu
 from .memory import activation_bytes
-from .speculative import require_mtp, speculative_decode_step, tokens_per_step
+from .speculative import speculation, speculative_decode_step, tokens_per_step
 from .parallel import (ParallelLayout, parallel_layer_times, rank_context, require_experts_divisible,
                        weight_bytes_per_gpu, world_gpus)
 from .tensor_parallel import LayerTimes, require_tensor_parallel
@@ -122,6 +122,7 @@ class ContinuousBatchingEngine(ServingSystem):
     the platform's scale-out network (:func:`.parallel.all_to_all_s`); tensor-parallel groups stay inside a node."""
 
     multi_node = True
+    supports_speculative = True  # MTP from the engine's own flag, a draft model from --draft (.speculative)
 
     @property
     def knobs(self) -> EngineKnobs:
@@ -355,21 +356,21 @@ class ContinuousBatchingEngine(ServingSystem):
         passes = math.ceil(batch * P / chunk)
         rest = batch * P - (passes - 1) * chunk  # the last pass prefills what the full budgets leave
         prefill_last = prefill if rest == chunk else self._mixed(ctx, lay, 0, 0, rest, rest / P, P)
-        spec = self.speculative_steps()
-        if spec:  # MTP: G / tau steps of verification + drafts (.speculative); waves in lockstep (no mixed steps)
-            require_mtp(ctx, self.name, self.speculative_flag, spec)
-            tau = tokens_per_step(spec, prm.speculative_acceptance)
+        spec, rates, kind = speculation(self, ctx)
+        if spec:  # G / tau steps of verification + drafts (.speculative); waves in lockstep (no mixed steps)
+            tau = tokens_per_step(rates)
             decode_s, points = simpson_decode_time(
-                lambda c: speculative_decode_step(self, ctx, lay, batch, c, P, spec), P, G)
+                lambda c: speculative_decode_step(self, ctx, lay, batch, c, P, spec, kind), P, G)
             decode_s /= tau
         else:
             decode_s, points = simpson_decode_time(lambda c: self._mixed(ctx, lay, batch, c, 0, 0, P), P, G)
         drain_s = decode_s  # the last wave's G steps, decodes only
         if spec:
             steps, mixed, per_step = G / tau, None, "each wave prefills its prompts, then decodes"
-            notes.append(f"MTP speculative decoding: {spec} draft step(s) a decode step, {tau:.3g} tokens per step "
-                         f"(acceptance {prm.speculative_acceptance or 'default'}); waves priced in lockstep, prefill "
-                         f"then decode (the mixed steady state is not priced with MTP)")
+            what = "MTP" if kind == "mtp" else f"draft model {ctx.options.speculative.draft_model}"
+            notes.append(f"speculative decoding ({what}): {spec} draft step(s) a decode step, {tau:.3g} tokens per "
+                         f"step (acceptance {', '.join(f'{a:g}' for a in rates)}); waves priced in lockstep, prefill "
+                         f"then decode (the mixed steady state is not priced with speculative decoding)")
         elif k.chunked_prefill:
             steps, mixed, per_step = self._v1_steady_state(ctx, lay, batch)
         else:

@@ -52,7 +52,7 @@ from ...errors import InfeasibleError, MoesimError
 from ...modules import Context
 from ..base import Plan, StepSim, peak_gpu_bytes, simpson_decode_time
 from .parallel import rank_context, world_gpus
-from .speculative import require_mtp, speculative_decode_step, tokens_per_step
+from .speculative import speculation, speculative_decode_step, tokens_per_step
 
 if TYPE_CHECKING:
     from .continuous import ContinuousBatchingEngine
@@ -251,12 +251,11 @@ def price_decode_worker(eng, ctx: Context, in_flight: int) -> DecodeWorker:
     blocks_per_seq = float(np.mean(np.ceil((P + np.arange(1, G + 1)) / k.block_size)))
     by_kv = max(1, int(lay.blocks // blocks_per_seq) * pl.dp)
     batch = max(1, min(k.max_seqs, by_kv, in_flight))
-    steps = eng.speculative_steps()
-    require_mtp(ctx, eng.name, eng.speculative_flag, steps)
-    tau = tokens_per_step(steps, eng.params.speculative_acceptance)
+    steps, rates, kind = speculation(eng, ctx)
+    tau = tokens_per_step(rates)
 
     def step(c: int) -> StepSim:
-        return speculative_decode_step(eng, ctx, lay, batch, c, P, steps)
+        return speculative_decode_step(eng, ctx, lay, batch, c, P, steps, kind)
     total, points = simpson_decode_time(step, P, G)
     return DecodeWorker(batch, total / tau, points, by_kv, tau)
 
@@ -366,9 +365,11 @@ def disaggregated_plan(engine: "ContinuousBatchingEngine", ctx: Context) -> Disa
         f"KV transfer per request: {per_gpu / 1e6:.4g} MB per GPU over {words}: {t_kv * 1e3:.4g} ms"
         + (f"; queueing {queue * 1e3:.4g} ms at {concurrency} in flight" if queue else ""),
     ]
-    steps = de.speculative_steps()
+    steps, _, kind = speculation(de, cd)
     if steps:
-        notes.append(f"MTP speculative decoding: {steps} draft step(s), {dw.tau:.3g} tokens per step")
+        what = "MTP" if kind == "mtp" else f"draft model {ctx.options.speculative.draft_model}"
+        notes.append(f"speculative decoding ({what}) in the decode pool: {steps} draft step(s), {dw.tau:.3g} tokens "
+                     f"per step")
     batch = n_d * dw.batch
     pools = {"prefill": {"workers": n_p, "gpus_per_worker": gp, "layout": pl_p.words(),
                          "prompts_per_pass": pw.prompts_per_pass, "pass_s": pw.pass_s,
