@@ -239,10 +239,10 @@ def test_aiconfigurator_disaggregated_rows_map_to_pools_and_stay_out_of_the_corp
 
 def test_engines_price_a_draft_model_with_the_same_tau():
     """--draft on an engine: k decode steps of the draft model and one verification of k + 1 tokens a step, over
-    tau = (1 - a^(k+1)) / (1 - a) tokens: faster than plain decoding at batch 8, never by more than tau; MTP and a
-    draft model together are refused."""
-    base = dict(model="qwen3-30b-a3b", hardware="hgx-h100", num_gpus=2, prompt_tokens=512, gen_tokens=64,
-                num_requests=8, batch_size=8)
+    tau = (1 - a^(k+1)) / (1 - a) tokens: faster than plain decoding for Qwen3-235B at batch 1 (a 1B-active draft),
+    never by more than tau; MTP and a draft model together are refused."""
+    base = dict(model="qwen3-235b-a22b", hardware="hgx-h100", num_gpus=8, prompt_tokens=512, gen_tokens=64,
+                num_requests=1, batch_size=1)
     tau = (1 - 0.7 ** 4) / (1 - 0.7)
     for system in ("vllm", "sglang", "trtllm"):
         plain = moesim.predict(**base, system=system)
