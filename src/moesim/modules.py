@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property, wraps
-from typing import Any, Callable, Hashable, Literal
+from typing import Any, Callable, Hashable, Literal, Sequence
 
 from . import costs
 from .costs import OpCost
@@ -32,8 +32,22 @@ class Speculative:
 
     @property
     def tokens_per_step(self) -> float:
-        a, k = self.acceptance_rate, self.num_tokens
-        return k + 1.0 if a >= 1.0 else (1.0 - a ** (k + 1)) / (1.0 - a)
+        return expected_tokens_per_step((self.acceptance_rate,) * self.num_tokens)
+
+
+def expected_tokens_per_step(acceptance: Sequence[float]) -> float:
+    """Tokens a verification step yields on average when draft token d (1-based) is accepted with conditional
+    probability a_d given the ones before it were (``acceptance`` = a_1 .. a_k; greedy verification stops at the
+    first rejection and always adds the target's own token)::
+
+        E[tokens] = 1 + sum_{d=1..k} prod_{i<=d} a_i
+
+    With every a_i = a this is (1 - a^(k+1)) / (1 - a), Leviathan et al. (ICML 2023) Eq. 1."""
+    total, run = 1.0, 1.0
+    for a in acceptance:
+        run *= float(a)
+        total += run
+    return total
 
 
 @dataclass(frozen=True)

@@ -171,6 +171,9 @@ def _hidden(step) -> dict[str, float]:
 def headline_figures(ctx: Context, plan: Plan) -> dict[str, float]:
     """The figures a prediction reports with a band (moesim.uncertainty.FIGURES), from the plan."""
     w, batch = ctx.workload, plan.batch_size
+    own = plan.headline(w)
+    if own is not None:
+        return own
     return {"prefill_tok_s": batch * w.prompt_tokens / plan.prefill_time_per_batch_s,
             "decode_tok_s": batch * w.gen_tokens / plan.decode_time_per_batch_s,
             "throughput_tok_s": w.num_requests * w.gen_tokens / plan.total_time_s,

@@ -14,6 +14,12 @@ With ``--layouts`` (:func:`expressible` with ``layouts=True``) also the aggregat
 rows on one node (8 GPUs), each mapped to its engine's own flags by :func:`layout_of`; the split rule is the same
 (H100 fit, H200 held-out). The corpus (:func:`published_cells`) keeps the TP-only rows (:data:`CORPUS_LAYOUTS`).
 
+With ``--disagg`` (``disagg=True``) also the disaggregated rows (``mode == disagg``) whose pools are stated
+(prefill_num_workers / decode_num_workers; :func:`disagg_of`): the engine's ``--disaggregate`` with each pool's
+layout and batch in its own flags, on as many 8-GPU nodes as the pools take; TTFT and TPOT are the disaggregated
+plan's (prefill pass + KV transfer + queueing; the decode pool's TPOT). Same split rule; kept out of the corpus
+(:data:`CORPUS_DISAGG`).
+
 Scenario of a row (:func:`scenario_of`):
 
 - platform ``hgx-h100`` / ``hgx-h200`` with ``--gpus tp_size``; system = the backend; prompt = isl, gen = osl;
@@ -130,12 +136,24 @@ def concurrency_of(row: dict) -> int:
     return int(m.group(1)) if m else int(row["batch_size"])
 
 
-def expressible(row: dict, layouts: bool = False) -> str | None:
+def expressible(row: dict, layouts: bool = False, disagg: bool = False) -> str | None:
     """None when moesim can express the row, else why not (a short reason). ``layouts``: also the aggregated rows
     with attention data parallelism and expert parallelism on one node (:func:`layout_of`); without it, the
-    tensor-parallel rows only (the set this module scored before layouts existed)."""
+    tensor-parallel rows only (the set this module scored before layouts existed). ``disagg``: also the
+    disaggregated rows whose pools are stated (:func:`disagg_of`)."""
     if row["mode"] != "agg":
-        return "disaggregated"
+        if not disagg or row["mode"] != "disagg":
+            return "disaggregated"
+        if row["system"] not in PLATFORMS:
+            return f"GPU {row['system']}"
+        if row["backend"] not in BACKENDS:
+            return f"backend {row['backend']}"
+        d = disagg_of(row)
+        if isinstance(d, str):
+            return d
+        if model_of(row["model_path"]) is None:
+            return "model not an MoE model moesim lists"
+        return None
     if row["system"] not in PLATFORMS:
         return f"GPU {row['system']}"
     if row["backend"] not in BACKENDS:
@@ -162,7 +180,7 @@ def expressible(row: dict, layouts: bool = False) -> str | None:
 NODE_GPUS = 8
 
 
-def layout_of(row: dict) -> dict | str:
+def layout_of(row: dict, prefix: str = "", max_gpus: int = NODE_GPUS) -> dict | str:
     """The row's layout as the engine's own flags, or why moesim cannot express it.
 
     The CSV's columns (AIConfigurator's convention): tp_size = attention TP per DP rank, attention_dp_size = DP
@@ -174,19 +192,19 @@ def layout_of(row: dict) -> dict | str:
     - SGLang: --gpus G (its --tp), --dp-size dp --enable-dp-attention when dp > 1, --ep-size moe_ep;
     - TensorRT-LLM: --gpus G (its tp_size), enable_attention_dp when dp > 1 (attention TP 1 then: dp = G),
       moe_expert_parallel_size / moe_tensor_parallel_size as given."""
-    tp, mtp, mep = _int(row["tp_size"]), _int(row["moe_tp_size"]), _int(row["moe_ep_size"])
+    tp, mtp, mep = _int(row[prefix + "tp_size"]), _int(row[prefix + "moe_tp_size"]), _int(row[prefix + "moe_ep_size"])
     moe = mtp * mep
-    if row["attention_dp_size"] in ("", None):
-        if moe % tp:
+    if row[prefix + "attention_dp_size"] in ("", None):
+        if not moe or moe % tp:
             return "inconsistent layout"
         adp = moe // tp
     else:
-        adp = _int(row["attention_dp_size"])
+        adp = _int(row[prefix + "attention_dp_size"])
     g = tp * adp
     if g != moe:
         return "inconsistent layout"
     nodes = 1
-    if g > NODE_GPUS:  # several HGX nodes joined by their network (--nodes): DP / EP span them, TP stays inside
+    if g > max_gpus:  # several HGX nodes joined by their network (--nodes): DP / EP span them, TP stays inside
         if g % NODE_GPUS:
             return f"{g} GPUs: not whole nodes of {NODE_GPUS}"
         nodes = g // NODE_GPUS
@@ -217,6 +235,46 @@ def layout_of(row: dict) -> dict | str:
             "layout": (words if (adp > 1 or mep > 1) else "tp") + (f" x{nodes} nodes" if nodes > 1 else "")}
 
 
+def disagg_of(row: dict) -> dict | str:
+    """A disaggregated row (``mode == disagg``) as moesim's pools, or why not: prefill_num_workers workers of the
+    prefill_* layout and decode_num_workers of the decode_* layout (each mapped to the engine's own flags by
+    :func:`layout_of`), on as many 8-GPU nodes as they take together (``--nodes``). Concurrency: the benchmark's
+    ``silicon_concurrency`` (else decode_batch_size x decode_num_workers x decode attention DP, AIConfigurator's
+    convention: the batch is per attention-DP rank). Rows without the pools' sizes are not expressed."""
+    if row["prefill_num_workers"] in ("", None) or row["decode_num_workers"] in ("", None):
+        return "pool sizes not stated"
+    if _int(row["prefill_pp_size"]) != 1 or _int(row["decode_pp_size"]) != 1:
+        return "pipeline parallel"
+    pools = {}
+    for role in ("prefill", "decode"):
+        lay = layout_of(row, role + "_", max_gpus=10**6)
+        if isinstance(lay, str):
+            return f"{role} pool: {lay}"
+        pools[role] = lay
+    n_p, n_d = _int(row["prefill_num_workers"]), _int(row["decode_num_workers"])
+    total = n_p * pools["prefill"]["gpus"] + n_d * pools["decode"]["gpus"]
+
+    def text(params: dict) -> str:
+        return ",".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in params.items())
+
+    # each pool's batch as the row states it (per attention-DP rank): the engine's own cap on running requests
+    cap = {"vllm": "max_num_seqs", "sglang": "max_running_requests", "trtllm": "max_batch_size"}[row["backend"]]
+    for role in ("prefill", "decode"):
+        if row[role + "_batch_size"] not in ("", None):
+            pools[role]["params"] = {**pools[role]["params"], cap: _int(row[role + "_batch_size"])}
+    params = {"disaggregate": True, "prefill_gpus": pools["prefill"]["gpus"], "decode_gpus": pools["decode"]["gpus"],
+              "prefill_workers": n_p, "decode_workers": n_d}
+    for role in ("prefill", "decode"):
+        if pools[role]["params"]:
+            params[f"{role}_params"] = text(pools[role]["params"])
+    m = re.search(r"silicon_concurrency=(\d+)", row["silicon_data_source"])
+    c = int(m.group(1)) if m else (_int(row["decode_batch_size"]) * n_d * _int(row["decode_attention_dp_size"]))
+    words = (f"disagg {n_p}x({pools['prefill']['gpus']} {pools['prefill']['layout']}) + "
+             f"{n_d}x({pools['decode']['gpus']} {pools['decode']['layout']})")
+    return {"gpus": NODE_GPUS, "nodes": math.ceil(total / NODE_GPUS), "params": params, "layout": words,
+            "concurrency": c}
+
+
 def load_rows(path: Path | None = None) -> list[dict]:
     with open(path or csv_path(), newline="") as f:
         return list(csv.DictReader(f))
@@ -240,6 +298,7 @@ class Record:
     predicted_tpot_s: float | None
     note: str = ""
     layout: str = "tp"  # "tp", or the row's attention DP / EP layout ("tp1 dp8 ep8")
+    mode: str = "agg"  # "agg" or "disagg"
 
     @property
     def ttft_error(self) -> float | None:
@@ -255,8 +314,13 @@ def scenario_of(row: dict, system: str | None = None):
     import moesim
 
     model, dtype = model_of(row["model_path"])
-    c = concurrency_of(row)
-    lay = layout_of(row)
+    nodes = 1
+    if row["mode"] == "disagg":
+        lay = disagg_of(row)
+        c, nodes = lay["concurrency"], lay["nodes"]
+    else:
+        c = concurrency_of(row)
+        lay = layout_of(row)
     gpus, params = (lay["gpus"], lay["params"]) if isinstance(lay, dict) else (_int(row["tp_size"]), {})
     nodes = lay.get("nodes", 1) if isinstance(lay, dict) else 1
     if system is not None and system != row["backend"]:
@@ -295,6 +359,11 @@ CITATION = ("AIConfigurator silicon measurements (github.com/ai-dynamo/aiconfigu
 
 def _row_setup(row: dict) -> str:
     version = row["backend_version"] or "version not stated"
+    if row["mode"] == "disagg":
+        d = disagg_of(row)
+        return (f"{row['system']} {d['layout']}, {row['backend']} {version}, {row['model_path']} "
+                f"({row['gemm_quant_mode']}/{row['moe_quant_mode']}), ISL {row['isl']}, OSL {row['osl']}, "
+                f"concurrency {d['concurrency']}")
     lay = layout_of(row)
     where = f"{lay['gpus']} ({lay['layout']})" if isinstance(lay, dict) and lay["layout"] != "tp" else \
         f"{row['tp_size']} (TP)"
@@ -311,6 +380,9 @@ def _rows_by_id() -> dict[str, dict]:
 #: whether the corpus (``moesim validate --published``, the bands) holds the attention-DP / EP rows too; off until
 #: the bands are re-derived with them (the lead's call at merge): ``python aiconfigurator.py --layouts`` scores them
 CORPUS_LAYOUTS = False
+#: likewise for the disaggregated rows (:func:`disagg_of`): off until the bands are re-derived with them;
+#: ``python aiconfigurator.py --disagg`` scores them
+CORPUS_DISAGG = False
 
 
 def published_cells() -> list:
@@ -324,12 +396,14 @@ def published_cells() -> list:
         return []
     out = []
     for row in rows:
-        if expressible(row, CORPUS_LAYOUTS) is not None:
+        if expressible(row, CORPUS_LAYOUTS, CORPUS_DISAGG) is not None:
             continue
         model, dtype = model_of(row["model_path"])
-        c = concurrency_of(row)
-        lay = layout_of(row)
+        disagg = row["mode"] == "disagg"
+        lay = disagg_of(row) if disagg else layout_of(row)
+        c = lay["concurrency"] if disagg else concurrency_of(row)
         knobs = {"num_gpus": lay["gpus"] if isinstance(lay, dict) else _int(row["tp_size"]),
+                 **({"num_nodes": lay["nodes"]} if disagg and lay["nodes"] > 1 else {}),
                  **({"dtype": dtype} if dtype else {})}
         params = lay["params"] if isinstance(lay, dict) else {}
         for figure, column in (("ttft_s", "silicon_ttft_ms"), ("tpot_s", "silicon_tpot_ms")):
@@ -373,23 +447,25 @@ def evaluate(cell):
 
 
 def records(rows: Iterable[dict] | None = None, split: str = "all", limit: int | None = None,
-            system: str | None = None, model: str | None = None, layouts: bool = False) -> list[Record]:
+            system: str | None = None, model: str | None = None, layouts: bool = False,
+            disagg: bool = False) -> list[Record]:
     """One Record per expressible row (``split``: 'fit', 'held-out' or 'all'; ``system`` predicts every row with
     that moesim system instead of the row's backend, e.g. to compare with ``vllm`` standing in; ``layouts``: the
     attention-DP / expert-parallel rows too, :func:`layout_of`)."""
     out = []
     for row in rows if rows is not None else load_rows():
-        if expressible(row, layouts) is not None:
+        if expressible(row, layouts, disagg) is not None:
             continue
-        lay = layout_of(row)
+        lay = disagg_of(row) if row["mode"] == "disagg" else layout_of(row)
         s = split_of(row)
         if split != "all" and s != split:
             continue
         ttft, tpot, note = predict_row(row, system, model)
         out.append(Record(SOURCE, row["id"], s, row["backend"], model_of(row["model_path"])[0], row["system"],
-                          _int(row["tp_size"]), int(row["isl"]), int(row["osl"]), concurrency_of(row),
+                          _int(row["tp_size"]), int(row["isl"]), int(row["osl"]),
+                          lay["concurrency"] if row["mode"] == "disagg" else concurrency_of(row),
                           float(row["silicon_ttft_ms"]) / 1e3, float(row["silicon_tpot_ms"]) / 1e3, ttft, tpot, note,
-                          lay["layout"] if isinstance(lay, dict) else "tp"))
+                          lay["layout"] if isinstance(lay, dict) else "tp", row["mode"]))
         if limit and len(out) >= limit:
             break
     return out
@@ -441,9 +517,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--as-system", default=None, help="predict every row with this moesim system")
     ap.add_argument("--layouts", action="store_true",
                     help="also the attention-DP / expert-parallel rows on one node (grouped by layout)")
+    ap.add_argument("--disagg", action="store_true",
+                    help="also the disaggregated rows whose pools are stated (grouped by mode)")
     args = ap.parse_args(argv)
-    recs = records(split=args.split, limit=args.limit, system=args.as_system, layouts=args.layouts)
+    recs = records(split=args.split, limit=args.limit, system=args.as_system, layouts=args.layouts,
+                   disagg=args.disagg)
     groupings = [("split", "backend"), ("split", "backend", "model"), ("split", "gpu", "backend", "tp")]
+    if args.disagg:
+        groupings.append(("split", "mode", "backend"))
     if args.layouts:
         groupings.append(("split", "backend", "model", "layout"))
     if args.json:

@@ -188,6 +188,10 @@ class ModelSpec(Sourced):
     moe: MoESpec | None = None
     dense_ffn: DenseFFNSpec | None = None
     published: PublishedParams | None = None
+    mtp_layers: int = Field(default=0, ge=0, description="multi-token-prediction modules shipped with the checkpoint "
+                            "(config.json num_nextn_predict_layers; DeepSeek-V3's MTP module: one transformer layer "
+                            "and a projection, sharing the embedding and LM head), not counted in num_layers; the "
+                            "engines' MTP speculative decoding runs them as the draft")
 
     @model_validator(mode="after")
     def _check(self) -> "ModelSpec":

@@ -100,6 +100,11 @@ class Plan:
     def mid_decode(self) -> tuple[int, StepSim]:
         return self.decode_points[len(self.decode_points) // 2]
 
+    def headline(self, workload) -> dict[str, float] | None:
+        """The headline figures where a plan computes them itself (a disaggregated plan: from its pools' rates),
+        else None: :func:`moesim.predict.headline_figures` derives them from one batch's phases."""
+        return None
+
 
 @dataclass
 class LayerExtrapolation:

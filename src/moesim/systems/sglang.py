@@ -32,6 +32,9 @@ Layouts (:meth:`SGLang.parallel_layout`, priced by :mod:`.shared.parallel`; SGLa
 ``--ep-size`` shards the experts (MoE TP tp / ep); ``--moe-a2a-backend deepep`` exchanges tokens by DeepEP's
 all-to-all (otherwise DP attention gathers and scatters them); ``--enable-two-batch-overlap`` runs two
 micro-batches so one's exchange overlaps the other's computation.
+
+Disaggregated prefill/decode and MTP speculative decoding: SGLang's ``--disaggregation-mode prefill`` / ``decode`` servers and MTP (``--speculative-algorithm NEXTN --speculative-num-steps``), as ``--disaggregate`` with the pools' GPUs, counts and
+flags (:mod:`.shared.disaggregation`) and the draft steps (:mod:`.shared.speculative`).
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ from ..costs import Execution
 from ..errors import InfeasibleError
 from ..modules import Context
 from .shared.continuous import ContinuousBatchingEngine, EngineKnobs
+from .shared.disaggregation import DisaggregationParams
+from .shared.speculative import SpeculativeParams
 from .shared.engine_step import EngineRuntime, engine_execution, runtime_constants
 from .shared.parallel import ParallelLayout, world_gpus
 
@@ -51,7 +56,7 @@ MIB = 2.0**20
 UNLIMITED = 1 << 30
 
 
-class SGLangParams(BaseModel):
+class SGLangParams(DisaggregationParams, SpeculativeParams):
     model_config = ConfigDict(extra="forbid", frozen=True)
     mem_fraction_static: float | None = Field(
         default=None, gt=0, le=1, description="fraction of each GPU's memory for weights + KV pool; None = SGLang's "
@@ -81,6 +86,10 @@ class SGLangParams(BaseModel):
     enable_two_batch_overlap: bool = Field(
         default=False, description="split each batch in two micro-batches so one's all-to-all overlaps the other's "
                                    "computation (SGLang --enable-two-batch-overlap)")
+    speculative_num_steps: int = Field(
+        default=0, ge=0, description="MTP draft steps per decode step (SGLang --speculative-algorithm NEXTN "
+                                     "--speculative-num-steps k --speculative-eagle-topk 1 "
+                                     "--speculative-num-draft-tokens k+1); 0 = off")
 
 
 class SGLang(ContinuousBatchingEngine):
@@ -89,6 +98,11 @@ class SGLang(ContinuousBatchingEngine):
     summary = ("SGLang: continuous batching with chunked prefill, CUDA-graph decode, overlap scheduler; weights on "
                "the GPUs, tensor parallel; token-granular KV pool in mem_fraction_static")
     Params = SGLangParams
+
+    speculative_flag = "--speculative-num-steps"
+
+    def speculative_steps(self) -> int:
+        return self.params.speculative_num_steps
 
     def _c(self, key: str) -> float:
         return float(self.constants.value(key))

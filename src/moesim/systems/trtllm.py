@@ -22,6 +22,9 @@ per-step CPU work (``systems_db/trtllm.yaml``, not fitted) with the GPU's.
 Layouts (:meth:`TRTLLM.parallel_layout`, priced by :mod:`.shared.parallel`): ``tp_size`` (moesim's ``--gpus``)
 is the instance's GPUs; ``enable_attention_dp`` runs attention on every GPU alone over its own requests; the MoE
 splits over ``moe_tensor_parallel_size`` x ``moe_expert_parallel_size`` = tp_size (TensorRT-LLM's ``Mapping``).
+
+Disaggregated prefill/decode and MTP speculative decoding: TensorRT-LLM's disaggregated serving (context and generation servers) and MTP (``speculative_config`` decoding_type MTP, ``num_nextn_predict_layers``), as ``--disaggregate`` with the pools' GPUs, counts and
+flags (:mod:`.shared.disaggregation`) and the draft steps (:mod:`.shared.speculative`).
 """
 
 from __future__ import annotations
@@ -32,10 +35,12 @@ from ..costs import Execution
 from ..errors import InfeasibleError
 from ..modules import Context
 from .shared.continuous import ContinuousBatchingEngine, EngineKnobs
+from .shared.disaggregation import DisaggregationParams
+from .shared.speculative import SpeculativeParams
 from .shared.engine_step import EngineRuntime, engine_execution, runtime_constants
 from .shared.parallel import ParallelLayout, world_gpus
 
-class TRTLLMParams(BaseModel):
+class TRTLLMParams(DisaggregationParams, SpeculativeParams):
     model_config = ConfigDict(extra="forbid", frozen=True)
     free_gpu_memory_fraction: float = Field(
         default=0.9, gt=0, le=1, description="fraction of the free GPU memory (after weights and activations) given "
@@ -56,6 +61,9 @@ class TRTLLMParams(BaseModel):
     moe_tensor_parallel_size: int | None = Field(
         default=None, ge=1, description="tensor-parallel size of the MoE layers (LLM API moe_tensor_parallel_size; "
                                         "None = tp_size / moe_expert_parallel_size)")
+    num_nextn_predict_layers: int = Field(
+        default=0, ge=0, description="MTP draft steps per decode step (LLM API speculative_config decoding_type "
+                                     "MTP, num_nextn_predict_layers); 0 = off")
 
 
 class TRTLLM(ContinuousBatchingEngine):
@@ -64,6 +72,11 @@ class TRTLLM(ContinuousBatchingEngine):
     summary = ("TensorRT-LLM (PyTorch backend): in-flight batching, CUDA-graph decode, overlap scheduler; weights on "
                "the GPUs, tensor parallel; paged KV in free_gpu_memory_fraction of the free memory")
     Params = TRTLLMParams
+
+    speculative_flag = "--num-nextn-predict-layers"
+
+    def speculative_steps(self) -> int:
+        return self.params.num_nextn_predict_layers
 
     @property
     def knobs(self) -> EngineKnobs:

@@ -93,6 +93,9 @@ Layouts (:meth:`VLLM.parallel_layout`, priced by :mod:`.shared.parallel`; vLLM d
 D ranks of tensor parallel G / D, each with its own scheduler and KV cache; "by default, expert layers form a
 tensor parallel group of size DP x TP", expert parallel with ``--enable-expert-parallel``; the default
 ``--all2all-backend allgather_reducescatter`` gathers every rank's tokens for the MoE.
+
+Disaggregated prefill/decode and MTP speculative decoding: vLLM's P/D disaggregation (``--kv-transfer-config`` producer / consumer instances) and MTP (``--speculative-config`` method ``deepseek_mtp``, ``num_speculative_tokens``), as ``--disaggregate`` with the pools' GPUs, counts and
+flags (:mod:`.shared.disaggregation`) and the draft steps (:mod:`.shared.speculative`).
 """
 
 from __future__ import annotations
@@ -109,6 +112,8 @@ from ..specs.workload import OnlineWorkload
 from ..units import fmt_bytes
 from .base import Plan
 from .shared.continuous import ContinuousBatchingEngine, ContinuousPlan, EngineKnobs, _Layout
+from .shared.disaggregation import DisaggregationParams
+from .shared.speculative import SpeculativeParams
 from .shared.engine_step import EngineRuntime, engine_execution, runtime_constants, vllm_capture_sizes
 from .shared.memory import activation_bytes
 from .shared.parallel import ParallelLayout, rank_context, weight_bytes_per_gpu, world_gpus
@@ -122,7 +127,7 @@ GIB = 2.0**30
 __all__ = ["VLLM", "VLLMParams", "ContinuousPlan", "simulate_online"]
 
 
-class VLLMParams(BaseModel):
+class VLLMParams(DisaggregationParams, SpeculativeParams):
     model_config = ConfigDict(extra="forbid", frozen=True)
     gpu_memory_utilization: float = Field(
         default=0.9, gt=0, le=1, description="fraction of each GPU's memory the instance may use (vLLM default 0.9)")
@@ -153,6 +158,9 @@ class VLLMParams(BaseModel):
     all2all_backend: Literal["allgather_reducescatter", "deepep_high_throughput", "deepep_low_latency"] = Field(
         default="allgather_reducescatter", description="how expert-parallel MoE layers exchange tokens (vLLM "
                                                        "--all2all-backend; default all-gather / reduce-scatter)")
+    num_speculative_tokens: int = Field(
+        default=0, ge=0, description="MTP draft tokens per decode step (vLLM --speculative-config "
+                                     "'{\"method\": \"deepseek_mtp\", \"num_speculative_tokens\": k}'); 0 = off")
 
 
 class VLLM(ContinuousBatchingEngine):
@@ -161,6 +169,11 @@ class VLLM(ContinuousBatchingEngine):
     summary = ("continuous batching with chunked prefill; weights on the GPU(s), tensor parallel (optionally part in "
                "host memory, copied every pass), paged KV cache on the GPU")
     Params = VLLMParams
+
+    speculative_flag = "--num-speculative-tokens"
+
+    def speculative_steps(self) -> int:
+        return self.params.num_speculative_tokens
 
     @property
     def knobs(self) -> EngineKnobs:
@@ -263,6 +276,9 @@ class VLLM(ContinuousBatchingEngine):
         configuration on ``ctx``'s platform, steps priced from a table of simulated passes."""
         from ._vllm_online import VLLMStepModel
 
+        if self.params.disaggregate or self.params.num_speculative_tokens:
+            raise InfeasibleError("vllm online serving: disaggregated prefill/decode and MTP are priced offline only; "
+                                  "use an offline workload (--batch C for C requests in flight)")
         if not self._parallel(ctx).tensor_parallel_only:
             raise InfeasibleError("vllm online serving: data_parallel_size > 1 / expert parallelism are priced offline "
                                   "only (the online scheduler models one DP rank's capacity); use an offline workload")

@@ -30,6 +30,7 @@ from ..base import (Plan, ServingSystem, StepSim, balanced_batches, sequential_s
                     simulate_pass)
 from .engine_step import EngineRuntime, engine_layer_times, kernel_tables_used, with_engine_cpu
 from .memory import activation_bytes
+from .speculative import speculation, speculative_decode_step, tokens_per_step
 from .parallel import (ParallelLayout, parallel_layer_times, rank_context, require_experts_divisible,
                        weight_bytes_per_gpu, world_gpus)
 from .tensor_parallel import LayerTimes, require_tensor_parallel
@@ -121,6 +122,7 @@ class ContinuousBatchingEngine(ServingSystem):
     the platform's scale-out network (:func:`.parallel.all_to_all_s`); tensor-parallel groups stay inside a node."""
 
     multi_node = True
+    supports_speculative = True  # MTP from the engine's own flag, a draft model from --draft (.speculative)
 
     @property
     def knobs(self) -> EngineKnobs:
@@ -132,6 +134,13 @@ class ContinuousBatchingEngine(ServingSystem):
 
     def runtime(self, ctx: Context) -> EngineRuntime:
         raise NotImplementedError
+
+    #: the engine's own flag for the number of MTP draft steps (messages)
+    speculative_flag: str = "--speculative-num-steps"
+
+    def speculative_steps(self) -> int:
+        """MTP draft tokens per decode step from the engine's own parameter (0: no speculative decoding)."""
+        return 0
 
     def parallel_layout(self, ctx: Context) -> ParallelLayout:
         """The engine's layout on ``ctx``'s GPUs from its flags (default: tensor parallel over all of them)."""
@@ -210,22 +219,24 @@ class ContinuousBatchingEngine(ServingSystem):
 
     # ---- one step ----------------------------------------------------------------------------
     def _pass(self, ctx: Context, lay: _Layout, tokens: float, rows: float,
-              attention: list[tuple[float, float, float]]) -> StepSim:
+              attention: list[tuple[float, float, float]], width: int = 1) -> StepSim:
         """One step over ``tokens`` batched tokens; ``attention`` lists (sequences, new tokens, context) groups;
         ``rows`` = tokens whose logits are computed (one per decoding sequence and per completed prompt).
 
         Priced as the engine runs it (:attr:`runtime`, :mod:`.engine_step`): a decode-only step replays the
         CUDA graph of its padded batch, a step with prompt tokens runs the prefill execution; then the engine's
-        per-step CPU work, overlapped with the GPU's or not (:meth:`EngineRuntime.step_s`)."""
+        per-step CPU work, overlapped with the GPU's or not (:meth:`EngineRuntime.step_s`). ``width``: tokens per
+        sequence of a decode step (k + 1 when speculative decoding verifies k draft tokens, :mod:`.speculative`):
+        the engines capture its graph per batch of sequences, each carrying ``width`` tokens."""
         pl = self._parallel(ctx)
         n, dp = pl.attn_tp, pl.dp
         inv = 1.0 / n
         m = ctx.model
         rt = self.runtime(ctx)
-        decode_only = all(q == 1 for s, q, _ in attention if s > 0)
+        decode_only = all(q == width for s, q, _ in attention if s > 0)
         if decode_only:  # each DP rank replays the graph of its own padded batch
-            execution, rank_rows = rt.decode_execution(tokens / dp)
-            gemm_tokens = rank_rows * dp
+            execution, rank_rows = rt.decode_execution(tokens / width / dp)
+            gemm_tokens = rank_rows * dp * width
         else:
             execution, gemm_tokens = rt.prefill, tokens
         engine = Engine(memory_capacity_bytes={"gpu": ctx.platform.usable_gpu_memory_bytes_per_gpu})
@@ -320,6 +331,11 @@ class ContinuousBatchingEngine(ServingSystem):
 
     # ---- offline plan --------------------------------------------------------------------------
     def plan(self, ctx: Context) -> Plan:
+        from .disaggregation import check_aggregated, disaggregated_plan
+
+        check_aggregated(self.params)
+        if getattr(self.params, "disaggregate", False):
+            return disaggregated_plan(self, ctx)
         w, k, prm = ctx.workload, self.group_knobs(ctx), self.params
         P, G, R = w.prompt_tokens, w.gen_tokens, w.num_requests
         lay = self._layout(ctx)
@@ -340,9 +356,22 @@ class ContinuousBatchingEngine(ServingSystem):
         passes = math.ceil(batch * P / chunk)
         rest = batch * P - (passes - 1) * chunk  # the last pass prefills what the full budgets leave
         prefill_last = prefill if rest == chunk else self._mixed(ctx, lay, 0, 0, rest, rest / P, P)
-        decode_s, points = simpson_decode_time(lambda c: self._mixed(ctx, lay, batch, c, 0, 0, P), P, G)
+        spec, rates, kind = speculation(self, ctx)
+        if spec:  # G / tau steps of verification + drafts (.speculative); waves in lockstep (no mixed steps)
+            tau = tokens_per_step(rates)
+            decode_s, points = simpson_decode_time(
+                lambda c: speculative_decode_step(self, ctx, lay, batch, c, P, spec, kind), P, G)
+            decode_s /= tau
+        else:
+            decode_s, points = simpson_decode_time(lambda c: self._mixed(ctx, lay, batch, c, 0, 0, P), P, G)
         drain_s = decode_s  # the last wave's G steps, decodes only
-        if k.chunked_prefill:
+        if spec:
+            steps, mixed, per_step = G / tau, None, "each wave prefills its prompts, then decodes"
+            what = "MTP" if kind == "mtp" else f"draft model {ctx.options.speculative.draft_model}"
+            notes.append(f"speculative decoding ({what}): {spec} draft step(s) a decode step, {tau:.3g} tokens per "
+                         f"step (acceptance {', '.join(f'{a:g}' for a in rates)}); waves priced in lockstep, prefill "
+                         f"then decode (the mixed steady state is not priced with speculative decoding)")
+        elif k.chunked_prefill:
             steps, mixed, per_step = self._v1_steady_state(ctx, lay, batch)
         else:
             steps, mixed, refill_s = self._v0_steady_state(ctx, lay, batch, (G + 1) // 2 + P)
@@ -356,7 +385,8 @@ class ContinuousBatchingEngine(ServingSystem):
             f"tokens holds {by_kv} at a mean of {blocks_per_seq:.1f} blocks; {k.max_seqs_name} {k.max_seqs}); "
             f"{per_step}; the run = ramp-up (the first {batch} prompts prefilled as a burst) + "
             f"{num_batches - 1} wave(s) of {batch} requests in steady state + drain (the last {batch} decode alone)")
-        notes.append("prefill and decode rates are those of pure phases; the total time uses the mixed steps")
+        notes.append("prefill and decode rates are those of pure phases; the total time uses the mixed steps"
+                     if mixed else "prefill and decode rates are those of pure phases")
         if not pl.tensor_parallel_only:
             notes.append(f"parallel layout on {pl.gpus} GPUs: {pl.words()}; each DP rank runs 1/{pl.dp} of the "
                          f"sequences with its own KV pool; the most loaded EP rank sets the MoE's pace")
@@ -365,7 +395,7 @@ class ContinuousBatchingEngine(ServingSystem):
                          f"from pinned host memory every pass, serialized with compute")
         config = {"batch_size": batch, "max_running_by_kv": by_kv, "kv_blocks": lay.blocks, "block_size": bs,
                   "tensor_parallel": pl.attn_tp, "data_parallel": pl.dp, "moe_tensor_parallel": pl.moe_tp,
-                  "expert_parallel": pl.moe_ep, "steps_per_batch": steps, "mixed_step_s": mixed.time_s,
+                  "expert_parallel": pl.moe_ep, "steps_per_batch": steps, "mixed_step_s": mixed.time_s if mixed else None,
                   "prefill_tokens_per_pass": chunk, "kv_pool_bytes_per_gpu": lay.blocks * lay.block_bytes,
                   "weights_on_gpu_bytes_per_gpu": lay.weights_gpu, "offloaded_bytes_per_gpu": lay.offload,
                   "kernel_tables": kernel_tables_used(ctx, self.runtime(ctx)), "params": prm.model_dump()}
@@ -373,5 +403,5 @@ class ContinuousBatchingEngine(ServingSystem):
                      "kv_cache": "gpu (paged)"}
         return self.make_plan((batch, num_batches), (prefill, passes, chunk), (decode_s, points), config=config,
                               host_mem_bytes=lay.offload * n, placement=placement, notes=notes,
-                              also_run=(mixed, prefill_last), plan_type=ContinuousPlan, mixed_step=mixed,
+                              also_run=tuple(x for x in (mixed, prefill_last) if x is not None), plan_type=ContinuousPlan, mixed_step=mixed,
                               steps_per_batch=steps, prefill_last=prefill_last, drain_s=drain_s)
