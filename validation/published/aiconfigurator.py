@@ -12,7 +12,7 @@ moesim has (vllm, sglang, trtllm), and an MoE model moesim lists, matched throug
 
 With ``--layouts`` (:func:`expressible` with ``layouts=True``) also the aggregated attention-DP / expert-parallel
 rows on one node (8 GPUs), each mapped to its engine's own flags by :func:`layout_of`; the split rule is the same
-(H100 fit, H200 held-out). The corpus (:func:`published_cells`) keeps the TP-only rows (:data:`CORPUS_LAYOUTS`).
+(H100 fit, H200 held-out). The corpus (:func:`published_cells`) holds the TP-only and layout rows (:data:`CORPUS_LAYOUTS`).
 
 With ``--disagg`` (``disagg=True``) also the disaggregated rows (``mode == disagg``) whose pools are stated
 (prefill_num_workers / decode_num_workers; :func:`disagg_of`): the engine's ``--disaggregate`` with each pool's
@@ -207,6 +207,9 @@ def layout_of(row: dict, prefix: str = "", max_gpus: int = NODE_GPUS) -> dict | 
     if g > max_gpus:  # several HGX nodes joined by their network (--nodes): DP / EP span them, TP stays inside
         if g % NODE_GPUS:
             return f"{g} GPUs: not whole nodes of {NODE_GPUS}"
+        if tp > NODE_GPUS or mtp > NODE_GPUS:
+            return (f"tensor parallel across nodes (attention TP {tp}, MoE TP {mtp} over {g // NODE_GPUS} nodes of "
+                    f"{NODE_GPUS}): not modelled")
         nodes = g // NODE_GPUS
     backend = row["backend"]
     params: dict = {}
@@ -377,11 +380,13 @@ def _rows_by_id() -> dict[str, dict]:
     return {row["id"]: row for row in load_rows()}
 
 
-#: whether the corpus (``moesim validate --published``, the bands) holds the attention-DP / EP rows too; off until
-#: the bands are re-derived with them (the lead's call at merge): ``python aiconfigurator.py --layouts`` scores them
-CORPUS_LAYOUTS = False
-#: likewise for the disaggregated rows (:func:`disagg_of`): off until the bands are re-derived with them;
-#: ``python aiconfigurator.py --disagg`` scores them
+#: whether the corpus (``moesim validate --published``, the bands) holds the attention-DP / EP rows too (it does;
+#: the bands are derived with them; rows whose tensor-parallel groups span nodes are not expressed);
+#: ``python aiconfigurator.py --layouts`` scores them alone
+CORPUS_LAYOUTS = True
+#: the disaggregated rows (:func:`disagg_of`) stay out of the corpus and the bands: their TTFT is a steady-state
+#: figure without the benchmark's ramp and the servers' KV handshake (held-out median 88% under), which would widen
+#: every aggregated prediction's prefill band; ``python aiconfigurator.py --disagg`` scores them (TPOT 4.3%)
 CORPUS_DISAGG = False
 
 
