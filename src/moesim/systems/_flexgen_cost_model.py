@@ -187,32 +187,35 @@ def gpu_batch_sizes():
         gbs = gbs + 1 if gbs < 4 else gbs * 2
 
 
-def max_gpu_batches(t: FlexGenTerms, gbs: int, limit: int, fixed: dict | None = None) -> int:
-    """The most GPU batches of ``gbs`` with a feasible LP (doubling then bisection), at most ``limit``."""
-    if solve(t, gbs, 1, fixed) is None:
+def max_gpu_batches(t: FlexGenTerms, gbs: int, limit: int, fixed: dict | None = None, solver=None) -> int:
+    """The most GPU batches of ``gbs`` with a feasible LP (doubling then bisection), at most ``limit``
+    (``solver``: :func:`solve` or a memoised one sharing its LPs with :func:`first_drop`)."""
+    solver = solver or solve
+    if solver(t, gbs, 1, fixed) is None:
         return 0
     lo = 1
-    while lo < limit and solve(t, gbs, min(2 * lo, limit), fixed) is not None:
+    while lo < limit and solver(t, gbs, min(2 * lo, limit), fixed) is not None:
         lo = min(2 * lo, limit)
     if lo >= limit:
         return limit
     hi = min(2 * lo, limit)
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if solve(t, gbs, mid, fixed) is not None else (lo, mid)
+        lo, hi = (mid, hi) if solver(t, gbs, mid, fixed) is not None else (lo, mid)
     return lo
 
 
-def first_drop(t: FlexGenTerms, gbs: int, nb_ub: int, fixed: dict | None = None) -> FlexGenChoice:
+def first_drop(t: FlexGenTerms, gbs: int, nb_ub: int, fixed: dict | None = None, solver=None) -> FlexGenChoice:
     """Where FlexGen's scan n_b = 1, 2, ..., nb_ub stops: the last n_b before the estimated throughput first
     drops (nb_ub if it never does). Found by bisection on "the next n_b is worse", which gives the scan's stop
     wherever the estimate rises and then falls (unimodal in n_b, as FlexGen's block time is: one more GPU batch
     shares the weight traffic further but adds its own I/O and compute); a few LPs instead of up to nb_ub."""
     memo: dict[int, FlexGenChoice] = {}
+    solver = solver or solve
 
     def at(nb: int) -> FlexGenChoice:
         if nb not in memo:
-            memo[nb] = solve(t, gbs, nb, fixed)
+            memo[nb] = solver(t, gbs, nb, fixed)
         return memo[nb]
 
     def drops(nb: int) -> bool:
@@ -230,6 +233,13 @@ def search(t: FlexGenTerms, max_batch: int, gpu_batch: int | None = None, num_gp
     """FlexGen's policy search (module docstring); ``gpu_batch`` / ``num_gpu_batches`` / ``fixed`` as its
     --gpu-batch-size / --num-gpu-batches / --percent; ``batch`` fixes bls (n_b = ceil(bls / gbs))."""
     best: FlexGenChoice | None = None
+    lps: dict[tuple[int, int], FlexGenChoice | None] = {}
+
+    def solved(t_: FlexGenTerms, gbs_: int, nb_: int, fixed_: dict | None) -> FlexGenChoice | None:
+        """One LP per (gbs, n_b) of this search: the bisections of the two scans share them."""
+        if (gbs_, nb_) not in lps:
+            lps[gbs_, nb_] = solve(t_, gbs_, nb_, fixed_)
+        return lps[gbs_, nb_]
 
     def keep(p: FlexGenChoice | None) -> None:
         nonlocal best
@@ -246,10 +256,10 @@ def search(t: FlexGenTerms, max_batch: int, gpu_batch: int | None = None, num_gp
             if gpu_batch or (batch and gbs >= batch):
                 break
             continue
-        nb_ub = max_gpu_batches(t, gbs, max(1, max_batch // gbs), fixed)
+        nb_ub = max_gpu_batches(t, gbs, max(1, max_batch // gbs), fixed, solved)
         if nb_ub == 0:
             break
-        keep(first_drop(t, gbs, nb_ub, fixed))
+        keep(first_drop(t, gbs, nb_ub, fixed, solved))
         if gpu_batch or gbs >= max_batch:
             break
     return best
