@@ -264,3 +264,20 @@ def test_scheduler_properties(n, rate, seed, kind, prompt, gen, block_size, bloc
         assert r.throughput_tok_s <= offered * (1 + 1e-12)
     assert r.steps >= reqs.gen_tokens.max()
     assert 1 <= r.mean_scheduled_per_step <= max_seqs
+
+
+def test_every_continuous_batching_engine_serves_online():
+    """vLLM, SGLang and TensorRT-LLM serve Poisson arrivals with their own capacity (the shared online model);
+    layouts and speculative decoding they price offline only are refused, saying so."""
+    import moesim
+    from moesim.errors import InfeasibleError
+
+    for system in ("vllm", "sglang", "trtllm"):
+        r = moesim.predict_online("mixtral-8x7b", "hgx-h100", system=system, num_gpus=2, arrival_rate_per_s=2.0,
+                                  num_requests=40, prompt_tokens=256, gen_tokens=64)
+        assert r.system == system and r.num_requests == 40
+        assert 0 < r.ttft_s.p50 <= r.ttft_s.p99 and 0 < r.tpot_s.p50 <= r.tpot_s.p99
+    with pytest.raises(InfeasibleError, match="priced offline only"):
+        moesim.predict_online("mixtral-8x7b", "hgx-h100", system="sglang", num_gpus=2, arrival_rate_per_s=2.0,
+                              num_requests=40, system_params={"data_parallel_size": 2, "enable_dp_attention": True,
+                                                              "expert_parallel_size": 2})

@@ -69,7 +69,7 @@ measures), decode = steps of B sequences alone; the total time is shorter than t
 since mixing shares each step's weight reads (and offload copies) between decode and prefill tokens.
 
 Online serving (:mod:`moesim.serving`): the generic iteration-level scheduler over Poisson arrivals,
-each step priced by :meth:`VLLM.online_model` (a table of simulated step costs, :mod:`._vllm_online`).
+each step priced by the engines' shared online model (a table of simulated step costs, :mod:`.shared.online`).
 
 Sanity check, not a fit (MoE-Gen arXiv 2503.09716, Tables 6/7: testbed C2 = RTX A5000 24 GB, EPYC
 7453, 512 GiB, PCIe 4.0; prompt 512; vLLM ran with CPU weight offload, amount not stated): the
@@ -118,9 +118,6 @@ from .shared.engine_step import EngineRuntime, engine_execution, runtime_constan
 from .shared.memory import activation_bytes
 from .shared.parallel import ParallelLayout, rank_context, weight_bytes_per_gpu, world_gpus
 from .shared.tensor_parallel import require_tensor_parallel
-
-if TYPE_CHECKING:
-    from ._vllm_online import VLLMStepModel
 
 GIB = 2.0**30
 
@@ -270,22 +267,6 @@ class VLLM(ContinuousBatchingEngine):
         blocks = int((budget - weights_gpu - act) // block_bytes)
         return _Layout(budget, weights_gpu, offload, act, block_bytes, blocks)
 
-    # ---- online serving ----------------------------------------------------------------------------
-    def online_model(self, ctx: Context, plan: Plan, max_context_tokens: int) -> "VLLMStepModel":
-        """vLLM's steps for :mod:`moesim.serving` (see :mod:`._vllm_online`): the KV pool of this
-        configuration on ``ctx``'s platform, steps priced from a table of simulated passes."""
-        from ._vllm_online import VLLMStepModel
-
-        if self.params.disaggregate or self.params.num_speculative_tokens:
-            raise InfeasibleError("vllm online serving: disaggregated prefill/decode and MTP are priced offline only; "
-                                  "use an offline workload (--batch C for C requests in flight)")
-        if not self._parallel(ctx).tensor_parallel_only:
-            raise InfeasibleError("vllm online serving: data_parallel_size > 1 / expert parallelism are priced offline "
-                                  "only (the online scheduler models one DP rank's capacity); use an offline workload")
-        if plan.config.get("params") != self.params.model_dump():
-            raise ValueError(f"online serving: the plan was made by a vllm with other parameters "
-                              f"({plan.config.get('params')}) than this one ({self.params.model_dump()})")
-        return VLLMStepModel(self, ctx, self._layout(ctx), max_context_tokens)
 
 
 # ---- deprecated online entry point ---------------------------------------------------------------

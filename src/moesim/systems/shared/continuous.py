@@ -142,6 +142,26 @@ class ContinuousBatchingEngine(ServingSystem):
         """MTP draft tokens per decode step from the engine's own parameter (0: no speculative decoding)."""
         return 0
 
+    # ---- online serving ----------------------------------------------------------------------------
+    def online_model(self, ctx: Context, plan: Plan, max_context_tokens: int):
+        """The engine's steps for :mod:`moesim.serving` (:mod:`.online`): its KV pool on ``ctx``'s platform and its
+        own caps, steps priced from a table of this engine's simulated passes. One tensor-parallel instance,
+        aggregated, without speculative decoding: the others are priced offline only (refused, saying so)."""
+        from .online import EngineStepModel
+
+        label = self.knobs_for(ctx).label
+        if getattr(self.params, "disaggregate", False) or self.speculative_steps() or ctx.options.speculative:
+            raise InfeasibleError(f"{label} online serving: disaggregated prefill/decode and speculative decoding are "
+                                  "priced offline only; use an offline workload (--batch C for C requests in flight)")
+        if not self._parallel(ctx).tensor_parallel_only:
+            raise InfeasibleError(f"{label} online serving: attention data parallel / expert parallel layouts are "
+                                  "priced offline only (the online scheduler models one DP rank's capacity); use an "
+                                  "offline workload")
+        if plan.config.get("params") != self.params.model_dump():
+            raise ValueError(f"online serving: the plan was made by a {self.name} with other parameters "
+                             f"({plan.config.get('params')}) than this one ({self.params.model_dump()})")
+        return EngineStepModel(self, ctx, self._layout(ctx), max_context_tokens)
+
     def parallel_layout(self, ctx: Context) -> ParallelLayout:
         """The engine's layout on ``ctx``'s GPUs from its flags (default: tensor parallel over all of them)."""
         g = world_gpus(ctx.platform)

@@ -1,8 +1,10 @@
-"""vLLM's step-time model for online serving (:mod:`moesim.serving`): a table of simulated steps.
+"""The continuous-batching engines' step-time model for online serving (:mod:`moesim.serving`): a table of
+simulated steps, for vLLM, SGLang and TensorRT-LLM alike (each priced by its own :meth:`_pass`).
 
 The online scheduler asks for thousands of step times; simulating each step in the engine would be slow,
-so a few steps are simulated and the rest interpolated (:class:`StepTable`). :class:`VLLMStepModel`
-adapts the table to the :class:`~moesim.serving.StepTimeModel` interface.
+so a few steps are simulated and the rest interpolated (:class:`StepTable`). :class:`EngineStepModel`
+adapts the table to the :class:`~moesim.serving.StepTimeModel` interface, with the engine's own capacity (its
+KV pool, its cap on running requests and its token budget, under the engine's names).
 """
 
 from __future__ import annotations
@@ -12,12 +14,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..modules import Context
-from ..serving.model import Capacity, Step
-from ..units import fmt_bytes
+from ...modules import Context
+from ...serving.model import Capacity, Step
+from ...units import fmt_bytes
 
 if TYPE_CHECKING:
-    from .vllm import VLLM, _Layout
+    from .continuous import ContinuousBatchingEngine, _Layout
 
 
 class StepTable:
@@ -32,7 +34,8 @@ class StepTable:
     one-prompt prefill step. Offload copies and launch overheads are inside T_lin.
     """
 
-    def __init__(self, system: VLLM, ctx: Context, lay: _Layout, max_tokens: int, max_seqs: int, max_ctx: int):
+    def __init__(self, system: ContinuousBatchingEngine, ctx: Context, lay: _Layout, max_tokens: int, max_seqs: int,
+                 max_ctx: int):
         p = system._pass
         grid = sorted({1, *[2**e for e in range(0, 30) if 2**e < max_tokens], max_tokens})
         self.grid = np.array(grid, dtype=float)
@@ -53,17 +56,18 @@ class StepTable:
                 + self.alpha * decode_ctx_sum + self.beta * prefill_pairs)
 
 
-class VLLMStepModel:
-    """vLLM's iterations priced by a :class:`StepTable`; capacity from its KV pool and scheduler limits.
+class EngineStepModel:
+    """An engine's iterations priced by a :class:`StepTable`; capacity from its KV pool and scheduler limits.
 
     A one-token chunk (the budget ran out mid-prompt) is priced as a decode: one query over its context.
     The table is built on the first step priced (about 20 simulated passes).
     """
 
-    def __init__(self, system: VLLM, ctx: Context, lay: _Layout, max_context_tokens: int):
-        prm = system.params
-        self.capacity = Capacity(kv_blocks=lay.blocks, block_size=prm.block_size, max_num_seqs=prm.max_num_seqs,
-                                 max_num_batched_tokens=prm.max_num_batched_tokens)
+    def __init__(self, system: ContinuousBatchingEngine, ctx: Context, lay: _Layout, max_context_tokens: int):
+        k = system.knobs_for(ctx)
+        self.capacity = Capacity(kv_blocks=lay.blocks, block_size=k.block_size, max_num_seqs=k.max_seqs,
+                                 max_num_batched_tokens=k.token_budget)
+        self._knobs = k
         self._system, self._ctx, self._lay, self._max_ctx = system, ctx, lay, max_context_tokens
 
     @cached_property
@@ -74,8 +78,9 @@ class VLLMStepModel:
     @property
     def assumptions(self) -> list[str]:
         c, lay = self.capacity, self._lay
-        notes = [f"vLLM: KV pool of {c.kv_blocks} blocks of {c.block_size} tokens, max_num_seqs {c.max_num_seqs}, "
-                 f"token budget {c.max_num_batched_tokens} per step (chunked prefill)",
+        notes = [f"{self._knobs.label}: KV pool of {c.kv_blocks} blocks of {c.block_size} tokens, "
+                 f"{self._knobs.max_seqs_name} {c.max_num_seqs}, token budget {c.max_num_batched_tokens} per step "
+                 "(chunked prefill)",
                  "step time from a table of simulated steps: linear in batched tokens between powers of two, "
                  "plus lm-head time per sampled row, decode attention per context token and prefill attention "
                  f"per causal query-key pair (fitted up to a {self._max_ctx}-token context)"]
@@ -93,3 +98,7 @@ class VLLMStepModel:
             else:
                 pairs += c.tokens * (c.cached + (c.tokens + 1) / 2.0)
         return self.table.time_s(step.tokens, step.sampled, dec_ctx, pairs)
+
+
+#: the name this model had when only vLLM served online
+VLLMStepModel = EngineStepModel
