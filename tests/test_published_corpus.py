@@ -162,8 +162,10 @@ def test_cli_text_report_and_missing_corpus(tmp_path):
                         "llama-cpp"], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert "llama-cpp" in p.stdout and "not expressible yet" in p.stdout
-    p = subprocess.run([sys.executable, "-m", "moesim", "validate", "--published"], cwd=tmp_path, env=_env(),
-                       capture_output=True, text=True, timeout=120)
+    # a validation folder without the corpus (what an installed package run outside a checkout finds)
+    p = subprocess.run([sys.executable, "-m", "moesim", "validate", "--published", "--root",
+                        str(tmp_path / "validation")], cwd=tmp_path, env=_env(), capture_output=True, text=True,
+                       timeout=120)
     assert p.returncode != 0 and "Traceback" not in p.stderr
     assert "validation/published" in p.stderr and "checkout" in p.stderr
     p = subprocess.run([sys.executable, "-m", "moesim", "validate", "--published", "--source", "nope"], cwd=ROOT,

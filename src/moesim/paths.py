@@ -1,4 +1,5 @@
-"""Files moesim writes (plots, sweep records, traces): the path is checked before any work.
+"""Files moesim writes (plots, sweep records, traces): the path is checked before any work; and where a
+checkout's ``validation`` folder (measurements, the published corpus) is found.
 
 A plot that takes seconds to compute should not fail at the end because its extension names a
 format matplotlib does not write, or its folder does not exist; :func:`check_output` says so
@@ -60,3 +61,13 @@ def writing(path: object, what: str) -> Iterator[None]:
         yield
     except OSError as exc:
         raise MoesimError(f"{what} {path}: cannot write it: {exc.strerror or exc}") from None
+
+
+def validation_root(root: object = None) -> Path:
+    """A checkout's ``validation`` folder: ``root`` when given; else the one beside the source tree (an editable
+    install, run from anywhere); else ./validation (an installed package carries no measurements: run from a
+    checkout). Callers check that what they need is there and say so."""
+    if root:
+        return Path(os.fspath(root))
+    beside = Path(__file__).resolve().parents[2] / "validation"
+    return beside if beside.is_dir() else Path.cwd() / "validation"

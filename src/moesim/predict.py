@@ -277,25 +277,14 @@ def plan_for(model: ModelSpec, platform: Platform, system: str, workload: Offlin
             continue
         try:
             if ctx.platform.num_nodes > 1 and not cls.multi_node:  # runs on one of the nodes (never worse for more)
-                if not one_node:
-                    one_node.append(Context(ctx.model, ctx.platform.model_copy(update={"num_nodes": 1}), ctx.workload,
-                                            ctx.options))
-                used, plan = _plan_in_auto(cls, one_node[0], one_gpu, policy)
-                plan.notes.append(f"runs on 1 of the platform's {ctx.platform.num_nodes} nodes: {cls.name} is "
-                                  "modelled on one node")
-                plans[name] = (used, plan)
+                plans[name] = _on_one_node(cls, ctx, one_node, one_gpu, policy, f"{cls.name} is modelled on one node")
             else:
                 try:
                     plans[name] = _plan_in_auto(cls, ctx, one_gpu, policy)
                 except InfeasibleError as exc:  # its default layout cannot span the nodes: one node of them
                     if ctx.platform.num_nodes == 1:
                         raise
-                    if not one_node:
-                        one_node.append(Context(ctx.model, ctx.platform.model_copy(update={"num_nodes": 1}),
-                                                ctx.workload, ctx.options))
-                    used, plan = _plan_in_auto(cls, one_node[0], one_gpu, policy)
-                    plan.notes.append(f"runs on 1 of the platform's {ctx.platform.num_nodes} nodes: {exc}")
-                    plans[name] = (used, plan)
+                    plans[name] = _on_one_node(cls, ctx, one_node, one_gpu, policy, str(exc))
         except (InfeasibleError, SimulationError) as exc:  # one system's overflow never aborts the comparison
             compared[name] = f"infeasible: {exc}"
     if not plans:
@@ -314,6 +303,18 @@ def plan_for(model: ModelSpec, platform: Platform, system: str, workload: Offlin
                               else "")
         compared[name] = f"{'chosen' if name == best else 'feasible'}: {rate(name):.4g} tok/s{on}"
     return plans[best][0], plans[best][1], compared
+
+
+def _on_one_node(cls, ctx: Context, one_node: list[Context], one_gpu: list[Context], policy: str,
+                 why: str) -> tuple[Context, Plan]:
+    """``cls``'s plan for ``auto`` on one node of a multi-node platform (``one_node`` holds that context once
+    made, shared by the systems that need it), saying so: more nodes never make ``auto``'s answer worse."""
+    if not one_node:
+        one_node.append(Context(ctx.model, ctx.platform.model_copy(update={"num_nodes": 1}), ctx.workload,
+                                ctx.options))
+    used, plan = _plan_in_auto(cls, one_node[0], one_gpu, policy)
+    plan.notes.append(f"runs on 1 of the platform's {ctx.platform.num_nodes} nodes: {why}")
+    return used, plan
 
 
 def _plan_in_auto(cls, ctx: Context, one_gpu: list[Context], policy: str = "as-deployed") -> tuple[Context, Plan]:

@@ -37,6 +37,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from ..costs import kernels as K
+from ..paths import validation_root
 
 #: decode-size all-reduce: up to 256 tokens of a 16384-wide bf16 hidden state
 DECODE_ALLREDUCE_MAX_BYTES = 256 * 16384 * 2
@@ -44,14 +45,7 @@ DECODE_MAX_TOKENS = 256
 #: which numeric axis (index among a table's axes) the held-out split runs along
 SPLIT_AXIS = {"gemm": 0, "moe": 0, "allreduce": 0, "attention_decode": 1, "attention_prefill": 1, "mla_decode": 1}
 FAMILIES = ("moe", "gemm", "allreduce")
-def _validation_root() -> Path:
-    """The checkout's ``validation`` folder: beside the source tree (an editable install), else ./validation (an
-    installed package carries no measurements; run from a checkout)."""
-    beside = Path(__file__).resolve().parents[3] / "validation"
-    return beside if beside.is_dir() else Path.cwd() / "validation"
-
-
-MEASURED = _validation_root() / "measurements" / "h200" / "engine_kernels"
+MEASURED = validation_root() / "measurements" / "h200" / "engine_kernels"
 
 
 def stats(errors: list[float]) -> dict:

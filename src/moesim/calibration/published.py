@@ -154,8 +154,11 @@ class Result:
 # -- loading -------------------------------------------------------------------------------------------
 
 def published_dir(root: Path | None = None) -> Path:
-    """``validation/published`` of a checkout (``root``: its validation folder, default ./validation)."""
-    folder = (Path(root) if root else Path.cwd() / "validation") / "published"
+    """``validation/published`` of a checkout (``root``: its validation folder, default
+    :func:`moesim.paths.validation_root`)."""
+    from ..paths import validation_root
+
+    folder = validation_root(root) / "published"
     if not folder.is_dir():
         raise MoesimError(f"no published corpus at {folder}: the corpus lives in a checkout of moesim "
                           "(validation/published/), not in the installed package; run from the repository root "

@@ -36,8 +36,11 @@ def run(args: argparse.Namespace) -> int:
               f"{s['infeasible']:6d} {_pct(s['median_abs_err']):>12s} {_pct(s['fit_median_abs_err']):>7s} "
               f"{_pct(s['heldout_median_abs_err']):>9s} {_pct(s['coverage']):>9s} {_pct(s['heldout_coverage']):>9s} "
               f"{kept:>13s}")
+    from ..calibration.sources import BAND_SOURCES
+
     print("(cells: scored cells; n/e: cells not expressible yet, listed below and never scored; coverage: all "
-          "scored cells, then held-out ones)")
+          "scored cells, then held-out ones, with the committed bands - derived from the held-out cells of "
+          f"{', '.join(BAND_SOURCES)}, so theirs is in-sample; `moesim validate` prints their out-of-fold coverage)")
     print(f"\nper source and system (as the source names it):\n{'':58s} {'cells':>5s} {'held':>5s} {'infeas':>6s} "
           f"{'median |err|':>12s} {'held-out':>9s} {'coverage':>9s}")
     for key, s in pub.by_system(everything).items():

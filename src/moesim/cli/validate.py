@@ -11,7 +11,9 @@ from ..errors import MoesimError
 
 
 def _validation_root(arg: str | None) -> Path:
-    root = Path(arg) if arg else Path.cwd() / "validation"
+    from ..paths import validation_root
+
+    root = validation_root(arg)
     if not (root / "measurements").is_dir():
         raise MoesimError(f"no measurements folder under {root}; run from the repository root or pass --root")
     return root
