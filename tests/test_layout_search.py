@@ -109,7 +109,7 @@ def test_the_validation_module_uses_the_library_rule():
     assert mod.benchmark_latency is CL.benchmark_latency
     assert mod.request_overhead_s is CL.request_overhead_s
     assert (mod.BENCHMARK_MODEL, mod.MODELS) == (CL.BENCHMARK_MODEL, CL.MODELS) == ("half", ("lockstep", "steady",
-                                                                                              "half"))
+                                                                                              "half", "wave"))
 
 
 # ---- layouts and launch commands --------------------------------------------------------------------------------
@@ -166,9 +166,9 @@ def r1_search():
                             max_ttft_s=2.0)
 
 
-def test_the_search_is_fast_and_its_pareto_is_non_dominated(r1_search):
+def test_the_search_covers_every_engine_and_its_pareto_is_non_dominated(r1_search):
+    """(Its speed is measured in benchmarks/bench_layouts.py, not asserted here.)"""
     res = r1_search
-    assert res.search_s < 10.0
     assert {p.system for p in res.points} == set(L.ENGINES)
     pts = [(p.tok_s_per_user, p.tok_s_per_gpu) for p in res.points]
     front = [(p.tok_s_per_user, p.tok_s_per_gpu) for p in res.pareto]

@@ -345,13 +345,26 @@ class Resolved:
     assumptions: tuple[str, ...]
 
 
+def _check_dense(spec: ModelSpec, system: str) -> None:
+    """A dense model (no MoE layers) runs only on a system that declares it serves one
+    (``ServingSystem.serves_dense``: the GPU-resident engines); elsewhere it is refused saying where it runs."""
+    from .systems import SYSTEMS, get_system
+
+    dense_ok = sorted(n for n, c in SYSTEMS.items() if c.serves_dense)
+    if system != "auto" and get_system(system).serves_dense:
+        return
+    where = f"name one of --system {', '.join(dense_ok)}" if dense_ok else "no system serves one"
+    raise MoesimError(f"{spec.name} has no MoE layers (a dense model): moesim predicts Mixture-of-Experts models; "
+                      f"a dense model is a reference only for the GPU-resident engines ({where}), or the --draft of "
+                      "speculative decoding")
+
+
 def resolve(scenario: Scenario) -> Resolved:
     """Specs of a scenario, checked: model variant, platform, workload, options, and the assumptions made."""
     s = scenario
     spec = _variant(get_model(s.model), s.num_experts, s.top_k, s.expert_ffn)
     if spec.moe is None:
-        raise MoesimError(f"{spec.name} has no MoE layers (a dense model): moesim predicts Mixture-of-Experts "
-                          "models; a dense model can be the --draft of speculative decoding")
+        _check_dense(spec, s.system)
     platform = get_hardware(s.hardware, **s.platform_overrides())
     work = s.offline_workload()
     _check_context(spec, work)

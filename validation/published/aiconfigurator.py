@@ -71,7 +71,7 @@ from typing import Iterable
 
 # the closed-loop benchmark rule lives in the library (the layout search prices concurrency with it too)
 from moesim.serving.closed_loop import (  # noqa: F401  (re-exported: aiconfigurator_fit.py reads A.MODELS)
-    BENCHMARK_MODEL, MODELS, benchmark_latency, request_overhead_s, steady_ttft_s as _steady_ttft_s,
+    BENCHMARK_MODEL, MODELS, benchmark_latency, benchmark_model_of, request_overhead_s, steady_ttft_s as _steady_ttft_s,
     wave_mean_ttft_s as _wave_mean_ttft_s)
 
 SOURCE = "aiconfigurator-silicon"
@@ -104,27 +104,81 @@ def split_of(row: dict) -> str:
     raise ValueError(f"row {row['id']}: GPU {row['system']!r} is in neither split")
 
 
-@lru_cache(maxsize=1)
-def _hf_models() -> dict[str, str]:
-    """hf id (lower case) -> moesim model name, for MoE models."""
+@lru_cache(maxsize=2)
+def _hf_models(dense: bool = False) -> dict[str, str]:
+    """hf id (lower case) -> moesim model name, for MoE models (and the dense reference models with ``dense``)."""
     from moesim import db
 
     out = {}
     for spec in db.models().entries.values():
-        if spec.moe and getattr(spec, "hf_id", None):
+        if (spec.moe or dense) and getattr(spec, "hf_id", None):
             out[spec.hf_id.lower()] = spec.name
+            if not spec.moe:  # the dense references' base / instruct ids name the same architecture
+                out[spec.hf_id.lower().removesuffix("-instruct")] = spec.name
+                out[spec.hf_id.lower().removesuffix("-instruct") + "-instruct"] = spec.name
     return out
 
 
-def model_of(hf_id: str) -> tuple[str, str | None] | None:
-    """(moesim model, --dtype or None for the released one), or None when moesim does not list it."""
-    models = _hf_models()
+def model_of(hf_id: str, dense: bool = False) -> tuple[str, str | None] | None:
+    """(moesim model, --dtype or None for the released one), or None when moesim does not list it (``dense``: the
+    dense reference models count as listed)."""
+    models = _hf_models(dense)
     key = hf_id.lower()
     if key in models:
         return models[key], None
     if key.endswith(FP8_SUFFIX.lower()) and key[: -len(FP8_SUFFIX)] in models:
         return models[key[: -len(FP8_SUFFIX)]], "fp8"
     return None
+
+
+#: the two collection pipelines of the silicon file (``silicon_data_source``): AIConfigurator's silicon CI (dated
+#: CSVs and database dumps) and an "auto gap analysis" project's runs (``.../aic-auto-gap-analysis/...`` or
+#: ``*-gap-analysis.csv``). Each has its own benchmark client, so how its closed loop behaves (lockstep waves or
+#: staggered requests) and the time a request spends outside the engine are properties of the pipeline and the engine,
+#: fitted per pipeline (:func:`harness_of`).
+PIPELINES = ("silicon-ci", "gap-analysis")
+HARNESS_FILE = Path(__file__).resolve().with_name("aiconfigurator_harness.yaml")
+
+
+def pipeline_of(row: dict) -> str:
+    """The collection pipeline a row was measured by (:data:`PIPELINES`), as its ``silicon_data_source`` states."""
+    return "gap-analysis" if "gap-analysis" in row.get("silicon_data_source", "") else "silicon-ci"
+
+
+@lru_cache(maxsize=1)
+def _harness() -> dict:
+    import yaml
+
+    try:
+        return yaml.safe_load(HARNESS_FILE.read_text()) or {}
+    except FileNotFoundError:
+        return {}
+
+
+def harness_of(row: dict) -> tuple[str, float]:
+    """(closed-loop benchmark model, request overhead s) of the row's pipeline and engine, as
+    ``aiconfigurator_fit.py --harness`` fitted them on the FIT split (``aiconfigurator_harness.yaml``): the engine's
+    own fit in that pipeline where it had fit rows, else the pipeline's pooled fit, else the engine's defaults."""
+    fitted = _harness().get("pipelines", {}).get(pipeline_of(row), {})
+    entry = fitted.get(row["backend"]) or fitted.get("pooled")
+    if entry:
+        return str(entry["benchmark_model"]), float(entry["request_overhead_s"])
+    return benchmark_model_of(row["backend"]), request_overhead_s(row["backend"])
+
+
+def is_dense(row: dict) -> bool:
+    """Whether the row's model is one of the dense reference models (not an MoE model moesim lists)."""
+    return model_of(row["model_path"]) is None and model_of(row["model_path"], dense=True) is not None
+
+
+def row_model(row: dict) -> tuple[str, str | None]:
+    """(moesim model, --dtype) of an expressible row: MoE rows run the released format (module docstring); a dense
+    reference row runs its ``precision`` (fp8 = per-tensor fp8 of the bf16 checkpoint, as AIConfigurator's runs
+    quantise it; empty = the released bf16)."""
+    model, dtype = model_of(row["model_path"], dense=True)
+    if is_dense(row) and dtype is None and row.get("precision") == "fp8":
+        dtype = "fp8"
+    return model, dtype
 
 
 def _int(s: str, default: int = 1) -> int:
@@ -136,11 +190,13 @@ def concurrency_of(row: dict) -> int:
     return int(m.group(1)) if m else int(row["batch_size"])
 
 
-def expressible(row: dict, layouts: bool = False, disagg: bool = False) -> str | None:
+def expressible(row: dict, layouts: bool = False, disagg: bool = False, dense: bool = False) -> str | None:
     """None when moesim can express the row, else why not (a short reason). ``layouts``: also the aggregated rows
     with attention data parallelism and expert parallelism on one node (:func:`layout_of`); without it, the
     tensor-parallel rows only (the set this module scored before layouts existed). ``disagg``: also the
-    disaggregated rows whose pools are stated (:func:`disagg_of`)."""
+    disaggregated rows whose pools are stated (:func:`disagg_of`). ``dense``: the rows of the dense reference
+    models too (:data:`DENSE_NOTE`): they may inform the engines' own constants on the fit split and are scored
+    apart from the MoE rows, never in the corpus."""
     if row["mode"] != "agg":
         if not disagg or row["mode"] != "disagg":
             return "disaggregated"
@@ -151,7 +207,7 @@ def expressible(row: dict, layouts: bool = False, disagg: bool = False) -> str |
         d = disagg_of(row)
         if isinstance(d, str):
             return d
-        if model_of(row["model_path"]) is None:
+        if model_of(row["model_path"], dense) is None:
             return "model not an MoE model moesim lists"
         return None
     if row["system"] not in PLATFORMS:
@@ -165,15 +221,22 @@ def expressible(row: dict, layouts: bool = False, disagg: bool = False) -> str |
     if not layouts:
         if adp != 1 or mep != 1:
             return "not tensor parallel only"
-        if mtp != tp or tp > 8:
+        if (mtp != tp and not is_dense(row)) or tp > 8:  # a dense model has no MoE layout to be consistent with
             return "inconsistent layout"
     else:
         lay = layout_of(row)
         if isinstance(lay, str):
             return lay
-    if model_of(row["model_path"]) is None:
+    if model_of(row["model_path"], dense) is None:
         return "model not an MoE model moesim lists"
     return None
+
+
+#: why dense rows are here at all (``expressible(..., dense=True)``)
+DENSE_NOTE = ("SGLang and TensorRT-LLM measured no MoE model in tensor parallel on H100 (the fit split), only dense "
+              "ones (Qwen3-32B, Llama-3.1-8B/70B); their rows, on moesim's dense reference models, may inform an "
+              "engine's own constants (request overhead, benchmark behaviour), which do not depend on the model; "
+              "they are scored apart from the MoE rows and kept out of the corpus")
 
 
 #: GPUs of one node of the platforms rows run on (HGX H100 / H200); a larger layout needs several nodes
@@ -302,6 +365,7 @@ class Record:
     note: str = ""
     layout: str = "tp"  # "tp", or the row's attention DP / EP layout ("tp1 dp8 ep8")
     mode: str = "agg"  # "agg" or "disagg"
+    dense: bool = False  # a dense reference model's row (scored apart from the MoE rows)
 
     @property
     def ttft_error(self) -> float | None:
@@ -316,7 +380,7 @@ def scenario_of(row: dict, system: str | None = None):
     """The moesim Scenario of an expressible row (``system`` overrides the row's backend)."""
     import moesim
 
-    model, dtype = model_of(row["model_path"])
+    model, dtype = row_model(row)
     nodes = 1
     if row["mode"] == "disagg":
         lay = disagg_of(row)
@@ -344,16 +408,16 @@ def predict_row(row: dict, system: str | None = None, model: str | None = None) 
     from moesim.predict import plan_scenario
 
     sc = scenario_of(row, system)
-    key = sc.model_dump_json()
+    harness_model, extra = harness_of(row)
+    key = (sc.model_dump_json(), extra)
     if key not in _CACHE:
         try:
             _, plan, _, _ = plan_scenario(sc)
-            extra = request_overhead_s(sc.system)
             _CACHE[key] = {m: (t + extra, p, "") for m in MODELS
                            for t, p in [benchmark_latency(plan, sc.prompt_tokens, sc.gen_tokens, sc.batch_size, m)]}
         except MoesimError as e:
             _CACHE[key] = {m: (None, None, str(e).splitlines()[0][:200]) for m in MODELS}
-    return _CACHE[key][model or BENCHMARK_MODEL]
+    return _CACHE[key][model or harness_model]
 
 
 CITATION = ("AIConfigurator silicon measurements (github.com/ai-dynamo/aiconfigurator, "
@@ -453,24 +517,24 @@ def evaluate(cell):
 
 def records(rows: Iterable[dict] | None = None, split: str = "all", limit: int | None = None,
             system: str | None = None, model: str | None = None, layouts: bool = False,
-            disagg: bool = False) -> list[Record]:
+            disagg: bool = False, dense: bool = False) -> list[Record]:
     """One Record per expressible row (``split``: 'fit', 'held-out' or 'all'; ``system`` predicts every row with
     that moesim system instead of the row's backend, e.g. to compare with ``vllm`` standing in; ``layouts``: the
     attention-DP / expert-parallel rows too, :func:`layout_of`)."""
     out = []
     for row in rows if rows is not None else load_rows():
-        if expressible(row, layouts, disagg) is not None:
+        if expressible(row, layouts, disagg, dense) is not None:
             continue
         lay = disagg_of(row) if row["mode"] == "disagg" else layout_of(row)
         s = split_of(row)
         if split != "all" and s != split:
             continue
         ttft, tpot, note = predict_row(row, system, model)
-        out.append(Record(SOURCE, row["id"], s, row["backend"], model_of(row["model_path"])[0], row["system"],
+        out.append(Record(SOURCE, row["id"], s, row["backend"], row_model(row)[0], row["system"],
                           _int(row["tp_size"]), int(row["isl"]), int(row["osl"]),
                           lay["concurrency"] if row["mode"] == "disagg" else concurrency_of(row),
                           float(row["silicon_ttft_ms"]) / 1e3, float(row["silicon_tpot_ms"]) / 1e3, ttft, tpot, note,
-                          lay["layout"] if isinstance(lay, dict) else "tp", row["mode"]))
+                          lay["layout"] if isinstance(lay, dict) else "tp", row["mode"], is_dense(row)))
         if limit and len(out) >= limit:
             break
     return out
@@ -524,10 +588,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="also the attention-DP / expert-parallel rows on one node (grouped by layout)")
     ap.add_argument("--disagg", action="store_true",
                     help="also the disaggregated rows whose pools are stated (grouped by mode)")
+    ap.add_argument("--dense", action="store_true",
+                    help="also the dense reference models' rows (grouped apart: dense True/False)")
     args = ap.parse_args(argv)
     recs = records(split=args.split, limit=args.limit, system=args.as_system, layouts=args.layouts,
-                   disagg=args.disagg)
+                   disagg=args.disagg, dense=args.dense)
     groupings = [("split", "backend"), ("split", "backend", "model"), ("split", "gpu", "backend", "tp")]
+    if args.dense:
+        groupings = [tuple(g[:1]) + ("dense",) + tuple(g[1:]) for g in groupings]
     if args.disagg:
         groupings.append(("split", "mode", "backend"))
     if args.layouts:

@@ -13,8 +13,13 @@ than C when the KV pool or the engine's limits hold fewer (:func:`benchmark_late
 - steady state: requests staggered, TPOT the mean mixed step (decodes sharing steps with the prefill chunks of
   arriving prompts), TTFT :func:`steady_ttft_s`;
 - ``half`` (:data:`BENCHMARK_MODEL`): the mean of the two (a benchmark whose first wave arrives as a burst and
-  later ones staggered). Chosen by ``validation/published/aiconfigurator_fit.py`` on the FIT split (H100 SXM)
-  of AIConfigurator's silicon rows only; the H200 rows are scored held-out.
+  later ones staggered);
+- ``wave``: lockstep waves whose requests all see their first token only when the wave's last prefill pass ends
+  (TPOT as in lockstep): an engine that runs every waiting prefill before it returns any first token.
+
+Each engine's model is its own (``benchmark_model`` of ``systems_db/<system>.yaml``, :func:`benchmark_model_of`;
+:data:`BENCHMARK_MODEL` where a system states none), chosen by ``validation/published/aiconfigurator_fit.py`` on
+the FIT split (H100 SXM) of AIConfigurator's silicon rows only; the H200 rows are scored held-out.
 
 The output rate of such a run follows from Little's law (:func:`closed_loop_throughput_tok_s`): C requests in
 flight, each taking E2E = TTFT + (G - 1) TPOT, give C G / E2E generated tokens per second.
@@ -30,7 +35,16 @@ import math
 #: how the closed-loop benchmark's mean TTFT and TPOT are predicted from a plan (see :func:`benchmark_latency`);
 #: chosen by ``validation/published/aiconfigurator_fit.py`` on the FIT split only
 BENCHMARK_MODEL = "half"
-MODELS = ("lockstep", "steady", "half")
+MODELS = ("lockstep", "steady", "half", "wave")
+
+
+def wave_last_ttft_s(plan) -> float:
+    """Time to the first token of every request of a wave when none is returned before the wave's last prefill pass
+    ends: the passes of the wave together, ``(passes - 1) t_full + t_last``."""
+    t_full = plan.prefill.time_s
+    t_last = getattr(plan, "prefill_last", None)
+    t_last = t_last.time_s if t_last is not None else t_full
+    return (plan.prefill_passes_per_batch - 1) * t_full + t_last
 
 
 def wave_mean_ttft_s(plan, prompt: int, batch: int) -> float:
@@ -75,7 +89,7 @@ def benchmark_latency(plan, prompt: int, gen: int, concurrency: int, model: str 
     A disaggregated plan (one with ``rate_per_s``: separate prefill and decode pools) carries its own closed-loop
     TTFT (prefill pass + KV transfer + queueing at C in flight) and its decode pool's TPOT: those are returned.
     """
-    model = model or BENCHMARK_MODEL
+    model = model or benchmark_model_of(getattr(plan, "system", ""))
     if model not in MODELS:
         raise ValueError(f"unknown benchmark model {model!r}; one of {', '.join(MODELS)}")
     if hasattr(plan, "rate_per_s"):  # a disaggregated plan: TTFT (prefill + KV transfer + queueing), decode pool's TPOT
@@ -85,6 +99,8 @@ def benchmark_latency(plan, prompt: int, gen: int, concurrency: int, model: str 
     ttft_l = wave_mean_ttft_s(plan, prompt, b)
     groups = math.ceil(concurrency / b)
     wait = (groups - 1) / 2.0 * (plan.prefill_time_per_batch_s + plan.decode_time_per_batch_s) if groups > 1 else 0.0
+    if model == "wave":
+        return wave_last_ttft_s(plan) + wait, tpot_l
     ttft_l += wait
     if model == "lockstep":
         return ttft_l, tpot_l
@@ -95,6 +111,18 @@ def benchmark_latency(plan, prompt: int, gen: int, concurrency: int, model: str 
     if model == "steady":
         return ttft_s, tpot_s
     return 0.5 * (ttft_l + ttft_s), 0.5 * (tpot_l + tpot_s)
+
+
+def benchmark_model_of(system: str) -> str:
+    """The closed-loop benchmark model of ``system`` (``benchmark_model`` of ``systems_db/<system>.yaml``, chosen on
+    the fit split), else :data:`BENCHMARK_MODEL`."""
+    from ..db import system_constants
+
+    try:
+        value = str(system_constants(system).value("benchmark_model"))
+    except (KeyError, Exception):
+        return BENCHMARK_MODEL
+    return value if value in MODELS else BENCHMARK_MODEL
 
 
 def request_overhead_s(system: str) -> float:

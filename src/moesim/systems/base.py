@@ -268,6 +268,7 @@ class ServingSystem(ABC):
     #: call, syncs, Python per module; the default, what the Hugging Face-based offloaders run), "graph" (CUDA-graph
     #: replay, GPU time alone plus the engine's per-step CPU work), "native" (kernels launched from C++)
     execution_modes: ClassVar[dict[str, str]] = {"prefill": "eager", "decode": "eager"}
+    serves_dense: ClassVar[bool] = False  # whether a dense model (no MoE layers) may be planned as a reference
     searches_policy: ClassVar[bool] = False  # whether policy "best" may choose otherwise than "as-deployed"
     #: whether plan() models several nodes joined by a scale-out network (``ctx.platform.num_nodes > 1``, --nodes):
     #: the inter-node traffic of its layouts priced over ``ctx.platform.scale_out``. Systems that leave it False

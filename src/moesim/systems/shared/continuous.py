@@ -122,6 +122,7 @@ class ContinuousBatchingEngine(ServingSystem):
     the platform's scale-out network (:func:`.parallel.all_to_all_s`); tensor-parallel groups stay inside a node."""
 
     multi_node = True
+    serves_dense = True  # a dense model plans as a reference (AIConfigurator measured the engines on dense models too)
     supports_speculative = True  # MTP from the engine's own flag, a draft model from --draft (.speculative)
 
     @property

@@ -205,14 +205,73 @@ def _engine_layer_times(ctx: Context, tokens: float, attention: list[tuple[float
     core = {w: sum(ctx.gpu_s(_per_gpu_attention(ctx, ctx.attention_core(s, q, kv, w)), execution)
                    for s, q, kv in attention if s > 0) for w in (False, True)}
     tables = _kernel_tables(ctx, backend)
-    experts = base.experts
+    experts, router = base.experts, base.router
     m = ctx.model
+    attn_proj, shared, dense = base.attn_proj, base.shared, base.dense
+    if tables is not None:
+        tp, h = ctx.platform.num_gpus, m.hidden_size
+        attn_proj = _or(table_gemms_s(ctx, tables, rows, attention_gemm_shapes(m, tp)), attn_proj)
+        if m.moe and m.moe.num_shared_experts and shared:
+            one = table_gemms_s(ctx, tables, rows, ffn_gemm_shapes(h, m.moe.shared_ffn, m.moe.gated, tp))
+            shared = _or(None if one is None else one * m.moe.num_shared_experts, shared)
+        if m.dense_ffn is not None and dense:
+            dense = _or(table_gemms_s(ctx, tables, rows,
+                                      ffn_gemm_shapes(h, m.dense_ffn.intermediate_size, m.dense_ffn.gated, tp)), dense)
     if tables is not None and m.moe:
         t = routed_table_moe_s(ctx, tables, rows)
         if t is not None:
+            # the table's fused-MoE call includes the permute to experts and the weighted combine (align/sort,
+            # gather, scatter-add): the router keeps only its logits GEMM, softmax and top-k
             experts = t
-    return LayerTimes(base.attn_proj, core, engine_allreduce_s(ctx, rows, backend), base.router, experts,
-                      base.shared, base.dense)
+            router = ctx.memo(("engine router", execution, rows), lambda: ctx.gpu_s(
+                costs_router(m.hidden_size, m.moe.num_experts, rows), execution))
+    return LayerTimes(attn_proj, core, engine_allreduce_s(ctx, rows, backend), router, experts, shared, dense)
+
+
+def _or(value: float | None, fallback: float) -> float:
+    return fallback if value is None else value
+
+
+def attention_gemm_shapes(model, tp: int) -> list[tuple[int, int]]:
+    """(n, k) of one GPU's attention projections under tensor parallelism ``tp``, as two GEMMs y = x W^T: the
+    Q/K/V projections (k = hidden, n = their weights / hidden / tp) and the output projection (n = hidden, k = its
+    weights / hidden / tp), split by the share of the weights, ``AttentionSpec.qkv_share``. MLA's down-projections
+    (q_a, kv_a) are folded into the first GEMM by their weights: at prefill sizes the FLOPs, at decode sizes the bytes
+    are what they carry."""
+    h = model.hidden_size
+    weights = model.attention_params
+    share = model.attention.qkv_share(h)
+    n_qkv = max(int(round(share * weights / (h * tp))), 1)
+    k_o = max(int(round((1.0 - share) * weights / (h * tp))), 1)
+    return [(n_qkv, h), (h, k_o)]
+
+
+def ffn_gemm_shapes(hidden: int, intermediate: int, gated: bool, tp: int) -> list[tuple[int, int]]:
+    """(n, k) of one GPU's FFN GEMMs under tensor parallelism ``tp``: gate/up (n = (2 if gated) I / tp, k = H) and
+    down (n = H, k = I / tp)."""
+    inter = max(intermediate // tp, 1)
+    return [((2 if gated else 1) * inter, hidden), (hidden, inter)]
+
+
+def table_gemms_s(ctx: Context, tables, rows: float, shapes: list[tuple[int, int]]) -> float | None:
+    """Seconds of dense GEMMs of ``rows`` rows from the engine's measured GEMM table, in the weights' kernel kind
+    (:func:`quant_kind`: bf16, per-tensor fp8, block-scaled fp8); None where the table does not cover a shape (the
+    roofline prices it then)."""
+    q = quant_kind(ctx.wdtype, ctx.model)
+    total = 0.0
+    for n, k in shapes:
+        t = tables.gemm_s(rows, n, k, q)
+        if t is None:
+            return None
+        total += t
+    return total
+
+
+def costs_router(hidden: int, num_experts: int, tokens: float):
+    """The router alone (logits GEMM, softmax, top-k), :func:`moesim.costs.ffn.router`."""
+    from ...costs.ffn import router
+
+    return router(hidden, num_experts, tokens)
 
 
 def routed_table_moe_s(ctx: Context, tables, tokens: float, tp: int | None = None, ep: int = 1) -> float | None:
