@@ -29,9 +29,12 @@ Batching: ``batch_size`` sequences decode together (balance_serve's ``max_batch_
 ``prefill_chunk_tokens`` (``local_chat``'s ``chunk_prefill_size`` default 8192), experts on the
 CPU as in decode.
 
-CPU expert cost: ``costs.cpu_experts`` (quantized int8/int4 weights computed with int8 dot
-products, AMX/VNNI where the CPU has them; bf16 otherwise), roofline of the CPU's peak for that
-dtype and the host memory bandwidth.
+CPU expert cost: ``costs.cpu_experts``' FLOPs and weight bytes on KTransformers' own kernels at their measured
+sustained rates (``_cpu_expert_s``, ``systems_db/ktransformers.yaml``): llamafile (local_chat's default rules, every
+version; 0.374 of the fp32 SIMD peak per socket, its 6454S MoE microbenchmark) or AMX (v0.3+, 0.289 / 0.237 of the
+AMX bf16 / int8 peak above 4 tokens per expert), against the host DRAM roof. Issue 13: pricing V0.2.1's prefill at
+0.4 of the AMX int8 peak made it 8-11x too fast against the tutorial's tables; at the llamafile rate the held-out
+V0.2.1 prefill cells are within 1-9%.
 
 Sanity check, not a fit (MoE-Gen does not report KTransformers): on C2 (A5000 + EPYC 7453, 512 GB),
 prompt 512, decode 256, defaults: Mixtral-8x7B decode 9.1 tok/s, prefill 44 tok/s (CPU FLOP-bound,

@@ -32,8 +32,9 @@ One forward pass runs layer by layer, nothing overlaps (ggml graph on one stream
 A CPU layer costs ``ctx.cpu_s`` of its modules (roofline: DRAM bandwidth and CPU FLOPs): the
 attention projections, attention over the host KV cache, router, the expected distinct activated
 experts of the batch, shared experts or the dense FFN; a GPU layer ``ctx.gpu_s`` of the same in native execution
-(ggml's CUDA backend launches its kernels from C++: each kernel pays the launch latency ``kernel_launch_s``, no
-Python or torch dispatch, :mod:`moesim.costs.execution`).
+with ggml-cuda's own kernels (launched from C++, each paying ``kernel_launch_s``; quantized weights dequantised
+inside mmvq/mmq; one-token ubatches replayed as a CUDA graph on Ampere+; mmq's tile width, one per MUL_MAT_ID
+from the ubatch's tokens, pads each expert's rows: ``_execution``, ``_mmq_tile_rows``).
 
 Op offload (ggml-backend scheduler, ``GGML_OP_OFFLOAD_MIN_BATCH`` = 32; ``--no-op-offload``): a
 matrix product over at least 32 tokens whose weights are in host memory is computed on the GPU
