@@ -24,6 +24,11 @@ CITATION = "KTransformers doc/en/DeepseekR1_V3_tutorial.md (kvcache-ai/ktransfor
 PLATFORM = "ktransformers-6454s-4090"
 SETUP_V021 = ("2x Xeon Gold 6454S (32 cores each), 1 TB DDR5-4800, RTX 4090 24 GB; KTransformers V0.2.1; "
               "DeepSeek-V3/R1 Q4_K_M; {prompt}-token prompt, 300 generated; {k} experts")
+#: what the tutorial states of the V0.2.1 runs: its dual-socket local_chat command passes ``--cpu_infer 65``
+#: ("As we use dual socket, we set cpu_infer to 65"), and V0.2.x computes the CPU experts with the llamafile
+#: kernels (doc/en/AMX.md: "Before version v0.3, KTransformers performed CPU matrix multiplications based on
+#: operators provided by llamafile")
+PARAMS_V021 = {"cpu_infer": 65, "cpu_kernel": "llamafile"}
 #: V0.2.1: experts -> prompt -> (prefill tok/s, decode tok/s)
 V021 = {8: {969: (88.2, 13.5), 1930: (88.5, 13.4), 3846: (81.9, 13.2), 7678: (80, 12.4)},
         6: {969: (111, 15.9), 1930: (112.5, 15.4), 3846: (102, 14.9), 7678: (101, 13.9)}}
@@ -43,7 +48,8 @@ def cells() -> list[dict]:
                 out.append({"key": f"V0.2.1|{k}experts|{prompt}|{figure}", "citation": CITATION,
                             "setup": SETUP_V021.format(prompt=prompt, k=k), "row": f"KTransformers V0.2.1, {k} experts",
                             "model": "deepseek-v3", "hardware": PLATFORM, "system": "ktransformers",
-                            "knobs": {"dtype": "int4", "top_k": k}, "figure": figure, "published": value,
+                            "knobs": {"dtype": "int4", "top_k": k}, "params": PARAMS_V021, "figure": figure,
+                            "published": value,
                             "workload": {"num_requests": 1, "prompt_tokens": prompt, "gen_tokens": 300},
                             "table": "V0.2.1", "split": "held-out"})
     for row, (prefill, decode) in V02.items():

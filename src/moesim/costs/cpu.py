@@ -36,3 +36,15 @@ def cpu_experts(hidden: int, ffn: int, num_active: float, routed_tokens: float, 
 
 def kv_bytes(attn: AttentionSpec, tokens: float, kv_dtype: str = "bf16") -> float:
     return tokens * attn.kv_elements_per_token() * BYTES_PER_ELEMENT[kv_dtype]
+
+
+def cpu_kernel_time_s(flop: float, nbytes: float, sustained_flop_per_s: float, memory_bytes_per_s: float) -> float:
+    """Time of a CPU kernel whose sustained compute rate is measured (not a fraction of a datasheet peak applied
+    through the default CPU efficiency): the roofline of that rate and the DRAM bandwidth it streams at::
+
+        t = max(F / R_sustained, B / BW)
+
+    (KTransformers' CPU expert kernels: ``systems_db/ktransformers.yaml`` gives R per kernel and its source)."""
+    if sustained_flop_per_s <= 0 or memory_bytes_per_s <= 0:
+        raise ValueError("cpu_kernel_time_s: rates must be positive")
+    return max(flop / sustained_flop_per_s if flop else 0.0, nbytes / memory_bytes_per_s if nbytes else 0.0)

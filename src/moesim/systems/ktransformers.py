@@ -29,9 +29,12 @@ Batching: ``batch_size`` sequences decode together (balance_serve's ``max_batch_
 ``prefill_chunk_tokens`` (``local_chat``'s ``chunk_prefill_size`` default 8192), experts on the
 CPU as in decode.
 
-CPU expert cost: ``costs.cpu_experts`` (quantized int8/int4 weights computed with int8 dot
-products, AMX/VNNI where the CPU has them; bf16 otherwise), roofline of the CPU's peak for that
-dtype and the host memory bandwidth.
+CPU expert cost: ``costs.cpu_experts``' FLOPs and weight bytes on KTransformers' own kernels at their measured
+sustained rates (``_cpu_expert_s``, ``systems_db/ktransformers.yaml``): llamafile (local_chat's default rules, every
+version; 0.374 of the fp32 SIMD peak per socket, its 6454S MoE microbenchmark) or AMX (v0.3+, 0.289 / 0.237 of the
+AMX bf16 / int8 peak above 4 tokens per expert), against the host DRAM roof. Issue 13: pricing V0.2.1's prefill at
+0.4 of the AMX int8 peak made it 8-11x too fast against the tutorial's tables; at the llamafile rate the held-out
+V0.2.1 prefill cells are within 1-9%.
 
 Sanity check, not a fit (MoE-Gen does not report KTransformers): on C2 (A5000 + EPYC 7453, 512 GB),
 prompt 512, decode 256, defaults: Mixtral-8x7B decode 9.1 tok/s, prefill 44 tok/s (CPU FLOP-bound,
@@ -56,6 +59,7 @@ NUMA (dual-socket expert duplication).
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -79,6 +83,10 @@ class KTransformersParams(BaseModel):
     prefill_chunk_tokens: int = Field(default=8192, ge=1, description="prompt tokens per prefill pass")
     cpu_infer: int | None = Field(default=None, ge=1, description="CPU threads of the expert kernels (--cpu_infer); "
                                                                   "None = local_chat's default, 32")
+    cpu_kernel: Literal["llamafile", "amx"] | None = Field(
+        default=None, description="CPU expert kernels: llamafile (GGUF; local_chat's default rules, every version) or "
+                                  "amx (v0.3+ *-amx rules / kt-kernel AMXINT8/INT4; Intel CPUs with AMX); None = "
+                                  "llamafile")
 
 
 class KTransformers(ServingSystem):
@@ -122,21 +130,31 @@ class KTransformers(ServingSystem):
         return gpu, experts
 
     # ---- one forward pass ----------------------------------------------------------------------
-    def _cpu_expert_s(self, ctx: Context, cost, threads: int) -> float:
-        """CPU time of the routed experts on ``threads`` threads: the compute roof scales with the share of the
-        host's cores the threads use (at most all of them); the DRAM roof does not (a few threads per channel
+    def _cpu_expert_s(self, ctx: Context, cost, threads: int, kernel: str, tokens_per_expert: float) -> float:
+        """CPU time of the routed experts with KTransformers' own kernels on ``threads`` threads.
+
+        The compute roof is the kernel's measured sustained rate (``systems_db/ktransformers.yaml``), per socket,
+        scaled by the share of the host's cores the threads use; the DRAM roof is not (a few threads per channel
         saturate it)::
 
-            t = max(F / (P_host min(1, threads / cores_host)), B / BW_host)  (costs.cpu_time_s on a scaled CPU)"""
-        p = ctx.platform
+            R = f_kernel x peak_socket x sockets x min(1, threads / cores_host)
+            t = max(F / R, B / (BW_host x eff_cpu_mem))     (costs.cpu_kernel_time_s)
+
+        llamafile: f = 0.374 of the fp32 SIMD peak (its MoE microbenchmark on a Xeon Gold 6454S); amx: 0.289 of the
+        AMX BF16 peak or 0.237 of the AMX INT8 peak (21.3 TFLOPS / 35 TOPS per socket, doc/en/AMX.md) when an
+        expert gets more than ``amx_min_tokens_per_expert`` tokens, else the AVX-512 path at the llamafile rate."""
+        p, c = ctx.platform, self.constants
         share = min(1.0, threads / (p.cpu.cores * p.num_cpus))
-        if share >= 1.0:
-            return ctx.cpu_s(cost)
-        cpu = p.cpu.model_copy(update={"peak_flop_per_s": {k: v * share for k, v in p.cpu.peak_flop_per_s.items()}})
-        return costs.cpu_time_s(cost, cpu, p.num_cpus, p.host_memory_bandwidth_bytes_per_s, ctx.eff)
+        if kernel == "amx" and tokens_per_expert > float(c.value("amx_min_tokens_per_expert")):
+            amx_dtype = "bf16" if cost.dtype == "bf16" else "int8"
+            rate = float(c.value(f"amx_fraction_of_peak_{amx_dtype}")) * p.cpu.peak_for(amx_dtype)
+        else:
+            rate = float(c.value("llamafile_fraction_of_fp32_peak")) * p.cpu.peak_for("fp32")
+        bandwidth = p.host_memory_bandwidth_bytes_per_s * ctx.eff.cpu_memory_efficiency
+        return costs.cpu_kernel_time_s(cost.flop, cost.bytes, rate * p.num_cpus * share, bandwidth)
 
     def _pass(self, ctx: Context, seqs: float, q_len: int, kv_len: int, gpu_bytes: float, micro_batches: int = 1,
-              threads: int = 32) -> StepSim:
+              threads: int = 32, kernel: str = "llamafile") -> StepSim:
         m = ctx.model
         mbs = max(1, min(micro_batches, math.ceil(seqs)))
         s_mb = seqs / mbs
@@ -148,9 +166,11 @@ class KTransformers(ServingSystem):
         d2h, h2d = ctx.d2h_s(hidden_bytes), ctx.h2d_s(hidden_bytes)
         if m.moe:
             router = ctx.gpu_s(ctx.router(t_mb))
+            active = ctx.active_experts(t_mb)
             cpu_experts = self._cpu_expert_s(ctx, costs.cpu_experts(m.hidden_size, m.moe.expert_intermediate_size,
-                                                                    ctx.active_experts(t_mb), t_mb * m.moe.top_k,
-                                                                    m.moe.gated, ctx.edtype), threads)
+                                                                    active, t_mb * m.moe.top_k, m.moe.gated,
+                                                                    ctx.edtype), threads, kernel,
+                                             t_mb * m.moe.top_k / max(active, 1e-9))
             shared_cost = ctx.shared_experts(t_mb)
             shared = ctx.gpu_s(shared_cost) if shared_cost else 0.0
         dense = ctx.gpu_s(ctx.dense_ffn(t_mb)) if m.dense_ffn else 0.0
@@ -184,45 +204,53 @@ class KTransformers(ServingSystem):
         return simulate_pass(ctx, engine, layer, prologue, epilogue)
 
     def plan(self, ctx: Context) -> Plan:
-        """As deployed: balance_serve's ``max_batch_size`` (4), one micro-batch, local_chat's 32 expert threads
-        (``systems_db/ktransformers.yaml``), every routed expert in host memory (the shipped optimize rules);
-        ``--policy best``: every core, and the batch (4 to 64, what GPU memory allows) and micro-batches (1, 2)
-        that run fastest (the as-deployed choice among them)."""
+        """As deployed: balance_serve's ``max_batch_size`` (4), one micro-batch, local_chat's 32 expert threads and
+        its default optimize rules' llamafile kernels (``systems_db/ktransformers.yaml``), every routed expert in
+        host memory (the shipped optimize rules); ``--policy best``: every core, the AMX kernels where the CPU has
+        AMX, and the batch (4 to 64, what GPU memory allows) and micro-batches (1, 2) that run fastest (the
+        as-deployed choice among them)."""
         c, prm = self.constants, self.params
         threads = prm.cpu_infer or int(c.value("cpu_infer_default"))
         batch = prm.batch_size or int(c.value("max_batch_size_default"))
         mbs = prm.micro_batches or 1
-        deployed = self._plan(ctx, batch, mbs, threads)
+        kernel = prm.cpu_kernel or str(c.value("cpu_kernel_default"))
+        deployed = self._plan(ctx, batch, mbs, threads, kernel)
         if self.policy != "best":
             return deployed
         p = ctx.platform
         threads = prm.cpu_infer or max(threads, p.cpu.cores * p.num_cpus)
+        kernel = prm.cpu_kernel or ("amx" if "amx" in p.cpu.isa else kernel)
         plans = [deployed]
         for b in ([prm.batch_size] if prm.batch_size else (4, 16, 64)):
             for m in ([prm.micro_batches] if prm.micro_batches else (1, 2)):
                 try:
-                    plans.append(self._plan(ctx, b, m, threads))
+                    plans.append(self._plan(ctx, b, m, threads, kernel))
                 except InfeasibleError:
                     continue
         return min(plans, key=lambda plan: plan.total_time_s)
 
-    def _plan(self, ctx: Context, batch_size: int, micro_batches: int, threads: int) -> Plan:
+    def _plan(self, ctx: Context, batch_size: int, micro_batches: int, threads: int, kernel: str) -> Plan:
         w, prm = ctx.workload, self.params
+        if kernel == "amx" and "amx" not in ctx.platform.cpu.isa:
+            raise InfeasibleError(f"ktransformers: cpu_kernel=amx needs a CPU with AMX; {ctx.platform.cpu.name} has "
+                                  f"{', '.join(ctx.platform.cpu.isa) or 'no listed vector ISA'} (use llamafile)")
         P, G = w.prompt_tokens, w.gen_tokens
         batch, num_batches = balanced_batches(w.num_requests, w.batch_size or batch_size)
         chunk = min(prm.prefill_chunk_tokens, batch * P)
         gpu_bytes, expert_bytes = self._check_memory(ctx, batch, max(chunk, batch))
-        prefill = self._pass(ctx, chunk / P, P, P, gpu_bytes, micro_batches, threads)
+        prefill = self._pass(ctx, chunk / P, P, P, gpu_bytes, micro_batches, threads, kernel)
         passes = math.ceil(batch * P / chunk)
         decode_s, points = simpson_decode_time(
-            lambda c: self._pass(ctx, batch, 1, c, gpu_bytes, micro_batches, threads), P, G)
+            lambda c: self._pass(ctx, batch, 1, c, gpu_bytes, micro_batches, threads, kernel), P, G)
         mbs = max(1, min(micro_batches, batch))
-        notes = [f"routed experts on the CPU ({ctx.platform.cpu.name}, {threads} threads), {mbs} micro-batch(es) "
+        notes = [f"routed experts on the CPU ({ctx.platform.cpu.name}, {threads} threads, {kernel} kernels), {mbs} "
+                 "micro-batch(es) "
                  "per step" + ("" if mbs > 1 else ": GPU and CPU work alternate, only the shared experts overlap "
                                                   "the CPU")]
         return self.make_plan(
             (batch, num_batches), (prefill, passes, chunk), (decode_s, points),
-            config={"batch_size": batch, "micro_batches": mbs, "prefill_chunk_tokens": chunk, "cpu_infer": threads},
+            config={"batch_size": batch, "micro_batches": mbs, "prefill_chunk_tokens": chunk, "cpu_infer": threads,
+                    "cpu_kernel": kernel},
             host_mem_bytes=expert_bytes, notes=notes,
             placement={"weights": "routed experts in host memory (CPU compute); the rest on the GPU",
                        "kv_cache": "gpu"},

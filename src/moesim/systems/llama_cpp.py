@@ -32,8 +32,9 @@ One forward pass runs layer by layer, nothing overlaps (ggml graph on one stream
 A CPU layer costs ``ctx.cpu_s`` of its modules (roofline: DRAM bandwidth and CPU FLOPs): the
 attention projections, attention over the host KV cache, router, the expected distinct activated
 experts of the batch, shared experts or the dense FFN; a GPU layer ``ctx.gpu_s`` of the same in native execution
-(ggml's CUDA backend launches its kernels from C++: each kernel pays the launch latency ``kernel_launch_s``, no
-Python or torch dispatch, :mod:`moesim.costs.execution`).
+with ggml-cuda's own kernels (launched from C++, each paying ``kernel_launch_s``; quantized weights dequantised
+inside mmvq/mmq; one-token ubatches replayed as a CUDA graph on Ampere+; mmq's tile width, one per MUL_MAT_ID
+from the ubatch's tokens, pads each expert's rows: ``_execution``, ``_mmq_tile_rows``).
 
 Op offload (ggml-backend scheduler, ``GGML_OP_OFFLOAD_MIN_BATCH`` = 32; ``--no-op-offload``): a
 matrix product over at least 32 tokens whose weights are in host memory is computed on the GPU
@@ -86,7 +87,40 @@ from ..units import fmt_bytes
 from .base import Plan, ServingSystem, StepSim, balanced_batches, simpson_decode_time, simulate_layers, step_sim
 from .shared.memory import activation_bytes
 
-NATIVE = costs.Execution("native")
+#: ggml's CUDA backend: kernels launched from C++, and its own quantized matmul kernels (mmvq / mmq, also behind
+#: MUL_MAT_ID for all experts of a layer at once): the weights are dequantised inside the kernel and no per-expert
+#: host loop or torch grouped-GEMM ramp exists (``engine_kernels``, :mod:`moesim.costs.execution`)
+NATIVE = costs.Execution("native", engine_kernels=True)
+
+
+def _mmq_tile_rows(tokens: float, constants) -> int:
+    """Rows (tokens) of one tile of ggml-cuda's expert matmul for a ubatch of ``tokens`` tokens. Up to
+    ``mmvq_max_batch`` tokens the vector kernel (mmvq) runs: no tile, each expert's rows computed as they are (1).
+    Above it mmq runs every expert with one tile width mmq_x, chosen for the whole MUL_MAT_ID from ``ncols_max`` =
+    the ubatch's tokens (mmq.cuh ``mul_mat_q_case``: the smallest multiple of 8 - of 16 from 48 on, with tensor
+    cores - that covers them in one tile, at most ``mmq_x_max``), so an expert with r rows computes ceil(r / mmq_x)
+    full tiles."""
+    if tokens <= int(constants.value("mmvq_max_batch")):
+        return 1
+    top = int(constants.value("mmq_x_max"))
+    for x in range(8, top + 1, 8):
+        if (x < 48 or x % 16 == 0) and x >= tokens:
+            return x
+    return top
+
+
+def _execution(ctx: Context, tokens: float, constants) -> costs.Execution:
+    """How ggml-cuda runs a pass of ``tokens`` tokens: a CUDA graph when the batch is one token on a GPU of
+    Ampere or later (ggml-cuda.cu ``check_node_graph_compatibility``: graphs are disabled for batch size > 1 - an
+    ADD with src1 of more than one row, a MUL_MAT_ID with ne[2] != 1 - and below Ampere), else kernels launched
+    one by one from C++; each kernel of a graph adds the replay gap ``graph_kernel_gap_s``. The expert matmul's
+    tile is :func:`_mmq_tile_rows`."""
+    archs = {a.strip() for a in str(constants.value("cuda_graph_architectures")).split(",")}
+    tile = _mmq_tile_rows(tokens, constants)
+    if tokens <= 1 and ctx.platform.gpu.architecture in archs:
+        return costs.Execution("graph", float(constants.value("graph_kernel_gap_s")), engine_kernels=True,
+                               moe_tile_rows=tile)
+    return costs.Execution("native", engine_kernels=True, moe_tile_rows=tile)
 
 
 class LlamaCppParams(BaseModel):
@@ -295,8 +329,10 @@ class LlamaCpp(ServingSystem):
         upload_path = "pageable" if prm.use_mmap else "pinned"  # mmap'd pages: the driver stages them
         attn = {w: ctx.attention_core(seqs, q_len, kv_len, w) for w in (False, True)}
 
-        def gpu_native(cost) -> float:  # ggml's CUDA backend launches its kernels from C++
-            return ctx.gpu_s(cost, NATIVE)
+        execution = _execution(ctx, tokens, self.constants)
+
+        def gpu_native(cost) -> float:  # ggml's CUDA backend: C++ launches (or a CUDA graph), its own kernels
+            return ctx.gpu_s(cost, execution)
         cpu_attn = {w: ctx.cpu_attention(seqs, kv_len, w) if q_len == 1 else attn[w] for w in (False, True)}
         active = ctx.active_experts(tokens) if m.moe else 0.0
         proj = ctx.attention_proj(tokens)
@@ -321,7 +357,7 @@ class LlamaCpp(ServingSystem):
             """A layer whose routed experts stay in host memory (--fit): attention, router and shared experts on
             the GPU; the experts on the CPU (hidden state there and back), or, with op offload, uploaded and run on
             the GPU."""
-            g = ctx.gpu_s
+            g = gpu_native
             out = [("attn proj", "gpu", g(proj), "attention", 0.0),
                    ("attention", "gpu", g(attn[kind.windowed]), "attention", 0.0)]
             mods = dict((name, cost) for name, cost, _ in moe_mods)
@@ -404,7 +440,8 @@ class LlamaCpp(ServingSystem):
         head = costs.lm_head(m.hidden_size, m.vocab_size, max(rows, 1.0), ctx.wdtype)
         last = len(engine.tasks) - 1
         if lay["out_gpu"]:
-            engine.add("lm head", "gpu", ctx.gpu_s(head, NATIVE), [last], category="head")
+            engine.add("lm head", "gpu", ctx.gpu_s(head, _execution(ctx, tokens, self.constants)), [last],
+                       category="head")
         else:
             if where["dev"] == "gpu":
                 last = engine.add("hidden state D2H", "d2h", cross_back, [last], category="transfer",
