@@ -8,8 +8,10 @@ ranking kept - is met but for three ranking pairs; the script prints them):
 * the ranking of the paper's systems is kept in every column but the three pairs known to flip
   today (llama.cpp against the model-based systems on DeepSeek-V2 d=1024): a regression guard, not
   the target;
-* the median |error| is at most 25% (issue 3's target): missed since every system runs as deployed and the
-  reproduction sets only what the paper or its artifact states (38.0%; strict xfail below, it flags when met);
+* the median |error| is at most 25% (issue 3's target), with every system as deployed and the reproduction setting
+  only what the paper or its artifact states (24.0%, issue 13: MoE-Gen's decode attention priced over the
+  micro-batches it runs; DeepSpeed's ZeRO-3 live-parameter cap, Hugging Face DeepSeek's per-head KV cache and
+  its skipping of idle experts);
 * every "Fail" cell that is a matter of memory is predicted infeasible with the reason.
 """
 
@@ -73,14 +75,11 @@ def test_moe_gen_leads_every_baseline_where_the_paper_has_it_ahead(cells):
     assert checked >= 40
 
 
-#: the systems' defaults became their as-deployed ones (issue 13: DeepSpeed's pageable host memory, llama-server's
-#: --fit and 4 slots, MoE-Gen's released settings) and the reproduction's SYSTEM_PARAMS say only which software
-#: version and variant the paper ran (llama.cpp before --fit, transformers 4.42, Table 10's CPU shares): median
-#: 38.0%, DeepSpeed's decode 51-66% under the paper's (it does not say DeepSpeed ran pinned) and MoE-Gen(H)'s
-#: Mixtral decode 3-47% under with Table 10's CPU share. Known misses, strict: they flag when met
-PENDING_PARAMS = pytest.mark.xfail(reason="as-deployed defaults with only what the paper states: median 38.0%, "
-                                          "DeepSpeed pageable decode and MoE-Gen(H)'s Table 10 CPU share under the "
-                                          "paper's figures (README, the published corpus)", strict=True)
+#: every system as deployed and only what the paper states (issue 13): the ranking still flips where DeepSpeed's
+#: Mixtral decode, with pageable host memory (DeepSpeed's default; the paper does not say it pinned), falls under
+#: vLLM's, beside llama.cpp's three known flips. Known misses, strict: they flag when met
+PENDING_PARAMS = pytest.mark.xfail(reason="as-deployed defaults with only what the paper states: DeepSpeed's pageable "
+                                          "Mixtral decode under vLLM's (README, the published corpus)", strict=True)
 
 
 KNOWN_FLIPS = {("Table 6 DS-V2 d=1024", "DeepSpeed", "Llama.cpp"),
@@ -99,7 +98,6 @@ def test_ranking_kept_except_the_known_flips(cells):
     assert flips <= KNOWN_FLIPS, sorted(flips - KNOWN_FLIPS)
 
 
-@PENDING_PARAMS
 def test_median_error_within_25_percent(cells):
     mod, all_cells = cells
     assert mod.median_abs_error(all_cells) <= 0.25

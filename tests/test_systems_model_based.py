@@ -70,16 +70,41 @@ def test_flexgen_reports_its_placement_and_batches(c2):
 
 
 def test_deepspeed_streams_every_expert_and_is_batch_limited_by_gpu_memory(c2):
-    """Model-based batching: the layer buffer holds all experts and the batch is set by GPU memory."""
+    """Model-based batching: the batch is set by GPU memory, next to ZeRO-3's live fetched parameters - ZeRO-
+    Inference's caps, stage3_max_live_parameters + stage3_prefetch_bucket_size = (2 + 2) h^2 elements, i.e.
+    4 x 4096^2 x 2 B = 134,217,728 bytes for Mixtral-8x7B, far below a layer (8 experts x 352 MB)."""
     model = moesim.get_model("mixtral-8x7b")
     p = moesim.predict(model, c2, "deepspeed", {"num_requests": 8500, "prompt_tokens": 512, "gen_tokens": 256})
-    expert_bytes = model.expert_params * 2.0
-    assert p.config["layer_buffer_bytes"] >= model.moe.num_experts * expert_bytes
+    assert p.config["live_weight_bytes"] == 134_217_728
+    assert p.config["live_weight_bytes"] < model.moe.num_experts * model.expert_params * 2.0
     assert p.config["batch_size"] == p.config["max_batch_that_fits"] < 8500
     # a bf16 softmax materialises smaller score matrices than fp32: never a smaller batch
     bf16 = get_system("deepspeed")({"attention_score_dtype": "bf16"}).plan(
         Context(model, c2, OfflineWorkload(num_requests=8500, prompt_tokens=512, gen_tokens=256), Options()))
     assert bf16.batch_size >= p.config["batch_size"]
+
+
+def test_deepspeed_deepseek_caches_per_head_kv_and_fetches_only_the_experts_that_run(c2):
+    """Hugging Face's DeepSeek code caches per-head K and V: 60 x 128 x (192 + 128) x 2 B = 4,915,200 B per token,
+    so a 768-token sequence holds 3.77 GB of KV and only a few fit on a 24 GB GPU; its moe_infer skips experts no
+    token was routed to, so ZeRO-3 copies attention + shared + E_active(B) experts per decode layer, not 160."""
+    ds = get_system("deepspeed")({"transformers": "4.42"})
+    ctx = Context(moesim.get_model("deepseek-v2"), c2, OfflineWorkload(num_requests=8500, prompt_tokens=512,
+                                                                       gen_tokens=256), Options(mla_absorbed=False))
+    assert ds._kv_bytes_per_token(ctx, 768) == 60 * 128 * (192 + 128) * 2
+    plan = ds.plan(ctx)
+    assert 1 <= plan.config["batch_size"] <= (25.3e9 - 0.4e9) // (768 * 4_915_200)
+    kind = next(k for k in ctx.model.layer_kinds() if k.moe)
+    b = plan.config["batch_size"]
+    fetched = ds._fetched_layer_bytes(ctx, kind, b)
+    active = 160 * (1 - (1 - 6 / 160) ** b)  # uniform routing, top-6 of 160
+    expected = ctx.attention_weight_bytes + ctx.shared_weight_bytes + active * ctx.expert_weight_bytes
+    assert fetched == pytest.approx(expected, rel=0.02)
+    assert fetched < 0.5 * (ctx.attention_weight_bytes + 160 * ctx.expert_weight_bytes)
+    # Mixtral's MoE block is treated as calling every expert
+    mctx = Context(moesim.get_model("mixtral-8x7b"), c2, ctx.workload, Options())
+    mkind = next(k for k in mctx.model.layer_kinds() if k.moe)
+    assert ds._fetched_layer_bytes(mctx, mkind, 1) == mctx.attention_weight_bytes + 8 * mctx.expert_weight_bytes
 
 
 def test_moe_lightning_runs_attention_on_the_cpu_with_kv_in_host_memory(c2):

@@ -2,14 +2,17 @@
 
 Where data lives
   weights   all in host memory (pageable unless pin_memory); every pass streams each layer's weights to the
-            GPU, the attention block and ALL experts of the layer (ZeRO partitions parameters,
-            it does not know which experts a batch routes to); the next layer is prefetched
-            while the current one computes, into two layer-sized GPU buffers.
-  KV cache  on the GPU (Hugging Face cache tensors), for the whole batch.
+            GPU: ZeRO-3 gathers a module's parameters when its forward runs, so the attention block and
+            every expert the model code calls - all of them for Mixtral, only those tokens were routed to
+            for DeepSeek (its moe_infer skips idle experts); the next modules are prefetched while the
+            current one computes. Fetched parameters are released after use: the GPU holds ZeRO-Inference's
+            live-parameter cap (stage3_max_live_parameters + prefetch bucket = 4 h^2 elements), not layers.
+  KV cache  on the GPU (Hugging Face cache tensors), for the whole batch; MLA cached as per-head K and V
+            (the Hugging Face DeepSeek code up-projects the latent before caching).
 
 Batching (model-based): one batch of B sequences goes through the whole model together, prefill
 and decode at the same B (Hugging Face ``generate``). B is the largest that GPU memory allows next
-to the resident weights (embeddings, LM head) and the two layer buffers, at the worse of
+to the resident weights (embeddings, LM head) and ZeRO-3's live fetched parameters, at the worse of
 
   prefill  KV of the prompts + the transient peak of one layer: non-flash (eager) attention
            materialises the B x heads x q_len x kv_len score matrix (its softmax in fp32 or
@@ -19,8 +22,8 @@ to the resident weights (embeddings, LM head) and the two layer buffers, at the 
   decode   KV of B full contexts + the step's activations
 
 With ``transformers=4.42`` this is why MoE-Gen (arXiv 2503.09716, section 5) reports DeepSpeed's batch as
-"only 8" for DeepSeek-V2: with 160 experts a layer buffer is ~8 GB, and 128 heads of 512 x 512 fp32 scores
-take 134 MB per prompt.
+"only 8" for DeepSeek-V2: its per-head KV is 4.9 MB per token (3.8 GB per 768-token sequence), and 128 heads
+of 512 x 512 fp32 scores take 134 MB per prompt.
 
 Defaults (as deployed; ``--policy best`` differs only in pinning host memory):
   batch      DeepSpeed has no batch search: ZeRO-Inference's ``run_model.py`` takes ``--batch-size`` from the
@@ -40,9 +43,10 @@ attention projections, attention core (eager: score-matrix traffic added to the 
 router, routed experts on the batch's tokens (only the activated experts compute; all were
 copied), shared experts or dense FFN.
 
-Left out: ZeRO's parameter-partitioning bookkeeping and all-gathers (one GPU), the transient copy
-when the Hugging Face cache grows by concatenation, and MLA caches stored decompressed by the
-Hugging Face DeepSeek code (moesim's KV for MLA is the latent).
+The engine keeps a ring of ``layer_buffers`` layers for the copy/compute overlap (module-level prefetch seen
+layer by layer). Left out: ZeRO's parameter-partitioning bookkeeping and all-gathers (one GPU), its per-module
+hook overhead, and the transient copy when the Hugging Face cache grows by concatenation. Constants:
+``systems_db/deepspeed.yaml``.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ from ..engine import BufferRing, Engine
 from ..errors import InfeasibleError
 from ..modules import Context
 from ..specs import LayerKind
+from ..specs.common import BYTES_PER_ELEMENT
 from ..units import fmt_bytes
 from .base import Plan, ServingSystem, StepSim, balanced_batches, simpson_decode_time, simulate_pass
 from .shared.attention import eager_attention_cost, eager_attention_peak_bytes
@@ -111,8 +116,46 @@ class DeepSpeed(ServingSystem):
             return 0.0
         return eager_attention_peak_bytes(ctx, 1, q_len, kv_len, self.params.attention_score_dtype)
 
+    def _weight_working_bytes(self, ctx: Context) -> float:
+        """GPU bytes of streamed weights live at once. ZeRO-3 gathers a module's parameters in its pre-forward hook
+        and releases them after its forward, prefetching ahead up to a bucket; ZeRO-Inference's launcher caps both
+        (``systems_db/deepspeed.yaml``)::
+
+            W_live = min(layer_buffers x W_layer, (c_live + c_prefetch) h^2 b_w)
+
+        with h the hidden size and b_w bytes per weight: a few modules, not whole layers."""
+        c, m = self.constants, ctx.model
+        zero = ((c.value("zero_max_live_parameters_per_hidden_squared") + c.value("zero_prefetch_bucket_per_hidden_squared"))
+                * m.hidden_size ** 2 * ctx.wbytes)
+        return min(self.params.layer_buffers * max_layer_weight_bytes(ctx), zero)
+
+    @staticmethod
+    def _kv_bytes_per_token(ctx: Context, context_tokens: int) -> float:
+        """KV bytes per token of the Hugging Face cache. For MLA, the Hugging Face DeepSeek code (remote and native)
+        up-projects the latent and caches per-head K and V (``past_key_value.update(key_states, value_states)``),
+        not the latent::
+
+            kv = L H (d_qk + d_v) b_kv        (DeepSeek-V2: 60 x 128 x (192 + 128) x 2 B = 4.9 MB per token)
+
+        other attention kinds cache what the model's spec says."""
+        a = ctx.model.attention
+        if a.kind != "mla":
+            return ctx.kv_bytes_per_token(context_tokens)
+        return (ctx.model.num_layers * a.num_heads * (a.qk_head_dim + a.v_head_dim)
+                * BYTES_PER_ELEMENT[ctx.options.kv_dtype])
+
     def _fixed_bytes(self, ctx: Context) -> float:
-        return ctx.resident_weight_bytes + self.params.layer_buffers * max_layer_weight_bytes(ctx)
+        return ctx.resident_weight_bytes + self._weight_working_bytes(ctx)
+
+    def _fetched_layer_bytes(self, ctx: Context, kind: LayerKind, tokens: int) -> float:
+        """Weights one pass copies for a layer. ZeRO-3 copies a module's parameters when its forward runs; where the
+        model code calls only the experts tokens were routed to (``skips_idle_experts_families``), that is the
+        attention, shared experts and the E_active(tokens) routed experts, else every expert (layer_weight_bytes)."""
+        m = ctx.model
+        families = {f.strip() for f in str(self.constants.value("skips_idle_experts_families")).split(",")}
+        if not (kind.moe and any(m.family.startswith(f) for f in families if f)):
+            return layer_weight_bytes(ctx, kind)
+        return ctx.attention_weight_bytes + ctx.shared_weight_bytes + ctx.active_experts(tokens) * ctx.expert_weight_bytes
 
     def _per_seq_bytes(self, ctx: Context) -> tuple[float, float]:
         """(prefill, decode) GPU bytes per sequence of the batch."""
@@ -120,8 +163,8 @@ class DeepSpeed(ServingSystem):
         p, total = w.prompt_tokens, w.total_context_tokens
         layer_peak = self._score_peak_bytes(ctx, p, p) + activation_bytes(ctx, p)
         logits = prefill_logits_bytes(ctx, p if self._settings(ctx)["logits_all"] else 1)
-        prefill = p * ctx.kv_bytes_per_token(p) + max(layer_peak, logits)
-        decode = total * ctx.kv_bytes_per_token(total) + activation_bytes(ctx, 1)
+        prefill = p * self._kv_bytes_per_token(ctx, p) + max(layer_peak, logits)
+        decode = total * self._kv_bytes_per_token(ctx, total) + activation_bytes(ctx, 1)
         return prefill, decode
 
     def _max_batch(self, ctx: Context) -> int:
@@ -129,11 +172,12 @@ class DeepSpeed(ServingSystem):
         usable = p.usable_gpu_memory_bytes_per_gpu
         fixed = self._fixed_bytes(ctx)
         experts = ctx.model.moe.num_experts if ctx.model.moe else 0
-        self.require_fits(fixed, usable, f"resident weights and {self.params.layer_buffers} layer buffers of "
-                          f"{fmt_bytes(max_layer_weight_bytes(ctx))} (attention + all {experts} experts) need "
+        self.require_fits(fixed, usable, f"resident weights and ZeRO-3's live fetched parameters "
+                          f"({fmt_bytes(self._weight_working_bytes(ctx))}; a layer of {experts} experts is "
+                          f"{fmt_bytes(max_layer_weight_bytes(ctx))}) need "
                           f"{fmt_bytes(fixed)} on {p.gpu.name}, {fmt_bytes(usable)} usable")
         per_seq = max(self._per_seq_bytes(ctx))
-        self.require_fits(per_seq, usable - fixed, f"not even one sequence fits on the GPU next to the layer buffers: "
+        self.require_fits(per_seq, usable - fixed, f"not even one sequence fits on the GPU next to the weights: "
                           f"it needs {fmt_bytes(per_seq)} (KV + attention peak), {fmt_bytes(usable - fixed)} is left")
         return int((usable - fixed) // per_seq)
 
@@ -144,7 +188,7 @@ class DeepSpeed(ServingSystem):
         tokens = seqs * q_len
         dtype = self.params.attention_score_dtype
         engine = Engine(memory_capacity_bytes={"gpu": p.usable_gpu_memory_bytes_per_gpu})
-        wbytes = {k: layer_weight_bytes(ctx, k) for k in m.layer_kinds()}
+        wbytes = {k: self._fetched_layer_bytes(ctx, k, tokens) for k in m.layer_kinds()}
         path = "pinned" if self._settings(ctx)["pinned"] else "pageable"  # ZeRO offload_param pin_memory
         copy = {k: ctx.copy_s(v, path) for k, v in wbytes.items()}
         proj = ctx.gpu_s(ctx.attention_proj(tokens))
@@ -177,7 +221,7 @@ class DeepSpeed(ServingSystem):
             return last
 
         head = ctx.gpu_s(ctx.head(tokens, tokens if (q_len > 1 and self._settings(ctx)["logits_all"]) else seqs))
-        kv = seqs * kv_len * ctx.kv_bytes_per_token(kv_len)
+        kv = seqs * kv_len * self._kv_bytes_per_token(ctx, kv_len)
         if q_len > 1:
             per_seq_peak = max(self._score_peak_bytes(ctx, q_len, kv_len) + activation_bytes(ctx, q_len),
                                prefill_logits_bytes(ctx, q_len) if self._settings(ctx)["logits_all"] else 0.0)
@@ -186,7 +230,7 @@ class DeepSpeed(ServingSystem):
             transient = activation_bytes(ctx, tokens)
 
         holds = {"resident weights (embeddings, LM head)": ctx.resident_weight_bytes,
-                 "layer weight buffers": self.params.layer_buffers * max(wbytes.values()),
+                 "fetched weights (ZeRO-3 live parameters)": self._weight_working_bytes(ctx),
                  "kv cache": kv, "activations / attention scores / logits (peak)": transient}
 
         return simulate_pass(ctx, engine, layer, gpu_holds=holds, head_s=head)
@@ -208,7 +252,7 @@ class DeepSpeed(ServingSystem):
         if wanted and wanted > max_batch:
             raise InfeasibleError(
                 f"deepspeed: batch {wanted} does not fit on the GPU; at most {max_batch} sequences "
-                f"(KV, attention peak and two layer buffers): short by "
+                f"(KV, attention peak and ZeRO-3's live fetched parameters): short by "
                 f"{fmt_bytes((wanted - max_batch) * max(self._per_seq_bytes(ctx)))}"
             )
         batch, num_batches = balanced_batches(w.num_requests, wanted or max_batch)
@@ -216,7 +260,7 @@ class DeepSpeed(ServingSystem):
         decode_s, points = simpson_decode_time(lambda c: self._pass(ctx, batch, 1, c), w.prompt_tokens, w.gen_tokens)
         limit = "prefill peak" if self._per_seq_bytes(ctx)[0] >= self._per_seq_bytes(ctx)[1] else "decode KV"
         config = {"batch_size": batch, "max_batch_that_fits": max_batch, "batch_limited_by": limit,
-                  "layer_buffer_bytes": max_layer_weight_bytes(ctx),
+                  "live_weight_bytes": self._weight_working_bytes(ctx),
                   "attention": cfg["attention"], "logits_all_positions": cfg["logits_all"],
                   "pin_memory": cfg["pinned"]}
         if cfg["attention"] == "eager":

@@ -240,11 +240,24 @@ class MoEGen(ServingSystem):
             {k: ctx.disk_s(v) * disk_fraction for k, v in dense_bytes.items()},
             *(ctx.gpu_s(c) for c in ctx.attention_proj_split(tokens)), mb_groups, kv_group_bytes,
             ctx.h2d_s(kv_group_bytes),
-            {w: ctx.gpu_s(ctx.attention_core(b_a if decode else seqs_per_group, q_len, kv_len, w))
-             * (math.ceil(seqs_per_group / b_a) if decode else 1) for w in (False, True)},
+            {w: ((self._decode_attention_s(ctx, gpu_seqs, b_a, kv_len, w) / mb_groups if mb_groups else 0.0) if decode
+                 else ctx.gpu_s(ctx.attention_core(seqs_per_group, q_len, kv_len, w))) for w in (False, True)},
             {w: ctx.cpu_s(ctx.cpu_attention(cpu_seqs, kv_len, w)) if cpu_seqs else 0.0 for w in (False, True)},
             tokens * ctx.kv_bytes_per_token_layer(), ctx.d2h_s(tokens * ctx.kv_bytes_per_token_layer()),
             ctx.gpu_s(ctx.dense_ffn(tokens)) if m.dense_ffn else 0.0)
+
+    @staticmethod
+    def _decode_attention_s(ctx: Context, gpu_seqs: int, b_a: int, kv_len: int, windowed: bool) -> float:
+        """GPU time of one layer's decode attention over ``gpu_seqs`` sequences in micro-batches of ``b_a``:
+        floor(n / b_a) full micro-batches and one of the remainder, as MoE-Gen runs them::
+
+            t = floor(n / b_a) t_attn(b_a) + t_attn(n mod b_a)
+
+        (the engine spreads it evenly over its micro-batch groups, a simulation detail that must not change
+        the work: rounding each group up to whole micro-batches priced up to twice the micro-batches run)."""
+        full, rest = divmod(gpu_seqs, b_a)
+        t = full * ctx.gpu_s(ctx.attention_core(b_a, 1, kv_len, windowed)) if full else 0.0
+        return t + (ctx.gpu_s(ctx.attention_core(rest, 1, kv_len, windowed)) if rest else 0.0)
 
     def _simulate(self, ctx: Context, seqs: int, q_len: int, kv_len: int, b_a: int, omega: float,
                   disk_fraction: float) -> StepSim:
