@@ -16,7 +16,9 @@ What it runs (transformers 5.17, ``systems_db/transformers.yaml`` cites the code
             nothing overlapped) and dropped after it.
 
 Time of one forward pass: the host and the GPU as two clocks. Each module the host runs costs it
-``calls x torch_call_s + modules x module_call_s`` (calls counted in the 5.17 modelling code); its kernels
+``calls x torch_call_s + modules x module_call_s`` (calls counted in the 5.17 modelling code), each decoder
+layer ``decoder_layer_host_s`` more (its Python beyond the counted torch calls: argument plumbing, the cache's
+and the attention interface's bookkeeping), each forward ``forward_host_s``; its kernels
 start once the host issued the first of them and the GPU is free, and take their roofline time on the
 calibrated curves (:func:`moesim.costs.gpu_time_s` with no launches: the GPU's time alone), except the grouped_mm
 experts forward, whose GPU time is a kernel family measured on transformers' own call (:func:`grouped_mm_layer_s`)
@@ -373,7 +375,7 @@ class Transformers(ServingSystem):
             attn_gpu += norm(tokens, a.kv_lora_rank)
         def layer(is_moe: bool) -> None:
             fetch("norm", m.hidden_size * ctx.wbytes, 1)
-            clk.run("norms", norm_calls * call + mod, norm(tokens))
+            clk.run("norms", c("decoder_layer_host_s") + norm_calls * call + mod, norm(tokens))
             fetch("attention weights", ctx.attention_weight_bytes, 4 + (2 if qk_norm else 0) + (2 if mla else 0))
             clk.run("attention", attn_calls * call + attn_mods * mod, attn_gpu)
             fetch("norm", m.hidden_size * ctx.wbytes, 1)
