@@ -9,7 +9,7 @@ What it runs (transformers 5.17, ``systems_db/transformers.yaml`` cites the code
             (per-head K of qk_nope + qk_rope and V), as the Hugging Face code does.
   experts   ``experts_implementation``: ``eager`` (a Python loop over the experts hit, two host syncs each),
             ``grouped_mm`` (the default; one grouped GEMM per projection) or ``batched_mm`` (the weights of
-            every (token, expert) pair gathered, then one bmm: T k x an expert's weights moved three times).
+            every (token, expert) pair gathered, then one bmm: T k x an expert's weights written, read).
             Inside ``generate`` transformers switches grouped_mm to batched_mm for the decode loop.
   weights   on the GPU; with ``cpu_offload`` (accelerate's ``cpu_offload``) all of them stay in pageable host
             memory and every module's weights are copied to the GPU when it runs (a blocking pageable copy,
@@ -21,8 +21,9 @@ layer ``decoder_layer_host_s`` more (its Python beyond the counted torch calls: 
 and the attention interface's bookkeeping), each forward ``forward_host_s``; its kernels
 start once the host issued the first of them and the GPU is free, and take their roofline time on the
 calibrated curves (:func:`moesim.costs.gpu_time_s` with no launches: the GPU's time alone), except the grouped_mm
-experts forward, whose GPU time is a kernel family measured on transformers' own call (:func:`grouped_mm_layer_s`)
-and whose host time is measured whole (``grouped_mm_host_s``)::
+and batched_mm experts forwards, whose GPU time is a kernel family measured on transformers' own call
+(:func:`grouped_mm_layer_s`, :func:`batched_mm_layer_s`; grouped_mm's host time is measured whole,
+``grouped_mm_host_s``)::
 
     gpu_start = max(G, H + torch_call_s);  H += host_s;  G = gpu_start + gpu_s
     host sync: H = max(H, G) + host_sync_s            blocking copy: H = G = max(H, G) + copy_s
@@ -417,7 +418,6 @@ class Transformers(ServingSystem):
         fetch("expert weights (all experts)", moe.num_experts * ctx.expert_weight_bytes, 2)
         active = ctx.active_experts(tokens)
         mats = 3 if moe.gated else 2
-        move = vector_op(routed * h, 1.0, 2.0)  # one pass over the routed rows (gather, weight, permute, sum)
         if impl == "grouped_mm":
             peak, _ = ctx.platform.gpu.peak_for(ctx.edtype)
             g = sum(grouped_mm_layer_s(h, f, tokens, routed, active, moe.gated, ctx.ebytes, ctx.abytes, peak,
