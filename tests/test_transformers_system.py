@@ -18,7 +18,8 @@ from moesim.db.resolve import get_hardware, get_model
 from moesim.errors import InfeasibleError
 from moesim.modules import Context, Options
 from moesim.specs import OfflineWorkload
-from moesim.systems.transformers import GroupedMMKernels, Transformers, grouped_mm_layer_s
+from moesim.systems.transformers import (BatchedMMKernels, GroupedMMKernels, Transformers, batched_mm_layer_s,
+                                        grouped_mm_layer_s)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,7 +67,7 @@ def test_host_time_of_a_decode_step_by_hand():
     sys_ = Transformers()
     c = lambda k: float(sys_.constants.value(k))  # noqa: E731
     call, mod, rms = c("torch_call_s"), c("module_call_s"), c("rmsnorm_calls")
-    per_layer = ((rms * call + mod)  # input norm
+    per_layer = (c("decoder_layer_host_s") + (rms * call + mod)  # the layer's own Python, input norm
                  + ((c("attention_calls") + 2 * rms) * call + (2 + 4 + 2) * mod)  # attention with q/k norms
                  + ((rms + c("decoder_layer_calls")) * call + mod)  # post-attention norm + residual adds
                  + (c("router_calls") * call + 2 * mod) + (c("batched_mm_calls") * call + mod) + mod)
@@ -116,11 +117,12 @@ def _measured():
 
 
 #: held-out median |error| per (phase, backend) that validation/published/transformers_h200.py reports for the
-#: committed 2026-12-03 measurements, plus a margin (5.4, 15.0, 14.0, 3.3, 10.4, 9.4 %; offload 3.9 / 7.4 %;
-#: prefill grouped_mm was 14.0 % with the scalar grouped_mm_gemm_factor, now the measured kernel family)
-GOLDEN_TOLERANCE = {("decode", "eager"): 0.08, ("decode", "batched_mm"): 0.18, ("generate", "eager"): 0.18,
-                    ("generate", "grouped_mm"): 0.10, ("prefill", "eager"): 0.15, ("prefill", "grouped_mm"): 0.13,
-                    ("offload", "grouped_mm"): 0.10, ("offload", "batched_mm"): 0.12}
+#: committed 2026-12-03 measurements, plus a margin (decode eager 4.4, batched_mm 17.3; generate eager 16.8,
+#: grouped_mm 4.7; prefill eager 13.1, grouped_mm 10.9, batched_mm 6.7 %; offload 4.0 / 7.4 %). Prefill batched_mm
+#: was 27.4 % before its kernel family; the host constants were refitted inside the device's direct bounds.
+GOLDEN_TOLERANCE = {("decode", "eager"): 0.07, ("decode", "batched_mm"): 0.20, ("generate", "eager"): 0.19,
+                    ("generate", "grouped_mm"): 0.08, ("prefill", "eager"): 0.15, ("prefill", "grouped_mm"): 0.13,
+                    ("prefill", "batched_mm"): 0.10, ("offload", "grouped_mm"): 0.07, ("offload", "batched_mm"): 0.10}
 
 
 @pytest.mark.skipif(_measured() is None, reason="no transformers 5.17 measurements committed")
@@ -181,3 +183,59 @@ def test_golden_grouped_mm_kernels_held_out_shapes():
     assert statistics.median(held) < 0.07 and max(held) < 0.18
     mixtral = [r for r in rows if r["model"] == "mixtral-8x7b" and r["tokens"] >= 1024]
     assert mixtral and all(abs(r["gemm_err"]) < 0.1 for r in mixtral)
+
+
+def test_batched_mm_kernel_family_by_hand():
+    """One layer of batched_mm_experts_forward: every (token, expert) pair's gate+up (2I x H) and down (H x I)
+    weights gathered (gather_passes HBM passes at the copy rate) and read once by the bmm, plus the glue, by hand."""
+    k = BatchedMMKernels(copy_bw_efficiency=0.8, gather_passes=1.5, bmm_bw_efficiency=0.9, glue_s=4e-5,
+                         glue_passes_hidden=6, glue_passes_ffn=8, glue_passes_ffn_plain=4)
+    bw = 4.0e12
+    gathers, bmms, glue = batched_mm_layer_s(1000, 500, 80, True, 2.0, 2.0, bw, k)
+    weights = 80 * (1000 * 500 * 2 + 1000 * 500) * 2.0  # 80 rows x 3 matrices of 1000 x 500, bf16
+    assert gathers == pytest.approx(1.5 * weights / (0.8 * bw))
+    assert bmms == pytest.approx(weights / (0.9 * bw))
+    assert glue == pytest.approx(4e-5 + (6 * 1000 + 8 * 500) * 80 * 2.0 / (0.8 * bw))
+    assert batched_mm_layer_s(1000, 500, 0, True, 2.0, 2.0, bw, k) == (0.0, 0.0, 0.0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 4096), st.integers(1, 4096))
+def test_batched_mm_grows_linearly_with_routed_rows(a, b):
+    """The gathered weights are per routed row: the bandwidth terms are exactly linear in the rows."""
+    k = Transformers()._batched_mm_kernels()
+    t = lambda r: sum(batched_mm_layer_s(2048, 1408, r, True, 2.0, 2.0, 4.8e12, k)) - k.glue_s  # noqa: E731
+    assert t(a + b) == pytest.approx(t(a) + t(b), rel=1e-9)
+
+
+def test_golden_batched_mm_kernels_held_out_shapes():
+    """Kernel family against the committed H200 kernel measurements of transformers' batched_mm experts forward:
+    the held-out DeepSeek-V2-Lite, Qwen3-30B-A3B and Mixtral-8x7B shapes (never fitted on) within the reported
+    error plus a margin (validation/published/transformers_batched_mm_kernels.py: whole layer median 7.7 %,
+    max 15.2 %); the bmm's alone (bandwidth-bound) within 10 % from 4 GB gathered."""
+    sys.path.insert(0, str(ROOT / "validation/published"))
+    import transformers_batched_mm_kernels as K
+
+    rows = K.scored(K.points(), K.kernels())
+    held = [r for r in rows if r["split"] == "held-out" and r["routing"] == "uniform"]
+    assert len(held) >= 15
+    assert statistics.median(abs(r["layer_err"]) for r in held) < 0.10
+    assert max(abs(r["layer_err"]) for r in held) < 0.20
+    big = [r for r in held if r["gathered_bytes"] >= 4e9]
+    assert big and all(abs(r["bmm_err"]) < 0.10 for r in big)
+
+
+def test_host_constants_lie_inside_what_the_device_measured():
+    """torch_call_s is at least the device's direct measurement; module_call_s and forward_host_s stay inside the brackets
+    the host-bound measurements give (validation/published/transformers_h200.py measured_host_costs)."""
+    sys.path.insert(0, str(ROOT / "validation/published"))
+    import transformers_h200 as V
+
+    m = V.measured_host_costs()
+    c = lambda key: float(Transformers().constants.value(key))  # noqa: E731
+    assert m["torch_call_s"] * 0.999 <= c("torch_call_s") <= 2 * m["torch_call_s"]
+    assert 0.0 <= c("module_call_s") <= m["module_call_upper_s"]
+    assert 0.0 <= c("forward_host_s") <= m["forward_host_upper_s"] * 1.001
+    assert c("decoder_layer_host_s") >= 0 and c("generate_step_host_s") >= 0
+    # the intercepts come from forwards at 2 and at all layers of both FIT models (4 backends/phases each)
+    assert len(m["forward_intercepts_s"]) == 8

@@ -6,9 +6,15 @@ models built with fewer layers than published, recorded per cell: the prediction
 
 Split, fixed here before any fitting:
   FIT       OLMoE-1B-7B and Qwen1.5-MoE-A2.7B: every cell of theirs may inform the fitted constants
-            (host time per torch call, per module call, per forward, per generate step; the
+            (host time per module call, per decoder layer, per forward, per generate step; the
             cpu_offload hook time from OLMoE's offload cells);
   HELD-OUT  DeepSeek-V2-Lite, Qwen3-30B-A3B, Mixtral-8x7B (and Qwen1.5-MoE's cpu_offload cells): only scored.
+
+The host constants are bounded by what the device measured directly (``*hf-batched-mm-host*.json``, written by
+``validation/torchbench/hf_batched_mm.py``, FIT models only): the per-call measurement (per-call burst
+time of small CUDA ops) bounds torch_call_s from below; module_call_s stays inside the measured module-vs-body bracket and
+forward_host_s under the largest per-forward intercept of host-bound forwards (hidden size 128) at 2 and at all
+layers. Those host-bound cells (``host_cells``, another lease, whose host ran slower) are scored apart.
 
 ``python validation/published/transformers_h200.py`` scores the constants in systems_db/transformers.yaml;
 ``--fit`` fits them on the FIT cells first and prints the values to write there (nothing is written).
@@ -34,7 +40,8 @@ from moesim.systems.transformers import Transformers  # noqa: E402
 
 FIT_MODELS = ("olmoe-1b-7b", "qwen1.5-moe-a2.7b")
 FIT_OFFLOAD_MODELS = ("olmoe-1b-7b",)
-FITTED = ("torch_call_s", "module_call_s", "forward_host_s", "generate_step_host_s", "offload_module_s")
+FITTED = ("torch_call_s", "module_call_s", "forward_host_s", "generate_step_host_s", "offload_module_s",
+          "decoder_layer_host_s")
 GEN_STEPS = 16
 DECODE_STEPS = 6
 
@@ -86,10 +93,70 @@ def predict_cell(c: dict, consts: dict[str, float] | None = None) -> float:
     return system.forward_s(ctx, b, 1, p + 1 + GEN_STEPS // 2, impl, generate_step=True).now
 
 
+def host_measurement_file() -> Path | None:
+    files = sorted(glob.glob(str(ROOT / "validation/measurements/h200/transformers/*hf-batched-mm-host*.json")))
+    return Path(files[-1]) if files else None
+
+
+HOST_PROMPT_KV = 16  # the host cells' prompt (validation/torchbench/hf_batched_mm.py part host)
+
+
+def host_cells(path: Path | None = None) -> list[dict]:
+    """Host-bound cells: whole forwards (prefill of 16 tokens, decode steps) and generate's per-step time of each
+    model built at hidden size 128 (same layers, experts, top_k and modelling code; trivial kernels), so their
+    wall time is the host's: written by validation/torchbench/hf_batched_mm.py (part host). Split as FIT_MODELS."""
+    path = path or host_measurement_file()
+    if path is None:
+        return []
+    data = json.loads(path.read_text())["host"]
+    out = []
+    for c in data.get("forward", []):
+        for phase in ("prefill", "decode"):
+            if c.get(phase + "_s"):
+                out.append(dict(model=c["model"], layers=c["layers"], impl=c["impl"], phase="host " + phase,
+                                measured_s=c[phase + "_s"], split="fit" if c["model"] in FIT_MODELS else "held-out"))
+    for c in data.get("generate", []):
+        if c.get("per_step_s"):
+            out.append(dict(model=c["model"], layers=c["layers"], impl=c["impl"], phase="host generate",
+                            measured_s=c["per_step_s"], split="fit" if c["model"] in FIT_MODELS else "held-out"))
+    return out
+
+
+def small_spec(model: str, layers: int):
+    """The model's spec at the host cells' widths (hidden 128, 4 heads of 32, expert/shared/dense width 64,
+    vocabulary 1024; MLA ranks 32/32/16/32), as hf_batched_mm.small_config builds it: GPU work trivial."""
+    spec = get_model(model)
+    a = spec.attention
+    att = {"num_heads": 4, "num_kv_heads": 4 if a.num_kv_heads >= 4 else a.num_kv_heads, "head_dim": 32}
+    if a.kind == "mla":
+        att.update(kv_lora_rank=32, qk_nope_head_dim=32, qk_rope_head_dim=16, v_head_dim=32)
+    upd = {"num_layers": layers, "hidden_size": 128, "vocab_size": 1024, "attention": a.model_copy(update=att)}
+    if spec.moe is not None:
+        upd["moe"] = spec.moe.model_copy(update={"expert_intermediate_size": 64, "shared_expert_intermediate_size": 64})
+    if spec.dense_ffn is not None:
+        upd["dense_ffn"] = spec.dense_ffn.model_copy(update={"intermediate_size": 64})
+    return spec.model_copy(update=upd)
+
+
+def predict_host_cell(c: dict, consts: dict[str, float] | None = None) -> float:
+    system = Transformers({"experts_implementation": "grouped_mm"})
+    if consts:
+        system.__dict__.setdefault("_consts", {}).update(consts)
+    ctx = Context(small_spec(c["model"], c["layers"]), get_hardware("h200"),
+                  OfflineWorkload(num_requests=1, prompt_tokens=HOST_PROMPT_KV, gen_tokens=8), Options())
+    p = HOST_PROMPT_KV
+    if c["phase"] == "host prefill":
+        return system.forward_s(ctx, 1, p, p, c["impl"]).now
+    if c["phase"] == "host decode":
+        return system.forward_s(ctx, 1, 1, p + 8, c["impl"]).now
+    impl = "batched_mm" if c["impl"] == "grouped_mm" else c["impl"]
+    return system.forward_s(ctx, 1, 1, p + 1 + GEN_STEPS // 2, impl, generate_step=True).now
+
+
 def in_generate(c: dict) -> bool:
     """Whether ``generate`` runs this cell's kernels: its decode loop never runs grouped_mm (transformers 5.17
-    switches it to batched_mm), so forward-only grouped_mm decode cells are scored apart, not targeted."""
-    return not (c["phase"] == "decode" and c["impl"] == "grouped_mm")
+    switches it to batched_mm), so forward-only grouped_mm decode cells (full-size or host) are scored apart."""
+    return not (c["phase"] in ("decode", "host decode") and c["impl"] == "grouped_mm")
 
 
 def errors(rows: list[dict], consts: dict[str, float] | None = None) -> list[dict]:
@@ -100,38 +167,88 @@ def errors(rows: list[dict], consts: dict[str, float] | None = None) -> list[dic
     return out
 
 
+#: micro-benchmark ops of hf_batched_mm.py (part host) that time plain torch calls, and the torch calls each makes
+MICRO_CALLS = {"add": 1, "mul": 1, "view_transpose": 2, "linear": 1, "cat": 1, "hf_rmsnorm_body": 8}
+#: (module call, the same body called directly): their difference is the nn.Module.__call__ machinery
+MODULE_PAIRS = (("module_linear", "linear"), ("module_add", "add"), ("hf_rmsnorm_module", "hf_rmsnorm_body"))
+#: host-bound forwards whose per-forward host time (intercept over the layer count) bounds forward_host_s: the
+#: phases generate runs whose work does not depend on the routing of the small random models (not eager prefill:
+#: the random-weight hidden-128 models send the 16 prompt tokens to far fewer experts than uniform routing would)
+INTERCEPT_GROUPS = {("host prefill", "grouped_mm"), ("host prefill", "batched_mm"), ("host decode", "batched_mm"),
+                    ("host decode", "eager")}
+FIT_BOUNDED = ("torch_call_s", "module_call_s", "forward_host_s", "decoder_layer_host_s", "generate_step_host_s")
+
+
+def measured_host_costs(path: Path | None = None, host_rows: list[dict] | None = None) -> dict:
+    """Host costs measured directly on the device (hf_batched_mm.py part host), FIT models only:
+
+    torch_call_s = the median per-call burst time of MICRO_CALLS; the module machinery's bracket [0, largest of
+    the MODULE_PAIRS differences] (they differ by +-3 us: this host's noise); per-forward host time = the
+    intercept t(2) - 2 (t(L) - t(2)) / (L - 2) of the FIT models' host-bound forwards at 2 and L layers
+    (INTERCEPT_GROUPS), whose largest bounds forward_host_s."""
+    micro = json.loads((path or host_measurement_file()).read_text())["host"]["micro"]
+    per_call = [micro[k]["burst_per_call_s"] / n for k, n in MICRO_CALLS.items()]
+    diffs = [micro[a]["burst_per_call_s"] - micro[b]["burst_per_call_s"] for a, b in MODULE_PAIRS]
+    by: dict[tuple, dict[int, float]] = {}
+    for c in host_cells(path) if host_rows is None else host_rows:
+        if c["split"] == "fit" and (c["phase"], c["impl"]) in INTERCEPT_GROUPS:
+            by.setdefault((c["model"], c["phase"], c["impl"]), {})[c["layers"]] = c["measured_s"]
+    intercepts = []
+    for t in by.values():
+        lo, hi = min(t), max(t)
+        if hi > lo:
+            intercepts.append(t[lo] - lo * (t[hi] - t[lo]) / (hi - lo))
+    return {"torch_call_s": statistics.median(per_call), "module_call_diffs_s": diffs,
+            "module_call_upper_s": max(0.0, max(diffs)), "forward_intercepts_s": intercepts,
+            "forward_host_upper_s": max(intercepts) if intercepts else float("inf")}
+
+
 def fit(rows: list[dict]) -> dict[str, float]:
-    """Fit the host constants on the FIT cells only, by Nelder-Mead in log space on the mean over groups
-    (phase x experts backend, so that no backend's count of cells outweighs another's) of the mean
-    |log(predicted / measured)|: torch_call_s, module_call_s, forward_host_s and generate_step_host_s on the
-    forward and generate cells that generate runs; then offload_module_s on the FIT offload cells. The GPU time
-    of the grouped_mm experts forward is not fitted here: its kernel family (grouped_mm_*) is fitted on kernel
-    measurements by transformers_grouped_mm_kernels.py."""
+    """Fit the host constants on the FIT cells only, inside what the device measured directly.
+
+    torch_call_s in [the device's per-call measurement (:func:`measured_host_costs`: a bare op in a tight loop, the
+    cheapest a call of the modelling code can be), twice that], module_call_s (in [0, the measured module
+    bracket]), forward_host_s (in [0, the largest per-forward intercept of the FIT models' host-bound forwards]),
+    decoder_layer_host_s and generate_step_host_s (>= 0) by bounded least squares on log(predicted / measured) of
+    the FIT models' forward and generate cells that generate runs, each (phase, backend) group weighted equally
+    (the same lease as the scored cells: host speed differs between leases, so the host-bound cells of
+    hf_batched_mm.py bound the constants but are not fitted on). Then offload_module_s on the FIT offload cells
+    (OLMoE's). The GPU side is not fitted here (kernel families: transformers_grouped_mm_kernels.py,
+    transformers_batched_mm_kernels.py)."""
     import numpy as np
-    from scipy.optimize import minimize
+    from scipy.optimize import least_squares, minimize
 
+    measured = measured_host_costs()
     base = {k: float(Transformers().constants.value(k)) for k in FITTED}
-    fit_rows = [c for c in rows if c["split"] == "fit"]
-    on_gpu = [c for c in fit_rows if not c["offload"] and in_generate(c)]
-    off = [c for c in fit_rows if c["offload"]]
+    base["torch_call_s"] = measured["torch_call_s"]
+    use = [c for c in rows if c["split"] == "fit" and not c["offload"] and in_generate(c)]
+    sizes: dict[tuple, int] = {}
+    for c in use:
+        sizes[(c["phase"], c["impl"])] = sizes.get((c["phase"], c["impl"]), 0) + 1
 
-    def loss(rows_, consts):
-        groups: dict[tuple, list[float]] = {}
-        for c in rows_:
-            groups.setdefault((c["phase"], c["impl"]), []).append(abs(math.log(predict_cell(c, consts) / c["measured_s"])))
-        return float(np.mean([np.mean(v) for v in groups.values()])) if groups else 0.0
+    def res(x):
+        consts = dict(base, **dict(zip(FIT_BOUNDED, map(float, x))))
+        return [math.log(predict_cell(c, consts) / c["measured_s"]) / math.sqrt(sizes[(c["phase"], c["impl"])])
+                for c in use]
 
-    names = ["torch_call_s", "module_call_s", "forward_host_s", "generate_step_host_s"]
-    x0 = np.log([max(base[n], 1e-6) for n in names])
-    simplex = np.vstack([x0] + [x0 + np.log(2.0) * np.eye(len(names))[i] for i in range(len(names))])
-    res = minimize(lambda x: loss(on_gpu, dict(zip(names, np.exp(x)))), x0, method="Nelder-Mead",
-                   options={"maxiter": 400, "xatol": 1e-3, "fatol": 1e-5, "initial_simplex": simplex})
-    consts = dict(base, **dict(zip(names, map(float, np.exp(res.x)))))
+    lower = [measured["torch_call_s"], 0.0, 0.0, 0.0, 0.0]
+    upper = [2 * measured["torch_call_s"], max(measured["module_call_upper_s"], 1e-12),
+             max(measured["forward_host_upper_s"], 1e-12), 5e-3, 50e-3]
+    x0 = [1.05 * lower[0], upper[1] / 2, upper[2] / 2, 1e-4, 1e-3]
+    r = least_squares(res, x0, bounds=(lower, upper), x_scale=[1e-6, 1e-6, 1e-3, 1e-4, 1e-3])
+    consts = dict(base, **dict(zip(FIT_BOUNDED, map(float, r.x))))
+    off = [c for c in rows if c["split"] == "fit" and c["offload"]]
     if off:
-        r = minimize(lambda x: loss(off, dict(consts, offload_module_s=float(np.exp(x[0])))),
-                     [math.log(base["offload_module_s"])], method="Nelder-Mead", options={"maxiter": 60})
-        consts["offload_module_s"] = float(np.exp(r.x[0]))
+        def loss(x):
+            return float(np.mean([abs(math.log(predict_cell(c, dict(consts, offload_module_s=float(np.exp(x[0]))))
+                                               / c["measured_s"])) for c in off]))
+        rr = minimize(loss, [math.log(base["offload_module_s"])], method="Nelder-Mead", options={"maxiter": 60})
+        consts["offload_module_s"] = float(np.exp(rr.x[0]))
     return consts
+
+
+def host_errors(rows: list[dict], consts: dict[str, float] | None = None) -> list[dict]:
+    return [dict(c, predicted_s=(p := predict_host_cell(c, consts)), error=p / c["measured_s"] - 1.0) for c in rows]
 
 
 CITATION = ("moesim's own H200 measurements of Hugging Face transformers 5.17 generate "
@@ -196,7 +313,7 @@ def summary(rows: list[dict]) -> list[tuple]:
     """(split, phase, impl, offload, n, median |error|) groups."""
     groups: dict[tuple, list[float]] = {}
     for r in rows:
-        phase = r["phase"] if in_generate(r) else "decode (forward only, outside generate)"
+        phase = r["phase"] if in_generate(r) else r["phase"] + " (forward only, outside generate)"
         key = (r["split"], phase, r["impl"], r["offload"])
         groups.setdefault(key, []).append(abs(r["error"]))
     return [(k[0], k[1], k[2], k[3], len(v), statistics.median(v)) for k, v in sorted(groups.items())]
@@ -232,8 +349,14 @@ def main() -> int:
             print(f"{split:8s} {model:18s} {phase:16s} {impl:10s} {len(v):3d} {statistics.median(v) * 100:+9.1f}% "
                   f"{statistics.median(map(abs, v)) * 100:11.1f}%")
         print()
+    host = host_errors(host_cells(), consts)
+    if args.cells:
+        for r in host:
+            print(f"{r['split']:8s} {r['model']:18s} {r['phase']:16s} {r['impl']:10s} L={r['layers']:3d}          "
+                  f"measured {r['measured_s'] * 1e3:9.2f} ms  predicted {r['predicted_s'] * 1e3:9.2f} ms  "
+                  f"{r['error'] * 100:+6.1f}%")
     print(f"{'split':8s} {'phase':40s} {'impl':10s} {'offload':7s} {'n':>3s} {'median |err|':>12s}")
-    for split, phase, impl, off, n, m in summary(scored):
+    for split, phase, impl, off, n, m in summary(scored) + summary([dict(r, offload=False) for r in host]):
         print(f"{split:8s} {phase:40s} {impl:10s} {str(off):7s} {n:3d} {m * 100:11.1f}%")
     return 0
 

@@ -9,18 +9,21 @@ What it runs (transformers 5.17, ``systems_db/transformers.yaml`` cites the code
             (per-head K of qk_nope + qk_rope and V), as the Hugging Face code does.
   experts   ``experts_implementation``: ``eager`` (a Python loop over the experts hit, two host syncs each),
             ``grouped_mm`` (the default; one grouped GEMM per projection) or ``batched_mm`` (the weights of
-            every (token, expert) pair gathered, then one bmm: T k x an expert's weights moved three times).
+            every (token, expert) pair gathered, then one bmm: T k x an expert's weights written, read).
             Inside ``generate`` transformers switches grouped_mm to batched_mm for the decode loop.
   weights   on the GPU; with ``cpu_offload`` (accelerate's ``cpu_offload``) all of them stay in pageable host
             memory and every module's weights are copied to the GPU when it runs (a blocking pageable copy,
             nothing overlapped) and dropped after it.
 
 Time of one forward pass: the host and the GPU as two clocks. Each module the host runs costs it
-``calls x torch_call_s + modules x module_call_s`` (calls counted in the 5.17 modelling code); its kernels
+``calls x torch_call_s + modules x module_call_s`` (calls counted in the 5.17 modelling code), each decoder
+layer ``decoder_layer_host_s`` more (its Python beyond the counted torch calls: argument plumbing, the cache's
+and the attention interface's bookkeeping), each forward ``forward_host_s``; its kernels
 start once the host issued the first of them and the GPU is free, and take their roofline time on the
 calibrated curves (:func:`moesim.costs.gpu_time_s` with no launches: the GPU's time alone), except the grouped_mm
-experts forward, whose GPU time is a kernel family measured on transformers' own call (:func:`grouped_mm_layer_s`)
-and whose host time is measured whole (``grouped_mm_host_s``)::
+and batched_mm experts forwards, whose GPU time is a kernel family measured on transformers' own call
+(:func:`grouped_mm_layer_s`, :func:`batched_mm_layer_s`; grouped_mm's host time is measured whole,
+``grouped_mm_host_s``)::
 
     gpu_start = max(G, H + torch_call_s);  H += host_s;  G = gpu_start + gpu_s
     host sync: H = max(H, G) + host_sync_s            blocking copy: H = G = max(H, G) + copy_s
@@ -211,6 +214,55 @@ def grouped_mm_layer_s(hidden: int, ffn: int, tokens: float, routed: float, acti
     return gemm(up_n, hidden) + gemm(hidden, ffn), glue
 
 
+@dataclass(frozen=True)
+class BatchedMMKernels:
+    """Kernel family of transformers 5.17's ``batched_mm_experts_forward`` on the GPU (YAML ``batched_mm_*``,
+    fitted by ``validation/published/transformers_batched_mm_kernels.py`` on kernel measurements)."""
+
+    copy_bw_efficiency: float  # achieved fraction of HBM bandwidth of a large device-to-device copy (read + write)
+    gather_passes: float  # HBM passes over the gathered bytes of the index gather: 1 write + the reads L2 misses
+    bmm_bw_efficiency: float  # achieved fraction of HBM bandwidth of the batched GEMV reading the gathered weights
+    glue_s: float  # fixed GPU time of the whole call's ~15 kernels (launch to finish at the smallest sizes)
+    glue_passes_hidden: float  # 2-byte passes over the routed rows x hidden (counted in the 5.17 code)
+    glue_passes_ffn: float  # 2-byte passes over the routed rows x expert width (gated; counted)
+    glue_passes_ffn_plain: float  # the same without a gate
+
+
+def batched_mm_layer_s(hidden: int, ffn: int, routed: float, gated: bool, weight_bytes_per_element: float,
+                       act_bytes_per_element: float, hbm_bytes_per_s: float, k: BatchedMMKernels) -> tuple[float, float, float]:
+    """GPU seconds of one MoE layer's ``batched_mm_experts_forward`` (transformers 5.17): (gathers, bmms, the rest).
+
+    For each projection (gate+up: N = 2I (I without a gate) rows of K = H; down: N = H, K = I) the code indexes the
+    stacked expert weights by the expert id of every one of the S = routed (token, expert) pairs, materialising
+    S x N x K weights (``self.gate_up_proj[expert_ids]``), then runs one ``torch.bmm`` of those with each pair's
+    activation row (a batched GEMV: S matrix-vector products)::
+
+        W_g = S N K b_w                                   gathered bytes of a projection
+        t_gather = gather_passes W_g / (copy_bw_efficiency B)
+        t_bmm    = W_g / (bmm_bw_efficiency B)   (2 flop per weight element: bandwidth-bound)
+
+    ``gather_passes`` lies between 1 (the gather's writes only: every read of the source weights served by L2)
+    and 2 (each gathered byte read from HBM and written back). The rest (repeat_interleave of the hidden rows,
+    clamp, gate, routing-weight multiply, top-k sum, cast) and the fixed time of all ~15 kernels::
+
+        t_glue = glue_s + (passes_hidden S H + passes_ffn S I) b_a / (copy_bw_efficiency B)
+
+    B HBM bytes/s, b_w / b_a bytes per weight / activation element.
+    """
+    if routed <= 0:
+        return 0.0, 0.0, 0.0
+    up_n = (2 if gated else 1) * ffn
+    gathers = bmms = 0.0
+    for n, kk in ((up_n, hidden), (hidden, ffn)):
+        w = routed * n * kk * weight_bytes_per_element
+        gathers += k.gather_passes * w / (k.copy_bw_efficiency * hbm_bytes_per_s)
+        bmms += w / (k.bmm_bw_efficiency * hbm_bytes_per_s)
+    passes_ffn = k.glue_passes_ffn if gated else k.glue_passes_ffn_plain
+    glue = k.glue_s + (k.glue_passes_hidden * hidden + passes_ffn * ffn) * routed * act_bytes_per_element \
+        / (k.copy_bw_efficiency * hbm_bytes_per_s)
+    return gathers, bmms, glue
+
+
 class Transformers(ServingSystem):
     name = "transformers"
     summary = ("Hugging Face transformers generate: static batches, eager PyTorch with Python per module, "
@@ -232,6 +284,9 @@ class Transformers(ServingSystem):
 
     def _grouped_mm_kernels(self) -> GroupedMMKernels:
         return GroupedMMKernels(**{f: self._c("grouped_mm_" + f) for f in GroupedMMKernels.__dataclass_fields__})
+
+    def _batched_mm_kernels(self) -> BatchedMMKernels:
+        return BatchedMMKernels(**{f: self._c("batched_mm_" + f) for f in BatchedMMKernels.__dataclass_fields__})
 
     def _is_mla(self, ctx: Context) -> bool:
         return ctx.model.attention.kind == "mla" and ctx.model.family in self._families("mla_families")
@@ -321,7 +376,7 @@ class Transformers(ServingSystem):
             attn_gpu += norm(tokens, a.kv_lora_rank)
         def layer(is_moe: bool) -> None:
             fetch("norm", m.hidden_size * ctx.wbytes, 1)
-            clk.run("norms", norm_calls * call + mod, norm(tokens))
+            clk.run("norms", c("decoder_layer_host_s") + norm_calls * call + mod, norm(tokens))
             fetch("attention weights", ctx.attention_weight_bytes, 4 + (2 if qk_norm else 0) + (2 if mla else 0))
             clk.run("attention", attn_calls * call + attn_mods * mod, attn_gpu)
             fetch("norm", m.hidden_size * ctx.wbytes, 1)
@@ -363,18 +418,14 @@ class Transformers(ServingSystem):
         fetch("expert weights (all experts)", moe.num_experts * ctx.expert_weight_bytes, 2)
         active = ctx.active_experts(tokens)
         mats = 3 if moe.gated else 2
-        move = vector_op(routed * h, 1.0, 2.0)  # one pass over the routed rows (gather, weight, permute, sum)
         if impl == "grouped_mm":
             peak, _ = ctx.platform.gpu.peak_for(ctx.edtype)
             g = sum(grouped_mm_layer_s(h, f, tokens, routed, active, moe.gated, ctx.ebytes, ctx.abytes, peak,
                                        ctx.platform.gpu.memory_bandwidth_bytes_per_s, self._grouped_mm_kernels()))
             clk.run("experts", c("grouped_mm_host_s") + mod, g)
         elif impl == "batched_mm":
-            wbytes = routed * ctx.expert_weight_bytes  # weights of every (token, expert) pair
-            gather = OpCost(family="vector", flop=0.0, bytes=2.0 * wbytes, dtype="fp32")
-            bmm = OpCost(family="gemm", flop=2.0 * mats * h * f * routed, bytes=wbytes + routed * (3 * h + 3 * f) * 2,
-                         dtype=ctx.edtype, rows=1.0)
-            g = gpu(gather) + gpu(bmm) + 3 * gpu(move) + gpu(vector_op(routed * f, 4.0, 5.0))
+            g = sum(batched_mm_layer_s(h, f, routed, moe.gated, ctx.ebytes, ctx.abytes,
+                                       ctx.platform.gpu.memory_bandwidth_bytes_per_s, self._batched_mm_kernels()))
             clk.run("experts", c("batched_mm_calls") * call + mod, g)
         else:  # eager: the loop head, then one iteration per expert hit, each ending in host syncs
             clk.run("experts", c("eager_head_calls") * call + mod,
