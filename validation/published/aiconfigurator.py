@@ -180,6 +180,25 @@ def expressible(row: dict, layouts: bool = False, disagg: bool = False) -> str |
 NODE_GPUS = 8
 
 
+def _undouble(tp: int, adp: int, mtp: int, mep: int) -> tuple[int, int, int, int]:
+    """The real layout of a row written in the CSV's second convention, else the columns unchanged.
+
+    Rows of the ``2026-04-06.csv`` and ``db-dump`` sources (attention_dp_size stated) write an expert-parallel
+    layout on G GPUs as moe_tp = moe_ep = G with the attention factor multiplied by G: tp8 ep8 on 8 GPUs is
+    (tp 64, dp 1, moe_tp 8, moe_ep 8), attention DP 8 x EP 8 is (tp 1, dp 64, 8, 8), tp2 ep2 is (4, 1, 2, 2). The
+    evidence is in the file: every H200 / B200 TensorRT-LLM DeepSeek-R1 row (1, 64, 8, 8) repeats, to the last
+    digit of TTFT and TPOT, a (1, 8, 1, 8) row of the ``2026-03-25.csv`` source (same ISL, OSL, concurrency,
+    version); (64, 1, 8, 8) SGLang rows repeat (8, 1, 1, 8) ones; gpt-oss-120b's (4, 1, 2, 2) / (16, 1, 4, 4) /
+    (64, 1, 8, 8) TensorRT-LLM rows measure the TPOT of its 2- / 4- / 8-GPU rows at every concurrency; and
+    (tp 1, moe_ep G) or (tp G, moe_tp 1, moe_ep G), the usual EP layouts, never occur in those two sources. Read
+    literally they were 16- and 64-GPU layouts across nodes. Rule: attention DP stated, moe_tp = moe_ep = m > 1,
+    tp x dp = m^2 with one of them 1: G = m, the other divided by m, moe_tp 1, moe_ep m."""
+    m = mtp
+    if m > 1 and mep == m and tp * adp == m * m and min(tp, adp) == 1:
+        return (tp // m, 1, 1, m) if adp == 1 else (1, adp // m, 1, m)
+    return tp, adp, mtp, mep
+
+
 def layout_of(row: dict, prefix: str = "", max_gpus: int = NODE_GPUS) -> dict | str:
     """The row's layout as the engine's own flags, or why moesim cannot express it.
 
@@ -200,6 +219,8 @@ def layout_of(row: dict, prefix: str = "", max_gpus: int = NODE_GPUS) -> dict | 
         adp = moe // tp
     else:
         adp = _int(row[prefix + "attention_dp_size"])
+        tp, adp, mtp, mep = _undouble(tp, adp, mtp, mep)
+        moe = mtp * mep
     g = tp * adp
     if g != moe:
         return "inconsistent layout"
