@@ -259,6 +259,15 @@ def layout_of(row: dict, prefix: str = "", max_gpus: int = NODE_GPUS) -> dict | 
             "layout": (words if (adp > 1 or mep > 1) else "tp") + (f" x{nodes} nodes" if nodes > 1 else "")}
 
 
+def attention_tp_of(row: dict) -> int:
+    """The row's attention tensor-parallel size (tp_size, read through :func:`_undouble` where attention DP is
+    stated)."""
+    tp = _int(row["tp_size"])
+    if row["attention_dp_size"] in ("", None):
+        return tp
+    return _undouble(tp, _int(row["attention_dp_size"]), _int(row["moe_tp_size"]), _int(row["moe_ep_size"]))[0]
+
+
 def disagg_of(row: dict) -> dict | str:
     """A disaggregated row (``mode == disagg``) as moesim's pools, or why not: prefill_num_workers workers of the
     prefill_* layout and decode_num_workers of the decode_* layout (each mapped to the engine's own flags by
@@ -488,7 +497,7 @@ def records(rows: Iterable[dict] | None = None, split: str = "all", limit: int |
             continue
         ttft, tpot, note = predict_row(row, system, model)
         out.append(Record(SOURCE, row["id"], s, row["backend"], model_of(row["model_path"])[0], row["system"],
-                          _int(row["tp_size"]), int(row["isl"]), int(row["osl"]),
+                          attention_tp_of(row), int(row["isl"]), int(row["osl"]),
                           lay["concurrency"] if row["mode"] == "disagg" else concurrency_of(row),
                           float(row["silicon_ttft_ms"]) / 1e3, float(row["silicon_tpot_ms"]) / 1e3, ttft, tpot, note,
                           lay["layout"] if isinstance(lay, dict) else "tp", row["mode"]))
