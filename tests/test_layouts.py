@@ -132,6 +132,14 @@ def test_one_prompt_under_attention_dp_runs_whole_on_one_rank():
     assert lay.rank.core == one.core and lay.rank.attn_proj == pytest.approx(one.attn_proj)
     eighth = rank_times(rank_context(ctx, 1), 256.0, [(1 / 8, 2048, 2048.0)], 256.0)
     assert lay.rank.attn_proj > 4 * eighth.attn_proj
+    # TensorRT-LLM's attention-DP balance prefills every rank's prompts in one iteration: an eighth of it a rank
+    bal = parallel_layer_times(ctx, ParallelLayout(8, 1, 8, 1, 8, prompts_balanced=True), 2048.0, att, ex, "sglang",
+                               2048.0, rank_times)
+    assert bal.rank.core == eighth.core and bal.rank.attn_proj == pytest.approx(eighth.attn_proj)
+    assert bal.rank.experts == lay.rank.experts  # the MoE sees the instance's tokens either way
+    t = get_system("trtllm")({"enable_attention_dp": True, "attention_dp_balance": True}).parallel_layout(ctx)
+    assert t.prompts_balanced and not get_system("trtllm")({"attention_dp_balance": True}).parallel_layout(
+        ctx).prompts_balanced
 
 
 def test_moe_table_carried_linearly_past_its_largest_size():

@@ -10,8 +10,9 @@ How each engine's flags map onto it is the engine's (``vllm.py``, ``sglang.py``,
 shared here. A step of the whole instance with T tokens (all DP ranks together) is priced as one DP rank's step
 (every rank steps in lockstep: the MoE layer is a collective across them):
 
-- attention, dense FFN, shared experts: one DP rank over its T / dp tokens and B / dp sequences, tensor parallel
-  over attn_tp GPUs (its all-reduces over attn_tp GPUs); its KV pool holds only its own sequences;
+- attention, dense FFN, shared experts: the busiest DP rank over its share of the tokens and sequences (B / dp
+  decodes; a prompt whole on one rank, :func:`busiest_rank_sequences`), tensor parallel over attn_tp GPUs (its
+  all-reduces over attn_tp GPUs); its KV pool holds only its own sequences;
 - routed experts: each EP rank holds E / moe_ep experts, each 1 / moe_tp of the expert width, and runs the tokens
   routed to them; the most loaded rank sets the pace (:func:`ep_load_factor`);
 - dispatch and combine: how the engine moves the tokens (``ParallelLayout.a2a``): by default every DP rank's
@@ -65,6 +66,9 @@ class ParallelLayout:
     #: "deepep_ll" (one kind of DeepEP kernel for both phases)
     a2a: str = "allgather"
     two_batch_overlap: bool = False
+    #: prompts spread evenly over the DP ranks (TensorRT-LLM's attention_dp_config.enable_balance: context requests
+    #: held until every rank has one); else a prompt runs whole on one rank (:func:`busiest_rank_sequences`)
+    prompts_balanced: bool = False
 
     def __post_init__(self):
         if not self.moe_tp:
@@ -89,6 +93,8 @@ class ParallelLayout:
                          + (", EPLB" if self.eplb else ""))
         if self.two_batch_overlap:
             parts.append("two-batch overlap")
+        if self.prompts_balanced and self.dp > 1:
+            parts.append("prompts balanced over the DP ranks")
         return ", ".join(parts)
 
 
@@ -373,8 +379,10 @@ def parallel_layer_times(ctx: Context, lay: ParallelLayout, tokens: float,
                          attention: list[tuple[float, float, float]], execution: Execution | None, backend: str,
                          gemm_tokens: float | None, rank_times) -> ParallelLayerTimes:
     """One layer under ``lay`` for a step of the whole instance: ``tokens`` and ``attention`` (sequences, new
-    tokens, context) are the instance's, split evenly over the dp ranks; ``rank_times(rank_ctx, tokens,
-    attention, gemm_tokens)`` prices a DP rank's tensor-parallel layer (the engine's path).
+    tokens, context) are the instance's; the busiest of the dp ranks holds :func:`busiest_rank_sequences` of each
+    group (decodes evenly, a prompt or chunk whole on one rank; prompts evenly where ``lay.prompts_balanced``) and
+    as large a share of the tokens; ``rank_times(rank_ctx, tokens, attention, gemm_tokens)`` prices that rank's
+    tensor-parallel layer (the engine's path).
 
     Routed experts on the most loaded EP rank, for the instance's T tokens (all DP ranks route to every EP rank),
     f = :func:`ep_load_factor` (E, k, T, moe_ep)::
@@ -398,7 +406,8 @@ def parallel_layer_times(ctx: Context, lay: ParallelLayout, tokens: float,
         return replace(half, two_batch_overlap=True)
     dp = lay.dp
     rctx = rank_context(ctx, lay.attn_tp)
-    r_att = [(busiest_rank_sequences(s, dp), q, kv) for s, q, kv in attention]
+    r_att = [(s / dp if lay.prompts_balanced and q > 1 else busiest_rank_sequences(s, dp), q, kv)
+             for s, q, kv in attention]
     spread = sum(s * q for s, q, _ in attention)
     r_tokens = tokens * sum(s * q for s, q, _ in r_att) / spread if spread > 0 else tokens / dp
     r_gemm = None if gemm_tokens is None else max(gemm_tokens / dp, r_tokens)
