@@ -13,6 +13,9 @@ moesim has (vllm, sglang, trtllm), and an MoE model moesim lists, matched throug
 With ``--layouts`` (:func:`expressible` with ``layouts=True``) also the aggregated attention-DP / expert-parallel
 rows on one node (8 GPUs), each mapped to its engine's own flags by :func:`layout_of`; the split rule is the same
 (H100 fit, H200 held-out). The corpus (:func:`published_cells`) holds the TP-only and layout rows (:data:`CORPUS_LAYOUTS`).
+Two of the file's sources (``2026-04-06.csv``, ``db-dump``) write an EP layout on G GPUs as moe_tp = moe_ep = G with
+the attention factor times G (tp8 ep8 as tp 64, attention DP 8 as dp 64); :func:`_undouble` reads them back (the
+file's own duplicate rows are the evidence).
 
 With ``--disagg`` (``disagg=True``) also the disaggregated rows (``mode == disagg``) whose pools are stated
 (prefill_num_workers / decode_num_workers; :func:`disagg_of`): the engine's ``--disaggregate`` with each pool's
