@@ -418,8 +418,8 @@ def _rows_by_id() -> dict[str, dict]:
 #: ``python aiconfigurator.py --layouts`` scores them alone
 CORPUS_LAYOUTS = True
 #: the disaggregated rows (:func:`disagg_of`) stay out of the corpus and the bands: their TTFT is a steady-state
-#: figure without the benchmark's ramp and the servers' KV handshake (held-out median 88% under), which would widen
-#: every aggregated prediction's prefill band; ``python aiconfigurator.py --disagg`` scores them (TPOT 4.3%)
+#: figure without the benchmark's ramp and the servers' KV handshake (held-out median 81% under), which would widen
+#: every aggregated prediction's prefill band; ``python aiconfigurator.py --disagg`` scores them (TPOT 4.9%)
 CORPUS_DISAGG = False
 
 
