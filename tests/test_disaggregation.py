@@ -16,7 +16,7 @@ import moesim
 from moesim.errors import InfeasibleError
 from moesim.modules import Speculative, expected_tokens_per_step
 from moesim.predict import plan_scenario
-from moesim.systems.shared.disaggregation import best_split, kv_transfer_s
+from moesim.systems.shared.disaggregation import best_split, closed_loop_prefill, kv_transfer_s
 from moesim.systems.shared.speculative import acceptance_rates
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,6 +118,50 @@ def test_disaggregated_plan_combines_the_pools():
         other = moesim.predict(sc.replace(system_params={**sc.system_params, "prefill_workers": n_p,
                                                          "decode_workers": 8 - n_p}))
         assert other.throughput_tok_s <= p.throughput_tok_s * (1 + 1e-9)
+
+
+def test_closed_loop_prefill_by_hand():
+    """MVA of C requests cycling prefill (one slot, pass S = 0.3 s) -> KV (0.01 s) -> decode (T = 10 s, a delay):
+    C = 1: S and 1 / (S + t_kv + T); C = 2: R = S (1 + Q(1) - U(1) / 2) with X(1) = 1 / 10.31, Q(1) = U(1) =
+    X(1) S, so R = S (1 + X(1) S / 2)."""
+    r1, x1 = closed_loop_prefill(1, 0.3, 1, 0.01, 10.0, 64)
+    assert r1 == pytest.approx(0.3) and x1 == pytest.approx(1 / 10.31)
+    r2, x2 = closed_loop_prefill(2, 0.3, 1, 0.01, 10.0, 64)
+    expect = 0.3 * (1 + 0.5 * 0.3 / 10.31)
+    assert r2 == pytest.approx(expect) and x2 == pytest.approx(2 / (expect + 10.01))
+    # two slots: a queue of demand S / 2 plus a delay of S / 2
+    r, _ = closed_loop_prefill(1, 0.3, 2, 0.01, 10.0, 64)
+    assert r == pytest.approx(0.3)
+
+
+@settings(max_examples=40, deadline=None)
+@given(c=st.integers(1, 400), s=st.floats(0.01, 2.0), m=st.integers(1, 8), t=st.floats(0.5, 60.0),
+       slots=st.integers(1, 512))
+def test_closed_loop_prefill_bounds(c, s, m, t, slots):
+    """Waiting never makes a pass shorter; the loop runs no faster than its pools (m / S, m_d / T) nor than C
+    requests each taking S + T; past the prefill pool's saturation the waiting grows with C."""
+    r, x = closed_loop_prefill(c, s, m, 0.0, t, slots)
+    assert r >= s * (1 - 1e-9)
+    assert x <= min(m / s, max(slots, 1) / t if c > slots else float("inf"), c / (s + t)) * (1 + 1e-6)
+    r_more, _ = closed_loop_prefill(c + 50, s, m, 0.0, t, slots)
+    assert r_more >= r * (1 - 1e-9)
+
+
+def test_near_saturated_prefill_pool_queues():
+    """SGLang DeepSeek-V3 (AIConfigurator's disaggregated row: 1 prefill worker TP8 of one 8192-token prompt a pass,
+    1 decode worker DP8 x EP8 of 128): the prefill pool runs at ~99% of its rate, so a request waits for passes
+    ahead of it (the fluid rule waited nothing below saturation); TTFT more than 3 passes."""
+    sc = moesim.Scenario(model="deepseek-v3", hardware="hgx-h200", system="sglang", num_gpus=8, num_nodes=2,
+                         prompt_tokens=8192, gen_tokens=1024, num_requests=128, batch_size=128,
+                         system_params={"disaggregate": True, "prefill_gpus": 8, "decode_gpus": 8,
+                                        "prefill_workers": 1, "decode_workers": 1,
+                                        "prefill_params": "max_running_requests=1",
+                                        "decode_params": "data_parallel_size=8,enable_dp_attention=true,"
+                                                         "expert_parallel_size=8,max_running_requests=16"})
+    _, plan, _, _ = plan_scenario(sc)
+    pass_s = plan.config["pools"]["prefill"]["pass_s"]
+    assert plan.queue_s > 2 * pass_s and plan.ttft_s > 3 * pass_s
+    assert plan.rate_per_s <= min(plan.prefill_rate_per_s, plan.decode_rate_per_s)
 
 
 # ---- MTP -----------------------------------------------------------------------------------------------------

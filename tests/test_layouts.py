@@ -19,8 +19,10 @@ from moesim.modules import Context
 from moesim.predict import plan_scenario, resolve
 from moesim.systems import get_system
 from moesim.systems.shared.engine_step import engine_execution, engine_layer_times
-from moesim.systems.shared.parallel import (ParallelLayout, all_to_all_s, destinations_per_token,
-                                            ep_load_factor, expected_max_standard_normal, parallel_layer_times)
+from moesim.systems.shared.parallel import (ParallelLayout, _table_moe_beyond, all_to_all_s, busiest_rank_sequences,
+                                            destinations_per_token, ep_load_factor, expected_max_standard_normal,
+                                            parallel_layer_times)
+from hypothesis import given, strategies as st
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,6 +97,71 @@ def test_one_rank_layout_equals_tensor_parallel_pricing():
     assert lay.dispatch == lay.combine == 0.0
     for f in ("attn_proj", "core", "allreduce", "router", "experts", "shared", "dense"):
         assert getattr(lay.rank, f) == pytest.approx(getattr(tp, f), rel=1e-12), f
+
+
+def test_busiest_rank_sequences_by_hand():
+    """A request lives on one DP rank: 1 prompt over 8 ranks is a whole prompt on one of them, half a prompt (a
+    chunk) stays whole on one, 16 share 2 a rank; no DP: unchanged."""
+    assert busiest_rank_sequences(1.0, 8) == 1.0
+    assert busiest_rank_sequences(0.5, 8) == 0.5
+    assert busiest_rank_sequences(4.0, 8) == 1.0
+    assert busiest_rank_sequences(16.0, 8) == 2.0
+    assert busiest_rank_sequences(3.0, 1) == 3.0
+
+
+@given(st.floats(min_value=0.0, max_value=1e4), st.integers(min_value=1, max_value=64))
+def test_busiest_rank_sequences_between_even_share_and_all(s, dp):
+    r = busiest_rank_sequences(s, dp)
+    assert s / dp - 1e-9 <= r <= s + 1e-9
+    assert r >= min(s, 1.0) - 1e-9
+
+
+def test_one_prompt_under_attention_dp_runs_whole_on_one_rank():
+    """DP 8 x EP 8, a step of one 2048-token prompt: the busiest rank's attention and projections are those of the
+    whole prompt on one GPU (not an eighth of it); the experts see the instance's 2048 tokens."""
+    ctx = _ctx()
+    ex = engine_execution("graph")
+
+    def rank_times(c, t, a, g):
+        return engine_layer_times(c, t, a, ex, "sglang", g)
+
+    att = [(1.0, 2048, 2048.0)]
+    lay = parallel_layer_times(ctx, ParallelLayout(8, 1, 8, 1, 8), 2048.0, att, ex, "sglang", 2048.0, rank_times)
+    from moesim.systems.shared.parallel import rank_context
+    one = rank_times(rank_context(ctx, 1), 2048.0, att, 2048.0)
+    assert lay.rank.core == one.core and lay.rank.attn_proj == pytest.approx(one.attn_proj)
+    eighth = rank_times(rank_context(ctx, 1), 256.0, [(1 / 8, 2048, 2048.0)], 256.0)
+    assert lay.rank.attn_proj > 4 * eighth.attn_proj
+    # TensorRT-LLM's attention-DP balance prefills every rank's prompts in one iteration: an eighth of it a rank
+    bal = parallel_layer_times(ctx, ParallelLayout(8, 1, 8, 1, 8, prompts_balanced=True), 2048.0, att, ex, "sglang",
+                               2048.0, rank_times)
+    assert bal.rank.core == eighth.core and bal.rank.attn_proj == pytest.approx(eighth.attn_proj)
+    assert bal.rank.experts == lay.rank.experts  # the MoE sees the instance's tokens either way
+    t = get_system("trtllm")({"enable_attention_dp": True, "attention_dp_balance": True}).parallel_layout(ctx)
+    assert t.prompts_balanced and not get_system("trtllm")({"attention_dp_balance": True}).parallel_layout(
+        ctx).prompts_balanced
+
+
+def test_moe_table_carried_linearly_past_its_largest_size():
+    """t(T) = 2^j t(T / 2^j) with the fewest halvings that reach the table; by hand with a table that stops at
+    1000 tokens, and on the measured TensorRT-LLM H200 table (DeepSeek EP8 stops at 65,536 tokens)."""
+    calls = []
+
+    def lookup(ctx, tables, tokens, tp=None, ep=1):
+        calls.append(tokens)
+        return None if tokens > 1000 else 1e-6 * tokens + 5e-5
+
+    assert _table_moe_beyond(None, None, 800.0, 1, 8, lookup) == pytest.approx(1e-6 * 800 + 5e-5)
+    assert _table_moe_beyond(None, None, 3000.0, 1, 8, lookup) == pytest.approx(4 * (1e-6 * 750 + 5e-5))
+    assert calls[-3:] == [3000.0, 1500.0, 750.0]
+    assert _table_moe_beyond(None, None, 1e9, 1, 8, lookup) is None  # beyond 2^6 halvings: none
+
+    from moesim.systems.shared.engine_step import _kernel_tables, routed_table_moe_s
+    ctx = _ctx()
+    tables = _kernel_tables(ctx, "trtllm")
+    inside = routed_table_moe_s(ctx, tables, 65536.0, tp=1, ep=8)
+    assert inside is not None and routed_table_moe_s(ctx, tables, 131072.0, tp=1, ep=8) is None
+    assert _table_moe_beyond(ctx, tables, 131072.0, 1, 8, routed_table_moe_s) == pytest.approx(2 * inside)
 
 
 # ---- engines ------------------------------------------------------------------------------------------------
@@ -227,3 +294,33 @@ def test_aiconfigurator_layout_rows_map_to_engine_flags():
     row = {**row, "backend": "sglang", "tp_size": "8", "moe_tp_size": "8", "moe_ep_size": "8"}  # 64 GPUs: 8 nodes
     assert mod.layout_of(row)["nodes"] == 8 and mod.layout_of(row)["gpus"] == 8
     assert mod.scenario_of(row).num_nodes == 8
+
+
+def test_aiconfigurator_second_layout_convention():
+    """The 2026-04-06 / db-dump rows write EP on G GPUs as moe_tp = moe_ep = G with tp or dp x G
+    (:func:`_undouble`): by hand, and against the committed CSV, where every such H200 TensorRT-LLM DeepSeek-R1
+    attention-DP row repeats the TTFT and TPOT of a (1, 8, 1, 8) row and now maps to the same 8-GPU layout."""
+    mod = _aic()
+    assert mod._undouble(64, 1, 8, 8) == (8, 1, 1, 8)
+    assert mod._undouble(1, 64, 8, 8) == (1, 8, 1, 8)
+    assert mod._undouble(4, 1, 2, 2) == (2, 1, 1, 2)
+    assert mod._undouble(1, 16, 4, 4) == (1, 4, 1, 4)
+    for cols in ((8, 1, 8, 1), (2, 2, 2, 2), (8, 1, 1, 8), (2, 2, 1, 4)):
+        assert mod._undouble(*cols) == cols
+    rows = mod.load_rows(ROOT / "validation" / "data" / "aiconfigurator" / "silicon_sample.csv")
+    pick = [r for r in rows if r["system"] == "h200_sxm" and r["backend"] == "trtllm" and r["mode"] == "agg"
+            and r["model_path"] == "deepseek-ai/DeepSeek-R1"]
+    doubled = [r for r in pick if (r["tp_size"], r["attention_dp_size"], r["moe_tp_size"], r["moe_ep_size"])
+               == ("1", "64", "8", "8")]
+    plain = {(r["isl"], r["osl"], mod.concurrency_of(r), r["silicon_ttft_ms"][:8], r["silicon_tpot_ms"][:8]): r
+             for r in pick if (r["tp_size"], r["attention_dp_size"], r["moe_tp_size"], r["moe_ep_size"])
+             == ("1", "8", "1", "8")}
+    twins = [(r, plain.get((r["isl"], r["osl"], mod.concurrency_of(r), r["silicon_ttft_ms"][:8],
+                            r["silicon_tpot_ms"][:8]))) for r in doubled]
+    assert len(doubled) >= 5 and sum(t is not None for _, t in twins) >= 5
+    for r, twin in twins:
+        lay = mod.layout_of(r)
+        assert lay["gpus"] == 8 and lay["nodes"] == 1 and lay["layout"] == "tp1 dp8 ep8"
+        assert mod.attention_tp_of(r) == 1
+        if twin is not None:
+            assert lay == mod.layout_of(twin)

@@ -13,6 +13,9 @@ moesim has (vllm, sglang, trtllm), and an MoE model moesim lists, matched throug
 With ``--layouts`` (:func:`expressible` with ``layouts=True``) also the aggregated attention-DP / expert-parallel
 rows on one node (8 GPUs), each mapped to its engine's own flags by :func:`layout_of`; the split rule is the same
 (H100 fit, H200 held-out). The corpus (:func:`published_cells`) holds the TP-only and layout rows (:data:`CORPUS_LAYOUTS`).
+Two of the file's sources (``2026-04-06.csv``, ``db-dump``) write an EP layout on G GPUs as moe_tp = moe_ep = G with
+the attention factor times G (tp8 ep8 as tp 64, attention DP 8 as dp 64); :func:`_undouble` reads them back (the
+file's own duplicate rows are the evidence).
 
 With ``--disagg`` (``disagg=True``) also the disaggregated rows (``mode == disagg``) whose pools are stated
 (prefill_num_workers / decode_num_workers; :func:`disagg_of`): the engine's ``--disaggregate`` with each pool's
@@ -243,6 +246,25 @@ DENSE_NOTE = ("SGLang and TensorRT-LLM measured no MoE model in tensor parallel 
 NODE_GPUS = 8
 
 
+def _undouble(tp: int, adp: int, mtp: int, mep: int) -> tuple[int, int, int, int]:
+    """The real layout of a row written in the CSV's second convention, else the columns unchanged.
+
+    Rows of the ``2026-04-06.csv`` and ``db-dump`` sources (attention_dp_size stated) write an expert-parallel
+    layout on G GPUs as moe_tp = moe_ep = G with the attention factor multiplied by G: tp8 ep8 on 8 GPUs is
+    (tp 64, dp 1, moe_tp 8, moe_ep 8), attention DP 8 x EP 8 is (tp 1, dp 64, 8, 8), tp2 ep2 is (4, 1, 2, 2). The
+    evidence is in the file: every H200 / B200 TensorRT-LLM DeepSeek-R1 row (1, 64, 8, 8) repeats, to the last
+    digit of TTFT and TPOT, a (1, 8, 1, 8) row of the ``2026-03-25.csv`` source (same ISL, OSL, concurrency,
+    version); (64, 1, 8, 8) SGLang rows repeat (8, 1, 1, 8) ones; gpt-oss-120b's (4, 1, 2, 2) / (16, 1, 4, 4) /
+    (64, 1, 8, 8) TensorRT-LLM rows measure the TPOT of its 2- / 4- / 8-GPU rows at every concurrency; and
+    (tp 1, moe_ep G) or (tp G, moe_tp 1, moe_ep G), the usual EP layouts, never occur in those two sources. Read
+    literally they were 16- and 64-GPU layouts across nodes. Rule: attention DP stated, moe_tp = moe_ep = m > 1,
+    tp x dp = m^2 with one of them 1: G = m, the other divided by m, moe_tp 1, moe_ep m."""
+    m = mtp
+    if m > 1 and mep == m and tp * adp == m * m and min(tp, adp) == 1:
+        return (tp // m, 1, 1, m) if adp == 1 else (1, adp // m, 1, m)
+    return tp, adp, mtp, mep
+
+
 def layout_of(row: dict, prefix: str = "", max_gpus: int = NODE_GPUS) -> dict | str:
     """The row's layout as the engine's own flags, or why moesim cannot express it.
 
@@ -263,6 +285,8 @@ def layout_of(row: dict, prefix: str = "", max_gpus: int = NODE_GPUS) -> dict | 
         adp = moe // tp
     else:
         adp = _int(row[prefix + "attention_dp_size"])
+        tp, adp, mtp, mep = _undouble(tp, adp, mtp, mep)
+        moe = mtp * mep
     g = tp * adp
     if g != moe:
         return "inconsistent layout"
@@ -299,6 +323,15 @@ def layout_of(row: dict, prefix: str = "", max_gpus: int = NODE_GPUS) -> dict | 
         f" moe-tp{mtp}" if mtp not in (g,) and mep > 1 and mtp > 1 else "")
     return {"gpus": g // nodes, "nodes": nodes, "params": params,
             "layout": (words if (adp > 1 or mep > 1) else "tp") + (f" x{nodes} nodes" if nodes > 1 else "")}
+
+
+def attention_tp_of(row: dict) -> int:
+    """The row's attention tensor-parallel size (tp_size, read through :func:`_undouble` where attention DP is
+    stated)."""
+    tp = _int(row["tp_size"])
+    if row["attention_dp_size"] in ("", None):
+        return tp
+    return _undouble(tp, _int(row["attention_dp_size"]), _int(row["moe_tp_size"]), _int(row["moe_ep_size"]))[0]
 
 
 def disagg_of(row: dict) -> dict | str:
@@ -449,8 +482,8 @@ def _rows_by_id() -> dict[str, dict]:
 #: ``python aiconfigurator.py --layouts`` scores them alone
 CORPUS_LAYOUTS = True
 #: the disaggregated rows (:func:`disagg_of`) stay out of the corpus and the bands: their TTFT is a steady-state
-#: figure without the benchmark's ramp and the servers' KV handshake (held-out median 88% under), which would widen
-#: every aggregated prediction's prefill band; ``python aiconfigurator.py --disagg`` scores them (TPOT 4.3%)
+#: figure without the benchmark's ramp and the servers' KV handshake (held-out median 81% under), which would widen
+#: every aggregated prediction's prefill band; ``python aiconfigurator.py --disagg`` scores them (TPOT 4.9%)
 CORPUS_DISAGG = False
 
 
@@ -531,7 +564,7 @@ def records(rows: Iterable[dict] | None = None, split: str = "all", limit: int |
             continue
         ttft, tpot, note = predict_row(row, system, model)
         out.append(Record(SOURCE, row["id"], s, row["backend"], row_model(row)[0], row["system"],
-                          _int(row["tp_size"]), int(row["isl"]), int(row["osl"]),
+                          attention_tp_of(row), int(row["isl"]), int(row["osl"]),
                           lay["concurrency"] if row["mode"] == "disagg" else concurrency_of(row),
                           float(row["silicon_ttft_ms"]) / 1e3, float(row["silicon_tpot_ms"]) / 1e3, ttft, tpot, note,
                           lay["layout"] if isinstance(lay, dict) else "tp", row["mode"], is_dense(row)))

@@ -55,6 +55,10 @@ class TRTLLMParams(DisaggregationParams, SpeculativeParams):
     enable_attention_dp: bool = Field(
         default=False, description="attention data parallel: every GPU runs attention on its own requests "
                                    "(LLM API enable_attention_dp)")
+    attention_dp_balance: bool = Field(
+        default=False, description="attention DP balance (LLM API attention_dp_config.enable_balance, default off): "
+                                   "context requests held until every DP rank has one, then prefilled in the same "
+                                   "iteration; off: a prompt runs on its own rank while the others wait for it")
     moe_expert_parallel_size: int | None = Field(
         default=None, ge=1, description="expert-parallel size of the MoE layers (LLM API moe_expert_parallel_size; "
                                         "None = tp_size / moe_tensor_parallel_size, 1 when neither is set)")
@@ -120,7 +124,8 @@ class TRTLLM(ContinuousBatchingEngine):
         dp = g if p.enable_attention_dp else 1
         # attention DP on one HGX node: the MoE's tokens all-gathered and its output reduce-scattered (TensorRT-LLM's
         # all-to-all MoE path is for multi-node NVLink (MNNVL) systems)
-        return ParallelLayout(g, g // dp, dp, mtp, mep, a2a="allgather")
+        return ParallelLayout(g, g // dp, dp, mtp, mep, a2a="allgather",
+                              prompts_balanced=p.attention_dp_balance and p.enable_attention_dp)
 
     def plan(self, ctx: Context):
         if ctx.workload.prompt_tokens > self.params.max_num_tokens:

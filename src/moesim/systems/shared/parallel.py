@@ -10,8 +10,9 @@ How each engine's flags map onto it is the engine's (``vllm.py``, ``sglang.py``,
 shared here. A step of the whole instance with T tokens (all DP ranks together) is priced as one DP rank's step
 (every rank steps in lockstep: the MoE layer is a collective across them):
 
-- attention, dense FFN, shared experts: one DP rank over its T / dp tokens and B / dp sequences, tensor parallel
-  over attn_tp GPUs (its all-reduces over attn_tp GPUs); its KV pool holds only its own sequences;
+- attention, dense FFN, shared experts: the busiest DP rank over its share of the tokens and sequences (B / dp
+  decodes; a prompt whole on one rank, :func:`busiest_rank_sequences`), tensor parallel over attn_tp GPUs (its
+  all-reduces over attn_tp GPUs); its KV pool holds only its own sequences;
 - routed experts: each EP rank holds E / moe_ep experts, each 1 / moe_tp of the expert width, and runs the tokens
   routed to them; the most loaded rank sets the pace (:func:`ep_load_factor`);
 - dispatch and combine: how the engine moves the tokens (``ParallelLayout.a2a``): by default every DP rank's
@@ -65,6 +66,9 @@ class ParallelLayout:
     #: "deepep_ll" (one kind of DeepEP kernel for both phases)
     a2a: str = "allgather"
     two_batch_overlap: bool = False
+    #: prompts spread evenly over the DP ranks (TensorRT-LLM's attention_dp_config.enable_balance: context requests
+    #: held until every rank has one); else a prompt runs whole on one rank (:func:`busiest_rank_sequences`)
+    prompts_balanced: bool = False
 
     def __post_init__(self):
         if not self.moe_tp:
@@ -89,6 +93,8 @@ class ParallelLayout:
                          + (", EPLB" if self.eplb else ""))
         if self.two_batch_overlap:
             parts.append("two-batch overlap")
+        if self.prompts_balanced and self.dp > 1:
+            parts.append("prompts balanced over the DP ranks")
         return ", ".join(parts)
 
 
@@ -329,12 +335,54 @@ class ParallelLayerTimes:
         return eng.add(f"L{i} micro-batches joined", "gpu", 0.0, ends, category="experts")
 
 
+def busiest_rank_sequences(seqs: float, dp: int) -> float:
+    """Sequences of a group (decodes, or prompts / prompt chunks) on the busiest of ``dp`` attention-DP ranks::
+
+        s_rank = max(s / dp, min(s, 1))
+
+    A request lives on one DP rank (vLLM's DP engines, SGLang's DP attention, TensorRT-LLM's attention DP each
+    schedule their own requests), so a prompt is not split over the ranks: with fewer prompts in a step than
+    ranks, the rank that has one runs all of its tokens' attention and dense layers while the others, whose step
+    is lighter, wait for it at the MoE layer's collective (every rank steps in lockstep). ``s`` below 1 is a chunk
+    (a fraction of a prompt), on one rank. With at least dp of them the ranks share them evenly (the engines send
+    a request to the rank with the fewest)."""
+    if dp <= 1:
+        return seqs
+    return max(seqs / dp, min(seqs, 1.0))
+
+
+#: halvings tried when a token count lies beyond a kernel table's largest measured size (2^6 = 64 x)
+_TABLE_HALVINGS = 6
+
+
+def _table_moe_beyond(ctx: Context, tables, tokens: float, tp: int, ep: int, lookup) -> float | None:
+    """The measured fused-MoE time of ``tokens`` tokens, carried linearly past the table's largest size::
+
+        t(T) = 2^j t(T / 2^j),   j the fewest halvings (<= 6) that bring T inside the table
+
+    A step of every DP rank's tokens together (dp x the engine's token budget: 65,536 for TensorRT-LLM's 8192 on
+    8 ranks) lies beyond the tables' sizes (AIConfigurator's MoE tables stop at 65,536 tokens), where the lookup
+    finds nothing and the roofline, at half the measured time there, took over (DeepSeek-R1 EP8 on H200: 5.3 ms a
+    layer against the table's 11.0 ms at 65,536). At such sizes the grouped GEMMs are compute-bound and linear in
+    the tokens (the tables' last doubling, 32,768 to 65,536 tokens, takes 2.04 x the time)."""
+    t = lookup(ctx, tables, tokens, tp=tp, ep=ep)
+    j = 0
+    while t is None and j < _TABLE_HALVINGS and tokens / 2 ** (j + 1) >= 1.0:
+        j += 1
+        t = lookup(ctx, tables, tokens / 2 ** j, tp=tp, ep=ep)
+        if t is not None:
+            t *= 2 ** j
+    return t
+
+
 def parallel_layer_times(ctx: Context, lay: ParallelLayout, tokens: float,
                          attention: list[tuple[float, float, float]], execution: Execution | None, backend: str,
                          gemm_tokens: float | None, rank_times) -> ParallelLayerTimes:
     """One layer under ``lay`` for a step of the whole instance: ``tokens`` and ``attention`` (sequences, new
-    tokens, context) are the instance's, split evenly over the dp ranks; ``rank_times(rank_ctx, tokens,
-    attention, gemm_tokens)`` prices a DP rank's tensor-parallel layer (the engine's path).
+    tokens, context) are the instance's; the busiest of the dp ranks holds :func:`busiest_rank_sequences` of each
+    group (decodes evenly, a prompt or chunk whole on one rank; prompts evenly where ``lay.prompts_balanced``) and
+    as large a share of the tokens; ``rank_times(rank_ctx, tokens, attention, gemm_tokens)`` prices that rank's
+    tensor-parallel layer (the engine's path).
 
     Routed experts on the most loaded EP rank, for the instance's T tokens (all DP ranks route to every EP rank),
     f = :func:`ep_load_factor` (E, k, T, moe_ep)::
@@ -358,9 +406,11 @@ def parallel_layer_times(ctx: Context, lay: ParallelLayout, tokens: float,
         return replace(half, two_batch_overlap=True)
     dp = lay.dp
     rctx = rank_context(ctx, lay.attn_tp)
-    r_tokens = tokens / dp
-    r_gemm = None if gemm_tokens is None else gemm_tokens / dp
-    r_att = [(s / dp, q, kv) for s, q, kv in attention]
+    r_att = [(s / dp if lay.prompts_balanced and q > 1 else busiest_rank_sequences(s, dp), q, kv)
+             for s, q, kv in attention]
+    spread = sum(s * q for s, q, _ in attention)
+    r_tokens = tokens * sum(s * q for s, q, _ in r_att) / spread if spread > 0 else tokens / dp
+    r_gemm = None if gemm_tokens is None else max(gemm_tokens / dp, r_tokens)
     base = rank_times(rctx, r_tokens, r_att, r_gemm)
     if not m.moe:
         return ParallelLayerTimes(base, 0.0, 0.0, lay.two_batch_overlap)
@@ -373,7 +423,7 @@ def parallel_layer_times(ctx: Context, lay: ParallelLayout, tokens: float,
         tables = _kernel_tables(ctx, backend)
         if tables is not None:
             # the most loaded rank runs its kernel as if every rank carried its load: the balanced table at f T
-            experts = routed_table_moe_s(ctx, tables, rows * f, tp=lay.moe_tp, ep=lay.moe_ep)
+            experts = _table_moe_beyond(ctx, tables, rows * f, lay.moe_tp, lay.moe_ep, routed_table_moe_s)
     if experts is None:
         active = min(E / lay.moe_ep, ctx.active_experts(rows) / lay.moe_ep * f)
         cost = ctx.experts(active, rows * k / lay.moe_ep * f).scaled(1.0 / lay.moe_tp)
