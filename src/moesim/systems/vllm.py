@@ -120,7 +120,6 @@ from .shared.continuous import ContinuousBatchingEngine, ContinuousPlan, EngineK
 from .shared.disaggregation import DisaggregationParams
 from .shared.speculative import SpeculativeParams
 from .shared.engine_step import EngineRuntime, engine_execution, runtime_constants, vllm_capture_sizes
-from ..db import system_constants
 from .shared.memory import activation_bytes
 from .shared.parallel import ParallelLayout, rank_context, weight_bytes_per_gpu, world_gpus
 from .shared.tensor_parallel import require_tensor_parallel
@@ -188,7 +187,7 @@ class VLLM(ContinuousBatchingEngine):
     def knobs(self) -> EngineKnobs:
         """The knobs without a platform: the V0 default budget needs one (:meth:`knobs_for`); its floor stands in."""
         p = self.params
-        c = system_constants(self.name)
+        c = self.constants
         budget = p.max_num_batched_tokens or int(c.value("max_num_batched_tokens_chunked" if p.chunked_prefill
                                                           else "max_num_batched_tokens_floor"))
         return EngineKnobs("vLLM", p.max_num_seqs, budget, p.block_size, p.chunked_prefill, "max_num_seqs",
@@ -205,7 +204,7 @@ class VLLM(ContinuousBatchingEngine):
         p = self.params
         if p.max_num_batched_tokens is not None:
             return p.max_num_batched_tokens
-        c = system_constants(self.name)
+        c = self.constants
         if p.chunked_prefill:
             return int(c.value("max_num_batched_tokens_chunked"))
         return max(self.max_model_len(ctx), int(c.value("max_num_batched_tokens_floor")))
@@ -226,7 +225,7 @@ class VLLM(ContinuousBatchingEngine):
         full = ctx.model.max_context_tokens
         if full <= work:
             return work
-        c = system_constants(self.name)
+        c = self.constants
         tokens = p.max_num_batched_tokens or max(full, int(c.value("max_num_batched_tokens_floor")))
         key = ("vllm default max_model_len", repr(p))
         return ctx.memo(key, lambda: full if self._memory(ctx, tokens)[1] >= full else work)
