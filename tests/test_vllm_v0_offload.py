@@ -157,3 +157,20 @@ def test_lockstep_refills_match_a_simulation_of_the_v0_scheduler(model, gen, req
     assert lockstep == pytest.approx(simulated, rel=0.08)
     if b / gen > 0.2:
         assert abs(lockstep - simulated) < 0.5 * abs(staggered - simulated)
+
+
+def test_cli_default_budget_and_refused_max_model_len():
+    """Through the CLI: Mixtral-8x22B's V0 default budget is 2048 tokens; a max_model_len shorter than the workload's
+    sequences is one line on stderr and a non-zero exit, no traceback."""
+    import json
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "moesim", "predict", "--model", "mixtral-8x22b", "--hw", "c2", "--system", "vllm",
+            "--cpu-offload-gb", "10000", "--chunked-prefill", "false", "--prompt", "512", "--gen", "256",
+            "--requests", "100"]
+    ok = subprocess.run(args + ["--json"], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and json.loads(ok.stdout)["config"]["prefill_tokens_per_pass"] == 2048
+    bad = subprocess.run(args + ["--max-model-len", "700"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert "max_model_len=700 is shorter" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
