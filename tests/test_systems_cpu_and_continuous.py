@@ -1,6 +1,7 @@
 """vLLM (continuous batching, paged KV, CPU weight offload), llama.cpp (layer split) and KTransformers
 (CPU experts): end to end, feasibility messages, physical bounds, the online scheduler."""
 
+import math
 import time
 
 import pytest
@@ -228,20 +229,22 @@ def test_online_throughput_rises_with_rate_until_saturation(online_setup):
     assert results[-1].mean_scheduled_per_step > results[0].mean_scheduled_per_step
 
 
-def test_vllm_v0_scheduler_pays_a_refill_prefill_step_per_decode_step():
-    """V0 (no chunked prefill): per decode step, f = max(min(1, B/G), B P / (G N)) prefill-only steps."""
+def test_vllm_v0_scheduler_pays_the_next_waves_burst_prefill():
+    """V0 (no chunked prefill): per wave of B requests, G decode steps and the next wave's ceil(B P / N) prefill-only
+    passes (equal requests keep the waves in lockstep; tests/test_vllm_v0_offload.py checks this against a
+    simulation of the scheduler)."""
     work = {"num_requests": 4000, "prompt_tokens": 512, "gen_tokens": 256}
     base = {"cpu_offload_gb": 10_000}
     v1 = moesim.predict("mixtral-8x7b", "c2", "vllm", work, system_params=base)
     v0 = moesim.predict("mixtral-8x7b", "c2", "vllm", work, system_params={**base, "chunked_prefill": False})
-    assert v0.config["batch_size"] == v1.config["batch_size"]
     b, g = v0.config["batch_size"], 256
-    f = max(min(1.0, b / g), b * 512 / (g * 8192))
-    # offload-bound: a prefill step and a decode step each copy every weight once, so the V0 decode rate is
-    # the pure decode rate over (1 + f x (prefill step / decode step)); both steps cost at least the copy
+    passes = math.ceil(b * 512 / 32768)  # V0's default budget max(max_model_len, 2048), 32768 for Mixtral-8x7B
+    assert v0.config["prefill_tokens_per_pass"] == min(32768, b * 512)
+    # offload-bound: a prefill pass and a decode step each copy every weight once, so the V0 decode rate is at
+    # most B G over (G + passes) copies; the V1 rate has no prefill-only passes
     copy_s = v0.config["offloaded_bytes_per_gpu"] / moesim.get_hardware("c2").host_link.h2d_pinned_bytes_per_s
-    assert v0.decode_tok_s < v1.decode_tok_s
-    assert v0.decode_tok_s <= b / (copy_s * (1 + f)) * 1.001
+    assert v0.decode_tok_s < v1.decode_tok_s * b / v1.config["batch_size"]
+    assert v0.decode_tok_s <= b * g / (copy_s * (g + passes)) * 1.001
 
 
 def test_vllm_mla_without_latent_cache_holds_fewer_sequences():

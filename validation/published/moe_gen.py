@@ -76,8 +76,10 @@ REQUESTS = 8500
 SYSTEM_PARAMS = {
     # vLLM as of MoE-Gen's runs (its environment pins torch 2.3, i.e. vLLM 0.5-era): the V0 scheduler without
     # chunked prefill (prefill steps apart from decode steps; chunked prefill became the default with V1) and
-    # MLA cached as per-head K/V (the latent cache came with 0.7.1)
-    "vllm": {"cpu_offload_gb": 10_000, "chunked_prefill": False, "max_num_batched_tokens": 32768, "mla_latent_cache": False},
+    # MLA cached as per-head K/V (the latent cache came with 0.7.1); its step budget is V0's default,
+    # max(max_model_len, 2048): Mixtral-8x7B's 32768, while Mixtral-8x22B's 65536 and DeepSeek-V2's 128K contexts do
+    # not fit the KV pool of a 24 GB GPU, so vLLM refuses them and max_model_len is the workload's (2048-token steps)
+    "vllm": {"cpu_offload_gb": 10_000, "chunked_prefill": False, "mla_latent_cache": False},
     # FlexGen* and MoE-Lightning* are MoE-Gen's own re-implementations on its Hugging Face pipeline (App. B), not
     # the released FlexGen / MoE-Lightning: their policy is not those systems' own searches but the batch MoE-Gen
     # gives them (Table 1: DeepSpeed's), i.e. moesim's search over the stated grid (policy "best")

@@ -59,9 +59,14 @@ requests of 664 + 2 tokens on an A5000, whose TTFT also priced its 2432-token se
 8192-token one).
 
 ``chunked_prefill=False`` is vLLM V0's default scheduler (the vLLM of MoE-Gen's comparison): a step
-is all prefill or all decode, prefills first; in the staggered steady state each decode step's
-B / G finished sequences are replaced by a prefill-only step, a whole extra pass over the weights
-when they are offloaded (see ``_v0_steady_state``); that cost is counted in the decode rate.
+is all prefill or all decode, prefills first, as many as fit. The offline workload's equal requests keep
+the waves in lockstep (a wave's B sequences start in one burst and finish in one step), so each wave's G
+decode steps are followed by the next wave's burst prefill, ceil(B P / N) prefill-only passes, each a whole
+pass over the weights when they are offloaded (see ``_v0_steady_state``); that cost is counted in the decode
+rate. V0's step budget defaults to max(max_model_len, 2048) (vLLM ``SchedulerConfig``), max_model_len to the
+model's context when the KV pool holds one such sequence (vLLM refuses to start otherwise) and to the
+workload's P + G when it does not (:meth:`VLLM.max_model_len`): 32768 tokens for Mixtral-8x7B on a 24 GB GPU,
+2048 for Mixtral-8x22B and DeepSeek-V2, whose 64K and 128K contexts do not fit.
 
 The reported phase rates are those of pure phases: prefill = the B prompts of a batch in passes of one
 full token budget and a last pass of the rest (what a burst of prompts gets, and what MoE-Gen's Table 7
@@ -75,7 +80,7 @@ Sanity check, not a fit (MoE-Gen arXiv 2503.09716, Tables 6/7: testbed C2 = RTX 
 7453, 512 GiB, PCIe 4.0; prompt 512; vLLM ran with CPU weight offload, amount not stated): the
 offload setting moves decode by two orders of magnitude, because the step is copy-bound (25 GB/s
 pinned) and the KV pool, hence the batch, grows with the offload. ``validation/published/moe_gen.py``
-runs it as the paper's 0.5-era vLLM (every weight it can offloaded, V0 scheduler, its 32768-token
+runs it as the paper's 0.5-era vLLM (every weight it can offloaded, V0 scheduler and its default
 budget, MLA cached per head) and prints each cell; DeepSeek-R1 (671 GB fp8) fails, as published:
 its weights exceed the 522 GB of usable host memory (0.95 of 512 GiB), so no offload setting starts.
 Execution (``systems_db/vllm.yaml``, ``systems_db/engines.yaml``, :mod:`.shared.engine_step`): the V1 engine
@@ -111,7 +116,7 @@ from ..modules import Context
 from ..specs.workload import OnlineWorkload
 from ..units import fmt_bytes
 from .base import Plan
-from .shared.continuous import ContinuousBatchingEngine, ContinuousPlan, EngineKnobs, _Layout
+from .shared.continuous import ContinuousBatchingEngine, ContinuousPlan, EngineKnobs, _Layout, kv_share_per_gpu
 from .shared.disaggregation import DisaggregationParams
 from .shared.speculative import SpeculativeParams
 from .shared.engine_step import EngineRuntime, engine_execution, runtime_constants, vllm_capture_sizes
@@ -130,8 +135,14 @@ class VLLMParams(DisaggregationParams, SpeculativeParams):
         default=0.9, gt=0, le=1, description="fraction of each GPU's memory the instance may use (vLLM default 0.9)")
     block_size: int = Field(default=16, ge=1, description="tokens per KV-cache page (vLLM default 16)")
     max_num_seqs: int = Field(default=256, ge=1, description="most sequences running at once (vLLM default 256)")
-    max_num_batched_tokens: int = Field(
-        default=8192, ge=1, description="token budget of one step, decode tokens plus prefill chunks (chunked prefill)")
+    max_num_batched_tokens: int | None = Field(
+        default=None, ge=1, description="token budget of one step, decode tokens plus prefill chunks; default (vLLM's "
+                                        "SchedulerConfig): 8192 with chunked prefill (V1), max(max_model_len, 2048) "
+                                        "without it (V0)")
+    max_model_len: int | None = Field(
+        default=None, ge=1, description="longest sequence the engine admits (vLLM --max-model-len); default: the "
+                                        "model's context length when the KV pool holds one such sequence (else vLLM "
+                                        "refuses to start and says to lower it), the workload's context otherwise")
     cpu_offload_gb: float = Field(
         default=0.0, ge=0, description="GiB of weights per GPU kept in pinned host memory and copied to the GPU "
                                        "every forward pass, not overlapped (vLLM --cpu-offload-gb)")
@@ -174,9 +185,68 @@ class VLLM(ContinuousBatchingEngine):
 
     @property
     def knobs(self) -> EngineKnobs:
+        """The knobs without a platform: the V0 default budget needs one (:meth:`knobs_for`); its floor stands in."""
         p = self.params
-        return EngineKnobs("vLLM", p.max_num_seqs, p.max_num_batched_tokens, p.block_size, p.chunked_prefill,
-                           "max_num_seqs", p.mla_latent_cache)
+        c = self.constants
+        budget = p.max_num_batched_tokens or int(c.value("max_num_batched_tokens_chunked" if p.chunked_prefill
+                                                          else "max_num_batched_tokens_floor"))
+        return EngineKnobs("vLLM", p.max_num_seqs, budget, p.block_size, p.chunked_prefill, "max_num_seqs",
+                           p.mla_latent_cache)
+
+    def knobs_for(self, ctx: Context) -> EngineKnobs:
+        k = self.knobs
+        return EngineKnobs(k.label, k.max_seqs, self.token_budget(ctx), k.block_size, k.chunked_prefill,
+                           k.max_seqs_name, k.mla_latent_cache)
+
+    def token_budget(self, ctx: Context) -> int:
+        """``max_num_batched_tokens``: the parameter, else vLLM's ``SchedulerConfig`` default: 8192 with chunked
+        prefill; without it max(max_model_len, 2048), so that a whole prompt of max_model_len tokens fits one step."""
+        p = self.params
+        if p.max_num_batched_tokens is not None:
+            return p.max_num_batched_tokens
+        c = self.constants
+        if p.chunked_prefill:
+            return int(c.value("max_num_batched_tokens_chunked"))
+        return max(self.max_model_len(ctx), int(c.value("max_num_batched_tokens_floor")))
+
+    def max_model_len(self, ctx: Context) -> int:
+        """``max_model_len``: the parameter, else vLLM's default, the model's context length, when vLLM starts with it
+        (its KV pool, sized after a profiling pass over max(max_model_len, 2048) tokens without chunked prefill, holds
+        one sequence of that length); when it does not, vLLM stops with "The model's max seq len (...) is larger than
+        the maximum number of tokens that can be stored in KV cache ... decreasing max_model_len", and the run is
+        taken to set it to the workload's context, P + G, as moesim's other vLLM checks assume. With chunked prefill
+        the budget does not depend on it and the workload's context is used, as before."""
+        p = self.params
+        if p.max_model_len is not None:
+            return p.max_model_len
+        work = ctx.workload.total_context_tokens
+        if p.chunked_prefill:
+            return work
+        full = ctx.model.max_context_tokens
+        if full <= work:
+            return work
+        c = self.constants
+        tokens = p.max_num_batched_tokens or max(full, int(c.value("max_num_batched_tokens_floor")))
+        key = ("vllm default max_model_len", repr(p))
+        return ctx.memo(key, lambda: full if self._memory(ctx, tokens)[1] >= full else work)
+
+    def _memory(self, ctx: Context, tokens: int) -> tuple[float, int]:
+        """(activations incl. one offloaded layer's GPU copy, tokens the KV pool holds) with a budget of ``tokens``."""
+        p, prm = ctx.platform, self.params
+        pl = self._parallel(ctx)
+        budget = prm.gpu_memory_utilization * p.gpu.memory_bytes - p.empirical.gpu_memory_reserved_bytes
+        per_gpu = weight_bytes_per_gpu(ctx, pl)
+        offload = min(prm.cpu_offload_gb * GIB, per_gpu)
+        act = activation_bytes(rank_context(ctx, pl.attn_tp), tokens) + offload / ctx.model.num_layers
+        # one KV page as ContinuousBatchingEngine._block_bytes prices it, from the platform-free knobs (that method
+        # asks knobs_for, whose budget is what is being resolved here)
+        k, a = self.knobs, ctx.model.attention
+        kv = ctx.kv_bytes_per_token(ctx.workload.total_context_tokens)
+        if a.kind == "mla" and not k.mla_latent_cache:
+            kv *= (2 * a.num_heads * a.qk_head_dim) / a.kv_elements_per_token()
+        block_bytes = k.block_size * kv * kv_share_per_gpu(rank_context(ctx, pl.attn_tp), k.mla_latent_cache)
+        blocks = int(max(budget - (per_gpu - offload) - act, 0.0) // block_bytes)
+        return act, blocks * prm.block_size
 
     def runtime(self, ctx: Context) -> EngineRuntime:
         """CUDA-graph decode and piecewise-graph prefill with vLLM's kernels (eager with ``enforce_eager``); the
@@ -213,15 +283,19 @@ class VLLM(ContinuousBatchingEngine):
         pl = self._parallel(ctx)
         require_tensor_parallel(rank_context(ctx, pl.attn_tp), self.name)
         n = p.num_gpus
-        ctx_len = ctx.workload.total_context_tokens  # max_model_len
+        ctx_len = self.max_model_len(ctx)
+        if ctx_len < ctx.workload.total_context_tokens:
+            raise InfeasibleError(f"vLLM: max_model_len={ctx_len} is shorter than the workload's sequences of "
+                                  f"{ctx.workload.total_context_tokens} tokens (prompt + generation)")
+        tokens = self.token_budget(ctx)
         budget = prm.gpu_memory_utilization * p.gpu.memory_bytes - p.empirical.gpu_memory_reserved_bytes
         per_gpu = weight_bytes_per_gpu(ctx, pl)
         offload = min(prm.cpu_offload_gb * GIB, per_gpu)
         weights_gpu = per_gpu - offload
         # profiled activations, plus the GPU copy of one layer's offloaded weights while it runs
         layers = ctx.model.num_layers
-        act = activation_bytes(rank_context(ctx, pl.attn_tp), prm.max_num_batched_tokens) + offload / layers
-        block_bytes = self._block_bytes(ctx, ctx_len)
+        act = activation_bytes(rank_context(ctx, pl.attn_tp), tokens) + offload / layers
+        block_bytes = self._block_bytes(ctx, ctx.workload.total_context_tokens)
         one_seq = math.ceil(ctx_len / prm.block_size) * block_bytes
         host_need = offload * n
         if host_need > p.usable_host_memory_bytes:
@@ -249,7 +323,7 @@ class VLLM(ContinuousBatchingEngine):
             if weights_gpu <= 0:
                 raise InfeasibleError(
                     f"vLLM: with every weight offloaded ({ctx.model.name}, {ctx.wdtype}, {n} x {p.gpu.name}), the "
-                    f"activations of a {prm.max_num_batched_tokens}-token step with one layer's offloaded weights "
+                    f"activations of a {tokens}-token step with one layer's offloaded weights "
                     f"({fmt_bytes(act)}) and the KV of one {ctx_len}-token sequence ({fmt_bytes(one_seq)}) need "
                     f"{fmt_bytes(act + one_seq)} per GPU, the budget is {fmt_bytes(budget)} "
                     f"(gpu_memory_utilization={prm.gpu_memory_utilization:g} of {fmt_bytes(p.gpu.memory_bytes)} minus "
@@ -261,7 +335,7 @@ class VLLM(ContinuousBatchingEngine):
                 f"{fmt_bytes(max(available, 0.0))} available "
                 f"(gpu_memory_utilization={prm.gpu_memory_utilization:g} of {fmt_bytes(p.gpu.memory_bytes)} minus "
                 f"{fmt_bytes(p.empirical.gpu_memory_reserved_bytes)} reserved, {fmt_bytes(act)} of activations for "
-                f"{prm.max_num_batched_tokens} batched tokens, {fmt_bytes(one_seq)} of KV for one sequence of "
+                f"{tokens} batched tokens, {fmt_bytes(one_seq)} of KV for one sequence of "
                 f"{ctx_len} tokens): short by {fmt_bytes(short)}; {hint}"
             )
         blocks = int((budget - weights_gpu - act) // block_bytes)
