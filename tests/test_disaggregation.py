@@ -18,6 +18,7 @@ from moesim.modules import Speculative, expected_tokens_per_step
 from moesim.predict import plan_scenario
 from moesim.systems.shared.disaggregation import best_split, closed_loop_prefill, kv_transfer_s
 from moesim.systems.shared.speculative import acceptance_rates
+from moesim.calibration.published import load_module
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -241,16 +242,7 @@ def test_aggregated_predictions_unchanged_by_disaggregation():
 
 # ---- validation: AIConfigurator's disaggregated rows -------------------------------------------------------------
 def _aic():
-    import importlib.util
-
-    name = "aiconfigurator_disagg_test"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "validation" / "published" / "aiconfigurator.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_module("aiconfigurator")
 
 
 def test_aiconfigurator_disaggregated_rows_map_to_pools_and_stay_out_of_the_corpus():

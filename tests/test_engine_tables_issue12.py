@@ -3,7 +3,6 @@ closed-loop benchmark harness of each AIConfigurator collection pipeline."""
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from moesim.modules import Context
 from moesim.predict import plan_scenario
 from moesim.serving import closed_loop as CL
 from moesim.systems.shared import engine_step as ES
+from moesim.calibration.published import load_module
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,11 +33,6 @@ def test_wave_model_by_hand():
     assert CL.benchmark_latency(plan, 512, 100, 8, "wave")[0] == pytest.approx(0.15 + 0.5 * 1.15)
     # the wave's mean TTFT is never below the lockstep mean (every request waits for the last pass)
     assert CL.benchmark_latency(plan, 512, 100, 4, "wave")[0] >= CL.benchmark_latency(plan, 512, 100, 4, "lockstep")[0]
-
-
-def test_benchmark_model_of_a_system_defaults_to_the_library_rule():
-    assert CL.benchmark_model_of("vllm") in CL.MODELS
-    assert CL.benchmark_model_of("no-such-system") == CL.BENCHMARK_MODEL
 
 
 # ---- the engines' GEMM tables ---------------------------------------------------------------------------------------
@@ -101,12 +96,7 @@ def test_dense_tpot_grows_with_the_model():
 
 # ---- the AIConfigurator harness per collection pipeline -----------------------------------------------------------
 def _aic():
-    name = "aiconfigurator"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "validation" / "published" / "aiconfigurator.py")
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[name])
-    return sys.modules[name]
+    return load_module("aiconfigurator")
 
 
 def test_pipeline_of_a_row_is_read_from_its_source():
@@ -121,10 +111,7 @@ def test_harness_file_was_fitted_on_fit_rows_only():
     rule selects, so no held-out row informed it; an engine without an entry falls back to its pipeline's pooled."""
     A = _aic()
     fitted = A._harness()["pipelines"]
-    spec = importlib.util.spec_from_file_location("aiconfigurator_fit", ROOT / "validation" / "published" /
-                                                  "aiconfigurator_fit.py")
-    fit = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fit)
+    fit = load_module("aiconfigurator_fit")
     for pipe, entries in fitted.items():
         for who, entry in entries.items():
             rows = fit.harness_rows(pipe, None if who == "pooled" else who)
@@ -134,3 +121,11 @@ def test_harness_file_was_fitted_on_fit_rows_only():
     row = {"silicon_data_source": "db-dump", "backend": "sglang"}
     assert A.harness_of(row) == (fitted["silicon-ci"]["pooled"]["benchmark_model"],
                                  fitted["silicon-ci"]["pooled"]["request_overhead_s"])
+
+
+def test_the_engines_request_overhead_is_the_harness_fit_of_aiconfigurators_own_client():
+    """systems_db/vllm.yaml's request_overhead_s (what the layout search adds) is the silicon-CI / vLLM entry the
+    harness fit wrote: one fitted figure, in two places, kept equal."""
+    fitted = _aic()._harness()["pipelines"]["silicon-ci"]["vllm"]["request_overhead_s"]
+    assert CL.request_overhead_s("vllm") == pytest.approx(fitted, abs=5e-5)
+    assert CL.request_overhead_s("no-such-system") == 0.0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
 import subprocess
@@ -24,6 +23,7 @@ from moesim.systems import get_system
 from moesim.systems.shared.continuous import kv_share_per_gpu
 from moesim.systems.shared.engine_step import EngineRuntime, graph_batch, vllm_capture_sizes
 from moesim.systems.shared.memory import activation_bytes
+from moesim.calibration.published import load_module
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = ROOT / "tests" / "data" / "aiconfigurator_silicon_rows.csv"
@@ -184,12 +184,7 @@ def test_vllm_enforce_eager_prices_as_before_and_graph_is_faster_at_small_batch(
 
 # ---- the AIConfigurator validation module ------------------------------------------------------------------
 def _module():
-    spec = importlib.util.spec_from_file_location("aiconfigurator_validation",
-                                                  ROOT / "validation" / "published" / "aiconfigurator.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(spec.name, mod)
-    spec.loader.exec_module(sys.modules[spec.name])
-    return sys.modules[spec.name]
+    return load_module("aiconfigurator")
 
 
 def test_the_split_rule_is_fixed_by_gpu():

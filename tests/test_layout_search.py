@@ -3,7 +3,6 @@ engines' launch commands, and the closed-loop benchmark rule it shares with the 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -18,6 +17,7 @@ from hypothesis import strategies as st
 
 from moesim.analysis import layouts as L
 from moesim.serving import closed_loop as CL
+from moesim.calibration.published import load_module
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,12 +100,7 @@ def test_closed_loop_rule_by_hand():
 def test_the_validation_module_uses_the_library_rule():
     """aiconfigurator.py scores with the very functions the layout search prices with (the move changed no number:
     tests/test_engines.py::test_aiconfigurator_golden_rows checks its figures)."""
-    spec = importlib.util.spec_from_file_location("aiconfigurator_validation",
-                                                  ROOT / "validation" / "published" / "aiconfigurator.py")
-    if spec.name not in sys.modules:
-        sys.modules[spec.name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[spec.name])
-    mod = sys.modules[spec.name]
+    mod = load_module("aiconfigurator")
     assert mod.benchmark_latency is CL.benchmark_latency
     assert mod.request_overhead_s is CL.request_overhead_s
     assert (mod.BENCHMARK_MODEL, mod.MODELS) == (CL.BENCHMARK_MODEL, CL.MODELS) == ("half", ("lockstep", "steady",

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import moesim
+from moesim.calibration.published import load_module
 from moesim.db import system_constants
 from moesim.modules import Context
 from moesim.predict import plan_scenario, resolve
@@ -266,12 +267,7 @@ def test_predict_dp_ep_shows_all_to_all(tmp_path):
 
 # ---- the AIConfigurator rows ----------------------------------------------------------------------------------
 def _aic():
-    spec = importlib.util.spec_from_file_location("aiconfigurator_validation",
-                                                  ROOT / "validation" / "published" / "aiconfigurator.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(spec.name, mod)
-    spec.loader.exec_module(sys.modules[spec.name])
-    return sys.modules[spec.name]
+    return load_module("aiconfigurator")
 
 
 def test_aiconfigurator_layout_rows_map_to_engine_flags():

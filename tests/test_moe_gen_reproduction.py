@@ -15,21 +15,14 @@ ranking kept - is met but for three ranking pairs; the script prints them):
 * every "Fail" cell that is a matter of memory is predicted infeasible with the reason.
 """
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "validation" / "published" / "moe_gen.py"
+from moesim.calibration.published import load_module
 
 
 @pytest.fixture(scope="module")
 def cells():
-    spec = importlib.util.spec_from_file_location("moe_gen_reproduction", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(mod)
+    mod = load_module("moe_gen")
     return mod, mod.reproduce()
 
 

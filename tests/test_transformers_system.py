@@ -164,7 +164,7 @@ def test_grouped_mm_kernel_family_by_hand():
 @given(st.integers(1, 1 << 16), st.integers(1, 1 << 16))
 @settings(max_examples=40, deadline=None)
 def test_grouped_mm_family_grows_with_rows(a, b):
-    k = Transformers()._grouped_mm_kernels()
+    k = Transformers().grouped_mm_kernels()
     lo, hi = sorted((a, b))
     t = lambda r: sum(grouped_mm_layer_s(2048, 1408, r, 4 * r, 60, True, 2.0, 2.0, 989e12, 4.8e12, k))  # noqa: E731
     assert t(lo) <= t(hi)
@@ -203,7 +203,7 @@ def test_batched_mm_kernel_family_by_hand():
 @given(st.integers(1, 4096), st.integers(1, 4096))
 def test_batched_mm_grows_linearly_with_routed_rows(a, b):
     """The gathered weights are per routed row: the bandwidth terms are exactly linear in the rows."""
-    k = Transformers()._batched_mm_kernels()
+    k = Transformers().batched_mm_kernels()
     t = lambda r: sum(batched_mm_layer_s(2048, 1408, r, True, 2.0, 2.0, 4.8e12, k)) - k.glue_s  # noqa: E731
     assert t(a + b) == pytest.approx(t(a) + t(b), rel=1e-9)
 

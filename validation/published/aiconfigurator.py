@@ -74,7 +74,7 @@ from typing import Iterable
 
 # the closed-loop benchmark rule lives in the library (the layout search prices concurrency with it too)
 from moesim.serving.closed_loop import (  # noqa: F401  (re-exported: aiconfigurator_fit.py reads A.MODELS)
-    BENCHMARK_MODEL, MODELS, benchmark_latency, benchmark_model_of, request_overhead_s, steady_ttft_s as _steady_ttft_s,
+    BENCHMARK_MODEL, MODELS, benchmark_latency, request_overhead_s, steady_ttft_s as _steady_ttft_s,
     wave_mean_ttft_s as _wave_mean_ttft_s)
 
 SOURCE = "aiconfigurator-silicon"
@@ -166,7 +166,7 @@ def harness_of(row: dict) -> tuple[str, float]:
     entry = fitted.get(row["backend"]) or fitted.get("pooled")
     if entry:
         return str(entry["benchmark_model"]), float(entry["request_overhead_s"])
-    return benchmark_model_of(row["backend"]), request_overhead_s(row["backend"])
+    return BENCHMARK_MODEL, request_overhead_s(row["backend"])
 
 
 def is_dense(row: dict) -> bool:

@@ -30,6 +30,7 @@ call, on the FIT whole-layer times (graph replay where measured, else events) wi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import json
 import math
@@ -43,7 +44,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from moesim.db.resolve import get_hardware  # noqa: E402
 from moesim.systems.transformers import BatchedMMKernels, Transformers, batched_mm_layer_s  # noqa: E402
 
-FIT_MODELS = ("olmoe-1b-7b", "qwen1.5-moe-a2.7b")
+from transformers_h200 import FIT_MODELS  # noqa: E402  (the system's split; this folder is on sys.path as a script)
 BANDWIDTH_BOUND_BYTES = 4e9  # gathered bytes from which the gathers and bmm's are fitted (smaller: launch-bound)
 
 
@@ -80,10 +81,8 @@ def points(path: Path | None = None) -> list[dict]:
 
 
 def kernels(consts: dict[str, float] | None = None) -> BatchedMMKernels:
-    system = Transformers()
-    vals = {f: float(system.constants.value("batched_mm_" + f)) for f in BatchedMMKernels.__dataclass_fields__}
-    vals.update(consts or {})
-    return BatchedMMKernels(**vals)
+    """The system's kernel family at the YAML's constants, with ``consts`` in their place where given."""
+    return dataclasses.replace(Transformers().batched_mm_kernels(), **(consts or {}))
 
 
 def _one(p: dict, k: BatchedMMKernels, n: int, kk: int) -> tuple[float, float]:

@@ -8,11 +8,13 @@ token count (1-32768, random routing, bf16), the CUDA-graph time of transformers
 The family is :func:`moesim.systems.transformers.grouped_mm_layer_s` (equation in its docstring), with the
 dense bf16 peak and HBM bandwidth of hardware_db/gpus/h200.yaml.
 
-Split, fixed here before any fitting:
-  FIT       the OLMoE-1B-7B (2048 x 1024, 64 experts, top-8), Qwen1.5-MoE-A2.7B (2048 x 1408, 60, top-4) and
-            Qwen3-30B-A3B (2048 x 768, 128, top-8) shapes, every token count;
-  HELD-OUT  the DeepSeek-V2-Lite (2048 x 1408, 64, top-6) and Mixtral-8x7B (4096 x 14336, 8, top-2) shapes:
-            only scored (Mixtral is the shape the previous scalar factor failed on).
+Split: the system's (``transformers_h200.FIT_MODELS``), so no model the end-to-end cells hold out informs a kernel
+constant:
+  FIT       the OLMoE-1B-7B (2048 x 1024, 64 experts, top-8) and Qwen1.5-MoE-A2.7B (2048 x 1408, 60, top-4) shapes,
+            every token count;
+  HELD-OUT  the DeepSeek-V2-Lite (2048 x 1408, 64, top-6), Qwen3-30B-A3B (2048 x 768, 128, top-8) and Mixtral-8x7B
+            (4096 x 14336, 8, top-2) shapes: only scored. (Until 2026-12-03 Qwen3-30B-A3B was a FIT shape here while
+            the end-to-end cells held it out; refitted without it.)
 
 Fit: first the four GEMM parameters (flop_efficiency, rows_per_group, weight_bw_efficiency, call_s) on the
 FIT ``gemm_graph`` times, then the two glue parameters (glue_bw_efficiency, glue_s) on the FIT ``hf_graph``
@@ -28,6 +30,7 @@ at 1-16 tokens (HOST_BOUND_TOKENS), where the GPU's work (100-430 us in graphs) 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import json
 import math
@@ -41,7 +44,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from moesim.db.resolve import get_hardware  # noqa: E402
 from moesim.systems.transformers import GroupedMMKernels, Transformers, grouped_mm_layer_s  # noqa: E402
 
-FIT_MODELS = ("olmoe-1b-7b", "qwen1.5-moe-a2.7b", "qwen3-30b-a3b")
+from transformers_h200 import FIT_MODELS  # noqa: E402  (this folder is on sys.path when run as a script)
 GEMM_PARAMS = ("flop_efficiency", "rows_per_group", "weight_bw_efficiency", "call_s")
 GLUE_PARAMS = ("glue_bw_efficiency", "glue_s")
 HOST_BOUND_TOKENS = (1, 4, 16)
@@ -67,10 +70,8 @@ def points(path: Path | None = None) -> list[dict]:
 
 
 def kernels(consts: dict[str, float] | None = None) -> GroupedMMKernels:
-    system = Transformers()
-    vals = {f: float(system.constants.value("grouped_mm_" + f)) for f in GroupedMMKernels.__dataclass_fields__}
-    vals.update(consts or {})
-    return GroupedMMKernels(**vals)
+    """The system's kernel family at the YAML's constants, with ``consts`` in their place where given."""
+    return dataclasses.replace(Transformers().grouped_mm_kernels(), **(consts or {}))
 
 
 def predict(p: dict, k: GroupedMMKernels) -> tuple[float, float]:

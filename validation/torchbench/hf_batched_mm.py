@@ -47,6 +47,10 @@ from pathlib import Path
 
 import torch
 
+# the experts module stub is the grouped_mm harness's (the same 5.17 attributes both forwards read); this folder is
+# on sys.path when the harness runs as a script
+from hf_grouped_mm import StubExperts
+
 HERE = Path(__file__).resolve().parent
 SHAPES = {  # name: (hidden, expert intermediate, experts, top_k), from the models' published configs
     "olmoe-1b-7b": (2048, 1024, 64, 8),
@@ -123,23 +127,6 @@ def graph_time(fn, inner: int = 10, reps: int = 20) -> dict:
         times.append(a.elapsed_time(b) / 1e3 / inner)
     del g
     return {"median_s": med(times), "n": reps, "inner": inner}
-
-
-class StubExperts(torch.nn.Module):
-    """The attributes ``batched_mm_experts_forward`` reads from a 5.17 experts module."""
-
-    def __init__(self, h: int, i: int, e: int, device, dtype):
-        super().__init__()
-        self.num_experts, self.has_gate, self.has_bias, self.is_transposed = e, True, False, False
-        self.gate_up_proj = torch.nn.Parameter(torch.randn(e, 2 * i, h, device=device, dtype=dtype) * 0.02,
-                                               requires_grad=False)
-        self.down_proj = torch.nn.Parameter(torch.randn(e, h, i, device=device, dtype=dtype) * 0.02,
-                                            requires_grad=False)
-        self.act_fn = torch.nn.SiLU()
-
-    def _apply_gate(self, gate_up: torch.Tensor) -> torch.Tensor:
-        gate, up = gate_up.chunk(2, dim=-1)
-        return self.act_fn(gate) * up
 
 
 class Recorder:

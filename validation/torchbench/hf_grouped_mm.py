@@ -57,7 +57,8 @@ def grouped_mm(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.Te
 
 
 class StubExperts(torch.nn.Module):
-    """The attributes ``grouped_mm_experts_forward`` reads from a 5.17 experts module."""
+    """The attributes ``grouped_mm_experts_forward`` and ``batched_mm_experts_forward`` read from a 5.17 experts
+    module (hf_batched_mm.py imports it)."""
 
     def __init__(self, h: int, i: int, e: int, device, dtype):
         super().__init__()

@@ -166,6 +166,12 @@ def published_dir(root: Path | None = None) -> Path:
     return folder
 
 
+def load_module(stem: str, root: Path | None = None):
+    """The corpus module ``validation/published/<stem>.py`` of a checkout, loaded once per process (the runner, the
+    tests and scripts share the one copy)."""
+    return _load_module(published_dir(root) / f"{stem}.py")
+
+
 def _load_module(path: Path):
     name = f"_moesim_published_{path.stem}"
     if name in sys.modules:

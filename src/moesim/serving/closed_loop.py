@@ -17,9 +17,9 @@ than C when the KV pool or the engine's limits hold fewer (:func:`benchmark_late
 - ``wave``: lockstep waves whose requests all see their first token only when the wave's last prefill pass ends
   (TPOT as in lockstep): an engine that runs every waiting prefill before it returns any first token.
 
-Each engine's model is its own (``benchmark_model`` of ``systems_db/<system>.yaml``, :func:`benchmark_model_of`;
-:data:`BENCHMARK_MODEL` where a system states none), chosen by ``validation/published/aiconfigurator_fit.py`` on
-the FIT split (H100 SXM) of AIConfigurator's silicon rows only; the H200 rows are scored held-out.
+:data:`BENCHMARK_MODEL` (what moesim's layout search uses) was chosen by ``validation/published/aiconfigurator_fit.py`` on
+the FIT split (H100 SXM) of AIConfigurator's silicon rows only; the H200 rows are scored held-out. The validation
+itself models each of that file's collection pipelines with its own client (``aiconfigurator_harness.yaml``).
 
 The output rate of such a run follows from Little's law (:func:`closed_loop_throughput_tok_s`): C requests in
 flight, each taking E2E = TTFT + (G - 1) TPOT, give C G / E2E generated tokens per second.
@@ -89,7 +89,7 @@ def benchmark_latency(plan, prompt: int, gen: int, concurrency: int, model: str 
     A disaggregated plan (one with ``rate_per_s``: separate prefill and decode pools) carries its own closed-loop
     TTFT (prefill pass + KV transfer + queueing at C in flight) and its decode pool's TPOT: those are returned.
     """
-    model = model or benchmark_model_of(getattr(plan, "system", ""))
+    model = model or BENCHMARK_MODEL
     if model not in MODELS:
         raise ValueError(f"unknown benchmark model {model!r}; one of {', '.join(MODELS)}")
     if hasattr(plan, "rate_per_s"):  # a disaggregated plan: TTFT (prefill + KV transfer + queueing), decode pool's TPOT
@@ -113,27 +113,16 @@ def benchmark_latency(plan, prompt: int, gen: int, concurrency: int, model: str 
     return 0.5 * (ttft_l + ttft_s), 0.5 * (tpot_l + tpot_s)
 
 
-def benchmark_model_of(system: str) -> str:
-    """The closed-loop benchmark model of ``system`` (``benchmark_model`` of ``systems_db/<system>.yaml``, chosen on
-    the fit split), else :data:`BENCHMARK_MODEL`."""
-    from ..db import system_constants
-
-    try:
-        value = str(system_constants(system).value("benchmark_model"))
-    except (KeyError, Exception):
-        return BENCHMARK_MODEL
-    return value if value in MODELS else BENCHMARK_MODEL
-
-
 def request_overhead_s(system: str) -> float:
     """Time a request spends outside the engine's steps before its first token (HTTP, tokenising, handing the
     request to the scheduler, streaming the token back): ``request_overhead_s`` of ``systems_db/<system>.yaml``
     (0 where the system has none)."""
     from ..db import system_constants
+    from ..errors import MoesimError
 
     try:
         return float(system_constants(system).value("request_overhead_s"))
-    except (KeyError, Exception):
+    except (KeyError, MoesimError):  # a system without the constant, or not in systems_db
         return 0.0
 
 

@@ -282,10 +282,12 @@ class Transformers(ServingSystem):
             cache[key] = {s.strip() for s in str(self.constants.value(key)).split(",") if s.strip()}
         return cache[key]
 
-    def _grouped_mm_kernels(self) -> GroupedMMKernels:
+    def grouped_mm_kernels(self) -> GroupedMMKernels:
+        """The grouped_mm kernel family at the YAML's constants (also what its validation script scores)."""
         return GroupedMMKernels(**{f: self._c("grouped_mm_" + f) for f in GroupedMMKernels.__dataclass_fields__})
 
-    def _batched_mm_kernels(self) -> BatchedMMKernels:
+    def batched_mm_kernels(self) -> BatchedMMKernels:
+        """The batched_mm kernel family at the YAML's constants (also what its validation script scores)."""
         return BatchedMMKernels(**{f: self._c("batched_mm_" + f) for f in BatchedMMKernels.__dataclass_fields__})
 
     def _is_mla(self, ctx: Context) -> bool:
@@ -421,11 +423,11 @@ class Transformers(ServingSystem):
         if impl == "grouped_mm":
             peak, _ = ctx.platform.gpu.peak_for(ctx.edtype)
             g = sum(grouped_mm_layer_s(h, f, tokens, routed, active, moe.gated, ctx.ebytes, ctx.abytes, peak,
-                                       ctx.platform.gpu.memory_bandwidth_bytes_per_s, self._grouped_mm_kernels()))
+                                       ctx.platform.gpu.memory_bandwidth_bytes_per_s, self.grouped_mm_kernels()))
             clk.run("experts", c("grouped_mm_host_s") + mod, g)
         elif impl == "batched_mm":
             g = sum(batched_mm_layer_s(h, f, routed, moe.gated, ctx.ebytes, ctx.abytes,
-                                       ctx.platform.gpu.memory_bandwidth_bytes_per_s, self._batched_mm_kernels()))
+                                       ctx.platform.gpu.memory_bandwidth_bytes_per_s, self.batched_mm_kernels()))
             clk.run("experts", c("batched_mm_calls") * call + mod, g)
         else:  # eager: the loop head, then one iteration per expert hit, each ending in host syncs
             clk.run("experts", c("eager_head_calls") * call + mod,

@@ -288,26 +288,8 @@ class ParallelLayerTimes:
     def add(self, eng: Engine, i: int, kind: LayerKind, after: int | None = None) -> int:
         if self.two_batch_overlap and kind.moe:
             return self._add_two_batches(eng, i, kind, after)
-        r = self.rank
-        last = eng.add(f"L{i} attn proj", "gpu", r.attn_proj, [after], category="attention")
-        last = eng.add(f"L{i} attention", "gpu", r.core[kind.windowed], [last], category="attention")
-        if r.allreduce:
-            last = eng.add(f"L{i} all-reduce", "gpu-link", r.allreduce, [last], category="communication")
-        if kind.moe:
-            last = eng.add(f"L{i} router", "gpu", r.router, [last], category="router")
-            dname, cname = self._names
-            if self.dispatch:
-                last = eng.add(f"L{i} {dname}", "gpu-link", self.dispatch, [last], category="communication")
-            last = eng.add(f"L{i} experts", "gpu", r.experts, [last], category="experts")
-            if self.combine:
-                last = eng.add(f"L{i} {cname}", "gpu-link", self.combine, [last], category="communication")
-            if r.shared:
-                last = eng.add(f"L{i} shared experts", "gpu", r.shared, [last], category="experts")
-        else:
-            last = eng.add(f"L{i} dense ffn", "gpu", r.dense, [last], category="dense_ffn")
-        if r.allreduce:
-            last = eng.add(f"L{i} all-reduce 2", "gpu-link", r.allreduce, [last], category="communication")
-        return last
+        dname, cname = self._names
+        return self.rank.add(eng, i, kind, after, dispatch=(dname, self.dispatch), combine=(cname, self.combine))
 
     def _add_two_batches(self, eng: Engine, i: int, kind: LayerKind, after: int | None) -> int:
         """SGLang's two-batch overlap: the step's batch as two micro-batches (``rank``, ``dispatch`` and

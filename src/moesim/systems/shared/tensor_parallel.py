@@ -139,15 +139,21 @@ class LayerTimes:
         return cls(gpu(ctx.attention_proj(tokens).scaled(inv)), core, allreduce_s(ctx, tokens), router,
                    experts, shared, dense)
 
-    def add(self, eng: Engine, i: int, kind: LayerKind, after: int | None = None) -> int:
-        """Submit layer ``i``'s tasks after task ``after``; returns its last task."""
+    def add(self, eng: Engine, i: int, kind: LayerKind, after: int | None = None,
+            dispatch: tuple[str, float] | None = None, combine: tuple[str, float] | None = None) -> int:
+        """Submit layer ``i``'s tasks after task ``after``; returns its last task. ``dispatch`` / ``combine``: the
+        MoE exchange of an expert-parallel layout (name, seconds on the GPU link) around the routed experts."""
         last = eng.add(f"L{i} attn proj", "gpu", self.attn_proj, [after], category="attention")
         last = eng.add(f"L{i} attention", "gpu", self.core[kind.windowed], [last], category="attention")
         if self.allreduce:
             last = eng.add(f"L{i} all-reduce", "gpu-link", self.allreduce, [last], category="communication")
         if kind.moe:
             last = eng.add(f"L{i} router", "gpu", self.router, [last], category="router")
+            if dispatch and dispatch[1]:
+                last = eng.add(f"L{i} {dispatch[0]}", "gpu-link", dispatch[1], [last], category="communication")
             last = eng.add(f"L{i} experts", "gpu", self.experts, [last], category="experts")
+            if combine and combine[1]:
+                last = eng.add(f"L{i} {combine[0]}", "gpu-link", combine[1], [last], category="communication")
             if self.shared:
                 last = eng.add(f"L{i} shared experts", "gpu", self.shared, [last], category="experts")
         else:
