@@ -13,6 +13,7 @@ import pytest
 import moesim
 from moesim import db
 from moesim.costs import kernels
+from moesim.costs.ffn import router as router_cost
 from moesim.modules import Context
 from moesim.predict import plan_scenario
 from moesim.serving import closed_loop as CL
@@ -71,7 +72,9 @@ def test_fused_moe_table_is_not_charged_a_second_permute_and_combine():
     lt = ES.engine_layer_times(ctx, 8192, [(1.0, 8192, 8192)], ex, "sglang")
     full = ctx.gpu_s(ctx.router(8192), ex)
     assert lt.router < 0.5 * full
-    assert lt.router >= ctx.gpu_s(ES.costs_router(7168, 256, 8192), ex) * (1 - 1e-9)
+    assert lt.router == pytest.approx(ctx.gpu_s(router_cost(7168, 256, 8192), ex))
+    assert lt.router == ES.engine_router_s(ctx, 8192, ex, fused_table=True)
+    assert ES.engine_router_s(ctx, 8192, ex, fused_table=False) == pytest.approx(full)
 
 
 # ---- dense reference models -------------------------------------------------------------------------------------------

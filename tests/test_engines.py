@@ -20,7 +20,7 @@ from moesim.errors import InfeasibleError
 from moesim.modules import Context, Options
 from moesim.specs import OfflineWorkload
 from moesim.systems import get_system
-from moesim.systems.shared.continuous import kv_share_per_gpu
+from moesim.systems.shared.tensor_parallel import kv_share_per_gpu
 from moesim.systems.shared.engine_step import EngineRuntime, graph_batch, vllm_capture_sizes
 from moesim.systems.shared.memory import activation_bytes
 from moesim.calibration.published import load_module

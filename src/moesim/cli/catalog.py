@@ -137,7 +137,12 @@ def system_text(name: str) -> str:
     from ..systems import get_system
 
     cls = get_system(name)
-    lines = [f"{cls.name}: {cls.summary}", "", "parameters (--param KEY=VALUE, or --KEY VALUE with dashes):"]
+    modes = cls.execution_modes
+    lines = [f"{cls.name}: {cls.summary}",
+             f"execution (as deployed): prefill {modes['prefill']}, decode {modes['decode']} "
+             "(eager: PyTorch, host issue per call beside the GPU; graph: GPU time alone, a CUDA-graph replay or kernels "
+             "long enough that the host runs ahead; native: kernels launched from C++)",
+             "", "parameters (--param KEY=VALUE, or --KEY VALUE with dashes):"]
     for key, info in cls.Params.model_fields.items():
         kind = getattr(info.annotation, "__name__", None) or str(info.annotation).replace("typing.", "")
         default = info.get_default(call_default_factory=True)

@@ -92,9 +92,6 @@ class Grid:
         self.axes = {cat: [sorted({p[i] for p in pts}) for i in range(len(next(iter(pts))))]
                      for cat, pts in groups.items()}
 
-    def keys(self):
-        return self.points.keys()
-
     def lookup(self, cat: tuple, x: tuple) -> float | None:
         pts = self.points.get(cat)
         if pts is None:

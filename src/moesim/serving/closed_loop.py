@@ -38,15 +38,6 @@ BENCHMARK_MODEL = "half"
 MODELS = ("lockstep", "steady", "half", "wave")
 
 
-def wave_last_ttft_s(plan) -> float:
-    """Time to the first token of every request of a wave when none is returned before the wave's last prefill pass
-    ends: the passes of the wave together, ``(passes - 1) t_full + t_last``."""
-    t_full = plan.prefill.time_s
-    t_last = getattr(plan, "prefill_last", None)
-    t_last = t_last.time_s if t_last is not None else t_full
-    return (plan.prefill_passes_per_batch - 1) * t_full + t_last
-
-
 def wave_mean_ttft_s(plan, prompt: int, batch: int) -> float:
     """Mean time to the first token over a wave of ``batch`` prompts prefilled in passes of
     ``plan.prefill_tokens_per_pass`` = N tokens (full passes, then the pass of the rest). Request j (1-based)
@@ -99,8 +90,8 @@ def benchmark_latency(plan, prompt: int, gen: int, concurrency: int, model: str 
     ttft_l = wave_mean_ttft_s(plan, prompt, b)
     groups = math.ceil(concurrency / b)
     wait = (groups - 1) / 2.0 * (plan.prefill_time_per_batch_s + plan.decode_time_per_batch_s) if groups > 1 else 0.0
-    if model == "wave":
-        return wave_last_ttft_s(plan) + wait, tpot_l
+    if model == "wave":  # every first token when the wave's last prefill pass ends: the batch's whole prefill
+        return plan.prefill_time_per_batch_s + wait, tpot_l
     ttft_l += wait
     if model == "lockstep":
         return ttft_l, tpot_l

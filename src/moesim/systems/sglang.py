@@ -41,9 +41,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
-from ..costs import Execution
 from ..errors import InfeasibleError
 from ..modules import Context
 from .shared.continuous import ContinuousBatchingEngine, EngineKnobs
@@ -154,7 +153,7 @@ class SGLang(ContinuousBatchingEngine):
         c = runtime_constants(self.name)
         return EngineRuntime(self.name, engine_execution("graph"), engine_execution("graph"), c["step_cpu_s"],
                              c["step_cpu_per_seq_s"], bool(c["overlap_scheduler"]) and not p.disable_overlap_schedule,
-                             self.capture_sizes(ctx), uncaptured=Execution("eager", engine_kernels=True))
+                             self.capture_sizes(ctx), uncaptured=engine_execution("eager"))
 
     def parallel_layout(self, ctx: Context) -> ParallelLayout:
         """SGLang's layout (``ServerArgs`` checks): --tp is the instance's GPUs; with --enable-dp-attention the

@@ -29,9 +29,8 @@ flags (:mod:`.shared.disaggregation`) and the draft steps (:mod:`.shared.specula
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
-from ..costs import Execution
 from ..errors import InfeasibleError
 from ..modules import Context
 from .shared.continuous import ContinuousBatchingEngine, EngineKnobs
@@ -96,7 +95,7 @@ class TRTLLM(ContinuousBatchingEngine):
         return EngineRuntime(self.name, engine_execution("graph"), engine_execution("graph"), c["step_cpu_s"],
                              c["step_cpu_per_seq_s"], bool(c["overlap_scheduler"]) and not p.disable_overlap_scheduler,
                              sizes, pad_to_graph=p.cuda_graph_padding,
-                             uncaptured=Execution("eager", engine_kernels=True))
+                             uncaptured=engine_execution("eager"))
 
     def _kv_pool_bytes(self, ctx: Context, weights_gpu: float, act: float) -> tuple[float, str]:
         p = ctx.platform

@@ -91,7 +91,7 @@ the V0 scheduler. ``enforce_eager=True`` (vLLM's ``--enforce-eager``) prices eag
 priced every vllm step before execution modes existed.
 
 KV per GPU: K/V heads are never split (a head is replicated when there are fewer than GPUs) and MLA's latent is
-cached whole on every GPU (:func:`.shared.continuous.kv_share_per_gpu`).
+cached whole on every GPU (:func:`.shared.tensor_parallel.kv_share_per_gpu`).
 
 Layouts (:meth:`VLLM.parallel_layout`, priced by :mod:`.shared.parallel`; vLLM docs "Data Parallel Deployment",
 "Expert Parallel Deployment"): ``--data-parallel-size`` D splits the instance's G GPUs (moesim's ``--gpus``) into
@@ -106,9 +106,9 @@ flags (:mod:`.shared.disaggregation`) and the draft steps (:mod:`.shared.specula
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from ..costs import EAGER
 from ..errors import InfeasibleError
@@ -116,7 +116,8 @@ from ..modules import Context
 from ..specs.workload import OnlineWorkload
 from ..units import fmt_bytes
 from .base import Plan
-from .shared.continuous import ContinuousBatchingEngine, ContinuousPlan, EngineKnobs, _Layout, kv_share_per_gpu
+from .shared.continuous import ContinuousBatchingEngine, ContinuousPlan, EngineKnobs, _Layout
+from .shared.tensor_parallel import kv_share_per_gpu
 from .shared.disaggregation import DisaggregationParams
 from .shared.speculative import SpeculativeParams
 from .shared.engine_step import EngineRuntime, engine_execution, runtime_constants, vllm_capture_sizes

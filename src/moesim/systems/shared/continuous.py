@@ -23,17 +23,17 @@ import numpy as np
 from ...costs import EAGER
 from ...engine import Engine
 from ...errors import InfeasibleError
-from ...modules import Context
+from ...modules import Context, expected_tokens_per_step
 from ...specs import LayerKind
 from ...units import fmt_bytes
 from ..base import (Plan, ServingSystem, StepSim, balanced_batches, sequential_steps, simpson_decode_time,
                     simulate_pass)
 from .engine_step import EngineRuntime, engine_layer_times, kernel_tables_used, with_engine_cpu
 from .memory import activation_bytes
-from .speculative import speculation, speculative_decode_step, tokens_per_step
+from .speculative import speculation, speculative_decode_step
 from .parallel import (ParallelLayout, parallel_layer_times, rank_context, require_experts_divisible,
                        weight_bytes_per_gpu, world_gpus)
-from .tensor_parallel import LayerTimes, require_tensor_parallel
+from .tensor_parallel import LayerTimes, kv_share_per_gpu, require_tensor_parallel
 
 
 @dataclass(frozen=True)
@@ -47,20 +47,6 @@ class EngineKnobs:
     chunked_prefill: bool = True
     max_seqs_name: str = "max_num_seqs"
     mla_latent_cache: bool = True
-
-
-def kv_share_per_gpu(ctx: Context, latent_cache: bool = True) -> float:
-    """The share of one token's KV (all heads) that each of the n tensor-parallel GPUs caches::
-
-        MLA (latent cached):  1                       (the latent is replicated on every rank)
-        MHA/GQA:              max(1, H_kv / n) / H_kv  (a K/V head is never split; fewer heads than GPUs are
-                                                       replicated, vLLM's QKVParallelLinear)"""
-    n = ctx.platform.num_gpus
-    a = ctx.model.attention
-    if a.kind == "mla":
-        return 1.0 if latent_cache else 1.0 / n
-    kv = a.num_kv_heads
-    return max(1.0, kv / n) / kv
 
 
 @dataclass
@@ -240,7 +226,7 @@ class ContinuousBatchingEngine(ServingSystem):
 
     # ---- one step ----------------------------------------------------------------------------
     def _pass(self, ctx: Context, lay: _Layout, tokens: float, rows: float,
-              attention: list[tuple[float, float, float]], width: int = 1) -> StepSim:
+              attention: list[tuple[float, float, float]], width: int = 1, phase: str | None = None) -> StepSim:
         """One step over ``tokens`` batched tokens; ``attention`` lists (sequences, new tokens, context) groups;
         ``rows`` = tokens whose logits are computed (one per decoding sequence and per completed prompt).
 
@@ -248,13 +234,14 @@ class ContinuousBatchingEngine(ServingSystem):
         CUDA graph of its padded batch, a step with prompt tokens runs the prefill execution; then the engine's
         per-step CPU work, overlapped with the GPU's or not (:meth:`EngineRuntime.step_s`). ``width``: tokens per
         sequence of a decode step (k + 1 when speculative decoding verifies k draft tokens, :mod:`.speculative`):
-        the engines capture its graph per batch of sequences, each carrying ``width`` tokens."""
+        the engines capture its graph per batch of sequences, each carrying ``width`` tokens. ``phase`` ("decode" or
+        "prefill") states the step's kind where ``attention`` does not show it (a step priced without attention)."""
         pl = self._parallel(ctx)
         n, dp = pl.attn_tp, pl.dp
         inv = 1.0 / n
         m = ctx.model
         rt = self.runtime(ctx)
-        decode_only = all(q == width for s, q, _ in attention if s > 0)
+        decode_only = phase == "decode" if phase else all(q == width for s, q, _ in attention if s > 0)
         if decode_only:  # each DP rank replays the graph of its own padded batch
             execution, rank_rows = rt.decode_execution(tokens / width / dp)
             gemm_tokens = rank_rows * dp * width
@@ -270,9 +257,9 @@ class ContinuousBatchingEngine(ServingSystem):
         if pl.tensor_parallel_only:
             times = rank_times(ctx, tokens, attention, gemm_tokens)
         else:
-            key = ("parallel layer times", pl, execution, rt.backend, tokens, tuple(attention), gemm_tokens)
+            key = ("parallel layer times", pl, execution, rt.backend, tokens, tuple(attention), gemm_tokens, width)
             times = ctx.memo(key, lambda: parallel_layer_times(ctx, pl, tokens, attention, execution, rt.backend,
-                                                               gemm_tokens, rank_times))
+                                                               gemm_tokens, rank_times, width))
         offload_layer = lay.offload / m.num_layers
         copy = ctx.h2d_s(offload_layer)
 
@@ -355,6 +342,13 @@ class ContinuousBatchingEngine(ServingSystem):
         refill_s = ((passes - 1) * prefill.time_s + prefill_last.time_s) / G
         return float(G), sequential_steps(refill), refill_s
 
+    def running_by_kv(self, ctx: Context, lay: _Layout, block_size: int) -> tuple[float, int]:
+        """(mean KV blocks a running sequence holds, its generation position uniform over 1..G; the sequences the
+        KV pools hold together, every DP rank's pool its own)."""
+        P, G = ctx.workload.prompt_tokens, ctx.workload.gen_tokens
+        blocks_per_seq = float(np.mean(np.ceil((P + np.arange(1, G + 1)) / block_size)))
+        return blocks_per_seq, int(lay.blocks // blocks_per_seq) * self._parallel(ctx).dp
+
     # ---- offline plan --------------------------------------------------------------------------
     def plan(self, ctx: Context) -> Plan:
         from .disaggregation import check_aggregated, disaggregated_plan
@@ -367,9 +361,7 @@ class ContinuousBatchingEngine(ServingSystem):
         lay = self._layout(ctx)
         pl = self._parallel(ctx)
         bs, budget_tokens = k.block_size, k.token_budget
-        # mean blocks held by a running sequence, its generation position uniform over 1..G
-        blocks_per_seq = float(np.mean(np.ceil((P + np.arange(1, G + 1)) / bs)))
-        by_kv = int(lay.blocks // blocks_per_seq) * pl.dp  # every DP rank's pool holds its own sequences
+        blocks_per_seq, by_kv = self.running_by_kv(ctx, lay, bs)
         cap = w.batch_size or k.max_seqs  # a fixed workload batch acts as max_num_seqs
         notes = []
         by_kv = max(by_kv, 1)  # one full sequence always fits (checked in _layout)
@@ -384,7 +376,7 @@ class ContinuousBatchingEngine(ServingSystem):
         prefill_last = prefill if rest == chunk else self._mixed(ctx, lay, 0, 0, rest, rest / P, P)
         spec, rates, kind = speculation(self, ctx)
         if spec:  # G / tau steps of verification + drafts (.speculative); waves in lockstep (no mixed steps)
-            tau = tokens_per_step(rates)
+            tau = expected_tokens_per_step(rates)
             decode_s, points = simpson_decode_time(
                 lambda c: speculative_decode_step(self, ctx, lay, batch, c, P, spec, kind), P, G)
             decode_s /= tau
@@ -400,8 +392,8 @@ class ContinuousBatchingEngine(ServingSystem):
         elif k.chunked_prefill:
             steps, mixed, per_step = self._v1_steady_state(ctx, lay, batch)
         else:
-            steps, mixed, refill_s = self._v0_steady_state(ctx, lay, batch, (G + 1) // 2 + P, prefill, passes,
-                                                           prefill_last)
+            steps, mixed, refill_s = self._v0_steady_state(ctx, lay, batch, P + (G + 1) / 2.0, prefill, passes,
+                                                           prefill_last)  # the mean context, as V1's
             per_step = "each step decodes or prefills"
             decode_s += G * refill_s
             notes.append(f"V0 scheduler: prefill steps do not carry decodes; the {batch} sequences of a wave finish "

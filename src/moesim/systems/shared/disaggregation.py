@@ -22,7 +22,7 @@ machinery on a worker's GPUs (:mod:`.continuous`):
 - KV transfer (:func:`kv_transfer_s`) of a request's prompt KV, as the engine stores it, over the link between the
   pools: NVLink (the platform's GPU link) when the whole deployment fits in one node, else the scale-out network
   (per GPU, the platform's NIC share); per GPU, the larger of what a prefill GPU sends and a decode GPU receives
-  (a GPU's share of a sequence's KV, :func:`~.continuous.kv_share_per_gpu`: MLA's latent is whole on every GPU of
+  (a GPU's share of a sequence's KV, :func:`~.tensor_parallel.kv_share_per_gpu`: MLA's latent is whole on every GPU of
   a rank)::
 
       t_kv = latency + bytes_per_gpu / bandwidth
@@ -49,14 +49,14 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ...errors import InfeasibleError, MoesimError
-from ...modules import Context
-from ..base import Plan, StepSim, peak_gpu_bytes, simpson_decode_time
+from ...modules import Context, expected_tokens_per_step
+from ..base import Plan, StepSim, simpson_decode_time
 from .parallel import rank_context, world_gpus
-from .speculative import speculation, speculative_decode_step, tokens_per_step
+from .speculative import speculation, speculative_decode_step
+
 
 if TYPE_CHECKING:
     from .continuous import ContinuousBatchingEngine
@@ -235,13 +235,7 @@ def worker_context(ctx: Context, gpus: int, role: str) -> Context:
         raise InfeasibleError(f"disaggregation: a {role} worker of {gpus} GPUs must fit in one node ({node} GPUs) or "
                               f"take whole nodes (a multiple of {node})")
 
-    def make() -> Context:
-        nodes = max(1, gpus // node) if gpus > node else 1
-        update: dict[str, Any] = {"num_gpus": min(gpus, node)}
-        if "num_nodes" in type(ctx.platform).model_fields:
-            update["num_nodes"] = nodes
-        return Context(ctx.model, ctx.platform.model_copy(update=update), ctx.workload, ctx.options)
-    return ctx.memo(("disaggregated worker", gpus), make)
+    return rank_context(ctx, min(gpus, node), max(1, gpus // node) if gpus > node else 1)
 
 
 @dataclass(frozen=True)
@@ -290,12 +284,10 @@ def price_decode_worker(eng, ctx: Context, in_flight: int) -> DecodeWorker:
     P, G = w.prompt_tokens, w.gen_tokens
     lay = eng._layout(ctx)
     k = eng.group_knobs(ctx)
-    pl = eng._parallel(ctx)
-    blocks_per_seq = float(np.mean(np.ceil((P + np.arange(1, G + 1)) / k.block_size)))
-    by_kv = max(1, int(lay.blocks // blocks_per_seq) * pl.dp)
+    by_kv = max(1, eng.running_by_kv(ctx, lay, k.block_size)[1])
     batch = max(1, min(k.max_seqs, by_kv, in_flight))
     steps, rates, kind = speculation(eng, ctx)
-    tau = tokens_per_step(rates)
+    tau = expected_tokens_per_step(rates)
 
     def step(c: int) -> StepSim:
         return speculative_decode_step(eng, ctx, lay, batch, c, P, steps, kind)
@@ -345,7 +337,7 @@ def kv_link(ctx: Context, one_node: bool) -> tuple[float, float, str]:
 
 def disaggregated_plan(engine: "ContinuousBatchingEngine", ctx: Context) -> DisaggregatedPlan:
     """The disaggregated deployment of ``engine`` on ``ctx``'s GPUs (module docstring)."""
-    from .continuous import kv_share_per_gpu
+    from .tensor_parallel import kv_share_per_gpu
 
     prm, w = engine.params, ctx.workload
     P, G, R = w.prompt_tokens, w.gen_tokens, w.num_requests

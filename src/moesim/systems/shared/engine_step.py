@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from ...costs import Execution
+from ...costs.ffn import router as router_cost
 from ...db import system_constants
 from ...modules import Context
 from .tensor_parallel import LayerTimes
@@ -124,16 +125,9 @@ def engine_execution(mode: str = "graph") -> Execution:
 
 def _kernel_tables(ctx: Context, backend: str):
     """Measured kernel tables for this GPU and backend, or None (module absent, no table)."""
-    def load():
-        try:
-            from ...costs import kernels  # written on another branch; absent here means "no table"
-        except ImportError:
-            return None
-        try:
-            return kernels.kernel_tables(ctx.platform.gpu.name, backend)
-        except Exception:  # a table that cannot be read must not break a prediction: fall back
-            return None
-    return ctx.memo(("kernel tables", backend), load)
+    from ...costs import kernels
+
+    return ctx.memo(("kernel tables", backend), lambda: kernels.kernel_tables(ctx.platform.gpu.name, backend))
 
 
 def kernel_tables_used(ctx: Context, rt: EngineRuntime) -> str | None:
@@ -202,8 +196,6 @@ def _engine_layer_times(ctx: Context, tokens: float, attention: list[tuple[float
                         execution: Execution, backend: str, gemm_tokens: float | None) -> LayerTimes:
     rows = tokens if gemm_tokens is None else gemm_tokens
     base = LayerTimes.of(ctx, rows, attention, execution)
-    core = {w: sum(ctx.gpu_s(_per_gpu_attention(ctx, ctx.attention_core(s, q, kv, w)), execution)
-                   for s, q, kv in attention if s > 0) for w in (False, True)}
     tables = _kernel_tables(ctx, backend)
     experts, router = base.experts, base.router
     m = ctx.model
@@ -220,12 +212,8 @@ def _engine_layer_times(ctx: Context, tokens: float, attention: list[tuple[float
     if tables is not None and m.moe:
         t = routed_table_moe_s(ctx, tables, rows)
         if t is not None:
-            # the table's fused-MoE call includes the permute to experts and the weighted combine (align/sort,
-            # gather, scatter-add): the router keeps only its logits GEMM, softmax and top-k
-            experts = t
-            router = ctx.memo(("engine router", execution, rows), lambda: ctx.gpu_s(
-                costs_router(m.hidden_size, m.moe.num_experts, rows), execution))
-    return LayerTimes(attn_proj, core, engine_allreduce_s(ctx, rows, backend), router, experts, shared, dense)
+            experts, router = t, engine_router_s(ctx, rows, execution, fused_table=True)
+    return LayerTimes(attn_proj, base.core, engine_allreduce_s(ctx, rows, backend), router, experts, shared, dense)
 
 
 def _or(value: float | None, fallback: float) -> float:
@@ -267,11 +255,13 @@ def table_gemms_s(ctx: Context, tables, rows: float, shapes: list[tuple[int, int
     return total
 
 
-def costs_router(hidden: int, num_experts: int, tokens: float):
-    """The router alone (logits GEMM, softmax, top-k), :func:`moesim.costs.ffn.router`."""
-    from ...costs.ffn import router
-
-    return router(hidden, num_experts, tokens)
+def engine_router_s(ctx: Context, rows: float, execution: Execution | None, fused_table: bool) -> float:
+    """The router of one MoE layer: logits GEMM, softmax and top-k, plus the permute to the experts and their
+    weighted combine (:meth:`Context.router`) unless a fused-MoE table priced the experts: the table's call includes
+    them (align/sort, gather, scatter-add), so they are not charged twice."""
+    m = ctx.model
+    cost = router_cost(m.hidden_size, m.moe.num_experts, rows) if fused_table else ctx.router(rows)
+    return ctx.gpu_s(cost, execution)
 
 
 def routed_table_moe_s(ctx: Context, tables, tokens: float, tp: int | None = None, ep: int = 1) -> float | None:
@@ -308,21 +298,6 @@ def routed_table_moe_s(ctx: Context, tables, tokens: float, tp: int | None = Non
     even = min(float(E), tokens * k)
     routed = min(even, ctx.active_experts(tokens))
     return t * max(compute, one_expert * routed) / max(compute, one_expert * even)
-
-
-def _per_gpu_attention(ctx: Context, cost):
-    """One GPU's share of an attention core under tensor parallelism: 1/n of the heads' FLOPs, but the KV it
-    reads is what that GPU caches, :func:`~.continuous.kv_share_per_gpu` of it (MLA's latent whole on every GPU;
-    K/V heads replicated beyond their count), not 1/n."""
-    from .continuous import kv_share_per_gpu
-
-    inv = 1.0 / ctx.platform.num_gpus
-    share = max(kv_share_per_gpu(ctx), inv)
-
-    def one(c):
-        return c.with_(flop=c.flop * inv, bytes=c.bytes * share, weight_elements=c.weight_elements * inv,
-                       serial=tuple(one(p) for p in c.serial))
-    return one(cost)
 
 
 def quant_kind(dtype: str, model) -> str:

@@ -28,7 +28,9 @@ class StepTable:
         T(step) = T_lin(n) + h (rows - 1) + alpha * sum(decode contexts) + beta * sum(prefill q-k pairs)
 
     T_lin(n): a step of n batched tokens with one logit row and no attention, simulated on a grid of
-    n (powers of two up to the token budget) and interpolated linearly in n; h: lm-head time per
+    n (powers of two up to the token budget) and interpolated linearly in n, once as the engine runs a decode-only
+    step (its CUDA graph of the padded batch, up to the running-request cap) and once as it runs a step carrying
+    prompt tokens (its prefill execution); h: lm-head time per
     extra row; alpha: decode attention time per (sequence x context token), from two decode steps at
     a short and a long context; beta: prefill attention time per causal query-key pair, from a
     one-prompt prefill step. Offload copies and launch overheads are inside T_lin.
@@ -39,21 +41,29 @@ class StepTable:
         p = system._pass
         grid = sorted({1, *[2**e for e in range(0, 30) if 2**e < max_tokens], max_tokens})
         self.grid = np.array(grid, dtype=float)
-        self.t_lin = np.array([p(ctx, lay, n, 1, []).time_s for n in grid])
+        self.t_lin = np.array([p(ctx, lay, n, 1, [], phase="prefill").time_s for n in grid])
+        dgrid = sorted({g for g in grid if g <= max_seqs} | {max_seqs})
+        self.decode_grid = np.array(dgrid, dtype=float)
+        self.t_lin_decode = np.array([p(ctx, lay, n, 1, [], phase="decode").time_s for n in dgrid])
         n_ref = max(2, min(max_tokens, 256))
-        self.head_row_s = max(0.0, (p(ctx, lay, n_ref, n_ref, []).time_s - p(ctx, lay, n_ref, 1, []).time_s)
-                              / (n_ref - 1))
+        self.head_row_s = max(0.0, (p(ctx, lay, n_ref, n_ref, [], phase="prefill").time_s
+                                    - p(ctx, lay, n_ref, 1, [], phase="prefill").time_s) / (n_ref - 1))
         b = max(1, min(max_seqs, 64))
         c_lo, c_hi = 16, max(32, max_ctx)
         self.alpha = max(0.0, (p(ctx, lay, b, b, [(b, 1, c_hi)]).time_s - p(ctx, lay, b, b, [(b, 1, c_lo)]).time_s)
                          / (b * (c_hi - c_lo)))
         q = max(2, min(max_tokens, 2048))
-        self.beta = max(0.0, (p(ctx, lay, q, 1, [(1, q, q)]).time_s - p(ctx, lay, q, 1, []).time_s)
+        self.beta = max(0.0, (p(ctx, lay, q, 1, [(1, q, q)]).time_s - p(ctx, lay, q, 1, [], phase="prefill").time_s)
                         / (q * (q + 1) / 2))
 
     def time_s(self, tokens: int, rows: int, decode_ctx_sum: float, prefill_pairs: float) -> float:
-        return (float(np.interp(tokens, self.grid, self.t_lin)) + self.head_row_s * max(rows - 1, 0)
-                + self.alpha * decode_ctx_sum + self.beta * prefill_pairs)
+        """A step's time; a step without prompt tokens (``prefill_pairs`` 0) within the running-request cap is a
+        decode-only step (its graph), any other a step the engine runs in its prefill execution."""
+        if prefill_pairs == 0 and tokens <= self.decode_grid[-1]:
+            lin = float(np.interp(tokens, self.decode_grid, self.t_lin_decode))
+        else:
+            lin = float(np.interp(tokens, self.grid, self.t_lin))
+        return lin + self.head_row_s * max(rows - 1, 0) + self.alpha * decode_ctx_sum + self.beta * prefill_pairs
 
 
 class EngineStepModel:
@@ -99,6 +109,3 @@ class EngineStepModel:
                 pairs += c.tokens * (c.cached + (c.tokens + 1) / 2.0)
         return self.table.time_s(step.tokens, step.sampled, dec_ctx, pairs)
 
-
-#: the name this model had when only vLLM served online
-VLLMStepModel = EngineStepModel

@@ -41,13 +41,13 @@ from ...engine import Engine
 from ...errors import InfeasibleError
 from ...modules import Context
 from ...specs import LayerKind
-from .tensor_parallel import LayerTimes
+from .tensor_parallel import LayerTimes, nccl_latency_s
 
 
 def world_gpus(platform) -> int:
     """GPUs of the instance: the platform's ``total_gpus`` (a multi-node platform) where it has one, else its
     ``num_gpus``."""
-    return int(getattr(platform, "total_gpus", None) or platform.num_gpus)
+    return int(platform.total_gpus)
 
 
 @dataclass(frozen=True)
@@ -112,17 +112,14 @@ def require_experts_divisible(ctx: Context, lay: ParallelLayout, engine: str) ->
                               f"over MoE tensor parallel size {lay.moe_tp}")
 
 
-def rank_context(ctx: Context, gpus: int) -> Context:
-    """``ctx`` on ``gpus`` GPUs of its platform (one DP rank's tensor-parallel group, one node), memoised on
-    ``ctx``: the existing tensor-parallel pricing then prices that group."""
-    def make():
-        p = ctx.platform
-        update = {"num_gpus": gpus}
-        if "num_nodes" in getattr(type(p), "model_fields", {}):
-            update["num_nodes"] = 1
-        return Context(ctx.model, p.model_copy(update=update), ctx.workload, ctx.options)
-    return ctx.memo(("rank context", gpus), make) if gpus != ctx.platform.num_gpus or world_gpus(
-        ctx.platform) != ctx.platform.num_gpus else ctx
+def rank_context(ctx: Context, gpus: int, nodes: int = 1) -> Context:
+    """``ctx`` on ``gpus`` GPUs of its platform per node over ``nodes`` nodes (default: one DP rank's tensor-parallel
+    group on one node), memoised on ``ctx``: the existing tensor-parallel pricing then prices that group."""
+    p = ctx.platform
+    if gpus == p.num_gpus and nodes == p.num_nodes:
+        return ctx
+    return ctx.memo(("rank context", gpus, nodes), lambda: Context(
+        ctx.model, p.model_copy(update={"num_gpus": gpus, "num_nodes": nodes}), ctx.workload, ctx.options))
 
 
 def weight_bytes_per_gpu(ctx: Context, lay: ParallelLayout) -> float:
@@ -242,26 +239,13 @@ def all_to_all_s(ctx: Context, nbytes_per_gpu: float, ranks: int, a2a: str = "nc
     p = ctx.platform
     link = p.gpu_link or p.host_link
     bw = link.h2d_pinned_bytes_per_s * _c("all_to_all_link_efficiency")
-    scale_out = _scale_out_bytes_per_s(p)
-    if ranks > p.num_gpus and scale_out:  # across nodes: the remote share over the NICs
-        bw = min(bw, scale_out)
-    shared = system_constants("shared")
-    alpha = max(link.latency_s, float(shared.value("nccl_allreduce_base_s"))) + float(
-        shared.value("nccl_allreduce_per_peer_s")) * (ranks - 1)
+    alpha = nccl_latency_s(link, ranks)
+    if ranks > p.num_gpus and p.scale_out is not None:  # across nodes: the remote share over the NICs
+        bw = min(bw, p.scale_out.per_gpu_bytes_per_s)
+        alpha = max(alpha, p.scale_out.latency_s)
     if a2a == "deepep_ll" or (a2a == "deepep" and phase == "decode"):
         alpha = max(alpha, _c("deepep_ll_latency_s"))
     return alpha + (ranks - 1) / ranks * nbytes_per_gpu / bw
-
-
-def _scale_out_bytes_per_s(platform) -> float | None:
-    """Per-GPU scale-out (NIC) bandwidth of a multi-node platform, where the platform spec has one (the
-    ``platforms14`` branch adds the network; wired at merge), else None."""
-    net = getattr(platform, "scale_out", None) or getattr(platform, "network", None)
-    for name in ("bytes_per_s_per_gpu", "per_gpu_bytes_per_s", "bytes_per_s"):
-        v = getattr(net, name, None) if net is not None else None
-        if v:
-            return float(v)
-    return None
 
 
 # ---- one layer under a layout -------------------------------------------------------------------
@@ -359,7 +343,7 @@ def _table_moe_beyond(ctx: Context, tables, tokens: float, tp: int, ep: int, loo
 
 def parallel_layer_times(ctx: Context, lay: ParallelLayout, tokens: float,
                          attention: list[tuple[float, float, float]], execution: Execution | None, backend: str,
-                         gemm_tokens: float | None, rank_times) -> ParallelLayerTimes:
+                         gemm_tokens: float | None, rank_times, decode_width: int = 1) -> ParallelLayerTimes:
     """One layer under ``lay`` for a step of the whole instance: ``tokens`` and ``attention`` (sequences, new
     tokens, context) are the instance's; the busiest of the dp ranks holds :func:`busiest_rank_sequences` of each
     group (decodes evenly, a prompt or chunk whole on one rank; prompts evenly where ``lay.prompts_balanced``) and
@@ -384,7 +368,7 @@ def parallel_layer_times(ctx: Context, lay: ParallelLayout, tokens: float,
         # two micro-batches of half the tokens and sequences each (ParallelLayerTimes._add_two_batches)
         half = parallel_layer_times(ctx, replace(lay, two_batch_overlap=False), tokens / 2,
                                     [(s / 2, q, kv) for s, q, kv in attention], execution, backend,
-                                    None if gemm_tokens is None else gemm_tokens / 2, rank_times)
+                                    None if gemm_tokens is None else gemm_tokens / 2, rank_times, decode_width)
         return replace(half, two_batch_overlap=True)
     dp = lay.dp
     rctx = rank_context(ctx, lay.attn_tp)
@@ -406,12 +390,17 @@ def parallel_layer_times(ctx: Context, lay: ParallelLayout, tokens: float,
         if tables is not None:
             # the most loaded rank runs its kernel as if every rank carried its load: the balanced table at f T
             experts = _table_moe_beyond(ctx, tables, rows * f, lay.moe_tp, lay.moe_ep, routed_table_moe_s)
+    from .engine_step import engine_router_s
+    # the rank's router over its own rows, charged the permute/combine unless the table above priced the experts
+    router = engine_router_s(rctx, r_tokens if r_gemm is None else r_gemm, execution, fused_table=experts is not None)
     if experts is None:
         active = min(E / lay.moe_ep, ctx.active_experts(rows) / lay.moe_ep * f)
         cost = ctx.experts(active, rows * k / lay.moe_ep * f).scaled(1.0 / lay.moe_tp)
         experts = ctx.gpu_s(cost, execution)
-    rank = LayerTimes(base.attn_proj, base.core, base.allreduce, base.router, experts, base.shared, base.dense)
-    phase = "decode" if all(q == 1 for s, q, _ in attention if s > 0) else "prefill"
+    rank = LayerTimes(base.attn_proj, base.core, base.allreduce, router, experts, base.shared, base.dense)
+    # a decode step (each sequence carries decode_width tokens: k + 1 when speculative decoding verifies k drafts)
+    # takes the exchange's decode kernels (DeepEP low-latency)
+    phase = "decode" if all(q == decode_width for s, q, _ in attention if s > 0) else "prefill"
     per_gpu_tokens = tokens / lay.gpus
     if dp == 1:
         # attention tensor parallel over every GPU: each GPU already holds all the tokens (after the attention's

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ...db import system_constants
 from ...errors import InfeasibleError
-from ...modules import Context, expected_tokens_per_step
+from ...modules import Context
 
 if TYPE_CHECKING:
     from ..base import StepSim
@@ -105,6 +105,7 @@ def draft_model_step_s(engine, ctx: Context, batch: float, context: int) -> floa
     """One decode step of the scenario's draft model (``--draft``) over ``batch`` sequences, as the engine runs its
     decode (CUDA graph of the padded batch, its kernels and CPU work): tensor parallel over each DP rank's GPUs
     (the target's attention layout), every DP rank drafting for its own sequences."""
+    from ...costs import EAGER
     from ...engine import Engine
     from ..base import simulate_pass
     from .engine_step import engine_layer_times
@@ -120,14 +121,16 @@ def draft_model_step_s(engine, ctx: Context, batch: float, context: int) -> floa
     att = [(seqs, 1, context)]
 
     def make() -> float:
-        if execution.mode == "eager":
+        # as the engine prices its own steps (continuous.py's _pass): torch eager, or the engine's kernels
+        if execution == EAGER:
             times = LayerTimes.of(rctx, seqs, att)
         else:
             times = engine_layer_times(rctx, seqs, att, execution, rt.backend, rows)
         eng = Engine(memory_capacity_bytes={"gpu": ctx.platform.usable_gpu_memory_bytes_per_gpu})
         head = rctx.gpu_s(rctx.head(rows, seqs).scaled(1.0 / pl.attn_tp), execution)
         step = simulate_pass(rctx, eng, lambda e, i, kind: times.add(e, i, kind), head_s=head)
-        return rt.step_s(step.time_s, seqs)
+        # GPU time only: the k draft steps run inside one scheduler step, whose CPU work the verify pass carries
+        return step.time_s
     return ctx.memo(("draft model step", engine.name, repr(engine.params), batch, context), make)
 
 
@@ -154,7 +157,3 @@ def speculative_decode_step(engine, ctx: Context, lay, batch: float, context: in
     busy["gpu"] = busy.get("gpu", 0.0) + draft
     return replace(verify, time_s=verify.time_s + draft, category_s=category, busy_s=busy)
 
-
-def tokens_per_step(rates: tuple[float, ...]) -> float:
-    """tau of the draft steps' acceptance rates (1 without speculative decoding)."""
-    return expected_tokens_per_step(rates)

@@ -97,10 +97,42 @@ def allreduce_s(ctx: Context, tokens: float) -> float:
         return measured
     link = p.gpu_link or p.host_link
     nbytes = ctx.hidden_state_bytes(tokens)
+    return nccl_latency_s(link, n) + 2.0 * (n - 1) / n * nbytes / link.h2d_pinned_bytes_per_s
+
+
+def nccl_latency_s(link, n: int) -> float:
+    """NCCL's small-message latency of a collective over ``n`` GPUs: a + b (n - 1) (``systems_db/shared.yaml``,
+    AIConfigurator's NCCL tables), never below the link's own latency."""
     c = system_constants("shared")
-    latency = max(link.latency_s, float(c.value("nccl_allreduce_base_s"))) + float(
+    return max(link.latency_s, float(c.value("nccl_allreduce_base_s"))) + float(
         c.value("nccl_allreduce_per_peer_s")) * (n - 1)
-    return latency + 2.0 * (n - 1) / n * nbytes / link.h2d_pinned_bytes_per_s
+
+
+def kv_share_per_gpu(ctx: Context, latent_cache: bool = True) -> float:
+    """The share of one token's KV (all heads) that each of the n tensor-parallel GPUs caches::
+
+        MLA (latent cached):  1                       (the latent is replicated on every rank)
+        MHA/GQA:              max(1, H_kv / n) / H_kv  (a K/V head is never split; fewer heads than GPUs are
+                                                       replicated, vLLM's QKVParallelLinear)"""
+    n = ctx.platform.num_gpus
+    a = ctx.model.attention
+    if a.kind == "mla":
+        return 1.0 if latent_cache else 1.0 / n
+    kv = a.num_kv_heads
+    return max(1.0, kv / n) / kv
+
+
+def per_gpu_attention(ctx: Context, cost):
+    """One GPU's share of an attention core under tensor parallelism: 1/n of the heads' FLOPs and weights, but the
+    KV it reads is what that GPU caches, :func:`kv_share_per_gpu` of it (MLA's latent whole on every GPU; K/V heads
+    replicated beyond their count), not 1/n."""
+    inv = 1.0 / ctx.platform.num_gpus
+    share = kv_share_per_gpu(ctx)
+
+    def one(c):
+        return c.with_(flop=c.flop * inv, bytes=c.bytes * share, weight_elements=c.weight_elements * inv,
+                       serial=tuple(one(p) for p in c.serial))
+    return one(cost)
 
 
 @dataclass(frozen=True)
@@ -127,8 +159,8 @@ class LayerTimes:
         def gpu(cost) -> float:
             return ctx.gpu_s(cost, ex)
 
-        core = {w: sum(gpu(ctx.attention_core(s, q, kv, w).scaled(inv)) for s, q, kv in attention if s > 0)
-                for w in (False, True)}
+        core = {w: sum(gpu(per_gpu_attention(ctx, ctx.attention_core(s, q, kv, w))) for s, q, kv in attention
+                       if s > 0) for w in (False, True)}
         router = experts = shared = 0.0
         if m.moe:
             router = gpu(ctx.router(tokens))
