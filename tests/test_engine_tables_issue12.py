@@ -132,3 +132,16 @@ def test_the_engines_request_overhead_is_the_harness_fit_of_aiconfigurators_own_
     fitted = _aic()._harness()["pipelines"]["silicon-ci"]["vllm"]["request_overhead_s"]
     assert CL.request_overhead_s("vllm") == pytest.approx(fitted, abs=5e-5)
     assert CL.request_overhead_s("no-such-system") == 0.0
+
+
+def test_graph_sizes_read_the_engines_rules_by_hand():
+    """first:last:step ranges (last inclusive, or the top), single sizes, capped at the top."""
+    assert ES.graph_sizes("1,2,4,8:24:8,32:top:16", 64) == (1, 2, 4, 8, 16, 24, 32, 48, 64)
+    assert ES.graph_sizes("1,2,3,32,64,128", 40) == (1, 2, 3, 32)
+    assert ES.vllm_capture_sizes(8) == (1, 2, 4, 8, 16)  # min(2 x 8, 512) = 16
+
+
+def test_show_system_states_each_phases_execution():
+    out = subprocess.run([sys.executable, "-m", "moesim", "show", "system", "llama-cpp"], capture_output=True,
+                         text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0 and "prefill native, decode native" in out.stdout

@@ -48,7 +48,7 @@ from ..modules import Context
 from .shared.continuous import ContinuousBatchingEngine, EngineKnobs
 from .shared.disaggregation import DisaggregationParams
 from .shared.speculative import SpeculativeParams
-from .shared.engine_step import EngineRuntime, engine_execution, runtime_constants
+from .shared.engine_step import EngineRuntime, engine_execution, graph_sizes, runtime_constants
 from .shared.parallel import ParallelLayout, world_gpus
 
 MIB = 2.0**20
@@ -117,13 +117,12 @@ class SGLang(ContinuousBatchingEngine):
         """``cuda_graph_max_bs``: the parameter, or SGLang's default for the TP size."""
         if self.params.cuda_graph_max_bs is not None:
             return self.params.cuda_graph_max_bs
-        return int(self._c("cuda_graph_max_bs_tp4" if ctx.platform.num_gpus >= 4 else "cuda_graph_max_bs"))
+        large = ctx.platform.num_gpus >= self._c("cuda_graph_max_bs_large_tp")
+        return int(self._c("cuda_graph_max_bs_tp4" if large else "cuda_graph_max_bs"))
 
     def capture_sizes(self, ctx: Context) -> tuple[int, ...]:
         """SGLang's captured decode batch sizes up to :meth:`graph_max_bs`."""
-        top = self.graph_max_bs(ctx)
-        sizes = [1, 2, 4, 8, 12] + list(range(16, 257, 8)) + list(range(272, 512, 16)) + list(range(512, top + 1, 32))
-        return tuple(b for b in sizes if b <= top)
+        return graph_sizes(str(self.constants.value("cuda_graph_batch_sizes")), self.graph_max_bs(ctx))
 
     def mem_fraction(self, ctx: Context) -> float:
         """``mem_fraction_static``: the parameter, or SGLang's reserved-memory rule (module docstring)."""

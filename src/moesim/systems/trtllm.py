@@ -36,7 +36,7 @@ from ..modules import Context
 from .shared.continuous import ContinuousBatchingEngine, EngineKnobs
 from .shared.disaggregation import DisaggregationParams
 from .shared.speculative import SpeculativeParams
-from .shared.engine_step import EngineRuntime, engine_execution, runtime_constants
+from .shared.engine_step import EngineRuntime, engine_execution, graph_sizes, runtime_constants
 from .shared.parallel import ParallelLayout, world_gpus
 
 class TRTLLMParams(DisaggregationParams, SpeculativeParams):
@@ -90,8 +90,7 @@ class TRTLLM(ContinuousBatchingEngine):
     def runtime(self, ctx: Context) -> EngineRuntime:
         p = self.params
         c = runtime_constants(self.name)
-        listed = tuple(int(x) for x in str(self.constants.value("cuda_graph_batch_sizes")).split(","))
-        sizes = tuple(s for s in listed if s <= p.cuda_graph_max_batch_size)
+        sizes = graph_sizes(str(self.constants.value("cuda_graph_batch_sizes")), p.cuda_graph_max_batch_size)
         return EngineRuntime(self.name, engine_execution("graph"), engine_execution("graph"), c["step_cpu_s"],
                              c["step_cpu_per_seq_s"], bool(c["overlap_scheduler"]) and not p.disable_overlap_scheduler,
                              sizes, pad_to_graph=p.cuda_graph_padding,

@@ -25,6 +25,7 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from ...costs import Execution
@@ -36,8 +37,17 @@ from .tensor_parallel import LayerTimes
 if TYPE_CHECKING:
     from ..base import StepSim
 
-#: all-reduce table sizes (bytes) of ``systems_db/engines.yaml``: custom_allreduce_s_n{n}_{bytes}
-_AR_SIZES = (2048, 16384, 131072, 524288, 2097152, 8388608)
+@lru_cache(maxsize=1)
+def _allreduce_table() -> dict[int, tuple[tuple[int, ...], tuple[float, ...]]]:
+    """The custom all-reduce table of ``systems_db/engines.yaml`` (keys ``custom_allreduce_s_n{n}_{bytes}``):
+    GPU count -> (message sizes in bytes, seconds), read from the keys themselves."""
+    c = system_constants("engines")
+    found: dict[int, dict[int, float]] = {}
+    for key in c.constants:
+        if key.startswith("custom_allreduce_s_n"):
+            n, size = key.removeprefix("custom_allreduce_s_n").split("_")
+            found.setdefault(int(n), {})[int(size)] = float(c.value(key))
+    return {n: (tuple(sorted(pts)), tuple(pts[s] for s in sorted(pts))) for n, pts in found.items()}
 
 
 @dataclass(frozen=True)
@@ -100,12 +110,26 @@ def graph_batch(batch: float, sizes: tuple[int, ...]) -> float:
     return float(sizes[bisect.bisect_left(sizes, math.ceil(batch - 1e-9))])
 
 
+def graph_sizes(spec: str, top: int) -> tuple[int, ...]:
+    """Captured CUDA-graph batch sizes up to ``top`` from an engine's rule as ``systems_db`` writes it: comma-separated
+    sizes ``b`` or ranges ``first:last:step`` (``last`` inclusive, or ``top``)."""
+    sizes: list[int] = []
+    for item in str(spec).split(","):
+        parts = item.strip().split(":")
+        if len(parts) == 1:
+            sizes.append(int(parts[0]))
+        else:
+            first, last, step = parts
+            sizes.extend(range(int(first), (top if last.strip() == "top" else int(last)) + 1, int(step)))
+    return tuple(s for s in sorted(set(sizes)) if s <= top)
+
+
 def vllm_capture_sizes(max_num_seqs: int) -> tuple[int, ...]:
-    """vLLM's default CUDA-graph capture sizes (``VllmConfig._set_cudagraph_sizes``): 1, 2, 4, then every 8 up to
-    255, then every 16, up to min(2 max_num_seqs, ``max_cudagraph_capture_size`` of ``systems_db/vllm.yaml``)."""
-    top = min(2 * max_num_seqs, int(system_constants("vllm").value("max_cudagraph_capture_size")))
-    sizes = [1, 2, 4] + list(range(8, 256, 8)) + list(range(256, top + 1, 16))
-    return tuple(s for s in sizes if s <= top)
+    """vLLM's default CUDA-graph capture sizes (``cuda_graph_batch_sizes`` of ``systems_db/vllm.yaml``, from
+    ``VllmConfig._set_cudagraph_sizes``) up to min(2 max_num_seqs, ``max_cudagraph_capture_size``)."""
+    c = system_constants("vllm")
+    top = min(2 * max_num_seqs, int(c.value("max_cudagraph_capture_size")))
+    return graph_sizes(str(c.value("cuda_graph_batch_sizes")), top)
 
 
 def runtime_constants(system: str) -> dict[str, float]:
@@ -140,16 +164,16 @@ def kernel_tables_used(ctx: Context, rt: EngineRuntime) -> str | None:
 def _table_allreduce_s(nbytes: float, n: int) -> float:
     """In-graph custom all-reduce latency, log-log interpolated in ``systems_db/engines.yaml``'s table
     (AIConfigurator's measured vLLM custom all-reduce under CUDA graphs, H200), linear beyond its largest size."""
-    c = system_constants("engines")
-    key = min((2, 4, 8), key=lambda k: abs(k - n)) if n not in (2, 4, 8) else n
-    ts = [float(c.value(f"custom_allreduce_s_n{key}_{s}")) for s in _AR_SIZES]
-    if nbytes <= _AR_SIZES[0]:
+    table = _allreduce_table()
+    key = min(table, key=lambda k: (abs(k - n), k))  # the nearest measured GPU count
+    sizes, ts = table[key]
+    if nbytes <= sizes[0]:
         return ts[0]
-    if nbytes >= _AR_SIZES[-1]:
-        slope = (ts[-1] - ts[-2]) / (_AR_SIZES[-1] - _AR_SIZES[-2])
-        return ts[-1] + (nbytes - _AR_SIZES[-1]) * slope
-    i = bisect.bisect_right(_AR_SIZES, nbytes) - 1
-    x0, x1 = math.log(_AR_SIZES[i]), math.log(_AR_SIZES[i + 1])
+    if nbytes >= sizes[-1]:
+        slope = (ts[-1] - ts[-2]) / (sizes[-1] - sizes[-2])
+        return ts[-1] + (nbytes - sizes[-1]) * slope
+    i = bisect.bisect_right(sizes, nbytes) - 1
+    x0, x1 = math.log(sizes[i]), math.log(sizes[i + 1])
     y0, y1 = math.log(ts[i]), math.log(ts[i + 1])
     return math.exp(y0 + (y1 - y0) * (math.log(nbytes) - x0) / (x1 - x0))
 
