@@ -295,8 +295,8 @@ def routed_table_moe_s(ctx: Context, tables, tokens: float, tp: int | None = Non
     dealt round-robin over the experts), which activates a_e = min(E, T k) experts; a real router's tokens fall on
     experts at random (with its skew, :meth:`Context.active_experts`): a_r = sum_e 1 - (1 - p_e)^T <= a_e. The same
     T k rows are computed either way; only the weights streamed differ. With the roofline's two parts of the
-    layer on one GPU, compute c = 6 H I T k / (tp ep P) and weight streaming w(a) = a 3 H I b / (tp ep B) (one
-    expert's bytes b per element), the table's time is carried over by their ratio::
+    layer on one GPU, compute c = 2 m H I T k / (tp ep P) and weight streaming w(a) = a m H I b / (tp ep B) (m = 3
+    matrices a gated expert holds, 2 otherwise; one expert's bytes b per element), the table's time is carried over by their ratio::
 
         t = table(T) * max(c, w(a_r)) / max(c, w(a_e))
 
@@ -317,7 +317,8 @@ def routed_table_moe_s(ctx: Context, tables, tokens: float, tp: int | None = Non
     gpu = ctx.platform.gpu
     peak, _ = gpu.peak_for(compute_dtype(ctx.edtype, gpu))
     split = float(tp_ * ep)
-    compute = 6.0 * m.hidden_size * m.moe.expert_intermediate_size * tokens * k / (split * peak)
+    mats = 3.0 if m.moe.gated else 2.0
+    compute = 2.0 * mats * m.hidden_size * m.moe.expert_intermediate_size * tokens * k / (split * peak)
     one_expert = ctx.expert_weight_bytes / (split * gpu.memory_bandwidth_bytes_per_s)
     even = min(float(E), tokens * k)
     routed = min(even, ctx.active_experts(tokens))
