@@ -116,9 +116,6 @@ def _hf_models(dense: bool = False) -> dict[str, str]:
     for spec in db.models().entries.values():
         if (spec.moe or dense) and getattr(spec, "hf_id", None):
             out[spec.hf_id.lower()] = spec.name
-            if not spec.moe:  # the dense references' base / instruct ids name the same architecture
-                out[spec.hf_id.lower().removesuffix("-instruct")] = spec.name
-                out[spec.hf_id.lower().removesuffix("-instruct") + "-instruct"] = spec.name
     return out
 
 
