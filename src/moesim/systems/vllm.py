@@ -117,7 +117,6 @@ from ..specs.workload import OnlineWorkload
 from ..units import fmt_bytes
 from .base import Plan
 from .shared.continuous import ContinuousBatchingEngine, ContinuousPlan, EngineKnobs, _Layout
-from .shared.tensor_parallel import kv_share_per_gpu
 from .shared.disaggregation import DisaggregationParams
 from .shared.speculative import SpeculativeParams
 from .shared.engine_step import EngineRuntime, engine_execution, runtime_constants, vllm_capture_sizes
@@ -239,13 +238,8 @@ class VLLM(ContinuousBatchingEngine):
         per_gpu = weight_bytes_per_gpu(ctx, pl)
         offload = min(prm.cpu_offload_gb * GIB, per_gpu)
         act = activation_bytes(rank_context(ctx, pl.attn_tp), tokens) + offload / ctx.model.num_layers
-        # one KV page as ContinuousBatchingEngine._block_bytes prices it, from the platform-free knobs (that method
-        # asks knobs_for, whose budget is what is being resolved here)
-        k, a = self.knobs, ctx.model.attention
-        kv = ctx.kv_bytes_per_token(ctx.workload.total_context_tokens)
-        if a.kind == "mla" and not k.mla_latent_cache:
-            kv *= (2 * a.num_heads * a.qk_head_dim) / a.kv_elements_per_token()
-        block_bytes = k.block_size * kv * kv_share_per_gpu(rank_context(ctx, pl.attn_tp), k.mla_latent_cache)
+        # one KV page from the platform-free knobs (knobs_for's budget is what is being resolved here)
+        block_bytes = self._block_bytes(ctx, ctx.workload.total_context_tokens, self.knobs)
         blocks = int(max(budget - (per_gpu - offload) - act, 0.0) // block_bytes)
         return act, blocks * prm.block_size
 

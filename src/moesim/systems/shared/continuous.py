@@ -182,22 +182,24 @@ class ContinuousBatchingEngine(ServingSystem):
                            k.max_seqs_name, k.mla_latent_cache)
 
     # ---- memory ------------------------------------------------------------------------------
-    def _kv_bytes_per_token(self, ctx: Context, ctx_len: int) -> float:
-        """KV-cache bytes per token over all layers and all heads as this engine stores them.
+    def _kv_bytes_per_token(self, ctx: Context, ctx_len: int, knobs: EngineKnobs | None = None) -> float:
+        """KV-cache bytes per token over all layers and all heads as this engine stores them (``knobs``: the
+        engine's, default :meth:`knobs_for`).
 
         MLA without a latent cache (vLLM before 0.7.1, ``deepseek_v2.py``): K of qk_head_dim and V padded
         to qk_head_dim per head, i.e. 2 x heads x qk_head_dim elements per layer, instead of the latent.
         """
         a = ctx.model.attention
-        if a.kind != "mla" or self.knobs_for(ctx).mla_latent_cache:
+        if a.kind != "mla" or (knobs or self.knobs_for(ctx)).mla_latent_cache:
             return ctx.kv_bytes_per_token(ctx_len)
         return ctx.kv_bytes_per_token(ctx_len) * (2 * a.num_heads * a.qk_head_dim) / a.kv_elements_per_token()
 
-    def _block_bytes(self, ctx: Context, ctx_len: int) -> float:
-        """Bytes of one KV page on one GPU (:func:`kv_share_per_gpu` of the per-token KV)."""
-        k = self.knobs_for(ctx)
+    def _block_bytes(self, ctx: Context, ctx_len: int, knobs: EngineKnobs | None = None) -> float:
+        """Bytes of one KV page on one GPU (:func:`kv_share_per_gpu` of the per-token KV); ``knobs``: the
+        engine's, default :meth:`knobs_for` (a caller resolving those knobs passes the platform-free ones)."""
+        k = knobs or self.knobs_for(ctx)
         rctx = rank_context(ctx, self._parallel(ctx).attn_tp)  # a DP rank's tensor-parallel group caches its KV
-        return k.block_size * self._kv_bytes_per_token(ctx, ctx_len) * kv_share_per_gpu(rctx, k.mla_latent_cache)
+        return k.block_size * self._kv_bytes_per_token(ctx, ctx_len, k) * kv_share_per_gpu(rctx, k.mla_latent_cache)
 
     def _kv_pool_bytes(self, ctx: Context, weights_gpu: float, act: float) -> tuple[float, str]:
         """(bytes per GPU left for the KV pool, how the engine sized it in words)."""
