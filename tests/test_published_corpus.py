@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from moesim.calibration import published as pub
+from moesim.calibration.sources import BAND_SOURCES
 from moesim.errors import MoesimError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,6 +148,7 @@ def test_cli_quick_json_runs_every_source():
     for s in data["sources"]:
         for key in ("cells", "heldout_cells", "median_abs_err", "heldout_median_abs_err", "coverage"):
             assert key in s
+        assert s["coverage_in_sample"] is (s["name"] in BAND_SOURCES)  # the bands came from those sources' cells
         assert s["cells"] <= pub.QUICK_CELLS
     assert "heldout_median_abs_err" in data
     scored = [c for c in data["cells_detail"] if c["predicted"] is not None]
