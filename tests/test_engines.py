@@ -7,7 +7,6 @@ import json
 import math
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -199,14 +198,12 @@ def test_the_split_rule_is_fixed_by_gpu():
 def test_aiconfigurator_golden_rows():
     """Four committed rows (tests/data): each maps to its scenario, carries its split, and is predicted within
     35% (TPOT) and 60% (TTFT) of what AIConfigurator measured; the disaggregated and expert-parallel rows are
-    not expressed. Fast: < 5 s."""
+    not expressed."""
     mod = _module()
-    t0 = time.perf_counter()
     with open(ROWS, newline="") as f:
         rows = list(csv.DictReader(f))
     assert [mod.expressible(r) is None for r in rows].count(True) == 4
     recs = mod.records(rows)
-    assert time.perf_counter() - t0 < 5.0
     assert {r.backend for r in recs} == {"vllm", "sglang", "trtllm"}
     assert {(r.gpu, r.split) for r in recs} == {("h100_sxm", "fit"), ("h200_sxm", "held-out")}
     by_id = {r.row_id: r for r in recs}

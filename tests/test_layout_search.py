@@ -7,7 +7,6 @@ import json
 import math
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -244,12 +243,10 @@ def _cli(*args, timeout=60):
 
 
 def test_cli_layouts_prints_the_pareto_and_a_launch_command():
-    t0 = time.perf_counter()
+    # its speed is measured by benchmarks/bench_layouts.py, not asserted here
     proc = _cli("--layouts", "--model", "deepseek-r1", "--hw", "hgx-h200", "--prompt", "1024", "--gen", "1024",
                 "--max-tpot", "0.05", "--max-ttft", "2")
-    wall = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stderr
-    assert wall < 30  # the search itself < 10 s (test above); this adds the interpreter and imports
     out = proc.stdout
     assert "Pareto front" in out and "answer:" in out
     launch = out.split("launch (", 1)[1].splitlines()[1].strip()

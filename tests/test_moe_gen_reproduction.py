@@ -2,16 +2,16 @@
 
 What CI guards (issue 3's full bar - median |error| <= 25% over all cells and every column's
 ranking kept - is met but for three ranking pairs; the script prints them):
-* MoE-Gen's own Mixtral cells (the paper's headline system and models) within 25%;
+* MoE-Gen's own held-out Mixtral cells (the paper's headline system and models): median |error| at most 25%;
 * MoE-Gen beats every baseline in every decode column where the paper has it ahead by 1.5x
   or more (the paper's headline: 8-31x over model-based and continuous batching);
 * the ranking of the paper's systems is kept in every column but the three pairs known to flip
   today (llama.cpp against the model-based systems on DeepSeek-V2 d=1024): a regression guard, not
   the target;
-* the median |error| is at most 25% (issue 3's target), with every system as deployed and the reproduction setting
-  only what the paper or its artifact states (24.0%, issue 13: MoE-Gen's decode attention priced over the
-  micro-batches it runs; DeepSpeed's ZeRO-3 live-parameter cap, Hugging Face DeepSeek's per-head KV cache and
-  its skipping of idle experts);
+* the median |error| over the held-out cells is at most 25% (issue 3's target), with every system as deployed and
+  the reproduction setting only what the paper or its artifact states (issue 13: MoE-Gen's decode attention priced
+  over the micro-batches it runs; DeepSpeed's ZeRO-3 live-parameter cap, Hugging Face DeepSeek's per-head KV cache
+  and its skipping of idle experts);
 * every "Fail" cell that is a matter of memory is predicted infeasible with the reason.
 """
 
@@ -26,11 +26,16 @@ def cells():
     return mod, mod.reproduce()
 
 
+def _heldout(mod, all_cells):
+    """The cells no setting of the reproduction was chosen on (everything but the script's FIT_CELLS)."""
+    return [c for c in all_cells if (c.table, c.system, c.model, c.gen) not in mod.FIT_CELLS]
+
+
 def test_moe_gen_mixtral_cells_within_25_percent(cells):
-    _, all_cells = cells
-    ours = [c for c in all_cells if c.system.startswith("MoE-Gen") and c.model in ("8x7B", "8x22B")
+    mod, all_cells = cells
+    ours = [c for c in _heldout(mod, all_cells) if c.system.startswith("MoE-Gen") and c.model in ("8x7B", "8x22B")
             and c.error is not None]
-    assert len(ours) >= 8
+    assert len(ours) >= 6
     errors = sorted(abs(c.error) for c in ours)
     assert errors[len(errors) // 2] <= 0.25, [(c.system, c.model, c.gen, c.published, c.predicted) for c in ours]
 
@@ -93,7 +98,9 @@ def test_ranking_kept_except_the_known_flips(cells):
 
 def test_median_error_within_25_percent(cells):
     mod, all_cells = cells
-    assert mod.median_abs_error(all_cells) <= 0.25
+    held = _heldout(mod, all_cells)
+    assert len(all_cells) - len(held) == len(mod.FIT_CELLS)  # every fit cell is one of the reproduced cells
+    assert mod.median_abs_error(held) <= 0.25
 
 
 def test_llama_cpp_decode_drop_implies_a_kv_read_far_below_dram(cells):

@@ -9,12 +9,12 @@ import math
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from moesim.calibration import published as pub
+from moesim.calibration.sources import BAND_SOURCES
 from moesim.errors import MoesimError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,25 +130,25 @@ def test_bands_read_the_corpus():
     moe_gen = [r for r in recs if r.source == "moe-gen paper (C2: RTX A5000)"]
     assert sum(not r.heldout for r in moe_gen) == 4 and sum(r.heldout for r in moe_gen) >= 50
     aic = [r for r in recs if r.source == "published: aiconfigurator"]
-    if aic:  # the CSV is in validation/data
-        assert all(r.heldout == (r.provenance.gpu == "H200") for r in aic)
-        by_row: dict = {}
-        for r in aic:
-            by_row.setdefault(r.key.split("|")[0], set()).add(r.fold)
-        assert all(len(folds) == 1 for folds in by_row.values())
+    assert aic, "validation/data's AIConfigurator CSV is committed: its rows must be band cells"
+    assert any(r.heldout for r in aic) and any(not r.heldout for r in aic)
+    assert all(r.heldout == (r.provenance.gpu == "H200") for r in aic)
+    by_row: dict = {}
+    for r in aic:
+        by_row.setdefault(r.key.split("|")[0], set()).add(r.fold)
+    assert all(len(folds) == 1 for folds in by_row.values())
 
 
-def test_cli_quick_json_runs_every_source_fast():
-    t0 = time.perf_counter()
+def test_cli_quick_json_runs_every_source():
     p = subprocess.run([sys.executable, "-m", "moesim", "validate", "--published", "--quick", "--json"], cwd=ROOT,
                        env=_env(), capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
-    assert time.perf_counter() - t0 < 20
     data = json.loads(p.stdout)
     assert [s["name"] for s in data["sources"]] == list(pub.SOURCES)
     for s in data["sources"]:
         for key in ("cells", "heldout_cells", "median_abs_err", "heldout_median_abs_err", "coverage"):
             assert key in s
+        assert s["coverage_in_sample"] is (s["name"] in BAND_SOURCES)  # the bands came from those sources' cells
         assert s["cells"] <= pub.QUICK_CELLS
     assert "heldout_median_abs_err" in data
     scored = [c for c in data["cells_detail"] if c["predicted"] is not None]

@@ -23,12 +23,22 @@ ROOT = Path(__file__).resolve().parent
 OUT = ROOT.parent / "hardware_db" / "uncertainty" / "bands.yaml"
 
 
+def priors_of(data: dict) -> dict[str, float]:
+    """The hand-written priors of the bands file (its ``priors:`` block): component -> log half-width. The one
+    rule for which components are priors (tests/test_uncertainty.py reads them through this function)."""
+    return {k: float(v["log_half_width"]) for k, v in (data.get("priors") or {}).items()}
+
+
+def committed_priors() -> dict[str, float]:
+    return priors_of(yaml.safe_load(OUT.read_text()))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--check", action="store_true", help="print the widths and coverage, write nothing")
     args = ap.parse_args()
     data = yaml.safe_load(OUT.read_text())
-    priors = {k: float(v["log_half_width"]) for k, v in (data.get("priors") or {}).items()}
+    priors = priors_of(data)
     records = all_records(ROOT)
     held = [r for r in records if r.heldout]
     w = uncertainty.derive_widths(held, priors)

@@ -72,6 +72,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
 
+from moesim.analysis.layouts import CAP_FLAG  # (the engines' caps on running requests: one map)
 # the closed-loop benchmark rule lives in the library (the layout search prices concurrency with it too)
 from moesim.serving.closed_loop import (  # noqa: F401  (re-exported: aiconfigurator_fit.py reads A.MODELS)
     BENCHMARK_MODEL, MODELS, benchmark_latency, request_overhead_s, steady_ttft_s as _steady_ttft_s,
@@ -185,9 +186,13 @@ def _int(s: str, default: int = 1) -> int:
     return int(s) if s not in ("", None) else default
 
 
-def concurrency_of(row: dict) -> int:
+def concurrency_of(row: dict, batch: int | None = None) -> int:
+    """The benchmark's ``silicon_concurrency`` where the row states it, else ``batch`` (default: the row's
+    ``batch_size``)."""
     m = re.search(r"silicon_concurrency=(\d+)", row["silicon_data_source"])
-    return int(m.group(1)) if m else int(row["batch_size"])
+    if m:
+        return int(m.group(1))
+    return int(row["batch_size"]) if batch is None else batch
 
 
 def expressible(row: dict, layouts: bool = False, disagg: bool = False, dense: bool = False) -> str | None:
@@ -354,7 +359,7 @@ def disagg_of(row: dict) -> dict | str:
         return ",".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in params.items())
 
     # each pool's batch as the row states it (per attention-DP rank): the engine's own cap on running requests
-    cap = {"vllm": "max_num_seqs", "sglang": "max_running_requests", "trtllm": "max_batch_size"}[row["backend"]]
+    cap = CAP_FLAG[row["backend"]][0]
     for role in ("prefill", "decode"):
         if row[role + "_batch_size"] not in ("", None):
             pools[role]["params"] = {**pools[role]["params"], cap: _int(row[role + "_batch_size"])}
@@ -363,8 +368,7 @@ def disagg_of(row: dict) -> dict | str:
     for role in ("prefill", "decode"):
         if pools[role]["params"]:
             params[f"{role}_params"] = text(pools[role]["params"])
-    m = re.search(r"silicon_concurrency=(\d+)", row["silicon_data_source"])
-    c = int(m.group(1)) if m else (_int(row["decode_batch_size"]) * n_d * _int(row["decode_attention_dp_size"]))
+    c = concurrency_of(row, _int(row["decode_batch_size"]) * n_d * _int(row["decode_attention_dp_size"]))
     words = (f"disagg {n_p}x({pools['prefill']['gpus']} {pools['prefill']['layout']}) + "
              f"{n_d}x({pools['decode']['gpus']} {pools['decode']['layout']})")
     return {"gpus": NODE_GPUS, "nodes": math.ceil(total / NODE_GPUS), "params": params, "layout": words,

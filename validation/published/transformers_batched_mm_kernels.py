@@ -42,9 +42,11 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 
 from moesim.db.resolve import get_hardware  # noqa: E402
+from moesim.specs.common import BYTES_PER_ELEMENT  # noqa: E402
 from moesim.systems.transformers import BatchedMMKernels, Transformers, batched_mm_layer_s  # noqa: E402
 
 from transformers_h200 import FIT_MODELS  # noqa: E402  (the system's split; this folder is on sys.path as a script)
+BF16_BYTES = BYTES_PER_ELEMENT["bf16"]  # the harness' weights and activations (hf_batched_mm.py runs bf16)
 BANDWIDTH_BOUND_BYTES = 4e9  # gathered bytes from which the gathers and bmm's are fitted (smaller: launch-bound)
 
 
@@ -86,16 +88,18 @@ def kernels(consts: dict[str, float] | None = None) -> BatchedMMKernels:
 
 
 def _one(p: dict, k: BatchedMMKernels, n: int, kk: int) -> tuple[float, float]:
-    """(gather, bmm) seconds of one projection of N x K weights per routed row."""
-    w = p["routed_rows"] * n * kk * 2.0
-    return k.gather_passes * w / (k.copy_bw_efficiency * _bw()), w / (k.bmm_bw_efficiency * _bw())
+    """(gather, bmm) seconds of one projection of N x K weights per routed row, from the system's own
+    :func:`batched_mm_layer_s`: an ungated FFN of hidden N and width K has two projections of N x K weights each
+    (up: K x N, down: N x K), so one projection is half of its gathers and half of its bmm's."""
+    gathers, bmms, _ = batched_mm_layer_s(n, kk, p["routed_rows"], False, BF16_BYTES, BF16_BYTES, _bw(), k)
+    return gathers / 2, bmms / 2
 
 
 def predict(p: dict, k: BatchedMMKernels) -> dict:
     """Predicted seconds of one point: each projection's gather and bmm, and the whole layer."""
     h, i = p["hidden"], p["expert_ffn"]
     up, down = _one(p, k, 2 * i, h), _one(p, k, h, i)
-    layer = sum(batched_mm_layer_s(h, i, p["routed_rows"], True, 2.0, 2.0, _bw(), k))
+    layer = sum(batched_mm_layer_s(h, i, p["routed_rows"], True, BF16_BYTES, BF16_BYTES, _bw(), k))
     return {"gather": (up[0], down[0]), "bmm": (up[1], down[1]), "layer": layer}
 
 

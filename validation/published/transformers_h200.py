@@ -42,8 +42,6 @@ FIT_MODELS = ("olmoe-1b-7b", "qwen1.5-moe-a2.7b")
 FIT_OFFLOAD_MODELS = ("olmoe-1b-7b",)
 FITTED = ("torch_call_s", "module_call_s", "forward_host_s", "generate_step_host_s", "offload_module_s",
           "decoder_layer_host_s")
-GEN_STEPS = 16
-DECODE_STEPS = 6
 
 
 def measurement_file() -> Path:
@@ -56,6 +54,7 @@ def measurement_file() -> Path:
 def cells(path: Path | None = None) -> list[dict]:
     """Measured cells with a time: prefill, decode, generate (per step) and offload_*."""
     data = json.loads((path or measurement_file()).read_text())
+    gen_steps = generate_steps(data["cells"])
     out = []
     for c in data["cells"]:
         t = c.get("median_s", c.get("per_step_s"))
@@ -64,8 +63,18 @@ def cells(path: Path | None = None) -> list[dict]:
         offload = c["kind"].startswith("offload_")
         model = c["model"]
         split = "fit" if model in (FIT_OFFLOAD_MODELS if offload else FIT_MODELS) else "held-out"
-        out.append(dict(c, measured_s=t, split=split, offload=offload, phase=c["kind"].removeprefix("offload_")))
+        phase = c["kind"].removeprefix("offload_")
+        steps = c["steps"] if phase == "generate" else len(c["times_s"]) if phase == "decode" else None
+        out.append(dict(c, measured_s=t, split=split, offload=offload, phase=phase, steps=steps, gen_steps=gen_steps))
     return out
+
+
+def generate_steps(raw_cells: list[dict]) -> int:
+    """The new tokens of the file's timed ``generate`` calls (their ``steps``; hf_generate.py writes one value)."""
+    steps = {c["steps"] for c in raw_cells if c.get("kind") == "generate" and c.get("steps")}
+    if len(steps) != 1:
+        raise SystemExit(f"expected one generate step count in the measurements, found {sorted(steps)}")
+    return steps.pop()
 
 
 def _ctx(model: str, layers: int, batch: int, prompt: int) -> Context:
@@ -85,12 +94,12 @@ def predict_cell(c: dict, consts: dict[str, float] | None = None) -> float:
     b, p = c["batch"], c["prompt"]
     if c["phase"] == "prefill":
         return system.forward_s(ctx, b, p, p, c["impl"]).now
-    if c["phase"] == "decode":  # steps 2..DECODE_STEPS after the prefill: the middle context
-        kv = p + 1 + (DECODE_STEPS + 1) // 2
+    if c["phase"] == "decode":  # the cell's timed steps 2..steps after the prefill (the first dropped): the middle
+        kv = p + 1 + (c["steps"] + 1) // 2
         return system.forward_s(ctx, b, 1, kv, c["impl"]).now
     # whole generate calls: decode steps inside generate (grouped_mm decodes as batched_mm there)
     impl = "batched_mm" if c["impl"] == "grouped_mm" else c["impl"]
-    return system.forward_s(ctx, b, 1, p + 1 + GEN_STEPS // 2, impl, generate_step=True).now
+    return system.forward_s(ctx, b, 1, p + 1 + c["steps"] // 2, impl, generate_step=True).now
 
 
 def host_measurement_file() -> Path | None:
@@ -118,7 +127,8 @@ def host_cells(path: Path | None = None) -> list[dict]:
     for c in data.get("generate", []):
         if c.get("per_step_s"):
             out.append(dict(model=c["model"], layers=c["layers"], impl=c["impl"], phase="host generate",
-                            measured_s=c["per_step_s"], split="fit" if c["model"] in FIT_MODELS else "held-out"))
+                            measured_s=c["per_step_s"], steps=c["steps"],
+                            split="fit" if c["model"] in FIT_MODELS else "held-out"))
     return out
 
 
@@ -150,7 +160,7 @@ def predict_host_cell(c: dict, consts: dict[str, float] | None = None) -> float:
     if c["phase"] == "host decode":
         return system.forward_s(ctx, 1, 1, p + 8, c["impl"]).now
     impl = "batched_mm" if c["impl"] == "grouped_mm" else c["impl"]
-    return system.forward_s(ctx, 1, 1, p + 1 + GEN_STEPS // 2, impl, generate_step=True).now
+    return system.forward_s(ctx, 1, 1, p + 1 + c["steps"] // 2, impl, generate_step=True).now
 
 
 def in_generate(c: dict) -> bool:
@@ -282,7 +292,7 @@ def published_cells() -> list:
             model=c["model"], hardware="h200", system="transformers",
             figure="ttft_s" if c["phase"] == "prefill" else "tpot_s", published=float(c["measured_s"]),
             split=c["split"], workload={"batch_size": c["batch"], "num_requests": c["batch"],
-                                        "prompt_tokens": c["prompt"], "gen_tokens": GEN_STEPS},
+                                        "prompt_tokens": c["prompt"], "gen_tokens": c["gen_steps"]},
             params={"experts_implementation": c["impl"], "cpu_offload": bool(c["offload"])},
             table=f"{c['phase']} {c['impl']}"))
     return out

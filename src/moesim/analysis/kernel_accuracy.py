@@ -75,6 +75,8 @@ def split_points(grid: K.Grid, axis: int) -> tuple[list, list]:
 
 
 def family_of(fam: str, cat: tuple, pt: tuple) -> str | None:
+    """The reported family of a table point (``cat``: its categorical key, quantisation first; ``pt``: its numeric
+    axes, MoE tokens / all-reduce bytes first) or of a measured case given the same way; None: not reported."""
     if fam == "moe":
         return f"moe {cat[0]} {'decode' if pt[0] <= DECODE_MAX_TOKENS else 'prefill'}"
     if fam == "gemm":
@@ -148,14 +150,14 @@ def moesim_prices(cases: list[dict]) -> dict:
         dtype = "bf16" if c["quant"] == "bf16" else "fp8"  # moesim prices both fp8 kinds alike
         if c["family"] == "gemm":
             cost = gemm(c["m"], c["n"], c["k"], dtype)
-            name = f"gemm {c['quant']}"
+            name = family_of("gemm", (c["quant"],), ())
             add(name, "eager", gpu_time_s(cost, gpu, eff), c["graph_s"])
             add(name, "roof", sum(_roof_s(p, gpu, eff) for p in cost.pieces()), c["graph_s"])
         elif c["family"] == "moe" and c.get("impl") == "triton_fused":
             cost = moe_layer(c["hidden"], c["inter"], c["experts"], c["topk"], c["tokens"], weight_dtype=dtype)
             route = harness_routing(c["hidden"], c["experts"], c["tokens"])
             roof = sum(_roof_s(p, gpu, eff) for p in cost.pieces()) - sum(_roof_s(p, gpu, eff) for p in route.pieces())
-            name = f"moe {c['quant']} {'decode' if c['tokens'] <= DECODE_MAX_TOKENS else 'prefill'}"
+            name = family_of("moe", (c["quant"],), (c["tokens"],))
             add(name, "eager", gpu_time_s(cost, gpu, eff) - gpu_time_s(route, gpu, eff), c["graph_s"])
             add(name, "roof", roof, c["graph_s"])
     t = K.kernel_tables("h200", "vllm")
@@ -165,12 +167,13 @@ def moesim_prices(cases: list[dict]) -> dict:
         for (dtype, n), pts in grid.points.items():
             plat = get_hardware("hgx-h200", num_gpus=n)
             for (nbytes,), logv in pts.items():
-                if nbytes > DECODE_ALLREDUCE_MAX_BYTES:
+                name = family_of("allreduce", (dtype, n), (nbytes,))
+                if name is None:  # above decode size
                     continue
                 ctx = SimpleNamespace(platform=plat, hidden_state_bytes=lambda tokens, b=nbytes: b)
                 pred = allreduce_s(ctx, 1)
-                add(f"allreduce {n}gpu", "eager", pred, math.exp(logv))
-                add(f"allreduce {n}gpu", "roof", pred, math.exp(logv))
+                add(name, "eager", pred, math.exp(logv))
+                add(name, "roof", pred, math.exp(logv))
     return {name: {kind: stats(v) for kind, v in kinds.items()} for name, kinds in sorted(errs.items())}
 
 
@@ -180,10 +183,10 @@ def cross_source(cases: list[dict]) -> dict:
     errs: dict[str, list] = {}
     for c in cases:
         if c["family"] == "gemm":
-            p, name = t.gemm_s(c["m"], c["n"], c["k"], c["quant"]), f"gemm {c['quant']}"
+            p, name = t.gemm_s(c["m"], c["n"], c["k"], c["quant"]), family_of("gemm", (c["quant"],), ())
         elif c["family"] == "moe" and c.get("impl") == "triton_fused":
             p = t.moe_s(c["tokens"], c["hidden"], c["inter"], c["experts"], c["topk"], c["quant"])
-            name = f"moe {c['quant']} {'decode' if c['tokens'] <= DECODE_MAX_TOKENS else 'prefill'}"
+            name = family_of("moe", (c["quant"],), (c["tokens"],))
         else:
             continue
         if p is not None:

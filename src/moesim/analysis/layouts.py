@@ -21,8 +21,8 @@ engines anyway, :mod:`moesim.systems.shared.parallel`):
   (``moe_tensor_parallel_size`` g / E).
 
 Every other engine parameter keeps its default (the deployed software's choice). Disaggregated prefill/decode is
-searched where an engine has a ``disaggregate`` parameter (:func:`disaggregation_supported`), else left out and
-said so in :attr:`LayoutSearch.notes`: on all the GPUs, prefill and decode workers of w GPUs (w dividing the
+searched where an engine has a ``disaggregate`` parameter (:func:`disaggregation_supported`; all three have one),
+the engines searched so named in :attr:`LayoutSearch.notes`: on all the GPUs, prefill and decode workers of w GPUs (w dividing the
 node's GPUs), each worker in one of the layouts above on its w GPUs, the number of each the engine's own search of
 the pool ratio (:func:`disaggregated_layouts`); such a point counts the GPUs its pools use.
 
@@ -64,9 +64,10 @@ DEFAULT_CONCURRENCIES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 #: Scenario fields the search sets itself
 CHOSEN_FIELDS = ("model", "hardware", "system", "system_params", "num_gpus", "num_nodes", "batch_size",
                  "num_requests", "prompt_tokens", "gen_tokens", "arrival_rate_per_s")
-#: the engines' caps on running requests: a prediction at concurrency C runs at most C sequences at once (moesim's
-#: --batch C acts as the cap), so the launch command sets the cap to C
-_CAP_FLAG = {"vllm": ("max_num_seqs", "--max-num-seqs"), "sglang": ("max_running_requests", "--max-running-requests"),
+#: the engines' caps on running requests, (parameter name, launch flag): a prediction at concurrency C runs at most C
+#: sequences at once (moesim's --batch C acts as the cap), so the launch command sets the cap to C. The one map of
+#: these spellings (validation/published/aiconfigurator.py reads it for the disaggregated pools' batch)
+CAP_FLAG = {"vllm": ("max_num_seqs", "--max-num-seqs"), "sglang": ("max_running_requests", "--max-running-requests"),
              "trtllm": ("max_batch_size", "--max_batch_size")}
 
 
@@ -296,8 +297,8 @@ def launch_command(system: str, model_id: str, gpus_per_node: int, nodes: int, p
             flags.append("--extra_llm_api_options extra_llm_api_options.yaml")
     else:
         raise MoesimError(f"no launch command known for {system!r}; the layout search covers {', '.join(ENGINES)}")
-    if concurrency is not None and system in _CAP_FLAG:  # the prediction ran C at most at once (batch C)
-        name, flag = _CAP_FLAG[system]
+    if concurrency is not None and system in CAP_FLAG:  # the prediction ran C at most at once (batch C)
+        name, flag = CAP_FLAG[system]
         if name not in p:
             flags.append(f"{flag} {concurrency}")
     for name, value in sorted(p.items()):  # any other parameter, in the engine's own spelling
@@ -475,9 +476,8 @@ def search_layouts(model: str, hardware: str, *, gpus_per_node: int | None = Non
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise MoesimError(f"{what} takes a whole number of at least 1, got {v!r}")
     systems = tuple(systems)
-    for s in systems:
-        if s not in ENGINES:
-            raise MoesimError(f"the layout search covers {', '.join(ENGINES)}; {s!r} has no parallel layouts")
+    if not systems:
+        raise MoesimError(f"the layout search needs at least one engine ({', '.join(ENGINES)})")
     concurrencies = tuple(sorted(set(int(c) for c in concurrencies)))
     if not concurrencies or concurrencies[0] < 1:
         raise MoesimError("concurrencies must be whole numbers of at least 1")
@@ -498,16 +498,16 @@ def search_layouts(model: str, hardware: str, *, gpus_per_node: int | None = Non
     slos = (max_ttft_s, max_tpot_s, min_tok_s_per_user)
     points: list[LayoutPoint] = []
     refused: list[dict[str, Any]] = []
+    # every engine's layouts before anything is predicted: candidate_layouts refuses a system without layouts
+    aggregated = {system: [(i_gpn, i_nodes, label, params, False) for i_gpn, i_nodes in instance_sizes(gpn, nodes)
+                           for label, params in candidate_layouts(system, i_gpn, i_nodes, is_moe=bool(spec.moe))]
+                  for system in systems}
     dis_systems = [s for s in systems if disaggregation_supported(s)]
     if dis_systems:
         notes.append(f"disaggregated prefill/decode searched for {', '.join(dis_systems)} (their disaggregate "
                      "parameter; the pool ratio is the engine's own search)")
-    else:
-        notes.append("disaggregated prefill/decode not searched: no engine here has a disaggregate parameter yet "
-                     "(aggregated serving only)")
     for system in systems:
-        cands = [(i_gpn, i_nodes, label, params, False) for i_gpn, i_nodes in instance_sizes(gpn, nodes)
-                 for label, params in candidate_layouts(system, i_gpn, i_nodes, is_moe=bool(spec.moe))]
+        cands = list(aggregated[system])
         if system in dis_systems:
             cands += [(gpn, nodes, label, params, True)
                       for label, params in disaggregated_layouts(system, gpn, nodes, is_moe=bool(spec.moe))]

@@ -106,30 +106,42 @@ def assign_split(points: list[Point]) -> list[Point]:
             for p in points]
 
 
-def fit_alpha_beta(points: list[Point]) -> tuple[float, float]:
-    """(alpha_s, bus_bytes_per_s) minimising sum ((alpha + A b / beta) / t - 1)^2 with alpha, 1/beta >= 0."""
+def _nnls_fit(points: list[Point], hops: bool) -> list[float]:
+    """Coefficients of t = alpha [+ alpha_per_peer (n - 1)] + (A b) / beta, as (alpha, [alpha_per_peer,] 1 / beta),
+    minimising sum (predicted / t - 1)^2 with every coefficient >= 0 (non-negative least squares)."""
     t = np.array([p.time_s for p in points])
     x = np.array([algorithm_factor(p.family, p.gpus) * p.nbytes for p in points])
-    coef, _ = nnls(np.column_stack([1.0 / t, x / t]), np.ones_like(t))
-    alpha, inv_beta = coef
-    return float(alpha), float(1.0 / inv_beta) if inv_beta > 0 else float("inf")
+    cols = [1.0 / t] + ([np.array([p.gpus - 1.0 for p in points]) / t] if hops else []) + [x / t]
+    coef, _ = nnls(np.column_stack(cols), np.ones_like(t))
+    return [float(c) for c in coef]
+
+
+def _bandwidth(inv_beta: float) -> float:
+    return 1.0 / inv_beta if inv_beta > 0 else float("inf")
+
+
+def fit_alpha_beta(points: list[Point]) -> tuple[float, float]:
+    """(alpha_s, bus_bytes_per_s) minimising sum ((alpha + A b / beta) / t - 1)^2 with alpha, 1/beta >= 0."""
+    alpha, inv_beta = _nnls_fit(points, hops=False)
+    return alpha, _bandwidth(inv_beta)
 
 
 def fit_cross(points: list[Point]) -> tuple[float, float, float]:
     """(a0, a1, beta) of alpha(n) = a0 + a1 (n - 1), same weighting."""
-    t = np.array([p.time_s for p in points])
-    hops = np.array([p.gpus - 1.0 for p in points])
-    x = np.array([algorithm_factor(p.family, p.gpus) * p.nbytes for p in points])
-    coef, _ = nnls(np.column_stack([1.0 / t, hops / t, x / t]), np.ones_like(t))
-    a0, a1, inv_beta = coef
-    return float(a0), float(a1), float(1.0 / inv_beta) if inv_beta > 0 else float("inf")
+    a0, a1, inv_beta = _nnls_fit(points, hops=True)
+    return a0, a1, _bandwidth(inv_beta)
+
+
+def error_summary(errors: list[float]) -> ErrorSummary:
+    """Count, median and p90 (numpy's linear percentile) of |relative error|s."""
+    if not errors:
+        return ErrorSummary(cases=0)
+    e = np.abs(np.array(errors))
+    return ErrorSummary(cases=len(e), median_rel_err=float(np.median(e)), p90_rel_err=float(np.percentile(e, 90)))
 
 
 def summary(points: list[Point], predict) -> ErrorSummary:
-    if not points:
-        return ErrorSummary(cases=0)
-    e = np.array([abs(predict(p) / p.time_s - 1.0) for p in points])
-    return ErrorSummary(cases=len(e), median_rel_err=float(np.median(e)), p90_rel_err=float(np.percentile(e, 90)))
+    return error_summary([predict(p) / p.time_s - 1.0 for p in points])
 
 
 def fit_profile(paths: list[str | Path], platform: str) -> CollectiveProfile:
@@ -232,9 +244,8 @@ def score_ep(profile: CollectiveProfile, paths: list[str | Path], timing: str = 
             if counts is None or data_s is None:
                 continue
             for phase, pred in (("dispatch", counts + data_s), ("combine", data_s)):
-                errs.setdefault(f"{phase}:{p['routing']}", []).append(abs(pred / c[f"{phase}_s"] - 1.0))
-    return {k: ErrorSummary(cases=len(v), median_rel_err=float(np.median(v)), p90_rel_err=float(np.percentile(v, 90)))
-            for k, v in errs.items()}
+                errs.setdefault(f"{phase}:{p['routing']}", []).append(pred / c[f"{phase}_s"] - 1.0)
+    return {k: error_summary(v) for k, v in errs.items()}
 
 
 def profile_path(platform: str, root: Path | None = None) -> Path:

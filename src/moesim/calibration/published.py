@@ -299,15 +299,20 @@ def _coverage(results: list[Result]) -> float:
     return sum(hits) / len(hits) if hits else math.nan
 
 
-def ranking_violations(results: list[Result], ratio: float = RANKING_RATIO) -> list[str]:
-    """Pairs of one column whose published figures differ by ``ratio`` or more and whose predicted order flips
-    (a time: smaller is faster; a rate: larger). Infeasible predictions take no part."""
+def _columns(results: list[Result]) -> list[list[Result]]:
+    """The scored, feasible results grouped by column (``cell.column_key``): the cells a ranking compares."""
     cols: dict[str, list[Result]] = {}
     for r in results:
         if r.scored and r.predicted is not None:
             cols.setdefault(r.cell.column_key, []).append(r)
+    return list(cols.values())
+
+
+def ranking_violations(results: list[Result], ratio: float = RANKING_RATIO) -> list[str]:
+    """Pairs of one column whose published figures differ by ``ratio`` or more and whose predicted order flips
+    (a time: smaller is faster; a rate: larger). Infeasible predictions take no part."""
     out = []
-    for group in cols.values():
+    for group in _columns(results):
         for a in group:
             for b in group:
                 if a.cell.published >= ratio * b.cell.published and not a.predicted > b.predicted:
@@ -319,11 +324,9 @@ def ranking_violations(results: list[Result], ratio: float = RANKING_RATIO) -> l
 
 
 def ranking_pairs(results: list[Result], ratio: float = RANKING_RATIO) -> int:
-    cols: dict[str, list[Result]] = {}
-    for r in results:
-        if r.scored and r.predicted is not None:
-            cols.setdefault(r.cell.column_key, []).append(r)
-    return sum(1 for g in cols.values() for a in g for b in g if a.cell.published >= ratio * b.cell.published)
+    """Pairs of one column whose published figures differ by ``ratio`` or more (those :func:`ranking_violations`
+    checks)."""
+    return sum(1 for g in _columns(results) for a in g for b in g if a.cell.published >= ratio * b.cell.published)
 
 
 def summarise(results: list[Result]) -> dict[str, Any]:
@@ -360,7 +363,10 @@ def run(root: Path | None = None, names: list[str] | None = None, quick: bool = 
 
 
 def report_json(results: dict[str, list[Result]]) -> dict[str, Any]:
-    """The ``--json`` object: per source its counts, errors and coverage; the held-out median over all."""
+    """The ``--json`` object: per source its counts, errors and coverage (``coverage_in_sample``: the committed bands
+    were derived from this source's held-out cells, so its coverage is in-sample); the same over all."""
+    from .sources import BAND_SOURCES
+
     def clean(x):
         return None if isinstance(x, float) and math.isnan(x) else x
 
@@ -368,12 +374,11 @@ def report_json(results: dict[str, list[Result]]) -> dict[str, Any]:
     sources = []
     for name, rs in results.items():
         s = summarise(rs)
-        sources.append({"name": name, **{k: clean(v) for k, v in s.items()},
+        sources.append({"name": name, **{k: clean(v) for k, v in s.items()}, "coverage_in_sample": name in BAND_SOURCES,
                         "not_expressible_cells": [{"key": r.cell.key, "reason": r.cell.not_expressible}
                                                   for r in rs if not r.scored]})
     total = summarise(everything)
     return {"sources": sources, **{k: clean(v) for k, v in total.items()},
-            "heldout_median_abs_err": clean(total["heldout_median_abs_err"]),
             "cells_detail": [{"source": r.cell.source, "key": r.cell.key, "split": r.cell.split,
                               "figure": r.cell.figure, "published": r.cell.published, "predicted": r.predicted,
                               "low": r.low, "high": r.high, "error": r.error, "infeasible": r.reason or None}

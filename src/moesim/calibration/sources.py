@@ -12,9 +12,10 @@ coverage (:mod:`moesim.uncertainty` says how).
   system code) ``system.moe-gen.*``. A case lands in one fold on every GPU and profile (fold key: the
   case), so a case never scores bands its own twin derived.
 * ``published``: the published corpus (:mod:`.published`, ``validation/published/``), the sources named in
-  :data:`BAND_SOURCES` (today MoE-Gen's Tables 6 and 7: decode and prefill throughput of seven systems on
-  one RTX A5000, uncalibrated, host link from its datasheet). Its cells' split is fixed in their modules:
-  the cells that informed a setting are "fit" and leave the bands alone.
+  :data:`BAND_SOURCES`: MoE-Gen's Tables 6 and 7 (decode and prefill throughput of seven systems on one RTX
+  A5000, uncalibrated, host link from its datasheet), AIConfigurator's silicon rows (vLLM, SGLang and
+  TensorRT-LLM on H100 SXM and H200) and our own transformers cells on an H200. Each cell's split is fixed
+  in its module: the cells that informed a setting are "fit" and leave the bands alone.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def published_records(root: Path) -> list[Record]:
     return published.records(root, [n for n in BAND_SOURCES if n in CORPUS])
 
 
-
+#: the corpus sources whose held-out cells inform the bands (names of moesim.calibration.published.SOURCES)
 BAND_SOURCES: tuple[str, ...] = ("moe-gen", "aiconfigurator", "transformers-h200")
 
 
