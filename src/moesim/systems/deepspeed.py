@@ -152,8 +152,8 @@ class DeepSpeed(ServingSystem):
         model code calls only the experts tokens were routed to (``skips_idle_experts_families``), that is the
         attention, shared experts and the E_active(tokens) routed experts, else every expert (layer_weight_bytes)."""
         m = ctx.model
-        families = {f.strip() for f in str(self.constants.value("skips_idle_experts_families")).split(",")}
-        if not (kind.moe and any(m.family.startswith(f) for f in families if f)):
+        families = self.constants.names("skips_idle_experts_families")
+        if not (kind.moe and any(m.family.startswith(f) for f in families)):
             return layer_weight_bytes(ctx, kind)
         return ctx.attention_weight_bytes + ctx.shared_weight_bytes + ctx.active_experts(tokens) * ctx.expert_weight_bytes
 

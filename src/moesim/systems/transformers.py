@@ -279,7 +279,7 @@ class Transformers(ServingSystem):
     def _families(self, key: str) -> set[str]:
         cache = self.__dict__.setdefault("_fams", {})
         if key not in cache:
-            cache[key] = {s.strip() for s in str(self.constants.value(key)).split(",") if s.strip()}
+            cache[key] = set(self.constants.names(key))
         return cache[key]
 
     def grouped_mm_kernels(self) -> GroupedMMKernels:
