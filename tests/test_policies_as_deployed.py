@@ -49,6 +49,18 @@ def test_moe_lightning_optimizer_sees_the_artifacts_mixtral_sizes_and_t4_constan
     assert (t.gpu_cap, t.cpu_cap, t.prefill_working_factor) == (0.86, 0.8, 1.2)
 
 
+def test_moe_lightning_optimizer_uses_datasheet_figures_for_an_l40s_not_the_l4s_constants():
+    """HardwareConfig.init has constants for a T4 and an L4 only; an L40S (whose name contains "L4") gets the
+    platform's own memory and bandwidth, as a user would pass them (regression: a substring match gave it the L4's)."""
+    ctx = ctx_of("mixtral-8x7b", hardware="l40s", host_memory_bytes=192 * GIB, num_requests=64)
+    t = MoELightning()._hrm_terms(ctx)
+    gpu = ctx.platform.gpu
+    assert gpu.name == "L40S"
+    assert (t.gpu_memory_bytes, t.gpu_bytes_per_s) == (gpu.memory_bytes, gpu.memory_bandwidth_bytes_per_s)
+    assert t.gpu_memory_bytes != 24 * GIB
+    assert MoELightning()._hrm_terms(ctx_of("mixtral-8x7b", **S2, num_requests=64)).gpu_memory_bytes == 24 * GIB
+
+
 def _artifact_gpu_bytes(mu: int, n_ub: int, s: int = 418) -> float:
     """The artifact's GPU row at w_g = 0 for Mixtral-8x7B, written out by hand (bytes): attention weights, the
     prefill home (hidden + residual of a micro-batch, the batch's prompt hidden states, a micro-batch's KV

@@ -346,8 +346,9 @@ class MoELightning(ServingSystem):
 
     # ---- MoE-Lightning's own optimizer (policy=as-deployed) ------------------------------------------
     def _hrm_terms(self, ctx: Context) -> opt.HRMTerms:
-        """What MoE-Lightning's optimizer sees: moesim's sizes of the model, its own hardware constants for a
-        T4 or L4 (``systems_db/moe-lightning.yaml``, artifact ``HardwareConfig.init``), else the platform's
+        """What MoE-Lightning's optimizer sees: moesim's sizes of the model, its own hardware constants for the
+        GPUs it lists (``optimizer_gpus``: T4, L4, matched by exact name; ``systems_db/moe-lightning.yaml``, artifact
+        ``HardwareConfig.init``), else the platform's
         datasheet figures (what a user passes it), the host's memory and DRAM bandwidth (its --cpu-mem and
         --cpu-mem-bdw)."""
         m, p, w, k = ctx.model, ctx.platform, ctx.workload, self.constants
@@ -361,7 +362,7 @@ class MoELightning(ServingSystem):
         else:
             h2, top_k = m.dense_ffn.intermediate_size, 1
             ffn_flop = 2 * m.dense_ffn_params
-        tag = next((g for g in ("T4", "L4") if g in p.gpu.name), None)
+        tag = p.gpu.name if p.gpu.name in k.names("optimizer_gpus") else None
         if tag:
             gib = 2 ** 30
             gpu_mem = k.value(f"optimizer_{tag}_gpu_memory_gib") * gib
