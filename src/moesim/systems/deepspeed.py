@@ -53,7 +53,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..engine import BufferRing, Engine
 from ..errors import InfeasibleError
@@ -88,6 +88,12 @@ class DeepSpeedParams(BaseModel):
         default=None, description="ZeRO offload_param pin_memory: weights in page-locked host memory (direct DMA) "
                                   "rather than pageable; None = DeepSpeed's default, off (on with --policy best)")
     layer_buffers: int = Field(default=2, ge=1, description="GPU layer-weight buffers (current + prefetched)")
+
+    @field_validator("transformers", mode="before")
+    @classmethod
+    def _release_as_text(cls, v: object) -> object:
+        """A release number the CLI parsed as a number (``--transformers 4.42`` gives 4.42) is the release's name."""
+        return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
 
 
 class DeepSpeed(ServingSystem):

@@ -313,7 +313,11 @@ class MoELightning(ServingSystem):
         n_ub = min(cand["n_ub"], r)
         mu = math.ceil(r / n_ub)
         part = self._cand(ctx, mu, n_ub, r, None)
-        assert part is not None  # its prefill passes hold at most the GPU-memory cap of prompts, like the full one's
+        if part is None:  # not expected: its prefill passes hold at most the GPU-memory cap of prompts, like the full one's
+            raise InfeasibleError(
+                f"moe-lightning: the last batch of {r} sequences ({n_ub} micro-batches of up to {mu}) does not fit "
+                f"its working set on the {ctx.platform.gpu.name} beside the resident weights, although the full "
+                f"batch of {cand['n']} does; set --batch or micro_batch_size")
         part["r_w"] = min(part["r_w"], cand["r_w"])  # the full batch's placement (less if its passes are larger)
         return part
 
