@@ -527,9 +527,7 @@ class Transformers(ServingSystem):
         last_s = None
         if last != batch:
             lp, ld, _ = run(last)
-            last_s = lp.time_s + ld
-            notes.append(f"{w.num_requests} requests in {num_batches - 1} batches of {batch} and a last one of {last}, "
-                         f"priced at its own size")
+            last_s = lp.time_s + ld  # predict's notes say so (Plan.last_batch_partial)
         config = {"batch_size": batch, "max_batch_that_fits": max_batch, "experts_implementation": p.experts_implementation,
                   "decode_experts_implementation": self._impl("decode"), "cpu_offload": p.cpu_offload,
                   "kv_bytes_per_token": self.kv_bytes_per_token(ctx)}
@@ -538,18 +536,5 @@ class Transformers(ServingSystem):
             host_mem_bytes=ctx.weight_bytes if p.cpu_offload else 0.0,
             placement={"weights": "host (pageable), copied module by module" if p.cpu_offload else "gpu",
                        "kv_cache": "gpu (DynamicCache)"},
-            notes=notes, plan_type=StaticBatchPlan, last_batch_time_s=last_s)
+            notes=notes, last_batch_time_s=last_s)
 
-
-@dataclass
-class StaticBatchPlan(Plan):
-    """Static batches where the last one is smaller: it is priced at its own size."""
-
-    last_batch_time_s: float | None = None
-
-    @property
-    def total_time_s(self) -> float:
-        full = self.prefill_time_per_batch_s + self.decode_time_per_batch_s
-        if self.last_batch_time_s is None:
-            return self.num_batches * full
-        return (self.num_batches - 1) * full + self.last_batch_time_s
