@@ -59,11 +59,11 @@ from ..engine import BufferRing, Engine
 from ..errors import InfeasibleError
 from ..modules import Context
 from ..specs import LayerKind
-from ..specs.common import BYTES_PER_ELEMENT
 from ..units import fmt_bytes
 from .base import Plan, ServingSystem, StepSim, balanced_batches, simpson_decode_time, simulate_pass
 from .shared.attention import eager_attention_cost, eager_attention_peak_bytes
-from .shared.memory import activation_bytes, layer_weight_bytes, max_layer_weight_bytes, prefill_logits_bytes
+from .shared.memory import (activation_bytes, layer_weight_bytes, max_layer_weight_bytes,
+                            mla_decompressed_kv_bytes_per_token, prefill_logits_bytes)
 
 
 class DeepSpeedParams(BaseModel):
@@ -137,18 +137,11 @@ class DeepSpeed(ServingSystem):
 
     @staticmethod
     def _kv_bytes_per_token(ctx: Context, context_tokens: int) -> float:
-        """KV bytes per token of the Hugging Face cache. For MLA, the Hugging Face DeepSeek code (remote and native)
-        up-projects the latent and caches per-head K and V (``past_key_value.update(key_states, value_states)``),
-        not the latent::
-
-            kv = L H (d_qk + d_v) b_kv        (DeepSeek-V2: 60 x 128 x (192 + 128) x 2 B = 4.9 MB per token)
-
-        other attention kinds cache what the model's spec says."""
-        a = ctx.model.attention
-        if a.kind != "mla":
+        """KV bytes per token of the Hugging Face cache: for MLA the decompressed per-head K and V
+        (:func:`~.shared.memory.mla_decompressed_kv_bytes_per_token`), other attention kinds what the model's spec says."""
+        if ctx.model.attention.kind != "mla":
             return ctx.kv_bytes_per_token(context_tokens)
-        return (ctx.model.num_layers * a.num_heads * (a.qk_head_dim + a.v_head_dim)
-                * BYTES_PER_ELEMENT[ctx.options.kv_dtype])
+        return mla_decompressed_kv_bytes_per_token(ctx)
 
     def _fixed_bytes(self, ctx: Context) -> float:
         return ctx.resident_weight_bytes + self._weight_working_bytes(ctx)
