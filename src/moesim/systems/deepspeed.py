@@ -109,7 +109,7 @@ class DeepSpeed(ServingSystem):
         set, else what the software does (module docstring, "Defaults")."""
         prm = self.params
         old = prm.transformers == "4.42"
-        remote_code = ctx.model.family.startswith("deepseek")  # no DeepSeek classes in transformers 4.42
+        remote_code = any(ctx.model.family.startswith(f) for f in self.constants.names("remote_code_families_4_42"))
         attention = prm.attention or ("eager" if old and remote_code else "sdpa")
         logits_all = prm.logits_all_positions if prm.logits_all_positions is not None else old
         pinned = prm.pin_memory if prm.pin_memory is not None else self.policy == "best"

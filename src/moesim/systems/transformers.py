@@ -58,6 +58,8 @@ ExpertsImpl = Literal["eager", "grouped_mm", "batched_mm"]
 
 class TransformersParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    # transformers 5.17 modeling_utils.get_correct_experts_implementation: no request becomes "grouped_mm" (eager only
+    # where grouped_mm cannot dispatch; on an SM80+ GPU with torch >= 2.10 it can)
     experts_implementation: ExpertsImpl = Field(
         default="grouped_mm", description="transformers 5 experts backend: eager (Python loop over experts), "
                                           "grouped_mm (default) or batched_mm; generate decodes grouped_mm as batched_mm")
@@ -377,9 +379,12 @@ class Transformers(ServingSystem):
         residual = gpu(vector_op(tokens * m.hidden_size, 1.0, 3.0))
         attn_calls = c("attention_calls") + (c("mla_extra_attention_calls") + norm_calls if mla else 0) \
             + (2 * norm_calls if qk_norm else 0)
-        attn_mods = 2 + 4 + (2 if qk_norm else 0) + (1 if mla else 0)
+        attn_mods = c("attention_modules") + (c("qk_norm_modules") if qk_norm else 0) + (c("mla_extra_modules") if mla else 0)
+        attn_tensors = int(c("attention_weight_tensors") + (c("qk_norm_weight_tensors") if qk_norm else 0)
+                           + (c("mla_extra_weight_tensors") if mla else 0))
         attn_gpu = (gpu(ctx.attention_proj(tokens))
-                    + gpu(vector_op(tokens * (a.num_heads + kv_heads) * hd_qk, 3.0, 6.0))  # rotary
+                    + gpu(vector_op(tokens * (a.num_heads + kv_heads) * hd_qk, c("rotary_flop_per_element"),
+                                    c("rotary_passes")))  # rotary
                     + gpu(self._sdpa(ctx, seqs, q_len, kv_len))
                     + gpu(vector_op(seqs * (kv_len - q_len) * cache_row / 2 + tokens * cache_row / 2, 0.0, 2.0)))  # cat
         if qk_norm:
@@ -389,7 +394,7 @@ class Transformers(ServingSystem):
         def layer(is_moe: bool) -> None:
             fetch(m.hidden_size * ctx.wbytes, 1)
             clk.run("norms", c("decoder_layer_host_s") + norm_calls * call + mod, norm(tokens))
-            fetch(ctx.attention_weight_bytes, 4 + (2 if qk_norm else 0) + (2 if mla else 0))
+            fetch(ctx.attention_weight_bytes, attn_tensors)
             clk.run("attention", attn_calls * call + attn_mods * mod, attn_gpu)
             fetch(m.hidden_size * ctx.wbytes, 1)
             clk.run("norms", (norm_calls + c("decoder_layer_calls")) * call + mod, norm(tokens) + 2 * residual)
@@ -397,7 +402,7 @@ class Transformers(ServingSystem):
                 self._moe(ctx, clk, tokens, impl, gpu, fetch, shared_gate)
             else:
                 fetch(ctx.dense_ffn_weight_bytes, 3)
-                clk.run("dense_ffn", c("shared_expert_calls") * call + 4 * mod, gpu(ctx.dense_ffn(tokens)))
+                clk.run("dense_ffn", c("shared_expert_calls") * call + c("mlp_modules") * mod, gpu(ctx.dense_ffn(tokens)))
 
         for is_moe, count in _runs([m.is_moe_layer(i) for i in range(m.num_layers)]):
             for _ in range(min(count, 2)):
@@ -405,7 +410,7 @@ class Transformers(ServingSystem):
                 layer(is_moe)
             clk.repeat_last(snap, count - min(count, 2))  # identical layers: the second one's increments again
         fetch(m.hidden_size * ctx.wbytes + m.lm_head_params * ctx.wbytes, 2)
-        clk.run("head", (norm_calls + 3) * call + 2 * mod,
+        clk.run("head", (norm_calls + c("head_calls")) * call + c("head_modules") * mod,
                 norm(seqs) + gpu(costs.lm_head(m.hidden_size, m.vocab_size, seqs, ctx.wdtype)))
         return clk
 
@@ -425,7 +430,7 @@ class Transformers(ServingSystem):
         routed = tokens * moe.top_k
         h, f = m.hidden_size, moe.expert_intermediate_size
         fetch(ctx.router_weight_bytes, 1)
-        clk.run("router", c("router_calls") * call + 2 * mod,
+        clk.run("router", c("router_calls") * call + c("router_modules") * mod,
                 gpu(costs.router(h, moe.num_experts, tokens)))
         fetch(moe.num_experts * ctx.expert_weight_bytes, 2)
         active = ctx.active_experts(tokens)
@@ -451,7 +456,7 @@ class Transformers(ServingSystem):
         shared = ctx.shared_experts(tokens)
         if shared is not None:
             fetch(ctx.shared_weight_bytes, 3 * max(1, moe.num_shared_experts))
-            host = c("shared_expert_calls") * call + 4 * mod
+            host = c("shared_expert_calls") * call + c("mlp_modules") * mod
             g = gpu(shared)
             if shared_gate:
                 host += c("shared_gate_calls") * call + mod
