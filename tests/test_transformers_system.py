@@ -268,3 +268,15 @@ def test_host_constants_lie_inside_what_the_device_measured():
     assert c("decoder_layer_host_s") >= 0 and c("generate_step_host_s") >= 0
     # the intercepts come from forwards at 2 and at all layers of both FIT models (4 backends/phases each)
     assert len(m["forward_intercepts_s"]) == 8
+
+
+def test_constants_override_replaces_yaml_constants_for_one_instance_only():
+    """The validation fit scores candidate constants through ``constants_override`` (no private state touched)."""
+    ctx = _ctx()
+    base = Transformers().forward_s(ctx, 1, 1, 200, "batched_mm")
+    slower = Transformers(constants_override={"torch_call_s": 1e-3}).forward_s(ctx, 1, 1, 200, "batched_mm")
+    assert slower.host_busy_s > base.host_busy_s + 100 * 1e-3  # hundreds of calls at 1 ms each
+    assert Transformers().forward_s(ctx, 1, 1, 200, "batched_mm").now == base.now  # the YAML's, unchanged
+    assert Transformers(constants_override={"grouped_mm_glue_s": 1.0}).grouped_mm_kernels().glue_s == 1.0
+    with pytest.raises(KeyError, match="no constant 'no_such_constant'"):
+        Transformers(constants_override={"no_such_constant": 1.0})

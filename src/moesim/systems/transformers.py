@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -271,9 +271,19 @@ class Transformers(ServingSystem):
                "DynamicCache on the GPU, experts eager / grouped_mm / batched_mm, optional accelerate cpu_offload")
     Params = TransformersParams
 
+    def __init__(self, params: BaseModel | dict | None = None, policy: str = "as-deployed",
+                 constants_override: Mapping[str, float] | None = None):
+        """``constants_override``: numeric constants of ``systems_db/transformers.yaml`` replaced for this instance
+        (a fit scoring candidate values); each key must be one the YAML has."""
+        super().__init__(params, policy)
+        self._consts: dict[str, float] = {}
+        for key, value in (constants_override or {}).items():
+            self.constants.value(key)  # KeyError naming the YAML's keys when it has no such constant
+            self._consts[key] = float(value)
+
     # ---- constants -------------------------------------------------------------------------------
     def _c(self, key: str) -> float:
-        cache = self.__dict__.setdefault("_consts", {})
+        cache = self._consts
         if key not in cache:
             cache[key] = float(self.constants.value(key))
         return cache[key]
