@@ -250,3 +250,33 @@ def test_best_is_never_slower_than_as_deployed(system, model, hw, work):
     deployed = moesim.predict(model, name, system, work, **hw)
     best = moesim.predict(model, name, system, work, **hw, system_params={"policy": "best"})
     assert best.throughput_tok_s >= deployed.throughput_tok_s * (1 - 1e-9)
+
+
+def test_flexgen_lp_structure_shared_by_a_search_gives_the_lps_own_answers():
+    """solve() with the search's prebuilt LP structure returns what it returns building its own, for every
+    (gbs, n_b) tried, with and without pinned fractions (--percent)."""
+    t = FlexGen()._cost_model_terms(ctx_of("mixtral-8x7b", **S1, num_requests=1000, prompt_tokens=418,
+                                           gen_tokens=128))
+    for fixed in (None, {"wg": 0.0, "cg": 0.0}):
+        st = fcm.structure(t, fixed)
+        for gbs, nb in ((1, 1), (4, 3), (16, 7), (64, 2), (512, 40)):
+            assert fcm.solve(t, gbs, nb, fixed, st) == fcm.solve(t, gbs, nb, fixed)
+
+
+def test_flexgen_deployed_search_runs_once_per_context():
+    """An as-deployed plan and policy=best's plan on one context share FlexGen's search (ctx.memo)."""
+    ctx = ctx_of("mixtral-8x7b", **S1, num_requests=200, prompt_tokens=128, gen_tokens=32)
+    calls = []
+    real = fcm.search
+
+    def counted(*a, **k):
+        calls.append(a)
+        return real(*a, **k)
+
+    fcm.search = counted
+    try:
+        FlexGen().plan(ctx)
+        FlexGen(policy="best").plan(ctx)
+    finally:
+        fcm.search = real
+    assert len(calls) == 1

@@ -642,8 +642,11 @@ class FlexGen(ServingSystem):
         if fixed is not None:
             fixed = {k.replace("wd", "wn").replace("cd", "cn").replace("hd", "hn"): v for k, v in fixed.items()
                      if k in ("wg", "wc", "cg", "cc", "hg", "hc")}
-        return fcm.search(self._cost_model_terms(ctx), w.num_requests, prm.gpu_batch_size, prm.num_gpu_batches,
-                          fixed, w.batch_size)
+        # kept on the context: an as-deployed plan and policy=best's (which lets FlexGen's pick compete) share it
+        key = ("flexgen deployed policy", prm.gpu_batch_size, prm.num_gpu_batches,
+               tuple(sorted(fixed.items())) if fixed is not None else None)
+        return ctx.memo(key, lambda: fcm.search(self._cost_model_terms(ctx), w.num_requests, prm.gpu_batch_size,
+                                                prm.num_gpu_batches, fixed, w.batch_size))
 
     def _from_choice(self, ctx: Context, choice: fcm.FlexGenChoice) -> FlexGenPolicy:
         """FlexGen's pick as a policy to simulate (a fixed batch shares its N over GPU batches of at most gbs)."""
