@@ -280,3 +280,12 @@ def test_flexgen_deployed_search_runs_once_per_context():
     finally:
         fcm.search = real
     assert len(calls) == 1
+
+
+def test_flexgen_fixed_batch_runs_as_its_block_and_says_so():
+    """FlexGen runs whole blocks of gpu_batch_size x num_gpu_batches; a fixed batch of 7 on a T4 becomes its
+    block of 3 x 3 = 9 (7 shared over ceil(7 / 3) GPU batches of one size), and the notes say so."""
+    p = moesim.predict("mixtral-8x7b", "t4", "flexgen", {"num_requests": 5, "batch_size": 7, "gen_tokens": 8})
+    assert p.config["policy_batch_size"] == 9
+    assert any("batch 7 runs as FlexGen's unit, a block of 3 x 3 = 9" in a for a in p.assumptions)
+    assert "5 requests fill 2 GPU batches of 3 (1 slot(s) padded)" in p.assumptions

@@ -166,7 +166,7 @@ def _batches_note(num_requests: int, plan: Plan) -> list[str]:
     if nb <= 1:
         return []
     if plan.last_batch_partial:
-        return [f"{num_requests} requests in {nb - 1} batches of {b} (one simulated) and a last of "
+        return [f"{num_requests} requests in {nb - 1} batch{'es' if nb > 2 else ''} of {b} (one simulated) and a last of "
                 f"{num_requests - (nb - 1) * b}, simulated at its own size"]
     if nb * b == num_requests:
         return [f"{num_requests} requests in {nb} equal batches of {b}; one batch simulated"]

@@ -852,7 +852,12 @@ class FlexGen(ServingSystem):
             notes.append(f"the last of {num_batches} blocks holds {w.num_requests - (num_batches - 1) * pol.block} "
                          f"sequences ({ps[-1][0].gpu_batch} x {ps[-1][0].num_gpu_batches}), charged as such")
         elif shown is not pol:
-            notes.append(f"{w.num_requests} requests fill {shown.num_gpu_batches} GPU batches of {shown.gpu_batch}")
+            notes.append(f"{w.num_requests} requests fill {shown.num_gpu_batches} GPU batches of {shown.gpu_batch}"
+                         + (f" ({shown.block - w.num_requests} slot(s) padded)" if shown.block > w.num_requests else ""))
+        if w.batch_size and pol.block != w.batch_size:
+            notes.append(f"batch {w.batch_size} runs as FlexGen's unit, a block of {pol.gpu_batch} x {pol.num_gpu_batches}"
+                         f" = {pol.block} sequences (FlexGen runs whole blocks of gpu_batch_size x num_gpu_batches GPU "
+                         f"batches of one size), priced as such")
         placement = {"weights": where("w") + " (streamed per layer, all experts)", "kv_cache": where("c"),
                      "activations": where("h")}
         # FlexGen(c): decode attention over the off-GPU KV (cc + cd) runs on the CPU; prefill attention on the GPU
