@@ -140,3 +140,16 @@ def test_every_command_prints_its_help():
     proc = subprocess.run([sys.executable, "-m", "moesim", "predict", "--help"], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0 and "--percent" in proc.stdout and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("flag", [("--transformers", "4.42"), ("--param", "transformers=4.42")])
+def test_deepspeed_transformers_release_4_42_from_the_cli(flag):
+    """The CLI parses 4.42 as a number; DeepSpeed's ``transformers`` parameter takes it as the release 4.42
+    (logits of every prompt position, which the default current release does not compute)."""
+    proc = run("predict", "--model", "mixtral-8x7b", "--hw", "a100-80gb", "--system", "deepspeed",
+               "--requests", "4", "--gen", "8", *flag, "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["config"]["logits_all_positions"] is True
+    proc = run("predict", "--model", "mixtral-8x7b", "--hw", "a100-80gb", "--system", "deepspeed",
+               "--requests", "4", "--gen", "8", "--transformers", "4.5")
+    assert proc.returncode == 1 and "'current' or '4.42'" in proc.stderr and "Traceback" not in proc.stderr

@@ -49,6 +49,18 @@ def test_moe_lightning_optimizer_sees_the_artifacts_mixtral_sizes_and_t4_constan
     assert (t.gpu_cap, t.cpu_cap, t.prefill_working_factor) == (0.86, 0.8, 1.2)
 
 
+def test_moe_lightning_optimizer_uses_datasheet_figures_for_an_l40s_not_the_l4s_constants():
+    """HardwareConfig.init has constants for a T4 and an L4 only; an L40S (whose name contains "L4") gets the
+    platform's own memory and bandwidth, as a user would pass them (regression: a substring match gave it the L4's)."""
+    ctx = ctx_of("mixtral-8x7b", hardware="l40s", host_memory_bytes=192 * GIB, num_requests=64)
+    t = MoELightning()._hrm_terms(ctx)
+    gpu = ctx.platform.gpu
+    assert gpu.name == "L40S"
+    assert (t.gpu_memory_bytes, t.gpu_bytes_per_s) == (gpu.memory_bytes, gpu.memory_bandwidth_bytes_per_s)
+    assert t.gpu_memory_bytes != 24 * GIB
+    assert MoELightning()._hrm_terms(ctx_of("mixtral-8x7b", **S2, num_requests=64)).gpu_memory_bytes == 24 * GIB
+
+
 def _artifact_gpu_bytes(mu: int, n_ub: int, s: int = 418) -> float:
     """The artifact's GPU row at w_g = 0 for Mixtral-8x7B, written out by hand (bytes): attention weights, the
     prefill home (hidden + residual of a micro-batch, the batch's prompt hidden states, a micro-batch's KV
@@ -238,3 +250,42 @@ def test_best_is_never_slower_than_as_deployed(system, model, hw, work):
     deployed = moesim.predict(model, name, system, work, **hw)
     best = moesim.predict(model, name, system, work, **hw, system_params={"policy": "best"})
     assert best.throughput_tok_s >= deployed.throughput_tok_s * (1 - 1e-9)
+
+
+def test_flexgen_lp_structure_shared_by_a_search_gives_the_lps_own_answers():
+    """solve() with the search's prebuilt LP structure returns what it returns building its own, for every
+    (gbs, n_b) tried, with and without pinned fractions (--percent)."""
+    t = FlexGen()._cost_model_terms(ctx_of("mixtral-8x7b", **S1, num_requests=1000, prompt_tokens=418,
+                                           gen_tokens=128))
+    for fixed in (None, {"wg": 0.0, "cg": 0.0}):
+        st = fcm.structure(t, fixed)
+        for gbs, nb in ((1, 1), (4, 3), (16, 7), (64, 2), (512, 40)):
+            assert fcm.solve(t, gbs, nb, fixed, st) == fcm.solve(t, gbs, nb, fixed)
+
+
+def test_flexgen_deployed_search_runs_once_per_context():
+    """An as-deployed plan and policy=best's plan on one context share FlexGen's search (ctx.memo)."""
+    ctx = ctx_of("mixtral-8x7b", **S1, num_requests=200, prompt_tokens=128, gen_tokens=32)
+    calls = []
+    real = fcm.search
+
+    def counted(*a, **k):
+        calls.append(a)
+        return real(*a, **k)
+
+    fcm.search = counted
+    try:
+        FlexGen().plan(ctx)
+        FlexGen(policy="best").plan(ctx)
+    finally:
+        fcm.search = real
+    assert len(calls) == 1
+
+
+def test_flexgen_fixed_batch_runs_as_its_block_and_says_so():
+    """FlexGen runs whole blocks of gpu_batch_size x num_gpu_batches; a fixed batch of 7 on a T4 becomes its
+    block of 3 x 3 = 9 (7 shared over ceil(7 / 3) GPU batches of one size), and the notes say so."""
+    p = moesim.predict("mixtral-8x7b", "t4", "flexgen", {"num_requests": 5, "batch_size": 7, "gen_tokens": 8})
+    assert p.config["policy_batch_size"] == 9
+    assert any("batch 7 runs as FlexGen's unit, a block of 3 x 3 = 9" in a for a in p.assumptions)
+    assert "5 requests fill 2 GPU batches of 3 (1 slot(s) padded)" in p.assumptions

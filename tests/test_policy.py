@@ -201,3 +201,15 @@ def test_policy_flag_in_help_with_its_default():
 def test_bad_policy_is_one_clear_line():
     out = _cli("--model", "mixtral-8x7b", "--hw", "c2", "--policy", "fastest")
     assert out.returncode != 0 and "Traceback" not in out.stderr and "--policy" in out.stderr
+
+
+def test_moe_gen_released_settings_that_do_not_fit_are_refused_not_shrunk():
+    """MoE-Gen's release sizes its buffers from its initializer's settings and has nothing that shrinks them:
+    Mixtral-8x7B on a T4 with 8192-token prompts (prefill batch 23 = 400 x 544 / 9216) is an InfeasibleError
+    naming the settings; --policy best searches ones that fit."""
+    wl = {"num_requests": 500, "prompt_tokens": 8192, "gen_tokens": 1024}
+    with pytest.raises(InfeasibleError, match=r"released settings for Mixtral-8x7B \(prefill_batch 23, "
+                                              r"attention_micro_batch 23.*a prefill pass of 23 prompts"):
+        moesim.predict("mixtral-8x7b", "t4", "moe-gen", wl)
+    best = moesim.predict("mixtral-8x7b", "t4", "moe-gen", wl, policy="best")
+    assert best.config["prefill_batch"] < 23

@@ -224,3 +224,20 @@ def test_moe_gen_moe_layer_alone_is_the_moe_part_of_its_pass():
     assert [(t.name, t.resource, t.duration_s, t.bytes) for t in alone.tasks] == \
         [(t.name, t.resource, t.duration_s, t.bytes) for t in in_pass]
     assert len(alone.tasks) == 1 + 2 * 8 and alone.makespan_s > 8 * ctx.h2d_s(ctx.expert_weight_bytes)
+
+
+@pytest.mark.parametrize("n,expect", [
+    (12, "12 requests in 3 equal batches of 4; one batch simulated"),
+    (10, "10 requests in 2 batches of 4 (one simulated) and a last of 2, simulated at its own size"),
+])
+def test_batches_note_follows_how_the_plan_priced_the_last_batch(n, expect):
+    """transformers prices a last, partial batch at its own size (Plan.last_batch_partial): the note says so, and
+    says equal batches only when they are."""
+    p = moesim.predict("qwen3-30b-a3b", "h200", "transformers", {"num_requests": n, "gen_tokens": 8, "batch_size": 4})
+    assert expect in p.assumptions
+    assert not any("equal batches" in a for a in p.assumptions if a != expect)
+
+
+def test_batches_note_says_when_the_last_batch_is_charged_full():
+    p = moesim.predict("mixtral-8x7b", "a100-80gb", "deepspeed", {"num_requests": 10, "gen_tokens": 8, "batch_size": 4})
+    assert any("priced as 3 full batches of 4 (12 sequence slots" in a for a in p.assumptions)

@@ -111,6 +111,35 @@ def test_cpu_offload_copies_every_weight_each_pass_over_pageable_memory():
     assert clk.now >= ctx.weight_bytes / achieved_link(ctx.platform).h2d_pageable_bytes_per_s
 
 
+def test_mla_dynamic_cache_is_decompressed_per_head_k_and_v_by_hand():
+    """DeepSeek-V2-Lite in HF's DynamicCache: L H (d_qk + d_v) b = 27 x 16 x (192 + 128) x 2 B per token; the same
+    helper prices DeepSpeed's Hugging Face cache."""
+    from moesim.systems.deepspeed import DeepSpeed
+    ctx = _ctx("deepseek-v2-lite")
+    a = ctx.model.attention
+    assert (ctx.model.num_layers, a.num_heads, a.qk_head_dim, a.v_head_dim) == (27, 16, 192, 128)
+    assert Transformers().kv_bytes_per_token(ctx) == 27 * 16 * (192 + 128) * 2
+    assert DeepSpeed._kv_bytes_per_token(ctx, 100) == 27 * 16 * (192 + 128) * 2
+
+
+def test_an_mla_model_outside_the_counted_families_is_refused_not_priced_as_gqa():
+    ref = _ctx("deepseek-v2-lite")
+    ctx = Context(ref.model.model_copy(update={"family": "other-mla"}), ref.platform, ref.workload, ref.options)
+    with pytest.raises(InfeasibleError, match="MLA attention"):
+        Transformers().kv_bytes_per_token(ctx)
+
+
+def test_cpu_offload_holds_the_largest_module_on_the_gpu():
+    """The running module's weights under cpu_offload: the largest of attention, a layer's experts, the dense FFN,
+    the embedding and the LM head (OLMoE's 64 experts x 3 x 2048 x 1024 x 2 B = 805 MB)."""
+    ctx = _ctx()
+    held = Transformers({"cpu_offload": True})._pass_bytes(ctx, 1, 1, 200, "grouped_mm")
+    m = ctx.model
+    assert held["weights of the running module (cpu_offload)"] == max(
+        ctx.attention_weight_bytes, m.moe.num_experts * ctx.expert_weight_bytes, ctx.dense_ffn_weight_bytes,
+        m.embedding_params * ctx.wbytes, m.lm_head_params * ctx.wbytes) == 64 * 3 * 2048 * 1024 * 2
+
+
 def _measured():
     files = sorted((ROOT / "validation/measurements/h200/transformers").glob("*transformers5.17*.json"))
     return files[-1] if files else None
@@ -239,3 +268,15 @@ def test_host_constants_lie_inside_what_the_device_measured():
     assert c("decoder_layer_host_s") >= 0 and c("generate_step_host_s") >= 0
     # the intercepts come from forwards at 2 and at all layers of both FIT models (4 backends/phases each)
     assert len(m["forward_intercepts_s"]) == 8
+
+
+def test_constants_override_replaces_yaml_constants_for_one_instance_only():
+    """The validation fit scores candidate constants through ``constants_override`` (no private state touched)."""
+    ctx = _ctx()
+    base = Transformers().forward_s(ctx, 1, 1, 200, "batched_mm")
+    slower = Transformers(constants_override={"torch_call_s": 1e-3}).forward_s(ctx, 1, 1, 200, "batched_mm")
+    assert slower.host_busy_s > base.host_busy_s + 100 * 1e-3  # hundreds of calls at 1 ms each
+    assert Transformers().forward_s(ctx, 1, 1, 200, "batched_mm").now == base.now  # the YAML's, unchanged
+    assert Transformers(constants_override={"grouped_mm_glue_s": 1.0}).grouped_mm_kernels().glue_s == 1.0
+    with pytest.raises(KeyError, match="no constant 'no_such_constant'"):
+        Transformers(constants_override={"no_such_constant": 1.0})

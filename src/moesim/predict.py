@@ -159,6 +159,21 @@ def _check_context(model: ModelSpec, workload: OfflineWorkload) -> None:
         )
 
 
+def _batches_note(num_requests: int, plan: Plan) -> list[str]:
+    """How the plan's batches were priced: equal batches (one simulated), full batches and a partial last one
+    simulated at its own size (``Plan.last_batch_partial``), or full batches of which the last is padded."""
+    nb, b = plan.num_batches, plan.batch_size
+    if nb <= 1:
+        return []
+    if plan.last_batch_partial:
+        return [f"{num_requests} requests in {nb - 1} batch{'es' if nb > 2 else ''} of {b} (one simulated) and a last of "
+                f"{num_requests - (nb - 1) * b}, simulated at its own size"]
+    if nb * b == num_requests:
+        return [f"{num_requests} requests in {nb} equal batches of {b}; one batch simulated"]
+    return [f"{num_requests} requests priced as {nb} full batches of {b} ({nb * b} sequence slots: the last batch "
+            f"is charged as a full one); one batch simulated"]
+
+
 def _hidden(step) -> dict[str, float]:
     out = {}
     for resource in ("h2d", "d2h", "disk", "gpu-link"):
@@ -199,8 +214,7 @@ def _prediction(ctx: Context, plan: Plan, compared: dict[str, str], assumptions:
         f"decode simulated at {len(plan.decode_points)} context lengths "
         f"({', '.join(str(c) for c, _ in plan.decode_points)}) and integrated over {w.gen_tokens} steps"
     )
-    if plan.num_batches > 1:
-        notes.append(f"{w.num_requests} requests in {plan.num_batches} equal batches of {batch}; one batch simulated")
+    notes += _batches_note(w.num_requests, plan)
     hidden = _hidden(mid)
     figures = headline_figures(ctx, plan)
     prefill_s = min(plan.total_time_s, plan.prefill_time_per_batch_s * plan.num_batches)

@@ -106,8 +106,3 @@ def host_copy_bytes_per_s(platform: Platform) -> float:
     return platform.host_memory_bandwidth_bytes_per_s * platform.empirical.cpu_memory_bandwidth_efficiency / 2.0
 
 
-def platform_path_copy_time_s(nbytes: float, path: CopyPath, direction: CopyDirection, platform: Platform,
-                              copies: int = 1, per_copy_sync_s: float = 0.0) -> float:
-    """:func:`path_copy_time_s` on ``platform``'s :func:`achieved_link` and host memory."""
-    return path_copy_time_s(nbytes, path, direction, achieved_link(platform), copies,
-                            host_copy_bytes_per_s(platform), per_copy_sync_s)

@@ -29,3 +29,8 @@ class SystemConstants(Sourced):
             raise KeyError(f"systems_db entry {self.name!r} has no constant {key!r} "
                            f"(it has: {', '.join(sorted(self.constants)) or 'none'})")
         return self.constants[key].value
+
+    def names(self, key: str) -> tuple[str, ...]:
+        """A comma-separated list constant as its items, stripped, empty items dropped
+        (``"a, b,"`` -> ``("a", "b")``)."""
+        return tuple(s for s in (x.strip() for x in str(self.value(key)).split(",")) if s)

@@ -100,8 +100,53 @@ def _cpu_flops(t: FlexGenTerms, gbs: int) -> float:
     return c["cpu_flops"] * max(0.1, 1 + c["c1"] * a * b - c["c2"] * a - c["c3"] * b)
 
 
-def solve(t: FlexGenTerms, gbs: int, nb: int, fixed: dict[str, float] | None = None) -> FlexGenChoice | None:
-    """FlexGen's LP for (bls = gbs nb, gbs); ``fixed`` pins fractions (its --percent). None if infeasible."""
+_ROWS = 12  # inequality rows of the LP: 3 prefill time, 4 decode time, 4 memory, 1 disk
+
+
+@dataclass(frozen=True)
+class LPStructure:
+    """What FlexGen's LP keeps for every (gbs, n_b) of one search (its terms and --percent): the inequality
+    matrix's entries that do not depend on the batch, the equality rows and the bounds. :func:`solve` fills in
+    the batch-dependent entries of a copy (the same expressions, in the same order, as written row by row)."""
+
+    template: np.ndarray
+    a_eq: np.ndarray
+    b_eq: np.ndarray
+    bounds: tuple[tuple[float, float | None], ...]
+
+
+def structure(t: FlexGenTerms, fixed: dict[str, float] | None = None) -> LPStructure:
+    """The batch-independent part of :func:`solve`'s LP (module docstring)."""
+    W, l = t.layer_weight_bytes, t.layers
+    c = t.const
+    a = np.zeros((_ROWS, NVAR))
+    wg, wc, wn = _IV["wg"], _IV["wc"], _IV["wn"]
+    a[0, TP] = a[1, TP] = a[2, TP] = -1.0
+    a[3:7, TG] = -1.0
+    a[0, wc] = W / c["ctog_bdw"]
+    a[0, wn] = W / c["ctog_bdw"] + W / c["dtoc_bdw"]
+    a[3:7, wc] = W / c["ctog_bdw"]
+    a[3:7, wn] = W / c["ctog_bdw"]
+    a[4, wn] = W / c["ctog_bdw"] + W / (0.95 * c["dtoc_bdw"])
+    a[7, wg] = a[8, wg] = W * l - 2 * W
+    a[9, wc] = a[10, wc] = W * l
+    a[9, wg] = -W
+    a[10, wn] = W
+    a[11, wn] = W * l
+    a_eq = [_row(wg=1, wc=1, wn=1), _row(cg=1, cc=1, cn=1), _row(hg=1, hc=1, hn=1)]
+    b_eq = [1.0, 1.0, 1.0]
+    for k, v in (fixed or {}).items():
+        a_eq.append(_row(**{k: 1.0}))
+        b_eq.append(v)
+    bounds = tuple((0.0, 0.0) if v == "hn" else (0.0, 1.0) for v in VARS) + ((0.0, None), (0.0, None))
+    return LPStructure(a, np.array(a_eq), np.array(b_eq), bounds)
+
+
+def solve(t: FlexGenTerms, gbs: int, nb: int, fixed: dict[str, float] | None = None,
+          lp_structure: LPStructure | None = None) -> FlexGenChoice | None:
+    """FlexGen's LP for (bls = gbs nb, gbs); ``fixed`` pins fractions (its --percent); ``lp_structure``:
+    :func:`structure` of (t, fixed), built once by a search. None if infeasible."""
+    st = lp_structure or structure(t, fixed)
     c = t.const
     bls = gbs * nb
     s, n, l = t.prompt_tokens, t.gen_tokens, t.layers
@@ -110,64 +155,65 @@ def solve(t: FlexGenTerms, gbs: int, nb: int, fixed: dict[str, float] | None = N
     ab = t.act_bytes
     cavg = s + n / 2
     A, F = t.attn_flop_per_token_ctx, t.linear_flop_per_token
-    rows, rhs = [], []
-
-    def le(r: np.ndarray, b: float = 0.0) -> None:
-        rows.append(r)
-        rhs.append(b)
-
+    a = st.template.copy()
+    b = np.zeros(_ROWS)
+    wg, cg, cc, cn, hg, hc, hn = (_IV[v] for v in ("wg", "cg", "cc", "cn", "hg", "hc", "hn"))
     # prefill: T_pre >= ctog + dtoc, gtoc + ctod, comp
-    ctog_p = dict(wc=W / c["ctog_bdw"], wn=W / c["ctog_bdw"], hc=s * H * bls / c["ctog_bdw"],
-                  hn=s * H * bls / c["ctog_bdw"])
-    dtoc_p = dict(wn=W / c["dtoc_bdw"], hn=s * H * bls / c["dtoc_bdw"])
-    gtoc_p = dict(cc=K * (s + 1) * bls / c["gtoc_bdw_cache"], cn=K * (s + 1) * bls / c["gtoc_bdw_cache"],
-                  hc=s * H * bls / c["gtoc_bdw_hidden"], hn=s * H * bls / c["gtoc_bdw_hidden"])
-    ctod_p = dict(cn=K * (s + 1) * bls / c["ctod_bdw_cache_p"], hn=s * H * bls / c["ctod_bdw_hidden_p"])
-    comp_p = bls * s * F / c["mm_flops_p"] + bls * s * s * A / c["bmm_flops_p"]
-    le(_row(**ctog_p, Tp=-1) + _row(**dtoc_p))
-    le(_row(**gtoc_p, Tp=-1) + _row(**ctod_p))
-    le(_row(Tp=-1), -comp_p)
-    # decode: T_gen >= ctog + each of gtoc, dtoc, ctod, comp
-    ctog_g = _row(wc=W / c["ctog_bdw"], wn=W / c["ctog_bdw"], hc=H * bls / c["ctog_bdw"], hn=H * bls / c["ctog_bdw"])
-    gtoc_g = _row(hc=H * bls / c["gtoc_bdw_hidden"], hn=H * bls / c["gtoc_bdw_hidden"])
-    dtoc_g = _row(cn=K * bls * cavg / c["dtoc_bdw"], hn=H * bls / c["dtoc_bdw"], wn=W / (0.95 * c["dtoc_bdw"]))
-    ctod_g = _row(cn=K * bls / c["ctod_bdw_g"], hn=H * bls / c["ctod_bdw_g"])
+    a[0, hc] = s * H * bls / c["ctog_bdw"]
+    a[0, hn] = s * H * bls / c["ctog_bdw"] + s * H * bls / c["dtoc_bdw"]
+    a[1, cc] = K * (s + 1) * bls / c["gtoc_bdw_cache"]
+    a[1, cn] = K * (s + 1) * bls / c["gtoc_bdw_cache"] + K * (s + 1) * bls / c["ctod_bdw_cache_p"]
+    a[1, hc] = s * H * bls / c["gtoc_bdw_hidden"]
+    a[1, hn] = s * H * bls / c["gtoc_bdw_hidden"] + s * H * bls / c["ctod_bdw_hidden_p"]
+    b[2] = -(bls * s * F / c["mm_flops_p"] + bls * s * s * A / c["bmm_flops_p"])
+    # decode: T_gen >= ctog + each of gtoc, dtoc, ctod, comp (rows 3-6; ctog's weight terms in the template)
+    ctog_h = H * bls / c["ctog_bdw"]
+    a[3:7, hc] = ctog_h
+    a[3, hc] = ctog_h + H * bls / c["gtoc_bdw_hidden"]
+    a[3, hn] = ctog_h + H * bls / c["gtoc_bdw_hidden"]
+    a[4, cn] = K * bls * cavg / c["dtoc_bdw"]
+    a[4, hn] = ctog_h + H * bls / c["dtoc_bdw"]
+    a[5, cn] = K * bls / c["ctod_bdw_g"]
+    a[5, hn] = ctog_h + H * bls / c["ctod_bdw_g"]
     cpu = bls * cavg * A / _cpu_flops(t, gbs)
-    comp_g = _row(cg=bls * cavg * A / c["bmm_flops_g"], cc=cpu, cn=cpu)
-    for r in (gtoc_g, dtoc_g, ctod_g):
-        le(ctog_g + r + _row(Tg=-1))
-    le(ctog_g + comp_g + _row(Tg=-1), -bls * F / c["mm_flops_g"])
+    a[6, cg] = bls * cavg * A / c["bmm_flops_g"]
+    a[6, cc] = a[6, cn] = cpu
+    a[6, hn] = ctog_h
+    b[6] = -bls * F / c["mm_flops_g"]
     # memory, against alpha of each capacity
     gmem, cmem, nmem = (c["alpha"] * x for x in (t.gpu_memory_bytes, t.cpu_memory_bytes, t.disk_bytes))
     inter_p = ab / 2 * (18 * gbs * s * h1 + 2 * gbs * nh * s * s + 2 * gbs * s * h2)
     # GPU prefill: W l wg + s H bls hg + K (s+n) bls l cg + 2 W (1 - wg) + s H gbs (1 - hg) + inter_p
-    le(_row(wg=W * l - 2 * W, hg=s * H * bls - s * H * gbs, cg=K * (s + n) * bls * l),
-       gmem - 2 * W - s * H * gbs - inter_p)
+    a[7, hg] = s * H * bls - s * H * gbs
+    a[7, cg] = K * (s + n) * bls * l
+    b[7] = gmem - 2 * W - s * H * gbs - inter_p
     # GPU decode: W l wg + H bls hg + K (s+n) bls l cg + 2 W (1 - wg) + H gbs (1 - hg) + K (s+n) gbs cg + inter_g
     inter_g_const = gbs * (7 * H + ab * h2)
     inter_g_cg = gbs * (2 * H + K * (s + n) + ab * nh * (s + n))
-    le(_row(wg=W * l - 2 * W, hg=H * bls - H * gbs, cg=K * (s + n) * bls * l + K * (s + n) * gbs + inter_g_cg),
-       gmem - 2 * W - H * gbs - inter_g_const)
+    a[8, hg] = H * bls - H * gbs
+    a[8, cg] = K * (s + n) * bls * l + K * (s + n) * gbs + inter_g_cg
+    b[8] = gmem - 2 * W - H * gbs - inter_g_const
     # CPU prefill: W l wc + s H bls hc + K s bls l cc + W (1 - wg) + s H gbs (1 - hg)
-    le(_row(wc=W * l, wg=-W, hc=s * H * bls, hg=-s * H * gbs, cc=K * s * bls * l), cmem - W - s * H * gbs)
+    a[9, hc] = s * H * bls
+    a[9, hg] = -s * H * gbs
+    a[9, cc] = K * s * bls * l
+    b[9] = cmem - W - s * H * gbs
     # CPU decode: W l wc + H bls hc + K (s+n) bls l cc + W wn + 2 H gbs hn + 2 K (s+n) gbs cn + (s+n) gbs nh ab + H gbs
-    le(_row(wc=W * l, hc=H * bls, cc=K * (s + n) * bls * l, wn=W, hn=2 * H * gbs, cn=2 * K * (s + n) * gbs),
-       cmem - (s + n) * gbs * nh * ab - H * gbs)
+    a[10, hc] = H * bls
+    a[10, cc] = K * (s + n) * bls * l
+    a[10, hn] = 2 * H * gbs
+    a[10, cn] = 2 * K * (s + n) * gbs
+    b[10] = cmem - (s + n) * gbs * nh * ab - H * gbs
     # disk
-    le(_row(wn=W * l, hn=s * H * bls, cn=K * (s + n) * bls * l), nmem)
+    a[11, hn] = s * H * bls
+    a[11, cn] = K * (s + n) * bls * l
+    b[11] = nmem
 
-    a_eq = [_row(wg=1, wc=1, wn=1), _row(cg=1, cc=1, cn=1), _row(hg=1, hc=1, hn=1)]
-    b_eq = [1.0, 1.0, 1.0]
-    for k, v in (fixed or {}).items():
-        a_eq.append(_row(**{k: 1.0}))
-        b_eq.append(v)
     cost = np.zeros(NVAR)
     cost[TP], cost[TG] = l / bls, l * max(n - 1, 0) / bls
-    bounds = [(0.0, 0.0) if v == "hn" else (0.0, 1.0) for v in VARS] + [(0.0, None), (0.0, None)]
-    a_ub, b_ub = np.array(rows), np.array(rhs)
-    scale = np.maximum(np.abs(a_ub).max(axis=1), np.abs(b_ub))
+    scale = np.maximum(np.abs(a).max(axis=1), np.abs(b))
     scale[scale == 0] = 1.0
-    x = lp.solve(cost, a_ub / scale[:, None], b_ub / scale, np.array(a_eq), np.array(b_eq), bounds)
+    x = lp.solve(cost, a / scale[:, None], b / scale, st.a_eq, st.b_eq, list(st.bounds))
     if x is None:
         return None
     T = x[TP] * l + x[TG] * max(n - 1, 0) * l
@@ -234,11 +280,12 @@ def search(t: FlexGenTerms, max_batch: int, gpu_batch: int | None = None, num_gp
     --gpu-batch-size / --num-gpu-batches / --percent; ``batch`` fixes bls (n_b = ceil(bls / gbs))."""
     best: FlexGenChoice | None = None
     lps: dict[tuple[int, int], FlexGenChoice | None] = {}
+    st = structure(t, fixed)  # one LP structure for every (gbs, n_b) of this search
 
     def solved(t_: FlexGenTerms, gbs_: int, nb_: int, fixed_: dict | None) -> FlexGenChoice | None:
         """One LP per (gbs, n_b) of this search: the bisections of the two scans share them."""
         if (gbs_, nb_) not in lps:
-            lps[gbs_, nb_] = solve(t_, gbs_, nb_, fixed_)
+            lps[gbs_, nb_] = solve(t_, gbs_, nb_, fixed_, st)
         return lps[gbs_, nb_]
 
     def keep(p: FlexGenChoice | None) -> None:
@@ -249,8 +296,8 @@ def search(t: FlexGenTerms, max_batch: int, gpu_batch: int | None = None, num_gp
     for gbs in ([gpu_batch] if gpu_batch else gpu_batch_sizes()):
         if num_gpu_batches or batch:
             nb = num_gpu_batches or math.ceil(batch / gbs)
-            p = solve(t, gbs, nb, fixed)
-            if p is None and (num_gpu_batches or solve(t, gbs, 1, fixed) is None):
+            p = solved(t, gbs, nb, fixed)
+            if p is None and (num_gpu_batches or solved(t, gbs, 1, fixed) is None):
                 break
             keep(p)
             if gpu_batch or (batch and gbs >= batch):

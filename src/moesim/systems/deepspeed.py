@@ -53,17 +53,17 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..engine import BufferRing, Engine
 from ..errors import InfeasibleError
 from ..modules import Context
 from ..specs import LayerKind
-from ..specs.common import BYTES_PER_ELEMENT
 from ..units import fmt_bytes
 from .base import Plan, ServingSystem, StepSim, balanced_batches, simpson_decode_time, simulate_pass
 from .shared.attention import eager_attention_cost, eager_attention_peak_bytes
-from .shared.memory import activation_bytes, layer_weight_bytes, max_layer_weight_bytes, prefill_logits_bytes
+from .shared.memory import (activation_bytes, layer_weight_bytes, max_layer_weight_bytes,
+                            mla_decompressed_kv_bytes_per_token, prefill_logits_bytes)
 
 
 class DeepSpeedParams(BaseModel):
@@ -89,6 +89,12 @@ class DeepSpeedParams(BaseModel):
                                   "rather than pageable; None = DeepSpeed's default, off (on with --policy best)")
     layer_buffers: int = Field(default=2, ge=1, description="GPU layer-weight buffers (current + prefetched)")
 
+    @field_validator("transformers", mode="before")
+    @classmethod
+    def _release_as_text(cls, v: object) -> object:
+        """A release number the CLI parsed as a number (``--transformers 4.42`` gives 4.42) is the release's name."""
+        return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
 
 class DeepSpeed(ServingSystem):
     name = "deepspeed"
@@ -103,7 +109,7 @@ class DeepSpeed(ServingSystem):
         set, else what the software does (module docstring, "Defaults")."""
         prm = self.params
         old = prm.transformers == "4.42"
-        remote_code = ctx.model.family.startswith("deepseek")  # no DeepSeek classes in transformers 4.42
+        remote_code = any(ctx.model.family.startswith(f) for f in self.constants.names("remote_code_families_4_42"))
         attention = prm.attention or ("eager" if old and remote_code else "sdpa")
         logits_all = prm.logits_all_positions if prm.logits_all_positions is not None else old
         pinned = prm.pin_memory if prm.pin_memory is not None else self.policy == "best"
@@ -131,18 +137,11 @@ class DeepSpeed(ServingSystem):
 
     @staticmethod
     def _kv_bytes_per_token(ctx: Context, context_tokens: int) -> float:
-        """KV bytes per token of the Hugging Face cache. For MLA, the Hugging Face DeepSeek code (remote and native)
-        up-projects the latent and caches per-head K and V (``past_key_value.update(key_states, value_states)``),
-        not the latent::
-
-            kv = L H (d_qk + d_v) b_kv        (DeepSeek-V2: 60 x 128 x (192 + 128) x 2 B = 4.9 MB per token)
-
-        other attention kinds cache what the model's spec says."""
-        a = ctx.model.attention
-        if a.kind != "mla":
+        """KV bytes per token of the Hugging Face cache: for MLA the decompressed per-head K and V
+        (:func:`~.shared.memory.mla_decompressed_kv_bytes_per_token`), other attention kinds what the model's spec says."""
+        if ctx.model.attention.kind != "mla":
             return ctx.kv_bytes_per_token(context_tokens)
-        return (ctx.model.num_layers * a.num_heads * (a.qk_head_dim + a.v_head_dim)
-                * BYTES_PER_ELEMENT[ctx.options.kv_dtype])
+        return mla_decompressed_kv_bytes_per_token(ctx)
 
     def _fixed_bytes(self, ctx: Context) -> float:
         return ctx.resident_weight_bytes + self._weight_working_bytes(ctx)
@@ -152,8 +151,8 @@ class DeepSpeed(ServingSystem):
         model code calls only the experts tokens were routed to (``skips_idle_experts_families``), that is the
         attention, shared experts and the E_active(tokens) routed experts, else every expert (layer_weight_bytes)."""
         m = ctx.model
-        families = {f.strip() for f in str(self.constants.value("skips_idle_experts_families")).split(",")}
-        if not (kind.moe and any(m.family.startswith(f) for f in families if f)):
+        families = self.constants.names("skips_idle_experts_families")
+        if not (kind.moe and any(m.family.startswith(f) for f in families)):
             return layer_weight_bytes(ctx, kind)
         return ctx.attention_weight_bytes + ctx.shared_weight_bytes + ctx.active_experts(tokens) * ctx.expert_weight_bytes
 

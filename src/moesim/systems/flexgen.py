@@ -642,8 +642,11 @@ class FlexGen(ServingSystem):
         if fixed is not None:
             fixed = {k.replace("wd", "wn").replace("cd", "cn").replace("hd", "hn"): v for k, v in fixed.items()
                      if k in ("wg", "wc", "cg", "cc", "hg", "hc")}
-        return fcm.search(self._cost_model_terms(ctx), w.num_requests, prm.gpu_batch_size, prm.num_gpu_batches,
-                          fixed, w.batch_size)
+        # kept on the context: an as-deployed plan and policy=best's (which lets FlexGen's pick compete) share it
+        key = ("flexgen deployed policy", prm.gpu_batch_size, prm.num_gpu_batches,
+               tuple(sorted(fixed.items())) if fixed is not None else None)
+        return ctx.memo(key, lambda: fcm.search(self._cost_model_terms(ctx), w.num_requests, prm.gpu_batch_size,
+                                                prm.num_gpu_batches, fixed, w.batch_size))
 
     def _from_choice(self, ctx: Context, choice: fcm.FlexGenChoice) -> FlexGenPolicy:
         """FlexGen's pick as a policy to simulate (a fixed batch shares its N over GPU batches of at most gbs)."""
@@ -849,7 +852,12 @@ class FlexGen(ServingSystem):
             notes.append(f"the last of {num_batches} blocks holds {w.num_requests - (num_batches - 1) * pol.block} "
                          f"sequences ({ps[-1][0].gpu_batch} x {ps[-1][0].num_gpu_batches}), charged as such")
         elif shown is not pol:
-            notes.append(f"{w.num_requests} requests fill {shown.num_gpu_batches} GPU batches of {shown.gpu_batch}")
+            notes.append(f"{w.num_requests} requests fill {shown.num_gpu_batches} GPU batches of {shown.gpu_batch}"
+                         + (f" ({shown.block - w.num_requests} slot(s) padded)" if shown.block > w.num_requests else ""))
+        if w.batch_size and pol.block != w.batch_size:
+            notes.append(f"batch {w.batch_size} runs as FlexGen's unit, a block of {pol.gpu_batch} x {pol.num_gpu_batches}"
+                         f" = {pol.block} sequences (FlexGen runs whole blocks of gpu_batch_size x num_gpu_batches GPU "
+                         f"batches of one size), priced as such")
         placement = {"weights": where("w") + " (streamed per layer, all experts)", "kv_cache": where("c"),
                      "activations": where("h")}
         # FlexGen(c): decode attention over the off-GPU KV (cc + cd) runs on the CPU; prefill attention on the GPU

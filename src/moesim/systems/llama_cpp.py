@@ -115,7 +115,7 @@ def _execution(ctx: Context, tokens: float, constants) -> costs.Execution:
     ADD with src1 of more than one row, a MUL_MAT_ID with ne[2] != 1 - and below Ampere), else kernels launched
     one by one from C++; each kernel of a graph adds the replay gap ``graph_kernel_gap_s``. The expert matmul's
     tile is :func:`_mmq_tile_rows`."""
-    archs = {a.strip() for a in str(constants.value("cuda_graph_architectures")).split(",")}
+    archs = set(constants.names("cuda_graph_architectures"))
     tile = _mmq_tile_rows(tokens, constants)
     if tokens <= 1 and ctx.platform.gpu.architecture in archs:
         return costs.Execution("graph", float(constants.value("graph_kernel_gap_s")), engine_kernels=True,

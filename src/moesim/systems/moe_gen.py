@@ -39,7 +39,6 @@ searched fraction omega on the CPU). GPU working-set rules: ``systems_db/moe-gen
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Callable, Literal, NamedTuple
 
@@ -443,8 +442,10 @@ class MoEGen(ServingSystem):
             if rate > best_rate:
                 best_prefill, best_rate, best_pb = sim, rate, pb
         if best_prefill is None:
+            what = (f"a prefill pass of {candidates[0]} prompts of {w.prompt_tokens} tokens does not fit"
+                    if self.params.prefill_batch else f"not even one prompt of {w.prompt_tokens} tokens fits")
             raise InfeasibleError(
-                f"moe-gen: not even one prompt of {w.prompt_tokens} tokens fits on the GPU for prefill "
+                f"moe-gen: {what} on the GPU for prefill "
                 f"({p.gpu.name}, {fmt_bytes(p.usable_gpu_memory_bytes_per_gpu)} usable)"
             )
         return best_prefill, best_pb, len(candidates)
@@ -516,30 +517,21 @@ class MoEGen(ServingSystem):
         return self._deployed_plan(ctx, released)
 
     def _deployed_plan(self, ctx: Context, released: dict[str, int | float]) -> Plan:
-        """The plan with MoE-Gen's released settings where the user gave none. A setting that does not fit
-        moesim's GPU memory accounting is halved until it does, and the plan says so."""
+        """The plan with MoE-Gen's released settings where the user gave none. MoE-Gen sizes its GPU buffers from
+        them (its initializer's ``_default_engine_config``; the release has no search and nothing that shrinks
+        them, shared/reference/offload-systems.md 1.6), so settings that do not fit are an InfeasibleError naming
+        what does not fit; ``--policy best`` searches settings that do."""
         wanted = {k: v for k, v in released.items() if getattr(self.params, k) is None}
-        update, notes = dict(wanted), []
-        for _ in range(12):
-            other = copy.copy(self)
-            other.params = self.params.model_copy(update=update)
-            try:
-                plan = other._searched_plan(ctx)
-                break
-            except InfeasibleError:
-                smaller = {k: max(1, v // 2) for k, v in update.items() if k != "cpu_attention_fraction" and v > 1}
-                if not smaller:
-                    raise
-                update.update(smaller)
-        else:  # pragma: no cover - twelve halvings reach 1
-            raise InfeasibleError("moe-gen: MoE-Gen's released settings do not fit")
-        for k, v in wanted.items():
-            if update[k] != v:
-                notes.append(f"MoE-Gen's released {k} = {v} does not fit moesim's GPU memory accounting; {update[k]} "
-                             "used")
         shown = ", ".join(f"{k} {v:g}" for k, v in wanted.items())
+        deployed = type(self)(self.params.model_copy(update=wanted), policy=self.policy)
+        try:
+            plan = deployed._searched_plan(ctx)
+        except InfeasibleError as e:
+            raise InfeasibleError(
+                f"moe-gen: MoE-Gen's released settings for {ctx.model.name} ({shown or 'all given'}) do not fit: "
+                f"{str(e).removeprefix('moe-gen: ')} "
+                "(MoE-Gen sizes its buffers from them and does not shrink them; set them, or --policy best)") from e
         plan.notes.append(f"as deployed: MoE-Gen's released settings for {ctx.model.name} ({shown or 'all given'})")
-        plan.notes.extend(notes)
         return plan
 
     def _searched_plan(self, ctx: Context) -> Plan:

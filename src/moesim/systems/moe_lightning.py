@@ -313,7 +313,11 @@ class MoELightning(ServingSystem):
         n_ub = min(cand["n_ub"], r)
         mu = math.ceil(r / n_ub)
         part = self._cand(ctx, mu, n_ub, r, None)
-        assert part is not None  # its prefill passes hold at most the GPU-memory cap of prompts, like the full one's
+        if part is None:  # not expected: its prefill passes hold at most the GPU-memory cap of prompts, like the full one's
+            raise InfeasibleError(
+                f"moe-lightning: the last batch of {r} sequences ({n_ub} micro-batches of up to {mu}) does not fit "
+                f"its working set on the {ctx.platform.gpu.name} beside the resident weights, although the full "
+                f"batch of {cand['n']} does; set --batch or micro_batch_size")
         part["r_w"] = min(part["r_w"], cand["r_w"])  # the full batch's placement (less if its passes are larger)
         return part
 
@@ -346,8 +350,9 @@ class MoELightning(ServingSystem):
 
     # ---- MoE-Lightning's own optimizer (policy=as-deployed) ------------------------------------------
     def _hrm_terms(self, ctx: Context) -> opt.HRMTerms:
-        """What MoE-Lightning's optimizer sees: moesim's sizes of the model, its own hardware constants for a
-        T4 or L4 (``systems_db/moe-lightning.yaml``, artifact ``HardwareConfig.init``), else the platform's
+        """What MoE-Lightning's optimizer sees: moesim's sizes of the model, its own hardware constants for the
+        GPUs it lists (``optimizer_gpus``: T4, L4, matched by exact name; ``systems_db/moe-lightning.yaml``, artifact
+        ``HardwareConfig.init``), else the platform's
         datasheet figures (what a user passes it), the host's memory and DRAM bandwidth (its --cpu-mem and
         --cpu-mem-bdw)."""
         m, p, w, k = ctx.model, ctx.platform, ctx.workload, self.constants
@@ -361,7 +366,7 @@ class MoELightning(ServingSystem):
         else:
             h2, top_k = m.dense_ffn.intermediate_size, 1
             ffn_flop = 2 * m.dense_ffn_params
-        tag = next((g for g in ("T4", "L4") if g in p.gpu.name), None)
+        tag = p.gpu.name if p.gpu.name in k.names("optimizer_gpus") else None
         if tag:
             gib = 2 ** 30
             gpu_mem = k.value(f"optimizer_{tag}_gpu_memory_gib") * gib

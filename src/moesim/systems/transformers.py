@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -51,13 +51,15 @@ from ..modules import Context
 from ..specs.common import BYTES_PER_ELEMENT
 from ..units import fmt_bytes
 from .base import Plan, ServingSystem, StepSim, simpson_decode_time
-from .shared.memory import activation_bytes
+from .shared.memory import activation_bytes, mla_decompressed_kv_bytes_per_token
 
 ExpertsImpl = Literal["eager", "grouped_mm", "batched_mm"]
 
 
 class TransformersParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    # transformers 5.17 modeling_utils.get_correct_experts_implementation: no request becomes "grouped_mm" (eager only
+    # where grouped_mm cannot dispatch; on an SM80+ GPU with torch >= 2.10 it can)
     experts_implementation: ExpertsImpl = Field(
         default="grouped_mm", description="transformers 5 experts backend: eager (Python loop over experts), "
                                           "grouped_mm (default) or batched_mm; generate decodes grouped_mm as batched_mm")
@@ -269,9 +271,19 @@ class Transformers(ServingSystem):
                "DynamicCache on the GPU, experts eager / grouped_mm / batched_mm, optional accelerate cpu_offload")
     Params = TransformersParams
 
+    def __init__(self, params: BaseModel | dict | None = None, policy: str = "as-deployed",
+                 constants_override: Mapping[str, float] | None = None):
+        """``constants_override``: numeric constants of ``systems_db/transformers.yaml`` replaced for this instance
+        (a fit scoring candidate values); each key must be one the YAML has."""
+        super().__init__(params, policy)
+        self._consts: dict[str, float] = {}
+        for key, value in (constants_override or {}).items():
+            self.constants.value(key)  # KeyError naming the YAML's keys when it has no such constant
+            self._consts[key] = float(value)
+
     # ---- constants -------------------------------------------------------------------------------
     def _c(self, key: str) -> float:
-        cache = self.__dict__.setdefault("_consts", {})
+        cache = self._consts
         if key not in cache:
             cache[key] = float(self.constants.value(key))
         return cache[key]
@@ -279,7 +291,7 @@ class Transformers(ServingSystem):
     def _families(self, key: str) -> set[str]:
         cache = self.__dict__.setdefault("_fams", {})
         if key not in cache:
-            cache[key] = {s.strip() for s in str(self.constants.value(key)).split(",") if s.strip()}
+            cache[key] = set(self.constants.names(key))
         return cache[key]
 
     def grouped_mm_kernels(self) -> GroupedMMKernels:
@@ -291,17 +303,25 @@ class Transformers(ServingSystem):
         return BatchedMMKernels(**{f: self._c("batched_mm_" + f) for f in BatchedMMKernels.__dataclass_fields__})
 
     def _is_mla(self, ctx: Context) -> bool:
-        return ctx.model.attention.kind == "mla" and ctx.model.family in self._families("mla_families")
+        """The model runs Hugging Face's DeepSeek MLA attention (the one test of MLA in this system: the cache,
+        sdpa shapes and call counts all follow it). An MLA model of a family whose modelling code was not
+        counted (``mla_families``) is refused rather than priced as another's."""
+        m = ctx.model
+        if m.attention.kind != "mla":
+            return False
+        if m.family not in self._families("mla_families"):
+            raise InfeasibleError(f"transformers: {m.name} ({m.family}) has MLA attention; its modelling code is "
+                                  f"counted only for {', '.join(sorted(self._families('mla_families')))}")
+        return True
 
     # ---- memory ------------------------------------------------------------------------------------
     def kv_bytes_per_token(self, ctx: Context) -> float:
-        """DynamicCache bytes per token, all layers: per-head K and V (MLA decompressed, as HF caches it)."""
+        """DynamicCache bytes per token, all layers: per-head K and V (MLA decompressed, as HF caches it:
+        :func:`~.shared.memory.mla_decompressed_kv_bytes_per_token`), else 2 L H_kv d b_kv."""
+        if self._is_mla(ctx):
+            return mla_decompressed_kv_bytes_per_token(ctx)
         a = ctx.model.attention
-        if a.kind == "mla":
-            per_layer = a.num_heads * (a.qk_head_dim + a.v_head_dim)
-        else:
-            per_layer = 2 * a.num_kv_heads * a.head_dim
-        return ctx.model.num_layers * per_layer * BYTES_PER_ELEMENT[ctx.options.kv_dtype]
+        return ctx.model.num_layers * 2 * a.num_kv_heads * a.head_dim * BYTES_PER_ELEMENT[ctx.options.kv_dtype]
 
     def _batched_gather_bytes(self, ctx: Context, tokens: float) -> float:
         m = ctx.model
@@ -326,7 +346,7 @@ class Transformers(ServingSystem):
         if self.params.cpu_offload:
             holds["weights of the running module (cpu_offload)"] = max(
                 ctx.attention_weight_bytes, ctx.model.moe.num_experts * ctx.expert_weight_bytes if ctx.model.moe else 0.0,
-                ctx.dense_ffn_weight_bytes, (ctx.model.embedding_params + ctx.model.lm_head_params) * ctx.wbytes / 2)
+                ctx.dense_ffn_weight_bytes, max(ctx.model.embedding_params, ctx.model.lm_head_params) * ctx.wbytes)
         else:
             holds["weights"] = ctx.weight_bytes
         return holds
@@ -343,33 +363,38 @@ class Transformers(ServingSystem):
         gpu = lambda cost: ctx.gpu_s(_bare(cost))  # noqa: E731
         norm_calls = c("rmsnorm_calls")
         offload = self.params.cpu_offload
-        link = costs.achieved_link(ctx.platform)
 
-        def fetch(label: str, nbytes: float, tensors: int) -> None:
+        def fetch(nbytes: float, tensors: int) -> None:
+            """accelerate's hook copies a module's ``tensors`` weights, each a blocking pageable copy: the link
+            time of ``tensors`` pageable copies (the clock makes them blocking; the host work per tensor,
+            ``offload_module_s``, was fitted with this link time, so no per-parameter sync is added)."""
             if offload and nbytes > 0:
-                copy_s = tensors * link.latency_s + nbytes / link.h2d_pageable_bytes_per_s
-                clk.copy("cpu_offload copy", tensors * c("offload_module_s"), copy_s, nbytes)
+                clk.copy("cpu_offload copy", tensors * c("offload_module_s"),
+                         ctx.copy_s(nbytes, "pageable", copies=tensors), nbytes)
 
         if generate_step:
             clk.run("generate step", c("generate_step_host_s"), 0.0)
         # once per pass: embedding, positions and rotary table, mask, final norm, LM head on the last position
-        fetch("embedding", m.embedding_params * ctx.wbytes, 1)
+        fetch(m.embedding_params * ctx.wbytes, 1)
         clk.run("embedding", c("forward_host_s"), gpu(costs.embedding_lookup(m.hidden_size, tokens, ctx.wdtype)))
         mla = self._is_mla(ctx)
         qk_norm = m.family in self._families("qk_norm_families")
         shared_gate = m.family in self._families("shared_gate_families")
-        hd_qk = a.qk_head_dim if a.kind == "mla" else a.head_dim
-        hd_v = a.v_head_dim if a.kind == "mla" else a.head_dim
-        kv_heads = a.num_heads if a.kind == "mla" else a.num_kv_heads
+        hd_qk = a.qk_head_dim if mla else a.head_dim
+        hd_v = a.v_head_dim if mla else a.head_dim
+        kv_heads = a.num_heads if mla else a.num_kv_heads
         cache_row = kv_heads * (hd_qk + hd_v) * BYTES_PER_ELEMENT[ctx.options.kv_dtype]  # one token, one layer
         norm_passes = c("rmsnorm_bytes_per_element") / 2.0  # vector_op counts 2-byte passes
         norm = lambda n, width=m.hidden_size: gpu(vector_op(n * width, 4.0, norm_passes))  # noqa: E731
         residual = gpu(vector_op(tokens * m.hidden_size, 1.0, 3.0))
         attn_calls = c("attention_calls") + (c("mla_extra_attention_calls") + norm_calls if mla else 0) \
             + (2 * norm_calls if qk_norm else 0)
-        attn_mods = 2 + 4 + (2 if qk_norm else 0) + (1 if mla else 0)
+        attn_mods = c("attention_modules") + (c("qk_norm_modules") if qk_norm else 0) + (c("mla_extra_modules") if mla else 0)
+        attn_tensors = int(c("attention_weight_tensors") + (c("qk_norm_weight_tensors") if qk_norm else 0)
+                           + (c("mla_extra_weight_tensors") if mla else 0))
         attn_gpu = (gpu(ctx.attention_proj(tokens))
-                    + gpu(vector_op(tokens * (a.num_heads + kv_heads) * hd_qk, 3.0, 6.0))  # rotary
+                    + gpu(vector_op(tokens * (a.num_heads + kv_heads) * hd_qk, c("rotary_flop_per_element"),
+                                    c("rotary_passes")))  # rotary
                     + gpu(self._sdpa(ctx, seqs, q_len, kv_len))
                     + gpu(vector_op(seqs * (kv_len - q_len) * cache_row / 2 + tokens * cache_row / 2, 0.0, 2.0)))  # cat
         if qk_norm:
@@ -377,32 +402,32 @@ class Transformers(ServingSystem):
         if mla:
             attn_gpu += norm(tokens, a.kv_lora_rank)
         def layer(is_moe: bool) -> None:
-            fetch("norm", m.hidden_size * ctx.wbytes, 1)
+            fetch(m.hidden_size * ctx.wbytes, 1)
             clk.run("norms", c("decoder_layer_host_s") + norm_calls * call + mod, norm(tokens))
-            fetch("attention weights", ctx.attention_weight_bytes, 4 + (2 if qk_norm else 0) + (2 if mla else 0))
+            fetch(ctx.attention_weight_bytes, attn_tensors)
             clk.run("attention", attn_calls * call + attn_mods * mod, attn_gpu)
-            fetch("norm", m.hidden_size * ctx.wbytes, 1)
+            fetch(m.hidden_size * ctx.wbytes, 1)
             clk.run("norms", (norm_calls + c("decoder_layer_calls")) * call + mod, norm(tokens) + 2 * residual)
             if is_moe:
                 self._moe(ctx, clk, tokens, impl, gpu, fetch, shared_gate)
             else:
-                fetch("dense FFN weights", ctx.dense_ffn_weight_bytes, 3)
-                clk.run("dense_ffn", c("shared_expert_calls") * call + 4 * mod, gpu(ctx.dense_ffn(tokens)))
+                fetch(ctx.dense_ffn_weight_bytes, 3)
+                clk.run("dense_ffn", c("shared_expert_calls") * call + c("mlp_modules") * mod, gpu(ctx.dense_ffn(tokens)))
 
         for is_moe, count in _runs([m.is_moe_layer(i) for i in range(m.num_layers)]):
             for _ in range(min(count, 2)):
                 snap = clk.snapshot()
                 layer(is_moe)
             clk.repeat_last(snap, count - min(count, 2))  # identical layers: the second one's increments again
-        fetch("final norm + LM head", m.hidden_size * ctx.wbytes + m.lm_head_params * ctx.wbytes, 2)
-        clk.run("head", (norm_calls + 3) * call + 2 * mod,
+        fetch(m.hidden_size * ctx.wbytes + m.lm_head_params * ctx.wbytes, 2)
+        clk.run("head", (norm_calls + c("head_calls")) * call + c("head_modules") * mod,
                 norm(seqs) + gpu(costs.lm_head(m.hidden_size, m.vocab_size, seqs, ctx.wdtype)))
         return clk
 
     def _sdpa(self, ctx: Context, seqs: int, q_len: int, kv_len: int) -> OpCost:
         """sdpa over the cached per-head K/V (for MLA the decompressed cache HF keeps: d_qk = nope + rope)."""
         a = ctx.model.attention
-        if a.kind != "mla":
+        if not self._is_mla(ctx):
             return ctx.attention_core(seqs, q_len, kv_len, False)
         span = costs.effective_span(q_len, kv_len, True)
         d = a.qk_head_dim + a.v_head_dim
@@ -414,10 +439,10 @@ class Transformers(ServingSystem):
         call, mod = c("torch_call_s"), c("module_call_s")
         routed = tokens * moe.top_k
         h, f = m.hidden_size, moe.expert_intermediate_size
-        fetch("router weights", ctx.router_weight_bytes, 1)
-        clk.run("router", c("router_calls") * call + 2 * mod,
+        fetch(ctx.router_weight_bytes, 1)
+        clk.run("router", c("router_calls") * call + c("router_modules") * mod,
                 gpu(costs.router(h, moe.num_experts, tokens)))
-        fetch("expert weights (all experts)", moe.num_experts * ctx.expert_weight_bytes, 2)
+        fetch(moe.num_experts * ctx.expert_weight_bytes, 2)
         active = ctx.active_experts(tokens)
         mats = 3 if moe.gated else 2
         if impl == "grouped_mm":
@@ -440,8 +465,8 @@ class Transformers(ServingSystem):
             clk.serial("experts", per_host, one, active)
         shared = ctx.shared_experts(tokens)
         if shared is not None:
-            fetch("shared expert weights", ctx.shared_weight_bytes, 3 * max(1, moe.num_shared_experts))
-            host = c("shared_expert_calls") * call + 4 * mod
+            fetch(ctx.shared_weight_bytes, 3 * max(1, moe.num_shared_experts))
+            host = c("shared_expert_calls") * call + c("mlp_modules") * mod
             g = gpu(shared)
             if shared_gate:
                 host += c("shared_gate_calls") * call + mod
@@ -469,20 +494,21 @@ class Transformers(ServingSystem):
                        total_layers=ctx.model.num_layers, busy_s=busy, category_s=dict(clk.by_category),
                        peak_memory_bytes=peaks)
 
-    def _fits(self, ctx: Context, seqs: int) -> bool:
+    def _need_bytes(self, ctx: Context, seqs: int) -> float:
+        """GPU bytes a batch of ``seqs`` needs: the larger of its prefill pass and its last decode step."""
         w = ctx.workload
-        usable = ctx.platform.usable_gpu_memory_bytes_per_gpu
-        need = max(sum(self._pass_bytes(ctx, seqs, w.prompt_tokens, w.prompt_tokens, self._impl("prefill")).values()),
+        return max(sum(self._pass_bytes(ctx, seqs, w.prompt_tokens, w.prompt_tokens, self._impl("prefill")).values()),
                    sum(self._pass_bytes(ctx, seqs, 1, w.total_context_tokens, self._impl("decode")).values()))
-        return need <= usable
+
+    def _fits(self, ctx: Context, seqs: int) -> bool:
+        return self._need_bytes(ctx, seqs) <= ctx.platform.usable_gpu_memory_bytes_per_gpu
 
     def _max_batch(self, ctx: Context) -> int:
         w = ctx.workload
         hi = max(1, w.num_requests)
         if not self._fits(ctx, 1):
             usable = ctx.platform.usable_gpu_memory_bytes_per_gpu
-            need = max(sum(self._pass_bytes(ctx, 1, w.prompt_tokens, w.prompt_tokens, self._impl("prefill")).values()),
-                       sum(self._pass_bytes(ctx, 1, 1, w.total_context_tokens, self._impl("decode")).values()))
+            need = self._need_bytes(ctx, 1)
             where = "host memory and one module on the GPU" if self.params.cpu_offload else "the weights on the GPU"
             raise InfeasibleError(f"transformers: one sequence does not fit with {where}: needs {fmt_bytes(need)} "
                                   f"on {ctx.platform.gpu.name}, {fmt_bytes(usable)} usable: short by "
@@ -527,9 +553,7 @@ class Transformers(ServingSystem):
         last_s = None
         if last != batch:
             lp, ld, _ = run(last)
-            last_s = lp.time_s + ld
-            notes.append(f"{w.num_requests} requests in {num_batches - 1} batches of {batch} and a last one of {last}, "
-                         f"priced at its own size")
+            last_s = lp.time_s + ld  # predict's notes say so (Plan.last_batch_partial)
         config = {"batch_size": batch, "max_batch_that_fits": max_batch, "experts_implementation": p.experts_implementation,
                   "decode_experts_implementation": self._impl("decode"), "cpu_offload": p.cpu_offload,
                   "kv_bytes_per_token": self.kv_bytes_per_token(ctx)}
@@ -538,18 +562,5 @@ class Transformers(ServingSystem):
             host_mem_bytes=ctx.weight_bytes if p.cpu_offload else 0.0,
             placement={"weights": "host (pageable), copied module by module" if p.cpu_offload else "gpu",
                        "kv_cache": "gpu (DynamicCache)"},
-            notes=notes, plan_type=StaticBatchPlan, last_batch_time_s=last_s)
+            notes=notes, last_batch_time_s=last_s)
 
-
-@dataclass
-class StaticBatchPlan(Plan):
-    """Static batches where the last one is smaller: it is priced at its own size."""
-
-    last_batch_time_s: float | None = None
-
-    @property
-    def total_time_s(self) -> float:
-        full = self.prefill_time_per_batch_s + self.decode_time_per_batch_s
-        if self.last_batch_time_s is None:
-            return self.num_batches * full
-        return (self.num_batches - 1) * full + self.last_batch_time_s

@@ -43,6 +43,21 @@ def prefill_logits_bytes(ctx: Context, tokens: float) -> float:
     return tokens * ctx.model.vocab_size * (ctx.abytes + upcast)
 
 
+def mla_decompressed_kv_bytes_per_token(ctx: Context) -> float:
+    """KV bytes per token, all layers, of an MLA model in Hugging Face's DynamicCache. The Hugging Face DeepSeek
+    code (remote and native) up-projects the latent and caches per-head K and V
+    (``past_key_value.update(key_states, value_states)``), not the latent::
+
+        kv = L H (d_qk + d_v) b_kv        (DeepSeek-V2: 60 x 128 x (192 + 128) x 2 B = 4.9 MB per token)
+
+    L layers, H heads, d_qk = qk_nope + qk_rope, d_v the value head size, b_kv bytes per KV element."""
+    m = ctx.model
+    a = m.attention
+    if a.kind != "mla":
+        raise ValueError(f"{m.name}: attention is {a.kind}, not MLA")
+    return m.num_layers * a.num_heads * (a.qk_head_dim + a.v_head_dim) * BYTES_PER_ELEMENT[ctx.options.kv_dtype]
+
+
 def layer_weight_bytes(ctx: Context, kind: LayerKind) -> float:
     """Bytes of one layer streamed by a system that is not MoE-aware: attention + every expert
     (+ shared experts), or attention + the dense FFN."""
