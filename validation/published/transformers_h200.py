@@ -87,9 +87,8 @@ def _ctx(model: str, layers: int, batch: int, prompt: int) -> Context:
 
 def predict_cell(c: dict, consts: dict[str, float] | None = None) -> float:
     """Predicted seconds of one measured cell with the system's pricing (``consts`` override the YAML)."""
-    system = Transformers({"experts_implementation": "grouped_mm", "cpu_offload": c["offload"]})
-    if consts:
-        system.__dict__.setdefault("_consts", {}).update(consts)
+    system = Transformers({"experts_implementation": "grouped_mm", "cpu_offload": c["offload"]},
+                          constants_override=consts or None)
     ctx = _ctx(c["model"], c["layers"], c["batch"], c["prompt"])
     b, p = c["batch"], c["prompt"]
     if c["phase"] == "prefill":
@@ -149,9 +148,7 @@ def small_spec(model: str, layers: int):
 
 
 def predict_host_cell(c: dict, consts: dict[str, float] | None = None) -> float:
-    system = Transformers({"experts_implementation": "grouped_mm"})
-    if consts:
-        system.__dict__.setdefault("_consts", {}).update(consts)
+    system = Transformers({"experts_implementation": "grouped_mm"}, constants_override=consts or None)
     ctx = Context(small_spec(c["model"], c["layers"]), get_hardware("h200"),
                   OfflineWorkload(num_requests=1, prompt_tokens=HOST_PROMPT_KV, gen_tokens=8), Options())
     p = HOST_PROMPT_KV
