@@ -76,7 +76,7 @@ from ..modules import Context
 from ..costs import platform_copy_time_s as copy_time_s
 from ..specs import LayerKind
 from ..units import fmt_bytes
-from .base import Plan, ServingSystem, StepSim, simpson_decode_time, simulate_pass
+from .base import Plan, ServingSystem, StepSim, balanced_batches, simpson_decode_time, simulate_pass
 from .shared import lp
 from .shared.attention import eager_attention_cost, eager_attention_peak_bytes
 from .shared.memory import (activation_bytes, layer_weight_bytes, max_layer_weight_bytes, prefill_logits_bytes,
@@ -574,12 +574,6 @@ class FlexGen(ServingSystem):
         flag of FlexGen's runtime, never switched by the workload."""
         return [self.params.cpu_attention]
 
-    @staticmethod
-    def _split(n: int, gbs: int) -> tuple[int, int]:
-        """(GPU batch, GPU batches) of a block of n sequences in GPU batches of at most gbs, shared evenly."""
-        nb = math.ceil(n / gbs)
-        return math.ceil(n / nb), nb
-
     def _block_splits(self, ctx: Context) -> list[tuple[int, int]]:
         """(gbs, n_b) pairs policy=best tries: every pair of the grids (or the given gpu_batch_size /
         num_gpu_batches) whose block bls = gbs n_b is at most the requests (a larger block only pads), or, with
@@ -590,9 +584,9 @@ class FlexGen(ServingSystem):
         nb_grid = sorted({prm.num_gpu_batches} if prm.num_gpu_batches else set(prm.num_gpu_batches_grid))
         wanted = w.batch_size
         if wanted is not None:
-            pairs = {self._split(wanted, min(g, wanted)) for g in gbs_grid}
+            pairs = {balanced_batches(wanted, min(g, wanted)) for g in gbs_grid}
             return sorted(p for p in pairs if not prm.num_gpu_batches or p[1] == prm.num_gpu_batches) \
-                or [self._split(wanted, min(gbs_grid[0], wanted))]
+                or [balanced_batches(wanted, min(gbs_grid[0], wanted))]
         pairs = [(gbs, nb) for gbs in gbs_grid for nb in nb_grid if gbs * nb <= w.num_requests]
         if prm.gpu_batch_size and prm.num_gpu_batches:
             pairs = [(prm.gpu_batch_size, prm.num_gpu_batches)]
@@ -653,7 +647,7 @@ class FlexGen(ServingSystem):
         frac = {k.replace("wn", "wd").replace("cn", "cd").replace("hn", "hd"): v for k, v in choice.fractions.items()}
         gbs, nb = choice.gpu_batch, choice.num_gpu_batches
         if ctx.workload.batch_size:
-            gbs, nb = self._split(ctx.workload.batch_size, gbs)
+            gbs, nb = balanced_batches(ctx.workload.batch_size, gbs)
         return FlexGenPolicy(gbs, nb, self.params.cpu_attention, frac, choice.block_time_s)
 
     def _check_fits(self, ctx: Context, pol: FlexGenPolicy, how: str) -> None:
@@ -678,7 +672,7 @@ class FlexGen(ServingSystem):
     def _partial(self, pol: FlexGenPolicy, r: int) -> FlexGenPolicy:
         """The last block of r < bls sequences under ``pol``: ceil(r / gbs) GPU batches sharing r evenly, the
         same placement."""
-        gbs, nb = self._split(r, pol.gpu_batch)
+        gbs, nb = balanced_batches(r, pol.gpu_batch)
         return FlexGenPolicy(gbs, nb, pol.cpu_attention, pol.fractions, pol.lp_block_time_s)
 
     def candidate_policies(self, ctx: Context) -> list[FlexGenPolicy]:
@@ -752,7 +746,7 @@ class FlexGen(ServingSystem):
         if how == "explicit":
             gbs, nb = prm.gpu_batch_size, prm.num_gpu_batches
             if w.batch_size:
-                gbs, nb = self._split(w.batch_size, gbs)
+                gbs, nb = balanced_batches(w.batch_size, gbs)
             pols = [FlexGenPolicy(gbs, nb, prm.cpu_attention, prm.fractions(), math.nan)]
         elif how == "as-deployed":
             choice = self.deployed_policy(ctx)
@@ -791,11 +785,8 @@ class FlexGen(ServingSystem):
 
         def parts(pol: FlexGenPolicy) -> list[tuple[FlexGenPolicy, int]]:
             """Full blocks, then a last, partial one (charged for what it holds)."""
-            b = math.ceil(w.num_requests / pol.block)
-            r = w.num_requests - (b - 1) * pol.block
-            if r == pol.block:
-                return [(pol, b)]
-            return ([(pol, b - 1)] if b > 1 else []) + [(self._partial(pol, r), 1)]
+            full, rest = divmod(w.num_requests, pol.block)
+            return ([(pol, full)] if full else []) + ([(self._partial(pol, rest), 1)] if rest else [])
 
         def quick(pol: FlexGenPolicy) -> tuple[float, float]:
             lb = est = 0.0

@@ -65,7 +65,7 @@ from ..metrics import HostShare
 from ..modules import Context
 from ..specs import LayerKind
 from ..units import fmt_bytes
-from .base import Plan, ServingSystem, StepSim, simpson_decode_time, simulate_pass
+from .base import Plan, ServingSystem, StepSim, balanced_batches, simpson_decode_time, simulate_pass
 from .shared.attention import eager_attention_cost, eager_attention_peak_bytes
 from .shared.memory import (activation_bytes, layer_weight_bytes, max_layer_weight_bytes, prefill_logits_bytes,
                             streamed_weight_bytes)
@@ -299,13 +299,6 @@ class MoELightning(ServingSystem):
             return None
         return {"mu": mu, "n_ub": n_ub, "n": n, "n_p": n_p, "r_w": fit if r_w is None else r_w, "work": work}
 
-    @staticmethod
-    def _split(n: int, mu: int) -> tuple[int, int]:
-        """(micro-batches, sequences per micro-batch) of a batch of n with micro-batches of at most mu, the
-        sequences spread evenly (MoE-Lightning's request batching puts each request in the emptiest micro-batch)."""
-        n_ub = math.ceil(n / mu)
-        return n_ub, math.ceil(n / n_ub)
-
     def _partial(self, ctx: Context, cand: dict, r: int) -> dict:
         """The last batch of r < N sequences under ``cand``'s policy: its n_ub micro-batches (fewer if r is
         smaller) share the r sequences evenly; the weight placement r_w is the full batch's (or what fits beside
@@ -330,7 +323,7 @@ class MoELightning(ServingSystem):
         keys = set()
         for mu0 in grid:
             if fixed_n is not None:
-                n_ub, mu = self._split(fixed_n, min(mu0, fixed_n))
+                mu, n_ub = balanced_batches(fixed_n, min(mu0, fixed_n))
                 if prm.num_micro_batches and prm.num_micro_batches != n_ub:
                     continue
                 keys.add((mu, n_ub, fixed_n))
@@ -591,13 +584,10 @@ class MoELightning(ServingSystem):
         parts_of: dict = {}  # candidate -> [(batch, how many such batches)]: full batches, then a partial one
 
         def parts(cand: dict) -> list[tuple[dict, int]]:
-            if id(cand) not in parts_of:
-                b = math.ceil(w.num_requests / cand["n"])
-                r = w.num_requests - (b - 1) * cand["n"]
-                full = [(cand, b - 1)] if b > 1 else []
-                parts_of[id(cand)] = full + [(cand if r == cand["n"] else self._partial(ctx, cand, r), 1)]
-                if r == cand["n"] and b > 1:
-                    parts_of[id(cand)] = [(cand, b)]
+            if id(cand) not in parts_of:  # full batches, then a last, partial one (charged for what it holds)
+                full, rest = divmod(w.num_requests, cand["n"])
+                parts_of[id(cand)] = (([(cand, full)] if full else [])
+                                      + ([(self._partial(ctx, cand, rest), 1)] if rest else []))
             return parts_of[id(cand)]
 
         def passes(c: dict) -> int:
@@ -750,7 +740,7 @@ class MoELightning(ServingSystem):
             n = w.batch_size or mu * n_ub
             n = min(n, host_max)
         if w.batch_size:
-            n_ub, mu_eff = self._split(n, mu)
+            mu_eff, n_ub = balanced_batches(n, mu)
         else:
             mu_eff = mu
         c = self._cand(ctx, mu_eff, n_ub, n, None)
