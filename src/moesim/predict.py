@@ -217,7 +217,7 @@ def _prediction(ctx: Context, plan: Plan, compared: dict[str, str], assumptions:
     notes += _batches_note(w.num_requests, plan)
     hidden = _hidden(mid)
     figures = headline_figures(ctx, plan)
-    prefill_s = min(plan.total_time_s, plan.prefill_time_per_batch_s * plan.num_batches)
+    prefill_s = plan.prefill_total_s
     bands, band_info, band_notes = uncertainty.prediction_band(ctx, plan, hidden, figures, prefill_s,
                                                                plan.total_time_s - prefill_s)
     notes += band_notes

@@ -404,7 +404,7 @@ def online_band(ctx, plan, result):
     wt = widths()
     comps = {phase: components(p, phase, wt) for phase in PHASES}
     w = {phase: half_width(comps[phase]) for phase in PHASES}
-    prefill_s = min(plan.total_time_s, plan.prefill_time_per_batch_s * plan.num_batches)
+    prefill_s = plan.prefill_total_s
     t = plan.total_time_s
     lo_t, hi_t = total_band(prefill_s, t - prefill_s, w["prefill"], w["decode"])
     f_lo, f_hi = lo_t / t, hi_t / t

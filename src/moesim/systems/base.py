@@ -89,6 +89,12 @@ class Plan:
         return self.prefill_passes_per_batch * self.prefill.time_s
 
     @property
+    def prefill_total_s(self) -> float:
+        """The run's prefill time: every batch's, at most the whole run (a last, partial batch is counted as a full
+        one's prefill: an upper bound, the share the run's figures split by)."""
+        return min(self.total_time_s, self.prefill_time_per_batch_s * self.num_batches)
+
+    @property
     def total_time_s(self) -> float:
         """num_batches x (prefill + decode) of a batch; a last, partial batch charged for what it holds."""
         full = self.prefill_time_per_batch_s + self.decode_time_per_batch_s
