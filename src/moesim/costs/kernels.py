@@ -163,12 +163,18 @@ def read_rows(path: str | Path, first: str | None = None) -> list[list]:
     """The rows of a converted table (gzipped CSV: one text column, then integer columns, latency in
     microseconds last), latency converted to seconds; only those whose text column is ``first`` if given
     (a GEMM table holds three recipes; a model uses one)."""
-    with gzip.open(path, "rt") as fh:
-        lines = fh.read().splitlines()[1:]
+    lines = _lines(str(path))
     if first is not None:
         prefix = first + ","
         lines = [ln for ln in lines if ln.startswith(prefix)]
     return [[r[0], *map(int, r[1:-1]), float(r[-1]) * 1e-6] for r in csv.reader(lines)]
+
+
+@lru_cache(maxsize=8)
+def _lines(path: str) -> tuple[str, ...]:
+    """A table file's data lines, decompressed once however many of its recipes are read."""
+    with gzip.open(path, "rt") as fh:
+        return tuple(fh.read().splitlines()[1:])
 
 
 @lru_cache(maxsize=None)
