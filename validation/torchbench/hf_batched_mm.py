@@ -50,6 +50,7 @@ import torch
 # the experts module stub is the grouped_mm harness's (the same 5.17 attributes both forwards read); this folder is
 # on sys.path when the harness runs as a script
 from hf_grouped_mm import StubExperts
+from timing import capture_graph
 
 HERE = Path(__file__).resolve().parent
 SHAPES = {  # name: (hidden, expert intermediate, experts, top_k), from the models' published configs
@@ -108,17 +109,8 @@ def wall(fn, n: int) -> dict:
 
 
 def graph_time(fn, inner: int = 10, reps: int = 20) -> dict:
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    sync()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(inner):
-            fn()
+    """``inner`` calls of ``fn`` in one CUDA graph (timing.capture_graph); median replay time / inner."""
+    g = capture_graph(lambda j: fn(), inner)
     g.replay(); sync()
     a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     times = []

@@ -37,6 +37,8 @@ import time
 
 import torch
 
+from timing import capture_graph  # this folder is on sys.path when the harness runs as a script
+
 SHAPES = {  # name: (hidden, expert intermediate, experts, top_k), from the models' published configs
     "olmoe-1b-7b": (2048, 1024, 64, 8),
     "qwen1.5-moe-a2.7b": (2048, 1408, 60, 4),
@@ -108,17 +110,7 @@ def wall(fn, cuda: bool, target_s: float, min_n: int = 3, max_n: int = 200) -> d
 
 def graph_time(fn, inner: int, target_s: float) -> dict:
     """Capture ``inner`` calls of ``fn`` in one CUDA graph; median replay time / inner (CUDA events)."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(inner):
-            fn()
+    g = capture_graph(lambda j: fn(), inner)
     g.replay(); torch.cuda.synchronize()
     a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     a.record(); g.replay(); b.record(); torch.cuda.synchronize()

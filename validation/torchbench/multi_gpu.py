@@ -83,7 +83,7 @@ import torch.nn.functional as F  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from timing import _events_s, on_cuda, sync  # noqa: E402
+from timing import _events_s, capture_graph, on_cuda, sync  # noqa: E402
 
 SCHEMA = 1
 KIB = 1024
@@ -273,17 +273,7 @@ def graph(fn, n: int) -> dict:
     GRAPH_REPS of the maximum over ranks. A failed capture on any rank is recorded, not raised."""
     err, g = None, None
     try:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up on a side stream, as torch.cuda.graphs asks
-            for j in range(3):
-                fn(j)
-        torch.cuda.current_stream().wait_stream(side)
-        sync()
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g, capture_error_mode="thread_local"):
-            for j in range(n):
-                fn(j)
+        g = capture_graph(fn, n, "thread_local")
     except Exception as exc:  # not capturable: recorded, the eager figures stand
         err = f"{type(exc).__name__}: {exc}"[:200]
         torch.cuda.set_stream(torch.cuda.default_stream())

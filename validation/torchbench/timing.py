@@ -90,19 +90,26 @@ def _burst(fn: Callable[[int], object], n: int, reps: int = 5) -> dict[str, floa
     return {"burst_s": float(np.median(per)), "host_issue_s": float(np.median(host)), "burst_n": n}
 
 
-def _graph(fn: Callable[[int], object], n: int, reps: int = 5) -> float:
-    """GPU seconds per call: ``n`` calls captured in one CUDA graph, replays timed with events."""
+def capture_graph(fn: Callable[[int], object], n: int, capture_error_mode: str = "global") -> "torch.cuda.CUDAGraph":
+    """``n`` calls ``fn(0..n-1)`` captured in one CUDA graph, after three warm-up calls on a side stream (as
+    torch.cuda.graphs asks); raises what the capture raises."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up on a side stream, as torch.cuda.graphs asks
+    with torch.cuda.stream(side):
         for j in range(3):
             fn(j)
     torch.cuda.current_stream().wait_stream(side)
     sync()
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, capture_error_mode=capture_error_mode):
         for j in range(n):
             fn(j)
+    return graph
+
+
+def _graph(fn: Callable[[int], object], n: int, reps: int = 5) -> float:
+    """GPU seconds per call: ``n`` calls captured in one CUDA graph, replays timed with events."""
+    graph = capture_graph(fn, n)
     graph.replay()
     sync()
     per = [_events_s(graph.replay) / n for _ in range(reps)]
