@@ -232,6 +232,7 @@ def test_two_batch_overlap_hides_some_all_to_all():
     (["--system", "sglang", "--expert-parallel-size", "3"], "divisible by ep_size 3"),
     (["--system", "trtllm", "--moe-expert-parallel-size", "2", "--moe-tensor-parallel-size", "2"],
      "moe_tp_size x moe_ep_size"),
+    (["--system", "sglang", "--enable-expert-parallel", "--expert-parallel-size", "4"], "conflicts with"),
 ])
 def test_invalid_layouts_refused_with_the_engines_rule(args, words):
     p = _cli("--model", "deepseek-r1", "--hw", "hgx-h200", *args)
@@ -263,6 +264,48 @@ def test_predict_dp_ep_shows_all_to_all(tmp_path):
     events = json.loads(trace.read_text())
     events = events["traceEvents"] if isinstance(events, dict) else events
     assert any("MoE dispatch (all-to-all)" in str(e.get("name", "")) for e in events)
+
+
+def test_vllm_spelling_of_dp_ep_runs_on_sglang_as_its_own_flags():
+    """The issue's command (vLLM's --enable-expert-parallel on SGLang) is SGLang's --dp 8 --enable-dp-attention
+    --ep-size 8: the same plan, the reading stated, and SGLang's own flags in the launch command."""
+    p = _cli("--model", "deepseek-r1", "--hw", "hgx-h200", "--system", "sglang", "--data-parallel-size", "8",
+             "--enable-expert-parallel", "--breakdown")
+    assert p.returncode == 0, p.stderr
+    assert "read as SGLang's --tp 8 --dp 8 --enable-dp-attention --ep-size 8" in p.stdout
+    assert "communication" in p.stdout and "attention TP 1 x DP 8, experts EP 8" in p.stdout
+    ctx = _ctx()
+    alias = get_system("sglang")({"data_parallel_size": 8, "enable_expert_parallel": True}).plan(ctx)
+    own = get_system("sglang")({"data_parallel_size": 8, "enable_dp_attention": True,
+                                "expert_parallel_size": 8}).plan(ctx)
+    assert alias.decode_time_per_batch_s == own.decode_time_per_batch_s and alias.prefill.time_s == own.prefill.time_s
+    from moesim.analysis.layouts import launch_command
+    cmd = launch_command("sglang", "deepseek-ai/DeepSeek-R1", 8, 1,
+                         {"data_parallel_size": 8, "enable_expert_parallel": True})
+    assert "--dp 8 --enable-dp-attention --ep-size 8" in cmd and "enable-expert-parallel" not in cmd
+
+
+def test_nine_nodes_need_redundant_experts_and_hold_their_copies():
+    """72 EP ranks: DeepSeek's 256 experts do not split (refused with the number of copies that would), 32
+    redundant experts give 288 = 4 x 72 slots; each GPU then holds 4 experts' weights per MoE layer, not 256 / 72."""
+    args = ("--model", "deepseek-r1", "--hw", "hgx-h200", "--nodes", "9", "--gpus", "8", "--system", "sglang",
+            "--data-parallel-size", "72", "--enable-expert-parallel")
+    p = _cli(*args)
+    assert p.returncode != 0 and "32 redundant experts would give 4 slots per rank" in p.stderr
+    assert "Traceback" not in p.stderr
+    p = _cli(*args, "--ep-num-redundant-experts", "32")
+    assert p.returncode != 0 and "add --enable-eplb" in p.stderr
+    p = _cli(*args, "--enable-eplb", "--ep-num-redundant-experts", "32", "--breakdown")
+    assert p.returncode == 0, p.stderr
+    assert "EP 72" in p.stdout and "32 redundant experts" in p.stdout and "communication" in p.stdout
+    from moesim.systems.shared.parallel import weight_bytes_per_gpu
+    ctx = _ctx()
+    m = ctx.model
+    experts = m.num_moe_layers * m.moe.num_experts * ctx.expert_weight_bytes
+    plain = ParallelLayout(8, 1, 8, 1, 8, eplb=True)
+    copies = ParallelLayout(8, 1, 8, 1, 8, eplb=True, redundant_experts=32)
+    extra = weight_bytes_per_gpu(ctx, copies) - weight_bytes_per_gpu(ctx, plain)
+    assert extra == pytest.approx(experts * 32 / 256 / 8)
 
 
 # ---- the AIConfigurator rows ----------------------------------------------------------------------------------

@@ -271,11 +271,12 @@ def launch_command(system: str, model_id: str, gpus_per_node: int, nodes: int, p
     elif system == "sglang":
         flags = [f"python -m sglang.launch_server --model-path {model_id}", f"--tp {g}"]
         dp = int(p.pop("data_parallel_size", 1))
+        vllm_ep = p.pop("enable_expert_parallel", False)  # vLLM's spelling: SGLang's --ep-size tp, DP attention
         if dp > 1:
             flags.append(f"--dp {dp}")
-        if p.pop("enable_dp_attention", False):
+        if p.pop("enable_dp_attention", False) or (vllm_ep and dp > 1):
             flags.append("--enable-dp-attention")
-        ep = int(p.pop("expert_parallel_size", 1))
+        ep = g if vllm_ep else int(p.pop("expert_parallel_size", 1))
         if ep > 1:
             flags.append(f"--ep-size {ep}")
         if nodes > 1:

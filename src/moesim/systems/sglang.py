@@ -45,14 +45,13 @@ from pydantic import ConfigDict, Field
 
 from ..errors import InfeasibleError
 from ..modules import Context
-from .shared.continuous import ContinuousBatchingEngine, EngineKnobs
+from .shared.continuous import UNLIMITED, ContinuousBatchingEngine, EngineKnobs
 from .shared.disaggregation import DisaggregationParams
 from .shared.speculative import SpeculativeParams
 from .shared.engine_step import EngineRuntime, engine_execution, graph_sizes, runtime_constants
 from .shared.parallel import ParallelLayout, world_gpus
 
 MIB = 2.0**20
-UNLIMITED = 1 << 30
 
 
 class SGLangParams(DisaggregationParams, SpeculativeParams):
@@ -81,7 +80,16 @@ class SGLangParams(DisaggregationParams, SpeculativeParams):
         default="none", description="MoE token exchange (SGLang --moe-a2a-backend): none (DP-attention gather and "
                                     "scatter: all-gather / reduce-scatter) or deepep (all-to-all: normal kernels for "
                                     "prefill, low-latency for decode, SGLang's deepep_mode auto)")
+    enable_expert_parallel: bool = Field(
+        default=False, description="vLLM's spelling of a data-parallel + expert-parallel deployment, accepted so one "
+                                   "command runs on either engine: read as SGLang's --ep-size tp (its former "
+                                   "--enable-ep-moe) and, with --data-parallel-size > 1, --enable-dp-attention "
+                                   "(attention on the dp ranks, as vLLM's DP ranks run it)")
     enable_eplb: bool = Field(default=False, description="expert-parallel load balancer (SGLang --enable-eplb)")
+    ep_num_redundant_experts: int = Field(
+        default=0, ge=0, description="extra expert slots holding copies of hot experts (SGLang "
+                                     "--ep-num-redundant-experts); (experts + R) mod ep_size = 0; moesim prices them "
+                                     "as EPLB places them (needs --enable-eplb)")
     enable_two_batch_overlap: bool = Field(
         default=False, description="split each batch in two micro-batches so one's all-to-all overlaps the other's "
                                    "computation (SGLang --enable-two-batch-overlap)")
@@ -161,7 +169,13 @@ class SGLang(ContinuousBatchingEngine):
         separate replicas (a router in front): predict one replica on its GPUs instead."""
         p = self.params
         g, dp, ep = world_gpus(ctx.platform), p.data_parallel_size, p.expert_parallel_size
-        if dp > 1 and not p.enable_dp_attention:
+        dp_attention = p.enable_dp_attention
+        if p.enable_expert_parallel:  # vLLM's spelling: EP over every GPU, DP ranks run the attention
+            if ep not in (1, g):
+                raise InfeasibleError(f"sglang: --enable-expert-parallel puts the experts on all {g} GPUs "
+                                      f"(--ep-size {g}); it conflicts with --expert-parallel-size {ep}")
+            ep, dp_attention = g, dp_attention or dp > 1
+        if dp > 1 and not dp_attention:
             raise InfeasibleError(
                 f"sglang: --dp-size {dp} without --enable-dp-attention runs {dp} independent replicas of the "
                 f"model; predict one replica (--gpus per replica), or add --enable-dp-attention")
@@ -175,9 +189,21 @@ class SGLang(ContinuousBatchingEngine):
         if p.enable_two_batch_overlap and ep == 1:
             raise InfeasibleError("sglang: --enable-two-batch-overlap overlaps the expert-parallel all-to-all; it "
                                   "needs --ep-size > 1")
+        if p.ep_num_redundant_experts and not p.enable_eplb:
+            raise InfeasibleError("sglang: moesim prices --ep-num-redundant-experts as the expert-parallel load "
+                                  "balancer places the copies: add --enable-eplb")
         return ParallelLayout(g, g // dp, dp, g // ep, ep, eplb=p.enable_eplb,
+                              redundant_experts=p.ep_num_redundant_experts,
                               a2a="deepep" if p.moe_a2a_backend == "deepep" else "allgather",
                               two_batch_overlap=p.enable_two_batch_overlap)
+
+    def layout_notes(self, ctx: Context) -> list[str]:
+        p = self.params
+        if not p.enable_expert_parallel:
+            return []
+        g, dp = world_gpus(ctx.platform), p.data_parallel_size
+        sglang = f"--tp {g}" + (f" --dp {dp} --enable-dp-attention" if dp > 1 else "") + f" --ep-size {g}"
+        return [f"--enable-expert-parallel is vLLM's flag; read as SGLang's {sglang}"]
 
     def _kv_pool_bytes(self, ctx: Context, weights_gpu: float, act: float) -> tuple[float, str]:
         f = self.mem_fraction(ctx)

@@ -163,6 +163,9 @@ class VLLMParams(DisaggregationParams, SpeculativeParams):
                                    "experts tensor parallel over them")
     enable_eplb: bool = Field(default=False, description="expert-parallel load balancer, redundant experts placed "
                                                          "by measured load (vLLM --enable-eplb)")
+    num_redundant_experts: int = Field(
+        default=0, ge=0, description="extra expert slots holding copies of hot experts (vLLM --eplb-config "
+                                     "'{\"num_redundant_experts\": R}'); (experts + R) mod EP = 0; needs --enable-eplb")
     all2all_backend: Literal["allgather_reducescatter", "deepep_high_throughput", "deepep_low_latency"] = Field(
         default="allgather_reducescatter", description="how expert-parallel MoE layers exchange tokens (vLLM "
                                                        "--all2all-backend; default all-gather / reduce-scatter)")
@@ -267,10 +270,14 @@ class VLLM(ContinuousBatchingEngine):
                 f"divide the instance's {g} GPUs (set --gpus to a multiple of {dp})")
         if p.enable_eplb and not p.enable_expert_parallel:
             raise InfeasibleError("vllm: --enable-eplb requires --enable-expert-parallel (vLLM's rule)")
+        if p.num_redundant_experts and not p.enable_eplb:
+            raise InfeasibleError("vllm: num_redundant_experts > 0 needs --enable-eplb (vLLM's rule: redundant "
+                                  "experts are placed by the load balancer)")
         ep = g if p.enable_expert_parallel else 1
         a2a = {"allgather_reducescatter": "allgather", "deepep_high_throughput": "deepep_normal",
                "deepep_low_latency": "deepep_ll"}[p.all2all_backend]
-        return ParallelLayout(g, g // dp, dp, g // ep, ep, eplb=p.enable_eplb, a2a=a2a)
+        return ParallelLayout(g, g // dp, dp, g // ep, ep, eplb=p.enable_eplb, a2a=a2a,
+                              redundant_experts=p.num_redundant_experts)
 
     # ---- memory ------------------------------------------------------------------------------
     def _layout(self, ctx: Context) -> _Layout:

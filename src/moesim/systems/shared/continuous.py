@@ -35,6 +35,9 @@ from .parallel import (ParallelLayout, parallel_layer_times, rank_context, requi
                        weight_bytes_per_gpu, world_gpus)
 from .tensor_parallel import LayerTimes, kv_share_per_gpu, require_tensor_parallel
 
+#: a limit on running sequences that an engine does not set (SGLang's max_running_requests None: the KV pool decides)
+UNLIMITED = 1 << 30
+
 
 @dataclass(frozen=True)
 class EngineKnobs:
@@ -352,6 +355,10 @@ class ContinuousBatchingEngine(ServingSystem):
         return blocks_per_seq, int(lay.blocks // blocks_per_seq) * self._parallel(ctx).dp
 
     # ---- offline plan --------------------------------------------------------------------------
+    def layout_notes(self, ctx: Context) -> list[str]:
+        """How the engine read its layout flags, where that needs saying (none by default)."""
+        return []
+
     def plan(self, ctx: Context) -> Plan:
         from .disaggregation import check_aggregated, disaggregated_plan
 
@@ -404,7 +411,8 @@ class ContinuousBatchingEngine(ServingSystem):
         n = ctx.platform.num_gpus
         notes.append(
             f"continuous batching steady state: {batch} running sequences (KV pool of {lay.blocks} blocks of {bs} "
-            f"tokens holds {by_kv} at a mean of {blocks_per_seq:.1f} blocks; {k.max_seqs_name} {k.max_seqs}); "
+            f"tokens holds {by_kv} at a mean of {blocks_per_seq:.1f} blocks; {k.max_seqs_name} "
+            f"{k.max_seqs if k.max_seqs < UNLIMITED else 'unlimited'}); "
             f"{per_step}; the run = ramp-up (the first {batch} prompts prefilled as a burst) + "
             f"{num_batches - 1} wave(s) of {batch} requests in steady state + drain (the last {batch} decode alone)")
         notes.append("prefill and decode rates are those of pure phases; the total time uses the mixed steps"
@@ -412,6 +420,7 @@ class ContinuousBatchingEngine(ServingSystem):
         if not pl.tensor_parallel_only:
             notes.append(f"parallel layout on {pl.gpus} GPUs: {pl.words()}; each DP rank runs 1/{pl.dp} of the "
                          f"sequences with its own KV pool; the most loaded EP rank sets the MoE's pace")
+        notes.extend(self.layout_notes(ctx))
         if lay.offload:
             notes.append(f"cpu_offload_gb={prm.cpu_offload_gb:g}: {fmt_bytes(lay.offload)} of weights per GPU copied "
                          f"from pinned host memory every pass, serialized with compute")

@@ -69,6 +69,9 @@ class ParallelLayout:
     #: prompts spread evenly over the DP ranks (TensorRT-LLM's attention_dp_config.enable_balance: context requests
     #: held until every rank has one); else a prompt runs whole on one rank (:func:`busiest_rank_sequences`)
     prompts_balanced: bool = False
+    #: extra expert slots holding copies of hot experts (SGLang --ep-num-redundant-experts, vLLM
+    #: num_redundant_experts): E + R slots spread over the EP ranks, placed by EPLB
+    redundant_experts: int = 0
 
     def __post_init__(self):
         if not self.moe_tp:
@@ -90,7 +93,8 @@ class ParallelLayout:
         parts = [f"attention TP {self.attn_tp} x DP {self.dp}", f"experts EP {self.moe_ep} x MoE TP {self.moe_tp}"]
         if self.moe_ep > 1:
             parts.append(("all-gather / reduce-scatter" if self.a2a == "allgather" else f"all-to-all {self.a2a}")
-                         + (", EPLB" if self.eplb else ""))
+                         + (", EPLB" if self.eplb else "")
+                         + (f" with {self.redundant_experts} redundant experts" if self.redundant_experts else ""))
         if self.two_batch_overlap:
             parts.append("two-batch overlap")
         if self.prompts_balanced and self.dp > 1:
@@ -99,14 +103,18 @@ class ParallelLayout:
 
 
 def require_experts_divisible(ctx: Context, lay: ParallelLayout, engine: str) -> None:
-    """Experts split evenly over the EP ranks (every engine asserts E mod ep = 0), and a model without experts
-    has no expert parallelism."""
+    """Expert slots split evenly over the EP ranks (every engine asserts (E + redundant) mod ep = 0), and a model
+    without experts has no expert parallelism."""
     m = ctx.model
     if lay.moe_ep > 1 and not m.moe:
         raise InfeasibleError(f"{engine}: expert parallelism needs an MoE model; {m.name} has no experts")
-    if m.moe and m.moe.num_experts % lay.moe_ep:
-        raise InfeasibleError(f"{engine}: {m.moe.num_experts} experts of {m.name} do not split evenly over "
-                              f"expert parallel size {lay.moe_ep} (experts mod EP must be 0)")
+    if m.moe and (m.moe.num_experts + lay.redundant_experts) % lay.moe_ep:
+        e, r = m.moe.num_experts, lay.redundant_experts
+        need = (-e) % lay.moe_ep
+        extra = f" + {r} redundant" if r else ""
+        raise InfeasibleError(f"{engine}: {e}{extra} experts of {m.name} do not split evenly over expert parallel "
+                              f"size {lay.moe_ep} ((experts + redundant experts) mod EP must be 0; "
+                              f"{need} redundant experts would give {(e + need) // lay.moe_ep} slots per rank)")
     if m.moe and m.moe.expert_intermediate_size % lay.moe_tp:
         raise InfeasibleError(f"{engine}: expert width {m.moe.expert_intermediate_size} of {m.name} does not split "
                               f"over MoE tensor parallel size {lay.moe_tp}")
@@ -130,7 +138,8 @@ def weight_bytes_per_gpu(ctx: Context, lay: ParallelLayout) -> float:
         return ctx.weight_bytes / lay.gpus
     m = ctx.model
     experts = m.num_moe_layers * m.moe.num_experts * ctx.expert_weight_bytes if m.moe else 0.0  # one expert's bytes
-    return (ctx.weight_bytes - experts) / lay.attn_tp + experts / (lay.moe_tp * lay.moe_ep)
+    slots = (m.moe.num_experts + lay.redundant_experts) / m.moe.num_experts if m.moe else 1.0  # copies held too
+    return (ctx.weight_bytes - experts) / lay.attn_tp + experts * slots / (lay.moe_tp * lay.moe_ep)
 
 
 # ---- expert load imbalance ---------------------------------------------------------------------
@@ -199,14 +208,14 @@ def _c(key: str) -> float:
     return float(system_constants("engines").value(key))
 
 
-def destinations_per_token(num_experts: int, top_k: int, ranks: int) -> float:
+def destinations_per_token(num_experts: int, top_k: int, ranks: int, slots: int | None = None) -> float:
     """Expected distinct EP ranks among a token's k experts (uniform routing; a token goes once to each rank that
-    holds any of its experts)::
+    holds any of its experts), with e = slots / n experts per rank (slots = E, or E + redundant copies)::
 
-        d = n (1 - C(E - E/n, k) / C(E, k))"""
+        d = n (1 - C(E - e, k) / C(E, k))"""
     if ranks <= 1:
         return 1.0
-    per = num_experts // ranks
+    per = (slots or num_experts) // ranks
     miss = 1.0
     for j in range(top_k):
         miss *= max(num_experts - per - j, 0) / (num_experts - j)
@@ -394,7 +403,7 @@ def parallel_layer_times(ctx: Context, lay: ParallelLayout, tokens: float,
     # the rank's router over its own rows, charged the permute/combine unless the table above priced the experts
     router = engine_router_s(rctx, r_tokens if r_gemm is None else r_gemm, execution, fused_table=experts is not None)
     if experts is None:
-        active = min(E / lay.moe_ep, ctx.active_experts(rows) / lay.moe_ep * f)
+        active = min((E + lay.redundant_experts) / lay.moe_ep, ctx.active_experts(rows) / lay.moe_ep * f)
         cost = ctx.experts(active, rows * k / lay.moe_ep * f).scaled(1.0 / lay.moe_tp)
         experts = ctx.gpu_s(cost, execution)
     rank = LayerTimes(base.attn_proj, base.core, base.allreduce, router, experts, base.shared, base.dense)
@@ -410,7 +419,7 @@ def parallel_layer_times(ctx: Context, lay: ParallelLayout, tokens: float,
     elif lay.moe_ep > 1 and lay.a2a != "allgather":
         # each GPU's send buffer: its tokens once per destination rank (local included; all_to_all_s sends
         # (n - 1) / n of it over the links), to every GPU of that rank's MoE TP group
-        nbytes = per_gpu_tokens * ctx.hidden_state_bytes(1.0) * destinations_per_token(E, k, lay.moe_ep) * lay.moe_tp
+        nbytes = per_gpu_tokens * ctx.hidden_state_bytes(1.0) * destinations_per_token(E, k, lay.moe_ep, E + lay.redundant_experts) * lay.moe_tp
         dispatch = combine = all_to_all_s(ctx, nbytes, lay.moe_ep, lay.a2a, phase)
         return ParallelLayerTimes(rank, dispatch, combine, lay.two_batch_overlap)
     else:
