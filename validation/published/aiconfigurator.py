@@ -75,8 +75,14 @@ from typing import Iterable
 from moesim.analysis.layouts import CAP_FLAG  # (the engines' caps on running requests: one map)
 # the closed-loop benchmark rule lives in the library (the layout search prices concurrency with it too)
 from moesim.serving.closed_loop import (  # noqa: F401  (re-exported: aiconfigurator_fit.py reads A.MODELS)
-    BENCHMARK_MODEL, MODELS, benchmark_latency, request_overhead_s, steady_ttft_s as _steady_ttft_s,
-    wave_mean_ttft_s as _wave_mean_ttft_s)
+    BENCHMARK_MODEL, MODELS, SIMULATED, benchmark_latency, request_overhead_s, simulated_latency,
+    steady_ttft_s as _steady_ttft_s, wave_mean_ttft_s as _wave_mean_ttft_s)
+
+#: the closed-loop client models the harness fit chooses among: the analytic ones and the engine's scheduler
+#: simulated over W waves (``simW``, :func:`moesim.serving.closed_loop.simulated_latency`); a plan the scheduler
+#: cannot serve online (attention-DP / expert-parallel layouts, disaggregated pools) takes :data:`BENCHMARK_MODEL`
+#: instead (a rule fixed before the simulated client was first scored)
+HARNESS_MODELS = MODELS + tuple(SIMULATED)
 
 SOURCE = "aiconfigurator-silicon"
 ROOT = Path(__file__).resolve().parents[2]
@@ -444,14 +450,28 @@ def predict_row(row: dict, system: str | None = None, model: str | None = None) 
     sc = scenario_of(row, system)
     harness_model, extra = harness_of(row)
     key = (sc.model_dump_json(), extra)
+    model = model or harness_model
     if key not in _CACHE:
         try:
-            _, plan, _, _ = plan_scenario(sc)
+            ctx, plan, _, _ = plan_scenario(sc)
             _CACHE[key] = {m: (t + extra, p, "") for m in MODELS
                            for t, p in [benchmark_latency(plan, sc.prompt_tokens, sc.gen_tokens, sc.batch_size, m)]}
+            _CACHE[key]["_plan"] = (ctx, plan, sc)
         except MoesimError as e:
-            _CACHE[key] = {m: (None, None, str(e).splitlines()[0][:200]) for m in MODELS}
-    return _CACHE[key][model or harness_model]
+            _CACHE[key] = {m: (None, None, str(e).splitlines()[0][:200]) for m in HARNESS_MODELS}
+    entry = _CACHE[key]
+    if model not in entry:  # a simulated client, computed when first asked for
+        from moesim.systems import get_system
+
+        ctx, plan, sc = entry["_plan"]
+        try:
+            engine = get_system(plan.system)(sc.system_params or None)
+            t, p = simulated_latency(engine, ctx, plan, sc.prompt_tokens, sc.gen_tokens, sc.batch_size,
+                                     SIMULATED[model])
+            entry[model] = (t + extra, p, "")
+        except MoesimError:  # a layout or pool the online scheduler does not serve: the analytic default
+            entry[model] = entry[BENCHMARK_MODEL]
+    return entry[model]
 
 
 CITATION = ("AIConfigurator silicon measurements (github.com/ai-dynamo/aiconfigurator, "

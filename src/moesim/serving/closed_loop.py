@@ -36,6 +36,9 @@ import math
 #: chosen by ``validation/published/aiconfigurator_fit.py`` on the FIT split only
 BENCHMARK_MODEL = "half"
 MODELS = ("lockstep", "steady", "half", "wave")
+#: the closed loop simulated step by step by the engine's own scheduler (:func:`simulated_latency`): "simW" sends
+#: W x C requests at C in flight, the first C together
+SIMULATED = {"sim2": 2, "sim4": 4, "sim8": 8}
 
 
 def wave_mean_ttft_s(plan, prompt: int, batch: int) -> float:
@@ -102,6 +105,30 @@ def benchmark_latency(plan, prompt: int, gen: int, concurrency: int, model: str 
     if model == "steady":
         return ttft_s, tpot_s
     return 0.5 * (ttft_l + ttft_s), 0.5 * (tpot_l + tpot_s)
+
+
+def simulated_latency(system, ctx, plan, prompt: int, gen: int, concurrency: int, waves: int = 4) -> tuple[float, float]:
+    """(mean TTFT, mean TPOT) in seconds of a closed-loop benchmark run simulated by the engine's scheduler
+    (:func:`moesim.serving.scheduler.run` with ``concurrency``): W x C requests of P prompt and G generated tokens,
+    the first C sent together and each next one when one finishes, every step priced by the engine's step-time
+    model (``system.online_model``: its KV pool, running-request cap, token budget and whether its steps mix prompts
+    with decodes). How far the waves stay in lockstep is then the engine's scheduling: prompts chunked into decode
+    steps finish at different steps and the next wave arrives spread out; prefill-first batches keep a wave
+    together. TTFT = first token - arrival; TPOT = (last - first token) / (G - 1), both averaged over the requests
+    as the benchmarks average them. Raises what ``online_model`` raises for a plan it cannot serve online (parallel
+    layouts, speculative decoding, disaggregation)."""
+    import numpy as np
+
+    from .arrivals import Requests
+    from .scheduler import run
+
+    n = max(1, waves) * max(1, concurrency)
+    requests = Requests(np.zeros(n), np.full(n, prompt, dtype=np.int64), np.full(n, gen, dtype=np.int64))
+    model = system.online_model(ctx, plan, prompt + gen)
+    trace = run(requests, model, system.name, concurrency=concurrency)
+    ttft = trace.first_token_s - trace.arrival_s
+    tpot = (trace.finish_s - trace.first_token_s) / max(gen - 1, 1)
+    return float(np.mean(ttft)), float(np.mean(tpot))
 
 
 def request_overhead_s(system: str) -> float:

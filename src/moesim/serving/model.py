@@ -33,6 +33,10 @@ class Capacity:
     block_size: int  # tokens per block
     max_num_seqs: int  # sequences running at once
     max_num_batched_tokens: int  # tokens computed in one step (prefill chunks + decodes)
+    #: whether a step carries prompt chunks and decodes together (vLLM V1, TensorRT-LLM's in-flight batching); False:
+    #: a step with prompts to prefill runs only them and the decodes wait (SGLang's default, prefill first, no
+    #: --enable-mixed-chunk)
+    mixed: bool = True
 
 
 @dataclass(frozen=True)

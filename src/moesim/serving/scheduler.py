@@ -18,6 +18,15 @@ Rules, applied at every iteration (step) boundary:
    that completes a request's known tokens samples its next token (the first one sets the TTFT); a
    request that has sampled all its tokens finishes and frees its blocks.
 
+An engine whose steps do not mix (``Capacity.mixed`` False: SGLang's prefill-first batches) runs a step of
+prompt chunks alone whenever one can be admitted or is half done, and its running decodes wait for it.
+
+A closed loop (``concurrency`` C, :func:`run`): the first C requests arrive at 0 and each later one the moment an
+earlier one finishes (a benchmark client keeping C in flight); the arrival times in ``requests`` are then unused.
+In a closed loop, stretches of identical decode-only steps (nothing arrives, nothing is admitted, nothing
+finishes, the KV pool suffices) are priced in one go: k steps whose contexts grow by one per step cost k (T_first + T_last) / 2, exact
+for a step time linear in the contexts (representative steps instead of token by token).
+
 Between steps nothing runs: with no request running or waiting, time jumps to the next arrival.
 Not modelled: prefix caching, priorities, swapping to host memory (V0's other preemption mode),
 speculative decoding, the scheduler's own CPU time.
@@ -46,6 +55,7 @@ class Trace:
     steps: int
     scheduled: int  # sum over steps of the sequences in the step
     preemptions: int
+    arrival_s: np.ndarray | None = None  # when each request arrived (a closed loop sets them as it runs)
 
 
 def check_capacity(requests: Requests, cap: Capacity, system: str) -> None:
@@ -127,10 +137,71 @@ class _Batcher:
             left -= k
 
     def schedule(self) -> list[tuple[int, int]]:
-        """The next step: (request, tokens) pairs, running requests first."""
+        """The next step: (request, tokens) pairs, running requests first (prompt chunks alone when steps do not
+        mix and a prompt is half done or can be admitted)."""
+        if not self.cap.mixed:
+            prefill = self._schedule_prefill_only()
+            return prefill or self._schedule_running(self.cap.max_num_batched_tokens)  # else the decodes alone
         sched = self._schedule_running(self.cap.max_num_batched_tokens)
         self._schedule_waiting(sched, self.cap.max_num_batched_tokens - sum(k for _, k in sched))
         return sched
+
+    def _schedule_prefill_only(self) -> list[tuple[int, int]]:
+        """A step of prompt chunks only: running requests still prefilling, then waiting ones (rule 4)."""
+        sched: list[tuple[int, int]] = []
+        left = self.cap.max_num_batched_tokens
+        for i in self.running:
+            if left <= 0:
+                break
+            k, want = self._chunk(i, left)
+            if k == 1 and self.computed[i] + 1 == self.known(i) and self.generated[i] > 0:
+                continue  # decoding, not prefilling
+            if want > self.free:
+                break
+            self._take(i, want)
+            sched.append((i, k))
+            left -= k
+        self._schedule_waiting(sched, left)
+        return sched
+
+    def decode_run(self, sched: list[tuple[int, int]], most: int) -> int:
+        """How many identical decode-only steps ``sched`` (already holding its first step's blocks) starts, at most
+        ``most`` (1 when it is not one): until the first running request finishes, while the free KV blocks cover
+        every sequence's growth (the largest such run, by bisection: the blocks needed grow with the run)."""
+        if any(k != 1 or self.computed[i] + 1 != self.known(i) or not self.generated[i] for i, k in sched) \
+                or len(sched) != len(self.running):
+            return 1  # a prompt (even a one-token one, whose step samples its first token) or an admission
+        steps = min(int(min(self.req.gen_tokens[i] - self.generated[i] for i, _ in sched)), most)
+        if steps <= 1:
+            return 1
+        if self.waiting and len(self.running) < self.cap.max_num_seqs:
+            head = self.waiting[0]  # admitted at the next step if its first chunk's blocks are free now
+            if self._chunk(head, self.cap.max_num_batched_tokens)[1] <= self.free:
+                return 1
+        bs = self.cap.block_size
+        cached = np.array([int(self.computed[i]) for i, _ in sched])
+        held = np.array([int(self.held[i]) for i, _ in sched])
+
+        def fits(k: int) -> bool:  # blocks for k tokens each beyond the step's first, from the free pool
+            return int(np.sum(np.maximum(np.ceil((cached + k) / bs) - held, 0))) <= self.free
+
+        if fits(steps):
+            return steps
+        lo, hi = 1, steps  # fits(lo) (the first step's blocks are held), not fits(hi)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+        return lo
+
+    def advance(self, sched: list[tuple[int, int]], steps: int) -> None:
+        """Steps 1..steps-1 of a decode run (:meth:`decode_run`): every sequence computes and samples one more
+        token per step, taking the KV blocks its contexts grow into; the last step is :meth:`complete`'s."""
+        bs = self.cap.block_size
+        for i, _ in sched:
+            self.computed[i] += steps - 1
+            self.generated[i] += steps - 1
+            grow = math.ceil((int(self.computed[i]) + 1) / bs) - int(self.held[i])
+            self._take(i, max(grow, 0))
 
     def step_of(self, sched: list[tuple[int, int]]) -> Step:
         """The step the system prices: one token that samples is a decode, anything else a chunk."""
@@ -164,12 +235,22 @@ class _Batcher:
         return done
 
 
-def run(requests: Requests, model: StepTimeModel, system: str = "the system") -> Trace:
-    """Serve ``requests`` with the rules of the module docstring, each step priced by ``model``."""
+def run(requests: Requests, model: StepTimeModel, system: str = "the system",
+        concurrency: int | None = None) -> Trace:
+    """Serve ``requests`` with the rules of the module docstring, each step priced by ``model``; with
+    ``concurrency`` C as a closed loop: the first C requests at their ``arrival_s`` (all 0 for a burst, or
+    staggered), each later one when one finishes. The trace's ``arrival_s`` are the times the requests arrived."""
     cap = model.capacity
     check_capacity(requests, cap, system)
     b = _Batcher(requests, cap)
-    arrivals, n = requests.arrival_s, len(requests)
+    n = len(requests)
+    if concurrency is None:
+        arrivals = requests.arrival_s
+    else:
+        arrivals = np.full(n, np.inf)
+        first = min(max(1, concurrency), n)
+        arrivals[:first] = np.sort(requests.arrival_s[:first])
+    sent = n if concurrency is None else min(max(1, concurrency), n)
     t, nxt, done, steps, scheduled = 0.0, 0, 0, 0, 0
     while done < n:
         while nxt < n and arrivals[nxt] <= t:
@@ -181,8 +262,22 @@ def run(requests: Requests, model: StepTimeModel, system: str = "the system") ->
         sched = b.schedule()
         if not sched:  # cannot happen: the oldest request always fits an empty pool (check_capacity)
             raise SimulationError(f"online scheduler stalled at t={t:g} s with {len(b.waiting)} waiting")
-        t += model.step_time_s(b.step_of(sched))
-        steps += 1
-        scheduled += len(sched)
-        done += b.complete(sched, t)
-    return Trace(b.first_token, b.finish, steps, scheduled, b.preemptions)
+        first = model.step_time_s(b.step_of(sched))
+        k = 1
+        if concurrency is not None:  # a closed loop: a run of decode steps up to the next pending arrival at most
+            most = (1 << 62) if nxt >= n or not np.isfinite(arrivals[nxt]) else int((arrivals[nxt] - t) / first)
+            k = b.decode_run(sched, max(most, 1))
+        if k > 1:
+            b.advance(sched, k)
+            t += k * (first + model.step_time_s(b.step_of(sched))) / 2.0
+        else:
+            t += first
+        steps += k
+        scheduled += k * len(sched)
+        finished = b.complete(sched, t)
+        done += finished
+        for _ in range(finished if concurrency is not None else 0):  # the closed loop sends the next ones now
+            if sent < n:
+                arrivals[sent] = t
+                sent += 1
+    return Trace(b.first_token, b.finish, steps, scheduled, b.preemptions, arrivals.copy())

@@ -197,6 +197,12 @@ class SGLang(ContinuousBatchingEngine):
                               a2a="deepep" if p.moe_a2a_backend == "deepep" else "allgather",
                               two_batch_overlap=p.enable_two_batch_overlap)
 
+    def mixes_steps(self) -> bool:
+        """SGLang's scheduler runs a batch of new prompts ("extend") before it resumes decoding, the decodes waiting,
+        unless --enable-mixed-chunk (off by default; ``get_next_batch_to_run``: a prefill batch first, else the
+        running decode batch)."""
+        return False
+
     def layout_notes(self, ctx: Context) -> list[str]:
         p = self.params
         if not p.enable_expert_parallel:

@@ -257,6 +257,10 @@ class VLLM(ContinuousBatchingEngine):
         return EngineRuntime(self.name, graph, graph, c["step_cpu_s"], c["step_cpu_per_seq_s"],
                              bool(c["overlap_scheduler"]) and p.chunked_prefill, vllm_capture_sizes(p.max_num_seqs))
 
+    def mixes_steps(self) -> bool:
+        """V1 mixes chunked prompts into decode steps; V0 without chunked prefill runs prompts in steps of their own."""
+        return self.params.chunked_prefill
+
     def parallel_layout(self, ctx: Context) -> ParallelLayout:
         """vLLM's layout (docs, "Data Parallel Deployment" and "Expert Parallel Deployment"): the instance's G GPUs
         are data_parallel_size ranks of tensor_parallel_size = G / data_parallel_size GPUs each (moesim's --gpus

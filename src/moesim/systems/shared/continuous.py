@@ -135,17 +135,18 @@ class ContinuousBatchingEngine(ServingSystem):
     # ---- online serving ----------------------------------------------------------------------------
     def online_model(self, ctx: Context, plan: Plan, max_context_tokens: int):
         """The engine's steps for :mod:`moesim.serving` (:mod:`.online`): its KV pool on ``ctx``'s platform and its
-        own caps, steps priced from a table of this engine's simulated passes. One tensor-parallel instance,
-        aggregated, without speculative decoding: the others are priced offline only (refused, saying so)."""
+        own caps, steps priced from a table of this engine's simulated passes. One scheduler (tensor parallel,
+        experts tensor or expert parallel; no attention DP), aggregated, without speculative decoding: the others are
+        priced offline only (refused, saying so)."""
         from .online import EngineStepModel
 
         label = self.knobs_for(ctx).label
         if getattr(self.params, "disaggregate", False) or self.speculative_steps() or ctx.options.speculative:
             raise InfeasibleError(f"{label} online serving: disaggregated prefill/decode and speculative decoding are "
                                   "priced offline only; use an offline workload (--batch C for C requests in flight)")
-        if not self._parallel(ctx).tensor_parallel_only:
-            raise InfeasibleError(f"{label} online serving: attention data parallel / expert parallel layouts are "
-                                  "priced offline only (the online scheduler models one DP rank's capacity); use an "
+        if self._parallel(ctx).dp > 1:
+            raise InfeasibleError(f"{label} online serving: attention data-parallel layouts are priced offline only "
+                                  "(each DP rank schedules its own requests; the online scheduler models one); use an "
                                   "offline workload")
         if plan.config.get("params") != self.params.model_dump():
             raise ValueError(f"online serving: the plan was made by a {self.name} with other parameters "
@@ -355,6 +356,12 @@ class ContinuousBatchingEngine(ServingSystem):
         return blocks_per_seq, int(lay.blocks // blocks_per_seq) * self._parallel(ctx).dp
 
     # ---- offline plan --------------------------------------------------------------------------
+    def mixes_steps(self) -> bool:
+        """Whether one step carries prompt chunks and decodes together (chunked prefill mixed into decode steps, as
+        vLLM V1 and TensorRT-LLM's in-flight batching do); an engine that runs prompts in steps of their own says
+        False."""
+        return True
+
     def layout_notes(self, ctx: Context) -> list[str]:
         """How the engine read its layout flags, where that needs saying (none by default)."""
         return []

@@ -25,15 +25,18 @@ if TYPE_CHECKING:
 class StepTable:
     """Step time of any batch from a few simulated steps (no engine run per iteration).
 
-        T(step) = T_lin(n) + h (rows - 1) + alpha * sum(decode contexts) + beta * sum(prefill q-k pairs)
+        decode-only step of n sequences:  T(n, c) = T_n(c_lo) + a_n n (c - c_lo)            (c: mean context)
+        any other step:                   T(step) = T_lin(n) + h (rows - 1) + alpha * sum(decode contexts)
+                                                    + beta * sum(prefill q-k pairs)
 
-    T_lin(n): a step of n batched tokens with one logit row and no attention, simulated on a grid of
-    n (powers of two up to the token budget) and interpolated linearly in n, once as the engine runs a decode-only
-    step (its CUDA graph of the padded batch, up to the running-request cap) and once as it runs a step carrying
-    prompt tokens (its prefill execution); h: lm-head time per
-    extra row; alpha: decode attention time per (sequence x context token), from two decode steps at
-    a short and a long context; beta: prefill attention time per causal query-key pair, from a
-    one-prompt prefill step. Offload copies and launch overheads are inside T_lin.
+    A decode-only step (the engine's CUDA graph of the padded batch, up to the running-request cap) is simulated at
+    grid sizes n (powers of two and the engine's captured graph sizes) at a short and a long context, each size when
+    a step first needs it: T_n(c_lo) and a_n, the attention time per (sequence x context token) at that batch;
+    linear in n between grid sizes. T_lin(n): a step of n batched tokens with one logit row and no attention in the
+    engine's prefill execution, simulated on powers of two up to the token budget and interpolated linearly in n;
+    h: lm-head time per extra row; alpha: decode attention per (sequence x context token) at 64 sequences; beta:
+    prefill attention time per causal query-key pair, from a one-prompt prefill step. Offload copies and launch
+    overheads are inside T_lin and T_n.
     """
 
     def __init__(self, system: ContinuousBatchingEngine, ctx: Context, lay: _Layout, max_tokens: int, max_seqs: int,
@@ -42,27 +45,60 @@ class StepTable:
         grid = sorted({1, *[2**e for e in range(0, 30) if 2**e < max_tokens], max_tokens})
         self.grid = np.array(grid, dtype=float)
         self.t_lin = np.array([p(ctx, lay, n, 1, [], phase="prefill").time_s for n in grid])
-        dgrid = sorted({g for g in grid if g <= max_seqs} | {max_seqs})
+        # decode-only steps: at the engine's captured CUDA-graph sizes (a batch runs padded to the next one, so
+        # the step is nearly flat between them) and powers of two, each simulated when a step first needs it
+        runtime = system.runtime(ctx)
+        sizes = runtime.graph_sizes
+        self._padded = set(sizes) if runtime.pad_to_graph else set()  # a batch between two runs the upper one's graph
+        dgrid = sorted({g for g in grid if g <= max_seqs} | {g for g in sizes if g <= max_seqs} | {max_seqs})
         self.decode_grid = np.array(dgrid, dtype=float)
-        self.t_lin_decode = np.array([p(ctx, lay, n, 1, [], phase="decode").time_s for n in dgrid])
+        self._decode: dict[int, tuple[float, float]] = {}
+        c_lo, c_hi = 16, max(32, max_ctx)
+        self._ctx_lo = c_lo
+
+        def decode_line(n: int) -> tuple[float, float]:  # (step at n sequences of context c_lo, slope per context token)
+            t_lo = p(ctx, lay, n, n, [(n, 1, c_lo)], phase="decode").time_s
+            t_hi = p(ctx, lay, n, n, [(n, 1, c_hi)], phase="decode").time_s
+            return t_lo, max(0.0, (t_hi - t_lo) / (n * (c_hi - c_lo)))
+
+        self._decode_line = decode_line
         n_ref = max(2, min(max_tokens, 256))
         self.head_row_s = max(0.0, (p(ctx, lay, n_ref, n_ref, [], phase="prefill").time_s
                                     - p(ctx, lay, n_ref, 1, [], phase="prefill").time_s) / (n_ref - 1))
         b = max(1, min(max_seqs, 64))
-        c_lo, c_hi = 16, max(32, max_ctx)
         self.alpha = max(0.0, (p(ctx, lay, b, b, [(b, 1, c_hi)]).time_s - p(ctx, lay, b, b, [(b, 1, c_lo)]).time_s)
                          / (b * (c_hi - c_lo)))
         q = max(2, min(max_tokens, 2048))
         self.beta = max(0.0, (p(ctx, lay, q, 1, [(1, q, q)]).time_s - p(ctx, lay, q, 1, [], phase="prefill").time_s)
                         / (q * (q + 1) / 2))
 
+    def decode_step_s(self, seqs: int, decode_ctx_sum: float) -> float:
+        """A decode-only step of ``seqs`` sequences whose contexts sum to ``decode_ctx_sum``: at each grid size n
+        the step is simulated at two contexts (its time at c_lo and its slope per context token at that batch:
+        decode attention is not one cost per token at every batch); a batch below a captured graph size runs that
+        graph (padded), else it is linear between the sizes around ``seqs``."""
+        g = self.decode_grid
+        j = int(np.searchsorted(g, seqs))
+        if j < len(g) and (g[j] == seqs or int(g[j]) in self._padded):
+            ks = (j,)  # on the grid, or padded up to the captured graph of g[j]: its GEMMs, this batch's attention
+        else:
+            ks = (max(j - 1, 0), min(j, len(g) - 1))
+        lines = []
+        for k in ks:
+            n = int(g[k])
+            if n not in self._decode:
+                self._decode[n] = self._decode_line(n)
+            t_lo, slope = self._decode[n]
+            lines.append((g[k], t_lo + slope * (decode_ctx_sum - seqs * self._ctx_lo) * n / seqs))
+        (x0, y0), (x1, y1) = lines[0], lines[-1]
+        return y0 if x1 == x0 else y0 + (y1 - y0) * (seqs - x0) / (x1 - x0)
+
     def time_s(self, tokens: int, rows: int, decode_ctx_sum: float, prefill_pairs: float) -> float:
         """A step's time; a step without prompt tokens (``prefill_pairs`` 0) within the running-request cap is a
         decode-only step (its graph), any other a step the engine runs in its prefill execution."""
-        if prefill_pairs == 0 and tokens <= self.decode_grid[-1]:
-            lin = float(np.interp(tokens, self.decode_grid, self.t_lin_decode))
-        else:
-            lin = float(np.interp(tokens, self.grid, self.t_lin))
+        if prefill_pairs == 0 and tokens <= self.decode_grid[-1] and rows == tokens:
+            return self.decode_step_s(tokens, decode_ctx_sum)
+        lin = float(np.interp(tokens, self.grid, self.t_lin))
         return lin + self.head_row_s * max(rows - 1, 0) + self.alpha * decode_ctx_sum + self.beta * prefill_pairs
 
 
@@ -76,7 +112,7 @@ class EngineStepModel:
     def __init__(self, system: ContinuousBatchingEngine, ctx: Context, lay: _Layout, max_context_tokens: int):
         k = system.knobs_for(ctx)
         self.capacity = Capacity(kv_blocks=lay.blocks, block_size=k.block_size, max_num_seqs=k.max_seqs,
-                                 max_num_batched_tokens=k.token_budget)
+                                 max_num_batched_tokens=k.token_budget, mixed=system.mixes_steps())
         self._knobs = k
         self._system, self._ctx, self._lay, self._max_ctx = system, ctx, lay, max_context_tokens
 
