@@ -84,7 +84,7 @@ from ..modules import Context
 from ..specs import LayerKind
 from ..specs.common import BYTES_PER_ELEMENT
 from ..units import fmt_bytes
-from .base import Plan, ServingSystem, StepSim, balanced_batches, simpson_decode_time, simulate_layers, step_sim
+from .base import Plan, ServingSystem, StepSim, simpson_decode_time, simulate_layers, step_sim
 from .shared.memory import activation_bytes
 
 #: ggml's CUDA backend: kernels launched from C++, and its own quantized matmul kernels (mmvq / mmq, also behind
@@ -480,12 +480,27 @@ class LlamaCpp(ServingSystem):
         slots = prm.n_parallel or int(self.constants.value("n_parallel_auto"))
         other = copy.copy(self)
         other.params = prm
-        batch, num_batches = balanced_batches(w.num_requests, w.batch_size or slots)
+        # full batches of the slots, then a last, partial one charged for what it holds (as every system splits
+        # requests); the server's placement and KV cache are those of its slots
+        batch = min(w.batch_size or slots, w.num_requests)
+        full, rest = divmod(w.num_requests, batch)
+        num_batches = full + (1 if rest else 0)
         lay = other._placement(ctx, batch)
-        ub = min(prm.ubatch_tokens, batch * P)
-        prefill = other._pass(ctx, lay, ub / P, P, P, ub / P)
-        passes = math.ceil(batch * P / ub)
-        decode_s, points = simpson_decode_time(lambda c: other._pass(ctx, lay, batch, 1, c, batch), P, G)
+
+        def prefill_of(seqs: int) -> tuple[StepSim, int, int]:
+            """(one ubatch pass, passes, ubatch tokens) of the prompts of ``seqs`` sequences."""
+            ub_ = min(prm.ubatch_tokens, seqs * P)
+            return other._pass(ctx, lay, ub_ / P, P, P, ub_ / P), math.ceil(seqs * P / ub_), ub_
+
+        def decode_of(seqs: int) -> tuple[float, list]:
+            return simpson_decode_time(lambda c: other._pass(ctx, lay, seqs, 1, c, seqs), P, G)
+
+        prefill, passes, ub = prefill_of(batch)
+        decode_s, points = decode_of(batch)
+        last_s = None
+        if rest:
+            last_pre, last_passes, _ = prefill_of(rest)
+            last_s = last_passes * last_pre.time_s + decode_of(rest)[0]
         L = ctx.model.num_layers
         dense = lay["ngl"] - lay["full"] if ctx.model.moe else 0
         notes = [f"n_gpu_layers = {lay['ngl']} of {L} (the last ones"
@@ -517,4 +532,4 @@ class LlamaCpp(ServingSystem):
 
         return self.make_plan((batch, num_batches), (prefill, passes, ub), (decode_s, points), config=config,
                               host_mem_bytes=lay["host_resident"], placement=placement, notes=notes,
-                              host_decode=host(batch), host_prefill=host(ub))
+                              host_decode=host(batch), host_prefill=host(ub), last_batch_time_s=last_s)
