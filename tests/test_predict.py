@@ -239,5 +239,6 @@ def test_batches_note_follows_how_the_plan_priced_the_last_batch(n, expect):
 
 
 def test_batches_note_says_when_the_last_batch_is_charged_full():
-    p = moesim.predict("mixtral-8x7b", "a100-80gb", "deepspeed", {"num_requests": 10, "gen_tokens": 8, "batch_size": 4})
+    p = moesim.predict("mixtral-8x7b", "a100-80gb", "ktransformers",
+                       {"num_requests": 10, "gen_tokens": 8, "batch_size": 4})
     assert any("priced as 3 full batches of 4 (12 sequence slots" in a for a in p.assumptions)

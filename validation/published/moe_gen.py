@@ -92,8 +92,10 @@ SYSTEM_PARAMS = {
     "moe-gen": {"kv_copy": "reserved"},
     "moe-gen-gpu": {"kv_copy": "reserved"},
     # llama.cpp of March 2025: one sequence (llama-server's automatic 4 slots came in October 2025, PRs
-    # #16736/#17997) and whole layers split between GPU and CPU (--fit came in December 2025, PR #16653)
-    "llama-cpp": {"fit": False, "n_parallel": 1},
+    # #16736/#17997), whole layers split between GPU and CPU (--fit came in December 2025, PR #16653) and DeepSeek's
+    # K and V cached per head (the MLA latent cache came in April 2025, PR #12801; MoE-Gen's README had these
+    # llama.cpp figures on 2025-03-04)
+    "llama-cpp": {"fit": False, "n_parallel": 1, "mla_latent_cache": False},
     # DeepSpeed on the transformers MoE-Gen's environment pins (requirements.txt: 4.42): each model's own attention
     # there (Mixtral SDPA, DeepSeek's remote code eager with an fp32 softmax) and fp32 logits at every prompt position
     "deepspeed": {"transformers": "4.42"},
@@ -255,6 +257,30 @@ def context_cost_implied(system: str = "Llama.cpp") -> list[str]:
     return out
 
 
+def vllm_tokens_per_pass_implied() -> list[str]:
+    """What vLLM's published Mixtral decode implies, set beside what moesim runs. With every weight offloaded each
+    V0 step (a decode step, or a prefill pass of the next wave) copies all of them over PCIe, so the decode rate is
+    about the sequences decoded per pass over the weights divided by the pass time; at moesim's pass time, the
+    published rate therefore means B_pub = B x published / predicted sequences a pass, where B is the batch moesim
+    runs (its V0 KV pool at the mean context, which a simulation of V0's scheduler, preemption included, confirms:
+    tests/test_vllm_v0_offload.py). The pool over whole sequences, pool / (P + G), is printed beside it."""
+    out = []
+    for label in ("8x7B", "8x22B"):
+        for gen in (256, 1024):
+            pub = TABLE6["vLLM"][TABLE6_COLUMNS.index((label, gen))]
+            hw, over = _hardware(label, "vllm")
+            p = moesim.predict(MODELS[label], hw, "vllm", {"num_requests": REQUESTS, "prompt_tokens": 512,
+                                                           "gen_tokens": gen},
+                               system_params=system_params("vllm", label), **over)
+            c = p.config
+            pool = c["kv_blocks"] * c["block_size"]
+            out.append(f"{label} d={gen}: moesim runs {c['batch_size']} sequences ({pool} KV tokens at the mean "
+                       f"context), {p.decode_tok_s:.3g} tok/s; the published {pub} tok/s is "
+                       f"{c['batch_size'] * pub / p.decode_tok_s:.0f} a pass (the pool over whole sequences: "
+                       f"{pool / (512 + gen):.0f})")
+    return out
+
+
 def fail_cells(cells: list[Cell]) -> list[str]:
     notes = []
     for c in cells:
@@ -328,13 +354,30 @@ def main() -> int:
     print(f"ranking kept in every column (pairs >= 1.5x apart): {'yes' if not viol else 'NO'}")
     for v in viol:
         print(f"  {v}")
+    if any("vLLM" in v for v in viol):
+        print("vLLM's flips (left): MoE-Gen's vLLM ran before UVA offloading (vLLM V1, v0.8.4, PR #15354 of "
+              "2025-03-23; MoE-Gen's README had its vLLM figures on 2025-03-04), so V0's --cpu-offload-gb: every "
+              "decoder layer's weights in pinned host memory, copied to the GPU with .to(device, non_blocking=True) "
+              "by a functional_call on the compute stream at every forward, CUDA graphs kept (V0 disables only "
+              "torch.compile with offload). moesim prices exactly that (every pass copies every offloaded byte at "
+              "the pinned rate, serialized), so its vLLM decode is the batch its KV pool holds over one pass; the "
+              "published rates mean fewer sequences a pass than any stated setting gives:")
+        for n in vllm_tokens_per_pass_implied():
+            print(f"  {n}")
+        print("  Mixtral-8x7B's fall from d=256 to d=1024 follows the pool over whole sequences, Mixtral-8x22B's "
+              "rate a pool 3-4x smaller than vLLM's profiling leaves; MoE-Gen states neither the offloaded "
+              "amount nor max_num_seqs, gpu_memory_utilization or max_model_len, and V0's other long-context "
+              "default (chunked prefill of 2048 tokens above a 32K context, PR #10544) would make Mixtral-8x22B "
+              "faster, not slower. Left as they are.")
     if any("Llama.cpp" in v for v in viol):
         print("Llama.cpp's own figures fall with decode length by more than any KV read explains, if one "
               "sequence decodes:")
         for n in context_cost_implied():
             print(f"  {n}")
-        print("  moesim's llama-cpp reads the KV at DRAM speed, so its decode barely depends on d; MoE-Gen does "
-              "not give llama.cpp's flags (model file, -np, -c), and the drop is left unmodelled.")
+        print("  moesim's llama-cpp reads the KV at DRAM speed, DeepSeek's as March-2025 llama.cpp cached it (K and "
+              "V of every head, 4.9 MB a token; the latent cache came in PR #12801), and its CPU attention needs "
+              "4.9 MFLOP a context token; so its decode barely depends on d. MoE-Gen does not give llama.cpp's "
+              "flags (model file, -np, -c), and the drop is left unmodelled.")
     print("\n'Fail' cells:")
     for n in fail_cells(cells):
         print(f"  {n}")

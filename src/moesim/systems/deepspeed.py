@@ -60,7 +60,7 @@ from ..errors import InfeasibleError
 from ..modules import Context
 from ..specs import LayerKind
 from ..units import fmt_bytes
-from .base import Plan, ServingSystem, StepSim, balanced_batches, simpson_decode_time, simulate_pass
+from .base import Plan, ServingSystem, StepSim, simpson_decode_time, simulate_pass
 from .shared.attention import eager_attention_cost, eager_attention_peak_bytes
 from .shared.memory import (activation_bytes, layer_weight_bytes, max_layer_weight_bytes,
                             mla_decompressed_kv_bytes_per_token, prefill_logits_bytes)
@@ -254,9 +254,21 @@ class DeepSpeed(ServingSystem):
                 f"(KV, attention peak and ZeRO-3's live fetched parameters): short by "
                 f"{fmt_bytes((wanted - max_batch) * max(self._per_seq_bytes(ctx)))}"
             )
-        batch, num_batches = balanced_batches(w.num_requests, wanted or max_batch)
-        prefill = self._pass(ctx, batch, w.prompt_tokens, w.prompt_tokens)
-        decode_s, points = simpson_decode_time(lambda c: self._pass(ctx, batch, 1, c), w.prompt_tokens, w.gen_tokens)
+        # full batches of B, then a last, partial one charged for what it holds (as every system splits requests)
+        batch = min(wanted or max_batch, w.num_requests)
+        full, rest = divmod(w.num_requests, batch)
+        num_batches = full + (1 if rest else 0)
+
+        def run(seqs: int) -> tuple[StepSim, float, list]:
+            pre = self._pass(ctx, seqs, w.prompt_tokens, w.prompt_tokens)
+            dec, pts = simpson_decode_time(lambda c: self._pass(ctx, seqs, 1, c), w.prompt_tokens, w.gen_tokens)
+            return pre, dec, pts
+
+        prefill, decode_s, points = run(batch)
+        last_s = None
+        if rest:
+            last_pre, last_dec, _ = run(rest)
+            last_s = last_pre.time_s + last_dec
         limit = "prefill peak" if self._per_seq_bytes(ctx)[0] >= self._per_seq_bytes(ctx)[1] else "decode KV"
         config = {"batch_size": batch, "max_batch_that_fits": max_batch, "batch_limited_by": limit,
                   "live_weight_bytes": self._weight_working_bytes(ctx),
@@ -269,4 +281,5 @@ class DeepSpeed(ServingSystem):
             host_mem_bytes=host, placement={"weights": f"host ({'pinned' if cfg['pinned'] else 'pageable'}), "
                                                        "streamed layer by layer incl. all experts",
                                             "kv_cache": "gpu"},
-            notes=[f"batch {batch} for prefill and decode (GPU memory allows {max_batch}; limited by the {limit})"])
+            notes=[f"batch {batch} for prefill and decode (GPU memory allows {max_batch}; limited by the {limit})"],
+            last_batch_time_s=last_s)

@@ -3,8 +3,8 @@
 With n GPUs the model is tensor-parallel (:mod:`moesim.systems.shared.tensor_parallel`).
 
 The batch is the largest that memory allows (weights/n + KV/n + activations within the
-usable GPU memory), split into equal waves; prefill runs the wave's prompts in chunks of at
-most ``prefill_chunk_tokens`` tokens.
+usable GPU memory): full waves of that batch, then a last, partial wave of the requests left, priced at
+its own size; prefill runs a wave's prompts in chunks of at most ``prefill_chunk_tokens`` tokens.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from ..errors import InfeasibleError
 from ..modules import Context
 from ..specs import LayerKind
 from ..units import fmt_bytes
-from .base import Plan, ServingSystem, StepSim, balanced_batches, simpson_decode_time, simulate_pass
+from .base import Plan, ServingSystem, StepSim, simpson_decode_time, simulate_pass
 from .shared.memory import activation_bytes
 from .shared.tensor_parallel import LayerTimes, require_tensor_parallel
 
@@ -98,30 +98,42 @@ class GpuResident(ServingSystem):
                 f"gpu-resident: batch {wanted} does not fit; at most {max_batch} sequences of "
                 f"{w.total_context_tokens} tokens fit in GPU memory next to the weights"
             )
-        batch, num_batches = balanced_batches(w.num_requests, wanted or max_batch)
-        seqs_per_pass = max(1, min(batch, self.params.prefill_chunk_tokens // w.prompt_tokens))
-        passes = math.ceil(batch / seqs_per_pass)
-        prefill = self._pass(ctx, seqs_per_pass, w.prompt_tokens, w.prompt_tokens)
+        # full waves of B, then a last, partial one charged for what it holds (as every system splits requests)
+        batch = min(wanted or max_batch, w.num_requests)
+        full, rest = divmod(w.num_requests, batch)
+        num_batches = full + (1 if rest else 0)
         spec, draft = ctx.options.speculative, ctx.draft_context()
+
+        def prefill_of(seqs: int) -> tuple[StepSim, int, int]:
+            """(one prefill pass, passes, prompts per pass) of a wave of ``seqs`` sequences."""
+            per_pass = max(1, min(seqs, self.params.prefill_chunk_tokens // w.prompt_tokens))
+            return self._pass(ctx, per_pass, w.prompt_tokens, w.prompt_tokens), math.ceil(seqs / per_pass), per_pass
+
+        def decode_of(seqs: int) -> tuple[float, list]:
+            if spec is not None and draft is not None:
+                # one target pass verifies k+1 tokens per sequence after k draft steps; it yields tau tokens
+                k, tau = spec.num_tokens, spec.tokens_per_step
+
+                def step(c: int) -> StepSim:
+                    target = self._pass(ctx, seqs, k + 1, c)
+                    return replace(target, time_s=target.time_s + k * self._pass(draft, seqs, 1, c).time_s)
+
+                steps_s, pts = simpson_decode_time(step, w.prompt_tokens, w.gen_tokens)
+                return steps_s / tau, pts
+            return simpson_decode_time(lambda c: self._pass(ctx, seqs, 1, c), w.prompt_tokens, w.gen_tokens)
+
+        prefill, passes, seqs_per_pass = prefill_of(batch)
+        decode_s, points = decode_of(batch)
         if spec is not None and draft is not None:
-            # one target pass verifies k+1 tokens per sequence after k draft steps; it yields tau tokens
-            k, tau = spec.num_tokens, spec.tokens_per_step
-            draft_sim = {}
-
-            def step(c: int) -> StepSim:
-                target = self._pass(ctx, batch, k + 1, c)
-                draft_sim[c] = self._pass(draft, batch, 1, c)
-                return replace(target, time_s=target.time_s + k * draft_sim[c].time_s)
-
-            steps_s, points = simpson_decode_time(step, w.prompt_tokens, w.gen_tokens)
-            decode_s = steps_s / tau
-            notes.append(f"speculative decoding: {spec.draft_model} drafts {k} tokens, acceptance "
-                         f"{spec.acceptance_rate:.2f} -> {tau:.2f} tokens per target step (Leviathan et al. 2023)")
-        else:
-            decode_s, points = simpson_decode_time(lambda c: self._pass(ctx, batch, 1, c), w.prompt_tokens,
-                                                   w.gen_tokens)
+            notes.append(f"speculative decoding: {spec.draft_model} drafts {spec.num_tokens} tokens, acceptance "
+                         f"{spec.acceptance_rate:.2f} -> {spec.tokens_per_step:.2f} tokens per target step "
+                         "(Leviathan et al. 2023)")
+        last_s = None
+        if rest:
+            last_pre, last_passes, _ = prefill_of(rest)
+            last_s = last_passes * last_pre.time_s + decode_of(rest)[0]
         config = {"batch_size": batch, "max_batch_that_fits": max_batch, "tensor_parallel": ctx.platform.num_gpus,
                   "prefill_sequences_per_pass": seqs_per_pass}
         return self.make_plan((batch, num_batches), (prefill, passes, seqs_per_pass * w.prompt_tokens),
                               (decode_s, points), config=config, host_mem_bytes=0.0,
-                              placement={"weights": "gpu", "kv_cache": "gpu"}, notes=notes)
+                              placement={"weights": "gpu", "kv_cache": "gpu"}, notes=notes, last_batch_time_s=last_s)

@@ -64,6 +64,14 @@ DeepSeek-V2 decode is 3x the published rate; the bandwidth roof explains the oth
 within 1.6x, so that gap is left as is (bf16 kernels on a CPU without bf16 arithmetic are one
 candidate the default CPU efficiency does not capture).
 
+DeepSeek's KV cache (``mla_latent_cache``): llama.cpp caches MLA's compressed latent since PR #12801 (April 2025,
+the default here); before it, its deepseek2 graph up-projected the new tokens' K and V with ``wkv_b`` and cached
+them per head, K of qk_nope + qk_rope and V of v_head_dim elements for each of the 128 heads (DeepSeek-V2:
+60 x 128 x 320 x 2 B = 4.9 MB a token in f16, against the latent's 69 KB), and attention read that cache
+(``_per_head_attention``). MoE-Gen's comparison ran that llama.cpp: with it DeepSeek-V2 decodes at 3.2 / 3.1
+tok/s for d = 256 / 1024 (published 1 / 0.3); a cache read at DRAM speed adds 35 ms a step at a 1024-token context,
+where the published fall needs 6.1 ms per context token.
+
 Not modelled: quantized GGUF types other than the dtype given (DeepSeek's fp8 stands in for Q8_0,
 8.5 bits), llama.cpp's repacked CPU kernels, per-GPU bin packing of layers, prompt caching.
 """
@@ -81,10 +89,10 @@ from ..engine import Engine
 from ..errors import InfeasibleError
 from ..metrics import HostShare
 from ..modules import Context
-from ..specs import LayerKind
+from ..specs import AttentionSpec, LayerKind
 from ..specs.common import BYTES_PER_ELEMENT
 from ..units import fmt_bytes
-from .base import Plan, ServingSystem, StepSim, balanced_batches, simpson_decode_time, simulate_layers, step_sim
+from .base import Plan, ServingSystem, StepSim, simpson_decode_time, simulate_layers, step_sim
 from .shared.memory import activation_bytes
 
 #: ggml's CUDA backend: kernels launched from C++, and its own quantized matmul kernels (mmvq / mmq, also behind
@@ -142,6 +150,11 @@ class LlamaCppParams(BaseModel):
     op_offload_min_batch: int = Field(default=32, ge=1, description="GGML_OP_OFFLOAD_MIN_BATCH")
     use_mmap: bool = Field(default=True, description="CPU weights in the mmap'd file (pageable; may exceed host "
                                                      "memory) rather than pinned buffers (--no-mmap)")
+    mla_latent_cache: bool = Field(
+        default=True, description="MLA models (DeepSeek) cache the compressed latent and attend over it (llama.cpp PR "
+                                  "#12801, April 2025); False = the deepseek2 graph before it: K and V up-projected "
+                                  "for the new tokens and cached per head (all heads' qk_nope + qk_rope keys and v "
+                                  "values, DeepSeek-V2: 4.9 MB a token in f16), attention over that cache")
 
 
 class LlamaCpp(ServingSystem):
@@ -160,12 +173,36 @@ class LlamaCpp(ServingSystem):
                     + m.router_params * ctx.wbytes)
         return ctx.attention_weight_bytes + ctx.dense_ffn_weight_bytes
 
+    def _per_head_attention(self, ctx: Context) -> AttentionSpec | None:
+        """The attention llama.cpp computes over a per-head K/V cache (an MLA model with ``mla_latent_cache`` off:
+        its deepseek2 graph before PR #12801 up-projected K and V for the new tokens with ``wkv_b`` and cached
+        them, ``llm_build_kv``), as an equivalent multi-head attention, else None (the model's own attention).
+
+        Each of the H heads caches a key of d_qk = qk_nope + qk_rope and a value of d_v elements, and attention
+        reads them all: c = H (d_qk + d_v) cached elements a token per layer (DeepSeek-V2: 128 x (192 + 128) =
+        40960, 4.9 MB a token over 60 layers in f16) and 2 H span (d_qk + d_v) FLOPs per query, which an MHA of
+        H heads of (d_qk + d_v) / 2 has too (rounded up when the sum is odd)."""
+        a = ctx.model.attention
+        if a.kind != "mla" or self.params.mla_latent_cache:
+            return None
+        return ctx.memo(("llama-cpp per-head MLA cache",), lambda: AttentionSpec(
+            kind="mha", num_heads=a.num_heads, num_kv_heads=a.num_heads,
+            head_dim=math.ceil((a.qk_head_dim + a.out_head_dim) / 2), window_kind=a.window_kind,
+            window_tokens=a.window_tokens, window_layer_pattern=a.window_layer_pattern))
+
+    def _kv_token_layer_bytes(self, ctx: Context) -> float:
+        """KV-cache bytes of one token in one layer as llama.cpp caches it (:meth:`_per_head_attention`)."""
+        spec = self._per_head_attention(ctx)
+        if spec is None:
+            return ctx.kv_bytes_per_token_layer()
+        return spec.kv_elements_per_token() * BYTES_PER_ELEMENT[ctx.options.kv_dtype]
+
     def _kv_layer_bytes(self, ctx: Context, i: int, seqs: int) -> float:
         a = ctx.model.attention
         span = ctx.workload.total_context_tokens
         if a.is_windowed(i) and a.window_tokens:
             span = min(span, a.window_tokens)
-        return seqs * span * ctx.kv_bytes_per_token_layer()
+        return seqs * span * self._kv_token_layer_bytes(ctx)
 
     def _expert_layer_bytes(self, ctx: Context, i: int) -> float:
         """The routed experts' weights of layer ``i`` (what --fit moves to host memory first)."""
@@ -200,7 +237,7 @@ class LlamaCpp(ServingSystem):
             a = ctx.model.attention
             if a.is_windowed(i) and a.window_tokens:
                 tokens = min(tokens, seqs * min(span, a.window_tokens))
-            return tokens * ctx.kv_bytes_per_token_layer()
+            return tokens * self._kv_token_layer_bytes(ctx)
 
         def need(k: int, full: int, out_gpu: bool, tokens: int) -> float:
             """GPU bytes with the last k layers there, the first ``full`` of them whole, the others dense-only,
@@ -327,13 +364,20 @@ class LlamaCpp(ServingSystem):
         tokens = seqs * q_len
         offload = prm.op_offload and tokens >= prm.op_offload_min_batch
         upload_path = "pageable" if prm.use_mmap else "pinned"  # mmap'd pages: the driver stages them
-        attn = {w: ctx.attention_core(seqs, q_len, kv_len, w) for w in (False, True)}
+        per_head = self._per_head_attention(ctx)
+        kv_dtype = ctx.options.kv_dtype
+        if per_head is None:
+            attn = {w: ctx.attention_core(seqs, q_len, kv_len, w) for w in (False, True)}
+        else:  # over the per-head cache: no latent to absorb or re-expand
+            attn = {w: costs.attention_core(per_head, seqs, q_len, kv_len, True, kv_dtype, w) for w in (False, True)}
 
         execution = _execution(ctx, tokens, self.constants)
 
         def gpu_native(cost) -> float:  # ggml's CUDA backend: C++ launches (or a CUDA graph), its own kernels
             return ctx.gpu_s(cost, execution)
-        cpu_attn = {w: ctx.cpu_attention(seqs, kv_len, w) if q_len == 1 else attn[w] for w in (False, True)}
+        cpu_attn = {w: (ctx.cpu_attention(seqs, kv_len, w) if per_head is None
+                        else costs.cpu_attention(per_head, seqs, 1, kv_len, kv_dtype, w)) if q_len == 1 else attn[w]
+                    for w in (False, True)}
         active = ctx.active_experts(tokens) if m.moe else 0.0
         proj = ctx.attention_proj(tokens)
         moe_mods, cpu_experts = [], None
@@ -349,7 +393,7 @@ class LlamaCpp(ServingSystem):
         read = {True: ctx.attention_weight_bytes + active * ctx.expert_weight_bytes + ctx.shared_weight_bytes
                 + (m.router_params * ctx.wbytes if m.moe else 0.0),
                 False: ctx.attention_weight_bytes + ctx.dense_ffn_weight_bytes}
-        kv_bytes = seqs * kv_len * ctx.kv_bytes_per_token_layer()
+        kv_bytes = seqs * kv_len * self._kv_token_layer_bytes(ctx)
         expert_read = active * ctx.expert_weight_bytes
         hidden_bytes = tokens * m.hidden_size * BYTES_PER_ELEMENT[self.constants.value("activation_dtype")]
 
@@ -480,12 +524,27 @@ class LlamaCpp(ServingSystem):
         slots = prm.n_parallel or int(self.constants.value("n_parallel_auto"))
         other = copy.copy(self)
         other.params = prm
-        batch, num_batches = balanced_batches(w.num_requests, w.batch_size or slots)
+        # full batches of the slots, then a last, partial one charged for what it holds (as every system splits
+        # requests); the server's placement and KV cache are those of its slots
+        batch = min(w.batch_size or slots, w.num_requests)
+        full, rest = divmod(w.num_requests, batch)
+        num_batches = full + (1 if rest else 0)
         lay = other._placement(ctx, batch)
-        ub = min(prm.ubatch_tokens, batch * P)
-        prefill = other._pass(ctx, lay, ub / P, P, P, ub / P)
-        passes = math.ceil(batch * P / ub)
-        decode_s, points = simpson_decode_time(lambda c: other._pass(ctx, lay, batch, 1, c, batch), P, G)
+
+        def prefill_of(seqs: int) -> tuple[StepSim, int, int]:
+            """(one ubatch pass, passes, ubatch tokens) of the prompts of ``seqs`` sequences."""
+            ub_ = min(prm.ubatch_tokens, seqs * P)
+            return other._pass(ctx, lay, ub_ / P, P, P, ub_ / P), math.ceil(seqs * P / ub_), ub_
+
+        def decode_of(seqs: int) -> tuple[float, list]:
+            return simpson_decode_time(lambda c: other._pass(ctx, lay, seqs, 1, c, seqs), P, G)
+
+        prefill, passes, ub = prefill_of(batch)
+        decode_s, points = decode_of(batch)
+        last_s = None
+        if rest:
+            last_pre, last_passes, _ = prefill_of(rest)
+            last_s = last_passes * last_pre.time_s + decode_of(rest)[0]
         L = ctx.model.num_layers
         dense = lay["ngl"] - lay["full"] if ctx.model.moe else 0
         notes = [f"n_gpu_layers = {lay['ngl']} of {L} (the last ones"
@@ -496,12 +555,18 @@ class LlamaCpp(ServingSystem):
         if prm.op_offload and ub >= prm.op_offload_min_batch and (lay["ngl"] < L or dense):
             notes.append(f"prefill: host-resident weights copied to the GPU every ubatch of {ub} tokens (op offload, "
                          f"{'pageable' if prm.use_mmap else 'pinned'} host memory)")
+        if other._per_head_attention(ctx) is not None:
+            per_token = L * other._kv_token_layer_bytes(ctx)
+            notes.append(f"MLA cached per head, K and V of all {ctx.model.attention.num_heads} heads (llama.cpp's "
+                         f"deepseek2 graph before PR #12801): {fmt_bytes(per_token)} of KV a token, read by every "
+                         "decode step's attention")
         if lay["miss"] > 0:
             notes.append(f"weights exceed host memory: {lay['miss']:.0%} of CPU-layer weight reads come from "
                          f"{ctx.platform.disk.name} (mmap page cache)")
         config = {"batch_size": batch, "n_parallel": slots, "fit": prm.fit, "n_gpu_layers": lay["ngl"],
                   "dense_only_layers": dense, "ctx_tokens": lay["n_ctx"], "output_on_gpu": lay["out_gpu"],
-                  "ubatch_tokens": ub, "op_offload": prm.op_offload, "page_cache_miss_fraction": lay["miss"]}
+                  "ubatch_tokens": ub, "op_offload": prm.op_offload, "page_cache_miss_fraction": lay["miss"],
+                  "kv_bytes_per_token": L * other._kv_token_layer_bytes(ctx)}
         placement = {"weights": f"gpu ({lay['ngl']} layers" + (f", {dense} without routed experts" if dense else "")
                                 + f") + host ({L - lay['ngl']} layers, embedding"
                                 + (", routed experts of the dense-only layers" if dense else "")
@@ -517,4 +582,4 @@ class LlamaCpp(ServingSystem):
 
         return self.make_plan((batch, num_batches), (prefill, passes, ub), (decode_s, points), config=config,
                               host_mem_bytes=lay["host_resident"], placement=placement, notes=notes,
-                              host_decode=host(batch), host_prefill=host(ub))
+                              host_decode=host(batch), host_prefill=host(ub), last_batch_time_s=last_s)

@@ -51,7 +51,7 @@ from ..modules import Context
 from ..specs import LayerKind
 from ..specs.common import BYTES_PER_ELEMENT
 from ..units import fmt_bytes
-from .base import Plan, ServingSystem, StepSim, balanced_batches, simpson_decode_time, simulate_pass
+from .base import Plan, ServingSystem, StepSim, simpson_decode_time, simulate_pass
 
 
 class _PassTimes(NamedTuple):
@@ -555,7 +555,11 @@ class MoEGen(ServingSystem):
                 f"moe-gen: batch {wanted} needs {fmt_bytes(wanted * per_seq_host)} of host KV; "
                 f"{fmt_bytes(kv_room)} is left next to the weights (at most {host_max} sequences)"
             )
-        batch, num_batches = balanced_batches(w.num_requests, wanted or host_max)
+        # MoE-Gen's generate() runs model batches of B sequences: full ones, then a last, partial one, charged for
+        # what it holds (as every system splits requests)
+        batch = min(wanted or host_max, w.num_requests)
+        full, rest = divmod(w.num_requests, batch)
+        num_batches = full + (1 if rest else 0)
         kv_limit = (f"the {fmt_bytes(self.params.host_kv_bytes)} host KV reservation allows"
                     if self.params.host_kv_bytes else "host memory allows")
         notes = [f"decode batch B = {batch} sequences ({kv_limit} {host_max})"]
@@ -569,9 +573,17 @@ class MoEGen(ServingSystem):
             notes.append("MLA: all attention on the GPU (omega = 0), as MoE-Gen does for DeepSeek (section 5.3)")
         best_prefill, best_pb, prefill_tried = self._prefill_search(ctx, batch, disk_fraction)
         passes = math.ceil(batch / best_pb)
-        decode_s, points = simpson_decode_time(
-            lambda c: self._pass(ctx, batch, 1, c, b_a, omega, disk_fraction), w.prompt_tokens, w.gen_tokens
-        )
+
+        def decode_of(seqs: int) -> tuple[float, list]:
+            return simpson_decode_time(lambda c: self._pass(ctx, seqs, 1, c, b_a, omega, disk_fraction),
+                                       w.prompt_tokens, w.gen_tokens)
+
+        decode_s, points = decode_of(batch)
+        last_s = None
+        if rest:  # the last model batch: the same b_a and omega, prefill passes of at most best_pb of its prompts
+            pb = min(best_pb, rest)
+            last_prefill = self._pass(ctx, pb, w.prompt_tokens, w.prompt_tokens, pb, 0.0, disk_fraction)
+            last_s = math.ceil(rest / pb) * last_prefill.time_s + decode_of(rest)[0]
         config = {"batch_size": batch, "max_batch_host": host_max, "attention_micro_batch": b_a,
                   "cpu_attention_fraction": omega, "prefill_batch": best_pb,
                   "configurations_simulated": len(trials) + prefill_tried}
@@ -580,7 +592,8 @@ class MoEGen(ServingSystem):
         cpu_seqs = int(round(omega * batch))
         return self.make_plan((batch, num_batches), (best_prefill, passes, best_pb * w.prompt_tokens),
                               (decode_s, points), config=config, host_mem_bytes=in_host + batch * per_seq_host,
-                              placement=placement, notes=notes, host_decode=HostShare(kv_fraction=cpu_seqs / batch))
+                              placement=placement, notes=notes, host_decode=HostShare(kv_fraction=cpu_seqs / batch),
+                              last_batch_time_s=last_s)
 
 
 def _unless_infeasible(simulate: Callable[[], StepSim]) -> StepSim | None:
