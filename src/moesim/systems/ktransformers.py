@@ -54,15 +54,11 @@ AMX bf16 / int8 peak above 4 tokens per expert), against the host DRAM roof. Iss
 V0.2.1 prefill cells are within 1-9%.
 
 Sanity check, not a fit (MoE-Gen does not report KTransformers): on C2 (A5000 + EPYC 7453, 512 GB),
-prompt 512, decode 256, defaults: Mixtral-8x7B decode 9.1 tok/s, prefill 44 tok/s (CPU FLOP-bound,
-AVX2 only); Mixtral-8x22B 3.1 / 14.5; DeepSeek-V2 in bf16 does not fit (attention 17.9 GB + shared
+prompt 512, decode 256, defaults: Mixtral-8x7B decode 6.9 tok/s, prefill 41 tok/s (CPU FLOP-bound,
+AVX2 only); Mixtral-8x22B 2.3 / 13.6; DeepSeek-V2 in bf16 does not fit (attention 17.9 GB + shared
 experts 6 GB on a 24 GB GPU; KTransformers runs it quantized); DeepSeek-R1 in fp8 does not fit in host
-memory (654 GB of experts). KTransformers' own figure (doc/en/DeepseekR1_V3_tutorial.md, V0.2:
-DeepSeek-V3 Q4_K_M, one Xeon Gold 6454S socket, 32 cores, 8 x DDR5-4800, RTX 4090D, local_chat at
-batch 1, 500-token prompt): decode 8.73 tok/s, prefill 54.2 tok/s. Ours for V3 in int4 with
-batch_size=1 on an RTX 4090 and one Xeon 8480+ (56 cores, the same memory system): decode 12.0
-(DRAM-bound expert reads at 0.7 x 307 GB/s), prefill 291, which assumes int8 AMX at 0.4 of its
-peak: KTransformers' V0.3 AMX kernel reached 255 tok/s on two sockets, its V0.2 AVX-512 kernels 54.
+memory (654 GB of experts). KTransformers' own V0.2.1 tables (validation/published/ktransformers.py, all
+held out): decode 18-32% above them, prefill 9% under to 3% over.
 
 Defaults (as deployed, ``systems_db/ktransformers.yaml``): batch 4, one micro-batch, ``cpu_infer`` = 32
 threads (local_chat's default; fewer threads than cores scale the CPU's compute roof, not its DRAM
