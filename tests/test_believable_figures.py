@@ -73,7 +73,8 @@ def test_vllm_many_waves_tend_to_the_steady_state():
 # ---- 2. S-MBU over the peaks of the devices that read ------------------------------------------------------
 def test_ktransformers_cpu_reads_count_against_host_dram_bandwidth():
     """DeepSeek-V2-Lite on an L4 server with KTransformers: the routed experts are read by the CPU, over host
-    DRAM (faster than the L4's 300 GB/s GDDR6). Over the GPU's bandwidth alone S-MBU was 1.06."""
+    DRAM (faster than the L4's 300 GB/s GDDR6). Over the GPU's bandwidth alone S-MBU was 1.06 (before the decode
+    step was priced as KTransformers' graph and CPU-call overheads; most of the bytes are still the CPU's)."""
     work = {"num_requests": 100, "prompt_tokens": 512, "gen_tokens": 3}
     ctx = _ctx("deepseek-v2-lite", "l4", work)
     plan = get_system("ktransformers")().plan(ctx)
@@ -81,10 +82,10 @@ def test_ktransformers_cpu_reads_count_against_host_dram_bandwidth():
     c, step = plan.mid_decode
     p, m, b = ctx.platform, ctx.model, plan.batch_size
     read = metrics.activated_weight_bytes(ctx, b) + metrics.kv_read_bytes(ctx, b, c)
-    assert read / (step.time_s * p.gpu.memory_bandwidth_bytes_per_s) > 1.0  # the old figure
     both = p.gpu.memory_bandwidth_bytes_per_s + p.host_memory_bandwidth_bytes_per_s
     assert pred.s_mbu == pytest.approx(read / (step.time_s * both), rel=1e-12)
     cpu_read = m.num_moe_layers * ctx.active_experts(b) * ctx.expert_weight_bytes  # routed experts only
+    assert cpu_read > read - cpu_read  # most of the step's reads are the CPU's, not the GPU's
     assert cpu_read <= step.time_s * p.host_memory_bandwidth_bytes_per_s  # the CPU within its own roof
     assert 0 < pred.s_mbu <= 1 and 0 < pred.s_mfu <= 1 and 0 < pred.prefill_s_mfu <= 1
 

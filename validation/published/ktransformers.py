@@ -6,10 +6,12 @@ socket), one RTX 4090 24 GB (V0.2.1) or RTX 4090D 24 GB (V0.2); routed experts o
 the KV cache on the GPU. moesim platform: ``hardware_db/platforms/ktransformers-6454s-4090.yaml`` (CPU entry
 ``hardware_db/cpus/xeon-gold-6454s.yaml``), both sockets as the tutorial runs them by default.
 
-Cells set: the platform, the model (DeepSeek-V3; R1 has its architecture), weights in Q4_K_M (moesim's nearest
-format: int4, 4.0 bits a weight against Q4_K_M's about 4.8), one request (local chat), the prompt and the generated
-tokens the table states, and the experts per token (6 or 8: KTransformers' option to route fewer experts,
-moesim's ``top_k``). Figures: prefill and decode tok/s.
+Cells set: the platform, the model (DeepSeek-V3; R1 has its architecture), weights in Q4_K_M (the routed experts
+read as the GGUF stores them, ``gguf_type=q4_k_m``: Q4_K gate/up, Q6_K down in 27 of the 58 MoE layers, 4.82 bits
+a weight; the GPU part at moesim's int4, which KLinearMarlin's 4-bit requantisation is, less its group-64 scales),
+V0.2.1's bf16 LM head, one request (local chat), the prompt and the generated tokens the table states, and the
+experts per token (6 or 8: KTransformers' option to route fewer experts, moesim's ``top_k``). Figures: prefill and
+decode tok/s.
 
 Not expressible yet: V0.2's table ran on an RTX 4090D (no hardware_db entry: a cut-down 4090, 114 SMs), and
 V0.3-preview quantises online to int8 for the CPU's AMX and int4 for the GPU (two weight formats by device, not a
@@ -25,10 +27,12 @@ PLATFORM = "ktransformers-6454s-4090"
 SETUP_V021 = ("2x Xeon Gold 6454S (32 cores each), 1 TB DDR5-4800, RTX 4090 24 GB; KTransformers V0.2.1; "
               "DeepSeek-V3/R1 Q4_K_M; {prompt}-token prompt, 300 generated; {k} experts")
 #: what the tutorial states of the V0.2.1 runs: its dual-socket local_chat command passes ``--cpu_infer 65``
-#: ("As we use dual socket, we set cpu_infer to 65"), and V0.2.x computes the CPU experts with the llamafile
+#: ("As we use dual socket, we set cpu_infer to 65"); V0.2.x computes the CPU experts with the llamafile
 #: kernels (doc/en/AMX.md: "Before version v0.3, KTransformers performed CPU matrix multiplications based on
-#: operators provided by llamafile")
-PARAMS_V021 = {"cpu_infer": 65, "cpu_kernel": "llamafile"}
+#: operators provided by llamafile") on the GGUF it names ("DeepseekV3-q4km": llama.cpp's Q4_K_M file type);
+#: and V0.2.1's rule file (optimize_rules/DeepSeek-V3-Chat.yaml at tag v0.2.1) has no lm_head rule, so the LM head
+#: stays a bf16 torch Linear (the Marlin lm_head rule arrives in v0.2.2)
+PARAMS_V021 = {"cpu_infer": 65, "cpu_kernel": "llamafile", "gguf_type": "q4_k_m", "lm_head_marlin": False}
 #: V0.2.1: experts -> prompt -> (prefill tok/s, decode tok/s)
 V021 = {8: {969: (88.2, 13.5), 1930: (88.5, 13.4), 3846: (81.9, 13.2), 7678: (80, 12.4)},
         6: {969: (111, 15.9), 1930: (112.5, 15.4), 3846: (102, 14.9), 7678: (101, 13.9)}}
