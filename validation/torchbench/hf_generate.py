@@ -10,7 +10,9 @@ attention, the default DynamicCache, greedy decoding, static batches of equal-le
 * ``decode``: the following single-token forwards on the same cache, each with its attention
   mask grown by one column as ``generate`` grows it; the median of the steps after the first;
 * ``generate``: whole ``model.generate`` calls with ``max_new_tokens = min_new_tokens = n`` for
-  n = 1 and n = 1 + ``GEN_STEPS``: (T(1+k) - T(1)) / k is generate's own per-step time, which ties
+  n = 1 and n = 1 + ``GEN_STEPS`` (a warm-up call of n = 1 + ``GEN_STEPS`` first, then ``GEN_REPS`` each; the
+  2026-12-03 file was taken with a ``generate(2)`` warm-up and two calls each): (T(1+k) - T(1)) / k over the
+  medians is generate's own per-step time, which ties
   the forward-only decode steps to end-to-end (sampling, stopping checks, input preparation);
 * ``offload_*``: the same prefill/decode after accelerate's ``cpu_offload`` (all weights in
   pageable host memory, each module's weights copied to the GPU when it runs, then dropped);
@@ -53,6 +55,7 @@ IMPLS = ("grouped_mm", "batched_mm", "eager")
 MAX_PREFILL_TOKENS = 32768
 DECODE_STEPS = 6  # timed decode forwards per cell; the first is dropped from the median
 GEN_STEPS = 16
+GEN_REPS = 3  # timed generate calls of each length, after a warm-up call of the timed length
 # share of the budget each phase may use, cumulative deadlines (earlier phases that finish early
 # leave their time to the later ones)
 PHASES = (
@@ -269,13 +272,15 @@ def run_generate(rec, model, key, layers, deadline, vocab, batches=(1, 16), prom
                         return model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
                                               do_sample=False, pad_token_id=0)
 
-                wall(lambda: gen(2))  # warm-up
-                t1 = [wall(lambda: gen(1))[0] for _ in range(2)]
-                if time.perf_counter() + 2 * (med(t1) * 8) > deadline + 5:
+                # warm-up at the timed length: after a generate(2) warm-up the first generate(17) of a batched_mm-decode
+                # cell ran 0.3-0.4 s longer than the next (2026-12-03, on two leases; no cudaMalloc in it)
+                wall(lambda: gen(1 + GEN_STEPS))
+                t1 = [wall(lambda: gen(1))[0] for _ in range(GEN_REPS)]
+                if time.perf_counter() + GEN_REPS * (med(t1) * 8) > deadline + 5:
                     rec.add(dict(cell, t1_s=t1, skipped="budget after T(1)"))
                     continue
                 tn = []
-                for _ in range(2):
+                for _ in range(GEN_REPS):
                     t, o = wall(lambda: gen(1 + GEN_STEPS))
                     tn.append(t)
                 assert o.shape[1] == prompt + 1 + GEN_STEPS, o.shape

@@ -7,7 +7,7 @@ What it runs (transformers 5.17, ``systems_db/transformers.yaml`` cites the code
             decode step reads and rewrites the whole cache of every layer), sdpa attention, prefill logits
             for the last position only (``logits_to_keep=1``). DeepSeek's MLA is cached decompressed
             (per-head K of qk_nope + qk_rope and V), as the Hugging Face code does.
-  experts   ``experts_implementation``: ``eager`` (a Python loop over the experts hit, two host syncs each),
+  experts   ``experts_implementation``: ``eager`` (a Python loop over the experts hit, five host reads each),
             ``grouped_mm`` (the default; one grouped GEMM per projection) or ``batched_mm`` (the weights of
             every (token, expert) pair gathered, then one bmm: T k x an expert's weights written, read).
             Inside ``generate`` transformers switches grouped_mm to batched_mm for the decode loop.
@@ -29,9 +29,13 @@ and batched_mm experts forwards, whose GPU time is a kernel family measured on t
     host sync: H = max(H, G) + host_sync_s            blocking copy: H = G = max(H, G) + copy_s
     pass time = max(H, G)
 
-A decode step of ``generate`` adds its own host work first (``generate_step_host_s``: input preparation,
-logits processing, argmax, stopping check, concatenations). The fitted constants and what they were
-fitted on are in the YAML; validation in ``validation/published/transformers_h200.py``.
+A decode step of ``generate`` adds its own loop after the forward: ``generate_step_calls`` torch calls (input
+preparation, logits to fp32, logits processors, argmax, EOS handling, the ids and mask concatenations, stopping
+criteria) plus ``generate_step_host_s`` of Python beyond them, then one host read (``bool(unfinished.max() == 0)``)
+that waits for the GPU. The eager experts loop reads the GPU five times per expert hit (``eager_expert_syncs``);
+each read costs ``host_read_s`` beyond the call that makes it, and nothing of an iteration overlaps the next.
+The fitted constants and what they were fitted on are in the YAML; validation in
+``validation/published/transformers_h200.py``.
 """
 
 from __future__ import annotations
@@ -126,7 +130,8 @@ class TwoClocks:
         self._charge(category, before)
 
     def serial(self, category: str, host_s: float, gpu_s: float, repeats: float) -> None:
-        """``repeats`` iterations, each ending in a host sync: nothing overlaps (the eager expert loop)."""
+        """``repeats`` iterations whose host reads of GPU results (five per iteration in the eager experts loop) leave
+        nothing to overlap: each costs its host time plus its kernels' time."""
         before = self.now
         t = repeats * (host_s + gpu_s)
         self.h = self.now + t
@@ -372,8 +377,6 @@ class Transformers(ServingSystem):
                 clk.copy("cpu_offload copy", tensors * c("offload_module_s"),
                          ctx.copy_s(nbytes, "pageable", copies=tensors), nbytes)
 
-        if generate_step:
-            clk.run("generate step", c("generate_step_host_s"), 0.0)
         # once per pass: embedding, positions and rotary table, mask, final norm, LM head on the last position
         fetch(m.embedding_params * ctx.wbytes, 1)
         clk.run("embedding", c("forward_host_s"), gpu(costs.embedding_lookup(m.hidden_size, tokens, ctx.wdtype)))
@@ -422,6 +425,9 @@ class Transformers(ServingSystem):
         fetch(m.hidden_size * ctx.wbytes + m.lm_head_params * ctx.wbytes, 2)
         clk.run("head", (norm_calls + c("head_calls")) * call + c("head_modules") * mod,
                 norm(seqs) + gpu(costs.lm_head(m.hidden_size, m.vocab_size, seqs, ctx.wdtype)))
+        if generate_step:  # generate's own loop after the forward, ending in its stop check's host read
+            clk.run("generate step", c("generate_step_calls") * call + c("generate_step_host_s"), 0.0,
+                    syncs=int(c("generate_step_syncs")))
         return clk
 
     def _sdpa(self, ctx: Context, seqs: int, q_len: int, kv_len: int) -> OpCost:
@@ -454,14 +460,14 @@ class Transformers(ServingSystem):
             g = sum(batched_mm_layer_s(h, f, routed, moe.gated, ctx.ebytes, ctx.abytes,
                                        ctx.platform.gpu.memory_bandwidth_bytes_per_s, self.batched_mm_kernels()))
             clk.run("experts", c("batched_mm_calls") * call + mod, g)
-        else:  # eager: the loop head, then one iteration per expert hit, each ending in host syncs
+        else:  # eager: the loop head (its nonzero reads the hit list), then one iteration per expert hit
             clk.run("experts", c("eager_head_calls") * call + mod,
                     gpu(vector_op(routed * moe.num_experts, 1.0, 2.0)), syncs=1)
             rows = routed / active if active else 0.0
             one = (gpu(gemm(rows, (mats - 1) * f, h, ctx.edtype, family="expert"))
                    + gpu(gemm(rows, h, f, ctx.edtype, family="expert"))
                    + gpu(vector_op(rows * f, 4.0, 5.0)) + 4 * gpu(vector_op(rows * h, 1.0, 2.0)))
-            per_host = c("eager_expert_calls") * call + c("eager_expert_syncs") * clk.sync_s
+            per_host = c("eager_expert_calls") * call + c("eager_expert_syncs") * c("host_read_s")
             clk.serial("experts", per_host, one, active)
         shared = ctx.shared_experts(tokens)
         if shared is not None:
