@@ -20,6 +20,7 @@ CASES = [
      {"attention_micro_batch": 1, "prefill_batch": 1, "cpu_attention_fraction": 0.0}, {}),
     # 4 slots, every layer on the GPU whatever the requests (the placement is the server's, not the batch's)
     ("llama-cpp", "qwen3-30b-a3b", "h200", {"fit": False, "n_parallel": 4}, {}),
+    ("ktransformers", "deepseek-v2-lite", "rtx4090", {}, {}),
 ]
 
 

@@ -239,6 +239,7 @@ def test_batches_note_follows_how_the_plan_priced_the_last_batch(n, expect):
 
 
 def test_batches_note_says_when_the_last_batch_is_charged_full():
-    p = moesim.predict("mixtral-8x7b", "a100-80gb", "ktransformers",
-                       {"num_requests": 10, "gen_tokens": 8, "batch_size": 4})
+    """The continuous-batching engines price R requests as waves of the running batch (the last wave a full one);
+    every static-batch system prices a partial last batch at its own size (tests/test_partial_last_batch.py)."""
+    p = moesim.predict("mixtral-8x7b", "h200", "vllm", {"num_requests": 10, "gen_tokens": 8, "batch_size": 4})
     assert any("priced as 3 full batches of 4 (12 sequence slots" in a for a in p.assumptions)

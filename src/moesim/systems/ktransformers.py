@@ -88,7 +88,7 @@ from ..costs.cpu import cpu_experts, gguf_expert_bytes_per_weight
 from ..specs import LayerKind
 from ..specs.common import BYTES_PER_ELEMENT
 from ..units import fmt_bytes
-from .base import Plan, ServingSystem, StepSim, balanced_batches, simpson_decode_time, simulate_pass
+from .base import Plan, ServingSystem, StepSim, simpson_decode_time, simulate_pass
 from .shared.memory import activation_bytes
 
 
@@ -356,13 +356,25 @@ class KTransformers(ServingSystem):
             raise InfeasibleError(f"ktransformers: cpu_kernel=amx needs a CPU with AMX; {ctx.platform.cpu.name} has "
                                   f"{', '.join(ctx.platform.cpu.isa) or 'no listed vector ISA'} (use llamafile)")
         P, G = w.prompt_tokens, w.gen_tokens
-        batch, num_batches = balanced_batches(w.num_requests, w.batch_size or batch_size)
+        # full batches of B, then a last, partial one charged for what it holds (as every system splits requests)
+        batch = min(w.batch_size or batch_size, w.num_requests)
+        full, rest = divmod(w.num_requests, batch)
+        num_batches = full + (1 if rest else 0)
         chunk = min(prm.prefill_chunk_tokens, batch * P)
         gpu_bytes, expert_bytes = self._check_memory(ctx, batch, max(chunk, batch))
-        prefill = self._pass(ctx, chunk / P, P, P, gpu_bytes, micro_batches, threads, kernel)
-        passes = math.ceil(batch * P / chunk)
-        decode_s, points = simpson_decode_time(
-            lambda c: self._pass(ctx, batch, 1, c, gpu_bytes, micro_batches, threads, kernel), P, G)
+
+        def run(seqs: int) -> tuple[StepSim, int, float, list]:
+            ch = min(prm.prefill_chunk_tokens, seqs * P)
+            pre = self._pass(ctx, ch / P, P, P, gpu_bytes, micro_batches, threads, kernel)
+            dec, pts = simpson_decode_time(
+                lambda c: self._pass(ctx, seqs, 1, c, gpu_bytes, micro_batches, threads, kernel), P, G)
+            return pre, math.ceil(seqs * P / ch), dec, pts
+
+        prefill, passes, decode_s, points = run(batch)
+        last_s = None
+        if rest:
+            last_pre, last_passes, last_dec, _ = run(rest)
+            last_s = last_pre.time_s * last_passes + last_dec
         mbs = max(1, min(micro_batches, batch))
         notes = [f"routed experts on the CPU ({ctx.platform.cpu.name}, {threads} threads, {kernel} kernels), {mbs} "
                  "micro-batch(es) "
@@ -375,4 +387,5 @@ class KTransformers(ServingSystem):
             host_mem_bytes=expert_bytes, notes=notes,
             placement={"weights": "routed experts in host memory (CPU compute); the rest on the GPU",
                        "kv_cache": "gpu"},
-            host_decode=HostShare(routed_experts=True), host_prefill=HostShare(routed_experts=True))
+            host_decode=HostShare(routed_experts=True), host_prefill=HostShare(routed_experts=True),
+            last_batch_time_s=last_s)
