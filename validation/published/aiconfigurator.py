@@ -166,11 +166,16 @@ def harness_of(row: dict) -> tuple[str, float]:
     """(closed-loop benchmark model, request overhead s) of the row's pipeline and engine, as
     ``aiconfigurator_fit.py --harness`` fitted them on the FIT split (``aiconfigurator_harness.yaml``): the engine's
     own fit in that pipeline where it had fit rows, else the pipeline's pooled fit, else the engine's defaults."""
-    fitted = _harness().get("pipelines", {}).get(pipeline_of(row), {})
-    entry = fitted.get(row["backend"]) or fitted.get("pooled")
+    entry = harness_entry(row)
     if entry:
         return str(entry["benchmark_model"]), float(entry["request_overhead_s"])
     return BENCHMARK_MODEL, request_overhead_s(row["backend"])
+
+
+def harness_entry(row: dict) -> dict | None:
+    """The fitted harness entry :func:`harness_of` reads for ``row`` (None where none was fitted)."""
+    fitted = _harness().get("pipelines", {}).get(pipeline_of(row), {})
+    return fitted.get(row["backend"]) or fitted.get("pooled")
 
 
 def is_dense(row: dict) -> bool:
@@ -449,12 +454,12 @@ def predict_row(row: dict, system: str | None = None, model: str | None = None) 
 
     sc = scenario_of(row, system)
     harness_model, extra = harness_of(row)
-    key = (sc.model_dump_json(), extra)
+    key = sc.model_dump_json()
     model = model or harness_model
-    if key not in _CACHE:
+    if key not in _CACHE:  # the engine's times without the request overhead, per client model
         try:
             ctx, plan, _, _ = plan_scenario(sc)
-            _CACHE[key] = {m: (t + extra, p, "") for m in MODELS
+            _CACHE[key] = {m: (t, p, "") for m in MODELS
                            for t, p in [benchmark_latency(plan, sc.prompt_tokens, sc.gen_tokens, sc.batch_size, m)]}
             _CACHE[key]["_plan"] = (ctx, plan, sc)
         except MoesimError as e:
@@ -466,12 +471,15 @@ def predict_row(row: dict, system: str | None = None, model: str | None = None) 
         ctx, plan, sc = entry["_plan"]
         try:
             engine = get_system(plan.system)(sc.system_params or None)
-            t, p = simulated_latency(engine, ctx, plan, sc.prompt_tokens, sc.gen_tokens, sc.batch_size,
-                                     SIMULATED[model])
-            entry[model] = (t + extra, p, "")
+            entry[model] = (*simulated_latency(engine, ctx, plan, sc.prompt_tokens, sc.gen_tokens, sc.batch_size,
+                                               SIMULATED[model]), "")
         except MoesimError:  # a layout or pool the online scheduler does not serve: the analytic default
-            entry[model] = entry[BENCHMARK_MODEL]
-    return entry[model]
+            entry[model] = None
+    t, p, note = entry[model] or entry[BENCHMARK_MODEL]
+    if entry[model] is None:  # ... with the overhead the fit found for that client on the same rows
+        fitted = harness_entry(row) or {}
+        extra = float(fitted.get("default_model_overhead_s", extra)) if model == harness_model else extra
+    return (None if t is None else t + extra), p, note
 
 
 CITATION = ("AIConfigurator silicon measurements (github.com/ai-dynamo/aiconfigurator, "
