@@ -152,7 +152,23 @@ def test_index_names_source_commit_and_versions():
     assert {b: e["version"] for b, e in idx["backends"].items()} == {"vllm": "0.18.0", "sglang": "0.5.9",
                                                                        "trtllm": "1.2.0rc5"}
     total = sum(p.stat().st_size for p in K.kernels_dir().rglob("*.csv.gz"))
-    assert total < 3.2e6
+    assert total < 4.6e6
+
+
+def test_b200_tables_keep_one_kernel_per_key_and_the_engines_defaults():
+    """B200: TensorRT-LLM's nvfp4 MoE table is its default CUTLASS kernel alone (AIConfigurator also measured the
+    min-latency kernel, which the engine runs only with enable_min_latency; the median of the two was 179 us for this
+    DeepSeek shape), and SGLang has no MoE table (its Blackwell default runner, flashinfer_trtllm, was not measured)."""
+    import yaml
+    idx = yaml.safe_load((K.kernels_dir() / "b200.yaml").read_text())
+    assert {b: e["version"] for b, e in idx["backends"].items()} == {"vllm": "0.19.0", "sglang": "0.5.9",
+                                                                       "trtllm": "1.2.0rc5"}
+    assert "moe" not in idx["backends"]["sglang"]["tables"]
+    assert "moe_torch_flow_min_latency" not in idx["backends"]["trtllm"]["tables"]["moe"]["kernel"]
+    t = K.kernel_tables("B200", "trtllm")
+    # the measured CUTLASS point (AIConfigurator b200_sxm moe/trtllm/1.2.0rc5: 0.2979 ms), 3 significant digits
+    assert t.moe_s(16, 7168, 2048, 256, 8, "nvfp4", tp=8, ep=1) == pytest.approx(298e-6, rel=1e-9)
+    assert K.kernel_tables("B200", "sglang").moe_s(16, 7168, 2048, 256, 8, "fp8_block", tp=8, ep=1) is None
 
 
 def _roofline_floor_s(c: dict, gpu) -> float:

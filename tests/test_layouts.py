@@ -23,6 +23,7 @@ from moesim.systems.shared.engine_step import engine_execution, engine_layer_tim
 from moesim.systems.shared.parallel import (ParallelLayout, _table_moe_beyond, all_to_all_s, busiest_rank_sequences,
                                             destinations_per_token, ep_load_factor, expected_max_standard_normal,
                                             parallel_layer_times)
+from moesim.systems.shared.tensor_parallel import nccl_latency_s
 from hypothesis import given, strategies as st
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +49,7 @@ def test_all_to_all_time_by_hand():
     """HGX H200 (no measured collectives): t = a + b (n - 1) + (n - 1) / n x bytes / (eta x 380 GB/s)."""
     ctx = _ctx()
     shared, eng = system_constants("shared"), system_constants("engines")
-    a, b = float(shared.value("nccl_allreduce_base_s")), float(shared.value("nccl_allreduce_per_peer_s"))
+    a, b = float(shared.value("nccl_alltoall_base_s")), float(shared.value("nccl_alltoall_per_peer_s"))
     eta = float(eng.value("all_to_all_link_efficiency"))
     nbytes = 8 * 7168 * 2 * 2.5  # 8 tokens of DeepSeek's hidden state in bf16, to 2.5 ranks each
     expect = a + 7 * b + 7 / 8 * nbytes / (eta * 380e9)
@@ -58,6 +59,22 @@ def test_all_to_all_time_by_hand():
     # DeepEP low-latency (decode) has its own latency floor
     assert all_to_all_s(ctx, nbytes, 8, "deepep", "decode") == pytest.approx(
         float(eng.value("deepep_ll_latency_s")) + 7 / 8 * nbytes / (eta * 380e9))
+
+
+def test_gather_and_scatter_latency_lines_by_hand():
+    """The attention-DP exchange's latency is NCCL's all-gather / reduce-scatter line, not the all-reduce's: on 8
+    H200s a 1024-element all-gather measured 10.98 us (AIConfigurator nccl_perf), the all-reduce 16.6; the lines
+    through 2 and 8 GPUs give 4.28 + 7 x 0.957 = 10.98 us and 4.39 + 7 x 0.863 = 10.43 us."""
+    ctx = _ctx()
+    eta = float(system_constants("engines").value("all_to_all_link_efficiency"))
+    whole = 64 * 7168 * 2  # 64 tokens of DeepSeek's hidden state in bf16, gathered on every GPU
+    wire = 7 / 8 * whole / (eta * 380e9)
+    assert all_to_all_s(ctx, whole, 8, "allgather", "decode", "all_gather") == pytest.approx(10.98e-6 + wire,
+                                                                                               rel=1e-3)
+    assert all_to_all_s(ctx, whole, 8, "allgather", "decode", "reduce_scatter") == pytest.approx(
+        10.43e-6 + wire, rel=1e-3)
+    assert nccl_latency_s(ctx.platform.gpu_link, 4, "all_gather") == pytest.approx(4.28e-6 + 3 * 0.957e-6)
+    assert nccl_latency_s(ctx.platform.gpu_link, 8, "all_gather") < nccl_latency_s(ctx.platform.gpu_link, 8)
 
 
 def test_destinations_per_token_by_hand():

@@ -15,8 +15,11 @@ microseconds, 3 significant digits (rounding <= 0.5%); duplicate points (the sam
 What is kept (the subset moesim prices; everything else is left out to keep the files small):
 * gemm: bf16, fp8 (per-tensor), fp8_block (128x128); m in 1..16 and the tile-boundary-free sizes
   (the ``2^j + 1`` probes are dropped), n and k >= 128;
-* moe: the ``balanced`` token distribution (uniform routing), bf16/fp8/fp8_block/mxfp4 (w4a16), the gated
-  kernels (TensorRT-LLM's non-gated variant is dropped);
+* moe: the ``balanced`` token distribution (uniform routing), bf16/fp8/fp8_block/mxfp4 (w4a16)/nvfp4, the gated
+  kernels (TensorRT-LLM's non-gated variant is dropped), one kernel per key: TensorRT-LLM's min-latency MoE
+  (``moe_torch_flow_min_latency``, B200 nvfp4) is dropped, as the engine runs it only with ``enable_min_latency``,
+  off by default and "currently only used for Llama4" (``tensorrt_llm/_torch/model_config.py``); duplicates of one
+  key were otherwise the median of two kernels;
 * attention: prefill (context) and decode (generation) without sliding window, bf16 activations;
 * mla decode (generation) of DeepSeek's MLA (kv_lora_rank 512, rope 64); vLLM's table measured its
   FlashAttention MLA kernel with a bf16 cache and FlashMLA with an fp8 cache (one kernel per cache dtype);
@@ -42,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DATA = "aic-core/src/aiconfigurator_core/systems/data"
 #: per GPU and backend, the engine version whose tables are converted: the one nearest the engine
 #: versions of the silicon rows (silicon_sample.csv: H100 vLLM 0.12/0.18, SGLang 0.5.1-0.5.8, TRT-LLM
-#: 1.0-1.3; H200 vLLM 0.12-0.18, SGLang 0.5.6-0.5.9, TRT-LLM 0.8-1.1); MLA decode where the engine
+#: 1.0-1.3; H200 vLLM 0.12-0.18, SGLang 0.5.6-0.5.9, TRT-LLM 0.8-1.1; B200 as its entry says); MLA decode where the engine
 #: version has no kernel-level MLA table comes from the nearest version that has one
 SELECT = {
     "h100-sxm": {"dir": "h100_sxm", "backends": {
@@ -52,6 +55,16 @@ SELECT = {
     "h200": {"dir": "h200_sxm", "backends": {
         "vllm": {"version": "0.18.0", "mla": "0.14.0"},
         "sglang": {"version": "0.5.9"},
+        "trtllm": {"version": "1.2.0rc5"}}},
+    # B200 (rows: vLLM 0.15.1, SGLang 0.5.6-0.5.9, TRT-LLM 1.1-1.2.0rc6): the oldest vLLM with B200 tables is
+    # 0.19.0, whose MLA is measured only as a whole module (no kernel-level MLA decode table: none is kept).
+    # SGLang's MoE table is left out ("skip"): on SM100 SGLang runs DeepSeek-V3/R1 and Qwen3-MoE in fp8 / modelopt
+    # fp4 through the flashinfer_trtllm MoE runner by default (server_args.py, model-specific adjustments:
+    # moe_runner_backend "auto" and no all-to-all backend -> "flashinfer_trtllm"), while AIConfigurator's B200 table
+    # measured its Triton fused_moe (fp8_block) and the CuteDSL kernel (nvfp4): not the kernels the engine runs
+    "b200": {"dir": "b200_sxm", "backends": {
+        "vllm": {"version": "0.19.0"},
+        "sglang": {"version": "0.5.9", "skip": ("moe",)},
         "trtllm": {"version": "1.2.0rc5"}}},
 }
 QUANT = {"bfloat16": "bf16", "fp8": "fp8", "fp8_block": "fp8_block", "w4a16_mxfp4": "mxfp4", "nvfp4": "nvfp4"}
@@ -112,11 +125,18 @@ def conv_gemm(d):
     return reduce(out)
 
 
+def moe_kept(d, i) -> bool:
+    """Whether MoE row ``i`` is kept: a known quant, balanced routing, the engine's default gated kernel."""
+    src = d["kernel_source"][i]
+    return (QUANT.get(d["moe_dtype"][i]) is not None and d["distribution"][i] == "balanced"
+            and "nongated" not in src and "min_latency" not in src)
+
+
 def conv_moe(d):
     out = collections.defaultdict(list)
     for i in range(len(d["latency"])):
         q = QUANT.get(d["moe_dtype"][i])
-        if q is None or d["distribution"][i] != "balanced" or "nongated" in d["kernel_source"][i]:
+        if not moe_kept(d, i):
             continue
         key = (q, d["hidden_size"][i], d["inter_size"][i], d["num_experts"][i], d["topk"][i],
                d["moe_tp_size"][i], d["moe_ep_size"][i], d["num_tokens"][i])
@@ -206,6 +226,8 @@ def main(argv=None):
                 ("allreduce", f"{base}/comm/{backend}/{ver}/custom_allreduce_perf.parquet", conv_allreduce),
             ]
             for family, src, fn in jobs:
+                if family in bsel.get("skip", ()):
+                    continue
                 try:
                     d = read_parquet(a.repo, commit, src)
                 except subprocess.CalledProcessError:
@@ -218,8 +240,9 @@ def main(argv=None):
                 size = write_table(a.out / rel, family, rows)
                 total += size
                 quants = sorted({r[0] for r in rows})
+                kept = (d["kernel_source"][i] for i in range(len(d["latency"])) if family != "moe" or moe_kept(d, i))
                 tables[family] = {"file": rel, "from": src.split(f"{sel['dir']}/", 1)[1], "rows": len(rows),
-                                  "keys": quants, "kernel": sorted(set(d["kernel_source"]))[:4]}
+                                  "keys": quants, "kernel": sorted(set(kept))[:4]}
                 print(f"{rel}: {len(rows)} rows, {size / 1e3:.0f} kB")
             index["backends"][backend] = {"version": ver, "tables": tables}
         (a.out / f"{gpu}.yaml").write_text(yaml.safe_dump(index, sort_keys=False, width=110))

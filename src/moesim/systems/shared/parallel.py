@@ -229,8 +229,9 @@ def all_to_all_s(ctx: Context, nbytes_per_gpu: float, ranks: int, a2a: str = "nc
 
         t = alpha(n) + (n - 1) / n x bytes / (eta x B_link)
 
-    alpha(n) = a + b (n - 1), NCCL's small-message latency line on NVSwitch (``systems_db/shared.yaml``,
-    AIConfigurator's NCCL tables); B_link the platform's measured GPU-GPU bandwidth per direction (``gpu_link``);
+    alpha(n) = a + b (n - 1), NCCL's small-message latency line of that collective on NVSwitch
+    (:func:`~.tensor_parallel.nccl_latency_s`: ``systems_db/shared.yaml``, AIConfigurator's measured NCCL
+    all-gather, reduce-scatter and all-to-all on H200, each its own line); B_link the platform's measured GPU-GPU bandwidth per direction (``gpu_link``);
     eta the fraction of it the collective reaches (``systems_db/engines.yaml``: DeepEP's normal kernels reach
     153 of ~160 GB/s of NVLink on H800, EP8; taken for NCCL's all-gather / reduce-scatter too). DeepEP's
     low-latency kernels have a latency floor of their own (``deepep_ll_latency_s``). ``family`` (all_to_all,
@@ -248,7 +249,7 @@ def all_to_all_s(ctx: Context, nbytes_per_gpu: float, ranks: int, a2a: str = "nc
     p = ctx.platform
     link = p.gpu_link or p.host_link
     bw = link.h2d_pinned_bytes_per_s * _c("all_to_all_link_efficiency")
-    alpha = nccl_latency_s(link, ranks)
+    alpha = nccl_latency_s(link, ranks, family)
     if ranks > p.num_gpus and p.scale_out is not None:  # across nodes: the remote share over the NICs
         bw = min(bw, p.scale_out.per_gpu_bytes_per_s)
         alpha = max(alpha, p.scale_out.latency_s)

@@ -100,12 +100,20 @@ def allreduce_s(ctx: Context, tokens: float) -> float:
     return nccl_latency_s(link, n) + 2.0 * (n - 1) / n * nbytes / link.h2d_pinned_bytes_per_s
 
 
-def nccl_latency_s(link, n: int) -> float:
-    """NCCL's small-message latency of a collective over ``n`` GPUs: a + b (n - 1) (``systems_db/shared.yaml``,
-    AIConfigurator's NCCL tables), never below the link's own latency."""
+#: the collectives whose small-message latency line ``systems_db/shared.yaml`` holds (key stem of each)
+NCCL_LATENCY_KEYS = {"all_reduce": "allreduce", "all_gather": "allgather", "reduce_scatter": "reducescatter",
+                     "all_to_all": "alltoall"}
+
+
+def nccl_latency_s(link, n: int, family: str = "all_reduce") -> float:
+    """NCCL's small-message latency of collective ``family`` (all_reduce, all_gather, reduce_scatter, all_to_all)
+    over ``n`` GPUs: a + b (n - 1), the line through that collective's measured latency on 2, 4 and 8 GPUs
+    (``systems_db/shared.yaml``, AIConfigurator's NCCL tables: an all-gather or reduce-scatter of a small message on
+    8 H200s takes 10-11 us, an all-reduce 17), never below the link's own latency."""
     c = system_constants("shared")
-    return max(link.latency_s, float(c.value("nccl_allreduce_base_s"))) + float(
-        c.value("nccl_allreduce_per_peer_s")) * (n - 1)
+    stem = NCCL_LATENCY_KEYS[family]
+    return max(link.latency_s, float(c.value(f"nccl_{stem}_base_s"))) + float(
+        c.value(f"nccl_{stem}_per_peer_s")) * (n - 1)
 
 
 def kv_share_per_gpu(ctx: Context, latent_cache: bool = True) -> float:
