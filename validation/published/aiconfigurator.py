@@ -33,7 +33,8 @@ Scenario of a row (:func:`scenario_of`):
 - quantisation: the model's released format (``gemm_quant_mode`` / ``moe_quant_mode`` name the released one for
   every row scored here: fp8 / fp8_block for the FP8 DeepSeek and Qwen checkpoints, gpt-oss's "nvfp4" label
   stands for its MXFP4 experts, which H100/H200 run dequantised); a ``-FP8`` checkpoint of a bf16 model runs
-  ``--dtype fp8``.
+  ``--dtype fp8``; an MoE row stating ``nvfp4`` for a model released in another format ran NVIDIA's NVFP4 checkpoint
+  (B200 DeepSeek rows): ``--dtype nvfp4``.
 
 What is compared (:func:`benchmark_latency`, :mod:`moesim.serving.closed_loop`):
 
@@ -89,11 +90,11 @@ ROOT = Path(__file__).resolve().parents[2]
 CSV_CANDIDATES = (ROOT / "validation" / "data" / "aiconfigurator" / "silicon_sample.csv",
                   ROOT.parent / "shared" / "data" / "aiconfigurator" / "silicon_sample.csv",
                   Path("/work/shared/data/aiconfigurator/silicon_sample.csv"))
-PLATFORMS = {"h100_sxm": "hgx-h100", "h200_sxm": "hgx-h200"}
+PLATFORMS = {"h100_sxm": "hgx-h100", "h200_sxm": "hgx-h200", "b200_sxm": "hgx-b200"}
 BACKENDS = ("vllm", "sglang", "trtllm")
 #: the split rule (see the module docstring): fixed before fitting; never changed to suit a score
 FIT_GPUS = ("h100_sxm",)
-HELD_OUT_GPUS = ("h200_sxm",)
+HELD_OUT_GPUS = ("h200_sxm", "b200_sxm")  # B200 added 2026-12-03 (scored only; nothing is fitted on it)
 #: checkpoints whose name says their precision: hf id -> (moesim hf id, --dtype)
 FP8_SUFFIX = "-FP8"
 
@@ -190,7 +191,17 @@ def row_model(row: dict) -> tuple[str, str | None]:
     model, dtype = model_of(row["model_path"], dense=True)
     if is_dense(row) and dtype is None and row.get("precision") == "fp8":
         dtype = "fp8"
+    if not is_dense(row) and row.get("moe_quant_mode") == "nvfp4" and _released_expert_dtype(model) != "mxfp4":
+        dtype = "nvfp4"  # NVIDIA's NVFP4 checkpoint of the model (gpt-oss's "nvfp4" label is its released MXFP4)
     return model, dtype
+
+
+@lru_cache(maxsize=None)
+def _released_expert_dtype(model: str) -> str | None:
+    from moesim.db.resolve import get_model
+
+    spec = get_model(model)
+    return getattr(spec, "expert_dtype", None) or getattr(spec, "default_dtype", None)
 
 
 def _int(s: str, default: int = 1) -> int:
