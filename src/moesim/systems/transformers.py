@@ -431,7 +431,7 @@ class Transformers(ServingSystem):
                       bytes=(seqs * kv_len * a.num_heads * d + 2 * seqs * q_len * a.num_heads * d) * ctx.abytes)
 
     def _moe(self, ctx: Context, clk: TwoClocks, tokens: int, impl: str, gpu, fetch, py, host) -> None:
-        m, moe, c = ctx.model, ctx.model.moe, self._c
+        m, moe = ctx.model, ctx.model.moe
         routed = tokens * moe.top_k
         h, f = m.hidden_size, moe.expert_intermediate_size
         fetch(ctx.router_weight_bytes, 1)

@@ -35,7 +35,7 @@ are priced at the same rates (no host-speed scaling is modelled).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from ...costs import OpCost
@@ -56,11 +56,13 @@ class Python:
     forwards: float = 0.0  # forward passes' Python beyond their counted calls
     fixed_s: float = 0.0  # seconds measured whole (e.g. transformers' grouped_mm call)
 
-    def __add__(self, other: "Python") -> "Python":
-        return Python(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+    def __add__(self, o: "Python") -> "Python":
+        return Python(self.calls + o.calls, self.modules + o.modules, self.reads + o.reads, self.layers + o.layers,
+                      self.forwards + o.forwards, self.fixed_s + o.fixed_s)
 
     def __mul__(self, k: float) -> "Python":
-        return Python(*(getattr(self, f.name) * k for f in fields(self)))
+        return Python(self.calls * k, self.modules * k, self.reads * k, self.layers * k, self.forwards * k,
+                      self.fixed_s * k)
 
     __rmul__ = __mul__
 
@@ -95,6 +97,16 @@ def host_rates(constant: Constant | None = None) -> HostRates:
     c = constant or _transformers_constant()
     return HostRates(c("torch_call_s"), c("module_call_s"), c("host_read_s"), c("decoder_layer_host_s"),
                      c("forward_host_s"))
+
+
+def context_rates(ctx) -> HostRates:
+    """:func:`host_rates` at the YAML's constants, kept on the context (a pass asks for them layer after layer)."""
+    return ctx.memo(("hf host rates",), host_rates)
+
+
+def context_python(ctx, code: str = "5.17", experts_impl: str = "eager") -> "DecoderPython":
+    """:func:`decoder_python` of the context's model at the YAML's counts, kept on the context."""
+    return ctx.memo(("hf decoder python", code, experts_impl), lambda: decoder_python(ctx.model, code, experts_impl))
 
 
 def bare(cost: OpCost) -> OpCost:
@@ -270,6 +282,7 @@ class PythonThread:
         self.category = category
         self.block: int | None = None  # a task the host's next work waits for (a read of the GPU)
         self.last_gpu: int | None = None  # the last GPU task this thread issued
+        self.last_host: int | None = None  # the host's last task (the end of the Python issued so far)
 
     def seconds(self, py: Python) -> float:
         return self.rates.seconds(py)
@@ -277,7 +290,8 @@ class PythonThread:
     def python(self, label: str, py: Python | float, deps: Iterable[int | None] = ()) -> int:
         """Host work alone (no kernels): ``py`` (or seconds) after ``deps`` and any pending read."""
         t = py if isinstance(py, float) else self.seconds(py)
-        task = self.engine.add(f"{label} (Python)", "host", t, [self.block, *deps], category=self.category)
+        task = self.last_host = self.engine.add(f"{label} (Python)", "host", t, [self.block, *deps],
+                                                category=self.category)
         self.block = None
         return task
 
@@ -290,11 +304,12 @@ class PythonThread:
         t = py if isinstance(py, float) else self.seconds(py)
         first = min(self.rates.torch_call_s, t)
         eng = self.engine
-        h1 = eng.add(f"{label} (Python)", "host", first, [self.block, *host_deps], category=self.category)
+        h1 = self.last_host = eng.add(f"{label} (Python)", "host", first, [self.block, *host_deps],
+                                      category=self.category)
         self.block = None
         g = eng.add(label, resource, duration_s, [h1, *deps], category=category, nbytes=nbytes)
         if t > first:
-            eng.add(f"{label} (Python)", "host", t - first, [], category=self.category)
+            self.last_host = eng.add(f"{label} (Python)", "host", t - first, [], category=self.category)
         if resource == "gpu":
             self.last_gpu = g
         if read_after:
@@ -307,7 +322,8 @@ class PythonThread:
         waits for it) and ``host_deps``, its kernels after that and ``deps``, the host waiting for them after."""
         t = py if isinstance(py, float) else self.seconds(py)
         eng = self.engine
-        h = eng.add(f"{label} (Python)", "host", t, [self.block, self.last_gpu, *host_deps], category=self.category)
+        h = self.last_host = eng.add(f"{label} (Python)", "host", t, [self.block, self.last_gpu, *host_deps],
+                                     category=self.category)
         g = eng.add(label, "gpu", duration_s, [h, *deps], category=category)
         self.last_gpu = self.block = g
         return g
