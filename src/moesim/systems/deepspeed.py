@@ -44,9 +44,23 @@ router, routed experts on the batch's tokens (only the activated experts compute
 copied), shared experts or dense FFN.
 
 The engine keeps a ring of ``layer_buffers`` layers for the copy/compute overlap (module-level prefetch seen
-layer by layer). Left out: ZeRO's parameter-partitioning bookkeeping and all-gathers (one GPU), its per-module
-hook overhead, and the transient copy when the Hugging Face cache grows by concatenation. Constants:
-``systems_db/deepspeed.yaml``.
+layer by layer).
+
+Host (the Python that runs the model): ZeRO-Inference runs the Hugging Face model's ``generate`` in eager
+PyTorch, one batch through every layer per pass, so the host pays the Hugging Face decoder layer's Python once per
+(layer, pass) - counted in the code this deployment runs and priced at the ``transformers`` system's measured rates
+(:mod:`.shared.hf_host`: torch calls, module calls, host reads, per-layer and per-forward Python): with
+``transformers=4.42`` Mixtral's SDPA attention and its ``SparseMoeBlock`` looping over *every* expert with a
+``torch.where`` read each (so the loop's Python and its kernels take turns), DeepSeek's remote code (one read of the
+tokens per expert, then the experts hit); with the current code transformers 5.17's counts (grouped_mm experts in
+prefill, batched_mm in generate's decode loop). Each pass adds the forward's own Python, each decode step
+``generate``'s loop around it (its stop check reads the GPU), and the final norm and LM head's. The host runs ahead
+of the GPU (a module's kernels start once its first call is issued) except at those reads; the weight copies do not
+wait for it. GPU tasks carry the GPU's time alone (the generic per-operation issue cost is this Python's, not
+added to it). At the batches ZeRO-Inference runs the copies dominate, so this is a few % of a pass.
+Left out: ZeRO-3's own per-module hook Python (parameter fetch and release bookkeeping; not Hugging Face's, and not
+counted here), its all-gathers (one GPU), and the transient copy when the Hugging Face cache grows by
+concatenation. Constants: ``systems_db/deepspeed.yaml``.
 """
 
 from __future__ import annotations

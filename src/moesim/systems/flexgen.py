@@ -53,6 +53,18 @@ be obtained by tuning manually". Candidates are simulated lazily (middle decode 
 Simpson integration only where the bound can still win), so the pick is the exact simulated
 minimum; the engine merges a layer's middle GPU-batch steps beyond ``max_simulated_gpu_batches``.
 
+Host: every (sub-layer, GPU batch) step's Python runs before its kernels and ends in the step's
+``torch.cuda.synchronize()``, so per step the host issues the step's calls (the GPU starts after the first) and the
+next step waits for both; priced at the ``transformers`` system's measured rates (:mod:`.shared.hf_host`). What that
+Python is depends on ``model_code``: ``flexgen`` (default), FlexGen's own ``TorchDevice`` code counted in
+FlexLLMGen (``systems_db/flexgen.yaml``: mha 33 / mha_gen 34 calls, mlp 5 - FlexGen has no MoE layer, so its FFN's
+count stands for moesim's router-and-experts FFN, a lower bound; its loop's load/store functions are not counted);
+``hf``, the Hugging Face decoder layer of transformers 4.42 as MoE-Gen's FlexGen* re-implementation runs it (per step
+the attention block, or the MoE block with Mixtral's loop over every expert reading the GPU each iteration, its
+Python and kernels taking turns; plus the forward's and the LM head's Python per GPU batch). GPU tasks carry the
+GPU's time alone. The LP and FlexGen's own cost model (policy search) keep pricing compute with the generic eager
+model; only the engine's simulation of the chosen policies charges the host.
+
 FlexGen specifics kept: its CPU KV cache is not pinned ("disable pin_memory due to high memory
 overhead"), so KV copies run at the link's pageable bandwidth; its CPU attention (PyTorch, fp16
 upcast to fp32 after a permuted copy) moves ``cpu_attention_traffic`` bytes of DRAM per cached

@@ -32,6 +32,21 @@ memory runs with its overflow paged from disk.
 Simplifications (documented): experts are grouped into at most ``max_tasks_per_module``
 copy/compute tasks per layer and micro-batches likewise; no S_Params caching of experts.
 
+Host (the Python that drives the GPU): MoE-Gen runs transformers 4.42's modelling code with its own wrappers
+(EfficientMoE/MoE-Gen ``models/Wrapper.py``, ``core/Hetero_Attn``, ``engine.py``), so the host pays, per pass, layer
+and micro-batch, Python counted in that code (``systems_db/moe-gen.yaml``, ``systems_db/shared.yaml``) and priced
+at the ``transformers`` system's measured rates (:mod:`.shared.hf_host`): the decoder layer's norms, router and
+expert loop (Mixtral's over every expert, a ``torch.where`` read each; DeepSeek's over the experts hit after one
+read); the attention wrapper (it waits for the layer's attention weights, and syncs the stream at its end); per GPU
+attention micro-batch ``decoding_attn`` and a stream sync (mode 1, MoE-Gen(G)) or the QK^T-softmax and AV calls
+without one (mode 2, whose QKV and O projections run once per layer and wait for the CPU part); per expert called an
+``Expert_Wrapper`` (it waits for the expert's copy and syncs the stream after each chunk of at most 2048 tokens), so
+the experts' Python and kernels take turns; per decode step MoE-Gen's own loop (masks, positions, argmax and a few
+calls per sequence). GPU tasks carry the GPU's time alone (the generic per-operation issue cost is this Python's,
+not added to it). ``host_python=false`` drops it and prices each GPU operation with moesim's generic eager issue
+cost instead: what the calibration's end-to-end harness (a plain PyTorch loop, not MoE-Gen's driver) is predicted
+with. Not counted: the ATen calls MoE-Gen's C++ makes itself (index, index_put_, cat).
+
 ``moe-gen-gpu`` is MoE-Gen(G): the same policy with omega fixed at 0 (MoE-Gen reports two variants,
 Table 6: (G) keeps every attention micro-batch on the GPU, its KV copied over PCIe; (H) runs a
 searched fraction omega on the CPU). GPU working-set rules: ``systems_db/moe-gen.yaml``.

@@ -48,6 +48,14 @@ one simulated already, so the choice is that of simulating them all.
 The candidate set depends on memory only, so more bandwidth or FLOP/s never lowers
 throughput. Memory caps: the platform's
 usable GPU memory and usable host memory (MoE-Lightning's artifact uses 0.86 and 0.8 of them).
+Host: with ``model_code=hf`` (MoE-Gen's MoE-Lightning*, a re-implementation on the Hugging Face pipeline of
+transformers 4.42) each (layer, micro-batch) pays the Hugging Face decoder layer's Python, priced at the
+``transformers`` system's measured rates (:mod:`.shared.hf_host`): the input norm and attention block before the
+micro-batch's pre-attention kernels, the post-attention norm and MoE block (Mixtral's loop over every expert, a read
+per iteration: its Python and kernels take turns) before its post-attention kernels, each prefill chunk the whole
+layer's; and per micro-batch forward the forward's and the LM head's Python. GPU tasks then carry the GPU's time
+alone. With ``model_code=moe-lightning`` (default) MoE-Lightning's own runtime (its Python pipeline over vLLM /
+SGLang kernels) is not counted: each operation keeps moesim's generic eager issue cost.
 Left out: request bucketing by length (all prompts padded, the "(p)" setting), tensor
 parallelism, and the weight-memory double counting of the artifact's pinned staging.
 """
