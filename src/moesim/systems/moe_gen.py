@@ -59,7 +59,6 @@ from typing import Callable, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..db import system_constants
 from ..engine import BufferRing, Engine
 from ..errors import InfeasibleError
 from ..metrics import HostShare
@@ -68,7 +67,8 @@ from ..specs import LayerKind
 from ..specs.common import BYTES_PER_ELEMENT
 from ..units import fmt_bytes
 from .base import Plan, ServingSystem, StepSim, simpson_decode_time, simulate_pass
-from .shared.hf_host import NONE, Python, PythonThread, bare, context_python, head_python, context_rates
+from .shared.hf_host import (NONE, Python, PythonThread, attention_weight_tensors, bare, context_python,
+                             context_rates, head_python)
 
 
 class _HostTimes(NamedTuple):
@@ -299,11 +299,9 @@ class MoEGen(ServingSystem):
         m, k = ctx.model, self.constants.value
         sec = context_rates(ctx).seconds
         py = context_python(ctx, "4.42")
-        tf = lambda key: float(system_constants("transformers").value(key))  # noqa: E731
         decode = q_len == 1
         mla = m.attention.kind == "mla"
-        tensors = tf("attention_weight_tensors") + (tf("mla_extra_weight_tensors") if mla else 0)
-        wrapper = Python(calls=k("attention_wrapper_calls") + 3 * tensors, modules=1)
+        wrapper = Python(calls=k("attention_wrapper_calls") + 3 * attention_weight_tensors(m), modules=1)
         gpu_seqs = seqs - t.cpu_seqs
         per_group = (math.ceil(gpu_seqs / b_a) / t.mb_groups) if (decode and t.mb_groups) else 1.0
         if not decode:  # prefill: the model's attention forward per attention micro-batch, then a sync

@@ -247,6 +247,13 @@ def transformers_517(model, experts_impl: str, c: Constant, names: Callable[[str
         dense_ffn=mlp)
 
 
+def attention_weight_tensors(model) -> float:
+    """Weight tensors of a decoder layer's attention module, as transformers.yaml counts them (Llama-style 4, + the
+    MLA extras): what a wrapper that swaps a module's parameters in and out touches per parameter."""
+    c = _transformers_constant()
+    return c("attention_weight_tensors") + (c("mla_extra_weight_tensors") if model.attention.kind == "mla" else 0.0)
+
+
 def head_python(c: Constant | None = None) -> Python:
     """The final norm, LM head and output of a causal-LM forward (transformers' count)."""
     c = c or _transformers_constant()
