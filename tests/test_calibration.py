@@ -301,7 +301,7 @@ def test_end_to_end_cases_are_predicted_by_moe_gen():
     data = get_model("deepseek-v2-lite").model_dump()
     data["num_layers"], data["moe"]["first_k_dense"] = 3, 0
     ctx = Context(ModelSpec.model_validate(data), hw, OfflineWorkload(num_requests=1024, batch_size=1024), Options())
-    system = MoEGen({"resident_shared_experts": True, "max_tasks_per_module": 64})
+    system = MoEGen({"resident_shared_experts": True, "max_tasks_per_module": 64, "host_python": False})
     sim = system._simulate(ctx, 1024, 1, 512, 64, 0.0, 0.0)
     head_s = ctx.gpu_s(ctx.head(1024, 1024))
     assert Case("decode_step", STEP, 1.0).predict_s(hw) == pytest.approx(sim.time_s - head_s, rel=1e-12)
@@ -314,7 +314,7 @@ def test_end_to_end_cases_are_predicted_by_moe_gen():
     data = get_model("mixtral-8x7b").model_dump()
     data["num_layers"] = 1
     ctx = Context(ModelSpec.model_validate(data), hw, OfflineWorkload(num_requests=1024), Options())
-    layer = MoEGen({"max_tasks_per_module": 8}).simulate_moe_layer(ctx, 1024)
+    layer = MoEGen({"max_tasks_per_module": 8, "host_python": False}).simulate_moe_layer(ctx, 1024)
     assert Case("offloaded_moe_layer", LAYER, 1.0).predict_s(hw) == pytest.approx(layer.makespan_s, rel=1e-12)
     assert Case("offloaded_moe_layer", LAYER, 1.0).op() is None and Case("decode_step", STEP, 1.0).op() is None
 

@@ -162,6 +162,9 @@ def system_params(system: str, model: str) -> dict:
         # Table 1's DeepSeek-V2 batches (6-7 prompts, DeepSpeed's 8) show: fp32 logits at every prompt position
         # (transformers 4.42) and DeepSeek's eager fp32 softmax in prefill
         params["logits_all_positions"] = True
+        # and so the Hugging Face decoder layer's Python per (layer, micro-batch), at the transformers system's
+        # measured host rates (systems/shared/hf_host.py), rather than FlexGen's / MoE-Lightning's own runtimes'
+        params["model_code"] = "hf"
         eager = HF_ATTENTION[model] == "eager"
         if system == "flexgen" and eager:
             params["attention_score_dtype"] = "fp32"

@@ -16,7 +16,8 @@ of their own, so that their error is evidence about moe-gen's predictions:
   (the harness keeps them on the GPU; MoE-Gen's default copies them with the attention
   weights), ``kv_buffer_slots`` = 2 and ``kv_copy`` = "context" (as the harness), and
   ``max_tasks_per_module`` large enough that every micro-batch and every expert is a task of
-  its own (as the harness issues them). The LM head and embedding task the pass ends with is
+  its own (as the harness issues them), and ``host_python`` off: the harness is a plain PyTorch loop, not
+  MoE-Gen's driver and wrappers on Hugging Face code, so its operations keep moesim's generic eager issue cost. The LM head and embedding task the pass ends with is
   taken off (the harness runs none); the pass's D2H write-back of the new tokens' KV is kept
   (moe-gen's own; the harness leaves it out, and it overlaps on its own link).
 * ``offloaded_moe_layer`` (``kernels.offloaded_moe_layer``): one MoE layer alone on ``tokens``
@@ -80,7 +81,7 @@ def decode_step_system(p: dict[str, Any], model: ModelSpec) -> MoEGen:
     """The MoEGen a decode-step case runs: Params set to what the harness did (module docstring)."""
     tasks = max(-(-p["batch"] // p["micro_batch"]), model.moe.num_experts)
     return MoEGen({"resident_shared_experts": True, "kv_buffer_slots": 2, "kv_copy": "context",
-                   "max_tasks_per_module": tasks})
+                   "max_tasks_per_module": tasks, "host_python": False})
 
 
 def decode_step_s(p: dict[str, Any], hw: Platform) -> float:
@@ -97,7 +98,7 @@ def decode_step_s(p: dict[str, Any], hw: Platform) -> float:
 
 
 def offloaded_layer_system(p: dict[str, Any]) -> MoEGen:
-    return MoEGen({"max_tasks_per_module": p["experts"]})
+    return MoEGen({"max_tasks_per_module": p["experts"], "host_python": False})
 
 
 def offloaded_moe_layer_s(p: dict[str, Any], hw: Platform) -> float:

@@ -44,9 +44,23 @@ router, routed experts on the batch's tokens (only the activated experts compute
 copied), shared experts or dense FFN.
 
 The engine keeps a ring of ``layer_buffers`` layers for the copy/compute overlap (module-level prefetch seen
-layer by layer). Left out: ZeRO's parameter-partitioning bookkeeping and all-gathers (one GPU), its per-module
-hook overhead, and the transient copy when the Hugging Face cache grows by concatenation. Constants:
-``systems_db/deepspeed.yaml``.
+layer by layer).
+
+Host (the Python that runs the model): ZeRO-Inference runs the Hugging Face model's ``generate`` in eager
+PyTorch, one batch through every layer per pass, so the host pays the Hugging Face decoder layer's Python once per
+(layer, pass) - counted in the code this deployment runs and priced at the ``transformers`` system's measured rates
+(:mod:`.shared.hf_host`: torch calls, module calls, host reads, per-layer and per-forward Python): with
+``transformers=4.42`` Mixtral's SDPA attention and its ``SparseMoeBlock`` looping over *every* expert with a
+``torch.where`` read each (so the loop's Python and its kernels take turns), DeepSeek's remote code (one read of the
+tokens per expert, then the experts hit); with the current code transformers 5.17's counts (grouped_mm experts in
+prefill, batched_mm in generate's decode loop). Each pass adds the forward's own Python, each decode step
+``generate``'s loop around it (its stop check reads the GPU), and the final norm and LM head's. The host runs ahead
+of the GPU (a module's kernels start once its first call is issued) except at those reads; the weight copies do not
+wait for it. GPU tasks carry the GPU's time alone (the generic per-operation issue cost is this Python's, not
+added to it). At the batches ZeRO-Inference runs the copies dominate, so this is a few % of a pass.
+Left out: ZeRO-3's own per-module hook Python (parameter fetch and release bookkeeping; not Hugging Face's, and not
+counted here), its all-gathers (one GPU), and the transient copy when the Hugging Face cache grows by
+concatenation. Constants: ``systems_db/deepspeed.yaml``.
 """
 
 from __future__ import annotations
@@ -62,6 +76,8 @@ from ..specs import LayerKind
 from ..units import fmt_bytes
 from .base import Plan, ServingSystem, StepSim, simpson_decode_time, simulate_pass
 from .shared.attention import eager_attention_cost, eager_attention_peak_bytes
+from .shared.hf_host import DecoderPython, Python, PythonThread, bare, context_python, generate_step_python, \
+    head_python, context_rates
 from .shared.memory import (activation_bytes, layer_weight_bytes, max_layer_weight_bytes,
                             mla_decompressed_kv_bytes_per_token, prefill_logits_bytes)
 
@@ -181,6 +197,15 @@ class DeepSpeed(ServingSystem):
         return int((usable - fixed) // per_seq)
 
     # ---- one forward pass -------------------------------------------------------------------
+    def _python(self, ctx: Context, q_len: int) -> DecoderPython:
+        """The counted Python of a decoder layer in the model code this deployment runs (:mod:`.shared.hf_host`):
+        transformers 4.42's (Mixtral's loop over every expert, DeepSeek's remote code) with ``transformers=4.42``,
+        else the current release's, whose experts run grouped_mm, and batched_mm inside ``generate``'s decode
+        loop (transformers 5.17 ``_optimize_model_for_decode``)."""
+        if self.params.transformers == "4.42":
+            return context_python(ctx, "4.42")
+        return context_python(ctx, "5.17", "batched_mm" if q_len == 1 else "grouped_mm")
+
     def _pass(self, ctx: Context, seqs: int, q_len: int, kv_len: int) -> StepSim:
         p = ctx.platform
         m = ctx.model
@@ -190,36 +215,59 @@ class DeepSpeed(ServingSystem):
         wbytes = {k: self._fetched_layer_bytes(ctx, k, tokens) for k in m.layer_kinds()}
         path = "pinned" if self._settings(ctx)["pinned"] else "pageable"  # ZeRO offload_param pin_memory
         copy = {k: ctx.copy_s(v, path) for k, v in wbytes.items()}
-        proj = ctx.gpu_s(ctx.attention_proj(tokens))
+        gpu = lambda cost: ctx.gpu_s(bare(cost))  # noqa: E731  the GPU's time; the host's is the thread's
+        proj = gpu(ctx.attention_proj(tokens))
         if self._settings(ctx)["attention"] == "sdpa":
-            core = {w: ctx.gpu_s(ctx.attention_core(seqs, q_len, kv_len, w)) for w in (False, True)}
+            core = {w: gpu(ctx.attention_core(seqs, q_len, kv_len, w)) for w in (False, True)}
         else:
-            core = {w: ctx.gpu_s(eager_attention_cost(ctx, seqs, q_len, kv_len, w, dtype)) for w in (False, True)}
+            core = {w: gpu(eager_attention_cost(ctx, seqs, q_len, kv_len, w, dtype)) for w in (False, True)}
+        py = self._python(ctx, q_len)
         if m.moe:
-            router = ctx.gpu_s(ctx.router(tokens))
-            experts = ctx.gpu_s(ctx.experts(ctx.active_experts(tokens), tokens * m.moe.top_k))
+            router = gpu(ctx.router(tokens))
+            active = ctx.active_experts(tokens)
+            experts = gpu(ctx.experts(active, tokens * m.moe.top_k))
             shared_cost = ctx.shared_experts(tokens)
-            shared = ctx.gpu_s(shared_cost) if shared_cost else 0.0
-        dense = ctx.gpu_s(ctx.dense_ffn(tokens)) if m.dense_ffn else 0.0
+            shared = gpu(shared_cost) if shared_cost else 0.0
+            experts_py = py.experts(active, m.moe.num_experts)
+        dense = gpu(ctx.dense_ffn(tokens)) if m.dense_ffn else 0.0
         ring = BufferRing(self.params.layer_buffers)
+        host = PythonThread(engine, context_rates(ctx))
 
         def layer(eng: Engine, i: int, kind: LayerKind) -> int:
             w = eng.add(f"L{i} layer weights H2D", "h2d", copy[kind], [ring.acquire()], category="transfer",
                         nbytes=wbytes[kind])
-            last = eng.add(f"L{i} attention projections", "gpu", proj, [w], category="attention")
+            last = host.module(f"L{i} attention projections", py.attention_block(), "gpu", proj, [w],
+                               category="attention")
             last = eng.add(f"L{i} attention ({self._settings(ctx)['attention']})", "gpu", core[kind.windowed], [last],
                            category="attention")
             if kind.moe:
-                last = eng.add(f"L{i} router", "gpu", router, [last], category="router")
-                last = eng.add(f"L{i} experts", "gpu", experts, [last], category="experts")
+                last = host.module(f"L{i} router", py.post_norm + py.router, "gpu", router, [last], category="router")
+                if py.loop_reads:  # a read per expert: the loop's Python and kernels take turns
+                    last = host.serial(f"L{i} experts", experts_py, experts, [last], category="experts")
+                else:
+                    if py.experts_fixed.reads:  # the loop reads the tokens per expert first (moe_infer's .cpu())
+                        host.wait_gpu()
+                    last = host.module(f"L{i} experts", experts_py, "gpu", experts, [last], category="experts")
                 if shared:
-                    last = eng.add(f"L{i} shared experts", "gpu", shared, [last], category="experts")
+                    last = host.module(f"L{i} shared experts", py.shared + py.shared_gate, "gpu", shared, [last],
+                                       category="experts")
             else:
-                last = eng.add(f"L{i} dense FFN", "gpu", dense, [last], category="dense_ffn")
+                last = host.module(f"L{i} dense FFN", py.post_norm + py.dense_ffn, "gpu", dense, [last],
+                                   category="dense_ffn")
             ring.release(last)
             return last
 
-        head = ctx.gpu_s(ctx.head(tokens, tokens if (q_len > 1 and self._settings(ctx)["logits_all"]) else seqs))
+        def prologue(eng: Engine) -> None:
+            """The forward's own Python (masks, positions, rotary table), and in decode ``generate``'s loop around
+            it (input preparation, logits processing, stopping criteria; its stop check reads the GPU at the end
+            of the previous step, which has drained by then)."""
+            step = generate_step_python() + Python(reads=1.0) if q_len == 1 else Python()
+            host.python("forward", Python(forwards=1) + step)
+
+        def epilogue(eng: Engine) -> None:
+            host.python("final norm + LM head", head_python())
+
+        head = gpu(ctx.head(tokens, tokens if (q_len > 1 and self._settings(ctx)["logits_all"]) else seqs))
         kv = seqs * kv_len * self._kv_bytes_per_token(ctx, kv_len)
         if q_len > 1:
             per_seq_peak = max(self._score_peak_bytes(ctx, q_len, kv_len) + activation_bytes(ctx, q_len),
@@ -232,7 +280,7 @@ class DeepSpeed(ServingSystem):
                  "fetched weights (ZeRO-3 live parameters)": self._weight_working_bytes(ctx),
                  "kv cache": kv, "activations / attention scores / logits (peak)": transient}
 
-        return simulate_pass(ctx, engine, layer, gpu_holds=holds, head_s=head)
+        return simulate_pass(ctx, engine, layer, prologue, epilogue, gpu_holds=holds, head_s=head)
 
     def plan(self, ctx: Context) -> Plan:
         w = ctx.workload

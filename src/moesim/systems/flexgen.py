@@ -53,6 +53,18 @@ be obtained by tuning manually". Candidates are simulated lazily (middle decode 
 Simpson integration only where the bound can still win), so the pick is the exact simulated
 minimum; the engine merges a layer's middle GPU-batch steps beyond ``max_simulated_gpu_batches``.
 
+Host: every (sub-layer, GPU batch) step's Python runs before its kernels and ends in the step's
+``torch.cuda.synchronize()``, so per step the host issues the step's calls (the GPU starts after the first) and the
+next step waits for both; priced at the ``transformers`` system's measured rates (:mod:`.shared.hf_host`). What that
+Python is depends on ``model_code``: ``flexgen`` (default), FlexGen's own ``TorchDevice`` code counted in
+FlexLLMGen (``systems_db/flexgen.yaml``: mha 33 / mha_gen 34 calls, mlp 5 - FlexGen has no MoE layer, so its FFN's
+count stands for moesim's router-and-experts FFN, a lower bound; its loop's load/store functions are not counted);
+``hf``, the Hugging Face decoder layer of transformers 4.42 as MoE-Gen's FlexGen* re-implementation runs it (per step
+the attention block, or the MoE block with Mixtral's loop over every expert reading the GPU each iteration, its
+Python and kernels taking turns; plus the forward's and the LM head's Python per GPU batch). GPU tasks carry the
+GPU's time alone. The LP and FlexGen's own cost model (policy search) keep pricing compute with the generic eager
+model; only the engine's simulation of the chosen policies charges the host.
+
 FlexGen specifics kept: its CPU KV cache is not pinned ("disable pin_memory due to high memory
 overhead"), so KV copies run at the link's pageable bandwidth; its CPU attention (PyTorch, fp16
 upcast to fp32 after a permuted copy) moves ``cpu_attention_traffic`` bytes of DRAM per cached
@@ -79,6 +91,7 @@ from ..units import fmt_bytes
 from .base import Plan, ServingSystem, StepSim, balanced_batches, simpson_decode_time, simulate_pass
 from .shared import lp
 from .shared.attention import eager_attention_cost, eager_attention_peak_bytes
+from .shared.hf_host import Python, PythonThread, bare, context_python, head_python, context_rates
 from .shared.memory import (activation_bytes, layer_weight_bytes, max_layer_weight_bytes, prefill_logits_bytes,
                             streamed_weight_bytes)
 from .shared.search import best_by_simulation, decode_mid, simpson_lower_bound
@@ -122,6 +135,12 @@ class FlexGenParams(BaseModel):
     logits_all_positions: bool = Field(
         default=False, description="prefill computes fp32 logits at every prompt position, as the Hugging Face "
                                    "generation code of transformers < 4.45 does (FlexGen's own code: the last only)")
+    model_code: Literal["flexgen", "hf"] = Field(
+        default="flexgen",
+        description="the code that runs each (layer, GPU batch) step: flexgen, FlexGen's own (its generic eager "
+                    "cost per operation); hf, Hugging Face's modelling code (transformers 4.42) as MoE-Gen's FlexGen* "
+                    "re-implementation runs it: the decoder layer's Python per step, priced at the transformers "
+                    "system's measured host rates")
     max_simulated_gpu_batches: int = Field(default=3, ge=3,
                                            description="engine merges a layer's middle GPU-batch steps beyond this")
     policies_simulated: int | None = Field(
@@ -206,13 +225,20 @@ class FlexGen(ServingSystem):
         cost = ctx.cpu_attention(seqs, kv_len, windowed)
         return ctx.cpu_s(replace(cost, bytes=cost.bytes * self.params.cpu_attention_traffic))
 
-    def _ffn_s(self, ctx: Context, kind: LayerKind, tokens: float) -> float:
+    def _ffn_s(self, ctx: Context, kind: LayerKind, tokens: float, gpu=None) -> float:
         m = ctx.model
+        gpu = gpu or ctx.gpu_s
         if not kind.moe:
-            return ctx.gpu_s(ctx.dense_ffn(tokens))
-        t = ctx.gpu_s(ctx.router(tokens)) + ctx.gpu_s(ctx.experts(ctx.active_experts(tokens), tokens * m.moe.top_k))
+            return gpu(ctx.dense_ffn(tokens))
+        t = gpu(ctx.router(tokens)) + gpu(ctx.experts(ctx.active_experts(tokens), tokens * m.moe.top_k))
         shared = ctx.shared_experts(tokens)
-        return t + (ctx.gpu_s(shared) if shared else 0.0)
+        return t + (gpu(shared) if shared else 0.0)
+
+    @staticmethod
+    def _gpu(ctx: Context):
+        """GPU seconds of an operation in the engine: the GPU's time alone (:func:`~.shared.hf_host.bare`); the host's
+        Python that issues it is charged on its own, per step (module docstring, "Host")."""
+        return lambda cost: ctx.gpu_s(bare(cost))
 
     def _gpu_work_bytes(self, ctx: Context, gbs: int) -> float:
         """Transient GPU memory of one GPU batch: the worse of prefill (activations, scores, new KV) and decode."""
@@ -438,19 +464,34 @@ class FlexGen(ServingSystem):
                 copies[key] = copy_time_s(nbytes, kind, p) if nbytes > 0 else 0.0
             return copies[key]
 
+        gpu = self._gpu(ctx)
+        rates = context_rates(ctx)
+        hf = self.params.model_code == "hf"
+        if hf:  # the Hugging Face decoder layer's Python per (sub-layer, GPU batch) step (shared.hf_host)
+            py = context_python(ctx, "4.42")
+            active = ctx.active_experts(t) if m.moe else 0.0
+            attn_py = rates.seconds(py.attention_block())
+            ffn_py = {k: rates.seconds(py.ffn_block(k.moe, active, m.moe.num_experts if m.moe else 0))
+                      for k in m.layer_kinds()}
+            loop_reads = py.loop_reads
+        else:  # FlexGen's own TorchDevice code per step (systems_db/flexgen.yaml)
+            k_ = self.constants.value
+            attn_py = rates.seconds(Python(calls=k_("own_attention_calls_decode" if decode else "own_attention_calls_prefill")))
+            ffn_py = {k: rates.seconds(Python(calls=k_("own_ffn_calls"))) for k in m.layer_kinds()}
+            loop_reads = False
         kv_read = {wd: f_off * gbs * (min(kv_len, a.window_tokens) if wd and a.window_tokens else kv_len) * kv_layer
                    for wd in (False, True)} if decode and not deleg else {False: 0.0, True: 0.0}
         kv_write = f_off * gbs * q_len * kv_layer if not deleg else 0.0
         hidden = pol.hc * ctx.hidden_state_bytes(t)
         qo = f_off * gbs * self._qo_bytes_per_token(ctx) / 2 if deleg else 0.0
-        pre, post = (ctx.gpu_s(c) for c in ctx.attention_proj_split(t))
+        pre, post = (gpu(c) for c in ctx.attention_proj_split(t))
         if deleg:
-            gpu_att = {wd: pol.cg * ctx.gpu_s(eager_attention_cost(ctx, gbs, 1, kv_len, wd, sd)) for wd in (False, True)}
+            gpu_att = {wd: pol.cg * gpu(eager_attention_cost(ctx, gbs, 1, kv_len, wd, sd)) for wd in (False, True)}
             cpu_att = {wd: self._cpu_attention_s(ctx, f_off * gbs, kv_len, wd) for wd in (False, True)}
         else:
-            gpu_att = {wd: ctx.gpu_s(eager_attention_cost(ctx, gbs, q_len, kv_len, wd, sd)) for wd in (False, True)}
+            gpu_att = {wd: gpu(eager_attention_cost(ctx, gbs, q_len, kv_len, wd, sd)) for wd in (False, True)}
             cpu_att = {False: 0.0, True: 0.0}
-        ffn = {k: self._ffn_s(ctx, k, t) for k in m.layer_kinds()}
+        ffn = {k: self._ffn_s(ctx, k, t, gpu) for k in m.layer_kinds()}
         w_attn = ctx.attention_weight_bytes
         w_ffn = {k: layer_weight_bytes(ctx, k) - w_attn for k in m.layer_kinds()}
         # step groups of a sub-layer: (label, batches computed in the step)
@@ -524,18 +565,26 @@ class FlexGen(ServingSystem):
 
                     def compute(e: Engine, d: list, mult=mult, label=label, sub=sub) -> list:
                         nonlocal last
+                        host = PythonThread(e, rates)  # the step's Python starts after the last step's sync
                         if sub == "ffn":
-                            last = e.add(f"{label} FFN", "gpu", mult * ffn[kind], d,
-                                         category="experts" if kind.moe else "dense_ffn")
-                            return [last]
-                        x = e.add(f"{label} attention (GPU)", "gpu", mult * (pre + gpu_att[wd]), d, category="attention")
+                            cat = "experts" if kind.moe else "dense_ffn"
+                            if loop_reads and kind.moe:  # the experts loop reads the GPU every iteration
+                                last = host.serial(f"{label} FFN", mult * ffn_py[kind], mult * ffn[kind], d,
+                                                   category=cat, host_deps=d)
+                            else:
+                                last = host.module(f"{label} FFN", mult * ffn_py[kind], "gpu", mult * ffn[kind], d,
+                                                   category=cat, host_deps=d)
+                            return [last, host.last_host]
+                        x = host.module(f"{label} attention (GPU)", mult * attn_py, "gpu", mult * (pre + gpu_att[wd]),
+                                        d, category="attention", host_deps=d)
                         if deleg:
                             x = e.add(f"{label} q/k/v D2H", "d2h", copy(mult * qo, "d2h_pinned"), [x],
                                       category="transfer", nbytes=mult * qo)
                             x = e.add(f"{label} CPU attention", "cpu", mult * cpu_att[wd], [x], category="cpu")
                             x = e.add(f"{label} attention out H2D", "h2d", copy(mult * qo, "h2d_pinned"), [x],
                                       category="transfer", nbytes=mult * qo)
-                        return [e.add(f"{label} out projection", "gpu", mult * post, [x], category="attention")]
+                        out = e.add(f"{label} out projection", "gpu", mult * post, [x], category="attention")
+                        return [out, host.last_host]
 
                     stores = [(f"{label} hidden", mult * hidden, 0.0, "d2h_pinned")]
                     if sub == "attn":
@@ -545,11 +594,19 @@ class FlexGen(ServingSystem):
             return last
 
         bls = pol.block
-        head = ctx.gpu_s(ctx.head(bls * q_len, bls * q_len if q_len > 1 and self.params.logits_all_positions else bls))
+        head = gpu(ctx.head(bls * q_len, bls * q_len if q_len > 1 and self.params.logits_all_positions else bls))
         holds = self._gpu_holds(ctx, pol)
 
+        def prologue(eng: Engine) -> None:  # the model forward's own Python, once per GPU batch
+            if hf:
+                PythonThread(eng, rates).python("forward", nb * rates.forward_host_s)
+
+        def epilogue(eng: Engine) -> None:  # the final norm and LM head's Python, per GPU batch
+            if hf:
+                PythonThread(eng, rates).python("final norm + LM head", nb * rates.seconds(head_python()))
+
         return simulate_pass(ctx, Engine(memory_capacity_bytes={"gpu": p.usable_gpu_memory_bytes_per_gpu}),
-                             layer, gpu_holds=holds, head_s=head)
+                             layer, prologue, epilogue, gpu_holds=holds, head_s=head)
 
     def _gpu_holds(self, ctx: Context, pol: FlexGenPolicy) -> dict[str, float]:
         w = ctx.workload

@@ -32,6 +32,21 @@ memory runs with its overflow paged from disk.
 Simplifications (documented): experts are grouped into at most ``max_tasks_per_module``
 copy/compute tasks per layer and micro-batches likewise; no S_Params caching of experts.
 
+Host (the Python that drives the GPU): MoE-Gen runs transformers 4.42's modelling code with its own wrappers
+(EfficientMoE/MoE-Gen ``models/Wrapper.py``, ``core/Hetero_Attn``, ``engine.py``), so the host pays, per pass, layer
+and micro-batch, Python counted in that code (``systems_db/moe-gen.yaml``, ``systems_db/shared.yaml``) and priced
+at the ``transformers`` system's measured rates (:mod:`.shared.hf_host`): the decoder layer's norms, router and
+expert loop (Mixtral's over every expert, a ``torch.where`` read each; DeepSeek's over the experts hit after one
+read); the attention wrapper (it waits for the layer's attention weights, and syncs the stream at its end); per GPU
+attention micro-batch ``decoding_attn`` and a stream sync (mode 1, MoE-Gen(G)) or the QK^T-softmax and AV calls
+without one (mode 2, whose QKV and O projections run once per layer and wait for the CPU part); per expert called an
+``Expert_Wrapper`` (it waits for the expert's copy and syncs the stream after each chunk of at most 2048 tokens), so
+the experts' Python and kernels take turns; per decode step MoE-Gen's own loop (masks, positions, argmax and a few
+calls per sequence). GPU tasks carry the GPU's time alone (the generic per-operation issue cost is this Python's,
+not added to it). ``host_python=false`` drops it and prices each GPU operation with moesim's generic eager issue
+cost instead: what the calibration's end-to-end harness (a plain PyTorch loop, not MoE-Gen's driver) is predicted
+with. Not counted: the ATen calls MoE-Gen's C++ makes itself (index, index_put_, cat).
+
 ``moe-gen-gpu`` is MoE-Gen(G): the same policy with omega fixed at 0 (MoE-Gen reports two variants,
 Table 6: (G) keeps every attention micro-batch on the GPU, its KV copied over PCIe; (H) runs a
 searched fraction omega on the CPU). GPU working-set rules: ``systems_db/moe-gen.yaml``.
@@ -52,6 +67,24 @@ from ..specs import LayerKind
 from ..specs.common import BYTES_PER_ELEMENT
 from ..units import fmt_bytes
 from .base import Plan, ServingSystem, StepSim, simpson_decode_time, simulate_pass
+from .shared.hf_host import (NONE, Python, PythonThread, attention_weight_tensors, bare, context_python,
+                             context_rates, head_python)
+
+
+class _HostTimes(NamedTuple):
+    """Host seconds of the Python of a pass's tasks (MoE-Gen's driver on transformers 4.42's code)."""
+
+    pass_s: float  # once per pass: the forward's Python, and in decode MoE-Gen's per-step loop
+    pre_attn: float  # input norm, the attention wrapper's head (waits for the attention weights), QKV (mode 2)
+    mb_group: float  # a GPU attention group's micro-batches
+    mb_serial: bool  # each micro-batch ends in a stream sync (prefill, mode 1): Python and kernels take turns
+    post_attn: float  # O projection (mode 2); after the wrapper's sync: its clean-up and the post-attention norm
+    router: float  # the MoE block's router and loop head
+    router_read: bool  # the loop head reads the GPU (DeepSeek's tokens per expert)
+    shared: float  # shared experts through their wrapper (a sync at the end)
+    chunk: float  # an expert chunk: its loop iterations and wrapper calls (a sync per call)
+    dense_ffn: float
+    head: float
 
 
 class _PassTimes(NamedTuple):
@@ -104,6 +137,12 @@ class MoEGenParams(BaseModel):
                                         "host_kv_cache_size, which MoE-Gen gives in GiB, for GQA models to K and V "
                                         "each); None = all host memory left after the weights. Weights that no "
                                         "longer fit are read from disk")
+    host_python: bool = Field(
+        default=True, description="charge the host's Python as MoE-Gen runs it (its driver and wrappers on transformers "
+                                  "4.42's modelling code: calls, module calls and stream syncs per layer, attention "
+                                  "micro-batch and expert, priced at the transformers system's measured rates); off: "
+                                  "each GPU operation with moesim's generic eager issue cost instead (what the "
+                                  "calibration's plain-PyTorch harness is predicted with)")
     resident_shared_experts: bool = Field(
         default=False, description="keep every MoE layer's shared experts on the GPU for the whole run instead of "
                                    "copying them into the dense-module buffer with the layer's attention weights "
@@ -206,7 +245,7 @@ class MoEGen(ServingSystem):
               disk_fraction: float) -> StepSim:
         """One simulated pass; memoised on the context, so moe-gen and moe-gen-gpu share the passes they both run."""
         key = ("moe-gen pass", self.params.kv_buffer_slots, self.params.kv_copy, self.params.max_tasks_per_module,
-               self.params.resident_shared_experts, seqs, q_len, kv_len, b_a, 0.0 if q_len > 1 else omega, disk_fraction)
+               self.params.resident_shared_experts, self.params.host_python, seqs, q_len, kv_len, b_a, 0.0 if q_len > 1 else omega, disk_fraction)
         return ctx.memo(key, lambda: self._simulate(ctx, seqs, q_len, kv_len, b_a, omega, disk_fraction))
 
     def _pass_times(self, ctx: Context, seqs: int, q_len: int, kv_len: int, b_a: int, omega: float,
@@ -214,6 +253,7 @@ class MoEGen(ServingSystem):
         """The durations and sizes of a pass's tasks (computed once, reused by every simulated layer);
         InfeasibleError when the GPU has no room for two experts next to the pass's working set."""
         p, m = ctx.platform, ctx.model
+        gpu = self._gpu(ctx)
         tokens = seqs * q_len
         decode = q_len == 1
         gpu_seqs = seqs if not decode else seqs - int(round(omega * seqs))
@@ -237,16 +277,72 @@ class MoEGen(ServingSystem):
         return _PassTimes(
             tokens, decode, cpu_seqs, state, slots, dense_bytes, {k: ctx.copy_s(v, "pinned") for k, v in dense_bytes.items()},
             {k: ctx.disk_s(v) * disk_fraction for k, v in dense_bytes.items()},
-            *(ctx.gpu_s(c) for c in ctx.attention_proj_split(tokens)), mb_groups, kv_group_bytes,
+            *(gpu(c) for c in ctx.attention_proj_split(tokens)), mb_groups, kv_group_bytes,
             ctx.h2d_s(kv_group_bytes),
-            {w: ((self._decode_attention_s(ctx, gpu_seqs, b_a, kv_len, w) / mb_groups if mb_groups else 0.0) if decode
-                 else ctx.gpu_s(ctx.attention_core(seqs_per_group, q_len, kv_len, w))) for w in (False, True)},
+            {w: ((self._decode_attention_s(ctx, gpu_seqs, b_a, kv_len, w, gpu) / mb_groups if mb_groups else 0.0)
+                 if decode else gpu(ctx.attention_core(seqs_per_group, q_len, kv_len, w))) for w in (False, True)},
             {w: ctx.cpu_s(ctx.cpu_attention(cpu_seqs, kv_len, w)) if cpu_seqs else 0.0 for w in (False, True)},
             tokens * ctx.kv_bytes_per_token_layer(), ctx.d2h_s(tokens * ctx.kv_bytes_per_token_layer()),
-            ctx.gpu_s(ctx.dense_ffn(tokens)) if m.dense_ffn else 0.0)
+            gpu(ctx.dense_ffn(tokens)) if m.dense_ffn else 0.0)
+
+    def _gpu(self, ctx: Context):
+        """GPU seconds of an operation: the GPU's time alone where the host's Python is charged on its own
+        (``host_python``: :func:`~.shared.hf_host.bare`), else with moesim's generic eager issue cost."""
+        if self.params.host_python:
+            return lambda cost: ctx.gpu_s(bare(cost))
+        return ctx.gpu_s
+
+    def _host_times(self, ctx: Context, t: _PassTimes, seqs: int, q_len: int, b_a: int) -> _HostTimes:
+        """Host seconds of the Python of a pass's tasks, as MoE-Gen's driver runs its model (module docstring,
+        "Host"): transformers 4.42's decoder-layer code (:func:`~.shared.hf_host.decoder_python`) with MoE-Gen's
+        attention and expert wrappers (``systems_db/moe-gen.yaml``), at the transformers system's measured rates."""
+        m, k = ctx.model, self.constants.value
+        sec = context_rates(ctx).seconds
+        py = context_python(ctx, "4.42")
+        decode = q_len == 1
+        mla = m.attention.kind == "mla"
+        wrapper = Python(calls=k("attention_wrapper_calls") + 3 * attention_weight_tensors(m), modules=1)
+        gpu_seqs = seqs - t.cpu_seqs
+        per_group = (math.ceil(gpu_seqs / b_a) / t.mb_groups) if (decode and t.mb_groups) else 1.0
+        if not decode:  # prefill: the model's attention forward per attention micro-batch, then a sync
+            mb = py.attention + Python(calls=1.0, reads=1.0)
+            pre, post = py.pre_norm + wrapper, NONE
+        elif t.cpu_seqs:  # mode 2: QKV for the batch, each GPU micro-batch's QK^T-softmax and AV, O for the batch
+            mb = Python(calls=k("gpu_attention_calls"))
+            pre, post = py.pre_norm + wrapper + Python(calls=k("qkv_proj_calls")), Python(calls=k("o_proj_calls"))
+        else:  # mode 1: decoding_attn per GPU micro-batch (projections to O), then a sync
+            mb = Python(calls=k("decode_attention_calls_mla" if mla else "decode_attention_calls"), modules=5, reads=1.0)
+            pre, post = py.pre_norm + wrapper, NONE
+        sync = Python(reads=1.0) if decode else NONE  # the attention wrapper's stream sync after core_engine.attn
+        step = NONE
+        if decode:  # MoE-Gen's own loop around the forward: masks and positions, argmax, per-sequence bookkeeping
+            step = Python(calls=k("step_calls") + seqs * k("step_calls_per_sequence"), reads=1.0)
+        moe = self._moe_host_times(ctx, t.tokens, t.slots) if m.moe else (0.0, False, 0.0, 0.0)
+        return _HostTimes(
+            pass_s=sec(Python(forwards=1.0) + step), pre_attn=sec(pre), mb_group=sec(per_group * mb),
+            mb_serial=bool(mb.reads), post_attn=sec(post + sync), router=moe[0], router_read=moe[1], shared=moe[2],
+            chunk=moe[3], dense_ffn=sec(py.post_norm + py.dense_ffn), head=sec(head_python()))
+
+    def _moe_host_times(self, ctx: Context, tokens: float, slots: int) -> tuple[float, bool, float, float]:
+        """Host seconds of an MoE block's Python on ``tokens`` tokens: (post-attention norm, router and loop head;
+        whether that head reads the GPU; shared experts through their wrapper; one expert chunk of the engine:
+        the loop's iterations and an expert wrapper per expert called, its token chunks each ending in a sync)."""
+        m, k = ctx.model, self.constants.value
+        sec = context_rates(ctx).seconds
+        py = context_python(ctx, "4.42")
+        active = ctx.active_experts(tokens)
+        n_chunks = self._expert_chunks(ctx, tokens, slots)[0]
+        per_expert = tokens * m.moe.top_k / active if active else 0.0
+        calls_per_expert = max(1, math.ceil(per_expert / k("expert_tokens_per_call")))
+        wrapper = Python(calls=k("expert_wrapper_calls"), modules=1) \
+            + calls_per_expert * Python(calls=k("expert_wrapper_chunk_calls"), reads=1.0)
+        iterations = py.loop_iterations(active, m.moe.num_experts)
+        shared = sec(py.shared + py.shared_gate + wrapper) if py.shared != NONE else 0.0
+        return (sec(py.post_norm + py.router + py.experts_fixed), bool(py.experts_fixed.reads), shared,
+                sec((iterations / n_chunks) * (py.expert + wrapper)))
 
     @staticmethod
-    def _decode_attention_s(ctx: Context, gpu_seqs: int, b_a: int, kv_len: int, windowed: bool) -> float:
+    def _decode_attention_s(ctx: Context, gpu_seqs: int, b_a: int, kv_len: int, windowed: bool, gpu=None) -> float:
         """GPU time of one layer's decode attention over ``gpu_seqs`` sequences in micro-batches of ``b_a``:
         floor(n / b_a) full micro-batches and one of the remainder, as MoE-Gen runs them::
 
@@ -254,14 +350,18 @@ class MoEGen(ServingSystem):
 
         (the engine spreads it evenly over its micro-batch groups, a simulation detail that must not change
         the work: rounding each group up to whole micro-batches priced up to twice the micro-batches run)."""
+        gpu = gpu or ctx.gpu_s
         full, rest = divmod(gpu_seqs, b_a)
-        t = full * ctx.gpu_s(ctx.attention_core(b_a, 1, kv_len, windowed)) if full else 0.0
-        return t + (ctx.gpu_s(ctx.attention_core(rest, 1, kv_len, windowed)) if rest else 0.0)
+        t = full * gpu(ctx.attention_core(b_a, 1, kv_len, windowed)) if full else 0.0
+        return t + (gpu(ctx.attention_core(rest, 1, kv_len, windowed)) if rest else 0.0)
 
     def _simulate(self, ctx: Context, seqs: int, q_len: int, kv_len: int, b_a: int, omega: float,
                   disk_fraction: float) -> StepSim:
         t = self._pass_times(ctx, seqs, q_len, kv_len, b_a, omega, disk_fraction)
         m = ctx.model
+        engine = Engine(memory_capacity_bytes={"gpu": ctx.platform.usable_gpu_memory_bytes_per_gpu})
+        host = PythonThread(engine, context_rates(ctx)) if self.params.host_python else None
+        hp = self._host_times(ctx, t, seqs, q_len, b_a) if host is not None else None
         if m.moe:
             moe_block, expert_buffer_bytes = self._moe_block(ctx, t.tokens, t.slots, disk_fraction)
         dense_ring = BufferRing(2)
@@ -271,6 +371,16 @@ class MoEGen(ServingSystem):
         # for the previous weight copy (the faulting copy thread), so disk and H2D time add up for that part.
         prev_copy: list[int | None] = [None]
 
+        def run(eng: Engine, label: str, host_s: float, duration: float, deps: list, category: str,
+                host_deps: tuple = (), read_after: bool = False, serial: bool = False) -> int:
+            """A GPU task, issued by the host's Python where it is charged (:class:`~.shared.hf_host.PythonThread`)."""
+            if host is None:
+                return eng.add(label, "gpu", duration, deps, category=category)
+            if serial:
+                return host.serial(label, host_s, duration, deps, category=category, host_deps=host_deps)
+            return host.module(label, host_s, "gpu", duration, deps, category=category, host_deps=host_deps,
+                               read_after=read_after)
+
         def layer(eng: Engine, i: int, kind: LayerKind) -> int:
             add, moe, disk_dep = eng.add, kind.moe, None
             if t.dense_disk[moe]:
@@ -279,28 +389,45 @@ class MoEGen(ServingSystem):
             w_copy = prev_copy[0] = add(f"L{i} attention weights H2D", "h2d", t.dense_copy[moe],
                                         [dense_ring.acquire(), disk_dep], category="transfer",
                                         nbytes=t.dense_bytes[moe])
-            pre = add(f"L{i} pre-attention", "gpu", t.pre_attn, [w_copy], category="attention")
+            # the attention wrapper's get_weights waits for the layer's attention weights
+            pre = run(eng, f"L{i} pre-attention", hp.pre_attn if hp else 0.0, t.pre_attn, [w_copy], "attention",
+                      host_deps=(w_copy,))
             attn_done = [pre]
+            cpu = None
             if t.cpu_seqs:
-                attn_done.append(add(f"L{i} CPU attention ({t.cpu_seqs} seq)", "cpu", t.cpu_core[kind.windowed],
-                                     [pre], category="cpu"))
+                cpu = add(f"L{i} CPU attention ({t.cpu_seqs} seq)", "cpu", t.cpu_core[kind.windowed], [pre],
+                          category="cpu")
+                attn_done.append(cpu)
             core = t.core[kind.windowed]
             for g in groups:
                 if t.decode:
                     kv = add(f"L{i} KV H2D mb{g}", "h2d", t.kv_group_s, [kv_ring.acquire()], category="transfer",
                              nbytes=t.kv_group_bytes)
-                    a = add(f"L{i} attention mb{g}", "gpu", core, [pre, kv], category="attention")
+                    # Hetero_Attn's get_k waits for the micro-batch's KV copy
+                    a = run(eng, f"L{i} attention mb{g}", hp.mb_group if hp else 0.0, core, [pre, kv], "attention",
+                            host_deps=(kv,), serial=bool(hp and hp.mb_serial))
                     kv_ring.release(a)
                 else:
-                    a = add(f"L{i} attention mb{g}", "gpu", core, [pre], category="attention")
+                    a = run(eng, f"L{i} attention mb{g}", hp.mb_group if hp else 0.0, core, [pre], "attention",
+                            serial=bool(hp and hp.mb_serial))
                 attn_done.append(a)
             add(f"L{i} KV D2H", "d2h", t.kv_write_s, [attn_done[-1]], category="transfer", nbytes=t.kv_write_bytes)
-            post = add(f"L{i} post-attention", "gpu", t.post_attn, attn_done, category="attention")
+            # the O projection waits for the CPU part's future (mode 2); the wrapper then syncs the stream
+            post = run(eng, f"L{i} post-attention", hp.post_attn if hp else 0.0, t.post_attn, attn_done, "attention",
+                       host_deps=(cpu,), read_after=bool(hp and t.decode))
             if not moe:
-                last = add(f"L{i} dense FFN", "gpu", t.dense_ffn, [post], category="dense_ffn")
+                last = run(eng, f"L{i} dense FFN", hp.dense_ffn if hp else 0.0, t.dense_ffn, [post], "dense_ffn")
                 dense_ring.release(last)
                 return last
-            return moe_block(eng, i, post, prev_copy, dense_ring.release)
+            return moe_block(eng, i, post, prev_copy, dense_ring.release, host, hp)
+
+        def prologue(eng: Engine) -> None:
+            if host is not None:
+                host.python("forward (MoE-Gen step)", hp.pass_s)
+
+        def epilogue(eng: Engine) -> None:
+            if host is not None:
+                host.python("final norm + LM head", hp.head)
 
         holds = {"resident weights (embeddings, LM head, routers)": ctx.resident_weight_bytes,
                  "dense-module buffer (2 layers)": 2 * self._dense_module_bytes(ctx),
@@ -309,8 +436,17 @@ class MoEGen(ServingSystem):
             holds["expert buffer"] = expert_buffer_bytes
         if self._resident_shared_bytes(ctx):
             holds["shared experts (resident)"] = self._resident_shared_bytes(ctx)
-        engine = Engine(memory_capacity_bytes={"gpu": ctx.platform.usable_gpu_memory_bytes_per_gpu})
-        return simulate_pass(ctx, engine, layer, gpu_holds=holds, head_s=ctx.gpu_s(ctx.head(t.tokens, seqs)))
+        return simulate_pass(ctx, engine, layer, prologue, epilogue, gpu_holds=holds,
+                             head_s=self._gpu(ctx)(ctx.head(t.tokens, seqs)))
+
+    def _expert_chunks(self, ctx: Context, tokens: float, slots: int) -> tuple[int, float, int]:
+        """(chunks, experts per chunk, chunks the ring holds) of a layer's activated experts: at most
+        ``max_tasks_per_module`` chunks, but never one larger than the ring's ``slots`` experts (the ring holds whole
+        chunks, and the fit check reserved room for ``slots`` experts only)."""
+        active = ctx.active_experts(tokens)
+        n_chunks = max(1, min(self.params.max_tasks_per_module, math.ceil(active)), math.ceil(active / slots))
+        per_chunk = active / n_chunks
+        return n_chunks, per_chunk, max(1, int(slots // math.ceil(per_chunk)))
 
     def _moe_block(self, ctx: Context, tokens: float, slots: int, disk_fraction: float):
         """The MoE part of every MoE layer of a pass on ``tokens`` tokens: router (with dispatch and
@@ -318,33 +454,40 @@ class MoEGen(ServingSystem):
         (more where a chunk would not fit the ring), each chunk's weights copied into the expert ring (room for
         ``slots`` experts) while the chunk
         before it computes on the whole batch. Returns ``(build, expert ring bytes)``;
-        ``build(eng, i, after, prev_copy, on_routed)`` submits layer ``i``'s tasks after task ``after``,
-        calls ``on_routed(task)`` once the router and shared experts are submitted (the dense-module
+        ``build(eng, i, after, prev_copy, on_routed, host=None, hp=None)`` submits layer ``i``'s tasks after task
+        ``after``, calls ``on_routed(task)`` once the router and shared experts are submitted (the dense-module
         buffer is free then) and returns the last task; ``prev_copy[0]`` is the last weight copy (a
-        disk read waits for it), updated."""
+        disk read waits for it), updated. With a host thread (``host``, its Python ``hp``: :meth:`_host_times`) the
+        router and shared experts are issued by the host, and each chunk's Python (the loop's iterations and the
+        expert wrapper's calls, which wait for the chunk's copy and end in a stream sync) takes turns with its
+        kernels."""
         m = ctx.model
-        cap = self.params.max_tasks_per_module
-        active = ctx.active_experts(tokens)
+        gpu = self._gpu(ctx)
         routed = tokens * m.moe.top_k
-        # at most ``max_tasks_per_module`` chunks, but never one larger than the ring's ``slots`` experts: the ring
-        # holds whole chunks, and the fit check reserved room for ``slots`` experts only
-        n_chunks = max(1, min(cap, math.ceil(active)), math.ceil(active / slots))
-        per_chunk = active / n_chunks
-        chunk_slots = max(1, int(slots // math.ceil(per_chunk)))
+        n_chunks, per_chunk, chunk_slots = self._expert_chunks(ctx, tokens, slots)
         chunk_bytes = per_chunk * ctx.expert_weight_bytes
         chunk_copy = ctx.copy_s(chunk_bytes, "pinned")  # weights in pinned host memory (section 4.2)
         chunk_disk = ctx.disk_s(chunk_bytes) * disk_fraction
-        chunk_compute = ctx.gpu_s(ctx.experts(per_chunk, routed / n_chunks))
-        router = ctx.gpu_s(ctx.router(tokens))
+        chunk_compute = gpu(ctx.experts(per_chunk, routed / n_chunks))
+        router = gpu(ctx.router(tokens))
         shared_cost = ctx.shared_experts(tokens)
-        shared = ctx.gpu_s(shared_cost) if shared_cost else 0.0
+        shared = gpu(shared_cost) if shared_cost else 0.0
         expert_ring = BufferRing(chunk_slots)
         beside_copy_s = ctx.eff.beside_copy_s  # compute slowed by a copy beside it (calibrated GPUs)
 
-        def build(eng: Engine, i: int, after: int | None, prev_copy: list[int | None], on_routed) -> int:
-            last = eng.add(f"L{i} router", "gpu", router, [after], category="router")
+        def build(eng: Engine, i: int, after: int | None, prev_copy: list[int | None], on_routed,
+                  host: PythonThread | None = None, hp: _HostTimes | None = None) -> int:
+            if host is None:
+                last = eng.add(f"L{i} router", "gpu", router, [after], category="router")
+            else:  # the block's Python up to its loop (DeepSeek's reads the tokens per expert there)
+                last = host.module(f"L{i} router", hp.router, "gpu", router, [after], category="router",
+                                   read_after=hp.router_read)
             if shared:
-                last = eng.add(f"L{i} shared experts", "gpu", shared, [last], category="experts")
+                if host is None:
+                    last = eng.add(f"L{i} shared experts", "gpu", shared, [last], category="experts")
+                else:  # through an expert wrapper: a stream sync at its end
+                    last = host.module(f"L{i} shared experts", hp.shared, "gpu", shared, [last], category="experts",
+                                       read_after=True)
             on_routed(last)
             routed_dep = last
             for c in range(n_chunks):
@@ -357,8 +500,12 @@ class MoEGen(ServingSystem):
                 # the next chunk's copy runs beside this chunk's compute when the ring has a free slot,
                 # and slows it (copy_compute_slowdown where calibrated, none otherwise)
                 beside = chunk_copy if chunk_slots > 1 and c < n_chunks - 1 else 0.0
-                last = eng.add(f"L{i} experts {c}", "gpu", beside_copy_s(chunk_compute, beside),
-                               [copy, routed_dep, last], category="experts")
+                if host is None:
+                    last = eng.add(f"L{i} experts {c}", "gpu", beside_copy_s(chunk_compute, beside),
+                                   [copy, routed_dep, last], category="experts")
+                else:  # the wrappers' get_weights wait for the chunk's copy
+                    last = host.serial(f"L{i} experts {c}", hp.chunk, beside_copy_s(chunk_compute, beside),
+                                       [copy, routed_dep, last], category="experts", host_deps=(copy,))
                 expert_ring.release(last)
             return last
 
@@ -384,7 +531,12 @@ class MoEGen(ServingSystem):
             raise InfeasibleError(f"moe-gen: no room for two experts' weights on the GPU beside {tokens} tokens")
         build, _ = self._moe_block(ctx, tokens, slots, 0.0)
         engine = Engine()
-        build(engine, 0, None, [None], lambda task: None)
+        if self.params.host_python:
+            router, read, shared, chunk = self._moe_host_times(ctx, tokens, slots)
+            hp = _HostTimes(0.0, 0.0, 0.0, False, 0.0, router, read, shared, chunk, 0.0, 0.0)
+            build(engine, 0, None, [None], lambda task: None, PythonThread(engine, context_rates(ctx)), hp)
+        else:
+            build(engine, 0, None, [None], lambda task: None)
         return engine
 
     # ---- search ------------------------------------------------------------------------------

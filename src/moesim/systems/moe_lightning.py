@@ -48,6 +48,14 @@ one simulated already, so the choice is that of simulating them all.
 The candidate set depends on memory only, so more bandwidth or FLOP/s never lowers
 throughput. Memory caps: the platform's
 usable GPU memory and usable host memory (MoE-Lightning's artifact uses 0.86 and 0.8 of them).
+Host: with ``model_code=hf`` (MoE-Gen's MoE-Lightning*, a re-implementation on the Hugging Face pipeline of
+transformers 4.42) each (layer, micro-batch) pays the Hugging Face decoder layer's Python, priced at the
+``transformers`` system's measured rates (:mod:`.shared.hf_host`): the input norm and attention block before the
+micro-batch's pre-attention kernels, the post-attention norm and MoE block (Mixtral's loop over every expert, a read
+per iteration: its Python and kernels take turns) before its post-attention kernels, each prefill chunk the whole
+layer's; and per micro-batch forward the forward's and the LM head's Python. GPU tasks then carry the GPU's time
+alone. With ``model_code=moe-lightning`` (default) MoE-Lightning's own runtime (its Python pipeline over vLLM /
+SGLang kernels) is not counted: each operation keeps moesim's generic eager issue cost.
 Left out: request bucketing by length (all prompts padded, the "(p)" setting), tensor
 parallelism, and the weight-memory double counting of the artifact's pinned staging.
 """
@@ -67,6 +75,7 @@ from ..specs import LayerKind
 from ..units import fmt_bytes
 from .base import Plan, ServingSystem, StepSim, balanced_batches, simpson_decode_time, simulate_pass
 from .shared.attention import eager_attention_cost, eager_attention_peak_bytes
+from .shared.hf_host import PythonThread, bare, context_python, head_python, context_rates
 from .shared.memory import (activation_bytes, layer_weight_bytes, max_layer_weight_bytes, prefill_logits_bytes,
                             streamed_weight_bytes)
 from .shared.search import best_by_bounds, decode_mid, simpson_bound
@@ -87,6 +96,7 @@ class _DecodeTimes(NamedTuple):
     page_bytes: dict  # layer kind -> one weight page
     page_s: dict
     head_s: float
+    host: dict | None = None  # model_code hf: layer kind -> host seconds of (pre-attention, post-attention + FFN) of a group
 
 
 class _PrefillTimes(NamedTuple):
@@ -96,6 +106,7 @@ class _PrefillTimes(NamedTuple):
     kv_bytes: float  # new KV of a group, copied to the host
     gpu: dict  # layer kind -> a group's layer compute
     head_s: float
+    host: dict | None = None  # model_code hf: layer kind -> host seconds of a group's layer Python
 
 
 class MoELightningParams(BaseModel):
@@ -131,6 +142,12 @@ class MoELightningParams(BaseModel):
         description="model-based batching as MoE-Gen re-implemented MoE-Lightning (its MoE-Lightning*): the whole "
                     "decode batch is prefilled in one pass, each module over all its prompts at once, so the batch "
                     "is what GPU memory holds at prefill (MoE-Gen's Table 1 gives its batch as DeepSpeed's)")
+    model_code: Literal["moe-lightning", "hf"] = Field(
+        default="moe-lightning",
+        description="the code that runs each (layer, micro-batch): moe-lightning, its own runtime (its generic eager "
+                    "cost per operation); hf, Hugging Face's modelling code (transformers 4.42) as MoE-Gen's "
+                    "MoE-Lightning* re-implementation runs it: the decoder layer's Python per micro-batch, priced at the "
+                    "transformers system's measured host rates")
     max_simulated_micro_batches: int = Field(default=4, ge=2,
                                              description="engine groups micro-batches beyond this many per layer")
 
@@ -198,28 +215,50 @@ class MoELightning(ServingSystem):
         context: the HRM ranking, the bounds and the simulations of a search ask for the same few."""
         if q_len == 1:
             kv_len = 0
-        key = ("moe-lightning layer", self.params.prefill_attention, kind, type(tokens), tokens, q_len, type(kv_len),
-               kv_len)
+        key = ("moe-lightning layer", self.params.prefill_attention, self.params.model_code, kind, type(tokens), tokens,
+               q_len, type(kv_len), kv_len)
         return ctx.memo(key, lambda: self._price_layer(ctx, kind, tokens, q_len, kv_len))
 
     def _price_layer(self, ctx: Context, kind: LayerKind, tokens: float, q_len: int,
                      kv_len: float) -> tuple[float, float]:
         m = ctx.model
+        gpu = self._gpu(ctx)
         qkv, out = ctx.attention_proj_split(tokens)
-        pre = ctx.gpu_s(qkv)
+        pre = gpu(qkv)
         if q_len > 1 and self.params.prefill_attention == "eager":
-            pre += ctx.gpu_s(eager_attention_cost(ctx, tokens / q_len, q_len, kv_len, kind.windowed, "fp32"))
+            pre += gpu(eager_attention_cost(ctx, tokens / q_len, q_len, kv_len, kind.windowed, "fp32"))
         elif q_len > 1:
-            pre += ctx.gpu_s(ctx.attention_core(tokens / q_len, q_len, kv_len, kind.windowed))
-        post = ctx.gpu_s(out)
+            pre += gpu(ctx.attention_core(tokens / q_len, q_len, kv_len, kind.windowed))
+        post = gpu(out)
         if kind.moe:
-            post += ctx.gpu_s(ctx.router(tokens)) + ctx.gpu_s(ctx.experts(ctx.active_experts(tokens),
-                                                                           tokens * m.moe.top_k))
+            post += gpu(ctx.router(tokens)) + gpu(ctx.experts(ctx.active_experts(tokens), tokens * m.moe.top_k))
             shared = ctx.shared_experts(tokens)
-            post += ctx.gpu_s(shared) if shared else 0.0
+            post += gpu(shared) if shared else 0.0
         else:
-            post += ctx.gpu_s(ctx.dense_ffn(tokens))
+            post += gpu(ctx.dense_ffn(tokens))
         return pre, post
+
+    def _gpu(self, ctx: Context):
+        """GPU seconds of an operation: the GPU's time alone where the host's Python is charged on its own
+        (``model_code`` hf: :func:`~.shared.hf_host.bare`), else with moesim's generic eager issue cost."""
+        if self.params.model_code == "hf":
+            return lambda cost: ctx.gpu_s(bare(cost))
+        return ctx.gpu_s
+
+    def _layer_host_s(self, ctx: Context, kind: LayerKind, tokens: float) -> tuple[float, float]:
+        """Host seconds of the Hugging Face decoder layer's Python on one micro-batch of ``tokens`` tokens (model_code
+        hf, :mod:`~.shared.hf_host`, transformers 4.42's code): (input norm and attention, post-attention norm and the
+        MoE block or dense FFN)."""
+        m = ctx.model
+        rates = context_rates(ctx)
+        py = context_python(ctx, "4.42")
+        active = ctx.active_experts(tokens) if kind.moe else 0.0
+        return (rates.seconds(py.attention_block()),
+                rates.seconds(py.ffn_block(kind.moe, active, m.moe.num_experts if m.moe else 0)))
+
+    def _loop_reads(self, ctx: Context) -> bool:
+        """Whether the Hugging Face experts loop reads the GPU every iteration (its Python and kernels take turns)."""
+        return context_python(ctx, "4.42").loop_reads
 
     # ---- policy -------------------------------------------------------------------------------------
     def _prefill_prompts(self, ctx: Context, n: int) -> int:
@@ -405,11 +444,14 @@ class MoELightning(ServingSystem):
             kinds = ctx.model.layer_kinds()
             gpu = {k: tuple(per * t for t in self._layer_gpu_s(ctx, k, mu, 1, 0)) for k in kinds}
             page_bytes = {k: (1 - r_w) * layer_weight_bytes(ctx, k) / g for k in kinds}
+            host = ({k: tuple(per * t for t in self._layer_host_s(ctx, k, mu)) for k in kinds}
+                    if self.params.model_code == "hf" else None)
             return _DecodeTimes(g, per, mu * per * d1, mu * per * d2, ctx.d2h_s(mu * per * d1),
                                 ctx.h2d_s(mu * per * d2), gpu, {}, page_bytes,
-                                {k: ctx.copy_s(v, "pinned") for k, v in page_bytes.items()}, 0.0)
+                                {k: ctx.copy_s(v, "pinned") for k, v in page_bytes.items()}, 0.0, host)
 
-        return ctx.memo(("moe-lightning decode step", self.params.prefill_attention, g, mu, n_ub, r_w), compute)
+        return ctx.memo(("moe-lightning decode step", self.params.prefill_attention, self.params.model_code, g, mu, n_ub,
+                         r_w), compute)
 
     def _decode_times(self, ctx: Context, cand: dict, kv_len: int) -> _DecodeTimes:
         """What every simulated layer of a decode step at context ``kv_len`` takes, and the LM head: the n_ub
@@ -417,7 +459,7 @@ class MoELightning(ServingSystem):
         t = self._decode_steady(ctx, cand)
         mu, n = cand["mu"], cand["n"]
         return t._replace(cpu={k.windowed: ctx.cpu_s(ctx.cpu_attention(mu * t.per, kv_len, k.windowed))
-                               for k in ctx.model.layer_kinds()}, head_s=ctx.gpu_s(ctx.head(n, n)))
+                               for k in ctx.model.layer_kinds()}, head_s=self._gpu(ctx)(ctx.head(n, n)))
 
     def _decode_lower_bound(self, ctx: Context, cand: dict, kv_len: int | None = None) -> float:
         """A lower bound on ``_decode(ctx, cand, kv_len).time_s``, without simulating; with ``kv_len`` None,
@@ -452,6 +494,9 @@ class MoELightning(ServingSystem):
         t = self._decode_times(ctx, cand, kv_len)
         g, gpu, page_bytes, page_s = t.g, t.gpu, t.page_bytes, t.page_s
         state: dict = {"posts": None, "pages": None, "prev_end": None}
+        engine = Engine(memory_capacity_bytes={"gpu": ctx.platform.usable_gpu_memory_bytes_per_gpu})
+        host = PythonThread(engine, context_rates(ctx)) if t.host is not None else None
+        serial_ffn = host is not None and self._loop_reads(ctx)
 
         def layer(eng: Engine, i: int, kind: LayerKind) -> int:
             if state["pages"] is None:  # cold start: this layer's pages
@@ -464,8 +509,12 @@ class MoELightning(ServingSystem):
 
             def submit_pre(j: int) -> None:
                 nonlocal next_page
-                pre[j] = eng.add(f"L{i} pre-attention mb{j}", "gpu", gpu[kind][0], [prev_posts[j], ready],
-                                 category="attention")
+                if host is None:
+                    pre[j] = eng.add(f"L{i} pre-attention mb{j}", "gpu", gpu[kind][0], [prev_posts[j], ready],
+                                     category="attention")
+                else:
+                    pre[j] = host.module(f"L{i} pre-attention mb{j}", t.host[kind][0], "gpu", gpu[kind][0],
+                                         [prev_posts[j], ready], category="attention")
                 x = eng.add(f"L{i} QKV D2H mb{j}", "d2h", t.d1_s, [pre[j]], category="transfer", nbytes=t.d1_bytes)
                 x = eng.add(f"L{i} CPU attention mb{j}", "cpu", t.cpu[kind.windowed], [x], category="cpu")
                 next_page = eng.add(f"L{i + 1} weight page {j}", "h2d", page_s[kind], [state["prev_end"]],
@@ -476,16 +525,31 @@ class MoELightning(ServingSystem):
             for j in range(min(2, g)):
                 submit_pre(j)
             for j in range(g):
-                posts.append(eng.add(f"L{i} post-attention + FFN mb{j}", "gpu", gpu[kind][1], [back[j], ready],
-                                     category="experts" if kind.moe else "dense_ffn"))
+                cat, label = "experts" if kind.moe else "dense_ffn", f"L{i} post-attention + FFN mb{j}"
+                if host is None:
+                    posts.append(eng.add(label, "gpu", gpu[kind][1], [back[j], ready], category=cat))
+                elif serial_ffn and kind.moe:  # the experts loop reads the GPU every iteration
+                    posts.append(host.serial(label, t.host[kind][1], gpu[kind][1], [back[j], ready], category=cat))
+                else:
+                    posts.append(host.module(label, t.host[kind][1], "gpu", gpu[kind][1], [back[j], ready],
+                                             category=cat))
                 if j + 2 < g:
                     submit_pre(j + 2)
             state.update(posts=posts, pages=next_page, prev_end=posts[-1])
             return posts[-1]
 
-        engine = Engine(memory_capacity_bytes={"gpu": ctx.platform.usable_gpu_memory_bytes_per_gpu})
-        return simulate_pass(ctx, engine, layer, gpu_holds=self._gpu_bytes(ctx, cand["r_w"], cand["work"]),
-                             head_s=t.head_s)
+        return simulate_pass(ctx, engine, layer, *self._host_ends(host, cand["n_ub"]),
+                             gpu_holds=self._gpu_bytes(ctx, cand["r_w"], cand["work"]), head_s=t.head_s)
+
+    @staticmethod
+    def _host_ends(host: PythonThread | None, forwards: float) -> tuple:
+        """(prologue, epilogue) of a pass with the Hugging Face code's Python: the model forward's own Python and the
+        final norm and LM head's, once per micro-batch forward; (None, None) without it."""
+        if host is None:
+            return None, None
+        rates = host.rates
+        return (lambda eng: host.python("forward", forwards * rates.forward_host_s),
+                lambda eng: host.python("final norm + LM head", forwards * rates.seconds(head_python())))
 
     def _prefill_times(self, ctx: Context, cand: dict) -> _PrefillTimes:
         """What every simulated layer of a prefill pass takes: its chunks grouped into g
@@ -495,8 +559,10 @@ class MoELightning(ServingSystem):
         g = min(math.ceil(n_p / chunk), self.params.max_simulated_micro_batches)
         per = n_p / chunk / g  # full chunks per simulated group
         gpu = {k: per * sum(self._layer_gpu_s(ctx, k, chunk * s, s, s)) for k in ctx.model.layer_kinds()}
+        host = ({k: per * sum(self._layer_host_s(ctx, k, chunk * s)) for k in ctx.model.layer_kinds()}
+                if self.params.model_code == "hf" else None)
         return _PrefillTimes(g, per * chunk * s * ctx.kv_bytes_per_token_layer(), gpu,
-                             ctx.gpu_s(ctx.head(n_p * s, self._prefill_logit_rows(ctx, n_p))))
+                             self._gpu(ctx)(ctx.head(n_p * s, self._prefill_logit_rows(ctx, n_p))), host)
 
     def _prefill_lower_bound(self, ctx: Context, cand: dict) -> float:
         """A lower bound on ``_prefill(ctx, cand).time_s``, without simulating: a layer's g chunks run on the
@@ -508,11 +574,15 @@ class MoELightning(ServingSystem):
 
     def _prefill(self, ctx: Context, cand: dict) -> StepSim:
         r_w = cand["r_w"]
-        g, kv_bytes, gpu, head_s = self._prefill_times(ctx, cand)
+        times = self._prefill_times(ctx, cand)
+        g, kv_bytes, gpu, head_s = times.g, times.kv_bytes, times.gpu, times.head_s
         kv_s = ctx.d2h_s(kv_bytes)
         page_bytes = {k: (1 - r_w) * layer_weight_bytes(ctx, k) / g for k in gpu}
         page_s = {k: ctx.copy_s(v, "pinned") for k, v in page_bytes.items()}
         state: dict = {"pages": None, "prev_end": None}
+        engine = Engine(memory_capacity_bytes={"gpu": ctx.platform.usable_gpu_memory_bytes_per_gpu})
+        host = PythonThread(engine, context_rates(ctx)) if times.host is not None else None
+        serial = host is not None and self._loop_reads(ctx)
 
         def layer(eng: Engine, i: int, kind: LayerKind) -> int:
             if state["pages"] is None:
@@ -520,17 +590,25 @@ class MoELightning(ServingSystem):
                                           nbytes=page_bytes[kind]) for j in range(g)][-1]
             ready = state["pages"]
             last = None
+            cat = "experts" if kind.moe else "dense_ffn"
             for j in range(g):
                 nxt = eng.add(f"L{i + 1} weight page {j}", "h2d", page_s[kind], [state["prev_end"]],
                               category="transfer", nbytes=page_bytes[kind])
-                last = eng.add(f"L{i} layer chunk {j}", "gpu", gpu[kind], [ready, last],
-                               category="experts" if kind.moe else "dense_ffn")
+                if host is None:
+                    last = eng.add(f"L{i} layer chunk {j}", "gpu", gpu[kind], [ready, last], category=cat)
+                elif serial and kind.moe:  # the experts loop reads the GPU every iteration
+                    last = host.serial(f"L{i} layer chunk {j}", times.host[kind], gpu[kind], [ready, last],
+                                       category=cat)
+                else:
+                    last = host.module(f"L{i} layer chunk {j}", times.host[kind], "gpu", gpu[kind], [ready, last],
+                                       category=cat)
                 eng.add(f"L{i} KV D2H chunk {j}", "d2h", kv_s, [last], category="transfer", nbytes=kv_bytes)
             state.update(pages=nxt, prev_end=last)
             return last
 
-        engine = Engine(memory_capacity_bytes={"gpu": ctx.platform.usable_gpu_memory_bytes_per_gpu})
-        return simulate_pass(ctx, engine, layer, gpu_holds=self._gpu_bytes(ctx, r_w, cand["work"]), head_s=head_s)
+        chunks = cand["n_p"] / self._chunk_prompts(ctx, cand["n_p"])
+        return simulate_pass(ctx, engine, layer, *self._host_ends(host, chunks),
+                             gpu_holds=self._gpu_bytes(ctx, r_w, cand["work"]), head_s=head_s)
 
     # ---- search ------------------------------------------------------------------------------------
     def _hrm_rank(self, ctx: Context, cands: list[dict]) -> Callable[[int], tuple[float, int]]:

@@ -55,6 +55,7 @@ from ..modules import Context
 from ..specs.common import BYTES_PER_ELEMENT
 from ..units import fmt_bytes
 from .base import Plan, ServingSystem, StepSim, simpson_decode_time
+from .shared.hf_host import Python, bare, generate_step_python, head_python, host_rates, transformers_517
 from .shared.memory import activation_bytes, mla_decompressed_kv_bytes_per_token
 
 ExpertsImpl = Literal["eager", "grouped_mm", "batched_mm"]
@@ -162,13 +163,6 @@ def _runs(kinds: list[bool]) -> list[tuple[bool, int]]:
         else:
             out.append((k, 1))
     return out
-
-
-def _bare(cost: OpCost) -> OpCost:
-    """``cost`` without host terms (no launches, syncs or loop): :func:`costs.gpu_time_s` then gives the GPU's
-    roofline time alone, on the calibrated curves."""
-    return cost.with_(launches=0, indexed_launches=0, loop_launches=0, syncs=0,
-                      serial=tuple(_bare(p) for p in cost.serial))
 
 
 @dataclass(frozen=True)
@@ -362,11 +356,12 @@ class Transformers(ServingSystem):
         """Two-clock time of one forward of ``seqs`` x ``q_len`` new tokens over ``kv_len`` context (module docstring)."""
         m, a = ctx.model, ctx.model.attention
         c = self._c
-        call, mod = c("torch_call_s"), c("module_call_s")
-        clk = TwoClocks(call_s=call, sync_s=ctx.eff.host_sync_s)
+        rates = host_rates(c)  # the per-call, per-module, per-layer and per-forward host rates (shared.hf_host)
+        host = rates.seconds
+        py = transformers_517(m, impl, c, self.constants.names)  # the counted Python of a decoder layer
+        clk = TwoClocks(call_s=rates.torch_call_s, sync_s=ctx.eff.host_sync_s)
         tokens = seqs * q_len
-        gpu = lambda cost: ctx.gpu_s(_bare(cost))  # noqa: E731
-        norm_calls = c("rmsnorm_calls")
+        gpu = lambda cost: ctx.gpu_s(bare(cost))  # noqa: E731
         offload = self.params.cpu_offload
 
         def fetch(nbytes: float, tensors: int) -> None:
@@ -379,10 +374,9 @@ class Transformers(ServingSystem):
 
         # once per pass: embedding, positions and rotary table, mask, final norm, LM head on the last position
         fetch(m.embedding_params * ctx.wbytes, 1)
-        clk.run("embedding", c("forward_host_s"), gpu(costs.embedding_lookup(m.hidden_size, tokens, ctx.wdtype)))
+        clk.run("embedding", host(Python(forwards=1)), gpu(costs.embedding_lookup(m.hidden_size, tokens, ctx.wdtype)))
         mla = self._is_mla(ctx)
         qk_norm = m.family in self._families("qk_norm_families")
-        shared_gate = m.family in self._families("shared_gate_families")
         hd_qk = a.qk_head_dim if mla else a.head_dim
         hd_v = a.v_head_dim if mla else a.head_dim
         kv_heads = a.num_heads if mla else a.num_kv_heads
@@ -390,9 +384,6 @@ class Transformers(ServingSystem):
         norm_passes = c("rmsnorm_bytes_per_element") / 2.0  # vector_op counts 2-byte passes
         norm = lambda n, width=m.hidden_size: gpu(vector_op(n * width, 4.0, norm_passes))  # noqa: E731
         residual = gpu(vector_op(tokens * m.hidden_size, 1.0, 3.0))
-        attn_calls = c("attention_calls") + (c("mla_extra_attention_calls") + norm_calls if mla else 0) \
-            + (2 * norm_calls if qk_norm else 0)
-        attn_mods = c("attention_modules") + (c("qk_norm_modules") if qk_norm else 0) + (c("mla_extra_modules") if mla else 0)
         attn_tensors = int(c("attention_weight_tensors") + (c("qk_norm_weight_tensors") if qk_norm else 0)
                            + (c("mla_extra_weight_tensors") if mla else 0))
         attn_gpu = (gpu(ctx.attention_proj(tokens))
@@ -406,16 +397,16 @@ class Transformers(ServingSystem):
             attn_gpu += norm(tokens, a.kv_lora_rank)
         def layer(is_moe: bool) -> None:
             fetch(m.hidden_size * ctx.wbytes, 1)
-            clk.run("norms", c("decoder_layer_host_s") + norm_calls * call + mod, norm(tokens))
+            clk.run("norms", host(py.pre_norm), norm(tokens))
             fetch(ctx.attention_weight_bytes, attn_tensors)
-            clk.run("attention", attn_calls * call + attn_mods * mod, attn_gpu)
+            clk.run("attention", host(py.attention), attn_gpu)
             fetch(m.hidden_size * ctx.wbytes, 1)
-            clk.run("norms", (norm_calls + c("decoder_layer_calls")) * call + mod, norm(tokens) + 2 * residual)
+            clk.run("norms", host(py.post_norm), norm(tokens) + 2 * residual)
             if is_moe:
-                self._moe(ctx, clk, tokens, impl, gpu, fetch, shared_gate)
+                self._moe(ctx, clk, tokens, impl, gpu, fetch, py, host)
             else:
                 fetch(ctx.dense_ffn_weight_bytes, 3)
-                clk.run("dense_ffn", c("shared_expert_calls") * call + c("mlp_modules") * mod, gpu(ctx.dense_ffn(tokens)))
+                clk.run("dense_ffn", host(py.dense_ffn), gpu(ctx.dense_ffn(tokens)))
 
         for is_moe, count in _runs([m.is_moe_layer(i) for i in range(m.num_layers)]):
             for _ in range(min(count, 2)):
@@ -423,11 +414,10 @@ class Transformers(ServingSystem):
                 layer(is_moe)
             clk.repeat_last(snap, count - min(count, 2))  # identical layers: the second one's increments again
         fetch(m.hidden_size * ctx.wbytes + m.lm_head_params * ctx.wbytes, 2)
-        clk.run("head", (norm_calls + c("head_calls")) * call + c("head_modules") * mod,
+        clk.run("head", host(head_python(c)),
                 norm(seqs) + gpu(costs.lm_head(m.hidden_size, m.vocab_size, seqs, ctx.wdtype)))
         if generate_step:  # generate's own loop after the forward, ending in its stop check's host read
-            clk.run("generate step", c("generate_step_calls") * call + c("generate_step_host_s"), 0.0,
-                    syncs=int(c("generate_step_syncs")))
+            clk.run("generate step", host(generate_step_python(c)), 0.0, syncs=int(c("generate_step_syncs")))
         return clk
 
     def _sdpa(self, ctx: Context, seqs: int, q_len: int, kv_len: int) -> OpCost:
@@ -440,14 +430,12 @@ class Transformers(ServingSystem):
         return OpCost(family="attention", flop=2.0 * seqs * a.num_heads * q_len * span * d,
                       bytes=(seqs * kv_len * a.num_heads * d + 2 * seqs * q_len * a.num_heads * d) * ctx.abytes)
 
-    def _moe(self, ctx: Context, clk: TwoClocks, tokens: int, impl: str, gpu, fetch, shared_gate: bool) -> None:
-        m, moe, c = ctx.model, ctx.model.moe, self._c
-        call, mod = c("torch_call_s"), c("module_call_s")
+    def _moe(self, ctx: Context, clk: TwoClocks, tokens: int, impl: str, gpu, fetch, py, host) -> None:
+        m, moe = ctx.model, ctx.model.moe
         routed = tokens * moe.top_k
         h, f = m.hidden_size, moe.expert_intermediate_size
         fetch(ctx.router_weight_bytes, 1)
-        clk.run("router", c("router_calls") * call + c("router_modules") * mod,
-                gpu(costs.router(h, moe.num_experts, tokens)))
+        clk.run("router", host(py.router), gpu(costs.router(h, moe.num_experts, tokens)))
         fetch(moe.num_experts * ctx.expert_weight_bytes, 2)
         active = ctx.active_experts(tokens)
         mats = 3 if moe.gated else 2
@@ -455,30 +443,28 @@ class Transformers(ServingSystem):
             peak, _ = ctx.platform.gpu.peak_for(ctx.edtype)
             g = sum(grouped_mm_layer_s(h, f, tokens, routed, active, moe.gated, ctx.ebytes, ctx.abytes, peak,
                                        ctx.platform.gpu.memory_bandwidth_bytes_per_s, self.grouped_mm_kernels()))
-            clk.run("experts", c("grouped_mm_host_s") + mod, g)
+            clk.run("experts", host(py.experts_fixed), g)
         elif impl == "batched_mm":
             g = sum(batched_mm_layer_s(h, f, routed, moe.gated, ctx.ebytes, ctx.abytes,
                                        ctx.platform.gpu.memory_bandwidth_bytes_per_s, self.batched_mm_kernels()))
-            clk.run("experts", c("batched_mm_calls") * call + mod, g)
+            clk.run("experts", host(py.experts_fixed), g)
         else:  # eager: the loop head (its nonzero reads the hit list), then one iteration per expert hit
-            clk.run("experts", c("eager_head_calls") * call + mod,
-                    gpu(vector_op(routed * moe.num_experts, 1.0, 2.0)), syncs=1)
+            clk.run("experts", host(py.experts_fixed), gpu(vector_op(routed * moe.num_experts, 1.0, 2.0)), syncs=1)
             rows = routed / active if active else 0.0
             one = (gpu(gemm(rows, (mats - 1) * f, h, ctx.edtype, family="expert"))
                    + gpu(gemm(rows, h, f, ctx.edtype, family="expert"))
                    + gpu(vector_op(rows * f, 4.0, 5.0)) + 4 * gpu(vector_op(rows * h, 1.0, 2.0)))
-            per_host = c("eager_expert_calls") * call + c("eager_expert_syncs") * c("host_read_s")
-            clk.serial("experts", per_host, one, active)
+            clk.serial("experts", host(py.expert), one, active)
         shared = ctx.shared_experts(tokens)
         if shared is not None:
             fetch(ctx.shared_weight_bytes, 3 * max(1, moe.num_shared_experts))
-            host = c("shared_expert_calls") * call + c("mlp_modules") * mod
+            host_s = host(py.shared)
             g = gpu(shared)
-            if shared_gate:
-                host += c("shared_gate_calls") * call + mod
+            if py.shared_gate.modules:
+                host_s += host(py.shared_gate)
                 g += gpu(gemm(tokens, 1, h)) + gpu(vector_op(tokens * h, 1.0, 3.0))
-            clk.run("shared experts", host, g)
-        clk.run("experts", mod, gpu(vector_op(tokens * h, 1.0, 3.0)))  # the block's reshape / residual of the output
+            clk.run("shared experts", host_s, g)
+        clk.run("experts", host(py.experts_tail), gpu(vector_op(tokens * h, 1.0, 3.0)))  # the block's reshape / residual
 
     # ---- plan ------------------------------------------------------------------------------------
     def _step(self, ctx: Context, seqs: int, q_len: int, kv_len: int, phase: str) -> StepSim:
