@@ -20,6 +20,8 @@ coverage (:mod:`moesim.uncertainty` says how).
 
 from __future__ import annotations
 
+import functools
+
 from pathlib import Path
 from typing import Callable
 
@@ -73,12 +75,18 @@ def torchbench_records(root: Path) -> list[Record]:
 
 def published_records(root: Path) -> list[Record]:
     """The published corpus' cells (:mod:`.published`, ``validation/published/``) of the sources in
-    :data:`BAND_SOURCES`: each expressible prefill or decode cell moesim predicts, held out as its module says."""
+    :data:`BAND_SOURCES`: each expressible prefill or decode cell moesim predicts, held out as its module says.
+    Predicted once per folder and process (some thousand engine plans and simulated clients)."""
+    return list(_published_records(Path(root).resolve()))
+
+
+@functools.lru_cache(maxsize=4)
+def _published_records(root: Path) -> tuple[Record, ...]:
     from .published import SOURCES as CORPUS
 
     if not (root / "published").is_dir():
-        return []
-    return published.records(root, [n for n in BAND_SOURCES if n in CORPUS])
+        return ()
+    return tuple(published.records(root, [n for n in BAND_SOURCES if n in CORPUS]))
 
 
 #: the corpus sources whose held-out cells inform the bands (names of moesim.calibration.published.SOURCES)
