@@ -49,3 +49,12 @@ def test_one_more_request_never_takes_less_time(system, model, hw, params, _):
     (an equal split of 9 requests into 3 batches of 3 could take less than 2 batches of 4 plus 1)."""
     totals = [_run(system, model, hw, params, r, 4).total_time_s for r in range(8, 13)]
     assert all(b > a for a, b in zip(totals, totals[1:]))
+
+
+def test_full_batches_by_hand():
+    """The one split every static-batch system uses: full batches of B, then what is left."""
+    from moesim.systems.base import full_batches
+
+    assert full_batches(10, 4) == (4, 3, 2)
+    assert full_batches(8, 4) == (4, 2, 0)
+    assert full_batches(3, 8) == (3, 1, 0)  # fewer requests than the batch: one batch of them, not partial

@@ -220,11 +220,12 @@ def main(argv=None):
             "backends": {}}
         for backend, bsel in sel["backends"].items():
             ver, base = bsel["version"], f"{DATA}/{sel['dir']}"
+            skip_quants = tuple(bsel.get("skip_moe_quants", ()))
             tables = {}
             jobs = [
                 ("gemm", f"{base}/gemm/{backend}/{ver}/gemm_perf.parquet", conv_gemm),
                 ("moe", f"{base}/moe/{backend}/{ver}/moe_perf.parquet",
-                 lambda d, skip=tuple(bsel.get("skip_moe_quants", ())): conv_moe(d, skip)),
+                 lambda d: conv_moe(d, skip_quants)),
                 ("attention_prefill", f"{base}/attention/{backend}/{ver}/context_attention_perf.parquet",
                  lambda d: conv_attention(d, False)),
                 ("attention_decode", f"{base}/attention/{backend}/{ver}/generation_attention_perf.parquet",
@@ -249,7 +250,7 @@ def main(argv=None):
                 total += size
                 quants = sorted({r[0] for r in rows})
                 kept = (d["kernel_source"][i] for i in range(len(d["latency"]))
-                        if family != "moe" or moe_kept(d, i, tuple(bsel.get("skip_moe_quants", ()))))
+                        if family != "moe" or moe_kept(d, i, skip_quants))
                 tables[family] = {"file": rel, "from": src.split(f"{sel['dir']}/", 1)[1], "rows": len(rows),
                                   "keys": quants, "kernel": sorted(set(kept))[:4]}
                 print(f"{rel}: {len(rows)} rows, {size / 1e3:.0f} kB")

@@ -66,7 +66,6 @@ import csv
 import json
 import math
 import re
-import statistics
 import sys
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -76,8 +75,7 @@ from typing import Iterable
 from moesim.analysis.layouts import CAP_FLAG  # (the engines' caps on running requests: one map)
 # the closed-loop benchmark rule lives in the library (the layout search prices concurrency with it too)
 from moesim.serving.closed_loop import (  # noqa: F401  (re-exported: aiconfigurator_fit.py reads A.MODELS)
-    BENCHMARK_MODEL, MODELS, SIMULATED, benchmark_latency, request_overhead_s, simulated_latency,
-    steady_ttft_s as _steady_ttft_s, wave_mean_ttft_s as _wave_mean_ttft_s)
+    BENCHMARK_MODEL, MODELS, SIMULATED, benchmark_latency, request_overhead_s, simulated_latency)
 
 #: the closed-loop client models the harness fit chooses among: the analytic ones and the engine's scheduler
 #: simulated over W waves (``simW``, :func:`moesim.serving.closed_loop.simulated_latency`); a plan the scheduler

@@ -226,6 +226,14 @@ def simpson_decode_time(step_at: Callable[[int], StepSim], prompt: int, gen: int
     return gen * (t0 + 4 * tm + t1) / 6.0, points
 
 
+def full_batches(num_requests: int, max_batch: int) -> tuple[int, int, int]:
+    """Split requests as every static-batch system runs them: full batches of B = min(max_batch, R), then a last,
+    partial one of what is left (charged for what it holds): (B, number of batches, requests in the partial one,
+    0 when every batch is full)."""
+    batch = max(1, min(max_batch, num_requests))
+    return batch, math.ceil(num_requests / batch), num_requests % batch
+
+
 def balanced_batches(num_requests: int, max_batch: int) -> tuple[int, int]:
     """Split requests into the fewest equal batches not above ``max_batch``: (batch size, count)."""
     count = math.ceil(num_requests / max_batch)

@@ -74,7 +74,7 @@ from ..errors import InfeasibleError
 from ..modules import Context
 from ..specs import LayerKind
 from ..units import fmt_bytes
-from .base import Plan, ServingSystem, StepSim, simpson_decode_time, simulate_pass
+from .base import Plan, ServingSystem, StepSim, full_batches, simpson_decode_time, simulate_pass
 from .shared.attention import eager_attention_cost, eager_attention_peak_bytes
 from .shared.hf_host import DecoderPython, Python, PythonThread, bare, context_python, generate_step_python, \
     head_python, context_rates
@@ -303,9 +303,7 @@ class DeepSpeed(ServingSystem):
                 f"{fmt_bytes((wanted - max_batch) * max(self._per_seq_bytes(ctx)))}"
             )
         # full batches of B, then a last, partial one charged for what it holds (as every system splits requests)
-        batch = min(wanted or max_batch, w.num_requests)
-        full, rest = divmod(w.num_requests, batch)
-        num_batches = full + (1 if rest else 0)
+        batch, num_batches, rest = full_batches(w.num_requests, wanted or max_batch)
 
         def run(seqs: int) -> tuple[StepSim, float, list]:
             pre = self._pass(ctx, seqs, w.prompt_tokens, w.prompt_tokens)

@@ -19,7 +19,7 @@ from ..errors import InfeasibleError
 from ..modules import Context
 from ..specs import LayerKind
 from ..units import fmt_bytes
-from .base import Plan, ServingSystem, StepSim, simpson_decode_time, simulate_pass
+from .base import Plan, ServingSystem, StepSim, full_batches, simpson_decode_time, simulate_pass
 from .shared.memory import activation_bytes
 from .shared.tensor_parallel import LayerTimes, require_tensor_parallel
 
@@ -99,9 +99,7 @@ class GpuResident(ServingSystem):
                 f"{w.total_context_tokens} tokens fit in GPU memory next to the weights"
             )
         # full waves of B, then a last, partial one charged for what it holds (as every system splits requests)
-        batch = min(wanted or max_batch, w.num_requests)
-        full, rest = divmod(w.num_requests, batch)
-        num_batches = full + (1 if rest else 0)
+        batch, num_batches, rest = full_batches(w.num_requests, wanted or max_batch)
         spec, draft = ctx.options.speculative, ctx.draft_context()
 
         def prefill_of(seqs: int) -> tuple[StepSim, int, int]:

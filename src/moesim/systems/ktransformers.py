@@ -88,7 +88,7 @@ from ..costs.cpu import cpu_experts, gguf_expert_bytes_per_weight
 from ..specs import LayerKind
 from ..specs.common import BYTES_PER_ELEMENT
 from ..units import fmt_bytes
-from .base import Plan, ServingSystem, StepSim, simpson_decode_time, simulate_pass
+from .base import Plan, ServingSystem, StepSim, full_batches, simpson_decode_time, simulate_pass
 from .shared.memory import activation_bytes
 
 
@@ -357,9 +357,7 @@ class KTransformers(ServingSystem):
                                   f"{', '.join(ctx.platform.cpu.isa) or 'no listed vector ISA'} (use llamafile)")
         P, G = w.prompt_tokens, w.gen_tokens
         # full batches of B, then a last, partial one charged for what it holds (as every system splits requests)
-        batch = min(w.batch_size or batch_size, w.num_requests)
-        full, rest = divmod(w.num_requests, batch)
-        num_batches = full + (1 if rest else 0)
+        batch, num_batches, rest = full_batches(w.num_requests, w.batch_size or batch_size)
         chunk = min(prm.prefill_chunk_tokens, batch * P)
         gpu_bytes, expert_bytes = self._check_memory(ctx, batch, max(chunk, batch))
 

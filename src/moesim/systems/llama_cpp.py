@@ -92,7 +92,7 @@ from ..modules import Context
 from ..specs import AttentionSpec, LayerKind
 from ..specs.common import BYTES_PER_ELEMENT
 from ..units import fmt_bytes
-from .base import Plan, ServingSystem, StepSim, simpson_decode_time, simulate_layers, step_sim
+from .base import Plan, ServingSystem, StepSim, full_batches, simpson_decode_time, simulate_layers, step_sim
 from .shared.memory import activation_bytes
 
 #: ggml's CUDA backend: kernels launched from C++, and its own quantized matmul kernels (mmvq / mmq, also behind
@@ -360,7 +360,7 @@ class LlamaCpp(ServingSystem):
                      kv_len: int) -> Callable[[tuple[str, LayerKind]], list[tuple]]:
         """The tasks of one layer of a pass, by (device, layer kind): (name, resource, seconds, category,
         bytes) in submission order, worked out once per key (every layer of a run repeats them)."""
-        p, m, prm = ctx.platform, ctx.model, self.params
+        m, prm = ctx.model, self.params
         tokens = seqs * q_len
         offload = prm.op_offload and tokens >= prm.op_offload_min_batch
         upload_path = "pageable" if prm.use_mmap else "pinned"  # mmap'd pages: the driver stages them
@@ -526,9 +526,7 @@ class LlamaCpp(ServingSystem):
         other.params = prm
         # full batches of the slots, then a last, partial one charged for what it holds (as every system splits
         # requests); the server's placement and KV cache are those of its slots
-        batch = min(w.batch_size or slots, w.num_requests)
-        full, rest = divmod(w.num_requests, batch)
-        num_batches = full + (1 if rest else 0)
+        batch, num_batches, rest = full_batches(w.num_requests, w.batch_size or slots)
         lay = other._placement(ctx, batch)
 
         def prefill_of(seqs: int) -> tuple[StepSim, int, int]:

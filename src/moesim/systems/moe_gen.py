@@ -66,7 +66,7 @@ from ..modules import Context
 from ..specs import LayerKind
 from ..specs.common import BYTES_PER_ELEMENT
 from ..units import fmt_bytes
-from .base import Plan, ServingSystem, StepSim, simpson_decode_time, simulate_pass
+from .base import Plan, ServingSystem, StepSim, full_batches, simpson_decode_time, simulate_pass
 from .shared.hf_host import (NONE, Python, PythonThread, attention_weight_tensors, bare, context_python,
                              context_rates, head_python)
 
@@ -709,9 +709,7 @@ class MoEGen(ServingSystem):
             )
         # MoE-Gen's generate() runs model batches of B sequences: full ones, then a last, partial one, charged for
         # what it holds (as every system splits requests)
-        batch = min(wanted or host_max, w.num_requests)
-        full, rest = divmod(w.num_requests, batch)
-        num_batches = full + (1 if rest else 0)
+        batch, num_batches, rest = full_batches(w.num_requests, wanted or host_max)
         kv_limit = (f"the {fmt_bytes(self.params.host_kv_bytes)} host KV reservation allows"
                     if self.params.host_kv_bytes else "host memory allows")
         notes = [f"decode batch B = {batch} sequences ({kv_limit} {host_max})"]

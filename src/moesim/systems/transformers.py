@@ -40,7 +40,6 @@ The fitted constants and what they were fitted on are in the YAML; validation in
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Literal, Mapping
 
@@ -54,7 +53,7 @@ from ..errors import InfeasibleError
 from ..modules import Context
 from ..specs.common import BYTES_PER_ELEMENT
 from ..units import fmt_bytes
-from .base import Plan, ServingSystem, StepSim, simpson_decode_time
+from .base import Plan, ServingSystem, StepSim, full_batches, simpson_decode_time
 from .shared.hf_host import Python, bare, generate_step_python, head_python, host_rates, transformers_517
 from .shared.memory import activation_bytes, mla_decompressed_kv_bytes_per_token
 
@@ -530,9 +529,8 @@ class Transformers(ServingSystem):
             raise InfeasibleError(f"transformers: batch {wanted} does not fit on the GPU; at most {max_batch} sequences "
                                   f"of {w.total_context_tokens} tokens ({p.experts_implementation} experts"
                                   f"{', cpu_offload' if p.cpu_offload else ''})")
-        batch = min(wanted or max_batch, w.num_requests)
-        num_batches = math.ceil(w.num_requests / batch)
-        last = w.num_requests - (num_batches - 1) * batch
+        batch, num_batches, rest = full_batches(w.num_requests, wanted or max_batch)
+        last = rest or batch
 
         def run(b: int) -> tuple[StepSim, float, list]:
             pre = self._step(ctx, b, w.prompt_tokens, w.prompt_tokens, "prefill")
