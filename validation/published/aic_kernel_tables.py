@@ -15,7 +15,8 @@ microseconds, 3 significant digits (rounding <= 0.5%); duplicate points (the sam
 What is kept (the subset moesim prices; everything else is left out to keep the files small):
 * gemm: bf16, fp8 (per-tensor), fp8_block (128x128); m in 1..16 and the tile-boundary-free sizes
   (the ``2^j + 1`` probes are dropped), n and k >= 128;
-* moe: the ``balanced`` token distribution (uniform routing), bf16/fp8/fp8_block/mxfp4 (w4a16)/nvfp4, the gated
+* moe: the ``balanced`` token distribution (uniform routing), bf16/fp8/fp8_block/mxfp4 (w4a16)/nvfp4/int4
+  (``int4_wo``, weight-only int4), the gated
   kernels (TensorRT-LLM's non-gated variant is dropped), one kernel per key: TensorRT-LLM's min-latency MoE
   (``moe_torch_flow_min_latency``, B200 nvfp4) is dropped, as the engine runs it only with ``enable_min_latency``,
   off by default and "currently only used for Llama4" (``tensorrt_llm/_torch/model_config.py``); duplicates of one
@@ -52,8 +53,14 @@ SELECT = {
         "vllm": {"version": "0.19.0", "mla": "0.14.0"},
         "sglang": {"version": "0.5.9"},
         "trtllm": {"version": "1.2.0rc5"}}},
+    # H200 vLLM: 0.19.0, the H100 table's version, not the nearer 0.18.0 (changed 2026-12-03): 0.18.0's
+    # block-fp8 GEMMs take 67-85 us at 4 rows for every shape (0.14.0: 28 us, 0.19.0: 16-19 us, on H100 and H200
+    # alike), and the FIT split contradicts them for that very version: vLLM 0.18.0 serving MiniMax-M2.5 TP4 on
+    # H100 decodes in 10.1 ms a step (163 us a layer, >= 2 block-fp8 GEMMs in it), which the 0.19.0 H100 table
+    # prices within 0-9%. The held-out GPU is thus priced with the table version the fit rows validated. (Noticed
+    # when the MiniMax-M2.5 H200 rows were first scored: disclosed in the README.)
     "h200": {"dir": "h200_sxm", "backends": {
-        "vllm": {"version": "0.18.0", "mla": "0.14.0"},
+        "vllm": {"version": "0.19.0", "mla": "0.14.0"},
         "sglang": {"version": "0.5.9"},
         "trtllm": {"version": "1.2.0rc5"}}},
     # B200 (rows: vLLM 0.15.1, SGLang 0.5.6-0.5.9, TRT-LLM 1.1-1.2.0rc6): the oldest vLLM with B200 tables is
@@ -72,7 +79,8 @@ SELECT = {
         "sglang": {"version": "0.5.9", "skip": ("moe",)},
         "trtllm": {"version": "1.2.0rc5"}}},
 }
-QUANT = {"bfloat16": "bf16", "fp8": "fp8", "fp8_block": "fp8_block", "w4a16_mxfp4": "mxfp4", "nvfp4": "nvfp4"}
+QUANT = {"bfloat16": "bf16", "fp8": "fp8", "fp8_block": "fp8_block", "w4a16_mxfp4": "mxfp4", "nvfp4": "nvfp4",
+         "int4_wo": "int4"}  # int4_wo: weight-only int4 (W4A16; Kimi-K2.5's released experts)
 KV = {"bfloat16": "bf16", "fp8": "fp8", "float16": "fp16"}
 HEADERS = {
     "gemm": ["quant", "m", "n", "k", "latency_us"],

@@ -24,7 +24,7 @@ def cpu_attention(attn: AttentionSpec, batch: float, q_len: float, kv_len: float
 def cpu_compute_dtype(weight_dtype: str) -> str:
     """The dtype CPU expert kernels compute in: int8 dot products for int8/int4 weights (llamafile, AMX/VNNI),
     bf16 otherwise."""
-    return "int8" if weight_dtype in ("int8", "int4") else "bf16"
+    return "int8" if weight_dtype in ("int8", "int4", "int4_g32") else "bf16"
 
 
 def cpu_experts(hidden: int, ffn: int, num_active: float, routed_tokens: float, gated: bool = True,

@@ -18,7 +18,8 @@ Interface (all times in seconds, shapes per GPU unless a ``tp``/``ep`` argument 
     t.allreduce_s(message_bytes, num_gpus, "bf16")
 
 Quant strings: "bf16", "fp8" (per-tensor), "fp8_block" (128x128 block-scaled, DeepSeek-V3), "mxfp4",
-"nvfp4" (the tables of Hopper GPUs hold no nvfp4: such queries return None).
+"nvfp4" (the tables of Hopper GPUs hold no nvfp4: such queries return None), "int4" (weight-only int4 MoE,
+AIConfigurator's ``int4_wo``: Kimi-K2.5's released experts).
 
 **Coverage rule** (each method returns None outside it; nothing is extrapolated):
 
@@ -52,7 +53,7 @@ import yaml
 
 from moesim.db import data_root, normalize
 
-QUANTS = ("bf16", "fp8", "fp8_block", "mxfp4", "nvfp4")
+QUANTS = ("bf16", "fp8", "fp8_block", "mxfp4", "nvfp4", "int4")
 #: largest ratio between the two measured values that bracket a query on one axis; a wider gap
 #: (only the sparse tails of a few tables have one) is not bridged
 MAX_BRACKET_RATIO = 4.0

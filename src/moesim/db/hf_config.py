@@ -34,7 +34,26 @@ IGNORED = {
     "swiglu_limit", "experts_per_token", "initial_context_length", "sliding_window_pattern", "attn_logit_softcapping",
     "final_logit_softcapping", "embedding_multiplier", "residual_multiplier", "logits_scaling", "num_nextn_predict_layers",
     "keys_to_ignore_at_inference", "id2label", "label2id", "tokenizer_class", "is_encoder_decoder",
+    # minimax_m2: QK-norm, routing bias, partial rotary and the (unused by the engines' defaults) MTP modules
+    "qk_norm_type", "use_routing_bias", "use_mtp", "mtp_transformer_layers", "num_mtp_modules", "rotary_dim",
+    "shared_intermediate_size", "attn_type_list",
 }
+#: what a serialised ``PretrainedConfig`` carries besides the architecture (generation defaults, output switches,
+#: encoder-decoder wiring): written out in full by multimodal wrappers' ``text_config``; none of it changes the
+#: language model's FLOPs, bytes or memory ("top_k" here is sampling's, not the router's num_experts_per_tok)
+GENERIC = {
+    "add_cross_attention", "bad_words_ids", "begin_suppress_tokens", "chunk_size_feed_forward",
+    "cross_attention_hidden_size", "decoder_start_token_id", "diversity_penalty", "do_sample", "early_stopping",
+    "encoder_no_repeat_ngram_size", "exponential_decay_length_penalty", "finetuning_task", "forced_bos_token_id",
+    "forced_eos_token_id", "is_decoder", "length_penalty", "max_length", "min_length", "no_repeat_ngram_size",
+    "num_beam_groups", "num_beams", "num_return_sequences", "output_attentions", "output_hidden_states",
+    "output_scores", "prefix", "problem_type", "pruned_heads", "remove_invalid_values", "repetition_penalty",
+    "return_dict", "return_dict_in_generate", "sep_token_id", "suppress_tokens", "task_specific_params",
+    "temperature", "tf_legacy_loss", "tie_encoder_decoder", "top_k", "top_p", "torchscript", "typical_p",
+    "use_bfloat16",
+}
+#: multimodal wrappers whose ``text_config`` is a language model moesim maps: model_type -> what is left out
+WRAPPERS = {"kimi_k25": "the vision encoder (MoonViT) and its projector, which run only on image/video inputs"}
 
 #: whole-number fields of a config.json: (the least value, the most); null means "absent" where a field is optional.
 #: Where moesim reads 0 as "absent" (no query compression: q_lora_rank 0) the least is 0.
@@ -54,11 +73,60 @@ _REQUIRED = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_he
 #: the field that gives the number of routed experts, by model_type (MoE architectures only)
 EXPERTS_FIELD = {"mixtral": "num_local_experts", "gpt_oss": "num_local_experts", "qwen2_moe": "num_experts",
                  "qwen3_moe": "num_experts", "olmoe": "num_experts", "deepseek_v2": "n_routed_experts",
-                 "deepseek_v3": "n_routed_experts", "kimi_k2": "n_routed_experts", "glm4_moe": "n_routed_experts"}
+                 "deepseek_v3": "n_routed_experts", "kimi_k2": "n_routed_experts", "glm4_moe": "n_routed_experts",
+                 "minimax_m2": "num_local_experts"}
 _EXPERT_KEYS = ("n_routed_experts", "num_local_experts", "num_experts")
 
 SUPPORTED = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3", "kimi_k2", "glm4_moe",
-             "gpt_oss", "llama", "mistral", "qwen2", "qwen3")
+             "gpt_oss", "minimax_m2", "llama", "mistral", "qwen2", "qwen3")
+
+
+#: module names of one DeepSeek-style layer, each standing for a group of weights, to test a quantization_config's
+#: ``ignore`` list against (layer 0 dense, layer 1 MoE)
+_PROBES = {"attention": "model.layers.1.self_attn.q_proj", "experts": "model.layers.1.mlp.experts.0.gate_proj",
+           "shared": "model.layers.1.mlp.shared_experts.gate_proj", "dense": "model.layers.0.mlp.gate_proj"}
+#: compressed-tensors integer weights moesim has a dtype for: (bits, group size) -> dtype
+_INT_GROUPS = {(4, 32): "int4_g32"}
+
+
+def _ignored(name: str, ignore: list) -> bool:
+    """Whether compressed-tensors' ``ignore`` list leaves module ``name`` unquantised: an entry ``re:PATTERN``
+    is a regular expression matched at the start of the name, any other entry a module name (or its last part)."""
+    import re
+
+    for entry in ignore:
+        entry = str(entry)
+        if entry.startswith("re:"):
+            if re.match(entry[3:], name):
+                return True
+        elif name == entry or name.endswith("." + entry):
+            return True
+    return False
+
+
+def _compressed_tensors(quant: dict) -> tuple[str, bool]:
+    """(weight dtype, experts only?) of a compressed-tensors ``quantization_config`` with one group of integer
+    weights on the Linear layers: the routed experts alone when ``ignore`` leaves attention, shared experts and
+    dense FFNs unquantised (Kimi-K2.5, K2-Thinking), else every linear layer."""
+    groups = quant.get("config_groups") or {}
+    if not isinstance(groups, dict) or len(groups) != 1:
+        raise ValueError("compressed-tensors with other than one config group is not mapped")
+    group = next(iter(groups.values())) or {}
+    weights = group.get("weights") or {}
+    if group.get("input_activations"):
+        raise ValueError("compressed-tensors with quantised activations is not mapped (weight-only only)")
+    key = (weights.get("num_bits"), weights.get("group_size"))
+    if weights.get("type") != "int" or key not in _INT_GROUPS or "Linear" not in (group.get("targets") or []):
+        raise ValueError(f"compressed-tensors weights {weights.get('type')} {key[0]}-bit group {key[1]} are not "
+                         f"mapped (moesim maps int {', '.join(f'{b}-bit group {g}' for b, g in _INT_GROUPS)})")
+    ignore = quant.get("ignore") or []
+    kept = {part: not _ignored(name, ignore) for part, name in _PROBES.items()}
+    if kept["experts"] and not (kept["attention"] or kept["shared"] or kept["dense"]):
+        return _INT_GROUPS[key], True
+    if all(kept.values()):
+        return _INT_GROUPS[key], False
+    raise ValueError("compressed-tensors quantising " + ", ".join(p for p, k in kept.items() if k)
+                     + " but not the rest is not mapped")
 
 
 def _dtype(cfg: dict) -> str:
@@ -68,12 +136,33 @@ def _dtype(cfg: dict) -> str:
         return "fp8"
     if method in ("mxfp4",):
         return "bf16"
+    if method == "compressed-tensors":
+        dtype, experts_only = _compressed_tensors(quant)
+        return _float_dtype(cfg) if experts_only else dtype
     if method in ("awq", "gptq"):
         return "int4" if quant.get("bits", 4) == 4 else "int8"
     if method:
         raise ValueError(f"quantization_config.quant_method {method!r} is not mapped")
+    return _float_dtype(cfg)
+
+
+def _float_dtype(cfg: dict) -> str:
     return {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(
         str(cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16"), "bf16")
+
+
+def _quant_kind(cfg: dict) -> dict:
+    """The released checkpoint's quantisation fields beyond its default dtype: ``quant_kind`` (fp8 with 128x128
+    weight blocks: fp8_block; mxfp4; compressed-tensors integers: int4) and ``expert_dtype`` where only the routed
+    experts are quantised."""
+    quant = cfg.get("quantization_config") or {}
+    method = str(quant.get("quant_method", "")).lower()
+    if method == "fp8" and list(quant.get("weight_block_size") or []) == [128, 128]:
+        return {"quant_kind": "fp8_block"}
+    if method == "compressed-tensors":
+        dtype, experts_only = _compressed_tensors(quant)
+        return {"quant_kind": "int4", **({"expert_dtype": dtype} if experts_only else {})}
+    return {}
 
 
 def _name(cfg: dict, path: Path) -> str:
@@ -131,9 +220,10 @@ def _convert(cfg: dict, path: Path) -> dict:
         moe = {"num_experts": experts, "top_k": top_k, "expert_intermediate_size": ffn,
                "router": "sigmoid" if cfg.get("scoring_func") == "sigmoid" else "softmax"}
         shared = cfg.get("n_shared_experts") or 0
-        if cfg.get("shared_expert_intermediate_size"):
+        shared_ffn = cfg.get("shared_expert_intermediate_size") or cfg.get("shared_intermediate_size")
+        if shared_ffn:
             shared = 1
-            moe["shared_expert_intermediate_size"] = cfg["shared_expert_intermediate_size"]
+            moe["shared_expert_intermediate_size"] = shared_ffn
         moe["num_shared_experts"] = shared
         first_dense = cfg.get("first_k_dense_replace", 0)
         if cfg.get("mlp_only_layers"):
@@ -147,6 +237,10 @@ def _convert(cfg: dict, path: Path) -> dict:
         out["dense_ffn"] = {"intermediate_size": cfg["intermediate_size"]}
     if mtype == "gpt_oss":
         out["expert_dtype"] = "mxfp4"
+    if any(t != 1 for t in cfg.get("attn_type_list") or []):
+        raise ValueError("attn_type_list has linear-attention layers (type 0, MiniMax's lightning attention): "
+                         "not mapped")
+    out.update(_quant_kind(cfg))
     return out
 
 
@@ -221,10 +315,14 @@ def model_from_hf_config(path: str | Path) -> ModelSpec:
         raise SpecError(str(path), [("(top level)", "expected a JSON object of config fields, got "
                                      + describe_type(cfg))])
     check_shape(cfg, path)
+    wrapper = None
     if "text_config" in cfg:
-        raise SpecError(str(path), [("text_config", "multimodal configs (e.g. Llama 4) are not mapped; "
-                                     "write a moesim YAML (models_db/ has examples)")])
-    unknown = sorted(set(cfg) - IGNORED)
+        if cfg.get("model_type") not in WRAPPERS or not isinstance(cfg["text_config"], dict):
+            raise SpecError(str(path), [("text_config", "multimodal configs (e.g. Llama 4) are not mapped, but "
+                                         f"{', '.join(WRAPPERS)}'s; write a moesim YAML (models_db/ has examples)")])
+        wrapper, cfg = cfg, {**cfg["text_config"], "_name_or_path": cfg["text_config"].get("_name_or_path")
+                             or _name(cfg, path)}
+    unknown = sorted(set(cfg) - IGNORED - (GENERIC if wrapper else set()))
     if unknown:
         raise SpecError(str(path), [(k, "moesim cannot map this field (it may change the architecture)")
                                     for k in unknown])
@@ -233,6 +331,9 @@ def model_from_hf_config(path: str | Path) -> ModelSpec:
         raise SpecError(str(path), problems)
     try:
         data = _convert(cfg, path)
+        if wrapper:
+            data["sources"].append({"title": f"the language model of a {wrapper['model_type']} config (its "
+                                             f"text_config); not modelled: {WRAPPERS[wrapper['model_type']]}"})
     except KeyError as exc:
         raise SpecError(str(path), [(str(exc.args[0]), "required field missing")]) from None
     except ValueError as exc:

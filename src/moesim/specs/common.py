@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 #: Data types moesim knows. Weight dtypes decide bytes moved; compute dtypes pick a peak FLOP/s.
-DType = Literal["fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4", "fp4", "mxfp4", "nvfp4"]
+DType = Literal["fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4", "int4_g32", "fp4", "mxfp4", "nvfp4"]
 
 #: Storage bytes per element. mxfp4 is 4-bit values plus one 8-bit scale per 32 values
 #: (OCP Microscaling spec v1.0, section 5): (32*4 + 8) / 32 / 8 = 0.53125 bytes.
@@ -19,6 +19,9 @@ BYTES_PER_ELEMENT: dict[str, float] = {
     "fp8": 1.0,
     "int8": 1.0,
     "int4": 0.5,
+    # 4-bit integers plus one bf16 scale per group of 32 (symmetric, no zero point: compressed-tensors
+    # "pack-quantized" int4 group_size 32, Kimi-K2.5's / K2-Thinking's experts): 0.5 + 2/32 byte
+    "int4_g32": 0.5625,
     "fp4": 0.5,
     "mxfp4": 0.53125,
     "nvfp4": 0.5625,  # 4-bit e2m1 + one fp8 (e4m3) scale per 16 elements (NVIDIA NVFP4): 0.5 + 1/16 byte

@@ -180,10 +180,10 @@ class ModelSpec(Sourced):
     max_context_tokens: int = Field(gt=0, le=MAX_DIM)
     default_dtype: str = "bf16"
     expert_dtype: str | None = Field(default=None, description="routed-expert weight dtype if it differs (gpt-oss: mxfp4)")
-    quant_kind: Literal["fp8", "fp8_block", "mxfp4", "nvfp4"] | None = Field(
+    quant_kind: Literal["fp8", "fp8_block", "mxfp4", "nvfp4", "int4"] | None = Field(
         default=None, description="native quantisation format of the released checkpoint: fp8 per-tensor, fp8_block "
-                                  "(128x128 block-scaled, DeepSeek's), mxfp4 (gpt-oss's experts), nvfp4; None = not "
-                                  "quantised (bf16/fp16)")
+                                  "(128x128 block-scaled, DeepSeek's), mxfp4 (gpt-oss's experts), nvfp4, int4 "
+                                  "(weight-only int4, W4A16: Kimi-K2.5's experts); None = not quantised (bf16/fp16)")
     attention: AttentionSpec
     moe: MoESpec | None = None
     dense_ffn: DenseFFNSpec | None = None

@@ -333,4 +333,6 @@ def quant_kind(dtype: str, model) -> str:
         return "fp8_block"
     if kind in ("mxfp4", "nvfp4") and dtype in ("mxfp4", "fp4", "nvfp4"):
         return kind
+    if kind == "int4" and dtype in ("int4", "int4_g32"):
+        return "int4"  # the engines' W4A16 MoE kernels (AIConfigurator's int4_wo tables), whatever the group size
     return dtype
