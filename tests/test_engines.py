@@ -188,12 +188,12 @@ def _module():
 
 def test_the_split_rule_is_fixed_by_gpu():
     mod = _module()
-    assert (mod.FIT_GPUS, mod.HELD_OUT_GPUS) == (("h100_sxm",), ("h200_sxm", "b200_sxm"))
+    assert (mod.FIT_GPUS, mod.HELD_OUT_GPUS) == (("h100_sxm",), ("h200_sxm", "b200_sxm", "gb200", "gb300", "b300_sxm"))
     assert mod.split_of({"id": "a", "system": "h100_sxm"}) == "fit"
-    assert mod.split_of({"id": "b", "system": "h200_sxm"}) == "held-out"
-    assert mod.split_of({"id": "c", "system": "b200_sxm"}) == "held-out"
+    for system in ("h200_sxm", "b200_sxm", "gb200", "gb300", "b300_sxm"):
+        assert mod.split_of({"id": "b", "system": system}) == "held-out"
     with pytest.raises(ValueError):
-        mod.split_of({"id": "d", "system": "gb200"})
+        mod.split_of({"id": "d", "system": "mi355x"})
 
 
 def test_aiconfigurator_golden_rows():

@@ -1,11 +1,11 @@
-"""Score moesim against AIConfigurator's measured serving runs (vLLM, SGLang, TensorRT-LLM on H100/H200).
+"""Score moesim against AIConfigurator's measured serving runs (vLLM, SGLang, TensorRT-LLM on H100 ... GB300).
 
 Data: ``shared/data/aiconfigurator/silicon_sample.csv`` (5,221 measured runs; github.com/ai-dynamo/aiconfigurator,
 ``aic-core/src/aiconfigurator_core/systems/silicon_sample.csv`` at commit 095f58a51, Apache License 2.0): TTFT
 and TPOT in ms with the engine, its version, precision, input/output lengths, concurrency and parallel layout.
 The figures are facts measured by others; nothing here copies AIConfigurator's code.
 
-Rows moesim can express (:func:`expressible`): aggregated serving (``mode == agg``) on H100 SXM or H200 SXM,
+Rows moesim can express (:func:`expressible`): aggregated serving (``mode == agg``) on a GPU of :data:`PLATFORMS`,
 tensor parallel only (pp 1, attention DP 1, expert parallel 1, MoE TP = TP, a consistent GPU count), a backend
 moesim has (vllm, sglang, trtllm), and an MoE model moesim lists, matched through the ``hf_id`` of
 ``models_db`` (an ``-FP8`` checkpoint maps to its base model in fp8).
@@ -52,9 +52,18 @@ constants ("fit"); rows on H200 SXM are only scored ("held-out"). Why by GPU: ev
 expressible runs on the H200, and the H100 rows (gpt-oss-120b on vLLM and TensorRT-LLM) are the smaller share;
 a constant fitted on one GPU is then scored on the other GPU, whose HBM bandwidth differs (3.35 vs 4.8 TB/s),
 which tests that what was fitted is not the GPU's roofline in disguise. SGLang has no expressible H100 row, so
-nothing of SGLang's may be fitted on this file.
+nothing of SGLang's may be fitted on this file. B200, GB200, GB300 and B300 rows were added later, held-out too
+(:data:`HELD_OUT_GPUS` says when): GB200 / GB300 rows run on the NVL72 rack platforms (``gb200-nvl72``,
+``gb300-nvl72``: 72 GPUs in one NVLink domain, so a layout of up to 72 GPUs is one node there, :func:`node_gpus`),
+B300 rows on ``hgx-b300``. moesim has no kernel tables or calibration of these three GPUs (``hardware_db/kernels``
+holds H100, H200 and B200; the GB200's GPU is the B200 die at 1,200 W instead of the HGX B200's 1,000 W, with other
+clocks and peak rates in ``hardware_db/gpus`` (2,500 vs 2,250 dense BF16 TFLOP/s), so the B200's measured tables are
+not borrowed): the roofline prices them and their band says "uncalibrated". Their rows stay out of the
+corpus (:data:`CORPUS_EXCLUDED_GPUS`).
 
-Run: ``python validation/published/aiconfigurator.py [--json] [--split held-out|fit|all] [--limit N]``.
+Run: ``python validation/published/aiconfigurator.py [--json] [--split held-out|fit|all] [--limit N] [--gpu SYSTEM]``
+(``--gpu gb200 --gpu gb300 --gpu b300_sxm --layouts --disagg``: the rows of the GPUs without tables, per GPU, backend,
+model, mode and layout).
 Import: :func:`records` returns one :class:`Record` per expressible row (source, row id, split, measured,
 predicted), for tests and for a ``moesim validate --published`` runner.
 """
@@ -88,11 +97,22 @@ ROOT = Path(__file__).resolve().parents[2]
 CSV_CANDIDATES = (ROOT / "validation" / "data" / "aiconfigurator" / "silicon_sample.csv",
                   ROOT.parent / "shared" / "data" / "aiconfigurator" / "silicon_sample.csv",
                   Path("/work/shared/data/aiconfigurator/silicon_sample.csv"))
-PLATFORMS = {"h100_sxm": "hgx-h100", "h200_sxm": "hgx-h200", "b200_sxm": "hgx-b200"}
+#: the CSV's ``system`` -> moesim platform. GB200 / GB300 rows ran on NVL72 racks (72 GPUs in one NVLink domain: a
+#: "node" of that platform is the whole rack, :func:`node_gpus`); B300 rows on 8-GPU HGX B300 boards
+PLATFORMS = {"h100_sxm": "hgx-h100", "h200_sxm": "hgx-h200", "b200_sxm": "hgx-b200",
+             "gb200": "gb200-nvl72", "gb300": "gb300-nvl72", "b300_sxm": "hgx-b300"}
 BACKENDS = ("vllm", "sglang", "trtllm")
 #: the split rule (see the module docstring): fixed before fitting; never changed to suit a score
 FIT_GPUS = ("h100_sxm",)
-HELD_OUT_GPUS = ("h200_sxm", "b200_sxm")  # B200 added 2026-12-03 (scored only; nothing is fitted on it)
+#: B200 added 2026-12-03; GB200, GB300 and B300 added 2026-12-04, when moesim had platforms for them but no kernel
+#: tables or calibration of those GPUs (their rows are priced by the roofline, band "uncalibrated"): scored only, to
+#: see how far the uncalibrated path is from measurements on new GPUs; nothing is fitted on any of them
+HELD_OUT_GPUS = ("h200_sxm", "b200_sxm", "gb200", "gb300", "b300_sxm")
+#: GPUs whose rows stay out of the corpus and the bands (:func:`published_cells`; scored by this script only): their
+#: 34 aggregated rows moesim predicts (68 cells, all "uncalibrated") would move the committed bands (SGLang prefill
+#: x/7.29 -> x/6.23, TensorRT-LLM prefill x/2.59 -> x/2.68, ``derive_bands.py --check``, 2026-12-04); adding them
+#: is a re-derivation of ``hardware_db/uncertainty/bands.yaml``, left to its own change
+CORPUS_EXCLUDED_GPUS = ("gb200", "gb300", "b300_sxm")
 #: checkpoints whose name says their precision: hf id -> (moesim hf id, --dtype)
 FP8_SUFFIX = "-FP8"
 
@@ -264,8 +284,19 @@ DENSE_NOTE = ("SGLang and TensorRT-LLM measured no MoE model in tensor parallel 
               "they are scored apart from the MoE rows and kept out of the corpus")
 
 
-#: GPUs of one node of the platforms rows run on (HGX H100 / H200); a larger layout needs several nodes
+#: GPUs of one node of the HGX platforms (H100 / H200 / B200 / B300); a larger layout needs several nodes.
+#: Per row: :func:`node_gpus` (an NVL72 rack is one node of 72)
 NODE_GPUS = 8
+
+
+def node_gpus(row: dict) -> int:
+    """GPUs of one NVLink domain ("node") of the row's platform, as its ``hardware_db/platforms`` entry states
+    (``num_gpus``: 8 on an HGX board, 72 on a GB200 / GB300 NVL72 rack, whose 72 GPUs share one NVLink switch
+    fabric); :data:`NODE_GPUS` for a GPU this module does not map."""
+    from moesim import db
+
+    name = PLATFORMS.get(row["system"])
+    return int(db.platforms().get(name).num_gpus) if name else NODE_GPUS
 
 
 def _undouble(tp: int, adp: int, mtp: int, mep: int) -> tuple[int, int, int, int]:
@@ -287,7 +318,7 @@ def _undouble(tp: int, adp: int, mtp: int, mep: int) -> tuple[int, int, int, int
     return tp, adp, mtp, mep
 
 
-def layout_of(row: dict, prefix: str = "", max_gpus: int = NODE_GPUS) -> dict | str:
+def layout_of(row: dict, prefix: str = "", max_gpus: int | None = None) -> dict | str:
     """The row's layout as the engine's own flags, or why moesim cannot express it.
 
     The CSV's columns (AIConfigurator's convention): tp_size = attention TP per DP rank, attention_dp_size = DP
@@ -298,7 +329,13 @@ def layout_of(row: dict, prefix: str = "", max_gpus: int = NODE_GPUS) -> dict | 
       all TP x DP GPUs, wholly EP or wholly TP: other splits are not vLLM layouts);
     - SGLang: --gpus G (its --tp), --dp-size dp --enable-dp-attention when dp > 1, --ep-size moe_ep;
     - TensorRT-LLM: --gpus G (its tp_size), enable_attention_dp when dp > 1 (attention TP 1 then: dp = G),
-      moe_expert_parallel_size / moe_tensor_parallel_size as given."""
+      moe_expert_parallel_size / moe_tensor_parallel_size as given.
+
+    A layout of up to ``max_gpus`` GPUs (default: one node of the row's platform, :func:`node_gpus`: 8 on HGX, 72
+    on an NVL72 rack, where tensor parallelism over e.g. 36 GPUs stays inside the NVLink domain) runs on one node;
+    a larger one on whole nodes joined by the scale-out network (``--nodes``), tensor parallel groups inside one."""
+    node = node_gpus(row)
+    max_gpus = node if max_gpus is None else max_gpus
     tp, mtp, mep = _int(row[prefix + "tp_size"]), _int(row[prefix + "moe_tp_size"]), _int(row[prefix + "moe_ep_size"])
     moe = mtp * mep
     if row[prefix + "attention_dp_size"] in ("", None):
@@ -313,13 +350,13 @@ def layout_of(row: dict, prefix: str = "", max_gpus: int = NODE_GPUS) -> dict | 
     if g != moe:
         return "inconsistent layout"
     nodes = 1
-    if g > max_gpus:  # several HGX nodes joined by their network (--nodes): DP / EP span them, TP stays inside
-        if g % NODE_GPUS:
-            return f"{g} GPUs: not whole nodes of {NODE_GPUS}"
-        if tp > NODE_GPUS or mtp > NODE_GPUS:
-            return (f"tensor parallel across nodes (attention TP {tp}, MoE TP {mtp} over {g // NODE_GPUS} nodes of "
-                    f"{NODE_GPUS}): not modelled")
-        nodes = g // NODE_GPUS
+    if g > max_gpus:  # several nodes joined by their network (--nodes): DP / EP span them, TP stays inside
+        if g % node:
+            return f"{g} GPUs: not whole nodes of {node}"
+        if tp > node or mtp > node:
+            return (f"tensor parallel across nodes (attention TP {tp}, MoE TP {mtp} over {g // node} nodes of "
+                    f"{node}): not modelled")
+        nodes = g // node
     backend = row["backend"]
     params: dict = {}
     if backend == "vllm":
@@ -359,7 +396,8 @@ def attention_tp_of(row: dict) -> int:
 def disagg_of(row: dict) -> dict | str:
     """A disaggregated row (``mode == disagg``) as moesim's pools, or why not: prefill_num_workers workers of the
     prefill_* layout and decode_num_workers of the decode_* layout (each mapped to the engine's own flags by
-    :func:`layout_of`), on as many 8-GPU nodes as they take together (``--nodes``). Concurrency: the benchmark's
+    :func:`layout_of`), on as many nodes of the platform as they take together (``--nodes``; a node is 8 GPUs of
+    an HGX board, 72 of an NVL72 rack: :func:`node_gpus`). Concurrency: the benchmark's
     ``silicon_concurrency`` (else decode_batch_size x decode_num_workers x decode attention DP, AIConfigurator's
     convention: the batch is per attention-DP rank). Rows without the pools' sizes are not expressed."""
     if row["prefill_num_workers"] in ("", None) or row["decode_num_workers"] in ("", None):
@@ -391,7 +429,8 @@ def disagg_of(row: dict) -> dict | str:
     c = concurrency_of(row, _int(row["decode_batch_size"]) * n_d * _int(row["decode_attention_dp_size"]))
     words = (f"disagg {n_p}x({pools['prefill']['gpus']} {pools['prefill']['layout']}) + "
              f"{n_d}x({pools['decode']['gpus']} {pools['decode']['layout']})")
-    return {"gpus": NODE_GPUS, "nodes": math.ceil(total / NODE_GPUS), "params": params, "layout": words,
+    node = node_gpus(row)
+    return {"gpus": node, "nodes": math.ceil(total / node), "params": params, "layout": words,
             "concurrency": c}
 
 
@@ -536,7 +575,7 @@ def published_cells() -> list:
         return []
     out = []
     for row in rows:
-        if expressible(row, CORPUS_LAYOUTS, CORPUS_DISAGG) is not None:
+        if row["system"] in CORPUS_EXCLUDED_GPUS or expressible(row, CORPUS_LAYOUTS, CORPUS_DISAGG) is not None:
             continue
         model, dtype = model_of(row["model_path"])
         disagg = row["mode"] == "disagg"
@@ -661,8 +700,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="also the disaggregated rows whose pools are stated (grouped by mode)")
     ap.add_argument("--dense", action="store_true",
                     help="also the dense reference models' rows (grouped apart: dense True/False)")
+    ap.add_argument("--gpu", action="append", choices=sorted(PLATFORMS), default=None,
+                    help="only the rows of this GPU (the CSV's system column; repeatable)")
     args = ap.parse_args(argv)
-    recs = records(split=args.split, limit=args.limit, system=args.as_system, layouts=args.layouts,
+    rows = [r for r in load_rows() if args.gpu is None or r["system"] in args.gpu]
+    recs = records(rows, split=args.split, limit=args.limit, system=args.as_system, layouts=args.layouts,
                    disagg=args.disagg, dense=args.dense)
     groupings = [("split", "backend"), ("split", "backend", "model"), ("split", "gpu", "backend", "tp")]
     if args.dense:
@@ -671,6 +713,9 @@ def main(argv: list[str] | None = None) -> int:
         groupings.append(("split", "mode", "backend"))
     if args.layouts:
         groupings.append(("split", "backend", "model", "layout"))
+    groupings.append(("split", "gpu", "backend", "model", "mode"))  # per GPU (uncalibrated GPUs apart)
+    if args.layouts or args.disagg:
+        groupings.append(("split", "gpu", "backend", "model", "mode", "layout"))
     if args.json:
         print(json.dumps({"source": SOURCE, "split_rule": f"fit: {FIT_GPUS}; held-out: {HELD_OUT_GPUS}",
                           "records": [asdict(r) | {"ttft_error": r.ttft_error, "tpot_error": r.tpot_error}
