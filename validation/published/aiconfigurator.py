@@ -84,13 +84,14 @@ from typing import Iterable
 from moesim.analysis.layouts import CAP_FLAG  # (the engines' caps on running requests: one map)
 # the closed-loop benchmark rule lives in the library (the layout search prices concurrency with it too)
 from moesim.serving.closed_loop import (  # noqa: F401  (re-exported: aiconfigurator_fit.py reads A.MODELS)
-    BENCHMARK_MODEL, MODELS, SIMULATED, benchmark_latency, request_overhead_s, simulated_latency)
+    BENCHMARK_MODEL, MODELS, SIMULATED, STAGGERED, benchmark_latency, request_overhead_s, simulated_client,
+    simulated_latency)
 
 #: the closed-loop client models the harness fit chooses among: the analytic ones and the engine's scheduler
 #: simulated over W waves (``simW``, :func:`moesim.serving.closed_loop.simulated_latency`); a plan the scheduler
 #: cannot serve online (attention-DP / expert-parallel layouts, disaggregated pools) takes :data:`BENCHMARK_MODEL`
 #: instead (a rule fixed before the simulated client was first scored)
-HARNESS_MODELS = MODELS + tuple(SIMULATED)
+HARNESS_MODELS = MODELS + tuple(SIMULATED) + tuple(STAGGERED)
 
 SOURCE = "aiconfigurator-silicon"
 ROOT = Path(__file__).resolve().parents[2]
@@ -519,8 +520,9 @@ def predict_row(row: dict, system: str | None = None, model: str | None = None) 
         ctx, plan, sc = entry["_plan"]
         try:
             engine = get_system(plan.system)(sc.system_params or None)
+            waves, staggered = simulated_client(model)
             entry[model] = (*simulated_latency(engine, ctx, plan, sc.prompt_tokens, sc.gen_tokens, sc.batch_size,
-                                               SIMULATED[model]), "")
+                                               waves, staggered), "")
         except MoesimError:  # a layout or pool the online scheduler does not serve: the analytic default
             entry[model] = None
     t, p, note = entry[model] or entry[BENCHMARK_MODEL]

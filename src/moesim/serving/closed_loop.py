@@ -39,6 +39,19 @@ MODELS = ("lockstep", "steady", "half", "wave")
 #: the closed loop simulated step by step by the engine's own scheduler (:func:`simulated_latency`): "simW" sends
 #: W x C requests at C in flight, the first C together
 SIMULATED = {"sim2": 2, "sim4": 4, "sim8": 8}
+#: ... and "stagW" the same W x C requests with the first C spread evenly over one request's lifetime (a client whose
+#: requests have drifted apart, as a long benchmark's do when the engine does not pull them back together)
+STAGGERED = {"stag4": 4}
+
+
+def simulated_client(name: str) -> tuple[int, bool] | None:
+    """(waves W, staggered start?) of a simulated client model's name (:data:`SIMULATED`, :data:`STAGGERED`);
+    None for an analytic one (:data:`MODELS`)."""
+    if name in SIMULATED:
+        return SIMULATED[name], False
+    if name in STAGGERED:
+        return STAGGERED[name], True
+    return None
 
 
 def wave_mean_ttft_s(plan, prompt: int, batch: int) -> float:
@@ -107,7 +120,8 @@ def benchmark_latency(plan, prompt: int, gen: int, concurrency: int, model: str 
     return 0.5 * (ttft_l + ttft_s), 0.5 * (tpot_l + tpot_s)
 
 
-def simulated_latency(system, ctx, plan, prompt: int, gen: int, concurrency: int, waves: int = 4) -> tuple[float, float]:
+def simulated_latency(system, ctx, plan, prompt: int, gen: int, concurrency: int, waves: int = 4,
+                      staggered: bool = False) -> tuple[float, float]:
     """(mean TTFT, mean TPOT) in seconds of a closed-loop benchmark run simulated by the engine's scheduler
     (:func:`moesim.serving.scheduler.run` with ``concurrency``): W x C requests of P prompt and G generated tokens,
     the first C sent together and each next one when one finishes, every step priced by the engine's step-time
@@ -115,15 +129,22 @@ def simulated_latency(system, ctx, plan, prompt: int, gen: int, concurrency: int
     with decodes). How far the waves stay in lockstep is then the engine's scheduling: prompts chunked into decode
     steps finish at different steps and the next wave arrives spread out; prefill-first batches keep a wave
     together. TTFT = first token - arrival; TPOT = (last - first token) / (G - 1), both averaged over the requests
-    as the benchmarks average them. Raises what ``online_model`` raises for a plan it cannot serve online (parallel
-    layouts, speculative decoding, disaggregation)."""
+    as the benchmarks average them. ``staggered``: the first C are sent at i E / C (i = 0..C-1), E = one request's
+    lifetime TTFT + (G - 1) TPOT in the analytic steady state (:func:`benchmark_latency` "steady"), so the loop
+    starts from requests spread over their lifetimes instead of one wave. Raises what ``online_model`` raises for a
+    plan it cannot serve online (parallel layouts, speculative decoding, disaggregation)."""
     import numpy as np
 
     from .arrivals import Requests
     from .scheduler import run
 
-    n = max(1, waves) * max(1, concurrency)
-    requests = Requests(np.zeros(n), np.full(n, prompt, dtype=np.int64), np.full(n, gen, dtype=np.int64))
+    c = max(1, concurrency)
+    n = max(1, waves) * c
+    arrivals = np.zeros(n)
+    if staggered:
+        ttft, tpot = benchmark_latency(plan, prompt, gen, c, "steady")
+        arrivals[:c] = np.arange(c) * (ttft + (gen - 1) * tpot) / c
+    requests = Requests(arrivals, np.full(n, prompt, dtype=np.int64), np.full(n, gen, dtype=np.int64))
     model = system.online_model(ctx, plan, prompt + gen)
     trace = run(requests, model, system.name, concurrency=concurrency)
     ttft = trace.first_token_s - trace.arrival_s
