@@ -270,7 +270,9 @@ def test_golden_held_out_cells_within_the_reported_error():
     import transformers_h200 as V
 
     groups: dict[tuple, list[float]] = {}
-    for r in V.errors(V.cells()):  # every campaign file, pooled by the lease rule
+    # the campaign these figures were reported for (the first hf_generate.py file); the pooled figures with the
+    # repeat lease (2026-12-03-transformers5.17-repeat.json) are printed by transformers_h200.py, not pinned here
+    for r in V.errors(V.cells(V.measurement_files()[0])):
         if r["split"] == "held-out" and V.in_generate(r):
             groups.setdefault(("offload" if r["offload"] else r["phase"], r["impl"]), []).append(abs(r["error"]))
     checked = [k for k in GOLDEN_TOLERANCE if k in groups]

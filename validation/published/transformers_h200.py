@@ -64,11 +64,11 @@ CELL_KEY = ("model", "layers", "kind", "impl", "batch", "prompt")
 
 
 def measurement_files() -> list[Path]:
-    """Every hf_generate.py campaign file (one per lease), oldest first."""
-    files = sorted(glob.glob(str(ROOT / "validation/measurements/h200/transformers/*transformers5.17*.json")))
+    """Every hf_generate.py campaign file (one per lease), oldest first (by the start time each file records)."""
+    files = glob.glob(str(ROOT / "validation/measurements/h200/transformers/*transformers5.17*.json"))
     if not files:
         raise SystemExit("no transformers 5.17 measurements under validation/measurements/h200/transformers/")
-    return [Path(f) for f in files]
+    return sorted((Path(f) for f in files), key=lambda f: (json.loads(f.read_text())["meta"].get("started", ""), f.name))
 
 
 def measurement_file() -> Path:
