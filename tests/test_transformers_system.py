@@ -139,6 +139,41 @@ def test_generate_per_step_drops_the_first_timed_call():
     assert V.generate_per_step_s({"kind": "generate", "per_step_s": 0.02}) == 0.02
 
 
+def test_repeated_leases_are_pooled_by_the_median_and_counted_once(tmp_path):
+    """A cell measured on several leases (campaign files) is scored once, at the median of its leases' times
+    (transformers_h200.LEASE_RULE); a cell of one lease keeps its time; generate cells pool their per-step times."""
+    sys.path.insert(0, str(ROOT / "validation/published"))
+    import transformers_h200 as V
+
+    assert V.LEASE_RULE == "median"
+    base = {"model": "qwen3-30b-a3b", "layers": 24, "impl": "batched_mm", "batch": 1, "prompt": 128}
+    gen = dict(base, impl="grouped_mm", kind="generate", steps=16)
+
+    def lease(name, decode_s, extra=(), gen_t=(0.03, 0.5)):
+        cells = [dict(base, kind="decode", times_s=[0.5] + [decode_s] * 5, median_s=decode_s),
+                 dict(gen, t1_s=[0.1, gen_t[0]], tn_s=[0.9, gen_t[1]]), *extra]
+        path = tmp_path / f"{name}-transformers5.17.json"
+        path.write_text(json.dumps({"cells": cells}))
+        return path
+
+    only_first = dict(base, kind="prefill", prompt=512, times_s=[1.0, 0.2, 0.2], median_s=0.2)
+    files = [lease("a", 0.030, [only_first], (0.03, 0.51)), lease("b", 0.020, gen_t=(0.02, 0.34)),
+             lease("c", 0.027, gen_t=(0.04, 0.36))]
+    rows = {(r["kind"], r["prompt"]): r for r in V.cells(files)}
+    assert len(rows) == 3  # the repeated decode and generate cells once each, the single-lease prefill once
+    dec = rows[("decode", 128)]
+    assert dec["leases"] == 3 and dec["lease_s"] == [0.030, 0.020, 0.027]
+    assert dec["measured_s"] == pytest.approx(0.027)  # the median, not the mean (0.0257) nor any one lease
+    assert rows[("generate", 128)]["measured_s"] == pytest.approx(statistics.median([0.48 / 16, 0.32 / 16, 0.32 / 16]))
+    assert rows[("prefill", 512)]["leases"] == 1 and rows[("prefill", 512)]["measured_s"] == 0.2
+    two = {r["kind"]: r for r in V.cells(files[1:])}
+    assert two["decode"]["measured_s"] == pytest.approx((0.020 + 0.027) / 2)  # two leases: their mean
+    assert V.cells(files[0])[0]["leases"] == 1  # one file alone is that lease's cells
+    twice = lease("d", 0.02, [dict(base, kind="decode", times_s=[0.1, 0.02], median_s=0.02)])
+    with pytest.raises(SystemExit, match="measured twice"):
+        V.cells([twice])
+
+
 def test_host_read_is_derived_from_the_fit_models_loop_stub():
     """host_read_s in the YAML is measured_read_s of the committed decode-steps micro-benchmarks: the eager loop
     body at OLMoE's expert shape (FIT; 1 and 16 tokens) less 17 calls at that lease's per-call time, over 5 reads."""
@@ -235,7 +270,9 @@ def test_golden_held_out_cells_within_the_reported_error():
     import transformers_h200 as V
 
     groups: dict[tuple, list[float]] = {}
-    for r in V.errors(V.cells(_measured())):
+    # the campaign these figures were reported for (the first hf_generate.py file); the pooled figures with the
+    # repeat lease (2026-12-03-transformers5.17-repeat.json) are printed by transformers_h200.py, not pinned here
+    for r in V.errors(V.cells(V.measurement_files()[0])):
         if r["split"] == "held-out" and V.in_generate(r):
             groups.setdefault(("offload" if r["offload"] else r["phase"], r["impl"]), []).append(abs(r["error"]))
     checked = [k for k in GOLDEN_TOLERANCE if k in groups]

@@ -10,6 +10,10 @@ Split, fixed here before any fitting:
             cpu_offload hook time from OLMoE's offload cells);
   HELD-OUT  DeepSeek-V2-Lite, Qwen3-30B-A3B, Mixtral-8x7B (and Qwen1.5-MoE's cpu_offload cells): only scored.
 
+Repeated measurements (fixed before the second hf_generate.py campaign's data came back; see LEASE_RULE): a cell
+is (model, layers, kind, experts backend, batch, prompt) of an hf_generate.py campaign file (one file per lease); its
+measured time is the median over every lease that measured it, and the cell counts once in its series and in the fit.
+
 The host constants are bounded by what the device measured directly (``*hf-batched-mm-host*.json``, written by
 ``validation/torchbench/hf_batched_mm.py``, FIT models only): the per-call measurement (per-call burst
 time of small CUDA ops) bounds torch_call_s from below; module_call_s stays inside the measured module-vs-body bracket and
@@ -44,11 +48,32 @@ FITTED = ("torch_call_s", "module_call_s", "forward_host_s", "generate_step_host
           "decoder_layer_host_s")
 
 
-def measurement_file() -> Path:
-    files = sorted(glob.glob(str(ROOT / "validation/measurements/h200/transformers/*transformers5.17*.json")))
+#: How one cell measured on several leases is scored (written down before the repeat campaign's data came back):
+#: "median" = a cell (CELL_KEY) takes the median of its times over every hf_generate.py campaign file (one per lease)
+#: that measured it, and counts once in its series median and in the fit. Why: moesim predicts a configuration's time,
+#: not a lease's; the lease-to-lease differences of one cell (the host's speed, the card as it was found: Qwen3-30B-A3B's
+#: batched_mm decode at +13..+21 % on one lease, -4..-1 % on two others) are noise about that time, and the median of
+#: the leases is the estimate of it least moved by one odd lease (with two, their mean). Scoring each lease as its own
+#: record would instead weight a cell by how many times it happened to be re-measured (the re-measured series would
+#: count twice against the rest) and would treat the spread between leases as if it were error of the model.
+#: Only files of the same harness (hf_generate.py, ``*transformers5.17*.json``) are pooled: hf_decode_steps.py and
+#: hf_batched_mm.py time other things (decode after a grouped_mm prefill, hidden-128 models) and stay apart.
+LEASE_RULE = "median"
+#: the fields that name one measured cell across leases
+CELL_KEY = ("model", "layers", "kind", "impl", "batch", "prompt")
+
+
+def measurement_files() -> list[Path]:
+    """Every hf_generate.py campaign file (one per lease), oldest first (by the start time each file records)."""
+    files = glob.glob(str(ROOT / "validation/measurements/h200/transformers/*transformers5.17*.json"))
     if not files:
         raise SystemExit("no transformers 5.17 measurements under validation/measurements/h200/transformers/")
-    return Path(files[-1])
+    return sorted((Path(f) for f in files), key=lambda f: (json.loads(f.read_text())["meta"].get("started", ""), f.name))
+
+
+def measurement_file() -> Path:
+    """The newest campaign file."""
+    return measurement_files()[-1]
 
 
 def generate_per_step_s(c: dict) -> float | None:
@@ -65,9 +90,38 @@ def generate_per_step_s(c: dict) -> float | None:
     return (statistics.median(tn[1:] or tn) - statistics.median(t1[1:] or t1)) / k
 
 
-def cells(path: Path | None = None) -> list[dict]:
-    """Measured cells with a time: prefill, decode, generate (per step, :func:`generate_per_step_s`) and offload_*."""
-    data = json.loads((path or measurement_file()).read_text())
+def cells(path: Path | list[Path] | None = None) -> list[dict]:
+    """Measured cells with a time: prefill, decode, generate (per step, :func:`generate_per_step_s`) and offload_*,
+    from every campaign file (``path``: one file, a list of them, or None for all), each cell once with its leases'
+    times reduced by :func:`pool_leases` (LEASE_RULE)."""
+    paths = measurement_files() if path is None else [path] if isinstance(path, (str, Path)) else list(path)
+    return pool_leases([_file_cells(Path(p)) for p in paths])
+
+
+def pool_leases(per_lease: list[list[dict]]) -> list[dict]:
+    """One row per cell (CELL_KEY) over the leases' rows (one list per campaign file, oldest first): measured_s is the
+    median of the leases' times (LEASE_RULE), ``lease_s`` lists them in file order, ``leases`` counts them; the other
+    fields are the first lease's (the configuration is the same; decode ``steps`` are each file's own timed steps)."""
+    if LEASE_RULE != "median":
+        raise ValueError(f"unknown lease rule {LEASE_RULE!r}")
+    pooled: dict[tuple, dict] = {}
+    for lease, rows in enumerate(per_lease):
+        for c in rows:
+            key = tuple(c[k] for k in CELL_KEY)
+            if key in pooled and lease in pooled[key]["lease_index"]:
+                raise SystemExit(f"cell {key} measured twice in one campaign file")
+            row = pooled.setdefault(key, dict(c, lease_s=[], lease_index=[]))
+            row["lease_s"].append(c["measured_s"])
+            row["lease_index"].append(lease)
+    out = []
+    for row in pooled.values():
+        out.append(dict(row, measured_s=statistics.median(row["lease_s"]), leases=len(row["lease_s"])))
+    return out
+
+
+def _file_cells(path: Path) -> list[dict]:
+    """The cells of one campaign file (one lease), unpooled."""
+    data = json.loads(path.read_text())
     gen_steps = generate_steps(data["cells"])
     out = []
     for c in data["cells"]:
@@ -408,7 +462,8 @@ def main() -> int:
         for r in scored:
             print(f"{r['split']:8s} {r['model']:18s} {r['kind']:16s} {r['impl']:10s} b={r['batch']:3d} p={r['prompt']:3d} "
                   f"measured {r['measured_s'] * 1e3:9.2f} ms  predicted {r['predicted_s'] * 1e3:9.2f} ms  "
-                  f"{r['error'] * 100:+6.1f}%")
+                  f"{r['error'] * 100:+6.1f}%" + (f"  leases {' / '.join(f'{t * 1e3:.2f}' for t in r['lease_s'])} ms"
+                                                   if r.get("leases", 1) > 1 else ""))
     if args.by_model:
         groups: dict[tuple, list[float]] = {}
         for r in scored:
