@@ -311,6 +311,20 @@ def h2d_probe(rec, is_tiny: bool) -> None:
     rec.flush()
 
 
+
+def campaign_meta(args, entries, **extra) -> dict:
+    """The record every campaign file of this harness (and hf_repeat.py) starts with: versions, host, GPU, the
+    budget, the configs measured, when it started; ``extra`` adds the campaign's own fields (its method)."""
+    import accelerate
+    import transformers
+
+    return dict(
+        transformers=transformers.__version__, accelerate=accelerate.__version__, torch=torch.__version__,
+        python=platform.python_version(), host=platform.node(), tiny=args.tiny, budget_s=args.budget_s,
+        gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        gpu_mem_bytes=torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else None,
+        started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), configs=entries, **extra)
+
 def main() -> int:
     global T0
     ap = argparse.ArgumentParser()
@@ -322,19 +336,9 @@ def main() -> int:
     T0 = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    import transformers
-    import accelerate
-
     entries = json.loads((HERE / "hf_configs.json").read_text())["models"]
-    meta = dict(
-        transformers=transformers.__version__, accelerate=accelerate.__version__, torch=torch.__version__,
-        python=platform.python_version(), host=platform.node(), tiny=args.tiny, budget_s=args.budget_s,
-        gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-        gpu_mem_bytes=torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else None,
-        started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), configs=entries,
-        method="wall time between torch.cuda.synchronize() calls; prefill median of reps after the first; "
-               "decode median of steps after the first",
-    )
+    meta = campaign_meta(args, entries, method="wall time between torch.cuda.synchronize() calls; prefill median of "
+                                               "reps after the first; decode median of steps after the first")
     rec = Recorder(out, meta)
     h2d_probe(rec, args.tiny)
     rec.note(f"h2d probe done at {time.perf_counter() - T0:.1f} s")

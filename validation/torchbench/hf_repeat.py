@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 import traceback
@@ -57,20 +56,12 @@ def main() -> int:
     G.T0 = t0 = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    import accelerate
-    import transformers
-
     entries = json.loads((HERE / "hf_configs.json").read_text())["models"]
-    meta = dict(
-        transformers=transformers.__version__, accelerate=accelerate.__version__, torch=torch.__version__,
-        python=platform.python_version(), host=platform.node(), tiny=args.tiny, budget_s=args.budget_s,
-        gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-        gpu_mem_bytes=torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else None,
-        started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), configs=entries, harness="hf_repeat.py",
-        method="hf_generate.py's run_cells (batched_mm, eager) and run_generate: wall time between "
-               "torch.cuda.synchronize() calls; prefill median of reps after the first; decode median of steps after "
-               "the first; generate: warm-up call of the timed length, then GEN_REPS calls of each length",
-    )
+    meta = G.campaign_meta(args, entries, harness="hf_repeat.py",
+                           method="hf_generate.py's run_cells (batched_mm, eager) and run_generate: wall time "
+                                  "between torch.cuda.synchronize() calls; prefill median of reps after the first; "
+                                  "decode median of steps after the first; generate: warm-up call of the timed "
+                                  "length, then GEN_REPS calls of each length")
     rec = G.Recorder(out, meta)
 
     def build(key):
