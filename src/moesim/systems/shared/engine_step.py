@@ -29,7 +29,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from ...costs import Execution
-from ...costs.ffn import router as router_cost
+from ...costs.ffn import dispatch_combine, router as router_cost
 from ...db import system_constants
 from ...modules import Context
 from .tensor_parallel import LayerTimes
@@ -211,8 +211,9 @@ def engine_layer_times(ctx: Context, tokens: float, attention: list[tuple[float,
     ``execution`` (dense GEMMs over ``gemm_tokens`` rows, the CUDA-graph padded batch, when given), the fused MoE
     from the kernel table where it has one, the all-reduce from :func:`engine_allreduce_s`."""
     tables = _kernel_tables(ctx, backend)
-    key = ("engine layer times", execution, backend if tables is not None else None, tokens, tuple(attention),
-           gemm_tokens)  # engines without tables price a step alike: systems of one auto comparison share it
+    own = tables is not None or (execution.engine_kernels and trtllm_gen_moe_kernels(ctx, backend))
+    key = ("engine layer times", execution, backend if own else None, tokens, tuple(attention),
+           gemm_tokens)  # engines without tables (or kernels of their own) price a step alike: an auto comparison shares it
     return ctx.memo(key, lambda: _engine_layer_times(ctx, tokens, attention, execution, backend, gemm_tokens))
 
 
@@ -233,11 +234,44 @@ def _engine_layer_times(ctx: Context, tokens: float, attention: list[tuple[float
         if m.dense_ffn is not None and dense:
             dense = _or(table_gemms_s(ctx, tables, rows,
                                       ffn_gemm_shapes(h, m.dense_ffn.intermediate_size, m.dense_ffn.gated, tp)), dense)
-    if tables is not None and m.moe:
-        t = routed_table_moe_s(ctx, tables, rows)
-        if t is not None:
-            experts, router = t, engine_router_s(ctx, rows, execution, fused_table=True)
+    table_moe = routed_table_moe_s(ctx, tables, rows) if tables is not None and m.moe else None
+    if table_moe is not None:
+        experts, router = table_moe, engine_router_s(ctx, rows, execution, fused_table=True)
+    elif m.moe and execution.engine_kernels:
+        kernels = trtllm_gen_moe_kernels(ctx, backend)
+        if kernels:
+            router, experts = trtllm_gen_moe_s(ctx, rows, execution, kernels)
     return LayerTimes(attn_proj, base.core, engine_allreduce_s(ctx, rows, backend), router, experts, shared, dense)
+
+
+def trtllm_gen_moe_kernels(ctx: Context, backend: str) -> int:
+    """Kernels of one TensorRT-LLM-Gen fused-MoE call where ``backend`` runs the model's experts through it on this GPU
+    (``trtllm_gen_moe`` of ``systems_db/engines.yaml``: Blackwell GPUs, engine:quant pairs), else 0."""
+    if ctx.platform.gpu.architecture != "blackwell":
+        return 0
+    c = system_constants("engines")
+    q = quant_kind(ctx.edtype, ctx.model)
+    if f"{backend}:{q}" not in {p.strip() for p in str(c.value("trtllm_gen_moe")).split(",")}:
+        return 0
+    return int(c.value("trtllm_gen_moe_kernels_fp8_block" if q == "fp8_block" else "trtllm_gen_moe_kernels_fp4"))
+
+
+def trtllm_gen_moe_s(ctx: Context, rows: float, execution: Execution, kernels: int) -> tuple[float, float]:
+    """(router s, experts s) of one MoE layer run through TensorRT-LLM-Gen's fused MoE, priced on the roofline where no
+    measured table covers it. The router is the logits GEMM alone (the top-k runs in the MoE call's routing kernel);
+    the call is the routed experts' weight streaming and FLOPs (:meth:`Context.experts`, this GPU's share) in
+    ``kernels`` launches, plus the gather of the routed rows and their weighted combine at the vector rate, fused
+    into GEMM1's loads and the finalize kernel (no launches of their own)::
+
+        t_router = roof(gemm(T, E, H)) + gap
+        t_moe    = roof(experts) + roof(gather + combine) + kernels x gap"""
+    m = ctx.model
+    inv = 1.0 / ctx.platform.num_gpus
+    router = ctx.gpu_s(router_cost(m.hidden_size, m.moe.num_experts, rows, launches=0), execution)
+    routed = rows * m.moe.top_k
+    call = ctx.experts(ctx.active_experts(rows), routed).with_(launches=kernels).then(
+        dispatch_combine(m.hidden_size, routed).with_(launches=0))
+    return router, ctx.gpu_s(call.scaled(inv), execution)
 
 
 def _or(value: float | None, fallback: float) -> float:
