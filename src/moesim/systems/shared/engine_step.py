@@ -257,21 +257,36 @@ def trtllm_gen_moe_kernels(ctx: Context, backend: str) -> int:
 
 
 def trtllm_gen_moe_s(ctx: Context, rows: float, execution: Execution, kernels: int) -> tuple[float, float]:
-    """(router s, experts s) of one MoE layer run through TensorRT-LLM-Gen's fused MoE, priced on the roofline where no
-    measured table covers it. The router is the logits GEMM alone (the top-k runs in the MoE call's routing kernel);
-    the call is the routed experts' weight streaming and FLOPs (:meth:`Context.experts`, this GPU's share) in
-    ``kernels`` launches, plus the gather of the routed rows and their weighted combine at the vector rate, fused
-    into GEMM1's loads and the finalize kernel (no launches of their own)::
-
-        t_router = roof(gemm(T, E, H)) + gap
-        t_moe    = roof(experts) + roof(gather + combine) + kernels x gap"""
+    """(router s, experts s) of one tensor-parallel MoE layer of ``rows`` rows run through TensorRT-LLM-Gen's fused
+    MoE, priced on the roofline where no measured table covers it (:func:`router_logits_s`, :func:`trtllm_gen_call_s`
+    over the platform's GPUs)."""
     m = ctx.model
-    inv = 1.0 / ctx.platform.num_gpus
-    router = ctx.gpu_s(router_cost(m.hidden_size, m.moe.num_experts, rows, launches=0), execution)
-    routed = rows * m.moe.top_k
-    call = ctx.experts(ctx.active_experts(rows), routed).with_(launches=kernels).then(
-        dispatch_combine(m.hidden_size, routed).with_(launches=0))
-    return router, ctx.gpu_s(call.scaled(inv), execution)
+    call = trtllm_gen_call_s(ctx, execution, kernels, ctx.active_experts(rows), rows * m.moe.top_k,
+                             ctx.platform.num_gpus)
+    return router_logits_s(ctx, rows, execution), call
+
+
+def router_logits_s(ctx: Context, rows: float, execution: Execution | None) -> float:
+    """The router of an MoE layer whose fused-MoE call selects the experts itself (TensorRT-LLM-Gen's routing kernel
+    takes the logits and runs the softmax / top-k): the logits GEMM, one kernel::
+
+        t_router = roof(gemm(T, E, H) + softmax work) + gap"""
+    m = ctx.model
+    return ctx.gpu_s(router_cost(m.hidden_size, m.moe.num_experts, rows, launches=0), execution)
+
+
+def trtllm_gen_call_s(ctx: Context, execution: Execution | None, kernels: int, active: float, slots: float,
+                      split: float) -> float:
+    """One TensorRT-LLM-Gen fused-MoE call on one GPU on the roofline: the routed experts' weight streaming and FLOPs
+    (:meth:`Context.experts` of ``active`` experts and ``slots`` routed rows, the GPU holding 1 / ``split`` of each
+    expert's ffn) in ``kernels`` launches, plus the gather of the routed rows and their weighted combine at the vector
+    rate, fused into GEMM1's loads and the finalize kernel (no launches of their own)::
+
+        t = roof(experts / split) + roof((gather + combine) / split) + kernels x gap"""
+    m = ctx.model
+    call = ctx.experts(active, slots).with_(launches=kernels).then(
+        dispatch_combine(m.hidden_size, slots).with_(launches=0))
+    return ctx.gpu_s(call.scaled(1.0 / split), execution)
 
 
 def _or(value: float | None, fallback: float) -> float:
