@@ -29,7 +29,8 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from ...costs import Execution
-from ...costs.ffn import dispatch_combine, router as router_cost
+from ...costs.ffn import router as router_cost
+from ...costs.gemm import vector_op
 from ...db import system_constants
 from ...modules import Context
 from .tensor_parallel import LayerTimes
@@ -279,14 +280,17 @@ def trtllm_gen_call_s(ctx: Context, execution: Execution | None, kernels: int, a
                       split: float) -> float:
     """One TensorRT-LLM-Gen fused-MoE call on one GPU on the roofline: the routed experts' weight streaming and FLOPs
     (:meth:`Context.experts` of ``active`` experts and ``slots`` routed rows, the GPU holding 1 / ``split`` of each
-    expert's ffn) in ``kernels`` launches, plus the gather of the routed rows and their weighted combine at the vector
-    rate, fused into GEMM1's loads and the finalize kernel (no launches of their own)::
+    expert's ffn) in ``kernels`` launches, plus the finalize kernel's traffic. The gather of the routed rows is fused
+    into GEMM1's loads (the experts' activation bytes already read each routed row once); finalize reads each routed
+    output once (its GEMM2 write is in the experts' bytes), scales it by its routing weight and adds it into its
+    token's row, written once: ``slots`` x H x (1 + 1 / k) bf16 elements at the vector rate, not split (under MoE
+    tensor parallelism every GPU combines all of its rows' partial outputs)::
 
-        t = roof(experts / split) + roof((gather + combine) / split) + kernels x gap"""
+        t = roof(experts / split) + roof(finalize) + kernels x gap"""
     m = ctx.model
-    call = ctx.experts(active, slots).with_(launches=kernels).then(
-        dispatch_combine(m.hidden_size, slots).with_(launches=0))
-    return ctx.gpu_s(call.scaled(1.0 / split), execution)
+    finalize = vector_op(slots * m.hidden_size, 2.0, 1.0 + 1.0 / m.moe.top_k, launches=0)
+    call = ctx.experts(active, slots).scaled(1.0 / split).with_(launches=kernels).then(finalize)
+    return ctx.gpu_s(call, execution)
 
 
 def _or(value: float | None, fallback: float) -> float:
