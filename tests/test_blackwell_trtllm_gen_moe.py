@@ -23,12 +23,16 @@ def _ctx(model: str, system: str, hw: str = "hgx-b200", gpus: int = 1):
 
 def test_which_engine_runs_trtllm_gen_on_which_gpu():
     """vLLM's MXFP4 MoE on SM100 is FlashInfer's TRTLLM-Gen (4 kernels in FP4); the H200 runs no such kernel; TRT-LLM's
-    fp8 block-scaled DeepSeek MoE on SM100 is DeepGEMM's (not listed); SGLang's fp8 block MoE is (5 kernels)."""
+    fp8 block-scaled DeepSeek MoE on SM100 is DeepGEMM's (not listed); SGLang's fp8 block MoE is (5 kernels, and one
+    quantising its fp8 input); its NVFP4 MoE 4 + 1 (fp4 input)."""
     assert ES.trtllm_gen_moe_kernels(_ctx("gpt-oss-120b", "vllm")[0], "vllm") == 4
     assert ES.trtllm_gen_moe_kernels(_ctx("gpt-oss-120b", "trtllm")[0], "trtllm") == 4
     assert ES.trtllm_gen_moe_kernels(_ctx("gpt-oss-120b", "vllm", "hgx-h200")[0], "vllm") == 0
     assert ES.trtllm_gen_moe_kernels(_ctx("deepseek-r1", "trtllm", gpus=8)[0], "trtllm") == 0
-    assert ES.trtllm_gen_moe_kernels(_ctx("deepseek-r1", "sglang", gpus=8)[0], "sglang") == 5
+    assert ES.trtllm_gen_moe_kernels(_ctx("deepseek-r1", "sglang", gpus=8)[0], "sglang") == 6
+    nv = moesim.Scenario(model="deepseek-r1", hardware="hgx-b200", num_gpus=8, system="sglang", prompt_tokens=512,
+                         gen_tokens=16, batch_size=4, num_requests=4, dtype="nvfp4")
+    assert ES.trtllm_gen_moe_kernels(plan_scenario(nv)[0], "sglang") == 5
 
 
 def test_trtllm_gen_moe_by_hand():

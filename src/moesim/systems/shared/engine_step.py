@@ -247,14 +247,20 @@ def _engine_layer_times(ctx: Context, tokens: float, attention: list[tuple[float
 
 def trtllm_gen_moe_kernels(ctx: Context, backend: str) -> int:
     """Kernels of one TensorRT-LLM-Gen fused-MoE call where ``backend`` runs the model's experts through it on this GPU
-    (``trtllm_gen_moe`` of ``systems_db/engines.yaml``: Blackwell GPUs, engine:quant pairs), else 0."""
+    (``trtllm_gen_moe`` of ``systems_db/engines.yaml``: Blackwell GPUs, engine:quant pairs), else 0: the call's own
+    (``trtllm_gen_moe_kernels_fp4`` / ``_fp8_block``) plus the hidden states' quantisation before it where the
+    activations are quantised (fp8 block-scaled, NVFP4: ``trtllm_gen_moe_input_quant_kernels``)."""
     if ctx.platform.gpu.architecture != "blackwell":
         return 0
     c = system_constants("engines")
     q = quant_kind(ctx.edtype, ctx.model)
     if f"{backend}:{q}" not in {p.strip() for p in str(c.value("trtllm_gen_moe")).split(",")}:
         return 0
-    return int(c.value("trtllm_gen_moe_kernels_fp8_block" if q == "fp8_block" else "trtllm_gen_moe_kernels_fp4"))
+    if q == "fp8_block":
+        return int(c.value("trtllm_gen_moe_kernels_fp8_block")) + int(c.value("trtllm_gen_moe_input_quant_kernels"))
+    quantised_input = q == "nvfp4"  # NVFP4 quantises the activations too; MXFP4 experts here run bf16 activations
+    return int(c.value("trtllm_gen_moe_kernels_fp4")) + (int(c.value("trtllm_gen_moe_input_quant_kernels"))
+                                                         if quantised_input else 0)
 
 
 def trtllm_gen_moe_s(ctx: Context, rows: float, execution: Execution, kernels: int) -> tuple[float, float]:
