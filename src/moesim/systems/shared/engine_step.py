@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from ...costs import Execution
 from ...costs.ffn import router as router_cost
+from ...costs.gemm import vector_op
 from ...db import system_constants
 from ...modules import Context
 from .tensor_parallel import LayerTimes
@@ -211,8 +212,9 @@ def engine_layer_times(ctx: Context, tokens: float, attention: list[tuple[float,
     ``execution`` (dense GEMMs over ``gemm_tokens`` rows, the CUDA-graph padded batch, when given), the fused MoE
     from the kernel table where it has one, the all-reduce from :func:`engine_allreduce_s`."""
     tables = _kernel_tables(ctx, backend)
-    key = ("engine layer times", execution, backend if tables is not None else None, tokens, tuple(attention),
-           gemm_tokens)  # engines without tables price a step alike: systems of one auto comparison share it
+    own = tables is not None or (execution.engine_kernels and trtllm_gen_moe_kernels(ctx, backend))
+    key = ("engine layer times", execution, backend if own else None, tokens, tuple(attention),
+           gemm_tokens)  # engines without tables (or kernels of their own) price a step alike: an auto comparison shares it
     return ctx.memo(key, lambda: _engine_layer_times(ctx, tokens, attention, execution, backend, gemm_tokens))
 
 
@@ -233,11 +235,68 @@ def _engine_layer_times(ctx: Context, tokens: float, attention: list[tuple[float
         if m.dense_ffn is not None and dense:
             dense = _or(table_gemms_s(ctx, tables, rows,
                                       ffn_gemm_shapes(h, m.dense_ffn.intermediate_size, m.dense_ffn.gated, tp)), dense)
-    if tables is not None and m.moe:
-        t = routed_table_moe_s(ctx, tables, rows)
-        if t is not None:
-            experts, router = t, engine_router_s(ctx, rows, execution, fused_table=True)
+    table_moe = routed_table_moe_s(ctx, tables, rows) if tables is not None and m.moe else None
+    if table_moe is not None:
+        experts, router = table_moe, engine_router_s(ctx, rows, execution, fused_table=True)
+    elif m.moe and execution.engine_kernels:
+        kernels = trtllm_gen_moe_kernels(ctx, backend)
+        if kernels:
+            router, experts = trtllm_gen_moe_s(ctx, rows, execution, kernels)
     return LayerTimes(attn_proj, base.core, engine_allreduce_s(ctx, rows, backend), router, experts, shared, dense)
+
+
+def trtllm_gen_moe_kernels(ctx: Context, backend: str) -> int:
+    """Kernels of one TensorRT-LLM-Gen fused-MoE call where ``backend`` runs the model's experts through it on this GPU
+    (``trtllm_gen_moe`` of ``systems_db/engines.yaml``: Blackwell GPUs, engine:quant pairs), else 0: the call's own
+    (``trtllm_gen_moe_kernels_fp4`` / ``_fp8_block``) plus the hidden states' quantisation before it where the
+    activations are quantised (fp8 block-scaled, NVFP4: ``trtllm_gen_moe_input_quant_kernels``)."""
+    if ctx.platform.gpu.architecture != "blackwell":
+        return 0
+    c = system_constants("engines")
+    q = quant_kind(ctx.edtype, ctx.model)
+    if f"{backend}:{q}" not in {p.strip() for p in str(c.value("trtllm_gen_moe")).split(",")}:
+        return 0
+    if q == "fp8_block":
+        return int(c.value("trtllm_gen_moe_kernels_fp8_block")) + int(c.value("trtllm_gen_moe_input_quant_kernels"))
+    quantised_input = q == "nvfp4"  # NVFP4 quantises the activations too; MXFP4 experts here run bf16 activations
+    return int(c.value("trtllm_gen_moe_kernels_fp4")) + (int(c.value("trtllm_gen_moe_input_quant_kernels"))
+                                                         if quantised_input else 0)
+
+
+def trtllm_gen_moe_s(ctx: Context, rows: float, execution: Execution, kernels: int) -> tuple[float, float]:
+    """(router s, experts s) of one tensor-parallel MoE layer of ``rows`` rows run through TensorRT-LLM-Gen's fused
+    MoE, priced on the roofline where no measured table covers it (:func:`router_logits_s`, :func:`trtllm_gen_call_s`
+    over the platform's GPUs)."""
+    m = ctx.model
+    call = trtllm_gen_call_s(ctx, execution, kernels, ctx.active_experts(rows), rows * m.moe.top_k,
+                             ctx.platform.num_gpus)
+    return router_logits_s(ctx, rows, execution), call
+
+
+def router_logits_s(ctx: Context, rows: float, execution: Execution | None) -> float:
+    """The router of an MoE layer whose fused-MoE call selects the experts itself (TensorRT-LLM-Gen's routing kernel
+    takes the logits and runs the softmax / top-k): the logits GEMM, one kernel::
+
+        t_router = roof(gemm(T, E, H) + softmax work) + gap"""
+    m = ctx.model
+    return ctx.gpu_s(router_cost(m.hidden_size, m.moe.num_experts, rows, launches=0), execution)
+
+
+def trtllm_gen_call_s(ctx: Context, execution: Execution | None, kernels: int, active: float, slots: float,
+                      split: float) -> float:
+    """One TensorRT-LLM-Gen fused-MoE call on one GPU on the roofline: the routed experts' weight streaming and FLOPs
+    (:meth:`Context.experts` of ``active`` experts and ``slots`` routed rows, the GPU holding 1 / ``split`` of each
+    expert's ffn) in ``kernels`` launches, plus the finalize kernel's traffic. The gather of the routed rows is fused
+    into GEMM1's loads (the experts' activation bytes already read each routed row once); finalize reads each routed
+    output once (its GEMM2 write is in the experts' bytes), scales it by its routing weight and adds it into its
+    token's row, written once: ``slots`` x H x (1 + 1 / k) bf16 elements at the vector rate, not split (under MoE
+    tensor parallelism every GPU combines all of its rows' partial outputs)::
+
+        t = roof(experts / split) + roof(finalize) + kernels x gap"""
+    m = ctx.model
+    finalize = vector_op(slots * m.hidden_size, 2.0, 1.0 + 1.0 / m.moe.top_k, launches=0)
+    call = ctx.experts(active, slots).scaled(1.0 / split).with_(launches=kernels).then(finalize)
+    return ctx.gpu_s(call, execution)
 
 
 def _or(value: float | None, fallback: float) -> float:
