@@ -74,3 +74,25 @@ def test_finalize_traffic_by_hand_and_not_split():
         experts_only = ctx.gpu_s(ctx.experts(active, slots).scaled(1.0 / split).with_(launches=4), rt.prefill)
         call = ES.trtllm_gen_call_s(ctx, rt.prefill, 4, active, slots, split)
         assert call - experts_only == pytest.approx(16384 * 2880 * 2 * 1.25 / (8.0e12 * 0.80), rel=0.02)
+
+
+def test_expert_parallel_layer_prices_the_same_kernel_on_the_busiest_rank():
+    """SGLang DeepSeek-R1 on 8 B200 with EP8 (no SGLang MoE table on B200): the parallel layer's router is the logits
+    GEMM of the rank's rows and its experts the TRTLLM-Gen call (6 kernels, fp8 block) over the busiest EP rank's
+    experts and slots, as the tensor-parallel layer prices it - not the roofline's separate permute/combine."""
+    from moesim.systems.shared.parallel import ep_load_factor, parallel_layer_times
+
+    sc = moesim.Scenario(model="deepseek-r1", hardware="hgx-b200", num_gpus=8, system="sglang", prompt_tokens=512,
+                         gen_tokens=16, batch_size=32, num_requests=32, system_params={"expert_parallel_size": 8})
+    ctx, _, _, _ = plan_scenario(sc)
+    eng = get_system("sglang")({"expert_parallel_size": 8})
+    rt, lay = eng.runtime(ctx), eng._parallel(ctx)
+    ex, rows = rt.decode_execution(32)
+    got = parallel_layer_times(ctx, lay, 32, [(32, 1, 600)], ex, rt.backend, rows,
+                               lambda c, t, att, g: ES._engine_layer_times(c, t, att, ex, rt.backend, g))
+    m = ctx.model
+    f = ep_load_factor(m.moe.num_experts, m.moe.top_k, rows, lay.moe_ep, ctx.options.zipf_s,
+                       ctx.options.expert_popularity, lay.eplb)
+    active = min(m.moe.num_experts / lay.moe_ep, ctx.active_experts(rows) / lay.moe_ep * f)
+    want = ES.trtllm_gen_call_s(ctx, ex, 6, active, rows * m.moe.top_k / lay.moe_ep * f, lay.moe_tp)
+    assert got.rank.experts == pytest.approx(want, rel=1e-12)

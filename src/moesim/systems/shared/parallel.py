@@ -405,8 +405,14 @@ def parallel_layer_times(ctx: Context, lay: ParallelLayout, tokens: float,
     router = engine_router_s(rctx, r_tokens if r_gemm is None else r_gemm, execution, fused_table=experts is not None)
     if experts is None:
         active = min((E + lay.redundant_experts) / lay.moe_ep, ctx.active_experts(rows) / lay.moe_ep * f)
-        cost = ctx.experts(active, rows * k / lay.moe_ep * f).scaled(1.0 / lay.moe_tp)
-        experts = ctx.gpu_s(cost, execution)
+        from .engine_step import router_logits_s, trtllm_gen_call_s, trtllm_gen_moe_kernels
+        kernels = trtllm_gen_moe_kernels(ctx, backend) if execution is not None and execution.engine_kernels else 0
+        if kernels:  # the engine's fused MoE on this GPU is TensorRT-LLM-Gen's (engine_step.trtllm_gen_moe_kernels)
+            router = router_logits_s(rctx, r_tokens if r_gemm is None else r_gemm, execution)
+            experts = trtllm_gen_call_s(ctx, execution, kernels, active, rows * k / lay.moe_ep * f, lay.moe_tp)
+        else:
+            cost = ctx.experts(active, rows * k / lay.moe_ep * f).scaled(1.0 / lay.moe_tp)
+            experts = ctx.gpu_s(cost, execution)
     rank = LayerTimes(base.attn_proj, base.core, base.allreduce, router, experts, base.shared, base.dense)
     # a decode step (each sequence carries decode_width tokens: k + 1 when speculative decoding verifies k drafts)
     # takes the exchange's decode kernels (DeepEP low-latency)
