@@ -108,3 +108,20 @@ def test_minimax_linear_attention_layers_refused(tmp_path):
     path.write_text(json.dumps(cfg))
     with pytest.raises(SpecError, match="linear-attention"):
         moesim.get_model(path)
+
+
+@pytest.mark.parametrize("change", [
+    lambda q: q.update(config_groups={"g": [1, 2]}),
+    lambda q: q.update(config_groups={"g": {"weights": "int4"}}),
+    lambda q: q.update(ignore="lm_head"),
+    lambda q: q.update(ignore=["re:(unclosed"]),
+    lambda q: q["config_groups"]["group_0"].update(weights=None),
+])
+def test_malformed_compressed_tensors_is_one_spec_error(tmp_path, change):
+    """A quantization_config of the wrong shape is a SpecError naming the config, never a traceback."""
+    cfg = json.loads((DATA / "kimi_k2.5_config.json").read_text())
+    change(cfg["text_config"]["quantization_config"])
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    with pytest.raises(SpecError, match="compressed-tensors"):
+        moesim.get_model(path)

@@ -97,8 +97,12 @@ def _ignored(name: str, ignore: list) -> bool:
     for entry in ignore:
         entry = str(entry)
         if entry.startswith("re:"):
-            if re.match(entry[3:], name):
-                return True
+            try:
+                if re.match(entry[3:], name):
+                    return True
+            except re.error as exc:
+                raise ValueError(f"compressed-tensors ignore pattern {entry!r} is not a regular expression: {exc}") \
+                    from None
         elif name == entry or name.endswith("." + entry):
             return True
     return False
@@ -112,7 +116,9 @@ def _compressed_tensors(quant: dict) -> tuple[str, bool]:
     if not isinstance(groups, dict) or len(groups) != 1:
         raise ValueError("compressed-tensors with other than one config group is not mapped")
     group = next(iter(groups.values())) or {}
-    weights = group.get("weights") or {}
+    weights = group.get("weights") or {} if isinstance(group, dict) else None
+    if not isinstance(weights, dict):
+        raise ValueError("compressed-tensors config_groups: a group must be a mapping with a 'weights' mapping")
     if group.get("input_activations"):
         raise ValueError("compressed-tensors with quantised activations is not mapped (weight-only only)")
     key = (weights.get("num_bits"), weights.get("group_size"))
@@ -120,6 +126,8 @@ def _compressed_tensors(quant: dict) -> tuple[str, bool]:
         raise ValueError(f"compressed-tensors weights {weights.get('type')} {key[0]}-bit group {key[1]} are not "
                          f"mapped (moesim maps int {', '.join(f'{b}-bit group {g}' for b, g in _INT_GROUPS)})")
     ignore = quant.get("ignore") or []
+    if not isinstance(ignore, list):
+        raise ValueError("compressed-tensors ignore must be a list of module names or re: patterns")
     kept = {part: not _ignored(name, ignore) for part, name in _PROBES.items()}
     if kept["experts"] and not (kept["attention"] or kept["shared"] or kept["dense"]):
         return _INT_GROUPS[key], True
