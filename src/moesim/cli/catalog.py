@@ -24,7 +24,8 @@ def list_entries(args: argparse.Namespace) -> int:
 
     if args.what == "models":
         for name, m in sorted(db.models().entries.items()):
-            print(f"{name:28s} {m.total_params / 1e9:7.1f}B total {m.active_params() / 1e9:6.1f}B active  {m.default_dtype}")
+            dtype = m.default_dtype + (f" (experts {m.expert_dtype})" if m.expert_dtype else "")
+            print(f"{name:28s} {m.total_params / 1e9:7.1f}B total {m.active_params() / 1e9:6.1f}B active  {dtype}")
     elif args.what == "systems":
         for name, cls in SYSTEMS.items():
             print(f"{name:14s} {cls.summary}")
