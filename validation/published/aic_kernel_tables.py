@@ -74,9 +74,15 @@ SELECT = {
     # w4a16_mxfp4 kernel takes 1.36 ms for a 128-expert gpt-oss layer from 32 tokens up, twice the H200 table's 0.72 ms
     # for the same call on a GPU with 1.7x its memory bandwidth: not the kernel vLLM runs there (noticed after the
     # B200 rows were first scored, 2026-12-03)
+    # SGLang's block-fp8 GEMM table is left out too ("skip_gemm_quants"): AIConfigurator's collector
+    # (collector/sglang/collect_gemm.py, fp8_block) hands DeepGEMM fp32 weight scales on every call, which on SM100 it
+    # converts to the UE8M0 layout inside each call, while SGLang requantises block-fp8 weights and scales to UE8M0 once
+    # at load when DeepGEMM runs with UE8M0 scales (model_loader/utils.py should_deepgemm_weight_requant_ue8m0): the table
+    # times work the engine does not do per step (24-38 us at 16 rows on DeepSeek shapes, 9-16 us on H200; noticed after
+    # the B200 rows were scored, 2026-12-04)
     "b200": {"dir": "b200_sxm", "backends": {
         "vllm": {"version": "0.19.0", "skip_moe_quants": ("mxfp4",)},
-        "sglang": {"version": "0.5.9", "skip": ("moe",)},
+        "sglang": {"version": "0.5.9", "skip": ("moe",), "skip_gemm_quants": ("fp8_block",)},
         "trtllm": {"version": "1.2.0rc5"}}},
 }
 QUANT = {"bfloat16": "bf16", "fp8": "fp8", "fp8_block": "fp8_block", "w4a16_mxfp4": "mxfp4", "nvfp4": "nvfp4",
@@ -124,13 +130,13 @@ def reduce(rows: dict) -> list:
     return [list(k) + [sig(statistics.median(v))] for k, v in sorted(rows.items())]
 
 
-def conv_gemm(d):
+def conv_gemm(d, skip_quants: tuple[str, ...] = ()):
     ms = set(d["m"])
     out = collections.defaultdict(list)
     for i in range(len(d["latency"])):
         q = QUANT.get(d["gemm_dtype"][i])
         m, n, k = d["m"][i], d["n"][i], d["k"][i]
-        if q not in ("bf16", "fp8", "fp8_block") or n < 128 or k < 128:
+        if q not in ("bf16", "fp8", "fp8_block") or q in skip_quants or n < 128 or k < 128:
             continue
         if m > 16 and (m - 1) in ms:  # the 2^j + 1 probes of tile boundaries
             continue
@@ -231,7 +237,8 @@ def main(argv=None):
             skip_quants = tuple(bsel.get("skip_moe_quants", ()))
             tables = {}
             jobs = [
-                ("gemm", f"{base}/gemm/{backend}/{ver}/gemm_perf.parquet", conv_gemm),
+                ("gemm", f"{base}/gemm/{backend}/{ver}/gemm_perf.parquet",
+                 lambda d: conv_gemm(d, tuple(bsel.get("skip_gemm_quants", ())))),
                 ("moe", f"{base}/moe/{backend}/{ver}/moe_perf.parquet",
                  lambda d: conv_moe(d, skip_quants)),
                 ("attention_prefill", f"{base}/attention/{backend}/{ver}/context_attention_perf.parquet",
