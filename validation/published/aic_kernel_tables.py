@@ -79,7 +79,7 @@ SELECT = {
     # converts to the UE8M0 layout inside each call, while SGLang requantises block-fp8 weights and scales to UE8M0 once
     # at load when DeepGEMM runs with UE8M0 scales (model_loader/utils.py should_deepgemm_weight_requant_ue8m0): the table
     # times work the engine does not do per step (24-38 us at 16 rows on DeepSeek shapes, 9-16 us on H200; noticed after
-    # the B200 rows were scored, 2026-12-04)
+    # the B200 rows were scored, 2026-12-03, a later session)
     "b200": {"dir": "b200_sxm", "backends": {
         "vllm": {"version": "0.19.0", "skip_moe_quants": ("mxfp4",)},
         "sglang": {"version": "0.5.9", "skip": ("moe",), "skip_gemm_quants": ("fp8_block",)},

@@ -105,13 +105,13 @@ PLATFORMS = {"h100_sxm": "hgx-h100", "h200_sxm": "hgx-h200", "b200_sxm": "hgx-b2
 BACKENDS = ("vllm", "sglang", "trtllm")
 #: the split rule (see the module docstring): fixed before fitting; never changed to suit a score
 FIT_GPUS = ("h100_sxm",)
-#: B200 added 2026-12-03; GB200, GB300 and B300 added 2026-12-04, when moesim had platforms for them but no kernel
+#: B200 added 2026-12-03; GB200, GB300 and B300 added 2026-12-03 (a later session), when moesim had platforms for them but no kernel
 #: tables or calibration of those GPUs (their rows are priced by the roofline, band "uncalibrated"): scored only, to
 #: see how far the uncalibrated path is from measurements on new GPUs; nothing is fitted on any of them
 HELD_OUT_GPUS = ("h200_sxm", "b200_sxm", "gb200", "gb300", "b300_sxm")
 #: GPUs whose rows stay out of the corpus and the bands (:func:`published_cells`; scored by this script only): their
 #: 34 aggregated rows moesim predicts (68 cells, all "uncalibrated") would move the committed bands (SGLang prefill
-#: x/7.29 -> x/6.23, TensorRT-LLM prefill x/2.59 -> x/2.68, ``derive_bands.py --check``, 2026-12-04); adding them
+#: x/7.29 -> x/6.23, TensorRT-LLM prefill x/2.59 -> x/2.68, ``derive_bands.py --check``, 2026-12-03); adding them
 #: is a re-derivation of ``hardware_db/uncertainty/bands.yaml``, left to its own change
 CORPUS_EXCLUDED_GPUS = ("gb200", "gb300", "b300_sxm")
 #: checkpoints whose name says their precision: hf id -> (moesim hf id, --dtype)
