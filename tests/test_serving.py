@@ -282,10 +282,50 @@ def test_every_continuous_batching_engine_serves_online():
                               num_requests=40, prompt_tokens=256, gen_tokens=64,
                               system_params={"expert_parallel_size": 2})
     assert r.num_requests == 40 and r.tpot_s.p50 > 0
+    # attention data parallel: one DP rank's scheduler, the instance's request count and throughput
+    r = moesim.predict_online("mixtral-8x7b", "hgx-h100", system="sglang", num_gpus=2, arrival_rate_per_s=2.0,
+                              num_requests=41, prompt_tokens=256, gen_tokens=64,
+                              system_params={"data_parallel_size": 2, "enable_dp_attention": True,
+                                             "expert_parallel_size": 2})
+    assert r.num_requests == 41 and 0 < r.ttft_s.p50 <= r.ttft_s.p99
+    assert r.request_throughput_per_s == pytest.approx(41 / r.makespan_s)
+    assert any("attention data parallel" in a for a in r.assumptions)
     with pytest.raises(InfeasibleError, match="priced offline only"):
-        moesim.predict_online("mixtral-8x7b", "hgx-h100", system="sglang", num_gpus=2, arrival_rate_per_s=2.0,
-                              num_requests=40, system_params={"data_parallel_size": 2, "enable_dp_attention": True,
-                                                              "expert_parallel_size": 2})
+        moesim.predict_online("deepseek-v3", "hgx-h200", system="sglang", num_gpus=8, arrival_rate_per_s=2.0,
+                              num_requests=40, system_params={"speculative_num_steps": 1})
+
+
+def test_attention_dp_rank_steps_are_the_instance_steps():
+    """An attention-DP rank's step of n sequences is the instance's pass of R x n sequences (every rank alike):
+    the step table of a DP-R rank prices a decode step exactly as the engine's own pass over R n sequences, and a
+    closed loop of C in flight runs one rank's scheduler with ceil(C / R) of them."""
+    import math
+
+    import moesim
+    from moesim.predict import plan_scenario
+    from moesim.serving.closed_loop import simulated_latency
+    from moesim.serving.model import Step, ranks_of
+    from moesim.serving.scheduler import run
+    from moesim.systems import get_system
+
+    params = {"data_parallel_size": 4, "enable_dp_attention": True, "expert_parallel_size": 4}
+    sc = moesim.Scenario(model="mixtral-8x7b", hardware="hgx-h100", num_gpus=4, system="sglang", prompt_tokens=512,
+                         gen_tokens=32, batch_size=8, num_requests=8, system_params=params)
+    ctx, plan, _, _ = plan_scenario(sc)
+    engine = get_system("sglang")(params)
+    model = engine.online_model(ctx, plan, 544)
+    assert ranks_of(model) == 4
+    lay = engine._layout(ctx)
+    n = 2  # on the decode grid: the table simulates it
+    step = Step(decode_contexts=(16,) * n)
+    assert model.step_time_s(step) == pytest.approx(engine._pass(ctx, lay, 4 * n, 4 * n, [(4 * n, 1, 16)],
+                                                                 phase="decode").time_s, rel=1e-9)
+    ttft, tpot = simulated_latency(engine, ctx, plan, 512, 32, concurrency=7, waves=2)
+    c_rank = math.ceil(7 / 4)
+    reqs = _fixed(2 * c_rank, 512, 32)
+    trace = run(reqs, model, "sglang", concurrency=c_rank)
+    assert ttft == pytest.approx(float(np.mean(trace.first_token_s - trace.arrival_s)))
+    assert tpot == pytest.approx(float(np.mean((trace.finish_s - trace.first_token_s) / 31)))
 
 
 # ---- the closed loop (a benchmark client keeping C requests in flight) -------------------------------------------

@@ -129,24 +129,28 @@ def simulated_latency(system, ctx, plan, prompt: int, gen: int, concurrency: int
     with decodes). How far the waves stay in lockstep is then the engine's scheduling: prompts chunked into decode
     steps finish at different steps and the next wave arrives spread out; prefill-first batches keep a wave
     together. TTFT = first token - arrival; TPOT = (last - first token) / (G - 1), both averaged over the requests
-    as the benchmarks average them. ``staggered``: the first C are sent at i E / C (i = 0..C-1), E = one request's
+    as the benchmarks average them. Attention data parallelism (the model's ``ranks`` R > 1): one rank serves
+    ceil(C / R) of the requests in flight, every step priced as all ranks running alike. ``staggered``: the first C are sent at i E / C (i = 0..C-1), E = one request's
     lifetime TTFT + (G - 1) TPOT in the analytic steady state (:func:`benchmark_latency` "steady"), so the loop
     starts from requests spread over their lifetimes instead of one wave. Raises what ``online_model`` raises for a
     plan it cannot serve online (parallel layouts, speculative decoding, disaggregation)."""
     import numpy as np
 
     from .arrivals import Requests
+    from .model import ranks_of
     from .scheduler import run
 
+    model = system.online_model(ctx, plan, prompt + gen)
+    ranks = ranks_of(model)
     c = max(1, concurrency)
-    n = max(1, waves) * c
+    c_rank = -(-c // ranks)  # attention DP: one rank's share of the C in flight, dealt round robin (the busiest)
+    n = max(1, waves) * c_rank
     arrivals = np.zeros(n)
     if staggered:
         ttft, tpot = benchmark_latency(plan, prompt, gen, c, "steady")
-        arrivals[:c] = np.arange(c) * (ttft + (gen - 1) * tpot) / c
+        arrivals[:c_rank] = np.arange(c_rank) * (ttft + (gen - 1) * tpot) / c_rank
     requests = Requests(arrivals, np.full(n, prompt, dtype=np.int64), np.full(n, gen, dtype=np.int64))
-    model = system.online_model(ctx, plan, prompt + gen)
-    trace = run(requests, model, system.name, concurrency=concurrency)
+    trace = run(requests, model, system.name, concurrency=c_rank)
     ttft = trace.first_token_s - trace.arrival_s
     tpot = (trace.finish_s - trace.first_token_s) / max(gen - 1, 1)
     return float(np.mean(ttft)), float(np.mean(tpot))

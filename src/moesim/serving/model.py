@@ -17,6 +17,12 @@ many tokens each computes; the system only prices iterations. Contract:
 * :class:`Capacity` gives the scheduler the limits it must respect: the KV pool in blocks of
   ``block_size`` tokens (a sequence of c cached tokens holds ceil(c / block_size) blocks), the most
   sequences running at once and the token budget of one step.
+* A model may serve through ``ranks`` > 1 identical schedulers (attention data parallelism: each DP rank
+  schedules its own requests, all ranks step together through the shared MoE layers). Its capacity and its
+  steps are then one rank's: a step's time assumes every rank runs a step like it (balanced ranks, an idle
+  rank running the engines' one-token dummy batch counts as such); the callers (:mod:`.simulate`,
+  :mod:`.closed_loop`) hand one rank its share of the requests, dealt round robin, and scale throughput by
+  ``ranks``. A model without the attribute has one rank (:func:`ranks_of`).
 """
 
 from __future__ import annotations
@@ -83,3 +89,8 @@ class StepTimeModel(Protocol):
         ...
 
     def step_time_s(self, step: Step) -> float: ...
+
+
+def ranks_of(model) -> int:
+    """Schedulers a step-time model serves through (its ``ranks`` attribute; 1 where it has none)."""
+    return max(1, int(getattr(model, "ranks", 1)))

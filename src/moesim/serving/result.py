@@ -94,23 +94,26 @@ class OnlineResult(BaseModel):
 
 
 def summarize(requests: Requests, trace: Trace, *, system: str, arrival_rate_per_s: float, kv_blocks: int,
-              assumptions: list[str]) -> OnlineResult:
-    """Percentiles and throughput of a finished run (every request has finished)."""
+              assumptions: list[str], instance: Requests | None = None) -> OnlineResult:
+    """Percentiles and throughput of a finished run (every request has finished). ``instance``: the run is one
+    attention-DP rank's, ``requests`` its share of the instance's requests (``instance``), the other ranks serving
+    theirs alike: latencies are the rank's, throughputs and the request count the instance's over the rank's
+    span."""
     arrivals, gens = requests.arrival_s, requests.gen_tokens
     multi = gens > 1
     tpot = ((trace.finish_s[multi] - trace.first_token_s[multi]) / (gens[multi] - 1) if multi.any()
             else np.zeros(1))
     span = float(np.nanmax(trace.finish_s) - arrivals[0])
-    n = len(requests)
+    whole = requests if instance is None else instance
     return OnlineResult(
         system=system,
         ttft_s=Percentiles.of(trace.first_token_s - arrivals),
         tpot_s=Percentiles.of(tpot),
         e2e_s=Percentiles.of(trace.finish_s - arrivals),
-        throughput_tok_s=float(gens.sum()) / span,
-        request_throughput_per_s=n / span,
+        throughput_tok_s=float(whole.gen_tokens.sum()) / span,
+        request_throughput_per_s=len(whole) / span,
         arrival_rate_per_s=arrival_rate_per_s,
-        num_requests=n,
+        num_requests=len(whole),
         steps=trace.steps,
         mean_scheduled_per_step=trace.scheduled / trace.steps if trace.steps else 0.0,
         preemptions=trace.preemptions,

@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING
 
 from ..errors import MoesimError
 from ..specs.workload import LengthDistribution, OnlineWorkload
-from .arrivals import sample_requests
+from .arrivals import Requests, sample_requests
+from .model import ranks_of
 from .result import OnlineResult, summarize
 from .scheduler import run
 
@@ -46,12 +47,18 @@ def simulate(ctx: Context, plan: Plan, system: ServingSystem, workload: OnlineWo
     if model is None:
         raise MoesimError(f"online serving is not modelled for {system.name}; systems that can serve online: "
                           f"{', '.join(online_systems()) or 'none'}")
-    trace = run(requests, model, system.name)
+    ranks = ranks_of(model)
+    served = requests if ranks == 1 else Requests(requests.arrival_s[::ranks], requests.prompt_tokens[::ranks],
+                                                  requests.gen_tokens[::ranks])
+    trace = run(served, model, system.name)
     notes = [f"{workload.num_requests} requests, Poisson arrivals at {workload.arrival_rate_per_s:g}/s "
              f"(seed {workload.seed}); prompt lengths {_describe(workload.prompt)}, generation lengths "
              f"{_describe(workload.gen)}",
              "iteration-level scheduling as vLLM V1 (running first, FCFS admission, recompute preemption of "
              "the newest request); scheduler CPU time not modelled"]
-    return summarize(requests, trace, system=system.name, arrival_rate_per_s=workload.arrival_rate_per_s,
-                     kv_blocks=model.capacity.kv_blocks,
+    if ranks > 1:
+        notes.append(f"attention data parallel: every {ranks}th request (round robin) served by the simulated DP "
+                     f"rank ({len(served)} of {len(requests)}); latencies are that rank's, throughput x {ranks}")
+    return summarize(served, trace, system=system.name, arrival_rate_per_s=workload.arrival_rate_per_s,
+                     kv_blocks=model.capacity.kv_blocks, instance=requests,
                      assumptions=notes + list(ctx.platform.assumptions) + list(model.assumptions))

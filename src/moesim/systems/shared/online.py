@@ -40,8 +40,8 @@ class StepTable:
     """
 
     def __init__(self, system: ContinuousBatchingEngine, ctx: Context, lay: _Layout, max_tokens: int, max_seqs: int,
-                 max_ctx: int):
-        p = system._pass
+                 max_ctx: int, ranks: int = 1):
+        p = system._pass if ranks == 1 else _rank_pass(system, ranks)
         grid = sorted({1, *[2**e for e in range(0, 30) if 2**e < max_tokens], max_tokens})
         self.grid = np.array(grid, dtype=float)
         self.t_lin = np.array([p(ctx, lay, n, 1, [], phase="prefill").time_s for n in grid])
@@ -102,14 +102,32 @@ class StepTable:
         return lin + self.head_row_s * max(rows - 1, 0) + self.alpha * decode_ctx_sum + self.beta * prefill_pairs
 
 
+def _rank_pass(system: ContinuousBatchingEngine, ranks: int):
+    """One attention-DP rank's step as the instance runs it: every one of the ``ranks`` ranks carries a batch like
+    this one (``tokens``, ``rows`` and each attention group's sequences x ranks for the whole instance), so the
+    MoE layers see ranks x the rank's tokens and each rank's attention and graph its own (``_pass`` divides the
+    instance's tokens by the DP size again)."""
+
+    def p(ctx: Context, lay: _Layout, tokens: float, rows: float, attention: list, width: int = 1,
+          phase: str | None = None):
+        return system._pass(ctx, lay, tokens * ranks, rows * ranks, [(s * ranks, q, c) for s, q, c in attention],
+                            width, phase)
+
+    return p
+
+
 class EngineStepModel:
     """An engine's iterations priced by a :class:`StepTable`; capacity from its KV pool and scheduler limits.
 
     A one-token chunk (the budget ran out mid-prompt) is priced as a decode: one query over its context.
-    The table is built on the first step priced (about 20 simulated passes).
+    The table is built on the first step priced (about 20 simulated passes). ``ranks`` > 1: attention data
+    parallelism, the model of one DP rank (its own scheduler, KV pool, running-request cap and token budget) whose
+    every step the other ranks match (:mod:`moesim.serving.model`).
     """
 
-    def __init__(self, system: ContinuousBatchingEngine, ctx: Context, lay: _Layout, max_context_tokens: int):
+    def __init__(self, system: ContinuousBatchingEngine, ctx: Context, lay: _Layout, max_context_tokens: int,
+                 ranks: int = 1):
+        self.ranks = max(1, int(ranks))
         k = system.knobs_for(ctx)
         self.capacity = Capacity(kv_blocks=lay.blocks, block_size=k.block_size, max_num_seqs=k.max_seqs,
                                  max_num_batched_tokens=k.token_budget, mixed=system.mixes_steps())
@@ -119,7 +137,8 @@ class EngineStepModel:
     @cached_property
     def table(self) -> StepTable:
         c = self.capacity
-        return StepTable(self._system, self._ctx, self._lay, c.max_num_batched_tokens, c.max_num_seqs, self._max_ctx)
+        return StepTable(self._system, self._ctx, self._lay, c.max_num_batched_tokens, c.max_num_seqs, self._max_ctx,
+                         self.ranks)
 
     @property
     def assumptions(self) -> list[str]:
@@ -130,6 +149,10 @@ class EngineStepModel:
                  "step time from a table of simulated steps: linear in batched tokens between powers of two, "
                  "plus lm-head time per sampled row, decode attention per context token and prefill attention "
                  f"per causal query-key pair (fitted up to a {self._max_ctx}-token context)"]
+        if self.ranks > 1:
+            notes.append(f"attention data parallel: {self.ranks} DP ranks, each scheduling its own requests (dealt "
+                         "round robin) with the capacity above; one rank is simulated and every step priced as all "
+                         "ranks running a batch like it (balanced ranks; idle ones run the engines' dummy batch)")
         if lay.offload:
             notes.append(f"{fmt_bytes(lay.offload)} of weights per GPU copied from pinned host memory every step, "
                          f"serialized with compute")
