@@ -137,6 +137,32 @@ def test_sglang_pool_is_mem_fraction_static_of_memory_less_weights():
     assert ours.config["kv_pool_bytes_per_gpu"] < plan.config["kv_pool_bytes_per_gpu"]
 
 
+def test_sglang_running_request_cap_is_its_request_pool():
+    """SGLang's ModelRunner: cap = min(clip(T / L x 512, 2048, 4096), T // 2) per DP worker, T its KV tokens, L the
+    model's context. DeepSeek-R1 on 8 H200 (L = 163,840): T ~ 720k tokens, T / L x 512 ~ 2251, within the clip;
+    Qwen3-30B-A3B on one H200 (L = 40,960, T ~ 762k): ~9500 -> 4096. A pool of 3000 tokens caps at 1500 (T // 2);
+    --max-running-requests 100 over 4 DP workers is 25 a worker."""
+    import dataclasses
+
+    ctx = _ctx("deepseek-r1", gpus=8)
+    sg = get_system("sglang")()
+    lay = sg._layout(ctx)
+    tokens = lay.blocks  # page_size 1
+    assert ctx.model.max_context_tokens == 163_840 and 700_000 < tokens < 740_000
+    assert sg.rank_max_seqs(ctx, lay) == int(tokens / 163_840 * 512) and 2048 < sg.rank_max_seqs(ctx, lay) < 2400
+    assert sg.rank_max_seqs(ctx, dataclasses.replace(lay, blocks=3000)) == 1500
+    q = _ctx("qwen3-30b-a3b", gpus=1)
+    qlay = sg._layout(q)
+    assert qlay.blocks / q.model.max_context_tokens * 512 > 4096 and sg.rank_max_seqs(q, qlay) == 4096
+    dp = get_system("sglang")({"max_running_requests": 100, "data_parallel_size": 4, "enable_dp_attention": True,
+                               "expert_parallel_size": 4})
+    dctx = _ctx("deepseek-v2-lite", gpus=4)
+    assert dp.rank_max_seqs(dctx, dp._layout(dctx)) == 25
+    many = Context(dctx.model, dctx.platform, OfflineWorkload(num_requests=1000, prompt_tokens=256, gen_tokens=64),
+                   Options())
+    assert dp.plan(many).config["batch_size"] == 100  # 25 a worker x 4, not 100 a worker
+
+
 def test_trtllm_pool_is_its_fraction_of_the_memory_left_free():
     ctx = _ctx("gpt-oss-120b", gpus=2)
     plan = get_system("trtllm")().plan(ctx)

@@ -18,8 +18,9 @@ Scheduling and step pricing are shared with vLLM and TensorRT-LLM (:mod:`.shared
       kv_pool = min(f M - W / n,  M_usable - W / n - act(chunked_prefill_size))
 
   (the second term: the rest of the memory must still hold the CUDA context and a chunk's activations);
-- ``page_size`` 1 (token-granular pool); no cap on running requests beyond the pool unless
-  ``max_running_requests`` is set.
+- ``page_size`` 1 (token-granular pool); running requests per DP worker capped by the request pool SGLang sizes
+  from the KV pool (:meth:`SGLang.rank_max_seqs`: 2048-4096 unless the pool is small), or by
+  ``--max-running-requests`` split over the DP workers.
 
 Execution: decode replays CUDA graphs; prefill ("extend") runs eagerly, its long kernels keeping the GPU busy while
 the host issues the next (priced GPU-alone, :mod:`.shared.engine_step`). The overlap scheduler (default since
@@ -60,7 +61,8 @@ class SGLangParams(DisaggregationParams, SpeculativeParams):
         default=None, gt=0, le=1, description="fraction of each GPU's memory for weights + KV pool; None = SGLang's "
                                               "default (its reserved-memory rule)")
     max_running_requests: int | None = Field(
-        default=None, ge=1, description="most requests running at once (None = as many as the KV pool holds)")
+        default=None, ge=1, description="most requests running at once over the instance (split over the DP workers); None = "
+                    "SGLang's request pool sized from the KV pool (2048-4096 a worker)")
     chunked_prefill_size: int | None = Field(
         default=None, ge=1, description="prefill tokens per step; None = SGLang's default for the GPU's memory")
     cuda_graph_max_bs: int | None = Field(
@@ -154,6 +156,21 @@ class SGLang(ContinuousBatchingEngine):
     def knobs_for(self, ctx: Context) -> EngineKnobs:
         k = self.knobs
         return EngineKnobs(k.label, k.max_seqs, self.chunk(ctx), k.block_size, True, k.max_seqs_name)
+
+    def rank_max_seqs(self, ctx: Context, lay) -> int:
+        """SGLang's cap on running requests per DP worker (``ModelRunner``'s request pool, SGLang 0.5)::
+
+            T = KV tokens of the worker's pool,  L = the model's context length
+            cap = min(clip(T / L x 512, 2048, 4096), T // 2)        (default)
+            cap = min(max_running_requests // dp, T // 2)           (--max-running-requests, the instance's)
+        """
+        tokens = lay.blocks * self.knobs_for(ctx).block_size
+        half = max(1, tokens // 2)
+        if self.params.max_running_requests:
+            return max(1, min(self.params.max_running_requests // self._parallel(ctx).dp, half))
+        est = int(tokens / ctx.model.max_context_tokens * self._c("max_running_requests_per_context_len"))
+        est = min(max(est, int(self._c("max_running_requests_floor"))), int(self._c("max_running_requests_ceiling")))
+        return max(1, min(est, half))
 
     def runtime(self, ctx: Context) -> EngineRuntime:
         p = self.params

@@ -172,6 +172,11 @@ class ContinuousBatchingEngine(ServingSystem):
             require_experts_divisible(ctx, lay, self.name)
         return lay
 
+    def rank_max_seqs(self, ctx: Context, lay: _Layout) -> int:
+        """The most sequences one DP rank's scheduler runs at once, given its KV pool ``lay`` (default: the engine's
+        ``max_seqs`` knob; an engine that sizes its cap from the pool overrides this)."""
+        return self.knobs_for(ctx).max_seqs
+
     def group_knobs(self, ctx: Context) -> EngineKnobs:
         """The knobs of the whole instance: each of the dp attention ranks schedules its own sequences and token
         budget (one scheduler per DP rank), so the instance runs dp x max_seqs sequences in dp x budget tokens."""
@@ -375,7 +380,8 @@ class ContinuousBatchingEngine(ServingSystem):
         pl = self._parallel(ctx)
         bs, budget_tokens = k.block_size, k.token_budget
         blocks_per_seq, by_kv = self.running_by_kv(ctx, lay, bs)
-        cap = w.batch_size or k.max_seqs  # a fixed workload batch acts as max_num_seqs
+        max_seqs = self.rank_max_seqs(ctx, lay) * pl.dp
+        cap = w.batch_size or max_seqs  # a fixed workload batch acts as max_num_seqs
         notes = []
         by_kv = max(by_kv, 1)  # one full sequence always fits (checked in _layout)
         if w.batch_size and w.batch_size > by_kv:
@@ -416,7 +422,7 @@ class ContinuousBatchingEngine(ServingSystem):
         notes.append(
             f"continuous batching steady state: {batch} running sequences (KV pool of {lay.blocks} blocks of {bs} "
             f"tokens holds {by_kv} at a mean of {blocks_per_seq:.1f} blocks; {k.max_seqs_name} "
-            f"{k.max_seqs if k.max_seqs < UNLIMITED else 'unlimited'}); "
+            f"{max_seqs if max_seqs < UNLIMITED else 'unlimited'}); "
             f"{per_step}; the run = ramp-up (the first {batch} prompts prefilled as a burst) + "
             f"{num_batches - 1} wave(s) of {batch} requests in steady state + drain (the last {batch} decode alone)")
         notes.append("prefill and decode rates are those of pure phases; the total time uses the mixed steps"

@@ -129,7 +129,7 @@ class EngineStepModel:
                  ranks: int = 1):
         self.ranks = max(1, int(ranks))
         k = system.knobs_for(ctx)
-        self.capacity = Capacity(kv_blocks=lay.blocks, block_size=k.block_size, max_num_seqs=k.max_seqs,
+        self.capacity = Capacity(kv_blocks=lay.blocks, block_size=k.block_size, max_num_seqs=system.rank_max_seqs(ctx, lay),
                                  max_num_batched_tokens=k.token_budget, mixed=system.mixes_steps())
         self._knobs = k
         self._system, self._ctx, self._lay, self._max_ctx = system, ctx, lay, max_context_tokens
