@@ -58,7 +58,8 @@ def simulate(ctx: Context, plan: Plan, system: ServingSystem, workload: OnlineWo
              "the newest request); scheduler CPU time not modelled"]
     if ranks > 1:
         notes.append(f"attention data parallel: every {ranks}th request (round robin) served by the simulated DP "
-                     f"rank ({len(served)} of {len(requests)}); latencies are that rank's, throughput x {ranks}")
+                     f"rank ({len(served)} of {len(requests)}); latencies, steps and sequences a step are that rank's, "
+                     f"throughput the instance's")
     return summarize(served, trace, system=system.name, arrival_rate_per_s=workload.arrival_rate_per_s,
                      kv_blocks=model.capacity.kv_blocks, instance=requests,
                      assumptions=notes + list(ctx.platform.assumptions) + list(model.assumptions))
