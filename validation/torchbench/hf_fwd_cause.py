@@ -400,7 +400,7 @@ class Worker:
         return ph
 
     def profile(self, ph, mode, st):
-        torch, G = self.torch, self.G
+        G = self.G
         from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
 
         def top(ka, n, pred=lambda k: True):
@@ -603,7 +603,8 @@ def driver(args) -> int:
     merged = dict(meta=dict(harness="hf_fwd_cause.py", tiny=args.tiny, budget_s=args.budget_s,
                             started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), cells=CELLS, tests=TESTS,
                             prompt=PROMPT, steps=STEPS, method="wall time between torch.cuda.synchronize() calls; "
-                            "median of the steps after the first; one fresh process per (model, test)"),
+                            "median of the steps after the first; base: one fresh process per model, other tests: one "
+                            "process each, the models in turn, each model its own fresh control phase"),
                   runs=[])
     write_json(path, merged)
     # base: one fresh process per model; the other tests: one process each, the models in turn (each its own
