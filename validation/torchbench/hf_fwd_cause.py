@@ -39,6 +39,12 @@ Tests (``fresh`` is the same model's control phase before the intervention):
 
 The tests run in that order while ``--budget-s`` lasts; what does not fit is recorded as skipped.
 
+Result of its lease (``validation/measurements/h200/transformers/2026-12-03-hf-fwd-cause.json``): the slow steps were
+PyTorch's cuDNN attention building a graph for each KV length the process had not run yet (a thread-local cache of
+cuDNN graphs keyed by the attention shape); every test's second phase ran the first phase's KV lengths again and was
+fast whatever ran in between. (The ``gen_kwargs`` ``mode`` phase passed an attention mask one column short of the cache;
+its numbers are not used.)
+
 Output: ``$OUT/hf_fwd_cause.json`` (merged after every process; a timeout keeps what was measured), a table last.
 Device: ``PYTHONUNBUFFERED=1 python hf_fwd_cause.py --out $OUT --budget-s 380``; CPU check: ``python hf_fwd_cause.py
 --tiny --out /tmp/x`` (shrunk configs, 2 layers, the same code path; the CUDA-only parts are skipped).
