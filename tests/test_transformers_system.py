@@ -174,6 +174,54 @@ def test_repeated_leases_are_pooled_by_the_median_and_counted_once(tmp_path):
         V.cells([twice])
 
 
+def test_forward_only_decode_cells_are_cold_until_their_attention_shapes_ran(tmp_path):
+    """ATTN_GRAPH_RULE (transformers_h200.py): a forward-only decode cell is warm only if every (attention geometry,
+    batch, KV length) of its timed steps ran earlier in the same file; cold cells pool apart and inform no fit."""
+    sys.path.insert(0, str(ROOT / "validation/published"))
+    import transformers_h200 as V
+
+    assert V.ATTN_GRAPH_RULE == "warm-only"
+    # OLMoE and Qwen1.5-MoE share one attention geometry (16 x 128 MHA); Qwen3 and Mixtral each have their own
+    assert V._attn_geometry("olmoe-1b-7b") == V._attn_geometry("qwen1.5-moe-a2.7b")
+    assert V._attn_geometry("qwen3-30b-a3b") != V._attn_geometry("mixtral-8x7b")
+
+    def dec(model, impl, b=1, p=128, n=6, **kw):
+        return dict(dict(model=model, layers=2, kind="decode", impl=impl, batch=b, prompt=p, times_s=[0.05] * n,
+                         median_s=0.05), **kw)
+
+    raw = [dec("olmoe-1b-7b", "grouped_mm"),                 # first at (1, 128): cold
+           dec("olmoe-1b-7b", "batched_mm"),                 # KV 130..134 ran in the cell before: warm
+           dec("qwen1.5-moe-a2.7b", "batched_mm"),           # same geometry, same shapes: warm
+           dec("qwen1.5-moe-a2.7b", "eager", n=8),           # KV 135, 136 never ran: cold
+           dec("qwen1.5-moe-a2.7b", "eager", b=4),           # another batch: cold
+           dec("qwen3-30b-a3b", "batched_mm"),               # another geometry: cold
+           dict(model="mixtral-8x7b", layers=2, kind="generate", impl="eager", batch=1, prompt=128, steps=16,
+                t1_s=[0.1, 0.1], tn_s=[0.5, 0.5]),           # runs KV 129..144 at batch 1
+           dec("mixtral-8x7b", "eager", n=16),               # KV 130..144 after that generate: warm
+           dec("mixtral-8x7b", "eager", p=512, cold_times_s=[0.2] * 6),  # the fixed harness's second pass: warm
+           dict(model="mixtral-8x7b", layers=2, kind="prefill", impl="eager", batch=1, prompt=512, times_s=[0.1],
+                median_s=0.1)]
+    assert V.attn_graph_states(raw) == ["cold", "warm", "warm", "cold", "cold", "cold", None, "warm", "warm", None]
+    # a generate call that was skipped (no timed calls) runs nothing
+    skipped = dict(raw[6], tn_s=None)
+    assert V.attn_graph_states([skipped, raw[7]]) == [None, "cold"]
+
+    def write(name, cells):
+        path = tmp_path / f"{name}-transformers5.17.json"
+        path.write_text(json.dumps({"cells": cells}))
+        return path
+
+    gen = dict(raw[6], model="qwen3-30b-a3b")
+    cold = write("a", [dec("qwen3-30b-a3b", "batched_mm", median_s=0.10), gen])
+    warm = write("b", [gen, dec("qwen3-30b-a3b", "batched_mm", median_s=0.03)])
+    rows = [r for r in V.cells([cold, warm]) if r["kind"] == "decode"]
+    assert sorted((r["attn_graphs"], r["measured_s"], r["leases"]) for r in rows) == [("cold", 0.10, 1),
+                                                                                      ("warm", 0.03, 1)]
+    assert [V.in_generate(r) for r in sorted(rows, key=lambda r: r["attn_graphs"])] == [False, True]
+    with pytest.raises(SystemExit, match="measured twice"):  # one cell twice in one file, whatever its state
+        V.cells([write("c", [dec("qwen3-30b-a3b", "batched_mm"), dec("qwen3-30b-a3b", "batched_mm"), gen])])
+
+
 def test_host_read_is_derived_from_the_fit_models_loop_stub():
     """host_read_s in the YAML is measured_read_s of the committed decode-steps micro-benchmarks: the eager loop
     body at OLMoE's expert shape (FIT; 1 and 16 tokens) less 17 calls at that lease's per-call time, over 5 reads."""

@@ -14,6 +14,11 @@ Repeated measurements (fixed before the second hf_generate.py campaign's data ca
 is (model, layers, kind, experts backend, batch, prompt) of an hf_generate.py campaign file (one file per lease); its
 measured time is the median over every lease that measured it, and the cell counts once in its series and in the fit.
 
+Forward-only decode cells and the cuDNN attention graph cache (ATTN_GRAPH_RULE, fixed 2026-12-03 from the
+hf-fwd-cause diagnostic lease, before these series were scored with it): a decode step at an attention shape (batch,
+KV length, the model's attention geometry) that the process had not run yet pays a cuDNN graph build; such "cold"
+cells are scored as their own series and inform nothing; the "warm" ones are the decode series.
+
 The host constants are bounded by what the device measured directly (``*hf-batched-mm-host*.json``, written by
 ``validation/torchbench/hf_batched_mm.py``, FIT models only): the per-call measurement (per-call burst
 time of small CUDA ops) bounds torch_call_s from below; module_call_s stays inside the measured module-vs-body bracket and
@@ -62,6 +67,51 @@ LEASE_RULE = "median"
 #: the fields that name one measured cell across leases
 CELL_KEY = ("model", "layers", "kind", "impl", "batch", "prompt")
 
+#: Forward-only decode cells and PyTorch's cuDNN attention graph cache. Rule fixed 2026-12-03 from the hf-fwd-cause
+#: lease (``*hf-fwd-cause*.json``: torch.profiler put 57.5 ms of each Mixtral-8x7B step and 37.6 ms of each
+#: Qwen3-30B-A3B step in ``aten::_cudnn_attention_forward`` at KV lengths the process had not run, 0.5 / 1.1 ms at
+#: lengths it had: PyTorch builds and caches one cuDNN graph per attention shape), before the forward-only series were
+#: re-scored with it. "warm-only": a forward-only decode cell (``decode``, ``offload_decode``) is "warm" when every
+#: (attention geometry, batch, KV length) of its timed steps (the 2nd to the last: KV = prompt + 2 .. prompt + steps)
+#: had already run earlier in the same campaign file (one process: the cache lives as long as it), by a decode cell of
+#: any model with the same attention geometry (the cache key is shapes, not the model: Qwen1.5-MoE's batched_mm decode
+#: at batch 1 ran 27.9 ms on the repeat lease right after OLMoE's cells, as on the first campaign's 28.7, where OLMoE's
+#: own first cell ran 87.9 vs 21.3 ms) or a ``generate`` call (KV = prompt + 1 .. prompt + its steps); cells of the
+#: fixed harness (``cold_times_s``: a first pass over the same shapes, untimed) are warm by construction. Otherwise
+#: "cold": it timed graph builds that ``generate``'s cells (timed after a warm-up call of the same length) and
+#: moesim's prediction (the cached, steady state) do not have. Cold and warm cells are scored as separate series
+#: (a cell's key includes its state, so leases pool within a state), and cold cells inform no fit (``in_generate``).
+ATTN_GRAPH_RULE = "warm-only"
+
+
+def _attn_geometry(model: str) -> tuple:
+    """What of a model enters the attention graph cache's key: its attention geometry (heads, KV heads, head dims)."""
+    a = get_model(model).attention
+    return (a.kind, a.num_heads, a.num_kv_heads, a.head_dim, a.qk_nope_head_dim, a.qk_rope_head_dim, a.v_head_dim)
+
+
+def attn_graph_states(raw_cells: list[dict]) -> list[str | None]:
+    """ATTN_GRAPH_RULE over one campaign file's cells in file (= execution) order: "warm" / "cold" for each
+    forward-only decode cell with times, None for every other cell."""
+    if ATTN_GRAPH_RULE != "warm-only":
+        raise ValueError(f"unknown attention graph rule {ATTN_GRAPH_RULE!r}")
+    seen: set[tuple] = set()
+    states: list[str | None] = []
+    for c in raw_cells:
+        phase = c.get("kind", "").removeprefix("offload_")
+        state = None
+        if phase in ("decode", "generate") and "batch" in c and "prompt" in c:
+            geo, b, p = _attn_geometry(c["model"]), c["batch"], c["prompt"]
+            if phase == "decode" and c.get("times_s"):
+                n = len(c["times_s"])
+                timed = {(geo, b, p + j) for j in range(2, n + 1)}
+                state = "warm" if c.get("cold_times_s") is not None or timed <= seen else "cold"
+                seen |= {(geo, b, p + j) for j in range(1, n + 1)}
+            elif phase == "generate" and c.get("tn_s") and c.get("steps"):
+                seen |= {(geo, b, p + j) for j in range(1, c["steps"] + 1)}
+        states.append(state)
+    return states
+
 
 def measurement_files() -> list[Path]:
     """Every hf_generate.py campaign file (one per lease), oldest first (by the start time each file records)."""
@@ -106,10 +156,13 @@ def pool_leases(per_lease: list[list[dict]]) -> list[dict]:
         raise ValueError(f"unknown lease rule {LEASE_RULE!r}")
     pooled: dict[tuple, dict] = {}
     for lease, rows in enumerate(per_lease):
+        in_lease: set[tuple] = set()
         for c in rows:
-            key = tuple(c[k] for k in CELL_KEY)
-            if key in pooled and lease in pooled[key]["lease_index"]:
-                raise SystemExit(f"cell {key} measured twice in one campaign file")
+            base = tuple(c[k] for k in CELL_KEY)
+            if base in in_lease:
+                raise SystemExit(f"cell {base} measured twice in one campaign file")
+            in_lease.add(base)
+            key = base + (c.get("attn_graphs"),)  # ATTN_GRAPH_RULE: cold and warm decode cells pool apart
             row = pooled.setdefault(key, dict(c, lease_s=[], lease_index=[]))
             row["lease_s"].append(c["measured_s"])
             row["lease_index"].append(lease)
@@ -123,8 +176,9 @@ def _file_cells(path: Path) -> list[dict]:
     """The cells of one campaign file (one lease), unpooled."""
     data = json.loads(path.read_text())
     gen_steps = generate_steps(data["cells"])
+    states = attn_graph_states(data["cells"])
     out = []
-    for c in data["cells"]:
+    for c, state in zip(data["cells"], states):
         t = generate_per_step_s(c) if c.get("kind") == "generate" else c.get("median_s", c.get("per_step_s"))
         if t is None or t <= 0:
             continue
@@ -133,7 +187,8 @@ def _file_cells(path: Path) -> list[dict]:
         split = "fit" if model in (FIT_OFFLOAD_MODELS if offload else FIT_MODELS) else "held-out"
         phase = c["kind"].removeprefix("offload_")
         steps = c["steps"] if phase == "generate" else len(c["times_s"]) if phase == "decode" else None
-        out.append(dict(c, measured_s=t, split=split, offload=offload, phase=phase, steps=steps, gen_steps=gen_steps))
+        out.append(dict(c, measured_s=t, split=split, offload=offload, phase=phase, steps=steps, gen_steps=gen_steps,
+                        attn_graphs=state))
     return out
 
 
@@ -229,8 +284,12 @@ def predict_host_cell(c: dict, consts: dict[str, float] | None = None) -> float:
 
 
 def in_generate(c: dict) -> bool:
-    """Whether ``generate`` runs this cell's kernels: its decode loop never runs grouped_mm (transformers 5.17
-    switches it to batched_mm), so forward-only grouped_mm decode cells (full-size or host) are scored apart."""
+    """Whether ``generate`` runs this cell's kernels in its steady state: its decode loop never runs grouped_mm
+    (transformers 5.17 switches it to batched_mm), so forward-only grouped_mm decode cells (full-size or host) are
+    scored apart; nor does it time cuDNN attention graph builds, so cold forward-only decode cells (ATTN_GRAPH_RULE)
+    are scored apart and inform no fit."""
+    if c.get("attn_graphs") == "cold":
+        return False
     return not (c["phase"] in ("decode", "host decode") and c["impl"] == "grouped_mm")
 
 
@@ -436,7 +495,11 @@ def summary(rows: list[dict]) -> list[tuple]:
     """(split, phase, impl, offload, n, median |error|) groups."""
     groups: dict[tuple, list[float]] = {}
     for r in rows:
-        phase = r["phase"] if in_generate(r) else r["phase"] + " (forward only, outside generate)"
+        phase = r["phase"]
+        if r.get("attn_graphs") == "cold":
+            phase += " (forward only, cold attention graphs)"
+        elif not in_generate(r):
+            phase += " (forward only, outside generate)"
         key = (r["split"], phase, r["impl"], r["offload"])
         groups.setdefault(key, []).append(abs(r["error"]))
     return [(k[0], k[1], k[2], k[3], len(v), statistics.median(v)) for k, v in sorted(groups.items())]
