@@ -4,10 +4,9 @@ A100, RTX A6000 and H20 servers.
 
 Every cell is listed, none is expressible yet, each for a stated reason:
 
-* hf-chat / HF Transformers rows need a ``transformers`` serving system (another branch, ``hf``), and SGLang rows
-  an ``sglang`` system (branch ``engines``): :func:`moesim.calibration.published.unavailable` says so while they
-  are absent;
-* even with the system present the workload is not stated: prompts are GSM8K / Arena-Hard / LongBench at their
+* a cell whose model, system or GPU moesim lacks says so (:func:`moesim.calibration.published.unavailable`); the
+  ``transformers`` (hf-chat) and ``sglang`` systems exist, so today that is only a missing GPU entry, if any;
+* the workload is not stated: prompts are GSM8K / Arena-Hard / LongBench at their
   natural lengths (the distribution is not printed), and "auto" batches are continuous batching with a request
   count and rate the paper does not give; a reproduction would have to choose them. Such cells stay unexpressible
   (``WORKLOAD_UNSTATED``) until a source of those figures is found.
