@@ -373,6 +373,29 @@ def _check_dense(spec: ModelSpec, system: str) -> None:
                       "speculative decoding")
 
 
+def kv_cache_dtype(requested: str, model: ModelSpec, weight_dtype: str | None, system: str | None) -> tuple[str, str | None]:
+    """(KV-cache dtype, why, where it is not the plain default). ``requested`` other than ``auto`` is taken as given.
+    auto: the dtype the quantised checkpoint of ``weight_dtype`` declares (``models_db`` ``checkpoints``) where the
+    system runs it so by default (``honours_checkpoint_kv_cache_dtype`` in ``systems_db/<system>.yaml``), else bf16
+    (the activation dtype of every model here)."""
+    if requested != "auto":
+        return requested, None
+    variant = model.checkpoints.get(weight_dtype) if weight_dtype else None
+    if variant is None or variant.kv_cache_dtype is None or system not in SYSTEMS:
+        return "bf16", None  # no declared KV dtype, or no system named yet (auto: compared with bf16)
+    from .db import system_constants
+
+    try:
+        honours = bool(system_constants(system).value("honours_checkpoint_kv_cache_dtype"))
+    except (KeyError, MoesimError):
+        honours = False
+    if not honours:
+        return "bf16", (f"KV cache bf16: {variant.hf_id} declares a {variant.kv_cache_dtype} KV cache, which {system} "
+                        "is not known to apply by default (--kv-dtype sets it)")
+    return variant.kv_cache_dtype, (f"KV cache {variant.kv_cache_dtype}: {variant.hf_id} declares it and {system} "
+                                    "applies it under --kv-cache-dtype auto")
+
+
 def resolve(scenario: Scenario) -> Resolved:
     """Specs of a scenario, checked: model variant, platform, workload, options, and the assumptions made."""
     s = scenario
@@ -388,7 +411,8 @@ def resolve(scenario: Scenario) -> Resolved:
         # resolved here (unknown draft names fail with suggestions); systems get the spec through the Context
         spec_dec = Speculative(draft_model=s.draft_model, num_tokens=s.spec_tokens, acceptance_rate=s.spec_accept,
                                draft=get_model(s.draft_model))
-    options = Options(weight_dtype=s.dtype, kv_dtype=s.kv_dtype, moe_impl=s.moe_impl, zipf_s=s.zipf_s,
+    kv, kv_why = kv_cache_dtype(s.kv_dtype, spec, s.dtype, s.system)
+    options = Options(weight_dtype=s.dtype, kv_dtype=kv, moe_impl=s.moe_impl, zipf_s=s.zipf_s,
                       mla_absorbed=s.mla_absorbed, expert_popularity=popularity, speculative=spec_dec)
     assumptions = []
     if not s.workload_given:
@@ -400,6 +424,8 @@ def resolve(scenario: Scenario) -> Resolved:
         assumptions.append("MLA decode without weight absorption: the cached latent is up-projected every step")
     if s.dtype is None:
         assumptions.append(f"weights in the released dtype ({spec.weight_dtype()})")
+    if kv_why:
+        assumptions.append(kv_why)
     return Resolved(s, spec, platform, work, options, tuple(assumptions))
 
 

@@ -137,8 +137,8 @@ class Scenario(BaseModel):
     """CPU name (replaces the platform's)."""
 
     # ---- execution knobs --------------------------------------------------------------------
-    kv_dtype: Annotated[str, Flag(("--kv-dtype", "--kv-cache-dtype"), "execution")] = "bf16"
-    """KV-cache dtype."""
+    kv_dtype: Annotated[str, Flag(("--kv-dtype", "--kv-cache-dtype"), "execution")] = "auto"
+    """KV-cache dtype; auto = as the serving system runs it: bf16, or the dtype the quantised checkpoint of --dtype declares where the system honours it (vLLM reads a ModelOpt checkpoint's kv_cache_quant_algo)."""
     moe_impl: Annotated[Literal["fused", "loop"], Flag(("--moe-impl",), "execution")] = "fused"
     """MoE kernels: fused (grouped GEMM) or loop (one expert at a time, as Hugging Face code)."""
     zipf_s: Annotated[float, Field(ge=0, allow_inf_nan=False), Flag(("--zipf",), "execution", aliases=("zipf",), unit="exponent, >= 0")] = 0.0
@@ -177,18 +177,18 @@ class Scenario(BaseModel):
     @classmethod
     def _dtype_words(cls, value: Any, info: ValidationInfo) -> Any:
         """The words vLLM and torch use for dtypes (``bfloat16``, ``half``, ``fp8_e4m3``). ``auto``: the released
-        weights; for the KV cache, vLLM's auto is the model's activation dtype, bf16 for every model here."""
+        weights; for the KV cache, auto is resolved with the model and the system (:func:`moesim.predict.kv_cache_dtype`)."""
         if not isinstance(value, str):
             return value
         word = value.strip().lower()
         if word == "auto" and info.field_name == "kv_dtype":
-            return "bf16"
+            return "auto"
         return DTYPE_WORDS.get(word, value)
 
     @field_validator("dtype", "kv_dtype")
     @classmethod
-    def _known_dtype(cls, value: str | None) -> str | None:
-        if value is not None and value not in BYTES_PER_ELEMENT:
+    def _known_dtype(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and value not in BYTES_PER_ELEMENT and not (value == "auto" and info.field_name == "kv_dtype"):
             close = difflib.get_close_matches(value, DTYPES, n=3, cutoff=0.4)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise ValueError(f"unknown dtype {value!r}{hint}; one of {', '.join(DTYPES)}")

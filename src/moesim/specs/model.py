@@ -168,6 +168,22 @@ class LayerKind:
     windowed: bool
 
 
+class CheckpointVariant(Spec):
+    """A published quantised checkpoint of the model in another weight dtype (e.g. NVIDIA's NVFP4 export), with what
+    its quantisation config declares beyond the weights."""
+
+    hf_id: str
+    kv_cache_dtype: str | None = Field(default=None, description="KV-cache dtype the checkpoint's quantisation config "
+                                       "declares (ModelOpt kv_cache_quant_algo); None = none declared")
+    source: str
+
+    @model_validator(mode="after")
+    def _check(self) -> "CheckpointVariant":
+        if self.kv_cache_dtype is not None and self.kv_cache_dtype not in BYTES_PER_ELEMENT:
+            raise ValueError(f"kv_cache_dtype {self.kv_cache_dtype!r} is not a known dtype")
+        return self
+
+
 class ModelSpec(Sourced):
     """A (Mixture-of-Experts) transformer decoder."""
 
@@ -188,6 +204,8 @@ class ModelSpec(Sourced):
     moe: MoESpec | None = None
     dense_ffn: DenseFFNSpec | None = None
     published: PublishedParams | None = None
+    checkpoints: dict[str, CheckpointVariant] = Field(
+        default_factory=dict, description="published checkpoints in other weight dtypes, keyed by that dtype (--dtype)")
     mtp_layers: int = Field(default=0, ge=0, description="multi-token-prediction modules shipped with the checkpoint "
                             "(config.json num_nextn_predict_layers; DeepSeek-V3's MTP module: one transformer layer "
                             "and a projection, sharing the embedding and LM head), not counted in num_layers; the "
