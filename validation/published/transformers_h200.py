@@ -19,6 +19,11 @@ hf-fwd-cause diagnostic lease, before these series were scored with it): a decod
 KV length, the model's attention geometry) that the process had not run yet pays a cuDNN graph build; such "cold"
 cells are scored as their own series and inform nothing; the "warm" ones are the decode series.
 
+The cuDNN attention graph build (attention_graph_build_s, GRAPH_BUILD_FIT): fitted on the FIT models' per-step build
+times of the hf-warm lease (``*transformers5.17-warm*.json`` cells whose first pass met only new shapes,
+``*hf-warm-probe*.json``), the held-out models' only scored (``--graph-builds``); every timed cell is priced warm,
+a cold forward-only decode cell one build more per step.
+
 The host constants are bounded by what the device measured directly (``*hf-batched-mm-host*.json``, written by
 ``validation/torchbench/hf_batched_mm.py``, FIT models only): the per-call measurement (per-call burst
 time of small CUDA ops) bounds torch_call_s from below; module_call_s stays inside the measured module-vs-body bracket and
@@ -565,7 +570,8 @@ def evaluate(cell):
     from moesim.errors import MoesimError
 
     if not _MEASURED:
-        _MEASURED.update((_cell_key(m), m) for m in cells())
+        # the corpus' cells only (in_generate): a cold forward-only decode row shares its key with the warm one
+        _MEASURED.update((_cell_key(m), m) for m in cells() if in_generate(m))
     value = predict_cell(_MEASURED[cell.key])
     try:
         p = moesim.predict(cell.model, cell.hardware, cell.system, dict(cell.workload), system_params=dict(cell.params))
