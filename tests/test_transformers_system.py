@@ -243,8 +243,9 @@ def test_eager_loop_pays_each_expert_hit_serially():
 
 
 def test_partial_last_batch_is_priced_at_its_size():
+    """Warm (cold, the partial batch also pays its own attention graph builds: test_cold_run_pays_builds...)."""
     ctx = _ctx(requests=10, prompt=64, gen=4)
-    plan = Transformers({"batch_size": 4}).plan(ctx)
+    plan = Transformers({"batch_size": 4, "attention_graph_cache": "warm"}).plan(ctx)
     assert plan.batch_size == 4 and plan.num_batches == 3
     full = plan.prefill_time_per_batch_s + plan.decode_time_per_batch_s
     assert plan.last_batch_time_s is not None and plan.last_batch_time_s < full
@@ -438,3 +439,99 @@ def test_constants_override_replaces_yaml_constants_for_one_instance_only():
     assert Transformers(constants_override={"grouped_mm_glue_s": 1.0}).grouped_mm_kernels().glue_s == 1.0
     with pytest.raises(KeyError, match="no constant 'no_such_constant'"):
         Transformers(constants_override={"no_such_constant": 1.0})
+
+
+# ---- cuDNN attention graph builds (attention_graph_cache) ----------------------------------------------------------
+
+def _ctx_on(hw, requests, prompt=64, gen=4, model="olmoe-1b-7b") -> Context:
+    return Context(get_model(model), get_hardware(hw),
+                   OfflineWorkload(num_requests=requests, prompt_tokens=prompt, gen_tokens=gen), Options())
+
+
+def test_graph_build_count_by_hand():
+    """N = 10 requests in batches of 4 (4, 4, 2), G = 4: the batch-4 shapes (1 prefill + 4 decode) once, the partial
+    batch's once more: 2 x (1 + 4) = 10 builds; one batch size when N is a multiple of B (or N <= B)."""
+    s = Transformers()
+    assert s.attention_graph_builds(10, 4, 4) == 2 * (1 + 4) == 10
+    assert s.attention_graph_builds(8, 4, 4) == 1 + 4
+    assert s.attention_graph_builds(3, 3, 16) == 17
+    plan = Transformers({"batch_size": 4}).plan(_ctx_on("h200", 10))
+    assert plan.config["attention_graph_builds"] == 10
+
+
+def test_cold_run_pays_builds_times_the_constant_over_warm():
+    """cold - warm total = builds x attention_graph_build_s (each build is host time the step waits for); the full
+    batches share theirs, the partial batch pays its own; every figure cold >= warm."""
+    ctx = _ctx_on("h200", 10)
+    cold = Transformers({"batch_size": 4}).plan(ctx)
+    warm = Transformers({"batch_size": 4, "attention_graph_cache": "warm"}).plan(ctx)
+    c = float(Transformers().constants.value("attention_graph_build_s"))
+    assert c > 0
+    assert cold.total_time_s - warm.total_time_s == pytest.approx(10 * c, rel=1e-6)
+    # each of the 2 full batches carries half of the (1 + 4) builds of batch size 4; the partial batch its own 5
+    assert cold.prefill_time_per_batch_s - warm.prefill_time_per_batch_s == pytest.approx(c / 2, rel=1e-6)
+    assert cold.decode_time_per_batch_s - warm.decode_time_per_batch_s == pytest.approx(4 * c / 2, rel=1e-6)
+    assert cold.last_batch_time_s - warm.last_batch_time_s == pytest.approx(5 * c, rel=1e-6)
+    assert warm.config["attention_graph_builds"] == 0
+    assert any("attention graph" in n for n in cold.notes)
+
+
+@settings(max_examples=15, deadline=None)
+@given(requests=st.integers(1, 40), batch=st.integers(1, 16), gen=st.integers(1, 12))
+def test_cold_minus_warm_is_the_build_count_times_the_constant(requests, batch, gen):
+    ctx = _ctx_on("h200", requests, prompt=32, gen=gen)
+    cold = Transformers({"batch_size": min(batch, requests)}).plan(ctx)
+    warm = Transformers({"batch_size": min(batch, requests), "attention_graph_cache": "warm"}).plan(ctx)
+    c = float(Transformers().constants.value("attention_graph_build_s"))
+    n = Transformers().attention_graph_builds(requests, min(batch, requests), gen)
+    assert cold.total_time_s >= warm.total_time_s
+    assert cold.total_time_s - warm.total_time_s == pytest.approx(n * c, rel=1e-6, abs=1e-9)
+
+
+def test_gpus_without_cudnn_attention_pay_no_build():
+    """Only where PyTorch's sdpa prefers cuDNN (compute capability 9.x / 10.x: attention_graph_build_gpus) is a graph
+    built; an A100 (8.0), an RTX 4090 (8.9) or an RTX 5090 (12.0) runs flash attention: cold == warm."""
+    names = Transformers().constants.names("attention_graph_build_gpus")
+    assert "H200" in names and "H100 SXM" in names and "A100 80GB SXM" not in names and "RTX 5090" not in names
+    for hw in ("a100-80gb-sxm", "rtx-4090", "rtx-5090"):
+        ctx = _ctx_on(hw, 4, gen=4)
+        assert Transformers().attention_graph_build_s(ctx) == 0.0
+        cold = Transformers().plan(ctx)
+        warm = Transformers({"attention_graph_cache": "warm"}).plan(ctx)
+        assert cold.total_time_s == warm.total_time_s
+        assert cold.config["attention_graph_builds"] == 0
+    assert Transformers().attention_graph_build_s(_ctx_on("h100-sxm", 4)) > 0
+
+
+def test_graph_build_constant_is_the_fit_on_the_fit_models_and_held_out_within_ten_percent():
+    """attention_graph_build_s in the YAML is transformers_h200.fit_graph_build_s of the committed hf-warm lease (FIT
+    models' per-step builds); each held-out model's median per-step build is within 10 % of it."""
+    sys.path.insert(0, str(ROOT / "validation/published"))
+    import transformers_h200 as V
+
+    rows = V.graph_build_rows()
+    if not rows:
+        pytest.skip("no hf-warm lease committed")
+    c = float(Transformers().constants.value("attention_graph_build_s"))
+    assert V.fit_graph_build_s(rows) == pytest.approx(c, rel=1e-3)
+    held = [(m, err) for split, m, phase, n, med, err in V.graph_build_summary(rows, c)
+            if split == "held-out" and phase == "decode"]
+    assert {m for m, _ in held} == {"deepseek-v2-lite", "qwen3-30b-a3b", "mixtral-8x7b"}
+    assert all(abs(err) < 0.10 for _, err in held), held
+
+
+def test_scored_cells_are_priced_warm_and_cold_cells_carry_one_build():
+    """transformers_h200.predict_cell prices every timed cell warm (generate after a warm-up call, prefill's first rep
+    dropped, decode's second pass), and a cold forward-only decode cell one build more when most timed steps were new."""
+    sys.path.insert(0, str(ROOT / "validation/published"))
+    import transformers_h200 as V
+
+    cell = dict(model="qwen3-30b-a3b", layers=24, impl="eager", batch=1, prompt=128, offload=False, steps=6)
+    c = float(Transformers().constants.value("attention_graph_build_s"))
+    warm = V.predict_cell(dict(cell, phase="decode", attn_graphs="warm", attn_new_fraction=0.0))
+    cold = V.predict_cell(dict(cell, phase="decode", attn_graphs="cold", attn_new_fraction=1.0))
+    assert cold - warm == pytest.approx(c, rel=1e-6)
+    gen = V.predict_cell(dict(cell, phase="generate", steps=16))
+    ctx = V._ctx("qwen3-30b-a3b", 24, 1, 128)
+    assert gen == pytest.approx(Transformers({"attention_graph_cache": "warm"}).forward_s(
+        ctx, 1, 1, 128 + 1 + 8, "eager", generate_step=True).now, rel=1e-12)

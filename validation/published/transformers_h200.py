@@ -19,6 +19,11 @@ hf-fwd-cause diagnostic lease, before these series were scored with it): a decod
 KV length, the model's attention geometry) that the process had not run yet pays a cuDNN graph build; such "cold"
 cells are scored as their own series and inform nothing; the "warm" ones are the decode series.
 
+The cuDNN attention graph build (attention_graph_build_s, GRAPH_BUILD_FIT): fitted on the FIT models' per-step build
+times of the hf-warm lease (``*transformers5.17-warm*.json`` cells whose first pass met only new shapes,
+``*hf-warm-probe*.json``), the held-out models' only scored (``--graph-builds``); every timed cell is priced warm,
+a cold forward-only decode cell one build more per step.
+
 The host constants are bounded by what the device measured directly (``*hf-batched-mm-host*.json``, written by
 ``validation/torchbench/hf_batched_mm.py``, FIT models only): the per-call measurement (per-call burst
 time of small CUDA ops) bounds torch_call_s from below; module_call_s stays inside the measured module-vs-body bracket and
@@ -93,23 +98,30 @@ def _attn_geometry(model: str) -> tuple:
 def attn_graph_states(raw_cells: list[dict]) -> list[str | None]:
     """ATTN_GRAPH_RULE over one campaign file's cells in file (= execution) order: "warm" / "cold" for each
     forward-only decode cell with times, None for every other cell."""
+    return [s for s, _ in _attn_graph_states(raw_cells)]
+
+
+def _attn_graph_states(raw_cells: list[dict]) -> list[tuple[str | None, float]]:
+    """(state, the fraction of the cell's timed steps at a shape new to the process) per cell (0 for warm/None)."""
     if ATTN_GRAPH_RULE != "warm-only":
         raise ValueError(f"unknown attention graph rule {ATTN_GRAPH_RULE!r}")
     seen: set[tuple] = set()
-    states: list[str | None] = []
+    states: list[tuple[str | None, float]] = []
     for c in raw_cells:
         phase = c.get("kind", "").removeprefix("offload_")
-        state = None
+        state, new = None, 0.0
         if phase in ("decode", "generate") and "batch" in c and "prompt" in c:
             geo, b, p = _attn_geometry(c["model"]), c["batch"], c["prompt"]
             if phase == "decode" and c.get("times_s"):
                 n = len(c["times_s"])
                 timed = {(geo, b, p + j) for j in range(2, n + 1)}
                 state = "warm" if c.get("cold_times_s") is not None or timed <= seen else "cold"
+                if state == "cold":
+                    new = len(timed - seen) / len(timed)
                 seen |= {(geo, b, p + j) for j in range(1, n + 1)}
             elif phase == "generate" and c.get("tn_s") and c.get("steps"):
                 seen |= {(geo, b, p + j) for j in range(1, c["steps"] + 1)}
-        states.append(state)
+        states.append((state, new))
     return states
 
 
@@ -124,6 +136,66 @@ def measurement_files() -> list[Path]:
 def measurement_file() -> Path:
     """The newest campaign file."""
     return measurement_files()[-1]
+
+
+#: Host seconds of one cuDNN attention graph build (systems_db/transformers.yaml attention_graph_build_s), fixed here
+#: before the hf-warm lease's data came back: fitted on the FIT models' per-step build times of that lease only, the
+#: median over (a) every step of a decode cell whose first pass ran only shapes new to its process (hf_warm.py's
+#: ``cold_shapes_new`` = its steps): first-pass step - timed-pass step at the same KV length, and (b) every step of
+#: its probe (``*hf-warm-probe*.json``: the same difference at batches 1-64 and prompts 64-3000); held-out models'
+#: steps only scored. The median, since an eager step's own spread at large batches (tens of ms) is as large as a build.
+GRAPH_BUILD_FIT = "median of the FIT models' per-step (first pass - timed pass) of the hf-warm lease"
+
+
+def probe_file() -> Path | None:
+    files = sorted(glob.glob(str(ROOT / "validation/measurements/h200/transformers/*hf-warm-probe*.json")))
+    return Path(files[-1]) if files else None
+
+
+def graph_build_rows(files: list[Path] | None = None, probe: Path | None = None) -> list[dict]:
+    """Per-step build times (seconds) of the hf-warm lease: one row per decode step that ran a new attention shape on
+    its first pass, ``build_s`` = first-pass time - timed-pass time at the same KV length; ``source`` cell or probe;
+    plus the probe's prefill rows (``phase`` prefill: the first prefill rep at a new shape - the median of the next)."""
+    out = []
+    for path in files if files is not None else measurement_files():
+        for c in json.loads(Path(path).read_text())["cells"]:
+            cold, warm = c.get("cold_times_s"), c.get("times_s")
+            if c.get("kind") == "decode" and cold and warm and c.get("cold_shapes_new") == len(cold):
+                split = "fit" if c["model"] in FIT_MODELS else "held-out"
+                out += [dict(model=c["model"], split=split, source="cell", phase="decode", impl=c["impl"],
+                             batch=c["batch"], kv=c["prompt"] + j + 1, build_s=a - b)
+                        for j, (a, b) in enumerate(zip(cold, warm))]
+    probe = probe or probe_file()
+    for i, pt in enumerate(json.loads(probe.read_text())["points"] if probe else []):
+        if "build_s" not in pt:
+            continue
+        split = "fit" if pt["model"] in FIT_MODELS else "held-out"
+        out += [dict(model=pt["model"], split=split, source="probe", phase="decode", impl=pt["impl"], batch=pt["batch"],
+                     kv=pt["prompt"] + j + 1, build_s=v) for j, v in enumerate(pt["build_s"])]
+        if i:  # the process's very first prefill also created the CUDA context's handles (1.7 s): not a build alone
+            out.append(dict(model=pt["model"], split=split, source="probe", phase="prefill", impl="grouped_mm",
+                            batch=pt["batch"], kv=pt["prompt"], build_s=pt["prefill_build_s"]))
+    return out
+
+
+def fit_graph_build_s(rows: list[dict] | None = None) -> float:
+    """attention_graph_build_s: GRAPH_BUILD_FIT over :func:`graph_build_rows` (decode steps of the FIT models)."""
+    rows = graph_build_rows() if rows is None else rows
+    fit_rows = [r["build_s"] for r in rows if r["split"] == "fit" and r["phase"] == "decode"]
+    if not fit_rows:
+        raise SystemExit("no FIT per-step build times (hf-warm lease) found")
+    return statistics.median(fit_rows)
+
+
+def graph_build_summary(rows: list[dict] | None = None, build_s: float | None = None) -> list[tuple]:
+    """(split, model, phase, n, measured median build seconds, the constant's error on it) per model and phase."""
+    rows = graph_build_rows() if rows is None else rows
+    build_s = float(Transformers().constants.value("attention_graph_build_s")) if build_s is None else build_s
+    groups: dict[tuple, list[float]] = {}
+    for r in rows:
+        groups.setdefault((r["split"], r["model"], r["phase"]), []).append(r["build_s"])
+    return [(k[0], k[1], k[2], len(v), statistics.median(v), build_s / statistics.median(v) - 1.0)
+            for k, v in sorted(groups.items())]
 
 
 def generate_per_step_s(c: dict) -> float | None:
@@ -145,7 +217,17 @@ def cells(path: Path | list[Path] | None = None) -> list[dict]:
     from every campaign file (``path``: one file, a list of them, or None for all), each cell once with its leases'
     times reduced by :func:`pool_leases` (LEASE_RULE)."""
     paths = measurement_files() if path is None else [path] if isinstance(path, (str, Path)) else list(path)
-    return pool_leases([_file_cells(Path(p)) for p in paths])
+    per_lease = [_file_cells(Path(p)) for p in paths]
+    # a campaign file without generate cells (hf_warm.py's) takes the other files' generate length for its cells'
+    # published workload (gen_steps: the corpus' gen_tokens; nothing is timed with it)
+    steps = {r["gen_steps"] for rows in per_lease for r in rows if r["gen_steps"] is not None}
+    if len(steps) > 1:
+        raise SystemExit(f"expected one generate step count in the measurements, found {sorted(steps)}")
+    for rows in per_lease:
+        for r in rows:
+            if r["gen_steps"] is None:
+                r["gen_steps"] = next(iter(steps), None)
+    return pool_leases(per_lease)
 
 
 def pool_leases(per_lease: list[list[dict]]) -> list[dict]:
@@ -176,9 +258,9 @@ def _file_cells(path: Path) -> list[dict]:
     """The cells of one campaign file (one lease), unpooled."""
     data = json.loads(path.read_text())
     gen_steps = generate_steps(data["cells"])
-    states = attn_graph_states(data["cells"])
+    states = _attn_graph_states(data["cells"])
     out = []
-    for c, state in zip(data["cells"], states):
+    for c, (state, new) in zip(data["cells"], states):
         t = generate_per_step_s(c) if c.get("kind") == "generate" else c.get("median_s", c.get("per_step_s"))
         if t is None or t <= 0:
             continue
@@ -188,13 +270,16 @@ def _file_cells(path: Path) -> list[dict]:
         phase = c["kind"].removeprefix("offload_")
         steps = c["steps"] if phase == "generate" else len(c["times_s"]) if phase == "decode" else None
         out.append(dict(c, measured_s=t, split=split, offload=offload, phase=phase, steps=steps, gen_steps=gen_steps,
-                        attn_graphs=state))
+                        attn_graphs=state, attn_new_fraction=new))
     return out
 
 
-def generate_steps(raw_cells: list[dict]) -> int:
-    """The new tokens of the file's timed ``generate`` calls (their ``steps``; hf_generate.py writes one value)."""
+def generate_steps(raw_cells: list[dict]) -> int | None:
+    """The new tokens of the file's timed ``generate`` calls (their ``steps``; hf_generate.py writes one value);
+    None for a file with no generate cells (hf_warm.py's)."""
     steps = {c["steps"] for c in raw_cells if c.get("kind") == "generate" and c.get("steps")}
+    if not steps and not any(c.get("kind") == "generate" for c in raw_cells):
+        return None
     if len(steps) != 1:
         raise SystemExit(f"expected one generate step count in the measurements, found {sorted(steps)}")
     return steps.pop()
@@ -210,15 +295,19 @@ def _ctx(model: str, layers: int, batch: int, prompt: int) -> Context:
 
 def predict_cell(c: dict, consts: dict[str, float] | None = None) -> float:
     """Predicted seconds of one measured cell with the system's pricing (``consts`` override the YAML)."""
-    system = Transformers({"experts_implementation": "grouped_mm", "cpu_offload": c["offload"]},
-                          constants_override=consts or None)
+    # every timed cell ran at attention shapes the process had built before (the harness drops a prefill's first rep,
+    # times generate after a warm-up call of the same length, decode on a second pass) except the cold forward-only
+    # decode cells of ATTN_GRAPH_RULE, whose timed median step paid one build when most of its timed steps were new
+    system = Transformers({"experts_implementation": "grouped_mm", "cpu_offload": c["offload"],
+                           "attention_graph_cache": "warm"}, constants_override=consts or None)
     ctx = _ctx(c["model"], c["layers"], c["batch"], c["prompt"])
     b, p = c["batch"], c["prompt"]
     if c["phase"] == "prefill":
         return system.forward_s(ctx, b, p, p, c["impl"]).now
     if c["phase"] == "decode":  # the cell's timed steps 2..steps after the prefill (the first dropped): the middle
         kv = p + 1 + (c["steps"] + 1) // 2
-        return system.forward_s(ctx, b, 1, kv, c["impl"]).now
+        build = system.attention_graph_build_s(ctx) if c.get("attn_new_fraction", 0.0) > 0.5 else 0.0
+        return system.forward_s(ctx, b, 1, kv, c["impl"], graph_build_s=build).now
     # whole generate calls: decode steps inside generate (grouped_mm decodes as batched_mm there)
     impl = "batched_mm" if c["impl"] == "grouped_mm" else c["impl"]
     return system.forward_s(ctx, b, 1, p + 1 + c["steps"] // 2, impl, generate_step=True).now
@@ -481,7 +570,8 @@ def evaluate(cell):
     from moesim.errors import MoesimError
 
     if not _MEASURED:
-        _MEASURED.update((_cell_key(m), m) for m in cells())
+        # the corpus' cells only (in_generate): a cold forward-only decode row shares its key with the warm one
+        _MEASURED.update((_cell_key(m), m) for m in cells() if in_generate(m))
     value = predict_cell(_MEASURED[cell.key])
     try:
         p = moesim.predict(cell.model, cell.hardware, cell.system, dict(cell.workload), system_params=dict(cell.params))
@@ -510,6 +600,8 @@ def main() -> int:
     ap.add_argument("--fit", action="store_true", help="fit the host constants on the FIT cells, then score")
     ap.add_argument("--cells", action="store_true", help="print every cell")
     ap.add_argument("--by-model", action="store_true", help="also print the median error per model, phase and backend")
+    ap.add_argument("--graph-builds", action="store_true",
+                    help="also print the cuDNN attention graph build times of the hf-warm lease against the constant")
     ap.add_argument("--second-lease", action="store_true",
                     help="also print the generate cells of the second lease (hf_decode_steps.py), never fitted")
     args = ap.parse_args()
@@ -549,6 +641,15 @@ def main() -> int:
         for r in second_lease_generate(consts):
             print(f"{r['split']:8s} {r['model']:18s} {r['impl']:10s} b={r['batch']:3d} measured {r['measured_s'] * 1e3:8.2f} ms"
                   f"  predicted {r['predicted_s'] * 1e3:8.2f} ms  {r['error'] * 100:+6.1f}%")
+        print()
+    if args.graph_builds:
+        rows_b = graph_build_rows()
+        fitted = fit_graph_build_s(rows_b)
+        const = float(Transformers().constants.value("attention_graph_build_s"))
+        print(f"attention graph build: fitted {fitted * 1e3:.2f} ms ({GRAPH_BUILD_FIT}); YAML {const * 1e3:.2f} ms")
+        print(f"{'split':8s} {'model':18s} {'phase':8s} {'n':>4s} {'measured ms':>11s} {'YAML err':>9s}")
+        for split, model, phase, n, med, err in graph_build_summary(rows_b, const):
+            print(f"{split:8s} {model:18s} {phase:8s} {n:4d} {med * 1e3:11.2f} {err * 100:+8.1f}%")
         print()
     print(f"{'split':8s} {'phase':40s} {'impl':10s} {'offload':7s} {'n':>3s} {'median |err|':>12s}")
     for split, phase, impl, off, n, m in summary(scored) + summary([dict(r, offload=False) for r in host]):

@@ -29,6 +29,20 @@ and batched_mm experts forwards, whose GPU time is a kernel family measured on t
     host sync: H = max(H, G) + host_sync_s            blocking copy: H = G = max(H, G) + copy_s
     pass time = max(H, G)
 
+Attention graph builds (``attention_graph_cache``): on GPUs where PyTorch's sdpa runs cuDNN attention
+(``attention_graph_build_gpus``: compute capability 9.x / 10.x, PyTorch's backend selection), the first forward at an
+attention shape (batch, query length, KV length, the model's heads and head dims) the process has not run builds a
+cuDNN graph, ``attention_graph_build_s`` of host time before its attention runs (the host is busy: nothing overlaps).
+A run of N requests in batches of B, prompt P, G generated tokens meets 1 + G shapes per batch size (the prefill,
+then one per decode step: moesim's G decode steps); batches of the same size find them cached. Cold (default, a fresh
+process)::
+
+    builds = (1 + G) x (number of distinct batch sizes: B, and the last partial batch's when N mod B > 0)
+
+charged to the batches that meet them: the full batches share theirs (each step of a full batch carries
+attention_graph_build_s / full batches, so the run's total and the mean per batch are right), a partial batch pays its
+own whole. ``warm`` (the process already ran these shapes) and other GPUs: none.
+
 A decode step of ``generate`` adds its own loop after the forward: ``generate_step_calls`` torch calls (input
 preparation, logits to fp32, logits processors, argmax, EOS handling, the ids and mask concatenations, stopping
 criteria) plus ``generate_step_host_s`` of Python beyond them, then one host read (``bool(unfinished.max() == 0)``)
@@ -71,6 +85,11 @@ class TransformersParams(BaseModel):
                                                          "each module's copied to the GPU when it runs")
     batch_size: int | None = Field(default=None, ge=1, description="sequences per generate call; None = all requests "
                                                                    "in one call if they fit, else the largest that fits")
+    attention_graph_cache: Literal["cold", "warm"] = Field(
+        default="cold", description="cuDNN attention graphs (GPUs where PyTorch's sdpa runs cuDNN: H100/H200, B200/B300): "
+                                    "cold = a fresh process builds one per new attention shape (prefill and every "
+                                    "decode step of the first batch of a size; what a fresh generate run does); "
+                                    "warm = the process already ran these shapes (pre-warmed)")
 
 
 @dataclass
@@ -300,6 +319,19 @@ class Transformers(ServingSystem):
         """The batched_mm kernel family at the YAML's constants (also what its validation script scores)."""
         return BatchedMMKernels(**{f: self._c("batched_mm_" + f) for f in BatchedMMKernels.__dataclass_fields__})
 
+    def attention_graph_build_s(self, ctx: Context) -> float:
+        """Host seconds of one cuDNN attention graph build on this platform's GPU: ``attention_graph_build_s`` where
+        PyTorch's sdpa runs cuDNN attention (``attention_graph_build_gpus``), else 0 (flash / memory-efficient
+        attention build nothing)."""
+        if ctx.platform.gpu.name not in self._families("attention_graph_build_gpus"):
+            return 0.0
+        return self._c("attention_graph_build_s")
+
+    def attention_graph_builds(self, num_requests: int, batch: int, gen_tokens: int) -> int:
+        """Graph builds of a cold run: (1 + G) per distinct batch size (B, and a last partial batch's)."""
+        sizes = 1 + (1 if num_requests % batch and num_requests > batch else 0)
+        return sizes * (1 + gen_tokens)
+
     def _is_mla(self, ctx: Context) -> bool:
         """The model runs Hugging Face's DeepSeek MLA attention (the one test of MLA in this system: the cache,
         sdpa shapes and call counts all follow it). An MLA model of a family whose modelling code was not
@@ -351,8 +383,9 @@ class Transformers(ServingSystem):
 
     # ---- one forward pass --------------------------------------------------------------------------
     def forward_s(self, ctx: Context, seqs: int, q_len: int, kv_len: int, impl: str,
-                  generate_step: bool = False) -> TwoClocks:
-        """Two-clock time of one forward of ``seqs`` x ``q_len`` new tokens over ``kv_len`` context (module docstring)."""
+                  generate_step: bool = False, graph_build_s: float = 0.0) -> TwoClocks:
+        """Two-clock time of one forward of ``seqs`` x ``q_len`` new tokens over ``kv_len`` context (module docstring);
+        ``graph_build_s``: host seconds of cuDNN attention graph building this forward carries."""
         m, a = ctx.model, ctx.model.attention
         c = self._c
         rates = host_rates(c)  # the per-call, per-module, per-layer and per-forward host rates (shared.hf_host)
@@ -371,6 +404,8 @@ class Transformers(ServingSystem):
                 clk.copy("cpu_offload copy", tensors * c("offload_module_s"),
                          ctx.copy_s(nbytes, "pageable", copies=tensors), nbytes)
 
+        if graph_build_s > 0:  # the first layer's sdpa builds the shape's graph; later layers find it cached
+            clk.run("attention graph build", graph_build_s, 0.0)
         # once per pass: embedding, positions and rotary table, mask, final norm, LM head on the last position
         fetch(m.embedding_params * ctx.wbytes, 1)
         clk.run("embedding", host(Python(forwards=1)), gpu(costs.embedding_lookup(m.hidden_size, tokens, ctx.wdtype)))
@@ -466,9 +501,9 @@ class Transformers(ServingSystem):
         clk.run("experts", host(py.experts_tail), gpu(vector_op(tokens * h, 1.0, 3.0)))  # the block's reshape / residual
 
     # ---- plan ------------------------------------------------------------------------------------
-    def _step(self, ctx: Context, seqs: int, q_len: int, kv_len: int, phase: str) -> StepSim:
+    def _step(self, ctx: Context, seqs: int, q_len: int, kv_len: int, phase: str, build_s: float = 0.0) -> StepSim:
         impl = self._impl(phase)
-        clk = self.forward_s(ctx, seqs, q_len, kv_len, impl, generate_step=(phase == "decode"))
+        clk = self.forward_s(ctx, seqs, q_len, kv_len, impl, generate_step=(phase == "decode"), graph_build_s=build_s)
         engine = Engine(memory_capacity_bytes={"gpu": ctx.platform.usable_gpu_memory_bytes_per_gpu})
         for label, nbytes in self._pass_bytes(ctx, seqs, q_len, kv_len, impl).items():
             engine.hold("gpu", nbytes, label)
@@ -531,21 +566,33 @@ class Transformers(ServingSystem):
                                   f"{', cpu_offload' if p.cpu_offload else ''})")
         batch, num_batches, rest = full_batches(w.num_requests, wanted or max_batch)
         last = rest or batch
+        full = num_batches - (1 if last != batch else 0)
+        build = self.attention_graph_build_s(ctx) if p.attention_graph_cache == "cold" else 0.0
 
-        def run(b: int) -> tuple[StepSim, float, list]:
-            pre = self._step(ctx, b, w.prompt_tokens, w.prompt_tokens, "prefill")
-            dec, points = simpson_decode_time(lambda cx: self._step(ctx, b, 1, cx, "decode"), w.prompt_tokens, w.gen_tokens)
+        def run(b: int, build_s: float) -> tuple[StepSim, float, list]:
+            """Prefill and decode of a batch of ``b``; every pass carries ``build_s`` of graph building."""
+            pre = self._step(ctx, b, w.prompt_tokens, w.prompt_tokens, "prefill", build_s)
+            dec, points = simpson_decode_time(lambda cx: self._step(ctx, b, 1, cx, "decode", build_s),
+                                              w.prompt_tokens, w.gen_tokens)
             return pre, dec, points
 
-        prefill, decode_s, points = run(batch)
+        prefill, decode_s, points = run(batch, build / full)  # the full batches share the first one's builds
         notes = [f"transformers {p.experts_implementation} experts (prefill {self._impl('prefill')}, decode "
                  f"{self._impl('decode')}){', accelerate cpu_offload (pageable copies, module by module)' if p.cpu_offload else ''}"]
+        if build > 0:
+            n = self.attention_graph_builds(w.num_requests, batch, w.gen_tokens)
+            notes.append(f"cold cuDNN attention graphs (PyTorch sdpa on {ctx.platform.gpu.name}): {n} builds of "
+                         f"{build * 1e3:.0f} ms on the host (1 + {w.gen_tokens} per batch size; the full batches' "
+                         f"shared over {full}); attention_graph_cache=warm if the process already ran these shapes")
         last_s = None
         if last != batch:
-            lp, ld, _ = run(last)
+            lp, ld, _ = run(last, build)  # a new batch size: its own shapes, its own builds
             last_s = lp.time_s + ld  # predict's notes say so (Plan.last_batch_partial)
         config = {"batch_size": batch, "max_batch_that_fits": max_batch, "experts_implementation": p.experts_implementation,
                   "decode_experts_implementation": self._impl("decode"), "cpu_offload": p.cpu_offload,
+                  "attention_graph_cache": p.attention_graph_cache,
+                  "attention_graph_builds": self.attention_graph_builds(w.num_requests, batch, w.gen_tokens)
+                  if build > 0 else 0,
                   "kv_bytes_per_token": self.kv_bytes_per_token(ctx)}
         return self.make_plan(
             (batch, num_batches), (prefill, 1, batch * w.prompt_tokens), (decode_s, points), config=config,
