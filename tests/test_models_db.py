@@ -47,13 +47,14 @@ def test_checkpoint_kv_dtype_is_applied_where_the_engine_honours_it():
     """nvidia/MiniMax-M2.5-NVFP4 declares an FP8 KV cache (ModelOpt kv_cache_quant_algo): with --kv-dtype auto vLLM
     (pull request 29980) runs it, SGLang (not known to) keeps bf16 and says so, the released FP8 checkpoint declares
     none, and an explicit --kv-dtype wins. The KV pool then holds twice the tokens: 62 layers x 8 KV heads x 128 x 2
-    (K, V) x 1 byte = 126,976 B per token instead of 253,952."""
+    (K, V) x 1 byte = 126,976 B per token instead of 253,952. TensorRT-LLM inherits it too (its docs)."""
     import moesim
     from moesim.predict import kv_cache_dtype, resolve
 
     m = moesim.get_model("minimax-m2.5")
     assert m.checkpoints["nvfp4"].kv_cache_dtype == "fp8"
     assert kv_cache_dtype("auto", m, "nvfp4", "vllm")[0] == "fp8"
+    assert kv_cache_dtype("auto", m, "nvfp4", "trtllm")[0] == "fp8"  # KvCacheConfig dtype auto inherits it
     kv, why = kv_cache_dtype("auto", m, "nvfp4", "sglang")
     assert kv == "bf16" and "not known to apply" in why
     assert kv_cache_dtype("auto", m, None, "vllm") == ("bf16", None)
