@@ -158,7 +158,7 @@ def test_near_saturated_prefill_pool_queues():
                                         "prefill_workers": 1, "decode_workers": 1,
                                         "prefill_params": "max_running_requests=1",
                                         "decode_params": "data_parallel_size=8,enable_dp_attention=true,"
-                                                         "expert_parallel_size=8,max_running_requests=16"})
+                                                         "expert_parallel_size=8,max_running_requests=128"})
     _, plan, _, _ = plan_scenario(sc)
     pass_s = plan.config["pools"]["prefill"]["pass_s"]
     assert plan.rate_per_s >= 0.8 * plan.prefill_rate_per_s

@@ -417,11 +417,15 @@ def disagg_of(row: dict) -> dict | str:
     def text(params: dict) -> str:
         return ",".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in params.items())
 
-    # each pool's batch as the row states it (per attention-DP rank): the engine's own cap on running requests
+    # each pool's batch as the row states it (per attention-DP rank): the engine's own cap on running requests, in
+    # the engine's unit (vLLM's max_num_seqs and TensorRT-LLM's max_batch_size are per DP rank; SGLang's
+    # --max-running-requests is the server's, split over its DP workers: the rank's batch x DP)
     cap = CAP_FLAG[row["backend"]][0]
     for role in ("prefill", "decode"):
         if row[role + "_batch_size"] not in ("", None):
-            pools[role]["params"] = {**pools[role]["params"], cap: _int(row[role + "_batch_size"])}
+            per_rank = _int(row[role + "_batch_size"])
+            dp = _int(row[role + "_attention_dp_size"]) if row["backend"] == "sglang" else 1
+            pools[role]["params"] = {**pools[role]["params"], cap: per_rank * max(dp, 1)}
     params = {"disaggregate": True, "prefill_gpus": pools["prefill"]["gpus"], "decode_gpus": pools["decode"]["gpus"],
               "prefill_workers": n_p, "decode_workers": n_d}
     for role in ("prefill", "decode"):
