@@ -191,7 +191,8 @@ class Scenario(BaseModel):
         if value is not None and value not in BYTES_PER_ELEMENT and not (value == "auto" and info.field_name == "kv_dtype"):
             close = difflib.get_close_matches(value, DTYPES, n=3, cutoff=0.4)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise ValueError(f"unknown dtype {value!r}{hint}; one of {', '.join(DTYPES)}")
+            allowed = ("auto", *DTYPES) if info.field_name == "kv_dtype" else DTYPES
+            raise ValueError(f"unknown dtype {value!r}{hint}; one of {', '.join(allowed)}")
         return value
 
     @field_validator("model", "hardware", mode="before")
