@@ -65,7 +65,7 @@ def test_checkpoint_kv_dtype_is_applied_where_the_engine_honours_it():
     r = resolve(sc)
     assert r.options.kv_dtype == "fp8" and any("KV cache fp8" in a for a in r.assumptions)
     assert moesim.Scenario(model="minimax-m2.5", hardware="hgx-b200").kv_dtype == "auto"
-    with pytest.raises(ValueError, match="one of auto, fp32"):
+    with pytest.raises(moesim.MoesimError, match="one of auto, fp32"):
         moesim.Scenario(model="minimax-m2.5", hardware="hgx-b200", kv_dtype="fp7")
 
 
