@@ -130,10 +130,11 @@ def simulated_latency(system, ctx, plan, prompt: int, gen: int, concurrency: int
     steps finish at different steps and the next wave arrives spread out; prefill-first batches keep a wave
     together. TTFT = first token - arrival; TPOT = (last - first token) / (G - 1), both averaged over the requests
     as the benchmarks average them. Attention data parallelism (the model's ``ranks`` R > 1): one rank serves
-    ceil(C / R) of the requests in flight, every step priced as all ranks running alike. ``staggered``: the first C are sent at i E / C (i = 0..C-1), E = one request's
-    lifetime TTFT + (G - 1) TPOT in the analytic steady state (:func:`benchmark_latency` "steady"), so the loop
-    starts from requests spread over their lifetimes instead of one wave. Raises what ``online_model`` raises for a
-    plan it cannot serve online (parallel layouts, speculative decoding, disaggregation)."""
+    ceil(C / R) of the requests in flight, every step priced as all ranks running alike. ``staggered``: the
+    rank's first c requests (c its share of C) are sent at i E / c (i = 0..c-1), E = one request's lifetime
+    TTFT + (G - 1) TPOT in the analytic steady state (:func:`benchmark_latency` "steady"), so the loop starts from
+    requests spread over their lifetimes instead of one wave. Raises what ``online_model`` raises for a plan it
+    cannot serve online (speculative decoding, disaggregation)."""
     import numpy as np
 
     from .arrivals import Requests
