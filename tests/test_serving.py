@@ -407,3 +407,24 @@ def test_staggered_client_spreads_the_first_wave_and_waits_less():
     spread = simulated_latency(engine, ctx, plan, 2048, 64, 8, waves=2, staggered=True)
     assert spread[0] < burst[0]
     assert spread[1] == pytest.approx(burst[1], rel=0.15)
+
+
+def test_attention_dp_closed_loop_is_monotone_in_concurrency():
+    """An attention-DP layout's closed loop (one rank's scheduler): more requests in flight never shorten a decode
+    step nor lower the throughput C G / E2E (Little's law), from below one request a rank to several."""
+    import moesim
+    from moesim.predict import plan_scenario
+    from moesim.serving.closed_loop import closed_loop_throughput_tok_s, simulated_latency
+    from moesim.systems import get_system
+
+    params = {"data_parallel_size": 4, "enable_dp_attention": True, "expert_parallel_size": 4}
+    sc = moesim.Scenario(model="mixtral-8x7b", hardware="hgx-h100", num_gpus=4, system="sglang", prompt_tokens=256,
+                         gen_tokens=32, batch_size=8, num_requests=8, system_params=params)
+    ctx, plan, _, _ = plan_scenario(sc)
+    engine = get_system("sglang")(params)
+    last_tpot, last_rate = 0.0, 0.0
+    for c in (2, 4, 8, 16, 32):
+        ttft, tpot = simulated_latency(engine, ctx, plan, 256, 32, concurrency=c, waves=2)
+        rate = closed_loop_throughput_tok_s(c, 32, ttft, tpot)
+        assert ttft > 0 and tpot >= last_tpot * (1 - 1e-9) and rate >= last_rate * (1 - 1e-9)
+        last_tpot, last_rate = tpot, rate
