@@ -394,10 +394,10 @@ def test_staggered_client_spreads_the_first_wave_and_waits_less():
     steady-state lifetime of one request; on a prefill-first engine (SGLang) a burst of C prompts queues C prefills,
     a spread wave does not, so its mean TTFT is lower while the decode pace (TPOT) stays within a few percent."""
     from moesim.predict import plan_scenario
-    from moesim.serving.closed_loop import simulated_client, simulated_latency
+    from moesim.serving.closed_loop import Client, simulated_client, simulated_latency
     from moesim.systems import get_system
 
-    assert simulated_client("stag4") == (4, True) and simulated_client("sim4") == (4, False)
+    assert simulated_client("stag4") == Client(4, staggered=True) and simulated_client("sim4") == Client(4)
     assert simulated_client("half") is None
     sc = moesim.Scenario(model="mixtral-8x7b", hardware="hgx-h100", system="sglang", num_gpus=2, prompt_tokens=2048,
                          gen_tokens=64, batch_size=8, num_requests=8)
@@ -428,3 +428,30 @@ def test_attention_dp_closed_loop_is_monotone_in_concurrency():
         rate = closed_loop_throughput_tok_s(c, 32, ttft, tpot)
         assert ttft > 0 and tpot >= last_tpot * (1 - 1e-9) and rate >= last_rate * (1 - 1e-9)
         last_tpot, last_rate = tpot, rate
+
+
+def test_random_length_client_desynchronises_a_prefill_first_engine():
+    """InferenceX's stated client (closed_loop.STATED "inferencex": 10 C requests, prompt and output lengths drawn
+    uniformly from [0.8 L, L]). SGLang prefills every waiting prompt before it decodes, so a fixed-length closed loop
+    stays in lockstep waves and every wave queues its C prefills; with lengths that differ, requests finish apart and
+    later waves arrive spread out: the mean TTFT falls well below the lockstep client's and the median below the
+    mean (the first wave's burst is the tail). Lengths stay within [floor(0.8 L), L], so every TPOT is finite."""
+    import moesim
+    from moesim.predict import plan_scenario
+    from moesim.serving.closed_loop import Client, simulated_client, simulated_run
+    from moesim.systems import get_system
+
+    ix = simulated_client("inferencex")
+    assert ix == Client(10, range_ratio=0.8)
+    sc = moesim.Scenario(model="mixtral-8x7b", hardware="hgx-h100", system="sglang", num_gpus=2, prompt_tokens=2048,
+                         gen_tokens=128, batch_size=16, num_requests=16)
+    ctx, plan, _, _ = plan_scenario(sc)
+    engine = get_system("sglang")()
+    fixed = simulated_run(engine, ctx, plan, 2048, 128, 16, Client(10))
+    spread = simulated_run(engine, ctx, plan, 2048, 128, 16, ix)
+    assert spread.mean_ttft_s < 0.7 * fixed.mean_ttft_s
+    assert spread.median_ttft_s < spread.mean_ttft_s
+    assert fixed.median_ttft_s == pytest.approx(fixed.mean_ttft_s, rel=0.35)
+    assert 0 < spread.mean_tpot_s < 10 * fixed.mean_tpot_s
+    again = simulated_run(engine, ctx, plan, 2048, 128, 16, ix)
+    assert again == spread  # seeded: the same draw, the same run

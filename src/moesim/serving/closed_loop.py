@@ -31,6 +31,7 @@ Moved here from ``validation/published/aiconfigurator.py`` (which imports it) so
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 #: how the closed-loop benchmark's mean TTFT and TPOT are predicted from a plan (see :func:`benchmark_latency`);
 #: chosen by ``validation/published/aiconfigurator_fit.py`` on the FIT split only
@@ -42,15 +43,41 @@ SIMULATED = {"sim2": 2, "sim4": 4, "sim8": 8}
 #: ... and "stagW" the same W x C requests with the first C spread evenly over one request's lifetime (a client whose
 #: requests have drifted apart, as a long benchmark's do when the engine does not pull them back together)
 STAGGERED = {"stag4": 4}
+#: benchmark clients whose settings their source states, simulated as stated (:class:`Client`):
+#:
+#: - ``inferencex``: SemiAnalysis InferenceX's single-node runs (github.com/SemiAnalysisAI/InferenceX, Apache-2.0;
+#:   ``benchmarks/benchmark_lib.sh`` ``run_benchmark_serving`` and the per-model scripts, e.g.
+#:   ``benchmarks/dsr1_fp8_h200.sh``): its copy of vLLM's ``benchmark_serving.py`` with ``--dataset-name random
+#:   --random-range-ratio 0.8`` (``.github/workflows/benchmark-tmpl.yml``: ``RANDOM_RANGE_RATIO: 0.8``; prompt and
+#:   output lengths each drawn uniformly from the integers [floor(0.8 L), L], ``sample_random_requests``),
+#:   ``--ignore-eos``, ``--num-prompts 10 x C``, ``--max-concurrency C``, ``--request-rate inf``, and ``--num-warmups
+#:   2 C`` run and awaited before the timed requests (so those start from an idle engine, the first C together).
+STATED = {"inferencex": (10, 0.8)}
 
 
-def simulated_client(name: str) -> tuple[int, bool] | None:
-    """(waves W, staggered start?) of a simulated client model's name (:data:`SIMULATED`, :data:`STAGGERED`);
-    None for an analytic one (:data:`MODELS`)."""
+@dataclass(frozen=True)
+class Client:
+    """A simulated closed-loop benchmark client (:func:`simulated_latency`): ``waves`` x C requests with C in flight;
+    ``staggered``: the first C spread over one request's lifetime instead of sent together; ``range_ratio`` r < 1:
+    each request's prompt and output lengths drawn uniformly from the integers [floor(r L), L] (vLLM
+    ``benchmark_serving``'s random dataset), r = 1 fixed lengths; ``seed`` of that draw."""
+
+    waves: int
+    staggered: bool = False
+    range_ratio: float = 1.0
+    seed: int = 0
+
+
+def simulated_client(name: str) -> Client | None:
+    """The simulated client of a client model's name (:data:`SIMULATED`, :data:`STAGGERED`, :data:`STATED`); None
+    for an analytic one (:data:`MODELS`)."""
     if name in SIMULATED:
-        return SIMULATED[name], False
+        return Client(SIMULATED[name])
     if name in STAGGERED:
-        return STAGGERED[name], True
+        return Client(STAGGERED[name], staggered=True)
+    if name in STATED:
+        waves, ratio = STATED[name]
+        return Client(waves, range_ratio=ratio)
     return None
 
 
@@ -121,20 +148,38 @@ def benchmark_latency(plan, prompt: int, gen: int, concurrency: int, model: str 
 
 
 def simulated_latency(system, ctx, plan, prompt: int, gen: int, concurrency: int, waves: int = 4,
-                      staggered: bool = False) -> tuple[float, float]:
+                      staggered: bool = False, client: Client | None = None) -> tuple[float, float]:
     """(mean TTFT, mean TPOT) in seconds of a closed-loop benchmark run simulated by the engine's scheduler
-    (:func:`moesim.serving.scheduler.run` with ``concurrency``): W x C requests of P prompt and G generated tokens,
-    the first C sent together and each next one when one finishes, every step priced by the engine's step-time
-    model (``system.online_model``: its KV pool, running-request cap, token budget and whether its steps mix prompts
-    with decodes). How far the waves stay in lockstep is then the engine's scheduling: prompts chunked into decode
+    (:func:`simulated_run`; ``client`` or ``Client(waves, staggered)``)."""
+    run_ = simulated_run(system, ctx, plan, prompt, gen, concurrency, client or Client(waves, staggered))
+    return run_.mean_ttft_s, run_.mean_tpot_s
+
+
+@dataclass(frozen=True)
+class ClosedLoopRun:
+    """What a benchmark reports of a simulated closed-loop run: mean and median TTFT, mean TPOT (s)."""
+
+    mean_ttft_s: float
+    median_ttft_s: float
+    mean_tpot_s: float
+
+
+def simulated_run(system, ctx, plan, prompt: int, gen: int, concurrency: int, client: Client) -> ClosedLoopRun:
+    """A closed-loop benchmark run simulated by the engine's scheduler (:func:`moesim.serving.scheduler.run` with
+    ``concurrency``): ``client.waves`` x C requests of P prompt and G generated tokens (or, with ``range_ratio`` r <
+    1, lengths drawn uniformly from [floor(r P), P] and [floor(r G), G], seeded), the first C sent together and
+    each next one when one finishes, every step priced by the engine's step-time model (``system.online_model``:
+    its KV pool, running-request cap, token budget and whether its steps mix prompts with decodes). How far the
+    waves stay in lockstep is then the engine's scheduling and the client's lengths: prompts chunked into decode
     steps finish at different steps and the next wave arrives spread out; prefill-first batches keep a wave
-    together. TTFT = first token - arrival; TPOT = (last - first token) / (G - 1), both averaged over the requests
-    as the benchmarks average them. Attention data parallelism (the model's ``ranks`` R > 1): one rank serves
-    ceil(C / R) of the requests in flight, every step priced as all ranks running alike. ``staggered``: the
-    rank's first c requests (c its share of C) are sent at i E / c (i = 0..c-1), E = one request's lifetime
-    TTFT + (G - 1) TPOT in the analytic steady state (:func:`benchmark_latency` "steady"), so the loop starts from
-    requests spread over their lifetimes instead of one wave. Raises what ``online_model`` raises for a plan it
-    cannot serve online (speculative decoding, disaggregation)."""
+    together unless the lengths differ. TTFT = first token - arrival; TPOT = (last - first token) / (g - 1) of each
+    request's own g; mean, median and mean over the requests as the benchmarks report them. Attention data
+    parallelism (the model's ``ranks`` R > 1): one rank serves ceil(C / R) of the requests in flight, every step
+    priced as all ranks running alike. ``staggered``: the rank's first c requests (c its share of C) are sent at
+    i E / c (i = 0..c-1), E = one request's lifetime TTFT + (G - 1) TPOT in the analytic steady state
+    (:func:`benchmark_latency` "steady"), so the loop starts from requests spread over their lifetimes instead of
+    one wave. Raises what ``online_model`` raises for a plan it cannot serve online (speculative decoding,
+    disaggregation)."""
     import numpy as np
 
     from .arrivals import Requests
@@ -145,16 +190,22 @@ def simulated_latency(system, ctx, plan, prompt: int, gen: int, concurrency: int
     ranks = ranks_of(model)
     c = max(1, concurrency)
     c_rank = -(-c // ranks)  # attention DP: one rank's share of the C in flight, dealt round robin (the busiest)
-    n = max(1, waves) * c_rank
+    n = max(1, client.waves) * c_rank
     arrivals = np.zeros(n)
-    if staggered:
+    if client.staggered:
         ttft, tpot = benchmark_latency(plan, prompt, gen, c, "steady")
         arrivals[:c_rank] = np.arange(c_rank) * (ttft + (gen - 1) * tpot) / c_rank
-    requests = Requests(arrivals, np.full(n, prompt, dtype=np.int64), np.full(n, gen, dtype=np.int64))
+    if client.range_ratio < 1.0:
+        rng = np.random.default_rng(client.seed)
+        prompts = rng.integers(int(prompt * client.range_ratio), prompt + 1, size=n)
+        gens = np.maximum(rng.integers(int(gen * client.range_ratio), gen + 1, size=n), 1)
+    else:
+        prompts, gens = np.full(n, prompt), np.full(n, gen)
+    requests = Requests(arrivals, prompts.astype(np.int64), gens.astype(np.int64))
     trace = run(requests, model, system.name, concurrency=c_rank)
     ttft = trace.first_token_s - trace.arrival_s
-    tpot = (trace.finish_s - trace.first_token_s) / max(gen - 1, 1)
-    return float(np.mean(ttft)), float(np.mean(tpot))
+    tpot = (trace.finish_s - trace.first_token_s) / np.maximum(gens - 1, 1)
+    return ClosedLoopRun(float(np.mean(ttft)), float(np.median(ttft)), float(np.mean(tpot)))
 
 
 def request_overhead_s(system: str) -> float:

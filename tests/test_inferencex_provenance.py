@@ -1,0 +1,54 @@
+"""AIConfigurator's silicon-CI rows are SemiAnalysis InferenceX's runs (validation/published/inferencex.py): a row is
+paired with InferenceX's record of the same run by its mean TTFT and TPOT to the microsecond, and a row whose run
+InferenceX records as speculative (MTP) is refused with that reason, since the silicon row states neither."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from moesim.calibration.published import load_module
+
+ROOT = Path(__file__).resolve().parents[1]
+SILICON = ROOT / "validation" / "data" / "aiconfigurator" / "silicon_sample.csv"
+IX = ROOT / "validation" / "data" / "inferencex" / "benchmarks_dsr1.csv"
+
+
+@pytest.fixture(scope="module")
+def aic():
+    return load_module("aiconfigurator")
+
+
+def _row_like(rec: dict) -> dict:
+    """A silicon-file row of InferenceX record ``rec`` (the columns the pairing and the refusal read)."""
+    return {"id": "synthetic", "mode": "agg", "system": f"{rec['hardware']}_sxm", "backend": "trtllm",
+            "model_path": "deepseek-ai/DeepSeek-R1", "silicon_ttft_ms": str(float(rec["mean_ttft"]) * 1e3),
+            "silicon_tpot_ms": str(float(rec["mean_tpot"]) * 1e3), "tp_size": "8", "pp_size": "1",
+            "attention_dp_size": "1", "moe_tp_size": "8", "moe_ep_size": "1"}
+
+
+def test_mtp_run_is_refused_with_the_reason_and_a_plain_run_is_not(aic):
+    with IX.open(newline="") as f:
+        recs = list(csv.DictReader(f))
+    mtp = next(r for r in recs if r["spec_method"] == "mtp" and r["hardware"] == "h200")
+    plain = next(r for r in recs if r["spec_method"] == "none" and r["hardware"] == "h200")
+    assert aic.stated_speculation(_row_like(mtp)) == "mtp"
+    assert "MTP speculative decoding" in aic.expressible(_row_like(mtp))
+    assert aic.stated_speculation(_row_like(plain)) is None
+    off = dict(_row_like(mtp), silicon_ttft_ms=str(float(mtp["mean_ttft"]) * 1e3 + 0.01))  # 10 us off: no pairing
+    assert aic.inferencex_record(off) is None and aic.stated_speculation(off) is None
+
+
+def test_silicon_ci_deepseek_rows_are_inferencex_runs_and_gap_analysis_rows_are_not(aic):
+    rows = aic.load_rows(SILICON)
+    paired = [r for r in rows if aic.inferencex_record(r) is not None]
+    assert len(paired) >= 500
+    assert all(aic.pipeline_of(r) == "silicon-ci" for r in paired)
+    engines = {"trtllm": ("trt", "dynamo-trt"), "sglang": ("sglang", "dynamo-sglang")}
+    for r in paired:  # the pairing agrees on everything both sides state
+        rec = aic.inferencex_record(r)
+        assert int(r["isl"]) == int(rec["isl"]) and int(r["osl"]) == int(rec["osl"])
+        assert r["system"].startswith(rec["hardware"]) and rec["framework"] in engines[r["backend"]]
+        assert aic.concurrency_of(r) == int(rec["conc"]) and (r["mode"] == "disagg") == (rec["disagg"] == "True")
