@@ -52,3 +52,15 @@ def test_silicon_ci_deepseek_rows_are_inferencex_runs_and_gap_analysis_rows_are_
         assert int(r["isl"]) == int(rec["isl"]) and int(r["osl"]) == int(rec["osl"])
         assert r["system"].startswith(rec["hardware"]) and rec["framework"] in engines[r["backend"]]
         assert aic.concurrency_of(r) == int(rec["conc"]) and (r["mode"] == "disagg") == (rec["disagg"] == "True")
+
+
+def test_predicted_median_ttft_needs_a_simulated_client(aic):
+    """The median TTFT comes from a simulated client only (an analytic one has no per-request spread) and carries
+    the same request overhead as the mean; for a run in lockstep (SGLang, fixed lengths) it sits near the mean."""
+    rows = [r for r in aic.load_rows(SILICON) if aic.inferencex_record(r) is not None
+            and aic.expressible(r) is None and r["system"] == "h200_sxm" and r["backend"] == "sglang"]
+    row = min(rows, key=lambda r: (int(r["isl"]), aic.concurrency_of(r)))
+    assert aic.predicted_median_ttft_s(row, "half") is None
+    mean, _, _ = aic.predict_row(row, model="sim4")
+    median = aic.predicted_median_ttft_s(row, "sim4")
+    assert median is not None and 0 < median <= mean * 1.5

@@ -593,6 +593,20 @@ def predict_row(row: dict, system: str | None = None, model: str | None = None) 
     return (None if t is None else t + extra), p, note
 
 
+def predicted_median_ttft_s(row: dict, model: str | None = None) -> float | None:
+    """The median TTFT over the requests of the simulated client ``model`` (default: the row's harness client) for
+    ``row``, with the same request overhead as its mean (:func:`predict_row`); None for an analytic client or a plan
+    the scheduler does not serve online."""
+    harness_model, extra = harness_of(row)
+    model = model or harness_model
+    if simulated_client(model) is None:
+        return None
+    predict_row(row, model=model)
+    entry = _CACHE.get(scenario_of(row).model_dump_json(), {})
+    median = entry.get(model + ":median_ttft_s")
+    return None if median is None or entry.get(model) is None else median + extra
+
+
 CITATION = ("AIConfigurator silicon measurements (github.com/ai-dynamo/aiconfigurator, "
             "aic-core/src/aiconfigurator_core/systems/silicon_sample.csv at 095f58a51, Apache-2.0)")
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import csv
+import statistics
 import sys
 from pathlib import Path
 
@@ -47,6 +48,26 @@ def matches(silicon_rows: list[dict] | None = None) -> list[tuple[dict, dict]]:
     return [(row, rec) for row in rows for rec in [A.inferencex_record(row)] if rec is not None]
 
 
+def ttft_scores(models: tuple[str, ...] | None = None) -> dict:
+    """Held-out TTFT of the expressible, non-speculative silicon rows InferenceX also records, where InferenceX gives
+    the median TTFT as well as the mean (the silicon file has the mean only): per (GPU, engine) and client model
+    (default: the row's harness client and InferenceX's stated client, ``closed_loop.STATED``), the median |error| of
+    the mean TTFT and of the median TTFT (the typical request, which the first wave's burst does not reach)."""
+    groups: dict = collections.defaultdict(lambda: collections.defaultdict(list))
+    for row, rec in matches():
+        if A.expressible(row, layouts=True) is not None or A.split_of(row) != "held-out":
+            continue
+        for model in models or (A.harness_of(row)[0], "inferencex"):
+            mean, _, _ = A.predict_row(row, model=model)
+            median = A.predicted_median_ttft_s(row, model)
+            if mean is None or median is None:
+                continue
+            g = groups[(row["system"], row["backend"], "harness" if model == A.harness_of(row)[0] else model)]
+            g["mean"].append(abs(mean / float(rec["mean_ttft"]) - 1.0))
+            g["median"].append(abs(median / float(rec["median_ttft"]) - 1.0))
+    return {k: {m: (len(v), statistics.median(v)) for m, v in g.items()} for k, g in groups.items()}
+
+
 def main() -> int:
     rows = A.load_rows()
     pairs = matches(rows)
@@ -60,6 +81,12 @@ def main() -> int:
     print(f"{'pipeline':<14}{'GPU':<11}{'engine':<8}{'DeepSeek rows':>14}{'matched':>9}{'of them MTP':>13}")
     for k in sorted(total):
         print(f"{k[0]:<14}{k[1]:<11}{k[2]:<8}{total[k]:>14}{hit.get(k, 0):>9}{spec.get(k, 0):>13}")
+    print("\nheld-out TTFT of the expressible rows InferenceX also records (median |error|; its median TTFT is the "
+          "typical request's):")
+    print(f"{'GPU':<11}{'engine':<8}{'client':<12}{'rows':>5}{'mean TTFT':>11}{'median TTFT':>13}")
+    for k, v in sorted(ttft_scores().items()):
+        n, mean = v["mean"]
+        print(f"{k[0]:<11}{k[1]:<8}{k[2]:<12}{n:>5}{mean * 100:>10.1f}%{v['median'][1] * 100:>12.1f}%")
     return 0
 
 
