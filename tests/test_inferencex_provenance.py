@@ -1,6 +1,7 @@
 """AIConfigurator's silicon-CI rows are SemiAnalysis InferenceX's runs (validation/published/inferencex.py): a row is
 paired with InferenceX's record of the same run by its mean TTFT and TPOT to the microsecond, and a row whose run
-InferenceX records as speculative (MTP) is refused with that reason, since the silicon row states neither."""
+InferenceX records as speculative (MTP) runs with the draft depth InferenceX's scripts set (the silicon row states
+neither)."""
 
 from __future__ import annotations
 
@@ -24,20 +25,31 @@ def aic():
 def _row_like(rec: dict) -> dict:
     """A silicon-file row of InferenceX record ``rec`` (the columns the pairing and the refusal read)."""
     return {"id": "synthetic", "mode": "agg", "system": f"{rec['hardware']}_sxm", "backend": "trtllm",
+            "silicon_data_source": "db-dump/2026-04-27", "isl": rec["isl"], "osl": rec["osl"],
+            "batch_size": rec["conc"], "backend_version": "", "precision": rec["precision"],
             "model_path": "deepseek-ai/DeepSeek-R1", "silicon_ttft_ms": str(float(rec["mean_ttft"]) * 1e3),
             "silicon_tpot_ms": str(float(rec["mean_tpot"]) * 1e3), "tp_size": "8", "pp_size": "1",
             "attention_dp_size": "1", "moe_tp_size": "8", "moe_ep_size": "1"}
 
 
-def test_mtp_run_is_refused_with_the_reason_and_a_plain_run_is_not(aic):
+def test_mtp_run_takes_inferencex_depth_and_a_plain_run_none(aic):
+    """An aggregated run InferenceX records as MTP is predicted with the draft depth its scripts set
+    (validation/data/inferencex/speculative.yaml: TensorRT-LLM 3, or 1 with attention DP; SGLang 2 EAGLE steps); a
+    disaggregated one, whose pools' flags no script here states, is refused with that reason; a plain run takes none."""
     with IX.open(newline="") as f:
         recs = list(csv.DictReader(f))
     mtp = next(r for r in recs if r["spec_method"] == "mtp" and r["hardware"] == "h200")
     plain = next(r for r in recs if r["spec_method"] == "none" and r["hardware"] == "h200")
-    assert aic.stated_speculation(_row_like(mtp)) == "mtp"
-    assert "MTP speculative decoding" in aic.expressible(_row_like(mtp))
-    assert aic.stated_speculation(_row_like(plain)) is None
-    off = dict(_row_like(mtp), silicon_ttft_ms=str(float(mtp["mean_ttft"]) * 1e3 + 0.01))  # 10 us off: no pairing
+    row = _row_like(mtp)
+    assert aic.stated_speculation(row) == "mtp"
+    assert aic.speculative_params(row) == {"num_nextn_predict_layers": 3}
+    assert aic.speculative_params(dict(row, attention_dp_size="8")) == {"num_nextn_predict_layers": 1}
+    assert aic.speculative_params(dict(row, backend="sglang")) == {"speculative_num_steps": 2}
+    assert aic.expressible(row) is None
+    assert aic.scenario_of(row).system_params["num_nextn_predict_layers"] == 3
+    assert "MTP speculative decoding" in aic.expressible(dict(row, mode="disagg"), disagg=True)
+    assert aic.stated_speculation(_row_like(plain)) is None and aic.speculative_params(_row_like(plain)) == {}
+    off = dict(row, silicon_ttft_ms=str(float(mtp["mean_ttft"]) * 1e3 + 0.01))  # 10 us off: no pairing
     assert aic.inferencex_record(off) is None and aic.stated_speculation(off) is None
 
 

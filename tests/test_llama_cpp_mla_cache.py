@@ -54,3 +54,24 @@ def test_cli_flag():
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["config"]["kv_bytes_per_token"] == 4915200
+
+
+def test_dense_only_layers_routed_experts_count_as_the_hosts_in_s_mbu():
+    """llama.cpp's --fit puts most Mixtral layers on an L4 dense-only (routed experts in host memory, read by the
+    CPU) and a few whole: the CPU's reads of those experts count against the host's DRAM bandwidth in S-MBU (metrics
+    HostShare.routed_expert_layers), so S-MBU stays a fraction of the GPU's and the host's bandwidth together. Before,
+    only an all-dense-only layout counted them and this case read 1.003 (a fuzz case found it)."""
+    from moesim.metrics import host_part
+    from moesim.predict import plan_scenario
+
+    sc = moesim.Scenario(model="mixtral-8x7b", hardware="l4", system="llama-cpp", prompt_tokens=667, gen_tokens=1024,
+                         num_requests=4)
+    ctx, plan, _, _ = plan_scenario(sc)
+    assert 0 < plan.config["dense_only_layers"] < ctx.model.num_layers  # the mixed layout this test is about
+    share = plan.host_decode
+    assert len(share.routed_expert_layers) == plan.config["dense_only_layers"] and not share.layers
+    cpu_bytes, _ = host_part(ctx, share, 4, 1000)
+    assert cpu_bytes == pytest.approx(len(share.routed_expert_layers) * ctx.active_experts(4) * ctx.expert_weight_bytes)
+    p = moesim.predict(**{k: v for k, v in sc.model_dump().items() if k in ("model", "hardware", "system")},
+                       workload={"prompt_tokens": 667, "gen_tokens": 1024, "num_requests": 4})
+    assert 0 < p.s_mbu <= 1.0

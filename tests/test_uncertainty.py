@@ -54,6 +54,30 @@ def test_derive_widths_hand_computed():
     assert u.coverage(system, w) == 0.5
 
 
+def test_assumed_mtp_acceptance_gets_its_own_width_hand_computed():
+    """A decode priced with an assumed MTP acceptance (speculation="assumed") informs its own component, the excess
+    over every other component of its record (kernels, system), and not the system's width; a decode band of such a
+    prediction carries it, a kernel's does not; without any such record the component falls back to a system
+    never compared."""
+    kern = [rec(math.exp(e), key=str(e)) for e in (0.1, -0.2, 0.3, -0.4, 0.5)]  # kernels.own = 0.46 (above)
+    system = [rec(math.exp(0.5), phase="decode", system="x", key="a"),
+              rec(math.exp(-0.3), phase="decode", system="x", key="b")]
+    mtp = [rec(math.exp(-1.0), phase="decode", system="x", key="m1", speculation="assumed"),
+           rec(math.exp(-0.2), phase="decode", system="x", key="m2", speculation="assumed")]
+    w = u.derive_widths(kern + system + mtp)
+    sys_w = 0.9 * math.sqrt(0.25 - 0.46 ** 2)  # as without the MTP records (test above)
+    assert w.components["system.x.decode"] == pytest.approx(sys_w)
+    others = math.hypot(0.46, sys_w)  # kernels and system in quadrature
+    # excess of m1: sqrt(1 - others^2); of m2: 0 (0.2 < others); p90 of the two
+    assert w.components["speculation.assumed"] == pytest.approx(0.9 * math.sqrt(1.0 - others ** 2))
+    names = [c[0] for c in u.components(prov(system="x", speculation="assumed"), "decode", w)]
+    assert "speculation.assumed" in names
+    assert "speculation.assumed" not in [c[0] for c in u.components(prov(speculation="assumed"), "kernel", w)]
+    bare = u.derive_widths(kern + system)
+    comps = u.components(prov(system="x", speculation="assumed"), "decode", bare)
+    assert comps[-1][0] == "system.unvalidated.decode" and "never compared" in comps[-1][2]
+
+
 def test_band_and_total_band_hand_computed():
     assert u.band(2.0, math.log(1.5)) == pytest.approx((2.0 / 1.5, 3.0))
     # 1 s prefill at x/2, 3 s decode at x/1.1: [0.5 + 3 / 1.1, 2 + 3.3]

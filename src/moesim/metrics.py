@@ -45,12 +45,15 @@ class HostShare:
 
     ``layers``: layers the CPU runs whole, their weights and their KV (llama.cpp's CPU layers);
     ``routed_experts``: every MoE layer's routed experts run on the CPU (KTransformers);
+    ``routed_expert_layers``: the MoE layers whose routed experts alone run on the CPU (llama.cpp's dense-only
+    layers: attention, router and shared experts on the GPU, routed experts in host memory);
     ``kv_fraction``: the share of the other layers' KV the CPU attends over (CPU attention: FlexGen(c),
     MoE-Gen's omega, MoE-Lightning), with the attention core's FLOPs; ``lm_head``: the output layer on the CPU.
     """
 
     layers: tuple[int, ...] = ()
     routed_experts: bool = False
+    routed_expert_layers: tuple[int, ...] = ()
     kv_fraction: float = 0.0
     lm_head: bool = False
 
@@ -135,6 +138,7 @@ def host_part(ctx: Context, host: HostShare, seqs: float, context_tokens: int) -
     kv_layer = ctx.kv_bytes_per_token_layer()
     active = ctx.active_experts(seqs) if m.moe else 0.0
     cpu_layers = set(host.layers)
+    expert_layers = set(host.routed_expert_layers)
     nbytes = flop = 0.0
     for i in range(m.num_layers):
         windowed = a.is_windowed(i)
@@ -151,7 +155,7 @@ def host_part(ctx: Context, host: HostShare, seqs: float, context_tokens: int) -
             flop += 2.0 * m.attention_params + core_flop + routed_flop
             flop += 2.0 * (m.router_params + m.shared_expert_params) if moe else 2.0 * m.dense_ffn_params
             continue
-        if host.routed_experts:
+        if host.routed_experts or i in expert_layers:
             nbytes += routed_bytes
             flop += routed_flop
         nbytes += host.kv_fraction * kv

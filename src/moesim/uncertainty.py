@@ -80,11 +80,13 @@ class Provenance:
     batch: int = 0  # sequences per batch (0: not known)
     total_params: float = 0.0  # the model's parameters (0: not known)
     kernels_why: str = ""
+    #: "assumed": MTP speculative decoding whose acceptance nobody gave (moesim's sourced default priced it)
+    speculation: str = "none"
 
     def as_dict(self) -> dict:
         return {"gpu": self.gpu, "kernels": self.kernels, "link": self.link, "uses_host_link": self.uses_host_link,
                 "system": self.system, "num_gpus": self.num_gpus, "context_tokens": self.context_tokens,
-                "batch": self.batch, "total_params": self.total_params}
+                "batch": self.batch, "total_params": self.total_params, "speculation": self.speculation}
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,14 @@ def components(p: Provenance, phase: str, w: Widths) -> list[tuple[str, float, s
             name, width = _pick(w, f"system.unvalidated.{phase}")
             out.append((name, width, f"{p.system} {phase} never compared end to end with measurements"))
         out += _extrapolation(p, w.validated.get(p.system) or _pooled_range(w), w.components)
+    if phase == "decode" and p.speculation == "assumed":
+        if "speculation.assumed" in w.components:
+            out.append(("speculation.assumed", w.components["speculation.assumed"],
+                        "MTP acceptance assumed (no --speculative-acceptance given), as compared with measured runs"))
+        else:  # no measured MTP run scored yet: as wide as a system never compared
+            name, width = _pick(w, "system.unvalidated.decode")
+            out.append((name, width, "MTP acceptance assumed (no --speculative-acceptance given), never compared "
+                                     "with measured runs"))
     return out
 
 
@@ -278,9 +288,10 @@ def derive_widths(records: Iterable[Record], priors: dict[str, float] | None = N
     base = Widths(dict(comps))
     excess: dict[tuple[str, str], list[tuple[float, str]]] = {}
     validated: dict[str, dict[str, float]] = {}
+    assumed = [r for r in rs if r.phase == "decode" and r.provenance.speculation == "assumed"]
     for r in rs:
-        if r.phase not in PHASES or r.provenance.system is None:
-            continue
+        if r.phase not in PHASES or r.provenance.system is None or r in assumed:
+            continue  # a decode priced with an assumed MTP acceptance informs its own width (below), not the system's
         others = half_width(components(replace(r.provenance, system=None), r.phase, base))
         e = math.sqrt(max(0.0, r.log_error ** 2 - others ** 2))
         excess.setdefault((r.provenance.system, r.phase), []).append((e, r.source))
@@ -302,6 +313,12 @@ def derive_widths(records: Iterable[Record], priors: dict[str, float] | None = N
     for name, value in (priors or {}).items():
         comps[name] = value
         notes.setdefault(name, "prior (no record measures it)")
+    if assumed:  # the excess of those decodes over every other component of theirs (system and extrapolation too)
+        sofar = Widths({k: v for k, v in comps.items() if k != "speculation.assumed"}, validated)
+        errs = [math.sqrt(max(0.0, r.log_error ** 2
+                              - half_width(components(replace(r.provenance, speculation="none"), "decode", sofar)) ** 2))
+                for r in assumed]
+        put("speculation.assumed", errs, {r.source for r in assumed})
     return Widths(comps, validated, notes)
 
 
@@ -367,9 +384,11 @@ def provenance(ctx, plan, transfer_resources: Iterable[str] = ()) -> Provenance:
         link = "datasheet"
     uses = any(res in ("h2d", "d2h", "disk") for res in transfer_resources)
     w = ctx.workload
+    spec = (getattr(plan, "config", None) or {}).get("speculative_acceptance")
     return Provenance(gpu=plat.gpu.name, kernels=kernels, link=link, uses_host_link=uses, system=plan.system,
                       num_gpus=plat.num_gpus * plat.num_nodes, context_tokens=w.prompt_tokens + w.gen_tokens,
-                      batch=int(plan.batch_size), total_params=float(ctx.model.total_params), kernels_why=why)
+                      batch=int(plan.batch_size), total_params=float(ctx.model.total_params), kernels_why=why,
+                      speculation="assumed" if spec == "assumed" else "none")
 
 
 def describe(comps_by_phase: dict[str, list[tuple[str, float, str]]], w_by_phase: dict[str, float]) -> list[str]:

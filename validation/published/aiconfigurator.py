@@ -91,7 +91,7 @@ from moesim.serving.closed_loop import (  # noqa: F401  (re-exported: aiconfigur
 #: simulated over W waves (``simW``, :func:`moesim.serving.closed_loop.simulated_latency`); a plan the scheduler
 #: cannot serve online (attention-DP / expert-parallel layouts, disaggregated pools) takes :data:`BENCHMARK_MODEL`
 #: instead (a rule fixed before the simulated client was first scored)
-HARNESS_MODELS = MODELS + tuple(SIMULATED) + tuple(STAGGERED) + tuple(STATED)
+HARNESS_MODELS = MODELS + tuple(SIMULATED) + tuple(STAGGERED)
 
 SOURCE = "aiconfigurator-silicon"
 ROOT = Path(__file__).resolve().parents[2]
@@ -168,13 +168,21 @@ PIPELINES = ("silicon-ci", "gap-analysis")
 #: GB200, GB300; SGLang and TensorRT-LLM) carry the very mean TTFT and TPOT, to the microsecond, of rows in
 #: InferenceX's published results (``validation/data/inferencex/``; ``python validation/published/inferencex.py``),
 #: and none of the gap-analysis rows does. InferenceX's scripts state its client (``closed_loop.STATED``
-#: "inferencex": 10 C requests, lengths uniform over [0.8 L, L]); simulated, it is one more candidate of the harness
-#: fit (:data:`HARNESS_MODELS`), scored on the fit rows like the others (2026-12-03: TTFT median |log ratio| 0.438
+#: "inferencex": 10 C requests, lengths uniform over [0.8 L, L]); simulated, it is one more candidate of this
+#: pipeline's harness fit (:data:`STATED_CLIENTS`), scored on the fit rows like the others (2026-12-03: TTFT median |log ratio| 0.438
 #: with 83 ms, against sim4's 0.127: on the H100 vLLM gpt-oss rows the stated client, simulated, gives first tokens
 #: 2-3x earlier than measured, so moesim's steady-state prefill path misses what the fixed-length sim4 happens to
 #: absorb; not chosen). What InferenceX's record of the same run states and the silicon row does not is used:
 #: :func:`stated_speculation`.
+#: a client a pipeline's source states is a candidate of that pipeline's harness fit only (:func:`harness_models`)
+STATED_CLIENTS = {"silicon-ci": ("inferencex",)}
 HARNESS_FILE = Path(__file__).resolve().with_name("aiconfigurator_harness.yaml")
+
+
+def harness_models(pipeline: str) -> tuple[str, ...]:
+    """The client models the harness fit of ``pipeline`` chooses among: the generic ones (:data:`HARNESS_MODELS`)
+    and the client its source states, if any (:data:`STATED_CLIENTS`; another pipeline's stated client is not its)."""
+    return HARNESS_MODELS + STATED_CLIENTS.get(pipeline, ())
 
 
 def pipeline_of(row: dict) -> str:
@@ -253,11 +261,12 @@ def expressible(row: dict, layouts: bool = False, disagg: bool = False, dense: b
     disaggregated rows whose pools are stated (:func:`disagg_of`). ``dense``: the rows of the dense reference
     models too (:data:`DENSE_NOTE`): they may inform the engines' own constants on the fit split and are scored
     apart from the MoE rows, never in the corpus. A row whose own run InferenceX records as speculative
-    (:func:`stated_speculation`) is not expressible: the silicon row states neither the speculation nor its depth."""
+    (:func:`stated_speculation`) is expressed with the draft depth InferenceX's scripts set (:func:`speculative_params`)
+    where they say it (aggregated TensorRT-LLM and SGLang runs), else refused."""
     spec = stated_speculation(row)
-    if spec is not None:
-        return (f"ran {spec.upper()} speculative decoding (InferenceX's record of the same run); the silicon row "
-                f"states neither it nor its draft depth")
+    if spec is not None and (row["mode"] != "agg" or _speculative_rule(row) is None):
+        return (f"ran {spec.upper()} speculative decoding (InferenceX's record of the same run), with no setting "
+                f"of InferenceX's scripts for it here")
     if row["mode"] != "agg":
         if not disagg or row["mode"] != "disagg":
             return "disaggregated"
@@ -323,11 +332,38 @@ def inferencex_record(row: dict) -> dict | None:
     return _inferencex_by_key().get(_ms_key(float(row["silicon_ttft_ms"]) / 1e3, float(row["silicon_tpot_ms"]) / 1e3))
 
 
+INFERENCEX_SPECULATIVE = ROOT / "validation" / "data" / "inferencex" / "speculative.yaml"
+
+
+@lru_cache(maxsize=1)
+def _speculative_rules() -> dict:
+    import yaml
+
+    return yaml.safe_load(INFERENCEX_SPECULATIVE.read_text()) or {}
+
+
+def _speculative_rule(row: dict) -> dict | None:
+    return _speculative_rules().get(row["backend"]) if stated_speculation(row) == "mtp" else None
+
+
+def speculative_params(row: dict) -> dict:
+    """The engine flags of the MTP a row's run used, as InferenceX's scripts set them
+    (``validation/data/inferencex/speculative.yaml``: TensorRT-LLM ``num_nextn_predict_layers`` 1 with attention DP,
+    else 3; SGLang EAGLE ``speculative_num_steps`` 2); {} for a row whose run was not speculative. The acceptance is
+    moesim's sourced default (``systems_db/engines.yaml``): nothing states it."""
+    rule = _speculative_rule(row)
+    if rule is None:
+        return {}
+    depth = rule["attention_dp"] if _int(row["attention_dp_size"]) > 1 else rule["otherwise"]
+    return {rule["param"]: int(depth)}
+
+
 def stated_speculation(row: dict) -> str | None:
     """The speculative decoding InferenceX's record of the row's run states (``spec_method``, e.g. "mtp"), None for
     none or no record. Rule fixed 2026-12-03 from the provenance alone (:data:`PIPELINES`): the silicon file has no
     column for it; 147 of its DeepSeek-R1 rows (aggregated and disaggregated; H100, H200, B200, B300, GB200, GB300)
-    are records of MTP runs."""
+    are records of MTP runs. They were refused at first, then (the same day) predicted with InferenceX's depth and
+    moesim's default acceptance, so that they measure that default (``speculation.assumed`` of the bands)."""
     rec = inferencex_record(row)
     if rec is None or rec.get("spec_method") in (None, "", "none"):
         return None
@@ -544,6 +580,8 @@ def scenario_of(row: dict, system: str | None = None):
         lay = layout_of(row)
     gpus, params = (lay["gpus"], lay["params"]) if isinstance(lay, dict) else (_int(row["tp_size"]), {})
     nodes = lay.get("nodes", 1) if isinstance(lay, dict) else 1
+    if row["mode"] == "agg" and speculative_params(row):
+        params = {**params, **speculative_params(row)}
     if system is not None and system != row["backend"]:
         params = {}  # another system's flags are not this row's
     return moesim.Scenario(model=model, hardware=PLATFORMS[row["system"]], num_gpus=gpus,
@@ -572,7 +610,7 @@ def predict_row(row: dict, system: str | None = None, model: str | None = None) 
                            for t, p in [benchmark_latency(plan, sc.prompt_tokens, sc.gen_tokens, sc.batch_size, m)]}
             _CACHE[key]["_plan"] = (ctx, plan, sc)
         except MoesimError as e:
-            _CACHE[key] = {m: (None, None, str(e).splitlines()[0][:200]) for m in HARNESS_MODELS}
+            _CACHE[key] = {m: (None, None, str(e).splitlines()[0][:200]) for m in HARNESS_MODELS + tuple(STATED)}
     entry = _CACHE[key]
     if model not in entry:  # a simulated client, computed when first asked for
         from moesim.systems import get_system

@@ -123,9 +123,10 @@ def harness() -> dict:
 
     out: dict = {"pipelines": {}}
     for pipe in A.PIPELINES:
-        fits = {"pooled": fit_harness(harness_rows(pipe, None), f"{pipe} pooled")}
+        models = A.harness_models(pipe)
+        fits = {"pooled": fit_harness(harness_rows(pipe, None), f"{pipe} pooled", models)}
         for backend in A.BACKENDS:
-            fits[backend] = fit_harness(harness_rows(pipe, backend), f"{pipe} {backend}")
+            fits[backend] = fit_harness(harness_rows(pipe, backend), f"{pipe} {backend}", models)
         out["pipelines"][pipe] = {k: v for k, v in fits.items() if v}
     header = ("# FITTED by validation/published/aiconfigurator_fit.py --harness on the FIT split (H100 SXM rows) of\n"
               "# AIConfigurator's silicon_sample.csv only; read by aiconfigurator.harness_of. Per collection pipeline\n"

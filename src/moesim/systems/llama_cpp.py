@@ -571,12 +571,14 @@ class LlamaCpp(ServingSystem):
                                 + f"{'' if lay['out_gpu'] else ', output'})" + (" + disk" if lay["miss"] else ""),
                      "kv_cache": "with each layer's attention (gpu / host)"}
 
+        dense_only_moe = tuple(i for i in range(L - lay["ngl"] + lay["full"], L) if ctx.model.is_moe_layer(i))
+
         def host(tokens: float) -> HostShare:
             """The CPU layers run on the CPU unless op offload computes them on the GPU (batches of >= min tokens);
-            the routed experts of dense-only layers likewise (counted as the CPU's when every layer is dense-only)."""
+            the routed experts of the dense-only layers (the GPU layers after the first ``full``) likewise."""
             on_gpu = prm.op_offload and tokens >= prm.op_offload_min_batch
             return HostShare(layers=() if on_gpu else tuple(range(L - lay["ngl"])), lm_head=not lay["out_gpu"],
-                             routed_experts=not on_gpu and dense > 0 and lay["full"] == 0)
+                             routed_expert_layers=() if on_gpu or not dense else dense_only_moe)
 
         return self.make_plan((batch, num_batches), (prefill, passes, ub), (decode_s, points), config=config,
                               host_mem_bytes=lay["host_resident"], placement=placement, notes=notes,

@@ -439,7 +439,10 @@ class ContinuousBatchingEngine(ServingSystem):
                   "expert_parallel": pl.moe_ep, "steps_per_batch": steps, "mixed_step_s": mixed.time_s if mixed else None,
                   "prefill_tokens_per_pass": chunk, "kv_pool_bytes_per_gpu": lay.blocks * lay.block_bytes,
                   "weights_on_gpu_bytes_per_gpu": lay.weights_gpu, "offloaded_bytes_per_gpu": lay.offload,
-                  "kernel_tables": kernel_tables_used(ctx, self.runtime(ctx)), "params": prm.model_dump()}
+                  "kernel_tables": kernel_tables_used(ctx, self.runtime(ctx)), "params": prm.model_dump(),
+                  "speculative_acceptance": (None if not spec else "given"
+                                             if kind != "mtp" or getattr(prm, "speculative_acceptance", None)
+                                             else "assumed")}
         placement = {"weights": "gpu" + (" + pinned host (copied every pass)" if lay.offload else ""),
                      "kv_cache": "gpu (paged)"}
         return self.make_plan((batch, num_batches), (prefill, passes, chunk), (decode_s, points), config=config,
