@@ -76,3 +76,31 @@ def test_predicted_median_ttft_needs_a_simulated_client(aic):
     mean, _, _ = aic.predict_row(row, model="sim4")
     median = aic.predicted_median_ttft_s(row, "sim4")
     assert median is not None and 0 < median <= mean * 1.5
+
+
+def test_unpaired_inferencex_runs_are_held_out_corpus_cells_written_as_silicon_rows():
+    """The 'inferencex' corpus source: InferenceX runs no silicon row reports, each written as the silicon file
+    writes such a run (attention DP as tp 1 with attention_dp N; MoE TP = TP / EP) and predicted through the same
+    path; every cell held out (nothing is fitted on InferenceX), a TTFT and a TPOT cell per run, MI300X among them."""
+    ix = load_module("inferencex")
+    rec = {"disagg": "False", "is_multinode": "False", "hardware": "b200", "framework": "trt", "model": "dsr1",
+           "precision": "fp4", "spec_method": "none", "isl": "1024", "osl": "1024", "decode_tp": "8",
+           "decode_ep": "8", "decode_dp_attention": "True", "conc": "128", "date": "2026-05-19",
+           "run_url": "u", "image": "nvcr.io/nvidia/tensorrt-llm/release:1.3.0rc14", "mean_ttft": "0.7",
+           "mean_tpot": "0.02"}
+    row = ix.as_silicon_row(rec)
+    assert (row["tp_size"], row["attention_dp_size"], row["moe_tp_size"], row["moe_ep_size"]) == ("1", "8", "1", "8")
+    assert (row["backend"], row["system"], row["moe_quant_mode"], row["backend_version"]) == \
+        ("trtllm", "b200_sxm", "nvfp4", "1.3.0rc14")
+    plain = ix.as_silicon_row(dict(rec, decode_dp_attention="False", decode_ep="1"))
+    assert (plain["tp_size"], plain["attention_dp_size"], plain["moe_tp_size"]) == ("8", "1", "8")
+    assert ix.as_silicon_row(dict(rec, disagg="True")) is None and ix.as_silicon_row(dict(rec, hardware="tpu")) is None
+    cells = ix.published_cells()
+    assert cells and all(c.split == "held-out" for c in cells)
+    assert {c.figure for c in cells} == {"ttft_s", "tpot_s"} and len(cells) == 2 * len({c.fold for c in cells})
+    assert any(c.hardware == "mi300x-8gpu-server" for c in cells)
+    silicon = {(round(float(r["silicon_ttft_ms"]), 3), round(float(r["silicon_tpot_ms"]), 3))
+               for r in ix.A.load_rows(SILICON) if r["silicon_ttft_ms"] and r["silicon_tpot_ms"]}
+    unpaired = ix.unpaired_rows()
+    assert unpaired and all((round(float(r["silicon_ttft_ms"]), 3), round(float(r["silicon_tpot_ms"]), 3))
+                            not in silicon for r in unpaired)  # no run the silicon file already reports

@@ -101,14 +101,15 @@ CSV_CANDIDATES = (ROOT / "validation" / "data" / "aiconfigurator" / "silicon_sam
 #: the CSV's ``system`` -> moesim platform. GB200 / GB300 rows ran on NVL72 racks (72 GPUs in one NVLink domain: a
 #: "node" of that platform is the whole rack, :func:`node_gpus`); B300 rows on 8-GPU HGX B300 boards
 PLATFORMS = {"h100_sxm": "hgx-h100", "h200_sxm": "hgx-h200", "b200_sxm": "hgx-b200",
-             "gb200": "gb200-nvl72", "gb300": "gb300-nvl72", "b300_sxm": "hgx-b300"}
+             "gb200": "gb200-nvl72", "gb300": "gb300-nvl72", "b300_sxm": "hgx-b300",
+             "mi300x": "mi300x-8gpu-server"}  # (no silicon row runs an MI300X: InferenceX's do, inferencex.py)
 BACKENDS = ("vllm", "sglang", "trtllm")
 #: the split rule (see the module docstring): fixed before fitting; never changed to suit a score
 FIT_GPUS = ("h100_sxm",)
 #: B200 added 2026-12-03; GB200, GB300 and B300 added 2026-12-03 (a later session), when moesim had platforms for them but no kernel
 #: tables or calibration of those GPUs (their rows are priced by the roofline, band "uncalibrated"): scored only, to
 #: see how far the uncalibrated path is from measurements on new GPUs; nothing is fitted on any of them
-HELD_OUT_GPUS = ("h200_sxm", "b200_sxm", "gb200", "gb300", "b300_sxm")
+HELD_OUT_GPUS = ("h200_sxm", "b200_sxm", "gb200", "gb300", "b300_sxm", "mi300x")
 #: GPUs whose rows stay out of the corpus and the bands (:func:`published_cells`; scored by this script only): their
 #: 34 aggregated rows moesim predicts (68 cells, all "uncalibrated") would move the committed bands (SGLang prefill
 #: x/7.29 -> x/6.23, TensorRT-LLM prefill x/2.59 -> x/2.68, ``derive_bands.py --check``, 2026-12-03); adding them
@@ -699,7 +700,7 @@ def published_cells() -> list:
         knobs = {"num_gpus": lay["gpus"] if isinstance(lay, dict) else _int(row["tp_size"]),
                  **({"num_nodes": lay["nodes"]} if disagg and lay["nodes"] > 1 else {}),
                  **({"dtype": dtype} if dtype else {})}
-        params = lay["params"] if isinstance(lay, dict) else {}
+        params = {**(lay["params"] if isinstance(lay, dict) else {}), **({} if disagg else speculative_params(row))}
         for figure, column in (("ttft_s", "silicon_ttft_ms"), ("tpot_s", "silicon_tpot_ms")):
             out.append(PublishedCell(
                 key=f"{row['id']}|{figure}", citation=CITATION, setup=_row_setup(row),

@@ -13,7 +13,15 @@ the same mean TTFT and mean TPOT to the microsecond: the evidence for ``aiconfig
 silicon-CI rows are InferenceX's runs, so their client is InferenceX's, ``moesim.serving.closed_loop.STATED``).
 Nothing here is fitted.
 
-Run: ``python validation/published/inferencex.py`` (matched rows per pipeline, GPU and engine).
+As a source of the published corpus (:func:`published_cells`, :func:`evaluate`): the aggregated, single-node,
+non-speculative InferenceX runs that no silicon row reports (newer engine versions on H200 and B200, and AMD
+MI300X under SGLang's ROCm build, which moesim prices uncalibrated: no kernel tables or calibration of that GPU),
+each predicted exactly as a silicon-CI row of the same run would be (:func:`as_silicon_row`: the same pipeline and
+client, the fitted harness of ``aiconfigurator_harness.yaml``), mean TTFT and mean TPOT. All held-out: nothing is
+fitted on InferenceX's results. Kept out of the bands (``moesim.calibration.sources.BAND_SOURCES``), so its
+coverage is out of sample.
+
+Run: ``python validation/published/inferencex.py`` (matched rows per pipeline, GPU and engine; the scores).
 """
 
 from __future__ import annotations
@@ -46,6 +54,99 @@ def matches(silicon_rows: list[dict] | None = None) -> list[tuple[dict, dict]]:
     (:func:`aiconfigurator.inferencex_record`)."""
     rows = silicon_rows if silicon_rows is not None else A.load_rows()
     return [(row, rec) for row in rows for rec in [A.inferencex_record(row)] if rec is not None]
+
+
+#: InferenceX's hardware -> the silicon file's ``system`` (:data:`aiconfigurator.PLATFORMS` maps it to a platform)
+HARDWARE = {"h100": "h100_sxm", "h200": "h200_sxm", "b200": "b200_sxm", "mi300x": "mi300x"}
+#: InferenceX's single-node engines -> the silicon file's ``backend``
+ENGINES = {"sglang": "sglang", "trt": "trtllm"}
+#: InferenceX's precision of DeepSeek-R1 -> (gemm_quant_mode, moe_quant_mode) as the silicon file writes them
+QUANT = {"fp8": ("fp8", "fp8_block"), "fp4": ("nvfp4", "nvfp4")}
+
+
+def as_silicon_row(rec: dict) -> dict | None:
+    """A silicon-file row for InferenceX record ``rec`` (aggregated, single node), written as the silicon file
+    writes the same runs (attention DP as ``tp 1, attention_dp N``; MoE TP = TP / EP), or None where the record is
+    not such a run (disaggregated, multi-node, another engine or GPU)."""
+    if rec["disagg"] == "True" or rec["is_multinode"] == "True" or rec["hardware"] not in HARDWARE \
+            or rec["framework"] not in ENGINES or rec["model"] != "dsr1" or rec["precision"] not in QUANT:
+        return None
+    tp, ep, dpa = int(rec["decode_tp"]), int(rec["decode_ep"]), rec["decode_dp_attention"] == "True"
+    gemm, moe = QUANT[rec["precision"]]
+    return {"id": f"inferencex|{rec['hardware']}|{rec['framework']}|{rec['precision']}|{rec['spec_method']}|"
+                  f"{rec['isl']}x{rec['osl']}|tp{tp}ep{ep}{'dpa' if dpa else ''}|c{rec['conc']}|{rec['date']}",
+            "silicon_data_source": f"inferencex; silicon_concurrency={rec['conc']}; {rec['run_url']}",
+            "backend": ENGINES[rec["framework"]], "backend_version": (rec["image"] or "").rsplit(":", 1)[-1],
+            "model_path": "deepseek-ai/DeepSeek-R1", "system": HARDWARE[rec["hardware"]], "precision": rec["precision"],
+            "mode": "agg", "isl": rec["isl"], "osl": rec["osl"], "gemm_quant_mode": gemm, "moe_quant_mode": moe,
+            "batch_size": rec["conc"], "tp_size": "1" if dpa else str(tp), "pp_size": "1",
+            "attention_dp_size": str(tp) if dpa else "1", "moe_tp_size": str(max(tp // ep, 1)), "moe_ep_size": str(ep),
+            "silicon_ttft_ms": str(float(rec["mean_ttft"]) * 1e3), "silicon_tpot_ms": str(float(rec["mean_tpot"]) * 1e3)}
+
+
+def unpaired_rows() -> list[dict]:
+    """Silicon-format rows of the aggregated single-node non-speculative InferenceX runs no silicon row reports (a
+    run the fixture lists twice with the same figures counts once)."""
+    paired = {(rec["mean_ttft"], rec["mean_tpot"]) for _, rec in matches()}
+    rows: dict[str, dict] = {}
+    for rec in load():
+        if (rec["mean_ttft"], rec["mean_tpot"]) in paired or rec["spec_method"] != "none":
+            continue
+        row = as_silicon_row(rec)
+        if row is not None:
+            rows.setdefault(row["id"], row)
+    return list(rows.values())
+
+
+def published_cells() -> list:
+    """The corpus cells of :func:`unpaired_rows` (a mean TTFT and a mean TPOT cell per expressible row)."""
+    from moesim.calibration.published import PublishedCell
+
+    out = []
+    for row in unpaired_rows():
+        if A.expressible(row, layouts=True) is not None:
+            continue
+        model, dtype = A.row_model(row)
+        lay = A.layout_of(row)
+        knobs = {"num_gpus": lay["gpus"], **({"dtype": dtype} if dtype else {})}
+        c = A.concurrency_of(row)
+        for figure, column in (("ttft_s", "silicon_ttft_ms"), ("tpot_s", "silicon_tpot_ms")):
+            out.append(PublishedCell(
+                key=f"{row['id']}|{figure}", citation=CITATION, setup=A._row_setup(row),
+                row=f"{row['backend']} {row['backend_version'] or '(version not stated)'}", model=model,
+                hardware=A.PLATFORMS[row["system"]], system=row["backend"], figure=figure,
+                published=float(row[column]) / 1e3, split="held-out",
+                workload={"prompt_tokens": int(row["isl"]), "gen_tokens": int(row["osl"]), "num_requests": c,
+                          "batch_size": c}, knobs=knobs, params=lay["params"], table=f"{row['system']} {row['backend']}",
+                fold=row["id"], note="InferenceX mean TTFT / TPOT of its closed-loop client at this concurrency"))
+    return out
+
+
+_PREDICTIONS: dict = {}
+
+
+def evaluate(cell):
+    """The corpus' Result of one cell: the figure ``aiconfigurator.predict_row`` gives the run's silicon-format row,
+    with the band ``moesim.predict`` puts around the same figure of the same scenario."""
+    import moesim
+    from moesim.calibration.published import Result, band_of
+    from moesim.errors import MoesimError
+
+    row = {r["id"]: r for r in unpaired_rows()}[cell.fold]
+    ttft, tpot, note = A.predict_row(row)
+    if ttft is None:
+        return Result(cell, reason=note)
+    value = ttft if cell.figure == "ttft_s" else tpot
+    sc = A.scenario_of(row)
+    key = sc.model_dump_json()
+    if key not in _PREDICTIONS:
+        try:
+            _PREDICTIONS[key] = moesim.predict(sc)
+        except MoesimError as exc:
+            return Result(cell, reason=str(exc).splitlines()[0][:200])
+    p = _PREDICTIONS[key]
+    low, high = band_of(p, cell.figure, value)
+    return Result(cell, predicted=value, low=low, high=high, uncertainty=p.uncertainty)
 
 
 def ttft_scores(models: tuple[str, ...] | None = None) -> dict:
@@ -81,6 +182,18 @@ def main() -> int:
     print(f"{'pipeline':<14}{'GPU':<11}{'engine':<8}{'DeepSeek rows':>14}{'matched':>9}{'of them MTP':>13}")
     for k in sorted(total):
         print(f"{k[0]:<14}{k[1]:<11}{k[2]:<8}{total[k]:>14}{hit.get(k, 0):>9}{spec.get(k, 0):>13}")
+    extra = [r for r in unpaired_rows() if A.expressible(r, layouts=True) is None]
+    print(f"\n{len(extra)} InferenceX runs no silicon row reports, expressible (held-out; corpus source "
+          f"'inferencex'), median |error| of mean TTFT / mean TPOT:")
+    groups = collections.defaultdict(list)
+    for row in extra:
+        ttft, tpot, _ = A.predict_row(row)
+        if ttft is not None:
+            groups[(row["system"], row["backend"])].append(
+                (abs(ttft * 1e3 / float(row["silicon_ttft_ms"]) - 1), abs(tpot * 1e3 / float(row["silicon_tpot_ms"]) - 1)))
+    for k, v in sorted(groups.items()):
+        print(f"  {k[0]:<10}{k[1]:<8}{len(v):>4} rows  TTFT {statistics.median(e for e, _ in v):6.1%}  "
+              f"TPOT {statistics.median(e for _, e in v):6.1%}")
     print("\nheld-out TTFT of the expressible rows InferenceX also records (median |error|; its median TTFT is the "
           "typical request's):")
     print(f"{'GPU':<11}{'engine':<8}{'client':<12}{'rows':>5}{'mean TTFT':>11}{'median TTFT':>13}")

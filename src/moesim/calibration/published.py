@@ -50,6 +50,7 @@ SOURCES: dict[str, str] = {
     "moe-infinity": "moe_infinity.py",
     "aiconfigurator": "aiconfigurator.py",
     "transformers-h200": "transformers_h200.py",
+    "inferencex": "inferencex.py",
 }
 
 SPLITS = ("fit", "held-out")
