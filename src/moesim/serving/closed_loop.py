@@ -17,6 +17,11 @@ than C when the KV pool or the engine's limits hold fewer (:func:`benchmark_late
 - ``wave``: lockstep waves whose requests all see their first token only when the wave's last prefill pass ends
   (TPOT as in lockstep): an engine that runs every waiting prefill before it returns any first token.
 
+Or simulated against the engine's own scheduler (:func:`simulated_run`, a :class:`Client`): W x C requests of fixed
+lengths, the first C together (``simW``) or spread over a lifetime (``stagW``), or a client as its source states it
+(:data:`STATED`, e.g. InferenceX's: lengths drawn uniformly from [0.8 L, L], 10 C requests), which also gives the
+median TTFT over the requests (the typical request, past the first wave's burst).
+
 :data:`BENCHMARK_MODEL` (what moesim's layout search uses) was chosen by ``validation/published/aiconfigurator_fit.py`` on
 the FIT split (H100 SXM) of AIConfigurator's silicon rows only; the H200 rows are scored held-out. The validation
 itself models each of that file's collection pipelines with its own client (``aiconfigurator_harness.yaml``).
