@@ -288,9 +288,12 @@ def derive_widths(records: Iterable[Record], priors: dict[str, float] | None = N
     base = Widths(dict(comps))
     excess: dict[tuple[str, str], list[tuple[float, str]]] = {}
     validated: dict[str, dict[str, float]] = {}
-    assumed = [r for r in rs if r.phase == "decode" and r.provenance.speculation == "assumed"]
+    def assumed_acceptance(r: Record) -> bool:
+        return r.phase == "decode" and r.provenance.speculation == "assumed"
+
+    assumed = [r for r in rs if assumed_acceptance(r)]
     for r in rs:
-        if r.phase not in PHASES or r.provenance.system is None or r in assumed:
+        if r.phase not in PHASES or r.provenance.system is None or assumed_acceptance(r):
             continue  # a decode priced with an assumed MTP acceptance informs its own width (below), not the system's
         others = half_width(components(replace(r.provenance, system=None), r.phase, base))
         e = math.sqrt(max(0.0, r.log_error ** 2 - others ** 2))

@@ -683,48 +683,56 @@ CORPUS_DISAGG = False
 def published_cells() -> list:
     """The published corpus' cells (:mod:`moesim.calibration.published`): a TTFT and a TPOT cell per expressible
     row, split as :func:`split_of` says; a row's two cells share a fold of the band's cross-fit."""
-    from moesim.calibration.published import PublishedCell
-
     try:
         rows = load_rows()
     except FileNotFoundError:
         return []
-    out = []
-    for row in rows:
-        if row["system"] in CORPUS_EXCLUDED_GPUS or expressible(row, CORPUS_LAYOUTS, CORPUS_DISAGG) is not None:
-            continue
-        model, dtype = model_of(row["model_path"])
-        disagg = row["mode"] == "disagg"
-        lay = disagg_of(row) if disagg else layout_of(row)
-        c = lay["concurrency"] if disagg else concurrency_of(row)
-        knobs = {"num_gpus": lay["gpus"] if isinstance(lay, dict) else _int(row["tp_size"]),
-                 **({"num_nodes": lay["nodes"]} if disagg and lay["nodes"] > 1 else {}),
-                 **({"dtype": dtype} if dtype else {})}
-        params = {**(lay["params"] if isinstance(lay, dict) else {}), **({} if disagg else speculative_params(row))}
-        for figure, column in (("ttft_s", "silicon_ttft_ms"), ("tpot_s", "silicon_tpot_ms")):
-            out.append(PublishedCell(
-                key=f"{row['id']}|{figure}", citation=CITATION, setup=_row_setup(row),
-                row=f"{row['backend']} {row['backend_version'] or '(version not stated)'}", model=model,
-                hardware=PLATFORMS[row["system"]], system=row["backend"], figure=figure,
-                published=float(row[column]) / 1e3, split=split_of(row),
-                workload={"prompt_tokens": int(row["isl"]), "gen_tokens": int(row["osl"]), "num_requests": c,
-                          "batch_size": c}, knobs=knobs, params=params, table=f"{row['system']} {row['backend']}",
-                fold=row["id"],
-                note="benchmark mean TTFT / TPOT of a closed-loop client at this concurrency (benchmark_latency)"))
-    return out
+    return [cell for row in rows
+            if row["system"] not in CORPUS_EXCLUDED_GPUS and expressible(row, CORPUS_LAYOUTS, CORPUS_DISAGG) is None
+            for cell in row_cells(row)]
+
+
+def row_cells(row: dict, citation: str = CITATION, split: str | None = None,
+              note: str = "benchmark mean TTFT / TPOT of a closed-loop client at this concurrency (benchmark_latency)"
+              ) -> list:
+    """The mean-TTFT and mean-TPOT corpus cells of an expressible silicon-format row (``split``: the row's own by
+    default, :func:`split_of`); the cell's ``fold`` is the row's id, which :func:`evaluate_row` is handed back."""
+    from moesim.calibration.published import PublishedCell
+
+    model, dtype = row_model(row)  # the dtype scenario_of runs (NVIDIA's NVFP4 checkpoint where the row says nvfp4)
+    disagg = row["mode"] == "disagg"
+    lay = disagg_of(row) if disagg else layout_of(row)
+    c = lay["concurrency"] if disagg else concurrency_of(row)
+    knobs = {"num_gpus": lay["gpus"] if isinstance(lay, dict) else _int(row["tp_size"]),
+             **({"num_nodes": lay["nodes"]} if disagg and lay["nodes"] > 1 else {}),
+             **({"dtype": dtype} if dtype else {})}
+    params = {**(lay["params"] if isinstance(lay, dict) else {}), **({} if disagg else speculative_params(row))}
+    return [PublishedCell(
+        key=f"{row['id']}|{figure}", citation=citation, setup=_row_setup(row),
+        row=f"{row['backend']} {row['backend_version'] or '(version not stated)'}", model=model,
+        hardware=PLATFORMS[row["system"]], system=row["backend"], figure=figure,
+        published=float(row[column]) / 1e3, split=split or split_of(row),
+        workload={"prompt_tokens": int(row["isl"]), "gen_tokens": int(row["osl"]), "num_requests": c,
+                  "batch_size": c}, knobs=knobs, params=params, table=f"{row['system']} {row['backend']}",
+        fold=row["id"], note=note)
+        for figure, column in (("ttft_s", "silicon_ttft_ms"), ("tpot_s", "silicon_tpot_ms"))]
 
 
 _PREDICTIONS: dict = {}
 
 
 def evaluate(cell):
-    """The corpus' Result of one cell: the benchmark's figure from :func:`predict_row`, with the band
+    """The corpus' Result of one cell (:func:`evaluate_row` of the silicon row it came from)."""
+    return evaluate_row(cell, _rows_by_id()[cell.fold])
+
+
+def evaluate_row(cell, row: dict):
+    """The corpus' Result of a cell of ``row``: the benchmark's figure from :func:`predict_row`, with the band
     ``moesim.predict`` puts around the same figure of the same scenario."""
     import moesim
     from moesim.calibration.published import Result, band_of
     from moesim.errors import MoesimError
 
-    row = _rows_by_id()[cell.fold]
     ttft, tpot, note = predict_row(row)
     if ttft is None:
         return Result(cell, reason=note)

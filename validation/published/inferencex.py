@@ -30,6 +30,7 @@ import collections
 import csv
 import statistics
 import sys
+from functools import lru_cache
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -84,9 +85,8 @@ def as_silicon_row(rec: dict) -> dict | None:
             "silicon_ttft_ms": str(float(rec["mean_ttft"]) * 1e3), "silicon_tpot_ms": str(float(rec["mean_tpot"]) * 1e3)}
 
 
-def unpaired_rows() -> list[dict]:
-    """Silicon-format rows of the aggregated single-node non-speculative InferenceX runs no silicon row reports (a
-    run the fixture lists twice with the same figures counts once)."""
+@lru_cache(maxsize=1)
+def _unpaired() -> tuple[dict, ...]:
     paired = {(rec["mean_ttft"], rec["mean_tpot"]) for _, rec in matches()}
     rows: dict[str, dict] = {}
     for rec in load():
@@ -95,58 +95,27 @@ def unpaired_rows() -> list[dict]:
         row = as_silicon_row(rec)
         if row is not None:
             rows.setdefault(row["id"], row)
-    return list(rows.values())
+    return tuple(rows.values())
+
+
+def unpaired_rows() -> list[dict]:
+    """Silicon-format rows of the aggregated single-node non-speculative InferenceX runs no silicon row reports (a
+    run the fixture lists twice with the same figures counts once)."""
+    return [dict(r) for r in _unpaired()]
 
 
 def published_cells() -> list:
-    """The corpus cells of :func:`unpaired_rows` (a mean TTFT and a mean TPOT cell per expressible row)."""
-    from moesim.calibration.published import PublishedCell
-
-    out = []
-    for row in unpaired_rows():
-        if A.expressible(row, layouts=True) is not None:
-            continue
-        model, dtype = A.row_model(row)
-        lay = A.layout_of(row)
-        knobs = {"num_gpus": lay["gpus"], **({"dtype": dtype} if dtype else {})}
-        c = A.concurrency_of(row)
-        for figure, column in (("ttft_s", "silicon_ttft_ms"), ("tpot_s", "silicon_tpot_ms")):
-            out.append(PublishedCell(
-                key=f"{row['id']}|{figure}", citation=CITATION, setup=A._row_setup(row),
-                row=f"{row['backend']} {row['backend_version'] or '(version not stated)'}", model=model,
-                hardware=A.PLATFORMS[row["system"]], system=row["backend"], figure=figure,
-                published=float(row[column]) / 1e3, split="held-out",
-                workload={"prompt_tokens": int(row["isl"]), "gen_tokens": int(row["osl"]), "num_requests": c,
-                          "batch_size": c}, knobs=knobs, params=lay["params"], table=f"{row['system']} {row['backend']}",
-                fold=row["id"], note="InferenceX mean TTFT / TPOT of its closed-loop client at this concurrency"))
-    return out
-
-
-_PREDICTIONS: dict = {}
+    """The corpus cells of :func:`unpaired_rows` (``aiconfigurator.row_cells``: a mean TTFT and a mean TPOT cell per
+    expressible row), every one held out."""
+    return [cell for row in _unpaired() if A.expressible(row, layouts=True) is None
+            for cell in A.row_cells(row, CITATION, split="held-out",
+                                    note="InferenceX mean TTFT / TPOT of its closed-loop client at this concurrency")]
 
 
 def evaluate(cell):
-    """The corpus' Result of one cell: the figure ``aiconfigurator.predict_row`` gives the run's silicon-format row,
-    with the band ``moesim.predict`` puts around the same figure of the same scenario."""
-    import moesim
-    from moesim.calibration.published import Result, band_of
-    from moesim.errors import MoesimError
-
-    row = {r["id"]: r for r in unpaired_rows()}[cell.fold]
-    ttft, tpot, note = A.predict_row(row)
-    if ttft is None:
-        return Result(cell, reason=note)
-    value = ttft if cell.figure == "ttft_s" else tpot
-    sc = A.scenario_of(row)
-    key = sc.model_dump_json()
-    if key not in _PREDICTIONS:
-        try:
-            _PREDICTIONS[key] = moesim.predict(sc)
-        except MoesimError as exc:
-            return Result(cell, reason=str(exc).splitlines()[0][:200])
-    p = _PREDICTIONS[key]
-    low, high = band_of(p, cell.figure, value)
-    return Result(cell, predicted=value, low=low, high=high, uncertainty=p.uncertainty)
+    """The corpus' Result of one cell: ``aiconfigurator.evaluate_row`` of the run's silicon-format row (the same
+    prediction path and band as a silicon row's)."""
+    return A.evaluate_row(cell, {r["id"]: r for r in _unpaired()}[cell.fold])
 
 
 def ttft_scores(models: tuple[str, ...] | None = None) -> dict:

@@ -177,6 +177,10 @@ class ContinuousBatchingEngine(ServingSystem):
         ``max_seqs`` knob; an engine that sizes its cap from the pool overrides this)."""
         return self.knobs_for(ctx).max_seqs
 
+    def instance_max_seqs(self, ctx: Context, lay: _Layout) -> int:
+        """The most sequences the instance runs at once: every attention-DP rank's cap (:meth:`rank_max_seqs`)."""
+        return self.rank_max_seqs(ctx, lay) * self._parallel(ctx).dp
+
     def group_knobs(self, ctx: Context) -> EngineKnobs:
         """The knobs of the whole instance: each of the dp attention ranks schedules its own sequences and token
         budget (one scheduler per DP rank), so the instance runs dp x max_seqs sequences in dp x budget tokens."""
@@ -380,7 +384,7 @@ class ContinuousBatchingEngine(ServingSystem):
         pl = self._parallel(ctx)
         bs, budget_tokens = k.block_size, k.token_budget
         blocks_per_seq, by_kv = self.running_by_kv(ctx, lay, bs)
-        max_seqs = self.rank_max_seqs(ctx, lay) * pl.dp
+        max_seqs = self.instance_max_seqs(ctx, lay)
         cap = w.batch_size or max_seqs  # a fixed workload batch acts as max_num_seqs
         notes = []
         by_kv = max(by_kv, 1)  # one full sequence always fits (checked in _layout)
@@ -440,12 +444,19 @@ class ContinuousBatchingEngine(ServingSystem):
                   "prefill_tokens_per_pass": chunk, "kv_pool_bytes_per_gpu": lay.blocks * lay.block_bytes,
                   "weights_on_gpu_bytes_per_gpu": lay.weights_gpu, "offloaded_bytes_per_gpu": lay.offload,
                   "kernel_tables": kernel_tables_used(ctx, self.runtime(ctx)), "params": prm.model_dump(),
-                  "speculative_acceptance": (None if not spec else "given"
-                                             if kind != "mtp" or getattr(prm, "speculative_acceptance", None)
-                                             else "assumed")}
+                  "speculative_acceptance": _acceptance_given(spec, kind, prm)}
         placement = {"weights": "gpu" + (" + pinned host (copied every pass)" if lay.offload else ""),
                      "kv_cache": "gpu (paged)"}
         return self.make_plan((batch, num_batches), (prefill, passes, chunk), (decode_s, points), config=config,
                               host_mem_bytes=lay.offload * n, placement=placement, notes=notes,
                               also_run=tuple(x for x in (mixed, prefill_last) if x is not None), plan_type=ContinuousPlan, mixed_step=mixed,
                               steps_per_batch=steps, prefill_last=prefill_last, drain_s=drain_s)
+
+
+def _acceptance_given(spec: int, kind: str, params) -> str | None:
+    """Where a plan's speculative acceptance rates come from, for its uncertainty band: None without speculation;
+    "assumed" for MTP without ``--speculative-acceptance`` (moesim's sourced default priced it); "given" otherwise
+    (a draft model's ``--spec-accept``: the scenario's rate, default included, is not banded apart yet)."""
+    if not spec:
+        return None
+    return "assumed" if kind == "mtp" and not getattr(params, "speculative_acceptance", None) else "given"

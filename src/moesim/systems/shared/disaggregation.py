@@ -256,8 +256,7 @@ def price_prefill_worker(eng, ctx: Context, in_flight: int) -> PrefillWorker:
     budget = knobs.token_budget
     P = ctx.workload.prompt_tokens
     if P <= budget:  # whole prompts in the budget, at most the engine's running requests (every DP rank's)
-        max_seqs = eng.rank_max_seqs(ctx, lay) * eng._parallel(ctx).dp
-        prompts = max(1, min(budget // P, max_seqs, in_flight))
+        prompts = max(1, min(budget // P, eng.instance_max_seqs(ctx, lay), in_flight))
         step = eng._mixed(ctx, lay, 0, 0, prompts * P, prompts, P)
         return PrefillWorker(step.time_s, prompts, prompts * P, step)
     passes = math.ceil(P / budget)
@@ -286,7 +285,7 @@ def price_decode_worker(eng, ctx: Context, in_flight: int) -> DecodeWorker:
     lay = eng._layout(ctx)
     k = eng.group_knobs(ctx)
     by_kv = max(1, eng.running_by_kv(ctx, lay, k.block_size)[1])
-    batch = max(1, min(eng.rank_max_seqs(ctx, lay) * eng._parallel(ctx).dp, by_kv, in_flight))
+    batch = max(1, min(eng.instance_max_seqs(ctx, lay), by_kv, in_flight))
     steps, rates, kind = speculation(eng, ctx)
     tau = expected_tokens_per_step(rates)
 
