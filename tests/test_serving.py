@@ -346,6 +346,24 @@ def test_closed_loop_by_hand():
     assert trace.steps == 6  # two prefill steps, four decode steps (two runs of two, each priced in one go)
 
 
+def test_recv_interval_by_hand():
+    """SGLang --scheduler-recv-interval 4, every step 1 s: A (4-token prompt, 20 tokens) arrives at 0 and is
+    prefilled in [0, 1]; the poll after that prompt step (t = 1) finds nothing; B arrives at 1.5 while A decodes and
+    is received only after 4 decode steps since that poll, at t = 5, then prefilled in [5, 6]: TTFT 4.5 s. Polling
+    every step (the default), B is received at t = 2: TTFT 1.5 s. In a closed loop the runs of decode steps stop at
+    the poll as the step-by-step run does."""
+    for recv, ttft in ((4, 4.5), (1, 1.5)):
+        cap = Capacity(kv_blocks=10_000, block_size=16, max_num_seqs=256, max_num_batched_tokens=8192, mixed=False,
+                       recv_interval=recv)
+        trace = run(_fixed(2, 4, 20, arrivals=[0.0, 1.5]), ConstantModel(prefill_s=1.0, decode_s=1.0, capacity=cap))
+        assert trace.first_token_s[1] - 1.5 == pytest.approx(ttft)
+    # closed loop, C = 1 and a second client request when the first finishes: the engine is idle then, polls at once
+    cap = Capacity(kv_blocks=10_000, block_size=16, max_num_seqs=256, max_num_batched_tokens=8192, mixed=False,
+                   recv_interval=30)
+    trace = run(_fixed(2, 4, 5), ConstantModel(prefill_s=1.0, decode_s=1.0, capacity=cap), concurrency=1)
+    assert list(trace.arrival_s) == pytest.approx([0, 5]) and list(trace.first_token_s) == pytest.approx([1, 6])
+
+
 def test_prefill_first_engine_pauses_decodes_for_a_new_prompt():
     """A prompt arriving while another decodes: a mixing engine puts both in one step; a prefill-first one
     (SGLang's default) runs the prompt alone and the decode waits."""
@@ -364,21 +382,29 @@ def test_prefill_first_engine_pauses_decodes_for_a_new_prompt():
 
 @given(c=st.integers(1, 12), waves=st.integers(1, 3), prompt=st.integers(1, 300), gen=st.integers(1, 60),
        block_size=st.sampled_from([1, 16]), blocks=st.integers(30, 400), budget=st.sampled_from([64, 512, 8192]),
-       mixed=st.booleans())
-@settings(max_examples=60, deadline=None)
+       mixed=st.booleans(), recv=st.sampled_from([1, 1, 3, 30]), seed=st.one_of(st.none(), st.integers(0, 99)))
+@settings(max_examples=100, deadline=None)
 def test_closed_loop_runs_of_decode_steps_equal_step_by_step(c, waves, prompt, gen, block_size, blocks, budget,
-                                                             mixed):
+                                                             mixed, recv, seed):
     """The closed loop prices runs of identical decode steps in one go; replaying its arrival times through the
     open-loop scheduler, which prices every step, gives the same first tokens and finishes (the step time is linear
-    in the contexts, so the run's trapezoid is exact)."""
+    in the contexts, so the run's trapezoid is exact). With ``seed``, each request generates its own number of tokens
+    (1 to ``gen``), so requests finish apart and arrive while others decode: the scheduler's polls for new requests
+    every ``recv`` decode steps then keep their phase through the runs."""
     n = c * waves
+    gens = np.full(n, gen) if seed is None else np.random.default_rng(seed).integers(1, gen + 1, size=n)
+
+    def _fixed(n, prompt, gen, arrivals=None):  # noqa: ARG001 (the drawn lengths)
+        return Requests(np.zeros(n) if arrivals is None else np.asarray(arrivals, dtype=float),
+                        np.full(n, prompt, dtype=np.int64), gens.astype(np.int64))
+
     reqs = _fixed(n, prompt, gen)
     cap = Capacity(kv_blocks=blocks, block_size=block_size, max_num_seqs=256, max_num_batched_tokens=budget,
-                   mixed=mixed)
+                   mixed=mixed, recv_interval=recv)
     if math.ceil((prompt + gen) / block_size) > blocks:
         return
     closed = run(reqs, ContractModel(cap, prompt + gen), concurrency=c)
-    assert closed.steps >= gen and not np.isnan(closed.finish_s).any()
+    assert closed.steps >= gens.max() and not np.isnan(closed.finish_s).any()
     assert np.all(closed.first_token_s > closed.arrival_s) and np.all(closed.finish_s >= closed.first_token_s)
     order = np.argsort(closed.arrival_s, kind="stable")
     assert np.all(order == np.arange(n))  # sent in order

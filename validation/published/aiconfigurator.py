@@ -371,6 +371,61 @@ def stated_speculation(row: dict) -> str | None:
     return rec["spec_method"]
 
 
+INFERENCEX_LAUNCH_FLAGS = ROOT / "validation" / "data" / "inferencex" / "launch_flags.yaml"
+#: the silicon file's GPU names -> InferenceX's hardware names (the launch-flag rules are in InferenceX's words)
+_IX_HARDWARE = {"h100_sxm": "h100", "h200_sxm": "h200", "b200_sxm": "b200", "b300_sxm": "b300", "mi300x": "mi300x"}
+#: the silicon file's GEMM quantisation -> InferenceX's precision of DeepSeek-R1
+_IX_PRECISION = {"fp8": "fp8", "nvfp4": "fp4"}
+
+
+@lru_cache(maxsize=1)
+def _launch_flag_rules() -> dict:
+    import yaml
+
+    return yaml.safe_load(INFERENCEX_LAUNCH_FLAGS.read_text()) or {}
+
+
+def measured_date(row: dict) -> str | None:
+    """The date the row's run was measured (``measured=YYYY-MM-DD`` in its ``silicon_data_source``), None if unstated."""
+    import re
+
+    m = re.search(r"measured=(\d{4}-\d{2}-\d{2})", row.get("silicon_data_source", ""))
+    return m.group(1) if m else None
+
+
+def _case_matches(case: dict, tp: int, conc: int, isl: int, osl: int) -> bool:
+    return (case.get("tp", tp) == tp and conc >= case.get("conc_from", 0) and conc < case.get("conc_below", 1 << 62)
+            and case.get("isl", isl) == isl and case.get("osl", osl) == osl
+            and list(case.get("not_isl_osl", [None, None])) != [isl, osl])
+
+
+def stated_launch_flags(row: dict) -> dict | None:
+    """The launch flags InferenceX's script set for the row's run, as moesim's parameters: ``{"params": {...},
+    "kv_dtype": ..., "source": ...}`` (``validation/data/inferencex/launch_flags.yaml``), or None where no rule covers
+    the run (another pipeline, engine, model or date; an MTP run, whose scripts are not read). Every flag of the rule
+    moesim models is applied, none picked (module docstring of the YAML: the flags it does not model)."""
+    if pipeline_of(row) != "silicon-ci" or row["mode"] != "agg" or "DeepSeek" not in row["model_path"] \
+            or stated_speculation(row) is not None:
+        return None
+    date = measured_date(row)
+    hw, prec = _IX_HARDWARE.get(row["system"]), _IX_PRECISION.get(row["gemm_quant_mode"])
+    if date is None or hw is None or prec is None:
+        return None
+    lay = layout_of(row)
+    tp = lay["gpus"] if isinstance(lay, dict) else _int(row["tp_size"])
+    conc, isl, osl = concurrency_of(row), int(row["isl"]), int(row["osl"])
+    for rule in _launch_flag_rules().get(row["backend"], []):
+        if rule["hardware"] != hw or rule["precision"] != prec \
+                or not str(rule["measured_from"]) <= date < str(rule["measured_to"]):
+            continue
+        params = dict(rule.get("params") or {})
+        for case in rule.get("cases") or []:
+            if _case_matches(case, tp, conc, isl, osl):
+                params.update(case["params"])
+        return {"params": params, "kv_dtype": rule.get("kv_dtype"), "source": rule["source"]}
+    return None
+
+
 #: why dense rows are here at all (``expressible(..., dense=True)``)
 DENSE_NOTE = ("SGLang and TensorRT-LLM measured no MoE model in tensor parallel on H100 (the fit split), only dense "
               "ones (Qwen3-32B, Llama-3.1-8B/70B); their rows, on moesim's dense reference models, may inform an "
@@ -583,9 +638,14 @@ def scenario_of(row: dict, system: str | None = None):
     nodes = lay.get("nodes", 1) if isinstance(lay, dict) else 1
     if row["mode"] == "agg" and speculative_params(row):
         params = {**params, **speculative_params(row)}
+    flags = stated_launch_flags(row)
+    kv = {}
+    if flags is not None:
+        params = {**params, **flags["params"]}
+        kv = {"kv_dtype": flags["kv_dtype"]} if flags.get("kv_dtype") else {}
     if system is not None and system != row["backend"]:
-        params = {}  # another system's flags are not this row's
-    return moesim.Scenario(model=model, hardware=PLATFORMS[row["system"]], num_gpus=gpus,
+        params, kv = {}, {}  # another system's flags are not this row's
+    return moesim.Scenario(model=model, hardware=PLATFORMS[row["system"]], num_gpus=gpus, **kv,
                            **({"num_nodes": nodes} if nodes > 1 else {}),
                            system=system or row["backend"], prompt_tokens=int(row["isl"]), gen_tokens=int(row["osl"]),
                            batch_size=c, num_requests=c, dtype=dtype,

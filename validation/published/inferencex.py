@@ -76,7 +76,8 @@ def as_silicon_row(rec: dict) -> dict | None:
     gemm, moe = QUANT[rec["precision"]]
     return {"id": f"inferencex|{rec['hardware']}|{rec['framework']}|{rec['precision']}|{rec['spec_method']}|"
                   f"{rec['isl']}x{rec['osl']}|tp{tp}ep{ep}{'dpa' if dpa else ''}|c{rec['conc']}|{rec['date']}",
-            "silicon_data_source": f"inferencex; silicon_concurrency={rec['conc']}; {rec['run_url']}",
+            "silicon_data_source": f"inferencex; silicon_concurrency={rec['conc']}; measured={rec['date']}; "
+                                   f"{rec['run_url']}",
             "backend": ENGINES[rec["framework"]], "backend_version": (rec["image"] or "").rsplit(":", 1)[-1],
             "model_path": "deepseek-ai/DeepSeek-R1", "system": HARDWARE[rec["hardware"]], "precision": rec["precision"],
             "mode": "agg", "isl": rec["isl"], "osl": rec["osl"], "gemm_quant_mode": gemm, "moe_quant_mode": moe,

@@ -103,16 +103,25 @@ def wave_mean_ttft_s(plan, prompt: int, batch: int) -> float:
     return total / batch
 
 
+def recv_interval_of(plan) -> int:
+    """Decode steps between the engine's polls for new requests in ``plan`` (SGLang's ``scheduler_recv_interval``
+    among the plan's params; 1 for every other engine)."""
+    params = (getattr(plan, "config", None) or {}).get("params") or {}
+    return max(1, int(params.get("scheduler_recv_interval") or 1))
+
+
 def steady_ttft_s(plan, prompt: int, gen: int) -> float:
-    """Steady-state TTFT: a prompt arriving while B = plan.batch_size sequences decode waits half a step, then
-    enters in chunks of q = min(P, N - B) tokens, ceil(P / q) steps each carrying B decodes and a chunk (priced
-    as the decode step plus q / N of a full prefill pass)."""
+    """Steady-state TTFT: a prompt arriving while B = plan.batch_size sequences decode waits for the scheduler's
+    next poll, on average half of the R decode steps between polls (R = 1 but for SGLang's
+    ``--scheduler-recv-interval``, :func:`recv_interval_of`), then enters in chunks of q = min(P, N - B) tokens,
+    ceil(P / q) steps each carrying B decodes and a chunk (priced as the decode step plus q / N of a full prefill
+    pass)."""
     b = plan.batch_size
     n_tok = max(plan.prefill_tokens_per_pass, 1)
     q = max(min(prompt, n_tok - b), 1)
     decode_step = plan.decode_time_per_batch_s / gen
     carry = plan.prefill.time_s * q / n_tok + decode_step
-    return 0.5 * decode_step + math.ceil(prompt / q) * carry
+    return 0.5 * recv_interval_of(plan) * decode_step + math.ceil(prompt / q) * carry
 
 
 def benchmark_latency(plan, prompt: int, gen: int, concurrency: int, model: str | None = None) -> tuple[float, float]:

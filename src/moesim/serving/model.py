@@ -16,7 +16,8 @@ many tokens each computes; the system only prices iterations. Contract:
   order of chunks or decodes.
 * :class:`Capacity` gives the scheduler the limits it must respect: the KV pool in blocks of
   ``block_size`` tokens (a sequence of c cached tokens holds ceil(c / block_size) blocks), the most
-  sequences running at once and the token budget of one step.
+  sequences running at once and the token budget of one step, and how often the scheduler polls for new
+  requests (``recv_interval``).
 * A model may serve through ``ranks`` > 1 identical schedulers (attention data parallelism: each DP rank
   schedules its own requests, all ranks step together through the shared MoE layers). Its capacity and its
   steps are then one rank's: a step's time assumes every rank runs a step like it (balanced ranks, an idle
@@ -43,6 +44,10 @@ class Capacity:
     #: a step with prompts to prefill runs only them and the decodes wait (SGLang's default, prefill first, no
     #: --enable-mixed-chunk)
     mixed: bool = True
+    #: decode-only steps between the scheduler's polls for new requests (SGLang ``--scheduler-recv-interval``, default
+    #: 1: every step): a request that arrives while only decodes run joins the waiting queue at the next poll; a step
+    #: that carried prompt chunks, or an idle engine, polls at once (SGLang's ``SchedulerRecvSkipper``)
+    recv_interval: int = 1
 
 
 @dataclass(frozen=True)

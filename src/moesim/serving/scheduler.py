@@ -4,7 +4,11 @@ Source: vLLM V1 ``vllm/v1/core/sched/scheduler.py`` (``Scheduler.schedule``) wit
 (Agrawal et al., Sarathi-Serve, OSDI 2024) and PagedAttention's block allocation (Kwon et al., SOSP 2023).
 Rules, applied at every iteration (step) boundary:
 
-1. Requests that arrived by the boundary join the waiting queue (FCFS).
+1. Requests that arrived by the boundary join the waiting queue (FCFS). With ``Capacity.recv_interval`` N > 1
+   (SGLang's ``--scheduler-recv-interval``; its ``SchedulerRecvSkipper`` weighs a decode step 1 and any other
+   forward 1000 against the threshold N, and resets at every poll): arrivals are received only at a boundary
+   after N decode-only steps since the last poll, right after a step with prompt chunks, or when the engine is
+   idle (its empty loop counts up to N in microseconds).
 2. Running requests first, in admission order: each computes its remaining known tokens (one when
    decoding; the rest of its prompt, or of a recomputation, when prefilling) up to the token budget
    left. It takes the KV blocks its new tokens need (ceil(cached tokens / block_size) held in all).
@@ -251,27 +255,44 @@ def run(requests: Requests, model: StepTimeModel, system: str = "the system",
         first = min(max(1, concurrency), n)
         arrivals[:first] = np.sort(requests.arrival_s[:first])
     sent = n if concurrency is None else min(max(1, concurrency), n)
+    every = max(1, int(cap.recv_interval))
+    since_poll = every  # decode-only steps since the last poll (the first boundary polls)
     t, nxt, done, steps, scheduled = 0.0, 0, 0, 0, 0
     while done < n:
-        while nxt < n and arrivals[nxt] <= t:
-            b.waiting.append(nxt)
-            nxt += 1
+        idle = not b.running and not b.waiting
+        if idle or since_poll >= every:  # rule 1: the scheduler polls
+            since_poll = 0
+            while nxt < n and arrivals[nxt] <= t:
+                b.waiting.append(nxt)
+                nxt += 1
         if not b.running and not b.waiting:
             t = float(arrivals[nxt])
             continue
         sched = b.schedule()
         if not sched:  # cannot happen: the oldest request always fits an empty pool (check_capacity)
             raise SimulationError(f"online scheduler stalled at t={t:g} s with {len(b.waiting)} waiting")
-        first = model.step_time_s(b.step_of(sched))
+        step = b.step_of(sched)
+        first = model.step_time_s(step)
         k = 1
-        if concurrency is not None:  # a closed loop: a run of decode steps up to the next pending arrival at most
-            most = (1 << 62) if nxt >= n or not np.isfinite(arrivals[nxt]) else int((arrivals[nxt] - t) / first)
+        if concurrency is not None:  # a closed loop: a run of decode steps up to the next arrival or poll at most
+            if nxt < n and arrivals[nxt] <= t:  # arrived, not received yet: up to the next poll
+                most = every - since_poll
+            elif nxt >= n or not np.isfinite(arrivals[nxt]):
+                most = 1 << 62
+            else:
+                most = int((arrivals[nxt] - t) / first)
             k = b.decode_run(sched, max(most, 1))
         if k > 1:
             b.advance(sched, k)
             t += k * (first + model.step_time_s(b.step_of(sched))) / 2.0
         else:
             t += first
+        if step.prefills:  # a prompt step: the next boundary polls
+            since_poll = every
+        else:  # the polls inside a run of k decode steps (each found nothing) keep their phase
+            since_poll += k
+            if since_poll > every:
+                since_poll = since_poll % every or every
         steps += k
         scheduled += k * len(sched)
         finished = b.complete(sched, t)

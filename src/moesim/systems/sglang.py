@@ -69,6 +69,10 @@ class SGLangParams(DisaggregationParams, SpeculativeParams):
         default=None, ge=0, description="largest decode batch captured in a CUDA graph; None = SGLang's default")
     page_size: int = Field(default=1, ge=1, description="tokens per KV page (SGLang default 1)")
     disable_overlap_schedule: bool = Field(default=False, description="turn the overlap scheduler off")
+    scheduler_recv_interval: int = Field(
+        default=1, ge=1, description="decode steps between the scheduler's polls for new requests (SGLang "
+                                     "--scheduler-recv-interval, default 1: every step); a request arriving while "
+                                     "only decodes run waits for the next poll")
     data_parallel_size: int = Field(
         default=1, ge=1, description="data-parallel ranks (SGLang --data-parallel-size / --dp-size); with "
                                      "enable_dp_attention, attention runs on dp ranks of tp / dp GPUs each")
@@ -171,6 +175,11 @@ class SGLang(ContinuousBatchingEngine):
         est = int(tokens / ctx.model.max_context_tokens * self._c("max_running_requests_per_context_len"))
         est = min(max(est, int(self._c("max_running_requests_floor"))), int(self._c("max_running_requests_ceiling")))
         return max(1, min(est, half))
+
+    def recv_interval(self) -> int:
+        """``--scheduler-recv-interval``: decode steps between polls for new requests (SGLang's
+        ``SchedulerRecvSkipper``, :mod:`moesim.serving.scheduler` rule 1)."""
+        return self.params.scheduler_recv_interval
 
     def runtime(self, ctx: Context) -> EngineRuntime:
         p = self.params

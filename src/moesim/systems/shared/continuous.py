@@ -362,6 +362,11 @@ class ContinuousBatchingEngine(ServingSystem):
         return blocks_per_seq, int(lay.blocks // blocks_per_seq) * self._parallel(ctx).dp
 
     # ---- offline plan --------------------------------------------------------------------------
+    def recv_interval(self) -> int:
+        """Decode-only steps between the scheduler's polls for new requests (1: every step, the engines' default;
+        SGLang's ``--scheduler-recv-interval`` overrides this)."""
+        return 1
+
     def mixes_steps(self) -> bool:
         """Whether one step carries prompt chunks and decodes together (chunked prefill mixed into decode steps, as
         vLLM V1 and TensorRT-LLM's in-flight batching do); an engine that runs prompts in steps of their own says

@@ -130,7 +130,8 @@ class EngineStepModel:
         self.ranks = max(1, int(ranks))
         k = system.knobs_for(ctx)
         self.capacity = Capacity(kv_blocks=lay.blocks, block_size=k.block_size, max_num_seqs=system.rank_max_seqs(ctx, lay),
-                                 max_num_batched_tokens=k.token_budget, mixed=system.mixes_steps())
+                                 max_num_batched_tokens=k.token_budget, mixed=system.mixes_steps(),
+                                 recv_interval=system.recv_interval())
         self._knobs = k
         self._system, self._ctx, self._lay, self._max_ctx = system, ctx, lay, max_context_tokens
 
@@ -149,6 +150,9 @@ class EngineStepModel:
                  "step time from a table of simulated steps: linear in batched tokens between powers of two, "
                  "plus lm-head time per sampled row, decode attention per context token and prefill attention "
                  f"per causal query-key pair (fitted up to a {self._max_ctx}-token context)"]
+        if c.recv_interval > 1:
+            notes.append(f"the scheduler polls for new requests every {c.recv_interval} decode steps (SGLang "
+                         "--scheduler-recv-interval), at once after a prefill step or when idle")
         if self.ranks > 1:
             notes.append(f"attention data parallel: {self.ranks} DP ranks, each scheduling its own requests (dealt "
                          "round robin) with the capacity above; one rank is simulated and every step priced as all "
