@@ -104,3 +104,67 @@ def test_unpaired_inferencex_runs_are_held_out_corpus_cells_written_as_silicon_r
     unpaired = ix.unpaired_rows()
     assert unpaired and all((round(float(r["silicon_ttft_ms"]), 3), round(float(r["silicon_tpot_ms"]), 3))
                             not in silicon for r in unpaired)  # no run the silicon file already reports
+
+
+def _silicon_row(aic, **over) -> dict:
+    """A silicon-CI row of a DeepSeek-R1 run InferenceX's fixture does not hold (its mean TTFT / TPOT invented)."""
+    row = {"id": "synthetic", "mode": "agg", "system": "b200_sxm", "backend": "trtllm", "isl": "1024", "osl": "1024",
+           "silicon_data_source": "db-dump/2026-04-27; config_id=0; silicon_concurrency=4; "
+                                  "measured=2026-02-05T00:00:00.000Z",
+           "batch_size": "4", "backend_version": "1.2.0rc6.post3", "precision": "fp8", "gemm_quant_mode": "fp8",
+           "moe_quant_mode": "fp8_block", "model_path": "deepseek-ai/DeepSeek-R1", "silicon_ttft_ms": "123.456789",
+           "silicon_tpot_ms": "9.87654321", "tp_size": "8", "pp_size": "1", "attention_dp_size": "1",
+           "moe_tp_size": "8", "moe_ep_size": "1"}
+    row.update(over)
+    assert aic.inferencex_record(row) is None
+    return row
+
+
+def test_a_run_without_its_own_record_takes_its_run_batch_speculation(aic):
+    """InferenceX runs one script per (GPU, engine, precision, date, image): B200 TensorRT-LLM fp8 of 2026-02-05 under
+    1.2.0rc6.post3 has only MTP records in the fixture, so an unpaired row of that batch is MTP; the same date under
+    another version (no records), and a batch with both kinds of records (B200 SGLang fp8 0.5.9 of 2026-03-25), stay
+    unstated; a non-MTP batch (1.2.0rc6.post2 of 2026-01-29) is plain."""
+    assert aic.stated_speculation(_silicon_row(aic)) == "mtp"
+    assert aic.speculative_params(_silicon_row(aic)) == {"num_nextn_predict_layers": 3}
+    assert aic.stated_speculation(_silicon_row(aic, backend_version="9.9.9")) is None
+    assert aic.stated_speculation(_silicon_row(
+        aic, backend="sglang", backend_version="0.5.9",
+        silicon_data_source="source_file=2026-03-25.csv; measured=2026-03-25T00:00:00.000Z")) is None
+    assert aic.stated_speculation(_silicon_row(
+        aic, backend_version="1.2.0rc6.post2",
+        silicon_data_source="db-dump/2026-04-27; measured=2026-01-29T00:00:00.000Z")) is None
+
+
+def test_stated_sglang_launch_flags_by_script_version(aic):
+    """InferenceX's B200 SGLang fp8 script from 2026-01-13 sets, at TP 4, --max-running-requests 32 --cuda-graph-max-bs
+    32 --mem-fraction-static 0.95 --chunked-prefill-size 8192 --scheduler-recv-interval 10 and fp8 KV; at TP 8, 128 /
+    128 / 0.82 / 32768 and a receive interval of 10 below concurrency 16, 30 from it. The scenario carries them; a
+    row of another engine's pipeline, or one before any rule, gets none."""
+    base = dict(backend="sglang", backend_version="0.5.9",
+                silicon_data_source="source_file=2026-03-25.csv; measured=2026-03-25T00:00:00.000Z")
+    tp4 = _silicon_row(aic, **base, tp_size="4", moe_tp_size="4", isl="8192")
+    flags = aic.stated_launch_flags(tp4)
+    assert flags["kv_dtype"] == "fp8" and flags["params"] == {
+        "cuda_graph_max_bs": 32, "max_running_requests": 32, "mem_fraction_static": 0.95,
+        "chunked_prefill_size": 8192, "scheduler_recv_interval": 10}
+    sc = aic.scenario_of(tp4)
+    assert sc.kv_dtype == "fp8" and sc.system_params["mem_fraction_static"] == 0.95
+    tp8 = aic.stated_launch_flags(_silicon_row(aic, **base, batch_size="16"))["params"]
+    assert (tp8["max_running_requests"], tp8["scheduler_recv_interval"]) == (128, 30)
+    assert aic.stated_launch_flags(_silicon_row(aic, **base, batch_size="8"))["params"]["scheduler_recv_interval"] == 10
+    assert aic.stated_launch_flags(_silicon_row(aic)) is None  # TensorRT-LLM: no rules read
+    early = dict(base, silicon_data_source="measured=2025-01-01T00:00:00.000Z")
+    assert aic.stated_launch_flags(_silicon_row(aic, **early)) is None
+    assert aic.scenario_of(_silicon_row(aic, **early)).kv_dtype == "auto"
+
+
+def test_stated_flags_make_the_b200_tp4_fp8_cells_fit(aic):
+    """DeepSeek-R1 fp8 on 4 B200 needs 167.8 GB of weights a GPU: under SGLang's default memory fraction it does not
+    fit; InferenceX's script runs it at --mem-fraction-static 0.95 with fp8 KV, and moesim then predicts it."""
+    row = _silicon_row(aic, backend="sglang", backend_version="0.5.9", tp_size="4", moe_tp_size="4", isl="8192",
+                       silicon_data_source="source_file=2026-03-25.csv; measured=2026-03-25T00:00:00.000Z")
+    ttft, tpot, note = aic.predict_row(row)
+    assert tpot is not None and ttft is not None, note
+    default = aic.predict_row(dict(row, silicon_data_source="measured=2025-01-01T00:00:00.000Z"))
+    assert default[1] is None and "weights" in default[2]

@@ -313,16 +313,53 @@ def _ms_key(ttft_s: float, tpot_s: float) -> tuple[float, float]:
 
 
 @lru_cache(maxsize=1)
-def _inferencex_by_key() -> dict:
+def _inferencex_rows() -> tuple[dict, ...]:
     try:
         with INFERENCEX_CSV.open(newline="") as f:
-            rows = list(csv.DictReader(f))
+            return tuple(csv.DictReader(f))
     except FileNotFoundError:
-        return {}
+        return ()
+
+
+@lru_cache(maxsize=1)
+def _inferencex_by_key() -> dict:
     out: dict = {}
-    for r in rows:
+    for r in _inferencex_rows():
         out.setdefault(_ms_key(float(r["mean_ttft"]), float(r["mean_tpot"])), r)
     return out
+
+
+#: InferenceX's single-node engines and hardware in the silicon file's words (run batches, :func:`run_batch_of`)
+_IX_ENGINES = {"sglang": "sglang", "trt": "trtllm"}
+
+
+def _version(tag: str) -> str:
+    """An engine version as the silicon file writes it, from an image tag or a version ("v0.5.9-cu130" -> "0.5.9")."""
+    return (tag or "").rsplit(":", 1)[-1].lstrip("v").split("-")[0]
+
+
+@lru_cache(maxsize=1)
+def _batch_spec_methods() -> dict:
+    """The speculative methods InferenceX's aggregated records show per run batch (:func:`run_batch_of`)."""
+    out: dict = {}
+    hw = {v: k for k, v in _IX_HARDWARE.items()}
+    for r in _inferencex_rows():
+        if r["disagg"] == "True" or r["framework"] not in _IX_ENGINES or r["hardware"] not in hw:
+            continue
+        key = (hw[r["hardware"]], _IX_ENGINES[r["framework"]], r["precision"], r["date"], _version(r["image"]))
+        out.setdefault(key, set()).add(r["spec_method"] or "none")
+    return out
+
+
+def run_batch_of(row: dict) -> tuple | None:
+    """The InferenceX run batch a silicon-CI row belongs to: (GPU, engine, precision, measured date, engine version).
+    InferenceX runs one benchmark script (one launch configuration: with or without MTP) per such batch
+    (``.github/workflows``: a nightly job per script, the image pinned in it), so the runs of one batch share their
+    speculative decoding."""
+    prec, date = _IX_PRECISION.get(row.get("gemm_quant_mode", "")), measured_date(row)
+    if pipeline_of(row) != "silicon-ci" or row.get("mode") != "agg" or prec is None or date is None:
+        return None
+    return row["system"], row["backend"], prec, date, _version(row["backend_version"])
 
 
 def inferencex_record(row: dict) -> dict | None:
@@ -364,9 +401,17 @@ def stated_speculation(row: dict) -> str | None:
     none or no record. Rule fixed 2026-12-03 from the provenance alone (:data:`PIPELINES`): the silicon file has no
     column for it; 147 of its DeepSeek-R1 rows (aggregated and disaggregated; H100, H200, B200, B300, GB200, GB300)
     are records of MTP runs. They were refused at first, then (the same day) predicted with InferenceX's depth and
-    moesim's default acceptance, so that they measure that default (``speculation.assumed`` of the bands)."""
+    moesim's default acceptance, so that they measure that default (``speculation.assumed`` of the bands).
+
+    A row whose own run InferenceX's fixture does not hold takes the method of its run batch (:func:`run_batch_of`)
+    where the fixture holds records of that batch and all of them state one method (rule fixed 2026-12-03 from the
+    provenance: 116 more rows, B200 and H200 TensorRT-LLM batches of 2026-01-14, 2026-02-05 and 2026-02-06 whose
+    only records are MTP runs; a batch with both kinds, e.g. B200 SGLang fp8 of 2026-03-25, stays unstated)."""
     rec = inferencex_record(row)
-    if rec is None or rec.get("spec_method") in (None, "", "none"):
+    if rec is None:  # the run's own record missing: its run batch's, where every record of the batch agrees
+        methods = _batch_spec_methods().get(run_batch_of(row) or (), set())
+        return next(iter(methods)) if len(methods) == 1 and methods != {"none"} else None
+    if rec.get("spec_method") in (None, "", "none"):
         return None
     return rec["spec_method"]
 
