@@ -256,3 +256,24 @@ def test_fp4_kinds_run_natively_only_on_fp4_tensor_cores():
         assert compute_dtype(kind, b200) == "fp4" and not needs_dequant(kind, b200)
     assert moesim.get_model("deepseek-r1").quant_kind == "fp8_block"
     assert moesim.get_model("gpt-oss-120b").quant_kind == "mxfp4"
+
+
+def test_trtllm_moe_backend_trtllm_runs_trtllm_gen_on_blackwell_only():
+    """moe_config.backend TRTLLM (TensorRT-LLM-Gen's fused MoE) replaces the CUTLASS table's MoE on a B200 (its other
+    kernels still from TensorRT-LLM's tables) and decodes NVFP4 DeepSeek-R1 faster at batch 4 (the table's CUTLASS
+    grouped GEMM is launch- and tile-bound there); TensorRT-LLM refuses it on Hopper, and DEEPGEMM for non-fp8-block
+    experts, each with its rule."""
+    from moesim.errors import InfeasibleError
+    from moesim.predict import plan_scenario
+
+    def tpot(hw: str, dtype: str, backend: str) -> float:
+        sc = moesim.Scenario(model="deepseek-r1", hardware=hw, system="trtllm", dtype=dtype, batch_size=4,
+                             num_requests=4, prompt_tokens=1024, gen_tokens=64, system_params={"moe_backend": backend})
+        _, plan, _, _ = plan_scenario(sc)
+        return plan.decode_time_per_batch_s
+
+    assert tpot("hgx-b200", "nvfp4", "TRTLLM") < tpot("hgx-b200", "nvfp4", "CUTLASS")
+    with pytest.raises(InfeasibleError, match="Blackwell"):
+        tpot("hgx-h200", "fp8", "TRTLLM")
+    with pytest.raises(InfeasibleError, match="fp8 block-scaled experts only"):
+        tpot("hgx-b200", "nvfp4", "DEEPGEMM")

@@ -168,3 +168,23 @@ def test_stated_flags_make_the_b200_tp4_fp8_cells_fit(aic):
     assert tpot is not None and ttft is not None, note
     default = aic.predict_row(dict(row, silicon_data_source="measured=2025-01-01T00:00:00.000Z"))
     assert default[1] is None and "weights" in default[2]
+
+
+def test_stated_trtllm_flags_follow_the_script_version_and_its_arithmetic(aic):
+    """InferenceX's B200 TensorRT-LLM fp4 scripts: TRTLLM MoE (TensorRT-LLM-Gen) but CUTLASS at ISL 1024 from
+    concurrency 256, fp8 KV at free_gpu_memory_fraction 0.8, max_num_tokens = (conc + isl + 127) // 64 * 64 (floored
+    at 8192 from 2026-01-27); on 2026-02-03, when the script changed, a row is covered only where both versions agree."""
+    base = dict(backend="trtllm", gemm_quant_mode="nvfp4", moe_quant_mode="nvfp4", backend_version="",
+                silicon_data_source="db-dump/2026-04-27; measured=2025-11-02T00:00:00.000Z")
+    flags = aic.stated_launch_flags(_silicon_row(aic, **base))
+    assert flags["kv_dtype"] == "fp8"
+    assert flags["params"]["moe_backend"] == "TRTLLM" and flags["params"]["max_num_tokens"] == (4 + 1024 + 127) // 64 * 64
+    assert flags["params"]["free_gpu_memory_fraction"] == 0.8
+    big = aic.stated_launch_flags(_silicon_row(aic, **base, batch_size="256"))["params"]
+    assert big["moe_backend"] == "CUTLASS" and big["max_num_tokens"] == (256 + 1024 + 127) // 64 * 64
+    late = dict(base, silicon_data_source="db-dump/2026-04-27; measured=2026-02-01T00:00:00.000Z")
+    assert aic.stated_launch_flags(_silicon_row(aic, **late))["params"]["max_num_tokens"] == 8192
+    day = dict(base, silicon_data_source="db-dump/2026-04-27; measured=2026-02-03T00:00:00.000Z")
+    assert aic.stated_launch_flags(_silicon_row(aic, **day))["params"]["moe_backend"] == "TRTLLM"  # both: TRTLLM
+    dpa = dict(tp_size="1", attention_dp_size="8", moe_tp_size="1", moe_ep_size="8")
+    assert aic.stated_launch_flags(_silicon_row(aic, **day, **dpa)) is None  # b30c3398a TRTLLM, 6eecc0e66 CUTLASS

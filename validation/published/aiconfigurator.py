@@ -438,10 +438,19 @@ def measured_date(row: dict) -> str | None:
     return m.group(1) if m else None
 
 
-def _case_matches(case: dict, tp: int, conc: int, isl: int, osl: int) -> bool:
+def _case_matches(case: dict, tp: int, conc: int, isl: int, osl: int, adp: bool) -> bool:
     return (case.get("tp", tp) == tp and conc >= case.get("conc_from", 0) and conc < case.get("conc_below", 1 << 62)
             and case.get("isl", isl) == isl and case.get("osl", osl) == osl
-            and list(case.get("not_isl_osl", [None, None])) != [isl, osl])
+            and list(case.get("not_isl_osl", [None, None])) != [isl, osl]
+            and case.get("attention_dp", adp) == adp)
+
+
+def _flag_value(value, conc: int, isl: int):
+    """A rule's flag value: a number or word as written, or (a string of the script's arithmetic over the run's
+    concurrency and ISL) its value, e.g. "max(8192, (conc + isl + 127) // 64 * 64)"."""
+    if not isinstance(value, str) or value in ("TRTLLM", "CUTLASS", "DEEPGEMM"):
+        return value
+    return int(eval(value, {"__builtins__": {}, "max": max, "min": min}, {"conc": conc, "isl": isl}))  # noqa: S307
 
 
 def stated_launch_flags(row: dict) -> dict | None:
@@ -458,6 +467,8 @@ def stated_launch_flags(row: dict) -> dict | None:
         return None
     lay = layout_of(row)
     tp = lay["gpus"] if isinstance(lay, dict) else _int(row["tp_size"])
+    lay_params = lay.get("params", {}) if isinstance(lay, dict) else {}
+    adp = bool(lay_params.get("enable_attention_dp") or lay_params.get("enable_dp_attention"))
     conc, isl, osl = concurrency_of(row), int(row["isl"]), int(row["osl"])
     for rule in _launch_flag_rules().get(row["backend"], []):
         if rule["hardware"] != hw or rule["precision"] != prec \
@@ -465,9 +476,12 @@ def stated_launch_flags(row: dict) -> dict | None:
             continue
         params = dict(rule.get("params") or {})
         for case in rule.get("cases") or []:
-            if _case_matches(case, tp, conc, isl, osl):
+            if _case_matches(case, tp, conc, isl, osl, adp):
+                if case.get("uncovered"):
+                    return None
                 params.update(case["params"])
-        return {"params": params, "kv_dtype": rule.get("kv_dtype"), "source": rule["source"]}
+        return {"params": {k: _flag_value(v, conc, isl) for k, v in params.items()}, "kv_dtype": rule.get("kv_dtype"),
+                "source": rule["source"]}
     return None
 
 

@@ -29,6 +29,8 @@ flags (:mod:`.shared.disaggregation`) and the draft steps (:mod:`.shared.specula
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import ConfigDict, Field
 
 from ..errors import InfeasibleError
@@ -36,7 +38,7 @@ from ..modules import Context
 from .shared.continuous import ContinuousBatchingEngine, EngineKnobs
 from .shared.disaggregation import DisaggregationParams
 from .shared.speculative import SpeculativeParams
-from .shared.engine_step import EngineRuntime, engine_execution, graph_sizes, runtime_constants
+from .shared.engine_step import EngineRuntime, engine_execution, graph_sizes, runtime_constants, with_moe_kernel
 from .shared.parallel import ParallelLayout, world_gpus
 
 class TRTLLMParams(DisaggregationParams, SpeculativeParams):
@@ -67,6 +69,11 @@ class TRTLLMParams(DisaggregationParams, SpeculativeParams):
     num_nextn_predict_layers: int = Field(
         default=0, ge=0, description="MTP draft steps per decode step (LLM API speculative_config decoding_type "
                                      "MTP, num_nextn_predict_layers); 0 = off")
+    moe_backend: Literal["CUTLASS", "TRTLLM", "DEEPGEMM"] = Field(
+        default="CUTLASS", description="fused-MoE backend (LLM API moe_config.backend, default CUTLASS): CUTLASS and "
+                                       "DEEPGEMM priced from the measured kernel tables where they cover the call; "
+                                       "TRTLLM runs TensorRT-LLM-Gen's fused MoE (Blackwell only; FP4, MXFP4 and fp8 "
+                                       "block-scaled experts), priced with that kernel's structure")
 
 
 class TRTLLM(ContinuousBatchingEngine):
@@ -91,7 +98,8 @@ class TRTLLM(ContinuousBatchingEngine):
         p = self.params
         c = runtime_constants(self.name)
         sizes = graph_sizes(str(self.constants.value("cuda_graph_batch_sizes")), p.cuda_graph_max_batch_size)
-        return EngineRuntime(self.name, engine_execution("graph"), engine_execution("graph"), c["step_cpu_s"],
+        backend = with_moe_kernel(self.name, "trtllm_gen") if p.moe_backend == "TRTLLM" else self.name
+        return EngineRuntime(backend, engine_execution("graph"), engine_execution("graph"), c["step_cpu_s"],
                              c["step_cpu_per_seq_s"], bool(c["overlap_scheduler"]) and not p.disable_overlap_scheduler,
                              sizes, pad_to_graph=p.cuda_graph_padding,
                              uncaptured=engine_execution("eager"))
@@ -126,8 +134,28 @@ class TRTLLM(ContinuousBatchingEngine):
                               prompts_balanced=p.attention_dp_balance and p.enable_attention_dp)
 
     def plan(self, ctx: Context):
+        self._check_moe_backend(ctx)
         if ctx.workload.prompt_tokens > self.params.max_num_tokens:
             raise InfeasibleError(
                 f"trtllm: a {ctx.workload.prompt_tokens}-token prompt exceeds max_num_tokens="
                 f"{self.params.max_num_tokens} and chunked prefill is off by default; raise max_num_tokens")
         return super().plan(ctx)
+
+    def _check_moe_backend(self, ctx: Context) -> None:
+        """TensorRT-LLM's rules for ``moe_config.backend``: TRTLLM (``TRTLLMGenFusedMoE``) runs on Blackwell (SM100)
+        only, with FP4 (NVFP4, MXFP4) or fp8 block-scaled experts; DEEPGEMM (``DeepGemmFusedMoE``) runs fp8
+        block-scaled experts only."""
+        from .shared.engine_step import quant_kind
+
+        backend = self.params.moe_backend
+        if backend == "CUTLASS" or not ctx.model.moe:
+            return
+        q = quant_kind(ctx.edtype, ctx.model)
+        if backend == "TRTLLM" and (ctx.platform.gpu.architecture != "blackwell"
+                                    or q not in ("nvfp4", "mxfp4", "fp8_block")):
+            raise InfeasibleError(f"trtllm: moe_config.backend TRTLLM (TensorRT-LLM-Gen fused MoE) runs on Blackwell "
+                                  f"GPUs with NVFP4, MXFP4 or fp8 block-scaled experts; here {ctx.platform.gpu.name} "
+                                  f"({ctx.platform.gpu.architecture}) with {q} experts: use CUTLASS")
+        if backend == "DEEPGEMM" and q != "fp8_block":
+            raise InfeasibleError(f"trtllm: moe_config.backend DEEPGEMM runs fp8 block-scaled experts only; these are "
+                                  f"{q}: use CUTLASS")

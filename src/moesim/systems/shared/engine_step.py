@@ -148,18 +148,46 @@ def engine_execution(mode: str = "graph") -> Execution:
                      moe_memory_efficiency=float(c.value("fused_moe_memory_efficiency")) or None)
 
 
+#: how a runtime's backend names the fused-MoE kernel it runs instead of the tables' (:func:`with_moe_kernel`)
+_MOE_KERNEL_SEP = "+moe="
+
+
+def with_moe_kernel(backend: str, kernel: str) -> str:
+    """A runtime backend whose fused MoE runs ``kernel`` (``"trtllm_gen"``: TensorRT-LLM-Gen's) rather than what the
+    engine's kernel tables measured, its other kernels still from ``backend``'s tables: e.g. TensorRT-LLM with
+    ``moe_config.backend TRTLLM`` ("trtllm+moe=trtllm_gen")."""
+    return f"{backend}{_MOE_KERNEL_SEP}{kernel}"
+
+
+def table_backend(backend: str) -> str:
+    """The kernel-table backend of a runtime backend (:func:`with_moe_kernel`'s qualifier dropped)."""
+    return backend.split(_MOE_KERNEL_SEP, 1)[0]
+
+
+def forced_moe_kernel(backend: str) -> str | None:
+    """The fused-MoE kernel a runtime backend names (:func:`with_moe_kernel`), None for the tables' own."""
+    parts = backend.split(_MOE_KERNEL_SEP, 1)
+    return parts[1] if len(parts) == 2 else None
+
+
 def _kernel_tables(ctx: Context, backend: str):
     """Measured kernel tables for this GPU and backend, or None (module absent, no table)."""
     from ...costs import kernels
 
-    return ctx.memo(("kernel tables", backend), lambda: kernels.kernel_tables(ctx.platform.gpu.name, backend))
+    name = table_backend(backend)
+    return ctx.memo(("kernel tables", name), lambda: kernels.kernel_tables(ctx.platform.gpu.name, name))
+
+
+def table_moe_allowed(backend: str) -> bool:
+    """Whether the fused MoE may be priced from the measured tables (not when the runtime names another kernel)."""
+    return forced_moe_kernel(backend) is None
 
 
 def kernel_tables_used(ctx: Context, rt: EngineRuntime) -> str | None:
     """The kernel-table backend an engine's steps are priced from on this GPU (its runtime runs the engines'
     kernels and a measured table exists), else None: what a plan's provenance reports."""
     uses = any(e is not None and e.engine_kernels for e in (rt.decode, rt.prefill))
-    return rt.backend if uses and _kernel_tables(ctx, rt.backend) is not None else None
+    return table_backend(rt.backend) if uses and _kernel_tables(ctx, rt.backend) is not None else None
 
 
 def _table_allreduce_s(nbytes: float, n: int) -> float:
@@ -235,7 +263,8 @@ def _engine_layer_times(ctx: Context, tokens: float, attention: list[tuple[float
         if m.dense_ffn is not None and dense:
             dense = _or(table_gemms_s(ctx, tables, rows,
                                       ffn_gemm_shapes(h, m.dense_ffn.intermediate_size, m.dense_ffn.gated, tp)), dense)
-    table_moe = routed_table_moe_s(ctx, tables, rows) if tables is not None and m.moe else None
+    table_moe = routed_table_moe_s(ctx, tables, rows) if tables is not None and m.moe \
+        and table_moe_allowed(backend) else None
     if table_moe is not None:
         experts, router = table_moe, engine_router_s(ctx, rows, execution, fused_table=True)
     elif m.moe and execution.engine_kernels:
@@ -254,7 +283,8 @@ def trtllm_gen_moe_kernels(ctx: Context, backend: str) -> int:
         return 0
     c = system_constants("engines")
     q = quant_kind(ctx.edtype, ctx.model)
-    if f"{backend}:{q}" not in {p.strip() for p in str(c.value("trtllm_gen_moe")).split(",")}:
+    forced = forced_moe_kernel(backend) == "trtllm_gen" and q in ("nvfp4", "mxfp4", "fp8_block")
+    if not forced and f"{backend}:{q}" not in {p.strip() for p in str(c.value("trtllm_gen_moe")).split(",")}:
         return 0
     if q == "fp8_block":
         return int(c.value("trtllm_gen_moe_kernels_fp8_block")) + int(c.value("trtllm_gen_moe_input_quant_kernels"))

@@ -395,9 +395,9 @@ def parallel_layer_times(ctx: Context, lay: ParallelLayout, tokens: float,
     f = ep_load_factor(E, k, rows, lay.moe_ep, ctx.options.zipf_s, ctx.options.expert_popularity, lay.eplb)
     experts = None
     if execution is not None and execution.engine_kernels:
-        from .engine_step import _kernel_tables, routed_table_moe_s
+        from .engine_step import _kernel_tables, routed_table_moe_s, table_moe_allowed
         tables = _kernel_tables(ctx, backend)
-        if tables is not None:
+        if tables is not None and table_moe_allowed(backend):
             # the most loaded rank runs its kernel as if every rank carried its load: the balanced table at f T
             experts = _table_moe_beyond(ctx, tables, rows * f, lay.moe_tp, lay.moe_ep, routed_table_moe_s)
     from .engine_step import engine_router_s
