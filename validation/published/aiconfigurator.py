@@ -26,6 +26,11 @@ plan's (prefill pass + KV transfer + queueing; the decode pool's TPOT). Same spl
 Scenario of a row (:func:`scenario_of`):
 
 - platform ``hgx-h100`` / ``hgx-h200`` with ``--gpus tp_size``; system = the backend; prompt = isl, gen = osl;
+- the launch flags the run's source states (:func:`stated_launch_flags`): the silicon-CI rows are InferenceX's
+  runs, whose scripts set each engine's flags; the script version in effect on the row's measured date gives every
+  flag moesim models (``validation/data/inferencex/launch_flags.yaml``: SGLang and TensorRT-LLM DeepSeek-R1 runs),
+  else the engine's defaults; speculative decoding as InferenceX's record, or its run batch, says
+  (:func:`stated_speculation`, :func:`speculative_params`);
 - concurrency C = ``silicon_concurrency=N`` of ``silicon_data_source`` (requests kept in flight by the
   benchmark client), else ``batch_size``; predicted as C requests run together as one batch (``--batch C
   --requests C``). With fixed ISL/OSL a closed-loop client at concurrency C sends its C requests together and
