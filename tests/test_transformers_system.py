@@ -535,3 +535,27 @@ def test_scored_cells_are_priced_warm_and_cold_cells_carry_one_build():
     ctx = V._ctx("qwen3-30b-a3b", 24, 1, 128)
     assert gen == pytest.approx(Transformers({"attention_graph_cache": "warm"}).forward_s(
         ctx, 1, 1, 128 + 1 + 8, "eager", generate_step=True).now, rel=1e-12)
+
+
+def test_measured_routing_of_the_random_models_concentrates_prefill_only():
+    """ROUTING_RULE: a prefill cell is predicted with the experts its shape reached on the hf-routing lease. One
+    128-token prompt of random ids reaches about 30 of Qwen3-30B-A3B's 128 experts a layer (uniform routing: all 128);
+    the context then prices the eager loop over that many (Options.experts_hit, capped by the experts and the routed
+    slots); a decode cell, whose steps routed as uniformly as expected, keeps uniform routing (None); an unmeasured
+    shape too."""
+    sys.path.insert(0, str(ROOT / "validation/published"))
+    import transformers_h200 as V
+
+    if V.routing_file() is None:
+        pytest.skip("no routing measurements committed")
+    hit = V.routing_of("qwen3-30b-a3b", 1, 128, "prefill")
+    assert hit is not None and 24 < hit < 40
+    assert V.routing_of("qwen3-30b-a3b", 1, 128, "decode") is None
+    assert V.routing_of("qwen3-30b-a3b", 3, 128, "prefill") is None
+    ctx = Context(get_model("qwen3-30b-a3b"), get_hardware("h200"), OfflineWorkload(num_requests=1, prompt_tokens=128,
+                  gen_tokens=8), Options(experts_hit=hit))
+    assert ctx.active_experts(128) == pytest.approx(hit)
+    assert ctx.active_experts(2) == 16  # two tokens x top-8 reach at most 16
+    free = Context(get_model("qwen3-30b-a3b"), get_hardware("h200"), OfflineWorkload(num_requests=1, prompt_tokens=128,
+                   gen_tokens=8), Options())
+    assert free.active_experts(128) > 127

@@ -59,6 +59,9 @@ class Options:
     moe_impl: Literal["fused", "loop"] = "fused"
     zipf_s: float = 0.0  # router skew; 0 = uniform
     expert_popularity: tuple[float, ...] | None = None  # measured per-expert activation histogram
+    #: experts a layer's tokens were measured to reach (overrides the routing model's expectation for the step it was
+    #: measured on: correlated tokens, e.g. one prompt through a random-weight router, reach fewer than independent draws)
+    experts_hit: float | None = None
     mla_absorbed: bool = True
     speculative: "Speculative | None" = None
     activation_dtype: str = "bf16"  # dtype of hidden states, attention scores and other transient tensors
@@ -277,7 +280,11 @@ class Context:
         )
 
     def active_experts(self, tokens: float) -> float:
+        """Distinct experts ``tokens`` tokens reach in one layer: ``Options.experts_hit`` where measured (at most the
+        experts and the routed slots), else the routing model's expectation (:func:`costs.expected_active_experts`)."""
         moe = self.model.moe
+        if self.options.experts_hit is not None and tokens > 0:
+            return float(min(self.options.experts_hit, moe.num_experts, tokens * moe.top_k))
         return costs.expected_active_experts(moe.num_experts, moe.top_k, tokens, self.options.zipf_s,
                                              self.options.expert_popularity)
 

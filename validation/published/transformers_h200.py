@@ -30,6 +30,11 @@ time of small CUDA ops) bounds torch_call_s from below; module_call_s stays insi
 forward_host_s under the largest per-forward intercept of host-bound forwards (hidden size 128) at 2 and at all
 layers. Those host-bound cells (``host_cells``, another lease, whose host ran slower) are scored apart.
 
+The routing of the random-weight models (ROUTING_RULE, fixed 2026-12-03 after the hf-routing lease measured it and
+before any cell was scored with it): each cell is predicted with the routing its own shape had on the same models
+(``*hf-routing*.json``, ``validation/torchbench/hf_routing.py``), not uniform routing: a measured fact of the
+experiment like its batch and prompt, not a fitted constant.
+
 ``python validation/published/transformers_h200.py`` scores the constants in systems_db/transformers.yaml;
 ``--fit`` fits them on the FIT cells first and prints the values to write there (nothing is written).
 """
@@ -285,12 +290,59 @@ def generate_steps(raw_cells: list[dict]) -> int | None:
     return steps.pop()
 
 
-def _ctx(model: str, layers: int, batch: int, prompt: int) -> Context:
+#: How a cell's routing is stated (fixed 2026-12-03 when the hf-routing lease came back, before any cell was scored
+#: with it): the random-weight routers do not spread tokens uniformly in prefill (one prompt's 128 random tokens reach
+#: 25 of OLMoE's 64 experts a layer, 32 of Qwen3-30B-A3B's 128, 23 of Qwen1.5-MoE's 60, where uniform routing reaches
+#: all of them), and the eager experts loop runs one iteration per expert hit. Decode steps route as uniformly as
+#: expected (experts hit a layer within 4% of uniform routing's expectation at every measured shape, e.g.
+#: DeepSeek-V2-Lite 20.6 against 20.1 at batch 4, Qwen3-30B-A3B 29.6 against 28.4), so decode and generate cells keep
+#: uniform routing (a measured histogram of a handful of tokens, resampled as a distribution, would understate the
+#: experts a step reaches). "measured": a prefill cell (model, batch, prompt) is predicted with the experts its
+#: prefill reached on the hf-routing lease, the mean over layers and draws, as ``Options.experts_hit`` (the eager
+#: loop's iterations and the rows of each; the tokens of one prompt route together, so a histogram resampled as
+#: independent draws would put 75 of Qwen3-30B-A3B's experts where 34 were reached); a shape not measured keeps
+#: uniform routing.
+ROUTING_RULE = "measured"
+
+
+def routing_file() -> Path | None:
+    files = sorted(glob.glob(str(ROOT / "validation/measurements/h200/transformers/*hf-routing*.json")))
+    return Path(files[-1]) if files else None
+
+
+def _routing_hits() -> dict[tuple[str, int, int, str], float]:
+    """(model, batch, prompt, phase) -> experts hit a MoE layer, the mean over the layers and draws of the hf-routing
+    lease (ROUTING_RULE)."""
+    global _HITS
+    if _HITS is None:
+        _HITS = {}
+        path = routing_file()
+        if path is not None:
+            groups: dict[tuple, list[int]] = {}
+            for c in json.loads(path.read_text())["cells"]:
+                key = (c["model"], c["batch"], c["prompt"], c["phase"])
+                groups.setdefault(key, []).extend(sum(1 for x in layer if x) for layer in c["counts"])
+            _HITS = {key: statistics.fmean(hits) for key, hits in groups.items() if hits}
+    return _HITS
+
+
+_HITS: dict | None = None
+
+
+def routing_of(model: str, batch: int, prompt: int, phase: str) -> float | None:
+    """The experts hit a layer a cell is predicted with (ROUTING_RULE): a prefill cell's own shape's measured count,
+    None (uniform routing) for decode and generate cells and for a shape not measured."""
+    if ROUTING_RULE != "measured" or phase != "prefill":
+        return None
+    return _routing_hits().get((model, batch, prompt, "prefill"))
+
+
+def _ctx(model: str, layers: int, batch: int, prompt: int, experts_hit: float | None = None) -> Context:
     spec = get_model(model)
     if layers != spec.num_layers:
         spec = spec.model_copy(update={"num_layers": layers})
     return Context(spec, get_hardware("h200"), OfflineWorkload(num_requests=batch, prompt_tokens=prompt, gen_tokens=8),
-                   Options())
+                   Options(experts_hit=experts_hit))
 
 
 def predict_cell(c: dict, consts: dict[str, float] | None = None) -> float:
@@ -300,7 +352,8 @@ def predict_cell(c: dict, consts: dict[str, float] | None = None) -> float:
     # decode cells of ATTN_GRAPH_RULE, whose timed median step paid one build when most of its timed steps were new
     system = Transformers({"experts_implementation": "grouped_mm", "cpu_offload": c["offload"],
                            "attention_graph_cache": "warm"}, constants_override=consts or None)
-    ctx = _ctx(c["model"], c["layers"], c["batch"], c["prompt"])
+    ctx = _ctx(c["model"], c["layers"], c["batch"], c["prompt"],
+               routing_of(c["model"], c["batch"], c["prompt"], c["phase"]))
     b, p = c["batch"], c["prompt"]
     if c["phase"] == "prefill":
         return system.forward_s(ctx, b, p, p, c["impl"]).now
