@@ -188,3 +188,15 @@ def test_stated_trtllm_flags_follow_the_script_version_and_its_arithmetic(aic):
     assert aic.stated_launch_flags(_silicon_row(aic, **day))["params"]["moe_backend"] == "TRTLLM"  # both: TRTLLM
     dpa = dict(tp_size="1", attention_dp_size="8", moe_tp_size="1", moe_ep_size="8")
     assert aic.stated_launch_flags(_silicon_row(aic, **day, **dpa)) is None  # b30c3398a TRTLLM, 6eecc0e66 CUTLASS
+
+
+def test_a_batch_no_record_names_the_version_of_falls_back_to_its_day(aic):
+    """B200 TensorRT-LLM NVFP4 runs of 2026-01-14 under 1.1.0rc2.post2: no record of benchmarks.json names that batch,
+    the dashboard's history fixture holds 9 records of that day, all MTP: the row is an MTP run. A day whose records
+    disagree (B200 SGLang fp8 of 2026-03-25) stays unstated."""
+    row = _silicon_row(aic, gemm_quant_mode="nvfp4", moe_quant_mode="nvfp4", backend_version="1.1.0rc2.post2",
+                       silicon_data_source="db-dump/2026-04-27; measured=2026-01-14T00:00:00.000Z")
+    assert aic.batch_spec_methods(aic.run_batch_of(row)) == {"mtp"}
+    assert aic.stated_speculation(row) == "mtp"
+    mixed = aic.batch_spec_methods(("b200_sxm", "sglang", "fp8", "2026-03-25", "9.9.9"))
+    assert mixed == {"mtp", "none"}

@@ -310,6 +310,8 @@ def expressible(row: dict, layouts: bool = False, disagg: bool = False, dense: b
 
 #: InferenceX's published DeepSeek-R1 results (``validation/published/inferencex.py`` says where from)
 INFERENCEX_CSV = ROOT / "validation" / "data" / "inferencex" / "benchmarks_dsr1.csv"
+#: ... and the dashboard's history fixture (more run dates; medians and p99s but no means, so no row pairs with it)
+INFERENCEX_HISTORY_CSV = ROOT / "validation" / "data" / "inferencex" / "benchmarks_history_dsr1.csv"
 
 
 def _ms_key(ttft_s: float, tpot_s: float) -> tuple[float, float]:
@@ -344,16 +346,39 @@ def _version(tag: str) -> str:
 
 
 @lru_cache(maxsize=1)
+def _inferencex_history_rows() -> tuple[dict, ...]:
+    try:
+        with INFERENCEX_HISTORY_CSV.open(newline="") as f:
+            return tuple(csv.DictReader(f))
+    except FileNotFoundError:
+        return ()
+
+
+@lru_cache(maxsize=1)
 def _batch_spec_methods() -> dict:
-    """The speculative methods InferenceX's aggregated records show per run batch (:func:`run_batch_of`)."""
+    """The speculative methods InferenceX's aggregated records show per run batch (:func:`run_batch_of`), keyed
+    (GPU, engine, precision, date, version) from the records that name their image, and (GPU, engine, precision,
+    date, None) from every record of that day (the history fixture names no image)."""
     out: dict = {}
     hw = {v: k for k, v in _IX_HARDWARE.items()}
-    for r in _inferencex_rows():
+    for r, versioned in [(r, True) for r in _inferencex_rows()] + [(r, False) for r in _inferencex_history_rows()]:
         if r["disagg"] == "True" or r["framework"] not in _IX_ENGINES or r["hardware"] not in hw:
             continue
-        key = (hw[r["hardware"]], _IX_ENGINES[r["framework"]], r["precision"], r["date"], _version(r["image"]))
-        out.setdefault(key, set()).add(r["spec_method"] or "none")
+        day = (hw[r["hardware"]], _IX_ENGINES[r["framework"]], r["precision"], r["date"])
+        method = r["spec_method"] or "none"
+        if versioned:
+            out.setdefault((*day, _version(r["image"])), set()).add(method)
+        out.setdefault((*day, None), set()).add(method)
     return out
+
+
+def batch_spec_methods(batch: tuple | None) -> set:
+    """What InferenceX's records say of a run batch's speculative decoding: the records of its engine version where
+    there are any, else every record of its day (GPU, engine, precision, date)."""
+    if batch is None:
+        return set()
+    table = _batch_spec_methods()
+    return table.get(batch) or table.get((*batch[:4], None), set())
 
 
 def run_batch_of(row: dict) -> tuple | None:
@@ -408,13 +433,16 @@ def stated_speculation(row: dict) -> str | None:
     are records of MTP runs. They were refused at first, then (the same day) predicted with InferenceX's depth and
     moesim's default acceptance, so that they measure that default (``speculation.assumed`` of the bands).
 
-    A row whose own run InferenceX's fixture does not hold takes the method of its run batch (:func:`run_batch_of`)
-    where the fixture holds records of that batch and all of them state one method (rule fixed 2026-12-03 from the
-    provenance: 116 more rows, B200 and H200 TensorRT-LLM batches of 2026-01-14, 2026-02-05 and 2026-02-06 whose
-    only records are MTP runs; a batch with both kinds, e.g. B200 SGLang fp8 of 2026-03-25, stays unstated)."""
+    A row whose own run InferenceX's fixture does not hold takes the method of its run batch (:func:`run_batch_of`,
+    :func:`batch_spec_methods`) where the fixtures hold records of that batch and all of them state one method (rule
+    fixed 2026-12-03 from the provenance: 116 more rows, B200 and H200 TensorRT-LLM batches of 2026-01-14, 2026-02-05
+    and 2026-02-06 whose only records are MTP runs; a batch with both kinds, e.g. B200 SGLang fp8 of 2026-03-25, stays
+    unstated). A batch whose engine version no record names falls back to every record of its day, the dashboard's
+    history fixture included (``INFERENCEX_HISTORY_CSV``, added the same day: its 9 B200 TensorRT-LLM NVFP4 records of
+    2026-01-14 are all MTP, so are that day's 17 silicon rows)."""
     rec = inferencex_record(row)
     if rec is None:  # the run's own record missing: its run batch's, where every record of the batch agrees
-        methods = _batch_spec_methods().get(run_batch_of(row) or (), set())
+        methods = batch_spec_methods(run_batch_of(row))
         return next(iter(methods)) if len(methods) == 1 and methods != {"none"} else None
     if rec.get("spec_method") in (None, "", "none"):
         return None
