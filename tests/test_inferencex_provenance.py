@@ -122,12 +122,16 @@ def _silicon_row(aic, **over) -> dict:
 
 def test_a_run_without_its_own_record_takes_its_run_batch_speculation(aic):
     """InferenceX runs one script per (GPU, engine, precision, date, image): B200 TensorRT-LLM fp8 of 2026-02-05 under
-    1.2.0rc6.post3 has only MTP records in the fixture, so an unpaired row of that batch is MTP; the same date under
-    another version (no records), and a batch with both kinds of records (B200 SGLang fp8 0.5.9 of 2026-03-25), stay
-    unstated; a non-MTP batch (1.2.0rc6.post2 of 2026-01-29) is plain."""
+    1.2.0rc6.post3 has only MTP records in the fixture, so an unpaired row of that batch is MTP, as is one of another
+    version that day (no record names it: the day's records decide); a day without records, and a batch with both
+    kinds of records (B200 SGLang fp8 0.5.9 of 2026-03-25), stay unstated; a non-MTP batch (1.2.0rc6.post2 of
+    2026-01-29) is plain."""
     assert aic.stated_speculation(_silicon_row(aic)) == "mtp"
     assert aic.speculative_params(_silicon_row(aic)) == {"num_nextn_predict_layers": 3}
-    assert aic.stated_speculation(_silicon_row(aic, backend_version="9.9.9")) is None
+    # another version that day: no record names it, so the day's records decide (all MTP)
+    assert aic.stated_speculation(_silicon_row(aic, backend_version="9.9.9")) == "mtp"
+    assert aic.stated_speculation(_silicon_row(  # a day without any record stays unstated
+        aic, silicon_data_source="db-dump/2026-04-27; measured=2026-02-07T00:00:00.000Z")) is None
     assert aic.stated_speculation(_silicon_row(
         aic, backend="sglang", backend_version="0.5.9",
         silicon_data_source="source_file=2026-03-25.csv; measured=2026-03-25T00:00:00.000Z")) is None

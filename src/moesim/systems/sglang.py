@@ -22,6 +22,10 @@ Scheduling and step pricing are shared with vLLM and TensorRT-LLM (:mod:`.shared
   from the KV pool (:meth:`SGLang.rank_max_seqs`: 2048-4096 unless the pool is small), or by
   ``--max-running-requests`` split over the DP workers.
 
+Scheduling: SGLang's default prefill-first batches (a step with prompts runs them alone); ``--scheduler-recv-interval
+N`` (default 1) polls for new requests every N decode steps only (its ``SchedulerRecvSkipper``), so a request arriving
+while others decode waits for the next poll (:mod:`moesim.serving.scheduler`, rule 1).
+
 Execution: decode replays CUDA graphs; prefill ("extend") runs eagerly, its long kernels keeping the GPU busy while
 the host issues the next (priced GPU-alone, :mod:`.shared.engine_step`). The overlap scheduler (default since
 v0.4) prepares the next batch on the CPU while the GPU runs the current one; its per-step CPU constants are not

@@ -19,6 +19,11 @@ default list without padding up to ``cuda_graph_max_batch_size`` 128, ``systems_
 their long kernels keeping the GPU busy (priced GPU-alone). The overlap scheduler (on by default) overlaps the
 per-step CPU work (``systems_db/trtllm.yaml``, not fitted) with the GPU's.
 
+Fused MoE (``moe_config.backend``, default CUTLASS): CUTLASS and DEEPGEMM are priced from the measured kernel tables
+where they cover the call (AIConfigurator's B200 tables measured CUTLASS for NVFP4 and DeepGEMM for fp8 block-scaled
+experts); TRTLLM runs TensorRT-LLM-Gen's fused MoE (``TRTLLMGenFusedMoE``, Blackwell only), priced with that kernel's
+structure (:func:`.shared.engine_step.trtllm_gen_moe_kernels`) instead of the tables.
+
 Layouts (:meth:`TRTLLM.parallel_layout`, priced by :mod:`.shared.parallel`): ``tp_size`` (moesim's ``--gpus``)
 is the instance's GPUs; ``enable_attention_dp`` runs attention on every GPU alone over its own requests; the MoE
 splits over ``moe_tensor_parallel_size`` x ``moe_expert_parallel_size`` = tp_size (TensorRT-LLM's ``Mapping``).
