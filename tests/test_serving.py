@@ -481,3 +481,19 @@ def test_random_length_client_desynchronises_a_prefill_first_engine():
     assert 0 < spread.mean_tpot_s < 10 * fixed.mean_tpot_s
     again = simulated_run(engine, ctx, plan, 2048, 128, 16, ix)
     assert again == spread  # seeded: the same draw, the same run
+
+
+def test_steady_ttft_waits_half_the_receive_interval():
+    """The analytic steady-state TTFT waits for the scheduler's next poll: half of R decode steps (R = the plan's
+    recv_interval, SGLang's --scheduler-recv-interval), so R = 30 adds 14.5 decode steps to R = 1's wait, by hand."""
+    from moesim.serving.closed_loop import steady_ttft_s
+
+    def plan(recv):
+        return SimpleNamespace(batch_size=8, prefill_tokens_per_pass=8192, decode_time_per_batch_s=0.01 * 100,
+                               prefill=SimpleNamespace(time_s=0.2), config={"recv_interval": recv})
+
+    base = steady_ttft_s(plan(1), 1024, 100)
+    # q = min(1024, 8192 - 8) = 1024: one step of 0.2 x 1024 / 8192 + 0.01, after half a 0.01 s decode step
+    assert base == pytest.approx(0.5 * 0.01 + 0.2 * 1024 / 8192 + 0.01)
+    assert steady_ttft_s(plan(30), 1024, 100) - base == pytest.approx(14.5 * 0.01)
+    assert steady_ttft_s(SimpleNamespace(**{**vars(plan(1)), "config": {}}), 1024, 100) == pytest.approx(base)

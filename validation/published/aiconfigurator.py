@@ -319,13 +319,18 @@ def _ms_key(ttft_s: float, tpot_s: float) -> tuple[float, float]:
     return round(ttft_s * 1e3, 3), round(tpot_s * 1e3, 3)
 
 
-@lru_cache(maxsize=1)
-def _inferencex_rows() -> tuple[dict, ...]:
+@lru_cache(maxsize=None)
+def _read_csv(path: Path) -> tuple[dict, ...]:
+    """The rows of a committed CSV (none where the file is absent)."""
     try:
-        with INFERENCEX_CSV.open(newline="") as f:
+        with path.open(newline="") as f:
             return tuple(csv.DictReader(f))
     except FileNotFoundError:
         return ()
+
+
+def _inferencex_rows() -> tuple[dict, ...]:
+    return _read_csv(INFERENCEX_CSV)
 
 
 @lru_cache(maxsize=1)
@@ -336,22 +341,14 @@ def _inferencex_by_key() -> dict:
     return out
 
 
-#: InferenceX's single-node engines and hardware in the silicon file's words (run batches, :func:`run_batch_of`)
-_IX_ENGINES = {"sglang": "sglang", "trt": "trtllm"}
+#: InferenceX's single-node engines -> the silicon file's ``backend`` (run batches, :func:`run_batch_of`; the
+#: InferenceX corpus source, ``inferencex.py``)
+IX_ENGINES = {"sglang": "sglang", "trt": "trtllm"}
 
 
 def _version(tag: str) -> str:
     """An engine version as the silicon file writes it, from an image tag or a version ("v0.5.9-cu130" -> "0.5.9")."""
     return (tag or "").rsplit(":", 1)[-1].lstrip("v").split("-")[0]
-
-
-@lru_cache(maxsize=1)
-def _inferencex_history_rows() -> tuple[dict, ...]:
-    try:
-        with INFERENCEX_HISTORY_CSV.open(newline="") as f:
-            return tuple(csv.DictReader(f))
-    except FileNotFoundError:
-        return ()
 
 
 @lru_cache(maxsize=1)
@@ -361,10 +358,10 @@ def _batch_spec_methods() -> dict:
     date, None) from every record of that day (the history fixture names no image)."""
     out: dict = {}
     hw = {v: k for k, v in _IX_HARDWARE.items()}
-    for r, versioned in [(r, True) for r in _inferencex_rows()] + [(r, False) for r in _inferencex_history_rows()]:
-        if r["disagg"] == "True" or r["framework"] not in _IX_ENGINES or r["hardware"] not in hw:
+    for r, versioned in [(r, True) for r in _inferencex_rows()] + [(r, False) for r in _read_csv(INFERENCEX_HISTORY_CSV)]:
+        if r["disagg"] == "True" or r["framework"] not in IX_ENGINES or r["hardware"] not in hw:
             continue
-        day = (hw[r["hardware"]], _IX_ENGINES[r["framework"]], r["precision"], r["date"])
+        day = (hw[r["hardware"]], IX_ENGINES[r["framework"]], r["precision"], r["date"])
         method = r["spec_method"] or "none"
         if versioned:
             out.setdefault((*day, _version(r["image"])), set()).add(method)

@@ -60,7 +60,7 @@ def matches(silicon_rows: list[dict] | None = None) -> list[tuple[dict, dict]]:
 #: InferenceX's hardware -> the silicon file's ``system`` (:data:`aiconfigurator.PLATFORMS` maps it to a platform)
 HARDWARE = {"h100": "h100_sxm", "h200": "h200_sxm", "b200": "b200_sxm", "mi300x": "mi300x"}
 #: InferenceX's single-node engines -> the silicon file's ``backend``
-ENGINES = {"sglang": "sglang", "trt": "trtllm"}
+ENGINES = A.IX_ENGINES
 #: InferenceX's precision of DeepSeek-R1 -> (gemm_quant_mode, moe_quant_mode) as the silicon file writes them
 QUANT = {"fp8": ("fp8", "fp8_block"), "fp4": ("nvfp4", "nvfp4")}
 

@@ -31,9 +31,9 @@ forward_host_s under the largest per-forward intercept of host-bound forwards (h
 layers. Those host-bound cells (``host_cells``, another lease, whose host ran slower) are scored apart.
 
 The routing of the random-weight models (ROUTING_RULE, fixed 2026-12-03 after the hf-routing lease measured it and
-before any cell was scored with it): each cell is predicted with the routing its own shape had on the same models
-(``*hf-routing*.json``, ``validation/torchbench/hf_routing.py``), not uniform routing: a measured fact of the
-experiment like its batch and prompt, not a fitted constant.
+before any cell was scored with it): each prefill cell is predicted with the experts its own shape reached on the
+same models (``*hf-routing*.json``, ``validation/torchbench/hf_routing.py``), not uniform routing: a measured fact
+of the experiment like its batch and prompt, not a fitted constant (decode steps routed as uniform routing expects).
 
 ``python validation/published/transformers_h200.py`` scores the constants in systems_db/transformers.yaml;
 ``--fit`` fits them on the FIT cells first and prints the values to write there (nothing is written).
@@ -47,6 +47,7 @@ import json
 import math
 import statistics
 import sys
+from functools import lru_cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -310,23 +311,18 @@ def routing_file() -> Path | None:
     return Path(files[-1]) if files else None
 
 
+@lru_cache(maxsize=1)
 def _routing_hits() -> dict[tuple[str, int, int, str], float]:
     """(model, batch, prompt, phase) -> experts hit a MoE layer, the mean over the layers and draws of the hf-routing
     lease (ROUTING_RULE)."""
-    global _HITS
-    if _HITS is None:
-        _HITS = {}
-        path = routing_file()
-        if path is not None:
-            groups: dict[tuple, list[int]] = {}
-            for c in json.loads(path.read_text())["cells"]:
-                key = (c["model"], c["batch"], c["prompt"], c["phase"])
-                groups.setdefault(key, []).extend(sum(1 for x in layer if x) for layer in c["counts"])
-            _HITS = {key: statistics.fmean(hits) for key, hits in groups.items() if hits}
-    return _HITS
-
-
-_HITS: dict | None = None
+    path = routing_file()
+    if path is None:
+        return {}
+    groups: dict[tuple, list[int]] = {}
+    for c in json.loads(path.read_text())["cells"]:
+        key = (c["model"], c["batch"], c["prompt"], c["phase"])
+        groups.setdefault(key, []).extend(sum(1 for x in layer if x) for layer in c["counts"])
+    return {key: statistics.fmean(hits) for key, hits in groups.items() if hits}
 
 
 def routing_of(model: str, batch: int, prompt: int, phase: str) -> float | None:

@@ -104,10 +104,9 @@ def wave_mean_ttft_s(plan, prompt: int, batch: int) -> float:
 
 
 def recv_interval_of(plan) -> int:
-    """Decode steps between the engine's polls for new requests in ``plan`` (SGLang's ``scheduler_recv_interval``
-    among the plan's params; 1 for every other engine)."""
-    params = (getattr(plan, "config", None) or {}).get("params") or {}
-    return max(1, int(params.get("scheduler_recv_interval") or 1))
+    """Decode steps between the engine's polls for new requests in ``plan`` (its config's ``recv_interval``, the
+    engine's :meth:`recv_interval`: SGLang's ``--scheduler-recv-interval``; 1 where a plan does not say)."""
+    return max(1, int((getattr(plan, "config", None) or {}).get("recv_interval") or 1))
 
 
 def steady_ttft_s(plan, prompt: int, gen: int) -> float:

@@ -150,14 +150,14 @@ class TRTLLM(ContinuousBatchingEngine):
         """TensorRT-LLM's rules for ``moe_config.backend``: TRTLLM (``TRTLLMGenFusedMoE``) runs on Blackwell (SM100)
         only, with FP4 (NVFP4, MXFP4) or fp8 block-scaled experts; DEEPGEMM (``DeepGemmFusedMoE``) runs fp8
         block-scaled experts only."""
-        from .shared.engine_step import quant_kind
+        from .shared.engine_step import TRTLLM_GEN_QUANTS, quant_kind
 
         backend = self.params.moe_backend
         if backend == "CUTLASS" or not ctx.model.moe:
             return
         q = quant_kind(ctx.edtype, ctx.model)
         if backend == "TRTLLM" and (ctx.platform.gpu.architecture != "blackwell"
-                                    or q not in ("nvfp4", "mxfp4", "fp8_block")):
+                                    or q not in TRTLLM_GEN_QUANTS):
             raise InfeasibleError(f"trtllm: moe_config.backend TRTLLM (TensorRT-LLM-Gen fused MoE) runs on Blackwell "
                                   f"GPUs with NVFP4, MXFP4 or fp8 block-scaled experts; here {ctx.platform.gpu.name} "
                                   f"({ctx.platform.gpu.architecture}) with {q} experts: use CUTLASS")

@@ -361,12 +361,12 @@ class ContinuousBatchingEngine(ServingSystem):
         blocks_per_seq = float(np.mean(np.ceil((P + np.arange(1, G + 1)) / block_size)))
         return blocks_per_seq, int(lay.blocks // blocks_per_seq) * self._parallel(ctx).dp
 
-    # ---- offline plan --------------------------------------------------------------------------
     def recv_interval(self) -> int:
         """Decode-only steps between the scheduler's polls for new requests (1: every step, the engines' default;
         SGLang's ``--scheduler-recv-interval`` overrides this)."""
         return 1
 
+    # ---- offline plan --------------------------------------------------------------------------
     def mixes_steps(self) -> bool:
         """Whether one step carries prompt chunks and decodes together (chunked prefill mixed into decode steps, as
         vLLM V1 and TensorRT-LLM's in-flight batching do); an engine that runs prompts in steps of their own says
@@ -449,6 +449,7 @@ class ContinuousBatchingEngine(ServingSystem):
                   "prefill_tokens_per_pass": chunk, "kv_pool_bytes_per_gpu": lay.blocks * lay.block_bytes,
                   "weights_on_gpu_bytes_per_gpu": lay.weights_gpu, "offloaded_bytes_per_gpu": lay.offload,
                   "kernel_tables": kernel_tables_used(ctx, self.runtime(ctx)), "params": prm.model_dump(),
+                  "recv_interval": self.recv_interval(),
                   "speculative_acceptance": _acceptance_given(spec, kind, prm)}
         placement = {"weights": "gpu" + (" + pinned host (copied every pass)" if lay.offload else ""),
                      "kv_cache": "gpu (paged)"}

@@ -148,6 +148,8 @@ def engine_execution(mode: str = "graph") -> Execution:
                      moe_memory_efficiency=float(c.value("fused_moe_memory_efficiency")) or None)
 
 
+#: expert formats TensorRT-LLM-Gen's fused MoE runs (FlashInfer trtllm_fp4_block_scale_moe / trtllm_fp8_block_scale_moe)
+TRTLLM_GEN_QUANTS = ("nvfp4", "mxfp4", "fp8_block")
 #: how a runtime's backend names the fused-MoE kernel it runs instead of the tables' (:func:`with_moe_kernel`)
 _MOE_KERNEL_SEP = "+moe="
 
@@ -283,7 +285,7 @@ def trtllm_gen_moe_kernels(ctx: Context, backend: str) -> int:
         return 0
     c = system_constants("engines")
     q = quant_kind(ctx.edtype, ctx.model)
-    forced = forced_moe_kernel(backend) == "trtllm_gen" and q in ("nvfp4", "mxfp4", "fp8_block")
+    forced = forced_moe_kernel(backend) == "trtllm_gen" and q in TRTLLM_GEN_QUANTS
     if not forced and f"{backend}:{q}" not in {p.strip() for p in str(c.value("trtllm_gen_moe")).split(",")}:
         return 0
     if q == "fp8_block":
