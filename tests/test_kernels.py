@@ -177,6 +177,31 @@ def test_b200_tables_keep_one_kernel_per_key_and_the_engines_defaults():
     assert K.kernel_tables("B200", "sglang").gemm_s(16, 2048, 7168, "fp8") is not None
 
 
+def test_vllm_int4_moe_rows_saturate_like_a_weight_streaming_kernel():
+    """vLLM's weight-only int4 MoE rows (Kimi-K2.5's W4A16 experts, Marlin MoE) come from AIConfigurator's 0.24.0
+    collection on H100, H200 and B200 (aic_kernel_tables.SELECT, "moe_quant_from", says why): once every expert is hit,
+    a weight-streaming kernel's time flattens, and int4 reads a quarter of bf16's bytes, so at 256 tokens the int4
+    call must be faster than the bf16 call of the same shape and, with the experts split by TP (each GPU holds a
+    slice of all 384, 93% of them hit at 128 tokens), within 1.2x of its own time at 128 tokens. The 0.19.0
+    collection broke both (H200 TP8: 1547 us at 128 tokens, 2371 us at 256, bf16 1072 us)."""
+    import yaml
+    for gpu, name in (("h100-sxm", "H100 SXM"), ("h200", "H200"), ("b200", "B200")):
+        idx = yaml.safe_load((K.kernels_dir() / f"{gpu}.yaml").read_text())
+        moe = idx["backends"]["vllm"]["tables"]["moe"]
+        assert "moe/vllm/0.24.0/moe_perf.parquet (int4)" in moe["from"]
+        assert "vllm_marlin_int4_moe" not in moe["kernel"]
+        t = K.kernel_tables(name, "vllm")
+        shape = dict(hidden=7168, inter=2048, experts=384, topk=8)
+        for tp, ep in ((8, 1), (4, 1), (1, 8), (1, 4)):
+            at = {n: t.moe_s(n, shape["hidden"], shape["inter"], shape["experts"], shape["topk"], "int4", tp=tp, ep=ep)
+                  for n in (128, 256)}
+            bf16 = t.moe_s(256, shape["hidden"], shape["inter"], shape["experts"], shape["topk"], "bf16", tp=tp, ep=ep)
+            assert at[128] is not None and at[256] is not None and bf16 is not None, (gpu, tp, ep)
+            assert at[256] < bf16, (gpu, tp, ep, at[256], bf16)
+            if ep == 1:
+                assert at[256] <= 1.2 * at[128], (gpu, tp, ep, at)
+
+
 def _roofline_floor_s(c: dict, gpu) -> float:
     """The least time any kernel can take for measured case ``c`` on ``gpu``: the larger of its math at the
     dense tensor-core peak and the weights it must read once at the HBM peak (hardware_db's H200 entry).
@@ -268,13 +293,14 @@ def test_engine_kernel_harness_runs_on_cpu(tmp_path):
 
 
 def test_int4_weight_only_moe_table_is_vllms_marlin_for_kimi_k25():
-    """vLLM's weight-only int4 MoE (AIConfigurator's ``int4_wo``, kernel vllm_marlin_int4_moe) is kept as quant
-    "int4": the Kimi-K2 shape (7168 x 2048, 384 experts, top-8, TP8) on H200 at 16 tokens was measured twice,
-    0.41779 and 0.41814 ms (h200_sxm moe/vllm/0.19.0); the table keeps their median, 3 significant digits. A model
-    whose released experts are int4 (Kimi-K2.5, group 32) looks the table up under that kind."""
+    """vLLM's weight-only int4 MoE (AIConfigurator's ``int4_wo``; from its 0.24.0 collection, kernel
+    vllm_compressedtensorswna16marlinmoe_marlin_marlinexperts) is kept as quant "int4": the Kimi-K2 shape (7168 x
+    2048, 384 experts, top-8, TP8) on H200 at 16 tokens was measured at 0.18193 ms (h200_sxm moe/vllm/0.24.0); the
+    table keeps 3 significant digits. A model whose released experts are int4 (Kimi-K2.5, group 32) looks the table
+    up under that kind."""
     from moesim.systems.shared.engine_step import quant_kind
     t = K.kernel_tables("h200", "vllm")
-    assert t.moe_s(16, 7168, 2048, 384, 8, "int4", tp=8, ep=1) == pytest.approx(418e-6, rel=1e-9)
+    assert t.moe_s(16, 7168, 2048, 384, 8, "int4", tp=8, ep=1) == pytest.approx(182e-6, rel=1e-9)
     kimi = __import__("moesim").get_model("kimi-k2.5")
     assert quant_kind(kimi.expert_dtype, kimi) == "int4"
     assert quant_kind("nvfp4", kimi) == "nvfp4"  # NVIDIA's NVFP4 checkpoint of it is not the int4 kernel

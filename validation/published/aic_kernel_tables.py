@@ -50,7 +50,7 @@ DATA = "aic-core/src/aiconfigurator_core/systems/data"
 #: version has no kernel-level MLA table comes from the nearest version that has one
 SELECT = {
     "h100-sxm": {"dir": "h100_sxm", "backends": {
-        "vllm": {"version": "0.19.0", "mla": "0.14.0"},
+        "vllm": {"version": "0.19.0", "mla": "0.14.0", "moe_quant_from": {"int4": "0.24.0"}},
         "sglang": {"version": "0.5.9"},
         "trtllm": {"version": "1.2.0rc5"}}},
     # H200 vLLM: 0.19.0, the H100 table's version, not the nearer 0.18.0 (changed 2026-12-03): 0.18.0's
@@ -60,7 +60,7 @@ SELECT = {
     # prices within 0-9%. The held-out GPU is thus priced with the table version the fit rows validated. (Noticed
     # when the MiniMax-M2.5 H200 rows were first scored: disclosed in the README.)
     "h200": {"dir": "h200_sxm", "backends": {
-        "vllm": {"version": "0.19.0", "mla": "0.14.0"},
+        "vllm": {"version": "0.19.0", "mla": "0.14.0", "moe_quant_from": {"int4": "0.24.0"}},
         "sglang": {"version": "0.5.9"},
         "trtllm": {"version": "1.2.0rc5"}}},
     # B200 (rows: vLLM 0.15.1, SGLang 0.5.6-0.5.9, TRT-LLM 1.1-1.2.0rc6): the oldest vLLM with B200 tables is
@@ -80,8 +80,19 @@ SELECT = {
     # at load when DeepGEMM runs with UE8M0 scales (model_loader/utils.py should_deepgemm_weight_requant_ue8m0): the table
     # times work the engine does not do per step (24-38 us at 16 rows on DeepSeek shapes, 9-16 us on H200; noticed after
     # the B200 rows were scored, 2026-12-03, a later session)
+    # vLLM's weight-only int4 MoE rows come from the 0.24.0 collection ("moe_quant_from"), on every GPU: for
+    # compressed-tensors W4A16 experts (Kimi-K2.5's) vLLM runs its Marlin MoE (compressed_tensors_moe.py
+    # get_moe_method: VLLM_WNA16_MOE_BACKEND "marlin" when Marlin supports the group size), and the 0.18.0/0.19.0
+    # collections' int4 rows (kernel_source vllm_marlin_int4_moe) do not describe a weight-streaming kernel: on the
+    # H200, Kimi-K2.5's TP8 shape takes 1212 us at 64 tokens and 2371 us at 256, growing with the tokens after every
+    # expert is hit, while the same shape in bf16 (4x the weight bytes) flattens at 1050-1070 us; the 0.14.0
+    # (vllm_marlin_moe) and 0.24.0 (MarlinExperts) collections of the same kernel agree with each other (409 and 466
+    # us at 64 tokens, 422 and 490 us at 256) and saturate as bf16 does; H100 and B200 show the same 2.6-5x gap.
+    # 0.24.0 is taken as it covers H100, H200 and B200 (0.14.0 has no B200 table); it holds 13 int4 shapes, other
+    # int4 shapes fall back to moesim's weight-streaming pricing. (Noticed when the held-out Kimi-K2.5 rows were
+    # examined, 2026-12-04; the choice rests on the tables above, not on those rows.)
     "b200": {"dir": "b200_sxm", "backends": {
-        "vllm": {"version": "0.19.0", "skip_moe_quants": ("mxfp4",)},
+        "vllm": {"version": "0.19.0", "skip_moe_quants": ("mxfp4",), "moe_quant_from": {"int4": "0.24.0"}},
         "sglang": {"version": "0.5.9", "skip": ("moe",), "skip_gemm_quants": ("fp8_block",)},
         "trtllm": {"version": "1.2.0rc5"}}},
 }
@@ -153,16 +164,18 @@ def moe_kept(d, i, skip_quants: tuple[str, ...] = ()) -> bool:
             and "nongated" not in src and "min_latency" not in src)
 
 
-def conv_moe(d, skip_quants: tuple[str, ...] = ()):
-    out = collections.defaultdict(list)
+def conv_moe(d, skip_quants: tuple[str, ...] = (), only_quants: tuple[str, ...] | None = None, out=None):
+    """MoE rows kept (:func:`moe_kept`) as table rows; ``only_quants``: only those quants (rows another collection
+    supplies, ``moe_quant_from``); ``out``: rows gathered so far, to which these are added."""
+    out = collections.defaultdict(list) if out is None else out
     for i in range(len(d["latency"])):
         q = QUANT.get(d["moe_dtype"][i])
-        if not moe_kept(d, i, skip_quants):
+        if not moe_kept(d, i, skip_quants) or (only_quants is not None and q not in only_quants):
             continue
         key = (q, d["hidden_size"][i], d["inter_size"][i], d["num_experts"][i], d["topk"][i],
                d["moe_tp_size"][i], d["moe_ep_size"][i], d["num_tokens"][i])
         out[key].append(d["latency"][i] * 1e3)
-    return reduce(out)
+    return out
 
 
 def conv_attention(d, decode):
@@ -235,12 +248,13 @@ def main(argv=None):
         for backend, bsel in sel["backends"].items():
             ver, base = bsel["version"], f"{DATA}/{sel['dir']}"
             skip_quants = tuple(bsel.get("skip_moe_quants", ()))
+            moe_from = dict(bsel.get("moe_quant_from", {}))  # quant -> the collection its MoE rows come from
             tables = {}
             jobs = [
                 ("gemm", f"{base}/gemm/{backend}/{ver}/gemm_perf.parquet",
                  lambda d: conv_gemm(d, tuple(bsel.get("skip_gemm_quants", ())))),
                 ("moe", f"{base}/moe/{backend}/{ver}/moe_perf.parquet",
-                 lambda d: conv_moe(d, skip_quants)),
+                 lambda d: reduce(conv_moe(d, skip_quants + tuple(moe_from)))),
                 ("attention_prefill", f"{base}/attention/{backend}/{ver}/context_attention_perf.parquet",
                  lambda d: conv_attention(d, False)),
                 ("attention_decode", f"{base}/attention/{backend}/{ver}/generation_attention_perf.parquet",
@@ -258,16 +272,27 @@ def main(argv=None):
                     print(f"absent: {src}", file=sys.stderr)
                     continue
                 rows = fn(d)
+                sources = [src.split(f"{sel['dir']}/", 1)[1]]
+                kernels = {d["kernel_source"][i] for i in range(len(d["latency"]))
+                           if family != "moe" or moe_kept(d, i, skip_quants + tuple(moe_from))}
+                if family == "moe" and moe_from:  # quants another collection supplies
+                    gathered = collections.defaultdict(list, {tuple(r[:-1]): [float(r[-1])] for r in rows})
+                    for q, other in sorted(moe_from.items()):
+                        path = f"{base}/moe/{backend}/{other}/moe_perf.parquet"
+                        d2 = read_parquet(a.repo, commit, path)
+                        conv_moe(d2, skip_quants, only_quants=(q,), out=gathered)
+                        kernels |= {d2["kernel_source"][i] for i in range(len(d2["latency"]))
+                                    if moe_kept(d2, i, skip_quants) and QUANT.get(d2["moe_dtype"][i]) == q}
+                        sources.append(path.split(sel["dir"] + "/", 1)[1] + f" ({q})")
+                    rows = reduce(gathered)
                 if not rows:
                     continue
                 rel = f"{gpu}/{backend}-{ver}/{family}.csv.gz"
                 size = write_table(a.out / rel, family, rows)
                 total += size
                 quants = sorted({r[0] for r in rows})
-                kept = (d["kernel_source"][i] for i in range(len(d["latency"]))
-                        if family != "moe" or moe_kept(d, i, skip_quants))
-                tables[family] = {"file": rel, "from": src.split(f"{sel['dir']}/", 1)[1], "rows": len(rows),
-                                  "keys": quants, "kernel": sorted(set(kept))[:4]}
+                tables[family] = {"file": rel, "from": sources[0] if len(sources) == 1 else sources,
+                                  "rows": len(rows), "keys": quants, "kernel": sorted(kernels)[:4]}
                 print(f"{rel}: {len(rows)} rows, {size / 1e3:.0f} kB")
             index["backends"][backend] = {"version": ver, "tables": tables}
         (a.out / f"{gpu}.yaml").write_text(yaml.safe_dump(index, sort_keys=False, width=110))
