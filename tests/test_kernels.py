@@ -202,6 +202,23 @@ def test_vllm_int4_moe_rows_saturate_like_a_weight_streaming_kernel():
                 assert at[256] <= 1.2 * at[128], (gpu, tp, ep, at)
 
 
+def test_vllm_block_fp8_moe_rows_are_the_kernel_vllms_backend_oracle_picks():
+    """vLLM's block-fp8 MoE rows come from AIConfigurator's 0.24.0 collection, whose collector runs vLLM's backend
+    oracle and names the kernel it picked (aic_kernel_tables.SELECT says why, with the fit-split figures): FlashInfer's
+    CUTLASS MoE for expert-parallel layouts on Hopper, Triton's fused_moe for tensor-parallel ones, TensorRT-LLM-Gen's
+    on Blackwell. MiniMax-M2.5's shape (3072 x 1536, 256 experts, top-8) at 8192 tokens, as measured
+    (h200_sxm / b200_sxm moe/vllm/0.24.0; the tables keep 3 significant digits): H200 EP4 1.0964 ms, H200 TP4
+    1.4176 ms, B200 TP2 1.3948 ms; the 0.19.0 collection's Triton call on B200 TP2 took 2.4857 ms."""
+    import yaml
+    for gpu in ("h100-sxm", "h200", "b200"):
+        moe = yaml.safe_load((K.kernels_dir() / f"{gpu}.yaml").read_text())["backends"]["vllm"]["tables"]["moe"]
+        assert "moe/vllm/0.24.0/moe_perf.parquet (fp8_block)" in moe["from"]
+    h200, b200 = K.kernel_tables("H200", "vllm"), K.kernel_tables("B200", "vllm")
+    assert h200.moe_s(8192, 3072, 1536, 256, 8, "fp8_block", tp=1, ep=4) == pytest.approx(1.10e-3, rel=1e-9)
+    assert h200.moe_s(8192, 3072, 1536, 256, 8, "fp8_block", tp=4, ep=1) == pytest.approx(1.42e-3, rel=1e-9)
+    assert b200.moe_s(8192, 3072, 1536, 256, 8, "fp8_block", tp=2, ep=1) == pytest.approx(1.39e-3, rel=1e-9)
+
+
 def _roofline_floor_s(c: dict, gpu) -> float:
     """The least time any kernel can take for measured case ``c`` on ``gpu``: the larger of its math at the
     dense tensor-core peak and the weights it must read once at the HBM peak (hardware_db's H200 entry).

@@ -50,7 +50,7 @@ DATA = "aic-core/src/aiconfigurator_core/systems/data"
 #: version has no kernel-level MLA table comes from the nearest version that has one
 SELECT = {
     "h100-sxm": {"dir": "h100_sxm", "backends": {
-        "vllm": {"version": "0.19.0", "mla": "0.14.0", "moe_quant_from": {"int4": "0.24.0"}},
+        "vllm": {"version": "0.19.0", "mla": "0.14.0", "moe_quant_from": {"int4": "0.24.0", "fp8_block": "0.24.0"}},
         "sglang": {"version": "0.5.9"},
         "trtllm": {"version": "1.2.0rc5"}}},
     # H200 vLLM: 0.19.0, the H100 table's version, not the nearer 0.18.0 (changed 2026-12-03): 0.18.0's
@@ -60,7 +60,7 @@ SELECT = {
     # prices within 0-9%. The held-out GPU is thus priced with the table version the fit rows validated. (Noticed
     # when the MiniMax-M2.5 H200 rows were first scored: disclosed in the README.)
     "h200": {"dir": "h200_sxm", "backends": {
-        "vllm": {"version": "0.19.0", "mla": "0.14.0", "moe_quant_from": {"int4": "0.24.0"}},
+        "vllm": {"version": "0.19.0", "mla": "0.14.0", "moe_quant_from": {"int4": "0.24.0", "fp8_block": "0.24.0"}},
         "sglang": {"version": "0.5.9"},
         "trtllm": {"version": "1.2.0rc5"}}},
     # B200 (rows: vLLM 0.15.1, SGLang 0.5.6-0.5.9, TRT-LLM 1.1-1.2.0rc6): the oldest vLLM with B200 tables is
@@ -91,8 +91,21 @@ SELECT = {
     # 0.24.0 is taken as it covers H100, H200 and B200 (0.14.0 has no B200 table); it holds 13 int4 shapes, other
     # int4 shapes fall back to moesim's weight-streaming pricing. (Noticed when the held-out Kimi-K2.5 rows were
     # examined, 2026-12-04; the choice rests on the tables above, not on those rows.)
+    # vLLM's block-fp8 MoE rows come from the 0.24.0 collection too: since its MoE backend oracle (vLLM >= 0.15,
+    # fused_moe/oracle/fp8.py select_fp8_moe_backend: FLASHINFER_TRTLLM, FLASHINFER_CUTLASS, DEEPGEMM, ..., TRITON,
+    # the first whose is_supported_config accepts the layer) vLLM runs block-fp8 experts through FlashInfer's CUTLASS
+    # MoE on Hopper where its parallel config allows (SM90 only for block scales, flashinfer_cutlass_moe.py; vLLM
+    # issue #34249, 0.15.2 on H100: "Using FLASHINFER_CUTLASS Fp8 MoE backend") and through TensorRT-LLM-Gen's on
+    # Blackwell; the 0.24.0 collector runs that oracle and names the kernel it picked per layout (kernel_source
+    # vllm_fp8moe_flashinfer_cutlass_flashinferexperts for expert-parallel layouts on H100/H200, ..._triton_tritonexperts
+    # for tensor-parallel ones, ..._flashinfer_trtllm_* on B200), while the 0.19.0 collection timed Triton's fused_moe
+    # (vllm_fused_moe) for every layout and GPU. Decided on the fit split: vLLM 0.18 serving MiniMax-M2.5 (block fp8)
+    # TP4 EP4 on H100 (15 rows), TTFT median |error| 64.7% -> 39.3% and TPOT 5.2% -> 3.7%; its attention-DP layout on
+    # two nodes (15 rows) TTFT 163% -> 110%, TPOT 23.7% -> 26.9%; all 99 vLLM fit rows TPOT 6.3% -> 5.4%. Rows of vLLM
+    # releases before the oracle (0.12's Qwen3-235B-FP8) are priced with it too: for their tensor-parallel layouts
+    # 0.24.0 picks Triton, as they ran.
     "b200": {"dir": "b200_sxm", "backends": {
-        "vllm": {"version": "0.19.0", "skip_moe_quants": ("mxfp4",), "moe_quant_from": {"int4": "0.24.0"}},
+        "vllm": {"version": "0.19.0", "skip_moe_quants": ("mxfp4",), "moe_quant_from": {"int4": "0.24.0", "fp8_block": "0.24.0"}},
         "sglang": {"version": "0.5.9", "skip": ("moe",), "skip_gemm_quants": ("fp8_block",)},
         "trtllm": {"version": "1.2.0rc5"}}},
 }
@@ -292,7 +305,7 @@ def main(argv=None):
                 total += size
                 quants = sorted({r[0] for r in rows})
                 tables[family] = {"file": rel, "from": sources[0] if len(sources) == 1 else sources,
-                                  "rows": len(rows), "keys": quants, "kernel": sorted(kernels)[:4]}
+                                  "rows": len(rows), "keys": quants, "kernel": sorted(kernels)[:6]}
                 print(f"{rel}: {len(rows)} rows, {size / 1e3:.0f} kB")
             index["backends"][backend] = {"version": ver, "tables": tables}
         (a.out / f"{gpu}.yaml").write_text(yaml.safe_dump(index, sort_keys=False, width=110))
