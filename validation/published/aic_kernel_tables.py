@@ -103,7 +103,9 @@ SELECT = {
     # TP4 EP4 on H100 (15 rows), TTFT median |error| 64.7% -> 39.3% and TPOT 5.2% -> 3.7%; its attention-DP layout on
     # two nodes (15 rows) TTFT 163% -> 110%, TPOT 23.7% -> 26.9%; all 99 vLLM fit rows TPOT 6.3% -> 5.4%. Rows of vLLM
     # releases before the oracle (0.12's Qwen3-235B-FP8) are priced with it too: for their tensor-parallel layouts
-    # 0.24.0 picks Triton, as they ran.
+    # 0.24.0 picks Triton, as they ran. The same swap for MXFP4 (gpt-oss; 0.24.0's oracle picks OpenAI's Triton MXFP4
+    # kernel on Hopper) was tried on the fit split and not adopted: 69 H100 gpt-oss rows, TPOT 5.4% -> 6.4%, TTFT
+    # 13.5% -> 17.6%.
     "b200": {"dir": "b200_sxm", "backends": {
         "vllm": {"version": "0.19.0", "skip_moe_quants": ("mxfp4",), "moe_quant_from": {"int4": "0.24.0", "fp8_block": "0.24.0"}},
         "sglang": {"version": "0.5.9", "skip": ("moe",), "skip_gemm_quants": ("fp8_block",)},
