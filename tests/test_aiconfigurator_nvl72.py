@@ -26,15 +26,20 @@ def rows(aic):
     return {r["id"]: r for r in aic.load_rows(CSV)}
 
 
-def test_new_gpus_are_held_out_and_out_of_the_corpus(aic, rows):
+def test_new_gpus_are_held_out_and_in_the_corpus_since_they_have_tables(aic, rows):
     for system, platform in (("gb200", "gb200-nvl72"), ("gb300", "gb300-nvl72"), ("b300_sxm", "hgx-b300")):
         assert aic.PLATFORMS[system] == platform
         assert system in aic.HELD_OUT_GPUS and system not in aic.FIT_GPUS
         assert aic.split_of({"id": "x", "system": system}) == "held-out"
     assert aic.node_gpus({"system": "gb200"}) == aic.node_gpus({"system": "gb300"}) == 72  # the rack's NVLink domain
     assert aic.node_gpus({"system": "b300_sxm"}) == aic.node_gpus({"system": "h200_sxm"}) == 8
-    assert {c.fold.split("|")[0] for c in aic.published_cells()}.isdisjoint(
-        i for i, r in rows.items() if r["system"] in aic.CORPUS_EXCLUDED_GPUS)
+    # their rows join the corpus since each GPU has AIConfigurator's tables measured on it (the roofline priced them
+    # before, and they stayed out)
+    assert aic.CORPUS_EXCLUDED_GPUS == ()
+    folds = {c.fold.split("|")[0] for c in aic.published_cells()}
+    for system, gpu in (("b300_sxm", "B300"), ("gb200", "GB200")):
+        assert any(rows[i]["system"] == system for i in folds if i in rows)
+        assert kernel_tables(gpu, "vllm") is not None and kernel_tables(gpu, "trtllm") is not None
 
 
 def test_gb200_layout_of_16_gpus_is_one_nvl72_node(aic, rows):
@@ -63,8 +68,8 @@ def test_gb200_layout_of_16_gpus_is_one_nvl72_node(aic, rows):
 
 def test_gb200_disaggregated_row_runs_in_one_rack_over_nvlink(aic, rows):
     """A GB200 DeepSeek-V3 row of 1 prefill worker of 4 GPUs (attention DP 4, EP 4) and 4 decode workers of 8 (TP 8,
-    EP 8): 36 GPUs, one NVL72 node, so the KV moves over NVLink; priced by the roofline (no GB200 kernel tables),
-    the band says so."""
+    EP 8): 36 GPUs, one NVL72 node, so the KV moves over NVLink; its pools priced from TensorRT-LLM's tables measured on
+    the GB200, which the band says (it said "uncalibrated" while the roofline priced them)."""
     row = rows["dsr1_gb200_trtllm_fp4_disagg_1024x1024_c48_cfg388"]
     assert aic.expressible(row, disagg=True) is None and aic.split_of(row) == "held-out"
     d = aic.disagg_of(row)
@@ -75,9 +80,11 @@ def test_gb200_disaggregated_row_runs_in_one_rack_over_nvlink(aic, rows):
     assert (sc.hardware, sc.num_gpus, sc.dtype) == ("gb200-nvl72", 72, "nvfp4")
     _, plan, _, _ = plan_scenario(sc)
     assert "within one node" in str(plan.config)
-    assert kernel_tables("GB200", "trtllm") is None and kernel_tables("B300", None) is None
+    assert kernel_tables("GB200", "trtllm") is not None and plan.config["kernel_tables"] == "trtllm"
     p = moesim.predict(sc)
-    assert p.tpot_s > 0 and "GPU GB200 uncalibrated" in " ".join(p.assumptions)
+    said = " ".join(p.assumptions)
+    assert p.tpot_s > 0 and "trtllm's kernels from tables measured on the GB200" in said
+    assert "GPU GB200 uncalibrated" not in said
 
 
 def test_inexpressible_new_gpu_rows_say_why(aic, rows):
@@ -91,3 +98,8 @@ def test_inexpressible_new_gpu_rows_say_why(aic, rows):
     assert aic.expressible(tp36, layouts=True) is None
     (rec,) = aic.records([tp36], layouts=True)
     assert rec.predicted_tpot_s is None and "divisible by tensor parallel size (36)" in rec.note
+    # ... and so not a cell the corpus scores (a setup the engine refuses was not what ran): not expressible, saying so
+    assert "attention TP 36 over 128 heads" in aic.refused_layout(tp36)
+    assert aic.refused_layout(rows["deepseek_r1_deepseek_r1_gb200_trtllm_agg_4000x1000_c_tp8_epnone_1"]) is None
+    cells = [c for c in aic.published_cells() if c.fold == tp36["id"]]
+    assert len(cells) == 2 and all("records another layout" in c.not_expressible for c in cells)

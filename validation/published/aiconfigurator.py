@@ -60,14 +60,15 @@ which tests that what was fitted is not the GPU's roofline in disguise. SGLang h
 nothing of SGLang's may be fitted on this file. B200, GB200, GB300 and B300 rows were added later, held-out too
 (:data:`HELD_OUT_GPUS` says when): GB200 / GB300 rows run on the NVL72 rack platforms (``gb200-nvl72``,
 ``gb300-nvl72``: 72 GPUs in one NVLink domain, so a layout of up to 72 GPUs is one node there, :func:`node_gpus`),
-B300 rows on ``hgx-b300``. moesim has no kernel tables or calibration of these three GPUs (``hardware_db/kernels``
-holds H100, H200 and B200; the GB200's GPU is the B200 die at 1,200 W instead of the HGX B200's 1,000 W, with other
-clocks and peak rates in ``hardware_db/gpus`` (2,500 vs 2,250 dense BF16 TFLOP/s), so the B200's measured tables are
-not borrowed): the roofline prices them and their band says "uncalibrated". Their rows stay out of the
-corpus (:data:`CORPUS_EXCLUDED_GPUS`).
+B300 rows on ``hgx-b300``. Until 2026-12-04 moesim had no kernel tables of these three GPUs (the GB200's GPU is the
+B200 die at 1,200 W instead of the HGX B200's 1,000 W, with other clocks and peak rates in ``hardware_db/gpus``, so
+the B200's measured tables were not borrowed): the roofline priced them, their band said "uncalibrated" and their
+rows stayed out of the corpus. Since then each has AIConfigurator's tables measured on that GPU
+(``validation/published/aic_kernel_tables.py``), and its rows are in the corpus like B200's
+(:data:`CORPUS_EXCLUDED_GPUS` is empty).
 
 Run: ``python validation/published/aiconfigurator.py [--json] [--split held-out|fit|all] [--limit N] [--gpu SYSTEM]``
-(``--gpu gb200 --gpu gb300 --gpu b300_sxm --layouts --disagg``: the rows of the GPUs without tables, per GPU, backend,
+(``--gpu gb200 --gpu gb300 --gpu b300_sxm --layouts --disagg``: the rows of the GPUs added last, per GPU, backend,
 model, mode and layout).
 Import: :func:`records` returns one :class:`Record` per expressible row (source, row id, split, measured,
 predicted), for tests and for a ``moesim validate --published`` runner.
@@ -81,7 +82,7 @@ import json
 import math
 import re
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
@@ -115,11 +116,10 @@ FIT_GPUS = ("h100_sxm",)
 #: tables or calibration of those GPUs (their rows are priced by the roofline, band "uncalibrated"): scored only, to
 #: see how far the uncalibrated path is from measurements on new GPUs; nothing is fitted on any of them
 HELD_OUT_GPUS = ("h200_sxm", "b200_sxm", "gb200", "gb300", "b300_sxm", "mi300x")
-#: GPUs whose rows stay out of the corpus and the bands (:func:`published_cells`; scored by this script only): their
-#: 34 aggregated rows moesim predicts (68 cells, all "uncalibrated") would move the committed bands (SGLang prefill
-#: x/7.29 -> x/6.23, TensorRT-LLM prefill x/2.59 -> x/2.68, ``derive_bands.py --check``, 2026-12-03); adding them
-#: is a re-derivation of ``hardware_db/uncertainty/bands.yaml``, left to its own change
-CORPUS_EXCLUDED_GPUS = ("gb200", "gb300", "b300_sxm")
+#: GPUs whose rows stay out of the corpus and the bands (:func:`published_cells`; scored by this script only). GB200,
+#: GB300 and B300 were here while the roofline priced them (no kernel tables of those GPUs, band "uncalibrated");
+#: since 2026-12-04 they have AIConfigurator's tables measured on each and their rows are scored like B200's
+CORPUS_EXCLUDED_GPUS: tuple[str, ...] = ()
 #: checkpoints whose name says their precision: hf id -> (moesim hf id, --dtype)
 FP8_SUFFIX = "-FP8"
 
@@ -829,16 +829,40 @@ CORPUS_LAYOUTS = True
 CORPUS_DISAGG = False
 
 
+def refused_layout(row: dict) -> str | None:
+    """Why a tensor-parallel row's stated layout cannot be what ran, or None: every engine here splits the attention
+    heads H evenly over the tensor-parallel GPUs n (H mod n = 0, ``tensor_parallel.require_tensor_parallel``), so a
+    row stating n GPUs of attention TP that do not divide H records another layout (the GB200 DeepSeek-R1 rows of TP
+    12-72 with EP 1 of one source). Such a row is expressible (``python aiconfigurator.py`` shows the engine's
+    refusal) but not a cell of the corpus: nothing can be predicted for a setup that was not run."""
+    from moesim import get_model
+
+    lay = layout_of(row)
+    if not isinstance(lay, dict) or lay.get("params"):
+        return None
+    heads = get_model(row_model(row)[0]).attention.num_heads
+    n = lay["gpus"]
+    if n > 1 and heads % n:
+        return (f"the stated layout, attention TP {n} over {heads} heads, is one {row['backend']} refuses (heads "
+                f"mod TP must be 0): the row records another layout")
+    return None
+
+
 def published_cells() -> list:
     """The published corpus' cells (:mod:`moesim.calibration.published`): a TTFT and a TPOT cell per expressible
-    row, split as :func:`split_of` says; a row's two cells share a fold of the band's cross-fit."""
+    row, split as :func:`split_of` says; a row's two cells share a fold of the band's cross-fit. A row whose stated
+    layout its engine refuses (:func:`refused_layout`) gives cells marked not expressible, never scored."""
     try:
         rows = load_rows()
     except FileNotFoundError:
         return []
-    return [cell for row in rows
-            if row["system"] not in CORPUS_EXCLUDED_GPUS and expressible(row, CORPUS_LAYOUTS, CORPUS_DISAGG) is None
-            for cell in row_cells(row)]
+    out = []
+    for row in rows:
+        if row["system"] in CORPUS_EXCLUDED_GPUS or expressible(row, CORPUS_LAYOUTS, CORPUS_DISAGG) is not None:
+            continue
+        why = refused_layout(row)
+        out += [replace(c, not_expressible=why) if why else c for c in row_cells(row)]
+    return out
 
 
 def row_cells(row: dict, citation: str = CITATION, split: str | None = None,

@@ -418,8 +418,12 @@ def disaggregated_plan(engine: "ContinuousBatchingEngine", ctx: Context) -> Disa
                         "requests_per_second": n_d * dw.rate_per_s, "params": prm.decode_params},
              "kv_transfer": {"bytes_per_gpu": per_gpu, "link": words, "time_s": t_kv,
                              "requests_per_second": kv_rate(n_p, n_d)}}
+    from .engine_step import kernel_tables_used
     config = {"disaggregated": True, "gpus_used": used, "batch_size": batch, "pools": pools,
-              "queue_s": queue, "params": prm.model_dump()}
+              "queue_s": queue, "params": prm.model_dump(),
+              # what the band's provenance reads: the pools' steps are the engine's, priced from its tables where
+              # this GPU has them (moesim.uncertainty.provenance)
+              "kernel_tables": kernel_tables_used(ctx, engine.runtime(ctx))}
     return engine.make_plan(
         (batch, max(1, math.ceil(R / batch))), (pw.step, 1, pw.tokens_per_pass), (dw.decode_s, dw.points),
         config=config, host_mem_bytes=0.0, placement={"weights": "gpu (each pool's workers)",
