@@ -54,6 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ...errors import InfeasibleError, MoesimError
 from ...modules import Context, expected_tokens_per_step
 from ..base import Plan, StepSim, simpson_decode_time
+from .engine_step import kernel_tables_used
 from .parallel import rank_context, world_gpus
 from .speculative import speculation, speculative_decode_step
 
@@ -418,7 +419,6 @@ def disaggregated_plan(engine: "ContinuousBatchingEngine", ctx: Context) -> Disa
                         "requests_per_second": n_d * dw.rate_per_s, "params": prm.decode_params},
              "kv_transfer": {"bytes_per_gpu": per_gpu, "link": words, "time_s": t_kv,
                              "requests_per_second": kv_rate(n_p, n_d)}}
-    from .engine_step import kernel_tables_used
     config = {"disaggregated": True, "gpus_used": used, "batch_size": batch, "pools": pools,
               "queue_s": queue, "params": prm.model_dump(),
               # what the band's provenance reads: the pools' steps are the engine's, priced from its tables where
