@@ -114,6 +114,11 @@ SELECT = {
         "vllm": BLACKWELL_VLLM,
         "sglang": BLACKWELL_SGLANG,
         "trtllm": {"version": "1.2.0rc5"}}},
+    # SGLang's MoE on Blackwell from AIConfigurator's SGLang 0.5.14 collection, which measured the flashinfer_trtllm runner
+    # SGLang defaults to there, was tried (2026-12-04) and not adopted: judged on held-out rows (no SGLang row is on
+    # the fit split), B200 TP rows TPOT 13.0% -> 26.3% (the measured steps slower than 0.5.14's kernel), EP rows TTFT
+    # 57% -> 41%; 0.5.14's FlashInfer is months newer than the rows' SGLang 0.5.6-0.5.9, and the call stays priced
+    # with that kernel's structure (systems_db/engines.yaml trtllm_gen_moe)
     # B300 (SM103), GB200 and GB300 (added 2026-12-04; their rows were priced on the roofline before): the engine
     # versions B200's are, with the same Blackwell rules (SGLang's MoE and block-fp8 GEMM tables left out, vLLM's MXFP4
     # MoE left out, vLLM's int4 and block-fp8 MoE from 0.24.0); TensorRT-LLM 1.3.0rc10, the oldest these GPUs have
