@@ -48,6 +48,14 @@ DATA = "aic-core/src/aiconfigurator_core/systems/data"
 BLACKWELL_VLLM = {"version": "0.19.0", "skip_moe_quants": ("mxfp4",),
                   "moe_quant_from": {"int4": "0.24.0", "fp8_block": "0.24.0"}}
 BLACKWELL_SGLANG = {"version": "0.5.9", "skip": ("moe",), "skip_gemm_quants": ("fp8_block",)}
+
+
+def blackwell(data_dir: str, trtllm: str) -> dict:
+    """A Blackwell GPU's selection: the shared vLLM and SGLang rules, TensorRT-LLM version ``trtllm``."""
+    return {"dir": data_dir, "backends": {"vllm": BLACKWELL_VLLM, "sglang": BLACKWELL_SGLANG,
+                                          "trtllm": {"version": trtllm}}}
+
+
 #: per GPU and backend, the engine version whose tables are converted: the one nearest the engine
 #: versions of the silicon rows (silicon_sample.csv: H100 vLLM 0.12/0.18, SGLang 0.5.1-0.5.8, TRT-LLM
 #: 1.0-1.3; H200 vLLM 0.12-0.18, SGLang 0.5.6-0.5.9, TRT-LLM 0.8-1.1; B200 as its entry says); MLA decode where the engine
@@ -110,10 +118,7 @@ SELECT = {
     # 0.24.0 picks Triton, as they ran. The same swap for MXFP4 (gpt-oss; 0.24.0's oracle picks OpenAI's Triton MXFP4
     # kernel on Hopper) was tried on the fit split and not adopted: 69 H100 gpt-oss rows, TPOT 5.4% -> 6.4%, TTFT
     # 13.5% -> 17.6%.
-    "b200": {"dir": "b200_sxm", "backends": {
-        "vllm": BLACKWELL_VLLM,
-        "sglang": BLACKWELL_SGLANG,
-        "trtllm": {"version": "1.2.0rc5"}}},
+    "b200": blackwell("b200_sxm", "1.2.0rc5"),
     # SGLang's MoE on Blackwell from AIConfigurator's SGLang 0.5.14 collection, which measured the flashinfer_trtllm runner
     # SGLang defaults to there, was tried (2026-12-04) and not adopted: judged on held-out rows (no SGLang row is on
     # the fit split), B200 TP rows TPOT 13.0% -> 26.3% (the measured steps slower than 0.5.14's kernel), EP rows TTFT
@@ -123,18 +128,9 @@ SELECT = {
     # versions B200's are, with the same Blackwell rules (SGLang's MoE and block-fp8 GEMM tables left out, vLLM's MXFP4
     # MoE left out, vLLM's int4 and block-fp8 MoE from 0.24.0); TensorRT-LLM 1.3.0rc10, the oldest these GPUs have
     # (the silicon rows ran 1.2.0rc6-1.3.0rc5 on GB200)
-    "b300": {"dir": "b300_sxm", "backends": {
-        "vllm": BLACKWELL_VLLM,
-        "sglang": BLACKWELL_SGLANG,
-        "trtllm": {"version": "1.3.0rc10"}}},
-    "gb200": {"dir": "gb200", "backends": {
-        "vllm": BLACKWELL_VLLM,
-        "sglang": BLACKWELL_SGLANG,
-        "trtllm": {"version": "1.3.0rc10"}}},
-    "gb300": {"dir": "gb300", "backends": {
-        "vllm": BLACKWELL_VLLM,
-        "sglang": BLACKWELL_SGLANG,
-        "trtllm": {"version": "1.3.0rc10"}}},
+    "b300": blackwell("b300_sxm", "1.3.0rc10"),
+    "gb200": blackwell("gb200", "1.3.0rc10"),
+    "gb300": blackwell("gb300", "1.3.0rc10"),
 }
 QUANT = {"bfloat16": "bf16", "fp8": "fp8", "fp8_block": "fp8_block", "w4a16_mxfp4": "mxfp4", "nvfp4": "nvfp4",
          "int4_wo": "int4"}  # int4_wo: weight-only int4 (W4A16; Kimi-K2.5's released experts)
