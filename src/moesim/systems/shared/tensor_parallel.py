@@ -23,7 +23,8 @@ from ...specs import LayerKind
 
 
 def require_tensor_parallel(ctx: Context, system: str) -> None:
-    """Refuse a tensor-parallel size n = the platform's GPUs that vLLM refuses for the model, in vLLM's words.
+    """Refuse a tensor-parallel size n = the platform's GPUs that vLLM refuses for the model, in vLLM's words (the
+    other engines split the heads over their tensor-parallel GPUs alike; the message names the system).
 
     vLLM (``ModelConfig.verify_with_parallel_config``) requires the attention heads H to split evenly::
 
@@ -40,10 +41,11 @@ def require_tensor_parallel(ctx: Context, system: str) -> None:
     a = ctx.model.attention
     if n == 1:
         return
+    rule = "vLLM's rule" if system == "vllm" else f"vLLM's rule, which {system} shares"
     if a.num_heads % n:
         raise InfeasibleError(
             f"{system}: Total number of attention heads ({a.num_heads}) must be divisible by tensor parallel size "
-            f"({n}) ({ctx.model.name}; vLLM's rule: use --gpus among "
+            f"({n}) ({ctx.model.name}; {rule}: use --gpus among "
             f"{', '.join(str(d) for d in _tensor_parallel_sizes(a.num_heads, a.num_kv_heads, a.kind))})")
     if a.kind == "mla":
         return
