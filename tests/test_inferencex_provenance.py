@@ -157,7 +157,8 @@ def test_stated_sglang_launch_flags_by_script_version(aic):
     tp8 = aic.stated_launch_flags(_silicon_row(aic, **base, batch_size="16"))["params"]
     assert (tp8["max_running_requests"], tp8["scheduler_recv_interval"]) == (128, 30)
     assert aic.stated_launch_flags(_silicon_row(aic, **base, batch_size="8"))["params"]["scheduler_recv_interval"] == 10
-    assert aic.stated_launch_flags(_silicon_row(aic)) is None  # TensorRT-LLM: no rules read
+    gap = "s3://aic-auto-gap-analysis/run.csv; measured=2026-03-25T00:00:00.000Z"
+    assert aic.stated_launch_flags(_silicon_row(aic, **dict(base, silicon_data_source=gap))) is None  # another pipeline
     early = dict(base, silicon_data_source="measured=2025-01-01T00:00:00.000Z")
     assert aic.stated_launch_flags(_silicon_row(aic, **early)) is None
     assert aic.scenario_of(_silicon_row(aic, **early)).kv_dtype == "auto"
@@ -204,3 +205,35 @@ def test_a_batch_no_record_names_the_version_of_falls_back_to_its_day(aic):
     assert aic.stated_speculation(row) == "mtp"
     mixed = aic.batch_spec_methods(("b200_sxm", "sglang", "fp8", "2026-03-25", "9.9.9"))
     assert mixed == {"mtp", "none"}
+
+
+def test_mtp_runs_take_the_mtp_scripts_flags_and_plain_runs_do_not(aic):
+    """InferenceX's MTP runs use their own scripts. B200 TensorRT-LLM fp8 of 2026-02-05 (dsr1_fp8_b200_trt_mtp.sh at
+    5d517074c): TRTLLM MoE, free_gpu_memory_fraction 0.8, CUDA graphs and max_batch_size to the concurrency,
+    max_num_tokens = ((3 + 1) conc + isl + 127) // 64 * 64; with attention DP: DEEPGEMM, 0.7, conc // 8 from 8, one
+    draft layer. H200 of 2026-01-14 (the slurm script): max_batch_size conc // TP with attention DP. A plain run of the
+    same day takes no MTP rule, an MTP run no plain rule."""
+    def conc(c: int, date: str = "2026-02-05T00:00:00.000Z") -> dict:
+        return {"batch_size": str(c), "silicon_data_source": f"db-dump/2026-04-27; config_id=0; "
+                                                             f"silicon_concurrency={c}; measured={date}"}
+
+    mtp = _silicon_row(aic, **conc(32))
+    assert aic.stated_speculation(mtp) == "mtp"
+    flags = aic.stated_launch_flags(mtp)
+    assert flags["kv_dtype"] == "fp8" and flags["params"] == {
+        "moe_backend": "TRTLLM", "free_gpu_memory_fraction": 0.8, "cuda_graph_padding": True,
+        "cuda_graph_max_batch_size": 32, "max_batch_size": 32, "max_num_tokens": (4 * 32 + 1024 + 127) // 64 * 64}
+    dpa = dict(tp_size="1", attention_dp_size="8", moe_tp_size="1", moe_ep_size="8")
+    adp = aic.stated_launch_flags(_silicon_row(aic, **conc(64), **dpa))["params"]
+    assert (adp["moe_backend"], adp["free_gpu_memory_fraction"], adp["max_batch_size"]) == ("DEEPGEMM", 0.7, 8)
+    assert adp["max_num_tokens"] == (2 * 8 + 1024 + 127) // 64 * 64 and adp["attention_dp_balance"] is True
+    assert aic.scenario_of(_silicon_row(aic, **conc(64), **dpa)).system_params["num_nextn_predict_layers"] == 1
+    h200 = dict(system="h200_sxm", backend_version="1.1.0rc2.post2", **conc(64, "2026-01-14T22:26:21Z"))
+    h = aic.stated_launch_flags(_silicon_row(aic, **h200, **dpa))["params"]
+    assert (h["moe_backend"], h["max_batch_size"], h["cuda_graph_max_batch_size"]) == ("CUTLASS", 64 // 8, 128)
+    plain = _silicon_row(aic, **conc(4, "2026-02-01T00:00:00.000Z"), backend_version="1.2.0rc6.post2")
+    assert aic.stated_speculation(plain) is None  # the plain script's rule: no max_batch_size, max_num_tokens 8192
+    assert aic.stated_launch_flags(plain)["params"]["max_num_tokens"] == 8192
+    assert "max_batch_size" not in aic.stated_launch_flags(plain)["params"]
+    rules = aic._launch_flag_rules()
+    assert all(r.get("speculative") in (None, "mtp") for rules_ in rules.values() for r in rules_)

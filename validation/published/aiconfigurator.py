@@ -475,24 +475,26 @@ def _case_matches(case: dict, tp: int, conc: int, isl: int, osl: int, adp: bool)
             and case.get("attention_dp", adp) == adp)
 
 
-def _flag_value(value, conc: int, isl: int):
+def _flag_value(value, conc: int, isl: int, tp: int = 1):
     """A rule's flag value: a number or word as written, or (a string of the script's arithmetic over the run's
-    concurrency and ISL) its value, e.g. "max(8192, (conc + isl + 127) // 64 * 64)"."""
+    concurrency, ISL and GPUs) its value, e.g. "max(8192, (conc + isl + 127) // 64 * 64)" or "conc // tp"."""
     if not isinstance(value, str) or value in ("TRTLLM", "CUTLASS", "DEEPGEMM"):
         return value
-    return int(eval(value, {"__builtins__": {}, "max": max, "min": min}, {"conc": conc, "isl": isl}))  # noqa: S307
+    return int(eval(value, {"__builtins__": {}, "max": max, "min": min}, {"conc": conc, "isl": isl, "tp": tp}))  # noqa: S307
 
 
 def stated_launch_flags(row: dict) -> dict | None:
     """The launch flags InferenceX's script set for the row's run, as moesim's parameters: ``{"params": {...},
     "kv_dtype": ..., "source": ...}`` (``validation/data/inferencex/launch_flags.yaml``), or None where no rule covers
-    the run (another pipeline, engine, model or date; an MTP run, whose scripts are not read). Every flag of the rule
-    moesim models is applied, none picked (module docstring of the YAML: the flags it does not model)."""
-    if pipeline_of(row) != "silicon-ci" or row["mode"] != "agg" or "DeepSeek" not in row["model_path"] \
-            or stated_speculation(row) is not None:
+    the run (another pipeline, engine, model or date). A speculative run (:func:`stated_speculation`) is covered only by
+    a rule of its method's scripts (the rule's ``speculative``, e.g. "mtp": InferenceX's ``*_mtp.sh``), any other run
+    only by a rule without one. Every flag of the rule moesim models is applied, none picked (module docstring of the
+    YAML: the flags it does not model)."""
+    if pipeline_of(row) != "silicon-ci" or row["mode"] != "agg" or "DeepSeek" not in row["model_path"]:
         return None
+    spec = stated_speculation(row)
     date = measured_date(row)
-    hw, prec = _IX_HARDWARE.get(row["system"]), _IX_PRECISION.get(row["gemm_quant_mode"])
+    hw, prec = _IX_HARDWARE.get(row["system"]), _IX_PRECISION.get(row.get("gemm_quant_mode", ""))
     if date is None or hw is None or prec is None:
         return None
     lay = layout_of(row)
@@ -501,7 +503,7 @@ def stated_launch_flags(row: dict) -> dict | None:
     adp = bool(lay_params.get("enable_attention_dp") or lay_params.get("enable_dp_attention"))
     conc, isl, osl = concurrency_of(row), int(row["isl"]), int(row["osl"])
     for rule in _launch_flag_rules().get(row["backend"], []):
-        if rule["hardware"] != hw or rule["precision"] != prec \
+        if rule["hardware"] != hw or rule["precision"] != prec or rule.get("speculative") != spec \
                 or not str(rule["measured_from"]) <= date < str(rule["measured_to"]):
             continue
         params = dict(rule.get("params") or {})
@@ -510,7 +512,7 @@ def stated_launch_flags(row: dict) -> dict | None:
                 if case.get("uncovered"):
                     return None
                 params.update(case["params"])
-        return {"params": {k: _flag_value(v, conc, isl) for k, v in params.items()}, "kv_dtype": rule.get("kv_dtype"),
+        return {"params": {k: _flag_value(v, conc, isl, tp) for k, v in params.items()}, "kv_dtype": rule.get("kv_dtype"),
                 "source": rule["source"]}
     return None
 
