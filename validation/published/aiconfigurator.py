@@ -551,10 +551,20 @@ def _undouble(tp: int, adp: int, mtp: int, mep: int) -> tuple[int, int, int, int
     (64, 1, 8, 8) TensorRT-LLM rows measure the TPOT of its 2- / 4- / 8-GPU rows at every concurrency; and
     (tp 1, moe_ep G) or (tp G, moe_tp 1, moe_ep G), the usual EP layouts, never occur in those two sources. Read
     literally they were 16- and 64-GPU layouts across nodes. Rule: attention DP stated, moe_tp = moe_ep = m > 1,
-    tp x dp = m^2 with one of them 1: G = m, the other divided by m, moe_tp 1, moe_ep m."""
+    tp x dp = m^2 with one of them 1: G = m, the other divided by m, moe_tp 1, moe_ep m.
+
+    The same sources write vLLM's ``--tensor-parallel-size m --enable-expert-parallel`` (EP over the m TP GPUs) as
+    (tp m, dp m, moe_tp 1, moe_ep m^2): the ``2026-04-06.csv`` rows so written are named ``..._tp2_ep2_...`` and
+    ``..._tp4_ep4_...``, their ``db-dump`` copies repeat them to the last digit, and the H100 MiniMax-M2.5
+    (4, 4, 1, 16) rows measure the TTFT and TPOT of the ``2026-03-25.csv`` source's TP4 EP4 rows (4, dp 1, 1, 4) at
+    every concurrency, within 1% (1k/1k, concurrency 4-64: TPOT 10.09 / 10.12 ms ... 25.69 / 25.66 ms). Read literally
+    they were attention-DP layouts on m^2 GPUs (16 on two H100 nodes). Rule: attention DP stated, tp = dp = m > 1,
+    moe_tp 1, moe_ep m^2: tp m, dp 1, moe_tp 1, moe_ep m."""
     m = mtp
     if m > 1 and mep == m and tp * adp == m * m and min(tp, adp) == 1:
         return (tp // m, 1, 1, m) if adp == 1 else (1, adp // m, 1, m)
+    if tp > 1 and adp == tp and mtp == 1 and mep == tp * tp:
+        return tp, 1, 1, tp
     return tp, adp, mtp, mep
 
 
