@@ -231,7 +231,9 @@ def test_aggregated_predictions_unchanged_by_disaggregation():
     """Golden: the figures recorded before disaggregation and MTP existed (tests/data/aggregated_before_disagg.json)."""
     before = json.loads((ROOT / "tests" / "data" / "aggregated_before_disagg.json").read_text())
     cases = {"sglang-dsr1-8": dict(model="deepseek-r1", hardware="hgx-h200", system="sglang", num_gpus=8),
-             "vllm-mixtral-2": dict(model="mixtral-8x7b", hardware="hgx-h100", system="vllm", num_gpus=2),
+             # vLLM's running cap as it was when recorded (256; `vllm serve` on an H100 defaults to 1024 since)
+             "vllm-mixtral-2": dict(model="mixtral-8x7b", hardware="hgx-h100", system="vllm", num_gpus=2,
+                                    system_params={"max_num_seqs": 256}),
              "trtllm-gptoss-4-dp": dict(model="gpt-oss-120b", hardware="hgx-h200", system="trtllm", num_gpus=4,
                                         system_params={"enable_attention_dp": True, "moe_expert_parallel_size": 4})}
     for name, kw in cases.items():

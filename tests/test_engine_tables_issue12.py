@@ -92,8 +92,8 @@ def test_a_dense_model_runs_on_the_engines_and_is_refused_elsewhere_saying_where
 
 
 def test_dense_tpot_grows_with_the_model():
-    small = moesim.predict(model="llama-3.1-8b", hardware="hgx-h100", system="vllm", num_gpus=2)
-    large = moesim.predict(model="llama-3.1-70b", hardware="hgx-h100", system="vllm", num_gpus=2)
+    small = moesim.predict(model="llama-3.1-8b", hardware="hgx-h100", system="vllm", num_gpus=2, batch_size=64)
+    large = moesim.predict(model="llama-3.1-70b", hardware="hgx-h100", system="vllm", num_gpus=2, batch_size=64)
     assert large.tpot_s > 3 * small.tpot_s
 
 

@@ -277,3 +277,24 @@ def test_trtllm_moe_backend_trtllm_runs_trtllm_gen_on_blackwell_only():
         tpot("hgx-h200", "fp8", "TRTLLM")
     with pytest.raises(InfeasibleError, match="fp8 block-scaled experts only"):
         tpot("hgx-b200", "nvfp4", "DEEPGEMM")
+
+
+def test_vllm_serving_defaults_follow_the_gpu_as_vllm_sets_them():
+    """vLLM V1's `vllm serve` defaults (EngineArgs batch defaults): on a GPU of 70 GiB or more whose name is not an
+    A100's, max_num_seqs 1024 and max_num_batched_tokens 8192; elsewhere 256 and 2048; V0 (no chunked prefill) 256
+    sequences everywhere. Given values win. The CUDA graphs follow: up to min(2 max_num_seqs, 512)."""
+    from moesim.systems.vllm import VLLM, VLLMParams
+
+    v1, v0 = VLLM(VLLMParams()), VLLM(VLLMParams(chunked_prefill=False))
+    for hw in ("hgx-h200", "hgx-h100", "hgx-b200"):
+        ctx = _ctx("olmoe-1b-7b", hw)
+        assert v1.large_gpu(ctx) and (v1.max_seqs(ctx), v1.token_budget(ctx)) == (1024, 8192)
+        assert v1.knobs_for(ctx).max_seqs == 1024 and max(v1.runtime(ctx).graph_sizes) == 512
+        assert v0.max_seqs(ctx) == 256
+    for hw in ("dgx-a100-80gb", "rtx-4090-workstation"):  # an 80 GB A100 is excluded by name; a 24 GB GPU by memory
+        ctx = _ctx("olmoe-1b-7b", hw)
+        assert not v1.large_gpu(ctx) and (v1.max_seqs(ctx), v1.token_budget(ctx)) == (256, 2048)
+    ctx = _ctx("olmoe-1b-7b")
+    given = VLLM(VLLMParams(max_num_seqs=64, max_num_batched_tokens=4096))
+    assert (given.max_seqs(ctx), given.token_budget(ctx)) == (64, 4096)
+    assert max(given.runtime(ctx).graph_sizes) == 128

@@ -217,13 +217,13 @@ def test_gathered_exchange_moves_more_than_all_to_all():
 
 
 def test_dp_ranks_hold_their_own_kv_and_sequences():
-    """vLLM DP 8: eight schedulers of max_num_seqs each, one KV pool per rank; weights: experts split 8 ways,
-    the rest replicated on every GPU."""
+    """vLLM DP 8: eight schedulers of max_num_seqs each (1024, `vllm serve`'s default on an H200), one KV pool per
+    rank; weights: experts split 8 ways, the rest replicated on every GPU."""
     ctx = _ctx(batch_size=None, num_requests=4000)
     tp = get_system("vllm")().plan(ctx)
     dp = get_system("vllm")({"data_parallel_size": 8, "enable_expert_parallel": True}).plan(ctx)
     assert dp.config["data_parallel"] == 8 and dp.config["expert_parallel"] == 8
-    assert tp.batch_size <= 256 < dp.batch_size <= 8 * 256
+    assert tp.batch_size <= 1024 < dp.batch_size <= 8 * 1024
     assert dp.config["weights_on_gpu_bytes_per_gpu"] > tp.config["weights_on_gpu_bytes_per_gpu"]
     assert dp.config["kv_pool_bytes_per_gpu"] < tp.config["kv_pool_bytes_per_gpu"]
 

@@ -67,7 +67,8 @@ def test_hugging_face_ids_snapshots_and_names(tmp_path):
 def test_show_system_lists_its_parameters():
     proc = run("show", "system", "vllm")
     assert proc.returncode == 0
-    assert "max_num_seqs (int, default 256)" in proc.stdout and "cpu_offload_gb" in proc.stdout
+    assert "max_num_seqs (int | None, default None)" in proc.stdout and "cpu_offload_gb" in proc.stdout
+    assert "1024 on GPUs of 70 GiB or more but A100, else 256" in proc.stdout  # vLLM's own default, by GPU
 
 
 def test_a_composed_platform_says_so():

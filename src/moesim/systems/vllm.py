@@ -134,11 +134,13 @@ class VLLMParams(DisaggregationParams, SpeculativeParams):
     gpu_memory_utilization: float = Field(
         default=0.9, gt=0, le=1, description="fraction of each GPU's memory the instance may use (vLLM default 0.9)")
     block_size: int = Field(default=16, ge=1, description="tokens per KV-cache page (vLLM default 16)")
-    max_num_seqs: int = Field(default=256, ge=1, description="most sequences running at once (vLLM default 256)")
+    max_num_seqs: int | None = Field(
+        default=None, ge=1, description="most sequences running at once, per DP rank; default vLLM's for the GPU: "
+                                        "`vllm serve` (V1) 1024 on GPUs of 70 GiB or more but A100, else 256; V0 256")
     max_num_batched_tokens: int | None = Field(
-        default=None, ge=1, description="token budget of one step, decode tokens plus prefill chunks; default (vLLM's "
-                                        "SchedulerConfig): 8192 with chunked prefill (V1), max(max_model_len, 2048) "
-                                        "without it (V0)")
+        default=None, ge=1, description="token budget of one step, decode tokens plus prefill chunks; default vLLM's: "
+                                        "with chunked prefill (V1 `vllm serve`) 8192 on GPUs of 70 GiB or more but "
+                                        "A100, else 2048; without it (V0) max(max_model_len, 2048)")
     max_model_len: int | None = Field(
         default=None, ge=1, description="longest sequence the engine admits (vLLM --max-model-len); default: the "
                                         "model's context length when the KV pool holds one such sequence (else vLLM "
@@ -188,28 +190,50 @@ class VLLM(ContinuousBatchingEngine):
 
     @property
     def knobs(self) -> EngineKnobs:
-        """The knobs without a platform: the V0 default budget needs one (:meth:`knobs_for`); its floor stands in."""
+        """The knobs without a platform: the defaults that depend on the GPU (:meth:`knobs_for`) take the values
+        vLLM gives a small GPU (and the V0 budget its floor)."""
         p = self.params
         c = self.constants
-        budget = p.max_num_batched_tokens or int(c.value("max_num_batched_tokens_chunked" if p.chunked_prefill
+        budget = p.max_num_batched_tokens or int(c.value("max_num_batched_tokens_chunked_small_gpu" if p.chunked_prefill
                                                           else "max_num_batched_tokens_floor"))
-        return EngineKnobs("vLLM", p.max_num_seqs, budget, p.block_size, p.chunked_prefill, "max_num_seqs",
-                           p.mla_latent_cache)
+        return EngineKnobs("vLLM", p.max_num_seqs or int(c.value("max_num_seqs")), budget, p.block_size,
+                           p.chunked_prefill, "max_num_seqs", p.mla_latent_cache)
 
     def knobs_for(self, ctx: Context) -> EngineKnobs:
         k = self.knobs
-        return EngineKnobs(k.label, k.max_seqs, self.token_budget(ctx), k.block_size, k.chunked_prefill,
+        return EngineKnobs(k.label, self.max_seqs(ctx), self.token_budget(ctx), k.block_size, k.chunked_prefill,
                            k.max_seqs_name, k.mla_latent_cache)
 
+    def large_gpu(self, ctx: Context) -> bool:
+        """vLLM V1's test for its larger serving defaults (``EngineArgs`` batch defaults, vLLM PRs 12369, 17073 and
+        17885): the device's total memory at least ``large_gpu_min_memory_gib`` and its name not an A100's."""
+        c = self.constants
+        gpu = ctx.platform.gpu
+        excluded = [n.strip().lower() for n in str(c.value("large_gpu_excluded_names")).split(",") if n.strip()]
+        return (gpu.memory_bytes >= float(c.value("large_gpu_min_memory_gib")) * GIB
+                and not any(n in gpu.name.lower() for n in excluded))
+
+    def max_seqs(self, ctx: Context) -> int:
+        """``max_num_seqs`` (per DP rank): the parameter, else vLLM's default: `vllm serve` (V1, chunked prefill)
+        1024 on a large GPU (:meth:`large_gpu`), 256 otherwise and in V0."""
+        p = self.params
+        if p.max_num_seqs is not None:
+            return p.max_num_seqs
+        c = self.constants
+        large = p.chunked_prefill and self.large_gpu(ctx)
+        return int(c.value("max_num_seqs_large_gpu" if large else "max_num_seqs"))
+
     def token_budget(self, ctx: Context) -> int:
-        """``max_num_batched_tokens``: the parameter, else vLLM's ``SchedulerConfig`` default: 8192 with chunked
-        prefill; without it max(max_model_len, 2048), so that a whole prompt of max_model_len tokens fits one step."""
+        """``max_num_batched_tokens``: the parameter, else vLLM's default: with chunked prefill (V1 `vllm serve`)
+        8192 on a large GPU (:meth:`large_gpu`), 2048 otherwise; without it max(max_model_len, 2048), so that a
+        whole prompt of max_model_len tokens fits one step."""
         p = self.params
         if p.max_num_batched_tokens is not None:
             return p.max_num_batched_tokens
         c = self.constants
         if p.chunked_prefill:
-            return int(c.value("max_num_batched_tokens_chunked"))
+            return int(c.value("max_num_batched_tokens_chunked" if self.large_gpu(ctx)
+                               else "max_num_batched_tokens_chunked_small_gpu"))
         return max(self.max_model_len(ctx), int(c.value("max_num_batched_tokens_floor")))
 
     def max_model_len(self, ctx: Context) -> int:
@@ -255,7 +279,7 @@ class VLLM(ContinuousBatchingEngine):
             return EngineRuntime(self.name, EAGER, EAGER, 0.0, 0.0, False)
         graph = engine_execution("graph")
         return EngineRuntime(self.name, graph, graph, c["step_cpu_s"], c["step_cpu_per_seq_s"],
-                             bool(c["overlap_scheduler"]) and p.chunked_prefill, vllm_capture_sizes(p.max_num_seqs))
+                             bool(c["overlap_scheduler"]) and p.chunked_prefill, vllm_capture_sizes(self.max_seqs(ctx)))
 
     def mixes_steps(self) -> bool:
         """V1 mixes chunked prompts into decode steps; V0 without chunked prefill runs prompts in steps of their own."""
