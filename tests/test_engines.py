@@ -298,3 +298,28 @@ def test_vllm_serving_defaults_follow_the_gpu_as_vllm_sets_them():
     given = VLLM(VLLMParams(max_num_seqs=64, max_num_batched_tokens=4096))
     assert (given.max_seqs(ctx), given.token_budget(ctx)) == (64, 4096)
     assert max(given.runtime(ctx).graph_sizes) == 128
+
+
+def test_sglang_defaults_follow_its_gpu_memory_tiers_and_dp_attention():
+    """SGLang 0.5's ``_handle_gpu_memory_settings``: chunked_prefill_size and cuda_graph_max_bs by memory.total
+    (RTX 4090: 2048 and 24 at TP 1; L40S: 4096 and 32; H200: 8192 and 256 at TP 2, 512 at TP 8; B200: 16384 and 512
+    at any TP). With --enable-dp-attention each rank's step takes chunked_prefill_size // dp prompt tokens (a given
+    size too), and the reserve grows by 3 MiB x cuda_graph_max_bs x dp (x 1.5 more above 300): H200 TP 8, dp 8,
+    512 graph batches: 14848 + 12288 + 6144 MiB = 33280 MiB, f = (M - 33280) / M (M = 143156 MiB here)."""
+    from moesim.systems.sglang import SGLang, SGLangParams
+
+    eng = SGLang(SGLangParams())
+    cases = {("rtx-4090-workstation", 1): (2048, 24), ("l40s-8gpu-server", 1): (4096, 32),
+             ("hgx-h200", 2): (8192, 256), ("hgx-h200", 8): (8192, 512), ("hgx-b200", 2): (16384, 512)}
+    for (hw, gpus), want in cases.items():
+        ctx = _ctx("olmoe-1b-7b", hw, gpus=gpus)
+        assert (eng.chunk(ctx), eng.graph_max_bs(ctx)) == want, hw
+        assert eng.knobs_for(ctx).token_budget == want[0]
+    ctx = _ctx("deepseek-r1", "hgx-h200", gpus=8)
+    dpa = SGLang(SGLangParams(data_parallel_size=8, enable_dp_attention=True))
+    assert dpa.rank_chunk(ctx) == 8192 // 8 and dpa.knobs_for(ctx).token_budget == 1024
+    given = SGLang(SGLangParams(data_parallel_size=8, enable_dp_attention=True, chunked_prefill_size=32768))
+    assert given.knobs_for(ctx).token_budget == 4096
+    m = ctx.platform.gpu.memory_bytes / 2**20
+    assert eng.mem_fraction(ctx) == round((m - 14848) / m, 3)
+    assert dpa.mem_fraction(ctx) == round((m - 14848 - 3 * 512 * 8 - 1.5 * 512 * 8) / m, 3)

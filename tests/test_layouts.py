@@ -312,7 +312,10 @@ def test_nine_nodes_need_redundant_experts_and_hold_their_copies():
     assert "Traceback" not in p.stderr
     p = _cli(*args, "--ep-num-redundant-experts", "32")
     assert p.returncode != 0 and "add --enable-eplb" in p.stderr
-    p = _cli(*args, "--enable-eplb", "--ep-num-redundant-experts", "32", "--breakdown")
+    p = _cli(*args, "--enable-eplb", "--ep-num-redundant-experts", "32")
+    # SGLang's default memory rule reserves 4.5 MiB x cuda_graph_max_bs 512 x dp 72 for DP attention: more than a GPU
+    assert p.returncode != 0 and "--mem-fraction-static" in p.stderr and "Traceback" not in p.stderr
+    p = _cli(*args, "--enable-eplb", "--ep-num-redundant-experts", "32", "--mem-fraction-static", "0.8", "--breakdown")
     assert p.returncode == 0, p.stderr
     assert "EP 72" in p.stdout and "32 redundant experts" in p.stdout and "communication" in p.stdout
     from moesim.systems.shared.parallel import weight_bytes_per_gpu

@@ -5,13 +5,16 @@ prefill, CUDA-graph decode and the overlap scheduler.
 Scheduling and step pricing are shared with vLLM and TensorRT-LLM (:mod:`.shared.continuous`); what is SGLang's
 (its defaults as ``ServerArgs`` sets them, SGLang 0.5; the numbers are in ``systems_db/sglang.yaml``):
 
-- ``chunked_prefill_size``: 8192 tokens on GPUs under 160 GB (H100, H200), 16384 above;
-- ``cuda_graph_max_bs``: 256 at TP < 4, 512 from TP 4 (H100/H200); decode batches padded to the next captured
+- ``chunked_prefill_size`` and ``cuda_graph_max_bs`` by the GPU's memory tier (``memory_tiers``): 2048 tokens and
+  24 / 80 graph batches (TP < 4 / TP >= 4) below 35 GiB, 4096 and 32 / 160 below 60 GiB, 8192 and 256 / 512 below
+  160 GiB (H100, H20, H200), 16384 and 512 above (B200, B300); with --enable-dp-attention each DP rank's step takes
+  chunked_prefill_size // dp prompt tokens (:meth:`SGLang.rank_chunk`); decode batches padded to the next captured
   size, 1, 2, 4, 8, 12, then every 8 to 256, every 16 to 512, every 32 beyond; larger batches run eagerly;
 - ``mem_fraction_static`` (weights + KV pool, as a fraction of the GPU's memory M, in MiB)::
 
-      f = (M - R) / M,  R = max(512 + 1.5 max(chunked_prefill_size, 2048) + 2 cuda_graph_max_bs + 1024 TP / 8,
-                                10240 if M > 60 GiB)
+      f = (M - R) / M,  R = max(512 + 1.5 max(chunked_prefill_size, 2048) + 2 cuda_graph_max_bs + 1024 TP / 8
+                                + DP attention: 3 cuda_graph_max_bs dp (x 1.5 more above 300 graph batches),
+                                10240 if M > 60 GiB)  + 2048 with MTP / EAGLE
 
   and the KV pool is what the weights leave of it::
 
@@ -124,19 +127,34 @@ class SGLang(ContinuousBatchingEngine):
     def _c(self, key: str) -> float:
         return float(self.constants.value(key))
 
+    def memory_tier(self, ctx: Context) -> tuple[int, int, int]:
+        """(chunked_prefill_size, cuda_graph_max_bs at TP < 4, at TP >= 4) of the GPU's memory tier
+        (``memory_tiers``: SGLang's ``_handle_gpu_memory_settings``, by memory.total in MiB)."""
+        mib = ctx.platform.gpu.memory_bytes / MIB
+        for tier in str(self.constants.value("memory_tiers")).split(","):
+            bound, chunk, small, large = tier.strip().split(":")
+            if mib < float(bound):
+                return int(chunk), int(small), int(large)
+        raise ValueError("systems_db/sglang.yaml memory_tiers: the last tier's bound must be inf")
+
     def chunk(self, ctx: Context) -> int:
-        """``chunked_prefill_size``: the parameter, or SGLang's default for the GPU's memory."""
+        """``chunked_prefill_size`` as given, or SGLang's default for the GPU's memory (:meth:`memory_tier`)."""
         if self.params.chunked_prefill_size is not None:
             return self.params.chunked_prefill_size
-        big = ctx.platform.gpu.memory_bytes / MIB >= self._c("large_gpu_mib")
-        return int(self._c("chunked_prefill_size_large_gpu" if big else "chunked_prefill_size"))
+        return self.memory_tier(ctx)[0]
+
+    def rank_chunk(self, ctx: Context) -> int:
+        """The prefill tokens of one DP rank's step: with --enable-dp-attention SGLang divides chunked_prefill_size
+        by dp_size (``ServerArgs``: ``chunked_prefill_size //= dp_size``, given or default), else the whole."""
+        dp = self._parallel(ctx).dp
+        return max(1, self.chunk(ctx) // dp) if dp > 1 else self.chunk(ctx)
 
     def graph_max_bs(self, ctx: Context) -> int:
-        """``cuda_graph_max_bs``: the parameter, or SGLang's default for the TP size."""
+        """``cuda_graph_max_bs``: the parameter, or SGLang's default for the GPU's memory and the TP size."""
         if self.params.cuda_graph_max_bs is not None:
             return self.params.cuda_graph_max_bs
-        large = ctx.platform.num_gpus >= self._c("cuda_graph_max_bs_large_tp")
-        return int(self._c("cuda_graph_max_bs_tp4" if large else "cuda_graph_max_bs"))
+        _, small, large = self.memory_tier(ctx)
+        return large if ctx.platform.num_gpus >= self._c("cuda_graph_max_bs_large_tp") else small
 
     def capture_sizes(self, ctx: Context) -> tuple[int, ...]:
         """SGLang's captured decode batch sizes up to :meth:`graph_max_bs`."""
@@ -147,13 +165,31 @@ class SGLang(ContinuousBatchingEngine):
         if self.params.mem_fraction_static is not None:
             return self.params.mem_fraction_static
         m = ctx.platform.gpu.memory_bytes / MIB
+        bs = self.graph_max_bs(ctx)
         reserved = (self._c("reserved_base_mib") + self._c("reserved_per_prefill_token_mib")
                     * max(self.chunk(ctx), self._c("reserved_min_prefill_tokens"))
-                    + self._c("reserved_per_graph_bs_mib") * self.graph_max_bs(ctx)
+                    + self._c("reserved_per_graph_bs_mib") * bs
                     + self._c("reserved_per_tp_mib") * ctx.platform.num_gpus)
+        dp = self._parallel(ctx).dp
+        dp_mib = 0.0
+        if dp > 1:  # DP attention's gathered buffers
+            dp_mib = self._c("reserved_per_dp_graph_bs_mib") * bs * dp
+            if bs > self._c("reserved_dp_graph_bs_large_above"):
+                dp_mib += self._c("reserved_per_dp_graph_bs_large_mib") * bs * dp
+        reserved += dp_mib
         if m > self._c("reserved_floor_above_mib"):
             reserved = max(reserved, self._c("reserved_floor_mib"))
-        return round((m - reserved) / m, 3)
+        if self.speculative_steps():
+            reserved += self._c("reserved_speculative_mib")
+        fraction = round((m - reserved) / m, 3)
+        if fraction <= 0:
+            raise InfeasibleError(
+                f"sglang: its default mem_fraction_static rule reserves {reserved:.0f} MiB of the GPU's {m:.0f} MiB "
+                f"({dp_mib:.0f} MiB of it for DP attention: {self._c('reserved_per_dp_graph_bs_mib'):g} MiB x "
+                f"cuda_graph_max_bs {bs} x dp {dp}, more above {self._c('reserved_dp_graph_bs_large_above'):g}), "
+                f"leaving {fraction:g}: set --mem-fraction-static (as large expert-parallel deployments do) or a "
+                f"smaller --cuda-graph-max-bs")
+        return fraction
 
     @property
     def knobs(self) -> EngineKnobs:
@@ -163,7 +199,7 @@ class SGLang(ContinuousBatchingEngine):
 
     def knobs_for(self, ctx: Context) -> EngineKnobs:
         k = self.knobs
-        return EngineKnobs(k.label, k.max_seqs, self.chunk(ctx), k.block_size, True, k.max_seqs_name)
+        return EngineKnobs(k.label, k.max_seqs, self.rank_chunk(ctx), k.block_size, True, k.max_seqs_name)
 
     def rank_max_seqs(self, ctx: Context, lay) -> int:
         """SGLang's cap on running requests per DP worker (``ModelRunner``'s request pool, SGLang 0.5)::
