@@ -323,3 +323,16 @@ def test_sglang_defaults_follow_its_gpu_memory_tiers_and_dp_attention():
     m = ctx.platform.gpu.memory_bytes / 2**20
     assert eng.mem_fraction(ctx) == round((m - 14848) / m, 3)
     assert dpa.mem_fraction(ctx) == round((m - 14848 - 3 * 512 * 8 - 1.5 * 512 * 8) / m, 3)
+
+
+def test_sglang_with_mtp_runs_48_requests_unless_told():
+    """SGLang's ServerArgs sets max_running_requests = 48 under EAGLE / NEXTN speculative decoding when it is not
+    given; a given value (InferenceX's MTP script: 512) wins."""
+    from moesim.systems.sglang import SGLang, SGLangParams
+
+    ctx = _ctx("deepseek-r1", "hgx-h200", gpus=8)
+    mtp = SGLang(SGLangParams(speculative_num_steps=2))
+    lay = mtp._layout(ctx)
+    assert mtp.rank_max_seqs(ctx, lay) == 48
+    assert SGLang(SGLangParams(speculative_num_steps=2, max_running_requests=512)).rank_max_seqs(ctx, lay) == 512
+    assert SGLang(SGLangParams()).rank_max_seqs(ctx, lay) >= 2048 // 2

@@ -69,7 +69,7 @@ class SGLangParams(DisaggregationParams, SpeculativeParams):
                                               "default (its reserved-memory rule)")
     max_running_requests: int | None = Field(
         default=None, ge=1, description="most requests running at once over the instance (split over the DP workers); None = "
-                    "SGLang's request pool sized from the KV pool (2048-4096 a worker)")
+                    "SGLang's request pool sized from the KV pool (2048-4096 a worker), or 48 with MTP / EAGLE")
     chunked_prefill_size: int | None = Field(
         default=None, ge=1, description="prefill tokens per step; None = SGLang's default for the GPU's memory")
     cuda_graph_max_bs: int | None = Field(
@@ -207,11 +207,16 @@ class SGLang(ContinuousBatchingEngine):
             T = KV tokens of the worker's pool,  L = the model's context length
             cap = min(clip(T / L x 512, 2048, 4096), T // 2)        (default)
             cap = min(max_running_requests // dp, T // 2)           (--max-running-requests, the instance's)
-        """
+
+        With speculative decoding (EAGLE / NEXTN, as MTP runs) SGLang sets max_running_requests to 48 when it is
+        not given (``ServerArgs``, 0.5.0-0.5.9: ``speculative_max_running_requests``)."""
         tokens = lay.blocks * self.knobs_for(ctx).block_size
         half = max(1, tokens // 2)
-        if self.params.max_running_requests:
-            return max(1, min(self.params.max_running_requests // self._parallel(ctx).dp, half))
+        given = self.params.max_running_requests
+        if not given and self.speculative_steps():
+            given = int(self._c("speculative_max_running_requests"))
+        if given:
+            return max(1, min(given // self._parallel(ctx).dp, half))
         est = int(tokens / ctx.model.max_context_tokens * self._c("max_running_requests_per_context_len"))
         est = min(max(est, int(self._c("max_running_requests_floor"))), int(self._c("max_running_requests_ceiling")))
         return max(1, min(est, half))
