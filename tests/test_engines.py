@@ -336,3 +336,12 @@ def test_sglang_with_mtp_runs_48_requests_unless_told():
     assert mtp.rank_max_seqs(ctx, lay) == 48
     assert SGLang(SGLangParams(speculative_num_steps=2, max_running_requests=512)).rank_max_seqs(ctx, lay) == 512
     assert SGLang(SGLangParams()).rank_max_seqs(ctx, lay) >= 2048 // 2
+
+
+def test_a_batch_above_the_engines_own_cap_says_it_overrides_it():
+    """--batch acts as the engine's running cap; above the engine's own (SGLang under MTP: 48) the prediction says
+    so, and runs the batch asked."""
+    p = moesim.predict(model="deepseek-r1", hardware="hgx-h200", system="sglang", num_gpus=8, batch_size=128,
+                       num_requests=512, system_params={"speculative_num_steps": 2})
+    assert any("batch 128 asked: taken as max_running_requests, above SGLang's own 48" in a for a in p.assumptions)
+    assert p.config["batch_size"] == 128

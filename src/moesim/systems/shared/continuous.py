@@ -393,6 +393,9 @@ class ContinuousBatchingEngine(ServingSystem):
         cap = w.batch_size or max_seqs  # a fixed workload batch acts as max_num_seqs
         notes = []
         by_kv = max(by_kv, 1)  # one full sequence always fits (checked in _layout)
+        if w.batch_size and max_seqs < UNLIMITED and w.batch_size > max_seqs:
+            notes.append(f"batch {w.batch_size} asked: taken as {k.max_seqs_name}, above {k.label}'s own "
+                         f"{max_seqs} (without --batch it runs at most {max_seqs})")
         if w.batch_size and w.batch_size > by_kv:
             notes.append(f"batch {w.batch_size} asked, but the KV pool holds {by_kv} running sequences; "
                          f"{k.label} runs {by_kv}")
