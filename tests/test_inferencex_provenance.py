@@ -237,3 +237,29 @@ def test_mtp_runs_take_the_mtp_scripts_flags_and_plain_runs_do_not(aic):
     assert "max_batch_size" not in aic.stated_launch_flags(plain)["params"]
     rules = aic._launch_flag_rules()
     assert all(r.get("speculative") in (None, "mtp") for rules_ in rules.values() for r in rules_)
+
+
+def test_gates_group_heldout_rows_and_keep_speculative_runs_apart(aic):
+    """The issue gates (``aiconfigurator.py --gates``): held-out MoE rows only, TP rows per GPU and engine with MTP
+    runs apart, EP / attention-DP rows pooled, disaggregated rows scored on TPOT alone; medians hand-computed."""
+    def rec(split="held-out", backend="vllm", gpu="h200_sxm", layout="tp", mode="agg", spec="", tpot=1.1, ttft=1.2,
+            dense=False):
+        return aic.Record("aiconfigurator", "x", split, backend, "m", gpu, 8, 1024, 1024, 8, 1.0, 1.0, ttft, tpot,
+                          layout=layout, mode=mode, dense=dense, speculative=spec)
+
+    recs = [rec(tpot=1.10, ttft=1.20), rec(tpot=0.80, ttft=1.10), rec(tpot=1.05, ttft=0.70),  # |err| 10/20/5, 20/10/30
+            rec(spec="mtp", tpot=2.0), rec(split="fit", tpot=5.0), rec(dense=True, tpot=5.0),
+            rec(gpu="a100_sxm", tpot=5.0),
+            rec(layout="tp1 dp8 ep8", backend="sglang", tpot=1.3, ttft=1.1),
+            rec(mode="disagg", layout="tp1 dp8 ep8", tpot=1.2, ttft=3.0)]
+    g = {x["gate"]: x for x in aic.gates(recs)}
+    plain = g["12 tp h200_sxm vllm no-spec"]
+    assert plain["rows"] == 3
+    assert plain["tpot_median_abs"] == pytest.approx(0.10) and plain["ttft_median_abs"] == pytest.approx(0.20)
+    assert plain["met"] is True
+    assert g["12 tp h200_sxm vllm spec"]["rows"] == 1 and g["12 tp h200_sxm vllm spec"]["met"] is False
+    assert g["14 ep/dp agg"]["rows"] == 1 and g["14 ep/dp agg"]["tpot_median_abs"] == pytest.approx(0.30)
+    assert g["14 ep/dp agg sglang"]["met"] is False
+    disagg = g["14 disagg"]
+    assert disagg["rows"] == 1 and disagg["ttft_target"] is None and disagg["met"] is True  # TTFT +200% not gated
+    assert not any("a100" in k for k in g)

@@ -713,6 +713,7 @@ class Record:
     layout: str = "tp"  # "tp", or the row's attention DP / EP layout ("tp1 dp8 ep8")
     mode: str = "agg"  # "agg" or "disagg"
     dense: bool = False  # a dense reference model's row (scored apart from the MoE rows)
+    speculative: str = ""  # the speculative decoding InferenceX's record of the run states ("mtp"), else ""
 
     @property
     def ttft_error(self) -> float | None:
@@ -953,7 +954,8 @@ def records(rows: Iterable[dict] | None = None, split: str = "all", limit: int |
                           attention_tp_of(row), int(row["isl"]), int(row["osl"]),
                           lay["concurrency"] if row["mode"] == "disagg" else concurrency_of(row),
                           float(row["silicon_ttft_ms"]) / 1e3, float(row["silicon_tpot_ms"]) / 1e3, ttft, tpot, note,
-                          lay["layout"] if isinstance(lay, dict) else "tp", row["mode"], is_dense(row)))
+                          lay["layout"] if isinstance(lay, dict) else "tp", row["mode"], is_dense(row),
+                          stated_speculation(row) or ""))
         if limit and len(out) >= limit:
             break
     return out
@@ -986,6 +988,53 @@ def summary(recs: list[Record], by: tuple[str, ...]) -> list[dict]:
     return out
 
 
+#: The issues' "Done when" targets this file scores (median |error| on held-out rows): issue 12 for the TP-only
+#: aggregated rows per engine, issue 14 for the aggregated EP / attention-DP rows and the disaggregated rows.
+GATE_GPUS = ("h100_sxm", "h200_sxm", "b200_sxm")
+
+
+def gates(recs: list[Record]) -> list[dict]:
+    """The issue targets over held-out MoE rows (:data:`GATE_GPUS`): per gate the rows, the median |TPOT| and
+    |TTFT| error and the target each must meet (None: no TTFT target). TP-only rows per engine and GPU (issue 12,
+    TPOT 15% / TTFT 25%, speculative runs apart since their acceptance is assumed); EP / attention-DP aggregated
+    rows (issue 14, 15% / 25%); disaggregated rows (issue 14, TPOT 25%)."""
+    held = [r for r in recs if r.split == "held-out" and not r.dense and r.gpu in GATE_GPUS
+            and r.predicted_tpot_s is not None]
+    specs: list[tuple[str, list[Record], float, float | None]] = []
+    for gpu in GATE_GPUS:
+        for backend in ("vllm", "sglang", "trtllm"):
+            rs = [r for r in held if r.gpu == gpu and r.backend == backend and r.mode == "agg" and r.layout == "tp"]
+            specs.append((f"12 tp {gpu} {backend} no-spec", [r for r in rs if not r.speculative], 0.15, 0.25))
+            specs.append((f"12 tp {gpu} {backend} spec", [r for r in rs if r.speculative], 0.15, 0.25))
+    agg = [r for r in held if r.mode == "agg" and r.layout != "tp"]
+    specs.append(("14 ep/dp agg", agg, 0.15, 0.25))
+    specs.append(("14 ep/dp agg no-spec", [r for r in agg if not r.speculative], 0.15, 0.25))
+    for backend in ("vllm", "sglang", "trtllm"):
+        specs.append((f"14 ep/dp agg {backend}", [r for r in agg if r.backend == backend], 0.15, 0.25))
+    specs.append(("14 disagg", [r for r in held if r.mode == "disagg"], 0.25, None))
+    out = []
+    for name, rs, tpot_target, ttft_target in specs:
+        if not rs:
+            continue
+        tp = _pct([abs(r.tpot_error) for r in rs], 0.5)
+        tt = _pct([abs(r.ttft_error) for r in rs], 0.5)
+        out.append({"gate": name, "rows": len(rs), "tpot_median_abs": tp, "tpot_target": tpot_target,
+                    "ttft_median_abs": tt, "ttft_target": ttft_target,
+                    "ttft_median_signed": _pct([r.ttft_error for r in rs], 0.5),
+                    "met": tp <= tpot_target and (ttft_target is None or tt <= ttft_target)})
+    return out
+
+
+def _gate_table(rows: list[dict]) -> str:
+    lines = [f"{'gate (held-out, median |error|)':<36} rows |  TPOT (target) |  TTFT (target) signed | met"]
+    for g in rows:
+        ttft_t = "   -" if g["ttft_target"] is None else f"{g['ttft_target']:4.0%}"
+        lines.append(f"{g['gate']:<36} {g['rows']:4d} | {g['tpot_median_abs']:5.1%} ({g['tpot_target']:4.0%}) | "
+                     f"{g['ttft_median_abs']:6.1%} ({ttft_t}) {g['ttft_median_signed']:+6.0%} | "
+                     f"{'yes' if g['met'] else 'no'}")
+    return "\n".join(lines)
+
+
 def _table(rows: list[dict], by: tuple[str, ...]) -> str:
     head = " ".join(f"{b:>16}" for b in by) + "   rows refused |  TPOT med   p90  (signed) |  TTFT med   p90  (signed)"
     lines = [head]
@@ -1011,10 +1060,20 @@ def main(argv: list[str] | None = None) -> int:
                     help="also the dense reference models' rows (grouped apart: dense True/False)")
     ap.add_argument("--gpu", action="append", choices=sorted(PLATFORMS), default=None,
                     help="only the rows of this GPU (the CSV's system column; repeatable)")
+    ap.add_argument("--gates", action="store_true",
+                    help="only the issue targets (held-out TP, EP / attention-DP and disaggregated rows on "
+                         "H100/H200/B200); implies --split held-out --layouts --disagg")
     args = ap.parse_args(argv)
-    rows = [r for r in load_rows() if args.gpu is None or r["system"] in args.gpu]
+    if args.gates:
+        args.split, args.layouts, args.disagg = "held-out", True, True
+    rows = [r for r in load_rows() if (args.gpu is None or r["system"] in args.gpu)
+            and (not args.gates or r["system"] in GATE_GPUS)]
     recs = records(rows, split=args.split, limit=args.limit, system=args.as_system, layouts=args.layouts,
                    disagg=args.disagg, dense=args.dense)
+    if args.gates:
+        g = gates(recs)
+        print(json.dumps(g, indent=1) if args.json else _gate_table(g))
+        return 0
     groupings = [("split", "backend"), ("split", "backend", "model"), ("split", "gpu", "backend", "tp")]
     if args.dense:
         groupings = [tuple(g[:1]) + ("dense",) + tuple(g[1:]) for g in groupings]
