@@ -29,8 +29,10 @@ Scheduling: SGLang's default prefill-first batches (a step with prompts runs the
 N`` (default 1) polls for new requests every N decode steps only (its ``SchedulerRecvSkipper``), so a request arriving
 while others decode waits for the next poll (:mod:`moesim.serving.scheduler`, rule 1).
 
-Execution: decode replays CUDA graphs; prefill ("extend") runs eagerly, its long kernels keeping the GPU busy while
-the host issues the next (priced GPU-alone, :mod:`.shared.engine_step`). The overlap scheduler (default since
+Execution: decode replays CUDA graphs; prefill ("extend") runs eagerly (piecewise CUDA graphs for extend are opt-in
+through 0.5.9, ``--enable-piecewise-cuda-graph``): a long prefill's kernels keep the GPU busy while the host issues
+the next (priced GPU-alone, :mod:`.shared.engine_step`), and a short one waits on the host, so an extend forward
+takes ``max(GPU time, L x extend_host_s_per_layer)`` for L layers (:meth:`EngineRuntime.prefill_s`). The overlap scheduler (default since
 v0.4) prepares the next batch on the CPU while the GPU runs the current one; its per-step CPU constants are not
 fitted (no fit row of AIConfigurator's file runs SGLang).
 
@@ -76,6 +78,11 @@ class SGLangParams(DisaggregationParams, SpeculativeParams):
         default=None, ge=0, description="largest decode batch captured in a CUDA graph; None = SGLang's default")
     page_size: int = Field(default=1, ge=1, description="tokens per KV page (SGLang default 1)")
     disable_overlap_schedule: bool = Field(default=False, description="turn the overlap scheduler off")
+    enable_piecewise_cuda_graph: bool = Field(
+        default=False, description="replay prefill (extend) forwards as piecewise CUDA graphs (SGLang "
+                                   "--enable-piecewise-cuda-graph, off by default through 0.5.9): no host-issue floor "
+                                   "on a short prefill; otherwise extend runs eagerly and a forward takes at least the "
+                                   "host's issue of its kernels (extend_host_s_per_layer per layer)")
     scheduler_recv_interval: int = Field(
         default=1, ge=1, description="decode steps between the scheduler's polls for new requests (SGLang "
                                      "--scheduler-recv-interval, default 1: every step); a request arriving while "
@@ -229,9 +236,10 @@ class SGLang(ContinuousBatchingEngine):
     def runtime(self, ctx: Context) -> EngineRuntime:
         p = self.params
         c = runtime_constants(self.name)
+        host_s = 0.0 if p.enable_piecewise_cuda_graph else ctx.model.num_layers * self._c("extend_host_s_per_layer")
         return EngineRuntime(self.name, engine_execution("graph"), engine_execution("graph"), c["step_cpu_s"],
                              c["step_cpu_per_seq_s"], bool(c["overlap_scheduler"]) and not p.disable_overlap_schedule,
-                             self.capture_sizes(ctx), uncaptured=engine_execution("eager"))
+                             self.capture_sizes(ctx), uncaptured=engine_execution("eager"), prefill_host_s=host_s)
 
     def parallel_layout(self, ctx: Context) -> ParallelLayout:
         """SGLang's layout (``ServerArgs`` checks): --tp is the instance's GPUs; with --enable-dp-attention the

@@ -28,7 +28,7 @@ from ...specs import LayerKind
 from ...units import fmt_bytes
 from ..base import (Plan, ServingSystem, StepSim, balanced_batches, sequential_steps, simpson_decode_time,
                     simulate_pass)
-from .engine_step import EngineRuntime, engine_layer_times, kernel_tables_used, with_engine_cpu
+from .engine_step import EngineRuntime, engine_layer_times, kernel_tables_used, with_engine_cpu, with_prefill_host
 from .memory import activation_bytes
 from .speculative import speculation, speculative_decode_step
 from .parallel import (ParallelLayout, parallel_layer_times, rank_context, require_experts_divisible,
@@ -238,7 +238,8 @@ class ContinuousBatchingEngine(ServingSystem):
 
     # ---- one step ----------------------------------------------------------------------------
     def _pass(self, ctx: Context, lay: _Layout, tokens: float, rows: float,
-              attention: list[tuple[float, float, float]], width: int = 1, phase: str | None = None) -> StepSim:
+              attention: list[tuple[float, float, float]], width: int = 1, phase: str | None = None,
+              host_floor: bool = True) -> StepSim:
         """One step over ``tokens`` batched tokens; ``attention`` lists (sequences, new tokens, context) groups;
         ``rows`` = tokens whose logits are computed (one per decoding sequence and per completed prompt).
 
@@ -247,7 +248,9 @@ class ContinuousBatchingEngine(ServingSystem):
         per-step CPU work, overlapped with the GPU's or not (:meth:`EngineRuntime.step_s`). ``width``: tokens per
         sequence of a decode step (k + 1 when speculative decoding verifies k draft tokens, :mod:`.speculative`):
         the engines capture its graph per batch of sequences, each carrying ``width`` tokens. ``phase`` ("decode" or
-        "prefill") states the step's kind where ``attention`` does not show it (a step priced without attention)."""
+        "prefill") states the step's kind where ``attention`` does not show it (a step priced without attention).
+        ``host_floor`` False: a step with prompt tokens priced without the host's issue floor of an eager prefill
+        (:meth:`EngineRuntime.prefill_s`; the online step table composes GPU times and applies it per step)."""
         pl = self._parallel(ctx)
         n, dp = pl.attn_tp, pl.dp
         inv = 1.0 / n
@@ -289,6 +292,8 @@ class ContinuousBatchingEngine(ServingSystem):
                  "activations (profiled peak) + one offloaded layer's GPU copy": lay.activations}
 
         step = simulate_pass(ctx, engine, layer, gpu_holds=holds, head_s=head)
+        if not decode_only and host_floor:  # an eagerly launched prefill forward waits on the host's issue
+            step = with_prefill_host(step, rt)
         return with_engine_cpu(step, rt, max(rows / dp, 1.0))
 
     def _mixed(self, ctx: Context, lay: _Layout, dec: float, dec_ctx: float, pre_tokens: float, pre_seqs: float,

@@ -64,6 +64,10 @@ class EngineRuntime:
     graph_sizes: tuple[int, ...] = ()  # captured decode batch sizes, ascending; () = no graphs
     pad_to_graph: bool = True  # a decode batch runs in the next captured size (False: only captured sizes replay)
     uncaptured: Execution | None = None  # how a decode batch without a graph runs (None: as ``decode``)
+    #: host time to issue one forward with prompt tokens where the engine launches its prefill eagerly (Python and
+    #: the dispatcher per kernel, no graph): such a forward takes at least this long however little the GPU has to
+    #: do (:meth:`prefill_s`); 0 where the prefill replays graphs or the host always runs ahead
+    prefill_host_s: float = 0.0
 
     def decode_execution(self, batch: float) -> tuple[Execution, float]:
         """(execution, GEMM rows) of a decode step of ``batch`` sequences: the graph of the padded batch, or
@@ -79,6 +83,12 @@ class EngineRuntime:
             return self.decode, batch
         return self.uncaptured or self.decode, batch
 
+    def prefill_s(self, gpu_s: float) -> float:
+        """A forward with prompt tokens of ``gpu_s`` GPU time, launched kernel by kernel from the host: the GPU cannot
+        finish before the host has issued the last kernel, so ``max(gpu_s, prefill_host_s)`` (the host runs ahead
+        of a long prefill, whose GPU time is all that shows; a short one, e.g. one prompt, waits on the host)."""
+        return max(gpu_s, self.prefill_host_s)
+
     def cpu_s(self, seqs: float) -> float:
         return self.step_cpu_s + seqs * self.step_cpu_per_seq_s
 
@@ -86,6 +96,21 @@ class EngineRuntime:
         """A step of ``gpu_s`` GPU time with ``seqs`` sequences, the engine's CPU work overlapped or not."""
         cpu = self.cpu_s(seqs)
         return max(gpu_s, cpu) if self.overlap_scheduler else gpu_s + cpu
+
+
+def with_prefill_host(step: "StepSim", rt: EngineRuntime) -> "StepSim":
+    """``step`` (a forward with prompt tokens, its GPU work simulated) at least as long as the host's issue of an
+    eager prefill forward (:meth:`EngineRuntime.prefill_s`); the time that adds is reported as resource ``cpu`` and
+    category ``host issue (eager prefill)``."""
+    total = rt.prefill_s(step.time_s)
+    if total <= step.time_s:
+        return step
+    added = total - step.time_s
+    category = dict(step.category_s)
+    category["host issue (eager prefill)"] = category.get("host issue (eager prefill)", 0.0) + added
+    busy = dict(step.busy_s)
+    busy["cpu"] = busy.get("cpu", 0.0) + added
+    return replace(step, time_s=total, busy_s=busy, category_s=category)
 
 
 def with_engine_cpu(step: "StepSim", rt: EngineRuntime, seqs: float) -> "StepSim":

@@ -41,7 +41,13 @@ class StepTable:
 
     def __init__(self, system: ContinuousBatchingEngine, ctx: Context, lay: _Layout, max_tokens: int, max_seqs: int,
                  max_ctx: int, ranks: int = 1):
-        p = system._pass if ranks == 1 else _rank_pass(system, ranks)
+        p0 = system._pass if ranks == 1 else _rank_pass(system, ranks)
+
+        def p(*args, **kw):  # GPU times: the host floor of an eager prefill is applied per step (:meth:`time_s`)
+            return p0(*args, host_floor=False, **kw)
+
+        #: host issue floor of a step with prompt tokens (:meth:`EngineRuntime.prefill_s`; 0 without one)
+        self.prefill_host_s = float(system.runtime(ctx).prefill_host_s)
         grid = sorted({1, *[2**e for e in range(0, 30) if 2**e < max_tokens], max_tokens})
         self.grid = np.array(grid, dtype=float)
         self.t_lin = np.array([p(ctx, lay, n, 1, [], phase="prefill").time_s for n in grid])
@@ -95,11 +101,13 @@ class StepTable:
 
     def time_s(self, tokens: int, rows: int, decode_ctx_sum: float, prefill_pairs: float) -> float:
         """A step's time; a step without prompt tokens (``prefill_pairs`` 0) within the running-request cap is a
-        decode-only step (its graph), any other a step the engine runs in its prefill execution."""
+        decode-only step (its graph), any other a step the engine runs in its prefill execution, at least the host's
+        issue of an eager prefill forward (``prefill_host_s``)."""
         if prefill_pairs == 0 and tokens <= self.decode_grid[-1] and rows == tokens:
             return self.decode_step_s(tokens, decode_ctx_sum)
         lin = float(np.interp(tokens, self.grid, self.t_lin))
-        return lin + self.head_row_s * max(rows - 1, 0) + self.alpha * decode_ctx_sum + self.beta * prefill_pairs
+        gpu_s = lin + self.head_row_s * max(rows - 1, 0) + self.alpha * decode_ctx_sum + self.beta * prefill_pairs
+        return max(gpu_s, self.prefill_host_s)
 
 
 def _rank_pass(system: ContinuousBatchingEngine, ranks: int):
@@ -109,9 +117,9 @@ def _rank_pass(system: ContinuousBatchingEngine, ranks: int):
     instance's tokens by the DP size again)."""
 
     def p(ctx: Context, lay: _Layout, tokens: float, rows: float, attention: list, width: int = 1,
-          phase: str | None = None):
+          phase: str | None = None, host_floor: bool = True):
         return system._pass(ctx, lay, tokens * ranks, rows * ranks, [(s * ranks, q, c) for s, q, c in attention],
-                            width, phase)
+                            width, phase, host_floor)
 
     return p
 

@@ -1,0 +1,84 @@
+"""SGLang's eager extend: a prefill forward launched kernel by kernel from Python takes at least the host's issue of
+its kernels (``systems_db/sglang.yaml`` ``extend_host_s_per_layer``, SGLang pull request 12160: DeepSeek-V3, one new
+token, 82.64 ms eager), so a short prefill costs that floor however little the GPU does; a long one is GPU-bound.
+``--enable-piecewise-cuda-graph`` removes the floor; decode (CUDA graphs) never pays it."""
+
+from __future__ import annotations
+
+import pytest
+
+import moesim
+from moesim.db import system_constants
+from moesim.modules import Context, Options
+from moesim.specs import OfflineWorkload
+from moesim.systems import get_system
+from moesim.systems.shared.engine_step import EngineRuntime, engine_execution
+
+
+def _ctx(model: str = "deepseek-r1", gpus: int = 8, prompt: int = 1024, gen: int = 64) -> Context:
+    platform = moesim.get_hardware("hgx-h200", num_gpus=gpus)
+    return Context(moesim.get_model(model), platform, OfflineWorkload(num_requests=1, prompt_tokens=prompt,
+                                                                      gen_tokens=gen), Options())
+
+
+def _per_layer_s() -> float:
+    return float(system_constants("sglang").value("extend_host_s_per_layer"))
+
+
+def test_floor_is_the_larger_of_gpu_and_host_issue():
+    g = engine_execution("graph")
+    rt = EngineRuntime("sglang", g, g, 1e-3, 1e-5, True, prefill_host_s=0.08)
+    assert rt.prefill_s(0.02) == 0.08 and rt.prefill_s(0.3) == 0.3
+    assert EngineRuntime("vllm", g, g, 1e-3, 1e-5, True).prefill_s(0.02) == 0.02  # no floor unless declared
+
+
+def test_sglang_floor_is_layers_times_the_sourced_per_layer_issue_and_off_with_piecewise_graphs():
+    ctx = _ctx()
+    layers = ctx.model.num_layers
+    assert layers == 61
+    assert get_system("sglang")().runtime(ctx).prefill_host_s == pytest.approx(61 * _per_layer_s())
+    assert 61 * _per_layer_s() == pytest.approx(0.08264, rel=1e-3)  # the source's 82.64 ms forward
+    assert get_system("sglang")({"enable_piecewise_cuda_graph": True}).runtime(ctx).prefill_host_s == 0.0
+    assert get_system("vllm")().runtime(ctx).prefill_host_s == 0.0  # vLLM's prefill is compiled and graphed
+
+
+def test_short_prefill_pays_the_floor_long_prefill_and_decode_do_not():
+    ctx = _ctx()
+    eager, pcg = get_system("sglang")(), get_system("sglang")({"enable_piecewise_cuda_graph": True})
+    floor = eager.runtime(ctx).prefill_host_s
+    lay = eager._layout(ctx)
+    short_e = eager._pass(ctx, lay, 64, 1, [(1, 64, 64)])
+    short_g = pcg._pass(ctx, lay, 64, 1, [(1, 64, 64)])
+    assert short_g.time_s < floor <= short_e.time_s + 1e-12  # GPU-alone below the floor; eager waits on the host
+    assert short_e.category_s.get("host issue (eager prefill)", 0.0) == pytest.approx(short_e.time_s - short_g.time_s)
+    long_e = eager._pass(ctx, lay, 32768, 32, [(32, 1024, 1024)])
+    long_g = pcg._pass(ctx, lay, 32768, 32, [(32, 1024, 1024)])
+    assert long_g.time_s > floor and long_e.time_s == pytest.approx(long_g.time_s)
+    dec_e = eager._pass(ctx, lay, 8, 8, [(8, 1, 1024)])
+    dec_g = pcg._pass(ctx, lay, 8, 8, [(8, 1, 1024)])
+    assert dec_e.time_s == pytest.approx(dec_g.time_s) and dec_e.time_s < floor
+
+
+def test_online_step_table_composes_gpu_times_and_floors_each_prefill_step():
+    """The step table's per-pair and per-row slopes are GPU-time differences (the floor would flatten them to 0);
+    the floor applies to a whole step with prompt tokens, not to a decode-only step."""
+    ctx = _ctx()
+    eager, pcg = get_system("sglang")(), get_system("sglang")({"enable_piecewise_cuda_graph": True})
+    lay = eager._layout(ctx)
+    from moesim.systems.shared.online import EngineStepModel
+
+    te, tg = EngineStepModel(eager, ctx, lay, 2048).table, EngineStepModel(pcg, ctx, lay, 2048).table
+    assert te.beta == pytest.approx(tg.beta) and te.beta > 0
+    assert te.head_row_s == pytest.approx(tg.head_row_s)
+    floor = eager.runtime(ctx).prefill_host_s
+    one_prompt = dict(tokens=1024, rows=1, decode_ctx_sum=0.0, prefill_pairs=1024 * 1025 / 2)
+    assert tg.time_s(**one_prompt) < floor and te.time_s(**one_prompt) == pytest.approx(floor)
+    assert te.time_s(8, 8, 8 * 1024.0, 0.0) == pytest.approx(tg.time_s(8, 8, 8 * 1024.0, 0.0))
+
+
+def test_cli_takes_the_flag_and_a_short_prompt_ttft_reflects_the_floor():
+    base = dict(model="deepseek-r1", hardware="hgx-h200", num_gpus=8, system="sglang", prompt_tokens=256,
+                gen_tokens=32, batch_size=1, num_requests=1)
+    eager = moesim.predict(moesim.Scenario(**base))
+    pcg = moesim.predict(moesim.Scenario(**base, system_params={"enable_piecewise_cuda_graph": True}))
+    assert eager.ttft_s >= 61 * _per_layer_s() > pcg.ttft_s
