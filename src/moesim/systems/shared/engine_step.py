@@ -98,34 +98,30 @@ class EngineRuntime:
         return max(gpu_s, cpu) if self.overlap_scheduler else gpu_s + cpu
 
 
+def _lengthened(step: "StepSim", total_s: float, category: str) -> "StepSim":
+    """``step`` taking ``total_s`` when that is longer, the time added charged to resource ``cpu`` and ``category``."""
+    if total_s <= step.time_s:
+        return step
+    added = total_s - step.time_s
+    categories = dict(step.category_s)
+    categories[category] = categories.get(category, 0.0) + added
+    busy = dict(step.busy_s)
+    busy["cpu"] = busy.get("cpu", 0.0) + added
+    return replace(step, time_s=total_s, busy_s=busy, category_s=categories)
+
+
 def with_prefill_host(step: "StepSim", rt: EngineRuntime) -> "StepSim":
     """``step`` (a forward with prompt tokens, its GPU work simulated) at least as long as the host's issue of an
     eager prefill forward (:meth:`EngineRuntime.prefill_s`); the time that adds is reported as resource ``cpu`` and
     category ``host issue (eager prefill)``."""
-    total = rt.prefill_s(step.time_s)
-    if total <= step.time_s:
-        return step
-    added = total - step.time_s
-    category = dict(step.category_s)
-    category["host issue (eager prefill)"] = category.get("host issue (eager prefill)", 0.0) + added
-    busy = dict(step.busy_s)
-    busy["cpu"] = busy.get("cpu", 0.0) + added
-    return replace(step, time_s=total, busy_s=busy, category_s=category)
+    return _lengthened(step, rt.prefill_s(step.time_s), "host issue (eager prefill)")
 
 
 def with_engine_cpu(step: "StepSim", rt: EngineRuntime, seqs: float) -> "StepSim":
     """``step`` (its GPU work simulated) with the engine's per-step CPU work of ``seqs`` sequences: the step
     takes :meth:`EngineRuntime.step_s`; the time the CPU work adds beyond the GPU's (none when the overlap
     scheduler hides it) is reported as resource ``cpu`` and category ``engine cpu``."""
-    total = rt.step_s(step.time_s, seqs)
-    if total <= step.time_s:
-        return step
-    added = total - step.time_s
-    category = dict(step.category_s)
-    category["engine cpu"] = category.get("engine cpu", 0.0) + added
-    busy = dict(step.busy_s)
-    busy["cpu"] = busy.get("cpu", 0.0) + added
-    return replace(step, time_s=total, busy_s=busy, category_s=category)
+    return _lengthened(step, rt.step_s(step.time_s, seqs), "engine cpu")
 
 
 def graph_batch(batch: float, sizes: tuple[int, ...]) -> float:
