@@ -82,3 +82,5 @@ def test_cli_takes_the_flag_and_a_short_prompt_ttft_reflects_the_floor():
     eager = moesim.predict(moesim.Scenario(**base))
     pcg = moesim.predict(moesim.Scenario(**base, system_params={"enable_piecewise_cuda_graph": True}))
     assert eager.ttft_s >= 61 * _per_layer_s() > pcg.ttft_s
+    assert any("launched eagerly" in a and "host-bound" in a for a in eager.assumptions)
+    assert not any("launched eagerly" in a for a in pcg.assumptions)

@@ -448,6 +448,13 @@ class ContinuousBatchingEngine(ServingSystem):
             notes.append(f"parallel layout on {pl.gpus} GPUs: {pl.words()}; each DP rank runs 1/{pl.dp} of the "
                          f"sequences with its own KV pool; the most loaded EP rank sets the MoE's pace")
         notes.extend(self.layout_notes(ctx))
+        host_s = self.runtime(ctx).prefill_host_s
+        if host_s > 0:
+            notes.append(f"prefill forwards launched eagerly, kernel by kernel: each takes at least {host_s * 1e3:.1f} "
+                         f"ms of host issue ({self.name}'s figure per layer x {ctx.model.num_layers} layers, "
+                         f"systems_db/{self.name}.yaml); "
+                         + ("this prefill pass is host-bound" if prefill.category_s.get("host issue (eager prefill)")
+                            else "this prefill pass is GPU-bound"))
         if lay.offload:
             notes.append(f"cpu_offload_gb={prm.cpu_offload_gb:g}: {fmt_bytes(lay.offload)} of weights per GPU copied "
                          f"from pinned host memory every pass, serialized with compute")
