@@ -84,3 +84,19 @@ def test_cli_takes_the_flag_and_a_short_prompt_ttft_reflects_the_floor():
     assert eager.ttft_s >= 61 * _per_layer_s() > pcg.ttft_s
     assert any("launched eagerly" in a and "host-bound" in a for a in eager.assumptions)
     assert not any("launched eagerly" in a for a in pcg.assumptions)
+
+
+def test_analytic_steady_client_charges_the_floor_to_each_prompt_chunk():
+    """The layout search's analytic client (``closed_loop.steady_ttft_s``) prices a steady-state prompt's chunk at
+    q / N of a full pass: for SGLang that chunk is an eager forward of its own, so it takes at least the floor."""
+    from moesim.predict import plan_scenario
+    from moesim.serving.closed_loop import prefill_host_s_of, steady_ttft_s
+
+    base = dict(model="deepseek-r1", hardware="hgx-h200", num_gpus=8, system="sglang", prompt_tokens=512,
+                gen_tokens=256, batch_size=16, num_requests=16)
+    _, eager, _, _ = plan_scenario(moesim.Scenario(**base))
+    _, pcg, _, _ = plan_scenario(moesim.Scenario(**base, system_params={"enable_piecewise_cuda_graph": True}))
+    floor = prefill_host_s_of(eager)
+    assert floor == pytest.approx(61 * _per_layer_s()) and prefill_host_s_of(pcg) == 0.0
+    decode_step = eager.decode_time_per_batch_s / 256
+    assert steady_ttft_s(eager, 512, 256) >= floor + decode_step > steady_ttft_s(pcg, 512, 256)

@@ -109,17 +109,24 @@ def recv_interval_of(plan) -> int:
     return max(1, int((getattr(plan, "config", None) or {}).get("recv_interval") or 1))
 
 
+def prefill_host_s_of(plan) -> float:
+    """The host-issue floor of one forward with prompt tokens in ``plan`` (its config's ``prefill_host_s``, the
+    engine's :attr:`EngineRuntime.prefill_host_s`: SGLang's eager extend; 0 where a plan does not say)."""
+    return float((getattr(plan, "config", None) or {}).get("prefill_host_s") or 0.0)
+
+
 def steady_ttft_s(plan, prompt: int, gen: int) -> float:
     """Steady-state TTFT: a prompt arriving while B = plan.batch_size sequences decode waits for the scheduler's
     next poll, on average half of the R decode steps between polls (R = 1 but for SGLang's
     ``--scheduler-recv-interval``, :func:`recv_interval_of`), then enters in chunks of q = min(P, N - B) tokens,
     ceil(P / q) steps each carrying B decodes and a chunk (priced as the decode step plus q / N of a full prefill
-    pass)."""
+    pass, or the engine's host-issue floor of an eager prefill forward where that is longer,
+    :func:`prefill_host_s_of`)."""
     b = plan.batch_size
     n_tok = max(plan.prefill_tokens_per_pass, 1)
     q = max(min(prompt, n_tok - b), 1)
     decode_step = plan.decode_time_per_batch_s / gen
-    carry = plan.prefill.time_s * q / n_tok + decode_step
+    carry = max(plan.prefill.time_s * q / n_tok, prefill_host_s_of(plan)) + decode_step
     return 0.5 * recv_interval_of(plan) * decode_step + math.ceil(prompt / q) * carry
 
 

@@ -464,7 +464,7 @@ class ContinuousBatchingEngine(ServingSystem):
                   "prefill_tokens_per_pass": chunk, "kv_pool_bytes_per_gpu": lay.blocks * lay.block_bytes,
                   "weights_on_gpu_bytes_per_gpu": lay.weights_gpu, "offloaded_bytes_per_gpu": lay.offload,
                   "kernel_tables": kernel_tables_used(ctx, self.runtime(ctx)), "params": prm.model_dump(),
-                  "recv_interval": self.recv_interval(),
+                  "recv_interval": self.recv_interval(), "prefill_host_s": host_s,
                   "speculative_acceptance": _acceptance_given(spec, kind, prm)}
         placement = {"weights": "gpu" + (" + pinned host (copied every pass)" if lay.offload else ""),
                      "kv_cache": "gpu (paged)"}
