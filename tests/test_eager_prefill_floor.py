@@ -1,7 +1,8 @@
-"""SGLang's eager extend: a prefill forward launched kernel by kernel from Python takes at least the host's issue of
-its kernels (``systems_db/sglang.yaml`` ``extend_host_s_per_layer``, SGLang pull request 12160: DeepSeek-V3, one new
+"""SGLang's eager forwards: a forward launched kernel by kernel from Python takes at least the host's issue of its
+kernels (``systems_db/sglang.yaml`` ``extend_host_s_per_layer``, SGLang pull request 12160: DeepSeek-V3, one new
 token, 82.64 ms eager), so a short prefill costs that floor however little the GPU does; a long one is GPU-bound.
-``--enable-piecewise-cuda-graph`` removes the floor; decode (CUDA graphs) never pays it."""
+``--enable-piecewise-cuda-graph`` removes it from prefill; a decode batch replaying a captured graph never pays it, one
+above cuda_graph_max_bs (run eagerly) does. Engines without a sourced figure (vLLM, TensorRT-LLM) declare none."""
 
 from __future__ import annotations
 
@@ -100,3 +101,51 @@ def test_analytic_steady_client_charges_the_floor_to_each_prompt_chunk():
     assert floor == pytest.approx(61 * _per_layer_s()) and prefill_host_s_of(pcg) == 0.0
     decode_step = eager.decode_time_per_batch_s / 256
     assert steady_ttft_s(eager, 512, 256) >= floor + decode_step > steady_ttft_s(pcg, 512, 256)
+
+
+def test_decode_floor_only_where_no_captured_graph_takes_the_batch():
+    g, e = engine_execution("graph"), engine_execution("eager")
+    rt = EngineRuntime("sglang", g, g, 1e-3, 1e-5, True, (1, 2, 4, 8), uncaptured=e, eager_decode_host_s=0.08)
+    assert rt.decode_floor_s(3) == 0.0 and rt.decode_floor_s(8) == 0.0  # padded to / replaying a graph
+    assert rt.decode_floor_s(9) == 0.08  # above the largest captured size: eager
+    unpadded = EngineRuntime("trtllm", g, g, 1e-3, 1e-5, True, (1, 2, 4, 8), pad_to_graph=False, uncaptured=e,
+                             eager_decode_host_s=0.08)
+    assert unpadded.decode_floor_s(3) == 0.08 and unpadded.decode_floor_s(4) == 0.0  # off the list without padding
+    assert EngineRuntime("vllm", g, g, 1e-3, 1e-5, True, (1, 2)).decode_floor_s(64) == 0.0  # none declared
+
+
+def test_sglang_decode_above_cuda_graph_max_bs_pays_the_floor_below_does_not():
+    ctx = _ctx()
+    sg = get_system("sglang")({"cuda_graph_max_bs": 8})
+    lay = sg._layout(ctx)
+    floor = 61 * _per_layer_s()
+    captured = sg._pass(ctx, lay, 8, 8, [(8, 1, 1024)])
+    eager = sg._pass(ctx, lay, 9, 9, [(9, 1, 1024)])
+    assert captured.time_s < floor <= eager.time_s + 1e-12
+    assert eager.category_s.get("host issue (eager decode)", 0.0) > 0
+    none = get_system("sglang")({"cuda_graph_max_bs": 0})  # no graphs at all: every decode step is eager
+    assert none.runtime(ctx).decode_execution(1)[0].mode == "eager"
+    assert none._pass(ctx, lay, 1, 1, [(1, 1, 1024)]).time_s >= floor - 1e-12
+    from moesim.systems.shared.online import EngineStepModel
+
+    table = EngineStepModel(sg, ctx, lay, 2048).table  # the online step table floors the same batches
+    assert table.time_s(8, 8, 8 * 1024.0, 0.0) < floor <= table.time_s(9, 9, 9 * 1024.0, 0.0) + 1e-12
+
+
+def test_engines_without_a_sourced_figure_declare_no_eager_floor():
+    """TensorRT-LLM's context phase runs eagerly too, but no source states its host issue; SGLang's figure does not
+    transfer (on B200 gpt-oss-120b its 49 ms exceeds TensorRT-LLM's whole measured TTFT), so none is declared."""
+    ctx = _ctx()
+    for name, params in (("trtllm", {}), ("vllm", {}), ("vllm", {"enforce_eager": True})):
+        rt = get_system(name)(params).runtime(ctx)
+        assert rt.prefill_host_s == 0.0 and rt.decode_floor_s(1000) == 0.0
+
+
+def test_a_one_token_prompt_is_a_prefill_forward_not_a_decode():
+    """SGLang's source case itself: an extend of one new token runs eagerly (82.64 ms), so a one-token prompt's TTFT
+    pays the floor although its attention looks like a decode's."""
+    base = dict(model="deepseek-r1", hardware="hgx-h200", num_gpus=8, system="sglang", prompt_tokens=1,
+                gen_tokens=8, batch_size=1, num_requests=1)
+    assert moesim.predict(moesim.Scenario(**base)).ttft_s >= 61 * _per_layer_s()
+    pcg = moesim.predict(moesim.Scenario(**base, system_params={"enable_piecewise_cuda_graph": True}))
+    assert pcg.ttft_s < 61 * _per_layer_s()

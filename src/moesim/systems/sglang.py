@@ -32,7 +32,10 @@ while others decode waits for the next poll (:mod:`moesim.serving.scheduler`, ru
 Execution: decode replays CUDA graphs; prefill ("extend") runs eagerly (piecewise CUDA graphs for extend are opt-in
 through 0.5.9, ``--enable-piecewise-cuda-graph``): a long prefill's kernels keep the GPU busy while the host issues
 the next (priced GPU-alone, :mod:`.shared.engine_step`), and a short one waits on the host, so an extend forward
-takes ``max(GPU time, L x extend_host_s_per_layer)`` for L layers (:meth:`EngineRuntime.prefill_s`). The overlap scheduler (default since
+takes ``max(GPU time, L x extend_host_s_per_layer)`` for L layers (:meth:`EngineRuntime.prefill_s`,
+``systems_db/sglang.yaml``: SGLang PR 12160's eager DeepSeek-V3 forward of one new token). A decode batch above
+``cuda_graph_max_bs`` (or every decode with ``cuda_graph_max_bs`` 0) runs eagerly too and pays the same floor
+(:meth:`EngineRuntime.decode_floor_s`). The overlap scheduler (default since
 v0.4) prepares the next batch on the CPU while the GPU runs the current one; its per-step CPU constants are not
 fitted (no fit row of AIConfigurator's file runs SGLang).
 
@@ -236,10 +239,14 @@ class SGLang(ContinuousBatchingEngine):
     def runtime(self, ctx: Context) -> EngineRuntime:
         p = self.params
         c = runtime_constants(self.name)
-        host_s = 0.0 if p.enable_piecewise_cuda_graph else ctx.model.num_layers * self._c("extend_host_s_per_layer")
-        return EngineRuntime(self.name, engine_execution("graph"), engine_execution("graph"), c["step_cpu_s"],
-                             c["step_cpu_per_seq_s"], bool(c["overlap_scheduler"]) and not p.disable_overlap_schedule,
-                             self.capture_sizes(ctx), uncaptured=engine_execution("eager"), prefill_host_s=host_s)
+        eager_s = ctx.model.num_layers * self._c("extend_host_s_per_layer")  # an eager forward's host issue
+        sizes = self.capture_sizes(ctx)  # none (cuda_graph_max_bs 0): every decode runs eagerly
+        return EngineRuntime(self.name, engine_execution("graph" if sizes else "eager"), engine_execution("graph"),
+                             c["step_cpu_s"], c["step_cpu_per_seq_s"],
+                             bool(c["overlap_scheduler"]) and not p.disable_overlap_schedule, sizes,
+                             uncaptured=engine_execution("eager"),
+                             prefill_host_s=0.0 if p.enable_piecewise_cuda_graph else eager_s,
+                             eager_decode_host_s=eager_s)
 
     def parallel_layout(self, ctx: Context) -> ParallelLayout:
         """SGLang's layout (``ServerArgs`` checks): --tp is the instance's GPUs; with --enable-dp-attention the

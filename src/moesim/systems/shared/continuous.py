@@ -28,7 +28,8 @@ from ...specs import LayerKind
 from ...units import fmt_bytes
 from ..base import (Plan, ServingSystem, StepSim, balanced_batches, sequential_steps, simpson_decode_time,
                     simulate_pass)
-from .engine_step import EngineRuntime, engine_layer_times, kernel_tables_used, with_engine_cpu, with_prefill_host
+from .engine_step import (EngineRuntime, engine_layer_times, kernel_tables_used, with_decode_host, with_engine_cpu,
+                          with_prefill_host)
 from .memory import activation_bytes
 from .speculative import speculation, speculative_decode_step
 from .parallel import (ParallelLayout, parallel_layer_times, rank_context, require_experts_divisible,
@@ -294,12 +295,16 @@ class ContinuousBatchingEngine(ServingSystem):
         step = simulate_pass(ctx, engine, layer, gpu_holds=holds, head_s=head)
         if not decode_only and host_floor:  # an eagerly launched prefill forward waits on the host's issue
             step = with_prefill_host(step, rt)
+        elif decode_only and host_floor:  # ... and so does a decode batch no captured graph takes
+            step = with_decode_host(step, rt, tokens / width / dp)
         return with_engine_cpu(step, rt, max(rows / dp, 1.0))
 
     def _mixed(self, ctx: Context, lay: _Layout, dec: float, dec_ctx: float, pre_tokens: float, pre_seqs: float,
                prompt: int) -> StepSim:
         attention = [(dec, 1, dec_ctx), (pre_seqs, prompt, prompt)]
-        return self._pass(ctx, lay, dec + pre_tokens, dec + pre_seqs, attention)
+        # stated, not read off the groups: a one-token prompt is still a prefill forward (SGLang's extend)
+        return self._pass(ctx, lay, dec + pre_tokens, dec + pre_seqs, attention,
+                          phase="prefill" if pre_tokens > 0 else "decode")
 
     def _v1_steady_state(self, ctx: Context, lay: _Layout, batch: int) -> tuple[float, StepSim, str]:
         """vLLM V1 (chunked prefill), staggered sequences in steady state.
@@ -448,13 +453,18 @@ class ContinuousBatchingEngine(ServingSystem):
             notes.append(f"parallel layout on {pl.gpus} GPUs: {pl.words()}; each DP rank runs 1/{pl.dp} of the "
                          f"sequences with its own KV pool; the most loaded EP rank sets the MoE's pace")
         notes.extend(self.layout_notes(ctx))
-        host_s = self.runtime(ctx).prefill_host_s
+        rt = self.runtime(ctx)
+        host_s = rt.prefill_host_s
+        source = (f"{self.name}'s figure per layer x {ctx.model.num_layers} layers, systems_db/{self.name}.yaml")
         if host_s > 0:
             notes.append(f"prefill forwards launched eagerly, kernel by kernel: each takes at least {host_s * 1e3:.1f} "
-                         f"ms of host issue ({self.name}'s figure per layer x {ctx.model.num_layers} layers, "
-                         f"systems_db/{self.name}.yaml); "
+                         f"ms of host issue ({source}); "
                          + ("this prefill pass is host-bound" if prefill.category_s.get("host issue (eager prefill)")
                             else "this prefill pass is GPU-bound"))
+        if rt.decode_floor_s(batch / pl.dp) > 0:
+            notes.append(f"a decode batch of {batch / pl.dp:g} sequences per rank has no captured CUDA graph and runs "
+                         f"eagerly: each step takes at least {rt.eager_decode_host_s * 1e3:.1f} ms of host issue "
+                         f"({source})")
         if lay.offload:
             notes.append(f"cpu_offload_gb={prm.cpu_offload_gb:g}: {fmt_bytes(lay.offload)} of weights per GPU copied "
                          f"from pinned host memory every pass, serialized with compute")

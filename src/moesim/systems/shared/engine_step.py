@@ -68,6 +68,9 @@ class EngineRuntime:
     #: the dispatcher per kernel, no graph): such a forward takes at least this long however little the GPU has to
     #: do (:meth:`prefill_s`); 0 where the prefill replays graphs or the host always runs ahead
     prefill_host_s: float = 0.0
+    #: the same floor for a decode forward the engine launches eagerly (a batch without a captured CUDA graph:
+    #: :meth:`decode_execution` in ``eager`` mode); 0 where such a forward's host issue is not known to bound it
+    eager_decode_host_s: float = 0.0
 
     def decode_execution(self, batch: float) -> tuple[Execution, float]:
         """(execution, GEMM rows) of a decode step of ``batch`` sequences: the graph of the padded batch, or
@@ -88,6 +91,13 @@ class EngineRuntime:
         finish before the host has issued the last kernel, so ``max(gpu_s, prefill_host_s)`` (the host runs ahead
         of a long prefill, whose GPU time is all that shows; a short one, e.g. one prompt, waits on the host)."""
         return max(gpu_s, self.prefill_host_s)
+
+    def decode_floor_s(self, batch: float) -> float:
+        """Host-issue floor of a decode step of ``batch`` sequences: :attr:`eager_decode_host_s` when the batch runs
+        eagerly (no captured graph takes it, :meth:`decode_execution`), else 0 (a graph replay is one launch)."""
+        if self.eager_decode_host_s <= 0:
+            return 0.0
+        return self.eager_decode_host_s if self.decode_execution(batch)[0].mode == "eager" else 0.0
 
     def cpu_s(self, seqs: float) -> float:
         return self.step_cpu_s + seqs * self.step_cpu_per_seq_s
@@ -115,6 +125,13 @@ def with_prefill_host(step: "StepSim", rt: EngineRuntime) -> "StepSim":
     eager prefill forward (:meth:`EngineRuntime.prefill_s`); the time that adds is reported as resource ``cpu`` and
     category ``host issue (eager prefill)``."""
     return _lengthened(step, rt.prefill_s(step.time_s), "host issue (eager prefill)")
+
+
+def with_decode_host(step: "StepSim", rt: EngineRuntime, batch: float) -> "StepSim":
+    """``step`` (a decode step of ``batch`` sequences per DP rank, its GPU work simulated) at least as long as the
+    host's issue of an eager decode forward where no captured graph takes the batch (:meth:`EngineRuntime.
+    decode_floor_s`); the time that adds is reported as resource ``cpu`` and category ``host issue (eager decode)``."""
+    return _lengthened(step, max(step.time_s, rt.decode_floor_s(batch)), "host issue (eager decode)")
 
 
 def with_engine_cpu(step: "StepSim", rt: EngineRuntime, seqs: float) -> "StepSim":

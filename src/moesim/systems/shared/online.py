@@ -48,6 +48,7 @@ class StepTable:
 
         #: host issue floor of a step with prompt tokens (:meth:`EngineRuntime.prefill_s`; 0 without one)
         self.prefill_host_s = float(system.runtime(ctx).prefill_host_s)
+        self._runtime = system.runtime(ctx)  # its decode_floor_s: an uncaptured decode batch's eager host issue
         grid = sorted({1, *[2**e for e in range(0, 30) if 2**e < max_tokens], max_tokens})
         self.grid = np.array(grid, dtype=float)
         self.t_lin = np.array([p(ctx, lay, n, 1, [], phase="prefill").time_s for n in grid])
@@ -101,10 +102,11 @@ class StepTable:
 
     def time_s(self, tokens: int, rows: int, decode_ctx_sum: float, prefill_pairs: float) -> float:
         """A step's time; a step without prompt tokens (``prefill_pairs`` 0) within the running-request cap is a
-        decode-only step (its graph), any other a step the engine runs in its prefill execution, at least the host's
-        issue of an eager prefill forward (``prefill_host_s``)."""
+        decode-only step (its graph; a batch no captured graph takes at least the host's issue of an eager decode
+        forward, :meth:`EngineRuntime.decode_floor_s`), any other a step the engine runs in its prefill execution, at
+        least the host's issue of an eager prefill forward (``prefill_host_s``)."""
         if prefill_pairs == 0 and tokens <= self.decode_grid[-1] and rows == tokens:
-            return self.decode_step_s(tokens, decode_ctx_sum)
+            return max(self.decode_step_s(tokens, decode_ctx_sum), self._runtime.decode_floor_s(tokens))
         lin = float(np.interp(tokens, self.grid, self.t_lin))
         gpu_s = lin + self.head_row_s * max(rows - 1, 0) + self.alpha * decode_ctx_sum + self.beta * prefill_pairs
         return max(gpu_s, self.prefill_host_s)
