@@ -291,8 +291,9 @@ def test_every_continuous_batching_engine_serves_online():
     assert r.request_throughput_per_s == pytest.approx(41 / r.makespan_s)
     assert any("attention data parallel" in a for a in r.assumptions)
     with pytest.raises(InfeasibleError, match="priced offline only"):
-        moesim.predict_online("deepseek-v3", "hgx-h200", system="sglang", num_gpus=8, arrival_rate_per_s=2.0,
-                              num_requests=40, system_params={"speculative_num_steps": 1})
+        moesim.predict_online("mixtral-8x7b", "hgx-h100", system="sglang", num_gpus=4, arrival_rate_per_s=2.0,
+                              num_requests=40, system_params={"disaggregate": True, "prefill_gpus": 2,
+                                                              "decode_gpus": 2})
 
 
 def test_attention_dp_rank_steps_are_the_instance_steps():

@@ -198,12 +198,13 @@ def simulated_run(system, ctx, plan, prompt: int, gen: int, concurrency: int, cl
     priced as all ranks running alike. ``staggered``: the rank's first c requests (c its share of C) are sent at
     i E / c (i = 0..c-1), E = one request's lifetime TTFT + (G - 1) TPOT in the analytic steady state
     (:func:`benchmark_latency` "steady"), so the loop starts from requests spread over their lifetimes instead of
-    one wave. Raises what ``online_model`` raises for a plan it cannot serve online (speculative decoding,
-    disaggregation)."""
+    one wave. Speculative decoding: 1 + ceil((g - 1) / tau) decode steps for g tokens
+    (:func:`moesim.serving.model.decode_steps`), TPOT over g. Raises what ``online_model`` raises for a plan it cannot
+    serve online (disaggregation)."""
     import numpy as np
 
     from .arrivals import Requests
-    from .model import ranks_of
+    from .model import decode_steps, ranks_of
     from .scheduler import run
 
     model = system.online_model(ctx, plan, prompt + gen)
@@ -221,7 +222,8 @@ def simulated_run(system, ctx, plan, prompt: int, gen: int, concurrency: int, cl
         gens = np.maximum(rng.integers(int(gen * client.range_ratio), gen + 1, size=n), 1)
     else:
         prompts, gens = np.full(n, prompt), np.full(n, gen)
-    requests = Requests(arrivals, prompts.astype(np.int64), gens.astype(np.int64))
+    # speculative decoding: the scheduler runs decode steps, each yielding tokens_per_step tokens on average
+    requests = Requests(arrivals, prompts.astype(np.int64), decode_steps(model, gens.astype(np.int64)))
     trace = run(requests, model, system.name, concurrency=c_rank)
     ttft = trace.first_token_s - trace.arrival_s
     tpot = (trace.finish_s - trace.first_token_s) / np.maximum(gens - 1, 1)

@@ -24,6 +24,9 @@ many tokens each computes; the system only prices iterations. Contract:
   rank running the engines' one-token dummy batch counts as such); the callers (:mod:`.simulate`,
   :mod:`.closed_loop`) hand one rank its share of the requests, dealt round robin, and scale throughput by
   ``ranks``. A model without the attribute has one rank (:func:`ranks_of`).
+* A model may decode speculatively (``tokens_per_step`` > 1: the mean tokens a sequence gains in one decode step).
+  The scheduler still advances a sequence one position a step; the callers hand it 1 + ceil((g - 1) /
+  tokens_per_step) steps for g generated tokens (:func:`decode_steps`) and report TPOT over the real g.
 """
 
 from __future__ import annotations
@@ -94,6 +97,26 @@ class StepTimeModel(Protocol):
         ...
 
     def step_time_s(self, step: Step) -> float: ...
+
+
+def tokens_per_step_of(model) -> float:
+    """Tokens a decoding sequence gains per decode step on average (its ``tokens_per_step`` attribute: speculative
+    decoding; 1 where it has none)."""
+    return max(1.0, float(getattr(model, "tokens_per_step", 1.0)))
+
+
+def decode_steps(model, gen_tokens):
+    """The decode iterations the scheduler runs for requests of ``gen_tokens`` generated tokens under ``model``:
+    ``1 + ceil((g - 1) / tau)`` with tau = :func:`tokens_per_step_of` (the first token comes from the prefill,
+    each later step yields tau on average), ``g`` itself without speculative decoding. The callers schedule these
+    and report TPOT over the real ``g`` tokens."""
+    import numpy as np
+
+    tau = tokens_per_step_of(model)
+    g = np.asarray(gen_tokens, dtype=np.int64)
+    if tau == 1.0:
+        return g
+    return np.where(g > 1, 1 + np.ceil((g - 1) / tau - 1e-9).astype(np.int64), g)
 
 
 def ranks_of(model) -> int:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from ..errors import MoesimError
 from ..specs.workload import LengthDistribution, OnlineWorkload
 from .arrivals import Requests, sample_requests
-from .model import ranks_of
+from .model import decode_steps, ranks_of
 from .result import OnlineResult, summarize
 from .scheduler import run
 
@@ -50,7 +50,9 @@ def simulate(ctx: Context, plan: Plan, system: ServingSystem, workload: OnlineWo
     ranks = ranks_of(model)
     served = requests if ranks == 1 else Requests(requests.arrival_s[::ranks], requests.prompt_tokens[::ranks],
                                                   requests.gen_tokens[::ranks])
-    trace = run(served, model, system.name)
+    steps = decode_steps(model, served.gen_tokens)  # speculative decoding: fewer decode steps than tokens
+    trace = run(served if steps is served.gen_tokens else Requests(served.arrival_s, served.prompt_tokens, steps),
+                model, system.name)
     notes = [f"{workload.num_requests} requests, Poisson arrivals at {workload.arrival_rate_per_s:g}/s "
              f"(seed {workload.seed}); prompt lengths {_describe(workload.prompt)}, generation lengths "
              f"{_describe(workload.gen)}",

@@ -138,18 +138,21 @@ class ContinuousBatchingEngine(ServingSystem):
         """The engine's steps for :mod:`moesim.serving` (:mod:`.online`): its KV pool on ``ctx``'s platform and its
         own caps, steps priced from a table of this engine's simulated passes. Tensor parallel, experts tensor or
         expert parallel, and attention data parallel (one DP rank's scheduler, its steps matched by every rank:
-        :class:`.online.EngineStepModel` ``ranks``); aggregated, without speculative decoding: the others are priced
-        offline only (refused, saying so)."""
+        :class:`.online.EngineStepModel` ``ranks``), with or without speculative decoding (its decode steps verify
+        k + 1 tokens after k draft steps); aggregated: disaggregated pools are priced offline only (refused, saying
+        so)."""
         from .online import EngineStepModel
 
         label = self.knobs_for(ctx).label
-        if getattr(self.params, "disaggregate", False) or self.speculative_steps() or ctx.options.speculative:
-            raise InfeasibleError(f"{label} online serving: disaggregated prefill/decode and speculative decoding are "
-                                  "priced offline only; use an offline workload (--batch C for C requests in flight)")
+        if getattr(self.params, "disaggregate", False):
+            raise InfeasibleError(f"{label} online serving: disaggregated prefill/decode is priced offline only; use "
+                                  "an offline workload (--batch C for C requests in flight)")
         if plan.config.get("params") != self.params.model_dump():
             raise ValueError(f"online serving: the plan was made by a {self.name} with other parameters "
                              f"({plan.config.get('params')}) than this one ({self.params.model_dump()})")
-        return EngineStepModel(self, ctx, self._layout(ctx), max_context_tokens, ranks=self._parallel(ctx).dp)
+        spec, rates, kind = speculation(self, ctx)
+        return EngineStepModel(self, ctx, self._layout(ctx), max_context_tokens, ranks=self._parallel(ctx).dp,
+                               spec=(spec, rates, kind) if spec else None)
 
     def parallel_layout(self, ctx: Context) -> ParallelLayout:
         """The engine's layout on ``ctx``'s GPUs from its flags (default: tensor parallel over all of them)."""

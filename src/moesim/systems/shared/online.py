@@ -40,7 +40,7 @@ class StepTable:
     """
 
     def __init__(self, system: ContinuousBatchingEngine, ctx: Context, lay: _Layout, max_tokens: int, max_seqs: int,
-                 max_ctx: int, ranks: int = 1):
+                 max_ctx: int, ranks: int = 1, spec: tuple[int, str] | None = None):
         p0 = system._pass if ranks == 1 else _rank_pass(system, ranks)
 
         def p(*args, **kw):  # GPU times: the host floor of an eager prefill is applied per step (:meth:`time_s`)
@@ -63,9 +63,15 @@ class StepTable:
         c_lo, c_hi = 16, max(32, max_ctx)
         self._ctx_lo = c_lo
 
+        def decode_s(n: int, c: int) -> float:  # one decode step of n sequences (per rank) at context c
+            if spec:  # speculative decoding: verification of k + 1 tokens a sequence and k draft steps
+                from .speculative import speculative_decode_step
+
+                return speculative_decode_step(system, ctx, lay, n * ranks, c, 1, spec[0], spec[1]).time_s
+            return p(ctx, lay, n, n, [(n, 1, c)], phase="decode").time_s
+
         def decode_line(n: int) -> tuple[float, float]:  # (step at n sequences of context c_lo, slope per context token)
-            t_lo = p(ctx, lay, n, n, [(n, 1, c_lo)], phase="decode").time_s
-            t_hi = p(ctx, lay, n, n, [(n, 1, c_hi)], phase="decode").time_s
+            t_lo, t_hi = decode_s(n, c_lo), decode_s(n, c_hi)
             return t_lo, max(0.0, (t_hi - t_lo) / (n * (c_hi - c_lo)))
 
         self._decode_line = decode_line
@@ -136,8 +142,15 @@ class EngineStepModel:
     """
 
     def __init__(self, system: ContinuousBatchingEngine, ctx: Context, lay: _Layout, max_context_tokens: int,
-                 ranks: int = 1):
+                 ranks: int = 1, spec: tuple[int, tuple[float, ...], str] | None = None):
+        from ...modules import expected_tokens_per_step
+
         self.ranks = max(1, int(ranks))
+        #: speculative decoding (k draft tokens a step, their acceptance rates, "mtp" / "draft"), None without
+        self.spec = spec if spec and spec[0] else None
+        #: tokens a decoding sequence gains per decode step on average (1 without speculative decoding): the callers
+        #: schedule 1 + ceil((g - 1) / tokens_per_step) decode steps for g tokens (:func:`moesim.serving.model.decode_steps`)
+        self.tokens_per_step = expected_tokens_per_step(self.spec[1]) if self.spec else 1.0
         k = system.knobs_for(ctx)
         self.capacity = Capacity(kv_blocks=lay.blocks, block_size=k.block_size, max_num_seqs=system.rank_max_seqs(ctx, lay),
                                  max_num_batched_tokens=k.token_budget, mixed=system.mixes_steps(),
@@ -149,7 +162,7 @@ class EngineStepModel:
     def table(self) -> StepTable:
         c = self.capacity
         return StepTable(self._system, self._ctx, self._lay, c.max_num_batched_tokens, c.max_num_seqs, self._max_ctx,
-                         self.ranks)
+                         self.ranks, (self.spec[0], self.spec[2]) if self.spec else None)
 
     @property
     def assumptions(self) -> list[str]:
@@ -170,6 +183,14 @@ class EngineStepModel:
         if lay.offload:
             notes.append(f"{fmt_bytes(lay.offload)} of weights per GPU copied from pinned host memory every step, "
                          f"serialized with compute")
+        if self.spec:
+            k, rates, kind = self.spec
+            notes.append(f"speculative decoding ({'MTP' if kind == 'mtp' else 'draft model'}, {k} draft token(s) a "
+                         f"step): a decode step verifies k + 1 tokens a sequence after k draft steps and yields "
+                         f"{self.tokens_per_step:.3g} tokens on average (acceptance {', '.join(f'{a:g}' for a in rates)}), "
+                         "so g tokens take 1 + ceil((g - 1) / that) decode steps; a step carrying prompt chunks prices "
+                         "its decodes' k + 1 verified tokens, not their draft steps; KV is counted per step, not per "
+                         "accepted token (the generated part's KV understated by that factor)")
         return notes
 
     def step_time_s(self, step: Step) -> float:
@@ -180,5 +201,9 @@ class EngineStepModel:
                 dec_ctx += c.cached + 1
             else:
                 pairs += c.tokens * (c.cached + (c.tokens + 1) / 2.0)
-        return self.table.time_s(step.tokens, step.sampled, dec_ctx, pairs)
+        tokens, rows = step.tokens, step.sampled
+        if self.spec and pairs > 0:  # decodes riding a step with prompt chunks verify k + 1 tokens each
+            extra = self.spec[0] * len(step.decode_contexts)
+            tokens, rows = tokens + extra, rows + extra
+        return self.table.time_s(tokens, rows, dec_ctx, pairs)
 
