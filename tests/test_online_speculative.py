@@ -70,3 +70,23 @@ def test_steps_with_prompt_chunks_price_the_decodes_verified_tokens():
     plain = get_system("trtllm")().online_model(ctx0, plan0, 1024)
     step = Step(prefills=(Chunk(256, 0, True),), decode_contexts=tuple([600] * 32))
     assert mtp.step_time_s(step) > plain.step_time_s(step)
+
+
+def test_cli_serves_mtp_online_and_still_refuses_disaggregation():
+    import json
+    import subprocess
+    import sys
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "moesim", "predict", "--rate", "1", "--requests", "20", *args],
+                              capture_output=True, text=True, timeout=120)
+
+    mtp = cli("--model", "deepseek-r1", "--hw", "hgx-h200", "--system", "trtllm", "--num-nextn-predict-layers", "2",
+              "--json")
+    assert mtp.returncode == 0, mtp.stderr
+    out = json.loads(mtp.stdout)
+    assert 0 < out["tpot_s"]["p50"] <= out["tpot_s"]["p99"]
+    assert any("speculative decoding (MTP, 2 draft" in a for a in out["assumptions"])
+    dis = cli("--model", "qwen3-30b-a3b", "--hw", "hgx-h100", "--gpus", "2", "--system", "sglang", "--disaggregate",
+              "--prefill-gpus", "1", "--decode-gpus", "1")
+    assert dis.returncode != 0 and "priced offline only" in dis.stderr and "Traceback" not in dis.stderr
