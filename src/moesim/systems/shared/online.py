@@ -36,7 +36,9 @@ class StepTable:
     engine's prefill execution, simulated on powers of two up to the token budget and interpolated linearly in n;
     h: lm-head time per extra row; alpha: decode attention per (sequence x context token) at 64 sequences; beta:
     prefill attention time per causal query-key pair, from a one-prompt prefill step. Offload copies and launch
-    overheads are inside T_lin and T_n.
+    overheads are inside T_lin and T_n. With speculative decoding (``spec`` = (k, "mtp" / "draft")) T_n is the
+    engine's speculative step: the verification of k + 1 tokens a sequence after k draft steps
+    (:func:`.speculative.speculative_decode_step`).
     """
 
     def __init__(self, system: ContinuousBatchingEngine, ctx: Context, lay: _Layout, max_tokens: int, max_seqs: int,
