@@ -224,7 +224,9 @@ def simulated_run(system, ctx, plan, prompt: int, gen: int, concurrency: int, cl
         prompts, gens = np.full(n, prompt), np.full(n, gen)
     # speculative decoding: the scheduler runs decode steps, each yielding tokens_per_step tokens on average
     requests = Requests(arrivals, prompts.astype(np.int64), decode_steps(model, gens.astype(np.int64)))
-    trace = run(requests, model, system.name, concurrency=c_rank)
+    # fixed lengths sent in waves: every DP rank sees the simulated one's arrivals (no balance wait)
+    alike = not client.staggered and client.range_ratio >= 1.0
+    trace = run(requests, model, system.name, concurrency=c_rank, ranks_alike=alike)
     ttft = trace.first_token_s - trace.arrival_s
     tpot = (trace.finish_s - trace.first_token_s) / np.maximum(gens - 1, 1)
     return ClosedLoopRun(float(np.mean(ttft)), float(np.median(ttft)), float(np.mean(tpot)))

@@ -51,6 +51,14 @@ class Capacity:
     #: 1: every step): a request that arrives while only decodes run joins the waiting queue at the next poll; a step
     #: that carried prompt chunks, or an idle engine, polls at once (SGLang's ``SchedulerRecvSkipper``)
     recv_interval: int = 1
+    #: iterations between releases of new requests' prompts (TensorRT-LLM's attention-DP balance,
+    #: ``attention_dp_config`` enable_balance with ``timeout_iters``; 1: every iteration): a waiting request is admitted
+    #: only at a boundary at least this many iterations after the last admission, at once when no request runs, and
+    #: while what the last release left waiting is admitted (TensorRT-LLM's ``_balance_adp_requests`` holds context requests until every rank has one, or its counter,
+    #: reset at each release, reaches ``timeout_iters``, or a rank has nothing to generate; one rank is simulated:
+    #: where the ranks' arrivals are independent (Poisson, random lengths) a prompt is taken to find the other ranks
+    #: without one; where they are alike, the caller turns the gate off, :func:`moesim.serving.scheduler.run`)
+    ctx_release_iters: int = 1
 
 
 @dataclass(frozen=True)

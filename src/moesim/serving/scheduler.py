@@ -9,6 +9,13 @@ Rules, applied at every iteration (step) boundary:
    forward 1000 against the threshold N, and resets at every poll): arrivals are received only at a boundary
    after N decode-only steps since the last poll, right after a step with prompt chunks, or when the engine is
    idle (its empty loop counts up to N in microseconds).
+   With ``Capacity.ctx_release_iters`` T > 1 (TensorRT-LLM's attention-DP balance, its ``timeout_iters``): waiting
+   requests are admitted (rule 4) only at the boundaries where a counter of boundaries reaches T (it counts every
+   boundary, prompts waiting or not, and restarts from 0 there: a periodic release), when no request runs, or while
+   the oldest waiting one arrived by the last admission (what a release could not take for want of budget or slots
+   had waited on every rank, and TensorRT-LLM releases at once when every rank holds a prompt; both restart the
+   counter); until then the running ones step on. Not where the caller says the DP ranks run alike (``ranks_alike``: every
+   rank then holds a prompt whenever the simulated one does).
 2. Running requests first, in admission order: each computes its remaining known tokens (one when
    decoding; the rest of its prompt, or of a recomputation, when prefilling) up to the token budget
    left. It takes the KV blocks its new tokens need (ceil(cached tokens / block_size) held in all).
@@ -33,7 +40,8 @@ for a step time linear in the contexts (representative steps instead of token by
 
 Between steps nothing runs: with no request running or waiting, time jumps to the next arrival.
 Not modelled: prefix caching, priorities, swapping to host memory (V0's other preemption mode),
-speculative decoding, the scheduler's own CPU time.
+speculative decoding as such (its callers hand it decode steps, :func:`moesim.serving.model.decode_steps`), the
+scheduler's own CPU time.
 """
 
 from __future__ import annotations
@@ -88,6 +96,7 @@ class _Batcher:
         self.running: list[int] = []
         self.free = cap.kv_blocks
         self.preemptions = 0
+        self.admitted = 0  # waiting requests the last schedule() admitted
 
     def known(self, i: int) -> int:
         """Tokens of request ``i`` whose KV it needs: its prompt and what it has generated."""
@@ -139,19 +148,24 @@ class _Batcher:
             self.running.append(i)
             sched.append((i, k))
             left -= k
+            self.admitted += 1
 
-    def schedule(self) -> list[tuple[int, int]]:
+    def schedule(self, admit: bool = True) -> list[tuple[int, int]]:
         """The next step: (request, tokens) pairs, running requests first (prompt chunks alone when steps do not
-        mix and a prompt is half done or can be admitted)."""
+        mix and a prompt is half done or can be admitted); ``admit`` False: no waiting request is admitted (rule 1's
+        release gate)."""
+        self.admitted = 0
         if not self.cap.mixed:
-            prefill = self._schedule_prefill_only()
+            prefill = self._schedule_prefill_only(admit)
             return prefill or self._schedule_running(self.cap.max_num_batched_tokens)  # else the decodes alone
         sched = self._schedule_running(self.cap.max_num_batched_tokens)
-        self._schedule_waiting(sched, self.cap.max_num_batched_tokens - sum(k for _, k in sched))
+        if admit:
+            self._schedule_waiting(sched, self.cap.max_num_batched_tokens - sum(k for _, k in sched))
         return sched
 
-    def _schedule_prefill_only(self) -> list[tuple[int, int]]:
-        """A step of prompt chunks only: running requests still prefilling, then waiting ones (rule 4)."""
+    def _schedule_prefill_only(self, admit: bool = True) -> list[tuple[int, int]]:
+        """A step of prompt chunks only: running requests still prefilling, then waiting ones (rule 4, where
+        ``admit``)."""
         sched: list[tuple[int, int]] = []
         left = self.cap.max_num_batched_tokens
         for i in self.running:
@@ -165,10 +179,11 @@ class _Batcher:
             self._take(i, want)
             sched.append((i, k))
             left -= k
-        self._schedule_waiting(sched, left)
+        if admit:
+            self._schedule_waiting(sched, left)
         return sched
 
-    def decode_run(self, sched: list[tuple[int, int]], most: int) -> int:
+    def decode_run(self, sched: list[tuple[int, int]], most: int, admit: bool = True) -> int:
         """How many identical decode-only steps ``sched`` (already holding its first step's blocks) starts, at most
         ``most`` (1 when it is not one): until the first running request finishes, while the free KV blocks cover
         every sequence's growth (the largest such run, by bisection: the blocks needed grow with the run)."""
@@ -178,7 +193,7 @@ class _Batcher:
         steps = min(int(min(self.req.gen_tokens[i] - self.generated[i] for i, _ in sched)), most)
         if steps <= 1:
             return 1
-        if self.waiting and len(self.running) < self.cap.max_num_seqs:
+        if admit and self.waiting and len(self.running) < self.cap.max_num_seqs:
             head = self.waiting[0]  # admitted at the next step if its first chunk's blocks are free now
             if self._chunk(head, self.cap.max_num_batched_tokens)[1] <= self.free:
                 return 1
@@ -240,10 +255,12 @@ class _Batcher:
 
 
 def run(requests: Requests, model: StepTimeModel, system: str = "the system",
-        concurrency: int | None = None) -> Trace:
+        concurrency: int | None = None, ranks_alike: bool = False) -> Trace:
     """Serve ``requests`` with the rules of the module docstring, each step priced by ``model``; with
     ``concurrency`` C as a closed loop: the first C requests at their ``arrival_s`` (all 0 for a burst, or
-    staggered), each later one when one finishes. The trace's ``arrival_s`` are the times the requests arrived."""
+    staggered), each later one when one finishes. The trace's ``arrival_s`` are the times the requests arrived.
+    ``ranks_alike``: the model's DP ranks see the same arrivals as the simulated one (a client sending fixed-length
+    waves), so the release gate of rule 1 never holds a prompt."""
     cap = model.capacity
     check_capacity(requests, cap, system)
     b = _Batcher(requests, cap)
@@ -257,6 +274,9 @@ def run(requests: Requests, model: StepTimeModel, system: str = "the system",
     sent = n if concurrency is None else min(max(1, concurrency), n)
     every = max(1, int(cap.recv_interval))
     since_poll = every  # decode-only steps since the last poll (the first boundary polls)
+    release = 1 if ranks_alike else max(1, int(getattr(cap, "ctx_release_iters", 1)))
+    clock = 0  # TensorRT-LLM's balance counter: boundaries since it last reached T or released early
+    released_t = -np.inf  # the boundary of the last admission
     t, nxt, done, steps, scheduled = 0.0, 0, 0, 0, 0
     while done < n:
         idle = not b.running and not b.waiting
@@ -268,7 +288,19 @@ def run(requests: Requests, model: StepTimeModel, system: str = "the system",
         if not b.running and not b.waiting:
             t = float(arrivals[nxt])
             continue
-        sched = b.schedule()
+        # rule 1's release gate: open when nothing runs or for what the last release left waiting (it had waited on
+        # every rank, which TensorRT-LLM releases at once), else when the counter reaches T at this boundary
+        gate = True
+        if release > 1:
+            if not b.running or bool(b.waiting) and arrivals[b.waiting[0]] <= released_t:
+                clock = 0
+            else:
+                clock += 1
+                gate = clock >= release
+                if gate:
+                    clock = 0
+        boundary_t = t
+        sched = b.schedule(gate)
         if not sched:  # cannot happen: the oldest request always fits an empty pool (check_capacity)
             raise SimulationError(f"online scheduler stalled at t={t:g} s with {len(b.waiting)} waiting")
         step = b.step_of(sched)
@@ -281,7 +313,9 @@ def run(requests: Requests, model: StepTimeModel, system: str = "the system",
                 most = 1 << 62
             else:
                 most = int((arrivals[nxt] - t) / first)
-            k = b.decode_run(sched, max(most, 1))
+            if b.waiting and not gate:  # held by the release gate: up to the boundary its counter reaches T
+                most = min(most, release - clock)
+            k = b.decode_run(sched, max(most, 1), gate)
         if k > 1:
             b.advance(sched, k)
             t += k * (first + model.step_time_s(b.step_of(sched))) / 2.0
@@ -293,6 +327,10 @@ def run(requests: Requests, model: StepTimeModel, system: str = "the system",
             since_poll += k
             if since_poll > every:
                 since_poll = since_poll % every or every
+        if b.admitted:
+            released_t = boundary_t
+        if release > 1:  # the boundaries inside a run of k steps count too (the counter wraps at T)
+            clock = (clock + k - 1) % release
         steps += k
         scheduled += k * len(sched)
         finished = b.complete(sched, t)

@@ -65,6 +65,11 @@ class TRTLLMParams(DisaggregationParams, SpeculativeParams):
         default=False, description="attention DP balance (LLM API attention_dp_config.enable_balance, default off): "
                                    "context requests held until every DP rank has one, then prefilled in the same "
                                    "iteration; off: a prompt runs on its own rank while the others wait for it")
+    attention_dp_timeout_iters: int = Field(
+        default=50, ge=0, description="attention_dp_config.timeout_iters (default 50): with attention_dp_balance, "
+                                      "held prompts are released when this many iterations have passed since the "
+                                      "last release (online serving: prompts released at most every this many "
+                                      "iterations)")
     moe_expert_parallel_size: int | None = Field(
         default=None, ge=1, description="expert-parallel size of the MoE layers (LLM API moe_expert_parallel_size; "
                                         "None = tp_size / moe_tensor_parallel_size, 1 when neither is set)")
@@ -108,6 +113,16 @@ class TRTLLM(ContinuousBatchingEngine):
                              c["step_cpu_per_seq_s"], bool(c["overlap_scheduler"]) and not p.disable_overlap_scheduler,
                              sizes, pad_to_graph=p.cuda_graph_padding,
                              uncaptured=engine_execution("eager"))
+
+    def ctx_release_iters(self, ctx: Context) -> int:
+        """With attention DP and its balance (``attention_dp_config`` enable_balance), TensorRT-LLM's
+        ``_balance_adp_requests`` holds context requests until every DP rank has one, or until ``timeout_iters``
+        iterations have passed since the last release, or a rank has nothing to generate: online, prompts are
+        released at most every ``attention_dp_timeout_iters`` iterations (at once when nothing runs)."""
+        p = self.params
+        if p.enable_attention_dp and p.attention_dp_balance and self._parallel(ctx).dp > 1:
+            return max(1, p.attention_dp_timeout_iters)
+        return 1
 
     def _kv_pool_bytes(self, ctx: Context, weights_gpu: float, act: float) -> tuple[float, str]:
         p = ctx.platform

@@ -379,6 +379,12 @@ class ContinuousBatchingEngine(ServingSystem):
         SGLang's ``--scheduler-recv-interval`` overrides this)."""
         return 1
 
+    def ctx_release_iters(self, ctx: Context) -> int:
+        """Iterations between releases of waiting prompts (:class:`moesim.serving.model.Capacity`
+        ``ctx_release_iters``; 1: every iteration, the engines' default; TensorRT-LLM's attention-DP balance
+        overrides this)."""
+        return 1
+
     # ---- offline plan --------------------------------------------------------------------------
     def mixes_steps(self) -> bool:
         """Whether one step carries prompt chunks and decodes together (chunked prefill mixed into decode steps, as

@@ -156,7 +156,8 @@ class EngineStepModel:
         k = system.knobs_for(ctx)
         self.capacity = Capacity(kv_blocks=lay.blocks, block_size=k.block_size, max_num_seqs=system.rank_max_seqs(ctx, lay),
                                  max_num_batched_tokens=k.token_budget, mixed=system.mixes_steps(),
-                                 recv_interval=system.recv_interval())
+                                 recv_interval=system.recv_interval(),
+                                 ctx_release_iters=system.ctx_release_iters(ctx))
         self._knobs = k
         self._system, self._ctx, self._lay, self._max_ctx = system, ctx, lay, max_context_tokens
 
@@ -178,6 +179,13 @@ class EngineStepModel:
         if c.recv_interval > 1:
             notes.append(f"the scheduler polls for new requests every {c.recv_interval} decode steps (SGLang "
                          "--scheduler-recv-interval), at once after a prefill step or when idle")
+        if c.ctx_release_iters > 1:
+            notes.append(f"attention-DP balance: new prompts are released every {c.ctx_release_iters} iterations "
+                         "(TensorRT-LLM's timeout_iters counter, which runs whether prompts wait or not), at once when "
+                         "nothing runs or for what a release left waiting; with independent arrivals a prompt is taken "
+                         "to find the other ranks without one (one rank is simulated), so at loads where every rank "
+                         "gets a prompt within that many iterations the wait is overstated; batching_wait_iters is not "
+                         "modelled")
         if self.ranks > 1:
             notes.append(f"attention data parallel: {self.ranks} DP ranks, each scheduling its own requests (dealt "
                          "round robin) with the capacity above; one rank is simulated and every step priced as all "
