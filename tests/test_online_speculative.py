@@ -90,3 +90,35 @@ def test_cli_serves_mtp_online_and_still_refuses_disaggregation():
     dis = cli("--model", "qwen3-30b-a3b", "--hw", "hgx-h100", "--gpus", "2", "--system", "sglang", "--disaggregate",
               "--prefill-gpus", "1", "--decode-gpus", "1")
     assert dis.returncode != 0 and "priced offline only" in dis.stderr and "Traceback" not in dis.stderr
+
+
+def test_a_generation_step_holds_the_kv_of_its_tokens():
+    """tau = 2 tokens a decode step: 16 prompt tokens and 8 generation steps past them hold 16 + 8 x 2 = 32 KV tokens;
+    a request of 16 prompt tokens and 9 decode steps needs ceil((16 + 9 x 2) / 16) = 3 blocks of 16, so a pool of 2
+    refuses it and one of 3 serves it, while without speculation (16 + 9 = 25 tokens) 2 blocks suffice."""
+    from dataclasses import dataclass
+
+    from moesim.errors import InfeasibleError
+    from moesim.serving.arrivals import Requests
+    from moesim.serving.model import Capacity
+    from moesim.serving.scheduler import _Batcher, run
+
+    @dataclass
+    class _M:
+        capacity: Capacity
+        tokens_per_step: float = 1.0
+
+        def step_time_s(self, step):
+            return 0.01
+
+    reqs = Requests(np.array([0.0]), np.array([16]), np.array([9]))
+
+    def cap(blocks):
+        return Capacity(kv_blocks=blocks, block_size=16, max_num_seqs=4, max_num_batched_tokens=64)
+
+    b = _Batcher(reqs, cap(3), tau=2.0)
+    assert b.kv_tokens(0, 16) == 16 and b.kv_tokens(0, 24) == 32
+    with pytest.raises(InfeasibleError, match="needs 3 KV blocks"):
+        run(reqs, _M(cap(2), 2.0))
+    assert run(reqs, _M(cap(3), 2.0)).finish_s[0] == pytest.approx(0.09)  # prefill + 8 decode steps
+    assert run(reqs, _M(cap(2), 1.0)).finish_s[0] == pytest.approx(0.09)

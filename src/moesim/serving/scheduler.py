@@ -18,7 +18,8 @@ Rules, applied at every iteration (step) boundary:
    rank then holds a prompt whenever the simulated one does).
 2. Running requests first, in admission order: each computes its remaining known tokens (one when
    decoding; the rest of its prompt, or of a recomputation, when prefilling) up to the token budget
-   left. It takes the KV blocks its new tokens need (ceil(cached tokens / block_size) held in all).
+   left. It takes the KV blocks its new tokens need (ceil(cached tokens / block_size) held in all; with speculative
+   decoding a generation step holds the KV of the tau tokens it yields on average).
 3. When no block is free for a running request, the newest running request is preempted (recompute
    preemption: its blocks are freed, its cached tokens dropped, and it goes to the front of the waiting
    queue; when it runs again its prompt and generated tokens are prefilled again); if it is itself the
@@ -70,9 +71,10 @@ class Trace:
     arrival_s: np.ndarray | None = None  # when each request arrived (a closed loop sets them as it runs)
 
 
-def check_capacity(requests: Requests, cap: Capacity, system: str) -> None:
-    """Raise InfeasibleError when one request's full context cannot fit the KV pool even alone."""
-    need = np.ceil(requests.context_tokens / cap.block_size)
+def check_capacity(requests: Requests, cap: Capacity, system: str, tau: float = 1.0) -> None:
+    """Raise InfeasibleError when one request's full context cannot fit the KV pool even alone (``tau``: KV tokens
+    a generation step adds, :class:`_Batcher`)."""
+    need = np.ceil((requests.prompt_tokens + requests.gen_tokens * tau) / cap.block_size)
     if len(need) and need.max() > cap.kv_blocks:
         i = int(need.argmax())
         raise InfeasibleError(
@@ -84,9 +86,12 @@ def check_capacity(requests: Requests, cap: Capacity, system: str) -> None:
 class _Batcher:
     """Scheduler state between steps: which requests run or wait, their cached tokens and blocks."""
 
-    def __init__(self, requests: Requests, cap: Capacity):
+    def __init__(self, requests: Requests, cap: Capacity, tau: float = 1.0):
         n = len(requests)
         self.req, self.cap = requests, cap
+        #: KV tokens one generation step adds (speculative decoding: its accepted tokens, tau > 1, the requests'
+        #: ``gen_tokens`` then being decode steps, :func:`moesim.serving.model.decode_steps`); prompt positions add one
+        self.tau = float(tau)
         self.computed = np.zeros(n, dtype=np.int64)  # tokens whose KV is cached
         self.generated = np.zeros(n, dtype=np.int64)
         self.held = np.zeros(n, dtype=np.int64)  # blocks held
@@ -102,10 +107,16 @@ class _Batcher:
         """Tokens of request ``i`` whose KV it needs: its prompt and what it has generated."""
         return int(self.req.prompt_tokens[i] + self.generated[i])
 
+    def kv_tokens(self, i: int, positions: int) -> float:
+        """KV tokens behind the first ``positions`` positions of request ``i``: one a prompt position, ``tau`` a
+        generation step."""
+        p = int(self.req.prompt_tokens[i])
+        return positions if positions <= p or self.tau == 1.0 else p + (positions - p) * self.tau
+
     def _chunk(self, i: int, left: int) -> tuple[int, int]:
         """(tokens to compute, blocks to add) for request ``i`` with ``left`` tokens of budget."""
         k = min(self.known(i) - int(self.computed[i]), left)
-        return k, math.ceil((self.computed[i] + k) / self.cap.block_size) - int(self.held[i])
+        return k, math.ceil(self.kv_tokens(i, int(self.computed[i]) + k) / self.cap.block_size) - int(self.held[i])
 
     def _take(self, i: int, want: int) -> None:
         self.free -= want
@@ -200,9 +211,12 @@ class _Batcher:
         bs = self.cap.block_size
         cached = np.array([int(self.computed[i]) for i, _ in sched])
         held = np.array([int(self.held[i]) for i, _ in sched])
+        prompts = np.array([int(self.req.prompt_tokens[i]) for i, _ in sched])
 
-        def fits(k: int) -> bool:  # blocks for k tokens each beyond the step's first, from the free pool
-            return int(np.sum(np.maximum(np.ceil((cached + k) / bs) - held, 0))) <= self.free
+        def fits(k: int) -> bool:  # blocks for k steps each beyond the step's first, from the free pool
+            pos = cached + k
+            kv = np.where(pos <= prompts, pos, prompts + (pos - prompts) * self.tau)
+            return int(np.sum(np.maximum(np.ceil(kv / bs) - held, 0))) <= self.free
 
         if fits(steps):
             return steps
@@ -219,7 +233,7 @@ class _Batcher:
         for i, _ in sched:
             self.computed[i] += steps - 1
             self.generated[i] += steps - 1
-            grow = math.ceil((int(self.computed[i]) + 1) / bs) - int(self.held[i])
+            grow = math.ceil(self.kv_tokens(i, int(self.computed[i]) + 1) / bs) - int(self.held[i])
             self._take(i, max(grow, 0))
 
     def step_of(self, sched: list[tuple[int, int]]) -> Step:
@@ -261,9 +275,12 @@ def run(requests: Requests, model: StepTimeModel, system: str = "the system",
     staggered), each later one when one finishes. The trace's ``arrival_s`` are the times the requests arrived.
     ``ranks_alike``: the model's DP ranks see the same arrivals as the simulated one (a client sending fixed-length
     waves), so the release gate of rule 1 never holds a prompt."""
+    from .model import tokens_per_step_of
+
     cap = model.capacity
-    check_capacity(requests, cap, system)
-    b = _Batcher(requests, cap)
+    tau = tokens_per_step_of(model)  # speculative decoding: requests' gen_tokens are decode steps of tau tokens
+    check_capacity(requests, cap, system, tau)
+    b = _Batcher(requests, cap, tau)
     n = len(requests)
     if concurrency is None:
         arrivals = requests.arrival_s

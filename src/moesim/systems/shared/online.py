@@ -199,8 +199,8 @@ class EngineStepModel:
                          f"step): a decode step verifies k + 1 tokens a sequence after k draft steps and yields "
                          f"{self.tokens_per_step:.3g} tokens on average (acceptance {', '.join(f'{a:g}' for a in rates)}), "
                          "so g tokens take 1 + ceil((g - 1) / that) decode steps; a step carrying prompt chunks prices "
-                         "its decodes' k + 1 verified tokens, not their draft steps; KV is counted per step, not per "
-                         "accepted token (the generated part's KV understated by that factor)")
+                         "its decodes' k + 1 verified tokens, not their draft steps; each step holds the KV of the tokens "
+                         "it yields on average")
         return notes
 
     def step_time_s(self, step: Step) -> float:
