@@ -263,3 +263,31 @@ def test_gates_group_heldout_rows_and_keep_speculative_runs_apart(aic):
     disagg = g["14 disagg"]
     assert disagg["rows"] == 1 and disagg["ttft_target"] is None and disagg["met"] is True  # TTFT +200% not gated
     assert not any("a100" in k for k in g)
+
+
+def test_stated_vllm_minimax_flags_by_image_and_the_ep_test(aic):
+    """InferenceX's B200 MiniMax-M2.5 fp8 vLLM script: to 2026-04-03 (image v0.17.0) --gpu-memory-utilization 0.95,
+    --block-size 32, and `[ "$EP_SIZE" -ge 1 ]`, which turned expert parallelism on for every run; from bddbf4031
+    (2026-04-03, image v0.19.0) 0.90, fp8 KV and --max-num-batched-tokens 2 x ISL. On the day of the change the row's
+    image says which version ran; a pull request's nightly image is covered by no rule; a DeepSeek rule does not
+    cover MiniMax rows, nor a MiniMax rule DeepSeek ones."""
+    base = dict(backend="vllm", model_path="MiniMaxAI/MiniMax-M2.5", moe_quant_mode="fp8", tp_size="2",
+                moe_tp_size="2", isl="8192")
+    day = "db-dump/2026-04-27; measured=2026-04-03T00:00:00.000Z"
+    old = aic.stated_launch_flags(_silicon_row(aic, **base, backend_version="0.17.0", silicon_data_source=day))
+    assert old["kv_dtype"] is None
+    assert old["params"] == {"gpu_memory_utilization": 0.95, "block_size": 32, "enable_expert_parallel": True}
+    new = aic.stated_launch_flags(_silicon_row(aic, **base, backend_version="0.19.0", silicon_data_source=day))
+    assert new["kv_dtype"] == "fp8"
+    assert new["params"] == {"gpu_memory_utilization": 0.90, "block_size": 32, "max_num_batched_tokens": 16384}
+    nightly = _silicon_row(aic, **base, backend_version="nightly-5b8c30d62b754b57", silicon_data_source=day)
+    assert aic.stated_launch_flags(nightly) is None
+    sc = aic.scenario_of(_silicon_row(aic, **base, backend_version="0.19.0", silicon_data_source=day))
+    assert sc.kv_dtype == "fp8" and sc.system_params["max_num_batched_tokens"] == 16384
+    # the DeepSeek rules (no "model") cover DeepSeek-R1 and -V3 paths, never MiniMax; MiniMax's never DeepSeek
+    ds = dict(backend="sglang", backend_version="0.5.9",
+              silicon_data_source="source_file=2026-03-25.csv; measured=2026-03-25T00:00:00.000Z")
+    assert aic.stated_launch_flags(_silicon_row(aic, **ds, model_path="deepseek-ai/DeepSeek-V3")) is not None
+    assert aic.stated_launch_flags(_silicon_row(aic, **ds, model_path="MiniMaxAI/MiniMax-M2.5")) is None
+    assert aic.stated_launch_flags(_silicon_row(aic, **dict(base, model_path="deepseek-ai/DeepSeek-R1"),
+                                                backend_version="0.19.0", silicon_data_source=day)) is None

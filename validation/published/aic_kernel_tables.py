@@ -62,7 +62,8 @@ def blackwell(data_dir: str, trtllm: str) -> dict:
 #: version has no kernel-level MLA table comes from the nearest version that has one
 SELECT = {
     "h100-sxm": {"dir": "h100_sxm", "backends": {
-        "vllm": {"version": "0.19.0", "mla": "0.14.0", "moe_quant_from": {"int4": "0.24.0", "fp8_block": "0.24.0"}},
+        "vllm": {"version": "0.19.0", "mla": "0.14.0",
+                 "moe_quant_from": {"int4": "0.24.0", "fp8_block": "0.24.0", "mxfp4_marlin": "0.24.0"}},
         "sglang": {"version": "0.5.9"},
         "trtllm": {"version": "1.2.0rc5"}}},
     # H200 vLLM: 0.19.0, the H100 table's version, not the nearer 0.18.0 (changed 2026-12-03): 0.18.0's
@@ -72,7 +73,8 @@ SELECT = {
     # prices within 0-9%. The held-out GPU is thus priced with the table version the fit rows validated. (Noticed
     # when the MiniMax-M2.5 H200 rows were first scored: disclosed in the README.)
     "h200": {"dir": "h200_sxm", "backends": {
-        "vllm": {"version": "0.19.0", "mla": "0.14.0", "moe_quant_from": {"int4": "0.24.0", "fp8_block": "0.24.0"}},
+        "vllm": {"version": "0.19.0", "mla": "0.14.0",
+                 "moe_quant_from": {"int4": "0.24.0", "fp8_block": "0.24.0", "mxfp4_marlin": "0.24.0"}},
         "sglang": {"version": "0.5.9"},
         "trtllm": {"version": "1.2.0rc5"}}},
     # B200 (rows: vLLM 0.15.1, SGLang 0.5.6-0.5.9, TRT-LLM 1.1-1.2.0rc6): the oldest vLLM with B200 tables is
@@ -118,6 +120,10 @@ SELECT = {
     # 0.24.0 picks Triton, as they ran. The same swap for MXFP4 (gpt-oss; 0.24.0's oracle picks OpenAI's Triton MXFP4
     # kernel on Hopper) was tried on the fit split and not adopted: 69 H100 gpt-oss rows, TPOT 5.4% -> 6.4%, TTFT
     # 13.5% -> 17.6%.
+    # vLLM's Marlin MXFP4 MoE ("mxfp4_marlin", Hopper only) from the 0.24.0 collection, the only one that times it
+    # (kernel_source vllm_compressedtensorsw4a4mxfp4moe_marlin_marlinexperts...; one 896-expert shape, priced for
+    # gpt-oss's by kernels.KernelTables.moe_s's shape transfer): InferenceX's gpt-oss scripts on H100 and H200 export
+    # VLLM_MXFP4_USE_MARLIN=1 from 4e52ed4c6 (2026-01-02) on. Added 2026-12-04, when that flag was read in the scripts.
     "b200": blackwell("b200_sxm", "1.2.0rc5"),
     # SGLang's MoE on Blackwell from AIConfigurator's SGLang 0.5.14 collection, which measured the flashinfer_trtllm runner
     # SGLang defaults to there, was tried (2026-12-04) and not adopted: judged on held-out rows (no SGLang row is on
@@ -191,11 +197,19 @@ def conv_gemm(d, skip_quants: tuple[str, ...] = ()):
     return reduce(out)
 
 
+def moe_quant(d, i) -> str | None:
+    """The table recipe of MoE row ``i``: its dtype's (:data:`QUANT`), except MXFP4 experts timed on vLLM's Marlin
+    W4A16 kernel (kernel_source ``..._marlin_marlinexperts...``), kept apart as "mxfp4_marlin": the kernel vLLM runs
+    with ``VLLM_MXFP4_USE_MARLIN=1``, not the Triton MXFP4 kernel the "mxfp4" rows time."""
+    q = QUANT.get(d["moe_dtype"][i])
+    return "mxfp4_marlin" if q == "mxfp4" and "marlin" in d["kernel_source"][i].lower() else q
+
+
 def moe_kept(d, i, skip_quants: tuple[str, ...] = ()) -> bool:
     """Whether MoE row ``i`` is kept: a known quant not skipped for this engine, balanced routing, the engine's
     default gated kernel."""
     src = d["kernel_source"][i]
-    q = QUANT.get(d["moe_dtype"][i])
+    q = moe_quant(d, i)
     return (q is not None and q not in skip_quants and d["distribution"][i] == "balanced"
             and "nongated" not in src and "min_latency" not in src)
 
@@ -205,7 +219,7 @@ def conv_moe(d, skip_quants: tuple[str, ...] = (), only_quants: tuple[str, ...] 
     supplies, ``moe_quant_from``); ``out``: rows gathered so far, to which these are added."""
     out = collections.defaultdict(list) if out is None else out
     for i in range(len(d["latency"])):
-        q = QUANT.get(d["moe_dtype"][i])
+        q = moe_quant(d, i)
         if not moe_kept(d, i, skip_quants) or (only_quants is not None and q not in only_quants):
             continue
         key = (q, d["hidden_size"][i], d["inter_size"][i], d["num_experts"][i], d["topk"][i],
@@ -318,7 +332,7 @@ def main(argv=None):
                         d2 = read_parquet(a.repo, commit, path)
                         conv_moe(d2, skip_quants, only_quants=(q,), out=gathered)
                         kernels |= {d2["kernel_source"][i] for i in range(len(d2["latency"]))
-                                    if moe_kept(d2, i, skip_quants) and QUANT.get(d2["moe_dtype"][i]) == q}
+                                    if moe_kept(d2, i, skip_quants) and moe_quant(d2, i) == q}
                         sources.append(path.split(sel["dir"] + "/", 1)[1] + f" ({q})")
                     rows = reduce(gathered)
                 if not rows:

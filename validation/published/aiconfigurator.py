@@ -28,7 +28,7 @@ Scenario of a row (:func:`scenario_of`):
 - platform ``hgx-h100`` / ``hgx-h200`` with ``--gpus tp_size``; system = the backend; prompt = isl, gen = osl;
 - the launch flags the run's source states (:func:`stated_launch_flags`): the silicon-CI rows are InferenceX's
   runs, whose scripts set each engine's flags; the script version in effect on the row's measured date gives every
-  flag moesim models (``validation/data/inferencex/launch_flags.yaml``: SGLang and TensorRT-LLM DeepSeek-R1 runs),
+  flag moesim models (``validation/data/inferencex/launch_flags.yaml``: SGLang and TensorRT-LLM DeepSeek-R1 runs, vLLM MiniMax-M2.5 runs),
   else the engine's defaults; speculative decoding as InferenceX's record, or its run batch, says
   (:func:`stated_speculation`, :func:`speculative_params`);
 - concurrency C = ``silicon_concurrency=N`` of ``silicon_data_source`` (requests kept in flight by the
@@ -449,8 +449,8 @@ def stated_speculation(row: dict) -> str | None:
 INFERENCEX_LAUNCH_FLAGS = ROOT / "validation" / "data" / "inferencex" / "launch_flags.yaml"
 #: the silicon file's GPU names -> InferenceX's hardware names (the launch-flag rules are in InferenceX's words)
 _IX_HARDWARE = {"h100_sxm": "h100", "h200_sxm": "h200", "b200_sxm": "b200", "b300_sxm": "b300", "mi300x": "mi300x"}
-#: the silicon file's GEMM quantisation -> InferenceX's precision of DeepSeek-R1
-_IX_PRECISION = {"fp8": "fp8", "nvfp4": "fp4"}
+#: the silicon file's GEMM quantisation -> InferenceX's precision (int4_wo: Kimi-K2.5's released INT4 experts)
+_IX_PRECISION = {"fp8": "fp8", "nvfp4": "fp4", "int4_wo": "int4"}
 
 
 @lru_cache(maxsize=1)
@@ -488,9 +488,11 @@ def stated_launch_flags(row: dict) -> dict | None:
     "kv_dtype": ..., "source": ...}`` (``validation/data/inferencex/launch_flags.yaml``), or None where no rule covers
     the run (another pipeline, engine, model or date). A speculative run (:func:`stated_speculation`) is covered only by
     a rule of its method's scripts (the rule's ``speculative``, e.g. "mtp": InferenceX's ``*_mtp.sh``), any other run
-    only by a rule without one. Every flag of the rule moesim models is applied, none picked (module docstring of the
+    only by a rule without one. A rule covers the rows whose model path contains its ``model`` ("DeepSeek" where it
+    names none: the file writes InferenceX's DeepSeek-R1 runs as DeepSeek-R1 or -V3) and, where it lists
+    ``versions``, only runs of those images (the row's ``backend_version``). Every flag of the rule moesim models is applied, none picked (module docstring of the
     YAML: the flags it does not model)."""
-    if pipeline_of(row) != "silicon-ci" or row["mode"] != "agg" or "DeepSeek" not in row["model_path"]:
+    if pipeline_of(row) != "silicon-ci" or row["mode"] != "agg":
         return None
     spec = stated_speculation(row)
     date = measured_date(row)
@@ -504,6 +506,8 @@ def stated_launch_flags(row: dict) -> dict | None:
     conc, isl, osl = concurrency_of(row), int(row["isl"]), int(row["osl"])
     for rule in _launch_flag_rules().get(row["backend"], []):
         if rule["hardware"] != hw or rule["precision"] != prec or rule.get("speculative") != spec \
+                or rule.get("model", "DeepSeek") not in row["model_path"] \
+                or ("versions" in rule and row.get("backend_version") not in rule["versions"]) \
                 or not str(rule["measured_from"]) <= date < str(rule["measured_to"]):
             continue
         params = dict(rule.get("params") or {})

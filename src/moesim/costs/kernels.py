@@ -53,7 +53,15 @@ import yaml
 
 from moesim.db import data_root, normalize
 
-QUANTS = ("bf16", "fp8", "fp8_block", "mxfp4", "nvfp4", "int4")
+QUANTS = ("bf16", "fp8", "fp8_block", "mxfp4", "nvfp4", "int4", "mxfp4_marlin")
+#: MoE recipes measured on one expert shape only, priced for another shape by :meth:`KernelTables.moe_s`'s shape
+#: transfer: "mxfp4_marlin" (vLLM's Marlin W4A16 MoE on MXFP4 experts, ``VLLM_MXFP4_USE_MARLIN=1``; AIConfigurator
+#: timed it on one 896-expert model)
+TRANSFER_QUANTS = ("mxfp4_marlin",)
+#: the largest ratio of hidden size, and of expert ffn width, between a transferred shape and the measured one:
+#: within it the transfer reproduces AIConfigurator's own multi-shape MoE tables to 2-3% median, 9-12% p90
+#: (``validation/published/moe_shape_transfer.py``); beyond it the error grows (p90 30-45%), so it is not used
+TRANSFER_SHAPE_RATIO = 1.5
 #: largest ratio between the two measured values that bracket a query on one axis; a wider gap
 #: (only the sparse tails of a few tables have one) is not bridged
 MAX_BRACKET_RATIO = 4.0
@@ -257,7 +265,41 @@ class KernelTables:
         GPU holding inter/tp of each of num_experts/ep experts."""
         if tokens == 0:
             return 0.0
-        return self._ask("moe", (quant, hidden, inter, num_experts, topk, tp, ep), (tokens,))
+        t = self._ask("moe", (quant, hidden, inter, num_experts, topk, tp, ep), (tokens,))
+        if t is None and quant in TRANSFER_QUANTS:
+            t = self.moe_transferred_s(tokens, hidden, inter, num_experts, topk, quant, tp, ep)
+        return t
+
+    def moe_transferred_s(self, tokens, hidden, inter, num_experts, topk, quant, tp=1, ep=1) -> float | None:
+        """A fused-MoE call priced from a measured call of another expert shape (h0, i0, E0, k0) of the same recipe
+        and layout, at equal rows per expert: T0 = T k E0 / (E k0) tokens there, times E h i / (E0 h0 i0).
+
+        Every expert's grouped GEMMs then see the same rows; the call does E / E0 times the experts' work, each
+        expert's GEMMs h i / (h0 i0) times the FLOPs and weight bytes (weight- or compute-bound alike; below one
+        row per expert, the same ratio counts the experts hit). Used only where h and i are each within
+        :data:`TRANSFER_SHAPE_RATIO` of the measured shape (nearest in log h + log i first), never from the queried
+        shape itself (which :meth:`moe_s` looks up directly); None otherwise."""
+        best = None
+        for part in self.parts:
+            g = part.grid("moe", quant)
+            if g is None:
+                continue
+            for cat in g.points:
+                q, h0, i0, e0, k0, tp0, ep0 = cat
+                if q != quant or (tp0, ep0) != (tp, ep) or (h0, i0, e0, k0) == (hidden, inter, num_experts, topk):
+                    continue
+                rh, ri = max(hidden / h0, h0 / hidden), max(inter / i0, i0 / inter)
+                if rh > TRANSFER_SHAPE_RATIO or ri > TRANSFER_SHAPE_RATIO:
+                    continue
+                dist = math.log(rh) + math.log(ri)
+                if best is None or dist < best[0]:
+                    best = (dist, cat)
+        if best is None:
+            return None
+        _, h0, i0, e0, k0, _, _ = best[1]
+        t0 = self._ask("moe", best[1], (tokens * topk * e0 / (num_experts * k0),))
+        return None if t0 is None else t0 * (num_experts * hidden * inter) / (e0 * h0 * i0)
+
 
     def attention_prefill_s(self, batch, seq, heads, kv_heads, head_dim, kv_dtype: str = "bf16") -> float | None:
         """Seconds of causal prefill attention of ``batch`` sequences of ``seq`` new tokens."""
@@ -287,6 +329,21 @@ class KernelTables:
         if dtype not in ("bf16", "fp16"):
             return None
         return self._ask("allreduce", ("bf16", num_gpus), (message_bytes,))
+
+
+class MoeQuantView:
+    """A :class:`KernelTables` whose fused-MoE queries of some quants read another recipe's rows (``{model quant:
+    table quant}``, e.g. ``{"mxfp4": "mxfp4_marlin"}``: an engine told to run its MXFP4 experts on Marlin); every
+    other query as the tables answer it."""
+
+    def __init__(self, tables: KernelTables, quants: dict[str, str]):
+        self._tables, self._quants = tables, dict(quants)
+
+    def __getattr__(self, name):
+        return getattr(self._tables, name)
+
+    def moe_s(self, tokens, hidden, inter, num_experts, topk, quant: str, tp: int = 1, ep: int = 1) -> float | None:
+        return self._tables.moe_s(tokens, hidden, inter, num_experts, topk, self._quants.get(quant, quant), tp, ep)
 
 
 @lru_cache(maxsize=None)

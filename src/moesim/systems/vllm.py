@@ -119,7 +119,8 @@ from .base import Plan
 from .shared.continuous import ContinuousBatchingEngine, ContinuousPlan, EngineKnobs, _Layout
 from .shared.disaggregation import DisaggregationParams
 from .shared.speculative import SpeculativeParams
-from .shared.engine_step import EngineRuntime, engine_execution, runtime_constants, vllm_capture_sizes
+from .shared.engine_step import (EngineRuntime, engine_execution, runtime_constants, vllm_capture_sizes,
+                                 with_moe_kernel)
 from .shared.memory import activation_bytes
 from .shared.parallel import ParallelLayout, rank_context, weight_bytes_per_gpu, world_gpus
 from .shared.tensor_parallel import require_tensor_parallel
@@ -171,6 +172,10 @@ class VLLMParams(DisaggregationParams, SpeculativeParams):
     all2all_backend: Literal["allgather_reducescatter", "deepep_high_throughput", "deepep_low_latency"] = Field(
         default="allgather_reducescatter", description="how expert-parallel MoE layers exchange tokens (vLLM "
                                                        "--all2all-backend; default all-gather / reduce-scatter)")
+    mxfp4_use_marlin: bool = Field(
+        default=False, description="run MXFP4 experts (gpt-oss) on vLLM's Marlin W4A16 MoE kernel (environment "
+                                   "VLLM_MXFP4_USE_MARLIN=1) instead of its default, OpenAI's Triton MXFP4 kernel "
+                                   "on Hopper; priced from AIConfigurator's Marlin MXFP4 table where the GPU has one")
     num_speculative_tokens: int = Field(
         default=0, ge=0, description="MTP draft tokens per decode step (vLLM --speculative-config "
                                      "'{\"method\": \"deepseek_mtp\", \"num_speculative_tokens\": k}'); 0 = off")
@@ -278,7 +283,8 @@ class VLLM(ContinuousBatchingEngine):
         if p.enforce_eager:
             return EngineRuntime(self.name, EAGER, EAGER, 0.0, 0.0, False)
         graph = engine_execution("graph")
-        return EngineRuntime(self.name, graph, graph, c["step_cpu_s"], c["step_cpu_per_seq_s"],
+        backend = with_moe_kernel(self.name, "marlin") if p.mxfp4_use_marlin else self.name
+        return EngineRuntime(backend, graph, graph, c["step_cpu_s"], c["step_cpu_per_seq_s"],
                              bool(c["overlap_scheduler"]) and p.chunked_prefill, vllm_capture_sizes(self.max_seqs(ctx)))
 
     def mixes_steps(self) -> bool:

@@ -210,17 +210,32 @@ def forced_moe_kernel(backend: str) -> str | None:
     return parts[1] if len(parts) == 2 else None
 
 
+#: fused-MoE kernels a runtime may name (:func:`with_moe_kernel`) that the tables measured as a recipe of their own:
+#: kernel -> {the model's quant: the tables' recipe}. "marlin": vLLM's Marlin W4A16 MoE for MXFP4 experts
+#: (``VLLM_MXFP4_USE_MARLIN=1``, :class:`~moesim.systems.vllm.VLLMParams` ``mxfp4_use_marlin``)
+TABLE_MOE_KERNELS = {"marlin": {"mxfp4": "mxfp4_marlin"}}
+
+
 def _kernel_tables(ctx: Context, backend: str):
-    """Measured kernel tables for this GPU and backend, or None (module absent, no table)."""
+    """Measured kernel tables for this GPU and backend, or None (module absent, no table); where the runtime names a
+    fused-MoE kernel the tables hold as a recipe of its own (:data:`TABLE_MOE_KERNELS`), its MoE queries read that."""
     from ...costs import kernels
 
     name = table_backend(backend)
-    return ctx.memo(("kernel tables", name), lambda: kernels.kernel_tables(ctx.platform.gpu.name, name))
+    variant = TABLE_MOE_KERNELS.get(forced_moe_kernel(backend) or "")
+
+    def load():
+        t = kernels.kernel_tables(ctx.platform.gpu.name, name)
+        return kernels.MoeQuantView(t, variant) if t is not None and variant else t
+
+    return ctx.memo(("kernel tables", name, forced_moe_kernel(backend) if variant else None), load)
 
 
 def table_moe_allowed(backend: str) -> bool:
-    """Whether the fused MoE may be priced from the measured tables (not when the runtime names another kernel)."""
-    return forced_moe_kernel(backend) is None
+    """Whether the fused MoE may be priced from the measured tables: not when the runtime names another kernel,
+    unless the tables measured that kernel (:data:`TABLE_MOE_KERNELS`)."""
+    kernel = forced_moe_kernel(backend)
+    return kernel is None or kernel in TABLE_MOE_KERNELS
 
 
 def kernel_tables_used(ctx: Context, rt: EngineRuntime) -> str | None:
