@@ -291,3 +291,21 @@ def test_stated_vllm_minimax_flags_by_image_and_the_ep_test(aic):
     assert aic.stated_launch_flags(_silicon_row(aic, **ds, model_path="MiniMaxAI/MiniMax-M2.5")) is None
     assert aic.stated_launch_flags(_silicon_row(aic, **dict(base, model_path="deepseek-ai/DeepSeek-R1"),
                                                 backend_version="0.19.0", silicon_data_source=day)) is None
+
+
+def test_stated_trtllm_gptoss_h200_flags_and_the_ep_of_2025_10_29(aic):
+    """InferenceX's H200 TensorRT-LLM gpt-oss script of 2025-10-29 passed --ep_size=$TP (experts expert-parallel over
+    the TP GPUs whatever the row states); from 2025-11-21 the row's EP. Both: free_gpu_memory_fraction 0.85,
+    max_batch_size and CUDA graphs to the concurrency with padding, max_num_tokens 20000."""
+    base = dict(backend="trtllm", system="h200_sxm", model_path="openai/gpt-oss-120b", gemm_quant_mode="nvfp4",
+                moe_quant_mode="nvfp4", backend_version="", tp_size="4", moe_tp_size="4", batch_size="32")
+    early = aic.stated_launch_flags(_silicon_row(
+        aic, **base, silicon_data_source="db-dump/2026-04-27; measured=2025-11-02T00:00:00.000Z"))["params"]
+    assert early == {"free_gpu_memory_fraction": 0.85, "max_batch_size": 32, "max_num_tokens": 20000,
+                     "cuda_graph_padding": True, "cuda_graph_max_batch_size": 32, "moe_expert_parallel_size": 4,
+                     "moe_tensor_parallel_size": 1}
+    late = aic.stated_launch_flags(_silicon_row(
+        aic, **base, silicon_data_source="db-dump/2026-04-27; measured=2025-12-15T00:00:00.000Z"))["params"]
+    assert "moe_expert_parallel_size" not in late and late["max_num_tokens"] == 20000
+    day = "db-dump/2026-04-27; measured=2025-11-21T00:00:00.000Z"  # the day --ep_size changed: no rule
+    assert aic.stated_launch_flags(_silicon_row(aic, **base, silicon_data_source=day)) is None
