@@ -309,3 +309,17 @@ def test_stated_trtllm_gptoss_h200_flags_and_the_ep_of_2025_10_29(aic):
     assert "moe_expert_parallel_size" not in late and late["max_num_tokens"] == 20000
     day = "db-dump/2026-04-27; measured=2025-11-21T00:00:00.000Z"  # the day --ep_size changed: no rule
     assert aic.stated_launch_flags(_silicon_row(aic, **base, silicon_data_source=day)) is None
+
+
+def test_stated_trtllm_gptoss_b200_attention_dp_from_256_in_the_2025_10_20_script(aic):
+    """InferenceX's B200 TensorRT-LLM gpt-oss script of 2025-10-20 turned attention DP (with its balance) and EP over
+    the TP GPUs on from concurrency 256, whatever the row states; below, the row's layout. fp8 KV, TRTLLM MoE."""
+    base = dict(backend="trtllm", system="b200_sxm", model_path="openai/gpt-oss-120b", gemm_quant_mode="nvfp4",
+                moe_quant_mode="nvfp4", backend_version="", tp_size="8", moe_tp_size="8",
+                silicon_data_source="db-dump/2026-04-27; measured=2025-11-02T00:00:00.000Z")
+    low = aic.stated_launch_flags(_silicon_row(aic, **base, batch_size="64"))
+    assert low["kv_dtype"] == "fp8" and low["params"]["moe_backend"] == "TRTLLM"
+    assert "enable_attention_dp" not in low["params"] and low["params"]["cuda_graph_max_batch_size"] == 64
+    high = aic.stated_launch_flags(_silicon_row(aic, **base, batch_size="256"))["params"]
+    assert high["enable_attention_dp"] and high["attention_dp_balance"]
+    assert (high["moe_expert_parallel_size"], high["moe_tensor_parallel_size"]) == (8, 1)
