@@ -75,3 +75,20 @@ def test_marlin_view_and_vllm_flag():
     assert prefill_s("gpt-oss-120b", True) > 1.2 * prefill_s("gpt-oss-120b", False)
     assert prefill_s("qwen3-30b-a3b", True) == pytest.approx(prefill_s("qwen3-30b-a3b", False))
     assert kernels.TRANSFER_QUANTS == ("mxfp4_marlin",)
+
+
+def test_cli_says_how_the_marlin_flag_was_priced():
+    """Through the CLI: the flag's note says the table and its transfer on an H200, that no table covers a B200
+    (roofline), and that a model without MXFP4 experts is priced as without it; no traceback in any."""
+    import subprocess
+    import sys
+
+    def run(*args):
+        out = subprocess.run([sys.executable, "-m", "moesim", "predict", "--system", "vllm", "--gpus", "2",
+                              "--mxfp4-use-marlin", *args], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+        return out.stdout
+
+    assert "mxfp4_marlin table, measured on one expert shape" in run("--model", "gpt-oss-120b", "--hw", "hgx-h200")
+    assert "no measured mxfp4_marlin table covers B200" in run("--model", "gpt-oss-120b", "--hw", "hgx-b200")
+    assert "this model's are bf16: priced as without it" in run("--model", "qwen3-30b-a3b", "--hw", "hgx-h200")

@@ -28,8 +28,8 @@ from ...specs import LayerKind
 from ...units import fmt_bytes
 from ..base import (Plan, ServingSystem, StepSim, balanced_batches, sequential_steps, simpson_decode_time,
                     simulate_pass)
-from .engine_step import (EngineRuntime, engine_layer_times, kernel_tables_used, with_decode_host, with_engine_cpu,
-                          with_prefill_host)
+from .engine_step import (EngineRuntime, engine_layer_times, kernel_tables_used, moe_kernel_note, with_decode_host,
+                          with_engine_cpu, with_prefill_host)
 from .memory import activation_bytes
 from .speculative import speculation, speculative_decode_step
 from .parallel import (ParallelLayout, parallel_layer_times, rank_context, require_experts_divisible,
@@ -463,6 +463,9 @@ class ContinuousBatchingEngine(ServingSystem):
                          f"sequences with its own KV pool; the most loaded EP rank sets the MoE's pace")
         notes.extend(self.layout_notes(ctx))
         rt = self.runtime(ctx)
+        kernel_note = moe_kernel_note(ctx, rt.backend)
+        if kernel_note:
+            notes.append(kernel_note)
         host_s = rt.prefill_host_s
         source = (f"{self.name}'s figure per layer x {ctx.model.num_layers} layers, systems_db/{self.name}.yaml")
         if host_s > 0:

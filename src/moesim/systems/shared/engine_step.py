@@ -231,6 +231,29 @@ def _kernel_tables(ctx: Context, backend: str):
     return ctx.memo(("kernel tables", name, forced_moe_kernel(backend) if variant else None), load)
 
 
+def moe_kernel_note(ctx: Context, backend: str) -> str | None:
+    """What a plan should say where its runtime names a fused-MoE kernel the tables hold as a recipe of its own
+    (:data:`TABLE_MOE_KERNELS`): that the experts are not of the kind it runs, that no table of it covers this GPU
+    and model (the roofline prices them), or that its one measured shape was transferred to this one; None otherwise.
+    Probed at 1024 tokens in the platform's tensor-parallel layout."""
+    kernel = forced_moe_kernel(backend)
+    variant = TABLE_MOE_KERNELS.get(kernel or "")
+    m = ctx.model
+    if not variant or not m.moe:
+        return None
+    q = quant_kind(ctx.edtype, m)
+    if q not in variant:
+        return (f"{kernel} MoE asked for {', '.join(variant)} experts; this model's are {q}: priced as without it")
+    tables = _kernel_tables(ctx, backend)
+    probe = None if tables is None else tables.moe_s(1024, m.hidden_size, m.moe.expert_intermediate_size,
+                                                    m.moe.num_experts, m.moe.top_k, q, tp=ctx.platform.num_gpus)
+    if probe is None:
+        return (f"{kernel} MoE: no measured {variant[q]} table covers {ctx.platform.gpu.name} and this model's "
+                f"experts; the experts are priced on the roofline")
+    return (f"{kernel} MoE priced from AIConfigurator's {variant[q]} table, measured on one expert shape and "
+            f"transferred to this model's at equal rows per expert (scaled by experts x hidden x ffn)")
+
+
 def table_moe_allowed(backend: str) -> bool:
     """Whether the fused MoE may be priced from the measured tables: not when the runtime names another kernel,
     unless the tables measured that kernel (:data:`TABLE_MOE_KERNELS`)."""
