@@ -323,3 +323,17 @@ def test_stated_trtllm_gptoss_b200_attention_dp_from_256_in_the_2025_10_20_scrip
     high = aic.stated_launch_flags(_silicon_row(aic, **base, batch_size="256"))["params"]
     assert high["enable_attention_dp"] and high["attention_dp_balance"]
     assert (high["moe_expert_parallel_size"], high["moe_tensor_parallel_size"]) == (8, 1)
+
+
+def test_client_option_serves_only_the_pipelines_it_may(aic):
+    """``--client inferencex`` (records(client=...)) predicts a silicon-CI row under InferenceX's stated client, with
+    the harness fit's request overhead, and leaves a gap-analysis row under its fitted client; a generic client
+    serves both; none serves none."""
+    ci = _silicon_row(aic, backend="sglang", backend_version="0.5.9",
+                      silicon_data_source="source_file=2026-03-25.csv; measured=2026-03-25T00:00:00.000Z")
+    gap = dict(ci, silicon_data_source="s3://aic-auto-gap-analysis/run.csv; measured=2026-03-25T00:00:00.000Z")
+    assert aic.client_applies("inferencex", ci) and not aic.client_applies("inferencex", gap)
+    assert aic.client_applies("sim8", gap) and aic.client_applies("sim8", ci) and not aic.client_applies(None, ci)
+    stated = aic.records([ci], client="inferencex")[0]
+    assert stated.predicted_ttft_s == pytest.approx(aic.predict_row(ci, model="inferencex")[0])
+    assert aic.records([gap], client="inferencex")[0].predicted_ttft_s == pytest.approx(aic.predict_row(gap)[0])

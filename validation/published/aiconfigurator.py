@@ -191,6 +191,16 @@ def harness_models(pipeline: str) -> tuple[str, ...]:
     return HARNESS_MODELS + STATED_CLIENTS.get(pipeline, ())
 
 
+def client_applies(client: str | None, row: dict) -> bool:
+    """Whether client model ``client`` may stand for the benchmark client of ``row``'s pipeline: a stated client
+    (:data:`STATED_CLIENTS`) only on the pipeline whose source states it, a generic one (:data:`HARNESS_MODELS`) on
+    any; False for None."""
+    if client is None:
+        return False
+    stated_on = [p for p, names in STATED_CLIENTS.items() if client in names]
+    return pipeline_of(row) in stated_on if stated_on else client in HARNESS_MODELS
+
+
 def pipeline_of(row: dict) -> str:
     """The collection pipeline a row was measured by (:data:`PIPELINES`), as its ``silicon_data_source`` states."""
     return "gap-analysis" if "gap-analysis" in row.get("silicon_data_source", "") else "silicon-ci"
@@ -941,10 +951,12 @@ def evaluate_row(cell, row: dict):
 
 def records(rows: Iterable[dict] | None = None, split: str = "all", limit: int | None = None,
             system: str | None = None, model: str | None = None, layouts: bool = False,
-            disagg: bool = False, dense: bool = False) -> list[Record]:
+            disagg: bool = False, dense: bool = False, client: str | None = None) -> list[Record]:
     """One Record per expressible row (``split``: 'fit', 'held-out' or 'all'; ``system`` predicts every row with
     that moesim system instead of the row's backend, e.g. to compare with ``vllm`` standing in; ``layouts``: the
-    attention-DP / expert-parallel rows too, :func:`layout_of`)."""
+    attention-DP / expert-parallel rows too, :func:`layout_of`; ``model``: every row under that client model;
+    ``client``: the rows of the pipelines that client may serve (:func:`client_applies`) under it, with the request
+    overhead their harness fit found, the others under their fitted client)."""
     out = []
     for row in rows if rows is not None else load_rows():
         if expressible(row, layouts, disagg, dense) is not None:
@@ -953,7 +965,7 @@ def records(rows: Iterable[dict] | None = None, split: str = "all", limit: int |
         s = split_of(row)
         if split != "all" and s != split:
             continue
-        ttft, tpot, note = predict_row(row, system, model)
+        ttft, tpot, note = predict_row(row, system, model or (client if client_applies(client, row) else None))
         out.append(Record(SOURCE, row["id"], s, row["backend"], row_model(row)[0], row["system"],
                           attention_tp_of(row), int(row["isl"]), int(row["osl"]),
                           lay["concurrency"] if row["mode"] == "disagg" else concurrency_of(row),
@@ -1064,6 +1076,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="also the dense reference models' rows (grouped apart: dense True/False)")
     ap.add_argument("--gpu", action="append", choices=sorted(PLATFORMS), default=None,
                     help="only the rows of this GPU (the CSV's system column; repeatable)")
+    ap.add_argument("--client", default=None, choices=sorted(set(HARNESS_MODELS) | set(STATED)),
+                    help="predict the rows of the pipelines this benchmark client may serve under it (a stated "
+                         "client: its source's pipeline only), with their fitted request overhead; a diagnostic: "
+                         "the harness fit chooses each pipeline's client")
     ap.add_argument("--gates", action="store_true",
                     help="only the issue targets (held-out TP, EP / attention-DP and disaggregated rows on "
                          "H100/H200/B200); implies --split held-out --layouts --disagg")
@@ -1073,7 +1089,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [r for r in load_rows() if (args.gpu is None or r["system"] in args.gpu)
             and (not args.gates or r["system"] in GATE_GPUS)]
     recs = records(rows, split=args.split, limit=args.limit, system=args.as_system, layouts=args.layouts,
-                   disagg=args.disagg, dense=args.dense)
+                   disagg=args.disagg, dense=args.dense, client=args.client)
     if args.gates:
         g = gates(recs)
         print(json.dumps(g, indent=1) if args.json else _gate_table(g))
