@@ -2,7 +2,9 @@
 kernels (``systems_db/sglang.yaml`` ``extend_host_s_per_layer``, SGLang pull request 12160: DeepSeek-V3, one new
 token, 82.64 ms eager), so a short prefill costs that floor however little the GPU does; a long one is GPU-bound.
 ``--enable-piecewise-cuda-graph`` removes it from prefill; a decode batch replaying a captured graph never pays it, one
-above cuda_graph_max_bs (run eagerly) does. Engines without a sourced figure (vLLM, TensorRT-LLM) declare none."""
+above cuda_graph_max_bs (run eagerly) does. TensorRT-LLM's eager context phase takes SGLang's figure as an assumption
+for the architecture it timed (MLA) only, and none with piecewise CUDA graphs; vLLM (compiled, graphed prefill)
+declares none."""
 
 from __future__ import annotations
 
@@ -132,12 +134,13 @@ def test_sglang_decode_above_cuda_graph_max_bs_pays_the_floor_below_does_not():
     assert table.time_s(8, 8, 8 * 1024.0, 0.0) < floor <= table.time_s(9, 9, 9 * 1024.0, 0.0) + 1e-12
 
 
-def test_engines_without_a_sourced_figure_declare_no_eager_floor():
-    """TensorRT-LLM's context phase runs eagerly too, but no source states its host issue; SGLang's figure does not
-    transfer (on B200 gpt-oss-120b its 49 ms exceeds TensorRT-LLM's whole measured TTFT), so none is declared."""
-    ctx = _ctx()
-    for name, params in (("trtllm", {}), ("vllm", {}), ("vllm", {"enforce_eager": True})):
-        rt = get_system(name)(params).runtime(ctx)
+def test_engines_without_a_sourced_or_assumed_figure_declare_no_eager_floor():
+    """vLLM declares none (its prefill is compiled and graphed; --enforce-eager's host cost has no source here);
+    TensorRT-LLM none for gpt-oss-120b, where SGLang's figure does not transfer (on B200 its 49 ms exceeds
+    TensorRT-LLM's whole measured TTFT)."""
+    for model, name, params in (("deepseek-r1", "vllm", {}), ("deepseek-r1", "vllm", {"enforce_eager": True}),
+                                ("gpt-oss-120b", "trtllm", {})):
+        rt = get_system(name)(params).runtime(_ctx(model))
         assert rt.prefill_host_s == 0.0 and rt.decode_floor_s(1000) == 0.0
 
 
@@ -149,3 +152,40 @@ def test_a_one_token_prompt_is_a_prefill_forward_not_a_decode():
     assert moesim.predict(moesim.Scenario(**base)).ttft_s >= 61 * _per_layer_s()
     pcg = moesim.predict(moesim.Scenario(**base, system_params={"enable_piecewise_cuda_graph": True}))
     assert pcg.ttft_s < 61 * _per_layer_s()
+
+
+def test_trtllm_assumes_sglangs_figure_for_mla_models_only_and_none_with_piecewise_graphs():
+    ctx = _ctx()
+    trt = get_system("trtllm")()
+    per_layer = float(system_constants("trtllm").value("eager_forward_host_s_per_layer"))
+    assert per_layer == pytest.approx(_per_layer_s())  # the same source figure, assumed for TensorRT-LLM
+    rt = trt.runtime(ctx)
+    assert rt.prefill_host_s == pytest.approx(61 * per_layer) and rt.eager_decode_host_s == rt.prefill_host_s
+    assert get_system("trtllm")({"enable_piecewise_cuda_graph": True}).runtime(ctx).prefill_host_s == 0.0
+    for model in ("gpt-oss-120b", "qwen3-235b-a22b"):  # other attention kinds: no source, no floor
+        other = _ctx(model)
+        assert other.model.attention.kind != "mla"
+        assert trt.runtime(other).prefill_host_s == 0.0 and trt.runtime(other).eager_decode_host_s == 0.0
+
+
+def test_trtllm_one_short_prompt_waits_on_the_host_through_the_cli():
+    """Through the CLI: one 920-token DeepSeek-R1 prompt on 4 B200 under TensorRT-LLM takes the host floor (61 layers x
+    the per-layer figure) where the GPU alone would be faster, and piecewise CUDA graphs take it away."""
+    import json
+    import subprocess
+    import sys
+
+    def ttft_s(*extra: str) -> tuple[float, list[str]]:
+        out = subprocess.run([sys.executable, "-m", "moesim", "predict", "--model", "deepseek-r1", "--hw", "hgx-b200",
+                              "--gpus", "4", "--system", "trtllm", "--dtype", "nvfp4", "--batch", "1", "--requests", "1",
+                              "--prompt", "920", "--gen", "2", "--json", *extra],
+                             capture_output=True, text=True, check=True)
+        data = json.loads(out.stdout)
+        return data["ttft_s"], data["assumptions"]
+
+    floor = 61 * float(system_constants("trtllm").value("eager_forward_host_s_per_layer"))
+    eager, notes = ttft_s()
+    graphed, graphed_notes = ttft_s("--enable-piecewise-cuda-graph")
+    assert graphed < floor and eager == pytest.approx(floor, rel=1e-3)
+    assert any("host-bound" in n and "ASSUMED" in n for n in notes)
+    assert not any("launched eagerly" in n for n in graphed_notes)

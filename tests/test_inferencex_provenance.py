@@ -222,7 +222,8 @@ def test_mtp_runs_take_the_mtp_scripts_flags_and_plain_runs_do_not(aic):
     flags = aic.stated_launch_flags(mtp)
     assert flags["kv_dtype"] == "fp8" and flags["params"] == {
         "moe_backend": "TRTLLM", "free_gpu_memory_fraction": 0.8, "cuda_graph_padding": True,
-        "cuda_graph_max_batch_size": 32, "max_batch_size": 32, "max_num_tokens": (4 * 32 + 1024 + 127) // 64 * 64}
+        "cuda_graph_max_batch_size": 32, "max_batch_size": 32, "max_num_tokens": (4 * 32 + 1024 + 127) // 64 * 64,
+        "enable_piecewise_cuda_graph": True}
     dpa = dict(tp_size="1", attention_dp_size="8", moe_tp_size="1", moe_ep_size="8")
     adp = aic.stated_launch_flags(_silicon_row(aic, **conc(64), **dpa))["params"]
     assert (adp["moe_backend"], adp["free_gpu_memory_fraction"], adp["max_batch_size"]) == ("DEEPGEMM", 0.7, 8)
@@ -337,3 +338,36 @@ def test_client_option_serves_only_the_pipelines_it_may(aic):
     stated = aic.records([ci], client="inferencex")[0]
     assert stated.predicted_ttft_s == pytest.approx(aic.predict_row(ci, model="inferencex")[0])
     assert aic.records([gap], client="inferencex")[0].predicted_ttft_s == pytest.approx(aic.predict_row(gap)[0])
+
+
+def test_stated_trtllm_piecewise_cuda_graphs_follow_each_scripts_condition(aic):
+    """InferenceX's B200 TensorRT-LLM DeepSeek-R1 scripts turn torch_compile_config.enable_piecewise_cuda_graph on under
+    shell conditions of their own: the fp8 MTP script of 5d517074c everywhere but with attention DP and at 1k/1k up to
+    concurrency 4, 1k/8k up to 8, 8k/1k up to 16; the fp4 script of 6eecc0e66 at 1k/1k with TP 8 and EP_SIZE 8 (so the
+    day it changed, 2026-02-03, leaves such a run uncovered); the fp8 script of ec7bafaae at 1k/1k and 8k/1k from 64
+    and at 1k/8k from 128 below the DEEPGEMM branch of 256."""
+    def row(c: int, date: str, **over) -> dict:
+        return _silicon_row(aic, batch_size=str(c), **over, silicon_data_source=(
+            f"db-dump/2026-04-27; config_id=0; silicon_concurrency={c}; measured={date}T00:00:00.000Z"))
+
+    def piecewise(r: dict):
+        flags = aic.stated_launch_flags(r)
+        return None if flags is None else flags["params"].get("enable_piecewise_cuda_graph", "unset")
+
+    mtp = [row(4, "2026-02-05"), row(8, "2026-02-05"), row(16, "2026-02-05", isl="8192"),
+           row(32, "2026-02-05", isl="8192")]
+    assert all(aic.stated_speculation(r) == "mtp" for r in mtp)
+    assert [piecewise(r) for r in mtp] == [False, True, False, True]
+    dpa = dict(tp_size="1", attention_dp_size="8", moe_tp_size="1", moe_ep_size="8")
+    assert piecewise(row(64, "2026-02-05", **dpa)) == "unset"
+    fp4 = dict(gemm_quant_mode="nvfp4", moe_quant_mode="nvfp4", backend_version="9.9")
+    ep8 = dict(moe_tp_size="1", moe_ep_size="8")
+    assert piecewise(row(64, "2026-02-10", **fp4, **ep8)) is True
+    assert piecewise(row(64, "2026-02-10", **fp4)) == "unset"  # EP_SIZE 1
+    assert piecewise(row(64, "2026-02-10", **fp4, **ep8, isl="8192")) == "unset"
+    assert piecewise(row(64, "2026-02-03", **fp4, **ep8)) is None  # b30c3398a off, 6eecc0e66 on: uncovered
+    plain = dict(backend_version="9.9")
+    assert [piecewise(row(c, "2026-02-10", **plain)) for c in (32, 64)] == ["unset", True]
+    assert piecewise(row(128, "2026-02-10", **plain, osl="8192")) is True
+    deep = aic.stated_launch_flags(row(256, "2026-02-10", **plain, osl="8192"))["params"]
+    assert deep["moe_backend"] == "DEEPGEMM" and "enable_piecewise_cuda_graph" not in deep

@@ -478,8 +478,12 @@ def measured_date(row: dict) -> str | None:
     return m.group(1) if m else None
 
 
-def _case_matches(case: dict, tp: int, conc: int, isl: int, osl: int, adp: bool) -> bool:
-    return (case.get("tp", tp) == tp and conc >= case.get("conc_from", 0) and conc < case.get("conc_below", 1 << 62)
+def _case_matches(case: dict, tp: int, conc: int, isl: int, osl: int, adp: bool, ep: int = 1) -> bool:
+    """Whether a rule's case (its shell condition) holds for a run: the row's GPUs (``tp``), expert-parallel size
+    of the MoE (``ep``: the script's EP_SIZE, 1 where the row states none), concurrency range, ISL / OSL and
+    attention DP."""
+    return (case.get("tp", tp) == tp and case.get("ep", ep) == ep
+            and conc >= case.get("conc_from", 0) and conc < case.get("conc_below", 1 << 62)
             and case.get("isl", isl) == isl and case.get("osl", osl) == osl
             and list(case.get("not_isl_osl", [None, None])) != [isl, osl]
             and case.get("attention_dp", adp) == adp)
@@ -513,6 +517,8 @@ def stated_launch_flags(row: dict) -> dict | None:
     tp = lay["gpus"] if isinstance(lay, dict) else _int(row["tp_size"])
     lay_params = lay.get("params", {}) if isinstance(lay, dict) else {}
     adp = bool(lay_params.get("enable_attention_dp") or lay_params.get("enable_dp_attention"))
+    ep = int(lay_params.get("moe_expert_parallel_size") or lay_params.get("expert_parallel_size")
+             or (tp if lay_params.get("enable_expert_parallel") else 1))
     conc, isl, osl = concurrency_of(row), int(row["isl"]), int(row["osl"])
     for rule in _launch_flag_rules().get(row["backend"], []):
         if rule["hardware"] != hw or rule["precision"] != prec or rule.get("speculative") != spec \
@@ -522,7 +528,7 @@ def stated_launch_flags(row: dict) -> dict | None:
             continue
         params = dict(rule.get("params") or {})
         for case in rule.get("cases") or []:
-            if _case_matches(case, tp, conc, isl, osl, adp):
+            if _case_matches(case, tp, conc, isl, osl, adp, ep):
                 if case.get("uncovered"):
                     return None
                 params.update(case["params"])

@@ -15,8 +15,12 @@ is all this model prices: longer prompts are refused by TensorRT-LLM itself).
 
 Execution: decode iterations replay CUDA graphs captured for batch sizes 1-31, 32, 64 and 128 (TensorRT-LLM's
 default list without padding up to ``cuda_graph_max_batch_size`` 128, ``systems_db/trtllm.yaml``); without
-``cuda_graph_padding`` (off by default) a batch that is not in the list runs eagerly (priced eager with the engine's kernels); context iterations run eagerly,
-their long kernels keeping the GPU busy (priced GPU-alone). The overlap scheduler (on by default) overlaps the
+``cuda_graph_padding`` (off by default) a batch that is not in the list runs eagerly (priced eager with the engine's kernels); context iterations run eagerly
+(``torch_compile_config.enable_piecewise_cuda_graph`` off by default), their long kernels keeping the GPU busy (priced
+GPU-alone), and a short one waits on the host's issue of its kernels: for the attention kinds
+``systems_db/trtllm.yaml`` lists (``eager_forward_host_attention_kinds``: MLA, the DeepSeek-V3 architecture whose eager
+forward a source times) such a forward takes ``max(GPU time, L x eager_forward_host_s_per_layer)`` for L layers, and
+so does a decode batch that runs eagerly; ``enable_piecewise_cuda_graph`` removes the context floor. The overlap scheduler (on by default) overlaps the
 per-step CPU work (``systems_db/trtllm.yaml``, not fitted) with the GPU's.
 
 Fused MoE (``moe_config.backend``, default CUTLASS): CUTLASS and DEEPGEMM are priced from the measured kernel tables
@@ -79,6 +83,12 @@ class TRTLLMParams(DisaggregationParams, SpeculativeParams):
     num_nextn_predict_layers: int = Field(
         default=0, ge=0, description="MTP draft steps per decode step (LLM API speculative_config decoding_type "
                                      "MTP, num_nextn_predict_layers); 0 = off")
+    enable_piecewise_cuda_graph: bool = Field(
+        default=False, description="replay context (prefill) forwards as piecewise CUDA graphs (LLM API "
+                                   "torch_compile_config.enable_piecewise_cuda_graph, off by default): no host-issue "
+                                   "floor on a short context forward; otherwise the context phase runs eagerly and, for "
+                                   "the attention kinds systems_db/trtllm.yaml lists, a forward takes at least the "
+                                   "host's issue of its kernels (eager_forward_host_s_per_layer per layer)")
     moe_backend: Literal["CUTLASS", "TRTLLM", "DEEPGEMM"] = Field(
         default="CUTLASS", description="fused-MoE backend (LLM API moe_config.backend, default CUTLASS): CUTLASS and "
                                        "DEEPGEMM priced from the measured kernel tables where they cover the call; "
@@ -109,10 +119,27 @@ class TRTLLM(ContinuousBatchingEngine):
         c = runtime_constants(self.name)
         sizes = graph_sizes(str(self.constants.value("cuda_graph_batch_sizes")), p.cuda_graph_max_batch_size)
         backend = with_moe_kernel(self.name, "trtllm_gen") if p.moe_backend == "TRTLLM" else self.name
+        eager_s = self.eager_forward_host_s(ctx)
         return EngineRuntime(backend, engine_execution("graph"), engine_execution("graph"), c["step_cpu_s"],
                              c["step_cpu_per_seq_s"], bool(c["overlap_scheduler"]) and not p.disable_overlap_scheduler,
                              sizes, pad_to_graph=p.cuda_graph_padding,
-                             uncaptured=engine_execution("eager"))
+                             uncaptured=engine_execution("eager"),
+                             prefill_host_s=0.0 if p.enable_piecewise_cuda_graph else eager_s,
+                             eager_decode_host_s=eager_s)
+
+    def eager_host_source(self, ctx: Context) -> str:
+        return (f"SGLang's measured DeepSeek-V3 figure per layer, ASSUMED for TensorRT-LLM (no source times its eager "
+                f"forward), x {ctx.model.num_layers} layers, systems_db/trtllm.yaml; --enable-piecewise-cuda-graph "
+                f"removes it from prefill")
+
+    def eager_forward_host_s(self, ctx: Context) -> float:
+        """Host time to issue one eager forward of the model (``L x eager_forward_host_s_per_layer`` for L layers)
+        where its attention kind is one ``systems_db/trtllm.yaml`` lists (``eager_forward_host_attention_kinds``), else
+        0: no source times TensorRT-LLM's eager forward of other architectures, so none is assumed."""
+        kinds = {k.strip() for k in str(self.constants.value("eager_forward_host_attention_kinds")).split(",") if k.strip()}
+        if ctx.model.attention.kind not in kinds:
+            return 0.0
+        return ctx.model.num_layers * float(self.constants.value("eager_forward_host_s_per_layer"))
 
     def ctx_release_iters(self, ctx: Context) -> int:
         """With attention DP and its balance (``attention_dp_config`` enable_balance), TensorRT-LLM's

@@ -374,6 +374,10 @@ class ContinuousBatchingEngine(ServingSystem):
         blocks_per_seq = float(np.mean(np.ceil((P + np.arange(1, G + 1)) / block_size)))
         return blocks_per_seq, int(lay.blocks // blocks_per_seq) * self._parallel(ctx).dp
 
+    def eager_host_source(self, ctx: Context) -> str:
+        """Where the host-issue floor of this engine's eager forwards comes from, as the prediction's note says it."""
+        return f"{self.name}'s figure per layer x {ctx.model.num_layers} layers, systems_db/{self.name}.yaml"
+
     def recv_interval(self) -> int:
         """Decode-only steps between the scheduler's polls for new requests (1: every step, the engines' default;
         SGLang's ``--scheduler-recv-interval`` overrides this)."""
@@ -467,7 +471,7 @@ class ContinuousBatchingEngine(ServingSystem):
         if kernel_note:
             notes.append(kernel_note)
         host_s = rt.prefill_host_s
-        source = (f"{self.name}'s figure per layer x {ctx.model.num_layers} layers, systems_db/{self.name}.yaml")
+        source = self.eager_host_source(ctx)
         if host_s > 0:
             notes.append(f"prefill forwards launched eagerly, kernel by kernel: each takes at least {host_s * 1e3:.1f} "
                          f"ms of host issue ({source}); "
