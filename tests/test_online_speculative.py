@@ -62,14 +62,21 @@ def test_steps_with_prompt_chunks_price_the_decodes_verified_tokens():
     k + 1 tokens, so such a step costs more with MTP than without."""
     from moesim.serving.model import Chunk, Step
 
-    sc = _scenario(2, system="trtllm", system_params={"num_nextn_predict_layers": 2})
+    # piecewise graphs: no eager-context host floor (which bounds both such steps alike for DeepSeek's MLA)
+    graphed = {"enable_piecewise_cuda_graph": True}
+    sc = _scenario(2, system="trtllm", system_params={"num_nextn_predict_layers": 2, **graphed})
     ctx, plan, _, _ = plan_scenario(sc)
     mtp = get_system("trtllm")(sc.system_params).online_model(ctx, plan, 1024)
-    sc0 = _scenario(0, system="trtllm", system_params={})
+    sc0 = _scenario(0, system="trtllm", system_params=graphed)
     ctx0, plan0, _, _ = plan_scenario(sc0)
-    plain = get_system("trtllm")().online_model(ctx0, plan0, 1024)
+    plain = get_system("trtllm")(graphed).online_model(ctx0, plan0, 1024)
     step = Step(prefills=(Chunk(256, 0, True),), decode_contexts=tuple([600] * 32))
     assert mtp.step_time_s(step) > plain.step_time_s(step)
+    sce = _scenario(0, system="trtllm", system_params={})  # the default eager context phase: the host floor
+    ctxe, plane, _, _ = plan_scenario(sce)
+    eager = get_system("trtllm")().online_model(ctxe, plane, 1024)
+    floor = get_system("trtllm")().runtime(ctxe).prefill_host_s
+    assert floor > 0 and eager.step_time_s(step) == pytest.approx(max(plain.step_time_s(step), floor))
 
 
 def test_cli_serves_mtp_online_and_still_refuses_disaggregation():
