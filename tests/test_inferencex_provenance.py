@@ -371,3 +371,16 @@ def test_stated_trtllm_piecewise_cuda_graphs_follow_each_scripts_condition(aic):
     assert piecewise(row(128, "2026-02-10", **plain, osl="8192")) is True
     deep = aic.stated_launch_flags(row(256, "2026-02-10", **plain, osl="8192"))["params"]
     assert deep["moe_backend"] == "DEEPGEMM" and "enable_piecewise_cuda_graph" not in deep
+
+
+def test_client_era_splits_inferencex_runs_at_the_warm_up_change(aic):
+    """InferenceX's client awaits 2 C warm-ups only from d053ae24e (2026-01-21): a silicon-CI run measured the day
+    before timed a cold first wave, one of that day on is warm; gap-analysis rows have their own client."""
+    def at(date: str) -> dict:
+        return _silicon_row(aic, silicon_data_source=f"db-dump/2026-04-27; config_id=0; silicon_concurrency=4; "
+                                                     f"measured={date}T00:00:00.000Z")
+
+    assert [aic.client_era(at(d)) for d in ("2026-01-20", aic.WARMUP_FROM, "2026-03-25")] == ["cold", "warm", "warm"]
+    gap = _silicon_row(aic, silicon_data_source="s3://x/aic-auto-gap-analysis/h200.csv")
+    assert aic.pipeline_of(gap) == "gap-analysis" and aic.client_era(gap) == "own client"
+    assert aic.client_era(_silicon_row(aic, silicon_data_source="db-dump/2026-04-27; config_id=0")) == "unstated"
