@@ -384,3 +384,22 @@ def test_client_era_splits_inferencex_runs_at_the_warm_up_change(aic):
     gap = _silicon_row(aic, silicon_data_source="s3://x/aic-auto-gap-analysis/h200.csv")
     assert aic.pipeline_of(gap) == "gap-analysis" and aic.client_era(gap) == "own client"
     assert aic.client_era(_silicon_row(aic, silicon_data_source="db-dump/2026-04-27; config_id=0")) == "unstated"
+
+
+def test_run_start_is_ten_times_the_means_excess_over_the_median():
+    """A run of 10 C requests whose first C take ``extra`` longer than the rest: mean - median = extra / 10, so
+    10 (mean - median) recovers it; the table keeps plain single-node runs at concurrency <= 8, split at the warm-up
+    change, and gives the share of the mean that excess makes."""
+    ix = load_module("inferencex")
+    c, base, extra = 4, 0.1, 1.2
+    ttfts = sorted([base + extra] * c + [base] * (9 * c))
+    mean, median = sum(ttfts) / len(ttfts), ttfts[len(ttfts) // 2]
+    rec = {"disagg": "False", "spec_method": "none", "conc": str(c), "hardware": "h200", "framework": "sglang",
+           "date": "2026-03-25", "mean_ttft": str(mean), "median_ttft": str(median), "p99_ttft": str(base + extra)}
+    assert ix.run_start_s(rec) == pytest.approx(extra)
+    others = [dict(rec, conc="64"), dict(rec, spec_method="mtp"), dict(rec, disagg="True"), dict(rec, date="2025-12-01")]
+    table = ix.run_start_table([rec] + others)
+    assert set(table) == {("h200", "sglang", "warm"), ("h200", "sglang", "cold")}
+    n, got, tail, share = table[("h200", "sglang", "warm")]
+    assert n == 1 and got == pytest.approx(extra) and tail == pytest.approx(extra)
+    assert share == pytest.approx((mean - median) / mean)

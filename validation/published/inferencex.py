@@ -139,6 +139,36 @@ def ttft_scores(models: tuple[str, ...] | None = None) -> dict:
     return {k: {m: (len(v), statistics.median(v)) for m, v in g.items()} for k, g in groups.items()}
 
 
+#: the concurrency up to which a run's first wave queues only a few prefills, so that its extra time per request
+#: shows as the mean's excess over the median (:func:`run_start_s`)
+RUN_START_MAX_CONCURRENCY = 8
+
+
+def run_start_s(rec: dict) -> float:
+    """The extra time per request of a run's first wave, from InferenceX's mean and median TTFT: with N = 10 C
+    requests of which the first C form the first wave, and every other request near the median,
+    ``mean - median = (C / N) x extra``, so ``extra = 10 (mean - median)`` (a run's p99 - median estimates it too)."""
+    return 10.0 * (float(rec["mean_ttft"]) - float(rec["median_ttft"]))
+
+
+def run_start_table(records: list[dict] | None = None) -> dict:
+    """Per (GPU, engine, client era) over InferenceX's plain single-node runs at concurrency up to
+    :data:`RUN_START_MAX_CONCURRENCY`: (runs, median :func:`run_start_s`, median p99 - median TTFT, median share of
+    the mean TTFT that the first wave's extra makes, (mean - median) / mean). Era: "warm" from the client's warm-up
+    (``aiconfigurator.WARMUP_FROM``), else "cold". Scored against nothing: what the mean TTFT of such a benchmark
+    carries beyond the typical request (README, "the run-start share")."""
+    groups: dict = collections.defaultdict(list)
+    for rec in records if records is not None else load():
+        if rec["disagg"] != "False" or rec["spec_method"] not in ("none", "") \
+                or int(rec["conc"]) > RUN_START_MAX_CONCURRENCY:
+            continue
+        mean, median, p99 = float(rec["mean_ttft"]), float(rec["median_ttft"]), float(rec["p99_ttft"])
+        era = "warm" if rec["date"] >= A.WARMUP_FROM else "cold"
+        groups[(rec["hardware"], rec["framework"], era)].append((run_start_s(rec), p99 - median, (mean - median) / mean))
+    return {k: (len(v), statistics.median(x[0] for x in v), statistics.median(x[1] for x in v),
+                statistics.median(x[2] for x in v)) for k, v in sorted(groups.items())}
+
+
 def main() -> int:
     rows = A.load_rows()
     pairs = matches(rows)
@@ -170,6 +200,11 @@ def main() -> int:
     for k, v in sorted(ttft_scores().items()):
         n, mean = v["mean"]
         print(f"{k[0]:<11}{k[1]:<8}{k[2]:<12}{n:>5}{mean * 100:>10.1f}%{v['median'][1] * 100:>12.1f}%")
+    print(f"\nthe run's start: plain single-node runs at concurrency <= {RUN_START_MAX_CONCURRENCY}, extra time per "
+          f"first-wave request 10 (mean - median) TTFT against p99 - median, and its share of the mean (medians):")
+    print(f"{'GPU':<8}{'engine':<13}{'era':<6}{'runs':>5}{'10(mean-med)':>14}{'p99-med':>9}{'share':>7}")
+    for (gpu, engine, era), (n, extra, tail, share) in run_start_table().items():
+        print(f"{gpu:<8}{engine:<13}{era:<6}{n:>5}{extra:>12.2f} s{tail:>7.2f} s{share:>7.0%}")
     return 0
 
 
