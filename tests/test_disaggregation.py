@@ -230,7 +230,10 @@ def test_invalid_disaggregation_and_mtp_are_refused_in_one_line(args, words):
 def test_aggregated_predictions_unchanged_by_disaggregation():
     """Golden: the figures recorded before disaggregation and MTP existed (tests/data/aggregated_before_disagg.json).
     SGLang's DeepSeek-R1 case re-recorded 2026-12-04: its 1000-sequence decode batch is above cuda_graph_max_bs (512)
-    and SGLang runs it eagerly, now priced at least the host's issue of an eager forward (TPOT 70.0 -> 82.7 ms)."""
+    and SGLang runs it eagerly, now priced at least the host's issue of an eager forward (TPOT 70.0 -> 82.7 ms).
+    All three cases' prefill re-recorded 2026-12-04 (session 30), when prefill attention came from the engines'
+    measured kernel tables (TTFT: SGLang DeepSeek-R1 13.70 -> 14.01 s, vLLM Mixtral 3.19 -> 3.20 s, TensorRT-LLM gpt-oss
+    3.35 -> 3.41 s; TPOT unchanged)."""
     before = json.loads((ROOT / "tests" / "data" / "aggregated_before_disagg.json").read_text())
     cases = {"sglang-dsr1-8": dict(model="deepseek-r1", hardware="hgx-h200", system="sglang", num_gpus=8),
              # vLLM's running cap as it was when recorded (256; `vllm serve` on an H100 defaults to 1024 since)

@@ -24,6 +24,10 @@ What is kept (the subset moesim prices; everything else is left out to keep the 
 * attention: prefill (context) and decode (generation) without sliding window, bf16 activations;
 * mla decode (generation) of DeepSeek's MLA (kv_lora_rank 512, rope 64); vLLM's table measured its
   FlashAttention MLA kernel with a bf16 cache and FlashMLA with an fp8 cache (one kernel per cache dtype);
+* mla prefill (context, ``context_mla_perf``) of the same MLA: `batch` prompts of `seq` new tokens, no cached
+  prefix, `heads` query heads per GPU (the collectors' ``num_heads`` is per GPU: 128 / tp for DeepSeek); the
+  same engine version as mla decode; SGLang timed its FlashAttention MLA prefill, TensorRT-LLM its default
+  context kernel, vLLM FlashAttention MLA (bf16 cache) and FlashMLA (fp8 cache);
 * allreduce: each engine's custom all-reduce as captured in a CUDA graph (``*_graph``; TensorRT-LLM's
   only variant), bf16.
 """
@@ -72,8 +76,13 @@ SELECT = {
     # H100 decodes in 10.1 ms a step (163 us a layer, >= 2 block-fp8 GEMMs in it), which the 0.19.0 H100 table
     # prices within 0-9%. The held-out GPU is thus priced with the table version the fit rows validated. (Noticed
     # when the MiniMax-M2.5 H200 rows were first scored: disclosed in the README.)
+    # H200 vLLM's prefill attention from the 0.14.0 collection ("attention_prefill"), the table version its MLA
+    # comes from: the 0.19.0 (and 0.18.0) collections' context_attention on H200 put 14784 of 49952 points (6268 of
+    # 43656) below the compute floor of their own FLOPs at the H200's dense bf16 peak (an 8192-token causal prefill of
+    # 8 heads of 64 in 38 us: 1.8 PFLOP/s), up to 260x below it: not times of that work; 0.14.0's 10914 points are all
+    # above it, as are every other GPU's Hopper tables. (Checked 2026-12-04, when the engines first read these tables.)
     "h200": {"dir": "h200_sxm", "backends": {
-        "vllm": {"version": "0.19.0", "mla": "0.14.0",
+        "vllm": {"version": "0.19.0", "mla": "0.14.0", "attention_prefill": "0.14.0",
                  "moe_quant_from": {"int4": "0.24.0", "fp8_block": "0.24.0", "mxfp4_marlin": "0.24.0"}},
         "sglang": {"version": "0.5.9"},
         "trtllm": {"version": "1.2.0rc5"}}},
@@ -147,6 +156,7 @@ HEADERS = {
     "attention_prefill": ["kv_dtype", "head_dim", "kv_heads", "heads", "batch", "seq", "latency_us"],
     "attention_decode": ["kv_dtype", "head_dim", "kv_heads", "heads", "batch", "ctx", "latency_us"],
     "mla_decode": ["kv_dtype", "heads", "batch", "ctx", "latency_us"],
+    "mla_prefill": ["kv_dtype", "heads", "batch", "seq", "latency_us"],
     "allreduce": ["dtype", "num_gpus", "message_bytes", "latency_us"],
 }
 MEASURED = {
@@ -160,6 +170,8 @@ MEASURED = {
                         "(ctx = the table's isl + step), heads and kv_heads per GPU",
     "mla_decode": "one decode step of DeepSeek MLA attention (absorbed; kv_lora_rank 512, rope 64) over `ctx` "
                   "cached tokens, `heads` query heads per GPU",
+    "mla_prefill": "causal DeepSeek MLA attention (kv_lora_rank 512, rope 64) of `batch` prompts of `seq` new tokens "
+                   "(no cached prefix), `heads` query heads per GPU",
     "allreduce": "one all-reduce of `message_bytes` bytes (bf16) across num_gpus GPUs of one NVSwitch board, "
                  "the engine's custom all-reduce replayed in a CUDA graph",
 }
@@ -246,12 +258,19 @@ def conv_attention(d, decode):
 
 
 def conv_mla(d, kernel=None):
+    """MLA rows keyed (kv dtype, heads per GPU, batch, tokens): decode tables' context isl + step, prefill tables'
+    isl (their step is 0); bf16 MLA activations only."""
     out = collections.defaultdict(list)
-    for i in range(len(d["latency"])):
+    n = len(d["latency"])
+    for i in range(n):
         if kernel and d["kernel_source"][i] != kernel:
             continue
+        if d.get("mla_dtype", ["bfloat16"] * n)[i] not in ("bfloat16", "float16"):
+            continue
         kv = KV.get(d["kv_cache_dtype"][i])
-        key = (kv, d["num_heads"][i], d["batch_size"][i], d["isl"][i] + d["step"][i])
+        if kv is None:
+            continue
+        key = (kv, d["num_heads"][i], d["batch_size"][i], d["isl"][i] + d.get("step", [0] * n)[i])
         out[key].append(d["latency"][i] * 1e3)
     return reduce(out)
 
@@ -305,11 +324,14 @@ def main(argv=None):
                  lambda d: conv_gemm(d, tuple(bsel.get("skip_gemm_quants", ())))),
                 ("moe", f"{base}/moe/{backend}/{ver}/moe_perf.parquet",
                  lambda d: reduce(conv_moe(d, skip_quants + tuple(moe_from)))),
-                ("attention_prefill", f"{base}/attention/{backend}/{ver}/context_attention_perf.parquet",
+                ("attention_prefill",
+                 f"{base}/attention/{backend}/{bsel.get('attention_prefill', ver)}/context_attention_perf.parquet",
                  lambda d: conv_attention(d, False)),
                 ("attention_decode", f"{base}/attention/{backend}/{ver}/generation_attention_perf.parquet",
                  lambda d: conv_attention(d, True)),
                 ("mla_decode", f"{base}/mla/{backend}/{bsel.get('mla', ver)}/generation_mla_perf.parquet",
+                 lambda d: conv_mla(d)),
+                ("mla_prefill", f"{base}/mla/{backend}/{bsel.get('mla', ver)}/context_mla_perf.parquet",
                  lambda d: conv_mla(d)),
                 ("allreduce", f"{base}/comm/{backend}/{ver}/custom_allreduce_perf.parquet", conv_allreduce),
             ]

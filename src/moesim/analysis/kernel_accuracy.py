@@ -24,7 +24,10 @@ Three comparisons, each printed as median and p90 of |predicted / measured - 1| 
     GEMM): how far an engine's kernels are from what torch/Triton can do on the same silicon.
 
 Families: ``moe <quant>`` (decode: tokens <= 256, prefill: above), ``gemm <quant>``, ``allreduce <n>gpu``
-(messages up to :data:`DECODE_ALLREDUCE_MAX_BYTES`).
+(messages up to :data:`DECODE_ALLREDUCE_MAX_BYTES`); in (a) also ``attention prefill <kv dtype>`` (the GQA/MHA prefill
+attention the engines are priced from, held out along the batch axis). The MLA prefill tables are not in (a): every
+batch size they hold is kept by some sequence length's series, so a held-out point's bracket is always its own,
+held-out, value and nothing is covered.
 """
 
 from __future__ import annotations
@@ -43,8 +46,8 @@ from ..paths import validation_root
 DECODE_ALLREDUCE_MAX_BYTES = 256 * 16384 * 2
 DECODE_MAX_TOKENS = 256
 #: which numeric axis (index among a table's axes) the held-out split runs along
-SPLIT_AXIS = {"gemm": 0, "moe": 0, "allreduce": 0, "attention_decode": 1, "attention_prefill": 1, "mla_decode": 1}
-FAMILIES = ("moe", "gemm", "allreduce")
+SPLIT_AXIS = {"gemm": 0, "moe": 0, "allreduce": 0, "attention_decode": 1, "attention_prefill": 1, "mla_decode": 1, "mla_prefill": 1}
+FAMILIES = ("moe", "gemm", "allreduce", "attention_prefill")
 MEASURED = validation_root() / "measurements" / "h200" / "engine_kernels"
 
 
@@ -83,6 +86,8 @@ def family_of(fam: str, cat: tuple, pt: tuple) -> str | None:
         return f"gemm {cat[0]}"
     if fam == "allreduce":
         return f"allreduce {cat[1]}gpu" if pt[0] <= DECODE_ALLREDUCE_MAX_BYTES else None
+    if fam == "attention_prefill":
+        return f"attention prefill {cat[0]}"  # by the KV cache's dtype
     return None
 
 

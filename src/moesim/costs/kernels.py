@@ -15,6 +15,7 @@ Interface (all times in seconds, shapes per GPU unless a ``tp``/``ep`` argument 
     t.attention_prefill_s(batch, seq, heads, kv_heads, head_dim, "bf16")
     t.attention_decode_s(batch, ctx, heads, kv_heads, head_dim, "bf16")
     t.mla_decode_s(batch, ctx, heads, kv_lora_rank, rope_dim, "bf16")
+    t.mla_prefill_s(batch, seq, heads, kv_lora_rank, rope_dim, "bf16")
     t.allreduce_s(message_bytes, num_gpus, "bf16")
 
 Quant strings: "bf16", "fp8" (per-tensor), "fp8_block" (128x128 block-scaled, DeepSeek-V3), "mxfp4",
@@ -71,7 +72,7 @@ BACKEND_ORDER = ("vllm", "sglang", "trtllm")
 MLA_SHAPE = (512, 64)
 #: table columns: how many leading categorical columns each family has (the rest but the last are axes)
 CATEGORICAL = {"gemm": 1, "moe": 7, "attention_prefill": 3, "attention_decode": 3, "mla_decode": 1,
-               "allreduce": 2}
+               "mla_prefill": 1, "allreduce": 2}
 
 
 #: lookups remembered per KernelTables (bounded; beyond it, lookups are simply recomputed)
@@ -320,6 +321,15 @@ class KernelTables:
         if (kv_lora_rank, rope_dim) != MLA_SHAPE:
             return None
         return self._ask("mla_decode", (kv_dtype,), (heads, batch, ctx))
+
+    def mla_prefill_s(self, batch, seq, heads, kv_lora_rank, rope_dim, kv_dtype: str = "bf16") -> float | None:
+        """Seconds of causal DeepSeek MLA prefill attention of ``batch`` prompts of ``seq`` new tokens (no cached
+        prefix), ``heads`` query heads per GPU (tables hold kv_lora_rank 512, rope 64 only)."""
+        if _zero(batch, seq):
+            return 0.0
+        if (kv_lora_rank, rope_dim) != MLA_SHAPE:
+            return None
+        return self._ask("mla_prefill", (kv_dtype,), (heads, batch, seq))
 
     def allreduce_s(self, message_bytes, num_gpus: int, dtype: str = "bf16") -> float | None:
         """Seconds of one all-reduce of ``message_bytes`` over ``num_gpus`` GPUs of one board (the engine's

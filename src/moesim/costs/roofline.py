@@ -125,6 +125,23 @@ def _roof_s(cost: OpCost, gpu: AcceleratorSpec, eff: EfficiencyModel) -> float:
     return t
 
 
+def compute_floor_s(cost: OpCost, gpu: AcceleratorSpec) -> float:
+    """The compute lower bound of ``cost`` on ``gpu``: every part's FLOPs at the datasheet's dense peak of its math
+    dtype, no efficiency, memory, launch or host term::
+
+        t_floor = sum over parts of F / peak(dtype)
+
+    No run of this work can be faster; a measured time below it is not a time of this work (what
+    :func:`moesim.systems.shared.engine_step.table_attention_core` checks its table lookups against). FLOPs only:
+    an operation's modelled bytes may include traffic a kernel avoids, so they bound nothing."""
+    total = 0.0
+    for p in cost.pieces():
+        if p.flop:
+            peak, _ = gpu.peak_for(compute_dtype(p.dtype, gpu))
+            total += p.flop / peak
+    return total
+
+
 def _segments(pieces: tuple[OpCost, ...]) -> list[list[OpCost]]:
     """Split an operation's parts after every part whose result the host reads (``syncs``)."""
     out: list[list[OpCost]] = [[]]

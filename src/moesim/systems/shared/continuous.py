@@ -271,7 +271,7 @@ class ContinuousBatchingEngine(ServingSystem):
         def rank_times(c: Context, t: float, att, g):
             if execution == EAGER:
                 return LayerTimes.of(c, t, att)
-            return engine_layer_times(c, t, att, execution, rt.backend, g)
+            return engine_layer_times(c, t, att, execution, rt.backend, g, width)
 
         if pl.tensor_parallel_only:
             times = rank_times(ctx, tokens, attention, gemm_tokens)

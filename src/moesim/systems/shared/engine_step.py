@@ -313,19 +313,24 @@ def engine_allreduce_s(ctx: Context, tokens: float, backend: str) -> float:
 
 
 def engine_layer_times(ctx: Context, tokens: float, attention: list[tuple[float, float, float]],
-                       execution: Execution, backend: str, gemm_tokens: float | None = None) -> LayerTimes:
+                       execution: Execution, backend: str, gemm_tokens: float | None = None,
+                       decode_width: int = 1) -> LayerTimes:
     """One tensor-parallel layer as an engine runs it: the modules of :class:`LayerTimes` priced under
     ``execution`` (dense GEMMs over ``gemm_tokens`` rows, the CUDA-graph padded batch, when given), the fused MoE
-    from the kernel table where it has one, the all-reduce from :func:`engine_allreduce_s`."""
+    from the kernel table where it has one, prompt chunks' attention from the prefill tables
+    (:func:`table_attention_core`; groups of ``decode_width`` new tokens or fewer are decode steps: k + 1 when
+    speculative decoding verifies k drafts), the all-reduce from :func:`engine_allreduce_s`."""
     tables = _kernel_tables(ctx, backend)
     own = tables is not None or (execution.engine_kernels and trtllm_gen_moe_kernels(ctx, backend))
     key = ("engine layer times", execution, backend if own else None, tokens, tuple(attention),
-           gemm_tokens)  # engines without tables (or kernels of their own) price a step alike: an auto comparison shares it
-    return ctx.memo(key, lambda: _engine_layer_times(ctx, tokens, attention, execution, backend, gemm_tokens))
+           gemm_tokens, decode_width)  # engines without tables (or kernels of their own) price a step alike
+    return ctx.memo(key, lambda: _engine_layer_times(ctx, tokens, attention, execution, backend, gemm_tokens,
+                                                     decode_width))
 
 
 def _engine_layer_times(ctx: Context, tokens: float, attention: list[tuple[float, float, float]],
-                        execution: Execution, backend: str, gemm_tokens: float | None) -> LayerTimes:
+                        execution: Execution, backend: str, gemm_tokens: float | None,
+                        decode_width: int = 1) -> LayerTimes:
     rows = tokens if gemm_tokens is None else gemm_tokens
     base = LayerTimes.of(ctx, rows, attention, execution)
     tables = _kernel_tables(ctx, backend)
@@ -349,7 +354,73 @@ def _engine_layer_times(ctx: Context, tokens: float, attention: list[tuple[float
         kernels = trtllm_gen_moe_kernels(ctx, backend)
         if kernels:
             router, experts = trtllm_gen_moe_s(ctx, rows, execution, kernels)
-    return LayerTimes(attn_proj, base.core, engine_allreduce_s(ctx, rows, backend), router, experts, shared, dense)
+    core = base.core if tables is None else table_attention_core(ctx, tables, attention, execution, base.core,
+                                                                 decode_width)
+    return LayerTimes(attn_proj, core, engine_allreduce_s(ctx, rows, backend), router, experts, shared, dense)
+
+
+#: the DeepSeek MLA head shape the MLA tables measured (qk_nope_head_dim, qk_rope_head_dim, v_head_dim) besides
+#: their (kv_lora_rank, rope) = kernels.MLA_SHAPE
+MLA_TABLE_HEADS = (128, 64, 128)
+
+
+def _table_causal_s(ctx: Context, tables, seqs: float, tokens: float) -> float | None:
+    """The kernel table's time of causal prefill attention of ``seqs`` prompts of ``tokens`` new tokens each (no
+    cached prefix) on one GPU of the platform's tensor-parallel group (heads split over its n GPUs, K/V heads
+    replicated beyond their count), in the KV cache's dtype; None where no table covers it (MLA of another shape,
+    heads that do not divide, sliding windows, sizes outside the measured range)."""
+    a, n = ctx.model.attention, ctx.platform.num_gpus
+    if a.num_heads % n:
+        return None
+    kv = {"fp16": "bf16"}.get(ctx.options.kv_dtype, ctx.options.kv_dtype)
+    if a.kind == "mla":
+        if (a.qk_nope_head_dim, a.qk_rope_head_dim, a.v_head_dim) != MLA_TABLE_HEADS:
+            return None
+        return tables.mla_prefill_s(seqs, tokens, a.num_heads // n, a.kv_lora_rank, a.qk_rope_head_dim, kv)
+    return tables.attention_prefill_s(seqs, tokens, a.num_heads // n, max(1, a.num_kv_heads // n), a.head_dim, kv)
+
+
+def table_prefill_core_s(ctx: Context, tables, seqs: float, new: float, context: float) -> float | None:
+    """Measured time of the prompt-chunk group (``seqs`` sequences, ``new`` new tokens each over ``context`` tokens
+    with them) from the kernel table's causal prefill (AIConfigurator's ``context_attention`` / ``context_mla``: the
+    engine's own prefill kernel), as the causal attention of the whole context less that of its cached prefix::
+
+        t(s, q, c) = t_causal(s, c) - t_causal(s, c - q)          (t_causal(s, c) where q = c)
+
+    (causal attention's work over the last q rows of c is the whole triangle less the prefix's). None where the
+    table covers either term not."""
+    whole = _table_causal_s(ctx, tables, seqs, context)
+    if whole is None or new >= context:
+        return whole
+    prefix = _table_causal_s(ctx, tables, seqs, context - new)
+    return None if prefix is None else whole - prefix
+
+
+def table_attention_core(ctx: Context, tables, attention: list[tuple[float, float, float]],
+                         execution: Execution, core: dict[bool, float], decode_width: int = 1) -> dict[bool, float]:
+    """The layer's full-attention core with its prompt chunks priced from the engine's measured prefill kernel
+    (:func:`table_prefill_core_s`) where a table covers them: each group (sequences, new tokens, context) with more
+    than ``decode_width`` new tokens takes the table's time unless that is below the group's compute floor
+    (:func:`moesim.costs.compute_floor_s`: a measurement faster than the datasheet's dense peak is not of this work),
+    else the efficiency model's, as do decode groups (``decode_width`` new tokens or fewer: one, or the k + 1 of a
+    speculative verify, which the engines run through their decode kernels) and sliding-window layers (the tables
+    measured none)."""
+    if not any(s > 0 and q > decode_width for s, q, _ in attention):
+        return core
+    from ...costs import compute_floor_s
+    from .tensor_parallel import per_gpu_attention
+
+    total = 0.0
+    for s, q, kv in attention:
+        if s <= 0:
+            continue
+        cost = per_gpu_attention(ctx, ctx.attention_core(s, q, kv, False))
+        measured = table_prefill_core_s(ctx, tables, s, q, kv) if q > decode_width else None
+        if measured is not None and measured >= compute_floor_s(cost, ctx.platform.gpu):
+            total += measured
+        else:
+            total += ctx.gpu_s(cost, execution)
+    return {**core, False: total}
 
 
 def trtllm_gen_moe_kernels(ctx: Context, backend: str) -> int:
